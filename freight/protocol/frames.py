@@ -1,0 +1,126 @@
+"""Frame codec: ``[4-byte big-endian header length][JSON header][payload]``.
+
+The header is a typed :mod:`.messages` message whose ``len`` says how many
+payload bytes follow. The decoder is incremental (feed it any split of the
+byte stream) and bounded: it never buffers more than one frame's worth of
+bytes, limited by ``max_header`` and ``max_payload``.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from typing import Final
+
+import msgspec
+
+from .errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
+from .messages import AnyMessage, Message
+
+_LEN: Final = struct.Struct(">I")
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(AnyMessage)
+
+
+def encode_header(msg: Message) -> bytes:
+    """The length prefix and JSON header of ``msg`` (payload not included)."""
+    header = _encoder.encode(msg)
+    return _LEN.pack(len(header)) + header
+
+
+def encode_frame(msg: Message, payload: bytes | bytearray | memoryview = b"") -> bytes:
+    """One whole frame as bytes."""
+    if msg.len != len(payload):
+        raise LocalProtocolError(
+            f"{type(msg).__name__}.len={msg.len} but payload is {len(payload)}"
+        )
+    return encode_header(msg) + bytes(payload)
+
+
+def parse_header(header: bytes | memoryview, *, max_payload: int = MAX_PAYLOAD_BYTES) -> AnyMessage:
+    """Decode and validate one JSON header."""
+    try:
+        msg: AnyMessage = _decoder.decode(header)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"malformed frame header: {exc}") from None
+    if msg.len > max_payload:
+        raise FrameTooLarge(f"payload of {msg.len} bytes exceeds the limit of {max_payload}")
+    return msg
+
+
+def decode_frame(
+    data: bytes, *, max_header: int = MAX_HEADER_BYTES, max_payload: int = MAX_PAYLOAD_BYTES
+) -> tuple[AnyMessage, bytes]:
+    """Decode exactly one whole frame (as carried by one WebSocket message)."""
+    dec = FrameDecoder(max_header=max_header, max_payload=max_payload)
+    dec.feed(data)
+    frame = dec.next_frame()
+    if frame is None or dec.buffered:
+        raise RemoteProtocolError("message does not hold exactly one frame")
+    return frame
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed()`` bytes, then drain ``next_frame()``.
+
+    After a :class:`~.errors.ProtocolError` the decoder is broken for good and
+    raises the same error again: a stream with a bad frame cannot be resynced.
+    """
+
+    def __init__(
+        self, *, max_header: int = MAX_HEADER_BYTES, max_payload: int = MAX_PAYLOAD_BYTES
+    ) -> None:
+        self.max_header = max_header
+        self.max_payload = max_payload
+        self._buf = bytearray()
+        self._pending: AnyMessage | None = None
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        if self._error is not None:
+            raise self._error
+        self._buf += data
+
+    def next_frame(self) -> tuple[AnyMessage, bytes] | None:
+        """The next whole frame, or None when more bytes are needed."""
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._buf.clear()
+            raise
+
+    def __iter__(self) -> Iterator[tuple[AnyMessage, bytes]]:
+        while (frame := self.next_frame()) is not None:
+            yield frame
+
+    def _next(self) -> tuple[AnyMessage, bytes] | None:
+        buf = self._buf
+        if self._pending is None:
+            if len(buf) < 4:
+                return None
+            (hlen,) = _LEN.unpack_from(buf)
+            if hlen == 0:
+                raise RemoteProtocolError("empty frame header")
+            if hlen > self.max_header:
+                raise FrameTooLarge(
+                    f"header of {hlen} bytes exceeds the limit of {self.max_header}"
+                )
+            if len(buf) < 4 + hlen:
+                return None
+            self._pending = parse_header(bytes(buf[4 : 4 + hlen]), max_payload=self.max_payload)
+            del buf[: 4 + hlen]
+        msg = self._pending
+        if len(buf) < msg.len:
+            return None
+        payload = bytes(buf[: msg.len])
+        del buf[: msg.len]
+        self._pending = None
+        return msg, payload

@@ -1,0 +1,25 @@
+"""Named limits and defaults of the wire protocol. Decoders enforce these."""
+
+from __future__ import annotations
+
+from typing import Final
+
+PROTOCOL_VERSION: Final = 1
+
+MAX_HEADER_BYTES: Final = 64 * 1024
+MAX_PAYLOAD_BYTES: Final = 16 * 1024 * 1024
+
+# Stream defaults (see docs/protocol.md "Streams").
+CHECKPOINT_INTERVAL: Final = 8 * 1024 * 1024
+KEEPALIVE_SECONDS: Final = 120.0
+# The sender stops and waits for an acknowledgement once it is this many
+# checkpoint intervals ahead of the last durable checkpoint; the receiver
+# treats a sender further ahead than RECEIVER_MAX_UNACKED intervals as broken.
+SENDER_WINDOW_INTERVALS: Final = 2
+RECEIVER_MAX_UNACKED_INTERVALS: Final = 4
+CHUNK_BYTES: Final = 1024 * 1024
+MIN_CHUNK_BYTES: Final = 16 * 1024
+
+MAX_NAME_CHARS: Final = 1024
+MAX_ID_CHARS: Final = 64
+MAX_TEXT_CHARS: Final = 4096
