@@ -80,7 +80,9 @@ def _tail(proc: subprocess.Popen[bytes]) -> str:
     return ""
 
 
-def start_server(cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+def start_server(
+    cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a long-running server; its output goes to a file so pipes never fill up."""
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -215,8 +217,9 @@ class SshPeer:
     Nothing under /etc/ssh or ~/.ssh is read or changed. scp and rsync use it.
     """
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, cipher: str | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="sshd-", dir=workdir))
+        self.cipher = cipher  # None: OpenSSH's default (chacha20-poly1305 in 9.x)
         self.port = free_port()
         self.user = getpass.getuser()
         self.key = self.dir / "client_key"
@@ -277,6 +280,7 @@ Subsystem sftp {sftp}
             "-o", "BatchMode=yes",
             "-o", "LogLevel=ERROR",
             "-i", str(self.key),
+            *(["-c", self.cipher] if self.cipher else []),
         ]  # fmt: skip
 
     def remote(self, path: Path) -> str:

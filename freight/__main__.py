@@ -1,0 +1,3 @@
+from freight.cli.main import run
+
+run()

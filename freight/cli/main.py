@@ -1,0 +1,383 @@
+"""The ``freight`` command. Errors become one line and an exit code here,
+in one place (see freight.errors for the codes)."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+
+from .. import __version__
+from ..client.config import ClientConfig
+from ..client.session import (
+    DATA_PATHS,
+    HubSession,
+    fetch_fingerprint,
+    hostport,
+    mismatch_error,
+    parse_hub_url,
+)
+from ..client.transfer import (
+    QuietReporter,
+    TransferOptions,
+    expand_sources,
+    pull_one,
+    push_many,
+)
+from ..errors import FingerprintMismatch, FreightError, UsageError
+from ..protocol.messages import LEVELS
+from ..protocol.retry import RetryPolicy
+from ..units import format_bytes, format_rate, parse_rate
+from .output import RichReporter, err_console, print_json
+
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="freight",
+    help="Move files between machines that cannot reach each other directly, through a hub.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+admin_app = typer.Typer(help="Hub administration (admin accounts only).", no_args_is_help=True)
+app.add_typer(admin_app, name="admin")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+HubOpt = Annotated[
+    str | None, typer.Option("--hub", help="Hub URL (default: the one you logged in to last).")
+]
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; map Freight errors and Ctrl-C to a line and an exit code."""
+    try:
+        try:
+            import uvloop
+
+            return uvloop.run(factory())  # type: ignore[no-any-return]
+        except ImportError:
+            return asyncio.run(factory())  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        raise typer.Exit(130) from None
+    except FreightError as exc:
+        err_console.print(f"freight: error: {exc.user_message()}", markup=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def retry_policy() -> RetryPolicy:
+    """Defaults from DESIGN.md; environment variables override (tests use them)."""
+    env = os.environ
+
+    def num(name: str, default: float) -> float:
+        try:
+            return float(env.get(name, default))
+        except ValueError:
+            raise UsageError(f"{name} must be a number of seconds") from None
+
+    return RetryPolicy(
+        interval=num("FREIGHT_RETRY_INTERVAL", 30.0),
+        steady_for=num("FREIGHT_RETRY_STEADY", 600.0),
+        give_up_after=num("FREIGHT_RETRY_GIVE_UP", 7200.0),
+    )
+
+
+def stall_timeout() -> float:
+    return float(os.environ.get("FREIGHT_STALL_TIMEOUT", "60"))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+@app.command()
+def hub(
+    data: Annotated[Path, typer.Option(help="Data folder (database, certificate, files).")] = Path(
+        ".freight-data"
+    ),
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8443",
+    bandwidth: Annotated[
+        str | None,
+        typer.Option(help='Total budget, e.g. 100M, or a timetable "08:00,10M 18:00,off".'),
+    ] = None,
+    purge_after: Annotated[
+        float, typer.Option(help="Hours after which abandoned partial uploads are deleted.")
+    ] = 72.0,
+    database_url: Annotated[
+        str | None,
+        typer.Option(help="SQLAlchemy URL (default: SQLite in the data folder)."),
+    ] = None,
+    checkpoint_interval: Annotated[
+        str, typer.Option(help="Bytes between durable checkpoints.", hidden=True)
+    ] = "8M",
+) -> None:
+    """Run a hub on one HTTPS port."""
+    from ..hub.bandwidth import Budget
+    from ..hub.server import HubConfig, serve
+
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        raise typer.BadParameter("use HOST:PORT, e.g. 0.0.0.0:8443", param_hint="--listen")
+    if bandwidth is not None:
+        try:
+            Budget.parse(bandwidth)
+        except UsageError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--bandwidth") from None
+    cfg = HubConfig(
+        data=data,
+        host=host.strip("[]"),
+        port=int(port),
+        bandwidth=bandwidth,
+        purge_after=purge_after * 3600.0,
+        database_url=database_url,
+        checkpoint_interval=parse_rate(checkpoint_interval),
+    )
+    try:
+        run_async(lambda: serve(cfg))
+    except typer.Exit as exc:
+        if exc.exit_code != 130:
+            raise
+
+
+@app.command()
+def login(
+    url: Annotated[str, typer.Argument(help="Hub address, e.g. https://hub.example:8443")],
+    user: Annotated[str, typer.Option("--user", "-u", help="Account name.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(help="Expected certificate fingerprint (SHA256:...), checked and pinned."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Log in to a hub and pin its certificate (trust on first use, like SSH)."""
+    config = ClientConfig()
+    u = parse_hub_url(url)
+
+    async def go() -> dict[str, Any]:
+        seen = await fetch_fingerprint(u)
+        pinned = config.pinned(hostport(u))
+        wanted = fingerprint.strip() if fingerprint else None
+        if wanted and wanted.lower() != seen.lower():
+            raise FingerprintMismatch(
+                f"the hub presents {seen}, not the expected {wanted}",
+                hint="check the address and the fingerprint the hub printed at start-up",
+            )
+        if pinned and pinned != seen and not wanted:
+            raise mismatch_error(u, pinned, seen)
+        if not pinned and not wanted:
+            err_console.print(f"The hub's certificate fingerprint is {seen}")
+            if sys.stdin.isatty() and not password_stdin:
+                if not typer.confirm("Trust this hub and pin its certificate?", err=True):
+                    raise UsageError("not trusted; nothing saved")
+            else:
+                err_console.print("Pinning it (trust on first use).")
+        if password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"Password for {user}@{hostport(u)}: ")
+        async with HubSession(str(u), fingerprint=seen) as session:
+            body = await session.request("POST", "/v1/login", {"user": user, "password": password})
+        config.pin(hostport(u), seen)
+        config.save_login(str(u), user, body["token"], body["role"])
+        return {"hub": str(u), "user": user, "role": body["role"], "fingerprint": seen}
+
+    info = run_async(go)
+    if json_out:
+        print_json(info)
+    else:
+        err_console.print(f"Logged in to {info['hub']} as {info['user']} ({info['role']})")
+
+
+def transfer_options(
+    limit: str, compress: str, data_path: str, parallel: int = 1
+) -> TransferOptions:
+    if compress not in LEVELS:
+        raise typer.BadParameter(f"use one of {', '.join(LEVELS)}", param_hint="--compress")
+    if data_path not in DATA_PATHS:
+        raise typer.BadParameter(f"use one of {', '.join(DATA_PATHS)}", param_hint="--data-path")
+    try:
+        rate = parse_rate(limit)
+    except UsageError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--limit") from None
+    return TransferOptions(
+        limit=rate,
+        compress=compress,
+        data_path=data_path,
+        parallel=max(1, parallel),
+        stall_timeout=stall_timeout(),
+        retry=retry_policy(),
+    )
+
+
+LimitOpt = Annotated[
+    str, typer.Option("--limit", help="Max rate, bytes/s with K/M/G suffix (1024-based), e.g. 20M.")
+]
+CompressOpt = Annotated[str, typer.Option("--compress", help="none, fast or max (zstd).")]
+DataPathOpt = Annotated[
+    str,
+    typer.Option(
+        "--data-path",
+        help="auto: sealed data connection, falling back to TLS; direct or tls force one.",
+    ),
+]
+
+
+@app.command()
+def push(
+    paths: Annotated[list[Path], typer.Argument(help="Files or folders to upload.")],
+    as_name: Annotated[str | None, typer.Option("--as", help="Name on the hub (one path).")] = None,
+    limit: LimitOpt = "off",
+    compress: CompressOpt = "none",
+    parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 1,
+    data_path: DataPathOpt = "auto",
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Upload files to the hub. Interrupted? Run the same command again: it resumes."""
+    opts = transfer_options(limit, compress, data_path, parallel)
+    items = expand_sources(paths, as_name)
+    total = sum(p.stat().st_size for p, _ in items)
+
+    async def go() -> list[dict[str, Any]]:
+        config = ClientConfig()
+        async with HubSession.from_config(config, hub_url) as session:
+            if quiet or json_out:
+                results = await push_many(session, config, items, opts, QuietReporter())
+            else:
+                with RichReporter(total, len(items)) as rep:
+                    results = await push_many(session, config, items, opts, rep)
+        return [r.as_dict() for r in results]
+
+    results = run_async(go)
+    if json_out:
+        print_json({"pushed": results})
+    elif not quiet:
+        for r in results:
+            extra = f", resumed from {format_bytes(r['resumed_from'])}" if r["resumed_from"] else ""
+            err_console.print(
+                f"{r['name']}: {format_bytes(r['size'])} in {r['seconds']:.1f} s "
+                f"({format_bytes(r['bytes_per_second'])}/s{extra})",
+                markup=False,
+            )
+
+
+@app.command()
+def pull(
+    name: Annotated[str, typer.Argument(help="Name of the file on the hub.")],
+    dest: Annotated[Path | None, typer.Argument(help="Where to write it (file or folder).")] = None,
+    limit: LimitOpt = "off",
+    compress: CompressOpt = "none",
+    data_path: DataPathOpt = "auto",
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Download a file from the hub. Interrupted? Run it again: it resumes."""
+    opts = transfer_options(limit, compress, data_path)
+    target = dest or Path(Path(name).name)
+
+    async def go() -> dict[str, Any]:
+        config = ClientConfig()
+        async with HubSession.from_config(config, hub_url) as session:
+            if quiet or json_out:
+                res = await pull_one(session, config, name, target, opts, QuietReporter())
+            else:
+                with RichReporter(0, 1) as rep:
+                    res = await pull_one(session, config, name, target, opts, rep)
+        return res.as_dict()
+
+    result = run_async(go)
+    if json_out:
+        print_json({"pulled": result})
+    elif not quiet:
+        err_console.print(
+            f"{result['name']} -> {result['path']}: {format_bytes(result['size'])} in "
+            f"{result['seconds']:.1f} s",
+            markup=False,
+        )
+
+
+@app.command("ls")
+def ls_cmd(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """List your files on the hub."""
+
+    async def go() -> Any:
+        config = ClientConfig()
+        async with HubSession.from_config(config, hub_url) as session:
+            return await session.request("GET", "/v1/files")
+
+    files = run_async(go)
+    if json_out:
+        print_json(files)
+        return
+    from datetime import datetime
+
+    for f in files:
+        when = datetime.fromtimestamp(f["created"]).strftime("%Y-%m-%d %H:%M")
+        typer.echo(f"{f['size']:>14}  {when}  {f['name']}")
+
+
+@app.command("rm")
+def rm_cmd(
+    names: Annotated[list[str], typer.Argument(help="Names to delete on the hub.")],
+    hub_url: HubOpt = None,
+) -> None:
+    """Delete files from the hub."""
+
+    async def go() -> None:
+        config = ClientConfig()
+        async with HubSession.from_config(config, hub_url) as session:
+            for n in names:
+                await session.request("DELETE", f"/v1/files/{n}")
+                err_console.print(f"removed {n}", markup=False)
+
+    run_async(go)
+
+
+@admin_app.command("bandwidth")
+def admin_bandwidth(
+    budget: Annotated[
+        str | None,
+        typer.Argument(help='New budget: 100M, off, or "08:00,10M 18:00,off". Omit to show.'),
+    ] = None,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or change the hub's bandwidth budget at run time."""
+
+    async def go() -> Any:
+        config = ClientConfig()
+        async with HubSession.from_config(config, hub_url) as session:
+            if budget is None:
+                return await session.request("GET", "/v1/bandwidth")
+            return await session.request("PUT", "/v1/admin/bandwidth", {"budget": budget})
+
+    status = run_async(go)
+    if json_out:
+        print_json(status)
+    else:
+        typer.echo(
+            f"budget: {status['budget']}  (now {format_rate(status['now'])}, "
+            f"{status['active_streams']} active streams)"
+        )
+
+
+def run() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,95 @@
+"""Client state on disk: logins, pinned fingerprints, resumable transfers.
+
+Everything lives in ``$FREIGHT_CONFIG_DIR`` (default
+``$XDG_CONFIG_HOME/freight``), so several clients can share one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, NotLoggedIn
+
+
+def config_dir() -> Path:
+    env = os.environ.get("FREIGHT_CONFIG_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(xdg) / "freight"
+
+
+def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
+    """Write via a temporary file and rename, so a crash leaves old or new."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+class ClientConfig:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or config_dir()
+
+    @property
+    def _config_path(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def _known_path(self) -> Path:
+        return self.root / "known_hubs.json"
+
+    def pinned(self, hostport: str) -> str | None:
+        value = read_json(self._known_path, {}).get(hostport)
+        return str(value) if value else None
+
+    def pin(self, hostport: str, fingerprint: str) -> None:
+        known = read_json(self._known_path, {})
+        known[hostport] = fingerprint
+        write_json_atomic(self._known_path, known)
+
+    def save_login(self, url: str, user: str, token: str, role: str) -> None:
+        cfg = read_json(self._config_path, {})
+        cfg["hub"] = url
+        cfg.setdefault("hubs", {})[url] = {"user": user, "token": token, "role": role}
+        write_json_atomic(self._config_path, cfg)
+
+    def current(self, url: str | None = None) -> tuple[str, dict[str, str]]:
+        """The hub to talk to (given or last logged in) and its login."""
+        cfg = read_json(self._config_path, {})
+        url = url or cfg.get("hub") or os.environ.get("FREIGHT_HUB")
+        if not url:
+            raise NotLoggedIn("not logged in to any hub")
+        login = cfg.get("hubs", {}).get(url)
+        if not login:
+            raise NotLoggedIn(f"not logged in to {url}")
+        return url, login
+
+    # --- resumable transfer state ----------------------------------------
+
+    def transfer_path(self, kind: str, *parts: str) -> Path:
+        key = hashlib.sha256("\0".join(parts).encode()).hexdigest()[:32]
+        return self.root / "transfers" / f"{kind}-{key}.json"

@@ -1,0 +1,514 @@
+"""Push and pull with resume: the retry loop around the stream engines.
+
+Each file is one stream with a stable id kept in the client's state folder,
+so a dropped connection, a Ctrl-C or a crash resumes from the receiver's
+last durable checkpoint when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import blake3
+
+from ..errors import (
+    DiskFull,
+    FreightError,
+    IntegrityError,
+    NetworkError,
+    SourceChanged,
+    StorageError,
+    UsageError,
+)
+from ..protocol import messages as m
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.retry import RetryPolicy, RetryState
+from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
+from ..store.layout import check_name
+from ..transport.channel import ChannelClosed
+from ..transport.streaming import (
+    Acceptance,
+    FileSource,
+    SendProgress,
+    hash_prefix,
+    run_receiver,
+    run_sender,
+)
+from .config import ClientConfig, read_json, write_json_atomic
+from .session import HubSession, Link
+
+# Errors after which trying again can help: the network, not the request.
+RETRYABLE = (NetworkError, ChannelClosed, ConnectionError, TimeoutError, OSError)
+_DISK_FULL_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT
+
+
+@dataclass
+class TransferOptions:
+    limit: int = 0
+    compress: str = m.LEVEL_NONE
+    data_path: str = "auto"
+    parallel: int = 1
+    stall_timeout: float = 60.0
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass
+class TransferResult:
+    name: str
+    path: str
+    size: int
+    digest: str
+    seconds: float
+    resumed_from: int = 0
+    restarted: bool = False
+    attempts: int = 1
+    wire_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        rate = self.size / self.seconds if self.seconds > 0 else 0.0
+        return {**self.__dict__, "bytes_per_second": round(rate)}
+
+
+class Reporter(Protocol):
+    def start(self, name: str, size: int) -> None: ...
+
+    def update(self, name: str, done: int) -> None: ...
+
+    def finish(self, name: str, result: TransferResult) -> None: ...
+
+    def notice(self, text: str) -> None: ...
+
+
+class QuietReporter:
+    def start(self, name: str, size: int) -> None:
+        pass
+
+    def update(self, name: str, done: int) -> None:
+        pass
+
+    def finish(self, name: str, result: TransferResult) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        pass
+
+
+class LinkHolder:
+    """Keeps one link to the hub open and reconnects it after a failure."""
+
+    def __init__(self, session: HubSession, data_path: str) -> None:
+        self.session = session
+        self.data_path = data_path
+        self.link: Link | None = None
+
+    async def get(self) -> Link:
+        if self.link is None or (self.link.mux is not None and self.link.mux.closed.is_set()):
+            await self.drop()
+            self.link = await self.session.open_link(self.data_path)
+        return self.link
+
+    async def drop(self) -> None:
+        if self.link is not None:
+            link, self.link = self.link, None
+            await link.aclose()
+
+
+async def with_retries(
+    attempt: Callable[[], Any],
+    policy: RetryPolicy,
+    reporter: Reporter,
+    holder: LinkHolder,
+    progressed: Callable[[], bool],
+) -> Any:
+    """Run ``attempt`` until it succeeds; reconnect at once after an attempt
+    that made progress, otherwise wait as the retry policy says."""
+    state = RetryState(policy)
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return await attempt()
+        except RETRYABLE as exc:
+            if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+                raise StorageError(f"local disk full: {exc}") from None
+            await holder.drop()
+            if progressed():
+                state.succeeded()
+                delay: float | None = 0.0
+            else:
+                delay = state.failed(time.monotonic(), random.random())
+            if delay is None:
+                raise NetworkError(f"giving up after {attempts} attempts: {exc}") from None
+            reporter.notice(f"connection problem ({exc}); retrying in {delay:.0f} s")
+            await asyncio.sleep(delay)
+
+
+# --- push ------------------------------------------------------------------------
+
+
+async def push_file(
+    session: HubSession,
+    holder: LinkHolder,
+    config: ClientConfig,
+    path: Path,
+    name: str,
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> TransferResult:
+    name = check_name(name)
+    path = path.resolve()
+    try:
+        source = FileSource(path)
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+    state_path = config.transfer_path("push", str(session.url), name, str(path))
+    saved = read_json(state_path, None)
+    restarted = False
+    if saved and (saved.get("size") != source.size or saved.get("mtime") != source.mtime):
+        reporter.notice(f"{path.name}: changed since the interrupted attempt; starting over")
+        saved, restarted = None, True
+    sid = saved["sid"] if saved else secrets.token_hex(16)
+    fresh = saved is None
+    write_json_atomic(
+        state_path, {"sid": sid, "size": source.size, "mtime": source.mtime, "name": name}
+    )
+    progress = SendProgress()
+    started = time.monotonic()
+    reporter.start(name, source.size)
+    last_acked = -1
+    attempts = 0
+    resumed_from: int | None = None
+
+    def progressed() -> bool:
+        nonlocal last_acked
+        moved = progress.acked > last_acked
+        last_acked = progress.acked
+        return moved
+
+    async def attempt() -> m.EndStreamAck:
+        nonlocal sid, fresh, restarted, attempts, resumed_from
+        attempts += 1
+        link = await holder.get()
+        port = await link.stream_port(sid)
+        sender = StreamSender(
+            sid,
+            name=name,
+            size=source.size,
+            mtime=source.mtime,
+            want_level=opts.compress,
+            fresh=fresh,
+        )
+        ticker = asyncio.create_task(_report(reporter, name, lambda: progress.sent))
+        try:
+            return await run_sender(
+                port,
+                sender,
+                source,
+                limit=opts.limit,
+                stall_timeout=opts.stall_timeout,
+                progress=progress,
+            )
+        except SourceChanged:
+            reporter.notice(f"{path.name}: differs from the part already sent; starting over")
+            sid, fresh, restarted = secrets.token_hex(16), True, True
+            write_json_atomic(
+                state_path, {"sid": sid, "size": source.size, "mtime": source.mtime, "name": name}
+            )
+            raise ChannelClosed("restarting with a new stream") from None
+        finally:
+            ticker.cancel()
+            if resumed_from is None:
+                resumed_from = progress.resumed_from
+            fresh = False
+            await link.release(port)
+
+    try:
+        ack = await with_retries(attempt, opts.retry, reporter, holder, progressed)
+    finally:
+        source.close()
+    if not ack.verified:
+        state_path.unlink(missing_ok=True)
+        raise IntegrityError(f"the hub's digest of {name} does not match; run the push again")
+    state_path.unlink(missing_ok=True)
+    result = TransferResult(
+        name=name,
+        path=str(path),
+        size=source.size,
+        digest=ack.digest,
+        seconds=time.monotonic() - started,
+        resumed_from=resumed_from or 0,
+        restarted=restarted,
+        attempts=attempts,
+        wire_bytes=progress.wire_bytes,
+    )
+    reporter.update(name, source.size)
+    reporter.finish(name, result)
+    return result
+
+
+async def _report(reporter: Reporter, name: str, done: Callable[[], int]) -> None:
+    while True:
+        reporter.update(name, done())
+        await asyncio.sleep(0.2)
+
+
+# --- pull ------------------------------------------------------------------------
+
+
+class FileSink:
+    """Receives a pulled stream into ``DEST.freight-partial``; the checkpoint
+    is durable when the partial is fsynced and the state file renamed."""
+
+    def __init__(self, dest: Path, state_path: Path, opts: TransferOptions) -> None:
+        self.dest = dest
+        self.partial = dest.with_name(dest.name + ".freight-partial")
+        self.state_path = state_path
+        self.opts = opts
+        self.fd = -1
+        self.size = 0
+        self.mtime = 0.0
+        self.hasher = blake3.blake3()
+        self.resumed_from = 0
+
+    async def open(self, req: StreamRequested) -> Acceptance:
+        saved = read_json(self.state_path, None)
+        self.size, self.mtime = req.size, req.mtime
+        self.dest.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = 0
+        if saved and saved.get("size") == req.size and self.partial.exists() and not req.fresh:
+            checkpoint = int(saved.get("checkpoint", 0))
+            self.fd = os.open(self.partial, os.O_RDWR)
+            os.ftruncate(self.fd, checkpoint)
+            self.hasher = await asyncio.to_thread(hash_prefix, self.fd, checkpoint)
+        else:
+            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            self._save(0)
+        self.resumed_from = checkpoint
+        return Acceptance(
+            checkpoint=checkpoint,
+            prefix_digest=self.hasher.hexdigest() if checkpoint else "",
+            level=self.opts.compress,
+            rate=self.opts.limit,
+        )
+
+    def _save(self, checkpoint: int) -> None:
+        write_json_atomic(self.state_path, {"size": self.size, "checkpoint": checkpoint})
+
+    def write(self, offset: int, data: bytes) -> None:
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL_ERRNOS:
+                raise StorageError(f"local disk full writing {self.partial}") from None
+            raise StorageError(f"cannot write {self.partial}: {exc.strerror}") from None
+        self.hasher.update(data)
+
+    async def durable(self, offset: int) -> tuple[int, str]:
+        await asyncio.to_thread(os.fsync, self.fd)
+        await asyncio.to_thread(self._save, offset)
+        return self.opts.limit, self.opts.compress
+
+    async def finish(self, total: int, digest: str) -> tuple[bool, str]:
+        await asyncio.to_thread(os.fsync, self.fd)
+        actual = self.hasher.hexdigest()
+        if actual != digest:
+            self.discard()
+            return False, actual
+        self.close()
+        if self.mtime:
+            os.utime(self.partial, (self.mtime, self.mtime))
+        os.replace(self.partial, self.dest)
+        self.state_path.unlink(missing_ok=True)
+        return True, actual
+
+    async def aborted(self, code: str, message: str) -> None:
+        if code in ("source_changed", "storage", "disk_full"):
+            self.discard()
+
+    def discard(self) -> None:
+        self.close()
+        self.partial.unlink(missing_ok=True)
+        self.state_path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def pull_file(
+    session: HubSession,
+    holder: LinkHolder,
+    config: ClientConfig,
+    name: str,
+    dest: Path,
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> TransferResult:
+    name = check_name(name)
+    dest = dest.resolve()
+    if dest.is_dir():
+        dest = dest / Path(name).name
+    state_path = config.transfer_path("pull", str(session.url), name, str(dest))
+    sid = "p" + state_path.stem.split("-", 1)[1]
+    started = time.monotonic()
+    sink = FileSink(dest, state_path, opts)
+    attempts = 0
+    last_ckpt = -1
+    resumed_from: int | None = None
+    announced = False
+
+    def progressed() -> bool:
+        nonlocal last_ckpt
+        saved = read_json(state_path, {}) or {}
+        ckpt = int(saved.get("checkpoint", 0))
+        moved = ckpt > last_ckpt
+        last_ckpt = ckpt
+        return moved
+
+    async def attempt() -> m.EndStreamAck:
+        nonlocal attempts, resumed_from, announced
+        attempts += 1
+        link = await holder.get()
+        port = await link.stream_port(sid)
+        ticker: asyncio.Task[None] | None = None
+        try:
+            await port.send(m.Pull(sid=sid, name=name))
+            first, _ = await asyncio.wait_for(port.recv(), opts.stall_timeout)
+            if isinstance(first, m.Abort | m.Error):
+                from ..errors import code_to_error
+
+                raise code_to_error(first.code, first.message)
+            if not isinstance(first, m.StartStream):
+                raise RemoteProtocolError(f"expected start, got {type(first).__name__}")
+            if not announced:
+                reporter.start(name, first.size)
+                announced = True
+            receiver = StreamReceiver(sid)
+            ticker = asyncio.create_task(_report(reporter, name, lambda: receiver.received))
+            try:
+                return await run_receiver(
+                    port, receiver, sink, first, idle_timeout=opts.stall_timeout
+                )
+            except SourceChanged:
+                reporter.notice(
+                    f"{name}: changed on the hub since the interrupted attempt; starting over"
+                )
+                raise ChannelClosed("restarting") from None
+            except TimeoutError:
+                raise
+        finally:
+            if ticker:
+                ticker.cancel()
+            if resumed_from is None and sink.fd >= 0:
+                resumed_from = sink.resumed_from
+            sink.close()
+            await link.release(port)
+
+    try:
+        ack = await with_retries(attempt, opts.retry, reporter, holder, progressed)
+    except DiskFull:
+        raise
+    if not ack.verified:
+        raise IntegrityError(f"{name} arrived with a different digest; run the pull again")
+    result = TransferResult(
+        name=name,
+        path=str(dest),
+        size=ack.total,
+        digest=ack.digest,
+        seconds=time.monotonic() - started,
+        resumed_from=resumed_from or 0,
+        attempts=attempts,
+    )
+    reporter.update(name, ack.total)
+    reporter.finish(name, result)
+    return result
+
+
+# --- many files -------------------------------------------------------------------
+
+
+def expand_sources(paths: list[Path], as_name: str | None) -> list[tuple[Path, str]]:
+    """(file, remote name) pairs; folders are walked recursively."""
+    out: list[tuple[Path, str]] = []
+    for p in paths:
+        if not p.exists():
+            raise UsageError(f"{p}: no such file or folder")
+        base = as_name if as_name and len(paths) == 1 else p.resolve().name
+        if p.is_dir():
+            for root, dirs, files in os.walk(p):
+                dirs.sort()
+                for f in sorted(files):
+                    full = Path(root) / f
+                    rel = full.relative_to(p).as_posix()
+                    out.append((full, f"{base}/{rel}"))
+        else:
+            out.append((p, base))
+    if as_name and len(paths) > 1:
+        raise UsageError("--as works with one path only")
+    return out
+
+
+async def push_many(
+    session: HubSession,
+    config: ClientConfig,
+    items: list[tuple[Path, str]],
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> list[TransferResult]:
+    """Push files with up to ``opts.parallel`` streams at once."""
+    queue: asyncio.Queue[tuple[Path, str]] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    results: list[TransferResult] = []
+
+    async def worker() -> None:
+        holder = LinkHolder(session, opts.data_path)
+        try:
+            while not queue.empty():
+                path, name = queue.get_nowait()
+                results.append(await push_file(session, holder, config, path, name, opts, reporter))
+        finally:
+            await holder.drop()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(max(1, min(opts.parallel, len(items)))):
+                tg.create_task(worker())
+    except* FreightError as group:
+        raise group.exceptions[0] from None
+    return results
+
+
+async def pull_one(
+    session: HubSession,
+    config: ClientConfig,
+    name: str,
+    dest: Path,
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> TransferResult:
+    holder = LinkHolder(session, opts.data_path)
+    try:
+        return await pull_file(session, holder, config, name, dest, opts, reporter)
+    finally:
+        await holder.drop()
+
+
+__all__ = [
+    "FreightError",
+    "QuietReporter",
+    "TransferOptions",
+    "TransferResult",
+    "expand_sources",
+    "pull_one",
+    "push_many",
+]

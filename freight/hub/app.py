@@ -1,0 +1,273 @@
+"""The hub's HTTP surface (aiohttp): login, files, admin, control WebSocket,
+metrics. Streams ride the control WebSocket or sealed data connections."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import __version__
+from ..errors import (
+    AuthError,
+    BadCredentials,
+    Forbidden,
+    FreightError,
+    NotFound,
+    NotLoggedIn,
+    RateLimited,
+    UsageError,
+)
+from ..protocol import messages as m
+from ..protocol.errors import ProtocolError, VersionMismatch
+from ..protocol.limits import PROTOCOL_VERSION
+from ..transport.channel import ChannelClosed, Mux
+from ..transport.ws import WS_MAX_MESSAGE, WSChannel
+from . import auth
+from .bandwidth import Budget
+from .state import HubState
+from .streams import User
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+STATE: web.AppKey[HubState] = web.AppKey("state", HubState)
+
+_STATUS = {
+    UsageError: 400,
+    NotLoggedIn: 401,
+    BadCredentials: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    RateLimited: 429,
+    AuthError: 401,
+}
+
+
+def error_response(exc: FreightError) -> web.Response:
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(int(getattr(exc, "retry_after", 30)) + 1)
+    return web.json_response(
+        {"error": {"code": exc.code, "message": exc.message}}, status=status, headers=headers
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FreightError as exc:
+        return error_response(exc)
+
+
+async def current_user(request: web.Request) -> User:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise NotLoggedIn("no token: log in first")
+    st = request.app[STATE]
+    row = await st.db.user_by_token(auth.token_hash(header[7:].strip()), time.time())
+    if row is None or row["disabled"]:
+        raise NotLoggedIn("token unknown, expired or account disabled")
+    return User(int(row["id"]), str(row["name"]), str(row["role"]))
+
+
+async def admin_user(request: web.Request) -> User:
+    user = await current_user(request)
+    if user.role != "admin":
+        raise Forbidden("this needs an admin account")
+    return user
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "version": __version__, "protocol": PROTOCOL_VERSION})
+
+
+async def login(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    try:
+        body = await request.json()
+        name, password = str(body["user"]), str(body["password"])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("login needs a JSON body with user and password") from None
+    peer = request.remote or "?"
+    now = time.time()
+    wait = max(st.limiter.retry_after(name, now), st.limiter.retry_after(peer, now))
+    if wait > 0:
+        st.metrics.logins.labels("limited").inc()
+        exc = RateLimited(f"too many failed logins; try again in {int(wait) + 1} s")
+        exc.retry_after = wait  # type: ignore[attr-defined]
+        raise exc
+    row = await st.db.user_by_name(name)
+    ok = await asyncio.to_thread(
+        auth.verify_password, row["pw_hash"] if row else auth.DUMMY_HASH, password
+    )
+    if not ok or row is None or row["disabled"]:
+        st.limiter.failed(name, now)
+        st.limiter.failed(peer, now)
+        st.metrics.logins.labels("failure").inc()
+        await st.events.emit("login_failure", name, address=peer)
+        raise BadCredentials("wrong user name or password")
+    st.limiter.succeeded(name)
+    token, token_hash = auth.new_token()
+    await st.db.add_token(token_hash, int(row["id"]), now + auth.TOKEN_LIFETIME)
+    st.metrics.logins.labels("success").inc()
+    await st.events.emit("login", name, address=peer)
+    return web.json_response({"token": token, "user": name, "role": row["role"]})
+
+
+async def list_files(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    rows = await request.app[STATE].db.list_files(user.id)
+    return web.json_response(
+        [
+            {
+                "name": r["name"],
+                "size": r["size"],
+                "digest": r["digest"],
+                "mtime": r["mtime"],
+                "created": r["created"],
+            }
+            for r in rows
+        ]
+    )
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    if not await st.db.delete_file(user.id, name):
+        raise NotFound(f"no file named {name!r} on the hub")
+    with contextlib.suppress(FileNotFoundError):
+        st.layout.file_path(user.id, name).unlink()
+    await st.events.emit("file_removed", user.name, name=name)
+    return web.json_response({"removed": name})
+
+
+async def get_bandwidth(request: web.Request) -> web.Response:
+    await current_user(request)
+    st = request.app[STATE]
+    return web.json_response(st.bandwidth_status())
+
+
+async def put_bandwidth(request: web.Request) -> web.Response:
+    user = await admin_user(request)
+    st = request.app[STATE]
+    try:
+        spec = str((await request.json())["budget"])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("body must be JSON with a 'budget' field") from None
+    st.bandwidth.budget = Budget.parse(spec)
+    await st.db.set_setting("bandwidth", spec)
+    await st.events.emit("bandwidth_changed", user.name, budget=spec)
+    return web.json_response(st.bandwidth_status())
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    await admin_user(request)
+    rows = await request.app[STATE].db.active_streams()
+    return web.json_response(
+        [
+            {k: r[k] for k in ("user_id", "sid", "name", "size", "checkpoint", "state", "updated")}
+            for r in rows
+        ]
+    )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    await admin_user(request)
+    kind = request.query.get("kind")
+    limit = min(1000, int(request.query.get("limit", "100")))
+    return web.json_response(await request.app[STATE].db.list_events(kind, limit))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def control(request: web.Request) -> web.WebSocketResponse:
+    """The control channel: Hello/Welcome, tickets, and streams over TLS."""
+    user = await current_user(request)
+    st = request.app[STATE]
+    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=30.0)
+    await ws.prepare(request)
+    st.metrics.connections.labels("control").inc()
+    chan = WSChannel(ws)
+    try:
+        hello, _ = await asyncio.wait_for(chan.recv(), 30)
+        if not isinstance(hello, m.Hello):
+            raise ProtocolError("the first frame must be hello")
+        if hello.version != PROTOCOL_VERSION:
+            raise VersionMismatch(
+                f"client speaks protocol {hello.version}, hub speaks {PROTOCOL_VERSION}"
+            )
+        await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node))
+        await serve_channel(st, user, chan)
+    except ProtocolError as exc:
+        await send_error(st, chan, exc)
+    except (ChannelClosed, TimeoutError):
+        pass
+    finally:
+        await chan.aclose()
+    return ws
+
+
+async def send_error(st: HubState, chan: Any, exc: ProtocolError) -> None:
+    """Tell the peer why its connection is being closed."""
+    st.metrics.protocol_errors.inc()
+    st.events.log.info("protocol_error", code=exc.code, error=exc.message)
+    with contextlib.suppress(FreightError, ConnectionError, OSError):
+        await chan.send(m.Error(code=exc.code, message=exc.message[:4000]))
+
+
+async def serve_channel(st: HubState, user: User, chan: Any) -> None:
+    """Run streams and control requests arriving on one channel."""
+
+    async def on_new(port: Any, msg: m.AnyMessage, payload: bytes) -> None:
+        await st.streams.serve(user, port, msg, payload)
+
+    mux = Mux(chan, on_new=on_new)
+    reader = asyncio.create_task(mux.run())
+    try:
+        while True:
+            msg, _ = await mux.recv_control()
+            if isinstance(msg, m.TicketRequest):
+                t = st.tickets.issue(user.id, user.name, time.monotonic())
+                await chan.send(
+                    m.TicketGrant(
+                        rid=msg.rid,
+                        ticket=t.ticket_id.hex(),
+                        secret=t.secret.hex(),
+                        expires_in=t.expires - time.monotonic(),
+                    )
+                )
+            elif isinstance(msg, m.Error):
+                return
+            else:
+                raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ChannelClosed):
+            await reader
+
+
+def build_app(state: HubState) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+    app[STATE] = state
+    app.router.add_get("/v1/health", health)
+    app.router.add_post("/v1/login", login)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_delete("/v1/files/{name:.+}", delete_file)
+    app.router.add_get("/v1/bandwidth", get_bandwidth)
+    app.router.add_put("/v1/admin/bandwidth", put_bandwidth)
+    app.router.add_get("/v1/admin/streams", list_streams)
+    app.router.add_get("/v1/admin/events", list_events)
+    app.router.add_get("/v1/control", control)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,145 @@
+"""One port for everything: TLS (HTTPS, WebSocket) and sealed data connections.
+
+We accept sockets ourselves and peek at the first byte. A TLS ClientHello
+starts with 0x16 and goes to aiohttp; anything else must be a data-connection
+preamble carrying a one-time reception ticket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..protocol import messages as m
+from ..protocol.errors import ProtocolError, RemoteProtocolError
+from ..protocol.frames import encode_frame
+from ..protocol.seal import PREAMBLE_BYTES, parse_preamble
+from ..transport.channel import ChannelClosed
+from ..transport.dataconn import DataConnChannel, tune_socket
+from .app import send_error, serve_channel
+from .state import HubState
+from .streams import User
+
+TLS_RECORD_HANDSHAKE = 0x16
+FIRST_BYTE_TIMEOUT = 10.0
+READ_LIMIT = 64 * 1024 * 1024
+
+
+class SharedPortListener:
+    def __init__(
+        self, state: HubState, http_factory: Callable[[], Any], ssl_ctx: ssl.SSLContext
+    ) -> None:
+        self.state = state
+        self.http_factory = http_factory
+        self.ssl_ctx = ssl_ctx
+        self.sock: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._accept_task: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.sock = sock
+        self._accept_task = asyncio.create_task(self._accept_loop())
+        return int(sock.getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, then cancel connections still running."""
+        if self._accept_task:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self.sock:
+            self.sock.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+
+    async def _accept_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        assert self.sock is not None
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:  # e.g. EMFILE: back off rather than spin
+                self.state.events.log.warning("accept_failed", error=str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._route(conn))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _route(self, conn: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            first = await asyncio.wait_for(_peek_byte(loop, conn), FIRST_BYTE_TIMEOUT)
+        except (TimeoutError, OSError):
+            conn.close()
+            return
+        if first is None:
+            conn.close()
+            return
+        if first == TLS_RECORD_HANDSHAKE:
+            self.state.metrics.connections.labels("tls").inc()
+            try:
+                await loop.connect_accepted_socket(
+                    self.http_factory, conn, ssl=self.ssl_ctx, ssl_handshake_timeout=15
+                )
+            except (OSError, ssl.SSLError):
+                conn.close()
+            return
+        self.state.metrics.connections.labels("data").inc()
+        await self._data_connection(conn)
+
+    async def _data_connection(self, conn: socket.socket) -> None:
+        tune_socket(conn)
+        reader, writer = await asyncio.open_connection(sock=conn, limit=READ_LIMIT)
+        try:
+            try:
+                pre = await asyncio.wait_for(reader.readexactly(PREAMBLE_BYTES), FIRST_BYTE_TIMEOUT)
+                ticket = self.state.tickets.redeem(parse_preamble(pre), time.monotonic())
+                if ticket is None:
+                    raise RemoteProtocolError("unknown or expired reception ticket")
+            except ProtocolError as exc:
+                # Not sealed: the peer has no keys we could seal with.
+                self.state.metrics.protocol_errors.inc()
+                self.state.events.log.info("data_connection_refused", error=exc.message)
+                writer.write(encode_frame(m.Error(code=exc.code, message=exc.message)))
+                await writer.drain()
+                return
+            chan = DataConnChannel(
+                reader, writer, secret=ticket.secret, ticket_id=ticket.ticket_id, is_hub=True
+            )
+            user = User(ticket.user_id, ticket.user_name, "")
+            try:
+                await serve_channel(self.state, user, chan)
+            except ProtocolError as exc:
+                await send_error(self.state, chan, exc)
+        except (asyncio.IncompleteReadError, ChannelClosed, TimeoutError, ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, OSError):
+                await writer.wait_closed()
+
+
+async def _peek_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:
+    ready: asyncio.Future[None] = loop.create_future()
+    fd = conn.fileno()
+    loop.add_reader(fd, lambda: ready.done() or ready.set_result(None))
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+    data = conn.recv(1, socket.MSG_PEEK)
+    return data[0] if data else None

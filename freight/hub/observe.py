@@ -1,0 +1,55 @@
+"""Events (database + structured log) and Prometheus metrics."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from ..store import Database
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+    )
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.logins = Counter("freight_logins", "Logins", ["result"], registry=r)
+        self.streams = Counter("freight_streams", "Stream events", ["event"], registry=r)
+        self.bytes_received = Counter(
+            "freight_bytes_received", "Stream payload bytes written", registry=r
+        )
+        self.bytes_sent = Counter("freight_bytes_sent", "Stream payload bytes read", registry=r)
+        self.active_streams = Gauge("freight_active_streams", "Streams in progress", registry=r)
+        self.connections = Counter(
+            "freight_connections", "Accepted connections", ["kind"], registry=r
+        )
+        self.protocol_errors = Counter(
+            "freight_protocol_errors", "Connections closed for bad frames", registry=r
+        )
+
+
+class EventLog:
+    """Writes each event to the ``events`` table and the structured log."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.log = structlog.get_logger("freight.hub")
+
+    async def emit(self, kind: str, actor: str, **detail: Any) -> None:
+        self.log.info(kind, actor=actor, **detail)
+        await self.db.add_event(kind, actor, detail)

@@ -1,0 +1,122 @@
+"""Start-up and shutdown of one hub process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from ..protocol.limits import CHECKPOINT_INTERVAL
+from ..store import Database, DataLayout
+from . import auth, tls
+from .app import build_app
+from .bandwidth import BandwidthManager, Budget
+from .listener import SharedPortListener
+from .observe import EventLog, Metrics, configure_logging
+from .state import HubState
+from .streams import StreamService
+
+PURGE_EVERY = 3600.0
+
+
+@dataclass
+class HubConfig:
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    bandwidth: str | None = None  # None: keep what an admin set last
+    purge_after: float = 72 * 3600.0
+    database_url: str | None = None  # default: SQLite inside the data folder
+    checkpoint_interval: int = CHECKPOINT_INTERVAL
+
+
+def say(text: str) -> None:
+    """Start-up messages for the person who started the hub."""
+    print(text, file=sys.stderr, flush=True)
+
+
+async def ensure_admin(db: Database) -> None:
+    if await db.user_count():
+        return
+    password = os.environ.get("FREIGHT_ADMIN_PASSWORD")
+    generated = not password
+    if not password:
+        password = secrets.token_urlsafe(12)
+    await db.add_user("admin", await asyncio.to_thread(auth.hash_password, password), "admin")
+    if generated:
+        say(f"Created user 'admin' with password: {password}  (shown once; change it)")
+    else:
+        say("Created user 'admin' with the password from FREIGHT_ADMIN_PASSWORD")
+
+
+async def build_state(cfg: HubConfig) -> HubState:
+    layout = DataLayout(cfg.data)
+    layout.create()
+    if tls.ensure_certificate(layout.cert_path, layout.key_path):
+        say(f"Created a self-signed TLS certificate in {layout.tls_dir}")
+    db = Database(cfg.database_url) if cfg.database_url else Database.sqlite(layout.db_path)
+    await db.migrate()
+    await ensure_admin(db)
+    spec = (
+        cfg.bandwidth if cfg.bandwidth is not None else (await db.get_setting("bandwidth") or "off")
+    )
+    bandwidth = BandwidthManager(Budget.parse(spec))
+    events = EventLog(db)
+    metrics = Metrics()
+    streams = StreamService(
+        db, layout, bandwidth, events, metrics, checkpoint_interval=cfg.checkpoint_interval
+    )
+    return HubState(db, layout, events, metrics, bandwidth, streams)
+
+
+async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
+    configure_logging()
+    # A file-size limit must surface as EFBIG on write, not kill the hub.
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    state = await build_state(cfg)
+    runner = web.AppRunner(build_app(state), handle_signals=False, access_log=None)
+    await runner.setup()
+    listener = SharedPortListener(
+        state, runner.server, tls.server_context(state.layout.cert_path, state.layout.key_path)
+    )
+    port = await listener.start(cfg.host, cfg.port)
+    fingerprint = tls.fingerprint_pem(state.layout.cert_path)
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    say(f"Freight hub listening on https://{host}:{port}")
+    say(f"Certificate fingerprint: {fingerprint}")
+    say(f"Data folder: {cfg.data.resolve()}")
+    await state.events.emit("hub_start", "hub", port=port, fingerprint=fingerprint)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def purge_loop() -> None:
+        while True:
+            n = await state.streams.purge(cfg.purge_after)
+            if n:
+                state.events.log.info("purged_streams", count=n)
+            await asyncio.sleep(min(PURGE_EVERY, cfg.purge_after))
+
+    purger = asyncio.create_task(purge_loop())
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        say("Shutting down: no new connections, closing transfers (they resume later)")
+        purger.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await purger
+        await listener.stop()
+        await runner.cleanup()
+        await state.db.close()

@@ -1,0 +1,37 @@
+"""Everything one hub process holds, wired together once at start-up."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..store import Database, DataLayout
+from ..units import format_rate
+from .auth import LoginLimiter
+from .bandwidth import BandwidthManager
+from .observe import EventLog, Metrics
+from .streams import StreamService, minute_of_day
+from .tickets import TicketBook
+
+
+@dataclass
+class HubState:
+    db: Database
+    layout: DataLayout
+    events: EventLog
+    metrics: Metrics
+    bandwidth: BandwidthManager
+    streams: StreamService
+    tickets: TicketBook = field(default_factory=TicketBook)
+    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    node: str = field(default_factory=socket.gethostname)
+
+    def bandwidth_status(self) -> dict[str, Any]:
+        total = self.bandwidth.budget.total_at(minute_of_day())
+        return {
+            "budget": self.bandwidth.budget.spec,
+            "now": total,
+            "now_text": format_rate(total),
+            "active_streams": len(self.bandwidth.active),
+        }

@@ -1,0 +1,266 @@
+"""The hub's side of streams: receive pushes into partial files and publish
+them, and serve pulls from published files."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import blake3
+
+from ..errors import DiskFull, FreightError, NotFound, StorageError, UsageError
+from ..protocol import messages as m
+from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
+from ..store import Database, DataLayout
+from ..store.layout import check_name
+from ..transport.channel import Port
+from ..transport.streaming import Acceptance, FileSource, hash_prefix, run_receiver, run_sender
+from .bandwidth import BandwidthManager
+from .observe import EventLog, Metrics
+
+_DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def minute_of_day() -> int:
+    t = time.localtime()
+    return t.tm_hour * 60 + t.tm_min
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    name: str
+    role: str
+
+
+class HubSink:
+    """Receives one pushed stream into ``partial/<user>/<sid>.part``."""
+
+    def __init__(self, service: StreamService, user: User, sid: str) -> None:
+        self.s = service
+        self.user = user
+        self.sid = sid
+        self.key = f"push:{user.id}:{sid}"
+        self.fd = -1
+        self.name = ""
+        self.size = 0
+        self.mtime = 0.0
+        self.level = m.LEVEL_NONE
+        self.hasher = blake3.blake3()
+        self.path = service.layout.partial_path(user.id, sid)
+
+    async def open(self, req: StreamRequested) -> Acceptance:
+        try:
+            self.name = check_name(req.name)
+        except UsageError as exc:
+            raise UsageError(exc.message) from None
+        self.size, self.mtime, self.level = req.size, req.mtime, req.want_level
+        row = await self.s.db.get_stream(self.user.id, self.sid)
+        resume = (
+            row is not None
+            and not req.fresh
+            and row["size"] == req.size
+            and row["name"] == self.name
+            and self.path.exists()
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint = 0
+        if resume:
+            assert row is not None
+            checkpoint = int(row["checkpoint"])
+            self.fd = os.open(self.path, os.O_RDWR)
+            # Bytes past the checkpoint were never acknowledged: drop them.
+            os.ftruncate(self.fd, checkpoint)
+            self.hasher = await asyncio.to_thread(hash_prefix, self.fd, checkpoint)
+            await self.s.db.touch_stream(self.user.id, self.sid)
+            await self.s.events.emit(
+                "stream_resume", self.user.name, sid=self.sid, name=self.name, checkpoint=checkpoint
+            )
+            self.s.metrics.streams.labels("resume").inc()
+        else:
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            await self.s.db.put_stream(
+                self.user.id, self.sid, name=self.name, size=req.size, mtime=req.mtime
+            )
+            await self.s.events.emit(
+                "stream_start", self.user.name, sid=self.sid, name=self.name, size=req.size
+            )
+            self.s.metrics.streams.labels("start").inc()
+        self.s.bandwidth.register(self.key)
+        return Acceptance(
+            checkpoint=checkpoint,
+            prefix_digest=self.hasher.hexdigest() if checkpoint else "",
+            level=req.want_level,
+            rate=self.s.bandwidth.rate_for(self.key, minute_of_day()),
+        )
+
+    def write(self, offset: int, data: bytes) -> None:
+        try:
+            os.pwrite(self.fd, data, offset)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise DiskFull(f"the hub ran out of disk space receiving {self.name}") from None
+            raise StorageError(f"the hub could not write {self.name}: {exc.strerror}") from None
+        self.hasher.update(data)
+        self.s.metrics.bytes_received.inc(len(data))
+
+    async def durable(self, offset: int) -> tuple[int, str]:
+        try:
+            await asyncio.to_thread(os.fsync, self.fd)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:
+                raise DiskFull(f"the hub ran out of disk space receiving {self.name}") from None
+            raise
+        await self.s.db.set_checkpoint(self.user.id, self.sid, offset)
+        return self.s.bandwidth.rate_for(self.key, minute_of_day()), self.level
+
+    async def finish(self, total: int, digest: str) -> tuple[bool, str]:
+        await asyncio.to_thread(os.fsync, self.fd)
+        actual = self.hasher.hexdigest()
+        if actual != digest:
+            await self._discard()
+            await self.s.events.emit(
+                "stream_failed",
+                self.user.name,
+                sid=self.sid,
+                name=self.name,
+                reason="digest mismatch",
+            )
+            self.s.metrics.streams.labels("failed").inc()
+            return False, actual
+        target = self.s.layout.file_path(self.user.id, self.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.close(self.fd)
+        self.fd = -1
+        if self.mtime:
+            os.utime(self.path, (self.mtime, self.mtime))
+        os.replace(self.path, target)
+        dfd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        await self.s.db.publish(
+            self.user.id, self.sid, name=self.name, size=total, digest=actual, mtime=self.mtime
+        )
+        await self.s.events.emit(
+            "stream_end", self.user.name, sid=self.sid, name=self.name, size=total, digest=actual
+        )
+        self.s.metrics.streams.labels("end").inc()
+        return True, actual
+
+    async def aborted(self, code: str, message: str) -> None:
+        # A full disk or a changed source makes the partial worthless.
+        if code in ("disk_full", "source_changed", "storage"):
+            await self._discard()
+        await self.s.events.emit(
+            "stream_failed",
+            self.user.name,
+            sid=self.sid,
+            name=self.name,
+            reason=code,
+            message=message,
+        )
+        self.s.metrics.streams.labels("failed").inc()
+
+    async def _discard(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+        await self.s.db.delete_stream(self.user.id, self.sid)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        self.s.bandwidth.unregister(self.key)
+
+
+class StreamService:
+    def __init__(
+        self,
+        db: Database,
+        layout: DataLayout,
+        bandwidth: BandwidthManager,
+        events: EventLog,
+        metrics: Metrics,
+        *,
+        checkpoint_interval: int,
+    ) -> None:
+        self.db = db
+        self.layout = layout
+        self.bandwidth = bandwidth
+        self.events = events
+        self.metrics = metrics
+        self.checkpoint_interval = checkpoint_interval
+        self.log: Any = events.log
+
+    async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
+        """Entry point for a frame that opens a stream on any channel."""
+        self.metrics.active_streams.inc()
+        try:
+            if isinstance(msg, m.StartStream):
+                await self._push(user, port, msg)
+            elif isinstance(msg, m.Pull):
+                await self._pull(user, port, msg)
+        except FreightError as exc:
+            self.log.info(
+                "stream_stopped", sid=port.sid, user=user.name, code=exc.code, error=exc.message
+            )
+        finally:
+            self.metrics.active_streams.dec()
+
+    async def _push(self, user: User, port: Port, start: m.StartStream) -> None:
+        receiver = StreamReceiver(start.sid, checkpoint_interval=self.checkpoint_interval)
+        sink = HubSink(self, user, start.sid)
+        try:
+            await run_receiver(port, receiver, sink, start)
+        finally:
+            sink.close()
+
+    async def _pull(self, user: User, port: Port, pull: m.Pull) -> None:
+        try:
+            name = check_name(pull.name)
+        except UsageError as exc:
+            await port.send(m.Abort(sid=pull.sid, code=exc.code, message=exc.message))
+            return
+        row = await self.db.get_file(user.id, name)
+        path = self.layout.file_path(user.id, name)
+        if row is None or not path.exists():
+            err = NotFound(f"no file named {name!r} on the hub")
+            await port.send(m.Abort(sid=pull.sid, code=err.code, message=err.message))
+            return
+        source = FileSource(path)
+        key = f"pull:{user.id}:{pull.sid}"
+        self.bandwidth.register(key)
+        sender = StreamSender(
+            pull.sid,
+            name=name,
+            size=source.size,
+            mtime=float(row["mtime"]),
+            checkpoint_interval=self.checkpoint_interval,
+        )
+        await self.events.emit("pull_start", user.name, sid=pull.sid, name=name, size=source.size)
+        try:
+            ack = await run_sender(
+                port, sender, source, limit=lambda: self.bandwidth.rate_for(key, minute_of_day())
+            )
+            self.metrics.bytes_sent.inc(sender.wire_bytes)
+            await self.events.emit(
+                "pull_end", user.name, sid=pull.sid, name=name, verified=ack.verified
+            )
+        finally:
+            source.close()
+            self.bandwidth.unregister(key)
+
+    async def purge(self, older_than_seconds: float) -> int:
+        """Drop streams untouched for longer than the limit, with their partials."""
+        stale = await self.db.stale_streams(time.time() - older_than_seconds)
+        for row in stale:
+            self.layout.partial_path(row["user_id"], row["sid"]).unlink(missing_ok=True)
+            await self.db.delete_stream(row["user_id"], row["sid"])
+            await self.events.emit("stream_purged", "hub", sid=row["sid"], name=row["name"])
+        return len(stale)

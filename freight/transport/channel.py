@@ -1,0 +1,140 @@
+"""Frame channels and the per-stream multiplexer.
+
+A :class:`FrameChannel` moves whole frames (message + payload) over one
+connection. A :class:`Mux` reads a channel in one task and hands each stream's
+frames to that stream's :class:`Port` through a bounded queue, so a slow
+stream slows its connection (TCP back-pressure) instead of growing memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ..errors import NetworkError
+from ..protocol import messages as m
+from ..protocol.messages import AnyMessage, Message
+
+Frame = tuple[AnyMessage, bytes]
+
+PORT_QUEUE_FRAMES = 16
+CONTROL_QUEUE_FRAMES = 64
+
+
+class ChannelClosed(NetworkError):
+    """The connection closed."""
+
+    code = "channel_closed"
+
+
+class FrameChannel(Protocol):
+    async def send(self, msg: Message, payload: bytes = b"") -> None: ...
+
+    async def recv(self) -> Frame: ...
+
+    async def aclose(self) -> None: ...
+
+
+class Port:
+    """One stream's view of a shared channel."""
+
+    def __init__(self, mux: Mux, sid: str) -> None:
+        self.sid = sid
+        self.mux = mux
+        self.queue: asyncio.Queue[Frame | BaseException] = asyncio.Queue(PORT_QUEUE_FRAMES)
+
+    async def send(self, msg: Message, payload: bytes = b"") -> None:
+        await self.mux.channel.send(msg, payload)
+
+    async def recv(self) -> Frame:
+        item = await self.queue.get()
+        if isinstance(item, BaseException):
+            # Keep the failure visible to any later recv() too.
+            self.queue.put_nowait(item)
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.mux.ports.pop(self.sid, None)
+
+
+NewStreamHandler = Callable[[Port, AnyMessage, bytes], Awaitable[None]]
+
+
+class Mux:
+    """Dispatches incoming frames by ``sid``.
+
+    Frames of unknown streams that open a stream (StartStream, Pull) go to
+    ``on_new`` (the hub side); frames without a stream (Welcome, TicketGrant,
+    Error with no sid) go to the control queue.
+    """
+
+    def __init__(self, channel: FrameChannel, on_new: NewStreamHandler | None = None) -> None:
+        self.channel = channel
+        self.on_new = on_new
+        self.ports: dict[str, Port] = {}
+        self.control: asyncio.Queue[Frame | BaseException] = asyncio.Queue(CONTROL_QUEUE_FRAMES)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.closed = asyncio.Event()
+
+    def port(self, sid: str) -> Port:
+        if sid in self.ports:
+            raise ValueError(f"stream {sid} is already open on this connection")
+        p = self.ports[sid] = Port(self, sid)
+        return p
+
+    async def recv_control(self) -> Frame:
+        item = await self.control.get()
+        if isinstance(item, BaseException):
+            self.control.put_nowait(item)
+            raise item
+        return item
+
+    async def run(self) -> None:
+        """Read until the channel closes; then fail every waiting port."""
+        failure: BaseException = ChannelClosed("connection closed")
+        try:
+            while True:
+                msg, payload = await self.channel.recv()
+                await self._dispatch(msg, payload)
+        except (ChannelClosed, NetworkError) as exc:
+            failure = exc
+        except Exception as exc:  # a protocol error: every waiter sees it
+            failure = exc
+        finally:
+            self.closed.set()
+            for p in list(self.ports.values()):
+                with contextlib.suppress(asyncio.QueueFull):
+                    p.queue.put_nowait(failure)
+            with contextlib.suppress(asyncio.QueueFull):
+                self.control.put_nowait(failure)
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def _dispatch(self, msg: AnyMessage, payload: bytes) -> None:
+        sid = getattr(msg, "sid", "")
+        if not sid:
+            await self.control.put((msg, payload))
+            return
+        port = self.ports.get(sid)
+        if port is not None:
+            await port.queue.put((msg, payload))
+            return
+        if self.on_new is not None and isinstance(msg, m.StartStream | m.Pull):
+            port = self.port(sid)
+            task = asyncio.create_task(self._serve(port, msg, payload))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        if isinstance(msg, m.Error):
+            return  # late error for a stream that is already gone
+        # A frame for a stream that already finished (e.g. a late ack): drop.
+
+    async def _serve(self, port: Port, msg: AnyMessage, payload: bytes) -> None:
+        assert self.on_new is not None
+        try:
+            await self.on_new(port, msg, payload)
+        finally:
+            port.close()

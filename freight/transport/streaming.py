@@ -1,0 +1,326 @@
+"""The stream engines: drive a StreamSender from a :class:`Source`, or a
+StreamReceiver into a :class:`Sink`, over a :class:`~.channel.Port`.
+
+Both the hub and the client use these, in either direction, so push and
+pull share one implementation. Decisions live in the protocol machines; this
+module only reads, writes, waits and keeps the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import blake3
+
+from ..errors import FreightError, SourceChanged, StalledError, code_to_error
+from ..protocol import messages as m
+from ..protocol.bucket import TokenBucket
+from ..protocol.errors import RemoteProtocolError
+from ..protocol.limits import CHUNK_BYTES, MIN_CHUNK_BYTES
+from ..protocol.stream import (
+    Aborted,
+    Accepted,
+    Checkpointed,
+    CheckpointRequested,
+    DataReceived,
+    EndRequested,
+    Finished,
+    StreamReceiver,
+    StreamRequested,
+    StreamSender,
+)
+from .channel import Port
+
+HASH_BLOCK = 8 * 1024 * 1024
+Clock = Callable[[], float]
+
+
+def hash_prefix(fd: int, length: int) -> blake3.blake3:
+    """BLAKE3 state over the first ``length`` bytes of an open file."""
+    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    pos = 0
+    while pos < length:
+        block = os.pread(fd, min(HASH_BLOCK, length - pos), pos)
+        if not block:
+            raise FreightError(f"file shorter than {length} bytes while hashing")
+        h.update(block)
+        pos += len(block)
+    return h
+
+
+def chunk_size_for(rate: int) -> int:
+    """Smaller frames at low rates keep the rate smooth and checkpoints timely."""
+    if rate <= 0:
+        return CHUNK_BYTES
+    return max(MIN_CHUNK_BYTES, min(CHUNK_BYTES, rate // 16))
+
+
+# --- sending ------------------------------------------------------------------
+
+
+class Source(Protocol):
+    size: int
+
+    def read(self, offset: int, n: int) -> bytes: ...
+
+    def prefix_hasher(self, length: int) -> blake3.blake3: ...
+
+
+class FileSource:
+    """A regular file opened for sending."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.fd = os.open(path, os.O_RDONLY)
+        st = os.fstat(self.fd)
+        self.size = st.st_size
+        self.mtime = st.st_mtime
+
+    def read(self, offset: int, n: int) -> bytes:
+        data = os.pread(self.fd, n, offset)
+        if len(data) != n:
+            raise SourceChanged("the file shrank while it was being sent")
+        return data
+
+    def prefix_hasher(self, length: int) -> blake3.blake3:
+        return hash_prefix(self.fd, length)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class SendProgress:
+    """What a progress bar shows; updated in place by run_sender."""
+
+    sent: int = 0  # offset reached by the sender
+    acked: int = 0  # durable at the receiver
+    resumed_from: int = 0
+    wire_bytes: int = 0
+
+
+async def run_sender(
+    port: Port,
+    sender: StreamSender,
+    source: Source,
+    *,
+    limit: int | Callable[[], int] = 0,
+    stall_timeout: float = 60.0,
+    clock: Clock = time.monotonic,
+    progress: SendProgress | None = None,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> m.EndStreamAck:
+    """Send the whole source; returns the receiver's EndStreamAck.
+
+    ``limit`` is the sender's own cap (bytes/s, 0 = none, or a function
+    returning it, asked again at every checkpoint); the effective rate is the
+    lower of it and what the receiver assigns.
+    """
+    progress = progress or SendProgress()
+    await port.send(sender.start(clock()))
+    ev = await _next_sender_event(port, sender, stall_timeout)
+    if isinstance(ev, Aborted):
+        raise code_to_error(ev.code, ev.message)
+    assert isinstance(ev, Accepted)
+    hasher = await asyncio.to_thread(source.prefix_hasher, ev.checkpoint)
+    if ev.checkpoint and hasher.hexdigest() != ev.prefix_digest:
+        await port.send(sender.abort("source_changed", "source differs from the part sent"))
+        raise SourceChanged("the source changed since the interrupted attempt; starting over")
+    progress.sent = progress.acked = progress.resumed_from = ev.checkpoint
+
+    def current_limit() -> int:
+        return limit() if callable(limit) else limit
+
+    bucket = TokenBucket(_effective(current_limit(), sender.rate), clock())
+
+    def retune() -> None:
+        rate = _effective(current_limit(), sender.rate)
+        if rate != bucket.rate:
+            bucket.set_rate(rate, clock())
+
+    while sender.offset < sender.size:
+        window = sender.send_window()
+        if window == 0:
+            ev = await _next_sender_event(port, sender, stall_timeout)
+            _handle_sender_event(ev, progress, on_checkpoint)
+            retune()
+            continue
+        _drain_ready(port, sender, progress, on_checkpoint, retune)
+        n = min(window, chunk_size_for(bucket.rate))
+        offset = sender.offset
+        raw = source.read(offset, n)
+        hasher.update(raw)
+        delay = bucket.reserve(n, clock())
+        if delay > 0:
+            await asyncio.sleep(delay)
+        msg, wire = sender.data(raw)
+        await port.send(msg, wire)
+        progress.sent = sender.offset
+        progress.wire_bytes = sender.wire_bytes
+        if sender.keepalive_due(clock()):
+            await port.send(sender.keepalive(clock()))
+    if sender.keepalive_due(clock()):
+        await port.send(sender.keepalive(clock()))
+    await port.send(sender.end(hasher.hexdigest()))
+    while True:
+        ev = await _next_sender_event(port, sender, stall_timeout)
+        if isinstance(ev, Finished):
+            progress.acked = ev.total if ev.verified else progress.acked
+            return m.EndStreamAck(
+                sid=sender.sid, total=ev.total, verified=ev.verified, digest=ev.digest
+            )
+        _handle_sender_event(ev, progress, on_checkpoint)
+
+
+def _effective(limit: int, assigned: int) -> int:
+    if limit and assigned:
+        return min(limit, assigned)
+    return limit or assigned
+
+
+def _handle_sender_event(
+    ev: object, progress: SendProgress, on_checkpoint: Callable[[int], None] | None
+) -> None:
+    if isinstance(ev, Checkpointed):
+        progress.acked = ev.checkpoint
+        if on_checkpoint:
+            on_checkpoint(ev.checkpoint)
+    elif isinstance(ev, Aborted):
+        raise code_to_error(ev.code, ev.message)
+
+
+def _drain_ready(
+    port: Port,
+    sender: StreamSender,
+    progress: SendProgress,
+    on_checkpoint: Callable[[int], None] | None,
+    retune: Callable[[], None],
+) -> None:
+    """Handle acknowledgements that already arrived, without waiting."""
+    while not port.queue.empty():
+        item = port.queue.get_nowait()
+        if isinstance(item, BaseException):
+            port.queue.put_nowait(item)
+            raise item
+        ev = _feed_sender(sender, *item)
+        _handle_sender_event(ev, progress, on_checkpoint)
+        retune()
+
+
+def _feed_sender(sender: StreamSender, msg: m.AnyMessage, payload: bytes) -> object:
+    if isinstance(msg, m.Error):
+        raise code_to_error(msg.code, msg.message)
+    return sender.receive(msg)
+
+
+async def _next_sender_event(port: Port, sender: StreamSender, stall_timeout: float) -> object:
+    try:
+        msg, payload = await asyncio.wait_for(port.recv(), stall_timeout)
+    except TimeoutError:
+        raise StalledError(
+            f"no acknowledgement from the other side for {stall_timeout:.0f} s"
+        ) from None
+    return _feed_sender(sender, msg, payload)
+
+
+# --- receiving ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Acceptance:
+    checkpoint: int
+    prefix_digest: str
+    level: str
+    rate: int
+
+
+class Sink(Protocol):
+    """Where a receiver puts bytes; durability is the sink's promise."""
+
+    async def open(self, req: StreamRequested) -> Acceptance: ...
+
+    def write(self, offset: int, data: bytes) -> None: ...
+
+    async def durable(self, offset: int) -> tuple[int, str]:
+        """Make bytes below ``offset`` durable; return (rate, level) to announce."""
+        ...
+
+    async def finish(self, total: int, digest: str) -> tuple[bool, str]:
+        """Verify and publish; return (verified, actual digest)."""
+        ...
+
+    async def aborted(self, code: str, message: str) -> None: ...
+
+
+async def run_receiver(
+    port: Port,
+    receiver: StreamReceiver,
+    sink: Sink,
+    first: m.AnyMessage,
+    *,
+    idle_timeout: float = 300.0,
+) -> m.EndStreamAck:
+    """Receive one stream whose first frame (StartStream) is ``first``."""
+    ev = receiver.receive(first)
+    assert isinstance(ev, StreamRequested)
+    try:
+        acc = await sink.open(ev)
+    except FreightError as exc:
+        await port.send(receiver.abort(exc.code, exc.message))
+        raise
+    await port.send(
+        receiver.accept(
+            checkpoint=acc.checkpoint,
+            prefix_digest=acc.prefix_digest,
+            level=acc.level,
+            rate=acc.rate,
+        )
+    )
+    # Durability runs beside reception: fsync of one interval overlaps with
+    # receiving the next; at most one is in flight so acks stay in order.
+    pending: asyncio.Task[None] | None = None
+
+    async def make_durable(offset: int) -> None:
+        rate, level = await sink.durable(offset)
+        await port.send(receiver.durable(offset, rate=rate, level=level))
+
+    try:
+        while True:
+            try:
+                msg, payload = await asyncio.wait_for(port.recv(), idle_timeout)
+            except TimeoutError:
+                raise StalledError(f"sender idle for {idle_timeout:.0f} s") from None
+            if isinstance(msg, m.Error):
+                raise code_to_error(msg.code, msg.message)
+            ev2 = receiver.receive(msg, payload)
+            if isinstance(ev2, DataReceived):
+                try:
+                    sink.write(ev2.offset, ev2.data)
+                except FreightError as exc:
+                    await port.send(receiver.abort(exc.code, exc.message))
+                    await sink.aborted(exc.code, exc.message)
+                    raise
+            elif isinstance(ev2, CheckpointRequested):
+                if pending is not None:
+                    await pending
+                pending = asyncio.create_task(make_durable(ev2.offset))
+            elif isinstance(ev2, EndRequested):
+                if pending is not None:
+                    await pending
+                    pending = None
+                verified, digest = await sink.finish(ev2.total, ev2.digest)
+                ack = receiver.complete(verified=verified, digest=digest)
+                await port.send(ack)
+                return ack
+            elif isinstance(ev2, Aborted):
+                await sink.aborted(ev2.code, ev2.message)
+                raise code_to_error(ev2.code, f"the sender aborted: {ev2.message or ev2.code}")
+            else:
+                raise RemoteProtocolError(f"unexpected {type(msg).__name__}")
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()

@@ -1,0 +1,54 @@
+"""Sample messages shared by the protocol unit tests: at least one of every type."""
+
+from __future__ import annotations
+
+import typing
+
+import xxhash
+
+from freight.protocol import messages as m
+
+SID = "s-1"
+
+
+def data_msg(raw: bytes, *, offset: int = 0, seq: int = 0, sid: str = SID) -> tuple[m.Data, bytes]:
+    """An honest uncompressed Data frame carrying ``raw``."""
+    msg = m.Data(
+        sid=sid,
+        seq=seq,
+        offset=offset,
+        raw=len(raw),
+        codec=m.CODEC_NONE,
+        xxh=xxhash.xxh3_64_intdigest(raw),
+        len=len(raw),
+    )
+    return msg, raw
+
+
+SAMPLES: list[tuple[m.Message, bytes]] = [
+    (m.Hello(version=1, agent="freight/0.1 (linux)"), b""),
+    (m.Welcome(version=1, node="hub-α"), b""),
+    (m.TicketRequest(rid="r.1:x-y_z"), b""),
+    (m.TicketGrant(rid="r1", ticket="00ff" * 4, secret="ab" * 32, expires_in=30.5), b""),
+    (m.Error(code="not_found", message="no such file: ü.txt"), b""),
+    (m.Error(code="bad", message="stream failed", sid=SID), b""),
+    (m.Pull(sid=SID, name="dir/file name with spaces.bin"), b""),
+    (
+        m.StartStream(
+            sid=SID, name="a.bin", size=10, mtime=1.7e9, want_level=m.LEVEL_MAX, fresh=True
+        ),
+        b"",
+    ),
+    (m.StartStreamAck(sid=SID, level="fast", rate=10**6, checkpoint=4, prefix_digest="0a" * 32), b""),
+    data_msg(b"hello world"),
+    (m.Data(sid=SID, seq=3, offset=7, raw=100, codec=m.CODEC_ZSTD, xxh=2**64 - 1, len=0), b""),
+    (m.KeepAlive(sid=SID, offset=8 * 1024 * 1024), b""),
+    (m.KeepAliveAck(sid=SID, checkpoint=5, rate=0, level="none"), b""),
+    (m.EndStream(sid=SID, total=10, digest="f" * 64), b""),
+    (m.EndStreamAck(sid=SID, total=10, verified=True, digest="f" * 64), b""),
+    (m.Abort(sid=SID, code="disk_full", message="no space left"), b""),
+    # Any message may carry a payload; ``len`` says how much.
+    (m.Hello(version=1, len=3), b"\x00\x01\x02"),
+]
+
+ALL_MESSAGE_TYPES: tuple[type[m.Message], ...] = typing.get_args(m.AnyMessage)
