@@ -28,11 +28,11 @@ from ..errors import (
     StorageError,
     UsageError,
 )
+from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.retry import RetryPolicy, RetryState
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
-from ..store.layout import check_name
 from ..transport.channel import ChannelClosed
 from ..transport.streaming import (
     Acceptance,

@@ -13,10 +13,10 @@ from typing import Any
 import blake3
 
 from ..errors import DiskFull, FreightError, NotFound, StorageError, UsageError
+from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..store import Database, DataLayout
-from ..store.layout import check_name
 from ..transport.channel import Port
 from ..transport.streaming import Acceptance, FileSource, hash_prefix, run_receiver, run_sender
 from .bandwidth import BandwidthManager

@@ -27,7 +27,7 @@ def data_msg(raw: bytes, *, offset: int = 0, seq: int = 0, sid: str = SID) -> tu
 
 SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.Hello(version=1, agent="freight/0.1 (linux)"), b""),
-    (m.Welcome(version=1, node="hub-α"), b""),
+    (m.Welcome(version=1, node="hub-münchen"), b""),
     (m.TicketRequest(rid="r.1:x-y_z"), b""),
     (m.TicketGrant(rid="r1", ticket="00ff" * 4, secret="ab" * 32, expires_in=30.5), b""),
     (m.Error(code="not_found", message="no such file: ü.txt"), b""),
@@ -39,7 +39,10 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
         ),
         b"",
     ),
-    (m.StartStreamAck(sid=SID, level="fast", rate=10**6, checkpoint=4, prefix_digest="0a" * 32), b""),
+    (
+        m.StartStreamAck(sid=SID, level="fast", rate=10**6, checkpoint=4, prefix_digest="0a" * 32),
+        b"",
+    ),
     data_msg(b"hello world"),
     (m.Data(sid=SID, seq=3, offset=7, raw=100, codec=m.CODEC_ZSTD, xxh=2**64 - 1, len=0), b""),
     (m.KeepAlive(sid=SID, offset=8 * 1024 * 1024), b""),

@@ -81,8 +81,10 @@ def test_zstd_frames_without_content_size_are_accepted() -> None:
         (CODEC_ZLIB, zlib.compress(TEXT)[:-10]),
         (CODEC_ZLIB, b""),
     ],
-    ids=["zstd-garbage", "zstd-truncated", "zstd-magic-only", "zstd-empty"]
-    + ["zlib-garbage", "zlib-truncated", "zlib-empty"],
+    ids=[
+        *("zstd-garbage", "zstd-truncated", "zstd-magic-only", "zstd-empty"),
+        *("zlib-garbage", "zlib-truncated", "zlib-empty"),
+    ],
 )
 def test_corrupt_input_is_an_integrity_error(codec: int, wire: bytes) -> None:
     with pytest.raises(IntegrityError):

@@ -1,0 +1,179 @@
+"""Test support: real hub processes and real CLI clients on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ADMIN_PASSWORD = "correct horse battery staple"
+PYTHON = sys.executable
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll a condition on the real system (a file size, a process state)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Hub:
+    """A `freight hub` subprocess with its own data folder."""
+
+    def __init__(self, data: Path, *, extra: list[str] | None = None) -> None:
+        self.data = data
+        self.extra = extra or []
+        self.port = 0
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self.fingerprint = ""
+        self.preexec: Callable[[], None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> Hub:
+        env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        cmd = [PYTHON, "-m", "freight", "hub", "--data", str(self.data)]
+        cmd += ["--listen", f"127.0.0.1:{self.port}", *self.extra]
+        self.lines = []
+        self.proc = subprocess.Popen(
+            cmd,
+            env=env,
+            stderr=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=self.preexec,
+        )
+        ready = threading.Event()
+
+        def drain() -> None:
+            assert self.proc and self.proc.stderr
+            for line in self.proc.stderr:
+                self.lines.append(line)
+                if m := re.search(r"listening on https://127\.0\.0\.1:(\d+)", line):
+                    self.port = int(m.group(1))
+                if m := re.search(r"fingerprint: (SHA256:[0-9a-f]+)", line):
+                    self.fingerprint = m.group(1)
+                    ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not ready.wait(60):
+            self.stop()
+            raise AssertionError("hub did not start:\n" + "".join(self.lines))
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: no chance to clean up, like a power cut of the process."""
+        assert self.proc
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def partials(self) -> list[Path]:
+        return sorted((self.data / "partial").glob("*/*.part"))
+
+    def partial_size(self) -> int:
+        return sum(p.stat().st_size for p in self.partials())
+
+
+class Client:
+    """Runs the `freight` CLI with its own config folder."""
+
+    def __init__(self, config: Path, hub: Hub) -> None:
+        self.config = config
+        self.hub = hub
+        self.env = {
+            **os.environ,
+            "FREIGHT_CONFIG_DIR": str(config),
+            "FREIGHT_RETRY_INTERVAL": "0.2",
+            "FREIGHT_RETRY_STEADY": "5",
+            "FREIGHT_RETRY_GIVE_UP": "60",
+            "FREIGHT_STALL_TIMEOUT": "20",
+        }
+
+    def run(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 300
+    ) -> subprocess.CompletedProcess[str]:
+        res = subprocess.run(
+            [PYTHON, "-m", "freight", *args],
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and res.returncode != 0:
+            raise AssertionError(
+                f"freight {' '.join(args)} exited {res.returncode}\n"
+                f"stdout: {res.stdout}\nstderr: {res.stderr}\nhub log:\n{self.hub.log()[-3000:]}"
+            )
+        return res
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [PYTHON, "-m", "freight", *args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def login(self, url: str | None = None) -> subprocess.CompletedProcess[str]:
+        return self.run(
+            "login",
+            url or self.hub.url,
+            "--user",
+            "admin",
+            "--password-stdin",
+            "--fingerprint",
+            self.hub.fingerprint,
+            input=ADMIN_PASSWORD + "\n",
+        )
+
+
+def random_file(path: Path, size: int, seed: int = 0) -> Path:
+    """Incompressible test data, written in blocks to keep memory small."""
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 4 * 1024 * 1024)
+            f.write(rng.randbytes(n))
+            left -= n
+    return path
+
+
+def same_bytes(a: Path, b: Path) -> bool:
+    import hashlib
+
+    def digest(p: Path) -> str:
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            while block := f.read(4 * 1024 * 1024):
+                h.update(block)
+        return h.hexdigest()
+
+    return a.stat().st_size == b.stat().st_size and digest(a) == digest(b)
