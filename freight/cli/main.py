@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from .. import __version__
+from ..allocator import tune_allocator
 from ..client.config import ClientConfig
 from ..client.session import (
     DATA_PATHS,
@@ -376,6 +377,7 @@ def admin_bandwidth(
 
 
 def run() -> None:
+    tune_allocator()
     app()
 
 

