@@ -15,15 +15,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..protocol import messages as m
-from ..protocol.errors import ProtocolError, RemoteProtocolError
-from ..protocol.frames import encode_frame
-from ..protocol.seal import PREAMBLE_BYTES, parse_preamble
+from ..protocol.errors import ProtocolError
 from ..transport.channel import ChannelClosed
-from ..transport.dataconn import WRITE_BUFFER_HIGH, DataConnChannel, tune_socket
+from ..transport.dataconn import accept_data_connection
 from .app import send_error, serve_channel
 from .state import HubState
 from .streams import User
+from .tickets import Ticket
 
 TLS_RECORD_HANDSHAKE = 0x16
 FIRST_BYTE_TIMEOUT = 10.0
@@ -102,36 +100,26 @@ class SharedPortListener:
         await self._data_connection(conn)
 
     async def _data_connection(self, conn: socket.socket) -> None:
-        tune_socket(conn)
-        reader, writer = await asyncio.open_connection(sock=conn, limit=READ_LIMIT)
-        writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        def lookup(ticket_id: bytes) -> tuple[bytes, object] | None:
+            ticket = self.state.tickets.redeem(ticket_id, time.monotonic())
+            return None if ticket is None else (ticket.secret, ticket)
+
+        chan = await accept_data_connection(conn, lookup, FIRST_BYTE_TIMEOUT)
+        if chan is None:
+            self.state.metrics.protocol_errors.inc()
+            self.state.events.log.info("data_connection_refused")
+            return
+        ticket = chan.context
+        assert isinstance(ticket, Ticket)
+        user = User(ticket.user_id, ticket.user_name, "")
         try:
-            try:
-                pre = await asyncio.wait_for(reader.readexactly(PREAMBLE_BYTES), FIRST_BYTE_TIMEOUT)
-                ticket = self.state.tickets.redeem(parse_preamble(pre), time.monotonic())
-                if ticket is None:
-                    raise RemoteProtocolError("unknown or expired reception ticket")
-            except ProtocolError as exc:
-                # Not sealed: the peer has no keys we could seal with.
-                self.state.metrics.protocol_errors.inc()
-                self.state.events.log.info("data_connection_refused", error=exc.message)
-                writer.write(encode_frame(m.Error(code=exc.code, message=exc.message)))
-                await writer.drain()
-                return
-            chan = DataConnChannel(
-                reader, writer, secret=ticket.secret, ticket_id=ticket.ticket_id, is_hub=True
-            )
-            user = User(ticket.user_id, ticket.user_name, "")
-            try:
-                await serve_channel(self.state, user, chan)
-            except ProtocolError as exc:
-                await send_error(self.state, chan, exc)
-        except (asyncio.IncompleteReadError, ChannelClosed, TimeoutError, ConnectionError, OSError):
+            await serve_channel(self.state, user, chan)
+        except ProtocolError as exc:
+            await send_error(self.state, chan, exc)
+        except ChannelClosed:
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, OSError):
-                await writer.wait_closed()
+            await chan.aclose()
 
 
 async def _peek_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:

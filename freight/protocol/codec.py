@@ -53,26 +53,46 @@ class Compressor:
 _dctx: Final = zstandard.ZstdDecompressor()
 
 
+def _zstd(wire: bytes, raw_len: int) -> bytes:
+    # A frame header may declare its content size: refuse a lie before
+    # allocating anything. Without one, stream and read at most raw_len + 1.
+    try:
+        declared = zstandard.frame_content_size(wire)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt zstd frame: {exc}") from None
+    if declared >= 0 and declared != raw_len:
+        raise IntegrityError(f"zstd frame declares {declared} bytes, header says {raw_len}")
+    try:
+        if declared == raw_len:
+            return _dctx.decompress(wire, max_output_size=raw_len)
+        with _dctx.stream_reader(wire, read_size=len(wire) or 1) as reader:
+            return reader.read(raw_len + 1)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"corrupt zstd frame: {exc}") from None
+
+
+def _zlib(wire: bytes, raw_len: int) -> bytes:
+    d = zlib.decompressobj()
+    try:
+        # max_length=0 would mean "no limit": always ask for one byte more
+        # than declared so an overlong frame shows without inflating it.
+        out = d.decompress(wire, raw_len + 1)
+    except zlib.error as exc:
+        raise IntegrityError(f"corrupt zlib frame: {exc}") from None
+    return out
+
+
 def decompress(codec: int, wire: bytes, raw_len: int) -> bytes:
     """Undo ``codec``; output is capped at ``raw_len`` so a hostile frame
     cannot expand into unbounded memory."""
     if codec == CODEC_NONE:
         out = wire
     elif codec == CODEC_ZSTD:
-        try:
-            out = _dctx.decompress(wire, max_output_size=raw_len)
-        except zstandard.ZstdError as exc:
-            raise IntegrityError(f"corrupt zstd frame: {exc}") from None
+        out = _zstd(wire, raw_len)
     elif codec == CODEC_ZLIB:
-        d = zlib.decompressobj()
-        try:
-            out = d.decompress(wire, raw_len)
-        except zlib.error as exc:
-            raise IntegrityError(f"corrupt zlib frame: {exc}") from None
-        if d.unconsumed_tail:
-            raise IntegrityError("zlib frame expands beyond its declared size")
+        out = _zlib(wire, raw_len)
     else:
         raise IntegrityError(f"unknown codec {codec}")
     if len(out) != raw_len:
-        raise IntegrityError(f"frame decodes to {len(out)} bytes, header says {raw_len}")
+        raise IntegrityError(f"frame decodes to {len(out)} or more bytes, header says {raw_len}")
     return out

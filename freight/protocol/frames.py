@@ -23,6 +23,11 @@ _encoder: Final = msgspec.json.Encoder()
 _decoder: Final = msgspec.json.Decoder(AnyMessage)
 
 
+def encode_json(msg: Message) -> bytes:
+    """The JSON header of ``msg`` alone, without the length prefix."""
+    return _encoder.encode(msg)
+
+
 def encode_header(msg: Message) -> bytes:
     """The length prefix and JSON header of ``msg`` (payload not included)."""
     header = _encoder.encode(msg)

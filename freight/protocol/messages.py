@@ -105,13 +105,15 @@ class StartStream(Message, tag="start", frozen=True):
 
 class StartStreamAck(Message, tag="start_ack", frozen=True):
     """Receiver accepts: resume at ``checkpoint``; ``prefix_digest`` is the
-    BLAKE3 of the bytes before it, so the sender can tell a changed source."""
+    BLAKE3 of the bytes before it, so the sender can tell a changed source.
+    ``interval`` is the receiver's checkpoint interval (0: the default)."""
 
     sid: Id
     level: Level
     rate: NonNeg
     checkpoint: NonNeg
     prefix_digest: Hex = ""
+    interval: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0
 
 
 class Data(Message, tag="data", frozen=True):

@@ -3,11 +3,14 @@
 A data connection is authorised by a one-time reception ticket (id + secret)
 that the client obtained over the authenticated TLS control channel. Both ends
 derive one AES-256-GCM key per direction from the secret with HKDF-SHA256
-(salt = ticket id). A record is ``[4-byte length][ciphertext + 16-byte tag]``
-where the ciphertext seals a whole frame (header and payload, so neither file
-names nor offsets are visible), the nonce is the record counter of that
-direction (never reused: new ticket → new keys), and the length prefix is the
-associated data. Reordered, replayed, truncated or altered records fail to
+(salt = ticket id). A frame travels as one *header record* and, when its
+payload is not empty, one *payload record*; each record is
+``[4-byte length][ciphertext + 16-byte tag]``. The nonce is the record
+counter of that direction (new ticket → new keys, so a nonce never repeats),
+and the associated data is the length prefix plus the record kind (``H`` or
+``P``). Sealing header and payload separately lets both ends encrypt and
+decrypt straight from and into their I/O buffers, with no copy to glue a
+frame together. Reordered, replayed, truncated or altered records fail to
 open; see docs/protocol.md "Data connections" for the full argument.
 """
 
@@ -22,18 +25,22 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import FrameTooLarge, IntegrityError, LocalProtocolError, RemoteProtocolError
+from .frames import parse_header
 from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
+from .messages import AnyMessage
 
 MAGIC: Final = b"FRD1"  # first bytes of a data connection; TLS starts with 0x16
 TICKET_ID_BYTES: Final = 16
 TICKET_SECRET_BYTES: Final = 32
 TAG_BYTES: Final = 16
 PREAMBLE_BYTES: Final = len(MAGIC) + TICKET_ID_BYTES
-MAX_RECORD_BYTES: Final = 4 + MAX_HEADER_BYTES + MAX_PAYLOAD_BYTES + TAG_BYTES
 CLIENT_TO_HUB: Final = b"freight data v1 client->hub"
 HUB_TO_CLIENT: Final = b"freight data v1 hub->client"
+KIND_HEADER: Final = b"H"
+KIND_PAYLOAD: Final = b"P"
 
 _LEN: Final = struct.Struct(">I")
+Buffer = bytes | bytearray | memoryview
 
 
 def derive_key(secret: bytes, ticket_id: bytes, direction: bytes) -> bytes:
@@ -61,37 +68,150 @@ class Sealer:
         self._aead = AESGCM(key)
         self._counter = 0
 
-    def seal(self, frame: bytes) -> bytes:
+    def _record(self, data: Buffer, kind: bytes) -> tuple[bytes, bytes]:
         nonce = self._counter.to_bytes(12, "big")
         self._counter += 1
-        prefix = _LEN.pack(len(frame) + TAG_BYTES)
-        return prefix + self._aead.encrypt(nonce, frame, prefix)
+        prefix = _LEN.pack(len(data) + TAG_BYTES)
+        return prefix, self._aead.encrypt(nonce, data, prefix + kind)
+
+    def seal_frame(self, header: bytes, payload: Buffer = b"") -> list[bytes]:
+        """Records for one frame: ``header`` is the JSON header (no length
+        prefix), ``payload`` the bytes it announces. Write them in order."""
+        out = list(self._record(header, KIND_HEADER))
+        if payload:
+            out.extend(self._record(payload, KIND_PAYLOAD))
+        return out
 
 
 class Opener:
     """Opens incoming records of one direction, in order, exactly once each."""
 
-    def __init__(self, key: bytes, *, max_record: int = MAX_RECORD_BYTES) -> None:
+    def __init__(self, key: bytes) -> None:
         self._aead = AESGCM(key)
         self._counter = 0
-        self.max_record = max_record
 
-    def record_length(self, prefix: bytes) -> int:
-        """Length of the sealed body announced by a 4-byte prefix."""
-        n: int = _LEN.unpack(prefix)[0]
-        if n < TAG_BYTES:
-            raise RemoteProtocolError("sealed record shorter than its tag")
-        if n > self.max_record:
-            raise FrameTooLarge(f"sealed record of {n} bytes exceeds the limit")
-        return n
-
-    def open(self, prefix: bytes, body: bytes) -> bytes:
+    def open(self, prefix: Buffer, body: Buffer, kind: bytes) -> bytes:
         nonce = self._counter.to_bytes(12, "big")
         try:
-            frame = self._aead.decrypt(nonce, body, prefix)
+            plain = self._aead.decrypt(nonce, body, bytes(prefix) + kind)
         except InvalidTag:
             raise IntegrityError(
                 "data connection record failed authentication (tampered, replayed or reordered)"
             ) from None
         self._counter += 1
-        return frame
+        return plain
+
+
+class SealedFrameDecoder:
+    """Incremental decoder of sealed records into frames, bounded like
+    :class:`~.frames.FrameDecoder`. It owns its receive buffer so an I/O
+    layer can read straight into it (``get_buffer``/``buffer_updated``, the
+    shape of asyncio's BufferedProtocol); ``feed`` copies bytes in for tests.
+    After a protocol error it stays broken and raises the same error again.
+    """
+
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        max_header: int = MAX_HEADER_BYTES,
+        max_payload: int = MAX_PAYLOAD_BYTES,
+        initial: int = 2 * 1024 * 1024 + 64 * 1024,
+    ) -> None:
+        self._opener = opener
+        self.max_header = max_header
+        self.max_payload = max_payload
+        self._buf = bytearray(initial)
+        self._start = 0
+        self._end = 0
+        self._need = 4  # bytes of the next record not yet in the buffer
+        self._pending: AnyMessage | None = None
+        self._error: RemoteProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    @property
+    def capacity(self) -> int:
+        return len(self._buf)
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Writable free space at the end of the buffer, large enough for the
+        rest of the record being received."""
+        if self._error is not None:
+            raise self._error
+        want = max(self._need, 64 * 1024)
+        if len(self._buf) - self._end < want:
+            avail = self._end - self._start
+            if self._start > 0 and len(self._buf) - avail >= want:
+                # Same-size slice assignment: allowed even while an old view
+                # of the buffer is still referenced somewhere.
+                self._buf[0:avail] = self._buf[self._start : self._end]
+            else:
+                new = bytearray(avail + want)
+                new[0:avail] = self._buf[self._start : self._end]
+                self._buf = new
+            self._start, self._end = 0, avail
+        return memoryview(self._buf)[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._end += nbytes
+
+    def feed(self, data: Buffer) -> None:
+        view = memoryview(data)
+        while view:
+            target = self.get_buffer(len(view))
+            n = min(len(target), len(view))
+            target[:n] = view[:n]
+            target.release()
+            self.buffer_updated(n)
+            view = view[n:]
+
+    def next_frame(self) -> tuple[AnyMessage, bytes] | None:
+        if self._error is not None:
+            raise self._error
+        try:
+            return self._next()
+        except RemoteProtocolError as exc:
+            self._error = exc
+            self._start = self._end = 0
+            raise
+
+    def _next(self) -> tuple[AnyMessage, bytes] | None:
+        while True:
+            avail = self._end - self._start
+            if avail < 4:
+                self._need = 4 - avail
+                return None
+            kind = KIND_HEADER if self._pending is None else KIND_PAYLOAD
+            prefix = bytes(self._buf[self._start : self._start + 4])
+            n = _LEN.unpack(prefix)[0]
+            if n < TAG_BYTES:
+                raise RemoteProtocolError("sealed record shorter than its tag")
+            if self._pending is None:
+                if n - TAG_BYTES > self.max_header:
+                    raise FrameTooLarge(
+                        f"sealed header of {n} bytes exceeds the limit of {self.max_header}"
+                    )
+            elif n - TAG_BYTES != self._pending.len:
+                raise RemoteProtocolError("payload record length differs from its header")
+            if avail < 4 + n:
+                self._need = 4 + n - avail
+                return None
+            with memoryview(self._buf) as whole:
+                body = whole[self._start + 4 : self._start + 4 + n]
+                try:
+                    plain = self._opener.open(prefix, body, kind)
+                finally:
+                    body.release()
+            self._start += 4 + n
+            self._need = 4
+            if self._pending is None:
+                msg = parse_header(plain, max_payload=self.max_payload)
+                if msg.len == 0:
+                    return msg, b""
+                self._pending = msg
+                continue
+            msg, self._pending = self._pending, None
+            return msg, plain

@@ -154,6 +154,7 @@ _RECEIVER_TABLE: Final[dict[tuple[State, str], State]] = {
     (S.STREAMING, "recv_keepalive"): S.STREAMING,
     (S.STREAMING, "send_keepalive_ack"): S.STREAMING,
     (S.STREAMING, "recv_end"): S.ENDING,
+    (S.ENDING, "recv_keepalive"): S.ENDING,
     (S.ENDING, "send_keepalive_ack"): S.ENDING,
     (S.ENDING, "send_end_ack"): S.DONE,
     (S.STARTING, "recv_abort"): S.ABORTED,
@@ -248,6 +249,7 @@ class StreamSender(_Machine):
         self.fresh = fresh
         self.checkpoint_interval = checkpoint_interval
         self.keepalive_seconds = keepalive_seconds
+        self.window_intervals = window_intervals
         self.window = checkpoint_interval * window_intervals
         self.offset = 0  # next byte to send
         self.checkpoint = 0  # durable at the receiver
@@ -281,6 +283,9 @@ class StreamSender(_Machine):
             if msg.checkpoint > self.size:
                 raise self._fail(RemoteProtocolError("checkpoint beyond the end of the stream"))
             self.offset = self.checkpoint = self._last_keepalive_offset = msg.checkpoint
+            if msg.interval:  # the receiver decides how often it makes bytes durable
+                self.checkpoint_interval = msg.interval
+                self.window = msg.interval * self.window_intervals
             self._retune(msg.rate, msg.level)
             return Accepted(
                 checkpoint=msg.checkpoint,
@@ -378,6 +383,7 @@ class StreamReceiver(_Machine):
         self.size = 0
         self.received = 0  # next expected offset
         self.checkpoint = 0
+        self.checkpoint_interval = checkpoint_interval
         self.max_unacked = checkpoint_interval * max_unacked_intervals
         self._expect_seq: int | None = None
 
@@ -449,7 +455,12 @@ class StreamReceiver(_Machine):
         self._move("send_start_ack", remote=False)
         self.received = self.checkpoint = checkpoint
         return StartStreamAck(
-            sid=self.sid, level=level, rate=rate, checkpoint=checkpoint, prefix_digest=prefix_digest
+            sid=self.sid,
+            level=level,
+            rate=rate,
+            checkpoint=checkpoint,
+            prefix_digest=prefix_digest,
+            interval=self.checkpoint_interval,
         )
 
     def durable(self, offset: int, *, rate: int, level: str) -> KeepAliveAck:

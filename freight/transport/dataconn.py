@@ -1,99 +1,231 @@
-"""Sealed out-of-band data connections (see freight.protocol.seal)."""
+"""Sealed out-of-band data connections (see freight.protocol.seal).
+
+An asyncio BufferedProtocol reads straight into the sealed-frame decoder's
+buffer and AES-GCM opens records in place, so a received megabyte is copied
+once by the kernel and once by the decryption, nothing more.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
+from collections.abc import Callable
+from typing import cast
 
-from ..protocol.frames import encode_header, parse_header
-from ..protocol.messages import AnyMessage, Message
+from ..protocol.errors import ProtocolError, RemoteProtocolError
+from ..protocol.frames import encode_frame, encode_json
+from ..protocol.messages import Error, Message
 from ..protocol.seal import (
     CLIENT_TO_HUB,
     HUB_TO_CLIENT,
+    PREAMBLE_BYTES,
     Opener,
+    SealedFrameDecoder,
     Sealer,
     derive_key,
+    parse_preamble,
     preamble,
 )
 from .channel import ChannelClosed, Frame
 
-_READ_LIMIT = 64 * 1024 * 1024
 # drain() returns only below this: a few frames may queue in user space so
 # the sender is not woken for every 64 KiB the socket takes.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
+# Frames decoded but not yet taken by recv(); reading pauses beyond this.
+MAX_QUEUED_FRAMES = 8
+
+# Given a ticket id, the hub returns (secret, context) or None if unknown.
+TicketLookup = Callable[[bytes], tuple[bytes, object] | None]
 
 
 def tune_socket(sock: socket.socket | None) -> None:
-    """Large buffers and no Nagle: bulk frames should leave at once."""
-    if sock is None:
-        return
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+    """No Nagle: bulk frames and small acks should leave at once."""
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-class DataConnChannel:
-    """Frames sealed with per-direction AES-256-GCM keys over plain TCP."""
+class DataConnProtocol(asyncio.BufferedProtocol):
+    """Both ends of a data connection. On the hub (``lookup`` given) the
+    first 20 bytes are the preamble naming the ticket; keys follow from it."""
 
     def __init__(
         self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
         *,
-        secret: bytes,
-        ticket_id: bytes,
         is_hub: bool,
+        secret: bytes = b"",
+        ticket_id: bytes = b"",
+        lookup: TicketLookup | None = None,
     ) -> None:
-        self.reader = reader
-        self.writer = writer
+        self.is_hub = is_hub
+        self.lookup = lookup
+        self.context: object = None
+        self.transport: asyncio.Transport | None = None
+        self.decoder: SealedFrameDecoder | None = None
+        self.sealer: Sealer | None = None
+        self._preamble = bytearray(PREAMBLE_BYTES)
+        self._preamble_got = 0
+        self._frames: collections.deque[Frame] = collections.deque()
+        self._failure: BaseException | None = None
+        self._closed = False
+        self._reading_paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain: asyncio.Future[None] | None = None
+        self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not is_hub:
+            self._keys(secret, ticket_id)
+
+    def _keys(self, secret: bytes, ticket_id: bytes) -> None:
         send_dir, recv_dir = (
-            (HUB_TO_CLIENT, CLIENT_TO_HUB) if is_hub else (CLIENT_TO_HUB, HUB_TO_CLIENT)
+            (HUB_TO_CLIENT, CLIENT_TO_HUB) if self.is_hub else (CLIENT_TO_HUB, HUB_TO_CLIENT)
         )
-        self._sealer = Sealer(derive_key(secret, ticket_id, send_dir))
-        self._opener = Opener(derive_key(secret, ticket_id, recv_dir))
+        self.sealer = Sealer(derive_key(secret, ticket_id, send_dir))
+        self.decoder = SealedFrameDecoder(Opener(derive_key(secret, ticket_id, recv_dir)))
+
+    # --- asyncio callbacks ------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so cast.
+        self.transport = cast(asyncio.Transport, transport)
+        tune_socket(self.transport.get_extra_info("socket"))
+        self.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
+        if not self.is_hub:
+            self.ready.set_result(None)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        if self.decoder is None:  # still reading the preamble: exactly that much
+            return memoryview(self._preamble)[self._preamble_got :]
+        return self.decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.decoder is None:
+            self._preamble_got += nbytes
+            if self._preamble_got == PREAMBLE_BYTES:
+                self._accept_preamble()
+            return
+        self.decoder.buffer_updated(nbytes)
+        try:
+            while (frame := self.decoder.next_frame()) is not None:
+                self._frames.append(frame)
+        except ProtocolError as exc:
+            self._fail(exc)
+        if len(self._frames) >= MAX_QUEUED_FRAMES and not self._reading_paused:
+            self._reading_paused = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+        self._wake()
+
+    def _accept_preamble(self) -> None:
+        try:
+            ticket_id = parse_preamble(bytes(self._preamble))
+            assert self.lookup is not None
+            found = self.lookup(ticket_id)
+            if found is None:
+                raise RemoteProtocolError("unknown or expired reception ticket")
+        except ProtocolError as exc:
+            # Not sealed: the peer has no keys we could seal with.
+            assert self.transport is not None
+            self.transport.write(encode_frame(Error(code=exc.code, message=exc.message)))
+            self.transport.close()
+            if not self.ready.done():
+                self.ready.set_exception(exc)
+            return
+        secret, self.context = found
+        self._keys(secret, ticket_id)
+        self.ready.set_result(None)
+
+    def eof_received(self) -> bool:
+        self._fail(ChannelClosed("data connection closed by the peer"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._fail(
+            ChannelClosed(f"data connection lost: {exc}" if exc else "data connection closed")
+        )
+        if not self.ready.done():
+            self.ready.set_exception(ChannelClosed("data connection closed before it was ready"))
+            self.ready.exception()  # mark retrieved: nobody may be waiting
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._drain is None or self._drain.done():
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    # --- channel API ------------------------------------------------------------
 
     async def send(self, msg: Message, payload: bytes = b"") -> None:
-        # Seal and write without an await in between: records must hit the
+        if self._closed or self.transport is None or self.transport.is_closing():
+            raise ChannelClosed("data connection closed")
+        assert self.sealer is not None
+        # Seal and write without an await in between: records must reach the
         # socket in counter order even when several tasks send.
-        head = encode_header(msg)
-        self.writer.write(self._sealer.seal(head + payload if payload else head))
-        try:
-            await self.writer.drain()
-        except (ConnectionError, OSError) as exc:
-            raise ChannelClosed(f"data connection lost: {exc}") from None
+        self.transport.writelines(self.sealer.seal_frame(encode_json(msg), payload))
+        if self._drain is not None and not self._drain.done():
+            await self._drain
+        if self._closed:
+            raise ChannelClosed("data connection lost while sending")
 
     async def recv(self) -> Frame:
-        try:
-            prefix = await self.reader.readexactly(4)
-            body = await self.reader.readexactly(self._opener.record_length(prefix))
-        except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
-            raise ChannelClosed(f"data connection closed: {exc}") from None
-        frame = self._opener.open(prefix, body)
-        hlen = int.from_bytes(frame[:4], "big")
-        msg: AnyMessage = parse_header(frame[4 : 4 + hlen])
-        payload = frame[4 + hlen :]
-        if len(payload) != msg.len:
-            from ..protocol.errors import RemoteProtocolError
-
-            raise RemoteProtocolError("sealed frame length differs from its header")
-        return msg, payload
+        while not self._frames:
+            if self._failure is not None:
+                raise self._failure
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        frame = self._frames.popleft()
+        if self._reading_paused and len(self._frames) <= MAX_QUEUED_FRAMES // 4:
+            self._reading_paused = False
+            if self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+        return frame
 
     async def aclose(self) -> None:
-        self.writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self.writer.wait_closed()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+
+# The channel type the rest of the code names.
+DataConnChannel = DataConnProtocol
 
 
 async def open_data_connection(
     host: str, port: int, *, ticket_id: bytes, secret: bytes, timeout: float = 10.0
-) -> DataConnChannel:
+) -> DataConnProtocol:
     """Dial the hub's port and present a reception ticket."""
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection(host, port, limit=_READ_LIMIT), timeout
-    )
-    tune_socket(writer.get_extra_info("socket"))
-    writer.transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH)
-    writer.write(preamble(ticket_id))
-    return DataConnChannel(reader, writer, secret=secret, ticket_id=ticket_id, is_hub=False)
+    loop = asyncio.get_running_loop()
+    proto = DataConnProtocol(is_hub=False, secret=secret, ticket_id=ticket_id)
+    await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
+    assert proto.transport is not None
+    proto.transport.write(preamble(ticket_id))
+    return proto
+
+
+async def accept_data_connection(
+    sock: socket.socket, lookup: TicketLookup, timeout: float
+) -> DataConnProtocol | None:
+    """Hub side: wrap an accepted socket, wait for a valid preamble."""
+    loop = asyncio.get_running_loop()
+    proto = DataConnProtocol(is_hub=True, lookup=lookup)
+    await loop.connect_accepted_socket(lambda: proto, sock)
+    try:
+        await asyncio.wait_for(asyncio.shield(proto.ready), timeout)
+    except (ProtocolError, ChannelClosed, TimeoutError):
+        with contextlib.suppress(Exception):
+            await proto.aclose()
+        return None
+    return proto

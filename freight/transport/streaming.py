@@ -9,18 +9,19 @@ module only reads, writes, waits and keeps the clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import blake3
 
 from ..errors import FreightError, SourceChanged, StalledError, code_to_error
 from ..protocol import messages as m
 from ..protocol.bucket import TokenBucket
-from ..protocol.errors import RemoteProtocolError
+from ..protocol.errors import ProtocolError, RemoteProtocolError
 from ..protocol.limits import CHUNK_BYTES, MIN_CHUNK_BYTES
 from ..protocol.stream import (
     Aborted,
@@ -103,7 +104,7 @@ class SendProgress:
     wire_bytes: int = 0
 
 
-async def run_sender(
+async def _run_sender(
     port: Port,
     sender: StreamSender,
     source: Source,
@@ -174,6 +175,35 @@ async def run_sender(
                 sid=sender.sid, total=ev.total, verified=ev.verified, digest=ev.digest
             )
         _handle_sender_event(ev, progress, on_checkpoint)
+
+
+async def run_sender(port: Port, sender: StreamSender, source: Source, **kw: Any) -> m.EndStreamAck:
+    """Send the whole source (see ``_run_sender`` for the options); a
+    protocol error is reported to the receiver before it is raised."""
+    try:
+        return await _run_sender(port, sender, source, **kw)
+    except ProtocolError as exc:
+        await _tell_peer(port, sender, exc)
+        raise
+
+
+async def run_receiver(
+    port: Port, receiver: StreamReceiver, sink: Sink, first: m.AnyMessage, **kw: Any
+) -> m.EndStreamAck:
+    """Receive one stream (see ``_run_receiver``); a protocol error is
+    reported to the sender before it is raised."""
+    try:
+        return await _run_receiver(port, receiver, sink, first, **kw)
+    except ProtocolError as exc:
+        await _tell_peer(port, receiver, exc)
+        raise
+
+
+async def _tell_peer(
+    port: Port, machine: StreamSender | StreamReceiver, exc: ProtocolError
+) -> None:
+    with contextlib.suppress(FreightError, OSError):
+        await port.send(machine.abort(exc.code, exc.message))
 
 
 def _effective(limit: int, assigned: int) -> int:
@@ -256,7 +286,7 @@ class Sink(Protocol):
     async def aborted(self, code: str, message: str) -> None: ...
 
 
-async def run_receiver(
+async def _run_receiver(
     port: Port,
     receiver: StreamReceiver,
     sink: Sink,
