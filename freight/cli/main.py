@@ -376,6 +376,33 @@ def admin_bandwidth(
         )
 
 
+@admin_app.command("events")
+def admin_events(
+    kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. login_failure.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show the hub's event log (logins, failures, streams)."""
+
+    async def go() -> Any:
+        config = ClientConfig()
+        async with HubSession.from_config(config, hub_url) as session:
+            query = f"?limit={limit}" + (f"&kind={kind}" if kind else "")
+            return await session.request("GET", "/v1/admin/events" + query)
+
+    events = run_async(go)
+    if json_out:
+        print_json(events)
+        return
+    from datetime import datetime
+
+    for e in events:
+        when = datetime.fromtimestamp(e["ts"]).strftime("%Y-%m-%d %H:%M:%S")
+        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
+        typer.echo(f"{when}  {e['kind']:<16} {e['actor']:<12} {detail}")
+
+
 def run() -> None:
     tune_allocator()
     app()

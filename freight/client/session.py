@@ -110,7 +110,9 @@ class HubSession:
 
     async def request(self, method: str, path: str, json: Any = None) -> Any:
         try:
-            async with self.http.request(method, self.url.with_path(path), json=json) as resp:
+            path, _, query = path.partition("?")
+            url = self.url.with_path(path).with_query(query)
+            async with self.http.request(method, url, json=json) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status >= 400:
                     err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
