@@ -149,6 +149,13 @@ def hub(
             raise
 
 
+def normalise_fingerprint(text: str) -> str:
+    """``SHA256:AB:CD…`` or ``ab cd…`` → ``SHA256:abcd…`` (as pinned)."""
+    hexpart = text.strip().removeprefix("SHA256:").removeprefix("sha256:")
+    hexpart = hexpart.replace(":", "").replace(" ", "").lower()
+    return "SHA256:" + hexpart
+
+
 @app.command()
 def login(
     url: Annotated[str, typer.Argument(help="Hub address, e.g. https://hub.example:8443")],
@@ -169,8 +176,8 @@ def login(
     async def go() -> dict[str, Any]:
         seen = await fetch_fingerprint(u)
         pinned = config.pinned(hostport(u))
-        wanted = fingerprint.strip() if fingerprint else None
-        if wanted and wanted.lower() != seen.lower():
+        wanted = normalise_fingerprint(fingerprint) if fingerprint else None
+        if wanted and wanted != seen:
             raise FingerprintMismatch(
                 f"the hub presents {seen}, not the expected {wanted}",
                 hint="check the address and the fingerprint the hub printed at start-up",

@@ -24,7 +24,7 @@ from ..protocol import messages as m
 from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
 from ..transport.channel import Mux, Port
-from ..transport.dataconn import open_data_connection
+from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.ws import WS_MAX_MESSAGE, WSChannel
 from .config import ClientConfig
 
@@ -201,9 +201,9 @@ class Link:
                 self._data_muxes.append(mux)
                 self._tasks.append(asyncio.create_task(mux.run()))
                 return mux.port(sid)
-            except (OSError, TimeoutError) as exc:
+            except DataPathUnavailable:
                 if self.data_path == "direct":
-                    raise NetworkError(f"cannot open a data connection: {exc}") from None
+                    raise
                 self.direct_ok = False  # fall back to frames inside the TLS WebSocket
         return self.mux.port(sid)
 

@@ -182,7 +182,10 @@ async def list_streams(request: web.Request) -> web.Response:
 async def list_events(request: web.Request) -> web.Response:
     await admin_user(request)
     kind = request.query.get("kind")
-    limit = min(1000, int(request.query.get("limit", "100")))
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise UsageError("limit must be a number") from None
     return web.json_response(await request.app[STATE].db.list_events(kind, limit))
 
 
@@ -226,8 +229,10 @@ async def send_error(st: HubState, chan: Any, exc: ProtocolError) -> None:
         await chan.send(m.Error(code=exc.code, message=exc.message[:4000]))
 
 
-async def serve_channel(st: HubState, user: User, chan: Any) -> None:
-    """Run streams and control requests arriving on one channel."""
+async def serve_channel(st: HubState, user: User, chan: Any, *, control: bool = True) -> None:
+    """Run streams and control requests arriving on one channel. Tickets are
+    only handed out on the TLS control channel (``control``): a ticket's
+    secret must never travel outside TLS."""
 
     async def on_new(port: Any, msg: m.AnyMessage, payload: bytes) -> None:
         await st.streams.serve(user, port, msg, payload)
@@ -237,7 +242,7 @@ async def serve_channel(st: HubState, user: User, chan: Any) -> None:
     try:
         while True:
             msg, _ = await mux.recv_control()
-            if isinstance(msg, m.TicketRequest):
+            if isinstance(msg, m.TicketRequest) and control:
                 t = st.tickets.issue(user.id, user.name, time.monotonic())
                 await chan.send(
                     m.TicketGrant(

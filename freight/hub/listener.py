@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
+from ..protocol.limits import PROTOCOL_VERSION
 from ..transport.channel import ChannelClosed
 from ..transport.dataconn import accept_data_connection
 from .app import send_error, serve_channel
@@ -113,7 +115,10 @@ class SharedPortListener:
         assert isinstance(ticket, Ticket)
         user = User(ticket.user_id, ticket.user_name, "")
         try:
-            await serve_channel(self.state, user, chan)
+            # The first sealed frame proves to the client that its ticket was
+            # accepted and that both ends derived the same keys.
+            await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=self.state.node))
+            await serve_channel(self.state, user, chan, control=False)
         except ProtocolError as exc:
             await send_error(self.state, chan, exc)
         except ChannelClosed:

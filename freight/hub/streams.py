@@ -4,6 +4,7 @@ them, and serve pulls from published files."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import time
@@ -66,7 +67,18 @@ class HubSink:
             and row["size"] == req.size
             and row["name"] == self.name
             and self.path.exists()
+            # A partial shorter than its checkpoint cannot be trusted.
+            and self.path.stat().st_size >= int(row["checkpoint"])
         )
+        try:
+            return await self._open(req, row, resume)
+        except OSError as exc:
+            self.close()
+            if exc.errno in _DISK_FULL:
+                raise DiskFull(f"the hub has no disk space for {self.name}") from None
+            raise StorageError(f"the hub cannot store {self.name}: {exc.strerror}") from None
+
+    async def _open(self, req: StreamRequested, row: Any, resume: bool) -> Acceptance:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint = 0
         if resume:
@@ -197,6 +209,7 @@ class StreamService:
         self.metrics = metrics
         self.checkpoint_interval = checkpoint_interval
         self.log: Any = events.log
+        self._receiving: dict[tuple[int, str], asyncio.Task[Any]] = {}
 
     async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
         """Entry point for a frame that opens a stream on any channel."""
@@ -214,12 +227,25 @@ class StreamService:
             self.metrics.active_streams.dec()
 
     async def _push(self, user: User, port: Port, start: m.StartStream) -> None:
+        key = (user.id, start.sid)
+        # A sender that comes back while its old connection still looks alive
+        # (half-open TCP) takes over: the old receiver must stop writing first.
+        old = self._receiving.get(key)
+        if old is not None and not old.done():
+            old.cancel()
+            with contextlib.suppress(BaseException):
+                await old
+        me = asyncio.current_task()
+        assert me is not None
+        self._receiving[key] = me
         receiver = StreamReceiver(start.sid, checkpoint_interval=self.checkpoint_interval)
         sink = HubSink(self, user, start.sid)
         try:
             await run_receiver(port, receiver, sink, start)
         finally:
             sink.close()
+            if self._receiving.get(key) is me:
+                del self._receiving[key]
 
     async def _pull(self, user: User, port: Port, pull: m.Pull) -> None:
         try:

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 from ..protocol.seal import TICKET_ID_BYTES, TICKET_SECRET_BYTES
 
 TICKET_LIFETIME = 30.0
-MAX_OUTSTANDING = 10_000
+# Per user: a user asking for tickets in a loop only evicts their own.
+MAX_OUTSTANDING_PER_USER = 64
 
 
 @dataclass(frozen=True)
@@ -23,12 +24,13 @@ class Ticket:
 class TicketBook:
     def __init__(self) -> None:
         self._tickets: dict[bytes, Ticket] = {}
+        self._by_user: dict[int, list[bytes]] = {}
 
     def issue(self, user_id: int, user_name: str, now: float) -> Ticket:
         self._purge(now)
-        if len(self._tickets) >= MAX_OUTSTANDING:
-            # Bounded: the oldest unredeemed ticket goes first.
-            self._tickets.pop(next(iter(self._tickets)))
+        mine = self._by_user.setdefault(user_id, [])
+        while len(mine) >= MAX_OUTSTANDING_PER_USER:
+            self._tickets.pop(mine.pop(0), None)
         t = Ticket(
             secrets.token_bytes(TICKET_ID_BYTES),
             secrets.token_bytes(TICKET_SECRET_BYTES),
@@ -37,15 +39,21 @@ class TicketBook:
             now + TICKET_LIFETIME,
         )
         self._tickets[t.ticket_id] = t
+        mine.append(t.ticket_id)
         return t
 
     def redeem(self, ticket_id: bytes, now: float) -> Ticket | None:
         """The ticket, removed so it cannot be used twice; None if unknown or expired."""
         t = self._tickets.pop(ticket_id, None)
-        if t is None or t.expires < now:
+        if t is None:
             return None
-        return t
+        self._by_user[t.user_id].remove(ticket_id)
+        return t if t.expires >= now else None
+
+    def outstanding(self, user_id: int) -> int:
+        return len(self._by_user.get(user_id, ()))
 
     def _purge(self, now: float) -> None:
         for tid in [tid for tid, t in self._tickets.items() if t.expires < now]:
-            del self._tickets[tid]
+            t = self._tickets.pop(tid)
+            self._by_user[t.user_id].remove(tid)

@@ -79,7 +79,7 @@ class Error(Message, tag="error", frozen=True):
 
     code: Id
     message: Text
-    sid: str = ""
+    sid: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:-]*$")] = ""
 
 
 # --- streams --------------------------------------------------------------
@@ -125,7 +125,7 @@ class Data(Message, tag="data", frozen=True):
     offset: NonNeg
     raw: NonNeg
     codec: Codec = CODEC_NONE
-    xxh: NonNeg = 0
+    xxh: NonNeg = 0  # XXH3-64 as an unsigned integer
 
 
 class KeepAlive(Message, tag="keepalive", frozen=True):

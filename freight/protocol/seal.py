@@ -29,13 +29,13 @@ from .frames import parse_header
 from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
 from .messages import AnyMessage
 
-MAGIC: Final = b"FRD1"  # first bytes of a data connection; TLS starts with 0x16
+MAGIC: Final = b"FRD2"  # first bytes of a data connection; TLS starts with 0x16
 TICKET_ID_BYTES: Final = 16
 TICKET_SECRET_BYTES: Final = 32
 TAG_BYTES: Final = 16
 PREAMBLE_BYTES: Final = len(MAGIC) + TICKET_ID_BYTES
-CLIENT_TO_HUB: Final = b"freight data v1 client->hub"
-HUB_TO_CLIENT: Final = b"freight data v1 hub->client"
+CLIENT_TO_HUB: Final = b"freight data v2 client->hub"
+HUB_TO_CLIENT: Final = b"freight data v2 hub->client"
 KIND_HEADER: Final = b"H"
 KIND_PAYLOAD: Final = b"P"
 

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from ..errors import NetworkError
+from ..errors import NetworkError, code_to_error
 from ..protocol import messages as m
 from ..protocol.messages import AnyMessage, Message
 
@@ -116,6 +116,12 @@ class Mux:
     async def _dispatch(self, msg: AnyMessage, payload: bytes) -> None:
         sid = getattr(msg, "sid", "")
         if not sid:
+            if isinstance(msg, m.Error):
+                # The peer explains why it is closing: every stream should say so.
+                failure = code_to_error(msg.code, msg.message)
+                for p in list(self.ports.values()):
+                    with contextlib.suppress(asyncio.QueueFull):
+                        p.queue.put_nowait(failure)
             await self.control.put((msg, payload))
             return
         port = self.ports.get(sid)

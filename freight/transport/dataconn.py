@@ -14,9 +14,10 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+from ..errors import NetworkError
 from ..protocol.errors import ProtocolError, RemoteProtocolError
 from ..protocol.frames import encode_frame, encode_json
-from ..protocol.messages import Error, Message
+from ..protocol.messages import Error, Message, Welcome
 from ..protocol.seal import (
     CLIENT_TO_HUB,
     HUB_TO_CLIENT,
@@ -203,15 +204,40 @@ class DataConnProtocol(asyncio.BufferedProtocol):
 DataConnChannel = DataConnProtocol
 
 
+class DataPathUnavailable(NetworkError):
+    """A data connection could not be set up (refused, filtered or garbled)."""
+
+    code = "data_path_unavailable"
+
+
 async def open_data_connection(
     host: str, port: int, *, ticket_id: bytes, secret: bytes, timeout: float = 10.0
 ) -> DataConnProtocol:
-    """Dial the hub's port and present a reception ticket."""
+    """Dial the hub's port, present a reception ticket and wait for the hub's
+    sealed Welcome, which proves the ticket was accepted and the keys agree."""
     loop = asyncio.get_running_loop()
     proto = DataConnProtocol(is_hub=False, secret=secret, ticket_id=ticket_id)
-    await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
-    assert proto.transport is not None
-    proto.transport.write(preamble(ticket_id))
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
+        assert proto.transport is not None
+        proto.transport.write(preamble(ticket_id))
+        msg, _ = await asyncio.wait_for(proto.recv(), timeout)
+    except (OSError, TimeoutError, ChannelClosed) as exc:
+        await proto.aclose()
+        raise DataPathUnavailable(
+            f"cannot open a data connection to {host}:{port}: {exc}"
+        ) from None
+    except ProtocolError:
+        # The hub answers a refused ticket with an unsealed error frame, which
+        # cannot open as a sealed record; a middlebox garbling bytes looks alike.
+        await proto.aclose()
+        raise DataPathUnavailable(
+            "the hub refused the data connection (ticket unknown or expired) "
+            "or something on the path altered it"
+        ) from None
+    if not isinstance(msg, Welcome):
+        await proto.aclose()
+        raise DataPathUnavailable(f"expected welcome on the data connection, got {msg}")
     return proto
 
 

@@ -18,7 +18,14 @@ from typing import Any, Protocol
 
 import blake3
 
-from ..errors import FreightError, SourceChanged, StalledError, code_to_error
+from ..errors import (
+    DiskFull,
+    FreightError,
+    SourceChanged,
+    StalledError,
+    StorageError,
+    code_to_error,
+)
 from ..protocol import messages as m
 from ..protocol.bucket import TokenBucket
 from ..protocol.errors import ProtocolError, RemoteProtocolError
@@ -31,6 +38,7 @@ from ..protocol.stream import (
     DataReceived,
     EndRequested,
     Finished,
+    State,
     StreamReceiver,
     StreamRequested,
     StreamSender,
@@ -194,8 +202,12 @@ async def run_receiver(
     reported to the sender before it is raised."""
     try:
         return await _run_receiver(port, receiver, sink, first, **kw)
-    except ProtocolError as exc:
-        await _tell_peer(port, receiver, exc)
+    except (ProtocolError, StorageError, DiskFull) as exc:
+        # Our fault or our disk's: the sender must stop, not retry blindly.
+        if receiver.state is not State.ABORTED:
+            await _tell_peer(port, receiver, exc)
+            with contextlib.suppress(FreightError, OSError):
+                await sink.aborted(exc.code, exc.message)
         raise
 
 
@@ -328,12 +340,7 @@ async def _run_receiver(
                 raise code_to_error(msg.code, msg.message)
             ev2 = receiver.receive(msg, payload)
             if isinstance(ev2, DataReceived):
-                try:
-                    sink.write(ev2.offset, ev2.data)
-                except FreightError as exc:
-                    await port.send(receiver.abort(exc.code, exc.message))
-                    await sink.aborted(exc.code, exc.message)
-                    raise
+                sink.write(ev2.offset, ev2.data)
             elif isinstance(ev2, CheckpointRequested):
                 if pending is not None:
                     await pending

@@ -12,14 +12,17 @@ from freight.protocol import (
     Opener,
     RemoteProtocolError,
     Sealer,
-    encode_frame,
 )
+from freight.protocol import messages as m
+from freight.protocol.frames import encode_json
 from freight.protocol.seal import (
     CLIENT_TO_HUB,
     HUB_TO_CLIENT,
-    MAX_RECORD_BYTES,
+    KIND_HEADER,
+    KIND_PAYLOAD,
     PREAMBLE_BYTES,
     TAG_BYTES,
+    SealedFrameDecoder,
     derive_key,
     parse_preamble,
     preamble,
@@ -27,7 +30,6 @@ from freight.protocol.seal import (
 
 SECRET = bytes(range(32))
 TICKET = bytes(range(100, 116))
-FRAMES = [encode_frame(msg, payload) for msg, payload in SAMPLES]
 
 
 def pair(direction: bytes = CLIENT_TO_HUB) -> tuple[Sealer, Opener]:
@@ -38,37 +40,57 @@ def pair(direction: bytes = CLIENT_TO_HUB) -> tuple[Sealer, Opener]:
     )
 
 
-def split(record: bytes) -> tuple[bytes, bytes]:
-    return record[:4], record[4:]
+def wire(sealer: Sealer, msg: m.Message, payload: bytes = b"") -> bytes:
+    return b"".join(sealer.seal_frame(encode_json(msg), payload))
+
+
+def decoder(direction: bytes = CLIENT_TO_HUB, **kw: int) -> SealedFrameDecoder:
+    return SealedFrameDecoder(Opener(derive_key(SECRET, TICKET, direction)), **kw)
 
 
 @pytest.mark.parametrize("direction", [CLIENT_TO_HUB, HUB_TO_CLIENT])
-def test_round_trip(direction: bytes) -> None:
-    sealer, opener = pair(direction)
-    for frame in FRAMES:
-        prefix, body = split(sealer.seal(frame))
-        assert opener.record_length(prefix) == len(body) == len(frame) + TAG_BYTES
-        assert opener.open(prefix, body) == frame
+def test_every_sample_round_trips_through_the_decoder(direction: bytes) -> None:
+    sealer, _ = pair(direction)
+    dec = decoder(direction)
+    data = b"".join(wire(sealer, msg, payload) for msg, payload in SAMPLES)
+    dec.feed(data)
+    assert [dec.next_frame() for _ in SAMPLES] == list(SAMPLES)
+    assert dec.next_frame() is None
+    assert dec.buffered == 0
 
 
-def test_empty_frame_round_trips() -> None:
-    sealer, opener = pair()
-    prefix, body = split(sealer.seal(b""))
-    assert opener.record_length(prefix) == TAG_BYTES
-    assert opener.open(prefix, body) == b""
+def test_decoder_accepts_any_split_of_the_byte_stream() -> None:
+    sealer, _ = pair()
+    data = b"".join(wire(sealer, msg, payload) for msg, payload in SAMPLES)
+    for step in (1, 3, 17, 1000):
+        dec = decoder()
+        frames = []
+        for i in range(0, len(data), step):
+            dec.feed(data[i : i + step])
+            while (f := dec.next_frame()) is not None:
+                frames.append(f)
+        assert frames == list(SAMPLES)
+
+
+def test_payload_travels_in_its_own_record() -> None:
+    sealer, _ = pair()
+    msg, payload = next((mm, p) for mm, p in SAMPLES if p)
+    records = sealer.seal_frame(encode_json(msg), payload)
+    assert len(records) == 4  # header prefix, header body, payload prefix, payload body
+    assert int.from_bytes(records[2], "big") == len(payload) + TAG_BYTES
+    assert len(sealer.seal_frame(encode_json(m.Hello(version=1)))) == 2
 
 
 def test_records_hide_the_frame() -> None:
     sealer, _ = pair()
-    frame = encode_frame(*SAMPLES[0])
-    record = sealer.seal(frame)
-    assert b"freight/0.1" not in record
-    assert b"hello" not in record
+    data = wire(sealer, *SAMPLES[0])
+    assert b"freight/0.1" not in data
+    assert b"hello" not in data
 
 
 def test_same_frame_seals_differently_each_time() -> None:
     sealer, _ = pair()
-    assert sealer.seal(FRAMES[0])[4:] != sealer.seal(FRAMES[0])[4:]
+    assert wire(sealer, *SAMPLES[0])[4:] != wire(sealer, *SAMPLES[0])[4:]
 
 
 def test_directions_and_tickets_give_different_keys() -> None:
@@ -83,9 +105,10 @@ def test_directions_and_tickets_give_different_keys() -> None:
 
 def test_record_of_one_direction_does_not_open_in_the_other() -> None:
     sealer, _ = pair(CLIENT_TO_HUB)
-    _, opener = pair(HUB_TO_CLIENT)
+    dec = decoder(HUB_TO_CLIENT)
+    dec.feed(wire(sealer, *SAMPLES[0]))
     with pytest.raises(IntegrityError):
-        opener.open(*split(sealer.seal(FRAMES[0])))
+        dec.next_frame()
 
 
 @pytest.mark.parametrize(("secret", "ticket"), [(SECRET[:31], TICKET), (SECRET, TICKET + b"x")])
@@ -94,85 +117,126 @@ def test_derive_key_refuses_wrong_lengths(secret: bytes, ticket: bytes) -> None:
         derive_key(secret, ticket, CLIENT_TO_HUB)
 
 
-# --- tampering ------------------------------------------------------------------
+# --- tampering at the record level ---------------------------------------------------
+
+
+def records(sealer: Sealer, msg: m.Message, payload: bytes = b"") -> list[tuple[bytes, bytes]]:
+    parts = sealer.seal_frame(encode_json(msg), payload)
+    return [(parts[i], parts[i + 1]) for i in range(0, len(parts), 2)]
 
 
 def test_replayed_record_fails() -> None:
     sealer, opener = pair()
-    record = sealer.seal(FRAMES[0])
-    opener.open(*split(record))
+    (rec,) = records(sealer, *SAMPLES[0])
+    opener.open(*rec, KIND_HEADER)
     with pytest.raises(IntegrityError):
-        opener.open(*split(record))
+        opener.open(*rec, KIND_HEADER)
 
 
 def test_reordered_records_fail() -> None:
     sealer, opener = pair()
-    first, second = sealer.seal(FRAMES[0]), sealer.seal(FRAMES[1])
+    (first,), (second,) = records(sealer, *SAMPLES[0]), records(sealer, *SAMPLES[1])
     with pytest.raises(IntegrityError):
-        opener.open(*split(second))
+        opener.open(*second, KIND_HEADER)
     # A failed record does not advance the receiving side.
-    assert opener.open(*split(first)) == FRAMES[0]
-    assert opener.open(*split(second)) == FRAMES[1]
+    opener.open(*first, KIND_HEADER)
+    opener.open(*second, KIND_HEADER)
 
 
 def test_dropped_record_fails() -> None:
     sealer, opener = pair()
-    sealer.seal(FRAMES[0])  # lost on the way
+    records(sealer, *SAMPLES[0])  # lost on the way
+    (second,) = records(sealer, *SAMPLES[1])
     with pytest.raises(IntegrityError):
-        opener.open(*split(sealer.seal(FRAMES[1])))
+        opener.open(*second, KIND_HEADER)
+
+
+def test_header_record_cannot_pass_as_a_payload_record() -> None:
+    sealer, opener = pair()
+    (rec,) = records(sealer, *SAMPLES[0])
+    with pytest.raises(IntegrityError):
+        opener.open(*rec, KIND_PAYLOAD)
 
 
 def test_truncated_body_fails() -> None:
     sealer, opener = pair()
-    prefix, body = split(sealer.seal(FRAMES[0]))
+    ((prefix, body),) = records(sealer, *SAMPLES[0])
     for cut in (0, 1, TAG_BYTES - 1, TAG_BYTES, len(body) - 1):
         with pytest.raises(IntegrityError):
-            opener.open(prefix, body[:cut])
+            opener.open(prefix, body[:cut], KIND_HEADER)
 
 
 def test_modified_length_prefix_fails() -> None:
     sealer, opener = pair()
-    prefix, body = split(sealer.seal(FRAMES[0]))
+    ((prefix, body),) = records(sealer, *SAMPLES[0])
     n = int.from_bytes(prefix, "big")
     with pytest.raises(IntegrityError):
-        opener.open((n + 1).to_bytes(4, "big"), body)
+        opener.open((n + 1).to_bytes(4, "big"), body, KIND_HEADER)
+
+
+@pytest.mark.parametrize("where", [4, 14, -TAG_BYTES - 1, -1])
+def test_flipped_bit_in_the_stream_fails(where: int) -> None:
+    sealer, _ = pair()
+    msg, payload = next((mm, p) for mm, p in SAMPLES if p)
+    data = bytearray(wire(sealer, msg, payload))
+    data[where] ^= 0x01
+    dec = decoder()
+    dec.feed(bytes(data))
     with pytest.raises(IntegrityError):
-        opener.open((n - 1).to_bytes(4, "big"), body[:-1])
+        dec.next_frame()
+    with pytest.raises(IntegrityError):  # and it stays broken
+        dec.next_frame()
 
 
-@pytest.mark.parametrize("where", [0, 10, -TAG_BYTES - 1, -1])
-def test_flipped_bit_fails(where: int) -> None:
-    sealer, opener = pair()
-    prefix, body = split(sealer.seal(FRAMES[3]))
-    bad = bytearray(body)
-    bad[where] ^= 0x01
-    with pytest.raises(IntegrityError):
-        opener.open(prefix, bytes(bad))
+# --- limits ---------------------------------------------------------------------------
 
 
-# --- record length ------------------------------------------------------------------
-
-
-def test_record_length_limits() -> None:
-    opener = Opener(derive_key(SECRET, TICKET, CLIENT_TO_HUB), max_record=1000)
-    assert opener.record_length((1000).to_bytes(4, "big")) == 1000
-    assert opener.record_length(TAG_BYTES.to_bytes(4, "big")) == TAG_BYTES
+def test_oversize_header_record_is_refused_before_buffering() -> None:
+    dec = decoder(max_header=100)
+    dec.feed((100 + TAG_BYTES + 1).to_bytes(4, "big"))
     with pytest.raises(FrameTooLarge):
-        opener.record_length((1001).to_bytes(4, "big"))
-    with pytest.raises(FrameTooLarge):
-        opener.record_length(b"\xff\xff\xff\xff")
+        dec.next_frame()
+
+
+def test_payload_record_must_match_the_header() -> None:
+    sealer, _ = pair()
+    msg, payload = next((mm, p) for mm, p in SAMPLES if p)
+    parts = sealer.seal_frame(encode_json(msg), payload)
+    lying = (int.from_bytes(parts[2], "big") + 1).to_bytes(4, "big")
+    dec = decoder()
+    dec.feed(parts[0] + parts[1] + lying)
     with pytest.raises(RemoteProtocolError):
-        opener.record_length((TAG_BYTES - 1).to_bytes(4, "big"))
+        dec.next_frame()
+
+
+def test_record_shorter_than_its_tag_is_refused() -> None:
+    dec = decoder()
+    dec.feed((TAG_BYTES - 1).to_bytes(4, "big"))
     with pytest.raises(RemoteProtocolError):
-        opener.record_length(b"\x00\x00\x00\x00")
+        dec.next_frame()
 
 
-def test_default_record_limit_fits_the_largest_frame() -> None:
-    opener = Opener(derive_key(SECRET, TICKET, CLIENT_TO_HUB))
-    largest = 4 + 64 * 1024 + 16 * 1024 * 1024 + TAG_BYTES
-    assert opener.record_length(largest.to_bytes(4, "big")) == largest == MAX_RECORD_BYTES
+def test_header_announcing_too_large_a_payload_is_refused() -> None:
+    sealer, _ = pair()
+    msg = m.Data(sid="s", seq=0, offset=0, raw=10, len=2000)
+    dec = decoder(max_payload=1000)
+    dec.feed(b"".join(sealer.seal_frame(encode_json(msg))))
     with pytest.raises(FrameTooLarge):
-        opener.record_length((largest + 1).to_bytes(4, "big"))
+        dec.next_frame()
+
+
+def test_buffer_grows_for_a_large_record_and_stays_bounded() -> None:
+    sealer, _ = pair()
+    payload = bytes(3 * 1024 * 1024)
+    msg = m.Data(sid="s", seq=0, offset=0, raw=len(payload), len=len(payload))
+    dec = decoder()
+    data = wire(sealer, msg, payload)
+    dec.feed(data[:-1])
+    assert dec.next_frame() is None
+    assert dec.capacity <= len(data) + 128 * 1024
+    dec.feed(data[-1:])
+    got = dec.next_frame()
+    assert got is not None and got[1] == payload
 
 
 # --- preamble ------------------------------------------------------------------------
@@ -191,7 +255,8 @@ def test_preamble_round_trip() -> None:
         b"FRD1",
         b"FRD1" + TICKET[:-1],
         b"FRD1" + TICKET + b"x",
-        b"FRD2" + TICKET,
+        b"FRD3" + TICKET,
+        b"FRD1" + TICKET,  # the previous record format
         b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(9),  # a TLS ClientHello
         b"GET / HTTP/1.1\r\nHost",
     ],
