@@ -171,6 +171,7 @@ class Database:
                     digest=digest,
                     mtime=mtime,
                     created=time.time(),
+                    sid=sid,
                 )
             )
             await c.execute(
@@ -195,6 +196,12 @@ class Database:
 
     async def get_file(self, user_id: int, name: str) -> Mapping[str, Any] | None:
         q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.name == name)
+        async with self.engine.connect() as c:
+            row = (await c.execute(q)).first()
+            return row._mapping if row else None
+
+    async def file_by_sid(self, user_id: int, sid: str) -> Mapping[str, Any] | None:
+        q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.sid == sid)
         async with self.engine.connect() as c:
             row = (await c.execute(q)).first()
             return row._mapping if row else None

@@ -61,6 +61,7 @@ files = Table(
     Column("digest", String(64), nullable=False),
     Column("mtime", Float, nullable=False),
     Column("created", Float, nullable=False),
+    Column("sid", String(64), nullable=False, server_default=""),
 )
 
 events = Table(

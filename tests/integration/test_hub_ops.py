@@ -100,3 +100,22 @@ def test_abandoned_partials_are_purged(tmp_path: Path) -> None:
         assert events and events[0]["detail"]["name"] == "p.bin"
     finally:
         hub.stop()
+
+
+def test_lost_final_ack_does_not_resend_the_file(tmp_path: Path, hub: Hub, client: Client) -> None:
+    """If the hub published the file but its EndStreamAck never arrived, the
+    retry is told "already complete" instead of sending everything again."""
+    src = random_file(tmp_path / "done.bin", 6 * 1024 * 1024, seed=9)
+    proc = client.popen("push", str(src), "--limit", "2M")
+    transfers = client.config / "transfers"
+    wait_until(lambda: any(transfers.glob("push-*.json")), 30, "the transfer state")
+    (state,) = transfers.glob("push-*.json")
+    saved = state.read_bytes()
+    assert proc.wait(60) == 0
+    assert not state.exists()
+    state.write_bytes(saved)  # as if the client had died before the final ack
+    row = json.loads(client.run("push", str(src), "--json").stdout)["pushed"][0]
+    assert row["resumed_from"] == row["size"] == 6 * 1024 * 1024
+    assert row["wire_bytes"] == 0
+    client.run("pull", "done.bin", str(tmp_path / "back.bin"))
+    assert same_bytes(src, tmp_path / "back.bin")
