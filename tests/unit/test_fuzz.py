@@ -32,8 +32,17 @@ from freight.protocol import (
     encode_frame,
 )
 from freight.protocol import messages as m
-from freight.protocol.frames import parse_header
-from freight.protocol.seal import CLIENT_TO_HUB, TAG_BYTES, Opener, Sealer, derive_key
+from freight.protocol.frames import encode_json, parse_header
+from freight.protocol.seal import (
+    CLIENT_TO_HUB,
+    KIND_HEADER,
+    KIND_PAYLOAD,
+    TAG_BYTES,
+    Opener,
+    SealedFrameDecoder,
+    Sealer,
+    derive_key,
+)
 from freight.protocol.stream import DataReceived
 
 FUZZ = settings(
@@ -147,8 +156,9 @@ def check_invariants(msg: m.Message) -> None:
         if isinstance(value, int | float):
             assert value >= 0, name
             assert value == value and value != float("inf"), name  # finite
-        if name in ("sid", "rid", "code") and not (isinstance(msg, m.Error) and name == "sid"):
-            assert ID_RE.match(value), (name, value)
+        if name in ("sid", "rid", "code"):
+            connection_error = isinstance(msg, m.Error) and name == "sid" and value == ""
+            assert connection_error or ID_RE.match(value), (name, value)
         if name in ("level", "want_level"):
             assert value in m.LEVELS
     if isinstance(msg, m.Data):
@@ -204,9 +214,7 @@ def codec_inputs(draw: st.DrawFn) -> tuple[int, bytes, int, bytes, bool]:
     if mutation == "truncate":
         wire = wire[: draw(st.integers(0, len(wire)))]
     elif mutation == "flip" and len(wire) > ZSTD_HEADER_MAX:
-        # Corrupt the body, not a zstd frame header: a forged content size is
-        # a known bug with its own test (test_codec.py, xfail).
-        i = draw(st.integers(ZSTD_HEADER_MAX, len(wire) - 1))
+        i = draw(st.integers(0, len(wire) - 1))
         wire = wire[:i] + bytes([wire[i] ^ draw(st.integers(1, 255))]) + wire[i + 1 :]
     elif mutation == "append":
         wire += draw(st.binary(min_size=1, max_size=20))
@@ -233,40 +241,89 @@ def test_decompress_only_raises_integrity_errors(case: tuple[int, bytes, int, by
 # --- sealed records -------------------------------------------------------------------
 
 KEY = derive_key(bytes(32), bytes(16), CLIENT_TO_HUB)
+SEAL_BOUND = 4 + max(MAX_HEADER, MAX_PAYLOAD) + TAG_BYTES
 
 
-@FUZZ
-@given(prefix=st.binary(min_size=4, max_size=4), body=st.binary(max_size=400))
-def test_opener_refuses_random_records(prefix: bytes, body: bytes) -> None:
-    opener = Opener(KEY)
-    with pytest.raises(IntegrityError):
-        opener.open(prefix, body)
+def sealed(frames: list[tuple[m.Message, bytes]]) -> bytes:
+    sealer = Sealer(KEY)
+    return b"".join(b"".join(sealer.seal_frame(encode_json(msg), p)) for msg, p in frames)
+
+
+def small_decoder() -> SealedFrameDecoder:
+    return SealedFrameDecoder(
+        Opener(KEY), max_header=MAX_HEADER, max_payload=MAX_PAYLOAD, initial=1024
+    )
 
 
 @FUZZ
 @given(
-    frame=st.binary(max_size=200),
-    pos=st.integers(0, 10_000),
-    xor=st.integers(1, 255),
+    prefix=st.binary(min_size=4, max_size=4),
+    body=st.binary(max_size=400),
+    kind=st.sampled_from([KIND_HEADER, KIND_PAYLOAD]),
 )
-def test_opener_refuses_any_altered_byte(frame: bytes, pos: int, xor: int) -> None:
-    record = bytearray(Sealer(KEY).seal(frame))
-    record[pos % len(record)] ^= xor
+def test_opener_refuses_random_records(prefix: bytes, body: bytes, kind: bytes) -> None:
     with pytest.raises(IntegrityError):
-        Opener(KEY).open(bytes(record[:4]), bytes(record[4:]))
+        Opener(KEY).open(prefix, body, kind)
 
 
 @FUZZ
-@given(prefix=st.binary(min_size=4, max_size=4), limit=st.integers(TAG_BYTES, 2**32))
-def test_record_length_is_in_range_or_refused(prefix: bytes, limit: int) -> None:
-    opener = Opener(KEY, max_record=limit)
+@given(chunks=chunked(st.binary(max_size=3000)))
+def test_sealed_decoder_only_raises_protocol_errors(chunks: list[bytes]) -> None:
+    decoder = small_decoder()
     try:
-        n = opener.record_length(prefix)
-    except RemoteProtocolError:
-        assert not TAG_BYTES <= int.from_bytes(prefix, "big") <= limit
-        return
-    assert TAG_BYTES <= n <= limit
-    assert n == int.from_bytes(prefix, "big")
+        for chunk in chunks:
+            decoder.feed(chunk)
+            while decoder.next_frame() is not None:
+                raise AssertionError("random bytes opened as a sealed frame")
+            assert decoder.buffered <= SEAL_BOUND
+    except ProtocolError:
+        with pytest.raises(ProtocolError):
+            decoder.next_frame()
+
+
+@FUZZ
+@given(
+    frames=st.lists(st.sampled_from(SAMPLES), max_size=6),
+    pos=st.integers(0, 10**6),
+    xor=st.integers(1, 255),
+    cuts=st.lists(st.integers(0, 10**6), max_size=6),
+)
+def test_tampered_sealed_stream_never_yields_a_wrong_frame(
+    frames: list[tuple[m.Message, bytes]], pos: int, xor: int, cuts: list[int]
+) -> None:
+    data = bytearray(sealed(frames))
+    if data:
+        data[pos % len(data)] ^= xor
+    decoder = small_decoder()
+    got: list[tuple[m.Message, bytes]] = []
+    points = sorted(c % (len(data) + 1) for c in cuts)
+    try:
+        for a, b in zip([0, *points], [*points, len(data)], strict=True):
+            decoder.feed(bytes(data[a:b]))
+            while (frame := decoder.next_frame()) is not None:
+                got.append(frame)
+            assert decoder.buffered <= SEAL_BOUND
+    except ProtocolError:
+        pass
+    # Whatever got through is exactly what was sent, and the damage never does.
+    assert got == frames[: len(got)]
+    assert len(got) < len(frames) or not frames
+
+
+@FUZZ
+@given(frames=st.lists(st.sampled_from(SAMPLES), max_size=8), data=st.data())
+def test_sealed_stream_decodes_however_split(
+    frames: list[tuple[m.Message, bytes]], data: st.DataObject
+) -> None:
+    stream = sealed(frames)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    decoder = SealedFrameDecoder(Opener(KEY), initial=64)
+    got = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        decoder.feed(stream[a:b])
+        while (frame := decoder.next_frame()) is not None:
+            got.append(frame)
+    assert got == frames
 
 
 # --- the receiving stream machine --------------------------------------------------------

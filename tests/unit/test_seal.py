@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
-from protocol_samples import SAMPLES
+from protocol_samples import SAMPLES, data_msg
 
 from freight.protocol import (
     FrameTooLarge,
@@ -237,6 +239,76 @@ def test_buffer_grows_for_a_large_record_and_stays_bounded() -> None:
     dec.feed(data[-1:])
     got = dec.next_frame()
     assert got is not None and got[1] == payload
+
+
+def test_swapped_payloads_fail() -> None:
+    sealer, _ = pair()
+    a = sealer.seal_frame(encode_json(m.Hello(version=1, len=3)), b"aaa")
+    b = sealer.seal_frame(encode_json(m.Hello(version=2, len=3)), b"bbb")
+    dec = decoder()
+    dec.feed(b"".join([*a[:2], *b[2:]]))
+    with pytest.raises(IntegrityError):
+        dec.next_frame()
+
+
+def test_malformed_header_inside_a_valid_record_is_refused() -> None:
+    sealer, _ = pair()
+    dec = decoder()
+    dec.feed(b"".join(sealer.seal_frame(b'{"t":"teleport"}')))
+    with pytest.raises(RemoteProtocolError):
+        dec.next_frame()
+
+
+def test_decoder_keeps_raising_after_an_error() -> None:
+    sealer, _ = pair()
+    dec = decoder()
+    dec.feed(b"\x00\x00\x00\x01" + wire(sealer, m.Hello(version=1)))
+    with pytest.raises(RemoteProtocolError) as first:
+        dec.next_frame()
+    with pytest.raises(RemoteProtocolError) as again:
+        dec.next_frame()
+    assert again.value is first.value
+    assert dec.buffered == 0
+    with pytest.raises(RemoteProtocolError):
+        dec.feed(wire(sealer, m.Hello(version=1)))
+    with pytest.raises(RemoteProtocolError):
+        dec.get_buffer()
+
+
+def test_reading_straight_into_the_decoder_buffer() -> None:
+    # The I/O layer's path: get_buffer() → recv_into → buffer_updated().
+    sealer, _ = pair()
+    stream = b"".join(wire(sealer, msg, payload) for msg, payload in SAMPLES)
+    dec = decoder(initial=64)
+    rng = random.Random(5)
+    frames, pos = [], 0
+    while pos < len(stream):
+        target = dec.get_buffer()
+        n = min(len(target), rng.randint(1, 300), len(stream) - pos)
+        assert n > 0
+        target[:n] = stream[pos : pos + n]
+        target.release()
+        dec.buffer_updated(n)
+        pos += n
+        while (frame := dec.next_frame()) is not None:
+            frames.append(frame)
+    assert frames == list(SAMPLES)
+
+
+def test_buffer_stays_bounded_over_many_frames() -> None:
+    sealer, _ = pair()
+    dec = decoder(max_header=1024, max_payload=64 * 1024, initial=1024)
+    record = 4 + 64 * 1024 + TAG_BYTES
+    for i in range(50):
+        msg, payload = data_msg(bytes(60 * 1024), seq=i)
+        data = wire(sealer, msg, payload)
+        for k in range(0, len(data), 7000):
+            dec.feed(data[k : k + 7000])
+            while dec.next_frame() is not None:
+                pass
+            assert dec.buffered <= record
+            assert dec.capacity <= record + 64 * 1024  # one record plus one read
+    assert dec.buffered == 0
 
 
 # --- preamble ------------------------------------------------------------------------
