@@ -22,3 +22,19 @@ def client(tmp_path: Path, hub: Hub) -> Client:
     c = Client(tmp_path / "client", hub)
     c.login()
     return c
+
+
+@pytest.fixture(scope="module")
+def shared_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """One hub for a module's tests that do not disturb each other (each
+    uses its own file names); saves a hub start per test."""
+    h = Hub(tmp_path_factory.mktemp("shared") / "hub").start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_client(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub) -> Client:
+    c = Client(tmp_path_factory.mktemp("shared-client"), shared_hub)
+    c.login()
+    return c

@@ -94,7 +94,12 @@ class HubSession:
             digest = bytes.fromhex(self.fingerprint.removeprefix("SHA256:"))
             connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(digest), limit=64)
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
-            self._http = aiohttp.ClientSession(connector=connector, headers=headers)
+            # No total limit (a control link lives long), but never hang on
+            # a peer that accepts and then says nothing.
+            timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
+            self._http = aiohttp.ClientSession(
+                connector=connector, headers=headers, timeout=timeout
+            )
         return self._http
 
     async def aclose(self) -> None:

@@ -131,7 +131,7 @@ async def _run_sender(
     """
     progress = progress or SendProgress()
     await port.send(sender.start(clock()))
-    ev = await _next_sender_event(port, sender, stall_timeout)
+    ev = await _next_sender_event(port, sender, stall_timeout, clock)
     if isinstance(ev, Aborted):
         raise code_to_error(ev.code, ev.message)
     assert isinstance(ev, Accepted)
@@ -154,7 +154,7 @@ async def _run_sender(
     while sender.offset < sender.size:
         window = sender.send_window()
         if window == 0:
-            ev = await _next_sender_event(port, sender, stall_timeout)
+            ev = await _next_sender_event(port, sender, stall_timeout, clock)
             _handle_sender_event(ev, progress, on_checkpoint)
             retune()
             continue
@@ -176,7 +176,7 @@ async def _run_sender(
         await port.send(sender.keepalive(clock()))
     await port.send(sender.end(hasher.hexdigest()))
     while True:
-        ev = await _next_sender_event(port, sender, stall_timeout)
+        ev = await _next_sender_event(port, sender, stall_timeout, clock)
         if isinstance(ev, Finished):
             progress.acked = ev.total if ev.verified else progress.acked
             return m.EndStreamAck(
@@ -259,14 +259,27 @@ def _feed_sender(sender: StreamSender, msg: m.AnyMessage, payload: bytes) -> obj
     return sender.receive(msg)
 
 
-async def _next_sender_event(port: Port, sender: StreamSender, stall_timeout: float) -> object:
-    try:
-        msg, payload = await asyncio.wait_for(port.recv(), stall_timeout)
-    except TimeoutError:
-        raise StalledError(
-            f"no acknowledgement from the other side for {stall_timeout:.0f} s"
-        ) from None
-    return _feed_sender(sender, msg, payload)
+async def _next_sender_event(
+    port: Port, sender: StreamSender, stall_timeout: float, clock: Clock
+) -> object:
+    """Wait for the receiver; keep sending time-based KeepAlives meanwhile
+    (so idle firewalls see traffic) and give up after ``stall_timeout``."""
+    give_up = clock() + stall_timeout
+    while True:
+        now = clock()
+        if now >= give_up:
+            raise StalledError(f"no acknowledgement from the other side for {stall_timeout:.0f} s")
+        wait = give_up - now
+        alive = sender.state in (State.STREAMING, State.ENDING)
+        if alive:
+            wait = min(wait, max(0.01, sender.next_deadline() - now))
+        try:
+            msg, payload = await asyncio.wait_for(port.recv(), wait)
+        except TimeoutError:
+            if alive and sender.keepalive_due(clock()):
+                await port.send(sender.keepalive(clock()))
+            continue
+        return _feed_sender(sender, msg, payload)
 
 
 # --- receiving ------------------------------------------------------------------

@@ -12,19 +12,24 @@ from tests.support import Client, Hub, random_file, same_bytes
 
 @pytest.mark.parametrize("data_path", ["direct", "tls"])
 @pytest.mark.parametrize("size", [0, 1, 3 * 1024 * 1024 + 17])
-def test_push_pull_identical(tmp_path: Path, client: Client, size: int, data_path: str) -> None:
+def test_push_pull_identical(
+    tmp_path: Path, shared_client: Client, size: int, data_path: str
+) -> None:
+    client = shared_client
+    name = f"f-{size}-{data_path}.bin"
     src = random_file(tmp_path / "src.bin", size, seed=size)
-    out = client.run("push", str(src), "--as", "f.bin", "--data-path", data_path, "--json")
+    out = client.run("push", str(src), "--as", name, "--data-path", data_path, "--json")
     pushed = json.loads(out.stdout)["pushed"][0]
     assert pushed["size"] == size
-    listing = json.loads(client.run("ls", "--json").stdout)
-    assert [(f["name"], f["size"]) for f in listing] == [("f.bin", size)]
+    listing = {f["name"]: f["size"] for f in json.loads(client.run("ls", "--json").stdout)}
+    assert listing[name] == size
     dest = tmp_path / "copy.bin"
-    client.run("pull", "f.bin", str(dest), "--data-path", data_path, "--json")
+    client.run("pull", name, str(dest), "--data-path", data_path, "--json")
     assert same_bytes(src, dest)
 
 
-def test_push_tree_with_unicode_and_compression(tmp_path: Path, client: Client) -> None:
+def test_push_tree_with_unicode_and_compression(tmp_path: Path, shared_client: Client) -> None:
+    client = shared_client
     tree = tmp_path / "tree"
     (tree / "sub dir").mkdir(parents=True)
     (tree / "empty.txt").write_bytes(b"")
