@@ -335,13 +335,25 @@ async def _run_receiver(
             rate=acc.rate,
         )
     )
-    # Durability runs beside reception: fsync of one interval overlaps with
-    # receiving the next; at most one is in flight so acks stay in order.
+    # Durability runs beside reception: the fsync of one stretch overlaps with
+    # receiving the next, and at most one is in flight so acks stay in order.
+    # Besides the sender's KeepAlives (one per interval) the receiver makes a
+    # checkpoint of its own every half interval: with one fsync in flight,
+    # a crash then loses at most one interval of received bytes.
     pending: asyncio.Task[None] | None = None
+    half = max(1, receiver.checkpoint_interval // 2)
+    requested = acc.checkpoint
 
     async def make_durable(offset: int) -> None:
         rate, level = await sink.durable(offset)
         await port.send(receiver.durable(offset, rate=rate, level=level))
+
+    async def checkpoint(offset: int) -> None:
+        nonlocal pending, requested
+        if pending is not None:
+            await pending
+        requested = max(requested, offset)
+        pending = asyncio.create_task(make_durable(offset))
 
     try:
         while True:
@@ -354,10 +366,11 @@ async def _run_receiver(
             ev2 = receiver.receive(msg, payload)
             if isinstance(ev2, DataReceived):
                 sink.write(ev2.offset, ev2.data)
+                if receiver.received - requested >= half:
+                    await checkpoint(receiver.received)
             elif isinstance(ev2, CheckpointRequested):
-                if pending is not None:
-                    await pending
-                pending = asyncio.create_task(make_durable(ev2.offset))
+                if ev2.offset > requested:  # else one of ours covers it already
+                    await checkpoint(ev2.offset)
             elif isinstance(ev2, EndRequested):
                 if pending is not None:
                     await pending
