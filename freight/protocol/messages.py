@@ -93,7 +93,9 @@ class Pull(Message, tag="pull", frozen=True):
 
 
 class StartStream(Message, tag="start", frozen=True):
-    """Sender opens (or resumes) stream ``sid``."""
+    """Sender opens (or resumes) stream ``sid``. ``interval`` is the
+    checkpoint interval the sender would like (0: no preference); the smaller
+    of it and the receiver's own applies."""
 
     sid: Id
     name: Name
@@ -101,6 +103,7 @@ class StartStream(Message, tag="start", frozen=True):
     mtime: float = 0.0
     want_level: Level = LEVEL_NONE
     fresh: bool = False
+    interval: Annotated[int, msgspec.Meta(ge=0, le=1 << 40)] = 0  # sender's preferred
 
 
 class StartStreamAck(Message, tag="start_ack", frozen=True):

@@ -271,6 +271,7 @@ class StreamSender(_Machine):
             mtime=self.mtime,
             want_level=self.want_level,
             fresh=self.fresh,
+            interval=self.checkpoint_interval,
         )
 
     def receive(self, msg: Message) -> Event | None:
@@ -395,6 +396,8 @@ class StreamReceiver(_Machine):
         self._move(action, remote=True)
         if isinstance(msg, StartStream):
             self.size = msg.size
+            if msg.interval:
+                self.checkpoint_interval = min(self.checkpoint_interval, msg.interval)
             return StreamRequested(
                 sid=msg.sid,
                 name=msg.name,

@@ -130,7 +130,7 @@ async def _run_sender(
     lower of it and what the receiver assigns.
     """
     progress = progress or SendProgress()
-    await port.send(sender.start(clock()))
+    await _send(port, stall_timeout, sender.start(clock()))
     ev = await _next_sender_event(port, sender, stall_timeout, clock)
     if isinstance(ev, Aborted):
         raise code_to_error(ev.code, ev.message)
@@ -167,14 +167,14 @@ async def _run_sender(
         if delay > 0:
             await asyncio.sleep(delay)
         msg, wire = sender.data(raw)
-        await port.send(msg, wire)
+        await _send(port, stall_timeout, msg, wire)
         progress.sent = sender.offset
         progress.wire_bytes = sender.wire_bytes
         if sender.keepalive_due(clock()):
-            await port.send(sender.keepalive(clock()))
+            await _send(port, stall_timeout, sender.keepalive(clock()))
     if sender.keepalive_due(clock()):
-        await port.send(sender.keepalive(clock()))
-    await port.send(sender.end(hasher.hexdigest()))
+        await _send(port, stall_timeout, sender.keepalive(clock()))
+    await _send(port, stall_timeout, sender.end(hasher.hexdigest()))
     while True:
         ev = await _next_sender_event(port, sender, stall_timeout, clock)
         if isinstance(ev, Finished):
@@ -214,8 +214,8 @@ async def run_receiver(
 async def _tell_peer(
     port: Port, machine: StreamSender | StreamReceiver, exc: ProtocolError
 ) -> None:
-    with contextlib.suppress(FreightError, OSError):
-        await port.send(machine.abort(exc.code, exc.message))
+    with contextlib.suppress(FreightError, OSError, TimeoutError):
+        await asyncio.wait_for(port.send(machine.abort(exc.code, exc.message)), 5.0)
 
 
 def _effective(limit: int, assigned: int) -> int:
@@ -259,6 +259,15 @@ def _feed_sender(sender: StreamSender, msg: m.AnyMessage, payload: bytes) -> obj
     return sender.receive(msg)
 
 
+async def _send(port: Port, stall_timeout: float, msg: m.Message, payload: bytes = b"") -> None:
+    """Send, but treat a connection that takes no bytes for ``stall_timeout``
+    as stalled: the frame is queued in the transport, only the wait ends."""
+    try:
+        await asyncio.wait_for(port.send(msg, payload), stall_timeout)
+    except TimeoutError:
+        raise StalledError(f"the connection took no data for {stall_timeout:.0f} s") from None
+
+
 async def _next_sender_event(
     port: Port, sender: StreamSender, stall_timeout: float, clock: Clock
 ) -> object:
@@ -277,7 +286,7 @@ async def _next_sender_event(
             msg, payload = await asyncio.wait_for(port.recv(), wait)
         except TimeoutError:
             if alive and sender.keepalive_due(clock()):
-                await port.send(sender.keepalive(clock()))
+                await _send(port, stall_timeout, sender.keepalive(clock()))
             continue
         return _feed_sender(sender, msg, payload)
 
