@@ -155,7 +155,12 @@ class Link:
         s = self.session
         try:
             ws = await s.http.ws_connect(
-                s.url.with_path("/v1/control"), max_msg_size=WS_MAX_MESSAGE, heartbeat=30.0
+                s.url.with_path("/v1/control"),
+                max_msg_size=WS_MAX_MESSAGE,
+                heartbeat=30.0,
+                # A link being dropped after a stall should not wait long
+                # for a close handshake the dead path will never carry.
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             )
         except aiohttp.ServerFingerprintMismatch as exc:
             raise mismatch_error(s.url, s.fingerprint, "SHA256:" + exc.got.hex()) from None

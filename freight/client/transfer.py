@@ -172,11 +172,13 @@ async def push_file(
     state_path = config.transfer_path("push", str(session.url), name, str(path))
     saved = read_json(state_path, None)
     restarted = False
+    fresh = saved is None
     if saved and (saved.get("size") != source.size or saved.get("mtime") != source.mtime):
         reporter.notice(f"{path.name}: changed since the interrupted attempt; starting over")
-        saved, restarted = None, True
+        # Same stream id, marked fresh: the hub replaces the stale partial
+        # instead of keeping it until the purge.
+        fresh = restarted = True
     sid = saved["sid"] if saved else secrets.token_hex(16)
-    fresh = saved is None
     write_json_atomic(
         state_path, {"sid": sid, "size": source.size, "mtime": source.mtime, "name": name}
     )
