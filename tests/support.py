@@ -139,16 +139,18 @@ class Client:
             text=True,
         )
 
-    def login(self, url: str | None = None) -> subprocess.CompletedProcess[str]:
+    def login(
+        self, url: str | None = None, *, user: str = "admin", password: str = ADMIN_PASSWORD
+    ) -> subprocess.CompletedProcess[str]:
         return self.run(
             "login",
             url or self.hub.url,
             "--user",
-            "admin",
+            user,
             "--password-stdin",
             "--fingerprint",
             self.hub.fingerprint,
-            input=ADMIN_PASSWORD + "\n",
+            input=password + "\n",
         )
 
 

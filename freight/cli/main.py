@@ -1,15 +1,14 @@
-"""The ``freight`` command. Errors become one line and an exit code here,
-in one place (see freight.errors for the codes)."""
+"""The ``freight`` command. Errors become one line and an exit code in one
+place, ``common.run_async`` (see freight.errors for the codes); account
+commands live in ``users``."""
 
 from __future__ import annotations
 
-import asyncio
 import getpass
 import os
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 
@@ -31,13 +30,13 @@ from ..client.transfer import (
     pull_one,
     push_many,
 )
-from ..errors import FingerprintMismatch, FreightError, UsageError
+from ..errors import FingerprintMismatch, UsageError
 from ..protocol.messages import LEVELS
 from ..protocol.retry import RetryPolicy
 from ..units import format_bytes, format_rate, parse_rate
+from . import users
+from .common import HubOpt, JsonOpt, QuietOpt, run_async
 from .output import RichReporter, err_console, print_json
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="freight",
@@ -48,29 +47,6 @@ app = typer.Typer(
 )
 admin_app = typer.Typer(help="Hub administration (admin accounts only).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-HubOpt = Annotated[
-    str | None, typer.Option("--hub", help="Hub URL (default: the one you logged in to last).")
-]
-
-
-def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; map Freight errors and Ctrl-C to a line and an exit code."""
-    try:
-        try:
-            import uvloop
-
-            return uvloop.run(factory())  # type: ignore[no-any-return]
-        except ImportError:
-            return asyncio.run(factory())  # type: ignore[arg-type]
-    except KeyboardInterrupt:
-        err_console.print("interrupted; run the same command again to resume")
-        raise typer.Exit(130) from None
-    except FreightError as exc:
-        err_console.print(f"freight: error: {exc.user_message()}", markup=False)
-        raise typer.Exit(exc.exit_code) from None
 
 
 def retry_policy() -> RetryPolicy:
@@ -408,6 +384,9 @@ def admin_events(
         when = datetime.fromtimestamp(e["ts"]).strftime("%Y-%m-%d %H:%M:%S")
         detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
         typer.echo(f"{when}  {e['kind']:<16} {e['actor']:<12} {detail}")
+
+
+users.register(app)
 
 
 def run() -> None:

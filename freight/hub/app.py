@@ -16,6 +16,7 @@ from .. import __version__
 from ..errors import (
     AuthError,
     BadCredentials,
+    Conflict,
     Forbidden,
     FreightError,
     NotFound,
@@ -42,6 +43,7 @@ _STATUS = {
     BadCredentials: 401,
     Forbidden: 403,
     NotFound: 404,
+    Conflict: 409,
     RateLimited: 429,
     AuthError: 401,
 }
@@ -65,14 +67,24 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(exc)
 
 
-async def current_user(request: web.Request) -> User:
+def bearer_hash(request: web.Request) -> str:
+    """The hash of the request's bearer token (as the database keeps it)."""
     header = request.headers.get("Authorization", "")
     if not header.startswith("Bearer "):
         raise NotLoggedIn("no token: log in first")
+    return auth.token_hash(header[7:].strip())
+
+
+async def current_user(request: web.Request) -> User:
     st = request.app[STATE]
-    row = await st.db.user_by_token(auth.token_hash(header[7:].strip()), time.time())
-    if row is None or row["disabled"]:
-        raise NotLoggedIn("token unknown, expired or account disabled")
+    row = await st.db.user_by_token(bearer_hash(request), time.time())
+    if row is None:
+        raise NotLoggedIn(
+            "the saved login is unknown, expired or revoked, or the account is disabled; "
+            "log in again"
+        )
+    if row["disabled"]:
+        raise NotLoggedIn(f"account {row['name']!r} is disabled; ask an admin to enable it")
     return User(int(row["id"]), str(row["name"]), str(row["role"]))
 
 
@@ -87,6 +99,17 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "version": __version__, "protocol": PROTOCOL_VERSION})
 
 
+def check_rate_limit(st: HubState, keys: tuple[str, ...], now: float) -> None:
+    """Refuse a password check while any of ``keys`` (user name, client
+    address) is locked out after too many failures."""
+    wait = max(st.limiter.retry_after(key, now) for key in keys)
+    if wait > 0:
+        st.metrics.logins.labels("limited").inc()
+        exc = RateLimited(f"too many failed logins; try again in {int(wait) + 1} s")
+        exc.retry_after = wait  # type: ignore[attr-defined]
+        raise exc
+
+
 async def login(request: web.Request) -> web.Response:
     st = request.app[STATE]
     try:
@@ -96,12 +119,7 @@ async def login(request: web.Request) -> web.Response:
         raise UsageError("login needs a JSON body with user and password") from None
     peer = request.remote or "?"
     now = time.time()
-    wait = max(st.limiter.retry_after(name, now), st.limiter.retry_after(peer, now))
-    if wait > 0:
-        st.metrics.logins.labels("limited").inc()
-        exc = RateLimited(f"too many failed logins; try again in {int(wait) + 1} s")
-        exc.retry_after = wait  # type: ignore[attr-defined]
-        raise exc
+    check_rate_limit(st, (name, peer), now)
     row = await st.db.user_by_name(name)
     ok = await asyncio.to_thread(
         auth.verify_password, row["pw_hash"] if row else auth.DUMMY_HASH, password
@@ -263,6 +281,8 @@ async def serve_channel(st: HubState, user: User, chan: Any, *, control: bool = 
 
 
 def build_app(state: HubState) -> web.Application:
+    from . import users  # imports this module, so not at the top
+
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[STATE] = state
     app.router.add_get("/v1/health", health)
@@ -273,6 +293,7 @@ def build_app(state: HubState) -> web.Application:
     app.router.add_put("/v1/admin/bandwidth", put_bandwidth)
     app.router.add_get("/v1/admin/streams", list_streams)
     app.router.add_get("/v1/admin/events", list_events)
+    users.add_routes(app)
     app.router.add_get("/v1/control", control)
     app.router.add_get("/metrics", metrics)
     return app

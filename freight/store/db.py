@@ -85,6 +85,49 @@ class Database:
         async with self.engine.begin() as c:
             await c.execute(t.users.update().where(t.users.c.id == user_id).values(pw_hash=pw_hash))
 
+    async def create_user(self, name: str, pw_hash: str, role: str) -> int | None:
+        """Add a user; ``None`` if the name is taken (also under a race)."""
+        try:
+            return await self.add_user(name, pw_hash, role)
+        except sa.exc.IntegrityError:
+            return None
+
+    async def list_users(self) -> list[Mapping[str, Any]]:
+        q = sa.select(t.users).order_by(t.users.c.name)
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def set_disabled(self, user_id: int, disabled: bool) -> None:
+        """Disable or enable an account. Disabling also revokes its tokens,
+        so enabling it again needs a fresh login."""
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.users.update().where(t.users.c.id == user_id).values(disabled=disabled)
+            )
+            if disabled:
+                await c.execute(t.tokens.delete().where(t.tokens.c.user_id == user_id))
+
+    async def change_password(self, user_id: int, pw_hash: str, keep_token_hash: str) -> int:
+        """Set a new password and revoke the user's other tokens in one
+        transaction; returns how many tokens were revoked."""
+        async with self.engine.begin() as c:
+            await c.execute(t.users.update().where(t.users.c.id == user_id).values(pw_hash=pw_hash))
+            return await self._delete_tokens_except(c, user_id, keep_token_hash)
+
+    async def delete_tokens_except(self, user_id: int, keep_token_hash: str) -> int:
+        """Revoke all of a user's tokens but one; returns how many went."""
+        async with self.engine.begin() as c:
+            return await self._delete_tokens_except(c, user_id, keep_token_hash)
+
+    @staticmethod
+    async def _delete_tokens_except(c: Any, user_id: int, keep_token_hash: str) -> int:
+        res = await c.execute(
+            t.tokens.delete().where(
+                t.tokens.c.user_id == user_id, t.tokens.c.token_hash != keep_token_hash
+            )
+        )
+        return int(res.rowcount)
+
     async def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
         async with self.engine.begin() as c:
             await c.execute(

@@ -1,0 +1,38 @@
+"""What every command module shares: option types and the one place where
+Freight errors become a line and an exit code (see freight.errors)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
+
+import typer
+
+from ..errors import FreightError
+from .output import err_console
+
+T = TypeVar("T")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+HubOpt = Annotated[
+    str | None, typer.Option("--hub", help="Hub URL (default: the one you logged in to last).")
+]
+
+
+def run_async(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine; map Freight errors and Ctrl-C to a line and an exit code."""
+    try:
+        try:
+            import uvloop
+
+            return uvloop.run(factory())  # type: ignore[no-any-return]
+        except ImportError:
+            return asyncio.run(factory())  # type: ignore[arg-type]
+    except KeyboardInterrupt:
+        err_console.print("interrupted; run the same command again to resume")
+        raise typer.Exit(130) from None
+    except FreightError as exc:
+        err_console.print(f"freight: error: {exc.user_message()}", markup=False)
+        raise typer.Exit(exc.exit_code) from None

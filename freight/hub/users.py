@@ -1,0 +1,114 @@
+"""Accounts on the hub: admins list, add, disable and enable users; anyone
+changes their own password. Every change is an event."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import BadCredentials, Conflict, NotFound, UsageError
+from ..names import check_new_password, check_user_name
+from . import auth
+from .app import STATE, admin_user, bearer_hash, check_rate_limit, current_user
+
+
+async def json_fields(request: web.Request, *names: str) -> dict[str, Any]:
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise TypeError
+        for name in names:
+            body[name] = str(body[name])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"this needs a JSON body with {', '.join(names)}") from None
+    return body
+
+
+def user_json(row: Any) -> dict[str, Any]:
+    return {
+        "name": row["name"],
+        "role": row["role"],
+        "disabled": bool(row["disabled"]),
+        "created": row["created"],
+    }
+
+
+async def list_users(request: web.Request) -> web.Response:
+    await admin_user(request)
+    rows = await request.app[STATE].db.list_users()
+    return web.json_response([user_json(r) for r in rows])
+
+
+async def add_user(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    body = await json_fields(request, "name", "password")
+    name = check_user_name(body["name"])
+    password = check_new_password(body["password"])
+    role = "admin" if body.get("admin") is True else "user"
+    if await st.db.user_by_name(name) is not None:  # spare the hashing
+        raise Conflict(f"user {name!r} already exists")
+    pw_hash = await asyncio.to_thread(auth.hash_password, password)
+    if await st.db.create_user(name, pw_hash, role) is None:
+        raise Conflict(f"user {name!r} already exists")
+    await st.events.emit("user_added", admin.name, name=name, role=role)
+    row = await st.db.user_by_name(name)
+    return web.json_response(user_json(row), status=201)
+
+
+async def set_disabled(request: web.Request, disabled: bool) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    row = await st.db.user_by_name(name)
+    if row is None:
+        raise NotFound(f"no user named {name!r}")
+    if disabled and int(row["id"]) == admin.id:
+        raise Conflict("you cannot disable your own account")
+    await st.db.set_disabled(int(row["id"]), disabled)
+    await st.events.emit("user_disabled" if disabled else "user_enabled", admin.name, name=name)
+    return web.json_response(user_json({**row, "disabled": disabled}))
+
+
+async def disable_user(request: web.Request) -> web.Response:
+    return await set_disabled(request, True)
+
+
+async def enable_user(request: web.Request) -> web.Response:
+    return await set_disabled(request, False)
+
+
+async def change_password(request: web.Request) -> web.Response:
+    """The caller's own password. A wrong current password counts against
+    the login limiter; success revokes every other token of the account."""
+    user = await current_user(request)
+    keep = bearer_hash(request)
+    st = request.app[STATE]
+    body = await json_fields(request, "current", "new")
+    new = check_new_password(body["new"])
+    peer = request.remote or "?"
+    now = time.time()
+    check_rate_limit(st, (user.name, peer), now)
+    row = await st.db.user_by_name(user.name)
+    pw_hash = row["pw_hash"] if row else auth.DUMMY_HASH
+    if row is None or not await asyncio.to_thread(auth.verify_password, pw_hash, body["current"]):
+        for key in (user.name, peer):
+            st.limiter.failed(key, now)
+        await st.events.emit("password_change_failure", user.name, address=peer)
+        raise BadCredentials("the current password is wrong")
+    new_hash = await asyncio.to_thread(auth.hash_password, new)
+    revoked = await st.db.change_password(user.id, new_hash, keep)
+    st.limiter.succeeded(user.name)
+    await st.events.emit("password_changed", user.name, address=peer, revoked_tokens=revoked)
+    return web.json_response({"user": user.name, "revoked_tokens": revoked})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/users", list_users)
+    app.router.add_post("/v1/users", add_user)
+    app.router.add_post("/v1/users/{name}/disable", disable_user)
+    app.router.add_post("/v1/users/{name}/enable", enable_user)
+    app.router.add_post("/v1/passwd", change_password)
