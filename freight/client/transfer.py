@@ -196,7 +196,7 @@ async def push_file(
         return moved
 
     async def attempt() -> m.EndStreamAck:
-        nonlocal sid, fresh, restarted, attempts, resumed_from
+        nonlocal sid, fresh, restarted, attempts, resumed_from, source
         attempts += 1
         link = await holder.get()
         port = await link.stream_port(sid)
@@ -221,6 +221,13 @@ async def push_file(
         except SourceChanged:
             reporter.notice(f"{path.name}: differs from the part already sent; starting over")
             sid, fresh, restarted = secrets.token_hex(16), True, True
+            # Look at the file afresh: it may have grown or shrunk meanwhile.
+            source.close()
+            try:
+                source = FileSource(path)
+            except OSError as exc:
+                raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+            reporter.start(name, source.size)
             write_json_atomic(
                 state_path, {"sid": sid, "size": source.size, "mtime": source.mtime, "name": name}
             )
@@ -285,7 +292,13 @@ class FileSink:
         self.size, self.mtime = req.size, req.mtime
         self.dest.parent.mkdir(parents=True, exist_ok=True)
         checkpoint = 0
-        if saved and saved.get("size") == req.size and self.partial.exists() and not req.fresh:
+        if (
+            saved
+            and saved.get("size") == req.size
+            and not req.fresh
+            and self.partial.exists()
+            and self.partial.stat().st_size >= int(saved.get("checkpoint", 0))
+        ):
             checkpoint = int(saved.get("checkpoint", 0))
             self.fd = os.open(self.partial, os.O_RDWR)
             os.ftruncate(self.fd, checkpoint)
@@ -314,8 +327,11 @@ class FileSink:
         self.hasher.update(data)
 
     async def durable(self, offset: int) -> tuple[int, str]:
-        await asyncio.to_thread(os.fsync, self.fd)
-        await asyncio.to_thread(self._save, offset)
+        try:
+            await asyncio.to_thread(os.fsync, self.fd)
+            await asyncio.to_thread(self._save, offset)
+        except OSError as exc:
+            raise StorageError(f"cannot make {self.partial} durable: {exc.strerror}") from None
         return self.opts.limit, self.opts.compress
 
     async def finish(self, total: int, digest: str) -> tuple[bool, str]:

@@ -273,7 +273,8 @@ async def serve_channel(st: HubState, user: User, chan: Any, *, control: bool = 
             elif isinstance(msg, m.Error):
                 return
             else:
-                raise ProtocolError(f"unexpected {type(msg).__name__} on the control channel")
+                where = "control channel" if control else "data connection"
+                raise ProtocolError(f"unexpected {type(msg).__name__} on a {where}")
     finally:
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, ChannelClosed):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import blake3
+from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import DiskFull, FreightError, NotFound, StorageError, UsageError
 from ..names import check_name
@@ -135,16 +136,29 @@ class HubSink:
     async def durable(self, offset: int) -> tuple[int, str]:
         try:
             await asyncio.to_thread(os.fsync, self.fd)
+            await self.s.db.set_checkpoint(self.user.id, self.sid, offset)
         except OSError as exc:
-            if exc.errno in _DISK_FULL:
-                raise DiskFull(f"the hub ran out of disk space receiving {self.name}") from None
-            raise
-        await self.s.db.set_checkpoint(self.user.id, self.sid, offset)
+            raise self._storage_error(exc) from None
+        except SQLAlchemyError as exc:
+            raise StorageError(f"the hub could not record a checkpoint: {exc}") from None
         return self.s.bandwidth.rate_for(self.key, minute_of_day()), self.level
+
+    def _storage_error(self, exc: OSError) -> FreightError:
+        if exc.errno in _DISK_FULL:
+            return DiskFull(f"the hub ran out of disk space receiving {self.name}")
+        return StorageError(f"the hub could not store {self.name}: {exc.strerror}")
 
     async def finish(self, total: int, digest: str) -> tuple[bool, str]:
         if self.published_digest:
             return digest == self.published_digest, self.published_digest
+        try:
+            return await self._publish(total, digest)
+        except OSError as exc:
+            raise self._storage_error(exc) from None
+        except SQLAlchemyError as exc:
+            raise StorageError(f"the hub could not record {self.name}: {exc}") from None
+
+    async def _publish(self, total: int, digest: str) -> tuple[bool, str]:
         await asyncio.to_thread(os.fsync, self.fd)
         actual = self.hasher.hexdigest()
         if actual != digest:

@@ -385,6 +385,7 @@ class StreamReceiver(_Machine):
         self.received = 0  # next expected offset
         self.checkpoint = 0
         self.checkpoint_interval = checkpoint_interval
+        self.max_unacked_intervals = max_unacked_intervals
         self.max_unacked = checkpoint_interval * max_unacked_intervals
         self._expect_seq: int | None = None
 
@@ -398,6 +399,7 @@ class StreamReceiver(_Machine):
             self.size = msg.size
             if msg.interval:
                 self.checkpoint_interval = min(self.checkpoint_interval, msg.interval)
+                self.max_unacked = self.checkpoint_interval * self.max_unacked_intervals
             return StreamRequested(
                 sid=msg.sid,
                 name=msg.name,

@@ -44,11 +44,22 @@ class Port:
         self.sid = sid
         self.mux = mux
         self.queue: asyncio.Queue[Frame | BaseException] = asyncio.Queue(PORT_QUEUE_FRAMES)
+        self.failure: BaseException | None = None
+
+    def fail(self, exc: BaseException) -> None:
+        """The connection failed: recv() raises ``exc`` once queued frames
+        are consumed (kept aside when the queue is full, never dropped)."""
+        if self.failure is None:
+            self.failure = exc
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(exc)
 
     async def send(self, msg: Message, payload: bytes = b"") -> None:
         await self.mux.channel.send(msg, payload)
 
     async def recv(self) -> Frame:
+        if self.queue.empty() and self.failure is not None:
+            raise self.failure
         item = await self.queue.get()
         if isinstance(item, BaseException):
             # Keep the failure visible to any later recv() too.
@@ -106,8 +117,7 @@ class Mux:
         finally:
             self.closed.set()
             for p in list(self.ports.values()):
-                with contextlib.suppress(asyncio.QueueFull):
-                    p.queue.put_nowait(failure)
+                p.fail(failure)
             with contextlib.suppress(asyncio.QueueFull):
                 self.control.put_nowait(failure)
             for task in list(self._tasks):
@@ -120,8 +130,7 @@ class Mux:
                 # The peer explains why it is closing: every stream should say so.
                 failure = code_to_error(msg.code, msg.message)
                 for p in list(self.ports.values()):
-                    with contextlib.suppress(asyncio.QueueFull):
-                        p.queue.put_nowait(failure)
+                    p.fail(failure)
             await self.control.put((msg, payload))
             return
         port = self.ports.get(sid)

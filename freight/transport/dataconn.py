@@ -17,6 +17,7 @@ from typing import cast
 from ..errors import NetworkError
 from ..protocol.errors import ProtocolError, RemoteProtocolError
 from ..protocol.frames import encode_frame, encode_json
+from ..protocol.limits import PROTOCOL_VERSION
 from ..protocol.messages import Error, Message, Welcome
 from ..protocol.seal import (
     CLIENT_TO_HUB,
@@ -235,9 +236,9 @@ async def open_data_connection(
             "the hub refused the data connection (ticket unknown or expired) "
             "or something on the path altered it"
         ) from None
-    if not isinstance(msg, Welcome):
+    if not isinstance(msg, Welcome) or msg.version != PROTOCOL_VERSION:
         await proto.aclose()
-        raise DataPathUnavailable(f"expected welcome on the data connection, got {msg}")
+        raise DataPathUnavailable(f"expected a version {PROTOCOL_VERSION} welcome, got {msg}")
     return proto
 
 

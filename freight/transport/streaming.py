@@ -137,7 +137,9 @@ async def _run_sender(
     assert isinstance(ev, Accepted)
     hasher = await asyncio.to_thread(source.prefix_hasher, ev.checkpoint)
     if ev.checkpoint and hasher.hexdigest() != ev.prefix_digest:
-        await port.send(sender.abort("source_changed", "source differs from the part sent"))
+        await _send(
+            port, stall_timeout, sender.abort("source_changed", "source differs from the part sent")
+        )
         raise SourceChanged("the source changed since the interrupted attempt; starting over")
     progress.sent = progress.acked = progress.resumed_from = ev.checkpoint
 
@@ -190,8 +192,9 @@ async def run_sender(port: Port, sender: StreamSender, source: Source, **kw: Any
     protocol error is reported to the receiver before it is raised."""
     try:
         return await _run_sender(port, sender, source, **kw)
-    except ProtocolError as exc:
-        await _tell_peer(port, sender, exc)
+    except (ProtocolError, SourceChanged) as exc:
+        if sender.state is not State.ABORTED:
+            await _tell_peer(port, sender, exc)
         raise
 
 
@@ -394,5 +397,8 @@ async def _run_receiver(
             else:
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__}")
     finally:
-        if pending is not None and not pending.done():
-            pending.cancel()
+        # Let a checkpoint in flight finish before the sink closes its file:
+        # a takeover must not race a late fsync or database write.
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                await pending
