@@ -36,8 +36,15 @@ integration: $(STAMP)
 test: lint typecheck $(STAMP)
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
+# Benchmarks against scp, rsync, tus and iperf3, then the issue targets
+# (rate limits, hub memory, bytes re-sent after a hub crash). Not part of
+# `make test`: they take several minutes and install the peers.
+BENCH_MD ?= .bench-tmp-results.md
 bench: $(STAMP)
-	bash bench/bench.sh $(BENCH_ARGS)
+	bash bench/bench.sh --markdown $(BENCH_MD) $(BENCH_ARGS)
+	bash bench/targets.sh --markdown $(BENCH_MD) limits
+	bash bench/targets.sh --markdown $(BENCH_MD) memory
+	bash bench/targets.sh --markdown $(BENCH_MD) crash --repeat 3
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -49,6 +49,22 @@ class State(enum.Enum):
     ERROR = "error"
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedChunk:
+    """Raw bytes made ready for the wire: the work that can run off the
+    sender's event loop (compression and checksum)."""
+
+    raw_len: int
+    codec: int
+    wire: bytes
+    xxh: int
+
+
+def prepare_chunk(raw: bytes, compressor: Compressor) -> PreparedChunk:
+    codec, wire = compressor.compress(raw)
+    return PreparedChunk(len(raw), codec, wire, xxhash.xxh3_64_intdigest(raw))
+
+
 # --- events -----------------------------------------------------------------
 
 
@@ -322,24 +338,30 @@ class StreamSender(_Machine):
         return max(0, min(self.size - self.offset, self.checkpoint + self.window - self.offset))
 
     def data(self, raw: bytes) -> tuple[Data, bytes]:
-        """Frame the next ``raw`` bytes of the source (at ``self.offset``)."""
-        if len(raw) == 0 or len(raw) > self.send_window():
+        """Frame the next ``raw`` bytes of the source (at ``self.offset``),
+        compressed at the stream's current level."""
+        codec, wire = self._compressor.compress(raw)
+        return self.prepared(PreparedChunk(len(raw), codec, wire, xxhash.xxh3_64_intdigest(raw)))
+
+    def prepared(self, chunk: PreparedChunk) -> tuple[Data, bytes]:
+        """Frame a chunk that was compressed and checksummed elsewhere (by
+        :func:`prepare_chunk`, e.g. in a worker thread ahead of sending)."""
+        if chunk.raw_len == 0 or chunk.raw_len > self.send_window():
             raise self._fail(LocalProtocolError("chunk empty or beyond the send window"))
         self._move("send_data", remote=False)
-        codec, wire = self._compressor.compress(raw)
         msg = Data(
             sid=self.sid,
             seq=self._seq,
             offset=self.offset,
-            raw=len(raw),
-            codec=codec,
-            xxh=xxhash.xxh3_64_intdigest(raw),
-            len=len(wire),
+            raw=chunk.raw_len,
+            codec=chunk.codec,
+            xxh=chunk.xxh,
+            len=len(chunk.wire),
         )
         self._seq += 1
-        self.offset += len(raw)
-        self.wire_bytes += len(wire)
-        return msg, wire
+        self.offset += chunk.raw_len
+        self.wire_bytes += len(chunk.wire)
+        return msg, chunk.wire
 
     def keepalive_due(self, now: float) -> bool:
         if self.state not in (State.STREAMING, State.ENDING):
