@@ -70,6 +70,24 @@ def stall_timeout() -> float:
     return float(os.environ.get("FREIGHT_STALL_TIMEOUT", "60"))
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Move files between machines that cannot reach each other directly, through a hub."""
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

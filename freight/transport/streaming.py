@@ -214,8 +214,8 @@ async def _run_sender(
     reader = ChunkReader(source, hasher, sender.offset)
     try:
         while sender.offset < sender.size:
-            # Read, hash and compress up to READ_AHEAD chunks in a worker
-            # thread while this loop seals and sends: the two overlap.
+            # Workers read and compress up to READ_AHEAD chunks while this
+            # loop seals and sends: the two overlap.
             reader.fill(sender.size, chunk_size_for(bucket.rate), sender.level)
             n = reader.next_len()
             if sender.send_window() < n:
