@@ -1,0 +1,62 @@
+"""The hub on PostgreSQL instead of the embedded SQLite (skipped without one)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support import Client, Hub, random_file, same_bytes
+
+PG_HOST = os.environ.get("FREIGHT_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("FREIGHT_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("FREIGHT_TEST_PG_USER", "postgres")
+
+
+async def _admin(sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def pg_database() -> Iterator[str]:
+    """A fresh database for one test, dropped afterwards."""
+    name = "freight_test_" + secrets.token_hex(4)
+    try:
+        asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
+    except (OSError, ImportError) as exc:
+        pytest.skip(f"no PostgreSQL reachable at {PG_HOST}:{PG_PORT} as {PG_USER}: {exc}")
+    except Exception as exc:  # asyncpg's own errors (auth, permissions)
+        pytest.skip(f"PostgreSQL at {PG_HOST}:{PG_PORT} refused to create a database: {exc}")
+    yield f"postgresql+asyncpg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def test_hub_on_postgresql_pushes_resumes_and_restarts(tmp_path: Path, pg_database: str) -> None:
+    hub = Hub(tmp_path / "hub", extra=["--database-url", pg_database]).start()
+    try:
+        client = Client(tmp_path / "c", hub)
+        client.login()
+        src = random_file(tmp_path / "pg.bin", 5 * 1024 * 1024 + 3)
+        client.run("push", str(src), "--quiet")
+        # State lives in PostgreSQL: a restarted hub still knows the file.
+        hub.stop()
+        hub.start()
+        listing = json.loads(client.run("ls", "--json").stdout)
+        assert [(f["name"], f["size"]) for f in listing] == [("pg.bin", src.stat().st_size)]
+        client.run("pull", "pg.bin", str(tmp_path / "back.bin"))
+        assert same_bytes(src, tmp_path / "back.bin")
+        kinds = {e["kind"] for e in json.loads(client.run("admin", "events", "--json").stdout)}
+        assert {"login", "stream_start", "stream_end", "hub_start"} <= kinds
+    finally:
+        hub.stop()
