@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import secrets
 import ssl
 from typing import Any
@@ -235,10 +234,3 @@ class Link:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         self._data_muxes.clear()
-
-
-def env_float(name: str, default: float) -> float:
-    try:
-        return float(os.environ.get(name, default))
-    except ValueError:
-        raise UsageError(f"{name} must be a number") from None

@@ -236,7 +236,8 @@ async def push_file(
             ticker.cancel()
             if resumed_from is None:
                 resumed_from = progress.resumed_from
-            fresh = False
+            if not restarted:
+                fresh = False  # the hub now knows this stream: resume it
             await link.release(port)
 
     try:

@@ -188,14 +188,3 @@ AnyMessage = (
     | EndStreamAck
     | Abort
 )
-
-STREAM_MESSAGES: Final = (
-    StartStream,
-    StartStreamAck,
-    Data,
-    KeepAlive,
-    KeepAliveAck,
-    EndStream,
-    EndStreamAck,
-    Abort,
-)

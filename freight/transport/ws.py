@@ -9,6 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType
 
+from ..protocol.errors import RemoteProtocolError
 from ..protocol.frames import decode_frame, encode_header
 from ..protocol.limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
 from ..protocol.messages import Message
@@ -45,8 +46,6 @@ class WSChannel:
             if item.type == WSMsgType.ERROR:
                 raise ChannelClosed(f"websocket error: {self.ws.exception()}")
             if item.type == WSMsgType.TEXT:
-                from ..protocol.errors import RemoteProtocolError
-
                 raise RemoteProtocolError("text message on a frame channel")
             # PING/PONG are handled by aiohttp; loop.
 
