@@ -236,8 +236,9 @@ async def push_file(
             ticker.cancel()
             if resumed_from is None:
                 resumed_from = progress.resumed_from
-            if not restarted:
-                fresh = False  # the hub now knows this stream: resume it
+            # The hub knows this stream now: later attempts resume it. A new
+            # stream id after a changed source needs no "fresh" either.
+            fresh = False
             await link.release(port)
 
     try:
