@@ -34,5 +34,10 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
         err_console.print("interrupted; run the same command again to resume")
         raise typer.Exit(130) from None
     except FreightError as exc:
-        err_console.print(f"freight: error: {exc.user_message()}", markup=False)
+        report(exc)
         raise typer.Exit(exc.exit_code) from None
+
+
+def report(exc: FreightError) -> None:
+    """The one place an error becomes the line a person reads."""
+    err_console.print(f"freight: error: {exc.user_message()}", markup=False)

@@ -30,12 +30,12 @@ from ..client.transfer import (
     pull_one,
     push_many,
 )
-from ..errors import FingerprintMismatch, UsageError
+from ..errors import FingerprintMismatch, FreightError, UsageError
 from ..protocol.messages import LEVELS
 from ..protocol.retry import RetryPolicy
 from ..units import format_bytes, format_rate, parse_rate
 from . import users
-from .common import HubOpt, JsonOpt, QuietOpt, run_async
+from .common import HubOpt, JsonOpt, QuietOpt, report, run_async
 from .output import RichReporter, err_console, print_json
 
 app = typer.Typer(
@@ -409,7 +409,11 @@ users.register(app)
 
 def run() -> None:
     tune_allocator()
-    app()
+    try:
+        app()
+    except FreightError as exc:  # raised outside run_async, e.g. checking arguments
+        report(exc)
+        sys.exit(exc.exit_code)
 
 
 if __name__ == "__main__":

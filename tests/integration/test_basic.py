@@ -122,3 +122,14 @@ def test_changed_certificate_is_refused_after_pinning(tmp_path: Path, hub: Hub) 
         assert "freight login" in res.stderr  # says how to proceed
     finally:
         other.stop()
+
+
+def test_bad_arguments_get_one_line_and_exit_2(tmp_path: Path, shared_client: Client) -> None:
+    for args, text in [
+        (["push", str(tmp_path / "missing")], "no such file or folder"),
+        (["push", "/etc/hostname", "--as", "../evil"], "'..' components are not allowed"),
+    ]:
+        res = shared_client.run(*args, check=False)
+        assert res.returncode == 2, res.stderr
+        assert text in res.stderr
+        assert "Traceback" not in res.stderr
