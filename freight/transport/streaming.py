@@ -216,7 +216,9 @@ async def _run_sender(
         while sender.offset < sender.size:
             # Workers read and compress up to READ_AHEAD chunks while this
             # loop seals and sends: the two overlap.
-            reader.fill(sender.size, chunk_size_for(bucket.rate), sender.level)
+            # A chunk never exceeds the window, or a tiny checkpoint interval
+            # would leave the sender waiting for acks of nothing.
+            reader.fill(sender.size, min(chunk_size_for(bucket.rate), sender.window), sender.level)
             n = reader.next_len()
             if sender.send_window() < n:
                 ev = await _next_sender_event(port, sender, stall_timeout, clock)
@@ -276,9 +278,7 @@ async def run_receiver(
         raise
 
 
-async def _tell_peer(
-    port: Port, machine: StreamSender | StreamReceiver, exc: ProtocolError
-) -> None:
+async def _tell_peer(port: Port, machine: StreamSender | StreamReceiver, exc: FreightError) -> None:
     with contextlib.suppress(FreightError, OSError, TimeoutError):
         await asyncio.wait_for(port.send(machine.abort(exc.code, exc.message)), 5.0)
 

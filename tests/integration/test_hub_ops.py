@@ -119,3 +119,18 @@ def test_lost_final_ack_does_not_resend_the_file(tmp_path: Path, hub: Hub, clien
     assert row["wire_bytes"] == 0
     client.run("pull", "done.bin", str(tmp_path / "back.bin"))
     assert same_bytes(src, tmp_path / "back.bin")
+
+
+def test_a_checkpoint_interval_smaller_than_a_frame_still_flows(tmp_path: Path) -> None:
+    hub = Hub(tmp_path / "hub", extra=["--checkpoint-interval", "256K"]).start()
+    try:
+        client = Client(tmp_path / "c", hub)
+        client.login()
+        client.env["FREIGHT_STALL_TIMEOUT"] = "5"
+        src = random_file(tmp_path / "small-steps.bin", 5 * 1024 * 1024 + 1)
+        row = json.loads(client.run("push", str(src), "--json").stdout)["pushed"][0]
+        assert row["attempts"] == 1
+        client.run("pull", "small-steps.bin", str(tmp_path / "back.bin"))
+        assert same_bytes(src, tmp_path / "back.bin")
+    finally:
+        hub.stop()
