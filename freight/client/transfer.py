@@ -20,13 +20,13 @@ from typing import Any, Protocol
 import blake3
 
 from ..errors import (
-    DiskFull,
     FreightError,
     IntegrityError,
     NetworkError,
     SourceChanged,
     StorageError,
     UsageError,
+    code_to_error,
 )
 from ..names import check_name
 from ..protocol import messages as m
@@ -404,8 +404,6 @@ async def pull_file(
             await port.send(m.Pull(sid=sid, name=name))
             first, _ = await asyncio.wait_for(port.recv(), opts.stall_timeout)
             if isinstance(first, m.Abort | m.Error):
-                from ..errors import code_to_error
-
                 raise code_to_error(first.code, first.message)
             if not isinstance(first, m.StartStream):
                 raise RemoteProtocolError(f"expected start, got {type(first).__name__}")
@@ -423,8 +421,6 @@ async def pull_file(
                     f"{name}: changed on the hub since the interrupted attempt; starting over"
                 )
                 raise ChannelClosed("restarting") from None
-            except TimeoutError:
-                raise
         finally:
             if ticker:
                 ticker.cancel()
@@ -433,10 +429,7 @@ async def pull_file(
             sink.close()
             await link.release(port)
 
-    try:
-        ack = await with_retries(attempt, opts.retry, reporter, holder, progressed)
-    except DiskFull:
-        raise
+    ack = await with_retries(attempt, opts.retry, reporter, holder, progressed)
     if not ack.verified:
         raise IntegrityError(f"{name} arrived with a different digest; run the pull again")
     result = TransferResult(
