@@ -18,6 +18,7 @@ from ..client.config import ClientConfig
 from ..client.session import (
     DATA_PATHS,
     HubSession,
+    canonical_url,
     fetch_fingerprint,
     hostport,
     mismatch_error,
@@ -189,11 +190,11 @@ def login(
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = getpass.getpass(f"Password for {user}@{hostport(u)}: ")
-        async with HubSession(str(u), fingerprint=seen) as session:
+        async with HubSession(canonical_url(u), fingerprint=seen) as session:
             body = await session.request("POST", "/v1/login", {"user": user, "password": password})
         config.pin(hostport(u), seen)
-        config.save_login(str(u), user, body["token"], body["role"])
-        return {"hub": str(u), "user": user, "role": body["role"], "fingerprint": seen}
+        config.save_login(canonical_url(u), user, body["token"], body["role"])
+        return {"hub": canonical_url(u), "user": user, "role": body["role"], "fingerprint": seen}
 
     info = run_async(go)
     if json_out:

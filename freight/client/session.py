@@ -34,9 +34,16 @@ def parse_hub_url(url: str) -> URL:
     u = URL(url if "://" in url else f"https://{url}")
     if u.scheme != "https" or not u.host:
         raise UsageError(f"hub address must look like https://HOST:PORT, not {url!r}")
-    if u.port is None or (u.explicit_port is None and ":" not in url.split("//", 1)[-1]):
+    if u.explicit_port is None:  # not 443: a hub listens on 8443 unless told
         u = u.with_port(8443)
     return u.with_path("/")
+
+
+def canonical_url(u: URL) -> str:
+    """``https://host:port/`` with the port always written, so a saved URL
+    parses back to the same port (yarl drops a default 443 when printing)."""
+    host = f"[{u.host}]" if u.host and ":" in u.host else u.host
+    return f"https://{host}:{u.port}/"
 
 
 def hostport(u: URL) -> str:
@@ -147,8 +154,8 @@ class Link:
         self.data_path = data_path
         self.direct_ok = data_path != "tls"
         self.mux: Mux | None = None
-        self._tasks: list[asyncio.Task[None]] = []
-        self._data_muxes: list[Mux] = []
+        # Every open connection's multiplexer and the task reading it.
+        self._readers: dict[Mux, asyncio.Task[None]] = {}
 
     async def connect(self) -> None:
         s = self.session
@@ -181,7 +188,7 @@ class Link:
         if msg.version != PROTOCOL_VERSION:
             raise VersionMismatch(f"hub speaks protocol {msg.version}, we speak {PROTOCOL_VERSION}")
         self.mux = Mux(chan)
-        self._tasks.append(asyncio.create_task(self.mux.run()))
+        self._readers[self.mux] = asyncio.create_task(self.mux.run())
 
     async def ticket(self) -> m.TicketGrant:
         assert self.mux is not None
@@ -207,8 +214,7 @@ class Link:
                     secret=bytes.fromhex(grant.secret),
                 )
                 mux = Mux(chan)
-                self._data_muxes.append(mux)
-                self._tasks.append(asyncio.create_task(mux.run()))
+                self._readers[mux] = asyncio.create_task(mux.run())
                 return mux.port(sid)
             except DataPathUnavailable:
                 if self.data_path == "direct":
@@ -219,18 +225,16 @@ class Link:
     async def release(self, port: Port) -> None:
         """Forget a finished stream and close the data connection it used."""
         port.close()
-        mux = port.mux
-        if mux in self._data_muxes:
-            self._data_muxes.remove(mux)
-            await mux.channel.aclose()
+        if port.mux is not self.mux and port.mux in self._readers:
+            reader = self._readers.pop(port.mux)
+            await port.mux.channel.aclose()
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     async def aclose(self) -> None:
-        for mux in self._data_muxes:
+        readers, self._readers = self._readers, {}
+        for mux in readers:
             await mux.channel.aclose()
-        if self.mux is not None:
-            await self.mux.channel.aclose()
-        for task in self._tasks:
+        for task in readers.values():
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
-        self._data_muxes.clear()
+        await asyncio.gather(*readers.values(), return_exceptions=True)

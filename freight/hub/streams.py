@@ -57,10 +57,7 @@ class HubSink:
         self.path = service.layout.partial_path(user.id, sid)
 
     async def open(self, req: StreamRequested) -> Acceptance:
-        try:
-            self.name = check_name(req.name)
-        except UsageError as exc:
-            raise UsageError(exc.message) from None
+        self.name = check_name(req.name)
         self.size, self.mtime, self.level = req.size, req.mtime, req.want_level
         row = await self.s.db.get_stream(self.user.id, self.sid)
         if row is None and not req.fresh:

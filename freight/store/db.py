@@ -56,6 +56,12 @@ class Database:
         async with self.engine.begin() as conn:
             await conn.run_sync(run)
 
+    async def _first(self, query: Any) -> Mapping[str, Any] | None:
+        """The first row of a query as a mapping, or None."""
+        async with self.engine.connect() as c:
+            row = (await c.execute(query)).first()
+            return row._mapping if row else None
+
     async def close(self) -> None:
         await self.engine.dispose()
 
@@ -77,9 +83,7 @@ class Database:
             return int(res.inserted_primary_key[0])  # type: ignore[index]
 
     async def user_by_name(self, name: str) -> Mapping[str, Any] | None:
-        async with self.engine.connect() as c:
-            row = (await c.execute(sa.select(t.users).where(t.users.c.name == name))).first()
-            return row._mapping if row else None
+        return await self._first(sa.select(t.users).where(t.users.c.name == name))
 
     async def set_password(self, user_id: int, pw_hash: str) -> None:
         async with self.engine.begin() as c:
@@ -142,17 +146,13 @@ class Database:
             .join(t.tokens, t.tokens.c.user_id == t.users.c.id)
             .where(t.tokens.c.token_hash == token_hash, t.tokens.c.expires > now)
         )
-        async with self.engine.connect() as c:
-            row = (await c.execute(q)).first()
-            return row._mapping if row else None
+        return await self._first(q)
 
     # --- streams ------------------------------------------------------------
 
     async def get_stream(self, user_id: int, sid: str) -> Mapping[str, Any] | None:
         q = sa.select(t.streams).where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
-        async with self.engine.connect() as c:
-            row = (await c.execute(q)).first()
-            return row._mapping if row else None
+        return await self._first(q)
 
     async def put_stream(
         self, user_id: int, sid: str, *, name: str, size: int, mtime: float
@@ -239,15 +239,11 @@ class Database:
 
     async def get_file(self, user_id: int, name: str) -> Mapping[str, Any] | None:
         q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.name == name)
-        async with self.engine.connect() as c:
-            row = (await c.execute(q)).first()
-            return row._mapping if row else None
+        return await self._first(q)
 
     async def file_by_sid(self, user_id: int, sid: str) -> Mapping[str, Any] | None:
         q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.sid == sid)
-        async with self.engine.connect() as c:
-            row = (await c.execute(q)).first()
-            return row._mapping if row else None
+        return await self._first(q)
 
     async def delete_file(self, user_id: int, name: str) -> bool:
         async with self.engine.begin() as c:
