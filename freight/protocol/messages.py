@@ -60,9 +60,12 @@ class Welcome(Message, tag="welcome", frozen=True):
 
 
 class TicketRequest(Message, tag="ticket_req", frozen=True):
-    """Ask for a one-time reception ticket for a data connection."""
+    """Ask for a one-time reception ticket for a data connection. With
+    ``lane`` the data connection becomes this attachment's lane for relayed
+    records (see docs/protocol.md "Relay lanes")."""
 
     rid: Id
+    lane: bool = False
 
 
 class TicketGrant(Message, tag="ticket", frozen=True):
@@ -74,12 +77,21 @@ class TicketGrant(Message, tag="ticket", frozen=True):
     expires_in: Seconds
 
 
+OptId = Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:-]*$")]
+
+
 class Error(Message, tag="error", frozen=True):
-    """A connection-level or stream-level error; ``sid`` empty for the former."""
+    """A connection-level, stream-level (``sid``) or request-level (``rid``)
+    error; both empty for the first."""
 
     code: Id
     message: Text
-    sid: Annotated[str, msgspec.Meta(max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:-]*$")] = ""
+    sid: OptId = ""
+    rid: OptId = ""
+
+
+class Ping(Message, tag="ping", frozen=True):
+    """Keeps an idle channel alive through firewalls and proxies; ignored."""
 
 
 # --- streams --------------------------------------------------------------
@@ -172,6 +184,165 @@ class Abort(Message, tag="abort", frozen=True):
     message: Text = ""
 
 
+# --- relay: end-to-end encrypted connections through the hub ---------------
+
+Role = Annotated[str, msgspec.Meta(pattern=r"^(dial|accept)$")]
+App = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Nameplate = Annotated[str, msgspec.Meta(max_length=12, pattern=r"^[0-9]*$")]
+RelayKind = Annotated[str, msgspec.Meta(pattern=r"^[hda]$")]
+
+
+class Listen(Message, tag="listen", frozen=True):
+    """Accept connections for ``app`` from ``peer`` (a user name, or ``*``
+    for anyone). Answered by Done or Error with the same ``rid``."""
+
+    rid: Id
+    app: App
+    peer: Peer = "*"
+
+
+class Unlisten(Message, tag="unlisten", frozen=True):
+    rid: Id
+    app: App
+
+
+class Done(Message, tag="done", frozen=True):
+    """A request (``rid``) succeeded."""
+
+    rid: Id
+
+
+class Dial(Message, tag="dial", frozen=True):
+    """Open connection ``cid`` (chosen by the client) to ``peer``'s ``app``.
+    ``rejoin`` re-attaches an existing connection after a reconnect, from
+    either end (``role``); the hub then pairs the two ends again even if it
+    restarted in between. Answered by Waiting, Linked or Error."""
+
+    rid: Id
+    cid: Id
+    peer: Peer
+    app: App
+    role: Role = "dial"
+    rejoin: bool = False
+
+
+class Offer(Message, tag="offer", frozen=True):
+    """``freight send``: wait for whoever claims a code. An empty
+    ``nameplate`` asks the hub for a new one; a given one re-opens it (same
+    sender, still valid). Answered by CodeGrant; each claim then arrives as
+    Linked with ``app`` ``code:NAMEPLATE``."""
+
+    rid: Id
+    nameplate: Nameplate = ""
+    ttl: Annotated[float, msgspec.Meta(gt=0, le=7 * 86400)] = 3600.0
+
+
+class CodeGrant(Message, tag="code", frozen=True):
+    rid: Id
+    nameplate: Nameplate
+    expires_in: Seconds
+
+
+class Claim(Message, tag="claim", frozen=True):
+    """``freight receive``: connect as ``cid`` to whoever offers
+    ``nameplate``. Answered by Linked, Waiting or Error."""
+
+    rid: Id
+    cid: Id
+    nameplate: Nameplate
+
+
+class CodeFailed(Message, tag="code_failed", frozen=True):
+    """The offering end saw a wrong code on ``cid``: the hub counts it."""
+
+    cid: Id
+
+
+class Waiting(Message, tag="waiting", frozen=True):
+    """The other end is not there yet; Linked follows when it is."""
+
+    rid: Id
+    cid: Id
+
+
+class Linked(Message, tag="linked", frozen=True):
+    """Both ends of ``cid`` are attached. ``keys`` are the identity public
+    keys (hex Ed25519) the peer's account has registered; ``window`` the
+    bytes the hub buffers per direction; ``rejoined`` says the connection
+    existed before (retransmit what is unacknowledged)."""
+
+    cid: Id
+    peer: Peer
+    app: App
+    role: Role
+    window: NonNeg
+    rid: OptId = ""
+    keys: list[Hex] = []
+    rejoined: bool = False
+    peer_role: Annotated[str, msgspec.Meta(max_length=16)] = ""
+
+
+class Relay(Message, tag="relay", frozen=True):
+    """An end-to-end record for the other end of ``cid``: ``kind`` is
+    ``h`` (handshake), ``d`` (sealed data, sequence ``seq``) or ``a``
+    (sealed acknowledgement, counter ``seq``). The hub reads only ``cid``."""
+
+    cid: Id
+    kind: RelayKind
+    seq: NonNeg = 0
+
+
+class Pause(Message, tag="pause", frozen=True):
+    """The hub holds ``window`` bytes for the other end of ``cid``: stop
+    sending until Resume."""
+
+    cid: Id
+
+
+class Resume(Message, tag="resume", frozen=True):
+    cid: Id
+
+
+class Hangup(Message, tag="hangup", frozen=True):
+    """End connection ``cid``; ``by`` is who ended it (peer, hub, admin)."""
+
+    cid: Id
+    code: Id = "closed"
+    message: Text = ""
+    by: Annotated[str, msgspec.Meta(max_length=16)] = ""
+
+
+# --- agents: the hub's durable commands ---------------------------------------
+
+CommandKind = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")]
+Json = Annotated[str, msgspec.Meta(max_length=60000)]
+
+
+class Command(Message, tag="command", frozen=True):
+    """A command for an agent, kept by the hub until its result arrives;
+    ``args`` is a JSON object. Delivered again after a reconnect until
+    acknowledged, so an agent must treat a repeated ``id`` as the same one."""
+
+    id: NonNeg
+    kind: CommandKind
+    args: Json = "{}"
+
+
+class CommandAck(Message, tag="command_ack", frozen=True):
+    """The agent has the command (the hub stops re-delivering it)."""
+
+    id: NonNeg
+
+
+class CommandResult(Message, tag="command_result", frozen=True):
+    """The outcome of command ``id``; ``result`` is a JSON value."""
+
+    id: NonNeg
+    ok: bool
+    result: Json = "null"
+
+
 AnyMessage = (
     Hello
     | Welcome
@@ -187,4 +358,22 @@ AnyMessage = (
     | EndStream
     | EndStreamAck
     | Abort
+    | Ping
+    | Listen
+    | Unlisten
+    | Done
+    | Dial
+    | Offer
+    | CodeGrant
+    | Claim
+    | CodeFailed
+    | Waiting
+    | Linked
+    | Relay
+    | Pause
+    | Resume
+    | Hangup
+    | Command
+    | CommandAck
+    | CommandResult
 )

@@ -27,7 +27,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import FrameTooLarge, IntegrityError, LocalProtocolError, RemoteProtocolError
 from .frames import parse_header
 from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
-from .messages import AnyMessage
+from .messages import AnyMessage, Relay
+
+# Frames whose payload is already sealed end to end travel with only their
+# header sealed on a data connection: sealing it again per hop would cost
+# four more AES-GCM passes per relayed byte and protect nothing more (the
+# far end authenticates every byte; see docs/protocol.md "Relay lanes").
+END_TO_END_SEALED = (Relay,)
 
 MAGIC: Final = b"FRD2"  # first bytes of a data connection; TLS starts with 0x16
 TICKET_ID_BYTES: Final = 16
@@ -74,12 +80,19 @@ class Sealer:
         prefix = _LEN.pack(len(data) + TAG_BYTES)
         return prefix, self._aead.encrypt(nonce, data, prefix + kind)
 
-    def seal_frame(self, header: bytes, payload: Buffer = b"") -> list[bytes]:
+    def seal_frame(
+        self, header: bytes, payload: Buffer = b"", *, raw: bool = False
+    ) -> list[Buffer]:
         """Records for one frame: ``header`` is the JSON header (no length
-        prefix), ``payload`` the bytes it announces. Write them in order."""
-        out = list(self._record(header, KIND_HEADER))
+        prefix), ``payload`` the bytes it announces. Write them in order.
+        ``raw`` (for END_TO_END_SEALED frames only) sends the payload as it is,
+        right after the header record that announces its length."""
+        out: list[Buffer] = list(self._record(header, KIND_HEADER))
         if payload:
-            out.extend(self._record(payload, KIND_PAYLOAD))
+            if raw:
+                out.append(payload)
+            else:
+                out.extend(self._record(payload, KIND_PAYLOAD))
         return out
 
 
@@ -181,6 +194,17 @@ class SealedFrameDecoder:
     def _next(self) -> tuple[AnyMessage, bytes] | None:
         while True:
             avail = self._end - self._start
+            pending = self._pending
+            if pending is not None and isinstance(pending, END_TO_END_SEALED):
+                size = pending.len
+                if avail < size:
+                    self._need = size - avail
+                    return None
+                raw = bytes(self._buf[self._start : self._start + size])
+                self._start += size
+                self._need = 4
+                self._pending = None
+                return pending, raw
             if avail < 4:
                 self._need = 4 - avail
                 return None

@@ -9,6 +9,7 @@ import xxhash
 from freight.protocol import messages as m
 
 SID = "s-1"
+CID = "c-0123abcd"
 
 
 def data_msg(raw: bytes, *, offset: int = 0, seq: int = 0, sid: str = SID) -> tuple[m.Data, bytes]:
@@ -50,6 +51,41 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.EndStream(sid=SID, total=10, digest="f" * 64), b""),
     (m.EndStreamAck(sid=SID, total=10, verified=True, digest="f" * 64), b""),
     (m.Abort(sid=SID, code="disk_full", message="no space left"), b""),
+    (m.Ping(), b""),
+    # Relay: requests, answers and end-to-end records of connection CID.
+    (m.TicketRequest(rid="r2", lane=True), b""),
+    (m.Error(code="no_listener", message="bob is not listening for ssh", rid="r5"), b""),
+    (m.Listen(rid="r3", app="ssh", peer="alice"), b""),
+    (m.Unlisten(rid="r4", app="ssh"), b""),
+    (m.Done(rid="r3"), b""),
+    (m.Dial(rid="r5", cid=CID, peer="bob", app="ssh", role="accept", rejoin=True), b""),
+    (m.Offer(rid="r6", nameplate="", ttl=600.0), b""),
+    (m.CodeGrant(rid="r6", nameplate="42", expires_in=599.5), b""),
+    (m.Claim(rid="r7", cid=CID, nameplate="42"), b""),
+    (m.CodeFailed(cid=CID), b""),
+    (m.Waiting(rid="r7", cid=CID), b""),
+    (
+        m.Linked(
+            cid=CID,
+            peer="bob",
+            app="code:42",
+            role="dial",
+            window=1 << 20,
+            rid="r7",
+            keys=["ab" * 32, "0f" * 32],
+            rejoined=True,
+        ),
+        b"",
+    ),
+    (m.Relay(cid=CID, kind="h", len=65), bytes(range(65))),
+    (m.Relay(cid=CID, kind="d", seq=2**64 - 1, len=17), b"\xff" * 17),
+    (m.Relay(cid=CID, kind="a", seq=3, len=24), b"\x00" * 24),
+    (m.Pause(cid=CID), b""),
+    (m.Resume(cid=CID), b""),
+    (m.Hangup(cid=CID, code="peer_gone", message="the other end went away", by="hub"), b""),
+    (m.Command(id=7, kind="list_dir", args='{"path": "/data"}'), b""),
+    (m.CommandAck(id=7), b""),
+    (m.CommandResult(id=7, ok=True, result='{"entries": []}'), b""),
     # Any message may carry a payload; ``len`` says how much.
     (m.Hello(version=1, len=3), b"\x00\x01\x02"),
 ]

@@ -19,6 +19,7 @@ from freight.protocol import messages as m
 from freight.protocol.frames import encode_json
 from freight.protocol.seal import (
     CLIENT_TO_HUB,
+    END_TO_END_SEALED,
     HUB_TO_CLIENT,
     KIND_HEADER,
     KIND_PAYLOAD,
@@ -43,7 +44,32 @@ def pair(direction: bytes = CLIENT_TO_HUB) -> tuple[Sealer, Opener]:
 
 
 def wire(sealer: Sealer, msg: m.Message, payload: bytes = b"") -> bytes:
-    return b"".join(sealer.seal_frame(encode_json(msg), payload))
+    raw = isinstance(msg, END_TO_END_SEALED)
+    return b"".join(sealer.seal_frame(encode_json(msg), payload, raw=raw))
+
+
+def test_relay_payload_crosses_unsealed_after_its_sealed_header() -> None:
+    """An end-to-end sealed payload is not sealed again per hop: the header
+    record announces it, the bytes follow as they are, and a change to them
+    is the far end's to detect (its AEAD), while the header stays protected."""
+    sealer, _ = pair()
+    payload = b"\xaa" * 40
+    msg = m.Relay(cid="c-1", kind="d", seq=5, len=len(payload))
+    data = wire(sealer, msg, payload)
+    assert data.endswith(payload)
+    dec = decoder()
+    dec.feed(data[:-1])
+    assert dec.next_frame() is None  # waits for the whole payload
+    dec.feed(data[-1:])
+    assert dec.next_frame() == (msg, payload)
+    # The sealed header still may not be touched.
+    bad = bytearray(wire(sealer, msg, payload))
+    bad[6] ^= 1
+    dec2 = decoder()
+    dec2.feed(bytes(data) + bytes(bad))
+    assert dec2.next_frame() == (msg, payload)
+    with pytest.raises(RemoteProtocolError):
+        dec2.next_frame()
 
 
 def decoder(direction: bytes = CLIENT_TO_HUB, **kw: int) -> SealedFrameDecoder:
