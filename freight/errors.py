@@ -107,6 +107,13 @@ class BadCredentials(AuthError):
     hint = "check the user name and password"
 
 
+class AgentRefused(AuthError):
+    """The hub does not accept this agent's key."""
+
+    code = "agent_refused"
+    hint = "an admin may have removed or disabled it; enrol again: freight agent enroll"
+
+
 class RateLimited(AuthError):
     """Too many failed logins; wait before trying again."""
 
@@ -186,6 +193,45 @@ class Aborted(RemoteError):
     """The other side aborted the transfer."""
 
     code = "aborted"
+
+
+class UnknownUser(RemoteError):
+    """No such user on the hub."""
+
+    code = "unknown_user"
+    hint = "check the user name with whoever runs the other end"
+
+
+class SelfConnect(UsageError):
+    """A connection needs two different accounts."""
+
+    code = "self_connect"
+
+
+class CodeUnknown(RemoteError):
+    """The code has expired or was never issued."""
+
+    code = "code_unknown"
+    hint = "ask the sender for a new code"
+
+
+class CodeBurned(AuthError):
+    """Too many wrong codes: the hub stopped accepting this one."""
+
+    code = "code_burned"
+    hint = "start freight send again for a new code"
+
+
+class PeerAbsent(RemoteError):
+    """The other end did not turn up in time."""
+
+    code = "peer_absent"
+
+
+class ConnectionEnded(RemoteError):
+    """The relayed connection was ended by the peer, the hub or an admin."""
+
+    code = "connection_ended"
 
 
 class StorageError(FreightError):

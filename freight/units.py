@@ -36,3 +36,18 @@ def format_bytes(n: float) -> str:
 
 def format_rate(rate: int) -> str:
     return "unlimited" if rate == 0 else f"{format_bytes(rate)}/s"
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1d``."""
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+    t = text.strip().lower()
+    scale = units.get(t[-1:], 0.0)
+    number = t[:-1] if scale else t
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise UsageError(f"{text!r} is not a duration like 90s, 30m or 2h") from None
+    if value <= 0:
+        raise UsageError("a duration must be positive")
+    return value

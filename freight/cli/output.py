@@ -45,7 +45,12 @@ class RichReporter:
         self.tasks: dict[str, TaskID] = {}
         self.done: dict[str, int] = {}
         self.total_task: TaskID | None = None
-        if total_files > 1:
+        self.set_totals(total_bytes, total_files)
+
+    def set_totals(self, total_bytes: int, total_files: int) -> None:
+        """Add the total bar once the totals are known (a receiver learns
+        them from the sender's list)."""
+        if total_files > 1 and self.total_task is None:
             self.total_task = self.progress.add_task(
                 f"total ({total_files} files)", total=total_bytes
             )

@@ -1,4 +1,5 @@
-"""Client state on disk: logins, pinned fingerprints, resumable transfers.
+"""Client state on disk: logins (with a hub's proxy and CA, if any), pinned
+fingerprints, resumable transfers.
 
 Everything lives in ``$FREIGHT_CONFIG_DIR`` (default
 ``$XDG_CONFIG_HOME/freight``), so several clients can share one machine.
@@ -71,10 +72,31 @@ class ClientConfig:
         known[hostport] = fingerprint
         write_json_atomic(self._known_path, known)
 
-    def save_login(self, url: str, user: str, token: str, role: str) -> None:
+    def save_login(
+        self,
+        url: str,
+        user: str,
+        token: str,
+        role: str,
+        *,
+        proxy: str | None = None,
+        ca_file: str | None = None,
+    ) -> None:
+        """Remember a login, and how this hub is reached and trusted.
+
+        ``proxy`` (an HTTP proxy URL, credentials included: this file is
+        0600) and ``ca_file`` (a CA bundle that replaces fingerprint pinning)
+        are saved with the login because they belong to the network this hub
+        is reached from; logging in again without them forgets them.
+        """
         cfg = read_json(self._config_path, {})
         cfg["hub"] = url
-        cfg.setdefault("hubs", {})[url] = {"user": user, "token": token, "role": role}
+        login = {"user": user, "token": token, "role": role}
+        if proxy is not None:
+            login["proxy"] = proxy
+        if ca_file is not None:
+            login["ca_file"] = ca_file
+        cfg.setdefault("hubs", {})[url] = login
         write_json_atomic(self._config_path, cfg)
 
     def current(self, url: str | None = None) -> tuple[str, dict[str, str]]:

@@ -1,18 +1,23 @@
-"""A logged-in connection to a hub: pinned TLS, REST calls, control links."""
+"""A logged-in connection to a hub: pinned (or CA-verified) TLS, optionally
+through an HTTP proxy; REST calls, control links."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import secrets
 import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
 from ..errors import (
+    ConfigError,
     FingerprintMismatch,
+    FreightError,
     NetworkError,
     RemoteError,
     TLSError,
@@ -22,12 +27,20 @@ from ..errors import (
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
-from ..transport.channel import Mux, Port
+from ..transport.channel import FrameChannel, Mux, Port
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
+from ..transport.httpchan import open_http_channel
+from ..transport.proxy import ProxyError, choose_proxy, open_tunnel, parse_proxy_url, refusal
 from ..transport.ws import WS_MAX_MESSAGE, WSChannel
 from .config import ClientConfig
 
 DATA_PATHS = ("auto", "direct", "tls")
+TRANSPORTS = ("auto", "ws", "http")
+
+# Per-command choices, set by ``freight --proxy/--ca-file`` or by hand; they
+# win over what was saved at login (see HubSession.from_config).
+PROXY_ENV = "FREIGHT_PROXY"
+CA_FILE_ENV = "FREIGHT_CA_FILE"
 
 
 def parse_hub_url(url: str) -> URL:
@@ -50,19 +63,68 @@ def hostport(u: URL) -> str:
     return f"{u.host}:{u.port}"
 
 
-async def fetch_fingerprint(u: URL, timeout: float = 10.0) -> str:
-    """The SHA-256 fingerprint of the certificate the hub presents."""
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
+def ca_context(ca_file: Path) -> ssl.SSLContext:
+    """TLS that trusts only the CAs in ``ca_file`` and checks the host name:
+    for a hub whose certificate a CA signed (or a TLS-inspecting proxy's CA),
+    where a pinned fingerprint would break at every renewal."""
     try:
-        _, writer = await asyncio.wait_for(
-            asyncio.open_connection(u.host, u.port, ssl=ctx, server_hostname=u.host), timeout
-        )
-    except (OSError, TimeoutError) as exc:
-        raise NetworkError(f"cannot reach {u.host}:{u.port}: {exc}") from None
-    except ssl.SSLError as exc:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except OSError as exc:  # ssl.SSLError included (bad PEM)
+        raise ConfigError(
+            f"cannot load CA certificates from {ca_file}: {getattr(exc, 'strerror', None) or exc}",
+            hint="give a PEM file with --ca-file, or log in without it to pin the fingerprint",
+        ) from None
+
+
+def untrusted_error(u: URL, ca_file: Path, exc: ssl.SSLError) -> TLSError:
+    detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
+    return TLSError(
+        f"the hub at {hostport(u)} presents a certificate that the CA in {ca_file} "
+        f"does not vouch for ({detail})",
+        hint="check the hub address and --ca-file, or log in without it to pin the fingerprint",
+    )
+
+
+async def fetch_fingerprint(
+    u: URL,
+    timeout: float = 10.0,
+    *,
+    proxy: URL | None = None,
+    ca_file: Path | None = None,
+) -> str:
+    """The SHA-256 fingerprint of the certificate the hub presents.
+
+    Through ``proxy`` if given. With ``ca_file`` the handshake also verifies
+    the chain and host name against that CA, so a wrong certificate fails
+    here, before any password is sent."""
+    if ca_file is not None:
+        ctx = ca_context(ca_file)
+    else:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(timeout):
+            if proxy is None:
+                _, writer = await asyncio.open_connection(
+                    u.host, u.port, ssl=ctx, server_hostname=u.host
+                )
+            else:
+                sock = await open_tunnel(proxy, u.host or "", u.port or 8443, timeout=timeout)
+                try:
+                    _, writer = await asyncio.open_connection(
+                        sock=sock, ssl=ctx, server_hostname=u.host
+                    )
+                except BaseException:
+                    sock.close()
+                    raise
+    except ssl.SSLCertVerificationError as exc:
+        assert ca_file is not None  # nothing is verified without one
+        raise untrusted_error(u, ca_file, exc) from None
+    except ssl.SSLError as exc:  # before OSError, its base class
         raise TLSError(f"TLS handshake with {u.host}:{u.port} failed: {exc}") from None
+    except (OSError, TimeoutError) as exc:
+        raise NetworkError(f"cannot reach {u.host}:{u.port}: {exc or 'timed out'}") from None
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     writer.close()
     return "SHA256:" + hashlib.sha256(der).hexdigest()
@@ -79,34 +141,97 @@ def mismatch_error(u: URL, pinned: str, seen: str) -> FingerprintMismatch:
 
 
 class HubSession:
-    def __init__(self, url: str, *, fingerprint: str, token: str = "") -> None:
+    """How to reach one hub and trust it: by pinned ``fingerprint`` or, with
+    ``ca_file``, by a CA; directly or through an HTTP ``proxy``. Every
+    connection the session makes (REST, control WebSocket, data connections)
+    takes the same route and the same trust."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        fingerprint: str = "",
+        token: str = "",
+        proxy: URL | str | None = None,
+        ca_file: Path | str | None = None,
+    ) -> None:
         self.url = parse_hub_url(url)
         self.fingerprint = fingerprint
         self.token = token
+        self.proxy = parse_proxy_url(proxy) if isinstance(proxy, str) else proxy
+        self.ca_file = Path(ca_file) if ca_file is not None else None
+        if not fingerprint and self.ca_file is None:
+            raise TLSError(f"no way to trust the hub at {hostport(self.url)}: no pin and no CA")
         self._http: aiohttp.ClientSession | None = None
 
     @classmethod
-    def from_config(cls, config: ClientConfig, url: str | None = None) -> HubSession:
+    def from_config(
+        cls,
+        config: ClientConfig,
+        url: str | None = None,
+        *,
+        proxy: str | None = None,
+        ca_file: str | None = None,
+    ) -> HubSession:
+        """The session for the hub logged in to (``url`` or the last one).
+
+        Proxy: ``proxy`` or ``$FREIGHT_PROXY``, else the one saved at login
+        for this hub, else ``HTTPS_PROXY`` unless ``NO_PROXY`` exempts the
+        hub. Trust: ``ca_file`` or ``$FREIGHT_CA_FILE``, else the CA saved at
+        login, else the pinned fingerprint.
+        """
         hub, login = config.current(url)
         u = parse_hub_url(hub)
+        chosen = choose_proxy(
+            u,
+            explicit=proxy if proxy is not None else os.environ.get(PROXY_ENV),
+            saved=login.get("proxy"),
+        )
+        ca = ca_file or os.environ.get(CA_FILE_ENV) or login.get("ca_file")
+        if ca:
+            return cls(hub, token=login["token"], proxy=chosen, ca_file=Path(ca).expanduser())
         pinned = config.pinned(hostport(u))
         if not pinned:
             raise TLSError(f"no pinned certificate for {hostport(u)}; run freight login again")
-        return cls(hub, fingerprint=pinned, token=login["token"])
+        return cls(hub, fingerprint=pinned, token=login["token"], proxy=chosen)
 
     @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
-            digest = bytes.fromhex(self.fingerprint.removeprefix("SHA256:"))
-            connector = aiohttp.TCPConnector(ssl=aiohttp.Fingerprint(digest), limit=64)
+            tls: ssl.SSLContext | aiohttp.Fingerprint
+            if self.ca_file is not None:
+                tls = ca_context(self.ca_file)
+            else:
+                tls = aiohttp.Fingerprint(bytes.fromhex(self.fingerprint.removeprefix("SHA256:")))
+            connector = aiohttp.TCPConnector(ssl=tls, limit=64)
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             # No total limit (a control link lives long), but never hang on
             # a peer that accepts and then says nothing.
             timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
+            # An explicit proxy (never trust_env): the choice was made once,
+            # in from_config, so REST, WebSocket and data connections agree.
             self._http = aiohttp.ClientSession(
-                connector=connector, headers=headers, timeout=timeout
+                connector=connector,
+                headers=headers,
+                timeout=timeout,
+                proxy=self.proxy,
             )
         return self._http
+
+    def connection_error(self, exc: BaseException) -> FreightError:
+        """What an aiohttp failure to connect means for the person: the one
+        translation, so REST calls and the control link say the same thing."""
+        if isinstance(exc, aiohttp.ClientHttpProxyError) and self.proxy is not None:
+            return refusal(self.proxy, hostport(self.url), exc.status, exc.message)
+        if isinstance(exc, aiohttp.ClientProxyConnectionError) and self.proxy is not None:
+            return ProxyError(
+                f"cannot reach the proxy at {self.proxy.host}:{self.proxy.port}: {exc.os_error}"
+            )
+        if isinstance(exc, aiohttp.ClientConnectorCertificateError) and self.ca_file:
+            cert_error = exc.certificate_error
+            if isinstance(cert_error, ssl.SSLError):
+                return untrusted_error(self.url, self.ca_file, cert_error)
+        return NetworkError(f"cannot reach the hub at {hostport(self.url)}: {exc}")
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -133,8 +258,8 @@ class HubSession:
                 return body
         except aiohttp.ServerFingerprintMismatch as exc:
             raise mismatch_error(self.url, self.fingerprint, "SHA256:" + exc.got.hex()) from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise NetworkError(f"cannot reach the hub at {hostport(self.url)}: {exc}") from None
+        except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise self.connection_error(exc) from None
         except (aiohttp.ContentTypeError, ValueError) as exc:
             raise RemoteError(f"the hub sent an unreadable answer: {exc}") from None
 
@@ -142,6 +267,76 @@ class HubSession:
         link = Link(self, data_path)
         await link.connect()
         return link
+
+
+async def _open_http(session: HubSession) -> FrameChannel:
+    try:
+        return await open_http_channel(session.http, session.url)
+    except aiohttp.ServerFingerprintMismatch as exc:
+        raise mismatch_error(session.url, session.fingerprint, "SHA256:" + exc.got.hex()) from None
+    except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError) as exc:
+        raise session.connection_error(exc) from None
+
+
+async def open_channel(
+    session: HubSession, transport: str = "ws", *, hello: str = "freight-cli"
+) -> tuple[FrameChannel, str]:
+    """Attach to the hub: WebSocket first unless told otherwise; the HTTP
+    fallback when the upgrade is refused or cut (a proxy or firewall that
+    does not pass WebSockets). Returns the channel after Hello/Welcome."""
+    if transport not in TRANSPORTS:
+        raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    chan: FrameChannel
+    used = transport
+    if transport in ("auto", "ws"):
+        try:
+            ws = await session.http.ws_connect(
+                session.url.with_path("/v1/control"),
+                max_msg_size=WS_MAX_MESSAGE,
+                heartbeat=25.0,
+                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+            )
+            chan, used = WSChannel(ws), "ws"
+        except aiohttp.ServerFingerprintMismatch as exc:
+            raise mismatch_error(
+                session.url, session.fingerprint, "SHA256:" + exc.got.hex()
+            ) from None
+        except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 401:
+                raise code_to_error(
+                    "not_logged_in", "the hub did not accept the saved login"
+                ) from None
+            if transport == "ws":
+                raise NetworkError(f"WebSocket refused: {exc.status} {exc.message}") from None
+            # Something between us and the hub does not pass WebSockets.
+            chan, used = await _open_http(session), "http"
+        except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # Only an upgrade cut half-way is worth trying over plain HTTP;
+            # a hub or proxy that cannot be reached at all stays an error.
+            unreachable = isinstance(
+                exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError
+            )
+            if transport == "ws" or unreachable:
+                raise session.connection_error(exc) from None
+            chan, used = await _open_http(session), "http"
+    else:
+        chan = await _open_http(session)
+    try:
+        await chan.send(m.Hello(version=PROTOCOL_VERSION, agent=hello))
+        msg, _ = await asyncio.wait_for(chan.recv(), 30)
+    except TimeoutError:
+        await chan.aclose()
+        raise NetworkError("the hub did not answer the attach greeting") from None
+    if isinstance(msg, m.Error):
+        await chan.aclose()
+        raise code_to_error(msg.code, msg.message)
+    if not isinstance(msg, m.Welcome):
+        await chan.aclose()
+        raise ProtocolError(f"expected welcome, got {type(msg).__name__}")
+    if msg.version != PROTOCOL_VERSION:
+        await chan.aclose()
+        raise VersionMismatch(f"hub speaks protocol {msg.version}, we speak {PROTOCOL_VERSION}")
+    return chan, used
 
 
 class Link:
@@ -158,35 +353,7 @@ class Link:
         self._readers: dict[Mux, asyncio.Task[None]] = {}
 
     async def connect(self) -> None:
-        s = self.session
-        try:
-            ws = await s.http.ws_connect(
-                s.url.with_path("/v1/control"),
-                max_msg_size=WS_MAX_MESSAGE,
-                heartbeat=30.0,
-                # A link being dropped after a stall should not wait long
-                # for a close handshake the dead path will never carry.
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-            )
-        except aiohttp.ServerFingerprintMismatch as exc:
-            raise mismatch_error(s.url, s.fingerprint, "SHA256:" + exc.got.hex()) from None
-        except aiohttp.WSServerHandshakeError as exc:
-            if exc.status == 401:
-                raise code_to_error(
-                    "not_logged_in", "the hub did not accept the saved login"
-                ) from None
-            raise NetworkError(f"control channel refused: {exc.status} {exc.message}") from None
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise NetworkError(f"cannot reach the hub at {hostport(s.url)}: {exc}") from None
-        chan = WSChannel(ws)
-        await chan.send(m.Hello(version=PROTOCOL_VERSION, agent="freight-cli"))
-        msg, _ = await asyncio.wait_for(chan.recv(), 30)
-        if isinstance(msg, m.Error):
-            raise code_to_error(msg.code, msg.message)
-        if not isinstance(msg, m.Welcome):
-            raise ProtocolError(f"expected welcome, got {type(msg).__name__}")
-        if msg.version != PROTOCOL_VERSION:
-            raise VersionMismatch(f"hub speaks protocol {msg.version}, we speak {PROTOCOL_VERSION}")
+        chan, _ = await open_channel(self.session, "ws")
         self.mux = Mux(chan)
         self._readers[self.mux] = asyncio.create_task(self.mux.run())
 
@@ -212,6 +379,7 @@ class Link:
                     self.session.url.port or 8443,
                     ticket_id=bytes.fromhex(grant.ticket),
                     secret=bytes.fromhex(grant.secret),
+                    proxy=self.session.proxy,
                 )
                 mux = Mux(chan)
                 self._readers[mux] = asyncio.create_task(mux.run())

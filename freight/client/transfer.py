@@ -34,6 +34,7 @@ from ..protocol.errors import RemoteProtocolError
 from ..protocol.retry import RetryPolicy, RetryState
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..transport.channel import ChannelClosed
+from ..transport.proxy import ProxyRefused
 from ..transport.streaming import (
     Acceptance,
     FileSource,
@@ -137,6 +138,8 @@ async def with_retries(
         try:
             return await attempt()
         except RETRYABLE as exc:
+            if isinstance(exc, ProxyRefused):
+                raise  # the proxy said no: asking again cannot help
             if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
                 raise StorageError(f"local disk full: {exc}") from None
             await holder.drop()

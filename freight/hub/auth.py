@@ -36,6 +36,13 @@ def new_token() -> tuple[str, str]:
     return token, token_hash(token)
 
 
+def new_enrol_token() -> tuple[str, str]:
+    """An enrolment token and its hash. The prefix keeps it from starting
+    with "-" (a command line would read it as an option) and says what it is."""
+    token = "fe1_" + secrets.token_urlsafe(32)
+    return token, token_hash(token)
+
+
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 

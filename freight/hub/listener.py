@@ -20,7 +20,7 @@ from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
 from ..transport.channel import ChannelClosed
 from ..transport.dataconn import accept_data_connection
-from .app import send_error, serve_channel
+from .app import send_error, serve_channel, serve_lane
 from .state import HubState
 from .streams import User
 from .tickets import Ticket
@@ -118,7 +118,10 @@ class SharedPortListener:
             # The first sealed frame proves to the client that its ticket was
             # accepted and that both ends derived the same keys.
             await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=self.state.node))
-            await serve_channel(self.state, user, chan, control=False)
+            if ticket.lane_of is not None:
+                await serve_lane(self.state, ticket.lane_of, chan)
+            else:
+                await serve_channel(self.state, user, chan)
         except ProtocolError as exc:
             await send_error(self.state, chan, exc)
         except ChannelClosed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from ..protocol.seal import TICKET_ID_BYTES, TICKET_SECRET_BYTES
 
@@ -19,6 +20,7 @@ class Ticket:
     user_id: int
     user_name: str
     expires: float
+    lane_of: Any = None  # the attachment this data connection serves as lane
 
 
 class TicketBook:
@@ -26,7 +28,7 @@ class TicketBook:
         self._tickets: dict[bytes, Ticket] = {}
         self._by_user: dict[int, list[bytes]] = {}
 
-    def issue(self, user_id: int, user_name: str, now: float) -> Ticket:
+    def issue(self, user_id: int, user_name: str, now: float, lane_of: Any = None) -> Ticket:
         self._purge(now)
         mine = self._by_user.setdefault(user_id, [])
         while len(mine) >= MAX_OUTSTANDING_PER_USER:
@@ -37,6 +39,7 @@ class TicketBook:
             user_id,
             user_name,
             now + TICKET_LIFETIME,
+            lane_of,
         )
         self._tickets[t.ticket_id] = t
         mine.append(t.ticket_id)

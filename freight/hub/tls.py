@@ -1,4 +1,6 @@
-"""The hub's TLS certificate: self-signed on first start, pinned by clients."""
+"""The hub's TLS certificate: self-signed on first start and pinned by
+clients, or one given with ``freight hub --cert/--key`` (e.g. signed by a CA
+the clients trust with ``--ca-file``)."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from ..errors import ConfigError
 
 
 def fingerprint_der(der: bytes) -> str:
@@ -64,7 +68,17 @@ def ensure_certificate(cert_path: Path, key_path: Path) -> bool:
 
 
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
+    """The listener's TLS context. A certificate that cannot be served (a
+    missing file, bad PEM, a key that does not match) is a ConfigError
+    naming the files, not a traceback at start-up."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert_path, key_path)
+    try:
+        ctx.load_cert_chain(cert_path, key_path)
+    except OSError as exc:  # ssl.SSLError included
+        raise ConfigError(
+            f"cannot serve the certificate {cert_path} with the key {key_path}: "
+            f"{getattr(exc, 'strerror', None) or exc}",
+            hint="give a PEM certificate (chain) and its matching PEM private key",
+        ) from None
     return ctx

@@ -69,6 +69,8 @@ async def set_disabled(request: web.Request, disabled: bool) -> web.Response:
     if disabled and int(row["id"]) == admin.id:
         raise Conflict("you cannot disable your own account")
     await st.db.set_disabled(int(row["id"]), disabled)
+    if disabled:  # what it has running stops now, not at its next request
+        await st.relay.disconnect_user(int(row["id"]))
     await st.events.emit("user_disabled" if disabled else "user_enabled", admin.name, name=name)
     return web.json_response(user_json({**row, "disabled": disabled}))
 

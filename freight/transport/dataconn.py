@@ -14,6 +14,8 @@ import socket
 from collections.abc import Callable
 from typing import cast
 
+from yarl import URL
+
 from ..errors import NetworkError
 from ..protocol.errors import ProtocolError, RemoteProtocolError
 from ..protocol.frames import encode_frame, encode_json
@@ -21,6 +23,7 @@ from ..protocol.limits import PROTOCOL_VERSION
 from ..protocol.messages import Error, Message, Welcome
 from ..protocol.seal import (
     CLIENT_TO_HUB,
+    END_TO_END_SEALED,
     HUB_TO_CLIENT,
     PREAMBLE_BYTES,
     Opener,
@@ -31,6 +34,7 @@ from ..protocol.seal import (
     preamble,
 )
 from .channel import ChannelClosed, Frame
+from .proxy import ProxyError, open_tunnel
 
 # drain() returns only below this: a few frames may queue in user space so
 # the sender is not woken for every 64 KiB the socket takes.
@@ -177,7 +181,8 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         assert self.sealer is not None
         # Seal and write without an await in between: records must reach the
         # socket in counter order even when several tasks send.
-        self.transport.writelines(self.sealer.seal_frame(encode_json(msg), payload))
+        raw = isinstance(msg, END_TO_END_SEALED)
+        self.transport.writelines(self.sealer.seal_frame(encode_json(msg), payload, raw=raw))
         if self._drain is not None and not self._drain.done():
             await self._drain
         if self._closed:
@@ -212,17 +217,39 @@ class DataPathUnavailable(NetworkError):
 
 
 async def open_data_connection(
-    host: str, port: int, *, ticket_id: bytes, secret: bytes, timeout: float = 10.0
+    host: str,
+    port: int,
+    *,
+    ticket_id: bytes,
+    secret: bytes,
+    timeout: float = 10.0,
+    proxy: URL | None = None,
 ) -> DataConnProtocol:
     """Dial the hub's port, present a reception ticket and wait for the hub's
-    sealed Welcome, which proves the ticket was accepted and the keys agree."""
+    sealed Welcome, which proves the ticket was accepted and the keys agree.
+
+    With ``proxy`` the connection is a CONNECT tunnel through it; a proxy that
+    refuses one (many allow only port 443) makes the data path unavailable,
+    so the caller falls back to frames inside the TLS WebSocket."""
     loop = asyncio.get_running_loop()
     proto = DataConnProtocol(is_hub=False, secret=secret, ticket_id=ticket_id)
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
+        if proxy is None:
+            await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
+        else:
+            sock = await open_tunnel(proxy, host, port, timeout=timeout)
+            try:
+                await loop.create_connection(lambda: proto, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         assert proto.transport is not None
         proto.transport.write(preamble(ticket_id))
         msg, _ = await asyncio.wait_for(proto.recv(), timeout)
+    except ProxyError as exc:
+        raise DataPathUnavailable(
+            f"cannot open a data connection through the proxy: {exc.user_message()}"
+        ) from None
     except (OSError, TimeoutError, ChannelClosed) as exc:
         await proto.aclose()
         raise DataPathUnavailable(

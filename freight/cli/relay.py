@@ -1,0 +1,337 @@
+"""End-to-end encrypted commands through the hub: ``send`` / ``receive``
+(one-time codes), ``connect`` / ``listen`` (byte pipes between accounts),
+and ``admin connections`` / ``admin kill``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import stat
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..client.config import ClientConfig
+from ..client.relay import TRANSPORTS, Connection, RelayClient, split_code
+from ..client.sendrecv import Summary, build_manifest, receive_entries, send_entries
+from ..client.session import HubSession
+from ..client.transfer import QuietReporter
+from ..client.words import WORDS
+from ..errors import CodeUnknown, ConnectionEnded, UsageError
+from ..protocol.e2e import WrongCode
+from ..units import format_bytes, parse_duration
+from .common import HubOpt, JsonOpt, QuietOpt, run_async
+from .output import RichReporter, err_console, print_json
+
+TransportOpt = Annotated[
+    str,
+    typer.Option(
+        "--transport",
+        help="How to attach: auto (WebSocket, falling back to plain HTTP), ws or http.",
+    ),
+]
+DataPathOpt = Annotated[
+    str,
+    typer.Option(
+        "--data-path",
+        help="auto: a sealed data connection when the network allows, else inside TLS; "
+        "direct: insist on it; tls: always inside TLS.",
+    ),
+]
+VerifyOpt = Annotated[
+    bool,
+    typer.Option("--verify", help="Show a verification code; both ends must show the same."),
+]
+
+
+def _client(hub_url: str | None, transport: str, data_path: str) -> RelayClient:
+    if transport not in TRANSPORTS:
+        raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    config = ClientConfig()
+    return RelayClient(
+        HubSession.from_config(config, hub_url), config, transport=transport, data_path=data_path
+    )
+
+
+def _say(text: str, quiet: bool = False) -> None:
+    if not quiet:
+        err_console.print(text, markup=False, highlight=False)
+
+
+def new_words() -> str:
+    return f"{secrets.choice(WORDS)}-{secrets.choice(WORDS)}"
+
+
+def _summary_json(summary: Summary, seconds: float) -> dict[str, Any]:
+    return {
+        "files": summary.files,
+        "dirs": summary.dirs,
+        "bytes": summary.bytes,
+        "sent": summary.sent,
+        "resumed": summary.resumed,
+        "seconds": round(seconds, 3),
+    }
+
+
+def send(
+    paths: Annotated[list[Path], typer.Argument(help="Files and folders to send.")],
+    code: Annotated[
+        str | None,
+        typer.Option(help="Re-use a code this account was given (to resume a stopped send)."),
+    ] = None,
+    ttl: Annotated[str, typer.Option(help="How long the code stays valid, e.g. 30m, 2h.")] = "1h",
+    hub_url: HubOpt = None,
+    transport: TransportOpt = "auto",
+    data_path: DataPathOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Send files to whoever has the code; prints the code and waits."""
+    entries = build_manifest(paths)
+    seconds = parse_duration(ttl)
+    nameplate, words = "", new_words()
+    if code:
+        nameplate, words = split_code(code)
+    total = sum(e.size for e in entries)
+    files = sum(1 for e in entries if e.type == "file")
+
+    async def go() -> tuple[Summary, float]:
+        async with _client(hub_url, transport, data_path) as client:
+            await client.start(identity=False)
+            offer = await client.offer(words, nameplate, seconds)
+            if json_out:
+                print_json({"event": "code", "code": offer.code, "expires_in": offer.expires_in})
+            _say(f"Code: {offer.code}", json_out)  # --quiet still needs the code
+            _say(f"On the other machine run: freight receive {offer.code}", quiet)
+            _say(
+                f"Sending {files} file(s), {format_bytes(total)}; waiting for the receiver…", quiet
+            )
+            deadline = time.monotonic() + offer.expires_in
+            with RichReporter(total, files, quiet=quiet or json_out) as reporter:
+                while True:
+                    try:
+                        conn = await asyncio.wait_for(
+                            offer.accept(), max(0.0, deadline - time.monotonic())
+                        )
+                    except TimeoutError:
+                        raise CodeUnknown(
+                            f"code {offer.code} expired before the transfer finished",
+                            hint="run freight send again for a new code; --ttl sets how long it lasts",
+                        ) from None
+                    started = time.monotonic()
+                    try:
+                        summary = await send_entries(conn, entries, reporter)
+                        await conn.close()
+                        return summary, time.monotonic() - started
+                    except WrongCode:
+                        reporter.notice("someone tried a wrong code; still waiting")
+                    except ConnectionEnded as exc:
+                        reporter.notice(f"{exc.message}; waiting for the receiver to come back")
+                    finally:
+                        if not conn.closed:
+                            await conn.abort()
+
+    summary, took = run_async(go)
+    if json_out:
+        print_json({"event": "done", **_summary_json(summary, took)})
+    else:
+        _say(f"Sent {summary.files} file(s), {format_bytes(summary.bytes)}.", quiet)
+
+
+def receive(
+    code: Annotated[str, typer.Argument(help="The code the sender got, e.g. 7-crossbow-gazelle.")],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder to put what arrives in.")
+    ] = Path("."),
+    hub_url: HubOpt = None,
+    transport: TransportOpt = "auto",
+    data_path: DataPathOpt = "auto",
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Receive what a sender offers under CODE (resumes if run again)."""
+
+    async def go() -> tuple[Summary, float]:
+        async with _client(hub_url, transport, data_path) as client:
+            await client.start(identity=False)
+            while True:
+                conn = await client.claim(code)
+                started = time.monotonic()
+                reporter: Any = QuietReporter()
+                try:
+                    if quiet or json_out:
+                        summary = await receive_entries(conn, output, reporter)
+                    else:
+                        with RichReporter(0, 0) as reporter:
+                            summary = await receive_entries(conn, output, reporter)
+                    await conn.close()
+                    return summary, time.monotonic() - started
+                except ConnectionEnded as exc:
+                    if "started again" not in exc.message:
+                        raise
+                    _say("the sender started again; resuming", quiet)
+                finally:
+                    if not conn.closed:
+                        await conn.abort()
+
+    summary, took = run_async(go)
+    if json_out:
+        print_json({"event": "done", **_summary_json(summary, took)})
+    else:
+        _say(
+            f"Received {summary.files} file(s), {format_bytes(summary.bytes)} into {output}",
+            quiet,
+        )
+
+
+async def _stdin_blocks() -> AsyncIterator[bytes]:
+    """Standard input in blocks, without a thread that could block exit."""
+    fd = sys.stdin.fileno()
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        while block := os.read(fd, 1 << 20):
+            yield block
+        return
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0, closefd=False)
+    )
+    while block := await reader.read(1 << 20):
+        yield block
+
+
+async def _pipe(conn: Connection) -> None:
+    """Standard input to the connection, the connection to standard output
+    (like netcat). Each side's end of input only ends its own direction: after
+    the other end's, ours keeps going until our input ends or it hangs up."""
+
+    async def upstream() -> None:
+        async for block in _stdin_blocks():
+            await conn.send(block)
+        await conn.shutdown()
+
+    up = asyncio.create_task(upstream())
+    out = sys.stdout.buffer
+    try:
+        while data := await conn.recv():
+            out.write(data)
+            out.flush()
+        gone = asyncio.create_task(conn.wait_closed())
+        await asyncio.wait({up, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if up.done() and not up.cancelled() and up.exception() is not None:
+            raise up.exception()  # type: ignore[misc]
+        await conn.close()
+    finally:
+        up.cancel()
+
+
+def connect(
+    peer: Annotated[str, typer.Argument(help="The account to connect to.")],
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Its application name.")],
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the other end to listen (0: forever).")
+    ] = 0,
+    verify: VerifyOpt = False,
+    hub_url: HubOpt = None,
+    transport: TransportOpt = "auto",
+    data_path: DataPathOpt = "auto",
+) -> None:
+    """Open an end-to-end encrypted pipe to PEER's APP: standard input goes
+    there, what comes back goes to standard output."""
+
+    async def go() -> None:
+        async with _client(hub_url, transport, data_path) as client:
+            await client.start()
+            conn = await client.connect(peer, app_name, timeout=wait or None)
+            if verify:
+                _say(f"Verification code: {conn.fingerprint} (the other end must show the same)")
+            await _pipe(conn)
+
+    run_async(go)
+
+
+def listen(
+    app_name: Annotated[str, typer.Argument(metavar="APP", help="Application name to accept.")],
+    peer: Annotated[
+        str, typer.Option("--from", help="Accept only this account (default: anyone).")
+    ] = "*",
+    keep: Annotated[
+        bool, typer.Option(help="Keep accepting connections, one after another.")
+    ] = False,
+    verify: VerifyOpt = False,
+    hub_url: HubOpt = None,
+    transport: TransportOpt = "auto",
+    data_path: DataPathOpt = "auto",
+) -> None:
+    """Accept end-to-end encrypted pipes for APP (see connect)."""
+
+    async def go() -> None:
+        async with _client(hub_url, transport, data_path) as client:
+            await client.start()
+            listener = await client.listen(app_name, peer)
+            _say(f"Listening for {app_name!r} from {'anyone' if peer == '*' else peer}")
+            while True:
+                conn = await listener.accept()
+                await conn.wait_established()
+                _say(f"Connected: {conn.peer}")
+                if verify:
+                    _say(
+                        f"Verification code: {conn.fingerprint} (the other end must show the same)"
+                    )
+                await _pipe(conn)
+                if not keep:
+                    return
+
+    run_async(go)
+
+
+def admin_connections(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """List live relayed connections."""
+
+    async def go() -> Any:
+        async with HubSession.from_config(ClientConfig(), hub_url) as session:
+            return await session.request("GET", "/v1/admin/connections")
+
+    rows = run_async(go)
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no live connections")
+        return
+    typer.echo(f"{'ID':<26} {'FROM':<12} {'TO':<12} {'APP':<16} {'STATE':<10} BYTES  ELAPSED")
+    for r in rows:
+        moved = format_bytes(r["bytes_from"] + r["bytes_to"])
+        typer.echo(
+            f"{r['id']:<26} {r['from']:<12} {r['to']:<12} {r['app']:<16} {r['state']:<10} "
+            f"{moved}  {r['elapsed']:.0f}s"
+        )
+
+
+def admin_kill(
+    cid: Annotated[str, typer.Argument(metavar="ID", help="Connection id (admin connections).")],
+    hub_url: HubOpt = None,
+) -> None:
+    """End a live connection; both ends are told an admin ended it."""
+
+    async def go() -> Any:
+        async with HubSession.from_config(ClientConfig(), hub_url) as session:
+            return await session.request("DELETE", f"/v1/admin/connections/{cid}")
+
+    run_async(go)
+    typer.echo(f"ended {cid}")
+
+
+def register(app: typer.Typer, admin_app: typer.Typer) -> None:
+    app.command()(send)
+    app.command()(receive)
+    app.command()(connect)
+    app.command()(listen)
+    admin_app.command("connections")(admin_connections)
+    admin_app.command("kill")(admin_kill)

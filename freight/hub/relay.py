@@ -1,0 +1,588 @@
+"""The relay: end-to-end encrypted connections between attached clients.
+
+A client *attaches* (control WebSocket or the HTTP fallback) and may listen
+for an application, dial a user's application, offer a one-time code
+(``freight send``) or claim one (``freight receive``). Once both ends of a
+connection are attached, the hub forwards their records by connection id
+without being able to read them (docs/protocol.md "Relay").
+
+Memory stays bounded: each connection may have at most ``window`` bytes
+waiting at the hub for each direction; above that the sender is told to
+Pause, and to Resume once half has drained. Records for an end that is not
+attached are dropped, not stored: the sending end keeps every record until
+the far end acknowledges it and sends it again when the connection is
+linked anew (``Linked.rejoined``), so nothing is lost or duplicated even
+when the hub itself restarts and every in-memory table here is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import RemoteError
+from ..protocol import messages as m
+from ..protocol.bucket import TokenBucket
+from ..protocol.e2e import ACCEPT, DIAL
+from .observe import EventLog, Metrics
+from .streams import User
+
+DEFAULT_WINDOW = 4 * 1024 * 1024
+# A sender may overshoot by what it had in flight before Pause reached it;
+# far beyond that it is ignoring Pause and is cut off.
+OVERSHOOT = 4
+DETACHED_GRACE = 3600.0  # a connection with an end gone this long is ended
+MAX_CODE_FAILURES = 3
+CODE_APP_PREFIX = "code:"
+
+
+def other(role: str) -> str:
+    return ACCEPT if role == DIAL else DIAL
+
+
+class Attachment:
+    """One attached client. Frames to it go through a queue drained by one
+    writer task, so a slow client never blocks the hub's other work."""
+
+    def __init__(self, router: Router, user: User, chan: Any, transport: str) -> None:
+        self.aid = secrets.token_hex(8)
+        self.router = router
+        self.user = user
+        self.chan = chan
+        self.transport = transport
+        self.lane: Any = None  # a data connection carrying Relay frames
+        self.commands = False  # an agent's command channel
+        self.address = ""
+        self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
+        self.wake = asyncio.Event()
+        self.closed = False
+        self.ends: dict[str, str] = {}  # cid -> our role in it
+        self.apps: set[str] = set()
+        self.offers: set[str] = set()
+        self.writer = asyncio.create_task(self._write())
+
+    def post(self, msg: m.Message, payload: bytes = b"", conn: Conn | None = None) -> None:
+        """Queue a frame. ``conn`` marks a relayed record counted in that
+        connection's window towards this end."""
+        if self.closed:
+            return
+        role = self.ends.get(conn.cid, "") if conn is not None else ""
+        self.out.append((msg, payload, conn, role))
+        self.wake.set()
+
+    async def _write(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.out:
+                    msg, payload, conn, role = self.out.popleft()
+                    if conn is not None:
+                        # An agent's bandwidth cap: records to or from it
+                        # leave the hub no faster; what waits here counts
+                        # in the window, so the sender is paused in time.
+                        bucket = self.router.cap_for(conn)
+                        if bucket is not None:
+                            delay = bucket.reserve(len(payload), time.monotonic())
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                    lane = self.lane if isinstance(msg, m.Relay) else None
+                    try:
+                        await (lane or self.chan).send(msg, payload)
+                    finally:
+                        if conn is not None:
+                            self.router.drained(conn, role, len(payload))
+        except Exception:  # the channel broke: the reader side notices too
+            self.closed = True
+            self.router.log.debug("relay_writer_stopped", aid=self.aid)
+
+    def discard_queue(self) -> None:
+        self.closed = True
+        while self.out:
+            _, payload, conn, role = self.out.popleft()
+            if conn is not None:
+                self.router.drained(conn, role, len(payload))
+        self.writer.cancel()
+
+
+@dataclass
+class Conn:
+    cid: str
+    app: str
+    users: dict[str, User]
+    ends: dict[str, Attachment | None] = field(default_factory=lambda: {DIAL: None, ACCEPT: None})
+    queued: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
+    paused: dict[str, bool] = field(default_factory=lambda: {DIAL: False, ACCEPT: False})
+    relayed: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
+    started: float = field(default_factory=time.time)
+    linked_once: bool = False
+    detached_since: float = 0.0
+    nameplate: str = ""
+    rids: dict[str, str] = field(default_factory=dict)  # a request waiting for Linked
+
+    def linked(self) -> bool:
+        return self.ends[DIAL] is not None and self.ends[ACCEPT] is not None
+
+    def describe(self, now: float) -> dict[str, Any]:
+        return {
+            "id": self.cid,
+            "from": self.users[DIAL].name,
+            "to": self.users[ACCEPT].name,
+            "app": self.app,
+            "state": "connected" if self.linked() else "waiting",
+            "bytes_from": self.relayed[DIAL],
+            "bytes_to": self.relayed[ACCEPT],
+            "started": self.started,
+            "elapsed": round(now - self.started, 3),
+        }
+
+
+@dataclass
+class Offer:
+    """A ``freight send`` waiting for claims under a nameplate."""
+
+    nameplate: str
+    user: User
+    att: Attachment | None
+    conn: Conn | None = None
+
+
+class RelayRefused(RemoteError):
+    """A request the hub answers with an Error frame carrying ``code``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class Router:
+    def __init__(self, db: Any, events: EventLog, metrics: Metrics, window: int) -> None:
+        self.db = db
+        self.events = events
+        self.log = events.log
+        self.metrics = metrics
+        self.window = window
+        self.conns: dict[str, Conn] = {}
+        self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
+        self.offers: dict[str, Offer] = {}
+        self.attachments: set[Attachment] = set()
+        self._keys: dict[int, list[str]] = {}
+        self.caps: dict[int, TokenBucket] = {}  # per-agent bandwidth caps
+        self._command_events: dict[int, asyncio.Event] = {}
+
+    # --- attachments ------------------------------------------------------
+
+    def attach(self, user: User, chan: Any, transport: str, address: str = "") -> Attachment:
+        att = Attachment(self, user, chan, transport)
+        att.address = address
+        self.attachments.add(att)
+        return att
+
+    def detach(self, att: Attachment) -> None:
+        self.attachments.discard(att)
+        att.discard_queue()
+        if att.lane is not None:
+            asyncio.get_running_loop().create_task(att.lane.aclose())
+        now = time.time()
+        for cid, role in list(att.ends.items()):
+            conn = self.conns.get(cid)
+            if conn is not None and conn.ends[role] is att:
+                conn.ends[role] = None
+                conn.detached_since = now
+                if not conn.linked_once and conn.ends[other(role)] is None:
+                    # Never linked and nobody left: the dialling process went
+                    # away (a reconnect dials it afresh).
+                    self.conns.pop(cid, None)
+        for key in [k for k, (a, _) in self.listeners.items() if a is att]:
+            del self.listeners[key]
+        for nameplate in att.offers:
+            offer = self.offers.get(nameplate)
+            if offer is not None and offer.att is att:
+                offer.att = None
+
+    def sweep(self, now: float) -> None:
+        """End connections that have had an end missing for too long."""
+        for conn in list(self.conns.values()):
+            if (
+                not conn.linked()
+                and conn.detached_since
+                and now - conn.detached_since > (DETACHED_GRACE)
+            ):
+                self.end(conn, "peer_gone", "the other end did not come back", by="hub")
+
+    # --- requests -----------------------------------------------------------
+
+    async def handle(self, att: Attachment, msg: m.AnyMessage, payload: bytes) -> bool:
+        """Act on a relay frame; False if ``msg`` is not a relay message."""
+        if isinstance(msg, m.Relay):
+            self.relay(att, msg, payload)
+            return True
+        if isinstance(msg, m.Listen | m.Unlisten | m.Dial | m.Offer | m.Claim):
+            try:
+                await self._request(att, msg)
+            except RelayRefused as exc:
+                att.post(m.Error(code=exc.code, message=exc.message, rid=msg.rid))
+            return True
+        if isinstance(msg, m.Hangup):
+            conn = self.conns.get(msg.cid)
+            if conn is not None and att.ends.get(msg.cid) is not None:
+                self.end(conn, msg.code, msg.message, by="peer", skip=att)
+            return True
+        if isinstance(msg, m.CodeFailed):
+            await self.code_failed(att, msg.cid)
+            return True
+        return False
+
+    async def _request(self, att: Attachment, msg: m.AnyMessage) -> None:
+        if isinstance(msg, m.Listen):
+            self.listen(att, msg)
+        elif isinstance(msg, m.Unlisten):
+            self.listeners.pop((att.user.name, msg.app), None)
+            att.apps.discard(msg.app)
+            att.post(m.Done(rid=msg.rid))
+        elif isinstance(msg, m.Dial):
+            await self.dial(att, msg)
+        elif isinstance(msg, m.Offer):
+            await self.offer(att, msg)
+        elif isinstance(msg, m.Claim):
+            await self.claim(att, msg)
+
+    def listen(self, att: Attachment, msg: m.Listen) -> None:
+        key = (att.user.name, msg.app)
+        current = self.listeners.get(key)
+        if current is not None and current[0] is not att and not current[0].closed:
+            raise RelayRefused(
+                "conflict", f"you already listen for {msg.app!r} elsewhere; stop that one first"
+            )
+        self.listeners[key] = (att, msg.peer)
+        att.apps.add(msg.app)
+        att.post(m.Done(rid=msg.rid))
+        # Dials that were waiting for this listener connect now.
+        for conn in list(self.conns.values()):
+            if (
+                conn.app == msg.app
+                and conn.users[ACCEPT].name == att.user.name
+                and conn.ends[ACCEPT] is None
+                and not conn.linked_once
+                and conn.ends[DIAL] is not None
+                and msg.peer in ("*", conn.users[DIAL].name)
+            ):
+                self.bind(conn, ACCEPT, att)
+
+    async def _user(self, name: str) -> User:
+        row = await self.db.user_by_name(name)
+        if row is None:
+            raise RelayRefused("unknown_user", f"there is no user {name!r} on this hub")
+        if row["disabled"]:
+            raise RelayRefused("unknown_user", f"{name!r} is disabled on this hub")
+        return User(int(row["id"]), str(row["name"]), str(row["role"]))
+
+    async def dial(self, att: Attachment, msg: m.Dial) -> None:
+        me = att.user
+        if msg.role == DIAL and msg.peer == me.name:
+            raise RelayRefused("self_connect", "you cannot connect to yourself")
+        conn = self.conns.get(msg.cid)
+        if conn is not None:
+            if conn.users.get(msg.role, None) is None or conn.users[msg.role].id != me.id:
+                raise RelayRefused("conflict", f"connection {msg.cid} belongs to someone else")
+            self.bind(conn, msg.role, att, rid=msg.rid)
+            if not conn.linked():
+                att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+            return
+        if msg.role == ACCEPT and not msg.rejoin:
+            raise RelayRefused("usage", "only a rejoin may name the accepting end")
+        peer = await self._user(msg.peer)
+        users = {msg.role: me, other(msg.role): peer}
+        if msg.role == DIAL and not msg.rejoin:
+            for old in list(self.conns.values()):
+                if (
+                    old.app == msg.app
+                    and old.users.get(DIAL) == me
+                    and old.users.get(ACCEPT) == peer
+                ):
+                    if old.ends[DIAL] is not None:
+                        raise RelayRefused(
+                            "conflict",
+                            f"a connection from you to {peer.name}/{msg.app} already exists",
+                        )
+                    self.end(old, "replaced", "replaced by a new connection", by="hub")
+        conn = Conn(msg.cid, msg.app, users, linked_once=msg.rejoin)
+        self.conns[msg.cid] = conn
+        if msg.rejoin and msg.app.startswith(CODE_APP_PREFIX):
+            conn.nameplate = msg.app[len(CODE_APP_PREFIX) :]
+            offer = self.offers.get(conn.nameplate)
+            if offer is not None:
+                offer.conn = conn
+        self.bind(conn, msg.role, att, rid=msg.rid, announce=False)
+        if not msg.rejoin:
+            listener = self.listeners.get((peer.name, msg.app))
+            if listener is not None and listener[1] in ("*", me.name):
+                self.bind(conn, ACCEPT, listener[0])
+                return
+        att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+
+    async def offer(self, att: Attachment, msg: m.Offer) -> None:
+        if msg.nameplate:
+            row = await self.db.get_code(msg.nameplate)
+            if row is None:
+                raise RelayRefused(
+                    "code_unknown", f"code {msg.nameplate}-… has expired or is unknown"
+                )
+            if int(row["user_id"]) != att.user.id:
+                raise RelayRefused("forbidden", f"code {msg.nameplate}-… belongs to someone else")
+            nameplate, expires = msg.nameplate, float(row["expires"])
+        else:
+            nameplate = await self.db.create_code(att.user.id, msg.ttl)
+            expires = time.time() + msg.ttl
+        offer = self.offers.get(nameplate)
+        if offer is None:
+            offer = self.offers[nameplate] = Offer(nameplate, att.user, att)
+            # After a hub restart the connection may have been rejoined first.
+            offer.conn = next((c for c in self.conns.values() if c.nameplate == nameplate), None)
+        else:
+            offer.att = att
+            current = offer.conn
+            if current is not None and current.ends[ACCEPT] is None:
+                # A sender process started again: its old connection cannot
+                # come back; the receiver claims anew and both resume.
+                self.end(current, "replaced", "the sender started again", by="hub")
+        att.offers.add(nameplate)
+        att.post(
+            m.CodeGrant(
+                rid=msg.rid, nameplate=nameplate, expires_in=max(0.0, expires - time.time())
+            )
+        )
+        await self.events.emit("code_offered", att.user.name, nameplate=nameplate)
+
+    async def claim(self, att: Attachment, msg: m.Claim) -> None:
+        row = await self.db.get_code(msg.nameplate)
+        if row is None:
+            raise RelayRefused("code_unknown", "this code has expired or is unknown")
+        offer = self.offers.get(msg.nameplate)
+        sender = await self._user_by_id(int(row["user_id"]))
+        current = offer.conn if offer is not None else None
+        if current is not None and current.cid in self.conns:
+            if current.ends[DIAL] is not None and current.ends[DIAL] is not att:
+                raise RelayRefused("conflict", "someone else is receiving with this code right now")
+            self.end(current, "replaced", "the receiver started again", by="hub")
+        conn = Conn(
+            msg.cid,
+            CODE_APP_PREFIX + msg.nameplate,
+            {DIAL: att.user, ACCEPT: sender},
+            nameplate=msg.nameplate,
+        )
+        self.conns[msg.cid] = conn
+        self.bind(conn, DIAL, att, rid=msg.rid, announce=False)
+        if offer is None:
+            offer = self.offers[msg.nameplate] = Offer(msg.nameplate, sender, None)
+        offer.conn = conn
+        if offer.att is not None and not offer.att.closed:
+            self.bind(conn, ACCEPT, offer.att)
+        else:
+            att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+
+    async def _user_by_id(self, user_id: int) -> User:
+        for a in self.attachments:
+            if a.user.id == user_id:
+                return a.user
+        row = await self.db.user_by_id(user_id)
+        if row is None:
+            raise RelayRefused("code_unknown", "the sender's account no longer exists")
+        return User(int(row["id"]), str(row["name"]), str(row["role"]))
+
+    async def code_failed(self, att: Attachment, cid: str) -> None:
+        conn = self.conns.get(cid)
+        if conn is None or not conn.nameplate or att.ends.get(cid) != ACCEPT:
+            return
+        failures = await self.db.code_failed(conn.nameplate)
+        await self.events.emit(
+            "code_failure", att.user.name, nameplate=conn.nameplate, failures=failures
+        )
+        if failures >= MAX_CODE_FAILURES:
+            await self.db.delete_code(conn.nameplate)
+            offer = self.offers.pop(conn.nameplate, None)
+            text = "too many wrong codes: this code no longer works; ask the sender for a new one"
+            if offer is not None and offer.att is not None:
+                offer.att.post(m.Error(code="code_burned", message=text, rid=""))
+        self.end(conn, "wrong_code", "wrong code", by="hub")
+
+    # --- linking and forwarding -------------------------------------------
+
+    def bind(
+        self, conn: Conn, role: str, att: Attachment, *, rid: str = "", announce: bool = True
+    ) -> None:
+        """Attach ``att`` as ``role`` of ``conn``; announce Linked to both
+        ends once both are there."""
+        old = conn.ends[role]
+        if old is not None and old is not att:
+            old.ends.pop(conn.cid, None)
+        conn.ends[role] = att
+        att.ends[conn.cid] = role
+        if rid:
+            conn.rids[role] = rid
+        if announce and conn.linked():
+            asyncio.get_running_loop().create_task(self._announce(conn))
+
+    async def _announce(self, conn: Conn) -> None:
+        # Look up both key lists first and then post both Linked frames in
+        # one step: an end may only send records after its Linked, so the
+        # other end always sees its own Linked before the first record.
+        keys = {end: await self.keys_of(conn.users[other(end)].id) for end in (DIAL, ACCEPT)}
+        if self.conns.get(conn.cid) is not conn or not conn.linked():
+            return
+        rejoined = conn.linked_once
+        conn.linked_once = True
+        conn.detached_since = 0.0
+        conn.paused = {DIAL: False, ACCEPT: False}
+        for end in (DIAL, ACCEPT):
+            att = conn.ends[end]
+            assert att is not None
+            att.post(
+                m.Linked(
+                    cid=conn.cid,
+                    rid=conn.rids.pop(end, ""),
+                    peer=conn.users[other(end)].name,
+                    app=conn.app,
+                    role=end,
+                    window=self.window,
+                    keys=keys[end],
+                    rejoined=rejoined,
+                    peer_role=conn.users[other(end)].role,
+                )
+            )
+        if not rejoined:
+            self.metrics.connections.labels("relay").inc()
+            await self.events.emit(
+                "connection_open",
+                conn.users[DIAL].name,
+                cid=conn.cid,
+                to=conn.users[ACCEPT].name,
+                app=conn.app,
+            )
+
+    def relay(self, att: Attachment, msg: m.Relay, payload: bytes) -> None:
+        conn = self.conns.get(msg.cid)
+        role = att.ends.get(msg.cid)
+        if conn is None or role is None or conn.ends[role] is not att:
+            return  # an end that was replaced or a connection already ended
+        to = other(role)
+        target = conn.ends[to]
+        conn.relayed[role] += len(payload)
+        if target is None or target.closed:
+            return  # dropped: the sender keeps it and sends it again on relink
+        conn.queued[to] += len(payload)
+        target.post(msg, payload, conn)
+        if conn.queued[to] > OVERSHOOT * self.window:
+            self.end(conn, "flow_violation", "the sender ignored Pause", by="hub")
+        elif conn.queued[to] > self.window and not conn.paused[role]:
+            conn.paused[role] = True
+            att.post(m.Pause(cid=conn.cid))
+
+    def drained(self, conn: Conn, role: str, size: int) -> None:
+        """``size`` bytes towards ``role`` left the hub (or were dropped)."""
+        conn.queued[role] = max(0, conn.queued[role] - size)
+        sender = other(role)
+        if conn.paused[sender] and conn.queued[role] <= self.window // 2:
+            conn.paused[sender] = False
+            att = conn.ends[sender]
+            if att is not None:
+                att.post(m.Resume(cid=conn.cid))
+
+    def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
+        self.conns.pop(conn.cid, None)
+        for role in (DIAL, ACCEPT):
+            att = conn.ends[role]
+            if att is not None:
+                att.ends.pop(conn.cid, None)
+                if att is not skip:
+                    att.post(m.Hangup(cid=conn.cid, code=code, message=message, by=by))
+        if conn.nameplate:
+            offer = self.offers.get(conn.nameplate)
+            if offer is not None and offer.conn is conn:
+                offer.conn = None
+        asyncio.get_running_loop().create_task(
+            self.events.emit(
+                "connection_closed",
+                conn.users[DIAL].name,
+                cid=conn.cid,
+                code=code,
+                by=by,
+                bytes=conn.relayed[DIAL] + conn.relayed[ACCEPT],
+            )
+        )
+
+    # --- keys and admin -------------------------------------------------------
+
+    async def keys_of(self, user_id: int) -> list[str]:
+        if user_id not in self._keys:
+            self._keys[user_id] = await self.db.identity_keys(user_id)
+        return self._keys[user_id]
+
+    async def add_key(self, user_id: int, key: str) -> None:
+        await self.db.add_identity_key(user_id, key)
+        self._keys.pop(user_id, None)
+
+    def live(self) -> Iterator[Conn]:
+        return iter(list(self.conns.values()))
+
+    def kill(self, cid: str, admin: str) -> bool:
+        conn = self.conns.get(cid)
+        if conn is None:
+            return False
+        self.end(conn, "killed", f"ended by admin {admin}", by="admin")
+        return True
+
+    # --- agents ------------------------------------------------------------------
+
+    def attachment_of(self, user_id: int) -> Attachment | None:
+        """The agent's command channel, if it is attached."""
+        return next(
+            (a for a in self.attachments if a.user.id == user_id and a.commands and not a.closed),
+            None,
+        )
+
+    async def disconnect_user(self, user_id: int) -> None:
+        """Cut every attachment of an account (disabled or removed)."""
+        for att in [a for a in self.attachments if a.user.id == user_id]:
+            with contextlib.suppress(Exception):
+                await att.chan.aclose()
+
+    def cap_for(self, conn: Conn) -> TokenBucket | None:
+        if not self.caps:
+            return None
+        return self.caps.get(conn.users[DIAL].id) or self.caps.get(conn.users[ACCEPT].id)
+
+    def set_cap(self, user_id: int, cap: int) -> None:
+        if cap <= 0:
+            self.caps.pop(user_id, None)
+        elif user_id in self.caps:
+            self.caps[user_id].set_rate(cap, time.monotonic())
+        else:
+            self.caps[user_id] = TokenBucket(cap, time.monotonic())
+
+    def command_event(self, command_id: int) -> asyncio.Event:
+        """Set when command ``command_id`` gets its result; take it before
+        reading the command's state, so a result in between is not missed."""
+        return self._command_events.setdefault(command_id, asyncio.Event())
+
+    def forget_command_event(self, command_id: int) -> None:
+        self._command_events.pop(command_id, None)
+
+    def command_finished(self, command_id: int) -> None:
+        event = self._command_events.get(command_id)
+        if event is not None:
+            event.set()
+
+    async def sweep_loop(self, every: float = 60.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                self.sweep(time.time())
+            except Exception as exc:  # never let the sweeper die
+                self.log.warning("relay_sweep_failed", error=repr(exc))

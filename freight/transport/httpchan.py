@@ -1,0 +1,468 @@
+"""Frames over plain HTTP requests: the fallback when a proxy or firewall
+blocks the WebSocket upgrade (the hub's side is :mod:`freight.hub.httpattach`).
+
+An *attachment* is made with ``POST /v1/attach/http``. The hub streams its
+frames in the long ``GET …/{aid}/down`` response; ours go up in ``POST
+…/{aid}/up`` bodies, one POST in flight at a time so they arrive in order.
+
+Proxies cut long responses and reset connections, so both directions count
+frames to lose none and repeat none:
+
+* ``ack`` (on the GET and every POST) is how many frames we took whole from
+  the down stream (Pings not counted). The hub keeps what it sent until
+  acknowledged and a new GET replays from ``ack``; a frame cut in half is
+  simply re-read. A POST without a body only acknowledges; it goes beside
+  the frame POSTs, which may be held up by the hub's back-pressure.
+* ``seq`` (on an up POST) numbers the body's first frame. A POST that broke
+  is sent again with the same ``seq``; the hub skips frames it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import io
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import aiohttp
+from yarl import URL
+
+from ..errors import FreightError, LocalProtocolError, NetworkError, code_to_error
+from ..protocol.frames import FrameDecoder, encode_header
+from ..protocol.messages import Message, Ping
+from .channel import ChannelClosed, Frame
+
+ATTACH_PATH: Final = "v1/attach/http"
+MiB: Final = 1024 * 1024
+
+# One up POST carries at most this much (one bigger frame goes alone); the
+# cap halves after a failed POST (a proxy may cut or refuse big bodies) and
+# grows back after each success.
+UPLOAD_BATCH_BYTES: Final = 4 * MiB
+MIN_BATCH_BYTES: Final = 64 * 1024
+# send() waits while this much is queued but not yet taken by the hub.
+SEND_QUEUE_BYTES: Final = 8 * MiB
+# Frames taken from the down stream are acknowledged (so the hub may forget
+# them) on the next POST, or by an empty POST once this many bytes or this
+# many seconds have gone unacknowledged.
+ACK_BYTES: Final = 1 * MiB
+ACK_DELAY: Final = 0.5
+# A request that keeps failing with a network error or a proxy's 5xx is
+# retried this long; the hub's grace period is about as long, so after it
+# the attachment is gone anyway.
+RETRY_FOR: Final = 60.0
+MAX_BACKOFF: Final = 5.0
+# aclose() gives frames already sent this long to reach the hub.
+CLOSE_FLUSH: Final = 5.0
+RETRY_STATUSES: Final = frozenset({408, 413, 429, 500, 502, 503, 504})
+
+_AID: Final = re.compile(r"^[0-9a-f]{32}$")
+T = TypeVar("T")
+
+
+class HTTPAttachRefused(NetworkError):
+    """The hub (or a proxy on the way) refused to make an HTTP attachment."""
+
+    code = "http_attach_refused"
+
+
+class Signal:
+    """Wakes every waiter whenever some state changed; each waiter then
+    re-checks its own condition. One signal per channel is simpler than one
+    condition per reason, and a needless wake-up costs nothing."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until the next notify() or ``timeout`` seconds, whichever is first."""
+        event = self._event
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await event.wait()
+
+
+class _Retry(Exception):
+    """A failure worth trying again (network error, proxy hiccup)."""
+
+
+async def open_http_channel(http: aiohttp.ClientSession, base: URL) -> HTTPChannel:
+    """Make an attachment on the hub at ``base`` (``https://host:port/``).
+
+    ``http`` carries the bearer token. A certificate that does not match the
+    pinned one raises aiohttp's ServerFingerprintMismatch unchanged, so the
+    caller words it as it does for the WebSocket."""
+    url = base.join(URL(ATTACH_PATH))
+    try:
+        async with http.post(url) as resp:
+            if resp.status == 401:
+                message = await _error_message(resp)
+                raise code_to_error(
+                    "not_logged_in", message or "the hub did not accept the saved login"
+                )
+            if not 200 <= resp.status < 300:
+                message = await _error_message(resp)
+                raise HTTPAttachRefused(f"HTTP attachment refused: {resp.status} {message}")
+            try:
+                body = await resp.json(content_type=None)
+            except ValueError:
+                raise HTTPAttachRefused(
+                    "the hub's answer to the attachment is unreadable"
+                ) from None
+    except aiohttp.ServerFingerprintMismatch:
+        raise
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise NetworkError(f"cannot reach the hub at {url.host}:{url.port}: {exc}") from None
+    aid, keepalive = _parse_created(body)
+    return HTTPChannel(http, url / aid, keepalive)
+
+
+def _parse_created(body: Any) -> tuple[str, float]:
+    """The attachment id and keepalive of the hub's answer. Anything else
+    (a captive portal's page, say) means this path is not usable."""
+    try:
+        aid, keepalive = str(body["aid"]), float(body["keepalive"])
+    except (KeyError, TypeError, ValueError):
+        raise HTTPAttachRefused("the hub's answer to the attachment is unreadable") from None
+    if not _AID.match(aid) or not keepalive > 0:
+        raise HTTPAttachRefused("the hub's answer to the attachment is unreadable")
+    return aid, keepalive
+
+
+async def _error_message(resp: aiohttp.ClientResponse) -> str:
+    """The message of the hub's JSON error body, else the HTTP reason."""
+    return (await _hub_error(resp))[1]
+
+
+async def _hub_error(resp: aiohttp.ClientResponse) -> tuple[str, str]:
+    """``(code, message)`` of the hub's ``{"error": {...}}`` body; a proxy's
+    page has neither, so fall back to the status line."""
+    with contextlib.suppress(aiohttp.ClientError, ValueError, TimeoutError):
+        body = await resp.json(content_type=None)
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            return str(err.get("code", "")), str(err.get("message", ""))
+    return "", resp.reason or ""
+
+
+async def _failure_for(resp: aiohttp.ClientResponse) -> FreightError:
+    """What a non-2xx answer to a request on the attachment means."""
+    code, message = await _hub_error(resp)
+    if resp.status in RETRY_STATUSES:
+        raise _Retry(f"{resp.status} {message}")
+    if resp.status == 401:
+        return code_to_error("not_logged_in", message or "the hub no longer accepts the login")
+    if resp.status == 404:
+        return ChannelClosed(f"the hub ended the HTTP attachment ({message})")
+    return ChannelClosed(f"the hub refused the HTTP attachment: {resp.status} {code} {message}")
+
+
+class HTTPChannel:
+    """The client's end of an HTTP attachment (a FrameChannel).
+
+    send() only queues; one uploader task posts the queue in order. recv()
+    reads the down response itself, so frames are taken only as fast as the
+    caller wants them and the hub's sending slows down in turn."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: URL, keepalive: float) -> None:
+        self.url = url
+        self.aid = url.name
+        self.keepalive = keepalive
+        self.pings = 0  # Pings seen on the down stream (for diagnostics)
+        self._http = http
+        self._changed = Signal()
+        self._failure: FreightError | None = None
+        self._closing = False
+        # Up: encoded frames not yet taken by the hub, the first numbered
+        # ``_posted``; ``_queued`` counts their bytes.
+        self._queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
+        self._queued = 0
+        self._posted = 0
+        self._batch_cap = UPLOAD_BATCH_BYTES
+        # Down: frames taken whole, and how much of that the hub has heard of.
+        self._resp: aiohttp.ClientResponse | None = None
+        self._decoder = FrameDecoder()
+        self._received = 0
+        self._unacked_bytes = 0
+        self._ack_due: float | None = None
+        # No down byte (not even a Ping) for this long: the path is dead.
+        self._stall = 2 * keepalive + 10
+        # Acks have their own task: the uploader's POST may be held up by the
+        # hub's back-pressure, which may in turn wait for our acks.
+        self._tasks = [self._start(self._upload), self._start(self._send_acks)]
+
+    # --- FrameChannel -----------------------------------------------------------
+
+    async def send(self, msg: Message, payload: bytes = b"") -> None:
+        if msg.len != len(payload):
+            raise LocalProtocolError(
+                f"{type(msg).__name__}.len={msg.len} but payload is {len(payload)}"
+            )
+        while self._queued > SEND_QUEUE_BYTES and self._failure is None and not self._closing:
+            await self._changed.wait()
+        self._check_open()
+        head = encode_header(msg)
+        self._queue.append((head, bytes(payload)))
+        self._queued += len(head) + len(payload)
+        self._changed.notify()
+
+    async def recv(self) -> Frame:
+        while True:
+            self._check_open()
+            frame = self._decoder.next_frame()
+            if frame is None:
+                # Not feed(await …): the read may swap in a new decoder.
+                chunk = await self._read_down()
+                self._decoder.feed(chunk)
+            elif isinstance(frame[0], Ping):
+                self.pings += 1
+            else:
+                self._took(len(frame[1]))
+                return frame
+
+    async def aclose(self) -> None:
+        """Let queued frames reach the hub (for a while), then end the
+        attachment. Later send() and recv() raise ChannelClosed."""
+        if self._closing:
+            return
+        self._closing = True
+        self._changed.notify()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_FLUSH):
+                while self._queue and self._failure is None:
+                    await self._changed.wait()
+        gone = self._failure is not None
+        self._fail(ChannelClosed("the channel was closed"))
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if not gone:
+            await self._delete()
+
+    # --- state --------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closing:
+            raise ChannelClosed("the channel was closed")
+
+    def _fail(self, exc: FreightError) -> None:
+        """The attachment is over: every waiter raises ``exc``."""
+        if self._failure is None:
+            self._failure = exc
+        self._drop_down()
+        self._changed.notify()
+
+    def _took(self, nbytes: int) -> None:
+        """One frame taken from the down stream: acknowledge it soon."""
+        self._received += 1
+        self._unacked_bytes += nbytes
+        if self._ack_due is None:
+            self._ack_due = asyncio.get_running_loop().time() + ACK_DELAY
+        self._changed.notify()
+
+    def _ack(self) -> int:
+        """The ack to put on a request; it covers everything taken so far."""
+        self._unacked_bytes = 0
+        self._ack_due = None
+        return self._received
+
+    # --- requests -----------------------------------------------------------------
+
+    async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` until it does not raise _Retry, for RETRY_FOR seconds,
+        backing off; then the hub counts as gone."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RETRY_FOR
+        delay = 0.05
+        while True:
+            try:
+                return await attempt()
+            except _Retry as exc:
+                if loop.time() >= deadline:
+                    raise ChannelClosed(
+                        f"the hub could not be reached for {RETRY_FOR:.0f} s: {exc}"
+                    ) from None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, MAX_BACKOFF)
+
+    async def _request(self, method: str, url: URL, body: bytes = b"") -> None:
+        """One request whose answer has no body we need (204). A body goes
+        as a file-like object: aiohttp then writes it in pieces instead of
+        holding the event loop for megabytes at once."""
+        data = io.BytesIO(body) if body else None
+        try:
+            async with self._http.request(method, url, data=data) as resp:
+                if not 200 <= resp.status < 300:
+                    raise await _failure_for(resp)
+        except aiohttp.ServerFingerprintMismatch:
+            raise ChannelClosed("the hub's certificate changed") from None
+        except RuntimeError as exc:  # the session was closed under us
+            raise ChannelClosed(f"the HTTP session is gone: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Retry(str(exc) or type(exc).__name__) from None
+
+    async def _delete(self) -> None:
+        """Tell the hub we are done; if it cannot hear it, the grace period ends it."""
+        with contextlib.suppress(FreightError, _Retry, TimeoutError):
+            async with asyncio.timeout(CLOSE_FLUSH):
+                await self._request("DELETE", self.url)
+
+    # --- up -----------------------------------------------------------------------
+
+    def _start(self, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """A background task whose failure fails the channel."""
+
+        async def run() -> None:
+            try:
+                await work()
+            except FreightError as exc:
+                self._fail(exc)
+            except Exception as exc:  # a bug: fail loudly rather than hang every waiter
+                self._fail(ChannelClosed(f"the HTTP channel failed: {exc!r}"))
+
+        return asyncio.create_task(run())
+
+    async def _upload(self) -> None:
+        """The uploader: post the queue in order, one POST at a time."""
+        while self._failure is None:
+            if self._queue:
+                await self._post_batch()
+            else:
+                await self._changed.wait()
+
+    async def _send_acks(self) -> None:
+        """Acknowledge what recv() took when no up POST did so for a while.
+        An ack-only POST (no body, no ``seq``) never waits on the hub."""
+        while await self._ack_due_now():
+            url = (self.url / "up").with_query(ack=self._ack())
+            await self._retrying(functools.partial(self._request, "POST", url))
+
+    async def _ack_due_now(self) -> bool:
+        """Until ACK_BYTES or ACK_DELAY went unacknowledged; False once failed."""
+        loop = asyncio.get_running_loop()
+        while self._failure is None:
+            if self._unacked_bytes >= ACK_BYTES:
+                return True
+            if self._ack_due is None:
+                await self._changed.wait()
+            elif (left := self._ack_due - loop.time()) <= 0:
+                return True
+            else:
+                await self._changed.wait(left)
+        return False
+
+    async def _post_batch(self) -> None:
+        """Post the head of the queue, acknowledging what we took on the
+        way. A retry sends a smaller head from the same ``seq``."""
+        ack = self._ack()
+
+        async def attempt() -> None:
+            count, body = self._head(self._batch_cap)
+            url = (self.url / "up").with_query(seq=self._posted, ack=ack)
+            try:
+                await self._request("POST", url, body)
+            except _Retry:
+                self._batch_cap = max(MIN_BATCH_BYTES, self._batch_cap // 2)
+                raise
+            self._batch_cap = min(UPLOAD_BATCH_BYTES, 2 * self._batch_cap)
+            self._sent(count, len(body))
+
+        await self._retrying(attempt)
+
+    def _head(self, cap: int) -> tuple[int, bytes]:
+        """The first frames of the queue up to ``cap`` bytes (at least one)."""
+        pieces: list[bytes] = []
+        size = 0
+        for head, payload in self._queue:
+            if pieces and size + len(head) + len(payload) > cap:
+                break
+            pieces += (head, payload)
+            size += len(head) + len(payload)
+        return len(pieces) // 2, b"".join(pieces)
+
+    def _sent(self, count: int, size: int) -> None:
+        """The hub took the first ``count`` frames of the queue."""
+        for _ in range(count):
+            self._queue.popleft()
+        self._posted += count
+        self._queued -= size
+        self._changed.notify()
+
+    # --- down ---------------------------------------------------------------------
+
+    async def _read_down(self) -> bytes:
+        """The next bytes of the down stream, re-issuing the GET whenever a
+        response ends or breaks (a proxy cut it, or the hub ended it)."""
+        while True:
+            if self._resp is None:
+                try:
+                    resp, chunk = await self._retrying(self._open_down)
+                except FreightError as exc:
+                    self._fail(exc)
+                    raise
+                if self._failure is not None:  # closed while we were asking
+                    resp.close()
+                    raise self._failure
+                self._resp = resp
+                return chunk
+            chunk = await self._read_chunk(self._resp)
+            if chunk:
+                return chunk
+            self._drop_down()
+            self._check_open()
+
+    async def _read_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
+        """Bytes of ``resp`` as they come; b"" once it ended, broke or stalled."""
+        try:
+            async with asyncio.timeout(self._stall):
+                return await resp.content.readany()
+        except (aiohttp.ClientError, ConnectionError, TimeoutError):
+            return b""
+
+    async def _open_down(self) -> tuple[aiohttp.ClientResponse, bytes]:
+        """A new down response and its first bytes (the hub starts each with
+        a Ping). One that ends at once is retried with a back-off, so a proxy
+        answering every GET with nothing does not make us spin."""
+        ack = self._ack()
+        url = (self.url / "down").with_query(ack=ack)
+        try:
+            resp = await self._http.get(url)
+        except aiohttp.ServerFingerprintMismatch:
+            raise ChannelClosed("the hub's certificate changed") from None
+        except RuntimeError as exc:  # the session was closed under us
+            raise ChannelClosed(f"the HTTP session is gone: {exc}") from None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise _Retry(str(exc) or type(exc).__name__) from None
+        if resp.status != 200:
+            try:
+                raise await _failure_for(resp)
+            finally:
+                resp.release()
+        try:
+            chunk = await self._read_chunk(resp)
+        except BaseException:  # cancelled: nobody will read this response
+            resp.close()
+            raise
+        if not chunk:
+            resp.close()
+            raise _Retry("the down response ended at once")
+        return resp, chunk
+
+    def _drop_down(self) -> None:
+        """Forget the down response; a partial frame in it is replayed whole
+        by the next one, which starts at the first frame not taken."""
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+        if self._failure is None:
+            self._decoder = FrameDecoder()

@@ -1,0 +1,592 @@
+"""End-to-end encrypted relay: ``send`` / ``receive`` with one-time codes,
+``connect`` / ``listen`` byte pipes, the hub's answers, the admin view and
+the Python SDK. Real hub process, real TLS, real CLI processes on loopback;
+two accounts (admin and bob), each with its own config folder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import stat
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from freight.client.config import ClientConfig
+from freight.client.relay import Connection, RelayClient
+from freight.client.session import HubSession
+from tests.relaysupport import FAST_RELAY, Proc, fast
+from tests.support import Client, Hub, random_file, same_bytes, wait_until
+
+MiB = 1024 * 1024
+BOB_PASSWORD = "bob-relay-secret"
+CODE_RE = r"\d+-[a-z]+-[a-z]+"
+PART_SUFFIX = ".freight-part"
+
+
+# --- accounts ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin(shared_client: Client) -> Client:
+    return fast(shared_client)
+
+
+@pytest.fixture(scope="module")
+def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
+    res = admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+    assert "Added user bob" in res.stderr
+    c = Client(tmp_path_factory.mktemp("client-bob"), shared_hub)
+    c.login(user="bob", password=BOB_PASSWORD)
+    return fast(c)
+
+
+# --- trees -----------------------------------------------------------------------
+
+
+def make_tree(root: Path) -> Path:
+    """Nested folders, an empty file, unicode names, a 5 MiB random file,
+    several modes and old modification times."""
+    (root / "docs" / "deep" / "deeper").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    random_file(root / "big.bin", 5 * MiB, seed=11)
+    (root / "empty.txt").write_bytes(b"")
+    (root / "ünïcødé.txt").write_text("grüße, ünïcødé\n", encoding="utf-8")
+    random_file(root / "docs" / "日本.bin", 70_001, seed=12)
+    (root / "docs" / "deep" / "notes.md").write_text("# notes\n" * 100)
+    random_file(root / "docs" / "deep" / "deeper" / "tool.sh", 3000, seed=13)
+    modes = {
+        "big.bin": 0o640,
+        "empty.txt": 0o600,
+        "ünïcødé.txt": 0o644,
+        "docs/日本.bin": 0o640,
+        "docs/deep/notes.md": 0o604,
+        "docs/deep/deeper/tool.sh": 0o755,
+        "docs/deep": 0o750,
+        "empty-dir": 0o700,
+    }
+    for rel, mode in modes.items():
+        os.chmod(root / rel, mode)
+    # Times last, deepest first: creating an entry changes its folder's mtime.
+    entries = sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True)
+    for i, p in enumerate([*entries, root]):
+        t = 1_600_000_000.25 + 1000 * i
+        os.utime(p, (t, t))
+    return root
+
+
+def tree_counts(root: Path) -> tuple[int, int, int]:
+    """(files, folders including ``root``, bytes) as send/receive count them."""
+    everything = list(root.rglob("*"))
+    files = [p for p in everything if p.is_file()]
+    dirs = [p for p in everything if p.is_dir()]
+    return len(files), len(dirs) + 1, sum(p.stat().st_size for p in files)
+
+
+def assert_same_tree(src: Path, dst: Path) -> None:
+    """Same names, bytes, modes and modification times (folders included)."""
+    names = {p.relative_to(src).as_posix() for p in src.rglob("*")}
+    got = {p.relative_to(dst).as_posix() for p in dst.rglob("*")}
+    assert got == names, f"missing {names - got}, extra {got - names}"
+    for rel in [*sorted(names), ""]:
+        a, b = src / rel, dst / rel
+        sa, sb = a.stat(), b.stat()
+        assert stat.S_IFMT(sa.st_mode) == stat.S_IFMT(sb.st_mode), rel
+        assert stat.S_IMODE(sa.st_mode) == stat.S_IMODE(sb.st_mode), (
+            rel,
+            oct(sa.st_mode),
+            oct(sb.st_mode),
+        )
+        assert abs(sa.st_mtime - sb.st_mtime) < 1e-3, (rel, sa.st_mtime, sb.st_mtime)
+        if a.is_file():
+            assert same_bytes(a, b), rel
+
+
+# --- send / receive ----------------------------------------------------------
+
+
+def done_event(text: str) -> dict[str, Any]:
+    """The receiver's (only) JSON line: its summary."""
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert [e["event"] for e in lines] == ["done"], text
+    return lines[0]
+
+
+def summary(event: dict[str, Any]) -> dict[str, Any]:
+    return {k: event[k] for k in ("files", "dirs", "bytes", "sent", "resumed")}
+
+
+def sender_result(sender: Proc, timeout: float = 10) -> dict[str, Any]:
+    """Wait for a ``send --json`` to finish; its events must be code, done."""
+    assert sender.wait(timeout) == 0, sender.stderr
+    events = sender.json_events()
+    assert [e["event"] for e in events] == ["code", "done"], events
+    return events[1]
+
+
+def start_send(client: Client, *args: str) -> tuple[Proc, str]:
+    """A running ``send --json`` and the code it printed first."""
+    sender = Proc(client, "send", *args, "--json")
+    try:
+        first = sender.first_event()
+        assert first["event"] == "code", first
+        assert re.fullmatch(CODE_RE, first["code"]), first
+        assert 0 < first["expires_in"] <= 3600
+    except BaseException:
+        sender.kill()
+        raise
+    return sender, str(first["code"])
+
+
+def receive(client: Client, code: str, dest: Path, *extra: str) -> dict[str, Any]:
+    res = client.run("receive", code, "-o", str(dest), "--json", *extra, timeout=30)
+    return done_event(res.stdout)
+
+
+def test_send_a_tree_and_receive_it_as_another_account(
+    tmp_path: Path, admin: Client, bob: Client
+) -> None:
+    src = make_tree(tmp_path / "photos")
+    files, dirs, size = tree_counts(src)
+    sender, code = start_send(admin, str(src))
+    with sender:
+        got = receive(bob, code, tmp_path / "inbox")
+        sent = sender_result(sender)
+    assert summary(got) == summary(sent)
+    assert summary(got) == {"files": files, "dirs": dirs, "bytes": size, "sent": size, "resumed": 0}
+    assert_same_tree(src, tmp_path / "inbox" / "photos")
+    assert not list((tmp_path / "inbox").rglob("*" + PART_SUFFIX))
+
+
+def test_send_a_single_file(tmp_path: Path, admin: Client, bob: Client) -> None:
+    src = random_file(tmp_path / "report 2024 (final).pdf", 300_000, seed=3)
+    os.chmod(src, 0o604)
+    os.utime(src, (1_500_000_000.5, 1_500_000_000.5))
+    sender, code = start_send(admin, str(src))
+    with sender:
+        # Human output on the receiving side this time.
+        res = bob.run("receive", code, "-o", str(tmp_path / "in"), timeout=30)
+        assert "Received 1 file(s)" in res.stderr, res.stderr
+        sent = sender_result(sender)
+    assert summary(sent) == {"files": 1, "dirs": 0, "bytes": 300_000, "sent": 300_000, "resumed": 0}
+    assert [p.name for p in (tmp_path / "in").iterdir()] == [src.name]
+    dst = tmp_path / "in" / src.name
+    assert same_bytes(src, dst)
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o604
+    assert abs(dst.stat().st_mtime - 1_500_000_000.5) < 1e-3
+
+
+def test_receiving_again_after_completion_sends_nothing(
+    tmp_path: Path, admin: Client, bob: Client
+) -> None:
+    src = make_tree(tmp_path / "album")
+    files, dirs, size = tree_counts(src)
+    sender, code = start_send(admin, str(src))
+    with sender:
+        receive(bob, code, tmp_path / "in")
+        sender_result(sender)
+
+    # The sender runs again under the same code (still valid); the
+    # receiver runs again into the same folder: nothing crosses the wire.
+    again, same = start_send(admin, str(src), "--code", code)
+    assert same == code
+    with again:
+        got = receive(bob, code, tmp_path / "in")
+        sent = sender_result(again)
+    expected = {"files": files, "dirs": dirs, "bytes": size, "sent": 0, "resumed": size}
+    assert summary(got) == expected
+    assert summary(sent) == expected
+    assert_same_tree(src, tmp_path / "in" / "album")
+
+
+def test_a_partial_file_resumes_and_a_foreign_one_starts_over(
+    tmp_path: Path, admin: Client, bob: Client
+) -> None:
+    src = random_file(tmp_path / "movie.bin", 4 * MiB, seed=21)
+    dest = tmp_path / "in"
+    dest.mkdir()
+    part = dest / ("movie.bin" + PART_SUFFIX)
+    with open(src, "rb") as f:
+        part.write_bytes(f.read(1_500_000))  # what an interrupted run leaves behind
+    sender, code = start_send(admin, str(src))
+    with sender:
+        got = receive(bob, code, dest)
+        sender_result(sender)
+    assert (got["sent"], got["resumed"]) == (4 * MiB - 1_500_000, 1_500_000)
+    assert same_bytes(src, dest / "movie.bin") and not part.exists()
+
+    # A partial file with other bytes is not trusted: everything is sent.
+    (dest / "movie.bin").unlink()
+    random_file(part, 1_000_000, seed=99)
+    again, _ = start_send(admin, str(src), "--code", code)
+    with again:
+        got = receive(bob, code, dest)
+        sender_result(again)
+    assert (got["sent"], got["resumed"]) == (4 * MiB, 0)
+    assert same_bytes(src, dest / "movie.bin") and not part.exists()
+
+
+def test_codes_can_be_reused_only_by_their_owner_while_valid(
+    tmp_path: Path, admin: Client, bob: Client
+) -> None:
+    src = random_file(tmp_path / "a.bin", 1000)
+    sender, code = start_send(admin, str(src))
+    with sender:
+        theirs = bob.run("send", str(src), "--code", code, "--json", check=False, timeout=20)
+        assert theirs.returncode == 3, theirs
+        assert "belongs to someone else" in theirs.stderr
+        assert sender.running
+    unknown = admin.run("send", str(src), "--code", "987-no-such", check=False, timeout=20)
+    assert unknown.returncode == 7, unknown
+    assert "expired or is unknown" in unknown.stderr
+    bad = admin.run("send", str(src), "--code", "crossbow", check=False, timeout=20)
+    assert bad.returncode == 2 and "is not a code like" in bad.stderr
+
+
+def test_a_code_works_only_while_it_is_valid(tmp_path: Path, admin: Client, bob: Client) -> None:
+    src = random_file(tmp_path / "short-lived.bin", 1000)
+    sender, code = start_send(admin, str(src), "--ttl", "1s")
+    with sender:
+        assert sender.json_events()[0]["expires_in"] <= 1
+        # Nobody came: the sender says so and stops rather than waiting forever.
+        assert sender.wait(10) == 7, sender.stderr
+        assert "expired before the transfer finished" in error_line(sender.stderr)
+    late = bob.run("receive", code, "-o", str(tmp_path / "in"), check=False, timeout=20)
+    assert late.returncode == 7 and "expired or is unknown" in one_line_error(late)
+    again = admin.run("send", str(src), "--code", code, check=False, timeout=20)
+    assert again.returncode == 7 and "expired or is unknown" in one_line_error(again)
+    assert not (tmp_path / "in").exists()
+
+
+def one_line_error(res: Any) -> str:
+    """The single ``freight: error: ...`` line a failed command prints."""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("freight: error: "), res.stderr
+    return str(lines[0])
+
+
+def error_line(stderr: str) -> str:
+    """The one error line among a command's other messages."""
+    errors = [line for line in stderr.splitlines() if line.startswith("freight: error: ")]
+    assert len(errors) == 1, stderr
+    return errors[0]
+
+
+def test_a_wrong_code_is_refused_and_the_sender_keeps_waiting(
+    tmp_path: Path, admin: Client, bob: Client
+) -> None:
+    src = random_file(tmp_path / "secret.bin", 200_000, seed=5)
+    with Proc(admin, "send", str(src)) as sender:  # human output: it reports the attempt
+        code = sender.wait_stderr(rf"Code: ({CODE_RE})").group(1)
+        nameplate = code.split("-")[0]
+        wrong = bob.run("receive", f"{nameplate}-wrong-guess", "-o", str(tmp_path / "x"),
+                        check=False, timeout=20)  # fmt: skip
+        assert wrong.returncode == 3, wrong
+        assert "wrong code" in one_line_error(wrong)
+        assert not (tmp_path / "x" / "secret.bin").exists()
+        sender.wait_stderr("someone tried a wrong code; still waiting")
+        assert sender.running
+
+        ok = bob.run("receive", code, "-o", str(tmp_path / "in"), check=False, timeout=30)
+        assert ok.returncode == 0, ok
+        assert sender.wait(10) == 0, sender.stderr
+        assert "Sent 1 file(s)" in sender.stderr
+    assert same_bytes(src, tmp_path / "in" / "secret.bin")
+
+
+def test_three_wrong_codes_burn_the_code(tmp_path: Path, admin: Client, bob: Client) -> None:
+    src = random_file(tmp_path / "secret.bin", 1000, seed=6)
+    sender, code = start_send(admin, str(src))
+    nameplate = code.split("-")[0]
+    with sender:
+        for attempt in range(3):
+            wrong = bob.run("receive", f"{nameplate}-bad-guess{'x' * attempt}", "-o",
+                            str(tmp_path / "x"), check=False, timeout=20)  # fmt: skip
+            assert wrong.returncode == 3, (attempt, wrong)
+            assert "wrong code" in one_line_error(wrong)
+        # The sender stops with a clear message instead of waiting forever.
+        assert sender.wait(10) == 3, sender.stderr
+        assert "too many wrong codes" in sender.stderr
+        assert "new" in sender.stderr.split("too many wrong codes", 1)[1]
+    right = bob.run("receive", code, "-o", str(tmp_path / "in"), check=False, timeout=20)
+    assert right.returncode == 7, right
+    message = one_line_error(right)
+    assert "expired or is unknown" in message and "ask the sender for a new code" in message
+    assert not (tmp_path / "in" / "secret.bin").exists()
+    # The code cannot be taken up again by its owner either.
+    again = admin.run("send", str(src), "--code", code, check=False, timeout=20)
+    assert again.returncode == 7 and "expired or is unknown" in again.stderr
+
+
+def test_unknown_or_malformed_codes_are_refused(tmp_path: Path, bob: Client) -> None:
+    res = bob.run("receive", "999-no-such", "-o", str(tmp_path / "in"), check=False, timeout=20)
+    assert res.returncode == 7, res
+    message = one_line_error(res)
+    assert "expired or is unknown" in message and "new code" in message
+    assert not (tmp_path / "in").exists()
+    bad = bob.run("receive", "no-number-here", check=False, timeout=20)
+    assert bad.returncode == 2 and "is not a code like" in bad.stderr
+
+
+def test_an_overlong_code_number_is_refused_at_once(tmp_path: Path, bob: Client) -> None:
+    with Proc(bob, "receive", "1234567890123456789-crossbow-gazelle", "-o", str(tmp_path)) as r:
+        assert r.wait(5) == 2, r.stderr
+        assert "is not a code like" in one_line_error(r)
+
+
+# --- connect / listen -------------------------------------------------------
+
+
+def test_pipes_carry_bytes_both_ways(admin: Client, bob: Client) -> None:
+    blob = os.urandom(MiB)
+    with Proc(bob, "listen", "chat", "--verify") as listener:
+        listener.wait_stderr("Listening for 'chat' from anyone")
+        with Proc(admin, "connect", "bob", "chat", "--verify") as dialer:
+            mine = dialer.wait_stderr(r"Verification code: ([0-9 ]+\d)").group(1)
+            theirs = listener.wait_stderr(r"Verification code: ([0-9 ]+\d)").group(1)
+            assert mine == theirs and len(mine.replace(" ", "")) >= 10
+            listener.wait_stderr("Connected: admin")
+
+            dialer.write(b"hello bob\n")
+            assert listener.wait_stdout(10) == b"hello bob\n"
+            listener.write(b"hi admin\n")
+            assert dialer.wait_stdout(9) == b"hi admin\n"
+            dialer.write(blob)
+            listener.write(b"bye\n")
+            assert listener.wait_stdout(10 + MiB) == b"hello bob\n" + blob
+            assert dialer.wait_stdout(13) == b"hi admin\nbye\n"
+
+            dialer.close_stdin()
+            listener.close_stdin()
+            assert dialer.wait() == 0, dialer.stderr
+            assert listener.wait() == 0, listener.stderr
+            assert listener.stdout == b"hello bob\n" + blob
+            assert dialer.stdout == b"hi admin\nbye\n"
+            assert "error" not in dialer.stderr + listener.stderr
+
+
+def test_a_pipe_answers_after_the_other_end_closed_its_input(admin: Client, bob: Client) -> None:
+    """Request / response, as with `echo question | freight connect bob ask`:
+    closing one's input is a half close; the answer must still come back."""
+    with Proc(bob, "listen", "ask") as listener:
+        listener.wait_stderr("Listening")
+        with Proc(admin, "connect", "bob", "ask") as dialer:
+            dialer.write(b"question\n")
+            dialer.close_stdin()
+            assert listener.wait_stdout(9) == b"question\n"
+            try:
+                listener.write(b"answer\n")
+                listener.close_stdin()
+            except BrokenPipeError:
+                raise AssertionError("the listener exited before it could answer") from None
+            assert dialer.wait() == 0 and listener.wait() == 0
+            assert dialer.stdout == b"answer\n"
+
+
+def test_the_hub_refuses_impossible_connections(admin: Client, bob: Client) -> None:
+    with (
+        Proc(admin, "connect", "admin", "chat") as me,
+        Proc(admin, "connect", "nobody", "chat") as nobody,
+    ):
+        assert me.wait() == 2 and "yourself" in one_line_error(me)
+        assert nobody.wait() == 7 and "no user 'nobody'" in one_line_error(nobody)
+
+    with Proc(bob, "listen", "dup") as listener:
+        listener.wait_stderr("Listening")
+        with Proc(admin, "connect", "bob", "dup") as first:
+            listener.wait_stderr("Connected: admin")
+            second = admin.run("connect", "bob", "dup", "--wait", "5", check=False, timeout=20)
+            assert second.returncode == 7, second
+            assert "already exists" in one_line_error(second)
+            # The first one is untouched.
+            first.write(b"still here")
+            assert listener.wait_stdout(10) == b"still here"
+            first.close_stdin()
+            listener.close_stdin()
+            assert first.wait() == 0 and listener.wait() == 0
+
+
+def live_connections(admin: Client, app: str) -> list[dict[str, Any]]:
+    rows = json.loads(admin.run("admin", "connections", "--json").stdout)
+    return [r for r in rows if r["app"] == app]
+
+
+def test_connect_waits_for_the_listener(admin: Client, bob: Client) -> None:
+    with Proc(admin, "connect", "bob", "later", "--wait", "30") as dialer:
+        # The hub holds the dial until bob listens.
+        wait_until(
+            lambda: [r["state"] for r in live_connections(admin, "later")] == ["waiting"],
+            10,
+            "the dial to wait at the hub",
+        )
+        assert dialer.running
+        with Proc(bob, "listen", "later") as listener:
+            listener.wait_stderr("Connected: admin")
+            dialer.write(b"ping")
+            dialer.close_stdin()
+            assert listener.wait_stdout(4) == b"ping"
+            listener.close_stdin()
+            assert dialer.wait() == 0 and listener.wait() == 0, dialer.stderr + listener.stderr
+
+
+def test_connect_wait_gives_up_with_a_clear_message(admin: Client, bob: Client) -> None:
+    res = admin.run("connect", "bob", "nobody-listens", "--wait", "1", check=False, timeout=20)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode not in (0, 1), res
+    message = one_line_error(res)
+    assert "bob" in message or "listen" in message
+
+
+def test_a_connect_that_gives_up_leaves_nothing_at_the_hub(admin: Client, bob: Client) -> None:
+    res = admin.run("connect", "bob", "gave-up", "--wait", "1", check=False, timeout=20)
+    assert res.returncode != 0
+    assert live_connections(admin, "gave-up") == []
+
+
+# --- admin ---------------------------------------------------------------------
+
+
+def test_admin_lists_and_kills_a_live_connection(admin: Client, bob: Client) -> None:
+    with Proc(bob, "listen", "watched") as listener:
+        listener.wait_stderr("Listening")
+        with Proc(admin, "connect", "bob", "watched") as dialer:
+            listener.wait_stderr("Connected: admin")
+            dialer.write(b"x" * 5000)
+            listener.wait_stdout(5000)
+            listener.write(b"y" * 3000)
+            dialer.wait_stdout(3000)
+
+            (row,) = live_connections(admin, "watched")
+            assert (row["from"], row["to"], row["app"], row["state"]) == (
+                "admin",
+                "bob",
+                "watched",
+                "connected",
+            )
+            assert row["bytes_from"] >= 5000 and row["bytes_to"] >= 3000, row
+            # The human table, and ordinary accounts refused (all at once).
+            with (
+                Proc(admin, "admin", "connections") as human,
+                Proc(bob, "admin", "connections", "--json") as peek,
+                Proc(bob, "admin", "kill", row["id"]) as meddle,
+            ):
+                assert human.wait() == 0
+                table = human.stdout.decode()
+                assert row["id"] in table and "watched" in table and "connected" in table
+                for res in (peek, meddle):
+                    assert res.wait() == 3, res.stderr
+                    assert res.stdout == b""
+                    assert "needs an admin account" in one_line_error(res)
+
+            # (bob's kill did nothing: this one finds the connection.)
+            killed = admin.run("admin", "kill", row["id"])
+            assert row["id"] in killed.stdout
+            for end in (dialer, listener):
+                assert end.wait() == 7, end.stderr
+                assert "an admin ended the connection" in error_line(end.stderr)
+    with Proc(admin, "admin", "kill", row["id"]) as again:
+        assert live_connections(admin, "watched") == []
+        assert again.wait() == 7 and "no live connection" in again.stderr
+
+
+# --- the SDK ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def sdk(client: Client, **kw: Any) -> AsyncIterator[RelayClient]:
+    config = ClientConfig(client.config)
+    async with RelayClient(HubSession.from_config(config), config, **kw) as rc:
+        await rc.start()
+        yield rc
+
+
+async def pair(dialer: RelayClient, acceptor: RelayClient, app: str) -> tuple[Connection, Any]:
+    listener = await acceptor.listen(app)
+    a, b = await asyncio.wait_for(
+        asyncio.gather(dialer.connect("bob", app, timeout=10), listener.accept()), 10
+    )
+    await b.wait_established(10)
+    return a, b
+
+
+@pytest.fixture
+def fast_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in FAST_RELAY.items():
+        monkeypatch.setenv(k, v)
+
+
+@pytest.mark.usefixtures("fast_env")
+async def test_sdk_messages_arrive_in_order_and_eof_after_close(admin: Client, bob: Client) -> None:
+    async with sdk(admin) as ca, sdk(bob) as cb:
+        a, b = await pair(ca, cb, "sdk-chat")
+        assert a.fingerprint and a.fingerprint == b.fingerprint
+        assert (a.peer, b.peer, b.app) == ("bob", "admin", "sdk-chat")
+
+        messages = [b"m%d" % i + os.urandom(i * 97) for i in range(200)]
+        for msg in messages:
+            await a.send(msg)
+        await a.send(b"\x00" * (2 * MiB))  # one big message, not split
+        assert [await b.recv() for _ in messages] == messages
+        assert await b.recv() == b"\x00" * (2 * MiB)
+
+        await b.send(b"reply")
+        assert await a.recv() == b"reply"
+        await asyncio.wait_for(b.close(), 10)
+        assert await asyncio.wait_for(a.recv(), 10) == b""
+        assert await a.recv() == b""  # and stays so
+        await asyncio.wait_for(a.close(), 5)  # the peer already left: no long wait
+        assert a.closed and b.closed
+
+        # The same two clients carry another connection afterwards.
+        a2, b2 = await pair(ca, cb, "sdk-chat-2")
+        async with a2:
+            await a2.send(b"again")
+        assert [m async for m in b2] == [b"again"]
+
+
+@pytest.mark.usefixtures("fast_env")
+async def test_sdk_over_the_http_fallback_alone(admin: Client, bob: Client) -> None:
+    """Plain HTTP attachment and no separate data connection: every record
+    rides the HTTP long-poll channel."""
+    async with (
+        sdk(admin, transport="http", data_path="tls") as ca,
+        sdk(bob, transport="http", data_path="tls") as cb,
+    ):
+        assert (ca.used_transport, cb.used_transport) == ("http", "http")
+        a, b = await pair(ca, cb, "sdk-http")
+        blob = os.urandom(3 * MiB + 17)
+
+        async def upload() -> None:
+            for i in range(0, len(blob), MiB // 2):
+                await a.send(blob[i : i + MiB // 2])
+            await a.close()
+
+        async def download() -> bytes:
+            return b"".join([m async for m in b])
+
+        _, got = await asyncio.wait_for(asyncio.gather(upload(), download()), 20)
+        assert got == blob
+        assert ca.lane is None and cb.lane is None
+
+
+# --- the HTTP fallback from the CLI ---------------------------------------------
+
+
+@pytest.mark.parametrize("extra", [[], ["--data-path", "tls"]], ids=["http", "http-no-lane"])
+def test_send_and_receive_over_forced_http(
+    tmp_path: Path, admin: Client, bob: Client, extra: list[str]
+) -> None:
+    src = random_file(tmp_path / "over-http.bin", 3 * MiB, seed=31)
+    sender, code = start_send(admin, str(src), "--transport", "http", *extra)
+    with sender:
+        got = receive(bob, code, tmp_path / "in", "--transport", "http", *extra)
+        sent = sender_result(sender)
+    assert summary(got) == summary(sent)
+    assert (got["bytes"], got["sent"]) == (3 * MiB, 3 * MiB)
+    assert same_bytes(src, tmp_path / "in" / "over-http.bin")
