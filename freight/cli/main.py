@@ -4,6 +4,7 @@ commands live in ``users``."""
 
 from __future__ import annotations
 
+import gc
 import getpass
 import os
 import sys
@@ -15,8 +16,11 @@ import typer
 from .. import __version__
 from ..allocator import tune_allocator
 from ..client.config import ClientConfig
+from ..client.relay import register_identity
 from ..client.session import (
+    CA_FILE_ENV,
     DATA_PATHS,
+    PROXY_ENV,
     HubSession,
     canonical_url,
     fetch_fingerprint,
@@ -31,11 +35,12 @@ from ..client.transfer import (
     pull_one,
     push_many,
 )
-from ..errors import FingerprintMismatch, FreightError, UsageError
+from ..errors import ConfigError, FingerprintMismatch, FreightError, UsageError
 from ..protocol.messages import LEVELS
 from ..protocol.retry import RetryPolicy
-from ..units import format_bytes, format_rate, parse_rate
-from . import users
+from ..transport.proxy import choose_proxy, redact
+from ..units import format_bytes, format_rate, parse_rate, parse_size
+from . import agents, collect, relay, users
 from .common import HubOpt, JsonOpt, QuietOpt, report, run_async
 from .output import RichReporter, err_console, print_json
 
@@ -85,8 +90,37 @@ def _main(
             "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
         ),
     ] = False,
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy",
+            envvar=PROXY_ENV,
+            help=(
+                "HTTP proxy for this command, http://HOST:PORT or http://USER:PASS@HOST:PORT, or "
+                "'none' to connect directly; wins over the proxy saved at login and HTTPS_PROXY. "
+                f"Same as ${PROXY_ENV}."
+            ),
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            envvar=CA_FILE_ENV,
+            help=(
+                "Trust the CA certificates in this PEM file (chain and host name checked) instead "
+                f"of the pinned fingerprint, for this command. Same as ${CA_FILE_ENV}."
+            ),
+        ),
+    ] = None,
 ) -> None:
     """Move files between machines that cannot reach each other directly, through a hub."""
+    # Handed on through the environment, where HubSession.from_config looks,
+    # so every command (and any it starts) takes the same route and trust.
+    if proxy is not None:
+        os.environ[PROXY_ENV] = proxy
+    if ca_file is not None:
+        os.environ[CA_FILE_ENV] = str(ca_file.expanduser().resolve())
 
 
 @app.command()
@@ -112,9 +146,24 @@ def hub(
         str | None,
         typer.Option(help="SQLAlchemy URL (default: SQLite in the data folder)."),
     ] = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            help="PEM certificate (chain) to serve instead of the self-signed one; needs --key."
+        ),
+    ] = None,
+    key: Annotated[Path | None, typer.Option(help="PEM private key of --cert.")] = None,
     checkpoint_interval: Annotated[
         str, typer.Option(help="Bytes between durable checkpoints.", hidden=True)
     ] = "8M",
+    relay_window: Annotated[
+        str,
+        typer.Option(help="Bytes the hub holds per relayed connection and direction."),
+    ] = "4M",
+    collect_reserve: Annotated[
+        str,
+        typer.Option(help="Free disk space below which collection pauses (uploads wait)."),
+    ] = "1G",
 ) -> None:
     """Run a hub on one HTTPS port."""
     from ..hub.bandwidth import Budget
@@ -128,6 +177,15 @@ def hub(
             Budget.parse(bandwidth)
         except UsageError as exc:
             raise typer.BadParameter(exc.message, param_hint="--bandwidth") from None
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
+    if cert is not None and key is not None:
+        from ..hub.tls import server_context
+
+        try:  # before the data folder is touched
+            server_context(cert, key)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.user_message(), param_hint="--cert/--key") from None
     cfg = HubConfig(
         data=data,
         host=host.strip("[]"),
@@ -135,7 +193,11 @@ def hub(
         bandwidth=bandwidth,
         purge_after=purge_after * 3600.0,
         database_url=database_url,
+        cert=cert,
+        key=key,
         checkpoint_interval=parse_rate(checkpoint_interval),
+        relay_window=parse_rate(relay_window),
+        collect_reserve=parse_size(collect_reserve),
     )
     try:
         run_async(lambda: serve(cfg))
@@ -162,14 +224,45 @@ def login(
         str | None,
         typer.Option(help="Expected certificate fingerprint (SHA256:...), checked and pinned."),
     ] = None,
+    proxy: Annotated[
+        str | None,
+        typer.Option(
+            "--proxy",
+            help=(
+                "HTTP proxy to reach this hub through, http://HOST:PORT or "
+                "http://USER:PASS@HOST:PORT ('none': directly, even if HTTPS_PROXY is set); "
+                "saved for later commands."
+            ),
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--ca-file",
+            help=(
+                "Trust the CA certificates in this PEM file (chain and host name checked) "
+                "instead of pinning the fingerprint; saved for later commands."
+            ),
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Log in to a hub and pin its certificate (trust on first use, like SSH)."""
+    """Log in to a hub and pin its certificate (trust on first use, like SSH).
+
+    With --ca-file the certificate is verified with that CA instead of pinned.
+    --proxy and --ca-file, given here or before the command, are saved with the
+    login and used by later commands.
+    """
     config = ClientConfig()
     u = parse_hub_url(url)
+    wanted_proxy = proxy if proxy is not None else os.environ.get(PROXY_ENV)
+    route = choose_proxy(u, explicit=wanted_proxy, saved=None)
+    ca_text = str(ca_file) if ca_file is not None else os.environ.get(CA_FILE_ENV)
+    ca = Path(ca_text).expanduser().resolve() if ca_text else None
 
     async def go() -> dict[str, Any]:
-        seen = await fetch_fingerprint(u)
+        # With a CA the handshake itself verifies the chain and host name.
+        seen = await fetch_fingerprint(u, proxy=route, ca_file=ca)
         pinned = config.pinned(hostport(u))
         wanted = normalise_fingerprint(fingerprint) if fingerprint else None
         if wanted and wanted != seen:
@@ -177,9 +270,11 @@ def login(
                 f"the hub presents {seen}, not the expected {wanted}",
                 hint="check the address and the fingerprint the hub printed at start-up",
             )
-        if pinned and pinned != seen and not wanted:
+        if ca is not None:
+            err_console.print(f"The hub's certificate is signed by a CA in {ca}", markup=False)
+        elif pinned and pinned != seen and not wanted:
             raise mismatch_error(u, pinned, seen)
-        if not pinned and not wanted:
+        elif not pinned and not wanted:
             err_console.print(f"The hub's certificate fingerprint is {seen}")
             if sys.stdin.isatty() and not password_stdin:
                 if not typer.confirm("Trust this hub and pin its certificate?", err=True):
@@ -190,11 +285,33 @@ def login(
             password = sys.stdin.readline().rstrip("\n")
         else:
             password = getpass.getpass(f"Password for {user}@{hostport(u)}: ")
-        async with HubSession(canonical_url(u), fingerprint=seen) as session:
+        pin = seen if ca is None else ""  # a CA replaces pinning
+        async with HubSession(
+            canonical_url(u), fingerprint=pin, ca_file=ca, proxy=route
+        ) as session:
             body = await session.request("POST", "/v1/login", {"user": user, "password": password})
-        config.pin(hostport(u), seen)
-        config.save_login(canonical_url(u), user, body["token"], body["role"])
-        return {"hub": canonical_url(u), "user": user, "role": body["role"], "fingerprint": seen}
+            # This device's identity key, which connect/listen prove themselves with.
+            session.token = body["token"]
+            await session.aclose()
+            await register_identity(session, config)
+        if ca is None:
+            config.pin(hostport(u), seen)
+        config.save_login(
+            canonical_url(u),
+            user,
+            body["token"],
+            body["role"],
+            proxy=wanted_proxy.strip() if wanted_proxy is not None else None,
+            ca_file=str(ca) if ca is not None else None,
+        )
+        return {
+            "hub": canonical_url(u),
+            "user": user,
+            "role": body["role"],
+            "fingerprint": seen,
+            "ca_file": str(ca) if ca is not None else None,
+            "proxy": redact(route) if route is not None else None,
+        }
 
     info = run_async(go)
     if json_out:
@@ -314,8 +431,17 @@ def pull(
 
 
 @app.command("ls")
-def ls_cmd(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
-    """List your files on the hub."""
+def ls_cmd(
+    target: Annotated[
+        str | None, typer.Argument(help="AGENT:/path to list a folder on an agent.")
+    ] = None,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List your files on the hub, or a folder on an agent (AGENT:/path)."""
+    if target is not None:
+        agents.remote_ls(target, hub_url, json_out)
+        return
 
     async def go() -> Any:
         config = ClientConfig()
@@ -406,10 +532,16 @@ def admin_events(
 
 
 users.register(app)
+relay.register(app, admin_app)
+agents.register(app)
+collect.register(app)
 
 
 def run() -> None:
     tune_allocator()
+    # Everything imported so far lives until exit: keep the collector from
+    # walking it again and again (and once more at exit, ~0.3 s).
+    gc.freeze()
     try:
         app()
     except FreightError as exc:  # raised outside run_async, e.g. checking arguments

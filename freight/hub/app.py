@@ -213,13 +213,19 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def control(request: web.Request) -> web.WebSocketResponse:
-    """The control channel: Hello/Welcome, tickets, and streams over TLS."""
+    """The control channel over a WebSocket: Hello/Welcome, tickets, streams
+    and the relay."""
     user = await current_user(request)
-    st = request.app[STATE]
-    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=25.0)
     await ws.prepare(request)
+    await attach(request, user, WSChannel(ws), "ws")
+    return ws
+
+
+async def attach(request: web.Request, user: User, chan: Any, transport: str) -> None:
+    """Greet a newly attached client and serve it until it goes."""
+    st = request.app[STATE]
     st.metrics.connections.labels("control").inc()
-    chan = WSChannel(ws)
     try:
         hello, _ = await asyncio.wait_for(chan.recv(), 30)
         if not isinstance(hello, m.Hello):
@@ -229,14 +235,25 @@ async def control(request: web.Request) -> web.WebSocketResponse:
                 f"client speaks protocol {hello.version}, hub speaks {PROTOCOL_VERSION}"
             )
         await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node))
-        await serve_channel(st, user, chan)
+        await serve_channel(
+            st,
+            user,
+            chan,
+            transport=transport,
+            address=request.remote or "",
+            client=hello.agent,
+        )
     except ProtocolError as exc:
         await send_error(st, chan, exc)
     except (ChannelClosed, TimeoutError):
         pass
     finally:
         await chan.aclose()
-    return ws
+
+
+async def serve_http_attachment(request: web.Request, chan: Any) -> None:
+    """The same channel over the HTTP long-poll fallback."""
+    await attach(request, await current_user(request), chan, "http")
 
 
 async def send_error(st: HubState, chan: Any, exc: ProtocolError) -> None:
@@ -247,9 +264,18 @@ async def send_error(st: HubState, chan: Any, exc: ProtocolError) -> None:
         await chan.send(m.Error(code=exc.code, message=exc.message[:4000]))
 
 
-async def serve_channel(st: HubState, user: User, chan: Any, *, control: bool = True) -> None:
-    """Run streams and control requests arriving on one channel. Tickets are
-    only handed out on the TLS control channel (``control``): a ticket's
+async def serve_channel(
+    st: HubState,
+    user: User,
+    chan: Any,
+    *,
+    transport: str = "",
+    address: str = "",
+    client: str = "",
+) -> None:
+    """Run streams, control requests and relayed connections arriving on one
+    channel. A data connection (``transport`` empty) carries streams only:
+    tickets are handed out on attached channels inside TLS, since a ticket's
     secret must never travel outside TLS."""
 
     async def on_new(port: Any, msg: m.AnyMessage, payload: bytes) -> None:
@@ -257,11 +283,27 @@ async def serve_channel(st: HubState, user: User, chan: Any, *, control: bool = 
 
     mux = Mux(chan, on_new=on_new)
     reader = asyncio.create_task(mux.run())
+    from . import agents  # it imports this module
+
+    att = st.relay.attach(user, chan, transport, address) if transport else None
+    # An agent's own attachment carries its commands; the links its uploads
+    # open (push/pull control channels) do not.
+    is_agent = att is not None and user.role == "agent" and client.startswith("freight-agent/")
+    if is_agent:
+        att.commands = True
     try:
+        if is_agent:
+            await agents.agent_attached(st, att, client)
         while True:
-            msg, _ = await mux.recv_control()
-            if isinstance(msg, m.TicketRequest) and control:
-                t = st.tickets.issue(user.id, user.name, time.monotonic())
+            msg, payload = await mux.recv_control()
+            if att is not None and await st.relay.handle(att, msg, payload):
+                continue
+            if is_agent and await agents.on_agent_frame(st, att, msg):
+                continue
+            if isinstance(msg, m.TicketRequest) and att is not None:
+                t = st.tickets.issue(
+                    user.id, user.name, time.monotonic(), att if msg.lane else None
+                )
                 await chan.send(
                     m.TicketGrant(
                         rid=msg.rid,
@@ -270,19 +312,81 @@ async def serve_channel(st: HubState, user: User, chan: Any, *, control: bool = 
                         expires_in=t.expires - time.monotonic(),
                     )
                 )
+            elif isinstance(msg, m.Ping):
+                continue
             elif isinstance(msg, m.Error):
                 return
             else:
-                where = "control channel" if control else "data connection"
+                where = "control channel" if att is not None else "data connection"
                 raise ProtocolError(f"unexpected {type(msg).__name__} on a {where}")
     finally:
+        if att is not None:
+            st.relay.detach(att)
         reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, ChannelClosed):
             await reader
 
 
+async def serve_lane(st: HubState, att: Any, chan: Any) -> None:
+    """A data connection serving as an attachment's lane: relayed records
+    travel on it both ways, sealed per hop without TLS's cost. It lives and
+    dies with its attachment."""
+    if att.closed:
+        return
+    att.lane = chan
+    try:
+        while True:
+            msg, payload = await chan.recv()
+            if isinstance(msg, m.Relay):
+                st.relay.relay(att, msg, payload)
+            elif not isinstance(msg, m.Ping):
+                raise ProtocolError(f"unexpected {type(msg).__name__} on a relay lane")
+    finally:
+        att.lane = None
+        await att.chan.aclose()  # the client re-attaches with a new lane
+
+
+async def put_key(request: web.Request) -> web.Response:
+    """Register this device's identity public key for the account."""
+    user = await current_user(request)
+    try:
+        key = str((await request.json())["key"])
+        bytes.fromhex(key)
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("body must be JSON with 'key': 64 hex digits") from None
+    if len(key) != 64:
+        raise UsageError("an identity key is 32 bytes (64 hex digits)")
+    await request.app[STATE].relay.add_key(user.id, key.lower())
+    return web.json_response({"user": user.name, "key": key.lower()})
+
+
+async def get_keys(request: web.Request) -> web.Response:
+    await current_user(request)
+    st = request.app[STATE]
+    row = await st.db.user_by_name(request.match_info["name"])
+    if row is None:
+        raise NotFound(f"there is no user {request.match_info['name']!r} on this hub")
+    return web.json_response({"user": row["name"], "keys": await st.relay.keys_of(int(row["id"]))})
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    await admin_user(request)
+    now = time.time()
+    return web.json_response([c.describe(now) for c in request.app[STATE].relay.live()])
+
+
+async def kill_connection(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    cid = request.match_info["cid"]
+    if not st.relay.kill(cid, admin.name):
+        raise NotFound(f"no live connection {cid!r}")
+    await st.events.emit("connection_killed", admin.name, cid=cid)
+    return web.json_response({"killed": cid})
+
+
 def build_app(state: HubState) -> web.Application:
-    from . import users  # imports this module, so not at the top
+    from . import agents, collect, httpattach, users  # they import this module
 
     app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
     app[STATE] = state
@@ -295,6 +399,13 @@ def build_app(state: HubState) -> web.Application:
     app.router.add_get("/v1/admin/streams", list_streams)
     app.router.add_get("/v1/admin/events", list_events)
     users.add_routes(app)
+    agents.add_routes(app)
+    collect.add_routes(app)
+    app.router.add_put("/v1/keys", put_key)
+    app.router.add_get("/v1/keys/{name}", get_keys)
+    app.router.add_get("/v1/admin/connections", list_connections)
+    app.router.add_delete("/v1/admin/connections/{cid}", kill_connection)
     app.router.add_get("/v1/control", control)
+    httpattach.add_routes(app, serve_http_attachment)
     app.router.add_get("/metrics", metrics)
     return app

@@ -51,6 +51,7 @@ class Budget:
 class BandwidthManager:
     budget: Budget = field(default_factory=lambda: Budget.parse("off"))
     active: set[str] = field(default_factory=set)
+    caps: dict[int, int] = field(default_factory=dict)  # user id -> bytes/s
 
     def register(self, key: str) -> None:
         self.active.add(key)
@@ -58,9 +59,20 @@ class BandwidthManager:
     def unregister(self, key: str) -> None:
         self.active.discard(key)
 
+    def set_cap(self, user_id: int, cap: int) -> None:
+        """An admin's cap on one account (an agent), bytes/s; 0 lifts it."""
+        if cap > 0:
+            self.caps[user_id] = cap
+        else:
+            self.caps.pop(user_id, None)
+
     def rate_for(self, key: str, minute_of_day: int) -> int:
-        """Fair share of the budget for one active stream (0 = unlimited)."""
+        """Fair share of the budget for one active stream (0 = unlimited),
+        no more than its account's cap. Keys are ``kind:user_id:sid``."""
         total = self.budget.total_at(minute_of_day)
-        if total == 0:
-            return 0
-        return max(1024, total // max(1, len(self.active | {key})))
+        share = 0 if total == 0 else max(1024, total // max(1, len(self.active | {key})))
+        parts = key.split(":")
+        cap = self.caps.get(int(parts[1]), 0) if len(parts) > 2 and parts[1].isdigit() else 0
+        if cap and (share == 0 or cap < share):
+            return cap
+        return share

@@ -18,8 +18,10 @@ from ..store import Database, DataLayout
 from . import auth, tls
 from .app import build_app
 from .bandwidth import BandwidthManager, Budget
+from .collect import Collector
 from .listener import SharedPortListener
 from .observe import EventLog, Metrics, configure_logging
+from .relay import Router
 from .state import HubState
 from .streams import StreamService
 
@@ -35,6 +37,17 @@ class HubConfig:
     purge_after: float = 72 * 3600.0
     database_url: str | None = None  # default: SQLite inside the data folder
     checkpoint_interval: int = CHECKPOINT_INTERVAL
+    # A certificate to serve instead of the self-signed one in the data folder.
+    cert: Path | None = None
+    key: Path | None = None
+    collect_reserve: int = 1 << 30  # free disk below which collection pauses
+    relay_window: int = 4 * 1024 * 1024  # bytes held per relayed connection and direction
+
+    def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
+        """The certificate and key the listener serves."""
+        if self.cert is not None and self.key is not None:
+            return self.cert, self.key
+        return layout.cert_path, layout.key_path
 
 
 def say(text: str) -> None:
@@ -59,7 +72,7 @@ async def ensure_admin(db: Database) -> None:
 async def build_state(cfg: HubConfig) -> HubState:
     layout = DataLayout(cfg.data)
     layout.create()
-    if tls.ensure_certificate(layout.cert_path, layout.key_path):
+    if cfg.cert is None and tls.ensure_certificate(layout.cert_path, layout.key_path):
         say(f"Created a self-signed TLS certificate in {layout.tls_dir}")
     db = Database(cfg.database_url) if cfg.database_url else Database.sqlite(layout.db_path)
     await db.migrate()
@@ -73,7 +86,8 @@ async def build_state(cfg: HubConfig) -> HubState:
     streams = StreamService(
         db, layout, bandwidth, events, metrics, checkpoint_interval=cfg.checkpoint_interval
     )
-    return HubState(db, layout, events, metrics, bandwidth, streams)
+    relay = Router(db, events, metrics, cfg.relay_window)
+    return HubState(db, layout, events, metrics, bandwidth, streams, relay)
 
 
 async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
@@ -82,13 +96,18 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     state = await build_state(cfg)
+    cert_path, key_path = cfg.tls_files(state.layout)
+    try:
+        ssl_context = tls.server_context(cert_path, key_path)
+    except BaseException:
+        await state.db.close()
+        raise
     runner = web.AppRunner(build_app(state), handle_signals=False, access_log=None)
     await runner.setup()
-    listener = SharedPortListener(
-        state, runner.server, tls.server_context(state.layout.cert_path, state.layout.key_path)
-    )
+    listener = SharedPortListener(state, runner.server, ssl_context)
     port = await listener.start(cfg.host, cfg.port)
-    fingerprint = tls.fingerprint_pem(state.layout.cert_path)
+    fingerprint = tls.fingerprint_pem(cert_path)
+    state.cert_fingerprint = fingerprint  # agents bind their login to it
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     say(f"Freight hub listening on https://{host}:{port}")
     say(f"Certificate fingerprint: {fingerprint}")
@@ -108,6 +127,9 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
             await asyncio.sleep(min(PURGE_EVERY, cfg.purge_after))
 
     purger = asyncio.create_task(purge_loop())
+    sweeper = asyncio.create_task(state.relay.sweep_loop())
+    state.collector = Collector(state, reserve=cfg.collect_reserve)
+    collector = asyncio.create_task(state.collector.run())
     if ready is not None:
         ready.set()
     try:
@@ -115,6 +137,8 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
     finally:
         say("Shutting down: no new connections, closing transfers (they resume later)")
         purger.cancel()
+        sweeper.cancel()
+        collector.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purger
         await listener.stop()

@@ -11,6 +11,7 @@ from ..units import format_rate
 from .auth import LoginLimiter
 from .bandwidth import BandwidthManager
 from .observe import EventLog, Metrics
+from .relay import Router
 from .streams import StreamService, minute_of_day
 from .tickets import TicketBook
 
@@ -23,9 +24,13 @@ class HubState:
     metrics: Metrics
     bandwidth: BandwidthManager
     streams: StreamService
+    relay: Router
     tickets: TicketBook = field(default_factory=TicketBook)
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
     node: str = field(default_factory=socket.gethostname)
+    collector: Any = None  # collect.Collector, set at start-up
+    cert_fingerprint: str = ""  # "SHA256:<hex>" of the certificate we serve
+    challenges: dict[str, tuple[str, float]] = field(default_factory=dict)  # agent logins
 
     def bandwidth_status(self) -> dict[str, Any]:
         total = self.bandwidth.budget.total_at(minute_of_day())

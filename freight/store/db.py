@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from . import schema as t
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CODE_QUARANTINE = 86400.0
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -84,6 +85,9 @@ class Database:
 
     async def user_by_name(self, name: str) -> Mapping[str, Any] | None:
         return await self._first(sa.select(t.users).where(t.users.c.name == name))
+
+    async def user_by_id(self, user_id: int) -> Mapping[str, Any] | None:
+        return await self._first(sa.select(t.users).where(t.users.c.id == user_id))
 
     async def set_password(self, user_id: int, pw_hash: str) -> None:
         async with self.engine.begin() as c:
@@ -281,3 +285,386 @@ class Database:
         async with self.engine.begin() as c:
             await c.execute(t.settings.delete().where(t.settings.c.key == key))
             await c.execute(t.settings.insert().values(key=key, value=value))
+
+    # --- relay: identity keys and one-time codes ------------------------------
+
+    async def add_identity_key(self, user_id: int, key: str) -> None:
+        async with self.engine.begin() as c:
+            exists = (
+                await c.execute(
+                    sa.select(t.identity_keys.c.key).where(
+                        t.identity_keys.c.user_id == user_id, t.identity_keys.c.key == key
+                    )
+                )
+            ).first()
+            if exists is None:
+                await c.execute(
+                    t.identity_keys.insert().values(user_id=user_id, key=key, created=time.time())
+                )
+
+    async def identity_keys(self, user_id: int) -> list[str]:
+        q = sa.select(t.identity_keys.c.key).where(t.identity_keys.c.user_id == user_id)
+        async with self.engine.connect() as c:
+            return [str(r[0]) for r in (await c.execute(q)).all()]
+
+    async def create_code(self, user_id: int, ttl: float) -> str:
+        """Allocate the smallest free nameplate (short codes are easy to say)."""
+        now = time.time()
+        async with self.engine.begin() as c:
+            # An expired number is not handed out again for a day, so that
+            # someone running an old code does not reach a new sender.
+            await c.execute(t.codes.delete().where(t.codes.c.expires < now - CODE_QUARANTINE))
+            used = {int(r[0]) for r in (await c.execute(sa.select(t.codes.c.nameplate))).all()}
+            number = next(n for n in range(1, len(used) + 2) if n not in used)
+            await c.execute(
+                t.codes.insert().values(
+                    nameplate=str(number),
+                    user_id=user_id,
+                    created=now,
+                    expires=now + ttl,
+                    failures=0,
+                )
+            )
+            return str(number)
+
+    async def get_code(self, nameplate: str) -> Mapping[str, Any] | None:
+        q = sa.select(t.codes).where(
+            t.codes.c.nameplate == nameplate, t.codes.c.expires >= time.time()
+        )
+        return await self._first(q)
+
+    async def code_failed(self, nameplate: str) -> int:
+        """Count a wrong guess; return the failures so far."""
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.codes.update()
+                .where(t.codes.c.nameplate == nameplate)
+                .values(failures=t.codes.c.failures + 1)
+            )
+            row = (
+                await c.execute(
+                    sa.select(t.codes.c.failures).where(t.codes.c.nameplate == nameplate)
+                )
+            ).first()
+            return int(row[0]) if row else 0
+
+    async def delete_code(self, nameplate: str) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(t.codes.delete().where(t.codes.c.nameplate == nameplate))
+
+    # --- agents: enrolment, status, commands ------------------------------------
+
+    async def add_enrol_token(self, token_hash: str, name: str, expires: float) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.enrol_tokens.insert().values(
+                    token_hash=token_hash,
+                    name=name,
+                    created=time.time(),
+                    expires=expires,
+                    used=False,
+                    revoked=False,
+                )
+            )
+
+    async def list_enrol_tokens(self) -> list[Mapping[str, Any]]:
+        q = sa.select(t.enrol_tokens).order_by(t.enrol_tokens.c.created)
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def revoke_enrol_tokens(self, name: str) -> int:
+        async with self.engine.begin() as c:
+            res = await c.execute(
+                t.enrol_tokens.update()
+                .where(t.enrol_tokens.c.name == name, t.enrol_tokens.c.used.is_(False))
+                .values(revoked=True)
+            )
+            return int(res.rowcount)
+
+    async def enrol_agent(
+        self, token_hash: str, key: str, now: float
+    ) -> tuple[str, int] | tuple[None, str]:
+        """Use a token once and create its agent account with ``key``.
+        Returns (name, user id), or (None, why) if refused."""
+        et = t.enrol_tokens
+        async with self.engine.begin() as c:
+            row = (await c.execute(sa.select(et).where(et.c.token_hash == token_hash))).first()
+            if row is None:
+                return None, "unknown enrolment token"
+            if row.revoked:
+                return None, "this enrolment token was revoked"
+            if row.used:
+                return None, "this enrolment token was already used"
+            if row.expires < now:
+                return None, "this enrolment token has expired"
+            taken = (
+                await c.execute(sa.select(t.users.c.id).where(t.users.c.name == row.name))
+            ).first()
+            if taken is not None:
+                return None, f"the name {row.name!r} is already taken on this hub"
+            await c.execute(et.update().where(et.c.token_hash == token_hash).values(used=True))
+            res = await c.execute(
+                t.users.insert().values(
+                    name=row.name, pw_hash="!", role="agent", disabled=False, created=now
+                )
+            )
+            user_id = int(res.inserted_primary_key[0])
+            await c.execute(t.agents.insert().values(user_id=user_id, enrolled=now))
+            await c.execute(t.identity_keys.insert().values(user_id=user_id, key=key, created=now))
+            return str(row.name), user_id
+
+    async def list_agents(self) -> list[Mapping[str, Any]]:
+        q = (
+            sa.select(t.users.c.id, t.users.c.name, t.users.c.disabled, t.agents)
+            .join(t.agents, t.agents.c.user_id == t.users.c.id)
+            .order_by(t.users.c.name)
+        )
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def touch_agent(self, user_id: int, version: str, address: str) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.agents.update()
+                .where(t.agents.c.user_id == user_id)
+                .values(last_seen=time.time(), version=version[:64], address=address[:128])
+            )
+
+    async def set_agent_cap(self, user_id: int, cap: int) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(t.agents.update().where(t.agents.c.user_id == user_id).values(cap=cap))
+
+    async def agent_cap(self, user_id: int) -> int:
+        row = await self._first(sa.select(t.agents.c.cap).where(t.agents.c.user_id == user_id))
+        return int(row["cap"]) if row else 0
+
+    async def delete_user(self, user_id: int) -> None:
+        async with self.engine.begin() as c:
+            for table in (t.tokens, t.identity_keys, t.agents, t.commands, t.streams, t.files):
+                col = table.c.agent_id if table is t.commands else table.c.user_id
+                await c.execute(table.delete().where(col == user_id))
+            await c.execute(t.users.delete().where(t.users.c.id == user_id))
+
+    async def add_command(self, agent_id: int, kind: str, args: str, requested_by: str) -> int:
+        now = time.time()
+        async with self.engine.begin() as c:
+            res = await c.execute(
+                t.commands.insert().values(
+                    agent_id=agent_id,
+                    kind=kind,
+                    args=args,
+                    state="queued",
+                    result="null",
+                    requested_by=requested_by,
+                    created=now,
+                    updated=now,
+                )
+            )
+            return int(res.inserted_primary_key[0])
+
+    async def open_commands(self, agent_id: int) -> list[Mapping[str, Any]]:
+        """Commands the agent has not answered yet, oldest first."""
+        q = (
+            sa.select(t.commands)
+            .where(
+                t.commands.c.agent_id == agent_id,
+                t.commands.c.state.in_(("queued", "delivered", "acked")),
+            )
+            .order_by(t.commands.c.id)
+        )
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def set_command_state(
+        self, command_id: int, agent_id: int, state: str, result: str | None = None
+    ) -> None:
+        values: dict[str, Any] = {"state": state, "updated": time.time()}
+        if result is not None:
+            values["result"] = result
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.commands.update()
+                .where(t.commands.c.id == command_id, t.commands.c.agent_id == agent_id)
+                .values(**values)
+            )
+
+    async def get_command(self, command_id: int) -> Mapping[str, Any] | None:
+        return await self._first(sa.select(t.commands).where(t.commands.c.id == command_id))
+
+    # --- collection ---------------------------------------------------------------
+
+    async def put_policy(self, row: Mapping[str, Any]) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(t.policies.delete().where(t.policies.c.name == row["name"]))
+            await c.execute(t.policies.insert().values(**row, created=time.time()))
+
+    async def list_policies(self) -> list[Mapping[str, Any]]:
+        async with self.engine.connect() as c:
+            q = sa.select(t.policies).order_by(t.policies.c.name)
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def delete_policy(self, name: str) -> bool:
+        async with self.engine.begin() as c:
+            res = await c.execute(t.policies.delete().where(t.policies.c.name == name))
+            return bool(res.rowcount)
+
+    async def record_offers(
+        self, agent_id: int, policy: str, offers: list[Mapping[str, Any]], now: float
+    ) -> int:
+        """Put offers in the catalogue (a newer offer for a path replaces
+        the older one) and mark content not held yet as wanted. Returns how
+        many digests became wanted."""
+        cat, con = t.catalogue, t.content
+        async with self.engine.begin() as c:
+            paths = [str(o["path"]) for o in offers]
+            for i in range(0, len(paths), 500):
+                await c.execute(
+                    cat.delete().where(
+                        cat.c.agent_id == agent_id, cat.c.path.in_(paths[i : i + 500])
+                    )
+                )
+            if offers:
+                await c.execute(
+                    cat.insert(),
+                    [
+                        {
+                            "agent_id": agent_id,
+                            "path": str(o["path"]),
+                            "policy": policy,
+                            "digest": str(o["digest"]),
+                            "size": int(o["size"]),
+                            "mtime": float(o["mtime"]),
+                            "seen": now,
+                        }
+                        for o in offers
+                    ],
+                )
+            digests = {str(o["digest"]): int(o["size"]) for o in offers}
+            known: set[str] = set()
+            keys = list(digests)
+            for i in range(0, len(keys), 500):
+                q = sa.select(con.c.digest).where(con.c.digest.in_(keys[i : i + 500]))
+                known.update(str(r[0]) for r in (await c.execute(q)).all())
+            new = [d for d in keys if d not in known]
+            # Content given up on (failed, or superseded when no path held it)
+            # is wanted again when someone offers it anew.
+            revived = [d for d in keys if d in known]
+            for i in range(0, len(revived), 500):
+                await c.execute(
+                    con.update()
+                    .where(
+                        con.c.digest.in_(revived[i : i + 500]),
+                        con.c.state.in_(("failed", "superseded")),
+                    )
+                    .values(state="wanted", attempts=0, updated=now)
+                )
+            if new:
+                await c.execute(
+                    con.insert(),
+                    [
+                        {
+                            "digest": d,
+                            "size": digests[d],
+                            "state": "wanted",
+                            "source": 0,
+                            "command_id": 0,
+                            "issued": 0.0,
+                            "attempts": 0,
+                            "received": 0,
+                            "created": now,
+                            "updated": now,
+                        }
+                        for d in new
+                    ],
+                )
+            return len(new)
+
+    async def forget_paths(self, agent_id: int, paths: list[str]) -> None:
+        async with self.engine.begin() as c:
+            for i in range(0, len(paths), 500):
+                await c.execute(
+                    t.catalogue.delete().where(
+                        t.catalogue.c.agent_id == agent_id,
+                        t.catalogue.c.path.in_(paths[i : i + 500]),
+                    )
+                )
+
+    async def content_in_state(self, state: str, limit: int = 1000) -> list[Mapping[str, Any]]:
+        q = (
+            sa.select(t.content)
+            .where(t.content.c.state == state)
+            .order_by(t.content.c.created)
+            .limit(limit)
+        )
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def holders(self, digest: str) -> list[Mapping[str, Any]]:
+        q = sa.select(t.catalogue).where(t.catalogue.c.digest == digest)
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def update_content(self, digest: str, **values: Any) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.content.update()
+                .where(t.content.c.digest == digest)
+                .values(**values, updated=time.time())
+            )
+
+    async def claim_upload(self, command_id: int) -> Mapping[str, Any] | None:
+        """Take the issued content of an upload command for finishing, once:
+        of two callers racing (the agent's answer, the restart check), only
+        one gets the row."""
+        con = t.content
+        async with self.engine.begin() as c:
+            res = await c.execute(
+                con.update()
+                .where(con.c.command_id == command_id, con.c.state == "issued")
+                .values(state="finishing", updated=time.time())
+            )
+            if res.rowcount != 1:
+                return None
+            row = (await c.execute(sa.select(con).where(con.c.command_id == command_id))).first()
+            return row._mapping if row else None
+
+    async def content_by_command(self, command_id: int) -> Mapping[str, Any] | None:
+        return await self._first(sa.select(t.content).where(t.content.c.command_id == command_id))
+
+    async def get_content(self, digest: str) -> Mapping[str, Any] | None:
+        return await self._first(sa.select(t.content).where(t.content.c.digest == digest))
+
+    async def collected(self, policy: str | None = None) -> list[Mapping[str, Any]]:
+        q = (
+            sa.select(t.catalogue, t.users.c.name.label("agent"), t.content.c.state)
+            .join(t.users, t.users.c.id == t.catalogue.c.agent_id)
+            .join(t.content, t.content.c.digest == t.catalogue.c.digest)
+            .order_by(t.catalogue.c.digest, t.users.c.name, t.catalogue.c.path)
+        )
+        if policy:
+            q = q.where(t.catalogue.c.policy == policy)
+        async with self.engine.connect() as c:
+            return [r._mapping for r in (await c.execute(q)).all()]
+
+    async def collection_stats(self) -> dict[str, int]:
+        con = t.content
+        async with self.engine.connect() as c:
+            rows = (
+                await c.execute(
+                    sa.select(
+                        con.c.state,
+                        sa.func.count(),
+                        sa.func.coalesce(sa.func.sum(con.c.size), 0),
+                        sa.func.coalesce(sa.func.sum(con.c.received), 0),
+                    ).group_by(con.c.state)
+                )
+            ).all()
+        by = {str(r[0]): (int(r[1]), int(r[2]), int(r[3])) for r in rows}
+        stored = by.get("stored", (0, 0, 0))
+        return {
+            "unique_files": stored[0],
+            "unique_bytes": stored[1],
+            "received_bytes": sum(v[2] for v in by.values()),
+            "pending": by.get("wanted", (0, 0, 0))[0] + by.get("issued", (0, 0, 0))[0],
+            "failed": by.get("failed", (0, 0, 0))[0],
+        }

@@ -37,8 +37,18 @@ class DataLayout:
     def files_dir(self) -> Path:
         return self.root / "files"
 
+    @property
+    def cas_dir(self) -> Path:
+        """Collected content, one file per BLAKE3 digest."""
+        return self.root / "cas"
+
+    def cas_path(self, digest: str) -> Path:
+        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError("not a BLAKE3 digest")
+        return self.cas_dir / digest[:2] / digest
+
     def create(self) -> None:
-        for d in (self.root, self.tls_dir, self.partial_dir, self.files_dir):
+        for d in (self.root, self.tls_dir, self.partial_dir, self.files_dir, self.cas_dir):
             d.mkdir(parents=True, exist_ok=True)
         os.chmod(self.tls_dir, 0o700)
 

@@ -80,3 +80,106 @@ settings = Table(
     Column("key", String(64), primary_key=True),
     Column("value", Text, nullable=False),
 )
+
+# Public Ed25519 identity keys of accounts (one per device that logged in).
+identity_keys = Table(
+    "identity_keys",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("created", Float, nullable=False),
+)
+
+# One-time codes of `freight send`: the nameplate is the public number in
+# front of the code; the words never reach the hub.
+codes = Table(
+    "codes",
+    metadata,
+    Column("nameplate", String(12), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("failures", Integer, nullable=False, default=0),
+)
+
+# One-time enrolment tokens for agents (hashed, like login tokens).
+enrol_tokens = Table(
+    "enrol_tokens",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False),
+    Column("used", Boolean, nullable=False, default=False),
+    Column("revoked", Boolean, nullable=False, default=False),
+)
+
+# What the hub knows of each enrolled agent (an account with role "agent").
+agents = Table(
+    "agents",
+    metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("enrolled", Float, nullable=False),
+    Column("last_seen", Float, nullable=False, default=0.0),
+    Column("version", String(64), nullable=False, default=""),
+    Column("address", String(128), nullable=False, default=""),
+    Column("cap", BigInteger, nullable=False, default=0),  # bytes/s, 0 = no cap
+)
+
+# Durable commands for agents: queued → delivered → acked → done/failed.
+commands = Table(
+    "commands",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("agent_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("args", Text, nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("result", Text, nullable=False, default="null"),
+    Column("requested_by", String(64), nullable=False),
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+)
+
+# --- collection ---------------------------------------------------------------
+
+policies = Table(
+    "policies",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("agents", Text, nullable=False),  # glob on agent names
+    Column("include", Text, nullable=False),  # JSON list of globs
+    Column("exclude", Text, nullable=False),
+    Column("max_size", BigInteger, nullable=False),
+    Column("every", Float, nullable=False),  # seconds between scans
+    Column("created", Float, nullable=False),
+)
+
+# Which agent holds which content where (one row per agent and path).
+catalogue = Table(
+    "catalogue",
+    metadata,
+    Column("agent_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("policy", String(64), nullable=False),
+    Column("digest", String(64), nullable=False, index=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime", Float, nullable=False),
+    Column("seen", Float, nullable=False),
+)
+
+# Content the hub holds (stored) or wants (a request is open).
+content = Table(
+    "content",
+    metadata,
+    Column("digest", String(64), primary_key=True),
+    Column("size", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False, index=True),  # wanted|issued|stored|failed
+    Column("source", Integer, nullable=False, default=0),  # agent asked to upload it
+    Column("command_id", Integer, nullable=False, default=0),
+    Column("issued", Float, nullable=False, default=0.0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("received", BigInteger, nullable=False, default=0),  # bytes that crossed
+    Column("created", Float, nullable=False),
+    Column("updated", Float, nullable=False),
+)

@@ -1,0 +1,44 @@
+"""An agent's own state: ``agent.json`` beside its identity key in
+``$FREIGHT_CONFIG_DIR``, so several agents can run on one machine."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..client.config import ClientConfig, read_json, write_json_atomic
+from ..errors import ConfigError
+
+
+@dataclass
+class AgentConfig:
+    hub: str
+    name: str
+    fingerprint: str = ""  # pinned hub certificate (empty with ca_file)
+    ca_file: str = ""
+    proxy: str = ""
+    roots: list[str] = field(default_factory=list)
+
+    @staticmethod
+    def path(config: ClientConfig) -> Path:
+        return config.root / "agent.json"
+
+    @classmethod
+    def load(cls, config: ClientConfig) -> AgentConfig:
+        data: Any = read_json(cls.path(config), None)
+        if data is None:
+            raise ConfigError(
+                f"no agent is enrolled in {config.root}",
+                hint="run: freight agent enroll https://HUB:8443 TOKEN --root /some/folder",
+            )
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{cls.path(config)} is damaged: {exc}") from None
+
+    def save(self, config: ClientConfig) -> None:
+        write_json_atomic(self.path(config), asdict(self))
+
+    def real_roots(self) -> list[Path]:
+        return [Path(r).resolve() for r in self.roots]

@@ -1,0 +1,212 @@
+"""``freight agent run``: log in with the agent's key, stay attached, serve.
+
+The loop never gives up on the network: a hub that is down or restarting is
+retried with jittered back-off (the relay client re-attaches by itself once
+logged in). Only a refusal of the agent's key (removed or disabled by an
+admin) stops it, with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .. import __version__
+from ..client.config import ClientConfig
+from ..client.relay import RelayClient, identity_key
+from ..client.session import HubSession
+from ..errors import AuthError, FreightError, NetworkError
+from ..hub.agents import login_message
+from ..protocol import messages as m
+from ..protocol.errors import ProtocolError
+from .config import AgentConfig
+from .files import APP, FileServer, list_dir
+from .offers import Offerer
+from .roots import OutsideRoots
+
+log = structlog.get_logger("freight.agent")
+
+
+def session_for(cfg: AgentConfig, token: str = "") -> HubSession:
+    return HubSession(
+        cfg.hub,
+        fingerprint=cfg.fingerprint,
+        token=token,
+        proxy=cfg.proxy or None,
+        ca_file=Path(cfg.ca_file) if cfg.ca_file else None,
+    )
+
+
+async def agent_login(cfg: AgentConfig, config: ClientConfig) -> str:
+    """A fresh login token: sign the hub's challenge and the certificate
+    fingerprint this agent trusts (the channel binding)."""
+    key = identity_key(config)
+    async with session_for(cfg) as session:
+        fingerprint = cfg.fingerprint
+        if not fingerprint:  # trusted through a CA: bind to what it presents
+            from ..client.session import fetch_fingerprint
+
+            fingerprint = await fetch_fingerprint(
+                session.url, proxy=session.proxy, ca_file=session.ca_file
+            )
+        nonce = (await session.request("POST", "/v1/agents/challenge", {"name": cfg.name}))[
+            "challenge"
+        ]
+        signature = key.sign(login_message(cfg.name, nonce, fingerprint)).hex()
+        body = await session.request(
+            "POST",
+            "/v1/agents/login",
+            {"name": cfg.name, "challenge": nonce, "signature": signature},
+        )
+        return str(body["token"])
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, config: ClientConfig, transport: str = "auto") -> None:
+        self.cfg = cfg
+        self.config = config
+        self.transport = transport
+        self.roots = cfg.real_roots()
+        self.relay: RelayClient | None = None
+        self.done_results: dict[int, m.CommandResult] = {}
+        self.running: set[int] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.offerer = Offerer(self)
+
+    async def report(self, op: str, path: str, peer: str, reason: str) -> None:
+        log.warning("refused", op=op, path=path, peer=peer, reason=reason)
+        if self.relay is not None:
+            with contextlib.suppress(FreightError):
+                await self.relay.session.request(
+                    "POST",
+                    "/v1/agents/security",
+                    {"op": op, "path": path, "peer": peer, "reason": reason},
+                )
+
+    async def on_command(self, msg: m.AnyMessage) -> None:
+        """Acknowledge at once; run the command beside the relay's reader
+        (an upload takes long) and report its result."""
+        assert isinstance(msg, m.Command) and self.relay is not None
+        await self.relay.send_frame(m.CommandAck(id=msg.id))
+        if msg.id in self.running:
+            return  # delivered again while still running
+        self.running.add(msg.id)
+        task = asyncio.create_task(self._run_command(msg))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run_command(self, msg: m.Command) -> None:
+        try:
+            result = self.done_results.get(msg.id)  # delivered again: same answer
+            if result is None:
+                result = await self.execute(msg)
+                self.done_results[msg.id] = result
+            if self.relay is not None:
+                await self.relay.send_frame(result)
+        finally:
+            self.running.discard(msg.id)
+
+    async def execute(self, msg: m.Command) -> m.CommandResult:
+        try:
+            args = json.loads(msg.args)
+            if msg.kind == "upload":
+                value: Any = await self.offerer.upload(args, self.relay)
+            elif msg.kind == "rescan":
+                self.offerer.trigger(resend=False)
+                value = {"rescan": "started"}
+            elif msg.kind == "resend_offers":
+                self.offerer.trigger(resend=True)
+                value = {"resend": "started"}
+            elif msg.kind == "ping":
+                value = {"version": __version__, "roots": [str(r) for r in self.roots]}
+            elif msg.kind == "list_dir":
+                try:
+                    value = list_dir(str(args.get("path", "/")), self.roots)
+                except OutsideRoots as exc:
+                    await self.report("list_dir", str(args.get("path")), "hub", exc.message)
+                    raise
+            elif msg.kind == "reload_config":
+                self.cfg = AgentConfig.load(self.config)
+                self.roots = self.cfg.real_roots()
+                value = {"roots": [str(r) for r in self.roots]}
+            else:
+                raise ValueError(f"unknown command {msg.kind!r}")
+            return m.CommandResult(id=msg.id, ok=True, result=json.dumps(value))
+        except (FreightError, OSError, ValueError) as exc:
+            text = exc.message if isinstance(exc, FreightError) else str(exc)
+            return m.CommandResult(id=msg.id, ok=False, result=json.dumps({"error": text}))
+
+    async def run_once(self) -> None:
+        token = await agent_login(self.cfg, self.config)
+        relay = RelayClient(session_for(self.cfg, token), self.config, transport=self.transport)
+        relay.hello = f"freight-agent/{__version__}"
+        relay.on_other = self.on_command
+        self.relay = relay
+        async with relay:
+            await relay.start(identity=False)
+            relay.identity = identity_key(self.config)
+            server = FileServer(self.roots, self.report)
+            listener = await relay.listen(APP)
+            offering = asyncio.create_task(self.offerer.run(relay))
+            log.info("attached", hub=self.cfg.hub, name=self.cfg.name, roots=self.cfg.roots)
+            try:
+                while True:
+                    conn = await listener.accept()
+                    server.roots = self.roots
+                    task = asyncio.create_task(self._serve(server, conn))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+            finally:
+                offering.cancel()
+
+    async def _serve(self, server: FileServer, conn: Any) -> None:
+        try:
+            await server.serve(conn)
+        except (FreightError, TimeoutError, OSError) as exc:
+            log.info("request_failed", peer=conn.peer, error=str(exc))
+            await conn.abort("aborted", "the agent could not finish the request")
+
+    async def run(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self.run_once()
+            except AuthError as exc:
+                # A login that expired while attached comes back as a refused
+                # re-attach: log in again. A refused *key* stops the agent.
+                log.info("logged_out", error=exc.message)
+                try:
+                    await agent_login(self.cfg, self.config)
+                except AuthError as refused:
+                    raise refused from None  # says why: removed, disabled
+                except (NetworkError, OSError):
+                    pass
+            except (NetworkError, ProtocolError, OSError) as exc:
+                log.info("hub_unreachable", error=str(exc), retry_in=round(delay, 1))
+            await asyncio.sleep(random.uniform(0.5 * delay, delay))
+            delay = min(60.0, delay * 2)
+
+
+def systemd_unit(config: ClientConfig) -> str:
+    exe = os.environ.get("FREIGHT_EXE") or "freight"
+    return f"""[Unit]
+Description=Freight agent ({config.root})
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Environment=FREIGHT_CONFIG_DIR={config.root}
+ExecStart={exe} agent run
+Restart=always
+RestartSec=5
+
+[Install]
+WantedBy=multi-user.target
+"""

@@ -1,0 +1,116 @@
+"""The agent's file manager: what ``freight ls|cp AGENT:PATH`` talk to, over
+an end-to-end encrypted connection (application ``freight.files``).
+
+The first message is a request ``Q{"op": ...}`` answered by ``A{"ok": ...}``;
+``get`` and ``put`` then run the send/receive protocol of
+:mod:`freight.client.sendrecv` (resumable, digests checked, modes and
+mtimes kept). Only admins may use it, and only inside the agent's roots;
+each refusal is reported to the hub as a security event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from ..client.relay import Connection
+from ..client.sendrecv import build_manifest, receive_entries, send_entries
+from ..client.transfer import QuietReporter
+from ..errors import Forbidden, FreightError, UsageError
+from .roots import OutsideRoots, resolve
+
+APP = "freight.files"
+
+
+def encode(kind: bytes, body: Any) -> bytes:
+    return kind + json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode(data: bytes, kind: bytes) -> Any:
+    if data[:1] != kind:
+        raise UsageError(f"expected a {kind.decode()!r} message")
+    try:
+        return json.loads(data[1:])
+    except ValueError:
+        raise UsageError("unreadable file-manager message") from None
+
+
+def describe(path: Path) -> dict[str, Any]:
+    st = path.lstat()
+    kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
+    return {
+        "name": path.name or str(path),
+        "type": kind,
+        "size": st.st_size if kind == "file" else 0,
+        "mtime": st.st_mtime,
+        "mode": stat.S_IMODE(st.st_mode),
+    }
+
+
+def list_dir(raw: str, roots: list[Path]) -> dict[str, Any]:
+    if raw in ("", "/") and not any(r == Path("/") for r in roots):
+        return {"path": "/", "entries": [{**describe(r), "name": str(r)} for r in roots]}
+    path = resolve(raw, roots)
+    if not path.exists():
+        raise UsageError(f"{raw}: no such file or folder on the agent")
+    if not path.is_dir():
+        return {"path": str(path), "entries": [describe(path)]}
+    entries = []
+    for child in sorted(path.iterdir()):
+        try:
+            entries.append(describe(child))
+        except OSError:
+            continue  # vanished while listing
+    return {"path": str(path), "entries": entries}
+
+
+class FileServer:
+    def __init__(self, roots: list[Path], report: Any) -> None:
+        self.roots = roots
+        self.report = report  # async (op, path, peer, reason) -> None
+
+    async def serve(self, conn: Connection) -> None:
+        await conn.wait_established(60)
+        request = decode(await conn.recv(), b"Q")
+        op, raw = str(request.get("op", "")), str(request.get("path", ""))
+        try:
+            if conn.peer_role != "admin":
+                raise Forbidden("only admins may use an agent's files")
+            if op == "ls":
+                await conn.send(encode(b"A", {"ok": True, **list_dir(raw, self.roots)}))
+            elif op == "get":
+                await self._get(conn, raw, bool(request.get("recursive")))
+            elif op == "put":
+                await self._put(conn, raw)
+            else:
+                raise UsageError(f"unknown file-manager request {op!r}")
+        except (OutsideRoots, Forbidden) as exc:
+            await self.report(op, raw, conn.peer, exc.message)
+            await conn.send(encode(b"A", {"ok": False, "code": exc.code, "error": exc.message}))
+        except FreightError as exc:
+            await conn.send(encode(b"A", {"ok": False, "code": exc.code, "error": exc.message}))
+        except OSError as exc:
+            error = f"{raw}: {exc.strerror or exc}"
+            await conn.send(encode(b"A", {"ok": False, "code": "storage", "error": error}))
+        await conn.close()
+
+    async def _get(self, conn: Connection, raw: str, recursive: bool) -> None:
+        path = resolve(raw, self.roots)
+        if not path.exists():
+            raise UsageError(f"{raw}: no such file or folder on the agent")
+        if path.is_dir() and not recursive:
+            raise UsageError(f"{raw} is a folder: use cp -r")
+        entries = build_manifest([path])
+        await conn.send(encode(b"A", {"ok": True}))
+        await send_entries(conn, entries, QuietReporter())
+
+    async def _put(self, conn: Connection, raw: str) -> None:
+        dest = resolve(raw, self.roots)
+        if dest.exists() and not dest.is_dir():
+            raise UsageError(f"{raw} is a file; copy into a folder")
+        os.makedirs(dest, exist_ok=True)
+        await conn.send(encode(b"A", {"ok": True}))
+        await receive_entries(conn, dest, QuietReporter())

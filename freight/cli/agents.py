@@ -1,0 +1,405 @@
+"""Agents: ``freight agents …`` (admins manage them), ``freight agent …``
+(the daemon on a managed machine), and the file manager: ``freight ls
+AGENT:PATH`` and ``freight cp`` with ``AGENT:PATH`` on either side."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..agent.config import AgentConfig
+from ..agent.files import APP, decode, encode
+from ..client.config import ClientConfig
+from ..client.relay import Connection, RelayClient, identity_key
+from ..client.sendrecv import Summary, build_manifest, receive_entries, send_entries
+from ..client.session import HubSession, canonical_url, fetch_fingerprint, parse_hub_url
+from ..client.transfer import QuietReporter
+from ..errors import UsageError, code_to_error
+from ..protocol.e2e import public_of
+from ..units import format_bytes, parse_duration, parse_rate
+from .common import HubOpt, JsonOpt, QuietOpt, run_async
+from .output import RichReporter, err_console, print_json
+
+agents_app = typer.Typer(help="Enrolled agents (admin accounts only).", no_args_is_help=True)
+agent_app = typer.Typer(help="Run this machine as an agent.", no_args_is_help=True)
+
+NameArg = Annotated[str, typer.Argument(help="The agent's name.")]
+
+
+async def _admin(hub_url: str | None, method: str, path: str, body: Any = None) -> Any:
+    async with HubSession.from_config(ClientConfig(), hub_url) as session:
+        return await session.request(method, path, body)
+
+
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "never"
+
+
+# --- freight agents (admins) ----------------------------------------------------
+
+
+@agents_app.command("token")
+def agents_token(
+    name: Annotated[str, typer.Option("--name", help="Name the agent will have.")],
+    ttl: Annotated[str, typer.Option(help="How long the token stays valid.")] = "24h",
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """A one-time enrolment token (single use, expires, revocable)."""
+    seconds = parse_duration(ttl)
+    body = run_async(
+        lambda: _admin(hub_url, "POST", "/v1/agents/tokens", {"name": name, "ttl": seconds})
+    )
+    if json_out:
+        print_json(body)
+        return
+    typer.echo(body["token"])
+    err_console.print(
+        f"One-time token for agent {name!r}, valid until {_when(body['expires'])}. On the machine:\n"
+        f"  freight agent enroll HUB_URL {body['token']} --root /some/folder"
+    )
+
+
+@agents_app.command("revoke")
+def agents_revoke(name: NameArg, hub_url: HubOpt = None) -> None:
+    """Revoke the unused enrolment tokens made for NAME."""
+    body = run_async(lambda: _admin(hub_url, "DELETE", f"/v1/agents/tokens/{name}"))
+    typer.echo(f"revoked {body['revoked']} token(s) for {name}")
+
+
+@agents_app.command("ls")
+def agents_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Agents: online or not, last seen, version, address, busy."""
+    rows = run_async(lambda: _admin(hub_url, "GET", "/v1/agents"))
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        typer.echo("no agents enrolled (freight agents token --name NAME)")
+        return
+    typer.echo(f"{'NAME':<20} {'STATE':<9} {'LAST SEEN':<20} {'VERSION':<22} {'ADDRESS':<16} BUSY")
+    for r in rows:
+        state = "disabled" if r["disabled"] else "online" if r["online"] else "offline"
+        typer.echo(
+            f"{r['name']:<20} {state:<9} {_when(r['last_seen']):<20} {r['version']:<22} "
+            f"{r['address']:<16} {r['busy']}"
+        )
+
+
+@agents_app.command("disable")
+def agents_disable(name: NameArg, hub_url: HubOpt = None) -> None:
+    """Stop an agent at once (its key is refused until enabled)."""
+    run_async(lambda: _admin(hub_url, "POST", f"/v1/agents/{name}/disable"))
+    typer.echo(f"disabled {name}")
+
+
+@agents_app.command("enable")
+def agents_enable(name: NameArg, hub_url: HubOpt = None) -> None:
+    """Let a disabled agent back in."""
+    run_async(lambda: _admin(hub_url, "POST", f"/v1/agents/{name}/enable"))
+    typer.echo(f"enabled {name}")
+
+
+@agents_app.command("rm")
+def agents_rm(name: NameArg, hub_url: HubOpt = None) -> None:
+    """Remove an agent: its key stops working at once."""
+    run_async(lambda: _admin(hub_url, "DELETE", f"/v1/agents/{name}"))
+    typer.echo(f"removed {name}")
+
+
+@agents_app.command("cap")
+def agents_cap(
+    name: NameArg,
+    rate: Annotated[
+        str, typer.Argument(help="Bytes per second to and from it, e.g. 20M; 0: none.")
+    ],
+    hub_url: HubOpt = None,
+) -> None:
+    """Cap an agent's bandwidth through the hub."""
+    cap = parse_rate(rate)
+    run_async(lambda: _admin(hub_url, "PUT", f"/v1/agents/{name}/cap", {"cap": cap}))
+    typer.echo(f"{name}: {'no cap' if not cap else format_bytes(cap) + '/s'}")
+
+
+@agents_app.command("cmd")
+def agents_cmd(
+    name: NameArg,
+    kind: Annotated[str, typer.Argument(help="ping, list_dir or reload_config.")],
+    arg: Annotated[
+        list[str] | None, typer.Option("--arg", help="KEY=VALUE for the command (repeatable).")
+    ] = None,
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the result (0: just queue it).")
+    ] = 30.0,
+    hub_url: HubOpt = None,
+) -> None:
+    """Queue a command for an agent (delivered when it is online) and show
+    its result."""
+    args = dict(a.split("=", 1) for a in arg or [] if "=" in a)
+
+    async def go() -> Any:
+        body = await _admin(
+            hub_url, "POST", f"/v1/agents/{name}/commands", {"kind": kind, "args": args}
+        )
+        if wait <= 0:
+            return body
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            row = await _admin(
+                hub_url, "GET", f"/v1/agents/commands/{body['id']}?wait={min(left, 60):.1f}"
+            )
+            if row["state"] in ("done", "failed") or time.monotonic() >= deadline:
+                return row
+
+    row = run_async(go)
+    print_json(row)
+    if row.get("state") == "failed":
+        raise typer.Exit(7)
+
+
+# --- freight agent (on the managed machine) ---------------------------------------
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    url: Annotated[str, typer.Argument(help="The hub, e.g. https://hub.example.com:8443")],
+    token: Annotated[str, typer.Argument(help="The one-time token from freight agents token.")],
+    root: Annotated[
+        list[Path], typer.Option("--root", help="A folder this agent serves (repeatable).")
+    ],
+    fingerprint: Annotated[
+        str | None, typer.Option(help="The hub's certificate fingerprint, checked and pinned.")
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="Trust this CA instead of pinning.")
+    ] = None,
+    proxy: Annotated[str | None, typer.Option(help="HTTP proxy to reach the hub.")] = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="Trust the fingerprint without asking.")
+    ] = False,
+) -> None:
+    """Enrol this machine once; then run: freight agent run."""
+    for r in root:
+        if not r.is_dir():
+            raise UsageError(f"--root {r}: not a folder")
+    config = ClientConfig()
+    u = parse_hub_url(url)
+
+    async def go() -> dict[str, Any]:
+        seen = ""
+        if ca_file is None:
+            seen = await fetch_fingerprint(u, proxy=_proxy_url(proxy))
+            if fingerprint and fingerprint != seen:
+                raise code_to_error(
+                    "fingerprint_mismatch",
+                    f"the hub presents {seen}, not the expected {fingerprint}",
+                )
+            if not fingerprint and not yes:
+                err_console.print(f"The hub's certificate fingerprint is {seen}")
+                if not typer.confirm("Trust this hub and pin its certificate?", err=True):
+                    raise UsageError("not enrolled: the certificate was not trusted")
+        key = identity_key(config)
+        async with HubSession(
+            canonical_url(u), fingerprint=seen, proxy=proxy, ca_file=ca_file
+        ) as session:
+            body = await session.request(
+                "POST", "/v1/agents/enroll", {"token": token, "key": public_of(key).hex()}
+            )
+        cfg = AgentConfig(
+            hub=canonical_url(u),
+            name=body["name"],
+            fingerprint=seen,
+            ca_file=str(ca_file.resolve()) if ca_file else "",
+            proxy=proxy or "",
+            roots=[str(r.resolve()) for r in root],
+        )
+        cfg.save(config)
+        return {"name": cfg.name, "hub": cfg.hub, "roots": cfg.roots}
+
+    info = run_async(go)
+    err_console.print(
+        f"Enrolled as {info['name']!r} at {info['hub']}, serving {', '.join(info['roots'])}.\n"
+        "Now run: freight agent run   (or install the unit from: freight agent run --print-unit)"
+    )
+
+
+def _proxy_url(proxy: str | None) -> Any:
+    from ..transport.proxy import parse_proxy_url
+
+    return parse_proxy_url(proxy) if proxy else None
+
+
+@agent_app.command("run")
+def agent_run(
+    print_unit: Annotated[
+        bool, typer.Option("--print-unit", help="Print a systemd unit for this agent and exit.")
+    ] = False,
+    transport: Annotated[str, typer.Option(help="auto, ws or http.")] = "auto",
+) -> None:
+    """Run the agent: stay attached to the hub, serve files and commands."""
+    from ..agent.daemon import Agent, systemd_unit
+    from ..hub.observe import configure_logging
+
+    config = ClientConfig()
+    if print_unit:
+        typer.echo(systemd_unit(config), nl=False)
+        return
+    cfg = AgentConfig.load(config)
+    configure_logging()
+    err_console.print(f"Agent {cfg.name!r} serving {', '.join(cfg.roots)} via {cfg.hub}")
+    run_async(lambda: Agent(cfg, config, transport).run())
+
+
+# --- the file manager ---------------------------------------------------------------
+
+
+def split_remote(spec: str) -> tuple[str, str] | None:
+    """``AGENT:/path`` → (agent, path); None for a local path."""
+    name, sep, path = spec.partition(":")
+    if not sep or not name or "/" in name or not path.startswith("/"):
+        return None
+    return name, path
+
+
+async def _open(
+    hub_url: str | None, agent: str, request: dict[str, Any]
+) -> tuple[RelayClient, Connection, dict[str, Any]]:
+    config = ClientConfig()
+    relay = RelayClient(HubSession.from_config(config, hub_url), config)
+    await relay.start()
+    try:
+        conn = await relay.connect(agent, APP, timeout=60)
+        await conn.send(encode(b"Q", request))
+        answer = decode(await conn.recv(), b"A")
+        if not answer.get("ok"):
+            raise code_to_error(str(answer.get("code", "remote")), str(answer.get("error", "")))
+        return relay, conn, answer
+    except BaseException:
+        await relay.aclose()
+        raise
+
+
+def remote_ls(target: str, hub_url: str | None, json_out: bool) -> None:
+    remote = split_remote(target)
+    if remote is None:
+        raise UsageError(f"{target!r} is not AGENT:/path")
+    agent, path = remote
+
+    async def go() -> Any:
+        relay, conn, answer = await _open(hub_url, agent, {"op": "ls", "path": path})
+        try:
+            await conn.close()
+        finally:
+            await relay.aclose()
+        return answer
+
+    answer = run_async(go)
+    if json_out:
+        print_json(answer["entries"])
+        return
+    for e in answer["entries"]:
+        when = datetime.fromtimestamp(e["mtime"]).strftime("%Y-%m-%d %H:%M")
+        suffix = "/" if e["type"] == "dir" else ""
+        typer.echo(f"{oct(e['mode'])[2:]:>4} {e['size']:>14}  {when}  {e['name']}{suffix}")
+
+
+def cp(
+    paths: Annotated[list[str], typer.Argument(help="SOURCE... DEST; one side AGENT:/path.")],
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Copy folders.")] = False,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Copy files to or from an agent (scp-like; resumable: run it again)."""
+    if len(paths) < 2:
+        raise UsageError("give a source and a destination")
+    *sources, dest = paths
+    remote_dest = split_remote(dest)
+    remote_sources = [split_remote(s) for s in sources]
+    started = time.monotonic()
+    if remote_dest is not None:
+        if any(r is not None for r in remote_sources):
+            raise UsageError("copy between two agents is not supported; copy through here")
+        local = [Path(s) for s in sources]
+        for p in local:
+            if p.is_dir() and not recursive:
+                raise UsageError(f"{p} is a folder: use -r")
+        summary = run_async(lambda: _upload(hub_url, remote_dest, local, quiet or json_out))
+    else:
+        if len(sources) != 1 or remote_sources[0] is None:
+            raise UsageError("download one AGENT:/path at a time (upload takes several)")
+        into = dest.endswith("/") or Path(dest).is_dir()  # else: the copy's new name
+        summary = run_async(
+            lambda: _download(
+                hub_url, remote_sources[0], Path(dest), into, recursive, quiet or json_out
+            )
+        )
+    took = time.monotonic() - started
+    if json_out:
+        print_json(
+            {
+                "files": summary.files,
+                "bytes": summary.bytes,
+                "sent": summary.sent,
+                "resumed": summary.resumed,
+                "seconds": round(took, 3),
+            }
+        )
+    elif not quiet:
+        err_console.print(f"{summary.files} file(s), {format_bytes(summary.bytes)} in {took:.1f} s")
+
+
+async def _upload(
+    hub_url: str | None, remote: tuple[str, str], local: list[Path], quiet: bool
+) -> Summary:
+    agent, path = remote
+    entries = build_manifest(local)
+    total = sum(e.size for e in entries)
+    files = sum(1 for e in entries if e.type == "file")
+    relay, conn, _ = await _open(hub_url, agent, {"op": "put", "path": path})
+    try:
+        with RichReporter(total, files, quiet=quiet) as reporter:
+            summary = await send_entries(conn, entries, reporter)
+        await conn.close()
+        return summary
+    finally:
+        await relay.aclose()
+
+
+async def _download(
+    hub_url: str | None,
+    remote: tuple[str, str],
+    dest: Path,
+    into: bool,
+    recursive: bool,
+    quiet: bool,
+) -> Summary:
+    agent, path = remote
+    rename = None
+    if not into:
+        dest, rename = dest.parent, dest.name  # cp AGENT:/a.bin ./b.bin
+    relay, conn, _ = await _open(
+        hub_url, agent, {"op": "get", "path": path, "recursive": recursive}
+    )
+    try:
+        reporter: Any = QuietReporter()
+        if quiet:
+            summary = await receive_entries(conn, dest, reporter, rename_top=rename)
+        else:
+            with RichReporter(0, 0) as reporter:
+                summary = await receive_entries(conn, dest, reporter, rename_top=rename)
+        await conn.close()
+        return summary
+    finally:
+        await relay.aclose()
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(agents_app, name="agents")
+    app.add_typer(agent_app, name="agent")
+    app.command()(cp)

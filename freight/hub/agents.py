@@ -1,0 +1,369 @@
+"""Agents at the hub: enrolment tokens, key-based login, status, the
+per-agent bandwidth cap and the durable command queue.
+
+An agent is an account with role ``agent`` and no password. It enrols once
+with a one-time token (hashed at rest, expiring, single use, revocable),
+registering its Ed25519 public key; afterwards it logs in by signing a fresh
+challenge together with the SHA-256 of the hub certificate it sees
+(tls-server-end-point channel binding): a signature made through a
+man-in-the-middle names the wrong certificate and is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from ..errors import AgentRefused, BadCredentials, Conflict, NotFound, UsageError
+from ..names import check_user_name
+from ..protocol import messages as m
+from . import auth, users
+from .app import STATE, admin_user, check_rate_limit, current_user
+from .state import HubState
+
+ENROL_TOKEN_TTL = 24 * 3600.0
+CHALLENGE_TTL = 60.0
+COMMAND_KINDS = ("list_dir", "reload_config", "ping", "rescan", "resend_offers")
+
+
+def login_message(name: str, challenge: str, fingerprint: str) -> bytes:
+    """What an agent signs to log in (see the module docstring)."""
+    return f"freight agent login v1\0{name}\0{challenge}\0{fingerprint}".encode()
+
+
+async def _json(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise UsageError("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("the body must be a JSON object")
+    return body
+
+
+async def _agent_row(st: HubState, name: str) -> Any:
+    row = await st.db.user_by_name(name)
+    if row is None or row["role"] != "agent":
+        raise NotFound(f"there is no agent {name!r} on this hub", hint="run: freight agents ls")
+    return row
+
+
+# --- enrolment ---------------------------------------------------------------
+
+
+async def create_token(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    body = await _json(request)
+    name = check_user_name(str(body.get("name", "")))
+    ttl = float(body.get("ttl", ENROL_TOKEN_TTL))
+    if not 0 < ttl <= 30 * 86400:
+        raise UsageError("an enrolment token lives between a second and 30 days")
+    if await st.db.user_by_name(name) is not None:
+        raise Conflict(f"the name {name!r} is already taken on this hub")
+    token, token_hash = auth.new_enrol_token()
+    expires = time.time() + ttl
+    await st.db.add_enrol_token(token_hash, name, expires)
+    await st.events.emit("enrol_token_created", admin.name, name=name, expires=expires)
+    return web.json_response({"name": name, "token": token, "expires": expires})
+
+
+async def list_tokens(request: web.Request) -> web.Response:
+    await admin_user(request)
+    rows = await request.app[STATE].db.list_enrol_tokens()
+    now = time.time()
+    return web.json_response(
+        [
+            {
+                "name": r["name"],
+                "created": r["created"],
+                "expires": r["expires"],
+                "state": "used"
+                if r["used"]
+                else "revoked"
+                if r["revoked"]
+                else "expired"
+                if r["expires"] < now
+                else "open",
+            }
+            for r in rows
+        ]
+    )
+
+
+async def revoke_tokens(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    n = await st.db.revoke_enrol_tokens(name)
+    if not n:
+        raise NotFound(f"no unused enrolment token for {name!r}")
+    await st.events.emit("enrol_token_revoked", admin.name, name=name, count=n)
+    return web.json_response({"revoked": n})
+
+
+async def enroll(request: web.Request) -> web.Response:
+    """An agent trades a one-time token for an account bound to its key."""
+    st = request.app[STATE]
+    body = await _json(request)
+    peer = request.remote or "?"
+    check_rate_limit(st, (peer,), time.time())
+    try:
+        token, key = str(body["token"]), str(body["key"]).lower()
+        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
+    except (KeyError, ValueError):
+        raise UsageError("enrolment needs 'token' and 'key' (an Ed25519 public key, hex)") from None
+    name, detail = await st.db.enrol_agent(auth.token_hash(token), key, time.time())
+    if name is None:
+        st.limiter.failed(peer, time.time())
+        await st.events.emit("enrol_failure", "?", address=peer, reason=detail)
+        raise BadCredentials(str(detail), hint="ask an admin for a new one: freight agents token")
+    await st.events.emit("agent_enrolled", name, address=peer)
+    return web.json_response({"name": name, "fingerprint": st.cert_fingerprint})
+
+
+async def challenge(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await _json(request)
+    name = str(body.get("name", ""))
+    now = time.time()
+    for key in [k for k, (_, exp) in st.challenges.items() if exp < now]:
+        del st.challenges[key]
+    if len(st.challenges) > 100_000:
+        raise UsageError("too many agent logins at once; try again shortly")
+    nonce = secrets.token_hex(32)
+    st.challenges[nonce] = (name, now + CHALLENGE_TTL)
+    return web.json_response({"challenge": nonce})
+
+
+async def agent_login(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await _json(request)
+    name, nonce = str(body.get("name", "")), str(body.get("challenge", ""))
+    peer = request.remote or "?"
+    now = time.time()
+    # Limited per agent name, not per address: many agents share NAT
+    # addresses, and a disabled agent restarting must not lock out its
+    # neighbours (a forged Ed25519 signature is not guessable anyway).
+    check_rate_limit(st, (name,), now)
+    issued = st.challenges.pop(nonce, None)
+    row = await st.db.user_by_name(name)
+    ok = False
+    if issued is not None and issued[0] == name and issued[1] >= now and row is not None:
+        try:
+            sig = bytes.fromhex(str(body.get("signature", "")))
+            message = login_message(name, nonce, st.cert_fingerprint)
+            for key in await st.db.identity_keys(int(row["id"])):
+                try:
+                    Ed25519PublicKey.from_public_bytes(bytes.fromhex(key)).verify(sig, message)
+                    ok = True
+                    break
+                except InvalidSignature:
+                    continue
+        except ValueError:
+            ok = False
+    if not ok or row is None or row["role"] != "agent" or row["disabled"]:
+        st.limiter.failed(name, now)
+        await st.events.emit("agent_login_failure", name, address=peer)
+        why = "disabled" if row is not None and row["disabled"] else "not recognised"
+        raise AgentRefused(f"agent {name!r} {why}")
+    st.limiter.succeeded(name)
+    token, token_hash = auth.new_token()
+    await st.db.add_token(token_hash, int(row["id"]), now + auth.TOKEN_LIFETIME)
+    await st.events.emit("agent_login", name, address=peer)
+    return web.json_response({"token": token, "user": name, "role": "agent"})
+
+
+# --- status and management -----------------------------------------------------
+
+
+async def list_agents(request: web.Request) -> web.Response:
+    await admin_user(request)
+    st = request.app[STATE]
+    online = {a.user.id: a for a in st.relay.attachments if a.commands}
+    out = []
+    for r in await st.db.list_agents():
+        att = online.get(int(r["id"]))
+        out.append(
+            {
+                "name": r["name"],
+                "online": att is not None,
+                "last_seen": time.time() if att is not None else r["last_seen"],
+                "version": r["version"],
+                "address": att.address if att is not None else r["address"],
+                "busy": len(att.ends) if att is not None else 0,
+                "disabled": bool(r["disabled"]),
+                "cap": r["cap"],
+                "enrolled": r["enrolled"],
+            }
+        )
+    return web.json_response(out)
+
+
+async def disable(request: web.Request) -> web.Response:
+    await _agent_row(request.app[STATE], request.match_info["name"])
+    return await users.set_disabled(request, True)
+
+
+async def enable(request: web.Request) -> web.Response:
+    await _agent_row(request.app[STATE], request.match_info["name"])
+    return await users.set_disabled(request, False)
+
+
+async def remove(request: web.Request) -> web.Response:
+    """Forget an agent: its key, logins and queue go at once."""
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    row = await _agent_row(st, request.match_info["name"])
+    await st.db.delete_user(int(row["id"]))
+    await st.relay.disconnect_user(int(row["id"]))
+    await st.events.emit("agent_removed", admin.name, name=row["name"])
+    return web.json_response({"removed": row["name"]})
+
+
+async def set_cap(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    row = await _agent_row(st, request.match_info["name"])
+    body = await _json(request)
+    try:
+        cap = int(body["cap"])
+    except (KeyError, ValueError, TypeError):
+        raise UsageError("body must be JSON with 'cap' in bytes per second (0: none)") from None
+    if cap < 0:
+        raise UsageError("a cap cannot be negative")
+    await st.db.set_agent_cap(int(row["id"]), cap)
+    st.relay.set_cap(int(row["id"]), cap)
+    st.bandwidth.set_cap(int(row["id"]), cap)
+    await st.events.emit("agent_cap", admin.name, name=row["name"], cap=cap)
+    return web.json_response({"name": row["name"], "cap": cap})
+
+
+# --- commands ----------------------------------------------------------------
+
+
+async def add_command(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    row = await _agent_row(st, request.match_info["name"])
+    body = await _json(request)
+    kind = str(body.get("kind", ""))
+    if kind not in COMMAND_KINDS:
+        raise UsageError(f"unknown command {kind!r}; one of: {', '.join(COMMAND_KINDS)}")
+    args = json.dumps(body.get("args", {}))
+    agent_id = int(row["id"])
+    command_id = await st.db.add_command(agent_id, kind, args, admin.name)
+    await st.events.emit(
+        "command_queued", admin.name, agent=row["name"], id=command_id, command=kind
+    )
+    att = st.relay.attachment_of(agent_id)
+    state = "queued"
+    if att is not None:  # online: hand it over now (else when it attaches)
+        state = "delivered"
+        await st.db.set_command_state(command_id, agent_id, state)
+        att.post(m.Command(id=command_id, kind=kind, args=args))
+    return web.json_response({"id": command_id, "state": state})
+
+
+async def get_command(request: web.Request) -> web.Response:
+    """A command's state; ``?wait=S`` waits up to S seconds for its result."""
+    await admin_user(request)
+    st = request.app[STATE]
+    try:
+        command_id = int(request.match_info["id"])
+        wait = min(120.0, max(0.0, float(request.query.get("wait", "0"))))
+    except ValueError:
+        raise UsageError("the command id and wait must be numbers") from None
+    deadline = time.monotonic() + wait
+    event = st.relay.command_event(command_id)
+    try:
+        while True:
+            row = await st.db.get_command(command_id)
+            if row is None:
+                raise NotFound(f"no command {command_id}")
+            if row["state"] in ("done", "failed") or time.monotonic() >= deadline:
+                return _command_json(row)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), deadline - time.monotonic())
+            event.clear()
+    finally:
+        st.relay.forget_command_event(command_id)
+
+
+def _command_json(row: Any) -> web.Response:
+    return web.json_response(
+        {
+            "id": row["id"],
+            "kind": row["kind"],
+            "state": row["state"],
+            "result": json.loads(row["result"]),
+            "created": row["created"],
+            "updated": row["updated"],
+        }
+    )
+
+
+async def on_agent_frame(st: HubState, att: Any, msg: m.AnyMessage) -> bool:
+    """Acknowledgements and results coming back from an agent."""
+    if isinstance(msg, m.CommandAck):
+        await st.db.set_command_state(msg.id, att.user.id, "acked")
+        return True
+    if isinstance(msg, m.CommandResult):
+        state = "done" if msg.ok else "failed"
+        await st.db.set_command_state(msg.id, att.user.id, state, msg.result)
+        st.relay.command_finished(msg.id)
+        if st.collector is not None:
+            await st.collector.finished(msg.id, att.user.id, att.user.name, msg.ok, msg.result)
+        await st.events.emit("command_" + state, att.user.name, id=msg.id)
+        return True
+    return False
+
+
+async def agent_attached(st: HubState, att: Any, version: str) -> None:
+    """Record the visit and hand over every command still open."""
+    await st.db.touch_agent(att.user.id, version, att.address)
+    cap = await st.db.agent_cap(att.user.id)
+    st.relay.set_cap(att.user.id, cap)
+    st.bandwidth.set_cap(att.user.id, cap)
+    # Acknowledged but unanswered commands go again too: the agent may have
+    # died running them, or its answer was lost (it answers a repeat from
+    # memory when it still has one).
+    for row in await st.db.open_commands(att.user.id):
+        att.post(m.Command(id=row["id"], kind=row["kind"], args=row["args"]))
+        await st.db.set_command_state(int(row["id"]), att.user.id, "delivered")
+
+
+async def report_security(request: web.Request) -> web.Response:
+    """An agent reports a refused request (path outside its roots)."""
+    user = await current_user(request)
+    if user.role != "agent":
+        raise UsageError("only agents report security events")
+    body = await _json(request)
+    detail = {k: str(body.get(k, ""))[:1024] for k in ("op", "path", "peer", "reason")}
+    await request.app[STATE].events.emit("security", user.name, **detail)
+    return web.json_response({"ok": True})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/agents/tokens", create_token)
+    app.router.add_get("/v1/agents/tokens", list_tokens)
+    app.router.add_delete("/v1/agents/tokens/{name}", revoke_tokens)
+    app.router.add_post("/v1/agents/enroll", enroll)
+    app.router.add_post("/v1/agents/challenge", challenge)
+    app.router.add_post("/v1/agents/login", agent_login)
+    app.router.add_post("/v1/agents/security", report_security)
+    app.router.add_get("/v1/agents", list_agents)
+    app.router.add_post("/v1/agents/{name}/disable", disable)
+    app.router.add_post("/v1/agents/{name}/enable", enable)
+    app.router.add_delete("/v1/agents/{name}", remove)
+    app.router.add_put("/v1/agents/{name}/cap", set_cap)
+    app.router.add_post("/v1/agents/{name}/commands", add_command)
+    app.router.add_get("/v1/agents/commands/{id}", get_command)

@@ -1,0 +1,593 @@
+"""Deduplicated collection end to end: policies selecting files on agents,
+offers, one upload per unique content into the hub's content-addressed
+store, incremental rescans, and the faults a real deployment meets (hub
+killed mid-collection, agent killed mid-upload, a file rewritten while it
+is uploaded, a full disk, an agent that is offline when a command is
+queued).
+
+Real hub processes, real ``freight agent run`` processes (each with its own
+config folder and root), real CLI clients, loopback. Progress is watched
+through ``collected stats`` (SDK polls), the hub's event log and its
+``partial/`` folder, never by sleeping. The hub's Prometheus counter
+``freight_bytes_received`` (stream payload written, since the hub process
+started) is the independent measure of bytes that crossed, next to the
+hub's own ``received_bytes``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.collectsupport import (
+    AgentProc,
+    add_policy,
+    api,
+    blake3_of,
+    cas_files,
+    catalogue,
+    check_cas,
+    contents,
+    enroll_agents,
+    hub_events,
+    hub_metric,
+    partial_of,
+    poll,
+    run_command,
+    stats,
+    wait_collected,
+    wait_online,
+)
+from tests.support import Client, Hub, random_file
+
+KiB = 1024
+MiB = 1024 * KiB
+RECEIVED = "freight_bytes_received"  # hub metric: stream payload bytes written
+
+
+@dataclass
+class Setup:
+    hub: Hub
+    admin: Client
+    agents: dict[str, AgentProc]
+
+
+def start_setup(tmp: Path, names: list[str], *hub_args: str) -> Setup:
+    hub = Hub(tmp / "hub", extra=list(hub_args)).start()
+    try:
+        admin = Client(tmp / "admin", hub)
+        admin.login()
+        agents = enroll_agents(admin, hub, tmp, names)
+    except BaseException:
+        hub.stop()
+        raise
+    return Setup(hub, admin, {a.name: a for a in agents})
+
+
+def stop_setup(s: Setup) -> None:
+    for a in s.agents.values():
+        a.kill()
+    s.hub.stop()
+    save_hub_log(s.hub)
+
+
+def save_hub_log(hub: Hub) -> None:
+    """Keep the hub's log (its lines are reset by a restart) for a post-mortem."""
+    with open(hub.data.parent / "hub.log", "a") as f:
+        f.write(hub.log())
+
+
+@pytest.fixture
+def setup_factory(tmp_path: Path) -> Iterator[Any]:
+    made: list[Setup] = []
+
+    def make(names: list[str], *hub_args: str) -> Setup:
+        s = start_setup(tmp_path, names, *hub_args)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        stop_setup(s)
+
+
+def start_agents(s: Setup, *names: str) -> None:
+    chosen = [s.agents[n] for n in names] or list(s.agents.values())
+    for a in chosen:
+        a.start()
+    wait_online(s.admin, chosen)
+
+
+def holders_by_digest(admin: Client) -> dict[str, set[tuple[str, str]]]:
+    return {r["digest"]: {(h["agent"], h["path"]) for h in r["holders"]} for r in catalogue(admin)}
+
+
+# --- three agents with overlapping files (shared by the first tests) ------------
+
+MAX_SIZE = 256 * KiB
+# Contents by key: size (each key's bytes are the same wherever it appears).
+SIZES = {
+    "S0": 100_000,  # on all three agents, under different names
+    "S1": 60_000,  # on lab-0 and lab-1
+    "S2": 150_001,  # on lab-1 and lab-2
+    "S3": 33_333,  # twice on lab-0 itself
+    "OWN0": 70_000,  # same path on each agent, different bytes
+    "OWN1": 70_001,
+    "OWN2": 70_002,
+    "EDGE": MAX_SIZE,  # exactly --max-size: taken
+    "EMPTY": 0,  # empty files on two agents
+    "HUGE": MAX_SIZE + 1,  # above --max-size: left
+    "TMP": 40_000,  # a .jpg below the excluded tmp/
+    "NOTE0": 5_000,  # not a .jpg
+    "NOTE1": 5_001,
+    "NOTE2": 5_002,
+}
+# (agent, path below its root, content key, taken by the policy?)
+CORPUS = [
+    ("lab-0", "pics/s0.jpg", "S0", True),
+    ("lab-1", "pics/s0.jpg", "S0", True),
+    ("lab-2", "deep/a/b/copy of s0.jpg", "S0", True),
+    ("lab-0", "pics/s1.jpg", "S1", True),
+    ("lab-1", "x/renamed.jpg", "S1", True),
+    ("lab-1", "pics/s2.jpg", "S2", True),
+    ("lab-2", "pics/s2.jpg", "S2", True),
+    ("lab-0", "pics/dup1.jpg", "S3", True),
+    ("lab-0", "other/dup2.jpg", "S3", True),
+    ("lab-0", "pics/own.jpg", "OWN0", True),
+    ("lab-1", "pics/own.jpg", "OWN1", True),
+    ("lab-2", "pics/own.jpg", "OWN2", True),
+    ("lab-2", "pics/edge.jpg", "EDGE", True),
+    ("lab-0", "pics/empty.jpg", "EMPTY", True),
+    ("lab-2", "empty.jpg", "EMPTY", True),
+    ("lab-1", "pics/huge.jpg", "HUGE", False),
+    ("lab-0", "tmp/cache.jpg", "TMP", False),
+    ("lab-0", "tmp/s0.jpg", "S0", False),  # S0 is taken, but not from here
+    ("lab-0", "notes.txt", "NOTE0", False),
+    ("lab-1", "pics/s1.jpeg", "S1", False),  # S1 is taken, but not from here
+    ("lab-2", "notes.txt", "NOTE2", False),
+]
+
+
+def write_corpus(agents: dict[str, AgentProc], work: Path) -> dict[str, Path]:
+    """Each content written once to ``work`` and copied where CORPUS puts it."""
+    master = {}
+    for i, (key, size) in enumerate(SIZES.items()):
+        master[key] = random_file(work / key, size, seed=1000 + i)
+    for agent, rel, key, _taken in CORPUS:
+        dst = agents[agent].root / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(master[key].read_bytes())
+    return master
+
+
+@dataclass
+class Trio:
+    setup: Setup
+    master: dict[str, Path]  # content key -> its bytes
+    digest: dict[str, str]  # content key -> BLAKE3
+
+    @property
+    def admin(self) -> Client:
+        return self.setup.admin
+
+    @property
+    def hub(self) -> Hub:
+        return self.setup.hub
+
+    def path(self, agent: str, rel: str) -> str:
+        return str(self.setup.agents[agent].root / rel)
+
+    def expected_holders(self) -> dict[str, set[tuple[str, str]]]:
+        out: dict[str, set[tuple[str, str]]] = {}
+        for agent, rel, key, taken in CORPUS:
+            if taken:
+                out.setdefault(self.digest[key], set()).add((agent, self.path(agent, rel)))
+        return out
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Trio]:
+    """Hub + lab-0..2 holding CORPUS, policy ``photos`` (every 1 h, so only
+    an explicit rescan finds later changes), first round collected."""
+    tmp = tmp_path_factory.mktemp("trio").resolve()
+    s = start_setup(tmp, ["lab-0", "lab-1", "lab-2"])
+    try:
+        master = write_corpus(s.agents, tmp)
+        digest = {k: blake3_of(p) for k, p in master.items()}
+        add_policy(
+            s.admin,
+            "photos",
+            agents="lab-*",
+            include=["**/*.jpg"],
+            exclude=["tmp/**"],
+            max_size="256K",
+            every="1h",
+        )
+        start_agents(s)
+        t = Trio(s, master, digest)
+        wait_collected(s.admin, len(t.expected_holders()), 30, s.agents.values())
+        yield t
+    finally:
+        stop_setup(s)
+
+
+def test_each_unique_content_is_stored_once(trio: Trio, tmp_path: Path) -> None:
+    expected = trio.expected_holders()
+    taken_keys = {k for _a, _r, k, taken in CORPUS if taken}
+    unique_bytes = sum(SIZES[k] for k in taken_keys)
+    s = stats(trio.admin)
+    assert s == {
+        "unique_files": len(expected),
+        "unique_bytes": unique_bytes,
+        "received_bytes": unique_bytes,  # each content crossed exactly once
+        "pending": 0,
+        "failed": 0,
+        "paused_for_disk": 0,
+    }
+    # Independently of the hub's bookkeeping: payload bytes it wrote.
+    assert hub_metric(trio.hub, RECEIVED) == unique_bytes
+    # The store: one file per content, named by its BLAKE3.
+    store = check_cas(trio.hub)
+    assert set(store) == set(expected)
+    for key in taken_keys:
+        assert store[trio.digest[key]].read_bytes() == trio.master[key].read_bytes()
+    for key in ("HUGE", "TMP", "NOTE0", "NOTE2"):
+        assert trio.digest[key] not in store
+    # The catalogue: every (agent, path) holding a taken content, nothing else.
+    rows = catalogue(trio.admin)
+    assert all(r["state"] == "stored" for r in rows)
+    assert {r["digest"]: r["size"] for r in rows} == {trio.digest[k]: SIZES[k] for k in taken_keys}
+    assert holders_by_digest(trio.admin) == expected
+    listed = {h["path"] for r in rows for h in r["holders"]}
+    for agent, rel, _key, taken in CORPUS:
+        assert (trio.path(agent, rel) in listed) is taken, (agent, rel)
+    # freight collected get: by digest and by AGENT:/path, same bytes.
+    by_digest, by_path = tmp_path / "by-digest", tmp_path / "by-path"
+    trio.admin.run("collected", "get", trio.digest["S2"], str(by_digest))
+    trio.admin.run("collected", "get", "lab-2:" + trio.path("lab-2", "pics/s2.jpg"), str(by_path))
+    assert by_digest.read_bytes() == by_path.read_bytes() == trio.master["S2"].read_bytes()
+    into = tmp_path / "into"
+    into.mkdir()
+    trio.admin.run("collected", "get", "lab-0:" + trio.path("lab-0", "pics/empty.jpg"), str(into))
+    assert (into / "empty.jpg").read_bytes() == b""
+    # Not collected: refused, nothing written.
+    res = trio.admin.run(
+        "collected",
+        "get",
+        "lab-1:" + trio.path("lab-1", "pics/huge.jpg"),
+        str(tmp_path / "no"),
+        check=False,
+    )
+    assert res.returncode != 0 and not (tmp_path / "no").exists()
+
+
+def test_rescan_stores_only_the_new_file(trio: Trio) -> None:
+    before = stats(trio.admin)
+    metric_before = hub_metric(trio.hub, RECEIVED)
+    agents = trio.setup.agents
+    new = random_file(agents["lab-2"].root / "pics" / "new.jpg", 77_777, seed=4242)
+    new_digest = blake3_of(new)
+    # A further copy of stored content: a new holder, nothing to upload.
+    copy = agents["lab-0"].root / "pics" / "s2-copy.jpg"
+    copy.write_bytes(trio.master["S2"].read_bytes())
+    for name in ("lab-2", "lab-0"):
+        assert run_command(trio.admin, name, "rescan")["state"] == "done"
+
+    def settled() -> bool:
+        h = holders_by_digest(trio.admin)
+        s = stats(trio.admin)
+        return (
+            ("lab-0", str(copy)) in h.get(trio.digest["S2"], set())
+            and s["unique_files"] == before["unique_files"] + 1
+            and s["pending"] == 0
+        )
+
+    poll(settled, 20, "the new file stored and the new holder listed", every=0.2)
+    after = stats(trio.admin)
+    assert after["received_bytes"] == before["received_bytes"] + 77_777
+    assert after["unique_bytes"] == before["unique_bytes"] + 77_777
+    assert hub_metric(trio.hub, RECEIVED) == metric_before + 77_777
+    assert new_digest in check_cas(trio.hub)
+    assert holders_by_digest(trio.admin)[new_digest] == {("lab-2", str(new))}
+
+
+def test_offline_agent_gets_its_queued_command_on_return(trio: Trio, tmp_path: Path) -> None:
+    """``solo`` is not selected by the policy (lab-*): only the command matters."""
+    (solo,) = enroll_agents(trio.admin, trio.hub, tmp_path.resolve(), ["solo"])
+    res = trio.admin.run("agents", "cmd", "solo", "ping", "--wait", "0")
+    queued = json.loads(res.stdout)
+    assert queued["state"] == "queued"
+    row: dict[str, Any] = {}
+
+    def answered() -> bool:
+        nonlocal row
+        if not solo.running:
+            assert solo.proc is not None
+            raise AssertionError(f"solo exited {solo.proc.returncode}: {solo.log()[-600:]}")
+        row = api(trio.admin, "GET", f"/v1/agents/commands/{queued['id']}")
+        return row["state"] in ("done", "failed")
+
+    try:
+        solo.start()
+        poll(answered, 20, "the queued ping answered")
+        assert row["state"] == "done", row
+        assert row["result"]["roots"] == [str(solo.root)]
+        res = trio.admin.run("admin", "events", "--kind", "command_done", "--json")
+        assert any(
+            e["actor"] == "solo" and e["detail"].get("id") == queued["id"]
+            for e in json.loads(res.stdout)
+        )
+    finally:
+        solo.kill()
+
+
+# --- faults --------------------------------------------------------------------
+
+
+def spread_files(
+    agents: dict[str, AgentProc], unique_each: int, shared: int, size: int
+) -> dict[str, int]:
+    """``unique_each`` files of their own per agent plus ``shared`` files
+    present on every agent; returns the distinct contents."""
+    paths = []
+    for n, a in enumerate(agents.values()):
+        (a.root / "data").mkdir(exist_ok=True)
+        for i in range(unique_each):
+            paths.append(random_file(a.root / "data" / f"u{i}.bin", size, seed=n * 100_000 + i))
+        for i in range(shared):
+            paths.append(random_file(a.root / "data" / f"s{i}.bin", size, seed=900_000 + i))
+    return contents(paths)
+
+
+def mid_stream(hub: Hub, agent: str, low: int, high: int) -> bool:
+    """Whether ``agent``'s newest upload is in progress with low..high bytes
+    on the hub (so neither just starting nor between its end and its result)."""
+    starts = [e for e in hub_events(hub, "stream_start") if e.get("actor") == agent]
+    if not starts or starts[-1]["sid"] in {e["sid"] for e in hub_events(hub, "stream_end")}:
+        return False
+    return low <= partial_of(hub, agent) <= high
+
+
+def test_hub_killed_mid_collection_resumes(setup_factory: Any) -> None:
+    """Killed (SIGKILL) while every agent is in the middle of an upload and
+    some content is stored; restarted on the same port and data. Throttled
+    (--bandwidth, before and after) so the kill lands mid-stream, with a
+    checkpoint every 1 MiB. (A kill between an upload's end and the
+    handling of its result is another matter: see the report of
+    test_agent_killed_mid_upload_resumes.)"""
+    hub_args = ("--bandwidth", "12M", "--checkpoint-interval", "1M")
+    s = setup_factory(["lab-0", "lab-1", "lab-2"], *hub_args)
+    size = 12 * MiB
+    want = spread_files(s.agents, unique_each=2, shared=1, size=size)  # 7 contents
+    add_policy(s.admin, "all", every="1h")
+    start_agents(s)
+
+    def all_mid_stream() -> bool:
+        if not all(mid_stream(s.hub, a, 3 * MiB // 2, size - 3 * MiB) for a in s.agents):
+            return False
+        now = stats(s.admin)
+        return now["unique_files"] >= 1 and now["pending"] > 0
+
+    poll(all_mid_stream, 30, "some stored, every agent mid-upload", every=0.02)
+    s.hub.kill()
+    save_hub_log(s.hub)
+    held = {d: p.stat().st_size for d, p in cas_files(s.hub).items()}
+    partial = s.hub.partial_size()  # bytes of the three cut uploads on disk
+    assert 0 < len(held) < len(want)
+    s.hub.start()  # same data folder, same port, same options
+    # An agent's upload retries on the default policy (every 30 s +/- 10 %),
+    # not FREIGHT_RETRY_INTERVAL as `freight push` does: see the report.
+    done = wait_collected(s.admin, len(want), 50, s.agents.values())
+    assert set(check_cas(s.hub)) == set(want)
+    assert done["failed"] == 0
+    # The hub's account: each content once (a cut upload is counted when it completes).
+    assert done["received_bytes"] == done["unique_bytes"] == sum(want.values())
+    # The three cut uploads resumed from a checkpoint instead of starting over.
+    resumes = hub_events(s.hub, "stream_resume")
+    assert len({e["sid"] for e in resumes}) == 3, resumes
+    assert all(e["checkpoint"] >= 1 * MiB for e in resumes), resumes
+    # Payload that crossed in all: stored before + partials at the kill + after.
+    wire = sum(held.values()) + partial + hub_metric(s.hub, RECEIVED)
+    resent = wire - sum(want.values())
+    back = datetime.fromisoformat(hub_events(s.hub, "hub_start")[0]["timestamp"])
+    waited = [(datetime.fromisoformat(e["timestamp"]) - back).total_seconds() for e in resumes]
+    print(
+        f"\nhub kill: {len(held)}/{len(want)} stored, {partial} B in 3 partial uploads at "
+        f"the kill; resumed at {sorted(e['checkpoint'] for e in resumes)}, "
+        f"{min(waited):.1f}-{max(waited):.1f} s after the restart; {resent:.0f} B sent twice"
+    )
+    assert 0 <= resent <= 3 * (1 * MiB + 256 * KiB)  # past the last checkpoint only
+
+
+def test_agent_killed_mid_upload_resumes(setup_factory: Any) -> None:
+    hub_args = ("--checkpoint-interval", "1M", "--bandwidth", "8M")
+    s = setup_factory(["lab-0", "lab-1", "lab-2"], *hub_args)
+    want = spread_files(s.agents, unique_each=10, shared=5, size=64 * KiB)
+    big = random_file(s.agents["lab-1"].root / "big.bin", 16 * MiB, seed=77)
+    want[blake3_of(big)] = big.stat().st_size
+    add_policy(s.admin, "all", every="1h")
+    start_agents(s)
+    poll(lambda: mid_stream(s.hub, "lab-1", 3 * MiB, 12 * MiB), 30, "lab-1 mid-upload", 0.02)
+    s.agents["lab-1"].kill()
+    assert stats(s.admin)["pending"] > 0
+    s.admin.run("admin", "bandwidth", "off")
+    start_agents(s, "lab-1")
+    done = wait_collected(s.admin, len(want), 15, s.agents.values())
+    assert set(check_cas(s.hub)) == set(want)
+    assert done["received_bytes"] == done["unique_bytes"] == sum(want.values())
+    assert done["failed"] == 0
+    # Nothing missing from the catalogue either: 10 + 5 files per agent, + big.
+    assert sum(len(h) for h in holders_by_digest(s.admin).values()) == 3 * 15 + 1
+    # The big file resumed from a checkpoint instead of starting over.
+    resumes = [e for e in hub_events(s.hub, "stream_resume") if e["actor"] == "lab-1"]
+    assert resumes and resumes[-1]["checkpoint"] >= 1 * MiB, resumes
+    resent = hub_metric(s.hub, RECEIVED) - sum(want.values())
+    assert 0 <= resent <= 2 * MiB
+
+
+def test_file_rewritten_during_its_upload_is_not_stored_under_the_old_digest(
+    setup_factory: Any, tmp_path: Path
+) -> None:
+    """64 MiB uploaded at 4 MiB/s (the hub's --bandwidth: `agents cap` does
+    not slow collection, see test_agent_cap_limits_its_collection_uploads),
+    rewritten in place once 8 MiB have arrived. The agent rescans by itself
+    (every 5 s): a `rescan` command sent while it uploads would be lost (see
+    test_command_sent_while_the_agent_uploads_is_answered)."""
+    s = setup_factory(["lab-0"], "--bandwidth", "4M")
+    size = 64 * MiB
+    big = random_file(s.agents["lab-0"].root / "big.bin", size, seed=5)
+    old = blake3_of(big)
+    v2 = random_file(tmp_path / "v2", size, seed=6)
+    add_policy(s.admin, "all", every="5s")
+    start_agents(s)
+    poll(lambda: mid_stream(s.hub, "lab-0", 8 * MiB, 32 * MiB), 30, "the upload under way")
+    with open(big, "r+b") as f:  # in place: what the agent reads changes under it
+        f.write(v2.read_bytes())
+    new = blake3_of(big)
+    assert not hub_events(s.hub, "stream_end"), "the upload ended before the rewrite"
+    s.admin.run("admin", "bandwidth", "off")
+    done = wait_collected(s.admin, 1, 30, s.agents.values())
+    store = check_cas(s.hub)  # every stored file matches its name
+    assert set(store) == {new}
+    assert store[new].read_bytes() == v2.read_bytes()
+    rejected = hub_events(s.hub, "collect_rejected")
+    assert rejected and {e["digest"] for e in rejected} == {old}, rejected
+    assert {e["reason"] for e in rejected} == {"content changed during the upload"}
+    # Every upload is counted, the rejected ones too.
+    assert done["received_bytes"] == (len(rejected) + 1) * size
+    print(f"\nrewrite: {len(rejected)} upload(s) of the old digest rejected; {done}")
+
+
+def test_disk_reserve_pauses_uploads_until_restarted_with_room(setup_factory: Any) -> None:
+    s = setup_factory(["lab-0"], "--collect-reserve", "100000T")
+    root = s.agents["lab-0"].root
+    want = contents(random_file(root / f"f{i}.bin", 20_000 + i, seed=i) for i in range(5))
+    add_policy(s.admin, "all", every="10s")
+    start_agents(s)
+
+    def paused() -> bool:
+        now = stats(s.admin)
+        return now["paused_for_disk"] == 1 and now["pending"] == len(want)
+
+    poll(paused, 20, "offers recorded, collection paused")
+    assert set(holders_by_digest(s.admin)) == set(want)  # the offers are in the catalogue
+    now = stats(s.admin)
+    assert now["unique_files"] == 0 and now["received_bytes"] == 0
+    assert hub_metric(s.hub, RECEIVED) == 0 and not cas_files(s.hub)
+    assert not hub_events(s.hub, "stream_start")
+    s.hub.stop()
+    save_hub_log(s.hub)
+    s.hub.extra = []  # the default reserve (1 GiB)
+    s.hub.start()
+    done = wait_collected(s.admin, len(want), 30, s.agents.values())
+    assert done["paused_for_disk"] == 0
+    assert done["received_bytes"] == done["unique_bytes"] == sum(want.values())
+    assert set(check_cas(s.hub)) == set(want)
+
+
+# --- more bugs found on the way ----------------------------------------------------------
+
+
+def test_agent_cap_limits_its_collection_uploads(setup_factory: Any) -> None:
+    s = setup_factory(["lab-0"])
+    random_file(s.agents["lab-0"].root / "big.bin", 24 * MiB, seed=3)
+    s.admin.run("agents", "cap", "lab-0", "4M")
+    add_policy(s.admin, "all", every="1h")
+    start_agents(s)
+    wait_collected(s.admin, 1, 30, s.agents.values())
+    (start,) = hub_events(s.hub, "stream_start")
+    (end,) = hub_events(s.hub, "stream_end")
+    took = datetime.fromisoformat(end["timestamp"]) - datetime.fromisoformat(start["timestamp"])
+    # 24 MiB at 4 MiB/s: 6 s (less a burst of a few MiB at most).
+    assert took.total_seconds() >= 4, took
+
+
+def test_files_deleted_before_their_upload_leave_nothing_pending(setup_factory: Any) -> None:
+    """Offered while the hub's disk is low (so nothing is uploaded yet), then
+    deleted; one new file offered after them: the 200 are 'superseded', not
+    pending, and do not starve the new one (the scheduler looks at the 200
+    oldest wanted rows at a time)."""
+    s = setup_factory(["lab-0"], "--collect-reserve", "100000T")
+    root = s.agents["lab-0"].root
+    gone = [random_file(root / f"old{i}.bin", 1000 + i, seed=i) for i in range(200)]
+    add_policy(s.admin, "all", every="1h")
+    start_agents(s)
+    poll(lambda: stats(s.admin)["pending"] == 200, 20, "200 offers recorded")
+    for p in gone:
+        p.unlink()
+    keep = random_file(root / "keep.bin", 5000, seed=999)
+    assert run_command(s.admin, "lab-0", "rescan")["state"] == "done"
+    poll(lambda: set(holders_by_digest(s.admin)) == {blake3_of(keep)}, 20, "the deletions known")
+    s.hub.stop()
+    save_hub_log(s.hub)
+    s.hub.extra = []
+    s.hub.start()
+    done = wait_collected(s.admin, 1, 15, s.agents.values())
+    assert set(check_cas(s.hub)) == {blake3_of(keep)}
+    assert done["pending"] == 0
+
+
+@pytest.mark.parametrize("given_up", ["failed", "superseded"])
+def test_content_given_up_is_collected_when_offered_again(
+    setup_factory: Any, given_up: str
+) -> None:
+    """Offered while the hub's disk is low, deleted before its upload:
+    either the agent does not notice (every 1 h) and the hub's 5 upload
+    attempts fail, or a rescan withdraws the offer. Then the file is back."""
+    s = setup_factory(["lab-0"], "--collect-reserve", "100000T")
+    f = random_file(s.agents["lab-0"].root / "back.bin", 50_000, seed=11)
+    saved = f.read_bytes()
+    add_policy(s.admin, "all", every="1h")
+    start_agents(s)
+    poll(lambda: stats(s.admin)["pending"] == 1, 20, "the offer recorded")
+    f.unlink()
+    if given_up == "superseded":
+        assert run_command(s.admin, "lab-0", "rescan")["state"] == "done"
+        poll(lambda: not holders_by_digest(s.admin), 20, "the offer withdrawn")
+    s.hub.stop()
+    save_hub_log(s.hub)
+    s.hub.extra = []
+    s.hub.start()
+    if given_up == "failed":
+        poll(lambda: stats(s.admin)["failed"] == 1, 20, "the upload given up")
+    else:
+        poll(lambda: stats(s.admin)["pending"] == 0, 20, "the content superseded")
+    f.write_bytes(saved)  # back again
+    assert run_command(s.admin, "lab-0", "rescan")["state"] == "done"
+    done = wait_collected(s.admin, 1, 10, s.agents.values())
+    assert done["failed"] == 0
+    assert set(check_cas(s.hub)) == {blake3_of(f)}
+
+
+def test_command_sent_while_the_agent_uploads_is_answered(setup_factory: Any) -> None:
+    s = setup_factory(["lab-0"], "--bandwidth", "4M")
+    for i in range(3):
+        random_file(s.agents["lab-0"].root / f"big{i}.bin", 8 * MiB, seed=i)
+    add_policy(s.admin, "all", every="1h")
+    start_agents(s)
+    for i in range(3):  # one ping during each upload
+
+        def uploading() -> bool:
+            started = len(hub_events(s.hub, "stream_start")) > i  # noqa: B023
+            return started and mid_stream(s.hub, "lab-0", 1 * MiB, 6 * MiB)
+
+        poll(uploading, 30, f"upload {i + 1} under way", every=0.05)
+        ping = api(s.admin, "POST", "/v1/agents/lab-0/commands", {"kind": "ping", "args": {}})
+        row: dict[str, Any] = {}
+
+        def answered() -> bool:
+            nonlocal row
+            row = api(s.admin, "GET", f"/v1/agents/commands/{ping['id']}")  # noqa: B023
+            return row["state"] in ("done", "failed")
+
+        poll(answered, 5, f"the ping sent during upload {i + 1} answered")
+        assert row["state"] == "done", row
+        # The same root, every time: the upload's channel counts as the agent.
+        (agent,) = api(s.admin, "GET", "/v1/agents")
+        assert agent["version"].startswith("freight-agent/"), agent
