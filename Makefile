@@ -45,6 +45,9 @@ bench: $(STAMP)
 	bash bench/targets.sh --markdown $(BENCH_MD) limits
 	bash bench/targets.sh --markdown $(BENCH_MD) memory
 	bash bench/targets.sh --markdown $(BENCH_MD) crash --repeat 3
+	bash bench/relay.sh --markdown $(BENCH_MD)
+	bash bench/agents.sh --markdown $(BENCH_MD)
+	$(BIN)/python bench/collect.py --markdown $(BENCH_MD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
