@@ -36,6 +36,7 @@ from ..client.transfer import (
     push_many,
 )
 from ..errors import ConfigError, FingerprintMismatch, FreightError, UsageError
+from ..logs import configure_client_logging
 from ..protocol.messages import LEVELS
 from ..protocol.retry import RetryPolicy
 from ..transport.proxy import choose_proxy, redact
@@ -539,6 +540,7 @@ collect.register(app)
 
 def run() -> None:
     tune_allocator()
+    configure_client_logging()
     # Everything imported so far lives until exit: keep the collector from
     # walking it again and again (and once more at exit, ~0.3 s).
     gc.freeze()

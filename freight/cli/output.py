@@ -30,8 +30,11 @@ def print_json(data: Any) -> None:
 class RichReporter:
     """Progress bars per file plus a total bar, on stderr."""
 
-    def __init__(self, total_bytes: int, total_files: int, *, quiet: bool = False) -> None:
-        self.quiet = quiet
+    def __init__(
+        self, total_bytes: int, total_files: int, *, quiet: bool = False, json_out: bool = False
+    ) -> None:
+        self.quiet = quiet or json_out
+        self.json_out = json_out  # notices become {"event": "notice"} lines
         self.progress = Progress(
             TextColumn("{task.description}", justify="left"),
             BarColumn(),
@@ -40,7 +43,7 @@ class RichReporter:
             TimeRemainingColumn(),
             console=err_console,
             transient=False,
-            disable=quiet,
+            disable=self.quiet,
         )
         self.tasks: dict[str, TaskID] = {}
         self.done: dict[str, int] = {}
@@ -81,5 +84,7 @@ class RichReporter:
             self.progress.remove_task(self.tasks[name])
 
     def notice(self, text: str) -> None:
-        if not self.quiet:
+        if self.json_out:
+            print_json({"event": "notice", "message": text})
+        elif not self.quiet:
             self.progress.console.print(f"[yellow]{text}[/yellow]")

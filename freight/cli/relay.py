@@ -112,7 +112,7 @@ def send(
                 f"Sending {files} file(s), {format_bytes(total)}; waiting for the receiver…", quiet
             )
             deadline = time.monotonic() + offer.expires_in
-            with RichReporter(total, files, quiet=quiet or json_out) as reporter:
+            with RichReporter(total, files, quiet=quiet, json_out=json_out) as reporter:
                 while True:
                     try:
                         conn = await asyncio.wait_for(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import random
 import re
@@ -34,6 +35,7 @@ from ..errors import (
     UsageError,
     code_to_error,
 )
+from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.e2e import (
     ACCEPT,
@@ -55,6 +57,8 @@ from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
 from .config import ClientConfig
 from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel
+
+log = logging.getLogger("freight.relay")
 
 CODE_APP_PREFIX = "code:"
 MAX_MESSAGE = 8 * 1024 * 1024
@@ -229,6 +233,7 @@ class Connection:
         """Hang up at once."""
         if self.closed:
             return
+        log.debug("hanging up", extra=fields(cid=self.cid, code=code))
         self.closed = True
         if self.error is None:
             self.error = ConnectionEnded("the connection is closed")
@@ -260,6 +265,7 @@ class Connection:
             raise self.error
 
     def fail(self, exc: FreightError) -> None:
+        log.debug("connection failed", extra=fields(cid=self.cid, error=exc.message))
         if self.error is None:
             self.error = exc
         self.closed = True
@@ -290,6 +296,14 @@ class Connection:
         )
 
     async def on_linked(self, msg: m.Linked) -> None:
+        log.debug(
+            "linked",
+            extra=fields(
+                cid=self.cid,
+                rejoined=msg.rejoined,
+                unacked=len(self.session.unacked_records) if self.session else None,
+            ),
+        )
         self.peer = msg.peer
         self.peer_role = msg.peer_role
         # The credit window is end to end; the hub bounds its own share
@@ -345,6 +359,7 @@ class Connection:
                         # Something before this record was lost (the hub
                         # dropped it while an end was away): ask once.
                         self._gap_reported_at = expected
+                        log.debug("gap", extra=fields(cid=self.cid, expected=expected, got=msg.seq))
                         await self._send_ack(gap=True)
                     return
                 self._gap_reported_at = -1  # progress: a later gap is news again
@@ -382,6 +397,10 @@ class Connection:
             self.established.set()
 
     def on_hangup(self, msg: m.Hangup) -> None:
+        log.debug(
+            "hangup",
+            extra=fields(cid=self.cid, code=msg.code, by=msg.by, eof_received=self.eof_received),
+        )
         if msg.code == "closed" and self.eof_received:
             self.closed = True
             self.client.conns.pop(self.cid, None)
@@ -576,8 +595,8 @@ class RelayClient:
                 while True:
                     msg, payload = await chan.recv()
                     await self._dispatch(msg, payload)
-            except (ChannelClosed, NetworkError, ProtocolError):
-                pass  # detached: come back below, unless told not to
+            except (ChannelClosed, NetworkError, ProtocolError) as exc:
+                log.debug("detached", extra=fields(reason=str(exc)))
             if self.fatal is not None:
                 self.attached.clear()
                 self.chan = None
@@ -610,6 +629,7 @@ class RelayClient:
             if self._closing:
                 return
             self.reconnects += 1
+            log.debug("attached again", extra=fields(reconnects=self.reconnects))
             self.attached.set()
             await self._restore()
 

@@ -2,26 +2,15 @@
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from ..logs import configure_logging
 from ..store import Database
 
-
-def configure_logging(level: int = logging.INFO) -> None:
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
+__all__ = ["EventLog", "Metrics", "configure_logging"]
 
 
 class Metrics:

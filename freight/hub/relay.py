@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,7 @@ DEFAULT_WINDOW = 4 * 1024 * 1024
 OVERSHOOT = 4
 DETACHED_GRACE = 3600.0  # a connection with an end gone this long is ended
 MAX_CODE_FAILURES = 3
+ENDED_REMEMBERED = 10_000  # ended connections remembered for ends that rejoin late
 CODE_APP_PREFIX = "code:"
 
 
@@ -175,6 +176,10 @@ class Router:
         self._keys: dict[int, list[str]] = {}
         self.caps: dict[int, TokenBucket] = {}  # per-agent bandwidth caps
         self._command_events: dict[int, asyncio.Event] = {}
+        # How recent connections ended, so an end that was away when its
+        # peer hung up learns why when it rejoins, instead of waiting for a
+        # peer that will never come back.
+        self.ended: OrderedDict[str, tuple[str, str, str, frozenset[int]]] = OrderedDict()
 
     # --- attachments ------------------------------------------------------
 
@@ -297,6 +302,11 @@ class Router:
             return
         if msg.role == ACCEPT and not msg.rejoin:
             raise RelayRefused("usage", "only a rejoin may name the accepting end")
+        ended = self.ended.get(msg.cid) if msg.rejoin else None
+        if ended is not None and me.id in ended[3]:
+            code, message, by, _ = ended
+            att.post(m.Hangup(cid=msg.cid, code=code, message=message, by=by))
+            return
         peer = await self._user(msg.peer)
         users = {msg.role: me, other(msg.role): peer}
         if msg.role == DIAL and not msg.rejoin:
@@ -496,6 +506,10 @@ class Router:
 
     def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
         self.conns.pop(conn.cid, None)
+        owners = frozenset(u.id for u in conn.users.values())
+        self.ended[conn.cid] = (code, message, by, owners)
+        while len(self.ended) > ENDED_REMEMBERED:
+            self.ended.popitem(last=False)
         for role in (DIAL, ACCEPT):
             att = conn.ends[role]
             if att is not None:

@@ -20,6 +20,7 @@ import pytest
 from freight.client.config import ClientConfig
 from freight.client.relay import Connection, RelayClient
 from freight.client.session import HubSession
+from freight.errors import ConnectionEnded
 from tests.relaysupport import FAST_RELAY, Proc, fast
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
@@ -548,6 +549,43 @@ async def test_sdk_messages_arrive_in_order_and_eof_after_close(admin: Client, b
         async with a2:
             await a2.send(b"again")
         assert [m async for m in b2] == [b"again"]
+
+
+@pytest.mark.usefixtures("fast_env")
+async def test_an_end_away_when_its_peer_hung_up_learns_it_on_return(
+    admin: Client, bob: Client
+) -> None:
+    """The hub cannot tell an absent end that its peer hung up; when that
+    end comes back it must hear why, not wait for a peer that is gone."""
+    async with sdk(admin) as ca, sdk(bob) as cb:
+        a, b = await pair(ca, cb, "sdk-away")
+        # Hold admin's client away from the hub until bob has hung up.
+        gate = asyncio.Event()
+        attach = ca._attach
+
+        async def attach_when_allowed(transport: str) -> None:
+            await gate.wait()
+            await attach(transport)
+
+        ca._attach = attach_when_allowed  # type: ignore[method-assign]
+        assert ca.chan is not None
+        await ca.chan.aclose()
+        await b.abort("closed", "bob is done")
+
+        async def hub_forgot_it() -> None:
+            while any(
+                row["cid"] == a.cid
+                for row in await ca.session.request("GET", "/v1/admin/connections")
+            ):
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(hub_forgot_it(), 10)
+        gate.set()
+        await asyncio.wait_for(a.wait_closed(), 10)
+        with pytest.raises(
+            ConnectionEnded, match="the other end ended the connection: bob is done"
+        ):
+            await a.recv()
 
 
 @pytest.mark.usefixtures("fast_env")

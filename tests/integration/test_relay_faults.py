@@ -190,9 +190,17 @@ def both_exit(
     try:
         wait_until(lambda: s.poll() is not None and r.poll() is not None, timeout, "both ends")
     except AssertionError:
+        codes = f"{s.poll()}/{r.poll()}"
+        said = []
+        for name, proc in (("sender", s), ("receiver", r)):
+            if proc.poll() is None:
+                proc.kill()
+            with contextlib.suppress(Exception):
+                out, err = proc.communicate(timeout=5)
+                said.append(f"{name} said: {out[-1500:]}{err[-1500:]}")
         raise AssertionError(
-            f"sender/receiver still running after {timeout} s (exit codes {s.poll()}/"
-            f"{r.poll()}); {state()}"
+            f"sender/receiver still running after {timeout} s (exit codes {codes}); "
+            f"{state()}\n" + "\n".join(said)
         ) from None
 
 
@@ -289,7 +297,9 @@ def test_send_receive_survive_hub_sigkill(
     hub.start()  # same data folder, same port: the proxy reaches it again
 
     # Still at 8 MiB/s: up to 16 MiB sent again and 23 MiB new, about 5 s.
-    both_exit(s, r, 10, lambda: f"receiver holds {part_size(target)} bytes")
+    both_exit(
+        s, r, 10, lambda: f"receiver holds {part_size(target)} bytes; hub log: {hub.log()[-4000:]}"
+    )
     rc_r, done_r, err_r = finish(r, 10)
     rc_s, _, err_s = finish(s, 10)
     assert rc_r == 0, err_r + hub.log()[-3000:]
