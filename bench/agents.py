@@ -276,9 +276,16 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                     tree_digest(src)  # page cache warm, the same for every tool
                     cmd = [str(dest) + "/" if c == "DEST/" else c for c in commands[tool]]
                     if tool == "freight":
-                        secs, cpu, out = _timed(
-                            cmd, agent.pids, env=peers._freight_env(agent.hub.cfg)
-                        )
+                        if args.py_spy is not None:
+                            # The copying command under py-spy too (raw, 200 Hz).
+                            out_file = args.py_spy / f"cp-{rnd + 1}.txt"
+                            cmd = [str(peers.VENV / "bin" / "py-spy"), "record", "-r", "200",
+                                   "-f", "raw", "-o", str(out_file), "--", *cmd]  # fmt: skip
+                        with spy(args.py_spy, f"agent-{rnd + 1}", agent.pids[1]), \
+                                spy(args.py_spy, f"hub-{rnd + 1}", agent.pids[0]):  # fmt: skip
+                            secs, cpu, out = _timed(
+                                cmd, agent.pids, env=peers._freight_env(agent.hub.cfg)
+                            )
                         summary = json.loads(out.strip().splitlines()[-1])
                         inner.append(float(summary["seconds"]))
                     else:
@@ -930,6 +937,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tr.add_argument("--dirs", type=int, default=100)
     tr.add_argument("--rounds", type=int, default=3)
     tr.add_argument("--tools", default="freight,scp,rsync")
+    tr.add_argument("--py-spy", type=Path, metavar="DIR",
+                    help="profile freight cp, the agent and the hub (raw py-spy files; "
+                    "slows freight down)")  # fmt: skip
 
     il = sub.add_parser("idle", help="(2) one hub, many idle attached agents")
     common(il)
