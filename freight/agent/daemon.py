@@ -26,6 +26,7 @@ from ..errors import AuthError, FreightError, NetworkError
 from ..hub.agents import login_message
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
+from . import filecommands
 from .config import AgentConfig
 from .files import APP, FileServer, list_dir
 from .offers import Offerer
@@ -124,6 +125,16 @@ class Agent:
             elif msg.kind == "resend_offers":
                 self.offerer.trigger(resend=True)
                 value = {"resend": "started"}
+            elif msg.kind in ("send_file", "receive_file"):
+                run = (
+                    filecommands.send_file if msg.kind == "send_file" else filecommands.receive_file
+                )
+                try:
+                    value = await run(self, msg.id, args)
+                except OutsideRoots as exc:
+                    where = args.get("path" if msg.kind == "send_file" else "dest")
+                    await self.report(msg.kind, str(where), "hub", exc.message)
+                    raise
             elif msg.kind == "ping":
                 value = {"version": __version__, "roots": [str(r) for r in self.roots]}
             elif msg.kind == "list_dir":

@@ -21,7 +21,7 @@ from typing import Any
 
 import structlog
 
-from ..client.transfer import QuietReporter, TransferOptions, push_many
+from ..client.transfer import QuietReporter, options_from_env, push_many
 from ..errors import FreightError, NetworkError, UsageError
 from ..hub.collect import UPLOAD_PREFIX
 from .roots import resolve
@@ -144,7 +144,7 @@ class Offerer:
                 relay.session,
                 self.agent.config,
                 [(Path(path), name)],
-                TransferOptions(),
+                options_from_env(),
                 QuietReporter(),
             )
         except FreightError as exc:

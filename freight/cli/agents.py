@@ -128,7 +128,13 @@ def agents_cap(
 @agents_app.command("cmd")
 def agents_cmd(
     name: NameArg,
-    kind: Annotated[str, typer.Argument(help="ping, list_dir or reload_config.")],
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="ping, list_dir (path), send_file (path, name), receive_file (name, dest), "
+            "rescan, resend_offers or reload_config."
+        ),
+    ],
     arg: Annotated[
         list[str] | None, typer.Option("--arg", help="KEY=VALUE for the command (repeatable).")
     ] = None,
@@ -139,7 +145,10 @@ def agents_cmd(
 ) -> None:
     """Queue a command for an agent (delivered when it is online) and show
     its result."""
-    args = dict(a.split("=", 1) for a in arg or [] if "=" in a)
+    bad = [a for a in arg or [] if "=" not in a]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r}: give KEY=VALUE", param_hint="--arg")
+    args = dict(a.split("=", 1) for a in arg or [])
 
     async def go() -> Any:
         body = await _admin(

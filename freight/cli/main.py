@@ -34,11 +34,12 @@ from ..client.transfer import (
     expand_sources,
     pull_one,
     push_many,
+    retry_policy_from_env,
+    stall_timeout_from_env,
 )
 from ..errors import ConfigError, FingerprintMismatch, FreightError, UsageError
 from ..logs import configure_client_logging
 from ..protocol.messages import LEVELS
-from ..protocol.retry import RetryPolicy
 from ..transport.proxy import choose_proxy, redact
 from ..units import format_bytes, format_rate, parse_rate, parse_size
 from . import agents, collect, relay, users
@@ -54,27 +55,6 @@ app = typer.Typer(
 )
 admin_app = typer.Typer(help="Hub administration (admin accounts only).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
-
-
-def retry_policy() -> RetryPolicy:
-    """Defaults from DESIGN.md; environment variables override (tests use them)."""
-    env = os.environ
-
-    def num(name: str, default: float) -> float:
-        try:
-            return float(env.get(name, default))
-        except ValueError:
-            raise UsageError(f"{name} must be a number of seconds") from None
-
-    return RetryPolicy(
-        interval=num("FREIGHT_RETRY_INTERVAL", 30.0),
-        steady_for=num("FREIGHT_RETRY_STEADY", 600.0),
-        give_up_after=num("FREIGHT_RETRY_GIVE_UP", 7200.0),
-    )
-
-
-def stall_timeout() -> float:
-    return float(os.environ.get("FREIGHT_STALL_TIMEOUT", "60"))
 
 
 def _print_version(value: bool) -> None:
@@ -337,8 +317,8 @@ def transfer_options(
         compress=compress,
         data_path=data_path,
         parallel=max(1, parallel),
-        stall_timeout=stall_timeout(),
-        retry=retry_policy(),
+        stall_timeout=stall_timeout_from_env(),
+        retry=retry_policy_from_env(),
     )
 
 

@@ -61,6 +61,36 @@ class TransferOptions:
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
+def retry_policy_from_env() -> RetryPolicy:
+    """Defaults from DESIGN.md; ``FREIGHT_RETRY_INTERVAL``, ``_STEADY`` and
+    ``_GIVE_UP`` (seconds) override them, for the CLI and the agent alike."""
+
+    def num(name: str, default: float) -> float:
+        try:
+            return float(os.environ.get(name, default))
+        except ValueError:
+            raise UsageError(f"{name} must be a number of seconds") from None
+
+    return RetryPolicy(
+        interval=num("FREIGHT_RETRY_INTERVAL", 30.0),
+        steady_for=num("FREIGHT_RETRY_STEADY", 600.0),
+        give_up_after=num("FREIGHT_RETRY_GIVE_UP", 7200.0),
+    )
+
+
+def stall_timeout_from_env() -> float:
+    try:
+        return float(os.environ.get("FREIGHT_STALL_TIMEOUT", "60"))
+    except ValueError:
+        raise UsageError("FREIGHT_STALL_TIMEOUT must be a number of seconds") from None
+
+
+def options_from_env() -> TransferOptions:
+    """Default transfer options with the retry and stall settings of the
+    environment (what the agent uses for its uploads and downloads)."""
+    return TransferOptions(stall_timeout=stall_timeout_from_env(), retry=retry_policy_from_env())
+
+
 @dataclass
 class TransferResult:
     name: str

@@ -25,13 +25,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..errors import AgentRefused, BadCredentials, Conflict, NotFound, UsageError
 from ..names import check_user_name
 from ..protocol import messages as m
-from . import auth, users
+from . import auth, commandfiles, users
 from .app import STATE, admin_user, check_rate_limit, current_user
+from .commandfiles import FILE_COMMANDS
 from .state import HubState
 
 ENROL_TOKEN_TTL = 24 * 3600.0
 CHALLENGE_TTL = 60.0
-COMMAND_KINDS = ("list_dir", "reload_config", "ping", "rescan", "resend_offers")
+COMMAND_KINDS = ("list_dir", "reload_config", "ping", "rescan", "resend_offers", *FILE_COMMANDS)
 
 
 def login_message(name: str, challenge: str, fingerprint: str) -> bytes:
@@ -258,9 +259,15 @@ async def add_command(request: web.Request) -> web.Response:
     kind = str(body.get("kind", ""))
     if kind not in COMMAND_KINDS:
         raise UsageError(f"unknown command {kind!r}; one of: {', '.join(COMMAND_KINDS)}")
-    args = json.dumps(body.get("args", {}))
+    raw_args = body.get("args", {})
+    if not isinstance(raw_args, dict):
+        raise UsageError("a command's arguments are an object of names and values")
+    if kind in FILE_COMMANDS:
+        raw_args = await commandfiles.prepare(st, admin, kind, raw_args)
+    args = json.dumps(raw_args)
     agent_id = int(row["id"])
     command_id = await st.db.add_command(agent_id, kind, args, admin.name)
+    await commandfiles.queued(st, admin, agent_id, command_id, kind, raw_args)
     await st.events.emit(
         "command_queued", admin.name, agent=row["name"], id=command_id, command=kind
     )
@@ -317,8 +324,9 @@ async def on_agent_frame(st: HubState, att: Any, msg: m.AnyMessage) -> bool:
         await st.db.set_command_state(msg.id, att.user.id, "acked")
         return True
     if isinstance(msg, m.CommandResult):
-        state = "done" if msg.ok else "failed"
-        await st.db.set_command_state(msg.id, att.user.id, state, msg.result)
+        ok, result = await commandfiles.finished(st, att.user, msg.id, msg.ok, msg.result)
+        state = "done" if ok else "failed"
+        await st.db.set_command_state(msg.id, att.user.id, state, result)
         st.relay.command_finished(msg.id)
         if st.collector is not None:
             await st.collector.finished(msg.id, att.user.id, att.user.name, msg.ok, msg.result)

@@ -410,6 +410,90 @@ def test_commands_ping_and_list_dir(admin: Client, lab: Agent, root: Path) -> No
     assert res.returncode == 2 and "unknown command" in res.stderr, res.stderr
 
 
+def run_cmd(admin: Client, agent: str, kind: str, *args: str) -> tuple[int, dict[str, Any]]:
+    """``freight agents cmd AGENT KIND --arg k=v … --wait 60``: exit code and row."""
+    extra = [x for a in args for x in ("--arg", a)]
+    res = admin.run("agents", "cmd", agent, kind, *extra, "--wait", "60", check=False, timeout=90)
+    return res.returncode, dict(json.loads(res.stdout)) if res.stdout.strip() else {}
+
+
+def test_send_file_command_puts_an_agent_file_into_the_admins_files(
+    admin: Client, lab: Agent, root: Path, shared_hub: Hub, tmp_path: Path
+) -> None:
+    (root / "outbox").mkdir()
+    src = random_file(root / "outbox" / "run-7 résumé.bin", 5 * MiB + 3, seed=71)
+
+    code, row = run_cmd(admin, "lab", "send_file", f"path={src}", "name=from-lab/run-7.bin")
+    assert code == 0 and row["state"] == "done", row
+    assert row["result"]["name"] == "from-lab/run-7.bin" and row["result"]["owner"] == "admin"
+    assert row["result"]["size"] == src.stat().st_size
+
+    listed = {f["name"]: f for f in json.loads(admin.run("ls", "--json").stdout)}
+    assert listed["from-lab/run-7.bin"]["size"] == src.stat().st_size
+    admin.run("pull", "from-lab/run-7.bin", str(tmp_path / "got.bin"))
+    assert same_bytes(src, tmp_path / "got.bin")
+    # The agent's own copy under .sent/ was moved, not left behind.
+    assert not list(shared_hub.data.glob("files/*/.sent/*"))
+
+    # Without a name, the file keeps its own.
+    code, row = run_cmd(admin, "lab", "send_file", f"path={src}")
+    assert code == 0 and row["result"]["name"] == src.name, row
+
+
+def test_receive_file_command_puts_a_hub_file_on_the_agent(
+    admin: Client, lab: Agent, root: Path, shared_hub: Hub, tmp_path: Path
+) -> None:
+    local = random_file(tmp_path / "fix.bin", 3 * MiB + 11, seed=72)
+    admin.run("push", str(local), "--as", "tools/fix.bin")
+    (root / "inbox").mkdir()
+
+    # Into a folder: the file keeps its name.
+    code, row = run_cmd(admin, "lab", "receive_file", "name=tools/fix.bin", f"dest={root}/inbox/")
+    assert code == 0 and row["state"] == "done", row
+    assert same_bytes(local, root / "inbox" / "fix.bin")
+    assert row["result"]["dest"] == str((root / "inbox" / "fix.bin").resolve())
+    # To a new name, in a folder that does not exist yet.
+    code, row = run_cmd(
+        admin, "lab", "receive_file", "name=tools/fix.bin", f"dest={root}/inbox/new/fix-2.bin"
+    )
+    assert code == 0, row
+    assert same_bytes(local, root / "inbox" / "new" / "fix-2.bin")
+    # The agent's temporary copy at the hub is gone once it has reported.
+    assert not list(shared_hub.data.glob("files/*/.inbox/*"))
+
+
+def test_file_commands_refuse_bad_paths_and_names(
+    admin: Client, lab: Agent, root: Path, shared_hub: Hub, tmp_path: Path
+) -> None:
+    outside = root.parent / "outside"
+    code, row = run_cmd(admin, "lab", "send_file", "path=/etc/hostname")
+    assert code == 7 and row["state"] == "failed" and OUTSIDE in row["result"]["error"], row
+    code, row = run_cmd(admin, "lab", "send_file", f"path={root}/no-such-file")
+    assert code == 7 and "no such file on the agent" in row["result"]["error"], row
+
+    (tmp_path / "probe.txt").write_text("x")
+    admin.run("push", str(tmp_path / "probe.txt"), "--as", "probe.txt")
+    code, row = run_cmd(
+        admin, "lab", "receive_file", "name=probe.txt", f"dest={root}/../outside/probe.txt"
+    )
+    assert code == 7 and OUTSIDE in row["result"]["error"], row
+    assert list(outside.iterdir()) == []
+    assert not list(shared_hub.data.glob("files/*/.inbox/*"))
+    logged = {(e["detail"]["op"], e["actor"]) for e in security_events(admin)}
+    assert {("send_file", "lab"), ("receive_file", "lab")} <= logged, logged
+
+    # Refused by the hub before anything is queued (usage: exit 2; unknown file: 7).
+    for kind, args, says in [
+        ("receive_file", ["name=not-there.bin", f"dest={root}/"], "you have no file"),
+        ("receive_file", ["name=probe.txt", "dest=relative/path"], "absolute path"),
+        ("send_file", ["name=x"], "needs --arg path="),
+        ("send_file", [f"path={root}/a", "name=../escape"], "invalid name"),
+    ]:
+        extra = [x for a in args for x in ("--arg", a)]
+        res = refused(admin, "agents", "cmd", "lab", kind, *extra)
+        assert says in res.stderr, (kind, args, res.stderr)
+
+
 QUEUED_COMMAND_BUG = (
     "a command queued while the agent is offline kills the agent when it attaches: the hub "
     "posts open commands on the control channel at once (hub/app.py serve_channel -> "

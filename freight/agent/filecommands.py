@@ -1,0 +1,67 @@
+"""The agent's side of the ``send_file`` and ``receive_file`` commands
+(see :mod:`freight.hub.commandfiles` for the hub's side).
+
+Both go through the stream engine, so a transfer cut by a network fault
+resumes from its checkpoint, and one cut by an agent restart resumes when
+the hub delivers the command again. Paths are checked against the roots
+after resolving links, like every other agent request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..client.transfer import QuietReporter, options_from_env, pull_one, push_many
+from ..errors import FreightError, UsageError
+from ..hub.commandfiles import INBOX_PREFIX, SENT_PREFIX
+from .roots import inside, resolve
+
+
+def destination(raw: str, name: str, roots: list[Path]) -> Path:
+    """Where ``receive_file`` writes: ``raw`` itself, or ``raw/NAME`` when
+    ``raw`` is a folder (or ends with ``/``); always inside the roots."""
+    path = resolve(raw, roots)
+    if raw.endswith("/") or path.is_dir():
+        path = resolve(str(path / PurePosixPath(name).name), roots)
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder on the agent; give a file name or another folder")
+    if not inside(Path(os.path.realpath(path.parent)), roots):
+        raise UsageError(f"{raw} is outside the folders this agent serves")
+    return path
+
+
+async def send_file(agent: Any, command_id: int, args: dict[str, Any]) -> dict[str, Any]:
+    path = resolve(str(args.get("path", "")), agent.roots)
+    if not path.is_file():
+        raise UsageError(f"{args.get('path')}: no such file on the agent")
+    try:
+        results = await push_many(
+            agent.relay.session,
+            agent.config,
+            [(path, SENT_PREFIX + str(command_id))],
+            options_from_env(),
+            QuietReporter(),
+        )
+    except FreightError as exc:
+        raise UsageError(f"sending {path} failed: {exc.message}") from None
+    r = results[0]
+    return {"path": str(path), "size": r.size, "digest": r.digest, "seconds": round(r.seconds, 3)}
+
+
+async def receive_file(agent: Any, command_id: int, args: dict[str, Any]) -> dict[str, Any]:
+    dest = destination(str(args.get("dest", "")), str(args.get("name", "")), agent.roots)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        r = await pull_one(
+            agent.relay.session,
+            agent.config,
+            INBOX_PREFIX + str(command_id),
+            dest,
+            options_from_env(),
+            QuietReporter(),
+        )
+    except FreightError as exc:
+        raise UsageError(f"receiving into {dest} failed: {exc.message}") from None
+    return {"dest": str(dest), "size": r.size, "digest": r.digest, "seconds": round(r.seconds, 3)}
