@@ -274,6 +274,9 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                     dest = work / f"dest-{tool}-{rnd}"
                     dest.mkdir()
                     tree_digest(src)  # page cache warm, the same for every tool
+                    # No dirty pages left by the tool before (or the rmtree of
+                    # its copy): a tool that syncs must not flush another's.
+                    os.sync()
                     cmd = [str(dest) + "/" if c == "DEST/" else c for c in commands[tool]]
                     if tool == "freight":
                         if args.py_spy is not None:
@@ -295,7 +298,9 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                     extra = sorted(p.name for p in dest.iterdir() if p.name != src.name)
                     if got != want or extra:
                         raise PeerError(f"{tool}: the copy differs: {got} (+{extra}) vs {want}")
-                    shutil.rmtree(dest)
+                    # Kept until the end: deleting 10,000 files now would
+                    # have the filesystem (mounted with discard, here) busy
+                    # freeing them during the next tool's run.
                     times[tool].append(secs)
                     cpus[tool].append(cpu)
                     log(f"round {rnd + 1}/{args.rounds}: {tool} {secs:.2f} s "
@@ -337,9 +342,10 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         )
     rep.notes.append(
         "Time = wall clock of the client command, median over rounds (every other round in "
-        "reverse order); a fresh, empty destination each time, the source read just before "
-        "(page cache warm for all). Every copy is verified (file count, bytes, BLAKE3 of every "
-        "path and content) and then deleted. CPU = client command + server side (hub + agent "
+        "reverse order); a fresh, empty destination each time, the source read and sync(2) "
+        "called just before (page cache warm, nothing left dirty by the tool before). Every copy "
+        "is verified (file count, bytes, BLAKE3 of every path and content) and deleted after "
+        "the last round. CPU = client command + server side (hub + agent "
         "for freight; sshd and its per-connection children for scp/rsync), from /proc."
     )
     rep.notes.append(
