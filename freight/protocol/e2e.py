@@ -41,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from spake2 import SPAKE2_A, SPAKE2_B  # type: ignore[import-untyped]
 
 from .errors import IntegrityError, LocalProtocolError, ProtocolError, RemoteProtocolError
 
@@ -168,6 +167,10 @@ class CodeHandshake(Handshake):
         self.role = role
         self.context = context
         password = code.encode()
+        # Imported here: building its group tables costs ~30 ms, which every
+        # other command (and every identity handshake) would pay at start-up.
+        from spake2 import SPAKE2_A, SPAKE2_B  # type: ignore[import-untyped]
+
         side = SPAKE2_A if role == ACCEPT else SPAKE2_B
         self._spake = side(password, idA=b"freight-send", idB=b"freight-receive")
         self._eph = X25519PrivateKey.generate()
