@@ -455,7 +455,7 @@ async def _worker(a: argparse.Namespace) -> None:
 
     async def poll(session: Any) -> None:
         """What an idle `freight agent run` does beside its attachment: the
-        collection offerer asks for its policies every 30 s (no policy: no
+        collection offerer asks for its policies every 3600 s (no policy: no
         scan), over REST on the agent's own session."""
         nonlocal polls, poll_errors
         await asyncio.sleep(random.uniform(0, a.poll_policies))
@@ -849,7 +849,7 @@ def idle_cmd(args: argparse.Namespace) -> Report:
             f'"/v1/collect/policies")` every {poll:g} s (first one at a random point of the '
             "first period), as `Offerer.run` in freight/agent/offers.py does when no policy "
             "selects the agent; the session's aiohttp connector keeps an idle connection 15 s "
-            "(its default), so a poll every 30 s opens a new TLS connection each time."
+            "(its default), so each poll opens a new TLS connection."
         )
     cpu_ok = d["idle_cpu_pct"] < args.cpu_target
     rss_ok = rss < rss_target
@@ -962,7 +962,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     il.add_argument("--timeout", type=float, default=1800.0, help="per phase, seconds")
     il.add_argument("--poll-policies", type=float, default=0.0, metavar="SECONDS",
                     help="each agent also GETs /v1/collect/policies every SECONDS, as the "
-                    "agent daemon's collection offerer does (every 30 s); 0: off")  # fmt: skip
+                    "agent daemon's collection offerer does (every 3600 s); 0: off")  # fmt: skip
     il.add_argument("--py-spy", type=Path, metavar="DIR",
                     help="profile the hub while attaching and while idle (raw py-spy files)")  # fmt: skip
 

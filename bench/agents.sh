@@ -2,7 +2,7 @@
 # The agent benchmarks (bench/agents.py), in one run:
 #
 #   bash bench/agents.sh [--files 10000] [--file-size 4K] [--dirs 100] [--rounds 3]
-#                        [--agents 5000] [--workers 4] [--idle 60] [--poll 30]
+#                        [--agents 5000] [--workers 4] [--idle 60] [--poll 3600]
 #                        [--markdown FILE]
 #
 # (1) `freight cp -r AGENT:/tree ./dest/` of --files small random files (4 KiB
@@ -33,7 +33,7 @@ ROUNDS=3
 AGENTS=5000
 WORKERS=4
 IDLE=60
-POLL=30
+POLL=3600  # as freight agent run (POLICY_POLL in freight/agent/offers.py)
 MARKDOWN=""
 ORIG_ARGS=("$@")
 while [ $# -gt 0 ]; do

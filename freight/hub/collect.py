@@ -237,15 +237,31 @@ async def put_policy(request: web.Request) -> web.Response:
         }
     except (ValueError, TypeError, AttributeError):
         raise UsageError("a policy is JSON: agents, include, exclude, max_size, every") from None
+    old = next((p for p in await st.db.list_policies() if p["name"] == name), None)
     await st.db.put_policy(row)
     await st.events.emit("policy_set", admin.name, name=name)
-    # Agents online now start scanning at once (the others when they attach).
-    for att in list(st.relay.attachments):
-        if att.user.role == "agent" and fnmatch.fnmatchcase(att.user.name, row["agents"]):
-            command_id = await st.db.add_command(att.user.id, "rescan", "{}", admin.name)
-            await st.db.set_command_state(command_id, att.user.id, "delivered")
-            att.post(m.Command(id=command_id, kind="rescan", args="{}"))
+    await _rescan(st, admin.name, [row["agents"]] + ([str(old["agents"])] if old else []))
     return web.json_response(_policy_json(row))
+
+
+async def _rescan(st: HubState, by: str, patterns: list[str]) -> None:
+    """Queue a ``rescan`` for every agent a changed policy selects (or
+    selected): online agents start at once, the others when they attach,
+    so agents need not poll for policies."""
+    online = {
+        att.user.id: att
+        for att in st.relay.attachments
+        if att.user.role == "agent" and att.commands and not att.closed
+    }
+    for agent in await st.db.list_agents():
+        if agent["disabled"] or not any(fnmatch.fnmatchcase(agent["name"], p) for p in patterns):
+            continue
+        agent_id = int(agent["id"])
+        command_id = await st.db.add_command(agent_id, "rescan", "{}", by)
+        att = online.get(agent_id)
+        if att is not None:
+            await st.db.set_command_state(command_id, agent_id, "delivered")
+            att.post(m.Command(id=command_id, kind="rescan", args="{}"))
 
 
 async def list_policies(request: web.Request) -> web.Response:
@@ -262,9 +278,11 @@ async def delete_policy(request: web.Request) -> web.Response:
     admin = await admin_user(request)
     st = request.app[STATE]
     name = request.match_info["name"]
-    if not await st.db.delete_policy(name):
+    old = next((p for p in await st.db.list_policies() if p["name"] == name), None)
+    if old is None or not await st.db.delete_policy(name):
         raise NotFound(f"no policy {name!r}")
     await st.events.emit("policy_removed", admin.name, name=name)
+    await _rescan(st, admin.name, [str(old["agents"])])  # they stop offering for it
     return web.json_response({"removed": name})
 
 
