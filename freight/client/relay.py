@@ -65,11 +65,6 @@ MAX_MESSAGE = 8 * 1024 * 1024
 RECORD_MESSAGE = b"\x00"
 RECORD_EOF = b"\x01"
 CLOSE_TIMEOUT = 30.0
-# Records a client keeps until acknowledged, over all its connections: one
-# connection gets the whole 16 MiB window, many share this (at least 1 MiB
-# each), so 200 busy pipes hold ~200 MiB, not 3 GiB.
-SEND_BUDGET = 128 * 1024 * 1024
-MIN_WINDOW = 1024 * 1024
 EARLY_LIMIT = 16 * 1024 * 1024
 
 
@@ -283,8 +278,6 @@ class Connection:
             if self.closed:
                 raise ConnectionEnded("the other end has closed the connection")
             s = self.session
-            if s is not None:
-                s.window = self.client.send_window()
             if s is not None and not self.paused and not self.resending and s.can_send(len(plain)):
                 break
             await self._changed()
@@ -674,11 +667,6 @@ class RelayClient:
                 await self.send_frame(m.Offer(rid=_rid(), nameplate=nameplate))
         except FreightError:
             pass  # detached again: the run loop restores once more
-
-    def send_window(self) -> int:
-        """Each connection's share of SEND_BUDGET (its credit window)."""
-        share = SEND_BUDGET // max(1, len(self.conns))
-        return max(MIN_WINDOW, min(DEFAULT_WINDOW, share))
 
     # --- frames ---------------------------------------------------------------
 
