@@ -9,14 +9,13 @@ after resolving links, like every other agent request.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..client.transfer import QuietReporter, options_from_env, pull_one, push_many
 from ..errors import FreightError, UsageError
 from ..hub.commandfiles import INBOX_PREFIX, SENT_PREFIX
-from .roots import inside, resolve
+from .roots import resolve
 
 
 def destination(raw: str, name: str, roots: list[Path]) -> Path:
@@ -27,8 +26,6 @@ def destination(raw: str, name: str, roots: list[Path]) -> Path:
         path = resolve(str(path / PurePosixPath(name).name), roots)
     if path.is_dir():
         raise UsageError(f"{path} is a folder on the agent; give a file name or another folder")
-    if not inside(Path(os.path.realpath(path.parent)), roots):
-        raise UsageError(f"{raw} is outside the folders this agent serves")
     return path
 
 
