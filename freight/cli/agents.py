@@ -73,7 +73,7 @@ def agents_revoke(name: NameArg, hub_url: HubOpt = None) -> None:
 
 @agents_app.command("ls")
 def agents_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
-    """Agents: online or not, last seen, version, address, busy."""
+    """Agents: online or not, last seen, version, address, busy, commands queued."""
     rows = run_async(lambda: _admin(hub_url, "GET", "/v1/agents"))
     if json_out:
         print_json(rows)
@@ -81,12 +81,15 @@ def agents_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     if not rows:
         typer.echo("no agents enrolled (freight agents token --name NAME)")
         return
-    typer.echo(f"{'NAME':<20} {'STATE':<9} {'LAST SEEN':<20} {'VERSION':<22} {'ADDRESS':<16} BUSY")
+    typer.echo(
+        f"{'NAME':<20} {'STATE':<9} {'LAST SEEN':<20} {'VERSION':<22} {'ADDRESS':<16} "
+        f"{'BUSY':<5} QUEUED"
+    )
     for r in rows:
         state = "disabled" if r["disabled"] else "online" if r["online"] else "offline"
         typer.echo(
             f"{r['name']:<20} {state:<9} {_when(r['last_seen']):<20} {r['version']:<22} "
-            f"{r['address']:<16} {r['busy']}"
+            f"{r['address']:<16} {r['busy']:<5} {r['queued']}"
         )
 
 

@@ -190,6 +190,7 @@ async def list_agents(request: web.Request) -> web.Response:
     await admin_user(request)
     st = request.app[STATE]
     online = {a.user.id: a for a in st.relay.attachments if a.commands}
+    waiting = await st.db.open_command_counts()
     out = []
     for r in await st.db.list_agents():
         att = online.get(int(r["id"]))
@@ -201,6 +202,7 @@ async def list_agents(request: web.Request) -> web.Response:
                 "version": r["version"],
                 "address": att.address if att is not None else r["address"],
                 "busy": len(att.ends) if att is not None else 0,
+                "queued": waiting.get(int(r["id"]), 0),  # commands not answered yet
                 "disabled": bool(r["disabled"]),
                 "cap": r["cap"],
                 "enrolled": r["enrolled"],

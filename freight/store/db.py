@@ -21,6 +21,7 @@ from . import schema as t
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CODE_QUARANTINE = 86400.0
+OPEN_COMMAND_STATES = ("queued", "delivered", "acked")  # not yet answered
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -462,13 +463,23 @@ class Database:
             )
             return int(res.inserted_primary_key[0])
 
+    async def open_command_counts(self) -> dict[int, int]:
+        """Per agent id, how many commands wait for its answer."""
+        q = (
+            sa.select(t.commands.c.agent_id, sa.func.count())
+            .where(t.commands.c.state.in_(OPEN_COMMAND_STATES))
+            .group_by(t.commands.c.agent_id)
+        )
+        async with self.engine.connect() as c:
+            return {int(a): int(n) for a, n in (await c.execute(q)).all()}
+
     async def open_commands(self, agent_id: int) -> list[Mapping[str, Any]]:
         """Commands the agent has not answered yet, oldest first."""
         q = (
             sa.select(t.commands)
             .where(
                 t.commands.c.agent_id == agent_id,
-                t.commands.c.state.in_(("queued", "delivered", "acked")),
+                t.commands.c.state.in_(OPEN_COMMAND_STATES),
             )
             .order_by(t.commands.c.id)
         )

@@ -297,6 +297,30 @@ def test_rescan_stores_only_the_new_file(trio: Trio) -> None:
     assert holders_by_digest(trio.admin)[new_digest] == {("lab-2", str(new))}
 
 
+def queued_commands(admin: Client) -> dict[str, int]:
+    return {r["name"]: r["queued"] for r in api(admin, "GET", "/v1/agents")}
+
+
+def test_policy_changes_wait_for_offline_agents_as_rescans(setup_factory: Any) -> None:
+    """Agents learn of new and removed policies through their command queue
+    (they poll only hourly): a change queues a ``rescan`` for each agent the
+    policy selects, delivered when it attaches."""
+    s = setup_factory(["late-1", "other"])
+    late = s.agents["late-1"]
+    f = random_file(late.root / "report.bin", 30_000, seed=21)
+    add_policy(s.admin, "late-only", agents="late-*", every="1h")
+    assert queued_commands(s.admin) == {"late-1": 1, "other": 0}
+
+    start_agents(s, "late-1")
+    poll(lambda: queued_commands(s.admin)["late-1"] == 0, 20, "the rescan answered")
+    done = wait_collected(s.admin, 1, 20, [late])
+    assert done["unique_bytes"] == f.stat().st_size
+    late.kill()
+
+    s.admin.run("collect", "rm", "late-only")
+    assert queued_commands(s.admin) == {"late-1": 1, "other": 0}
+
+
 def test_offline_agent_gets_its_queued_command_on_return(trio: Trio, tmp_path: Path) -> None:
     """``solo`` is not selected by the policy (lab-*): only the command matters."""
     (solo,) = enroll_agents(trio.admin, trio.hub, tmp_path.resolve(), ["solo"])
