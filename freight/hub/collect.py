@@ -176,6 +176,7 @@ class Collector:
                 reason = "upload failed" if not ok else "nothing arrived"
             elif file_row["digest"] != digest:
                 reason = "content changed during the upload"  # our own hash
+                await self._changed_at_source(command_id, agent_id, digest)
             elif not await db.holders(digest):
                 reason = "no longer wanted"
             else:
@@ -203,6 +204,21 @@ class Collector:
         )
         self.wake.set()
         return True
+
+    async def _changed_at_source(self, command_id: int, agent_id: int, digest: str) -> None:
+        """The file changed while it was uploaded: this agent's path no
+        longer holds ``digest`` (asking it again would fail again), and a
+        rescan has the agent offer what the path holds now."""
+        command = await self.st.db.get_command(command_id)
+        if command is None:
+            return
+        path = str(json.loads(command["args"]).get("path", ""))
+        await self.st.db.forget_holder(agent_id, path, digest)
+        rescan = await self.st.db.add_command(agent_id, "rescan", "{}", "hub")
+        att = self.st.relay.attachment_of(agent_id)
+        if att is not None:
+            await self.st.db.set_command_state(rescan, agent_id, "delivered")
+            att.post(m.Command(id=rescan, kind="rescan", args="{}"))
 
 
 # --- REST ------------------------------------------------------------------------

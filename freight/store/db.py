@@ -600,6 +600,18 @@ class Database:
                     )
                 )
 
+    async def forget_holder(self, agent_id: int, path: str, digest: str) -> None:
+        """This agent's ``path`` no longer holds ``digest`` (a newer offer
+        for the path is kept)."""
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.catalogue.delete().where(
+                    t.catalogue.c.agent_id == agent_id,
+                    t.catalogue.c.path == path,
+                    t.catalogue.c.digest == digest,
+                )
+            )
+
     async def content_in_state(self, state: str, limit: int = 1000) -> list[Mapping[str, Any]]:
         q = (
             sa.select(t.content)
