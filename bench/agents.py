@@ -57,7 +57,6 @@ import itertools
 import json
 import math
 import os
-import queue
 import random
 import resource
 import secrets
@@ -67,7 +66,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,6 +75,7 @@ import peers
 from peers import FREIGHT, PeerError
 from relay import (
     TARGET_HEADERS,
+    EventChild,
     Report,
     Sampler,
     Terminated,
@@ -551,8 +550,8 @@ def worker_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-class Worker:
-    """An `agents.py _worker` child; its JSON events arrive on a queue."""
+class Worker(EventChild):
+    """An `agents.py _worker` child (a share of the simulated agents)."""
 
     def __init__(self, index: int, hub: peers.FreightHub, count: int, work: Path,
                  args: argparse.Namespace) -> None:  # fmt: skip
@@ -563,36 +562,8 @@ class Worker:
             "--attach-concurrency", str(args.attach_concurrency),
             "--poll-policies", str(args.poll_policies),
         ]  # fmt: skip
-        self.name = f"worker {index}"
-        self.err = work / f"worker-{index}.err"
-        with open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                text=True, start_new_session=True, env=peers._freight_env(hub.cfg),
-            )  # fmt: skip
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
-        self.events.put({"event": "exit"})
-
-    def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        try:
-            ev = self.events.get(timeout=timeout)
-        except queue.Empty:
-            raise PeerError(f"{self.name}: no {event!r} after {timeout:.0f} s") from None
-        if ev.get("event") != event:
-            raise PeerError(f"{self.name}: {ev} instead of {event!r}\n{tail(self.err)}")
-        return ev
-
-    def say(self, line: str) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(line + "\n")
-        self.proc.stdin.flush()
+        super().__init__(cmd, work / f"worker-{index}.err", peers._freight_env(hub.cfg),
+                         f"worker {index}")  # fmt: skip
 
     def stop(self) -> None:
         with contextlib.suppress(OSError, ValueError):

@@ -638,24 +638,17 @@ def worker_cmd(args: argparse.Namespace) -> int:
     return 0
 
 
-class Worker:
-    """A `relay.py _worker` child; its JSON events arrive on a queue."""
+class EventChild:
+    """A child process that reports JSON events, one per line, on stdout;
+    they arrive on a queue read by a thread. Its stderr goes to ``err``."""
 
-    def __init__(self, hub: RelayHub, user: str, peer: str, role: str, work: Path,
-                 spec: PipeSpec) -> None:  # fmt: skip
-        cmd = [
-            sys.executable, str(Path(__file__).resolve()), "_worker", "--role", role,
-            "--config", str(hub.cfgs[user]), "--peer", peer, "--pipes", str(spec.pipes),
-            "--messages", str(spec.messages), "--message-size", str(spec.message_size),
-            "--transport", spec.transport, "--data-path", spec.data_path,
-            "--timeout", str(spec.timeout),
-        ]  # fmt: skip
-        self.role = role
-        self.err = work / f"{role}.err"
-        with open(self.err, "wb") as err:
+    def __init__(self, cmd: list[str], err: Path, env: dict[str, str], name: str) -> None:
+        self.name = name
+        self.err = err
+        with open(err, "wb") as f:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                text=True, start_new_session=True, env=peers._freight_env(hub.cfgs[user]),
+                cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=f,
+                text=True, start_new_session=True, env=env,
             )  # fmt: skip
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
@@ -671,15 +664,35 @@ class Worker:
         try:
             ev = self.events.get(timeout=timeout)
         except queue.Empty:
-            raise PeerError(f"{self.role} side: no {event!r} after {timeout:.0f} s") from None
+            raise PeerError(f"{self.name}: no {event!r} after {timeout:.0f} s") from None
         if ev.get("event") != event:
-            raise PeerError(f"{self.role} side: {ev} instead of {event!r}\n{tail(self.err)}")
+            raise PeerError(f"{self.name}: {ev} instead of {event!r}\n{tail(self.err)}")
         return ev
 
-    def go(self) -> None:
+    def say(self, line: str) -> None:
         assert self.proc.stdin is not None
-        self.proc.stdin.write("go\n")
+        self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
+
+
+class Worker(EventChild):
+    """A `relay.py _worker` child (one side of `pipes`)."""
+
+    def __init__(self, hub: RelayHub, user: str, peer: str, role: str, work: Path,
+                 spec: PipeSpec) -> None:  # fmt: skip
+        cmd = [
+            sys.executable, str(Path(__file__).resolve()), "_worker", "--role", role,
+            "--config", str(hub.cfgs[user]), "--peer", peer, "--pipes", str(spec.pipes),
+            "--messages", str(spec.messages), "--message-size", str(spec.message_size),
+            "--transport", spec.transport, "--data-path", spec.data_path,
+            "--timeout", str(spec.timeout),
+        ]  # fmt: skip
+        self.role = role
+        super().__init__(cmd, work / f"{role}.err", peers._freight_env(hub.cfgs[user]),
+                         f"{role} side")  # fmt: skip
+
+    def go(self) -> None:
+        self.say("go")
 
     def stop(self) -> None:
         kill_group(self.proc)

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import stat
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -157,57 +155,3 @@ class Agent:
 
 
 # --- trees -----------------------------------------------------------------------
-
-
-def make_tree(root: Path, seed: int = 0) -> Path:
-    """Nested folders, an empty file and an empty folder, unicode names,
-    modes 0o600/0o755 and old modification times."""
-    from tests.support import random_file
-
-    (root / "docs" / "deep" / "deeper").mkdir(parents=True)
-    (root / "empty-dir").mkdir()
-    random_file(root / "data.bin", 3 * 1024 * 1024 + 17, seed=seed)
-    (root / "empty.txt").write_bytes(b"")
-    (root / "ünïcødé.txt").write_text("grüße, ünïcødé\n", encoding="utf-8")
-    random_file(root / "docs" / "日本.bin", 70_001, seed=seed + 1)
-    (root / "docs" / "deep" / "notes.md").write_text("# notes\n" * 100)
-    random_file(root / "docs" / "deep" / "deeper" / "tool.sh", 3000, seed=seed + 2)
-    modes = {
-        "data.bin": 0o640,
-        "empty.txt": 0o600,
-        "ünïcødé.txt": 0o644,
-        "docs/日本.bin": 0o600,
-        "docs/deep/notes.md": 0o604,
-        "docs/deep/deeper/tool.sh": 0o755,
-        "docs/deep": 0o750,
-        "empty-dir": 0o700,
-    }
-    for rel, mode in modes.items():
-        os.chmod(root / rel, mode)
-    # Times last, deepest first: creating an entry changes its folder's mtime.
-    entries = sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True)
-    for i, p in enumerate([*entries, root]):
-        t = 1_600_000_000.25 + 1000 * i
-        os.utime(p, (t, t))
-    return root
-
-
-def assert_same_tree(src: Path, dst: Path) -> None:
-    """Same names, bytes, modes and modification times (folders included)."""
-    from tests.support import same_bytes
-
-    names = {p.relative_to(src).as_posix() for p in src.rglob("*")}
-    got = {p.relative_to(dst).as_posix() for p in dst.rglob("*")}
-    assert got == names, f"missing {names - got}, extra {got - names}"
-    for rel in [*sorted(names), ""]:
-        a, b = src / rel, dst / rel
-        sa, sb = a.stat(), b.stat()
-        assert stat.S_IFMT(sa.st_mode) == stat.S_IFMT(sb.st_mode), rel
-        assert stat.S_IMODE(sa.st_mode) == stat.S_IMODE(sb.st_mode), (
-            rel,
-            oct(sa.st_mode),
-            oct(sb.st_mode),
-        )
-        assert abs(sa.st_mtime - sb.st_mtime) < 1e-3, (rel, sa.st_mtime, sb.st_mtime)
-        if a.is_file():
-            assert same_bytes(a, b), rel

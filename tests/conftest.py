@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,37 @@ def shared_client(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub) -> 
     c = Client(tmp_path_factory.mktemp("shared-client"), shared_hub)
     c.login()
     return c
+
+
+@pytest.fixture
+def hubs(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
+    """Start hubs with extra options; all are stopped at the end."""
+    started: list[Hub] = []
+
+    def make(*extra: str, preexec: Callable[[], None] | None = None) -> Hub:
+        h = Hub(tmp_path / f"hub{len(started)}", extra=list(extra))
+        h.preexec = preexec
+        started.append(h)
+        return h.start()
+
+    yield make
+    for h in started:
+        h.stop()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    """Client.popen, but never leaves a client running after the test."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def run(client: Client, *args: str) -> subprocess.Popen[str]:
+        p = client.popen(*args)
+        procs.append(p)
+        return p
+
+    yield run
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        with contextlib.suppress(Exception):
+            p.communicate(timeout=10)

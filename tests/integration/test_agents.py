@@ -28,14 +28,20 @@ from tests.agentsupport import (
     AgentProc,
     agent_rows,
     api,
-    assert_same_tree,
     enroll,
     make_token,
-    make_tree,
     wait_online,
 )
 from tests.relaysupport import Proc, fast
-from tests.support import Client, Hub, random_file, same_bytes, wait_until
+from tests.support import (
+    Client,
+    Hub,
+    assert_same_tree,
+    make_tree,
+    random_file,
+    same_bytes,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 BOB_PASSWORD = "bob-agent-secret"

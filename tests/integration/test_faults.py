@@ -33,22 +33,6 @@ OVERHEAD = 1 * MiB
 
 
 @pytest.fixture
-def hubs(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
-    """Start hubs with extra options; all are stopped at the end."""
-    started: list[Hub] = []
-
-    def make(*extra: str, preexec: Callable[[], None] | None = None) -> Hub:
-        h = Hub(tmp_path / f"hub{len(started)}", extra=list(extra))
-        h.preexec = preexec
-        started.append(h)
-        return h.start()
-
-    yield make
-    for h in started:
-        h.stop()
-
-
-@pytest.fixture
 def proxies() -> Iterator[Callable[..., FaultProxy]]:
     started: list[FaultProxy] = []
 
@@ -60,23 +44,6 @@ def proxies() -> Iterator[Callable[..., FaultProxy]]:
     yield make
     for p in started:
         p.close()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Client.popen, but never leaves a client running after the test."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def run(client: Client, *args: str) -> subprocess.Popen[str]:
-        p = client.popen(*args)
-        procs.append(p)
-        return p
-
-    yield run
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.communicate(timeout=10)
 
 
 def client_via(tmp_path: Path, hub: Hub, proxy: FaultProxy | None = None, **env: str) -> Client:

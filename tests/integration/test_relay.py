@@ -22,7 +22,15 @@ from freight.client.relay import Connection, RelayClient
 from freight.client.session import HubSession
 from freight.errors import ConnectionEnded
 from tests.relaysupport import FAST_RELAY, Proc, fast
-from tests.support import Client, Hub, random_file, same_bytes, wait_until
+from tests.support import (
+    Client,
+    Hub,
+    assert_same_tree,
+    make_tree,
+    random_file,
+    same_bytes,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 BOB_PASSWORD = "bob-relay-secret"
@@ -50,62 +58,12 @@ def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client
 # --- trees -----------------------------------------------------------------------
 
 
-def make_tree(root: Path) -> Path:
-    """Nested folders, an empty file, unicode names, a 5 MiB random file,
-    several modes and old modification times."""
-    (root / "docs" / "deep" / "deeper").mkdir(parents=True)
-    (root / "empty-dir").mkdir()
-    random_file(root / "big.bin", 5 * MiB, seed=11)
-    (root / "empty.txt").write_bytes(b"")
-    (root / "ünïcødé.txt").write_text("grüße, ünïcødé\n", encoding="utf-8")
-    random_file(root / "docs" / "日本.bin", 70_001, seed=12)
-    (root / "docs" / "deep" / "notes.md").write_text("# notes\n" * 100)
-    random_file(root / "docs" / "deep" / "deeper" / "tool.sh", 3000, seed=13)
-    modes = {
-        "big.bin": 0o640,
-        "empty.txt": 0o600,
-        "ünïcødé.txt": 0o644,
-        "docs/日本.bin": 0o640,
-        "docs/deep/notes.md": 0o604,
-        "docs/deep/deeper/tool.sh": 0o755,
-        "docs/deep": 0o750,
-        "empty-dir": 0o700,
-    }
-    for rel, mode in modes.items():
-        os.chmod(root / rel, mode)
-    # Times last, deepest first: creating an entry changes its folder's mtime.
-    entries = sorted(root.rglob("*"), key=lambda p: len(p.parts), reverse=True)
-    for i, p in enumerate([*entries, root]):
-        t = 1_600_000_000.25 + 1000 * i
-        os.utime(p, (t, t))
-    return root
-
-
 def tree_counts(root: Path) -> tuple[int, int, int]:
     """(files, folders including ``root``, bytes) as send/receive count them."""
     everything = list(root.rglob("*"))
     files = [p for p in everything if p.is_file()]
     dirs = [p for p in everything if p.is_dir()]
     return len(files), len(dirs) + 1, sum(p.stat().st_size for p in files)
-
-
-def assert_same_tree(src: Path, dst: Path) -> None:
-    """Same names, bytes, modes and modification times (folders included)."""
-    names = {p.relative_to(src).as_posix() for p in src.rglob("*")}
-    got = {p.relative_to(dst).as_posix() for p in dst.rglob("*")}
-    assert got == names, f"missing {names - got}, extra {got - names}"
-    for rel in [*sorted(names), ""]:
-        a, b = src / rel, dst / rel
-        sa, sb = a.stat(), b.stat()
-        assert stat.S_IFMT(sa.st_mode) == stat.S_IFMT(sb.st_mode), rel
-        assert stat.S_IMODE(sa.st_mode) == stat.S_IMODE(sb.st_mode), (
-            rel,
-            oct(sa.st_mode),
-            oct(sb.st_mode),
-        )
-        assert abs(sa.st_mtime - sb.st_mtime) < 1e-3, (rel, sa.st_mtime, sb.st_mtime)
-        if a.is_file():
-            assert same_bytes(a, b), rel
 
 
 # --- send / receive ----------------------------------------------------------
@@ -152,7 +110,7 @@ def receive(client: Client, code: str, dest: Path, *extra: str) -> dict[str, Any
 def test_send_a_tree_and_receive_it_as_another_account(
     tmp_path: Path, admin: Client, bob: Client
 ) -> None:
-    src = make_tree(tmp_path / "photos")
+    src = make_tree(tmp_path / "photos", seed=11, big=5 * MiB)
     files, dirs, size = tree_counts(src)
     sender, code = start_send(admin, str(src))
     with sender:
@@ -185,7 +143,7 @@ def test_send_a_single_file(tmp_path: Path, admin: Client, bob: Client) -> None:
 def test_receiving_again_after_completion_sends_nothing(
     tmp_path: Path, admin: Client, bob: Client
 ) -> None:
-    src = make_tree(tmp_path / "album")
+    src = make_tree(tmp_path / "album", seed=11, big=5 * MiB)
     files, dirs, size = tree_counts(src)
     sender, code = start_send(admin, str(src))
     with sender:

@@ -19,6 +19,7 @@ import struct
 import subprocess
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,20 +104,6 @@ class ShapedProxy(FaultProxy):
 
 
 @pytest.fixture
-def hubs(tmp_path: Path) -> Iterator[Callable[..., Hub]]:
-    started: list[Hub] = []
-
-    def make(*extra: str) -> Hub:
-        h = Hub(tmp_path / f"hub{len(started)}", extra=list(extra))
-        started.append(h)
-        return h.start()
-
-    yield make
-    for h in started:
-        h.stop()
-
-
-@pytest.fixture
 def proxies() -> Iterator[Callable[..., ShapedProxy]]:
     started: list[ShapedProxy] = []
 
@@ -128,24 +115,6 @@ def proxies() -> Iterator[Callable[..., ShapedProxy]]:
     yield make
     for p in started:
         p.close()
-
-
-@pytest.fixture
-def spawn() -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    """Client.popen that never leaves a process behind."""
-    procs: list[subprocess.Popen[str]] = []
-
-    def run(client: Client, *args: str) -> subprocess.Popen[str]:
-        p = client.popen(*args)
-        procs.append(p)
-        return p
-
-    yield run
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        with contextlib.suppress(Exception):
-            p.communicate(timeout=10)
 
 
 def accounts(tmp_path: Path, hub: Hub, proxy: FaultProxy | None = None) -> tuple[Client, Client]:
@@ -237,6 +206,47 @@ def start_transfer(
     return s, r, code
 
 
+@dataclass
+class SlowTransfer:
+    """A 32 MiB send/receive at 8 MiB/s through a shaped proxy."""
+
+    hub: Hub
+    proxy: ShapedProxy
+    sender: Client
+    receiver: Client
+    src: Path
+    dest: Path
+    s: subprocess.Popen[str]
+    r: subprocess.Popen[str]
+    code: str
+    size: int = 32 * MiB
+
+    @property
+    def target(self) -> Path:
+        return self.dest / self.src.name
+
+
+def slow_transfer(
+    tmp_path: Path,
+    hubs: Callable[..., Hub],
+    proxies: Callable[..., ShapedProxy],
+    spawn: Callable[..., subprocess.Popen[str]],
+    seed: int,
+) -> SlowTransfer:
+    """Started, and returned once 8 MiB are on the receiver's disk: about
+    4 s for the whole file, so a fault injected now lands mid-way."""
+    hub = hubs()
+    proxy = proxies(hub)
+    sender, receiver = accounts(tmp_path, hub, proxy)
+    src = random_file(tmp_path / "src.bin", 32 * MiB, seed=seed)
+    dest = tmp_path / "dest"
+    proxy.set_rate(8 * MiB)
+    s, r, code = start_transfer(spawn, sender, receiver, src, dest)
+    t = SlowTransfer(hub, proxy, sender, receiver, src, dest, s, r, code)
+    wait_until(lambda: part_size(t.target) >= 8 * MiB, 20, "8 MiB at the receiver")
+    return t
+
+
 # --- 1. every connection cut every 3 MiB --------------------------------------------
 
 
@@ -279,17 +289,8 @@ def test_send_receive_survive_hub_sigkill(
     proxies: Callable[..., ShapedProxy],
     spawn: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    hub = hubs()
-    proxy = proxies(hub)
-    sender, receiver = accounts(tmp_path, hub, proxy)
-    size = 32 * MiB
-    src = random_file(tmp_path / "src.bin", size, seed=2)
-    dest = tmp_path / "dest"
-    target = dest / "src.bin"
-    proxy.set_rate(8 * MiB)  # about 4 s for the file: the kill lands mid-way
-    s, r, _ = start_transfer(spawn, sender, receiver, src, dest)
-
-    wait_until(lambda: part_size(target) >= 8 * MiB, 20, "8 MiB at the receiver")
+    t = slow_transfer(tmp_path, hubs, proxies, spawn, seed=2)
+    hub, s, r, src, target, size = t.hub, t.s, t.r, t.src, t.target, t.size
     hub.kill()
     at_kill = part_size(target)
     assert at_kill < size
@@ -320,17 +321,9 @@ def test_receiver_killed_and_run_again_resumes(
     proxies: Callable[..., ShapedProxy],
     spawn: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    hub = hubs()
-    proxy = proxies(hub)
-    sender, receiver = accounts(tmp_path, hub, proxy)
-    size = 32 * MiB
-    src = random_file(tmp_path / "src.bin", size, seed=3)
-    dest = tmp_path / "dest"
-    target = dest / "src.bin"
-    proxy.set_rate(8 * MiB)
-    s, r, code = start_transfer(spawn, sender, receiver, src, dest)
-
-    wait_until(lambda: part_size(target) >= 8 * MiB, 20, "8 MiB at the receiver")
+    t = slow_transfer(tmp_path, hubs, proxies, spawn, seed=3)
+    hub, proxy, sender, receiver = t.hub, t.proxy, t.sender, t.receiver
+    s, r, code, src, dest, target, size = t.s, t.r, t.code, t.src, t.dest, t.target, t.size
     r.kill()
     r.wait(10)
     held = part_size(target)
@@ -357,17 +350,9 @@ def test_sender_killed_and_run_again_resumes(
     proxies: Callable[..., ShapedProxy],
     spawn: Callable[..., subprocess.Popen[str]],
 ) -> None:
-    hub = hubs()
-    proxy = proxies(hub)
-    sender, receiver = accounts(tmp_path, hub, proxy)
-    size = 32 * MiB
-    src = random_file(tmp_path / "src.bin", size, seed=4)
-    dest = tmp_path / "dest"
-    target = dest / "src.bin"
-    proxy.set_rate(8 * MiB)
-    s, r, code = start_transfer(spawn, sender, receiver, src, dest)
-
-    wait_until(lambda: part_size(target) >= 8 * MiB, 20, "8 MiB at the receiver")
+    t = slow_transfer(tmp_path, hubs, proxies, spawn, seed=4)
+    hub, proxy, sender, r, code = t.hub, t.proxy, t.sender, t.r, t.code
+    s, src, target = t.s, t.src, t.target
     s.kill()
     s.wait(10)
     wait_until(lambda: relay_states(sender) == ["waiting"], 20, "the sender detached")
