@@ -54,6 +54,8 @@ from typing import Any
 
 import blake3
 
+from bench import fs_type, markdown_table  # bench/bench.py, beside this script
+
 REPO_DIR = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_DIR))  # the test helpers: real hub and agent processes
 
@@ -73,23 +75,6 @@ from tests.support import Client, Hub  # noqa: E402
 MiB = 1024 * 1024
 AGENTS = ["bench-0", "bench-1", "bench-2"]
 TARGET = 1.00
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def fs_type(path: Path) -> str:
-    best, kind = "", "?"
-    real = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/mounts") as f:
-        for line in f:
-            _, mnt, fstype, *_ = line.split()
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                best, kind = mnt, fstype
-    return kind
 
 
 @dataclass

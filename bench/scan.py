@@ -39,6 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench import fs_type, markdown_table  # bench/bench.py, beside this script
 from freight.agent.scan import RACY_WINDOW, ScanCache, ScanResult, scan
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -68,24 +69,6 @@ class Step:
 
 
 HEADERS = ["step", "files", "hashed", "hashed MiB", "seconds", "files/s", "errors"]
-
-
-def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def fs_type(path: Path) -> str:
-    """Filesystem type of the mount holding path (from /proc/mounts)."""
-    best, kind = "", "?"
-    real = str(path.resolve())
-    with contextlib.suppress(OSError), open("/proc/mounts") as f:
-        for line in f:
-            _, mnt, fstype, *_ = line.split()
-            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) > len(best):
-                best, kind = mnt, fstype
-    return kind
 
 
 def build_tree(top: Path, files: int, per_dir: int, rng: random.Random) -> list[str]:
