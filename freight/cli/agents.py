@@ -159,19 +159,45 @@ def agents_cmd(
         )
         if wait <= 0:
             return body
-        deadline = time.monotonic() + wait
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            row = await _admin(
-                hub_url, "GET", f"/v1/agents/commands/{body['id']}?wait={min(left, 60):.1f}"
-            )
-            if row["state"] in ("done", "failed") or time.monotonic() >= deadline:
-                return row
+        return await _await_command(hub_url, int(body["id"]), wait)
 
-    row = run_async(go)
+    _show_command(run_async(go), wait)
+
+
+@agents_app.command("result")
+def agents_result(
+    command_id: Annotated[int, typer.Argument(help="The id `agents cmd` printed.")],
+    wait: Annotated[
+        float, typer.Option(help="Seconds to wait for the result (0: its state now).")
+    ] = 30.0,
+    hub_url: HubOpt = None,
+) -> None:
+    """Show a queued command's state and, once the agent answered, its result."""
+    _show_command(run_async(lambda: _await_command(hub_url, command_id, wait)), wait)
+
+
+async def _await_command(hub_url: str | None, command_id: int, wait: float) -> Any:
+    deadline = time.monotonic() + wait
+    while True:
+        left = max(0.0, deadline - time.monotonic())
+        row = await _admin(
+            hub_url, "GET", f"/v1/agents/commands/{command_id}?wait={min(left, 60):.1f}"
+        )
+        if row["state"] in ("done", "failed") or time.monotonic() >= deadline:
+            return row
+
+
+def _show_command(row: Any, wait: float) -> None:
     print_json(row)
     if row.get("state") == "failed":
         raise typer.Exit(7)
+    if wait > 0 and row.get("state") not in ("done", "failed"):
+        # A long send_file, or an agent that is offline: the command stays
+        # queued at the hub; say how to look again.
+        err_console.print(
+            f"command {row['id']} is {row['state']}, not answered yet; "
+            f"later: freight agents result {row['id']} --wait 600"
+        )
 
 
 # --- freight agent (on the managed machine) ---------------------------------------

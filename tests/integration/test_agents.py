@@ -556,6 +556,20 @@ def test_command_queued_while_offline_is_delivered_on_start(
         agent.kill()
 
 
+def test_a_command_not_answered_in_time_says_how_to_look_again(
+    tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client
+) -> None:
+    home = tmp_path_factory.mktemp("napper")
+    (home / "root").mkdir()
+    Agent(admin, shared_hub, "napper", home, home / "root")  # enrolled, not running
+    res = admin.run("agents", "cmd", "napper", "ping", "--wait", "0.5")
+    row = json.loads(res.stdout)
+    assert row["state"] == "queued", row
+    assert f"later: freight agents result {row['id']} --wait 600" in res.stderr, res.stderr
+    later = json.loads(admin.run("agents", "result", str(row["id"]), "--wait", "0").stdout)
+    assert (later["id"], later["state"]) == (row["id"], "queued"), later
+
+
 # --- 7. disable, enable, remove ---------------------------------------------------------
 
 
