@@ -33,8 +33,11 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+# Both cores: one worker per core, a test file stays on one worker (its
+# module-scoped hub is started once).
+TEST_WORKERS ?= 2
 test: lint typecheck $(STAMP)
-	$(BIN)/pytest -q -p no:cacheprovider tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
 # (rate limits, hub memory, bytes re-sent after a hub crash). Not part of
