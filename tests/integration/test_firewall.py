@@ -322,3 +322,34 @@ def test_enrolment_behind_the_proxy_checks_the_hubs_own_fingerprint(
     assert len(lines) == 1 and f"not the expected {wrong}" in lines[0], res.stderr
     assert behind.hub.fingerprint in lines[0]
     assert not (tmp_path / "config" / "agent.json").exists()
+
+
+def test_push_over_http_rides_out_a_hub_restart_from_its_checkpoint(
+    tmp_path: Path,
+    hubs: Callable[..., Hub],
+    spawn: Callable[..., subprocess.Popen[str]],
+) -> None:
+    """The hub is killed mid-push: its HTTP attachment is gone with it, so
+    the running client attaches again over HTTP and the stream resumes from
+    the hub's last durable checkpoint, in the same process."""
+    hub = hubs()
+    client = Client(tmp_path / "client", hub)
+    client.login()
+    size = 48 * MiB
+    src = random_file(tmp_path / "src.bin", size, seed=71)
+    args = ("push", str(src), "--as", "src.bin", "--transport", "http", "--data-path", "tls")
+    proc = spawn(client, *args, "--limit", "16M", "--json")
+    wait_until(lambda: hub.partial_size() >= 20 * MiB, 60, "20 MiB at the hub")
+    hub.kill()
+    assert proc.poll() is None, "the client must not give up while the hub is down"
+    hub.start()  # same data folder and port
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err + hub.log()[-3000:]
+    row = json.loads(out)["pushed"][0]
+    assert row["size"] == size and row["attempts"] >= 2
+    resumes = [line for line in hub.lines if '"stream_resume"' in line]
+    assert resumes, hub.log()[-3000:]
+    assert json.loads(resumes[0])["checkpoint"] > 0
+    back = tmp_path / "back.bin"
+    client.run("pull", "src.bin", str(back), "--transport", "http", "--quiet")
+    assert same_bytes(src, back)
