@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= .freight-data
 LISTEN ?= 127.0.0.1:8443
 
-.PHONY: run test lint typecheck unit integration bench venv clean
+.PHONY: run test lint typecheck unit integration test-proxies bench venv clean
 
 venv: $(STAMP)
 
@@ -30,14 +30,28 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP)
+integration: $(STAMP) test-proxies
 	$(BIN)/pytest -q tests/integration
 
 # Both cores: one worker per core, a test file stays on one worker (its
 # module-scoped hub is started once).
 TEST_WORKERS ?= 2
-test: lint typecheck $(STAMP)
+test: lint typecheck $(STAMP) test-proxies
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile tests
+
+# The TLS-inspecting proxy the firewall tests run for real: squid built with
+# OpenSSL (Debian's squid-openssl). Installed only as root with apt-get and
+# only when missing; never fails the build (the tests then say why they skip).
+test-proxies:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! squid -v 2>/dev/null | grep -q -- --with-openssl; then \
+		echo "installing squid-openssl for the proxy tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q squid-openssl >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+			&& apt-get install -y -q squid-openssl >/dev/null 2>&1; } \
+		|| echo "could not install squid-openssl: its proxy tests will be skipped"; \
+	fi
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
 # (rate limits, hub memory, bytes re-sent after a hub crash). Not part of

@@ -264,6 +264,10 @@ class Firewall:
             await asyncio.gather(pipe(creader, hwriter), pipe(hreader, cwriter))
         except OSError:
             pass
+        except asyncio.CancelledError:
+            # Only close() cancels us. Ending normally keeps asyncio's
+            # start_server callback from logging the cancelled task as an error.
+            pass
         finally:
             for w in (cwriter, hwriter):
                 if w is not None:

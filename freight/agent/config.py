@@ -15,7 +15,10 @@ from ..errors import ConfigError
 class AgentConfig:
     hub: str
     name: str
-    fingerprint: str = ""  # pinned hub certificate (empty with ca_file)
+    # The hub certificate: pinned, and named in logins. With ca_file it is
+    # empty (logins name the certificate seen) unless a TLS-inspecting proxy
+    # hides the hub's own, given at enrolment.
+    fingerprint: str = ""
     ca_file: str = ""
     proxy: str = ""
     roots: list[str] = field(default_factory=list)

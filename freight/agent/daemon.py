@@ -35,13 +35,18 @@ from .roots import OutsideRoots
 log = structlog.get_logger("freight.agent")
 
 
-def session_for(cfg: AgentConfig, token: str = "") -> HubSession:
+def session_for(cfg: AgentConfig, token: str = "", transport: str = "auto") -> HubSession:
+    """The agent's way to the hub. Its uploads and downloads (collection,
+    send_file, receive_file) open their links on this session too, so they
+    take the transport of ``agent run --transport``, and once ``auto`` found
+    the WebSocket refused they all go straight to plain HTTP."""
     return HubSession(
         cfg.hub,
         fingerprint=cfg.fingerprint,
         token=token,
         proxy=cfg.proxy or None,
         ca_file=Path(cfg.ca_file) if cfg.ca_file else None,
+        transport=transport,
     )
 
 
@@ -156,7 +161,9 @@ class Agent:
 
     async def run_once(self) -> None:
         token = await agent_login(self.cfg, self.config)
-        relay = RelayClient(session_for(self.cfg, token), self.config, transport=self.transport)
+        relay = RelayClient(
+            session_for(self.cfg, token, self.transport), self.config, transport=self.transport
+        )
         relay.hello = f"freight-agent/{__version__}"
         relay.on_other = self.on_command
         self.relay = relay

@@ -16,12 +16,18 @@ from ..agent.files import APP, decode, encode
 from ..client.config import ClientConfig
 from ..client.relay import Connection, RelayClient, identity_key
 from ..client.sendrecv import Summary, build_manifest, receive_entries, send_entries
-from ..client.session import HubSession, canonical_url, fetch_fingerprint, parse_hub_url
+from ..client.session import (
+    HubSession,
+    canonical_url,
+    check_transport,
+    fetch_fingerprint,
+    parse_hub_url,
+)
 from ..client.transfer import QuietReporter
 from ..errors import UsageError, code_to_error
 from ..protocol.e2e import public_of
 from ..units import format_bytes, parse_duration, parse_rate
-from .common import HubOpt, JsonOpt, QuietOpt, run_async
+from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
 from .output import RichReporter, err_console, print_json
 
 agents_app = typer.Typer(help="Enrolled agents (admin accounts only).", no_args_is_help=True)
@@ -211,7 +217,11 @@ def agent_enroll(
         list[Path], typer.Option("--root", help="A folder this agent serves (repeatable).")
     ],
     fingerprint: Annotated[
-        str | None, typer.Option(help="The hub's certificate fingerprint, checked and pinned.")
+        str | None,
+        typer.Option(
+            help="The hub's certificate fingerprint, checked and pinned; with --ca-file (a "
+            "TLS-inspecting proxy's CA), the hub's own certificate that logins are bound to."
+        ),
     ] = None,
     ca_file: Annotated[
         Path | None, typer.Option("--ca-file", help="Trust this CA instead of pinning.")
@@ -248,6 +258,18 @@ def agent_enroll(
             body = await session.request(
                 "POST", "/v1/agents/enroll", {"token": token, "key": public_of(key).hex()}
             )
+        if ca_file is not None and fingerprint:
+            # Behind a TLS-inspecting proxy the agent never sees the hub's
+            # certificate, so its logins name the one given here (which the
+            # hub's answer, through the trusted proxy, confirms).
+            if body.get("fingerprint") != fingerprint:
+                raise code_to_error(
+                    "fingerprint_mismatch",
+                    f"the hub's certificate is {body.get('fingerprint')}, not the expected "
+                    f"{fingerprint}; this agent is enrolled but not saved: remove it with "
+                    "freight agents rm and enrol again",
+                )
+            seen = fingerprint
         cfg = AgentConfig(
             hub=canonical_url(u),
             name=body["name"],
@@ -277,12 +299,13 @@ def agent_run(
     print_unit: Annotated[
         bool, typer.Option("--print-unit", help="Print a systemd unit for this agent and exit.")
     ] = False,
-    transport: Annotated[str, typer.Option(help="auto, ws or http.")] = "auto",
+    transport: TransportOpt = "auto",
 ) -> None:
     """Run the agent: stay attached to the hub, serve files and commands."""
     from ..agent.daemon import Agent, systemd_unit
     from ..hub.observe import configure_logging
 
+    check_transport(transport)
     config = ClientConfig()
     if print_unit:
         typer.echo(systemd_unit(config), nl=False)
@@ -305,10 +328,11 @@ def split_remote(spec: str) -> tuple[str, str] | None:
 
 
 async def _open(
-    hub_url: str | None, agent: str, request: dict[str, Any]
+    hub_url: str | None, agent: str, request: dict[str, Any], transport: str
 ) -> tuple[RelayClient, Connection, dict[str, Any]]:
     config = ClientConfig()
-    relay = RelayClient(HubSession.from_config(config, hub_url), config)
+    session = HubSession.from_config(config, hub_url, transport=transport)
+    relay = RelayClient(session, config, transport=transport)
     await relay.start()
     try:
         conn = await relay.connect(agent, APP, timeout=60)
@@ -322,14 +346,15 @@ async def _open(
         raise
 
 
-def remote_ls(target: str, hub_url: str | None, json_out: bool) -> None:
+def remote_ls(target: str, hub_url: str | None, json_out: bool, transport: str = "auto") -> None:
     remote = split_remote(target)
     if remote is None:
         raise UsageError(f"{target!r} is not AGENT:/path")
     agent, path = remote
+    check_transport(transport)
 
     async def go() -> Any:
-        relay, conn, answer = await _open(hub_url, agent, {"op": "ls", "path": path})
+        relay, conn, answer = await _open(hub_url, agent, {"op": "ls", "path": path}, transport)
         try:
             await conn.close()
         finally:
@@ -349,6 +374,7 @@ def remote_ls(target: str, hub_url: str | None, json_out: bool) -> None:
 def cp(
     paths: Annotated[list[str], typer.Argument(help="SOURCE... DEST; one side AGENT:/path.")],
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Copy folders.")] = False,
+    transport: TransportOpt = "auto",
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -356,6 +382,7 @@ def cp(
     """Copy files to or from an agent (scp-like; resumable: run it again)."""
     if len(paths) < 2:
         raise UsageError("give a source and a destination")
+    check_transport(transport)
     *sources, dest = paths
     remote_dest = split_remote(dest)
     remote_sources = [split_remote(s) for s in sources]
@@ -367,14 +394,22 @@ def cp(
         for p in local:
             if p.is_dir() and not recursive:
                 raise UsageError(f"{p} is a folder: use -r")
-        summary = run_async(lambda: _upload(hub_url, remote_dest, local, quiet or json_out))
+        summary = run_async(
+            lambda: _upload(hub_url, remote_dest, local, quiet or json_out, transport)
+        )
     else:
         if len(sources) != 1 or remote_sources[0] is None:
             raise UsageError("download one AGENT:/path at a time (upload takes several)")
         into = dest.endswith("/") or Path(dest).is_dir()  # else: the copy's new name
         summary = run_async(
             lambda: _download(
-                hub_url, remote_sources[0], Path(dest), into, recursive, quiet or json_out
+                hub_url,
+                remote_sources[0],
+                Path(dest),
+                into,
+                recursive,
+                quiet or json_out,
+                transport,
             )
         )
     took = time.monotonic() - started
@@ -393,13 +428,13 @@ def cp(
 
 
 async def _upload(
-    hub_url: str | None, remote: tuple[str, str], local: list[Path], quiet: bool
+    hub_url: str | None, remote: tuple[str, str], local: list[Path], quiet: bool, transport: str
 ) -> Summary:
     agent, path = remote
     entries = build_manifest(local)
     total = sum(e.size for e in entries)
     files = sum(1 for e in entries if e.type == "file")
-    relay, conn, _ = await _open(hub_url, agent, {"op": "put", "path": path})
+    relay, conn, _ = await _open(hub_url, agent, {"op": "put", "path": path}, transport)
     try:
         with RichReporter(total, files, quiet=quiet) as reporter:
             summary = await send_entries(conn, entries, reporter)
@@ -416,13 +451,14 @@ async def _download(
     into: bool,
     recursive: bool,
     quiet: bool,
+    transport: str,
 ) -> Summary:
     agent, path = remote
     rename = None
     if not into:
         dest, rename = dest.parent, dest.name  # cp AGENT:/a.bin ./b.bin
     relay, conn, _ = await _open(
-        hub_url, agent, {"op": "get", "path": path, "recursive": recursive}
+        hub_url, agent, {"op": "get", "path": path, "recursive": recursive}, transport
     )
     try:
         reporter: Any = QuietReporter()

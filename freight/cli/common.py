@@ -19,6 +19,14 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 HubOpt = Annotated[
     str | None, typer.Option("--hub", help="Hub URL (default: the one you logged in to last).")
 ]
+TransportOpt = Annotated[
+    str,
+    typer.Option(
+        "--transport",
+        help="How to reach the hub: auto (WebSocket, falling back to plain HTTP when a proxy "
+        "refuses it), ws or http.",
+    ),
+]
 
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:

@@ -23,6 +23,7 @@ from ..client.session import (
     PROXY_ENV,
     HubSession,
     canonical_url,
+    check_transport,
     fetch_fingerprint,
     hostport,
     mismatch_error,
@@ -43,7 +44,7 @@ from ..protocol.messages import LEVELS
 from ..transport.proxy import choose_proxy, redact
 from ..units import format_bytes, format_rate, parse_rate, parse_size
 from . import agents, collect, relay, users
-from .common import HubOpt, JsonOpt, QuietOpt, report, run_async
+from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, report, run_async
 from .output import RichReporter, err_console, print_json
 
 app = typer.Typer(
@@ -343,18 +344,20 @@ def push(
     compress: CompressOpt = "none",
     parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 1,
     data_path: DataPathOpt = "auto",
+    transport: TransportOpt = "auto",
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Upload files to the hub. Interrupted? Run the same command again: it resumes."""
     opts = transfer_options(limit, compress, data_path, parallel)
+    check_transport(transport)
     items = expand_sources(paths, as_name)
     total = sum(p.stat().st_size for p, _ in items)
 
     async def go() -> list[dict[str, Any]]:
         config = ClientConfig()
-        async with HubSession.from_config(config, hub_url) as session:
+        async with HubSession.from_config(config, hub_url, transport=transport) as session:
             if quiet or json_out:
                 results = await push_many(session, config, items, opts, QuietReporter())
             else:
@@ -382,17 +385,19 @@ def pull(
     limit: LimitOpt = "off",
     compress: CompressOpt = "none",
     data_path: DataPathOpt = "auto",
+    transport: TransportOpt = "auto",
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Download a file from the hub. Interrupted? Run it again: it resumes."""
     opts = transfer_options(limit, compress, data_path)
+    check_transport(transport)
     target = dest or Path(Path(name).name)
 
     async def go() -> dict[str, Any]:
         config = ClientConfig()
-        async with HubSession.from_config(config, hub_url) as session:
+        async with HubSession.from_config(config, hub_url, transport=transport) as session:
             if quiet or json_out:
                 res = await pull_one(session, config, name, target, opts, QuietReporter())
             else:
@@ -416,12 +421,13 @@ def ls_cmd(
     target: Annotated[
         str | None, typer.Argument(help="AGENT:/path to list a folder on an agent.")
     ] = None,
+    transport: TransportOpt = "auto",
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """List your files on the hub, or a folder on an agent (AGENT:/path)."""
     if target is not None:
-        agents.remote_ls(target, hub_url, json_out)
+        agents.remote_ls(target, hub_url, json_out, transport)
         return
 
     async def go() -> Any:

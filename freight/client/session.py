@@ -142,9 +142,10 @@ def mismatch_error(u: URL, pinned: str, seen: str) -> FingerprintMismatch:
 
 class HubSession:
     """How to reach one hub and trust it: by pinned ``fingerprint`` or, with
-    ``ca_file``, by a CA; directly or through an HTTP ``proxy``. Every
-    connection the session makes (REST, control WebSocket, data connections)
-    takes the same route and the same trust."""
+    ``ca_file``, by a CA; directly or through an HTTP ``proxy``; attached
+    over a WebSocket or plain HTTP as ``transport`` says (``auto``: the
+    WebSocket, else HTTP). Every connection the session makes (REST, control
+    channels, data connections) takes the same route and the same trust."""
 
     def __init__(
         self,
@@ -154,6 +155,7 @@ class HubSession:
         token: str = "",
         proxy: URL | str | None = None,
         ca_file: Path | str | None = None,
+        transport: str = "auto",
     ) -> None:
         self.url = parse_hub_url(url)
         self.fingerprint = fingerprint
@@ -162,6 +164,10 @@ class HubSession:
         self.ca_file = Path(ca_file) if ca_file is not None else None
         if not fingerprint and self.ca_file is None:
             raise TLSError(f"no way to trust the hub at {hostport(self.url)}: no pin and no CA")
+        self.transport = check_transport(transport)
+        # Set once ``auto`` found the WebSocket refused: every later channel
+        # of this session goes straight to plain HTTP instead of asking again.
+        self.websocket_refused = False
         self._http: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -172,6 +178,7 @@ class HubSession:
         *,
         proxy: str | None = None,
         ca_file: str | None = None,
+        transport: str = "auto",
     ) -> HubSession:
         """The session for the hub logged in to (``url`` or the last one).
 
@@ -189,11 +196,17 @@ class HubSession:
         )
         ca = ca_file or os.environ.get(CA_FILE_ENV) or login.get("ca_file")
         if ca:
-            return cls(hub, token=login["token"], proxy=chosen, ca_file=Path(ca).expanduser())
+            return cls(
+                hub,
+                token=login["token"],
+                proxy=chosen,
+                ca_file=Path(ca).expanduser(),
+                transport=transport,
+            )
         pinned = config.pinned(hostport(u))
         if not pinned:
             raise TLSError(f"no pinned certificate for {hostport(u)}; run freight login again")
-        return cls(hub, fingerprint=pinned, token=login["token"], proxy=chosen)
+        return cls(hub, fingerprint=pinned, token=login["token"], proxy=chosen, transport=transport)
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -264,9 +277,16 @@ class HubSession:
             raise RemoteError(f"the hub sent an unreadable answer: {exc}") from None
 
     async def open_link(self, data_path: str = "auto") -> Link:
+        """A control channel for streams, attached as ``self.transport`` says."""
         link = Link(self, data_path)
         await link.connect()
         return link
+
+
+def check_transport(transport: str) -> str:
+    if transport not in TRANSPORTS:
+        raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    return transport
 
 
 async def _open_http(session: HubSession) -> FrameChannel:
@@ -279,13 +299,16 @@ async def _open_http(session: HubSession) -> FrameChannel:
 
 
 async def open_channel(
-    session: HubSession, transport: str = "ws", *, hello: str = "freight-cli"
+    session: HubSession, transport: str | None = None, *, hello: str = "freight-cli"
 ) -> tuple[FrameChannel, str]:
-    """Attach to the hub: WebSocket first unless told otherwise; the HTTP
-    fallback when the upgrade is refused or cut (a proxy or firewall that
-    does not pass WebSockets). Returns the channel after Hello/Welcome."""
-    if transport not in TRANSPORTS:
-        raise UsageError(f"--transport must be one of {', '.join(TRANSPORTS)}")
+    """Attach to the hub as ``transport`` (default: the session's) says:
+    ``auto`` tries the WebSocket first and falls back to plain HTTP when
+    the upgrade is refused or cut (a proxy or firewall that does not pass
+    WebSockets), and the session remembers it. Returns the channel after
+    Hello/Welcome and the transport used."""
+    transport = check_transport(transport or session.transport)
+    if transport == "auto" and session.websocket_refused:
+        transport = "http"
     chan: FrameChannel
     used = transport
     if transport in ("auto", "ws"):
@@ -307,9 +330,14 @@ async def open_channel(
                     "not_logged_in", "the hub did not accept the saved login"
                 ) from None
             if transport == "ws":
-                raise NetworkError(f"WebSocket refused: {exc.status} {exc.message}") from None
+                # The advice is in the message: retries wrap it with their own hint.
+                raise NetworkError(
+                    f"WebSocket refused: {exc.status} {exc.message} (a proxy or firewall "
+                    "on the way may not pass WebSockets: use --transport http or auto)"
+                ) from None
             # Something between us and the hub does not pass WebSockets.
             chan, used = await _open_http(session), "http"
+            session.websocket_refused = True
         except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # Only an upgrade cut half-way is worth trying over plain HTTP;
             # a hub or proxy that cannot be reached at all stays an error.
@@ -319,6 +347,7 @@ async def open_channel(
             if transport == "ws" or unreachable:
                 raise session.connection_error(exc) from None
             chan, used = await _open_http(session), "http"
+            session.websocket_refused = True
     else:
         chan = await _open_http(session)
     try:
@@ -340,7 +369,9 @@ async def open_channel(
 
 
 class Link:
-    """One control WebSocket, plus data connections opened per stream."""
+    """One control channel (a WebSocket, or the HTTP fallback), plus data
+    connections opened per stream; a stream that gets none runs inside the
+    control channel, whichever it is."""
 
     def __init__(self, session: HubSession, data_path: str) -> None:
         if data_path not in DATA_PATHS:
@@ -348,12 +379,13 @@ class Link:
         self.session = session
         self.data_path = data_path
         self.direct_ok = data_path != "tls"
+        self.transport = ""  # what the control channel runs over, once connected
         self.mux: Mux | None = None
         # Every open connection's multiplexer and the task reading it.
         self._readers: dict[Mux, asyncio.Task[None]] = {}
 
     async def connect(self) -> None:
-        chan, _ = await open_channel(self.session, "ws")
+        chan, self.transport = await open_channel(self.session)
         self.mux = Mux(chan)
         self._readers[self.mux] = asyncio.create_task(self.mux.run())
 
