@@ -401,6 +401,8 @@ async def _read_ahead(f: BinaryIO, hasher: Any, length: int) -> Any:
             yield item
     finally:
         task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 # --- receiving -------------------------------------------------------------
@@ -595,7 +597,7 @@ class _DiskWriter:
         self.queue: asyncio.Queue[tuple[Any, tuple[Any, ...], asyncio.Future[Any] | None]] = (
             asyncio.Queue(depth)
         )
-        self.failure: BaseException | None = None
+        self.failure: Exception | None = None
         self.task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
@@ -603,7 +605,9 @@ class _DiskWriter:
             fn, args, done = await self.queue.get()
             try:
                 result = None if self.failure else await asyncio.to_thread(fn, *args)
-            except BaseException as exc:  # kept for the receiving loop to raise
+            except Exception as exc:  # kept for the receiving loop to raise
+                # Not BaseException: a cancellation (aclose, the transfer
+                # failing elsewhere) must end this task, not be stored.
                 self.failure = exc
             if done is not None and not done.done():
                 if self.failure is not None:
