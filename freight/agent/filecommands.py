@@ -4,18 +4,22 @@
 Both go through the stream engine, so a transfer cut by a network fault
 resumes from its checkpoint, and one cut by an agent restart resumes when
 the hub delivers the command again. Paths are checked against the roots
-after resolving links, like every other agent request.
+after resolving links, like every other agent request; a received file is
+then written from its root without following links, and an existing file
+is replaced only when the command says ``overwrite=true`` and the agent
+allows it (``allow_overwrite`` in agent.json).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..client.transfer import QuietReporter, options_from_env, pull_one, push_many
 from ..errors import FreightError, UsageError
 from ..hub.commandfiles import INBOX_PREFIX, SENT_PREFIX
-from .roots import resolve
+from .roots import locate, resolve
 
 
 def destination(raw: str, name: str, roots: list[Path]) -> Path:
@@ -49,14 +53,16 @@ async def send_file(agent: Any, command_id: int, args: dict[str, Any]) -> dict[s
 
 async def receive_file(agent: Any, command_id: int, args: dict[str, Any]) -> dict[str, Any]:
     dest = destination(str(args.get("dest", "")), str(args.get("name", "")), agent.roots)
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    root, _ = locate(str(dest), agent.roots)
+    replace = str(args.get("overwrite", "")).lower() == "true" and agent.cfg.allow_overwrite
+    opts = dataclasses.replace(options_from_env(), root=root, keep_existing=not replace)
     try:
         r = await pull_one(
             agent.relay.session,
             agent.config,
             INBOX_PREFIX + str(command_id),
             dest,
-            options_from_env(),
+            opts,
             QuietReporter(),
         )
     except FreightError as exc:
