@@ -16,6 +16,7 @@ import dataclasses
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..client.safefs import FileExists
 from ..client.transfer import QuietReporter, options_from_env, pull_one, push_many
 from ..errors import FreightError, UsageError
 from ..hub.commandfiles import INBOX_PREFIX, SENT_PREFIX
@@ -54,8 +55,10 @@ async def send_file(agent: Any, command_id: int, args: dict[str, Any]) -> dict[s
 async def receive_file(agent: Any, command_id: int, args: dict[str, Any]) -> dict[str, Any]:
     dest = destination(str(args.get("dest", "")), str(args.get("name", "")), agent.roots)
     root, _ = locate(str(dest), agent.roots)
-    replace = str(args.get("overwrite", "")).lower() == "true" and agent.cfg.allow_overwrite
-    opts = dataclasses.replace(options_from_env(), root=root, keep_existing=not replace)
+    asked = args.get("overwrite") is True
+    opts = dataclasses.replace(
+        options_from_env(), root=root, keep_existing=not (asked and agent.cfg.allow_overwrite)
+    )
     try:
         r = await pull_one(
             agent.relay.session,
@@ -65,6 +68,13 @@ async def receive_file(agent: Any, command_id: int, args: dict[str, Any]) -> dic
             opts,
             QuietReporter(),
         )
+    except FileExists as exc:
+        why = (
+            "this agent does not allow replacing files (allow_overwrite in its agent.json)"
+            if asked
+            else "queue it with --arg overwrite=true to replace it"
+        )
+        raise FileExists(f"{exc.message}; {why}") from None
     except FreightError as exc:
         raise UsageError(f"receiving into {dest} failed: {exc.message}") from None
     return {"dest": str(dest), "size": r.size, "digest": r.digest, "seconds": round(r.seconds, 3)}

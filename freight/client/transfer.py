@@ -349,7 +349,7 @@ class FileSink:
                 and existing is not None
                 and not same_file(existing, req.size, req.mtime)
             ):
-                raise FileExists(f"{self.dest} already exists; the agent keeps it")
+                raise FileExists(f"{self.dest} already exists")
             held = folder.lstat(part)
             checkpoint = 0
             if (

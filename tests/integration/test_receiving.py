@@ -615,3 +615,36 @@ def test_the_printed_unit_does_not_run_the_agent_as_root(tmp_path: Path, depot: 
         "agent", "run", "--print-unit", "--unit-user", "x\nUser=root", check=False
     )
     assert res.returncode == 2 and "not a user name" in res.stderr, res.stderr
+
+
+def test_receive_file_keeps_an_existing_file_unless_asked_and_allowed(
+    tmp_path: Path, admin: Client, depot: Agent
+) -> None:
+    local = tmp_path / "fix.bin"
+    local.write_bytes(b"the hub's copy\n")
+    admin.run("push", str(local), "--as", "receiving/fix.bin")
+    drop = fresh(depot.roots[0], "receive-file")
+    theirs = drop / "fix.bin"
+    theirs.write_text("the agent's own\n")
+
+    def run(*extra: str) -> dict[str, Any]:
+        args = ["--arg", "name=receiving/fix.bin", "--arg", f"dest={drop}/"]
+        for a in extra:
+            args += ["--arg", a]
+        res = admin.run(
+            "agents", "cmd", "depot", "receive_file", *args, "--wait", "60", check=False
+        )
+        return dict(json.loads(res.stdout))
+
+    row = run()
+    assert row["state"] == "failed" and "overwrite=true" in row["result"]["error"], row
+    row = run("overwrite=true")
+    assert row["state"] == "failed" and "allow_overwrite" in row["result"]["error"], row
+    assert theirs.read_text() == "the agent's own\n"
+    set_policy(admin, depot, allow_overwrite=True)
+    try:
+        row = run("overwrite=true")
+        assert row["state"] == "done", row
+    finally:
+        set_policy(admin, depot, allow_overwrite=False)
+    assert theirs.read_bytes() == b"the hub's copy\n"
