@@ -129,7 +129,9 @@ class Destination:
                 # was put in since; it is not followed.
                 raise UnsafePath(f"refusing to follow the symbolic link {self.path}")
             if place(_kind(st), self.trailing_slash, tops, self.shown):
-                return parent.subtree((name,)), self.top_name
+                into = parent.subtree((name,))
+                parent.close()
+                return into, self.top_name
         except BaseException:
             parent.close()
             raise
@@ -330,7 +332,10 @@ async def receive_entries(
         await conn.send(_refuse(exc.message))
         raise TransferRefused(f"the sender's list of files is refused: {exc.message}") from None
     try:
-        tree, rename = await asyncio.to_thread(dest.open, _tops(entries))
+        try:
+            tree, rename = await asyncio.to_thread(dest.open, _tops(entries))
+        except OSError as exc:
+            raise StorageError(f"cannot write into {dest.shown}: {exc.strerror or exc}") from None
     except FreightError as exc:
         await conn.send(_refuse(exc.message))
         raise
@@ -552,8 +557,7 @@ async def _receive_loop(
         elif kind == b"Z":
             # After every finish (raises a failure): small files reach the
             # disk together before the receiver confirms.
-            fd = tree.folder(())
-            await writer.call(sync_filesystem, fd)
+            await writer.call(sync_filesystem, tree.fd)
             return
         else:
             raise TransferRefused(f"unexpected message {kind!r} from the sender")

@@ -84,6 +84,7 @@ class Tree:
     opens each folder once. Not thread-safe: one thread at a time."""
 
     def __init__(self, fd: int, shown: Path) -> None:
+        self.fd = fd  # the folder itself (any thread may use it, e.g. for syncfs)
         self.shown = shown
         self._fds: OrderedDict[tuple[str, ...], int] = OrderedDict({(): fd})
 

@@ -101,10 +101,12 @@ def test_malformed_batches_are_refused(tmp_path: Path, mutate) -> None:  # type:
     make_files(src, [10])
     entries = build_manifest([src])
     message, _ = _read_batch([(1, entries[1], 0, "")])
-    incoming = {1: _Incoming(entries[1], Tree.open(tmp_path), ("out.bin",))}
+    tree = Tree.open(tmp_path)
+    incoming = {1: _Incoming(entries[1], tree, ("out.bin",))}
     assert len(_parse_batch(message, incoming)) == 1
     with pytest.raises(TransferRefused):
         _parse_batch(mutate(message), incoming)
+    tree.close()
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -114,11 +116,14 @@ def test_any_bytes_give_a_batch_or_a_refusal(tmp_path: Path, body: bytes) -> Non
     if not src.exists():
         make_files(src, [3])
     entries = build_manifest([src])
-    incoming = {1: _Incoming(entries[1], Tree.open(tmp_path), ("fuzz-out.bin",))}
+    tree = Tree.open(tmp_path)
+    incoming = {1: _Incoming(entries[1], tree, ("fuzz-out.bin",))}
     try:
         items = _parse_batch(b"B" + body, incoming)
     except TransferRefused:
         return
+    finally:
+        tree.close()
     for index, inc, data, digest, held in items:
         assert index == 1 and inc is incoming[1] and len(digest) == 64
         assert held or len(data) == 3
