@@ -10,6 +10,7 @@ each refusal is reported to the hub as a security event.
 
 from __future__ import annotations
 
+import errno
 import json
 import stat
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from ..client.receiving import Destination, FileExists, existing_files, receive_entries
 from ..client.relay import Connection
+from ..client.safefs import Tree
 from ..client.sendrecv import build_manifest, send_entries
 from ..client.transfer import QuietReporter
 from ..errors import Forbidden, FreightError, UsageError
@@ -104,9 +106,29 @@ class FileServer:
             raise UsageError(f"{raw}: no such file or folder on the agent")
         if path.is_dir() and not recursive:
             raise UsageError(f"{raw} is a folder: use cp -r")
+        root, _ = locate(str(path), self.roots)
         entries = build_manifest([path])
-        await conn.send(encode(b"A", {"ok": True}))
-        await send_entries(conn, entries, QuietReporter())
+        tree = Tree.open(root)
+        try:
+
+            def opener(source: Path) -> int:
+                # Read from the root without following links: a folder on
+                # the way swapped for a link after the check is refused.
+                parts = source.relative_to(root).parts
+                fd = tree.open_read(parts) if parts else None
+                if fd is None:
+                    raise OSError(errno.ELOOP, "not a regular file inside the roots")
+                return fd
+
+            await conn.send(encode(b"A", {"ok": True}))
+            try:
+                await send_entries(conn, entries, QuietReporter(), opener=opener)
+            except FreightError as exc:
+                # The copy has begun, so no 'A' answer any more: hang up
+                # with the reason, which the admin's cp shows.
+                await conn.abort(exc.code, exc.message)
+        finally:
+            tree.close()
 
     async def _put(self, conn: Connection, raw: str, overwrite: bool) -> None:
         root, rel = locate(raw, self.roots)

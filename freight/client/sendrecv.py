@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Literal, Protocol
@@ -139,7 +141,23 @@ def _refused(data: bytes, kind: type[wire.T]) -> wire.T:
 # --- sending ---------------------------------------------------------------
 
 
-async def send_entries(conn: Connection, entries: list[Entry], reporter: Reporter) -> Summary:
+# Opens a source file for reading: a descriptor of a regular file, or
+# OSError. The agent's opener reaches it from its root without links.
+Opener = Callable[[Path], int]
+
+
+def open_source(path: Path) -> int:
+    """A file named by the person sending (links in the name followed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file")
+    return fd
+
+
+async def send_entries(
+    conn: Connection, entries: list[Entry], reporter: Reporter, *, opener: Opener = open_source
+) -> Summary:
     """Send ``entries`` on ``conn``; returns once the receiver confirmed."""
     summary = Summary()
     manifest = wire.Manifest(entries=[e.to_wire() for e in entries])
@@ -163,17 +181,17 @@ async def send_entries(conn: Connection, entries: list[Entry], reporter: Reporte
         offset, digest = holds[index]
         if entry.size <= SMALL_FILE:
             if batch and (batch_bytes + entry.size > BATCH_BYTES or len(batch) >= BATCH_FILES):
-                await _send_batch(conn, batch, reporter, summary)
+                await _send_batch(conn, batch, reporter, summary, opener)
                 batch, batch_bytes = [], 0
             batch.append((index, entry, offset, digest))
             batch_bytes += entry.size
             continue
         if batch:
-            await _send_batch(conn, batch, reporter, summary)
+            await _send_batch(conn, batch, reporter, summary, opener)
             batch, batch_bytes = [], 0
-        await _send_file(conn, index, entry, offset, digest, reporter, summary)
+        await _send_file(conn, index, entry, offset, digest, reporter, summary, opener)
     if batch:
-        await _send_batch(conn, batch, reporter, summary)
+        await _send_batch(conn, batch, reporter, summary, opener)
     await conn.send(b"Z")
     verdict = await conn.recv()
     if not verdict:
@@ -192,26 +210,34 @@ async def _send_file(
     prefix_digest: str,
     reporter: Reporter,
     summary: Summary,
+    opener: Opener,
 ) -> None:
     assert entry.source is not None
     path = entry.source
     try:
-        size = path.stat().st_size
+        f = os.fdopen(opener(path), "rb")
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        size = os.fstat(f.fileno()).st_size
         if size != entry.size:
             raise UsageError(f"{path} changed while being sent; send it again")
         hasher = blake3.blake3()
         if 0 < offset <= size:
-            hasher = await asyncio.to_thread(_rehash_prefix, path, offset)
+            hasher = await asyncio.to_thread(_rehash_prefix, f.fileno(), offset)
             if hasher.hexdigest() != prefix_digest:
                 hasher, offset = blake3.blake3(), 0  # the receiver holds another file
         else:
             offset = 0
-        summary.resumed += offset
-        reporter.start(entry.path, size)
-        reporter.update(entry.path, offset)
-        f = open(path, "rb")  # noqa: SIM115 - closed in the finally below
     except OSError as exc:
+        f.close()
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except BaseException:
+        f.close()
+        raise
+    summary.resumed += offset
+    reporter.start(entry.path, size)
+    reporter.update(entry.path, offset)
     try:
         f.seek(offset)
         done = offset
@@ -233,10 +259,11 @@ async def _send_batch(
     batch: list[tuple[int, Entry, int, str]],
     reporter: Reporter,
     summary: Summary,
+    opener: Opener,
 ) -> None:
     """Small files whole, read and hashed in one worker-thread call, sent
     as one ``B`` message."""
-    message, held = await asyncio.to_thread(_read_batch, batch)
+    message, held = await asyncio.to_thread(_read_batch, batch, opener)
     for (_, entry, _, _), was_held in zip(batch, held, strict=True):
         reporter.start(entry.path, entry.size)
         if was_held:
@@ -249,13 +276,15 @@ async def _send_batch(
         reporter.finish(entry.path, None)
 
 
-def _read_batch(batch: list[tuple[int, Entry, int, str]]) -> tuple[bytes, list[bool]]:
+def _read_batch(
+    batch: list[tuple[int, Entry, int, str]], opener: Opener = open_source
+) -> tuple[bytes, list[bool]]:
     parts = [wire.encode_batch_head(len(batch))]
     held: list[bool] = []
     for index, entry, offset, digest in batch:
         assert entry.source is not None
         try:
-            with open(entry.source, "rb") as f:
+            with os.fdopen(opener(entry.source), "rb") as f:
                 data = f.read(entry.size + 1)
         except OSError as exc:
             raise StorageError(f"cannot read {entry.source}: {exc.strerror or exc}") from None
@@ -270,16 +299,15 @@ def _read_batch(batch: list[tuple[int, Entry, int, str]]) -> tuple[bytes, list[b
     return b"".join(parts), held
 
 
-def _rehash_prefix(path: Path, upto: int) -> Any:
+def _rehash_prefix(fd: int, upto: int) -> Any:
     h = blake3.blake3()
-    with open(path, "rb") as f:
-        left = upto
-        while left:
-            block = f.read(min(CHUNK, left))
-            if not block:
-                break
-            h.update(block)
-            left -= len(block)
+    done = 0
+    while done < upto:
+        block = os.pread(fd, min(CHUNK, upto - done), done)
+        if not block:
+            break
+        h.update(block)
+        done += len(block)
     return h
 
 

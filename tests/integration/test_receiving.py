@@ -26,6 +26,7 @@ import pytest
 from freight.client.config import ClientConfig
 from freight.client.relay import RelayClient
 from freight.client.session import HubSession
+from freight.errors import FreightError
 from tests.agentsupport import Agent
 from tests.relaysupport import Proc, fast
 from tests.support import PYTHON, Client, Hub, random_file, same_bytes, wait_until
@@ -648,3 +649,41 @@ def test_receive_file_keeps_an_existing_file_unless_asked_and_allowed(
     finally:
         set_policy(admin, depot, allow_overwrite=False)
     assert theirs.read_bytes() == b"the hub's copy\n"
+
+
+def test_a_link_swapped_in_before_the_agent_reads_is_not_followed(
+    tmp_path: Path, admin: Client, depot: Agent
+) -> None:
+    """cp from an agent: after the agent listed a folder (checked inside its
+    roots), the folder becomes a link to outside; the agent must not read
+    and send what is there (a file of the same size)."""
+    outside = depot.roots[0].parent / "outside" / "read-swap"
+    outside.mkdir(parents=True)
+    (outside / "secret.txt").write_bytes(b"outside!")
+    base = fresh(depot.roots[0], "read-swap")
+    (base / "sub").mkdir()
+    (base / "sub" / "secret.txt").write_bytes(b"inside!!")
+
+    async def go() -> list[bytes]:
+        config = ClientConfig(admin.config)
+        got: list[bytes] = []
+        async with RelayClient(HubSession.from_config(config), config) as rc:
+            await rc.start()
+            conn = await rc.connect("depot", "freight.files", timeout=30)
+            request = {"op": "get", "path": f"{base}/sub", "recursive": True}
+            await conn.send(b"Q" + json.dumps(request).encode())
+            answer = await asyncio.wait_for(conn.recv(), 30)
+            assert json.loads(answer[1:])["ok"] is True, answer
+            manifest = await asyncio.wait_for(conn.recv(), 30)
+            assert manifest[:1] == b"M", manifest
+            count = len(json.loads(manifest[1:])["entries"])
+            os.rename(base / "sub", base / "sub-was")
+            os.symlink(outside, base / "sub")
+            await conn.send(b"W" + json.dumps({"have": [[0, ""]] * count}).encode())
+            with contextlib.suppress(FreightError, TimeoutError):
+                while data := await asyncio.wait_for(conn.recv(), 30):
+                    got.append(data)
+        return got
+
+    got = asyncio.run(go())
+    assert not any(b"outside!" in data for data in got), got
