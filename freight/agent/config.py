@@ -22,6 +22,9 @@ class AgentConfig:
     ca_file: str = ""
     proxy: str = ""
     roots: list[str] = field(default_factory=list)
+    # May ``freight cp --overwrite`` replace existing files in the roots?
+    # The owner of the machine decides; without it cp only adds files.
+    allow_overwrite: bool = False
 
     @staticmethod
     def path(config: ClientConfig) -> Path:

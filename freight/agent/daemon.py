@@ -170,7 +170,7 @@ class Agent:
         async with relay:
             await relay.start(identity=False)
             relay.identity = identity_key(self.config)
-            server = FileServer(self.roots, self.report)
+            server = FileServer(self.roots, self.report, self.cfg.allow_overwrite)
             listener = await relay.listen(APP)
             offering = asyncio.create_task(self.offerer.run(relay))
             log.info("attached", hub=self.cfg.hub, name=self.cfg.name, roots=self.cfg.roots)
@@ -178,6 +178,7 @@ class Agent:
                 while True:
                     conn = await listener.accept()
                     server.roots = self.roots
+                    server.allow_overwrite = self.cfg.allow_overwrite
                     task = asyncio.create_task(self._serve(server, conn))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
@@ -212,7 +213,7 @@ class Agent:
             delay = min(60.0, delay * 2)
 
 
-def systemd_unit(config: ClientConfig) -> str:
+def systemd_unit(config: ClientConfig, user: str = "freight") -> str:
     exe = os.environ.get("FREIGHT_EXE") or "freight"
     return f"""[Unit]
 Description=Freight agent ({config.root})
@@ -220,6 +221,15 @@ After=network-online.target
 Wants=network-online.target
 
 [Service]
+# Runs as the unprivileged user {user!r}, not root: it can then read and
+# write only what that user may, whatever a peer asks. Create the user
+# (useradd --system --home-dir /var/lib/freight {user}), give it the
+# config folder below (chown -R {user}: {config.root}) and access to the
+# roots. To serve files only root can read, change User= and Group= to
+# root and keep the roots as narrow as possible.
+User={user}
+Group={user}
+NoNewPrivileges=yes
 Environment=FREIGHT_CONFIG_DIR={config.root}
 ExecStart={exe} agent run
 Restart=always

@@ -10,17 +10,19 @@ each refusal is reported to the hub as a security event.
 
 from __future__ import annotations
 
+import errno
 import json
-import os
 import stat
 from pathlib import Path
 from typing import Any
 
+from ..client.receiving import Destination, FileExists, existing_files, receive_entries
 from ..client.relay import Connection
-from ..client.sendrecv import build_manifest, receive_entries, send_entries
+from ..client.safefs import Tree
+from ..client.sendrecv import build_manifest, send_entries
 from ..client.transfer import QuietReporter
 from ..errors import Forbidden, FreightError, UsageError
-from .roots import OutsideRoots, resolve
+from .roots import OutsideRoots, locate, resolve
 
 APP = "freight.files"
 
@@ -68,9 +70,10 @@ def list_dir(raw: str, roots: list[Path]) -> dict[str, Any]:
 
 
 class FileServer:
-    def __init__(self, roots: list[Path], report: Any) -> None:
+    def __init__(self, roots: list[Path], report: Any, allow_overwrite: bool = False) -> None:
         self.roots = roots
         self.report = report  # async (op, path, peer, reason) -> None
+        self.allow_overwrite = allow_overwrite  # the agent's policy (agent.json)
 
     async def serve(self, conn: Connection) -> None:
         await conn.wait_established(60)
@@ -84,7 +87,7 @@ class FileServer:
             elif op == "get":
                 await self._get(conn, raw, bool(request.get("recursive")))
             elif op == "put":
-                await self._put(conn, raw)
+                await self._put(conn, raw, request.get("overwrite") is True)
             else:
                 raise UsageError(f"unknown file-manager request {op!r}")
         except (OutsideRoots, Forbidden) as exc:
@@ -103,14 +106,48 @@ class FileServer:
             raise UsageError(f"{raw}: no such file or folder on the agent")
         if path.is_dir() and not recursive:
             raise UsageError(f"{raw} is a folder: use cp -r")
+        root, _ = locate(str(path), self.roots)
         entries = build_manifest([path])
-        await conn.send(encode(b"A", {"ok": True}))
-        await send_entries(conn, entries, QuietReporter())
+        tree = Tree.open(root)
+        try:
 
-    async def _put(self, conn: Connection, raw: str) -> None:
-        dest = resolve(raw, self.roots)
-        if dest.exists() and not dest.is_dir():
-            raise UsageError(f"{raw} is a file; copy into a folder")
-        os.makedirs(dest, exist_ok=True)
+            def opener(source: Path) -> int:
+                # Read from the root without following links: a folder on
+                # the way swapped for a link after the check is refused.
+                parts = source.relative_to(root).parts
+                fd = tree.open_read(parts) if parts else None
+                if fd is None:
+                    raise OSError(errno.ELOOP, "not a regular file inside the roots")
+                return fd
+
+            await conn.send(encode(b"A", {"ok": True}))
+            try:
+                await send_entries(conn, entries, QuietReporter(), opener=opener)
+            except FreightError as exc:
+                # The copy has begun, so no 'A' answer any more: hang up
+                # with the reason, which the admin's cp shows.
+                await conn.abort(exc.code, exc.message)
+        finally:
+            tree.close()
+
+    async def _put(self, conn: Connection, raw: str, overwrite: bool) -> None:
+        root, rel = locate(raw, self.roots)
         await conn.send(encode(b"A", {"ok": True}))
-        await receive_entries(conn, dest, QuietReporter())
+        allowed = self.allow_overwrite
+
+        async def consent(paths: list[str]) -> None:
+            # Both must agree: the admin asks (cp --overwrite) and the
+            # machine's owner allows it (allow_overwrite in agent.json).
+            if not overwrite:
+                raise FileExists(
+                    f"{existing_files(paths)} on the agent; run again with --overwrite to replace"
+                )
+            if not allowed:
+                raise FileExists(
+                    f"{existing_files(paths)} on the agent, which does not allow replacing files "
+                    "(its owner can set allow_overwrite in agent.json)"
+                )
+
+        await receive_entries(
+            conn, Destination.beneath(root, rel, raw), QuietReporter(), consent=consent
+        )

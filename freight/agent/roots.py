@@ -8,7 +8,7 @@ where they really point, and anything outside every root is refused.
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from ..errors import Forbidden, UsageError
 
@@ -35,3 +35,13 @@ def resolve(raw: str, roots: list[Path]) -> Path:
     if not inside(real, roots):
         raise OutsideRoots(f"{raw} is outside the folders this agent serves")
     return real
+
+
+def locate(raw: str, roots: list[Path]) -> tuple[Path, PurePosixPath]:
+    """The root that holds ``raw`` once resolved, and the path below it:
+    what is written there is reached from the root without following links
+    (:meth:`freight.client.safefs.Tree.beneath`), so a link swapped in after
+    this check is refused, not followed."""
+    real = resolve(raw, roots)
+    root = max((r for r in roots if real == r or r in real.parents), key=lambda r: len(r.parts))
+    return root, PurePosixPath(real.relative_to(root).as_posix())

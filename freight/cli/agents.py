@@ -4,9 +4,10 @@ AGENT:PATH`` and ``freight cp`` with ``AGENT:PATH`` on either side."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import typer
@@ -14,8 +15,9 @@ import typer
 from ..agent.config import AgentConfig
 from ..agent.files import APP, decode, encode
 from ..client.config import ClientConfig
+from ..client.receiving import Destination, receive_entries
 from ..client.relay import Connection, RelayClient, identity_key
-from ..client.sendrecv import Summary, build_manifest, receive_entries, send_entries
+from ..client.sendrecv import Summary, build_manifest, send_entries
 from ..client.session import (
     HubSession,
     canonical_url,
@@ -29,6 +31,7 @@ from ..protocol.e2e import public_of
 from ..units import format_bytes, parse_duration, parse_rate
 from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
 from .output import RichReporter, err_console, print_json
+from .overwrite import OverwriteOpt, consent
 
 agents_app = typer.Typer(help="Enrolled agents (admin accounts only).", no_args_is_help=True)
 agent_app = typer.Typer(help="Run this machine as an agent.", no_args_is_help=True)
@@ -140,7 +143,8 @@ def agents_cmd(
     kind: Annotated[
         str,
         typer.Argument(
-            help="ping, list_dir (path), send_file (path, name), receive_file (name, dest), "
+            help="ping, list_dir (path), send_file (path, name), receive_file (name, dest, "
+            "overwrite), "
             "rescan, resend_offers or reload_config."
         ),
     ],
@@ -230,6 +234,13 @@ def agent_enroll(
     yes: Annotated[
         bool, typer.Option("--yes", help="Trust the fingerprint without asking.")
     ] = False,
+    allow_overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-overwrite",
+            help="Let an admin's cp --overwrite replace existing files in the roots.",
+        ),
+    ] = False,
 ) -> None:
     """Enrol this machine once; then run: freight agent run."""
     for r in root:
@@ -277,6 +288,7 @@ def agent_enroll(
             ca_file=str(ca_file.resolve()) if ca_file else "",
             proxy=proxy or "",
             roots=[str(r.resolve()) for r in root],
+            allow_overwrite=allow_overwrite,
         )
         cfg.save(config)
         return {"name": cfg.name, "hub": cfg.hub, "roots": cfg.roots}
@@ -299,6 +311,9 @@ def agent_run(
     print_unit: Annotated[
         bool, typer.Option("--print-unit", help="Print a systemd unit for this agent and exit.")
     ] = False,
+    unit_user: Annotated[
+        str, typer.Option("--unit-user", help="The user the printed unit runs the agent as.")
+    ] = "freight",
     transport: TransportOpt = "auto",
 ) -> None:
     """Run the agent: stay attached to the hub, serve files and commands."""
@@ -308,7 +323,9 @@ def agent_run(
     check_transport(transport)
     config = ClientConfig()
     if print_unit:
-        typer.echo(systemd_unit(config), nl=False)
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", unit_user):
+            raise UsageError(f"--unit-user {unit_user!r}: not a user name")
+        typer.echo(systemd_unit(config, unit_user), nl=False)
         return
     cfg = AgentConfig.load(config)
     configure_logging()
@@ -375,11 +392,15 @@ def cp(
     paths: Annotated[list[str], typer.Argument(help="SOURCE... DEST; one side AGENT:/path.")],
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Copy folders.")] = False,
     transport: TransportOpt = "auto",
+    overwrite: OverwriteOpt = False,
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Copy files to or from an agent (scp-like; resumable: run it again)."""
+    """Copy files to or from an agent, like cp and scp: DEST names the copy,
+    or is a folder to copy into (a trailing / demands one). Resumable: run
+    it again. Existing files are replaced only with --overwrite (on an
+    agent, only if it allows that)."""
     if len(paths) < 2:
         raise UsageError("give a source and a destination")
     check_transport(transport)
@@ -395,19 +416,18 @@ def cp(
             if p.is_dir() and not recursive:
                 raise UsageError(f"{p} is a folder: use -r")
         summary = run_async(
-            lambda: _upload(hub_url, remote_dest, local, quiet or json_out, transport)
+            lambda: _upload(hub_url, remote_dest, local, overwrite, quiet or json_out, transport)
         )
     else:
         if len(sources) != 1 or remote_sources[0] is None:
             raise UsageError("download one AGENT:/path at a time (upload takes several)")
-        into = dest.endswith("/") or Path(dest).is_dir()  # else: the copy's new name
         summary = run_async(
             lambda: _download(
                 hub_url,
                 remote_sources[0],
-                Path(dest),
-                into,
+                dest,
                 recursive,
+                overwrite,
                 quiet or json_out,
                 transport,
             )
@@ -428,13 +448,19 @@ def cp(
 
 
 async def _upload(
-    hub_url: str | None, remote: tuple[str, str], local: list[Path], quiet: bool, transport: str
+    hub_url: str | None,
+    remote: tuple[str, str],
+    local: list[Path],
+    overwrite: bool,
+    quiet: bool,
+    transport: str,
 ) -> Summary:
     agent, path = remote
     entries = build_manifest(local)
     total = sum(e.size for e in entries)
     files = sum(1 for e in entries if e.type == "file")
-    relay, conn, _ = await _open(hub_url, agent, {"op": "put", "path": path}, transport)
+    request = {"op": "put", "path": path, "overwrite": overwrite}
+    relay, conn, _ = await _open(hub_url, agent, request, transport)
     try:
         with RichReporter(total, files, quiet=quiet) as reporter:
             summary = await send_entries(conn, entries, reporter)
@@ -447,26 +473,28 @@ async def _upload(
 async def _download(
     hub_url: str | None,
     remote: tuple[str, str],
-    dest: Path,
-    into: bool,
+    dest: str,
     recursive: bool,
+    overwrite: bool,
     quiet: bool,
     transport: str,
 ) -> Summary:
     agent, path = remote
-    rename = None
-    if not into:
-        dest, rename = dest.parent, dest.name  # cp AGENT:/a.bin ./b.bin
+    # The copy is named as asked (cp AGENT:/data/latest . makes ./latest),
+    # whatever the agent calls what it sends.
+    target = Destination.local(dest, top_name=PurePosixPath(path).name)
     relay, conn, _ = await _open(
         hub_url, agent, {"op": "get", "path": path, "recursive": recursive}, transport
     )
     try:
         reporter: Any = QuietReporter()
         if quiet:
-            summary = await receive_entries(conn, dest, reporter, rename_top=rename)
+            summary = await receive_entries(conn, target, reporter, consent=consent(overwrite))
         else:
             with RichReporter(0, 0) as reporter:
-                summary = await receive_entries(conn, dest, reporter, rename_top=rename)
+                summary = await receive_entries(
+                    conn, target, reporter, consent=consent(overwrite, reporter)
+                )
         await conn.close()
         return summary
     finally:

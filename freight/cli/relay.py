@@ -17,8 +17,9 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
+from ..client.receiving import Destination, receive_entries
 from ..client.relay import TRANSPORTS, Connection, RelayClient, split_code
-from ..client.sendrecv import Summary, build_manifest, receive_entries, send_entries
+from ..client.sendrecv import Summary, build_manifest, send_entries
 from ..client.session import HubSession
 from ..client.transfer import QuietReporter
 from ..client.words import WORDS
@@ -27,6 +28,7 @@ from ..protocol.e2e import WrongCode
 from ..units import format_bytes, parse_duration
 from .common import HubOpt, JsonOpt, QuietOpt, run_async
 from .output import RichReporter, err_console, print_json
+from .overwrite import OverwriteOpt, consent
 
 TransportOpt = Annotated[
     str,
@@ -148,6 +150,7 @@ def receive(
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder to put what arrives in.")
     ] = Path("."),
+    overwrite: OverwriteOpt = False,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
     data_path: DataPathOpt = "auto",
@@ -155,6 +158,7 @@ def receive(
     quiet: QuietOpt = False,
 ) -> None:
     """Receive what a sender offers under CODE (resumes if run again)."""
+    dest = Destination.folder(output)
 
     async def go() -> tuple[Summary, float]:
         async with _client(hub_url, transport, data_path) as client:
@@ -165,10 +169,14 @@ def receive(
                 reporter: Any = QuietReporter()
                 try:
                     if quiet or json_out:
-                        summary = await receive_entries(conn, output, reporter)
+                        summary = await receive_entries(
+                            conn, dest, reporter, consent=consent(overwrite)
+                        )
                     else:
                         with RichReporter(0, 0) as reporter:
-                            summary = await receive_entries(conn, output, reporter)
+                            summary = await receive_entries(
+                                conn, dest, reporter, consent=consent(overwrite, reporter)
+                            )
                     await conn.close()
                     return summary, time.monotonic() - started
                 except ConnectionEnded as exc:

@@ -44,6 +44,7 @@ from ..transport.streaming import (
     run_sender,
 )
 from .config import ClientConfig, read_json, write_json_atomic
+from .safefs import DEFAULT_FILE_MODE, FileExists, Tree, same_file
 from .session import HubSession, Link
 
 # Errors after which trying again can help: the network, not the request.
@@ -59,6 +60,11 @@ class TransferOptions:
     parallel: int = 1
     stall_timeout: float = 60.0
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    # Pulls by an agent: the destination is reached from this root without
+    # following links, and an existing file is kept unless keep_existing
+    # is off (the admin asked to replace it and the agent allows that).
+    root: Path | None = None
+    keep_existing: bool = False
 
 
 def retry_policy_from_env() -> RetryPolicy:
@@ -308,8 +314,10 @@ async def _report(reporter: Reporter, name: str, done: Callable[[], int]) -> Non
 
 
 class FileSink:
-    """Receives a pulled stream into ``DEST.freight-partial``; the checkpoint
-    is durable when the partial is fsynced and the state file renamed."""
+    """Receives a pulled stream into ``DEST.freight-partial`` (``0600``
+    until finished, opened without following a link that stands there);
+    the checkpoint is durable when the partial is fsynced and the state
+    file renamed."""
 
     def __init__(self, dest: Path, state_path: Path, opts: TransferOptions) -> None:
         self.dest = dest
@@ -317,30 +325,49 @@ class FileSink:
         self.state_path = state_path
         self.opts = opts
         self.fd = -1
+        self.folder: Tree | None = None
         self.size = 0
         self.mtime = 0.0
         self.hasher = blake3.blake3()
         self.resumed_from = 0
 
+    def _open_folder(self) -> Tree:
+        root = self.opts.root
+        if root is None:
+            return Tree.open(self.dest.parent, create=True)
+        return Tree.beneath(root, self.dest.parent.relative_to(root).parts, create=True)
+
     async def open(self, req: StreamRequested) -> Acceptance:
         saved = read_json(self.state_path, None)
         self.size, self.mtime = req.size, req.mtime
-        self.dest.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint = 0
-        if (
-            saved
-            and saved.get("size") == req.size
-            and not req.fresh
-            and self.partial.exists()
-            and self.partial.stat().st_size >= int(saved.get("checkpoint", 0))
-        ):
-            checkpoint = int(saved.get("checkpoint", 0))
-            self.fd = os.open(self.partial, os.O_RDWR)
-            os.ftruncate(self.fd, checkpoint)
-            self.hasher = await asyncio.to_thread(hash_prefix, self.fd, checkpoint)
-        else:
-            self.fd = os.open(self.partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
-            self._save(0)
+        try:
+            folder = self.folder = self._open_folder()
+            name, part = (self.dest.name,), (self.partial.name,)
+            existing = folder.lstat(name)
+            if (
+                self.opts.keep_existing
+                and existing is not None
+                and not same_file(existing, req.size, req.mtime)
+            ):
+                raise FileExists(f"{self.dest} already exists")
+            held = folder.lstat(part)
+            checkpoint = 0
+            if (
+                saved
+                and saved.get("size") == req.size
+                and not req.fresh
+                and held is not None
+                and held.st_size >= int(saved.get("checkpoint", 0))
+            ):
+                checkpoint = int(saved.get("checkpoint", 0))
+                self.fd = folder.open_write(part)
+                os.ftruncate(self.fd, checkpoint)
+                self.hasher = await asyncio.to_thread(hash_prefix, self.fd, checkpoint)
+            else:
+                self.fd = folder.open_write(part, truncate=True)
+                self._save(0)
+        except OSError as exc:
+            raise StorageError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
         self.resumed_from = checkpoint
         return Acceptance(
             checkpoint=checkpoint,
@@ -375,10 +402,11 @@ class FileSink:
         if actual != digest:
             self.discard()
             return False, actual
-        self.close()
-        if self.mtime:
-            os.utime(self.partial, (self.mtime, self.mtime))
-        os.replace(self.partial, self.dest)
+        assert self.folder is not None
+        fd, self.fd = self.fd, -1
+        self.folder.publish(
+            fd, (self.partial.name,), self.dest.name, DEFAULT_FILE_MODE, self.mtime or None
+        )
         self.state_path.unlink(missing_ok=True)
         return True, actual
 
@@ -387,14 +415,18 @@ class FileSink:
             self.discard()
 
     def discard(self) -> None:
+        if self.folder is not None:
+            self.folder.unlink((self.partial.name,))
         self.close()
-        self.partial.unlink(missing_ok=True)
         self.state_path.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.folder is not None:
+            self.folder.close()
+            self.folder = None
 
 
 async def pull_file(

@@ -58,7 +58,14 @@ async def prepare(st: HubState, admin: User, kind: str, args: dict[str, Any]) ->
             f"you have no file {name!r} on the hub",
             hint="freight ls shows your files; freight push puts one there",
         )
-    return {"name": name, "dest": dest, "size": int(row["size"]), "digest": str(row["digest"])}
+    overwrite = str(args.get("overwrite", "")).lower() == "true"  # the agent decides too
+    return {
+        "name": name,
+        "dest": dest,
+        "size": int(row["size"]),
+        "digest": str(row["digest"]),
+        "overwrite": overwrite,
+    }
 
 
 async def queued(

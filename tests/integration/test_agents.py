@@ -216,6 +216,7 @@ def current_umask() -> int:
 def test_cp_r_download_keeps_tree(admin: Client, lab: Agent, root: Path, tmp_path: Path) -> None:
     tree = make_tree(root / "tree", seed=21)
     dest = tmp_path / "dest"
+    dest.mkdir()  # a trailing / names a folder that exists (cp's rule)
     result = cp_json(admin, "-r", lab.remote(tree), str(dest) + "/")
     assert_same_tree(tree, dest / "tree")
     files = [p for p in tree.rglob("*") if p.is_file()]
@@ -238,6 +239,7 @@ def test_cp_upload_file_and_folder(admin: Client, lab: Agent, root: Path, tmp_pa
     assert res.returncode == 2 and "use -r" in res.stderr, res.stderr
     assert not (root / "in").exists()
 
+    (root / "in").mkdir()  # several sources go into a folder that exists
     result = cp_json(admin, "-r", str(single), str(folder), lab.remote(root / "in"))
     assert result["files"] == 1 + sum(1 for p in folder.rglob("*") if p.is_file())
     assert same_bytes(single, root / "in" / "single.bin")

@@ -11,16 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from freight.client.sendrecv import (
-    SMALL_FILE,
-    TransferRefused,
-    _finish_batch,
-    _Incoming,
-    _parse_batch,
-    _read_batch,
-    build_manifest,
-    safe_targets,
-)
+from freight.client.receiving import _finish_batch, _Incoming, _parse_batch
+from freight.client.safefs import Tree, relative_parts
+from freight.client.sendrecv import SMALL_FILE, TransferRefused, _read_batch, build_manifest
 
 
 def make_files(src: Path, sizes: list[int]) -> list[Path]:
@@ -38,15 +31,19 @@ def round_trip(tmp_path: Path):  # type: ignore[no-untyped-def]
     holds (as the receiver reports it), and unpack them there."""
     src, dest = tmp_path / "src", tmp_path / "dest"
     entries = build_manifest([src])
-    targets = safe_targets(dest, [e.path for e in entries])
-    for e, t in zip(entries, targets, strict=True):
-        if e.type == "dir":
-            t.mkdir(parents=True, exist_ok=True)
-    files = [(i, e) for i, e in enumerate(entries) if e.type == "file"]
-    incoming = {i: _Incoming(e, targets[i]) for i, e in files}
-    holds = {i: inc.plan() for i, inc in incoming.items()}
-    message, held = _read_batch([(i, e, *holds[i]) for i, e in files])
-    _finish_batch(_parse_batch(message, incoming))
+    targets = [dest.joinpath(*relative_parts(e.path)) for e in entries]
+    tree = Tree.open(dest, create=True)
+    try:
+        for e in entries:
+            if e.type == "dir":
+                tree.folder(relative_parts(e.path), create=True)
+        files = [(i, e) for i, e in enumerate(entries) if e.type == "file"]
+        incoming = {i: _Incoming(e, tree, relative_parts(e.path)) for i, e in files}
+        holds = {i: inc.plan() for i, inc in incoming.items()}
+        message, held = _read_batch([(i, e, *holds[i]) for i, e in files])
+        _finish_batch(_parse_batch(message, incoming))
+    finally:
+        tree.close()
     return entries, targets, held, message
 
 
@@ -104,10 +101,12 @@ def test_malformed_batches_are_refused(tmp_path: Path, mutate) -> None:  # type:
     make_files(src, [10])
     entries = build_manifest([src])
     message, _ = _read_batch([(1, entries[1], 0, "")])
-    incoming = {1: _Incoming(entries[1], tmp_path / "out.bin")}
+    tree = Tree.open(tmp_path)
+    incoming = {1: _Incoming(entries[1], tree, ("out.bin",))}
     assert len(_parse_batch(message, incoming)) == 1
     with pytest.raises(TransferRefused):
         _parse_batch(mutate(message), incoming)
+    tree.close()
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -117,11 +116,14 @@ def test_any_bytes_give_a_batch_or_a_refusal(tmp_path: Path, body: bytes) -> Non
     if not src.exists():
         make_files(src, [3])
     entries = build_manifest([src])
-    incoming = {1: _Incoming(entries[1], tmp_path / "fuzz-out.bin")}
+    tree = Tree.open(tmp_path)
+    incoming = {1: _Incoming(entries[1], tree, ("fuzz-out.bin",))}
     try:
         items = _parse_batch(b"B" + body, incoming)
     except TransferRefused:
         return
+    finally:
+        tree.close()
     for index, inc, data, digest, held in items:
         assert index == 1 and inc is incoming[1] and len(digest) == 64
         assert held or len(data) == 3
