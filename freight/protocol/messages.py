@@ -343,6 +343,10 @@ class CommandResult(Message, tag="command_result", frozen=True):
     result: Json = "null"
 
 
+# The only frame types that carry a payload: every other type with a
+# non-zero ``len`` is malformed (decoders refuse it from the header alone).
+PAYLOAD_TYPES: Final = (Data, Relay)
+
 AnyMessage = (
     Hello
     | Welcome
