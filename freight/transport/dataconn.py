@@ -34,13 +34,17 @@ from ..protocol.seal import (
     preamble,
 )
 from .channel import ChannelClosed, Frame
+from .flow import FRAME_OVERHEAD, ReadFlow
 from .proxy import ProxyError, open_tunnel
 
 # drain() returns only below this: a few frames may queue in user space so
 # the sender is not woken for every 64 KiB the socket takes.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
-# Frames decoded but not yet taken by recv(); reading pauses beyond this.
-MAX_QUEUED_FRAMES = 8
+# Bytes of frames decoded but not yet taken by recv(): reading pauses at
+# the first and resumes at the second (a frame's size is the peer's choice,
+# so the bound is in bytes, not frames).
+READ_QUEUE_HIGH = 4 * 1024 * 1024
+READ_QUEUE_LOW = 1024 * 1024
 
 # Given a ticket id, the hub returns (secret, context) or None if unknown.
 TicketLookup = Callable[[bytes], tuple[bytes, object] | None]
@@ -75,7 +79,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         self._frames: collections.deque[Frame] = collections.deque()
         self._failure: BaseException | None = None
         self._closed = False
-        self._reading_paused = False
+        self.flow = ReadFlow(READ_QUEUE_HIGH, READ_QUEUE_LOW)
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -111,15 +115,13 @@ class DataConnProtocol(asyncio.BufferedProtocol):
                 self._accept_preamble()
             return
         self.decoder.buffer_updated(nbytes)
+        assert self.transport is not None
         try:
             while (frame := self.decoder.next_frame()) is not None:
                 self._frames.append(frame)
+                self.flow.received(len(frame[1]) + FRAME_OVERHEAD, self.transport)
         except ProtocolError as exc:
             self._fail(exc)
-        if len(self._frames) >= MAX_QUEUED_FRAMES and not self._reading_paused:
-            self._reading_paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
         self._wake()
 
     def _accept_preamble(self) -> None:
@@ -195,10 +197,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         frame = self._frames.popleft()
-        if self._reading_paused and len(self._frames) <= MAX_QUEUED_FRAMES // 4:
-            self._reading_paused = False
-            if self.transport is not None and not self._closed:
-                self.transport.resume_reading()
+        self.flow.consumed(len(frame[1]) + FRAME_OVERHEAD, None if self._closed else self.transport)
         return frame
 
     async def aclose(self) -> None:
