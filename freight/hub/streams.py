@@ -14,7 +14,7 @@ from typing import Any
 import blake3
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import DiskFull, FreightError, NotFound, StorageError, UsageError
+from ..errors import DiskFull, FreightError, LimitReached, NotFound, StorageError, UsageError
 from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
@@ -22,6 +22,7 @@ from ..store import Database, DataLayout
 from ..transport.channel import Port
 from ..transport.streaming import Acceptance, FileSource, hash_prefix, run_receiver, run_sender
 from .bandwidth import BandwidthManager
+from .caps import AccountCaps
 from .observe import EventLog, Metrics
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -226,7 +227,9 @@ class StreamService:
         metrics: Metrics,
         *,
         checkpoint_interval: int,
+        caps: AccountCaps | None = None,
     ) -> None:
+        self.caps = caps or AccountCaps()
         self.db = db
         self.layout = layout
         self.bandwidth = bandwidth
@@ -240,10 +243,15 @@ class StreamService:
         """Entry point for a frame that opens a stream on any channel."""
         self.metrics.active_streams.inc()
         try:
-            if isinstance(msg, m.StartStream):
-                await self._push(user, port, msg)
-            elif isinstance(msg, m.Pull):
-                await self._pull(user, port, msg)
+            with self.caps.stream(user):
+                if isinstance(msg, m.StartStream):
+                    await self._push(user, port, msg)
+                elif isinstance(msg, m.Pull):
+                    await self._pull(user, port, msg)
+        except LimitReached as exc:
+            self.log.info("stream_refused", sid=port.sid, user=user.name, error=exc.message)
+            with contextlib.suppress(FreightError, OSError):
+                await port.send(m.Abort(sid=port.sid, code=exc.code, message=exc.message))
         except FreightError as exc:
             self.log.info(
                 "stream_stopped", sid=port.sid, user=user.name, code=exc.code, error=exc.message

@@ -80,6 +80,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         self._failure: BaseException | None = None
         self._closed = False
         self.flow = ReadFlow(READ_QUEUE_HIGH, READ_QUEUE_LOW)
+        self.last_received = asyncio.get_running_loop().time()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -109,6 +110,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_received = asyncio.get_running_loop().time()
         if self.decoder is None:
             self._preamble_got += nbytes
             if self._preamble_got == PREAMBLE_BYTES:
@@ -176,6 +178,10 @@ class DataConnProtocol(asyncio.BufferedProtocol):
             self._waiter.set_result(None)
 
     # --- channel API ------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     async def send(self, msg: Message, payload: bytes = b"") -> None:
         if self._closed or self.transport is None or self.transport.is_closing():
@@ -262,10 +268,24 @@ async def open_data_connection(
             "the hub refused the data connection (ticket unknown or expired) "
             "or something on the path altered it"
         ) from None
+    if isinstance(msg, Error):  # e.g. the account has as many connections as it may
+        await proto.aclose()
+        raise DataPathUnavailable(f"the hub refused a data connection: {msg.message}")
     if not isinstance(msg, Welcome) or msg.version != PROTOCOL_VERSION:
         await proto.aclose()
         raise DataPathUnavailable(f"expected a version {PROTOCOL_VERSION} welcome, got {msg}")
     return proto
+
+
+async def close_when_idle(proto: DataConnProtocol, idle: float) -> None:
+    """Close ``proto`` once nothing has arrived on it for ``idle`` seconds."""
+    loop = asyncio.get_running_loop()
+    while not proto.closed:
+        left = proto.last_received + idle - loop.time()
+        if left <= 0:
+            await proto.aclose()
+            return
+        await asyncio.sleep(left)
 
 
 async def accept_data_connection(
