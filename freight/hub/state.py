@@ -35,6 +35,7 @@ class HubState:
     challenges: dict[str, tuple[str, float]] = field(default_factory=dict)  # agent logins
     accounts: AccountCaps = field(default_factory=AccountCaps)  # per-account caps
     port_guard: PortGuard | None = None  # the shared port's caps and deadlines
+    answering: set[int] = field(default_factory=set)  # command results being recorded
 
     def bandwidth_status(self) -> dict[str, Any]:
         total = self.bandwidth.budget.total_at(minute_of_day())

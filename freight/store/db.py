@@ -635,15 +635,19 @@ class Database:
                 .values(**values, updated=time.time())
             )
 
-    async def claim_upload(self, command_id: int) -> Mapping[str, Any] | None:
-        """Take the issued content of an upload command for finishing, once:
-        of two callers racing (the agent's answer, the restart check), only
-        one gets the row."""
+    async def claim_upload(self, command_id: int, agent_id: int) -> Mapping[str, Any] | None:
+        """Take the issued content of an upload command for finishing, once
+        and only for the agent it was asked of: of two callers racing (the
+        agent's answer, the restart check), only one gets the row."""
         con = t.content
         async with self.engine.begin() as c:
             res = await c.execute(
                 con.update()
-                .where(con.c.command_id == command_id, con.c.state == "issued")
+                .where(
+                    con.c.command_id == command_id,
+                    con.c.state == "issued",
+                    con.c.source == agent_id,
+                )
                 .values(state="finishing", updated=time.time())
             )
             if res.rowcount != 1:
