@@ -486,19 +486,6 @@ class Database:
         async with self.engine.connect() as c:
             return [r._mapping for r in (await c.execute(q)).all()]
 
-    async def set_command_state(
-        self, command_id: int, agent_id: int, state: str, result: str | None = None
-    ) -> None:
-        values: dict[str, Any] = {"state": state, "updated": time.time()}
-        if result is not None:
-            values["result"] = result
-        async with self.engine.begin() as c:
-            await c.execute(
-                t.commands.update()
-                .where(t.commands.c.id == command_id, t.commands.c.agent_id == agent_id)
-                .values(**values)
-            )
-
     async def get_command(self, command_id: int) -> Mapping[str, Any] | None:
         return await self._first(sa.select(t.commands).where(t.commands.c.id == command_id))
 
