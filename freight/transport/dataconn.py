@@ -80,7 +80,9 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         self._failure: BaseException | None = None
         self._closed = False
         self.flow = ReadFlow(READ_QUEUE_HIGH, READ_QUEUE_LOW)
-        self.last_received = asyncio.get_running_loop().time()
+        # When a frame last arrived or was sent: an idle connection is one
+        # doing neither (a slow peer still gets a sender's KeepAlives).
+        self.last_active = asyncio.get_running_loop().time()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -110,7 +112,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
-        self.last_received = asyncio.get_running_loop().time()
+        self.last_active = asyncio.get_running_loop().time()
         if self.decoder is None:
             self._preamble_got += nbytes
             if self._preamble_got == PREAMBLE_BYTES:
@@ -191,6 +193,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         # socket in counter order even when several tasks send.
         raw = isinstance(msg, END_TO_END_SEALED)
         self.transport.writelines(self.sealer.seal_frame(encode_json(msg), payload, raw=raw))
+        self.last_active = asyncio.get_running_loop().time()
         if self._drain is not None and not self._drain.done():
             await self._drain
         if self._closed:
@@ -278,10 +281,13 @@ async def open_data_connection(
 
 
 async def close_when_idle(proto: DataConnProtocol, idle: float) -> None:
-    """Close ``proto`` once nothing has arrived on it for ``idle`` seconds."""
+    """Close ``proto`` once no frame has arrived or been sent on it for
+    ``idle`` seconds (reading paused by our own back-pressure is not idle)."""
     loop = asyncio.get_running_loop()
     while not proto.closed:
-        left = proto.last_received + idle - loop.time()
+        if proto.flow.paused:
+            proto.last_active = loop.time()
+        left = proto.last_active + idle - loop.time()
         if left <= 0:
             await proto.aclose()
             return

@@ -15,8 +15,9 @@ from freight.protocol import messages as m
 from freight.protocol.frames import FrameDecoder, encode_frame
 from freight.transport.channel import ChannelClosed
 from freight.transport.dataconn import open_data_connection
+from tests.collectsupport import hub_metric
 from tests.hostile import attach, control_ws, recv_frame, ticket, token_of
-from tests.support import Client, Hub, random_file
+from tests.support import Client, Hub, random_file, same_bytes
 
 
 def _decode(data: bytes) -> m.AnyMessage:
@@ -140,3 +141,21 @@ def test_an_account_holds_only_so_many_connections_and_streams(
     code, stderr = asyncio.run(push_while_full())
     assert code == 7, stderr
     assert "admin already has 3 connections open at the hub" in stderr
+
+    # Room for the control channel but not for a data connection: the
+    # stream falls back to frames inside the WebSocket and completes.
+    async def push_with_one_place_left() -> None:
+        held = [await attach(hub, token) for _ in range(2)]
+        try:
+            await asyncio.to_thread(client.run, "push", str(src), "--quiet", timeout=60)
+        finally:
+            for session, _, _ in held:
+                await session.close()
+
+    refusals = 'freight_refused_total{limit="account_connections"}'
+    before = hub_metric(hub, refusals)
+    src = random_file(tmp_path / "fits", 300_000)
+    asyncio.run(push_with_one_place_left())
+    assert hub_metric(hub, refusals) == before + 1  # the data connection
+    client.run("pull", "fits", str(tmp_path / "fits.back"))
+    assert same_bytes(src, tmp_path / "fits.back")
