@@ -11,7 +11,8 @@ import ssl
 import time
 from pathlib import Path
 
-from tests.hostile import insecure_ssl
+from freight.protocol import messages as m
+from tests.hostile import attach, insecure_ssl, ticket, token_of
 from tests.support import Client, Hub, random_file
 
 HOSTILE = "127.0.0.2"  # loopback, but another address than the normal client's
@@ -133,6 +134,10 @@ def test_slow_sockets_are_closed_and_others_are_served(tmp_path: Path, hubs: obj
             "idle_keepalive": [idle_keepalive(hub, limit) for _ in range(2)],
         }
         tasks = {k: [asyncio.create_task(c) for c in v] for k, v in kinds.items()}
+        # A control channel that stays open much longer than the deadlines:
+        # a request once under way has none of them.
+        session, ws, welcome = await attach(hub, token_of(client))
+        assert isinstance(welcome, m.Welcome)
         await asyncio.sleep(0.5)  # all ten are in: the address is at its cap
         extra = [asyncio.create_task(silent(hub, limit)) for _ in range(3)]
         # A normal client (another address) is served while they hang on.
@@ -140,6 +145,8 @@ def test_slow_sockets_are_closed_and_others_are_served(tmp_path: Path, hubs: obj
         listing = await asyncio.to_thread(client.run, "ls", "--json")
         assert [f["name"] for f in json.loads(listing.stdout)] == ["during"]
         done = {k: [await t for t in v] for k, v in tasks.items()}
+        await ticket(ws)  # still served, several seconds on
+        await session.close()
         return done, [await t for t in extra]
 
     closed, refused = asyncio.run(scenario())
