@@ -96,6 +96,7 @@ class PortGuard:
             handle.cancel()
 
     def forget(self, transport: Any) -> None:
+        """The connection ended: drop its deadline if still armed."""
         self.request_started(transport)
 
 
