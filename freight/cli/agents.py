@@ -134,7 +134,7 @@ def agents_cmd(
     kind: Annotated[
         str,
         typer.Argument(
-            help="ping, list_dir (path), send_file (path, name), receive_file (name, dest), "
+            help="ping, list_dir (path, offset), send_file (path, name), receive_file (name, dest), "
             "rescan, resend_offers or reload_config."
         ),
     ],
