@@ -648,7 +648,12 @@ def idle_cmd(args: argparse.Namespace) -> Report:
     workers: list[Worker] = []
     d: dict[str, Any] = {"agents": n, "workers": workers_n, "idle": args.idle, "fd_limit": limit}
     try:
-        with peers.running(peers.FreightHub(work)) as hub, keep_log(hub, args.tmp / "idle-hub.log"):
+        # Every agent comes from 127.0.0.1 here, with a control channel and a
+        # lane each: lift the per-address and global socket caps to fit.
+        sockets = str(4 * n + 1000)
+        caps = ["--max-connections", sockets, "--max-connections-per-address", sockets]
+        hub_ = peers.FreightHub(work, caps)
+        with peers.running(hub_) as hub, keep_log(hub, args.tmp / "idle-hub.log"):
             assert hub.proc is not None
             pid = hub.proc.pid
             d["rss_start"] = proc_status(pid)

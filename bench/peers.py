@@ -435,8 +435,9 @@ class FreightHub:
 
     password = "bench-admin-password"
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, hub_args: list[str] | None = None):
         self.dir = Path(tempfile.mkdtemp(prefix="freight-", dir=workdir))
+        self.hub_args = hub_args or []
         self.data = self.dir / "data"
         self.cfg = self.dir / "client"
         self.port = free_port()
@@ -448,6 +449,7 @@ class FreightHub:
             raise PeerError(f"{FREIGHT} not found (is the freight package installed?)")
         self.cfg.mkdir()
         cmd = [str(FREIGHT), "hub", "--data", str(self.data), "--listen", f"127.0.0.1:{self.port}"]
+        cmd += self.hub_args
         env = _freight_env(FREIGHT_ADMIN_PASSWORD=self.password)
         self.proc = start_server(cmd, self.dir / "hub.log", env=env)
         _wait_health(self.url, self.proc)

@@ -24,6 +24,8 @@
     │   ├── NotFound
     │   ├── Conflict
     │   ├── DiskFull
+    │   ├── QuotaExceeded
+    │   ├── LimitReached
     │   └── Aborted
     └── StorageError                     exit 8   local disk problems
 
@@ -55,11 +57,13 @@ __all__ = [
     "FrameTooLarge",
     "FreightError",
     "IntegrityError",
+    "LimitReached",
     "LocalProtocolError",
     "NetworkError",
     "NotFound",
     "NotLoggedIn",
     "ProtocolError",
+    "QuotaExceeded",
     "RateLimited",
     "RemoteError",
     "RemoteProtocolError",
@@ -187,6 +191,20 @@ class DiskFull(RemoteError):
 
     code = "disk_full"
     hint = "free space on the hub or ask its admin; nothing was published"
+
+
+class QuotaExceeded(RemoteError):
+    """The upload would take the account over its disk quota on the hub."""
+
+    code = "quota_exceeded"
+    hint = "delete files on the hub (freight rm NAME) or ask an admin to raise the quota"
+
+
+class LimitReached(RemoteError):
+    """The hub refused one more connection or stream for this account."""
+
+    code = "limit_reached"
+    hint = "let other transfers of this account finish, or ask the hub's admin to raise the limit"
 
 
 class Aborted(RemoteError):

@@ -26,6 +26,8 @@ from ..errors import AuthError, FreightError, NetworkError
 from ..hub.agents import login_message
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
+from ..protocol.frames import encode_json
+from ..protocol.limits import MAX_HEADER_BYTES, MAX_JSON_CHARS
 from . import filecommands
 from .config import AgentConfig
 from .files import APP, FileServer, list_dir
@@ -115,7 +117,7 @@ class Agent:
                 result = await self.execute(msg)
                 self.done_results[msg.id] = result
             if self.relay is not None:
-                await self.relay.send_frame(result)
+                await self.relay.send_frame(sendable(result))
         finally:
             self.running.discard(msg.id)
 
@@ -144,7 +146,8 @@ class Agent:
                 value = {"version": __version__, "roots": [str(r) for r in self.roots]}
             elif msg.kind == "list_dir":
                 try:
-                    value = list_dir(str(args.get("path", "/")), self.roots)
+                    offset = int(args.get("offset", 0))
+                    value = list_dir(str(args.get("path", "/")), self.roots, offset)
                 except OutsideRoots as exc:
                     await self.report("list_dir", str(args.get("path")), "hub", exc.message)
                     raise
@@ -211,6 +214,20 @@ class Agent:
                 log.info("hub_unreachable", error=str(exc), retry_in=round(delay, 1))
             await asyncio.sleep(random.uniform(0.5 * delay, delay))
             delay = min(60.0, delay * 2)
+
+
+def sendable(result: m.CommandResult) -> m.CommandResult:
+    """``result``, or a failure saying why it cannot be sent: a result the
+    hub cannot decode would cut the channel and have the command delivered
+    again and again."""
+    header = len(encode_json(result))
+    if len(result.result) <= MAX_JSON_CHARS and header <= MAX_HEADER_BYTES:
+        return result
+    why = (
+        f"the answer takes {header} bytes, more than a command result may "
+        f"({MAX_HEADER_BYTES} bytes); ask for less"
+    )
+    return m.CommandResult(id=result.id, ok=False, result=json.dumps({"error": why}))
 
 
 def systemd_unit(config: ClientConfig, user: str = "freight") -> str:

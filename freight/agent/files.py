@@ -25,6 +25,12 @@ from ..errors import Forbidden, FreightError, UsageError
 from .roots import OutsideRoots, locate, resolve
 
 APP = "freight.files"
+# What one page of a folder listing may take as JSON. A ``list_dir``
+# command's result travels inside a frame header (64 KiB, where its quotes
+# are escaped once more); a file-manager answer may be a relay message of
+# up to 8 MiB, and ``ls`` sends as many as the folder needs.
+COMMAND_PAGE_BYTES = 24 * 1024
+LS_PAGE_BYTES = 1024 * 1024
 
 
 def encode(kind: bytes, body: Any) -> bytes:
@@ -52,21 +58,54 @@ def describe(path: Path) -> dict[str, Any]:
     }
 
 
-def list_dir(raw: str, roots: list[Path]) -> dict[str, Any]:
+def list_entries(raw: str, roots: list[Path]) -> tuple[str, list[dict[str, Any]]]:
+    """The folder ``raw`` (or the roots, for ``/``): its path and every entry."""
     if raw in ("", "/") and not any(r == Path("/") for r in roots):
-        return {"path": "/", "entries": [{**describe(r), "name": str(r)} for r in roots]}
+        return "/", [{**describe(r), "name": str(r)} for r in roots]
     path = resolve(raw, roots)
     if not path.exists():
         raise UsageError(f"{raw}: no such file or folder on the agent")
     if not path.is_dir():
-        return {"path": str(path), "entries": [describe(path)]}
+        return str(path), [describe(path)]
     entries = []
     for child in sorted(path.iterdir()):
         try:
             entries.append(describe(child))
         except OSError:
             continue  # vanished while listing
-    return {"path": str(path), "entries": entries}
+    return str(path), entries
+
+
+def page(path: str, entries: list[dict[str, Any]], offset: int, budget: int) -> dict[str, Any]:
+    """Entries from ``offset`` on, as many as fit ``budget`` bytes of JSON
+    (at least one). ``next`` is where the following page starts, null on
+    the last one; ``total`` counts them all."""
+    if offset < 0 or offset > len(entries):
+        raise UsageError(f"offset {offset} is outside the {len(entries)} entries of {path}")
+    out: list[dict[str, Any]] = []
+    used = 0
+    for entry in entries[offset:]:
+        size = len(json.dumps(entry, separators=(",", ":"))) + 1
+        if out and used + size > budget:
+            break
+        out.append(entry)
+        used += size
+    end = offset + len(out)
+    return {
+        "path": path,
+        "entries": out,
+        "total": len(entries),
+        "offset": offset,
+        "next": end if end < len(entries) else None,
+    }
+
+
+def list_dir(
+    raw: str, roots: list[Path], offset: int = 0, budget: int = COMMAND_PAGE_BYTES
+) -> dict[str, Any]:
+    """One page of the folder ``raw`` (the ``list_dir`` command)."""
+    path, entries = list_entries(raw, roots)
+    return page(path, entries, offset, budget)
 
 
 class FileServer:
@@ -83,7 +122,7 @@ class FileServer:
             if conn.peer_role != "admin":
                 raise Forbidden("only admins may use an agent's files")
             if op == "ls":
-                await conn.send(encode(b"A", {"ok": True, **list_dir(raw, self.roots)}))
+                await self._ls(conn, raw)
             elif op == "get":
                 await self._get(conn, raw, bool(request.get("recursive")))
             elif op == "put":
@@ -99,6 +138,15 @@ class FileServer:
             error = f"{raw}: {exc.strerror or exc}"
             await conn.send(encode(b"A", {"ok": False, "code": "storage", "error": error}))
         await conn.close()
+
+    async def _ls(self, conn: Connection, raw: str) -> None:
+        """Answer with as many pages as the folder takes (listed once)."""
+        path, entries = list_entries(raw, self.roots)
+        offset: int | None = 0
+        while offset is not None:
+            answer = page(path, entries, offset, LS_PAGE_BYTES)
+            await conn.send(encode(b"A", {"ok": True, **answer}))
+            offset = answer["next"]
 
     async def _get(self, conn: Connection, raw: str, recursive: bool) -> None:
         path = resolve(raw, self.roots)

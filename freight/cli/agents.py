@@ -143,7 +143,7 @@ def agents_cmd(
     kind: Annotated[
         str,
         typer.Argument(
-            help="ping, list_dir (path), send_file (path, name), receive_file (name, dest, "
+            help="ping, list_dir (path, offset), send_file (path, name), receive_file (name, dest, "
             "overwrite), "
             "rescan, resend_offers or reload_config."
         ),
@@ -193,21 +193,35 @@ async def _await_command(hub_url: str | None, command_id: int, wait: float) -> A
         row = await _admin(
             hub_url, "GET", f"/v1/agents/commands/{command_id}?wait={min(left, 60):.1f}"
         )
-        if row["state"] in ("done", "failed") or time.monotonic() >= deadline:
+        if row["state"] in ENDED or time.monotonic() >= deadline:
             return row
+
+
+ENDED = ("done", "failed", "cancelled")
 
 
 def _show_command(row: Any, wait: float) -> None:
     print_json(row)
-    if row.get("state") == "failed":
+    if row.get("state") in ("failed", "cancelled"):
         raise typer.Exit(7)
-    if wait > 0 and row.get("state") not in ("done", "failed"):
+    if wait > 0 and row.get("state") not in ENDED:
         # A long send_file, or an agent that is offline: the command stays
         # queued at the hub; say how to look again.
         err_console.print(
             f"command {row['id']} is {row['state']}, not answered yet; "
             f"later: freight agents result {row['id']} --wait 600"
         )
+
+
+@agents_app.command("cancel")
+def agents_cancel(
+    command_id: Annotated[int, typer.Argument(help="The id `agents cmd` printed.")],
+    hub_url: HubOpt = None,
+) -> None:
+    """Cancel a queued command: it is not delivered again, and its result is
+    refused if the agent was already running it."""
+    row = run_async(lambda: _admin(hub_url, "POST", f"/v1/agents/commands/{command_id}/cancel"))
+    err_console.print(f"cancelled command {row['id']} ({row['kind']})", markup=False)
 
 
 # --- freight agent (on the managed machine) ---------------------------------------
@@ -373,10 +387,17 @@ def remote_ls(target: str, hub_url: str | None, json_out: bool, transport: str =
     async def go() -> Any:
         relay, conn, answer = await _open(hub_url, agent, {"op": "ls", "path": path}, transport)
         try:
+            entries = list(answer["entries"])
+            # A large folder comes in pages, each answer saying where the next starts.
+            while answer.get("next") is not None:
+                answer = decode(await conn.recv(), b"A")
+                if not answer.get("ok"):
+                    raise code_to_error(str(answer.get("code", "remote")), str(answer.get("error")))
+                entries += answer["entries"]
             await conn.close()
         finally:
             await relay.aclose()
-        return answer
+        return {**answer, "entries": entries}
 
     answer = run_async(go)
     if json_out:

@@ -111,6 +111,11 @@ def version() -> None:
     typer.echo(__version__)
 
 
+# The shared port's deadlines (docs/protocol.md 1.4), in seconds; hidden:
+# the defaults suit every deployment, tests shorten them.
+SecondsOpt = Annotated[float, typer.Option(hidden=True, min=0.1)]
+
+
 @app.command()
 def hub(
     data: Annotated[Path, typer.Option(help="Data folder (database, certificate, files).")] = Path(
@@ -146,9 +151,30 @@ def hub(
         str,
         typer.Option(help="Free disk space below which collection pauses (uploads wait)."),
     ] = "1G",
+    max_connections: Annotated[
+        int, typer.Option(help="Sockets the hub holds at once; more are closed at once.")
+    ] = 10_000,
+    max_connections_per_address: Annotated[
+        int,
+        typer.Option(help="Sockets from one client address (raise it for agents behind one NAT)."),
+    ] = 1024,
+    account_connections: Annotated[
+        int,
+        typer.Option(help="Control channels and data connections one account may have open."),
+    ] = 128,
+    account_streams: Annotated[
+        int, typer.Option(help="Pushes and pulls one account may run at once.")
+    ] = 128,
+    first_byte_timeout: SecondsOpt = 10.0,
+    tls_handshake_timeout: SecondsOpt = 15.0,
+    header_timeout: SecondsOpt = 15.0,
+    body_timeout: SecondsOpt = 60.0,
+    keepalive_timeout: SecondsOpt = 30.0,
+    data_idle_timeout: SecondsOpt = 300.0,
 ) -> None:
     """Run a hub on one HTTPS port."""
     from ..hub.bandwidth import Budget
+    from ..hub.guard import PortLimits
     from ..hub.server import HubConfig, serve
 
     host, _, port = listen.rpartition(":")
@@ -180,6 +206,18 @@ def hub(
         checkpoint_interval=parse_rate(checkpoint_interval),
         relay_window=parse_rate(relay_window),
         collect_reserve=parse_size(collect_reserve),
+        limits=PortLimits(
+            max_connections=max_connections,
+            per_address=max_connections_per_address,
+            first_byte=first_byte_timeout,
+            tls_handshake=tls_handshake_timeout,
+            headers=header_timeout,
+            body=body_timeout,
+            keepalive=keepalive_timeout,
+            data_idle=data_idle_timeout,
+        ),
+        account_connections=account_connections,
+        account_streams=account_streams,
     )
     try:
         run_async(lambda: serve(cfg))

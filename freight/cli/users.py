@@ -14,6 +14,7 @@ from ..client.config import ClientConfig
 from ..client.session import HubSession
 from ..errors import NotFound, UsageError
 from ..names import check_new_password, check_user_name
+from ..units import UNLIMITED_WORDS, format_bytes, parse_size
 from .common import HubOpt, JsonOpt, run_async
 from .output import err_console, print_json
 
@@ -54,7 +55,7 @@ def show_user(u: dict[str, Any], verb: str) -> None:
 
 @users_app.command("ls")
 def users_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
-    """List the hub's accounts: name, role, disabled, created."""
+    """List the hub's accounts: name, role, state, created, space used and quota."""
     rows = run_async(lambda: call(hub_url, "GET", "/v1/users"))
     if json_out:
         print_json(rows)
@@ -62,7 +63,9 @@ def users_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     for u in rows:
         when = datetime.fromtimestamp(u["created"]).strftime("%Y-%m-%d %H:%M")
         state = "disabled" if u["disabled"] else "active"
-        typer.echo(f"{u['name']:<24} {u['role']:<6} {state:<8}  {when}")
+        limit = format_bytes(u["quota"]) if u.get("quota") else "no quota"
+        used = format_bytes(u.get("used", 0))
+        typer.echo(f"{u['name']:<24} {u['role']:<6} {state:<8}  {when}  {used:>10} / {limit}")
 
 
 @users_app.command("add")
@@ -116,6 +119,32 @@ def users_disable(name: NameArg, hub_url: HubOpt = None, json_out: JsonOpt = Fal
 def users_enable(name: NameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """Enable an account again (it has to log in afresh)."""
     set_disabled(name, False, hub_url, json_out)
+
+
+@users_app.command("quota")
+def users_quota(
+    name: NameArg,
+    size: Annotated[
+        str, typer.Argument(help="Bytes the account may hold on the hub, e.g. 50G; none: no quota.")
+    ],
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set an account's disk quota: its files and unfinished uploads on the
+    hub. An upload that would go over it is refused when it starts."""
+    value = 0 if size.strip().lower() in UNLIMITED_WORDS else parse_size(size)
+
+    async def go() -> Any:
+        check_user_name(name)
+        return await call(hub_url, "PUT", f"/v1/users/{name}/quota", {"quota": value})
+
+    user = run_async(go)
+    if json_out:
+        print_json(user)
+    elif value:
+        err_console.print(f"{name} may hold {format_bytes(value)} on the hub", markup=False)
+    else:
+        err_console.print(f"{name} has no quota", markup=False)
 
 
 def passwd(

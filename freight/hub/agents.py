@@ -25,7 +25,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..errors import AgentRefused, BadCredentials, Conflict, NotFound, UsageError
 from ..names import check_user_name
 from ..protocol import messages as m
-from . import auth, commandfiles, users
+from ..store.commands import TERMINAL_COMMAND_STATES
+from . import auth, commandfiles, commands, users
 from .app import STATE, admin_user, check_rate_limit, current_user
 from .commandfiles import FILE_COMMANDS
 from .state import HubState
@@ -267,6 +268,7 @@ async def add_command(request: web.Request) -> web.Response:
     if kind in FILE_COMMANDS:
         raw_args = await commandfiles.prepare(st, admin, kind, raw_args)
     args = json.dumps(raw_args)
+    commands.check_args(args)
     agent_id = int(row["id"])
     command_id = await st.db.add_command(agent_id, kind, args, admin.name)
     await commandfiles.queued(st, admin, agent_id, command_id, kind, raw_args)
@@ -275,10 +277,9 @@ async def add_command(request: web.Request) -> web.Response:
     )
     att = st.relay.attachment_of(agent_id)
     state = "queued"
-    if att is not None:  # online: hand it over now (else when it attaches)
+    # Online: hand it over now (else when it attaches).
+    if att is not None and await commands.deliver(st, att, command_id, kind, args):
         state = "delivered"
-        await st.db.set_command_state(command_id, agent_id, state)
-        att.post(m.Command(id=command_id, kind=kind, args=args))
     return web.json_response({"id": command_id, "state": state})
 
 
@@ -298,8 +299,8 @@ async def get_command(request: web.Request) -> web.Response:
             row = await st.db.get_command(command_id)
             if row is None:
                 raise NotFound(f"no command {command_id}")
-            if row["state"] in ("done", "failed") or time.monotonic() >= deadline:
-                return _command_json(row)
+            if row["state"] in TERMINAL_COMMAND_STATES or time.monotonic() >= deadline:
+                return web.json_response(commands.command_json(row))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), deadline - time.monotonic())
             event.clear()
@@ -307,32 +308,13 @@ async def get_command(request: web.Request) -> web.Response:
         st.relay.forget_command_event(command_id)
 
 
-def _command_json(row: Any) -> web.Response:
-    return web.json_response(
-        {
-            "id": row["id"],
-            "kind": row["kind"],
-            "state": row["state"],
-            "result": json.loads(row["result"]),
-            "created": row["created"],
-            "updated": row["updated"],
-        }
-    )
-
-
 async def on_agent_frame(st: HubState, att: Any, msg: m.AnyMessage) -> bool:
     """Acknowledgements and results coming back from an agent."""
     if isinstance(msg, m.CommandAck):
-        await st.db.set_command_state(msg.id, att.user.id, "acked")
+        await commands.on_ack(st, att, msg)
         return True
     if isinstance(msg, m.CommandResult):
-        ok, result = await commandfiles.finished(st, att.user, msg.id, msg.ok, msg.result)
-        state = "done" if ok else "failed"
-        await st.db.set_command_state(msg.id, att.user.id, state, result)
-        st.relay.command_finished(msg.id)
-        if st.collector is not None:
-            await st.collector.finished(msg.id, att.user.id, att.user.name, msg.ok, msg.result)
-        await st.events.emit("command_" + state, att.user.name, id=msg.id)
+        await commands.on_result(st, att, msg)
         return True
     return False
 
@@ -347,8 +329,7 @@ async def agent_attached(st: HubState, att: Any, version: str) -> None:
     # died running them, or its answer was lost (it answers a repeat from
     # memory when it still has one).
     for row in await st.db.open_commands(att.user.id):
-        att.post(m.Command(id=row["id"], kind=row["kind"], args=row["args"]))
-        await st.db.set_command_state(int(row["id"]), att.user.id, "delivered")
+        await commands.deliver(st, att, int(row["id"]), str(row["kind"]), str(row["args"]))
 
 
 async def report_security(request: web.Request) -> web.Response:
@@ -377,3 +358,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/agents/{name}/cap", set_cap)
     app.router.add_post("/v1/agents/{name}/commands", add_command)
     app.router.add_get("/v1/agents/commands/{id}", get_command)
+    app.router.add_post("/v1/agents/commands/{id}/cancel", commands.cancel)

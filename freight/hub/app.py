@@ -19,6 +19,7 @@ from ..errors import (
     Conflict,
     Forbidden,
     FreightError,
+    LimitReached,
     NotFound,
     NotLoggedIn,
     RateLimited,
@@ -31,6 +32,7 @@ from ..transport.channel import ChannelClosed, Mux
 from ..transport.ws import WS_MAX_MESSAGE, WSChannel
 from . import auth
 from .bandwidth import Budget
+from .guard import deadlines_middleware
 from .state import HubState
 from .streams import User
 
@@ -45,6 +47,7 @@ _STATUS = {
     NotFound: 404,
     Conflict: 409,
     RateLimited: 429,
+    LimitReached: 429,
     AuthError: 401,
 }
 
@@ -234,16 +237,17 @@ async def attach(request: web.Request, user: User, chan: Any, transport: str) ->
             raise VersionMismatch(
                 f"client speaks protocol {hello.version}, hub speaks {PROTOCOL_VERSION}"
             )
-        await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node))
-        await serve_channel(
-            st,
-            user,
-            chan,
-            transport=transport,
-            address=request.remote or "",
-            client=hello.agent,
-        )
-    except ProtocolError as exc:
+        with st.accounts.connection(user):
+            await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node))
+            await serve_channel(
+                st,
+                user,
+                chan,
+                transport=transport,
+                address=request.remote or "",
+                client=hello.agent,
+            )
+    except (ProtocolError, LimitReached) as exc:
         await send_error(st, chan, exc)
     except (ChannelClosed, TimeoutError):
         pass
@@ -256,10 +260,13 @@ async def serve_http_attachment(request: web.Request, chan: Any) -> None:
     await attach(request, await current_user(request), chan, "http")
 
 
-async def send_error(st: HubState, chan: Any, exc: ProtocolError) -> None:
+async def send_error(st: HubState, chan: Any, exc: FreightError) -> None:
     """Tell the peer why its connection is being closed."""
-    st.metrics.protocol_errors.inc()
-    st.events.log.info("protocol_error", code=exc.code, error=exc.message)
+    protocol = isinstance(exc, ProtocolError)
+    if protocol:
+        st.metrics.protocol_errors.inc()
+    kind = "protocol_error" if protocol else "connection_refused"
+    st.events.log.info(kind, code=exc.code, error=exc.message)
     with contextlib.suppress(FreightError, ConnectionError, OSError):
         await chan.send(m.Error(code=exc.code, message=exc.message[:4000]))
 
@@ -388,7 +395,10 @@ async def kill_connection(request: web.Request) -> web.Response:
 def build_app(state: HubState) -> web.Application:
     from . import agents, collect, httpattach, users  # they import this module
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=1024 * 1024)
+    app = web.Application(
+        middlewares=[deadlines_middleware(lambda r: r.app[STATE].port_guard), errors_middleware],
+        client_max_size=1024 * 1024,
+    )
     app[STATE] = state
     app.router.add_get("/v1/health", health)
     app.router.add_post("/v1/login", login)

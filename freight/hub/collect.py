@@ -30,8 +30,9 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import NotFound, UsageError
-from ..protocol import messages as m
+from ..store.commands import TERMINAL_COMMAND_STATES
 from ..units import parse_size
+from . import commands
 from .app import STATE, admin_user, current_user
 from .state import HubState
 
@@ -94,7 +95,7 @@ class Collector:
                 await db.update_content(row["digest"], state="wanted")
         for row in await db.content_in_state("issued"):
             command = await db.get_command(int(row["command_id"]))
-            if command is not None and command["state"] in ("done", "failed"):
+            if command is not None and command["state"] in TERMINAL_COMMAND_STATES:
                 # Answered, but the hub stopped before acting on it.
                 agent = await db.user_by_id(int(row["source"]))
                 if agent is not None:
@@ -141,8 +142,7 @@ class Collector:
             )
             att = self.st.relay.attachment_of(agent_id)
             if att is not None:
-                await db.set_command_state(command_id, agent_id, "delivered")
-                att.post(m.Command(id=command_id, kind="upload", args=args))
+                await commands.deliver(self.st, att, command_id, "upload", args)
             uploading.add(agent_id)
             issued += 1
         return issued
@@ -162,9 +162,11 @@ class Collector:
     ) -> bool:
         """An agent answered an upload command; False if it was not one."""
         db = self.st.db
-        row = await db.claim_upload(command_id)
+        row = await db.claim_upload(command_id, agent_id)
         if row is None:
-            return False  # not an upload, or already finished by someone else
+            # Not an upload, already finished, or not this agent's: an upload
+            # is bound to the agent it was requested from.
+            return False
         digest = str(row["digest"])
         name = UPLOAD_PREFIX + digest
         file_row = await db.get_file(agent_id, name)
@@ -217,8 +219,7 @@ class Collector:
         rescan = await self.st.db.add_command(agent_id, "rescan", "{}", "hub")
         att = self.st.relay.attachment_of(agent_id)
         if att is not None:
-            await self.st.db.set_command_state(rescan, agent_id, "delivered")
-            att.post(m.Command(id=rescan, kind="rescan", args="{}"))
+            await commands.deliver(self.st, att, rescan, "rescan", "{}")
 
 
 # --- REST ------------------------------------------------------------------------
@@ -276,8 +277,7 @@ async def _rescan(st: HubState, by: str, patterns: list[str]) -> None:
         command_id = await st.db.add_command(agent_id, "rescan", "{}", by)
         att = online.get(agent_id)
         if att is not None:
-            await st.db.set_command_state(command_id, agent_id, "delivered")
-            att.post(m.Command(id=command_id, kind="rescan", args="{}"))
+            await commands.deliver(st, att, command_id, "rescan", "{}")
 
 
 async def list_policies(request: web.Request) -> web.Response:

@@ -2,7 +2,9 @@
 
 We accept sockets ourselves and peek at the first byte. A TLS ClientHello
 starts with 0x16 and goes to aiohttp; anything else must be a data-connection
-preamble carrying a one-time reception ticket.
+preamble carrying a one-time reception ticket. Every socket holds a slot of
+the :class:`~.guard.PortGuard` from accept to close, and each phase has a
+deadline (first byte, TLS handshake, headers; an idle data connection).
 """
 
 from __future__ import annotations
@@ -15,28 +17,36 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FreightError, LimitReached
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
 from ..transport.channel import ChannelClosed
-from ..transport.dataconn import accept_data_connection
+from ..transport.dataconn import DataConnProtocol, accept_data_connection, close_when_idle
 from .app import send_error, serve_channel, serve_lane
+from .guard import PortGuard, Slot
 from .state import HubState
 from .streams import User
 from .tickets import Ticket
 
 TLS_RECORD_HANDSHAKE = 0x16
-FIRST_BYTE_TIMEOUT = 10.0
-READ_LIMIT = 64 * 1024 * 1024
+REFUSAL_LOG_EVERY = 10.0  # at most one warning per cap and this many seconds
 
 
 class SharedPortListener:
     def __init__(
-        self, state: HubState, http_factory: Callable[[], Any], ssl_ctx: ssl.SSLContext
+        self,
+        state: HubState,
+        http_factory: Callable[[], Any],
+        ssl_ctx: ssl.SSLContext,
+        guard: PortGuard,
     ) -> None:
         self.state = state
         self.http_factory = http_factory
         self.ssl_ctx = ssl_ctx
+        self.guard = guard
+        self.limits = guard.limits
+        self._last_warning: dict[str, float] = {}
         self.sock: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._accept_task: asyncio.Task[None] | None = None
@@ -70,43 +80,66 @@ class SharedPortListener:
         assert self.sock is not None
         while True:
             try:
-                conn, _ = await loop.sock_accept(self.sock)
+                conn, peer = await loop.sock_accept(self.sock)
             except OSError as exc:  # e.g. EMFILE: back off rather than spin
                 self.state.events.log.warning("accept_failed", error=str(exc))
                 await asyncio.sleep(0.1)
                 continue
-            task = asyncio.create_task(self._route(conn))
+            address = _address(peer)
+            slot = self.guard.take(address)
+            if isinstance(slot, str):
+                # Over a cap: closed before reading a byte, so a flood from
+                # one address costs an accept and a close, nothing more.
+                conn.close()
+                self._refused(slot, address)
+                continue
+            task = asyncio.create_task(self._route(conn, slot))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _route(self, conn: socket.socket) -> None:
+    def _refused(self, cap: str, address: str) -> None:
+        self.state.metrics.refused.labels(cap).inc()
+        now = time.monotonic()
+        if now - self._last_warning.get(cap, -REFUSAL_LOG_EVERY) >= REFUSAL_LOG_EVERY:
+            self._last_warning[cap] = now
+            self.state.events.log.warning("connection_refused", limit=cap, address=address)
+
+    async def _route(self, conn: socket.socket, slot: Slot) -> None:
+        """Hand the socket on; ``slot`` is released when it finally closes."""
         loop = asyncio.get_running_loop()
         try:
-            first = await asyncio.wait_for(_peek_byte(loop, conn), FIRST_BYTE_TIMEOUT)
+            first = await asyncio.wait_for(_peek_byte(loop, conn), self.limits.first_byte)
         except (TimeoutError, OSError):
-            conn.close()
-            return
+            first = None
         if first is None:
             conn.close()
+            slot.release()
             return
         if first == TLS_RECORD_HANDSHAKE:
             self.state.metrics.connections.labels("tls").inc()
             try:
                 await loop.connect_accepted_socket(
-                    self.http_factory, conn, ssl=self.ssl_ctx, ssl_handshake_timeout=15
+                    lambda: self.guard.guarded(self.http_factory(), slot),
+                    conn,
+                    ssl=self.ssl_ctx,
+                    ssl_handshake_timeout=self.limits.tls_handshake,
                 )
-            except (OSError, ssl.SSLError):
+            except (OSError, ssl.SSLError, TimeoutError):
                 conn.close()
+                slot.release()
             return
         self.state.metrics.connections.labels("data").inc()
-        await self._data_connection(conn)
+        try:
+            await self._data_connection(conn)
+        finally:
+            slot.release()
 
     async def _data_connection(self, conn: socket.socket) -> None:
         def lookup(ticket_id: bytes) -> tuple[bytes, object] | None:
             ticket = self.state.tickets.redeem(ticket_id, time.monotonic())
             return None if ticket is None else (ticket.secret, ticket)
 
-        chan = await accept_data_connection(conn, lookup, FIRST_BYTE_TIMEOUT)
+        chan = await accept_data_connection(conn, lookup, self.limits.first_byte)
         if chan is None:
             self.state.metrics.protocol_errors.inc()
             self.state.events.log.info("data_connection_refused")
@@ -114,6 +147,22 @@ class SharedPortListener:
         ticket = chan.context
         assert isinstance(ticket, Ticket)
         user = User(ticket.user_id, ticket.user_name, "")
+        try:
+            with self.state.accounts.connection(user):
+                await self._serve_data(chan, ticket, user)
+        except LimitReached as exc:  # sealed: the client has the keys by now
+            with contextlib.suppress(FreightError, OSError):
+                await chan.send(m.Error(code=exc.code, message=exc.message))
+        finally:
+            await chan.aclose()
+
+    async def _serve_data(self, chan: DataConnProtocol, ticket: Ticket, user: User) -> None:
+        # A lane lives and dies with its attachment (whose WebSocket heartbeat
+        # notices a dead peer); other data connections carry streams, whose
+        # frames never pause this long.
+        idle = None
+        if ticket.lane_of is None:
+            idle = asyncio.create_task(close_when_idle(chan, self.limits.data_idle))
         try:
             # The first sealed frame proves to the client that its ticket was
             # accepted and that both ends derived the same keys.
@@ -127,7 +176,10 @@ class SharedPortListener:
         except ChannelClosed:
             pass
         finally:
-            await chan.aclose()
+            if idle is not None:
+                idle.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await idle
 
 
 async def _peek_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:
@@ -140,3 +192,9 @@ async def _peek_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> in
         loop.remove_reader(fd)
     data = conn.recv(1, socket.MSG_PEEK)
     return data[0] if data else None
+
+
+def _address(peer: Any) -> str:
+    """The client's address as counted: IPv4-mapped IPv6 as plain IPv4."""
+    host = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+    return host.removeprefix("::ffff:")

@@ -30,6 +30,12 @@ class Metrics:
         self.protocol_errors = Counter(
             "freight_protocol_errors", "Connections closed for bad frames", registry=r
         )
+        self.refused = Counter(
+            "freight_refused",
+            "Connections, streams and uploads refused by a limit",
+            ["limit"],
+            registry=r,
+        )
 
 
 class EventLog:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
+import resource
 import secrets
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
@@ -18,7 +20,9 @@ from ..store import Database, DataLayout
 from . import auth, tls
 from .app import build_app
 from .bandwidth import BandwidthManager, Budget
+from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .collect import Collector
+from .guard import PortGuard, PortLimits
 from .listener import SharedPortListener
 from .observe import EventLog, Metrics, configure_logging
 from .relay import Router
@@ -42,6 +46,9 @@ class HubConfig:
     key: Path | None = None
     collect_reserve: int = 1 << 30  # free disk below which collection pauses
     relay_window: int = 4 * 1024 * 1024  # bytes held per relayed connection and direction
+    limits: PortLimits = field(default_factory=PortLimits)  # sockets and deadlines
+    account_connections: int = DEFAULT_CONNECTIONS  # per account, open at once
+    account_streams: int = DEFAULT_STREAMS
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -83,11 +90,34 @@ async def build_state(cfg: HubConfig) -> HubState:
     bandwidth = BandwidthManager(Budget.parse(spec))
     events = EventLog(db)
     metrics = Metrics()
+    caps = AccountCaps(cfg.account_connections, cfg.account_streams, metrics)
     streams = StreamService(
-        db, layout, bandwidth, events, metrics, checkpoint_interval=cfg.checkpoint_interval
+        db,
+        layout,
+        bandwidth,
+        events,
+        metrics,
+        checkpoint_interval=cfg.checkpoint_interval,
+        caps=caps,
     )
     relay = Router(db, events, metrics, cfg.relay_window)
-    return HubState(db, layout, events, metrics, bandwidth, streams, relay)
+    return HubState(db, layout, events, metrics, bandwidth, streams, relay, accounts=caps)
+
+
+def socket_budget(wanted: int) -> int:
+    """How many sockets the hub may hold: ``wanted``, within the process's
+    file limit (raised towards its hard limit when needed), less a reserve
+    for the database, files being written and the listener itself."""
+    reserve = 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted + reserve:
+        target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, wanted + reserve)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - reserve))
 
 
 async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
@@ -102,9 +132,20 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
     except BaseException:
         await state.db.close()
         raise
-    runner = web.AppRunner(build_app(state), handle_signals=False, access_log=None)
+    limits = cfg.limits
+    budget = socket_budget(limits.max_connections)
+    if budget < limits.max_connections:
+        say(f"At most {budget} connections: the process may open only so many files")
+        limits = dataclasses.replace(limits, max_connections=budget)
+    state.port_guard = PortGuard(limits)
+    runner = web.AppRunner(
+        build_app(state),
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=limits.keepalive,
+    )
     await runner.setup()
-    listener = SharedPortListener(state, runner.server, ssl_context)
+    listener = SharedPortListener(state, runner.server, ssl_context, state.port_guard)
     port = await listener.start(cfg.host, cfg.port)
     fingerprint = tls.fingerprint_pem(cert_path)
     state.cert_fingerprint = fingerprint  # agents bind their login to it

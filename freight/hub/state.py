@@ -10,6 +10,8 @@ from ..store import Database, DataLayout
 from ..units import format_rate
 from .auth import LoginLimiter
 from .bandwidth import BandwidthManager
+from .caps import AccountCaps
+from .guard import PortGuard
 from .observe import EventLog, Metrics
 from .relay import Router
 from .streams import StreamService, minute_of_day
@@ -31,6 +33,9 @@ class HubState:
     collector: Any = None  # collect.Collector, set at start-up
     cert_fingerprint: str = ""  # "SHA256:<hex>" of the certificate we serve
     challenges: dict[str, tuple[str, float]] = field(default_factory=dict)  # agent logins
+    accounts: AccountCaps = field(default_factory=AccountCaps)  # per-account caps
+    port_guard: PortGuard | None = None  # the shared port's caps and deadlines
+    answering: set[int] = field(default_factory=set)  # command results being recorded
 
     def bandwidth_status(self) -> dict[str, Any]:
         total = self.bandwidth.budget.total_at(minute_of_day())

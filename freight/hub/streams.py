@@ -14,14 +14,24 @@ from typing import Any
 import blake3
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import DiskFull, FreightError, NotFound, StorageError, UsageError
+from ..errors import (
+    DiskFull,
+    FreightError,
+    LimitReached,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+    UsageError,
+)
 from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
-from ..store import Database, DataLayout
+from ..store import Database, DataLayout, quota
 from ..transport.channel import Port
 from ..transport.streaming import Acceptance, FileSource, hash_prefix, run_receiver, run_sender
+from ..units import format_bytes
 from .bandwidth import BandwidthManager
+from .caps import AccountCaps
 from .observe import EventLog, Metrics
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -81,12 +91,32 @@ class HubSink:
             and self.path.stat().st_size >= int(row["checkpoint"])
         )
         try:
-            return await self._open(req, row, resume)
+            limit = 0 if resume else await quota.quota_of(self.s.db, self.user.id)
+            if not limit:  # no quota, or a resume: its space was granted at its start
+                return await self._open(req, row, resume)
+            async with self.s.quota_lock:
+                # Checked and recorded under the lock: two uploads starting
+                # at once cannot both take the last free bytes.
+                await self._check_quota(req, limit)
+                return await self._open(req, row, resume)
         except OSError as exc:
             self.close()
             if exc.errno in _DISK_FULL:
                 raise DiskFull(f"the hub has no disk space for {self.name}") from None
             raise StorageError(f"the hub cannot store {self.name}: {exc.strerror}") from None
+
+    async def _check_quota(self, req: StreamRequested, limit: int) -> None:
+        used = await quota.usage(self.s.db, self.user.id, but_sid=self.sid, but_name=self.name)
+        if used + req.size <= limit:
+            return
+        self.s.metrics.refused.labels("quota").inc()
+        await self.s.events.emit(
+            "quota_exceeded", self.user.name, name=self.name, size=req.size, used=used, quota=limit
+        )
+        raise QuotaExceeded(
+            f"{self.user.name}'s quota on the hub is {format_bytes(limit)}: "
+            f"{format_bytes(used)} in use, {self.name} needs {format_bytes(req.size)}"
+        )
 
     async def _open(self, req: StreamRequested, row: Any, resume: bool) -> Acceptance:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +256,9 @@ class StreamService:
         metrics: Metrics,
         *,
         checkpoint_interval: int,
+        caps: AccountCaps | None = None,
     ) -> None:
+        self.caps = caps or AccountCaps()
         self.db = db
         self.layout = layout
         self.bandwidth = bandwidth
@@ -235,15 +267,21 @@ class StreamService:
         self.checkpoint_interval = checkpoint_interval
         self.log: Any = events.log
         self._receiving: dict[tuple[int, str], asyncio.Task[Any]] = {}
+        self.quota_lock = asyncio.Lock()
 
     async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
         """Entry point for a frame that opens a stream on any channel."""
         self.metrics.active_streams.inc()
         try:
-            if isinstance(msg, m.StartStream):
-                await self._push(user, port, msg)
-            elif isinstance(msg, m.Pull):
-                await self._pull(user, port, msg)
+            with self.caps.stream(user):
+                if isinstance(msg, m.StartStream):
+                    await self._push(user, port, msg)
+                elif isinstance(msg, m.Pull):
+                    await self._pull(user, port, msg)
+        except LimitReached as exc:
+            self.log.info("stream_refused", sid=port.sid, user=user.name, error=exc.message)
+            with contextlib.suppress(FreightError, OSError):
+                await port.send(m.Abort(sid=port.sid, code=exc.code, message=exc.message))
         except FreightError as exc:
             self.log.info(
                 "stream_stopped", sid=port.sid, user=user.name, code=exc.code, error=exc.message

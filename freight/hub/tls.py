@@ -4,6 +4,7 @@ the clients trust with ``--ca-file``)."""
 
 from __future__ import annotations
 
+import ctypes
 import datetime
 import hashlib
 import ipaddress
@@ -18,6 +19,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ..errors import ConfigError
+
+# Mozilla's "intermediate" profile: in TLS 1.2 only ECDHE with AES-GCM or
+# ChaCha20-Poly1305 (no CBC, no static RSA); TLS 1.3's suites are all AEAD.
+TLS12_CIPHERS = ":".join(
+    [
+        "ECDHE-ECDSA-AES128-GCM-SHA256",
+        "ECDHE-RSA-AES128-GCM-SHA256",
+        "ECDHE-ECDSA-AES256-GCM-SHA384",
+        "ECDHE-RSA-AES256-GCM-SHA384",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        "ECDHE-RSA-CHACHA20-POLY1305",
+    ]
+)
+# Key-exchange groups offered (OpenSSL's default adds X448, P-521 and the
+# FFDHE groups, which a scanner flags).
+GROUPS = b"X25519:P-256:P-384"
+_SSL_CTRL_SET_GROUPS_LIST = 92  # SSL_CTX_set1_groups_list is this macro
 
 
 def fingerprint_der(der: bytes) -> str:
@@ -73,6 +91,9 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     naming the files, not a traceback at start-up."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    if not set_groups(ctx, GROUPS):
+        ctx.set_ecdh_curve("prime256v1")  # one usual group rather than OpenSSL's list
     try:
         ctx.load_cert_chain(cert_path, key_path)
     except OSError as exc:  # ssl.SSLError included
@@ -82,3 +103,28 @@ def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
             hint="give a PEM certificate (chain) and its matching PEM private key",
         ) from None
     return ctx
+
+
+def set_groups(ctx: ssl.SSLContext, groups: bytes) -> bool:
+    """Restrict the key-exchange groups of ``ctx``. Python's ssl module can
+    only set a single ECDH curve, so this calls OpenSSL's
+    ``SSL_CTX_set1_groups_list`` on the ``SSL_CTX`` the context wraps (the
+    first field after the object header). The pointer is used only once
+    ``SSL_CTX_get_options`` through it agrees with ``ctx.options``; False
+    if anything does not fit (another interpreter or OpenSSL)."""
+    try:
+        import _ssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        get_options = lib.SSL_CTX_get_options
+        get_options.restype = ctypes.c_uint64
+        get_options.argtypes = [ctypes.c_void_p]
+        ctrl = lib.SSL_CTX_ctrl
+        ctrl.restype = ctypes.c_long
+        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_char_p]
+        ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+        if not ptr or get_options(ptr) != int(ctx.options):
+            return False
+        return bool(ctrl(ptr, _SSL_CTRL_SET_GROUPS_LIST, 0, groups) == 1)
+    except (AttributeError, OSError, TypeError, ValueError):
+        return False

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from ..errors import BadCredentials, Conflict, NotFound, UsageError
 from ..names import check_new_password, check_user_name
+from ..store import quota
 from . import auth
 from .app import STATE, admin_user, bearer_hash, check_rate_limit, current_user
 
@@ -33,13 +34,16 @@ def user_json(row: Any) -> dict[str, Any]:
         "role": row["role"],
         "disabled": bool(row["disabled"]),
         "created": row["created"],
+        "quota": int(row["quota"]),
     }
 
 
 async def list_users(request: web.Request) -> web.Response:
     await admin_user(request)
-    rows = await request.app[STATE].db.list_users()
-    return web.json_response([user_json(r) for r in rows])
+    db = request.app[STATE].db
+    used = await quota.usage_by_user(db)
+    rows = await db.list_users()
+    return web.json_response([{**user_json(r), "used": used.get(int(r["id"]), 0)} for r in rows])
 
 
 async def add_user(request: web.Request) -> web.Response:
@@ -108,9 +112,30 @@ async def change_password(request: web.Request) -> web.Response:
     return web.json_response({"user": user.name, "revoked_tokens": revoked})
 
 
+async def set_quota(request: web.Request) -> web.Response:
+    """Bytes an account may hold on the hub (its files and unfinished
+    pushes); 0 means no quota. Checked when an upload starts."""
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    try:
+        value = (await request.json())["quota"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("body must be JSON with 'quota': bytes (0: none)") from None
+    row = await st.db.user_by_name(name)
+    if row is None:
+        raise NotFound(f"no user named {name!r}")
+    await quota.set_quota(st.db, int(row["id"]), value)
+    await st.events.emit("quota_set", admin.name, name=name, quota=value)
+    return web.json_response(user_json({**row, "quota": value}))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/users", list_users)
     app.router.add_post("/v1/users", add_user)
     app.router.add_post("/v1/users/{name}/disable", disable_user)
     app.router.add_post("/v1/users/{name}/enable", enable_user)
+    app.router.add_put("/v1/users/{name}/quota", set_quota)
     app.router.add_post("/v1/passwd", change_password)

@@ -16,7 +16,7 @@ import msgspec
 
 from .errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
 from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
-from .messages import AnyMessage, Message
+from .messages import PAYLOAD_TYPES, AnyMessage, Message
 
 _LEN: Final = struct.Struct(">I")
 _encoder: Final = msgspec.json.Encoder()
@@ -51,6 +51,9 @@ def parse_header(header: bytes | memoryview, *, max_payload: int = MAX_PAYLOAD_B
         raise RemoteProtocolError(f"malformed frame header: {exc}") from None
     if msg.len > max_payload:
         raise FrameTooLarge(f"payload of {msg.len} bytes exceeds the limit of {max_payload}")
+    if msg.len and not isinstance(msg, PAYLOAD_TYPES):
+        tag = msg.__struct_config__.tag
+        raise RemoteProtocolError(f"{tag} frames carry no payload (len={msg.len})")
     return msg
 
 

@@ -20,6 +20,12 @@ RECEIVER_MAX_UNACKED_INTERVALS: Final = 4
 CHUNK_BYTES: Final = 1024 * 1024
 MIN_CHUNK_BYTES: Final = 16 * 1024
 
+# An agent command's arguments (JSON), checked when it is queued: escaped
+# inside a command frame's header they still fit MAX_HEADER_BYTES.
+MAX_COMMAND_ARGS_BYTES: Final = 16 * 1024
+# A JSON string field of a command frame (args, result).
+MAX_JSON_CHARS: Final = 60000
+
 MAX_NAME_CHARS: Final = 1024
 MAX_ID_CHARS: Final = 64
 MAX_TEXT_CHARS: Final = 4096

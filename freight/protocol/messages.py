@@ -11,7 +11,7 @@ from typing import Annotated, Final
 
 import msgspec
 
-from .limits import MAX_ID_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from .limits import MAX_ID_CHARS, MAX_JSON_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Id = Annotated[
@@ -316,7 +316,7 @@ class Hangup(Message, tag="hangup", frozen=True):
 # --- agents: the hub's durable commands ---------------------------------------
 
 CommandKind = Annotated[str, msgspec.Meta(pattern=r"^[a-z_]{1,32}$")]
-Json = Annotated[str, msgspec.Meta(max_length=60000)]
+Json = Annotated[str, msgspec.Meta(max_length=MAX_JSON_CHARS)]
 
 
 class Command(Message, tag="command", frozen=True):
@@ -342,6 +342,10 @@ class CommandResult(Message, tag="command_result", frozen=True):
     ok: bool
     result: Json = "null"
 
+
+# The only frame types that carry a payload: every other type with a
+# non-zero ``len`` is malformed (decoders refuse it from the header alone).
+PAYLOAD_TYPES: Final = (Data, Relay)
 
 AnyMessage = (
     Hello

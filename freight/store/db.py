@@ -486,19 +486,6 @@ class Database:
         async with self.engine.connect() as c:
             return [r._mapping for r in (await c.execute(q)).all()]
 
-    async def set_command_state(
-        self, command_id: int, agent_id: int, state: str, result: str | None = None
-    ) -> None:
-        values: dict[str, Any] = {"state": state, "updated": time.time()}
-        if result is not None:
-            values["result"] = result
-        async with self.engine.begin() as c:
-            await c.execute(
-                t.commands.update()
-                .where(t.commands.c.id == command_id, t.commands.c.agent_id == agent_id)
-                .values(**values)
-            )
-
     async def get_command(self, command_id: int) -> Mapping[str, Any] | None:
         return await self._first(sa.select(t.commands).where(t.commands.c.id == command_id))
 
@@ -635,15 +622,19 @@ class Database:
                 .values(**values, updated=time.time())
             )
 
-    async def claim_upload(self, command_id: int) -> Mapping[str, Any] | None:
-        """Take the issued content of an upload command for finishing, once:
-        of two callers racing (the agent's answer, the restart check), only
-        one gets the row."""
+    async def claim_upload(self, command_id: int, agent_id: int) -> Mapping[str, Any] | None:
+        """Take the issued content of an upload command for finishing, once
+        and only for the agent it was asked of: of two callers racing (the
+        agent's answer, the restart check), only one gets the row."""
         con = t.content
         async with self.engine.begin() as c:
             res = await c.execute(
                 con.update()
-                .where(con.c.command_id == command_id, con.c.state == "issued")
+                .where(
+                    con.c.command_id == command_id,
+                    con.c.state == "issued",
+                    con.c.source == agent_id,
+                )
                 .values(state="finishing", updated=time.time())
             )
             if res.rowcount != 1:

@@ -27,6 +27,7 @@ users = Table(
     Column("role", String(16), nullable=False),
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created", Float, nullable=False),
+    Column("quota", BigInteger, nullable=False, default=0),  # bytes; 0: no quota
 )
 
 tokens = Table(
@@ -126,7 +127,8 @@ agents = Table(
     Column("cap", BigInteger, nullable=False, default=0),  # bytes/s, 0 = no cap
 )
 
-# Durable commands for agents: queued → delivered → acked → done/failed.
+# Durable commands for agents: queued → delivered → acked → done/failed, or
+# cancelled by an admin while open.
 commands = Table(
     "commands",
     metadata,
@@ -139,6 +141,7 @@ commands = Table(
     Column("requested_by", String(64), nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
+    Column("deliveries", Integer, nullable=False, default=0),  # times handed to the agent
 )
 
 # --- collection ---------------------------------------------------------------

@@ -2,25 +2,29 @@
 
 A :class:`FrameChannel` moves whole frames (message + payload) over one
 connection. A :class:`Mux` reads a channel in one task and hands each stream's
-frames to that stream's :class:`Port` through a bounded queue, so a slow
-stream slows its connection (TCP back-pressure) instead of growing memory.
+frames to that stream's :class:`Port`; what its ports and control queue hold
+together is bounded in bytes (:class:`~.flow.Budget`), so a slow stream slows
+its connection (TCP back-pressure) instead of growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ..errors import NetworkError, code_to_error
 from ..protocol import messages as m
 from ..protocol.messages import AnyMessage, Message
+from .flow import FRAME_OVERHEAD, Budget, ByteQueue
 
 Frame = tuple[AnyMessage, bytes]
 
-PORT_QUEUE_FRAMES = 16
-CONTROL_QUEUE_FRAMES = 64
+# Frames one connection holds for its streams and control requests before
+# its reader stops (the peer's TCP window then fills): 16 x 1 MiB chunks
+# keep a stream on its own data connection streaming; whatever sizes a
+# peer picks, one connection pins at most this plus one frame.
+MUX_QUEUE_BYTES = 16 * 1024 * 1024
 
 
 class ChannelClosed(NetworkError):
@@ -43,15 +47,14 @@ class Port:
     def __init__(self, mux: Mux, sid: str) -> None:
         self.sid = sid
         self.mux = mux
-        self.queue: asyncio.Queue[Frame | BaseException] = asyncio.Queue(PORT_QUEUE_FRAMES)
+        self.queue: ByteQueue[Frame] = ByteQueue(mux.budget)
         self.failure: BaseException | None = None
 
     def fail(self, exc: BaseException) -> None:
         """The connection failed: recv() raises ``exc`` once queued frames
-        are consumed (kept aside when the queue is full, never dropped)."""
+        are consumed (never dropped)."""
         if self.failure is None:
             self.failure = exc
-        with contextlib.suppress(asyncio.QueueFull):
             self.queue.put_nowait(exc)
 
     async def send(self, msg: Message, payload: bytes = b"") -> None:
@@ -68,7 +71,9 @@ class Port:
         return item
 
     def close(self) -> None:
-        self.mux.ports.pop(self.sid, None)
+        if self.mux.ports.get(self.sid) is self:
+            del self.mux.ports[self.sid]
+        self.queue.clear()  # nobody will take them: give their bytes back
 
 
 NewStreamHandler = Callable[[Port, AnyMessage, bytes], Awaitable[None]]
@@ -86,7 +91,8 @@ class Mux:
         self.channel = channel
         self.on_new = on_new
         self.ports: dict[str, Port] = {}
-        self.control: asyncio.Queue[Frame | BaseException] = asyncio.Queue(CONTROL_QUEUE_FRAMES)
+        self.budget = Budget(MUX_QUEUE_BYTES)
+        self.control: ByteQueue[Frame] = ByteQueue(self.budget)
         self._tasks: set[asyncio.Task[None]] = set()
         self.closed = asyncio.Event()
 
@@ -118,12 +124,15 @@ class Mux:
             self.closed.set()
             for p in list(self.ports.values()):
                 p.fail(failure)
-            with contextlib.suppress(asyncio.QueueFull):
-                self.control.put_nowait(failure)
+            self.control.put_nowait(failure)
             for task in list(self._tasks):
                 task.cancel()
 
     async def _dispatch(self, msg: AnyMessage, payload: bytes) -> None:
+        # Wait for room before taking the next frame: the peer's frames then
+        # wait in its TCP window, not in our memory.
+        await self.budget.wait_room()
+        size = len(payload) + FRAME_OVERHEAD
         sid = getattr(msg, "sid", "")
         if not sid:
             if isinstance(msg, m.Error):
@@ -131,11 +140,11 @@ class Mux:
                 failure = code_to_error(msg.code, msg.message)
                 for p in list(self.ports.values()):
                     p.fail(failure)
-            await self.control.put((msg, payload))
+            self.control.put_nowait((msg, payload), size)
             return
         port = self.ports.get(sid)
         if port is not None:
-            await port.queue.put((msg, payload))
+            port.queue.put_nowait((msg, payload), size)
             return
         if self.on_new is not None and isinstance(msg, m.StartStream | m.Pull):
             port = self.port(sid)

@@ -34,13 +34,17 @@ from ..protocol.seal import (
     preamble,
 )
 from .channel import ChannelClosed, Frame
+from .flow import FRAME_OVERHEAD, ReadFlow
 from .proxy import ProxyError, open_tunnel
 
 # drain() returns only below this: a few frames may queue in user space so
 # the sender is not woken for every 64 KiB the socket takes.
 WRITE_BUFFER_HIGH = 4 * 1024 * 1024
-# Frames decoded but not yet taken by recv(); reading pauses beyond this.
-MAX_QUEUED_FRAMES = 8
+# Bytes of frames decoded but not yet taken by recv(): reading pauses at
+# the first and resumes at the second (a frame's size is the peer's choice,
+# so the bound is in bytes, not frames).
+READ_QUEUE_HIGH = 4 * 1024 * 1024
+READ_QUEUE_LOW = 1024 * 1024
 
 # Given a ticket id, the hub returns (secret, context) or None if unknown.
 TicketLookup = Callable[[bytes], tuple[bytes, object] | None]
@@ -75,7 +79,10 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         self._frames: collections.deque[Frame] = collections.deque()
         self._failure: BaseException | None = None
         self._closed = False
-        self._reading_paused = False
+        self.flow = ReadFlow(READ_QUEUE_HIGH, READ_QUEUE_LOW)
+        # When a frame last arrived or was sent: an idle connection is one
+        # doing neither (a slow peer still gets a sender's KeepAlives).
+        self.last_active = asyncio.get_running_loop().time()
         self._waiter: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -105,21 +112,20 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         return self.decoder.get_buffer(sizehint)
 
     def buffer_updated(self, nbytes: int) -> None:
+        self.last_active = asyncio.get_running_loop().time()
         if self.decoder is None:
             self._preamble_got += nbytes
             if self._preamble_got == PREAMBLE_BYTES:
                 self._accept_preamble()
             return
         self.decoder.buffer_updated(nbytes)
+        assert self.transport is not None
         try:
             while (frame := self.decoder.next_frame()) is not None:
                 self._frames.append(frame)
+                self.flow.received(len(frame[1]) + FRAME_OVERHEAD, self.transport)
         except ProtocolError as exc:
             self._fail(exc)
-        if len(self._frames) >= MAX_QUEUED_FRAMES and not self._reading_paused:
-            self._reading_paused = True
-            assert self.transport is not None
-            self.transport.pause_reading()
         self._wake()
 
     def _accept_preamble(self) -> None:
@@ -175,6 +181,10 @@ class DataConnProtocol(asyncio.BufferedProtocol):
 
     # --- channel API ------------------------------------------------------------
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     async def send(self, msg: Message, payload: bytes = b"") -> None:
         if self._closed or self.transport is None or self.transport.is_closing():
             raise ChannelClosed("data connection closed")
@@ -183,6 +193,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         # socket in counter order even when several tasks send.
         raw = isinstance(msg, END_TO_END_SEALED)
         self.transport.writelines(self.sealer.seal_frame(encode_json(msg), payload, raw=raw))
+        self.last_active = asyncio.get_running_loop().time()
         if self._drain is not None and not self._drain.done():
             await self._drain
         if self._closed:
@@ -195,10 +206,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
         frame = self._frames.popleft()
-        if self._reading_paused and len(self._frames) <= MAX_QUEUED_FRAMES // 4:
-            self._reading_paused = False
-            if self.transport is not None and not self._closed:
-                self.transport.resume_reading()
+        self.flow.consumed(len(frame[1]) + FRAME_OVERHEAD, None if self._closed else self.transport)
         return frame
 
     async def aclose(self) -> None:
@@ -263,10 +271,27 @@ async def open_data_connection(
             "the hub refused the data connection (ticket unknown or expired) "
             "or something on the path altered it"
         ) from None
+    if isinstance(msg, Error):  # e.g. the account has as many connections as it may
+        await proto.aclose()
+        raise DataPathUnavailable(f"the hub refused a data connection: {msg.message}")
     if not isinstance(msg, Welcome) or msg.version != PROTOCOL_VERSION:
         await proto.aclose()
         raise DataPathUnavailable(f"expected a version {PROTOCOL_VERSION} welcome, got {msg}")
     return proto
+
+
+async def close_when_idle(proto: DataConnProtocol, idle: float) -> None:
+    """Close ``proto`` once no frame has arrived or been sent on it for
+    ``idle`` seconds (reading paused by our own back-pressure is not idle)."""
+    loop = asyncio.get_running_loop()
+    while not proto.closed:
+        if proto.flow.paused:
+            proto.last_active = loop.time()
+        left = proto.last_active + idle - loop.time()
+        if left <= 0:
+            await proto.aclose()
+            return
+        await asyncio.sleep(left)
 
 
 async def accept_data_connection(

@@ -86,8 +86,6 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.Command(id=7, kind="list_dir", args='{"path": "/data"}'), b""),
     (m.CommandAck(id=7), b""),
     (m.CommandResult(id=7, ok=True, result='{"entries": []}'), b""),
-    # Any message may carry a payload; ``len`` says how much.
-    (m.Hello(version=1, len=3), b"\x00\x01\x02"),
 ]
 
 ALL_MESSAGE_TYPES: tuple[type[m.Message], ...] = typing.get_args(m.AnyMessage)

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Callable
 
 import pytest
 
 from freight.errors import DiskFull
 from freight.protocol import messages as m
-from freight.transport.channel import PORT_QUEUE_FRAMES, ChannelClosed, Mux, Port
+from freight.transport.channel import ChannelClosed, Mux, Port
+
+QUEUED = 16
 
 
 class ScriptedChannel:
@@ -37,15 +41,15 @@ def ka(i: int) -> tuple[m.Message, bytes]:
     return m.KeepAlive(sid="s", offset=i), b""
 
 
-async def test_failure_reaches_a_port_whose_queue_was_full() -> None:
-    frames = [ka(i) for i in range(PORT_QUEUE_FRAMES)]
+async def test_failure_reaches_a_port_after_the_frames_queued_before_it() -> None:
+    frames = [ka(i) for i in range(QUEUED)]
     frames.append((m.Error(code="disk_full", message="hub disk full"), b""))
     mux = Mux(ScriptedChannel(frames))  # type: ignore[arg-type]
     port = mux.port("s")
     reader = asyncio.create_task(mux.run())
     await asyncio.wait_for(mux.closed.wait(), 5)
-    got = [await port.recv() for _ in range(PORT_QUEUE_FRAMES)]
-    assert [f[0].offset for f in got] == list(range(PORT_QUEUE_FRAMES))  # type: ignore[attr-defined]
+    got = [await port.recv() for _ in range(QUEUED)]
+    assert [f[0].offset for f in got] == list(range(QUEUED))  # type: ignore[attr-defined]
     with pytest.raises(DiskFull, match="hub disk full"):
         await port.recv()
     with pytest.raises(DiskFull):  # and it stays failed
@@ -76,3 +80,89 @@ async def test_frames_for_unknown_streams_open_new_ones_on_the_hub_side() -> Non
     assert await asyncio.wait_for(seen.get(), 5) == ("new", m.StartStream)
     assert await asyncio.wait_for(seen.get(), 5) == ("new", m.KeepAlive)
     reader.cancel()
+
+
+class FloodChannel:
+    """A peer that sends ``make(i)`` frames as fast as they are read."""
+
+    def __init__(self, make: Callable[[int], tuple[m.Message, bytes]]) -> None:
+        self.make = make
+        self.served = 0
+        self.bytes = 0
+
+    async def send(self, msg: m.Message, payload: bytes = b"") -> None:
+        pass
+
+    async def recv(self) -> tuple[m.Message, bytes]:
+        await asyncio.sleep(0)  # a real socket read yields to the loop
+        if self.served >= 100:
+            await asyncio.Event().wait()  # enough: the peer goes quiet
+        frame = self.make(self.served)
+        self.served += 1
+        self.bytes += len(frame[1])
+        return frame
+
+    async def aclose(self) -> None:
+        pass
+
+
+FOUR_MIB = bytes(4 << 20)  # one shared object: the test itself stays small
+
+
+def big_data(i: int) -> tuple[m.Message, bytes]:
+    return m.Data(
+        sid="s", seq=i, offset=i * len(FOUR_MIB), raw=len(FOUR_MIB), len=len(FOUR_MIB)
+    ), FOUR_MIB
+
+
+def big_relay(i: int) -> tuple[m.Message, bytes]:
+    return m.Relay(cid="c", kind="d", seq=i, len=len(FOUR_MIB)), FOUR_MIB
+
+
+async def settle() -> None:
+    for _ in range(200):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("make", [big_data, big_relay], ids=["stream", "control"])
+async def test_frames_nobody_takes_are_bounded_in_bytes(
+    make: Callable[[int], tuple[m.Message, bytes]],
+) -> None:
+    # 16 MiB per connection (docs/protocol.md 2.4) plus the one frame the
+    # reader holds while it waits; a bound in frames let 16 (or 64 control)
+    # frames of up to 16 MiB each pile up.
+    chan = FloodChannel(make)
+    mux = Mux(chan)  # type: ignore[arg-type]
+    port = mux.port("s")
+    reader = asyncio.create_task(mux.run())
+    await settle()
+    assert chan.bytes <= 16 * 1024 * 1024 + len(FOUR_MIB)
+    taken = chan.served
+    # Taking frames makes room: the reader goes on once half has drained.
+    for _ in range(taken // 2 + 1):
+        if make is big_data:
+            await port.recv()
+        else:
+            await mux.recv_control()
+    await settle()
+    assert chan.served > taken
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader
+
+
+@pytest.mark.timeout(30)
+async def test_a_closed_port_gives_its_bytes_back() -> None:
+    chan = FloodChannel(big_data)
+    mux = Mux(chan)  # type: ignore[arg-type]
+    port = mux.port("s")
+    reader = asyncio.create_task(mux.run())
+    await settle()
+    taken = chan.served
+    port.close()  # its stream ended with frames still queued
+    await settle()
+    assert chan.served > taken  # later frames (for no stream) are read and dropped
+    reader.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reader

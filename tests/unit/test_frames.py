@@ -106,8 +106,13 @@ def test_decoder_random_splits() -> None:
         assert frames == SAMPLES
 
 
+def blob(n: int) -> m.Data:
+    """A Data header for ``n`` payload bytes (only data frames carry any)."""
+    return m.Data(sid=SID, seq=0, offset=0, raw=n, len=n)
+
+
 def test_decoder_waits_for_the_whole_payload() -> None:
-    msg, payload = m.Hello(version=1, len=5), b"12345"
+    msg, payload = blob(5), b"12345"
     frame = encode_frame(msg, payload)
     dec = FrameDecoder()
     dec.feed(frame[:-1])
@@ -143,7 +148,7 @@ def test_payload_over_limit_is_refused_before_the_payload_arrives() -> None:
 
 
 def test_payload_at_limit_is_accepted() -> None:
-    msg = m.Hello(version=1, len=1000)
+    msg = blob(1000)
     dec = FrameDecoder(max_payload=1000)
     dec.feed(encode_frame(msg, b"p" * 1000))
     assert dec.next_frame() == (msg, b"p" * 1000)
@@ -151,17 +156,38 @@ def test_payload_at_limit_is_accepted() -> None:
 
 def test_default_limits_refuse_a_huge_len() -> None:
     with pytest.raises(FrameTooLarge):
-        parse_header(b'{"t":"hello","version":1,"len":18446744073709551616}')
+        parse_header(b'{"t":"relay","cid":"c","kind":"d","len":18446744073709551616}')
     with pytest.raises(FrameTooLarge):
-        decode_frame(encode_header(m.Hello(version=1, len=16 * 1024 * 1024 + 1)))
+        decode_frame(encode_header(blob(16 * 1024 * 1024 + 1)))
 
 
 def test_decode_frame_applies_its_limits() -> None:
-    frame = encode_frame(m.Hello(version=1, len=10), b"0123456789")
+    frame = encode_frame(blob(10), b"0123456789")
     with pytest.raises(FrameTooLarge):
         decode_frame(frame, max_payload=9)
     with pytest.raises(FrameTooLarge):
-        decode_frame(frame, max_header=len(encode_header(m.Hello(version=1, len=10))) - 5)
+        decode_frame(frame, max_header=len(encode_header(blob(10))) - 5)
+
+
+PAYLOAD_TYPES = (m.Data, m.Relay)
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [msg for msg, _ in SAMPLES if not isinstance(msg, PAYLOAD_TYPES)],
+    ids=lambda x: type(x).__name__,
+)
+def test_a_payload_on_a_frame_type_without_data_is_refused(msg: m.Message) -> None:
+    # Only data and relay frames carry bytes: a 16 MiB Ping would otherwise
+    # be buffered by every queue on its way like a data frame.
+    fields = {k: v for k, v in msgspec.to_builtins(msg).items() if k != "t"}
+    with_payload = type(msg)(**{**fields, "len": 3})
+    with pytest.raises(RemoteProtocolError, match="carry no payload"):
+        decode_frame(encode_frame(with_payload, b"abc"))
+    dec = FrameDecoder()
+    dec.feed(encode_header(with_payload))  # refused before the payload arrives
+    with pytest.raises(RemoteProtocolError, match="carry no payload"):
+        dec.next_frame()
 
 
 def test_zero_length_header_is_refused() -> None:
@@ -258,7 +284,7 @@ def test_decode_frame_with_trailing_bytes_fails() -> None:
 
 
 def test_decode_frame_with_missing_bytes_fails() -> None:
-    frame = encode_frame(m.Hello(version=1, len=4), b"abcd")
+    frame = encode_frame(blob(4), b"abcd")
     for cut in range(len(frame)):
         with pytest.raises(RemoteProtocolError):
             decode_frame(frame[:cut])

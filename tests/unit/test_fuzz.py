@@ -61,7 +61,8 @@ BOUND = 4 + MAX_HEADER + MAX_PAYLOAD
 sample_frames = st.sampled_from([encode_frame(msg, p) for msg, p in SAMPLES])
 junk_headers = st.builds(lambda h: struct.pack(">I", len(h)) + h, st.binary(max_size=300))
 big_payload = st.builds(
-    lambda n: encode_frame(m.Hello(version=1, len=n), b"p" * n), st.integers(0, 1500)
+    lambda n: encode_frame(m.Data(sid="s", seq=0, offset=0, raw=n, len=n), b"p" * n),
+    st.integers(0, 1500),
 )
 byte_soup = st.lists(
     st.one_of(sample_frames, junk_headers, big_payload, st.binary(max_size=50)), max_size=12

@@ -269,8 +269,8 @@ def test_buffer_grows_for_a_large_record_and_stays_bounded() -> None:
 
 def test_swapped_payloads_fail() -> None:
     sealer, _ = pair()
-    a = sealer.seal_frame(encode_json(m.Hello(version=1, len=3)), b"aaa")
-    b = sealer.seal_frame(encode_json(m.Hello(version=2, len=3)), b"bbb")
+    a = sealer.seal_frame(encode_json(m.Data(sid="a", seq=0, offset=0, raw=3, len=3)), b"aaa")
+    b = sealer.seal_frame(encode_json(m.Data(sid="b", seq=0, offset=0, raw=3, len=3)), b"bbb")
     dec = decoder()
     dec.feed(b"".join([*a[:2], *b[2:]]))
     with pytest.raises(IntegrityError):

@@ -1,0 +1,46 @@
+"""Disk quotas: what an account may hold on the hub (its files and the
+unfinished pushes it has started), and what it holds now."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from . import schema as t
+from .db import Database
+
+
+async def set_quota(db: Database, user_id: int, quota: int) -> None:
+    async with db.engine.begin() as c:
+        await c.execute(t.users.update().where(t.users.c.id == user_id).values(quota=quota))
+
+
+async def quota_of(db: Database, user_id: int) -> int:
+    row = await db._first(sa.select(t.users.c.quota).where(t.users.c.id == user_id))
+    return int(row["quota"]) if row else 0
+
+
+async def usage(db: Database, user_id: int, *, but_sid: str = "", but_name: str = "") -> int:
+    """Bytes the account's files and unfinished pushes take, leaving out the
+    push ``but_sid`` (being started again) and the file ``but_name`` (which
+    the push will replace)."""
+    files = sa.select(sa.func.coalesce(sa.func.sum(t.files.c.size), 0)).where(
+        t.files.c.user_id == user_id, t.files.c.name != but_name
+    )
+    streams = sa.select(sa.func.coalesce(sa.func.sum(t.streams.c.size), 0)).where(
+        t.streams.c.user_id == user_id, t.streams.c.sid != but_sid
+    )
+    async with db.engine.connect() as c:
+        return int((await c.execute(files)).scalar_one()) + int(
+            (await c.execute(streams)).scalar_one()
+        )
+
+
+async def usage_by_user(db: Database) -> dict[int, int]:
+    """Per account id, the bytes its files and unfinished pushes take."""
+    out: dict[int, int] = {}
+    async with db.engine.connect() as c:
+        for table in (t.files, t.streams):
+            q = sa.select(table.c.user_id, sa.func.sum(table.c.size)).group_by(table.c.user_id)
+            for user_id, size in (await c.execute(q)).all():
+                out[int(user_id)] = out.get(int(user_id), 0) + int(size or 0)
+    return out
