@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import FreightError, NotLoggedIn
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
@@ -113,15 +114,21 @@ class SharedPortListener:
             return
         ticket = chan.context
         assert isinstance(ticket, Ticket)
-        user = User(ticket.user_id, ticket.user_name, "")
+        user = User(ticket.user_id, ticket.user_name, "", ticket.session)
         try:
+            # The login may have ended since the ticket was handed out.
+            expires = await self.state.sessions.verify(user)
             # The first sealed frame proves to the client that its ticket was
             # accepted and that both ends derived the same keys.
             await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=self.state.node))
-            if ticket.lane_of is not None:
-                await serve_lane(self.state, ticket.lane_of, chan)
-            else:
-                await serve_channel(self.state, user, chan)
+            with self.state.sessions.track(user, chan, expires):
+                if ticket.lane_of is not None:
+                    await serve_lane(self.state, ticket.lane_of, chan)
+                else:
+                    await serve_channel(self.state, user, chan)
+        except NotLoggedIn as exc:
+            with contextlib.suppress(FreightError, ConnectionError, OSError):
+                await chan.send(m.Error(code=exc.code, message=exc.message))
         except ProtocolError as exc:
             await send_error(self.state, chan, exc)
         except ChannelClosed:

@@ -157,14 +157,6 @@ class Database(AccountQueries):
                 )
             )
 
-    async def user_by_token(self, token_hash: str, now: float) -> Mapping[str, Any] | None:
-        q = (
-            sa.select(t.users)
-            .join(t.tokens, t.tokens.c.user_id == t.users.c.id)
-            .where(t.tokens.c.token_hash == token_hash, t.tokens.c.expires > now)
-        )
-        return await self._first(q)
-
     # --- streams ------------------------------------------------------------
 
     async def get_stream(self, user_id: int, sid: str) -> Mapping[str, Any] | None:
@@ -300,20 +292,6 @@ class Database(AccountQueries):
             await c.execute(t.settings.insert().values(key=key, value=value))
 
     # --- relay: identity keys and one-time codes ------------------------------
-
-    async def add_identity_key(self, user_id: int, key: str) -> None:
-        async with self.engine.begin() as c:
-            exists = (
-                await c.execute(
-                    sa.select(t.identity_keys.c.key).where(
-                        t.identity_keys.c.user_id == user_id, t.identity_keys.c.key == key
-                    )
-                )
-            ).first()
-            if exists is None:
-                await c.execute(
-                    t.identity_keys.insert().values(user_id=user_id, key=key, created=time.time())
-                )
 
     async def identity_keys(self, user_id: int) -> list[str]:
         """The newest keys, never more than an account may register."""
