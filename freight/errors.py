@@ -119,10 +119,16 @@ class AgentRefused(AuthError):
 
 
 class RateLimited(AuthError):
-    """Too many failed logins; wait before trying again."""
+    """Too many failed logins; wait before trying again. ``retry_after``:
+    seconds to wait (the hub's Retry-After), 0 when not known."""
 
     code = "rate_limited"
-    hint = "wait a minute, then try again"
+
+    def __init__(
+        self, message: str = "", *, hint: str | None = None, retry_after: float = 0.0
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.retry_after = retry_after
 
 
 class Forbidden(AuthError):

@@ -2,8 +2,9 @@
 
 The loop never gives up on the network: a hub that is down or restarting is
 retried with jittered back-off (the relay client re-attaches by itself once
-logged in). Only a refusal of the agent's key (removed or disabled by an
-admin) stops it, with a one-line reason.
+logged in), and a hub that says "rate limited" is asked again after the
+Retry-After it gives. Only a refusal of the agent's key (removed or
+disabled by an admin) stops it, with a one-line reason.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .. import __version__
 from ..client.config import ClientConfig
 from ..client.relay import RelayClient, identity_key
 from ..client.session import HubSession
-from ..errors import AuthError, FreightError, NetworkError
+from ..errors import AuthError, FreightError, NetworkError, RateLimited
 from ..hub.agents import login_message
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
@@ -198,21 +199,30 @@ class Agent:
     async def run(self) -> None:
         delay = 1.0
         while True:
+            wait = 0.0  # at least this long before trying again
             try:
                 await self.run_once()
+            except RateLimited as exc:
+                # Too many failed logins from this address (or a crowd of
+                # agents logging in at once): wait as long as the hub says.
+                wait = exc.retry_after
+                log.info("rate_limited", error=exc.message, retry_in=round(max(wait, delay), 1))
             except AuthError as exc:
                 # A login that expired while attached comes back as a refused
                 # re-attach: log in again. A refused *key* stops the agent.
                 log.info("logged_out", error=exc.message)
                 try:
                     await agent_login(self.cfg, self.config)
+                except RateLimited as limited:
+                    wait = limited.retry_after
+                    log.info("rate_limited", error=limited.message, retry_in=round(wait, 1))
                 except AuthError as refused:
                     raise refused from None  # says why: removed, disabled
                 except (NetworkError, OSError):
                     pass
             except (NetworkError, ProtocolError, OSError) as exc:
                 log.info("hub_unreachable", error=str(exc), retry_in=round(delay, 1))
-            await asyncio.sleep(random.uniform(0.5 * delay, delay))
+            await asyncio.sleep(max(wait, random.uniform(0.5 * delay, delay)))
             delay = min(60.0, delay * 2)
 
 

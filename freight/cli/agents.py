@@ -4,7 +4,9 @@ AGENT:PATH`` and ``freight cp`` with ``AGENT:PATH`` on either side."""
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 import time
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -29,7 +31,7 @@ from ..client.transfer import QuietReporter
 from ..errors import UsageError, code_to_error
 from ..protocol.e2e import public_of
 from ..units import format_bytes, parse_duration, parse_rate
-from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
+from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, normalise_fingerprint, run_async
 from .output import RichReporter, err_console, print_json
 from .overwrite import OverwriteOpt, consent
 
@@ -68,8 +70,10 @@ def agents_token(
         return
     typer.echo(body["token"])
     err_console.print(
-        f"One-time token for agent {name!r}, valid until {_when(body['expires'])}. On the machine:\n"
-        f"  freight agent enroll HUB_URL {body['token']} --root /some/folder"
+        f"One-time token for agent {name!r}, valid until {_when(body['expires'])}. On the "
+        "machine, with the token on standard input (not in its process list):\n"
+        f"  freight agent enroll HUB_URL --token-stdin --root /some/folder",
+        markup=False,
     )
 
 
@@ -121,6 +125,18 @@ def agents_rm(name: NameArg, hub_url: HubOpt = None) -> None:
     """Remove an agent: its key stops working at once."""
     run_async(lambda: _admin(hub_url, "DELETE", f"/v1/agents/{name}"))
     typer.echo(f"removed {name}")
+
+
+@agents_app.command("key")
+def agents_key(
+    name: NameArg,
+    key: Annotated[str, typer.Argument(help="Its new login key (freight agent key prints it).")],
+    hub_url: HubOpt = None,
+) -> None:
+    """Replace an agent's login key (a new machine, or a key that leaked):
+    its logins end at once and only the new key logs in."""
+    body = run_async(lambda: _admin(hub_url, "PUT", f"/v1/agents/{name}/key", {"key": key}))
+    typer.echo(f"{name}: new login key {body['key'][:16]}…, {body['logins_ended']} login(s) ended")
 
 
 @agents_app.command("cap")
@@ -227,13 +243,54 @@ def agents_cancel(
 # --- freight agent (on the managed machine) ---------------------------------------
 
 
+ENROL_TOKEN_ENV = "FREIGHT_ENROL_TOKEN"
+
+
+def enrol_token(given: str | None, token_file: Path | None, token_stdin: bool) -> str:
+    """The enrolment token from exactly one place. On the command line it
+    shows in every user's process list, so the others are preferred."""
+    sources = [s for s in (given, token_file, token_stdin or None) if s is not None]
+    if len(sources) > 1:
+        raise UsageError("give the token one way: TOKEN, --token-file or --token-stdin")
+    if token_file is not None:
+        try:
+            text = token_file.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+    elif token_stdin:
+        text = sys.stdin.readline()
+    else:
+        text = given if given is not None else os.environ.get(ENROL_TOKEN_ENV, "")
+    token = text.strip()
+    if not token:
+        raise UsageError(
+            "no enrolment token",
+            hint=f"pipe it in with --token-stdin, or use --token-file or ${ENROL_TOKEN_ENV}",
+        )
+    return token
+
+
 @agent_app.command("enroll")
 def agent_enroll(
     url: Annotated[str, typer.Argument(help="The hub, e.g. https://hub.example.com:8443")],
-    token: Annotated[str, typer.Argument(help="The one-time token from freight agents token.")],
     root: Annotated[
         list[Path], typer.Option("--root", help="A folder this agent serves (repeatable).")
     ],
+    token: Annotated[
+        str | None,
+        typer.Argument(
+            help="The one-time token from freight agents token. Other users of this machine "
+            "can read a command line: prefer --token-stdin, --token-file or "
+            f"${ENROL_TOKEN_ENV}.",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the token from this file.")
+    ] = None,
+    token_stdin: Annotated[
+        bool, typer.Option("--token-stdin", help="Read the token from standard input.")
+    ] = False,
     fingerprint: Annotated[
         str | None,
         typer.Option(
@@ -246,7 +303,12 @@ def agent_enroll(
     ] = None,
     proxy: Annotated[str | None, typer.Option(help="HTTP proxy to reach the hub.")] = None,
     yes: Annotated[
-        bool, typer.Option("--yes", help="Trust the fingerprint without asking.")
+        bool,
+        typer.Option(
+            "--yes",
+            "--trust-on-first-use",
+            help="Pin the certificate the hub presents without asking (no --fingerprint).",
+        ),
     ] = False,
     allow_overwrite: Annotated[
         bool,
@@ -260,20 +322,26 @@ def agent_enroll(
     for r in root:
         if not r.is_dir():
             raise UsageError(f"--root {r}: not a folder")
+    secret = enrol_token(token, token_file, token_stdin)
     config = ClientConfig()
     u = parse_hub_url(url)
+    wanted = normalise_fingerprint(fingerprint) if fingerprint else None
 
     async def go() -> dict[str, Any]:
         seen = ""
         if ca_file is None:
             seen = await fetch_fingerprint(u, proxy=_proxy_url(proxy))
-            if fingerprint and fingerprint != seen:
+            if wanted and wanted != seen:
                 raise code_to_error(
-                    "fingerprint_mismatch",
-                    f"the hub presents {seen}, not the expected {fingerprint}",
+                    "fingerprint_mismatch", f"the hub presents {seen}, not the expected {wanted}"
                 )
-            if not fingerprint and not yes:
+            if not wanted and not yes:
                 err_console.print(f"The hub's certificate fingerprint is {seen}")
+                if token_stdin or not sys.stdin.isatty():
+                    raise UsageError(
+                        "not enrolled: no terminal to confirm the certificate on",
+                        hint=f"give --fingerprint {seen} after checking it, or --yes",
+                    )
                 if not typer.confirm("Trust this hub and pin its certificate?", err=True):
                     raise UsageError("not enrolled: the certificate was not trusted")
         key = identity_key(config)
@@ -281,20 +349,20 @@ def agent_enroll(
             canonical_url(u), fingerprint=seen, proxy=proxy, ca_file=ca_file
         ) as session:
             body = await session.request(
-                "POST", "/v1/agents/enroll", {"token": token, "key": public_of(key).hex()}
+                "POST", "/v1/agents/enroll", {"token": secret, "key": public_of(key).hex()}
             )
-        if ca_file is not None and fingerprint:
+        if ca_file is not None and wanted:
             # Behind a TLS-inspecting proxy the agent never sees the hub's
             # certificate, so its logins name the one given here (which the
             # hub's answer, through the trusted proxy, confirms).
-            if body.get("fingerprint") != fingerprint:
+            if body.get("fingerprint") != wanted:
                 raise code_to_error(
                     "fingerprint_mismatch",
                     f"the hub's certificate is {body.get('fingerprint')}, not the expected "
-                    f"{fingerprint}; this agent is enrolled but not saved: remove it with "
+                    f"{wanted}; this agent is enrolled but not saved: remove it with "
                     "freight agents rm and enrol again",
                 )
-            seen = fingerprint
+            seen = wanted
         cfg = AgentConfig(
             hub=canonical_url(u),
             name=body["name"],
@@ -312,6 +380,13 @@ def agent_enroll(
         f"Enrolled as {info['name']!r} at {info['hub']}, serving {', '.join(info['roots'])}.\n"
         "Now run: freight agent run   (or install the unit from: freight agent run --print-unit)"
     )
+
+
+@agent_app.command("key")
+def agent_key() -> None:
+    """Print this machine's identity public key (made if there is none yet),
+    for an admin to set with: freight agents key NAME KEY."""
+    typer.echo(public_of(identity_key(ClientConfig())).hex())
 
 
 def _proxy_url(proxy: str | None) -> Any:

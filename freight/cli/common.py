@@ -29,6 +29,13 @@ TransportOpt = Annotated[
 ]
 
 
+def normalise_fingerprint(text: str) -> str:
+    """``SHA256:AB:CD…`` or ``ab cd…`` → ``SHA256:abcd…`` (as pinned)."""
+    hexpart = text.strip().removeprefix("SHA256:").removeprefix("sha256:")
+    hexpart = hexpart.replace(":", "").replace(" ", "").lower()
+    return "SHA256:" + hexpart
+
+
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine; map Freight errors and Ctrl-C to a line and an exit code."""
     try:

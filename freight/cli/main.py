@@ -38,13 +38,21 @@ from ..client.transfer import (
     retry_policy_from_env,
     stall_timeout_from_env,
 )
-from ..errors import ConfigError, FingerprintMismatch, FreightError, UsageError
+from ..errors import ConfigError, Conflict, FingerprintMismatch, FreightError, UsageError
 from ..logs import configure_client_logging
 from ..protocol.messages import LEVELS
 from ..transport.proxy import choose_proxy, redact
 from ..units import format_bytes, format_rate, parse_rate, parse_size
 from . import agents, collect, relay, users
-from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, report, run_async
+from .common import (
+    HubOpt,
+    JsonOpt,
+    QuietOpt,
+    TransportOpt,
+    normalise_fingerprint,
+    report,
+    run_async,
+)
 from .output import RichReporter, err_console, print_json
 
 app = typer.Typer(
@@ -171,6 +179,13 @@ def hub(
     body_timeout: SecondsOpt = 60.0,
     keepalive_timeout: SecondsOpt = 30.0,
     data_idle_timeout: SecondsOpt = 300.0,
+    token_lifetime: Annotated[float, typer.Option(help="Seconds a login lasts.", hidden=True)] = 30
+    * 24
+    * 3600.0,
+    login_lockout: Annotated[
+        float,
+        typer.Option(help="Seconds of the first lockout after failed logins.", hidden=True),
+    ] = 30.0,
 ) -> None:
     """Run a hub on one HTTPS port."""
     from ..hub.bandwidth import Budget
@@ -218,19 +233,14 @@ def hub(
         ),
         account_connections=account_connections,
         account_streams=account_streams,
+        token_lifetime=token_lifetime,
+        login_lockout=login_lockout,
     )
     try:
         run_async(lambda: serve(cfg))
     except typer.Exit as exc:
         if exc.exit_code != 130:
             raise
-
-
-def normalise_fingerprint(text: str) -> str:
-    """``SHA256:AB:CD…`` or ``ab cd…`` → ``SHA256:abcd…`` (as pinned)."""
-    hexpart = text.strip().removeprefix("SHA256:").removeprefix("sha256:")
-    hexpart = hexpart.replace(":", "").replace(" ", "").lower()
-    return "SHA256:" + hexpart
 
 
 @app.command()
@@ -244,6 +254,16 @@ def login(
         str | None,
         typer.Option(help="Expected certificate fingerprint (SHA256:...), checked and pinned."),
     ] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use",
+            help=(
+                "Pin whatever certificate the hub presents if none is pinned yet, without "
+                "asking (needed instead of --fingerprint when there is no terminal to ask on)."
+            ),
+        ),
+    ] = False,
     proxy: Annotated[
         str | None,
         typer.Option(
@@ -269,6 +289,9 @@ def login(
 ) -> None:
     """Log in to a hub and pin its certificate (trust on first use, like SSH).
 
+    A certificate seen for the first time is pinned after you confirm it on
+    the terminal, or when it matches --fingerprint; without a terminal (a
+    script, --password-stdin) give --fingerprint or --trust-on-first-use.
     With --ca-file the certificate is verified with that CA instead of pinned.
     --proxy and --ca-file, given here or before the command, are saved with the
     login and used by later commands.
@@ -296,11 +319,18 @@ def login(
             raise mismatch_error(u, pinned, seen)
         elif not pinned and not wanted:
             err_console.print(f"The hub's certificate fingerprint is {seen}")
-            if sys.stdin.isatty() and not password_stdin:
+            if trust_on_first_use:
+                err_console.print("Pinning it (trust on first use).")
+            elif sys.stdin.isatty() and not password_stdin:
                 if not typer.confirm("Trust this hub and pin its certificate?", err=True):
                     raise UsageError("not trusted; nothing saved")
             else:
-                err_console.print("Pinning it (trust on first use).")
+                raise UsageError(
+                    "this hub's certificate is not pinned yet and there is no terminal to "
+                    "confirm it on; nothing saved",
+                    hint="compare it with the fingerprint the hub printed at start-up and give "
+                    f"--fingerprint {seen}, or --trust-on-first-use to pin it unchecked",
+                )
         if password_stdin:
             password = sys.stdin.readline().rstrip("\n")
         else:
@@ -313,7 +343,10 @@ def login(
             # This device's identity key, which connect/listen prove themselves with.
             session.token = body["token"]
             await session.aclose()
-            await register_identity(session, config)
+            try:
+                await register_identity(session, config)
+            except Conflict as exc:  # logged in all the same: keys rm works from here
+                err_console.print(f"freight: warning: {exc.user_message()}", markup=False)
         if ca is None:
             config.pin(hostport(u), seen)
         config.save_login(

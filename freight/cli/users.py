@@ -1,5 +1,6 @@
-"""Accounts: ``freight users ls|add|disable|enable`` (admins) and
-``freight passwd`` (anyone, for their own account)."""
+"""Accounts: ``freight users ls|add|disable|enable`` (admins), and for
+anyone's own account ``freight passwd``, ``freight logout`` and ``freight
+keys ls|rm`` (admins may name another account with ``--user``)."""
 
 from __future__ import annotations
 
@@ -11,14 +12,20 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
+from ..client.relay import identity_key
 from ..client.session import HubSession
-from ..errors import NotFound, UsageError
+from ..errors import NotFound, NotLoggedIn, UsageError
 from ..names import check_new_password, check_user_name
+from ..protocol.e2e import public_of
 from ..units import UNLIMITED_WORDS, format_bytes, parse_size
 from .common import HubOpt, JsonOpt, run_async
 from .output import err_console, print_json
 
 users_app = typer.Typer(help="Accounts on the hub (admin accounts only).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="Identity keys your devices prove themselves with (connect, listen, agents).",
+    no_args_is_help=True,
+)
 
 NameArg = Annotated[str, typer.Argument(help="Account name (1-64 of A-Z a-z 0-9 _ . -).")]
 PasswordStdinOpt = Annotated[
@@ -41,12 +48,19 @@ def ask_new_password(prompt: str) -> str:
     return check_new_password(first)
 
 
-async def call(hub_url: str | None, method: str, path: str, body: Any = None) -> Any:
+async def call(
+    hub_url: str | None,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    hint: str = "run: freight users ls",
+) -> Any:
     async with HubSession.from_config(ClientConfig(), hub_url) as session:
         try:
             return await session.request(method, path, body)
         except NotFound as exc:
-            raise NotFound(exc.message, hint="run: freight users ls") from None
+            raise NotFound(exc.message, hint=hint) from None
 
 
 def show_user(u: dict[str, Any], verb: str) -> None:
@@ -179,6 +193,92 @@ def passwd(
         )
 
 
+def logout(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Log out: the hub revokes this login (closing what it holds open) and
+    it is forgotten here. If the hub cannot be reached nothing is forgotten:
+    run it again later."""
+    config = ClientConfig()
+
+    async def go() -> dict[str, Any]:
+        url, _ = config.current(hub_url)
+        async with HubSession.from_config(config, url) as session:
+            try:
+                await session.request("POST", "/v1/logout")
+                revoked = True
+            except NotLoggedIn:  # expired or revoked already: nothing left to revoke
+                revoked = False
+        config.forget_login(url)
+        return {"hub": url, "revoked": revoked}
+
+    res = run_async(go)
+    if json_out:
+        print_json(res)
+    else:
+        err_console.print(f"Logged out of {res['hub']}", markup=False)
+
+
+KEYS_HINT = "run: freight keys ls"
+UserOpt = Annotated[
+    str | None, typer.Option("--user", "-u", help="Another account's keys (admins only).")
+]
+
+
+@keys_app.command("ls")
+def keys_ls(user: UserOpt = None, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """List the account's identity keys, newest first; * marks this device's."""
+    query = f"?user={check_user_name(user)}" if user else ""
+    res = run_async(lambda: call(hub_url, "GET", "/v1/keys" + query))
+    if json_out:
+        print_json(res)
+        return
+    mine = "" if user else _this_device()
+    for k in res["keys"]:
+        when = datetime.fromtimestamp(k["created"]).strftime("%Y-%m-%d %H:%M")
+        typer.echo(f"{'*' if k['key'] == mine else ' '} {k['key']}  {when}")
+    err_console.print(f"{len(res['keys'])} of at most {res['max']} keys of {res['user']}")
+
+
+def _this_device() -> str:
+    config = ClientConfig()
+    return public_of(identity_key(config)).hex() if (config.root / "identity.key").exists() else ""
+
+
+@keys_app.command("rm")
+def keys_rm(
+    key: Annotated[str, typer.Argument(help="The key, or its first 8 or more hex digits.")],
+    user: UserOpt = None,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Remove an identity key; the logins that registered it end at once."""
+    query = f"?user={check_user_name(user)}" if user else ""
+
+    async def go() -> Any:
+        full = key.lower()
+        if len(full) != 64:
+            listed = await call(hub_url, "GET", "/v1/keys" + query, hint=KEYS_HINT)
+            found = [k["key"] for k in listed["keys"] if k["key"].startswith(full)]
+            if len(full) < 8 or len(found) != 1:
+                raise UsageError(
+                    f"{key!r} names {len(found)} keys; give 8 or more hex digits of one key",
+                    hint=KEYS_HINT,
+                )
+            full = found[0]
+        return await call(hub_url, "DELETE", f"/v1/keys/{full}{query}", hint=KEYS_HINT)
+
+    res = run_async(go)
+    if json_out:
+        print_json(res)
+    else:
+        err_console.print(
+            f"Removed key {res['key'][:16]}… of {res['user']}; ended {res['logins_ended']} "
+            "login(s)",
+            markup=False,
+        )
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
+    app.add_typer(keys_app, name="keys")
     app.command("passwd")(passwd)
+    app.command("logout")(logout)

@@ -99,6 +99,14 @@ class ClientConfig:
         cfg.setdefault("hubs", {})[url] = login
         write_json_atomic(self._config_path, cfg)
 
+    def forget_login(self, url: str) -> None:
+        """Drop the saved login for ``url`` (the pinned fingerprint stays)."""
+        cfg = read_json(self._config_path, {})
+        cfg.get("hubs", {}).pop(url, None)
+        if cfg.get("hub") == url:
+            cfg.pop("hub")
+        write_json_atomic(self._config_path, cfg)
+
     def current(self, url: str | None = None) -> tuple[str, dict[str, str]]:
         """The hub to talk to (given or last logged in) and its login."""
         cfg = read_json(self._config_path, {})

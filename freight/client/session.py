@@ -19,6 +19,7 @@ from ..errors import (
     FingerprintMismatch,
     FreightError,
     NetworkError,
+    RateLimited,
     RemoteError,
     TLSError,
     UsageError,
@@ -128,6 +129,14 @@ async def fetch_fingerprint(
     der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
     writer.close()
     return "SHA256:" + hashlib.sha256(der).hexdigest()
+
+
+def _seconds(text: str) -> float:
+    """A Retry-After in seconds (0 when absent or a date)."""
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        return 0.0
 
 
 def mismatch_error(u: URL, pinned: str, seen: str) -> FingerprintMismatch:
@@ -265,9 +274,12 @@ class HubSession:
                 body = await resp.json(content_type=None)
                 if resp.status >= 400:
                     err = (body or {}).get("error", {}) if isinstance(body, dict) else {}
-                    raise code_to_error(
+                    exc = code_to_error(
                         err.get("code", "remote"), err.get("message", resp.reason or "")
                     )
+                    if isinstance(exc, RateLimited):
+                        exc.retry_after = _seconds(resp.headers.get("Retry-After", ""))
+                    raise exc
                 return body
         except aiohttp.ServerFingerprintMismatch as exc:
             raise mismatch_error(self.url, self.fingerprint, "SHA256:" + exc.got.hex()) from None

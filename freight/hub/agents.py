@@ -3,10 +3,14 @@ per-agent bandwidth cap and the durable command queue.
 
 An agent is an account with role ``agent`` and no password. It enrols once
 with a one-time token (hashed at rest, expiring, single use, revocable),
-registering its Ed25519 public key; afterwards it logs in by signing a fresh
-challenge together with the SHA-256 of the hub certificate it sees
+registering its Ed25519 public key, its one login key (an admin may
+replace it; the agent cannot add keys); afterwards it logs in by signing a
+fresh challenge together with the SHA-256 of the hub certificate it sees
 (tls-server-end-point channel binding): a signature made through a
-man-in-the-middle names the wrong certificate and is refused.
+man-in-the-middle names the wrong certificate and is refused. Names are
+checked before anything is stored or logged; failures are limited per name
+at an address and per address (:mod:`.limiter`), outstanding challenges per
+name, address and in all (:mod:`.challenges`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import secrets
 import time
 from typing import Any
 
@@ -27,12 +30,13 @@ from ..names import check_user_name
 from ..protocol import messages as m
 from ..store.commands import TERMINAL_COMMAND_STATES
 from . import auth, commandfiles, commands, users
-from .app import STATE, admin_user, check_rate_limit, current_user
+from .app import STATE, admin_user, current_user
 from .commandfiles import FILE_COMMANDS
+from .keys import check_key
+from .limiter import address_key
 from .state import HubState
 
 ENROL_TOKEN_TTL = 24 * 3600.0
-CHALLENGE_TTL = 60.0
 COMMAND_KINDS = ("list_dir", "reload_config", "ping", "rescan", "resend_offers", *FILE_COMMANDS)
 
 
@@ -117,15 +121,16 @@ async def enroll(request: web.Request) -> web.Response:
     st = request.app[STATE]
     body = await _json(request)
     peer = request.remote or "?"
-    check_rate_limit(st, (peer,), time.time())
+    now = time.time()
     try:
-        token, key = str(body["token"]), str(body["key"]).lower()
-        Ed25519PublicKey.from_public_bytes(bytes.fromhex(key))
-    except (KeyError, ValueError):
+        token, key = str(body["token"]), check_key(str(body["key"]))
+    except (KeyError, UsageError):
         raise UsageError("enrolment needs 'token' and 'key' (an Ed25519 public key, hex)") from None
-    name, detail = await st.db.enrol_agent(auth.token_hash(token), key, time.time())
+    with st.logins.attempt("enrol", "", address_key(peer), now) as attempt:
+        name, detail = await st.db.enrol_agent(auth.token_hash(token), key, now)
+        if name is not None:
+            attempt.succeeded()
     if name is None:
-        st.limiter.failed(peer, time.time())
         await st.events.emit("enrol_failure", "?", address=peer, reason=detail)
         raise BadCredentials(str(detail), hint="ask an admin for a new one: freight agents token")
     await st.events.emit("agent_enrolled", name, address=peer)
@@ -135,53 +140,74 @@ async def enroll(request: web.Request) -> web.Response:
 async def challenge(request: web.Request) -> web.Response:
     st = request.app[STATE]
     body = await _json(request)
-    name = str(body.get("name", ""))
+    name = check_user_name(str(body.get("name", "")))
+    address = address_key(request.remote)
     now = time.time()
-    for key in [k for k, (_, exp) in st.challenges.items() if exp < now]:
-        del st.challenges[key]
-    if len(st.challenges) > 100_000:
-        raise UsageError("too many agent logins at once; try again shortly")
-    nonce = secrets.token_hex(32)
-    st.challenges[nonce] = (name, now + CHALLENGE_TTL)
-    return web.json_response({"challenge": nonce})
+    st.logins.check(st.logins.keys("agent", name, address), now)
+    return web.json_response({"challenge": st.challenges.issue(name, address, now)})
 
 
 async def agent_login(request: web.Request) -> web.Response:
+    """Counted per agent name at the client's address and per address (a
+    lockout aimed at an agent from elsewhere does not reach it). A valid
+    signature of a disabled agent is refused but not counted: its restarts
+    must not lock out the agents sharing its address."""
     st = request.app[STATE]
     body = await _json(request)
-    name, nonce = str(body.get("name", "")), str(body.get("challenge", ""))
+    name = check_user_name(str(body.get("name", "")))
+    nonce, signature = str(body.get("challenge", "")), str(body.get("signature", ""))
     peer = request.remote or "?"
     now = time.time()
-    # Limited per agent name, not per address: many agents share NAT
-    # addresses, and a disabled agent restarting must not lock out its
-    # neighbours (a forged Ed25519 signature is not guessable anyway).
-    check_rate_limit(st, (name,), now)
-    issued = st.challenges.pop(nonce, None)
-    row = await st.db.user_by_name(name)
-    ok = False
-    if issued is not None and issued[0] == name and issued[1] >= now and row is not None:
-        try:
-            sig = bytes.fromhex(str(body.get("signature", "")))
+    with st.logins.attempt("agent", name, address_key(peer), now) as attempt:
+        row = await st.db.user_by_name(name)
+        key = ""
+        if st.challenges.take(nonce, name, now) and row is not None and row["role"] == "agent":
             message = login_message(name, nonce, st.cert_fingerprint)
-            for key in await st.db.identity_keys(int(row["id"])):
-                try:
-                    Ed25519PublicKey.from_public_bytes(bytes.fromhex(key)).verify(sig, message)
-                    ok = True
-                    break
-                except InvalidSignature:
-                    continue
-        except ValueError:
-            ok = False
-    if not ok or row is None or row["role"] != "agent" or row["disabled"]:
-        st.limiter.failed(name, now)
-        await st.events.emit("agent_login_failure", name, address=peer)
-        why = "disabled" if row is not None and row["disabled"] else "not recognised"
+            key = _signer(await st.db.identity_keys(int(row["id"])), signature, message)
+        if key:
+            attempt.succeeded()
+    if not key or row is None or row["disabled"]:
+        why = "disabled" if key else "not recognised"  # a valid key: the agent itself
+        await st.events.emit("agent_login_failure", name, address=peer, reason=why)
         raise AgentRefused(f"agent {name!r} {why}")
-    st.limiter.succeeded(name)
     token, token_hash = auth.new_token()
-    await st.db.add_token(token_hash, int(row["id"]), now + auth.TOKEN_LIFETIME)
+    await st.db.add_token(token_hash, int(row["id"]), now + st.token_lifetime, key)
     await st.events.emit("agent_login", name, address=peer)
     return web.json_response({"token": token, "user": name, "role": "agent"})
+
+
+def _signer(keys: list[str], signature: str, message: bytes) -> str:
+    """The key among ``keys`` that made ``signature`` over ``message``, or ""."""
+    try:
+        sig = bytes.fromhex(signature)
+    except ValueError:
+        return ""
+    for key in keys:
+        try:
+            Ed25519PublicKey.from_public_bytes(bytes.fromhex(key)).verify(sig, message)
+        except (InvalidSignature, ValueError):
+            continue
+        return key
+    return ""
+
+
+async def set_key(request: web.Request) -> web.Response:
+    """Replace an agent's login key (a new machine, or a key that leaked):
+    its logins end and only the new key logs in from now on."""
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    row = await _agent_row(st, request.match_info["name"])
+    try:
+        key = check_key(str((await _json(request))["key"]))
+    except KeyError:
+        raise UsageError("the body must be JSON with 'key': 64 hex digits") from None
+    ended = await st.db.replace_keys(int(row["id"]), key)
+    st.relay.forget_keys(int(row["id"]))
+    closed = await st.sessions.end_user(int(row["id"]), "key_replaced")
+    await st.events.emit(
+        "agent_key_set", admin.name, name=row["name"], key=key, logins=ended, channels=closed
+    )
+    return web.json_response({"name": row["name"], "key": key, "logins_ended": ended})
 
 
 # --- status and management -----------------------------------------------------
@@ -213,11 +239,13 @@ async def list_agents(request: web.Request) -> web.Response:
 
 
 async def disable(request: web.Request) -> web.Response:
+    await admin_user(request)  # before the name is looked up: no hint of who exists
     await _agent_row(request.app[STATE], request.match_info["name"])
     return await users.set_disabled(request, True)
 
 
 async def enable(request: web.Request) -> web.Response:
+    await admin_user(request)
     await _agent_row(request.app[STATE], request.match_info["name"])
     return await users.set_disabled(request, False)
 
@@ -227,8 +255,11 @@ async def remove(request: web.Request) -> web.Response:
     admin = await admin_user(request)
     st = request.app[STATE]
     row = await _agent_row(st, request.match_info["name"])
-    await st.db.delete_user(int(row["id"]))
-    await st.relay.disconnect_user(int(row["id"]))
+    user_id = int(row["id"])
+    await st.db.delete_user(user_id)
+    await st.sessions.end_user(user_id, "removed")
+    st.relay.forget_keys(user_id)
+    await asyncio.to_thread(st.layout.remove_account, user_id)
     await st.events.emit("agent_removed", admin.name, name=row["name"])
     return web.json_response({"removed": row["name"]})
 
@@ -355,6 +386,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/agents/{name}/disable", disable)
     app.router.add_post("/v1/agents/{name}/enable", enable)
     app.router.add_delete("/v1/agents/{name}", remove)
+    app.router.add_put("/v1/agents/{name}/key", set_key)
     app.router.add_put("/v1/agents/{name}/cap", set_cap)
     app.router.add_post("/v1/agents/{name}/commands", add_command)
     app.router.add_get("/v1/agents/commands/{id}", get_command)

@@ -56,7 +56,7 @@ def error_response(exc: FreightError) -> web.Response:
     status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
     headers = {}
     if isinstance(exc, RateLimited):
-        headers["Retry-After"] = str(int(getattr(exc, "retry_after", 30)) + 1)
+        headers["Retry-After"] = str(int(exc.retry_after or 30) + 1)
     return web.json_response(
         {"error": {"code": exc.code, "message": exc.message}}, status=status, headers=headers
     )
@@ -78,9 +78,11 @@ def bearer_hash(request: web.Request) -> str:
     return auth.token_hash(header[7:].strip())
 
 
-async def current_user(request: web.Request) -> User:
+async def current_login(request: web.Request) -> tuple[User, float]:
+    """The request's account (with its login) and when that login expires."""
     st = request.app[STATE]
-    row = await st.db.user_by_token(bearer_hash(request), time.time())
+    token = bearer_hash(request)
+    row = await st.db.login_by_token(token, time.time())
     if row is None:
         raise NotLoggedIn(
             "the saved login is unknown, expired or revoked, or the account is disabled; "
@@ -88,7 +90,12 @@ async def current_user(request: web.Request) -> User:
         )
     if row["disabled"]:
         raise NotLoggedIn(f"account {row['name']!r} is disabled; ask an admin to enable it")
-    return User(int(row["id"]), str(row["name"]), str(row["role"]))
+    user = User(int(row["id"]), str(row["name"]), str(row["role"]), token, str(row["token_key"]))
+    return user, float(row["token_expires"])
+
+
+async def current_user(request: web.Request) -> User:
+    return (await current_login(request))[0]
 
 
 async def admin_user(request: web.Request) -> User:
@@ -100,45 +107,6 @@ async def admin_user(request: web.Request) -> User:
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "version": __version__, "protocol": PROTOCOL_VERSION})
-
-
-def check_rate_limit(st: HubState, keys: tuple[str, ...], now: float) -> None:
-    """Refuse a password check while any of ``keys`` (user name, client
-    address) is locked out after too many failures."""
-    wait = max(st.limiter.retry_after(key, now) for key in keys)
-    if wait > 0:
-        st.metrics.logins.labels("limited").inc()
-        exc = RateLimited(f"too many failed logins; try again in {int(wait) + 1} s")
-        exc.retry_after = wait  # type: ignore[attr-defined]
-        raise exc
-
-
-async def login(request: web.Request) -> web.Response:
-    st = request.app[STATE]
-    try:
-        body = await request.json()
-        name, password = str(body["user"]), str(body["password"])
-    except (ValueError, KeyError, TypeError):
-        raise UsageError("login needs a JSON body with user and password") from None
-    peer = request.remote or "?"
-    now = time.time()
-    check_rate_limit(st, (name, peer), now)
-    row = await st.db.user_by_name(name)
-    ok = await asyncio.to_thread(
-        auth.verify_password, row["pw_hash"] if row else auth.DUMMY_HASH, password
-    )
-    if not ok or row is None or row["disabled"]:
-        st.limiter.failed(name, now)
-        st.limiter.failed(peer, now)
-        st.metrics.logins.labels("failure").inc()
-        await st.events.emit("login_failure", name, address=peer)
-        raise BadCredentials("wrong user name or password")
-    st.limiter.succeeded(name)
-    token, token_hash = auth.new_token()
-    await st.db.add_token(token_hash, int(row["id"]), now + auth.TOKEN_LIFETIME)
-    st.metrics.logins.labels("success").inc()
-    await st.events.emit("login", name, address=peer)
-    return web.json_response({"token": token, "user": name, "role": row["role"]})
 
 
 async def list_files(request: web.Request) -> web.Response:
@@ -218,15 +186,18 @@ async def metrics(request: web.Request) -> web.Response:
 async def control(request: web.Request) -> web.WebSocketResponse:
     """The control channel over a WebSocket: Hello/Welcome, tickets, streams
     and the relay."""
-    user = await current_user(request)
+    user, expires = await current_login(request)
     ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=25.0)
     await ws.prepare(request)
-    await attach(request, user, WSChannel(ws), "ws")
+    await attach(request, user, expires, WSChannel(ws), "ws")
     return ws
 
 
-async def attach(request: web.Request, user: User, chan: Any, transport: str) -> None:
-    """Greet a newly attached client and serve it until it goes."""
+async def attach(
+    request: web.Request, user: User, expires: float, chan: Any, transport: str
+) -> None:
+    """Greet a newly attached client and serve it until it goes (or its
+    login ends)."""
     st = request.app[STATE]
     st.metrics.connections.labels("control").inc()
     try:
@@ -237,7 +208,7 @@ async def attach(request: web.Request, user: User, chan: Any, transport: str) ->
             raise VersionMismatch(
                 f"client speaks protocol {hello.version}, hub speaks {PROTOCOL_VERSION}"
             )
-        with st.accounts.connection(user):
+        with st.accounts.connection(user), st.sessions.track(user, chan, expires):
             await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node))
             await serve_channel(
                 st,
@@ -257,7 +228,8 @@ async def attach(request: web.Request, user: User, chan: Any, transport: str) ->
 
 async def serve_http_attachment(request: web.Request, chan: Any) -> None:
     """The same channel over the HTTP long-poll fallback."""
-    await attach(request, await current_user(request), chan, "http")
+    user, expires = await current_login(request)
+    await attach(request, user, expires, chan, "http")
 
 
 async def send_error(st: HubState, chan: Any, exc: FreightError) -> None:
@@ -286,6 +258,12 @@ async def serve_channel(
     secret must never travel outside TLS."""
 
     async def on_new(port: Any, msg: m.AnyMessage, payload: bytes) -> None:
+        try:  # a login revoked through another hub ends here too
+            await st.sessions.verify(user)
+        except NotLoggedIn as exc:
+            await port.send(m.Abort(sid=port.sid, code=exc.code, message=exc.message))
+            await chan.aclose()
+            return
         await st.streams.serve(user, port, msg, payload)
 
     mux = Mux(chan, on_new=on_new)
@@ -308,8 +286,13 @@ async def serve_channel(
             if is_agent and await agents.on_agent_frame(st, att, msg):
                 continue
             if isinstance(msg, m.TicketRequest) and att is not None:
+                try:
+                    await st.sessions.verify(user)
+                except NotLoggedIn as exc:
+                    await chan.send(m.Error(code=exc.code, message=exc.message, rid=msg.rid))
+                    return
                 t = st.tickets.issue(
-                    user.id, user.name, time.monotonic(), att if msg.lane else None
+                    user.id, user.name, time.monotonic(), att if msg.lane else None, user.token
                 )
                 await chan.send(
                     m.TicketGrant(
@@ -353,29 +336,6 @@ async def serve_lane(st: HubState, att: Any, chan: Any) -> None:
         await att.chan.aclose()  # the client re-attaches with a new lane
 
 
-async def put_key(request: web.Request) -> web.Response:
-    """Register this device's identity public key for the account."""
-    user = await current_user(request)
-    try:
-        key = str((await request.json())["key"])
-        bytes.fromhex(key)
-    except (ValueError, KeyError, TypeError):
-        raise UsageError("body must be JSON with 'key': 64 hex digits") from None
-    if len(key) != 64:
-        raise UsageError("an identity key is 32 bytes (64 hex digits)")
-    await request.app[STATE].relay.add_key(user.id, key.lower())
-    return web.json_response({"user": user.name, "key": key.lower()})
-
-
-async def get_keys(request: web.Request) -> web.Response:
-    await current_user(request)
-    st = request.app[STATE]
-    row = await st.db.user_by_name(request.match_info["name"])
-    if row is None:
-        raise NotFound(f"there is no user {request.match_info['name']!r} on this hub")
-    return web.json_response({"user": row["name"], "keys": await st.relay.keys_of(int(row["id"]))})
-
-
 async def list_connections(request: web.Request) -> web.Response:
     await admin_user(request)
     now = time.time()
@@ -393,7 +353,7 @@ async def kill_connection(request: web.Request) -> web.Response:
 
 
 def build_app(state: HubState) -> web.Application:
-    from . import agents, collect, httpattach, users  # they import this module
+    from . import agents, collect, httpattach, keys, users  # they import this module
 
     app = web.Application(
         middlewares=[deadlines_middleware(lambda r: r.app[STATE].port_guard), errors_middleware],
@@ -401,7 +361,6 @@ def build_app(state: HubState) -> web.Application:
     )
     app[STATE] = state
     app.router.add_get("/v1/health", health)
-    app.router.add_post("/v1/login", login)
     app.router.add_get("/v1/files", list_files)
     app.router.add_delete("/v1/files/{name:.+}", delete_file)
     app.router.add_get("/v1/bandwidth", get_bandwidth)
@@ -411,8 +370,7 @@ def build_app(state: HubState) -> web.Application:
     users.add_routes(app)
     agents.add_routes(app)
     collect.add_routes(app)
-    app.router.add_put("/v1/keys", put_key)
-    app.router.add_get("/v1/keys/{name}", get_keys)
+    keys.add_routes(app)
     app.router.add_get("/v1/admin/connections", list_connections)
     app.router.add_delete("/v1/admin/connections/{cid}", kill_connection)
     app.router.add_get("/v1/control", control)

@@ -1,16 +1,28 @@
-"""Passwords (argon2id), bearer tokens and the failed-login limiter."""
+"""Passwords (argon2id) and bearer tokens. Failed-login limits live in
+:mod:`.limiter`."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
-from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from ..errors import RateLimited
+
 TOKEN_LIFETIME = 30 * 24 * 3600.0
+# argon2 runs in its own small pool, not the default executor where the
+# transfers' fsync and hashing run: a burst of logins (~0.1 s of CPU each)
+# must not stall a transfer. Checks beyond the pool wait, up to a bound.
+ARGON2_THREADS = 2
+ARGON2_WAITING = 32
+
+T = TypeVar("T")
 _hasher = PasswordHasher()  # argon2id with the library's recommended parameters
 
 
@@ -47,39 +59,30 @@ def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-@dataclass
-class LoginLimiter:
-    """After ``max_failures`` failures within ``window`` seconds for a key
-    (user name or client address), refuse further tries for ``lockout``
-    seconds, doubling for each further lockout. Time is passed in."""
+class PasswordWork:
+    """argon2 hashing and verification off the event loop, bounded."""
 
-    max_failures: int = 5
-    window: float = 60.0
-    lockout: float = 30.0
-    max_lockout: float = 3600.0
-    _failures: dict[str, deque[float]] = field(default_factory=dict)
-    _locked_until: dict[str, float] = field(default_factory=dict)
-    _strikes: dict[str, int] = field(default_factory=dict)
+    def __init__(self, threads: int = ARGON2_THREADS, waiting: int = ARGON2_WAITING) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="argon2")
+        self._limit = threads + waiting
+        self._busy = 0  # submitted and not finished, whoever still awaits them
 
-    def retry_after(self, key: str, now: float) -> float:
-        """Seconds until ``key`` may try again (0 = now)."""
-        return max(0.0, self._locked_until.get(key, 0.0) - now)
+    def _submit(self, fn: Callable[..., T], *args: str) -> asyncio.Future[T]:
+        if self._busy >= self._limit:
+            raise RateLimited("the hub is busy checking passwords; try again", retry_after=1.0)
+        self._busy += 1
+        future = asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+        future.add_done_callback(self._done)  # also when the caller went away
+        return future
 
-    def failed(self, key: str, now: float) -> None:
-        q = self._failures.setdefault(key, deque())
-        q.append(now)
-        while q and q[0] < now - self.window:
-            q.popleft()
-        if len(q) >= self.max_failures:
-            strikes = self._strikes.get(key, 0)
-            self._locked_until[key] = now + min(self.max_lockout, self.lockout * 2**strikes)
-            self._strikes[key] = strikes + 1
-            q.clear()
-        if len(self._failures) > 100_000:  # bounded: forget the oldest keys
-            for old in list(self._failures)[:50_000]:
-                del self._failures[old]
+    def _done(self, _: object) -> None:
+        self._busy -= 1
 
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
-        self._strikes.pop(key, None)
-        self._locked_until.pop(key, None)
+    async def verify(self, pw_hash: str, password: str) -> bool:
+        return await self._submit(verify_password, pw_hash, password)
+
+    async def hash(self, password: str) -> str:
+        return await self._submit(hash_password, password)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

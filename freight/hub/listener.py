@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import FreightError, LimitReached
+from ..errors import FreightError, LimitReached, NotLoggedIn
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
@@ -146,17 +146,19 @@ class SharedPortListener:
             return
         ticket = chan.context
         assert isinstance(ticket, Ticket)
-        user = User(ticket.user_id, ticket.user_name, "")
+        user = User(ticket.user_id, ticket.user_name, "", ticket.session)
         try:
             with self.state.accounts.connection(user):
                 await self._serve_data(chan, ticket, user)
-        except LimitReached as exc:  # sealed: the client has the keys by now
-            with contextlib.suppress(FreightError, OSError):
+        except (LimitReached, NotLoggedIn) as exc:  # sealed: the client has the keys by now
+            with contextlib.suppress(FreightError, ConnectionError, OSError):
                 await chan.send(m.Error(code=exc.code, message=exc.message))
         finally:
             await chan.aclose()
 
     async def _serve_data(self, chan: DataConnProtocol, ticket: Ticket, user: User) -> None:
+        # The login may have ended since the ticket was handed out.
+        expires = await self.state.sessions.verify(user)
         # A lane lives and dies with its attachment (whose WebSocket heartbeat
         # notices a dead peer); other data connections carry streams, whose
         # frames never pause this long.
@@ -167,10 +169,11 @@ class SharedPortListener:
             # The first sealed frame proves to the client that its ticket was
             # accepted and that both ends derived the same keys.
             await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=self.state.node))
-            if ticket.lane_of is not None:
-                await serve_lane(self.state, ticket.lane_of, chan)
-            else:
-                await serve_channel(self.state, user, chan)
+            with self.state.sessions.track(user, chan, expires):
+                if ticket.lane_of is not None:
+                    await serve_lane(self.state, ticket.lane_of, chan)
+                else:
+                    await serve_channel(self.state, user, chan)
         except ProtocolError as exc:
             await send_error(self.state, chan, exc)
         except ChannelClosed:

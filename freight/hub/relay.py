@@ -443,7 +443,7 @@ class Router:
         # Look up both key lists first and then post both Linked frames in
         # one step: an end may only send records after its Linked, so the
         # other end always sees its own Linked before the first record.
-        keys = {end: await self.keys_of(conn.users[other(end)].id) for end in (DIAL, ACCEPT)}
+        keys = {end: await self._peer_keys(conn, other(end)) for end in (DIAL, ACCEPT)}
         if self.conns.get(conn.cid) is not conn or not conn.linked():
             return
         rejoined = conn.linked_once
@@ -538,8 +538,17 @@ class Router:
             self._keys[user_id] = await self.db.identity_keys(user_id)
         return self._keys[user_id]
 
-    async def add_key(self, user_id: int, key: str) -> None:
-        await self.db.add_identity_key(user_id, key)
+    async def _peer_keys(self, conn: Conn, end: str) -> list[str]:
+        """The keys one end may prove itself with: the key bound to its
+        login when it has one (only the device that is there), else its
+        account's."""
+        att = conn.ends[end]
+        if att is not None and att.user.key:
+            return [att.user.key]
+        return await self.keys_of(conn.users[end].id)
+
+    def forget_keys(self, user_id: int) -> None:
+        """The account's keys changed (or it is gone): look them up anew."""
         self._keys.pop(user_id, None)
 
     def live(self) -> Iterator[Conn]:

@@ -10,6 +10,7 @@ import resource
 import secrets
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +24,11 @@ from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .collect import Collector
 from .guard import PortGuard, PortLimits
+from .limiter import LoginGuard
 from .listener import SharedPortListener
 from .observe import EventLog, Metrics, configure_logging
 from .relay import Router
+from .sessions import LiveSessions
 from .state import HubState
 from .streams import StreamService
 
@@ -49,6 +52,8 @@ class HubConfig:
     limits: PortLimits = field(default_factory=PortLimits)  # sockets and deadlines
     account_connections: int = DEFAULT_CONNECTIONS  # per account, open at once
     account_streams: int = DEFAULT_STREAMS
+    token_lifetime: float = auth.TOKEN_LIFETIME  # seconds a login lasts
+    login_lockout: float = 30.0  # first lockout after too many failures (doubles)
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -81,7 +86,11 @@ async def build_state(cfg: HubConfig) -> HubState:
     layout.create()
     if cfg.cert is None and tls.ensure_certificate(layout.cert_path, layout.key_path):
         say(f"Created a self-signed TLS certificate in {layout.tls_dir}")
-    db = Database(cfg.database_url) if cfg.database_url else Database.sqlite(layout.db_path)
+    if cfg.database_url:
+        db = Database(cfg.database_url)
+    else:
+        layout.create_database()
+        db = Database.sqlite(layout.db_path)
     await db.migrate()
     await ensure_admin(db)
     spec = (
@@ -101,7 +110,19 @@ async def build_state(cfg: HubConfig) -> HubState:
         caps=caps,
     )
     relay = Router(db, events, metrics, cfg.relay_window)
-    return HubState(db, layout, events, metrics, bandwidth, streams, relay, accounts=caps)
+    return HubState(
+        db,
+        layout,
+        events,
+        metrics,
+        bandwidth,
+        streams,
+        relay,
+        sessions=LiveSessions(db, events),
+        logins=LoginGuard(cfg.login_lockout),
+        token_lifetime=cfg.token_lifetime,
+        accounts=caps,
+    )
 
 
 def socket_budget(wanted: int) -> int:
@@ -165,10 +186,14 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
             n = await state.streams.purge(cfg.purge_after)
             if n:
                 state.events.log.info("purged_streams", count=n)
+            n = await state.db.purge_tokens(time.time())
+            if n:
+                state.events.log.info("purged_tokens", count=n)
             await asyncio.sleep(min(PURGE_EVERY, cfg.purge_after))
 
     purger = asyncio.create_task(purge_loop())
     sweeper = asyncio.create_task(state.relay.sweep_loop())
+    expirer = asyncio.create_task(state.sessions.run())
     state.collector = Collector(state, reserve=cfg.collect_reserve)
     collector = asyncio.create_task(state.collector.run())
     if ready is not None:
@@ -180,8 +205,12 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
         purger.cancel()
         sweeper.cancel()
         collector.cancel()
+        expirer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await purger
+        with contextlib.suppress(asyncio.CancelledError):
+            await expirer
         await listener.stop()
         await runner.cleanup()
+        state.passwords.close()
         await state.db.close()

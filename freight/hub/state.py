@@ -8,12 +8,15 @@ from typing import Any
 
 from ..store import Database, DataLayout
 from ..units import format_rate
-from .auth import LoginLimiter
+from . import auth
 from .bandwidth import BandwidthManager
 from .caps import AccountCaps
+from .challenges import ChallengeBook
 from .guard import PortGuard
+from .limiter import LoginGuard
 from .observe import EventLog, Metrics
 from .relay import Router
+from .sessions import LiveSessions
 from .streams import StreamService, minute_of_day
 from .tickets import TicketBook
 
@@ -27,12 +30,15 @@ class HubState:
     bandwidth: BandwidthManager
     streams: StreamService
     relay: Router
+    sessions: LiveSessions
     tickets: TicketBook = field(default_factory=TicketBook)
-    limiter: LoginLimiter = field(default_factory=LoginLimiter)
+    logins: LoginGuard = field(default_factory=LoginGuard)
+    passwords: auth.PasswordWork = field(default_factory=auth.PasswordWork)
+    token_lifetime: float = auth.TOKEN_LIFETIME
     node: str = field(default_factory=socket.gethostname)
     collector: Any = None  # collect.Collector, set at start-up
     cert_fingerprint: str = ""  # "SHA256:<hex>" of the certificate we serve
-    challenges: dict[str, tuple[str, float]] = field(default_factory=dict)  # agent logins
+    challenges: ChallengeBook = field(default_factory=ChallengeBook)  # agent logins
     accounts: AccountCaps = field(default_factory=AccountCaps)  # per-account caps
     port_guard: PortGuard | None = None  # the shared port's caps and deadlines
     answering: set[int] = field(default_factory=set)  # command results being recorded

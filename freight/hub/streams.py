@@ -8,7 +8,7 @@ import contextlib
 import errno
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
@@ -47,6 +47,10 @@ class User:
     id: int
     name: str
     role: str
+    # The login behind a request or channel (its token's SHA-256) and the
+    # identity key bound to that login: not part of who the user is.
+    token: str = field(default="", compare=False)
+    key: str = field(default="", compare=False)
 
 
 class HubSink:

@@ -21,6 +21,7 @@ class Ticket:
     user_name: str
     expires: float
     lane_of: Any = None  # the attachment this data connection serves as lane
+    session: str = ""  # the login it was issued to (its token's hash)
 
 
 class TicketBook:
@@ -28,7 +29,9 @@ class TicketBook:
         self._tickets: dict[bytes, Ticket] = {}
         self._by_user: dict[int, list[bytes]] = {}
 
-    def issue(self, user_id: int, user_name: str, now: float, lane_of: Any = None) -> Ticket:
+    def issue(
+        self, user_id: int, user_name: str, now: float, lane_of: Any = None, session: str = ""
+    ) -> Ticket:
         self._purge(now)
         mine = self._by_user.setdefault(user_id, [])
         while len(mine) >= MAX_OUTSTANDING_PER_USER:
@@ -40,6 +43,7 @@ class TicketBook:
             user_name,
             now + TICKET_LIFETIME,
             lane_of,
+            session,
         )
         self._tickets[t.ticket_id] = t
         mine.append(t.ticket_id)

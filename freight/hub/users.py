@@ -1,19 +1,24 @@
-"""Accounts on the hub: admins list, add, disable and enable users; anyone
-changes their own password. Every change is an event."""
+"""Accounts on the hub: logging in and out; admins list, add, disable and
+enable users; anyone changes their own password. Every change is an event.
+
+A password check counts against the limits of :mod:`.limiter` before
+argon2 runs (in its own bounded pool), one check in flight per account.
+Disabling an account, changing its password and logging out close what
+the ended logins hold open (:mod:`.sessions`)."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 from aiohttp import web
 
-from ..errors import BadCredentials, Conflict, NotFound, UsageError
+from ..errors import BadCredentials, Conflict, NotFound, RateLimited, UsageError
 from ..names import check_new_password, check_user_name
 from ..store import quota
 from . import auth
-from .app import STATE, admin_user, bearer_hash, check_rate_limit, current_user
+from .app import STATE, admin_user, current_user
+from .limiter import address_key
 
 
 async def json_fields(request: web.Request, *names: str) -> dict[str, Any]:
@@ -26,6 +31,44 @@ async def json_fields(request: web.Request, *names: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"this needs a JSON body with {', '.join(names)}") from None
     return body
+
+
+async def login(request: web.Request) -> web.Response:
+    st = request.app[STATE]
+    body = await json_fields(request, "user", "password")
+    name, password = check_user_name(body["user"]), body["password"]
+    peer = request.remote or "?"
+    now = time.time()
+    try:
+        with st.logins.attempt("user", name, address_key(peer), now, exclusive=True) as attempt:
+            row = await st.db.user_by_name(name)
+            ok = await st.passwords.verify(row["pw_hash"] if row else auth.DUMMY_HASH, password)
+            if ok and row is not None and not row["disabled"] and row["role"] != "agent":
+                attempt.succeeded()
+    except RateLimited:
+        st.metrics.logins.labels("limited").inc()
+        raise
+    if not attempt.ok:
+        st.metrics.logins.labels("failure").inc()
+        await st.events.emit("login_failure", name, address=peer)
+        raise BadCredentials("wrong user name or password")
+    assert row is not None
+    token, token_hash = auth.new_token()
+    await st.db.add_token(token_hash, int(row["id"]), now + st.token_lifetime)
+    st.metrics.logins.labels("success").inc()
+    await st.events.emit("login", name, address=peer)
+    return web.json_response({"token": token, "user": name, "role": row["role"]})
+
+
+async def logout(request: web.Request) -> web.Response:
+    """End the request's own login: the token stops working and what it
+    holds open is closed."""
+    user = await current_user(request)
+    st = request.app[STATE]
+    await st.db.revoke_token(user.token)
+    closed = await st.sessions.end_tokens([user.token], "logout")
+    await st.events.emit("logout", user.name, address=request.remote or "?", channels=closed)
+    return web.json_response({"user": user.name})
 
 
 def user_json(row: Any) -> dict[str, Any]:
@@ -55,7 +98,7 @@ async def add_user(request: web.Request) -> web.Response:
     role = "admin" if body.get("admin") is True else "user"
     if await st.db.user_by_name(name) is not None:  # spare the hashing
         raise Conflict(f"user {name!r} already exists")
-    pw_hash = await asyncio.to_thread(auth.hash_password, password)
+    pw_hash = await st.passwords.hash(password)
     if await st.db.create_user(name, pw_hash, role) is None:
         raise Conflict(f"user {name!r} already exists")
     await st.events.emit("user_added", admin.name, name=name, role=role)
@@ -74,7 +117,7 @@ async def set_disabled(request: web.Request, disabled: bool) -> web.Response:
         raise Conflict("you cannot disable your own account")
     await st.db.set_disabled(int(row["id"]), disabled)
     if disabled:  # what it has running stops now, not at its next request
-        await st.relay.disconnect_user(int(row["id"]))
+        await st.sessions.end_user(int(row["id"]), "disabled")
     await st.events.emit("user_disabled" if disabled else "user_enabled", admin.name, name=name)
     return web.json_response(user_json({**row, "disabled": disabled}))
 
@@ -89,25 +132,25 @@ async def enable_user(request: web.Request) -> web.Response:
 
 async def change_password(request: web.Request) -> web.Response:
     """The caller's own password. A wrong current password counts against
-    the login limiter; success revokes every other token of the account."""
+    the login limits; success ends every other login of the account."""
     user = await current_user(request)
-    keep = bearer_hash(request)
     st = request.app[STATE]
     body = await json_fields(request, "current", "new")
     new = check_new_password(body["new"])
     peer = request.remote or "?"
-    now = time.time()
-    check_rate_limit(st, (user.name, peer), now)
-    row = await st.db.user_by_name(user.name)
-    pw_hash = row["pw_hash"] if row else auth.DUMMY_HASH
-    if row is None or not await asyncio.to_thread(auth.verify_password, pw_hash, body["current"]):
-        for key in (user.name, peer):
-            st.limiter.failed(key, now)
+    with st.logins.attempt(
+        "user", user.name, address_key(peer), time.time(), exclusive=True
+    ) as attempt:
+        row = await st.db.user_by_name(user.name)
+        pw_hash = row["pw_hash"] if row else auth.DUMMY_HASH
+        if row is not None and await st.passwords.verify(pw_hash, body["current"]):
+            attempt.succeeded()
+    if not attempt.ok:
         await st.events.emit("password_change_failure", user.name, address=peer)
         raise BadCredentials("the current password is wrong")
-    new_hash = await asyncio.to_thread(auth.hash_password, new)
-    revoked = await st.db.change_password(user.id, new_hash, keep)
-    st.limiter.succeeded(user.name)
+    new_hash = await st.passwords.hash(new)
+    revoked = await st.db.change_password(user.id, new_hash, user.token)
+    await st.sessions.end_user(user.id, "password_changed", keep=user.token)
     await st.events.emit("password_changed", user.name, address=peer, revoked_tokens=revoked)
     return web.json_response({"user": user.name, "revoked_tokens": revoked})
 
@@ -133,6 +176,8 @@ async def set_quota(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/login", login)
+    app.router.add_post("/v1/logout", logout)
     app.router.add_get("/v1/users", list_users)
     app.router.add_post("/v1/users", add_user)
     app.router.add_post("/v1/users/{name}/disable", disable_user)

@@ -18,6 +18,7 @@ from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from . import schema as t
+from .accounts import MAX_IDENTITY_KEYS, AccountQueries
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 CODE_QUARANTINE = 86400.0
@@ -35,7 +36,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class Database:
+class Database(AccountQueries):
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine: AsyncEngine = create_async_engine(url)
@@ -55,8 +56,15 @@ class Database:
             cfg.attributes["connection"] = sync_conn
             command.upgrade(cfg, "head")
 
+        sqlite = self.engine.dialect.name == "sqlite"
         async with self.engine.begin() as conn:
+            if sqlite:
+                # A migration that rebuilds a table drops the old one, which
+                # with foreign keys on deletes every row referring to it.
+                await conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             await conn.run_sync(run)
+        if sqlite:  # new connections turn foreign keys on again
+            await self.engine.dispose()
 
     async def _first(self, query: Any) -> Mapping[str, Any] | None:
         """The first row of a query as a mapping, or None."""
@@ -137,21 +145,17 @@ class Database:
         )
         return int(res.rowcount)
 
-    async def add_token(self, token_hash: str, user_id: int, expires: float) -> None:
+    async def add_token(self, token_hash: str, user_id: int, expires: float, key: str = "") -> None:
         async with self.engine.begin() as c:
             await c.execute(
                 t.tokens.insert().values(
-                    token_hash=token_hash, user_id=user_id, created=time.time(), expires=expires
+                    token_hash=token_hash,
+                    user_id=user_id,
+                    created=time.time(),
+                    expires=expires,
+                    key=key,
                 )
             )
-
-    async def user_by_token(self, token_hash: str, now: float) -> Mapping[str, Any] | None:
-        q = (
-            sa.select(t.users)
-            .join(t.tokens, t.tokens.c.user_id == t.users.c.id)
-            .where(t.tokens.c.token_hash == token_hash, t.tokens.c.expires > now)
-        )
-        return await self._first(q)
 
     # --- streams ------------------------------------------------------------
 
@@ -289,22 +293,15 @@ class Database:
 
     # --- relay: identity keys and one-time codes ------------------------------
 
-    async def add_identity_key(self, user_id: int, key: str) -> None:
-        async with self.engine.begin() as c:
-            exists = (
-                await c.execute(
-                    sa.select(t.identity_keys.c.key).where(
-                        t.identity_keys.c.user_id == user_id, t.identity_keys.c.key == key
-                    )
-                )
-            ).first()
-            if exists is None:
-                await c.execute(
-                    t.identity_keys.insert().values(user_id=user_id, key=key, created=time.time())
-                )
-
     async def identity_keys(self, user_id: int) -> list[str]:
-        q = sa.select(t.identity_keys.c.key).where(t.identity_keys.c.user_id == user_id)
+        """The newest keys, never more than an account may register."""
+        ik = t.identity_keys
+        q = (
+            sa.select(ik.c.key)
+            .where(ik.c.user_id == user_id)
+            .order_by(ik.c.created.desc())
+            .limit(MAX_IDENTITY_KEYS)
+        )
         async with self.engine.connect() as c:
             return [str(r[0]) for r in (await c.execute(q)).all()]
 

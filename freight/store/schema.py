@@ -18,6 +18,9 @@ from sqlalchemy import (
 
 metadata = MetaData()
 
+# Ids are never handed out twice (SQLite AUTOINCREMENT; PostgreSQL's
+# sequence): folders, caches and rows keyed by a deleted account's id must
+# never come to belong to a new one.
 users = Table(
     "users",
     metadata,
@@ -28,8 +31,11 @@ users = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created", Float, nullable=False),
     Column("quota", BigInteger, nullable=False, default=0),  # bytes; 0: no quota
+    sqlite_autoincrement=True,
 )
 
+# Logins. ``key``: the identity key registered through this login (a
+# device's), or an agent's login key; removing the key ends the login.
 tokens = Table(
     "tokens",
     metadata,
@@ -37,6 +43,7 @@ tokens = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
     Column("created", Float, nullable=False),
     Column("expires", Float, nullable=False),
+    Column("key", String(64), nullable=False, default=""),
 )
 
 streams = Table(
@@ -82,7 +89,8 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
-# Public Ed25519 identity keys of accounts (one per device that logged in).
+# Public Ed25519 identity keys of accounts: one per device that logged in
+# (at most MAX_IDENTITY_KEYS), or an agent's one login key.
 identity_keys = Table(
     "identity_keys",
     metadata,

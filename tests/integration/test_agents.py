@@ -7,8 +7,8 @@ the bandwidth cap. Real hub process, real ``freight agent run`` processes
 Most tests share one hub and one running agent (``lab``); tests that stop
 or kill an agent enrol one of their own on that hub. The enrolment and the
 disable/rm tests have a hub each: refused tokens and refused agent logins
-count as failed logins from 127.0.0.1, and five of those within a minute
-lock the address out (``LoginLimiter``) for every later test.
+count as failures from 127.0.0.1, and five refused tokens within a minute
+lock the address out of enrolling (``LoginGuard``) for every later test.
 """
 
 from __future__ import annotations

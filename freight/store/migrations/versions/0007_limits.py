@@ -3,14 +3,14 @@ command was handed to its agent (a command that never gets an answer is
 failed after a few deliveries instead of being sent forever).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,217 @@
+"""Limits on failed logins, enrolments and agent challenges.
+
+Failures are counted per *key*, a tuple whose first item names its key
+space, so a user called ``10.0.0.7`` never shares an entry with the address
+10.0.0.7, nor an agent with a user of the same name. Every check counts two
+keys: the account name together with the client address (a lockout aimed at
+``admin`` from one machine leaves ``admin`` usable from every other) and the
+address alone, with a higher allowance (one machine trying name after name).
+IPv6 clients count by their /64, which one subscriber usually holds whole.
+
+An attempt is counted *before* the check it guards (and taken back if it
+succeeds), and a password check allows one attempt in flight per account:
+requests racing each other cannot all pass the limit before the first
+failure is recorded. Every table here is bounded and forgets idle entries;
+time is passed in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from ..errors import RateLimited
+
+Key = tuple[str, ...]
+
+MAX_KEYS = 100_000  # entries kept; the least recently failed go first
+MAX_CHECKING = 10_000  # accounts with a password check in flight
+
+
+@dataclass(frozen=True)
+class Rule:
+    """``failures`` within ``window`` seconds lock a key for ``lockout``
+    seconds, doubling with each further lockout up to ``max_lockout``."""
+
+    failures: int
+    window: float = 60.0
+    lockout: float = 30.0
+    max_lockout: float = 3600.0
+
+
+@dataclass
+class _Entry:
+    rule: Rule
+    times: deque[float] = field(default_factory=deque)
+    locked_until: float = 0.0
+    strikes: int = 0
+    touched: float = 0.0
+
+    def idle(self, now: float) -> bool:
+        """Nothing left to remember: not locked, and quiet long enough that
+        its strikes are forgiven too."""
+        quiet = max(self.rule.window, self.rule.max_lockout)
+        return self.locked_until <= now and now - self.touched > quiet
+
+
+class Limiter:
+    """Failure counts and lockouts per key."""
+
+    def __init__(self, capacity: int = MAX_KEYS) -> None:
+        self.capacity = capacity
+        self._entries: OrderedDict[Key, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def retry_after(self, key: Key, now: float) -> float:
+        """Seconds until ``key`` may try again (0: now)."""
+        entry = self._entries.get(key)
+        return max(0.0, entry.locked_until - now) if entry is not None else 0.0
+
+    def fail(self, key: Key, rule: Rule, now: float) -> None:
+        """Count a failure (or an attempt not known to succeed yet)."""
+        self._expire(now)
+        entry = self._entries.pop(key, None) or _Entry(rule)
+        self._entries[key] = entry  # most recently failed last
+        entry.touched = now
+        entry.times.append(now)
+        while entry.times and entry.times[0] < now - rule.window:
+            entry.times.popleft()
+        if len(entry.times) >= rule.failures:
+            entry.locked_until = now + min(rule.max_lockout, rule.lockout * 2**entry.strikes)
+            entry.strikes += 1
+            entry.times.clear()
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+
+    def forgive(self, key: Key, stamp: float) -> None:
+        """Take back one counted attempt (made at ``stamp``) that succeeded."""
+        entry = self._entries.get(key)
+        if entry is not None and stamp in entry.times:
+            entry.times.remove(stamp)
+
+    def clear(self, key: Key) -> None:
+        self._entries.pop(key, None)
+
+    def _expire(self, now: float) -> None:
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if not oldest.idle(now):
+                return
+            self._entries.popitem(last=False)
+
+
+def address_key(remote: str | None) -> str:
+    """The client address as the limits count it."""
+    try:
+        ip = ipaddress.ip_address((remote or "").split("%")[0])
+    except ValueError:
+        return "?"
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+# The rules per key space. An address gets more room than a name at an
+# address: many people and agents may share one NAT address.
+USER = Rule(5)
+USER_ADDRESS = Rule(20)
+AGENT = Rule(5)
+AGENT_ADDRESS = Rule(50)
+ENROL_ADDRESS = Rule(5)
+
+
+class Attempt:
+    """One counted attempt; call :meth:`succeeded` if the check passed."""
+
+    def __init__(self, guard: LoginGuard, keys: list[Key], now: float) -> None:
+        self.guard = guard
+        self.keys = keys
+        self.now = now
+        self.ok = False
+
+    def succeeded(self) -> None:
+        """A passed check: its account key starts afresh, and the attempt
+        no longer counts against the address."""
+        self.ok = True
+        for key in self.keys:
+            if key[0].endswith("-address"):
+                self.guard.limiter.forgive(key, self.now)
+            else:
+                self.guard.limiter.clear(key)
+
+
+class LoginGuard:
+    """What every password check, agent login and enrolment goes through."""
+
+    def __init__(self, lockout: float = 30.0) -> None:
+        self.limiter = Limiter()
+        self.rules = {
+            name: Rule(r.failures, r.window, lockout, r.max_lockout)
+            for name, r in (
+                ("user", USER),
+                ("user-address", USER_ADDRESS),
+                ("agent", AGENT),
+                ("agent-address", AGENT_ADDRESS),
+                ("enrol-address", ENROL_ADDRESS),
+            )
+        }
+        self._checking: set[Key] = set()
+
+    def keys(self, space: str, name: str, address: str) -> list[Key]:
+        """The account-at-address key first, then the address key."""
+        if not name:
+            return [(space + "-address", address)]
+        return [(space, name, address), (space + "-address", address)]
+
+    def check(self, keys: list[Key], now: float) -> None:
+        """Refuse while any of ``keys`` is locked out."""
+        wait = max(self.limiter.retry_after(key, now) for key in keys)
+        if wait > 0:
+            what = "enrolments" if keys[0][0].startswith("enrol") else "logins"
+            raise RateLimited(
+                f"too many failed {what}; try again in {int(wait) + 1} s", retry_after=wait
+            )
+
+    @contextmanager
+    def attempt(
+        self, space: str, name: str, address: str, now: float, *, exclusive: bool = False
+    ) -> Iterator[Attempt]:
+        """Check, then count an attempt before the caller checks the
+        credentials. ``exclusive``: one attempt in flight per account, the
+        others are refused at once (they would all have passed the check)."""
+        keys = self.keys(space, name, address)
+        self.check(keys, now)
+        account = (space, name)
+        if exclusive:
+            if account in self._checking:
+                raise RateLimited(
+                    f"another login for {name!r} is being checked; try again in a second",
+                    retry_after=1.0,
+                )
+            if len(self._checking) >= MAX_CHECKING:
+                raise RateLimited("the hub is busy checking logins; try again", retry_after=1.0)
+            self._checking.add(account)
+        try:
+            for key in keys:
+                self.limiter.fail(key, self.rules[key[0]], now)
+            try:
+                yield Attempt(self, keys, now)
+            except RateLimited:  # the check itself could not run (the hub is busy)
+                for key in keys:
+                    self.limiter.forgive(key, now)
+                raise
+        finally:
+            if exclusive:
+                self._checking.discard(account)
+
+    def failed(self, space: str, name: str, address: str, now: float) -> None:
+        """Count a failure that needed no check (an unknown enrolment token)."""
+        for key in self.keys(space, name, address):
+            self.limiter.fail(key, self.rules[key[0]], now)
