@@ -80,7 +80,10 @@ class Proc:
                 raise AssertionError(f"{self} exited before {pattern!r} showed")
             return False
 
-        wait_until(seen, timeout, f"{pattern!r} on stderr of {self}")
+        try:
+            wait_until(seen, timeout, f"{pattern!r} on stderr of {self}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\nits stderr so far:\n{self.stderr[-3000:]}") from None
         return found[0]
 
     def wait_stdout(self, size: int, timeout: float = 10) -> bytes:
