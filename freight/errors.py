@@ -216,7 +216,7 @@ class CodeUnknown(RemoteError):
 
 
 class CodeBurned(AuthError):
-    """Too many wrong codes: the hub stopped accepting this one."""
+    """Too many failed claims of a code: it no longer works."""
 
     code = "code_burned"
     hint = "start freight send again for a new code"

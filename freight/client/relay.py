@@ -26,6 +26,7 @@ from typing import Any
 from .. import __version__
 from ..errors import (
     AuthError,
+    CodeBurned,
     ConnectionEnded,
     FreightError,
     NetworkError,
@@ -41,6 +42,7 @@ from ..protocol.e2e import (
     ACCEPT,
     DEFAULT_WINDOW,
     DIAL,
+    MAX_CODE_GUESSES,
     CodeHandshake,
     Handshake,
     IdentityHandshake,
@@ -127,6 +129,7 @@ class Connection:
         self.peer = peer
         self.app = app
         self.claim = claim  # nameplate, for a receiver that has not linked yet
+        self.offer: Listener | None = None  # the code offer this claim came to
         self.peer_role = ""  # as the hub vouches: user, admin or agent
         self._new_handshake = handshake
         self._hs: Handshake | None = None
@@ -234,6 +237,7 @@ class Connection:
         if self.closed:
             return
         log.debug("hanging up", extra=fields(cid=self.cid, code=code))
+        self._handshake_interrupted()
         self.closed = True
         if self.error is None:
             self.error = ConnectionEnded("the connection is closed")
@@ -266,6 +270,7 @@ class Connection:
 
     def fail(self, exc: FreightError) -> None:
         log.debug("connection failed", extra=fields(cid=self.cid, error=exc.message))
+        self._handshake_interrupted()
         if self.error is None:
             self.error = exc
         self.closed = True
@@ -316,13 +321,24 @@ class Connection:
         if self.session is None:
             # (Re)start the handshake: on a relink before it finished, both
             # ends start over, since either may have lost a message.
+            self._handshake_interrupted()
             self._hs = self._new_handshake(self)
             await self._send_handshake()
         else:
+            if self.offer is not None:
+                await self.client.send_frame(m.CodeOk(cid=self.cid))  # the hub may have restarted
             self.session.window = self.window
             await self._resend()
             await self._send_ack()
         self._wake()
+
+    def _handshake_interrupted(self) -> None:
+        """The handshake of this link will not finish (a hang-up, a failure or
+        a relink in the middle): for a code offer, that claim failed."""
+        if self._hs is not None and self.session is None:
+            self._hs = None
+            if self.offer is not None:
+                self.offer.claim_failed()
 
     async def _resend(self) -> None:
         """Send every unacknowledged record again, in order, with no new
@@ -390,6 +406,10 @@ class Connection:
         if self._hs is None:
             raise ProtocolError("handshake message before the connection was linked")
         self._hs.receive(payload)
+        if self._hs.keys is not None and self.offer is not None:
+            # Before our confirmation, so the hub never counts this claim as
+            # failed once the receiver could have checked anything.
+            await self.client.send_frame(m.CodeOk(cid=self.cid))
         await self._send_handshake()
         if self._hs.keys is not None:
             self.session = SecureSession(self._hs.keys, self.window)
@@ -420,6 +440,24 @@ class Listener:
         self.queue: asyncio.Queue[Connection | FreightError] = asyncio.Queue()
         self.nameplate = ""
         self.expires_in = 0.0
+        self.failures = 0  # claims of a code offer that failed
+
+    def claim_failed(self) -> None:
+        """A claim linked and did not prove the code. After MAX_CODE_GUESSES
+        the offer ends here, whatever the hub counts."""
+        if self.failures >= MAX_CODE_GUESSES:
+            return  # already ended
+        self.failures += 1
+        log.debug("claim failed", extra=fields(nameplate=self.nameplate, failures=self.failures))
+        if self.failures == MAX_CODE_GUESSES:
+            self.client.offers.pop(self.nameplate, None)
+            self.queue.put_nowait(
+                CodeBurned(
+                    f"code burned: {MAX_CODE_GUESSES} claims of code {self.nameplate}-… failed "
+                    "(a wrong code, or a receiver that left before proving it); "
+                    "it no longer works"
+                )
+            )
 
     async def accept(self) -> Connection:
         item = await self.queue.get()
@@ -445,10 +483,10 @@ class Listener:
 
 
 def split_code(code: str) -> tuple[str, str]:
-    """``7-crossbow-gazelle`` → (``7``, ``crossbow-gazelle``)."""
+    """``7-crossbow-gazelle-tulip`` → (``7``, ``crossbow-gazelle-tulip``)."""
     nameplate, _, words = code.strip().partition("-")
     if not re.fullmatch(r"[0-9]{1,12}", nameplate) or not words:
-        raise UsageError(f"{code!r} is not a code like 7-crossbow-gazelle")
+        raise UsageError(f"{code!r} is not a code like 7-crossbow-gazelle-tulip")
     return nameplate, words
 
 
@@ -760,6 +798,7 @@ class RelayClient:
             if offer is None:
                 return None
             conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, _code_handshake(offer.code))
+            conn.offer = offer
             self.conns[msg.cid] = conn
             offer.queue.put_nowait(conn)
             return conn

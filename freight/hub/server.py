@@ -143,4 +143,5 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
             await purger
         await listener.stop()
         await runner.cleanup()
+        await state.relay.aclose()
         await state.db.close()

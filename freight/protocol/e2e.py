@@ -4,10 +4,11 @@ The hub relays records between two ends without being able to read them.
 Two handshakes produce a :class:`SessionKeys`:
 
 * :class:`CodeHandshake` (``freight send`` / ``receive``): SPAKE2 on the
-  one-time code, with an X25519 exchange riding in the same two messages;
-  the session secret mixes both, and each side proves it with a key
-  confirmation MAC. A wrong code shows up as a confirmation that does not
-  verify, on both sides, revealing nothing about either code.
+  one-time code, with an X25519 exchange riding in the same messages; the
+  session secret mixes both, and each side proves it with a key
+  confirmation MAC, the claimant first. A wrong code shows up as a
+  claimant's confirmation that does not verify; the accepting end answers
+  nothing a guess could be tested against.
 * :class:`IdentityHandshake` (``connect`` / ``listen``): an X25519 exchange
   authenticated by both accounts' Ed25519 identity keys (SIGMA-style: each
   side signs the whole transcript), checked against the keys the hub lists
@@ -58,6 +59,11 @@ _NONCE: Final = struct.Struct(">B3xQ")
 _ACK: Final = struct.Struct(">QB")  # next expected sequence, flags
 ACK_GAP: Final = 0x01  # "records after a gap were dropped: send again from here"
 
+# Claims of one code that may fail (a wrong code, or a claimant gone before
+# its confirmation verified) before the code stops working, at the hub and
+# in the sending process alike.
+MAX_CODE_GUESSES: Final = 3
+
 DIAL: Final = "dial"
 ACCEPT: Final = "accept"
 
@@ -67,7 +73,7 @@ class WrongCode(ProtocolError):
 
     code = "wrong_code"
     exit_code = 3
-    hint = "check the code with the sender; after 3 wrong tries the code stops working"
+    hint = "check the code with the sender; after 3 failed claims the code stops working"
 
 
 class PeerKeyRejected(ProtocolError):
@@ -158,8 +164,20 @@ class Handshake(ABC):
 
 class CodeHandshake(Handshake):
     """SPAKE2 + X25519 on a one-time code. The accepting end (the sender of
-    files) is SPAKE2 side A. Message 1 (both ways at once): ``spake2 ‖ x25519``;
-    message 2: the key confirmation MAC."""
+    files) is SPAKE2 side A, the claimant (dial) side B.
+
+    1. both ways at once: ``spake2 ‖ x25519``;
+    2. dial → accept: the claimant's key confirmation MAC;
+    3. accept → dial: the accepting end's MAC, **only after** the claimant's
+       verified.
+
+    The order is what limits guessing: a SPAKE2 message alone lets nobody
+    test a guess, a confirmation does. Were the accepting end to confirm
+    first, any claimant could take its confirmation, test one guess offline
+    and hang up without a trace; this way every guess costs a claim the
+    accepting end sees fail (docs/protocol.md 12.4). After an error the
+    machine stays failed and refuses everything.
+    """
 
     def __init__(self, code: str, role: str, context: bytes) -> None:
         super().__init__()
@@ -177,10 +195,21 @@ class CodeHandshake(Handshake):
         self._mine = self._spake.start() + _raw(self._eph.public_key())
         self._theirs: bytes | None = None
         self._pending: SessionKeys | None = None
+        self._confirm_mine = b""
         self._confirm_theirs = b""
+        self._error: ProtocolError | None = None
         self.outbox.append(self._mine)
 
     def receive(self, data: bytes) -> None:
+        if self._error is not None:
+            raise RemoteProtocolError("handshake message after the handshake failed")
+        try:
+            self._receive(data)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _receive(self, data: bytes) -> None:
         if self._theirs is None:
             if len(data) != SPAKE2_BYTES + X25519_BYTES:
                 raise RemoteProtocolError("malformed code handshake message")
@@ -198,8 +227,10 @@ class CodeHandshake(Handshake):
             confirm_key = _hkdf(pake + dh, hashlib.sha256(transcript).digest(), b"confirm")
             mine_label = self.role.encode()
             theirs_label = (ACCEPT if self.role == DIAL else DIAL).encode()
-            self.outbox.append(hmac.new(confirm_key, mine_label, "sha256").digest())
+            self._confirm_mine = hmac.new(confirm_key, mine_label, "sha256").digest()
             self._confirm_theirs = hmac.new(confirm_key, theirs_label, "sha256").digest()
+            if self.role == DIAL:
+                self.outbox.append(self._confirm_mine)
             return
         if self.keys is not None:
             raise RemoteProtocolError("handshake message after the handshake finished")
@@ -207,6 +238,8 @@ class CodeHandshake(Handshake):
             raise RemoteProtocolError("malformed code confirmation")
         if not hmac.compare_digest(data, self._confirm_theirs):
             raise WrongCode("wrong code: the other side used a different one")
+        if self.role == ACCEPT:
+            self.outbox.append(self._confirm_mine)
         self.keys = self._pending
 
 

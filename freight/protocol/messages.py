@@ -259,6 +259,13 @@ class CodeFailed(Message, tag="code_failed", frozen=True):
     cid: Id
 
 
+class CodeOk(Message, tag="code_ok", frozen=True):
+    """The offering end verified the claimant's confirmation on ``cid``: this
+    claim is no failed guess. Sent again after every relink."""
+
+    cid: Id
+
+
 class Waiting(Message, tag="waiting", frozen=True):
     """The other end is not there yet; Linked follows when it is."""
 
@@ -367,6 +374,7 @@ AnyMessage = (
     | CodeGrant
     | Claim
     | CodeFailed
+    | CodeOk
     | Waiting
     | Linked
     | Relay

@@ -63,6 +63,7 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.CodeGrant(rid="r6", nameplate="42", expires_in=599.5), b""),
     (m.Claim(rid="r7", cid=CID, nameplate="42"), b""),
     (m.CodeFailed(cid=CID), b""),
+    (m.CodeOk(cid=CID), b""),
     (m.Waiting(rid="r7", cid=CID), b""),
     (
         m.Linked(

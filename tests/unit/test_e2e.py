@@ -8,6 +8,7 @@ pair is joined by a simulated relay that loses, repeats and reorders records.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -139,15 +140,46 @@ def test_code_handshake_messages_have_the_documented_shape() -> None:
     assert len(m1_dial) == len(m1_accept) == SPAKE2_BYTES + X25519_BYTES
     assert dial.take() == []  # nothing more until the peer's first message
     accept.receive(m1_dial)
+    # The accepting end proves nothing yet: a confirmation from it would let
+    # a claimant check a guess offline and hang up.
+    assert accept.take() == []
     dial.receive(m1_accept)
-    confirm_accept, confirm_dial = one(accept), one(dial)
-    assert len(confirm_accept) == len(confirm_dial) == MAC_BYTES
-    assert confirm_accept != confirm_dial  # each end proves its own role
+    confirm_dial = one(dial)  # the claimant proves its code first
+    assert len(confirm_dial) == MAC_BYTES
     assert dial.keys is None and accept.keys is None  # not before the proof
-    dial.receive(confirm_accept)
     accept.receive(confirm_dial)
+    assert accept.keys is not None
+    confirm_accept = one(accept)  # only now, after verifying
+    assert len(confirm_accept) == MAC_BYTES
+    assert confirm_accept != confirm_dial  # each end proves its own role
+    dial.receive(confirm_accept)
     assert_paired(dial, accept)
     assert dial.take() == accept.take() == []
+
+
+@pytest.mark.parametrize("order", ORDERS, ids="".join)
+def test_the_accepting_end_confirms_only_after_verifying_the_claimant(
+    order: tuple[str, ...],
+) -> None:
+    """Whatever the delivery order, nothing the accepting end sends before
+    the claimant's confirmation verified depends on the code."""
+    dial, accept = code_pair()
+    sent_by_accept: list[bytes] = []
+    queues: dict[str, list[bytes]] = {"d": [], "a": []}
+    for step in itertools.chain(order, itertools.cycle("da")):
+        queues["d"] += dial.take()
+        out = accept.take()
+        if accept.keys is None:
+            assert [len(x) for x in out] in ([], [SPAKE2_BYTES + X25519_BYTES])
+        sent_by_accept += out
+        queues["a"] += out
+        ready = [s for s in (step, "a" if step == "d" else "d") if queues[s]]
+        if not ready:
+            break
+        sender = ready[0]
+        (accept if sender == "d" else dial).receive(queues[sender].pop(0))
+    assert_paired(dial, accept)
+    assert len(sent_by_accept) == 2
 
 
 def test_each_code_handshake_gives_fresh_keys() -> None:
@@ -160,11 +192,16 @@ def test_each_code_handshake_gives_fresh_keys() -> None:
 
 
 @pytest.mark.parametrize("order", ORDERS, ids="".join)
-def test_different_codes_fail_on_both_sides(order: tuple[str, ...]) -> None:
+def test_a_different_code_fails_at_the_accepting_end_which_reveals_nothing(
+    order: tuple[str, ...],
+) -> None:
     dial, accept = code_pair(dial_code="7-crossbow-gazelle", accept_code="7-crossbow-gazebo")
     errors = run_code(dial, accept, order)
-    assert set(errors) == {"d", "a"}
-    assert all(type(e) is WrongCode for e in errors.values())
+    assert set(errors) == {"a"}
+    assert type(errors["a"]) is WrongCode
+    # The claimant got the accepting end's first message only: no
+    # confirmation to check its guess against; its connection just ends.
+    assert accept.take() == []
     assert dial.keys is None and accept.keys is None
 
 
@@ -175,9 +212,32 @@ def test_different_codes_fail_on_both_sides(order: tuple[str, ...]) -> None:
 def test_code_handshake_binds_its_context(dial_context: bytes, accept_context: bytes) -> None:
     dial, accept = code_pair(dial_context=dial_context, accept_context=accept_context)
     errors = run_code(dial, accept)
-    assert set(errors) == {"d", "a"}
-    assert all(type(e) is WrongCode for e in errors.values())
+    assert set(errors) == {"a"}
+    assert type(errors["a"]) is WrongCode
     assert dial.keys is None and accept.keys is None
+
+
+def test_a_wrong_confirmation_from_the_accepting_end_is_a_wrong_code() -> None:
+    """A malicious sender (or hub) that answers with a confirmation of its
+    own guess: the claimant refuses it."""
+    dial, accept = code_pair(accept_code="7-crossbow-gazebo")
+    dial.receive(one(accept))
+    with pytest.raises(WrongCode):
+        dial.receive(bytes(MAC_BYTES))
+    assert dial.keys is None
+
+
+def test_after_a_wrong_code_the_accepting_end_stays_failed() -> None:
+    dial, accept = code_pair(accept_code="7-crossbow-gazebo")
+    accept.receive(one(dial))
+    dial.receive(one(accept))
+    confirmation = one(dial)
+    with pytest.raises(WrongCode):
+        accept.receive(confirmation)
+    for again in (confirmation, bytes(MAC_BYTES)):
+        with pytest.raises(ProtocolError):
+            accept.receive(again)
+    assert accept.take() == [] and accept.keys is None
 
 
 @pytest.mark.parametrize("index", [0, 5, MAC_BYTES - 1])
@@ -190,8 +250,7 @@ def test_tampered_confirmation_is_a_wrong_code(index: int) -> None:
     with pytest.raises(WrongCode):
         accept.receive(flip(confirm_dial, index))
     assert accept.keys is None
-    dial.receive(one(accept))  # the untouched direction still checks out
-    assert dial.keys is not None
+    assert accept.take() == []  # and it says nothing more
 
 
 def test_wrong_confirmation_of_the_right_length_is_a_wrong_code() -> None:
@@ -231,6 +290,9 @@ def test_reflected_confirmation_is_refused() -> None:
     with pytest.raises(WrongCode):
         dial.receive(confirm_dial)  # its own proof, bounced back by the relay
     assert dial.keys is None
+    accept.receive(confirm_dial)
+    confirm_accept = one(accept)
+    assert confirm_accept != confirm_dial
 
 
 @pytest.mark.parametrize("length", [0, 1, 32, SPAKE2_BYTES, 64, 66, 200])
@@ -984,6 +1046,30 @@ def test_code_handshake_only_raises_protocol_errors(
         except ProtocolError:
             break
     assert hs.keys is None  # no junk ever completes the handshake
+
+
+@FAST
+@given(
+    honest_first=st.booleans(),
+    right_code=st.booleans(),
+    messages=st.lists(junk, max_size=4),
+)
+def test_the_accepting_end_never_confirms_an_unverified_claim(
+    honest_first: bool, right_code: bool, messages: list[bytes]
+) -> None:
+    """Fed anything but the claimant's valid confirmation, the accepting end
+    sends its first message and nothing else, errors or not."""
+    accept = CodeHandshake(CODE, ACCEPT, CONTEXT)
+    claimant = CodeHandshake(CODE if right_code else "7-crossbow-gazebo", DIAL, CONTEXT)
+    sent = accept.take()
+    if honest_first:
+        messages = [one(claimant), *messages]
+    for message in messages:
+        with contextlib.suppress(ProtocolError):
+            accept.receive(message)
+        sent += accept.take()
+    assert [len(x) for x in sent] == [SPAKE2_BYTES + X25519_BYTES]
+    assert accept.keys is None
 
 
 @FAST
