@@ -166,7 +166,9 @@ def send(
 
 
 def receive(
-    code: Annotated[str, typer.Argument(help="The code the sender got, e.g. 7-crossbow-gazelle-tulip.")],
+    code: Annotated[
+        str, typer.Argument(help="The code the sender got, e.g. 7-crossbow-gazelle-tulip.")
+    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder to put what arrives in.")
     ] = Path("."),

@@ -30,6 +30,7 @@ from freight.client.relay import RECORD_MESSAGE, Connection, RelayClient
 from freight.client.session import HubSession
 from freight.errors import FreightError
 from freight.protocol import messages as m
+from freight.protocol.e2e import public_of
 from freight.protocol.errors import IntegrityError, ProtocolError
 from tests.faultproxy import FaultProxy
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
@@ -695,3 +696,49 @@ async def test_sdk_relay_payloads_never_carry_plaintext(
     assert [f for f, p in frames if MARKER in p or MARKER.decode() in repr(f)] == []
     hub.stop()
     assert _files_with(hub.data, MARKER) == []
+
+
+async def test_handshake_records_never_cross_a_lane_in_the_clear(
+    tmp_path: Path,
+    hubs: Callable[..., Hub],
+    proxies: Callable[..., ShapedProxy],
+    relay_env: None,
+) -> None:
+    """Identity keys, SPAKE2 and X25519 messages travel as relay records of
+    kind h; on a lane (a data connection) they are sealed per hop like any
+    other payload, so the bytes on the wire never show them."""
+    hub = hubs()
+    proxy = proxies(hub, record=True)
+    admin, bob = accounts(tmp_path, hub, proxy)
+    sent: list[bytes] = []
+
+    def record(client: RelayClient) -> None:
+        real = client.send_frame
+
+        async def send_frame(msg: m.Message, payload: bytes = b"") -> None:
+            if isinstance(msg, m.Relay) and msg.kind == "h":
+                sent.append(payload)
+            await real(msg, payload)
+
+        client.send_frame = send_frame  # type: ignore[method-assign]
+
+    async with sdk(admin) as a, sdk(bob) as b:
+        assert a.lane is not None and b.lane is not None, "no lane: nothing to check"
+        record(a)
+        record(b)
+        out, inc = await code_pair(a, b, "kilo-lima-mike")
+        await exchange(out, inc, b"code")
+        listener = await b.listen("lane-check")
+        dial = asyncio.create_task(a.connect("bob", "lane-check", timeout=20))
+        accepted = await asyncio.wait_for(listener.accept(), 20)
+        await accepted.wait_established(20)
+        await exchange(await dial, accepted, b"identity")
+        identities = [public_of(a.identity), public_of(b.identity)]
+
+    # Code: two SPAKE2 messages and two confirmations; identity: three messages.
+    assert sorted(len(p) for p in sent) == [32, 32, 64, 64, 65, 65, 128]
+    secrets_seen = [*sent, *identities]
+    wire = b"".join(data for _, data in proxy.snapshot())
+    assert len(wire) > 10_000
+    leaks = [p.hex()[:16] for p in secrets_seen if p in wire or p[:16] in wire]
+    assert leaks == [], "handshake material crossed the wire in the clear"
