@@ -49,6 +49,7 @@ from ..protocol.e2e import (
     PeerKeyRejected,
     SecureSession,
     WrongCode,
+    identity_context,
     load_identity,
     new_identity,
     public_of,
@@ -131,6 +132,9 @@ class Connection:
         self.claim = claim  # nameplate, for a receiver that has not linked yet
         self.offer: Listener | None = None  # the code offer this claim came to
         self.peer_role = ""  # as the hub vouches: user, admin or agent
+        self.me = ""  # our account, as the hub first linked us
+        self.hub_fingerprint = ""  # the hub as we trust it, bound into the handshake
+        self.peer_identity = b""  # the peer's identity key, once a handshake saw it
         self._new_handshake = handshake
         self._hs: Handshake | None = None
         self.session: SecureSession | None = None
@@ -309,7 +313,14 @@ class Connection:
                 unacked=len(self.session.unacked_records) if self.session else None,
             ),
         )
-        self.peer = msg.peer
+        if (self.peer and msg.peer != self.peer) or (self.me and msg.me != self.me):
+            # Only the account first linked (or dialled) may come back.
+            raise PeerKeyRejected(
+                f"the hub linked connection {self.cid} to {msg.peer!r} "
+                f"where it was {self.peer!r}; refused"
+            )
+        self.peer, self.me = msg.peer, msg.me
+        self.hub_fingerprint = self.client.session.fingerprint or msg.hub
         self.peer_role = msg.peer_role
         # The credit window is end to end; the hub bounds its own share
         # (msg.window) with Pause/Resume.
@@ -405,7 +416,11 @@ class Connection:
             )
         if self._hs is None:
             raise ProtocolError("handshake message before the connection was linked")
-        self._hs.receive(payload)
+        try:
+            self._hs.receive(payload)
+        finally:
+            if isinstance(self._hs, IdentityHandshake) and self._hs.peer_identity:
+                self.peer_identity = self._hs.peer_identity
         if self._hs.keys is not None and self.offer is not None:
             # Before our confirmation, so the hub never counts this claim as
             # failed once the receiver could have checked anything.
@@ -813,8 +828,13 @@ class RelayClient:
     def _identity_handshake(self, conn: Connection) -> Handshake:
         if self.identity is None:
             raise UsageError("this client was started without an identity key")
-        context = f"{conn.cid}\0{conn.app}".encode()
-        return IdentityHandshake(self.identity, conn.role, context, conn.peer_keys)
+        accounts = (conn.me, conn.peer) if conn.role == DIAL else (conn.peer, conn.me)
+        context = identity_context(conn.cid, conn.app, *accounts, conn.hub_fingerprint)
+        keys = conn.peer_keys
+        if conn.peer_identity:
+            # A handshake started again after a relink: the same device only.
+            keys = [k for k in keys if k == conn.peer_identity]
+        return IdentityHandshake(self.identity, conn.role, context, keys)
 
     # --- what applications call ---------------------------------------------
 

@@ -125,6 +125,7 @@ class Router:
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
         self.codes = CodeDesk(self, max_codes)
+        self.fingerprint = ""  # of the certificate we serve, set once listening
         self.attachments: set[Attachment] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[int, list[str]] = {}
@@ -372,6 +373,8 @@ class Router:
                     keys=keys[end],
                     rejoined=rejoined,
                     peer_role=conn.users[other(end)].role,
+                    me=conn.users[end].name,
+                    hub=self.fingerprint,
                 )
             )
         if not rejoined:

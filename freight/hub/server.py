@@ -108,6 +108,7 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
     port = await listener.start(cfg.host, cfg.port)
     fingerprint = tls.fingerprint_pem(cert_path)
     state.cert_fingerprint = fingerprint  # agents bind their login to it
+    state.relay.fingerprint = fingerprint  # identity handshakes bind it
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     say(f"Freight hub listening on https://{host}:{port}")
     say(f"Certificate fingerprint: {fingerprint}")

@@ -243,6 +243,17 @@ class CodeHandshake(Handshake):
         self.keys = self._pending
 
 
+def identity_context(
+    cid: str, app: str, dial_account: str, accept_account: str, hub_fingerprint: str
+) -> bytes:
+    """What an identity handshake binds besides the keys: the connection,
+    both accounts as this end was told them, and the hub's certificate
+    fingerprint as this end trusts it. Each field is length-prefixed so no
+    two different lists give the same bytes."""
+    fields = (cid, app, dial_account, accept_account, hub_fingerprint)
+    return b"".join(struct.pack(">H", len(b)) + b for b in (f.encode() for f in fields))
+
+
 class IdentityHandshake(Handshake):
     """X25519 authenticated by Ed25519 identity keys.
 
@@ -252,6 +263,9 @@ class IdentityHandshake(Handshake):
 
     ``peer_keys`` are the peer's registered identity keys as the hub lists
     them; a key not among them, or a bad signature, is refused.
+    ``context`` is :func:`identity_context`. ``peer_identity`` is the peer's
+    key once its first message arrived (a handshake started again after a
+    relink may be limited to it).
     """
 
     def __init__(
@@ -269,6 +283,7 @@ class IdentityHandshake(Handshake):
         self._transcript = b""
         self._secret = b""
         self._peer_id: Ed25519PublicKey | None = None
+        self.peer_identity = b""
         self._step = 0
         if role == DIAL:
             self.outbox.append(self._eph_pub + self._id_pub)
@@ -276,10 +291,12 @@ class IdentityHandshake(Handshake):
     def _peer_identity(self, raw: bytes) -> Ed25519PublicKey:
         if raw not in self.peer_keys:
             raise PeerKeyRejected("the peer's identity key is not registered for its account")
-        return _ed25519_public(raw)
+        key = _ed25519_public(raw)
+        self.peer_identity = raw
+        return key
 
     def _finish_transcript(self, eph_d: bytes, id_d: bytes, eph_a: bytes, id_a: bytes) -> None:
-        self._transcript = b"freight identity v1\0" + self.context + eph_d + id_d + eph_a + id_a
+        self._transcript = b"freight identity v2\0" + self.context + eph_d + id_d + eph_a + id_a
         peer_eph = eph_a if self.role == DIAL else eph_d
         self._secret = _shared(self._eph, peer_eph)
 

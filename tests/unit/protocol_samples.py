@@ -75,6 +75,8 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
             rid="r7",
             keys=["ab" * 32, "0f" * 32],
             rejoined=True,
+            me="alice",
+            hub="SHA256:" + "ab" * 32,
         ),
         b"",
     ),

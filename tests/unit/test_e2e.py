@@ -35,6 +35,7 @@ from freight.protocol.e2e import (
     SecureSession,
     SessionKeys,
     WrongCode,
+    identity_context,
     load_identity,
     new_identity,
     public_of,
@@ -553,6 +554,56 @@ def test_messages_from_another_connection_are_rejected() -> None:
     accept.receive(one(dial))
     with pytest.raises(PeerKeyRejected):
         dial.receive(one(accept))
+
+
+BOUND = {
+    "cid": "c-0123",
+    "app": "ssh",
+    "dial_account": "alice",
+    "accept_account": "bob",
+    "hub_fingerprint": "SHA256:" + "ab" * 32,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "theirs"),
+    [
+        ("dial_account", "mallory"),
+        ("accept_account", "bobby"),
+        ("hub_fingerprint", "SHA256:" + "cd" * 32),
+        ("app", "ssh2"),
+    ],
+)
+def test_identity_transcript_binds_both_accounts_and_the_hub(field: str, theirs: str) -> None:
+    """Both ends sign what each believes: who dials, who accepts, through
+    which hub. A hub that tells the ends different stories (or two hubs
+    splicing one connection) makes the signatures fail."""
+    mine = identity_context(**BOUND)
+    other = identity_context(**{**BOUND, field: theirs})
+    assert mine != other
+    dial, accept = id_pair(dial_context=mine, accept_context=other)
+    accept.receive(one(dial))
+    with pytest.raises(PeerKeyRejected):
+        dial.receive(one(accept))
+    assert dial.keys is None
+    same_dial, same_accept = id_pair(dial_context=mine, accept_context=identity_context(**BOUND))
+    run_identity(same_dial, same_accept)
+    assert_paired(same_dial, same_accept)
+
+
+def test_identity_context_fields_cannot_run_into_each_other() -> None:
+    a = identity_context(**{**BOUND, "dial_account": "ab", "accept_account": "c"})
+    b = identity_context(**{**BOUND, "dial_account": "a", "accept_account": "bc"})
+    assert a != b
+
+
+def test_the_peer_identity_is_known_once_its_message_arrives() -> None:
+    dial, accept = id_pair()
+    assert dial.peer_identity == accept.peer_identity == b""
+    accept.receive(one(dial))
+    assert accept.peer_identity == public_of(ALICE)
+    dial.receive(one(accept))
+    assert dial.peer_identity == public_of(BOB)
 
 
 def test_low_order_x25519_key_in_identity_handshake_is_a_protocol_error() -> None:

@@ -13,13 +13,22 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from freight.client.config import ClientConfig
 from freight.client.relay import Connection, Listener, RelayClient
 from freight.client.session import HubSession
 from freight.errors import CodeBurned, ConnectionEnded
 from freight.protocol import messages as m
-from freight.protocol.e2e import ACCEPT, DIAL, CodeHandshake
+from freight.protocol.e2e import (
+    ACCEPT,
+    DIAL,
+    CodeHandshake,
+    IdentityHandshake,
+    PeerKeyRejected,
+    identity_context,
+    public_of,
+)
 
 NAMEPLATE = "7"
 CODE = f"{NAMEPLATE}-crossbow-gazelle-tulip"
@@ -160,3 +169,104 @@ async def test_the_claimant_sends_its_confirmation_first(wire: Recorder) -> None
     await wire.deliver(*relay_h(cid, sender.take()[0]))
     await asyncio.wait_for(conn.wait_established(), 1)
     assert conn.fingerprint and conn.fingerprint == sender.keys.fingerprint  # type: ignore[union-attr]
+
+
+# --- identity connections: who is bound, and who may come back ------------------
+
+ALICE = Ed25519PrivateKey.generate()
+BOB = Ed25519PrivateKey.generate()
+MALLORY = Ed25519PrivateKey.generate()
+
+
+async def identity_client(tmp_path: Path, name: str, key: Ed25519PrivateKey, pin: str) -> Recorder:
+    session = HubSession("https://127.0.0.1:9", fingerprint=pin)
+    client = RelayClient(session, ClientConfig(tmp_path / name))
+    client.identity = key
+    return Recorder(client)
+
+
+def id_linked(
+    cid: str, role: str, peer: str, me: str, keys: list[Ed25519PrivateKey], **kw: object
+) -> m.Linked:
+    return m.Linked(
+        cid=cid,
+        peer=peer,
+        app="ssh",
+        role=role,
+        window=1 << 22,
+        keys=[public_of(k).hex() for k in keys],
+        me=me,
+        hub=HUB_FP,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def shuttle(a: Recorder, b: Recorder, cid: str) -> None:
+    """Carry relay records between two clients until neither has any."""
+    while True:
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            for msg, payload in src.take(cid):
+                await dst.deliver(msg, payload)
+                moved = True
+        if not moved:
+            return
+
+
+async def identity_pair(
+    tmp_path: Path, *, pins: tuple[str, str] = (HUB_FP, HUB_FP), bob_sees: str = "alice"
+) -> tuple[Connection, Connection, Recorder, Recorder]:
+    """alice dials bob's "ssh"; the hub tells bob the dialer is ``bob_sees``."""
+    a = await identity_client(tmp_path, "alice", ALICE, pins[0])
+    b = await identity_client(tmp_path, "bob", BOB, pins[1])
+    listener = Listener(b.client, "ssh")
+    b.client.listeners["ssh"] = listener
+    cid = secrets.token_hex(12)
+    dialer = Connection(a.client, cid, DIAL, "bob", "ssh", a.client._identity_handshake)
+    a.client.conns[cid] = dialer
+    await a.deliver(id_linked(cid, DIAL, "bob", "alice", [BOB]))
+    await b.deliver(id_linked(cid, ACCEPT, bob_sees, "bob", [ALICE]))
+    acceptor = await asyncio.wait_for(listener.accept(), 1)
+    await shuttle(a, b, cid)
+    return dialer, acceptor, a, b
+
+
+async def test_identity_connection_binds_what_each_end_was_told(tmp_path: Path) -> None:
+    dialer, acceptor, _, _ = await identity_pair(tmp_path)
+    assert dialer.established.is_set() and acceptor.established.is_set()
+    assert dialer.fingerprint == acceptor.fingerprint
+    for kw in ({"pins": (HUB_FP, "SHA256:" + "cd" * 32)}, {"bob_sees": "carol"}):
+        d, a, _, _ = await identity_pair(tmp_path, **kw)  # type: ignore[arg-type]
+        assert not d.established.is_set() and not a.established.is_set()
+        assert isinstance(d.error, PeerKeyRejected), kw
+
+
+@pytest.mark.parametrize("end", [DIAL, ACCEPT])
+async def test_a_rejoin_linked_to_another_account_is_refused(tmp_path: Path, end: str) -> None:
+    dialer, acceptor, a, b = await identity_pair(tmp_path)
+    conn, wire = (dialer, a) if end == DIAL else (acceptor, b)
+    me, peer = ("alice", "mallory") if end == DIAL else ("bob", "mallory")
+    await wire.deliver(id_linked(conn.cid, end, peer, me, [MALLORY], rejoined=True))
+    assert conn.closed and isinstance(conn.error, PeerKeyRejected)
+    hangups = wire.take(conn.cid, m.Hangup)
+    assert [f.code for f, _ in hangups] == ["peer_key_rejected"]  # type: ignore[attr-defined]
+
+
+async def test_a_handshake_started_again_must_come_from_the_same_device(tmp_path: Path) -> None:
+    """Bob's end saw alice's identity key in message 1, then the link broke.
+    On the new link the hub lists another key for alice (mallory's): a
+    handshake signed with it is refused."""
+    b = await identity_client(tmp_path, "bob", BOB, HUB_FP)
+    b.client.listeners["ssh"] = listener = Listener(b.client, "ssh")
+    cid = secrets.token_hex(12)
+    context = identity_context(cid, "ssh", "alice", "bob", HUB_FP)
+    await b.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE, MALLORY]))
+    conn = await asyncio.wait_for(listener.accept(), 1)
+    alice = IdentityHandshake(ALICE, DIAL, context, [public_of(BOB)])
+    await b.deliver(*relay_h(cid, alice.take()[0]))
+    assert len(b.take(cid)) == 1  # bob answered: message 2
+    await b.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE, MALLORY], rejoined=True))
+    mallory = IdentityHandshake(MALLORY, DIAL, context, [public_of(BOB)])
+    await b.deliver(*relay_h(cid, mallory.take()[0]))
+    assert b.take(cid) == []  # no message 2 for her
+    assert conn.closed and isinstance(conn.error, PeerKeyRejected)
