@@ -193,6 +193,8 @@ class Connection:
             self._raise_if_failed()
             await self._changed()
         data = self.inbox.popleft()
+        if self.session is not None:
+            self.session.release()  # its credit goes back with the next ack
         self._consumed += len(data)
         if not self.inbox or self._consumed >= self.window // 4:
             await self._send_ack()
@@ -377,7 +379,9 @@ class Connection:
             elif self.session is None:
                 return  # a record from before a handshake restart: dropped
             elif msg.kind == "d":
-                plain = self.session.open(msg.seq, payload)
+                # Held until the application takes it: the peer gets its
+                # credit back only then, and more than the window is refused.
+                plain = self.session.open(msg.seq, payload, hold=True)
                 if plain is None:
                     expected = self.session.expected
                     if msg.seq < expected:
@@ -391,6 +395,7 @@ class Connection:
                     return
                 self._gap_reported_at = -1  # progress: a later gap is news again
                 if plain[:1] == RECORD_EOF:
+                    self.session.release()
                     self.eof_received = True
                     await self._send_ack()
                 else:
@@ -405,6 +410,7 @@ class Connection:
                     await self.client.send_frame(m.CodeFailed(cid=self.cid))
             self.fail(exc)
         except (PeerKeyRejected, IntegrityError, ProtocolError) as exc:
+            self.inbox.clear()  # nothing more from a peer that broke the protocol
             await self.abort(exc.code, exc.message)
             self.error = exc
         self._wake()

@@ -84,6 +84,13 @@ class PeerKeyRejected(ProtocolError):
     hint = "the peer is not who the hub says; compare fingerprints with --verify"
 
 
+class FlowViolation(RemoteProtocolError):
+    """The peer sent more than the credit window allows."""
+
+    code = "flow_violation"
+    hint = "the other end ignored flow control (a broken or hostile peer); the connection ended"
+
+
 def _hkdf(secret: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(secret)
 
@@ -364,6 +371,13 @@ class SecureSession:
     of the next record in order, ``None`` for a replay or for a record beyond
     a gap (the sender will send it again), and raises on tampering;
     :meth:`ack` seals "I have everything before N".
+
+    The receiver enforces the window it grants: a record opened with
+    ``hold`` stays held until :meth:`release` (the application took it), an
+    acknowledgement names only released records, and a record that would
+    make the held bytes exceed the window raises :class:`FlowViolation` (one
+    record alone may exceed it, as :meth:`can_send` allows). An honest sender
+    never trips this: its bytes in flight include every held record.
     """
 
     def __init__(self, keys: SessionKeys, window: int = DEFAULT_WINDOW) -> None:
@@ -375,6 +389,10 @@ class SecureSession:
         self.unacked_records: deque[tuple[int, bytes, int]] = deque()
         self.in_flight = 0
         self.expected = 0
+        self.released = 0  # records below this were taken by the application
+        self._acked_out = 0  # what our last acknowledgement said
+        self._held: deque[int] = deque()  # sizes of records from _acked_out to expected
+        self.held_bytes = 0
         self._acks_sent = 0
         self._acks_seen = -1
         self.acked_upto = 0  # the far end has every record below this
@@ -424,7 +442,7 @@ class SecureSession:
 
     # -- receiving ------------------------------------------------------
 
-    def open(self, seq: int, sealed: bytes) -> bytes | None:
+    def open(self, seq: int, sealed: bytes, *, hold: bool = False) -> bytes | None:
         if seq != self.expected or seq >= MAX_COUNTER:
             # A replay (seq below) or a record after a lost one (seq above):
             # neither is delivered; what is missing is sent again.
@@ -433,16 +451,32 @@ class SecureSession:
             plain = self._open.decrypt(_NONCE.pack(KIND_DATA, seq), sealed, None)
         except InvalidTag:
             raise IntegrityError("a relayed record failed authentication (altered?)") from None
+        if self.held_bytes and self.held_bytes + len(plain) > self.window:
+            raise FlowViolation(
+                f"the other end sent beyond the {self.window}-byte window this end granted"
+            )
         self.expected += 1
+        self._held.append(len(plain))
+        self.held_bytes += len(plain)
+        if not hold:
+            self.released = self.expected
         self.delivered_since_ack += 1
         return plain
 
+    def release(self) -> None:
+        """The application took the oldest record opened with ``hold``."""
+        self.released = min(self.released + 1, self.expected)
+
     def ack(self, *, gap: bool = False) -> tuple[int, bytes]:
-        """Seal "I have every record below ``expected``"; with ``gap``, also
-        "I dropped later ones: send again from there"."""
+        """Seal "I have every record below N" with N the records released
+        (the credit it returns); with ``gap``, also "I dropped later ones:
+        send again from there"."""
         counter = self._acks_sent
         self._acks_sent += 1
         self.delivered_since_ack = 0
-        plain = _ACK.pack(self.expected, ACK_GAP if gap else 0)
+        while self._acked_out < self.released:
+            self.held_bytes -= self._held.popleft()
+            self._acked_out += 1
+        plain = _ACK.pack(self.released, ACK_GAP if gap else 0)
         sealed = self._seal.encrypt(_NONCE.pack(KIND_ACK, counter), plain, None)
         return counter, sealed

@@ -30,7 +30,7 @@ from freight.client.relay import RECORD_MESSAGE, Connection, RelayClient
 from freight.client.session import HubSession
 from freight.errors import FreightError
 from freight.protocol import messages as m
-from freight.protocol.e2e import public_of
+from freight.protocol.e2e import DEFAULT_WINDOW, FlowViolation, public_of
 from freight.protocol.errors import IntegrityError, ProtocolError
 from tests.faultproxy import FaultProxy
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
@@ -742,3 +742,53 @@ async def test_handshake_records_never_cross_a_lane_in_the_clear(
     assert len(wire) > 10_000
     leaks = [p.hex()[:16] for p in secrets_seen if p in wire or p[:16] in wire]
     assert leaks == [], "handshake material crossed the wire in the clear"
+
+
+async def test_a_peer_ignoring_the_window_is_cut_off_and_the_victim_stays_bounded(
+    tmp_path: Path, hubs: Callable[..., Hub], relay_env: None
+) -> None:
+    """Anyone may dial a listener (an agent's file manager, say). A peer that
+    sends without waiting for acknowledgements to a listener whose
+    application is not reading: the listener ends the connection
+    (flow_violation) once the window it granted is full, and never holds
+    more than that. The listener's client reads its network promptly (each
+    record is sent once the previous one arrived), so the hub's queue stays
+    short and the hub, whose own memory is safe, has no reason to step in."""
+    hub = hubs()
+    admin, bob = accounts(tmp_path, hub)
+    held: list[int] = []
+    async with sdk(admin) as hostile, sdk(bob) as victim:
+        listener = await victim.listen("inbox")
+        dial = asyncio.create_task(hostile.connect("bob", "inbox", timeout=20))
+        accepted = await asyncio.wait_for(listener.accept(), 20)
+        await accepted.wait_established(20)
+        out = await dial
+        assert out.session is not None
+        out.session.can_send = lambda size: True  # type: ignore[method-assign]
+        real = accepted.on_relay
+
+        arrived = asyncio.Event()
+
+        async def measure(msg: m.Relay, payload: bytes) -> None:
+            await real(msg, payload)
+            if msg.kind == "d":
+                held.append(sum(len(x) for x in accepted.inbox))
+                arrived.set()
+
+        accepted.on_relay = measure  # type: ignore[method-assign]
+        message = os.urandom(MiB)
+        with contextlib.suppress(FreightError):
+            for _ in range(64):
+                arrived.clear()
+                await out.send(message)
+                await asyncio.wait_for(arrived.wait(), 20)
+                if accepted.closed:
+                    break
+        assert accepted.closed, f"the listener took it all: {max(held) / MiB:.0f} MiB held"
+        assert isinstance(accepted.error, FlowViolation), accepted.error
+        with pytest.raises(FlowViolation):
+            await accepted.recv()
+        with pytest.raises(FreightError):  # the hostile end is told it was cut off
+            await asyncio.wait_for(out.recv(), 20)
+    print(f"victim held at most {max(held) / MiB:.1f} MiB before cutting the peer off")
+    assert 15 * MiB <= max(held) <= DEFAULT_WINDOW

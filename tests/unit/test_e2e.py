@@ -29,6 +29,7 @@ from freight.protocol.e2e import (
     SPAKE2_BYTES,
     X25519_BYTES,
     CodeHandshake,
+    FlowViolation,
     Handshake,
     IdentityHandshake,
     PeerKeyRejected,
@@ -936,6 +937,80 @@ def test_window_change_applies_at_once() -> None:
     assert tx.can_send(30)
 
 
+def test_a_receiver_refuses_records_beyond_the_window_it_granted() -> None:
+    """A sender that ignores the window (can_send) is cut off by the
+    receiver: what it holds unacknowledged never exceeds the window."""
+    tx, rx = session_pair(window=100)
+    held = 0
+    with pytest.raises(FlowViolation):
+        for _ in range(10):
+            plain = rx.open(*tx.seal(bytes(30)))  # no can_send: a hostile sender
+            assert plain is not None
+            held += len(plain)
+    assert held == 90  # three records of 30 fit in 100, the fourth does not
+    assert rx.expected == 3
+
+
+def test_the_window_counts_from_the_last_acknowledgement() -> None:
+    tx, rx = session_pair(window=100)
+    for _ in range(3):
+        rx.open(*tx.seal(bytes(30)))
+    tx.on_ack(*rx.ack())  # the application took them: 100 bytes of credit again
+    for _ in range(3):
+        assert rx.open(*tx.seal(bytes(30))) is not None
+    with pytest.raises(FlowViolation):
+        rx.open(*tx.seal(bytes(30)))
+
+
+def test_one_record_larger_than_the_window_is_allowed_alone() -> None:
+    """As can_send allows: with nothing in flight, one record always goes."""
+    tx, rx = session_pair(window=10)
+    assert rx.open(*tx.seal(bytes(500))) is not None
+    with pytest.raises(FlowViolation):
+        rx.open(*tx.seal(b"x"))
+    tx2, rx2 = session_pair(window=10)
+    rx2.open(*tx2.seal(bytes(500)))
+    tx2.on_ack(*rx2.ack())
+    assert rx2.open(*tx2.seal(bytes(500))) is not None
+
+
+def test_held_records_keep_their_credit_until_the_application_takes_them() -> None:
+    """Records opened with ``hold`` stay the receiver's until released:
+    an acknowledgement gives credit only for what the application took, so
+    acknowledgements a peer provokes (replays) grant it nothing more."""
+    tx, rx = session_pair(window=100)
+    first = tx.seal(bytes(30))
+    for seq, sealed in (first, tx.seal(bytes(30)), tx.seal(bytes(30))):
+        assert rx.open(seq, sealed, hold=True) is not None
+    assert rx.held_bytes == 90
+    assert rx.open(*first) is None  # a replay...
+    assert tx.on_ack(*rx.ack()) == 0  # ...answered, but nothing was taken
+    with pytest.raises(FlowViolation):
+        rx.open(*tx.seal(bytes(30)), hold=True)
+    rx.release()  # the application took one record
+    assert tx.on_ack(*rx.ack()) == 1
+    assert rx.held_bytes == 60
+    tx2, rx2 = session_pair(window=100)
+    for _ in range(3):
+        rx2.open(*tx2.seal(bytes(30)), hold=True)
+    rx2.release()
+    rx2.ack()
+    assert rx2.open(*tx2.seal(bytes(30)), hold=True) is not None  # 90 held again
+    with pytest.raises(FlowViolation):
+        rx2.open(*tx2.seal(bytes(11)), hold=True)
+
+
+def test_replays_and_records_past_a_gap_do_not_count_against_the_window() -> None:
+    tx, rx = session_pair(window=100)
+    records = [tx.seal(bytes(40)) for _ in range(2)]
+    for _ in range(5):
+        assert rx.open(*records[1]) is None  # beyond a gap: dropped, not held
+    rx.open(*records[0])
+    for _ in range(5):
+        assert rx.open(*records[0]) is None  # a replay
+    assert rx.open(*records[1]) is not None
+
+
 # --- a lossy relay ----------------------------------------------------------------
 
 
@@ -946,7 +1021,8 @@ class End:
         self.session = session
         self.to_send = list(to_send)
         self.sent: list[bytes] = []
-        self.got: list[bytes] = []
+        self.got: list[bytes] = []  # what the application took
+        self.held: list[bytes] = []  # opened, not yet taken by the application
         self.outbox: list[tuple[str, int, bytes]] = []  # what the relay holds for the peer
 
     def send_next(self) -> None:
@@ -965,14 +1041,20 @@ class End:
                 event("ack freed nothing")
             return
         expected = self.session.expected
-        plain = self.session.open(seq, sealed)
+        plain = self.session.open(seq, sealed, hold=True)  # FlowViolation fails the test
         if plain is not None:
-            self.got.append(plain)
+            self.held.append(plain)
         elif seq < expected:
             event("replayed record dropped")
             self.send_ack()  # a resend: say again what we have, as the client does
         else:
             event("record beyond a gap dropped")
+
+    def take(self) -> None:
+        """The application takes the oldest record it has not taken yet."""
+        if self.held:
+            self.got.append(self.held.pop(0))
+            self.session.release()
 
     def reconnect(self) -> None:
         """What an end does after the relay lost everything in flight."""
@@ -981,7 +1063,10 @@ class End:
         self.send_ack()
 
 
-ACTIONS = ["send", "send", "send", "deliver", "deliver", "deliver", "drop", "dup", "ack", "swap"]
+ACTIONS = [
+    *("send", "send", "send", "deliver", "deliver", "deliver", "drop", "dup", "ack", "swap"),
+    *("take", "take"),
+]
 payloads = st.lists(st.binary(max_size=40), min_size=1, max_size=25)
 
 
@@ -1016,6 +1101,8 @@ def test_lossy_relay_delivers_everything_exactly_once_in_order(
         box = me.outbox
         if action == "send":
             me.send_next()
+        elif action == "take":
+            me.take()
         elif action == "ack":
             me.send_ack()
         elif action == "reconnect":
@@ -1035,8 +1122,11 @@ def test_lossy_relay_delivers_everything_exactly_once_in_order(
                 j = (pick // len(box)) % len(box)
                 box[i], box[j] = box[j], box[i]
         for end, other in ((ends[0], ends[1]), (ends[1], ends[0])):
-            assert other.got == end.sent[: len(other.got)]  # a prefix, in order
+            got = other.got + other.held
+            assert got == end.sent[: len(got)]  # a prefix, in order
             assert end.session.in_flight == sum(len(p) for p in end.sent[end.session.acked_upto :])
+            # What the receiver holds for the application is within its window.
+            assert sum(map(len, other.held)) <= max(window, max(map(len, other.held), default=0))
     # Then the relay behaves: reconnect, and deliver in order until quiet.
     for end in ends:
         end.outbox.clear()
@@ -1049,7 +1139,10 @@ def test_lossy_relay_delivers_everything_exactly_once_in_order(
             while me.outbox:
                 peer.receive(*me.outbox.pop(0))
                 moved = True
-            if peer.session.delivered_since_ack:
+            taken = bool(peer.held)
+            while peer.held:
+                peer.take()
+            if peer.session.delivered_since_ack or taken:
                 peer.send_ack()
                 moved = True
         if not moved and not any(end.to_send for end in ends):
