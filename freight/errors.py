@@ -24,7 +24,8 @@
     │   ├── NotFound
     │   ├── Conflict
     │   ├── DiskFull
-    │   └── Aborted
+    │   ├── Aborted
+    │   └── LimitReached
     └── StorageError                     exit 8   local disk problems
 
 ``code_to_error()`` turns a wire code back into the matching class so that a
@@ -55,6 +56,7 @@ __all__ = [
     "FrameTooLarge",
     "FreightError",
     "IntegrityError",
+    "LimitReached",
     "LocalProtocolError",
     "NetworkError",
     "NotFound",
@@ -220,6 +222,13 @@ class CodeBurned(AuthError):
 
     code = "code_burned"
     hint = "start freight send again for a new code"
+
+
+class LimitReached(RemoteError):
+    """The hub refused: this account is at one of its limits."""
+
+    code = "limit_reached"
+    hint = "close or finish some first, or ask the hub's admin to raise the limit"
 
 
 class PeerAbsent(RemoteError):

@@ -30,6 +30,11 @@ class Metrics:
         self.protocol_errors = Counter(
             "freight_protocol_errors", "Connections closed for bad frames", registry=r
         )
+        self.relay_queued = Gauge(
+            "freight_relay_queued_bytes",
+            "Bytes waiting at the hub for attached clients",
+            registry=r,
+        )
 
 
 class EventLog:

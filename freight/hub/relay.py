@@ -7,8 +7,15 @@ connection are attached, the hub forwards their records by connection id
 without being able to read them (docs/protocol.md "Relay").
 
 Memory stays bounded: each connection may have at most ``window`` bytes
-waiting at the hub for each direction; above that the sender is told to
-Pause, and to Resume once half has drained. Records for an end that is not
+waiting at the hub for each direction, and each attachment at most
+``queue_limit`` bytes in all; above either the sender is told to Pause, and
+to Resume once half has drained. A sender that goes on regardless
+(``OVERSHOOT`` windows) is cut off; an attachment that lets
+``queue_limit + IN_FLIGHT`` pile up anyway (many such senders) is dropped
+as too slow: it re-attaches and its peers send again what it missed. Each
+account has at most ``max_conns`` connections, listens for at most
+``MAX_LISTENS`` applications and holds at most ``max_codes`` codes, with a
+``limit_reached`` refusal beyond. Records for an end that is not
 attached are dropped, not stored: the sending end keeps every record until
 the far end acknowledges it and sends it again when the connection is
 linked anew (``Linked.rejoined``), so nothing is lost or duplicated even
@@ -39,7 +46,18 @@ DEFAULT_WINDOW = 4 * 1024 * 1024
 OVERSHOOT = 4
 DETACHED_GRACE = 3600.0  # a connection with an end gone this long is ended
 ENDED_REMEMBERED = 10_000  # ended connections remembered for ends that rejoin late
+DEFAULT_QUEUE_LIMIT = 32 * 1024 * 1024  # bytes waiting for one attachment before Pause
+# What honest senders may still have on the way when Pause reaches them
+# (their write buffers, the kernel's, the hub's reads): measured up to ~25 MiB
+# for 16 connections from one client on loopback. Beyond queue_limit plus
+# this, senders are ignoring Pause and the attachment is dropped.
+IN_FLIGHT = 96 * 1024 * 1024
+MAX_LISTENS = 64  # applications one account may listen for
+DEFAULT_MAX_CONNS = 256  # relayed connections per account
 DEFAULT_MAX_CODES = 64  # valid codes per account
+# What a queued frame costs beyond its payload (header, bookkeeping), so that
+# floods of empty frames count too.
+FRAME_COST = 256
 
 
 class Attachment:
@@ -56,9 +74,11 @@ class Attachment:
         self.commands = False  # an agent's command channel
         self.address = ""
         self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
+        self.queued = 0  # bytes in ``out`` (FRAME_COST per frame included)
         self.wake = asyncio.Event()
         self.closed = False
         self.ends: dict[str, str] = {}  # cid -> our role in it
+        self.paused_senders: dict[str, str] = {}  # cid -> role paused sending to us
         self.apps: set[str] = set()
         self.offers: set[str] = set()
         self.writer = asyncio.create_task(self._write())
@@ -70,7 +90,12 @@ class Attachment:
             return
         role = self.ends.get(conn.cid, "") if conn is not None else ""
         self.out.append((msg, payload, conn, role))
+        self._count(len(payload) + FRAME_COST)
         self.wake.set()
+
+    def _count(self, size: int) -> None:
+        self.queued += size
+        self.router.metrics.relay_queued.inc(size)
 
     async def _write(self) -> None:
         try:
@@ -92,8 +117,8 @@ class Attachment:
                     try:
                         await (lane or self.chan).send(msg, payload)
                     finally:
-                        if conn is not None:
-                            self.router.drained(conn, role, len(payload))
+                        self._count(-len(payload) - FRAME_COST)
+                        self.router.drained(self, conn, role, len(payload))
         except Exception:  # the channel broke: the reader side notices too
             self.closed = True
             self.router.log.debug("relay_writer_stopped", aid=self.aid)
@@ -102,8 +127,8 @@ class Attachment:
         self.closed = True
         while self.out:
             _, payload, conn, role = self.out.popleft()
-            if conn is not None:
-                self.router.drained(conn, role, len(payload))
+            self._count(-len(payload) - FRAME_COST)
+            self.router.drained(self, conn, role, len(payload))
         self.writer.cancel()
 
 
@@ -115,6 +140,8 @@ class Router:
         metrics: Metrics,
         window: int,
         *,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        max_conns: int = DEFAULT_MAX_CONNS,
         max_codes: int = DEFAULT_MAX_CODES,
     ) -> None:
         self.db = db
@@ -122,6 +149,8 @@ class Router:
         self.log = events.log
         self.metrics = metrics
         self.window = window
+        self.queue_limit = queue_limit
+        self.max_conns = max_conns
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
         self.codes = CodeDesk(self, max_codes)
@@ -234,6 +263,12 @@ class Router:
             raise RelayRefused("usage", "code:… applications are for send/receive only")
         key = (att.user.name, msg.app)
         current = self.listeners.get(key)
+        if current is None and sum(1 for u, _ in self.listeners if u == key[0]) >= MAX_LISTENS:
+            raise RelayRefused(
+                "limit_reached",
+                f"you listen for {MAX_LISTENS} applications already (the hub's limit); "
+                "stop one first",
+            )
         if current is not None and current[0] is not att and not current[0].closed:
             raise RelayRefused(
                 "conflict", f"you already listen for {msg.app!r} elsewhere; stop that one first"
@@ -319,6 +354,12 @@ class Router:
 
     def check_room(self, user: User) -> None:
         """Refuse a new connection beyond the account's cap."""
+        held = sum(1 for c in self.conns.values() if c.owner == user.id)
+        if held >= self.max_conns:
+            raise RelayRefused(
+                "limit_reached",
+                f"you have {held} relayed connections open (the hub's limit); close some first",
+            )
 
     async def user_by_id(self, user_id: int) -> User:
         for a in self.attachments:
@@ -357,6 +398,7 @@ class Router:
         conn.linked_once = True
         conn.detached_since = 0.0
         conn.paused = {DIAL: False, ACCEPT: False}
+        conn.overshoot = {DIAL: 0, ACCEPT: 0}
         if conn.nameplate:
             self.codes.linked(conn)
         for end in (DIAL, ACCEPT):
@@ -399,21 +441,55 @@ class Router:
             return  # dropped: the sender keeps it and sends it again on relink
         conn.queued[to] += len(payload)
         target.post(msg, payload, conn)
-        if conn.queued[to] > OVERSHOOT * self.window:
+        if conn.paused[role]:
+            conn.overshoot[role] += len(payload)
+        if max(conn.queued[to], conn.overshoot[role]) > OVERSHOOT * self.window:
             self.end(conn, "flow_violation", "the sender ignored Pause", by="hub")
-        elif conn.queued[to] > self.window and not conn.paused[role]:
+        elif target.queued > self.queue_limit + IN_FLIGHT:
+            self.too_slow(target)
+        elif not conn.paused[role] and (
+            conn.queued[to] > self.window or target.queued > self.queue_limit
+        ):
             conn.paused[role] = True
+            target.paused_senders[conn.cid] = role
             att.post(m.Pause(cid=conn.cid))
 
-    def drained(self, conn: Conn, role: str, size: int) -> None:
-        """``size`` bytes towards ``role`` left the hub (or were dropped)."""
-        conn.queued[role] = max(0, conn.queued[role] - size)
-        sender = other(role)
-        if conn.paused[sender] and conn.queued[role] <= self.window // 2:
-            conn.paused[sender] = False
-            att = conn.ends[sender]
-            if att is not None:
-                att.post(m.Resume(cid=conn.cid))
+    def drained(self, att: Attachment, conn: Conn | None, role: str, size: int) -> None:
+        """A frame of ``size`` payload bytes towards ``att`` (as ``role`` of
+        ``conn``, for a relayed record) left the hub or was dropped."""
+        if conn is not None:
+            conn.queued[role] = max(0, conn.queued[role] - size)
+        if not att.paused_senders or att.queued > self.queue_limit // 2:
+            return
+        for cid, sender in list(att.paused_senders.items()):
+            paused = self.conns.get(cid)
+            to = other(sender)
+            if paused is None or paused.ends[to] is not att or not paused.paused[sender]:
+                del att.paused_senders[cid]  # ended, relinked or resumed already
+            elif paused.queued[to] <= self.window // 2:
+                del att.paused_senders[cid]
+                paused.paused[sender] = False
+                paused.overshoot[sender] = 0
+                source = paused.ends[sender]
+                if source is not None:
+                    source.post(m.Resume(cid=cid))
+
+    def too_slow(self, att: Attachment) -> None:
+        """Drop an attachment that lets far more than its queue bound pile up
+        (senders that ignore Pause): its memory is freed now, the client
+        re-attaches and its peers send again what it missed."""
+        if att.closed:
+            return
+        queued = att.queued
+        att.discard_queue()
+        self.spawn(att.chan.aclose())
+        if att.lane is not None:
+            self.spawn(att.lane.aclose())
+        self.spawn(
+            self.events.emit(
+                "relay_slow_client", att.user.name, queued=queued, limit=self.queue_limit
+            )
+        )
 
     def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
         self.conns.pop(conn.cid, None)

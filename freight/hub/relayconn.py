@@ -37,6 +37,8 @@ class Conn:
     ends: dict[str, Attachment | None] = field(default_factory=lambda: {DIAL: None, ACCEPT: None})
     queued: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
     paused: dict[str, bool] = field(default_factory=lambda: {DIAL: False, ACCEPT: False})
+    # Bytes a sender relayed since it was told to pause (what it had in flight).
+    overshoot: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
     relayed: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
     started: float = field(default_factory=time.time)
     linked_once: bool = False

@@ -42,6 +42,9 @@ class HubConfig:
     key: Path | None = None
     collect_reserve: int = 1 << 30  # free disk below which collection pauses
     relay_window: int = 4 * 1024 * 1024  # bytes held per relayed connection and direction
+    relay_queue: int = 32 * 1024 * 1024  # bytes held for one attached client before pausing
+    max_relay_connections: int = 256  # relayed connections one account may have open
+    max_codes: int = 64  # valid one-time codes one account may hold
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -86,7 +89,15 @@ async def build_state(cfg: HubConfig) -> HubState:
     streams = StreamService(
         db, layout, bandwidth, events, metrics, checkpoint_interval=cfg.checkpoint_interval
     )
-    relay = Router(db, events, metrics, cfg.relay_window)
+    relay = Router(
+        db,
+        events,
+        metrics,
+        cfg.relay_window,
+        queue_limit=cfg.relay_queue,
+        max_conns=cfg.max_relay_connections,
+        max_codes=cfg.max_codes,
+    )
     return HubState(db, layout, events, metrics, bandwidth, streams, relay)
 
 

@@ -12,20 +12,16 @@ import os
 import re
 import secrets
 import stat
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from freight.client.config import ClientConfig
 from freight.client.relay import Connection, RelayClient
-from freight.client.session import HubSession
 from freight.errors import Conflict, ConnectionEnded, Forbidden
 from freight.protocol import messages as m
 from freight.protocol.e2e import DIAL, SPAKE2_BYTES, X25519_BYTES, CodeHandshake
-from tests.relaysupport import FAST_RELAY, Proc, fast
+from tests.relaysupport import FAST_RELAY, Proc, fast, sdk
 from tests.support import (
     Client,
     Hub,
@@ -627,14 +623,6 @@ def test_admin_lists_and_kills_a_live_connection(admin: Client, bob: Client) -> 
 
 
 # --- the SDK ---------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def sdk(client: Client, **kw: Any) -> AsyncIterator[RelayClient]:
-    config = ClientConfig(client.config)
-    async with RelayClient(HubSession.from_config(config), config, **kw) as rc:
-        await rc.start()
-        yield rc
 
 
 async def pair(dialer: RelayClient, acceptor: RelayClient, app: str) -> tuple[Connection, Any]:

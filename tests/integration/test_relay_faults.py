@@ -18,26 +18,23 @@ import select
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from freight.client.config import ClientConfig
-from freight.client.relay import RECORD_MESSAGE, Connection, RelayClient
-from freight.client.session import HubSession
+from freight.client.relay import RECORD_MESSAGE, RelayClient
 from freight.errors import FreightError
 from freight.protocol import messages as m
 from freight.protocol.e2e import DEFAULT_WINDOW, FlowViolation, public_of
 from freight.protocol.errors import IntegrityError, ProtocolError
 from tests.faultproxy import FaultProxy
+from tests.relaysupport import BOB_PASSWORD, FAST_RELAY, accounts, code_pair, exchange, sdk
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
-BACKOFF = {"FREIGHT_RELAY_BACKOFF": "0.2", "FREIGHT_RELAY_BACKOFF_MAX": "1"}
-BOB_PASSWORD = "bob-secret-pass"
 PART = ".freight-part"
 MARKER = b"FREIGHT-PLAINTEXT-MARKER"
 
@@ -116,20 +113,6 @@ def proxies() -> Iterator[Callable[..., ShapedProxy]]:
     yield make
     for p in started:
         p.close()
-
-
-def accounts(tmp_path: Path, hub: Hub, proxy: FaultProxy | None = None) -> tuple[Client, Client]:
-    """``admin`` (sends) and ``bob`` (receives), each with its own config,
-    both through ``proxy`` when given, with quick relay back-off."""
-    url = proxy.url if proxy else hub.url
-    admin = Client(tmp_path / "client-admin", hub)
-    admin.env.update(BACKOFF)
-    admin.login(url)
-    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    bob = Client(tmp_path / "client-bob", hub)
-    bob.env.update(BACKOFF)
-    bob.login(url, user="bob", password=BOB_PASSWORD)
-    return admin, bob
 
 
 def read_event(proc: subprocess.Popen[str], timeout: float = 20) -> dict[str, Any]:
@@ -374,44 +357,9 @@ def test_sender_killed_and_run_again_resumes(
 # --- SDK helpers ---------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def sdk(client: Client) -> AsyncIterator[RelayClient]:
-    """An in-process RelayClient on a CLI client's saved login."""
-    config = ClientConfig(client.config)
-    rc = RelayClient(HubSession.from_config(config), config)
-    try:
-        await rc.start()
-        yield rc
-    finally:
-        await rc.aclose()
-
-
-async def code_pair(
-    sender: RelayClient, receiver: RelayClient, words: str = "tango-lima"
-) -> tuple[Connection, Connection]:
-    """An offer/claim pair, both ends established."""
-    offer = await sender.offer(words)
-    claim = asyncio.create_task(receiver.claim(offer.code, timeout=20))
-    try:
-        out = await asyncio.wait_for(offer.accept(), 20)
-        await out.wait_established(20)
-        inc = await claim
-    finally:
-        claim.cancel()
-    return out, inc
-
-
-async def exchange(a: Connection, b: Connection, tag: bytes) -> None:
-    """One message each way; both must arrive."""
-    await a.send(b"ping " + tag)
-    assert await asyncio.wait_for(b.recv(), 20) == b"ping " + tag
-    await b.send(b"pong " + tag)
-    assert await asyncio.wait_for(a.recv(), 20) == b"pong " + tag
-
-
 @pytest.fixture
 def relay_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in BACKOFF.items():
+    for k, v in FAST_RELAY.items():
         monkeypatch.setenv(k, v)
 
 
