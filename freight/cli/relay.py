@@ -16,7 +16,8 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
-from ..client.relay import TRANSPORTS, Connection, Listener, RelayClient, split_code
+from ..client.listener import Listener, split_code
+from ..client.relay import TRANSPORTS, Connection, RelayClient
 from ..client.sendrecv import Summary, build_manifest, receive_entries, send_entries
 from ..client.session import HubSession
 from ..client.transfer import QuietReporter

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,7 +25,6 @@ from typing import Any
 from .. import __version__
 from ..errors import (
     AuthError,
-    CodeBurned,
     ConnectionEnded,
     FreightError,
     NetworkError,
@@ -42,7 +40,6 @@ from ..protocol.e2e import (
     ACCEPT,
     DEFAULT_WINDOW,
     DIAL,
-    MAX_CODE_GUESSES,
     CodeHandshake,
     Handshake,
     IdentityHandshake,
@@ -59,6 +56,7 @@ from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
 from .config import ClientConfig
+from .listener import MAX_PENDING, Listener, split_code
 from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel
 
 log = logging.getLogger("freight.relay")
@@ -450,67 +448,6 @@ class Connection:
         self.fail(_ended(msg.code, msg.message, msg.by))
 
 
-class Listener:
-    """Incoming connections for an application (or a code offer)."""
-
-    def __init__(self, client: RelayClient, app: str, peer: str = "*", code: str = "") -> None:
-        self.client = client
-        self.app = app
-        self.peer = peer
-        self.code = code  # a code offer's full code (NAMEPLATE-words)
-        self.queue: asyncio.Queue[Connection | FreightError] = asyncio.Queue()
-        self.nameplate = ""
-        self.expires_in = 0.0
-        self.failures = 0  # claims of a code offer that failed
-
-    def claim_failed(self) -> None:
-        """A claim linked and did not prove the code. After MAX_CODE_GUESSES
-        the offer ends here, whatever the hub counts."""
-        if self.failures >= MAX_CODE_GUESSES:
-            return  # already ended
-        self.failures += 1
-        log.debug("claim failed", extra=fields(nameplate=self.nameplate, failures=self.failures))
-        if self.failures == MAX_CODE_GUESSES:
-            self.client.offers.pop(self.nameplate, None)
-            self.queue.put_nowait(
-                CodeBurned(
-                    f"code burned: {MAX_CODE_GUESSES} claims of code {self.nameplate}-… failed "
-                    "(a wrong code, or a receiver that left before proving it); "
-                    "it no longer works"
-                )
-            )
-
-    async def accept(self) -> Connection:
-        item = await self.queue.get()
-        if isinstance(item, FreightError):
-            self.queue.put_nowait(item)
-            raise item
-        return item
-
-    def __aiter__(self) -> AsyncIterator[Connection]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Connection]:
-        while True:
-            yield await self.accept()
-
-    async def aclose(self) -> None:
-        if self.nameplate:
-            self.client.offers.pop(self.nameplate, None)
-        else:
-            self.client.listeners.pop(self.app, None)
-            with contextlib.suppress(FreightError):
-                await self.client.send_frame(m.Unlisten(rid=_rid(), app=self.app))
-
-
-def split_code(code: str) -> tuple[str, str]:
-    """``7-crossbow-gazelle-tulip`` → (``7``, ``crossbow-gazelle-tulip``)."""
-    nameplate, _, words = code.strip().partition("-")
-    if not re.fullmatch(r"[0-9]{1,12}", nameplate) or not words:
-        raise UsageError(f"{code!r} is not a code like 7-crossbow-gazelle-tulip")
-    return nameplate, words
-
-
 def _rid() -> str:
     return secrets.token_hex(6)
 
@@ -697,7 +634,7 @@ class RelayClient:
         for conn in list(self.conns.values()):
             conn.fail(exc)
         for lst in (*self.listeners.values(), *self.offers.values()):
-            lst.queue.put_nowait(exc)
+            lst.fail(exc)
 
     async def _restore(self) -> None:
         """After a reconnect: register again everything we had."""
@@ -784,7 +721,7 @@ class RelayClient:
             exc = code_to_error(msg.code, msg.message)
             if msg.code == "code_burned":
                 for offer in list(self.offers.values()):
-                    offer.queue.put_nowait(exc)
+                    offer.fail(exc)
                 self.offers.clear()
             else:
                 # The hub closes an attachment that broke the protocol: coming
@@ -803,6 +740,11 @@ class RelayClient:
                     m.Hangup(cid=msg.cid, code="not_listening", message="no longer listening")
                 )
                 return
+            if conn.error is not None:
+                await self.send_frame(
+                    m.Hangup(cid=msg.cid, code="busy", message=conn.error.message)
+                )
+                return
         if conn is not None:
             try:
                 await conn.on_linked(msg)
@@ -814,21 +756,23 @@ class RelayClient:
                 conn.error = exc
 
     def _incoming(self, msg: m.Linked) -> Connection | None:
+        """A new connection for a listener or an offer; None if there is
+        none; one with an error (not kept) if too many wait to be accepted."""
+        offer = None
         if msg.app.startswith(CODE_APP_PREFIX):
-            offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
-            if offer is None:
-                return None
-            conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, _code_handshake(offer.code))
-            conn.offer = offer
-            self.conns[msg.cid] = conn
-            offer.queue.put_nowait(conn)
-            return conn
-        lst = self.listeners.get(msg.app)
-        if lst is None:
+            lst = offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
+            handshake = _code_handshake(offer.code) if offer is not None else None
+        else:
+            lst, handshake = self.listeners.get(msg.app), self._identity_handshake
+        if lst is None or handshake is None:
             return None
-        conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, self._identity_handshake)
+        conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, handshake)
+        if lst.full:
+            conn.error = ConnectionEnded(f"{MAX_PENDING} connections already wait to be accepted")
+            return conn
+        conn.offer = offer
         self.conns[msg.cid] = conn
-        lst.queue.put_nowait(conn)
+        lst.deliver(conn)
         return conn
 
     def _identity_handshake(self, conn: Connection) -> Handshake:

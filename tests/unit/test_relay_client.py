@@ -270,3 +270,20 @@ async def test_a_handshake_started_again_must_come_from_the_same_device(tmp_path
     await b.deliver(*relay_h(cid, mallory.take()[0]))
     assert b.take(cid) == []  # no message 2 for her
     assert conn.closed and isinstance(conn.error, PeerKeyRejected)
+
+
+async def test_connections_waiting_to_be_accepted_are_bounded(wire: Recorder) -> None:
+    """A listener whose application does not accept: dialers beyond the
+    bound are turned away (busy) instead of piling up."""
+    from freight.client.listener import MAX_PENDING
+
+    wire.client.identity = BOB
+    wire.client.listeners["ssh"] = listener = Listener(wire.client, "ssh")
+    cids = [secrets.token_hex(12) for _ in range(MAX_PENDING + 5)]
+    for cid in cids:
+        await wire.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE]))
+    assert len(wire.client.conns) == MAX_PENDING
+    refused = [f for f, _ in wire.frames if isinstance(f, m.Hangup)]
+    assert [(f.cid, f.code) for f in refused] == [(cid, "busy") for cid in cids[MAX_PENDING:]]
+    first = await asyncio.wait_for(listener.accept(), 1)
+    assert first.cid == cids[0]
