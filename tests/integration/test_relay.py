@@ -285,10 +285,14 @@ def test_three_wrong_codes_burn_the_code(tmp_path: Path, admin: Client, bob: Cli
     assert again.returncode == 7 and "expired or is unknown" in again.stderr
 
 
-async def claim_and_hang_up(rc: RelayClient, code: str, guess: str) -> list[bytes]:
+async def claim_and_hang_up(
+    rc: RelayClient, code: str, guess: str, how: str = "hangup"
+) -> list[bytes]:
     """What a guesser does with a code's nameplate: claim it, send the
     SPAKE2 message of its guess, take whatever handshake records the sender
-    sends back, and hang up without ever confirming. Returns those records."""
+    sends back, and hang up without ever confirming (``how``: ``hangup``, or
+    ``drop`` its link to the hub, which it then opens again). Returns those
+    records."""
     nameplate = code.split("-")[0]
     cid = secrets.token_hex(12)
     linked = asyncio.Event()
@@ -322,7 +326,18 @@ async def claim_and_hang_up(rc: RelayClient, code: str, guess: str) -> list[byte
         # message: wait for it long enough to see it if it comes.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(records_seen(2), 3)
-        await rc.send_frame(m.Hangup(cid=cid, code="closed", message="guessed"))
+        if how == "hangup":
+            await rc.send_frame(m.Hangup(cid=cid, code="closed", message="guessed"))
+        else:
+            attached = rc.reconnects
+            assert rc.chan is not None
+            await rc.chan.aclose()
+
+            async def back() -> None:
+                while rc.reconnects == attached or not rc.attached.is_set():
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(back(), 20)
     finally:
         rc._dispatch = dispatch  # type: ignore[method-assign]
     return records
@@ -343,12 +358,13 @@ def last_event_id(admin: Client) -> int:
 
 
 @pytest.mark.usefixtures("fast_env")
+@pytest.mark.parametrize(("how", "reason"), [("hangup", "closed"), ("drop", "detached")])
 async def test_claims_that_hang_up_mid_handshake_burn_the_code(
-    tmp_path: Path, admin: Client, bob: Client
+    tmp_path: Path, admin: Client, bob: Client, how: str, reason: str
 ) -> None:
-    """A guesser who hangs up before confirming learns nothing it could test
-    a guess against, and each such claim still counts: after three the sender
-    stops and the code is gone."""
+    """A guesser who hangs up (or drops its link) before confirming learns
+    nothing it could test a guess against, and each such claim still counts:
+    after three the sender stops and the code is gone."""
     src = random_file(tmp_path / "wanted.bin", 1000, seed=8)
     before = last_event_id(admin)
     sender, code = start_send(admin, str(src))
@@ -356,7 +372,7 @@ async def test_claims_that_hang_up_mid_handshake_burn_the_code(
     with sender:
         async with sdk(bob) as guesser:
             for attempt in range(3):
-                got = await claim_and_hang_up(guesser, code, f"guess-number-{attempt}")
+                got = await claim_and_hang_up(guesser, code, f"guess-number-{attempt}", how)
                 # Only the sender's SPAKE2 message: nothing to check a guess with.
                 assert [len(r) for r in got] == [SPAKE2_BYTES + X25519_BYTES], attempt
         assert await asyncio.to_thread(sender.wait, 20) == 3, sender.stderr
@@ -369,6 +385,7 @@ async def test_claims_that_hang_up_mid_handshake_burn_the_code(
     failures = await asyncio.to_thread(code_failures, admin, nameplate, before)
     assert sorted(e["detail"]["failures"] for e in failures) == [1, 2, 3], failures
     assert {e["actor"] for e in failures} == {"bob"}
+    assert {e["detail"]["reason"] for e in failures} == {reason}
 
 
 @pytest.fixture(scope="module")
