@@ -207,10 +207,11 @@ class QuotaExceeded(RemoteError):
 
 
 class LimitReached(RemoteError):
-    """The hub refused one more connection or stream for this account."""
+    """The hub refused: this account is at one of its limits (connections,
+    streams, relayed connections, codes)."""
 
     code = "limit_reached"
-    hint = "let other transfers of this account finish, or ask the hub's admin to raise the limit"
+    hint = "close or finish some first, or ask the hub's admin to raise the limit"
 
 
 class Aborted(RemoteError):
@@ -240,7 +241,7 @@ class CodeUnknown(RemoteError):
 
 
 class CodeBurned(AuthError):
-    """Too many wrong codes: the hub stopped accepting this one."""
+    """Too many failed claims of a code: it no longer works."""
 
     code = "code_burned"
     hint = "start freight send again for a new code"

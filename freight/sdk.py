@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from .client.config import ClientConfig
-from .client.relay import Connection, Listener, RelayClient
+from .client.listener import Listener
+from .client.relay import Connection, RelayClient
 from .client.session import HubSession
 
 

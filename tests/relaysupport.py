@@ -4,17 +4,25 @@ while the process keeps running, and never deadlocks on a full pipe."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
-from tests.support import PYTHON, Client, wait_until
+from freight.client.config import ClientConfig
+from freight.client.relay import Connection, RelayClient
+from freight.client.session import HubSession
+from tests.faultproxy import FaultProxy
+from tests.support import PYTHON, Client, Hub, wait_until
 
 FAST_RELAY = {"FREIGHT_RELAY_BACKOFF": "0.2", "FREIGHT_RELAY_BACKOFF_MAX": "1"}
+BOB_PASSWORD = "bob-secret-pass"
 
 
 def fast(client: Client) -> Client:
@@ -160,3 +168,47 @@ def running_for(proc: Proc, seconds: float) -> bool:
             return False
         time.sleep(0.05)
     return proc.running
+
+
+def accounts(tmp_path: Path, hub: Hub, proxy: FaultProxy | None = None) -> tuple[Client, Client]:
+    """``admin`` (sends) and ``bob`` (receives), each with its own config,
+    both through ``proxy`` when given, with quick relay back-off."""
+    url = proxy.url if proxy else hub.url
+    admin = fast(Client(tmp_path / "client-admin", hub))
+    admin.login(url)
+    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+    bob = fast(Client(tmp_path / "client-bob", hub))
+    bob.login(url, user="bob", password=BOB_PASSWORD)
+    return admin, bob
+
+
+@contextlib.asynccontextmanager
+async def sdk(client: Client, **kw: Any) -> AsyncIterator[RelayClient]:
+    """An in-process RelayClient on a CLI client's saved login."""
+    config = ClientConfig(client.config)
+    async with RelayClient(HubSession.from_config(config), config, **kw) as rc:
+        await rc.start()
+        yield rc
+
+
+async def code_pair(
+    sender: RelayClient, receiver: RelayClient, words: str = "tango-lima"
+) -> tuple[Connection, Connection]:
+    """An offer/claim pair, both ends established."""
+    offer = await sender.offer(words)
+    claim = asyncio.create_task(receiver.claim(offer.code, timeout=20))
+    try:
+        out = await asyncio.wait_for(offer.accept(), 20)
+        await out.wait_established(20)
+        inc = await claim
+    finally:
+        claim.cancel()
+    return out, inc
+
+
+async def exchange(a: Connection, b: Connection, tag: bytes) -> None:
+    """One message each way; both must arrive."""
+    await a.send(b"ping " + tag)
+    assert await asyncio.wait_for(b.recv(), 20) == b"ping " + tag
+    await b.send(b"pong " + tag)
+    assert await asyncio.wait_for(a.recv(), 20) == b"pong " + tag

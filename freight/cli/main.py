@@ -155,6 +155,19 @@ def hub(
         str,
         typer.Option(help="Bytes the hub holds per relayed connection and direction."),
     ] = "4M",
+    relay_queue: Annotated[
+        str,
+        typer.Option(
+            help="Bytes the hub holds for one attached client before it pauses that client's "
+            "senders (4 times this: the client is dropped as too slow)."
+        ),
+    ] = "32M",
+    max_relay_connections: Annotated[
+        int, typer.Option(help="Relayed connections one account may have open.", min=1)
+    ] = 256,
+    max_codes: Annotated[
+        int, typer.Option(help="Valid one-time codes (freight send) one account may hold.", min=1)
+    ] = 64,
     collect_reserve: Annotated[
         str,
         typer.Option(help="Free disk space below which collection pauses (uploads wait)."),
@@ -220,6 +233,9 @@ def hub(
         key=key,
         checkpoint_interval=parse_rate(checkpoint_interval),
         relay_window=parse_rate(relay_window),
+        relay_queue=parse_size(relay_queue),
+        max_relay_connections=max_relay_connections,
+        max_codes=max_codes,
         collect_reserve=parse_size(collect_reserve),
         limits=PortLimits(
             max_connections=max_connections,

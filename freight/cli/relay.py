@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import stat
 import sys
 import time
@@ -17,14 +16,16 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
+from ..client.listener import Listener, split_code
 from ..client.receiving import Destination, receive_entries
-from ..client.relay import TRANSPORTS, Connection, RelayClient, split_code
+from ..client.relay import TRANSPORTS, Connection, RelayClient
 from ..client.sendrecv import Summary, build_manifest, send_entries
 from ..client.session import HubSession
 from ..client.transfer import QuietReporter
-from ..client.words import WORDS
+from ..client.words import new_code_words
 from ..errors import CodeUnknown, ConnectionEnded, UsageError
-from ..protocol.e2e import WrongCode
+from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
+from ..protocol.errors import ProtocolError
 from ..units import format_bytes, parse_duration
 from .common import HubOpt, JsonOpt, QuietOpt, run_async
 from .output import RichReporter, err_console, print_json
@@ -45,6 +46,10 @@ DataPathOpt = Annotated[
         "direct: insist on it; tls: always inside TLS.",
     ),
 ]
+# A claim that has linked proves its code within this, or counts as failed
+# (it also holds the code: nobody else can claim it meanwhile).
+HANDSHAKE_TIMEOUT = 60.0
+
 VerifyOpt = Annotated[
     bool,
     typer.Option("--verify", help="Show a verification code; both ends must show the same."),
@@ -66,7 +71,7 @@ def _say(text: str, quiet: bool = False) -> None:
 
 
 def new_words() -> str:
-    return f"{secrets.choice(WORDS)}-{secrets.choice(WORDS)}"
+    return new_code_words()
 
 
 def _summary_json(summary: Summary, seconds: float) -> dict[str, Any]:
@@ -78,6 +83,25 @@ def _summary_json(summary: Summary, seconds: float) -> dict[str, Any]:
         "resumed": summary.resumed,
         "seconds": round(seconds, 3),
     }
+
+
+async def _handshake(conn: Connection, offer: Listener, reporter: Any) -> bool:
+    """Wait for a claim to prove the code; False (and a notice) if it did not.
+    Each failed claim counts: the offer ends after MAX_CODE_GUESSES."""
+    try:
+        await conn.wait_established(HANDSHAKE_TIMEOUT)
+        return True
+    except TimeoutError:
+        await conn.abort("timeout", "the code handshake took too long")
+        why = "a receiver did not prove the code in time"
+    except WrongCode:
+        why = "someone tried a wrong code"
+    except (ConnectionEnded, ProtocolError):
+        why = "a receiver left before proving the code"
+    reporter.notice(
+        f"{why} ({offer.failures} of {MAX_CODE_GUESSES} failed claims allowed); still waiting"
+    )
+    return False
 
 
 def send(
@@ -127,11 +151,10 @@ def send(
                         ) from None
                     started = time.monotonic()
                     try:
-                        summary = await send_entries(conn, entries, reporter)
-                        await conn.close()
-                        return summary, time.monotonic() - started
-                    except WrongCode:
-                        reporter.notice("someone tried a wrong code; still waiting")
+                        if await _handshake(conn, offer, reporter):
+                            summary = await send_entries(conn, entries, reporter)
+                            await conn.close()
+                            return summary, time.monotonic() - started
                     except ConnectionEnded as exc:
                         reporter.notice(f"{exc.message}; waiting for the receiver to come back")
                     finally:
@@ -146,7 +169,9 @@ def send(
 
 
 def receive(
-    code: Annotated[str, typer.Argument(help="The code the sender got, e.g. 7-crossbow-gazelle.")],
+    code: Annotated[
+        str, typer.Argument(help="The code the sender got, e.g. 7-crossbow-gazelle-tulip.")
+    ],
     output: Annotated[
         Path, typer.Option("--output", "-o", help="Folder to put what arrives in.")
     ] = Path("."),

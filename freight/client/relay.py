@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import random
-import re
 import secrets
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,6 +46,7 @@ from ..protocol.e2e import (
     PeerKeyRejected,
     SecureSession,
     WrongCode,
+    identity_context,
     load_identity,
     new_identity,
     public_of,
@@ -56,6 +56,7 @@ from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
 from .config import ClientConfig
+from .listener import MAX_PENDING, Listener, split_code
 from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel
 
 log = logging.getLogger("freight.relay")
@@ -127,7 +128,11 @@ class Connection:
         self.peer = peer
         self.app = app
         self.claim = claim  # nameplate, for a receiver that has not linked yet
+        self.offer: Listener | None = None  # the code offer this claim came to
         self.peer_role = ""  # as the hub vouches: user, admin or agent
+        self.me = ""  # our account, as the hub first linked us
+        self.hub_fingerprint = ""  # the hub as we trust it, bound into the handshake
+        self.peer_identity = b""  # the peer's identity key, once a handshake saw it
         self._new_handshake = handshake
         self._hs: Handshake | None = None
         self.session: SecureSession | None = None
@@ -186,6 +191,8 @@ class Connection:
             self._raise_if_failed()
             await self._changed()
         data = self.inbox.popleft()
+        if self.session is not None:
+            self.session.release()  # its credit goes back with the next ack
         self._consumed += len(data)
         if not self.inbox or self._consumed >= self.window // 4:
             await self._send_ack()
@@ -234,6 +241,7 @@ class Connection:
         if self.closed:
             return
         log.debug("hanging up", extra=fields(cid=self.cid, code=code))
+        self._handshake_interrupted()
         self.closed = True
         if self.error is None:
             self.error = ConnectionEnded("the connection is closed")
@@ -266,6 +274,7 @@ class Connection:
 
     def fail(self, exc: FreightError) -> None:
         log.debug("connection failed", extra=fields(cid=self.cid, error=exc.message))
+        self._handshake_interrupted()
         if self.error is None:
             self.error = exc
         self.closed = True
@@ -304,7 +313,14 @@ class Connection:
                 unacked=len(self.session.unacked_records) if self.session else None,
             ),
         )
-        self.peer = msg.peer
+        if (self.peer and msg.peer != self.peer) or (self.me and msg.me != self.me):
+            # Only the account first linked (or dialled) may come back.
+            raise PeerKeyRejected(
+                f"the hub linked connection {self.cid} to {msg.peer!r} "
+                f"where it was {self.peer!r}; refused"
+            )
+        self.peer, self.me = msg.peer, msg.me
+        self.hub_fingerprint = self.client.session.fingerprint or msg.hub
         self.peer_role = msg.peer_role
         # The credit window is end to end; the hub bounds its own share
         # (msg.window) with Pause/Resume.
@@ -316,13 +332,24 @@ class Connection:
         if self.session is None:
             # (Re)start the handshake: on a relink before it finished, both
             # ends start over, since either may have lost a message.
+            self._handshake_interrupted()
             self._hs = self._new_handshake(self)
             await self._send_handshake()
         else:
+            if self.offer is not None:
+                await self.client.send_frame(m.CodeOk(cid=self.cid))  # the hub may have restarted
             self.session.window = self.window
             await self._resend()
             await self._send_ack()
         self._wake()
+
+    def _handshake_interrupted(self) -> None:
+        """The handshake of this link will not finish (a hang-up, a failure or
+        a relink in the middle): for a code offer, that claim failed."""
+        if self._hs is not None and self.session is None:
+            self._hs = None
+            if self.offer is not None:
+                self.offer.claim_failed()
 
     async def _resend(self) -> None:
         """Send every unacknowledged record again, in order, with no new
@@ -350,7 +377,9 @@ class Connection:
             elif self.session is None:
                 return  # a record from before a handshake restart: dropped
             elif msg.kind == "d":
-                plain = self.session.open(msg.seq, payload)
+                # Held until the application takes it: the peer gets its
+                # credit back only then, and more than the window is refused.
+                plain = self.session.open(msg.seq, payload, hold=True)
                 if plain is None:
                     expected = self.session.expected
                     if msg.seq < expected:
@@ -364,6 +393,7 @@ class Connection:
                     return
                 self._gap_reported_at = -1  # progress: a later gap is news again
                 if plain[:1] == RECORD_EOF:
+                    self.session.release()
                     self.eof_received = True
                     await self._send_ack()
                 else:
@@ -378,6 +408,7 @@ class Connection:
                     await self.client.send_frame(m.CodeFailed(cid=self.cid))
             self.fail(exc)
         except (PeerKeyRejected, IntegrityError, ProtocolError) as exc:
+            self.inbox.clear()  # nothing more from a peer that broke the protocol
             await self.abort(exc.code, exc.message)
             self.error = exc
         self._wake()
@@ -389,7 +420,15 @@ class Connection:
             )
         if self._hs is None:
             raise ProtocolError("handshake message before the connection was linked")
-        self._hs.receive(payload)
+        try:
+            self._hs.receive(payload)
+        finally:
+            if isinstance(self._hs, IdentityHandshake) and self._hs.peer_identity:
+                self.peer_identity = self._hs.peer_identity
+        if self._hs.keys is not None and self.offer is not None:
+            # Before our confirmation, so the hub never counts this claim as
+            # failed once the receiver could have checked anything.
+            await self.client.send_frame(m.CodeOk(cid=self.cid))
         await self._send_handshake()
         if self._hs.keys is not None:
             self.session = SecureSession(self._hs.keys, self.window)
@@ -407,49 +446,6 @@ class Connection:
             self._wake()
             return
         self.fail(_ended(msg.code, msg.message, msg.by))
-
-
-class Listener:
-    """Incoming connections for an application (or a code offer)."""
-
-    def __init__(self, client: RelayClient, app: str, peer: str = "*", code: str = "") -> None:
-        self.client = client
-        self.app = app
-        self.peer = peer
-        self.code = code  # a code offer's full code (NAMEPLATE-words)
-        self.queue: asyncio.Queue[Connection | FreightError] = asyncio.Queue()
-        self.nameplate = ""
-        self.expires_in = 0.0
-
-    async def accept(self) -> Connection:
-        item = await self.queue.get()
-        if isinstance(item, FreightError):
-            self.queue.put_nowait(item)
-            raise item
-        return item
-
-    def __aiter__(self) -> AsyncIterator[Connection]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[Connection]:
-        while True:
-            yield await self.accept()
-
-    async def aclose(self) -> None:
-        if self.nameplate:
-            self.client.offers.pop(self.nameplate, None)
-        else:
-            self.client.listeners.pop(self.app, None)
-            with contextlib.suppress(FreightError):
-                await self.client.send_frame(m.Unlisten(rid=_rid(), app=self.app))
-
-
-def split_code(code: str) -> tuple[str, str]:
-    """``7-crossbow-gazelle`` → (``7``, ``crossbow-gazelle``)."""
-    nameplate, _, words = code.strip().partition("-")
-    if not re.fullmatch(r"[0-9]{1,12}", nameplate) or not words:
-        raise UsageError(f"{code!r} is not a code like 7-crossbow-gazelle")
-    return nameplate, words
 
 
 def _rid() -> str:
@@ -638,7 +634,7 @@ class RelayClient:
         for conn in list(self.conns.values()):
             conn.fail(exc)
         for lst in (*self.listeners.values(), *self.offers.values()):
-            lst.queue.put_nowait(exc)
+            lst.fail(exc)
 
     async def _restore(self) -> None:
         """After a reconnect: register again everything we had."""
@@ -725,7 +721,7 @@ class RelayClient:
             exc = code_to_error(msg.code, msg.message)
             if msg.code == "code_burned":
                 for offer in list(self.offers.values()):
-                    offer.queue.put_nowait(exc)
+                    offer.fail(exc)
                 self.offers.clear()
             else:
                 # The hub closes an attachment that broke the protocol: coming
@@ -744,6 +740,11 @@ class RelayClient:
                     m.Hangup(cid=msg.cid, code="not_listening", message="no longer listening")
                 )
                 return
+            if conn.error is not None:
+                await self.send_frame(
+                    m.Hangup(cid=msg.cid, code="busy", message=conn.error.message)
+                )
+                return
         if conn is not None:
             try:
                 await conn.on_linked(msg)
@@ -755,27 +756,35 @@ class RelayClient:
                 conn.error = exc
 
     def _incoming(self, msg: m.Linked) -> Connection | None:
+        """A new connection for a listener or an offer; None if there is
+        none; one with an error (not kept) if too many wait to be accepted."""
+        offer = None
         if msg.app.startswith(CODE_APP_PREFIX):
-            offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
-            if offer is None:
-                return None
-            conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, _code_handshake(offer.code))
-            self.conns[msg.cid] = conn
-            offer.queue.put_nowait(conn)
-            return conn
-        lst = self.listeners.get(msg.app)
-        if lst is None:
+            lst = offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
+            handshake = _code_handshake(offer.code) if offer is not None else None
+        else:
+            lst, handshake = self.listeners.get(msg.app), self._identity_handshake
+        if lst is None or handshake is None:
             return None
-        conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, self._identity_handshake)
+        conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, handshake)
+        if lst.full:
+            conn.error = ConnectionEnded(f"{MAX_PENDING} connections already wait to be accepted")
+            return conn
+        conn.offer = offer
         self.conns[msg.cid] = conn
-        lst.queue.put_nowait(conn)
+        lst.deliver(conn)
         return conn
 
     def _identity_handshake(self, conn: Connection) -> Handshake:
         if self.identity is None:
             raise UsageError("this client was started without an identity key")
-        context = f"{conn.cid}\0{conn.app}".encode()
-        return IdentityHandshake(self.identity, conn.role, context, conn.peer_keys)
+        accounts = (conn.me, conn.peer) if conn.role == DIAL else (conn.peer, conn.me)
+        context = identity_context(conn.cid, conn.app, *accounts, conn.hub_fingerprint)
+        keys = conn.peer_keys
+        if conn.peer_identity:
+            # A handshake started again after a relink: the same device only.
+            keys = [k for k in keys if k == conn.peer_identity]
+        return IdentityHandshake(self.identity, conn.role, context, keys)
 
     # --- what applications call ---------------------------------------------
 

@@ -19,6 +19,12 @@ value. Never reorder, replace or remove a word once codes are in use.
 
 from __future__ import annotations
 
+import secrets
+
+# Words in a new code: 24 bits. The hub and the sender stop a code after three
+# failed claims, so a guesser wins with odds of 3 in 16.7 million.
+CODE_WORDS = 3
+
 # Grouped by initial letter; unformatted, the formatter would put each word on its own line.
 # fmt: off
 WORDS: tuple[str, ...] = (
@@ -66,3 +72,8 @@ WORDS: tuple[str, ...] = (
     "zebra", "zenith", "zipper",
 )
 # fmt: on
+
+
+def new_code_words(count: int = CODE_WORDS) -> str:
+    """The secret part of a new code, e.g. ``crossbow-gazelle-tulip``."""
+    return "-".join(secrets.choice(WORDS) for _ in range(count))

@@ -36,6 +36,11 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.relay_queued = Gauge(
+            "freight_relay_queued_bytes",
+            "Bytes waiting at the hub for attached clients",
+            registry=r,
+        )
 
 
 class EventLog:

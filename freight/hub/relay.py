@@ -7,8 +7,15 @@ connection are attached, the hub forwards their records by connection id
 without being able to read them (docs/protocol.md "Relay").
 
 Memory stays bounded: each connection may have at most ``window`` bytes
-waiting at the hub for each direction; above that the sender is told to
-Pause, and to Resume once half has drained. Records for an end that is not
+waiting at the hub for each direction, and each attachment at most
+``queue_limit`` bytes in all; above either the sender is told to Pause, and
+to Resume once half has drained. A sender that goes on regardless
+(``OVERSHOOT`` windows) is cut off; an attachment that lets
+``queue_limit + IN_FLIGHT`` pile up anyway (many such senders) is dropped
+as too slow: it re-attaches and its peers send again what it missed. Each
+account has at most ``max_conns`` connections, listens for at most
+``MAX_LISTENS`` applications and holds at most ``max_codes`` codes, with a
+``limit_reached`` refusal beyond. Records for an end that is not
 attached are dropped, not stored: the sending end keeps every record until
 the far end acknowledges it and sends it again when the connection is
 linked anew (``Linked.rejoined``), so nothing is lost or duplicated even
@@ -18,19 +25,18 @@ when the hub itself restarts and every in-memory table here is gone.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Iterator
 from typing import Any
 
-from ..errors import RemoteError
 from ..protocol import messages as m
 from ..protocol.bucket import TokenBucket
 from ..protocol.e2e import ACCEPT, DIAL
+from .codes import CodeDesk
 from .observe import EventLog, Metrics
+from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused, other
 from .streams import User
 
 DEFAULT_WINDOW = 4 * 1024 * 1024
@@ -38,13 +44,19 @@ DEFAULT_WINDOW = 4 * 1024 * 1024
 # far beyond that it is ignoring Pause and is cut off.
 OVERSHOOT = 4
 DETACHED_GRACE = 3600.0  # a connection with an end gone this long is ended
-MAX_CODE_FAILURES = 3
 ENDED_REMEMBERED = 10_000  # ended connections remembered for ends that rejoin late
-CODE_APP_PREFIX = "code:"
-
-
-def other(role: str) -> str:
-    return ACCEPT if role == DIAL else DIAL
+DEFAULT_QUEUE_LIMIT = 32 * 1024 * 1024  # bytes waiting for one attachment before Pause
+# What honest senders may still have on the way when Pause reaches them
+# (their write buffers, the kernel's, the hub's reads): measured up to ~25 MiB
+# for 16 connections from one client on loopback. Beyond queue_limit plus
+# this, senders are ignoring Pause and the attachment is dropped.
+IN_FLIGHT = 96 * 1024 * 1024
+MAX_LISTENS = 64  # applications one account may listen for
+DEFAULT_MAX_CONNS = 256  # relayed connections per account
+DEFAULT_MAX_CODES = 64  # valid codes per account
+# What a queued frame costs beyond its payload (header, bookkeeping), so that
+# floods of empty frames count too.
+FRAME_COST = 256
 
 
 class Attachment:
@@ -61,9 +73,11 @@ class Attachment:
         self.commands = False  # an agent's command channel
         self.address = ""
         self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
+        self.queued = 0  # bytes in ``out`` (FRAME_COST per frame included)
         self.wake = asyncio.Event()
         self.closed = False
         self.ends: dict[str, str] = {}  # cid -> our role in it
+        self.paused_senders: dict[str, str] = {}  # cid -> role paused sending to us
         self.apps: set[str] = set()
         self.offers: set[str] = set()
         self.writer = asyncio.create_task(self._write())
@@ -75,7 +89,12 @@ class Attachment:
             return
         role = self.ends.get(conn.cid, "") if conn is not None else ""
         self.out.append((msg, payload, conn, role))
+        self._count(len(payload) + FRAME_COST)
         self.wake.set()
+
+    def _count(self, size: int) -> None:
+        self.queued += size
+        self.router.metrics.relay_queued.inc(size)
 
     async def _write(self) -> None:
         try:
@@ -97,8 +116,8 @@ class Attachment:
                     try:
                         await (lane or self.chan).send(msg, payload)
                     finally:
-                        if conn is not None:
-                            self.router.drained(conn, role, len(payload))
+                        self._count(-len(payload) - FRAME_COST)
+                        self.router.drained(self, conn, role, len(payload))
         except Exception:  # the channel broke: the reader side notices too
             self.closed = True
             self.router.log.debug("relay_writer_stopped", aid=self.aid)
@@ -107,72 +126,36 @@ class Attachment:
         self.closed = True
         while self.out:
             _, payload, conn, role = self.out.popleft()
-            if conn is not None:
-                self.router.drained(conn, role, len(payload))
+            self._count(-len(payload) - FRAME_COST)
+            self.router.drained(self, conn, role, len(payload))
         self.writer.cancel()
 
 
-@dataclass
-class Conn:
-    cid: str
-    app: str
-    users: dict[str, User]
-    ends: dict[str, Attachment | None] = field(default_factory=lambda: {DIAL: None, ACCEPT: None})
-    queued: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
-    paused: dict[str, bool] = field(default_factory=lambda: {DIAL: False, ACCEPT: False})
-    relayed: dict[str, int] = field(default_factory=lambda: {DIAL: 0, ACCEPT: 0})
-    started: float = field(default_factory=time.time)
-    linked_once: bool = False
-    detached_since: float = 0.0
-    nameplate: str = ""
-    rids: dict[str, str] = field(default_factory=dict)  # a request waiting for Linked
-
-    def linked(self) -> bool:
-        return self.ends[DIAL] is not None and self.ends[ACCEPT] is not None
-
-    def describe(self, now: float) -> dict[str, Any]:
-        return {
-            "id": self.cid,
-            "from": self.users[DIAL].name,
-            "to": self.users[ACCEPT].name,
-            "app": self.app,
-            "state": "connected" if self.linked() else "waiting",
-            "bytes_from": self.relayed[DIAL],
-            "bytes_to": self.relayed[ACCEPT],
-            "started": self.started,
-            "elapsed": round(now - self.started, 3),
-        }
-
-
-@dataclass
-class Offer:
-    """A ``freight send`` waiting for claims under a nameplate."""
-
-    nameplate: str
-    user: User
-    att: Attachment | None
-    conn: Conn | None = None
-
-
-class RelayRefused(RemoteError):
-    """A request the hub answers with an Error frame carrying ``code``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 class Router:
-    def __init__(self, db: Any, events: EventLog, metrics: Metrics, window: int) -> None:
+    def __init__(
+        self,
+        db: Any,
+        events: EventLog,
+        metrics: Metrics,
+        window: int,
+        *,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+        max_conns: int = DEFAULT_MAX_CONNS,
+        max_codes: int = DEFAULT_MAX_CODES,
+    ) -> None:
         self.db = db
         self.events = events
         self.log = events.log
         self.metrics = metrics
         self.window = window
+        self.queue_limit = queue_limit
+        self.max_conns = max_conns
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
-        self.offers: dict[str, Offer] = {}
+        self.codes = CodeDesk(self, max_codes)
+        self.fingerprint = ""  # of the certificate we serve, set once listening
         self.attachments: set[Attachment] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._keys: dict[int, list[str]] = {}
         self.caps: dict[int, TokenBucket] = {}  # per-agent bandwidth caps
         self._command_events: dict[int, asyncio.Event] = {}
@@ -180,6 +163,19 @@ class Router:
         # peer hung up learns why when it rejoins, instead of waiting for a
         # peer that will never come back.
         self.ended: OrderedDict[str, tuple[str, str, str, frozenset[int]]] = OrderedDict()
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, kept until done and cancelled by
+        :meth:`aclose` (database writes that frame handlers must not wait for)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def aclose(self) -> None:
+        tasks, self._tasks = set(self._tasks), set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # --- attachments ------------------------------------------------------
 
@@ -193,11 +189,13 @@ class Router:
         self.attachments.discard(att)
         att.discard_queue()
         if att.lane is not None:
-            asyncio.get_running_loop().create_task(att.lane.aclose())
+            self.spawn(att.lane.aclose())
         now = time.time()
         for cid, role in list(att.ends.items()):
             conn = self.conns.get(cid)
             if conn is not None and conn.ends[role] is att:
+                if conn.nameplate:
+                    self.codes.interrupted(conn, "detached")
                 conn.ends[role] = None
                 conn.detached_since = now
                 if not conn.linked_once and conn.ends[other(role)] is None:
@@ -206,10 +204,7 @@ class Router:
                     self.conns.pop(cid, None)
         for key in [k for k, (a, _) in self.listeners.items() if a is att]:
             del self.listeners[key]
-        for nameplate in att.offers:
-            offer = self.offers.get(nameplate)
-            if offer is not None and offer.att is att:
-                offer.att = None
+        self.codes.detached(att)
 
     def sweep(self, now: float) -> None:
         """End connections that have had an end missing for too long."""
@@ -220,6 +215,7 @@ class Router:
                 and now - conn.detached_since > (DETACHED_GRACE)
             ):
                 self.end(conn, "peer_gone", "the other end did not come back", by="hub")
+        self.codes.sweep(now)
 
     # --- requests -----------------------------------------------------------
 
@@ -240,7 +236,10 @@ class Router:
                 self.end(conn, msg.code, msg.message, by="peer", skip=att)
             return True
         if isinstance(msg, m.CodeFailed):
-            await self.code_failed(att, msg.cid)
+            await self.codes.failed(att, msg.cid)
+            return True
+        if isinstance(msg, m.CodeOk):
+            self.codes.verified(att, msg.cid)
             return True
         return False
 
@@ -254,13 +253,21 @@ class Router:
         elif isinstance(msg, m.Dial):
             await self.dial(att, msg)
         elif isinstance(msg, m.Offer):
-            await self.offer(att, msg)
+            await self.codes.offer(att, msg)
         elif isinstance(msg, m.Claim):
-            await self.claim(att, msg)
+            await self.codes.claim(att, msg)
 
     def listen(self, att: Attachment, msg: m.Listen) -> None:
+        if msg.app.startswith(CODE_APP_PREFIX):
+            raise RelayRefused("usage", "code:… applications are for send/receive only")
         key = (att.user.name, msg.app)
         current = self.listeners.get(key)
+        if current is None and sum(1 for u, _ in self.listeners if u == key[0]) >= MAX_LISTENS:
+            raise RelayRefused(
+                "limit_reached",
+                f"you listen for {MAX_LISTENS} applications already (the hub's limit); "
+                "stop one first",
+            )
         if current is not None and current[0] is not att and not current[0].closed:
             raise RelayRefused(
                 "conflict", f"you already listen for {msg.app!r} elsewhere; stop that one first"
@@ -307,6 +314,17 @@ class Router:
             code, message, by, _ = ended
             att.post(m.Hangup(cid=msg.cid, code=code, message=message, by=by))
             return
+        if msg.app.startswith(CODE_APP_PREFIX):
+            if not msg.rejoin:
+                raise RelayRefused("usage", "connect to a code with claim, not dial")
+            try:
+                await self.codes.rejoin(att, msg)
+            except RelayRefused as exc:
+                # The rejoining end holds a connection that cannot come back:
+                # tell it why, not only the request.
+                att.post(m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by="hub"))
+                raise
+            return
         peer = await self._user(msg.peer)
         users = {msg.role: me, other(msg.role): peer}
         if msg.role == DIAL and not msg.rejoin:
@@ -322,13 +340,9 @@ class Router:
                             f"a connection from you to {peer.name}/{msg.app} already exists",
                         )
                     self.end(old, "replaced", "replaced by a new connection", by="hub")
-        conn = Conn(msg.cid, msg.app, users, linked_once=msg.rejoin)
+        self.check_room(me)
+        conn = Conn(msg.cid, msg.app, users, linked_once=msg.rejoin, owner=me.id)
         self.conns[msg.cid] = conn
-        if msg.rejoin and msg.app.startswith(CODE_APP_PREFIX):
-            conn.nameplate = msg.app[len(CODE_APP_PREFIX) :]
-            offer = self.offers.get(conn.nameplate)
-            if offer is not None:
-                offer.conn = conn
         self.bind(conn, msg.role, att, rid=msg.rid, announce=False)
         if not msg.rejoin:
             listener = self.listeners.get((peer.name, msg.app))
@@ -337,67 +351,16 @@ class Router:
                 return
         att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
 
-    async def offer(self, att: Attachment, msg: m.Offer) -> None:
-        if msg.nameplate:
-            row = await self.db.get_code(msg.nameplate)
-            if row is None:
-                raise RelayRefused(
-                    "code_unknown", f"code {msg.nameplate}-… has expired or is unknown"
-                )
-            if int(row["user_id"]) != att.user.id:
-                raise RelayRefused("forbidden", f"code {msg.nameplate}-… belongs to someone else")
-            nameplate, expires = msg.nameplate, float(row["expires"])
-        else:
-            nameplate = await self.db.create_code(att.user.id, msg.ttl)
-            expires = time.time() + msg.ttl
-        offer = self.offers.get(nameplate)
-        if offer is None:
-            offer = self.offers[nameplate] = Offer(nameplate, att.user, att)
-            # After a hub restart the connection may have been rejoined first.
-            offer.conn = next((c for c in self.conns.values() if c.nameplate == nameplate), None)
-        else:
-            offer.att = att
-            current = offer.conn
-            if current is not None and current.ends[ACCEPT] is None:
-                # A sender process started again: its old connection cannot
-                # come back; the receiver claims anew and both resume.
-                self.end(current, "replaced", "the sender started again", by="hub")
-        att.offers.add(nameplate)
-        att.post(
-            m.CodeGrant(
-                rid=msg.rid, nameplate=nameplate, expires_in=max(0.0, expires - time.time())
+    def check_room(self, user: User) -> None:
+        """Refuse a new connection beyond the account's cap."""
+        held = sum(1 for c in self.conns.values() if c.owner == user.id)
+        if held >= self.max_conns:
+            raise RelayRefused(
+                "limit_reached",
+                f"you have {held} relayed connections open (the hub's limit); close some first",
             )
-        )
-        await self.events.emit("code_offered", att.user.name, nameplate=nameplate)
 
-    async def claim(self, att: Attachment, msg: m.Claim) -> None:
-        row = await self.db.get_code(msg.nameplate)
-        if row is None:
-            raise RelayRefused("code_unknown", "this code has expired or is unknown")
-        offer = self.offers.get(msg.nameplate)
-        sender = await self._user_by_id(int(row["user_id"]))
-        current = offer.conn if offer is not None else None
-        if current is not None and current.cid in self.conns:
-            if current.ends[DIAL] is not None and current.ends[DIAL] is not att:
-                raise RelayRefused("conflict", "someone else is receiving with this code right now")
-            self.end(current, "replaced", "the receiver started again", by="hub")
-        conn = Conn(
-            msg.cid,
-            CODE_APP_PREFIX + msg.nameplate,
-            {DIAL: att.user, ACCEPT: sender},
-            nameplate=msg.nameplate,
-        )
-        self.conns[msg.cid] = conn
-        self.bind(conn, DIAL, att, rid=msg.rid, announce=False)
-        if offer is None:
-            offer = self.offers[msg.nameplate] = Offer(msg.nameplate, sender, None)
-        offer.conn = conn
-        if offer.att is not None and not offer.att.closed:
-            self.bind(conn, ACCEPT, offer.att)
-        else:
-            att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
-
-    async def _user_by_id(self, user_id: int) -> User:
+    async def user_by_id(self, user_id: int) -> User:
         for a in self.attachments:
             if a.user.id == user_id:
                 return a.user
@@ -405,22 +368,6 @@ class Router:
         if row is None:
             raise RelayRefused("code_unknown", "the sender's account no longer exists")
         return User(int(row["id"]), str(row["name"]), str(row["role"]))
-
-    async def code_failed(self, att: Attachment, cid: str) -> None:
-        conn = self.conns.get(cid)
-        if conn is None or not conn.nameplate or att.ends.get(cid) != ACCEPT:
-            return
-        failures = await self.db.code_failed(conn.nameplate)
-        await self.events.emit(
-            "code_failure", att.user.name, nameplate=conn.nameplate, failures=failures
-        )
-        if failures >= MAX_CODE_FAILURES:
-            await self.db.delete_code(conn.nameplate)
-            offer = self.offers.pop(conn.nameplate, None)
-            text = "too many wrong codes: this code no longer works; ask the sender for a new one"
-            if offer is not None and offer.att is not None:
-                offer.att.post(m.Error(code="code_burned", message=text, rid=""))
-        self.end(conn, "wrong_code", "wrong code", by="hub")
 
     # --- linking and forwarding -------------------------------------------
 
@@ -437,7 +384,7 @@ class Router:
         if rid:
             conn.rids[role] = rid
         if announce and conn.linked():
-            asyncio.get_running_loop().create_task(self._announce(conn))
+            self.spawn(self._announce(conn))
 
     async def _announce(self, conn: Conn) -> None:
         # Look up both key lists first and then post both Linked frames in
@@ -450,6 +397,9 @@ class Router:
         conn.linked_once = True
         conn.detached_since = 0.0
         conn.paused = {DIAL: False, ACCEPT: False}
+        conn.overshoot = {DIAL: 0, ACCEPT: 0}
+        if conn.nameplate:
+            self.codes.linked(conn)
         for end in (DIAL, ACCEPT):
             att = conn.ends[end]
             assert att is not None
@@ -464,6 +414,8 @@ class Router:
                     keys=keys[end],
                     rejoined=rejoined,
                     peer_role=conn.users[other(end)].role,
+                    me=conn.users[end].name,
+                    hub=self.fingerprint,
                 )
             )
         if not rejoined:
@@ -488,24 +440,61 @@ class Router:
             return  # dropped: the sender keeps it and sends it again on relink
         conn.queued[to] += len(payload)
         target.post(msg, payload, conn)
-        if conn.queued[to] > OVERSHOOT * self.window:
+        if conn.paused[role]:
+            conn.overshoot[role] += len(payload)
+        if max(conn.queued[to], conn.overshoot[role]) > OVERSHOOT * self.window:
             self.end(conn, "flow_violation", "the sender ignored Pause", by="hub")
-        elif conn.queued[to] > self.window and not conn.paused[role]:
+        elif target.queued > self.queue_limit + IN_FLIGHT:
+            self.too_slow(target)
+        elif not conn.paused[role] and (
+            conn.queued[to] > self.window or target.queued > self.queue_limit
+        ):
             conn.paused[role] = True
+            target.paused_senders[conn.cid] = role
             att.post(m.Pause(cid=conn.cid))
 
-    def drained(self, conn: Conn, role: str, size: int) -> None:
-        """``size`` bytes towards ``role`` left the hub (or were dropped)."""
-        conn.queued[role] = max(0, conn.queued[role] - size)
-        sender = other(role)
-        if conn.paused[sender] and conn.queued[role] <= self.window // 2:
-            conn.paused[sender] = False
-            att = conn.ends[sender]
-            if att is not None:
-                att.post(m.Resume(cid=conn.cid))
+    def drained(self, att: Attachment, conn: Conn | None, role: str, size: int) -> None:
+        """A frame of ``size`` payload bytes towards ``att`` (as ``role`` of
+        ``conn``, for a relayed record) left the hub or was dropped."""
+        if conn is not None:
+            conn.queued[role] = max(0, conn.queued[role] - size)
+        if not att.paused_senders or att.queued > self.queue_limit // 2:
+            return
+        for cid, sender in list(att.paused_senders.items()):
+            paused = self.conns.get(cid)
+            to = other(sender)
+            if paused is None or paused.ends[to] is not att or not paused.paused[sender]:
+                del att.paused_senders[cid]  # ended, relinked or resumed already
+            elif paused.queued[to] <= self.window // 2:
+                del att.paused_senders[cid]
+                paused.paused[sender] = False
+                paused.overshoot[sender] = 0
+                source = paused.ends[sender]
+                if source is not None:
+                    source.post(m.Resume(cid=cid))
+
+    def too_slow(self, att: Attachment) -> None:
+        """Drop an attachment that lets far more than its queue bound pile up
+        (senders that ignore Pause): its memory is freed now, the client
+        re-attaches and its peers send again what it missed."""
+        if att.closed:
+            return
+        queued = att.queued
+        att.discard_queue()
+        self.spawn(att.chan.aclose())
+        if att.lane is not None:
+            self.spawn(att.lane.aclose())
+        self.spawn(
+            self.events.emit(
+                "relay_slow_client", att.user.name, queued=queued, limit=self.queue_limit
+            )
+        )
 
     def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
         self.conns.pop(conn.cid, None)
+        if conn.nameplate:
+            self.codes.interrupted(conn, code)
+            self.codes.ended(conn)
         owners = frozenset(u.id for u in conn.users.values())
         self.ended[conn.cid] = (code, message, by, owners)
         while len(self.ended) > ENDED_REMEMBERED:
@@ -516,11 +505,7 @@ class Router:
                 att.ends.pop(conn.cid, None)
                 if att is not skip:
                     att.post(m.Hangup(cid=conn.cid, code=code, message=message, by=by))
-        if conn.nameplate:
-            offer = self.offers.get(conn.nameplate)
-            if offer is not None and offer.conn is conn:
-                offer.conn = None
-        asyncio.get_running_loop().create_task(
+        self.spawn(
             self.events.emit(
                 "connection_closed",
                 conn.users[DIAL].name,
@@ -569,12 +554,6 @@ class Router:
             (a for a in self.attachments if a.user.id == user_id and a.commands and not a.closed),
             None,
         )
-
-    async def disconnect_user(self, user_id: int) -> None:
-        """Cut every attachment of an account (disabled or removed)."""
-        for att in [a for a in self.attachments if a.user.id == user_id]:
-            with contextlib.suppress(Exception):
-                await att.chan.aclose()
 
     def cap_for(self, conn: Conn) -> TokenBucket | None:
         if not self.caps:

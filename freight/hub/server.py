@@ -54,6 +54,9 @@ class HubConfig:
     account_streams: int = DEFAULT_STREAMS
     token_lifetime: float = auth.TOKEN_LIFETIME  # seconds a login lasts
     login_lockout: float = 30.0  # first lockout after too many failures (doubles)
+    relay_queue: int = 32 * 1024 * 1024  # bytes held for one attached client before pausing
+    max_relay_connections: int = 256  # relayed connections one account may have open
+    max_codes: int = 64  # valid one-time codes one account may hold
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -109,7 +112,15 @@ async def build_state(cfg: HubConfig) -> HubState:
         checkpoint_interval=cfg.checkpoint_interval,
         caps=caps,
     )
-    relay = Router(db, events, metrics, cfg.relay_window)
+    relay = Router(
+        db,
+        events,
+        metrics,
+        cfg.relay_window,
+        queue_limit=cfg.relay_queue,
+        max_conns=cfg.max_relay_connections,
+        max_codes=cfg.max_codes,
+    )
     return HubState(
         db,
         layout,
@@ -170,6 +181,7 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
     port = await listener.start(cfg.host, cfg.port)
     fingerprint = tls.fingerprint_pem(cert_path)
     state.cert_fingerprint = fingerprint  # agents bind their login to it
+    state.relay.fingerprint = fingerprint  # identity handshakes bind it
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     say(f"Freight hub listening on https://{host}:{port}")
     say(f"Certificate fingerprint: {fingerprint}")
@@ -212,5 +224,6 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
             await expirer
         await listener.stop()
         await runner.cleanup()
+        await state.relay.aclose()
         state.passwords.close()
         await state.db.close()

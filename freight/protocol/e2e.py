@@ -4,10 +4,11 @@ The hub relays records between two ends without being able to read them.
 Two handshakes produce a :class:`SessionKeys`:
 
 * :class:`CodeHandshake` (``freight send`` / ``receive``): SPAKE2 on the
-  one-time code, with an X25519 exchange riding in the same two messages;
-  the session secret mixes both, and each side proves it with a key
-  confirmation MAC. A wrong code shows up as a confirmation that does not
-  verify, on both sides, revealing nothing about either code.
+  one-time code, with an X25519 exchange riding in the same messages; the
+  session secret mixes both, and each side proves it with a key
+  confirmation MAC, the claimant first. A wrong code shows up as a
+  claimant's confirmation that does not verify; the accepting end answers
+  nothing a guess could be tested against.
 * :class:`IdentityHandshake` (``connect`` / ``listen``): an X25519 exchange
   authenticated by both accounts' Ed25519 identity keys (SIGMA-style: each
   side signs the whole transcript), checked against the keys the hub lists
@@ -58,6 +59,11 @@ _NONCE: Final = struct.Struct(">B3xQ")
 _ACK: Final = struct.Struct(">QB")  # next expected sequence, flags
 ACK_GAP: Final = 0x01  # "records after a gap were dropped: send again from here"
 
+# Claims of one code that may fail (a wrong code, or a claimant gone before
+# its confirmation verified) before the code stops working, at the hub and
+# in the sending process alike.
+MAX_CODE_GUESSES: Final = 3
+
 DIAL: Final = "dial"
 ACCEPT: Final = "accept"
 
@@ -67,7 +73,7 @@ class WrongCode(ProtocolError):
 
     code = "wrong_code"
     exit_code = 3
-    hint = "check the code with the sender; after 3 wrong tries the code stops working"
+    hint = "check the code with the sender; after 3 failed claims the code stops working"
 
 
 class PeerKeyRejected(ProtocolError):
@@ -76,6 +82,13 @@ class PeerKeyRejected(ProtocolError):
     code = "peer_key_rejected"
     exit_code = 3
     hint = "the peer is not who the hub says; compare fingerprints with --verify"
+
+
+class FlowViolation(RemoteProtocolError):
+    """The peer sent more than the credit window allows."""
+
+    code = "flow_violation"
+    hint = "the other end ignored flow control (a broken or hostile peer); the connection ended"
 
 
 def _hkdf(secret: bytes, salt: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
@@ -158,8 +171,20 @@ class Handshake(ABC):
 
 class CodeHandshake(Handshake):
     """SPAKE2 + X25519 on a one-time code. The accepting end (the sender of
-    files) is SPAKE2 side A. Message 1 (both ways at once): ``spake2 ‖ x25519``;
-    message 2: the key confirmation MAC."""
+    files) is SPAKE2 side A, the claimant (dial) side B.
+
+    1. both ways at once: ``spake2 ‖ x25519``;
+    2. dial → accept: the claimant's key confirmation MAC;
+    3. accept → dial: the accepting end's MAC, **only after** the claimant's
+       verified.
+
+    The order is what limits guessing: a SPAKE2 message alone lets nobody
+    test a guess, a confirmation does. Were the accepting end to confirm
+    first, any claimant could take its confirmation, test one guess offline
+    and hang up without a trace; this way every guess costs a claim the
+    accepting end sees fail (docs/protocol.md 12.4). After an error the
+    machine stays failed and refuses everything.
+    """
 
     def __init__(self, code: str, role: str, context: bytes) -> None:
         super().__init__()
@@ -177,10 +202,21 @@ class CodeHandshake(Handshake):
         self._mine = self._spake.start() + _raw(self._eph.public_key())
         self._theirs: bytes | None = None
         self._pending: SessionKeys | None = None
+        self._confirm_mine = b""
         self._confirm_theirs = b""
+        self._error: ProtocolError | None = None
         self.outbox.append(self._mine)
 
     def receive(self, data: bytes) -> None:
+        if self._error is not None:
+            raise RemoteProtocolError("handshake message after the handshake failed")
+        try:
+            self._receive(data)
+        except ProtocolError as exc:
+            self._error = exc
+            raise
+
+    def _receive(self, data: bytes) -> None:
         if self._theirs is None:
             if len(data) != SPAKE2_BYTES + X25519_BYTES:
                 raise RemoteProtocolError("malformed code handshake message")
@@ -198,8 +234,10 @@ class CodeHandshake(Handshake):
             confirm_key = _hkdf(pake + dh, hashlib.sha256(transcript).digest(), b"confirm")
             mine_label = self.role.encode()
             theirs_label = (ACCEPT if self.role == DIAL else DIAL).encode()
-            self.outbox.append(hmac.new(confirm_key, mine_label, "sha256").digest())
+            self._confirm_mine = hmac.new(confirm_key, mine_label, "sha256").digest()
             self._confirm_theirs = hmac.new(confirm_key, theirs_label, "sha256").digest()
+            if self.role == DIAL:
+                self.outbox.append(self._confirm_mine)
             return
         if self.keys is not None:
             raise RemoteProtocolError("handshake message after the handshake finished")
@@ -207,7 +245,20 @@ class CodeHandshake(Handshake):
             raise RemoteProtocolError("malformed code confirmation")
         if not hmac.compare_digest(data, self._confirm_theirs):
             raise WrongCode("wrong code: the other side used a different one")
+        if self.role == ACCEPT:
+            self.outbox.append(self._confirm_mine)
         self.keys = self._pending
+
+
+def identity_context(
+    cid: str, app: str, dial_account: str, accept_account: str, hub_fingerprint: str
+) -> bytes:
+    """What an identity handshake binds besides the keys: the connection,
+    both accounts as this end was told them, and the hub's certificate
+    fingerprint as this end trusts it. Each field is length-prefixed so no
+    two different lists give the same bytes."""
+    fields = (cid, app, dial_account, accept_account, hub_fingerprint)
+    return b"".join(struct.pack(">H", len(b)) + b for b in (f.encode() for f in fields))
 
 
 class IdentityHandshake(Handshake):
@@ -219,6 +270,9 @@ class IdentityHandshake(Handshake):
 
     ``peer_keys`` are the peer's registered identity keys as the hub lists
     them; a key not among them, or a bad signature, is refused.
+    ``context`` is :func:`identity_context`. ``peer_identity`` is the peer's
+    key once its first message arrived (a handshake started again after a
+    relink may be limited to it).
     """
 
     def __init__(
@@ -236,6 +290,7 @@ class IdentityHandshake(Handshake):
         self._transcript = b""
         self._secret = b""
         self._peer_id: Ed25519PublicKey | None = None
+        self.peer_identity = b""
         self._step = 0
         if role == DIAL:
             self.outbox.append(self._eph_pub + self._id_pub)
@@ -243,10 +298,12 @@ class IdentityHandshake(Handshake):
     def _peer_identity(self, raw: bytes) -> Ed25519PublicKey:
         if raw not in self.peer_keys:
             raise PeerKeyRejected("the peer's identity key is not registered for its account")
-        return _ed25519_public(raw)
+        key = _ed25519_public(raw)
+        self.peer_identity = raw
+        return key
 
     def _finish_transcript(self, eph_d: bytes, id_d: bytes, eph_a: bytes, id_a: bytes) -> None:
-        self._transcript = b"freight identity v1\0" + self.context + eph_d + id_d + eph_a + id_a
+        self._transcript = b"freight identity v2\0" + self.context + eph_d + id_d + eph_a + id_a
         peer_eph = eph_a if self.role == DIAL else eph_d
         self._secret = _shared(self._eph, peer_eph)
 
@@ -314,6 +371,13 @@ class SecureSession:
     of the next record in order, ``None`` for a replay or for a record beyond
     a gap (the sender will send it again), and raises on tampering;
     :meth:`ack` seals "I have everything before N".
+
+    The receiver enforces the window it grants: a record opened with
+    ``hold`` stays held until :meth:`release` (the application took it), an
+    acknowledgement names only released records, and a record that would
+    make the held bytes exceed the window raises :class:`FlowViolation` (one
+    record alone may exceed it, as :meth:`can_send` allows). An honest sender
+    never trips this: its bytes in flight include every held record.
     """
 
     def __init__(self, keys: SessionKeys, window: int = DEFAULT_WINDOW) -> None:
@@ -325,6 +389,10 @@ class SecureSession:
         self.unacked_records: deque[tuple[int, bytes, int]] = deque()
         self.in_flight = 0
         self.expected = 0
+        self.released = 0  # records below this were taken by the application
+        self._acked_out = 0  # what our last acknowledgement said
+        self._held: deque[int] = deque()  # sizes of records from _acked_out to expected
+        self.held_bytes = 0
         self._acks_sent = 0
         self._acks_seen = -1
         self.acked_upto = 0  # the far end has every record below this
@@ -374,7 +442,7 @@ class SecureSession:
 
     # -- receiving ------------------------------------------------------
 
-    def open(self, seq: int, sealed: bytes) -> bytes | None:
+    def open(self, seq: int, sealed: bytes, *, hold: bool = False) -> bytes | None:
         if seq != self.expected or seq >= MAX_COUNTER:
             # A replay (seq below) or a record after a lost one (seq above):
             # neither is delivered; what is missing is sent again.
@@ -383,16 +451,32 @@ class SecureSession:
             plain = self._open.decrypt(_NONCE.pack(KIND_DATA, seq), sealed, None)
         except InvalidTag:
             raise IntegrityError("a relayed record failed authentication (altered?)") from None
+        if self.held_bytes and self.held_bytes + len(plain) > self.window:
+            raise FlowViolation(
+                f"the other end sent beyond the {self.window}-byte window this end granted"
+            )
         self.expected += 1
+        self._held.append(len(plain))
+        self.held_bytes += len(plain)
+        if not hold:
+            self.released = self.expected
         self.delivered_since_ack += 1
         return plain
 
+    def release(self) -> None:
+        """The application took the oldest record opened with ``hold``."""
+        self.released = min(self.released + 1, self.expected)
+
     def ack(self, *, gap: bool = False) -> tuple[int, bytes]:
-        """Seal "I have every record below ``expected``"; with ``gap``, also
-        "I dropped later ones: send again from there"."""
+        """Seal "I have every record below N" with N the records released
+        (the credit it returns); with ``gap``, also "I dropped later ones:
+        send again from there"."""
         counter = self._acks_sent
         self._acks_sent += 1
         self.delivered_since_ack = 0
-        plain = _ACK.pack(self.expected, ACK_GAP if gap else 0)
+        while self._acked_out < self.released:
+            self.held_bytes -= self._held.popleft()
+            self._acked_out += 1
+        plain = _ACK.pack(self.released, ACK_GAP if gap else 0)
         sealed = self._seal.encrypt(_NONCE.pack(KIND_ACK, counter), plain, None)
         return counter, sealed

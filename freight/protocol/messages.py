@@ -259,6 +259,13 @@ class CodeFailed(Message, tag="code_failed", frozen=True):
     cid: Id
 
 
+class CodeOk(Message, tag="code_ok", frozen=True):
+    """The offering end verified the claimant's confirmation on ``cid``: this
+    claim is no failed guess. Sent again after every relink."""
+
+    cid: Id
+
+
 class Waiting(Message, tag="waiting", frozen=True):
     """The other end is not there yet; Linked follows when it is."""
 
@@ -270,7 +277,9 @@ class Linked(Message, tag="linked", frozen=True):
     """Both ends of ``cid`` are attached. ``keys`` are the identity public
     keys (hex Ed25519) the peer's account has registered; ``window`` the
     bytes the hub buffers per direction; ``rejoined`` says the connection
-    existed before (retransmit what is unacknowledged)."""
+    existed before (retransmit what is unacknowledged); ``me`` is this end's
+    account and ``hub`` the hub's certificate fingerprint, both bound into
+    the identity handshake."""
 
     cid: Id
     peer: Peer
@@ -281,6 +290,8 @@ class Linked(Message, tag="linked", frozen=True):
     keys: list[Hex] = []
     rejoined: bool = False
     peer_role: Annotated[str, msgspec.Meta(max_length=16)] = ""
+    me: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    hub: Annotated[str, msgspec.Meta(max_length=80)] = ""
 
 
 class Relay(Message, tag="relay", frozen=True):
@@ -371,6 +382,7 @@ AnyMessage = (
     | CodeGrant
     | Claim
     | CodeFailed
+    | CodeOk
     | Waiting
     | Linked
     | Relay

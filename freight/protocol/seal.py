@@ -27,13 +27,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from .errors import FrameTooLarge, IntegrityError, LocalProtocolError, RemoteProtocolError
 from .frames import parse_header
 from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
-from .messages import AnyMessage, Relay
+from .messages import AnyMessage, Message, Relay
 
-# Frames whose payload is already sealed end to end travel with only their
-# header sealed on a data connection: sealing it again per hop would cost
-# four more AES-GCM passes per relayed byte and protect nothing more (the
-# far end authenticates every byte; see docs/protocol.md "Relay lanes").
-END_TO_END_SEALED = (Relay,)
+
+def end_to_end_sealed(msg: Message) -> bool:
+    """Whether ``msg``'s payload is already sealed end to end, so that a data
+    connection seals only its header: sealing relayed data and
+    acknowledgement records again per hop would cost four more AES-GCM passes
+    per relayed byte and protect nothing more (the far end authenticates
+    every byte; docs/protocol.md 12.1). Handshake records are not sealed end
+    to end (identity keys, SPAKE2 messages): they are sealed per hop like
+    any other payload."""
+    return isinstance(msg, Relay) and msg.kind != "h"
+
 
 MAGIC: Final = b"FRD2"  # first bytes of a data connection; TLS starts with 0x16
 TICKET_ID_BYTES: Final = 16
@@ -85,7 +91,7 @@ class Sealer:
     ) -> list[Buffer]:
         """Records for one frame: ``header`` is the JSON header (no length
         prefix), ``payload`` the bytes it announces. Write them in order.
-        ``raw`` (for END_TO_END_SEALED frames only) sends the payload as it is,
+        ``raw`` (for :func:`end_to_end_sealed` frames only) sends the payload as it is,
         right after the header record that announces its length."""
         out: list[Buffer] = list(self._record(header, KIND_HEADER))
         if payload:
@@ -195,7 +201,7 @@ class SealedFrameDecoder:
         while True:
             avail = self._end - self._start
             pending = self._pending
-            if pending is not None and isinstance(pending, END_TO_END_SEALED):
+            if pending is not None and end_to_end_sealed(pending):
                 size = pending.len
                 if avail < size:
                     self._need = size - avail

@@ -325,11 +325,29 @@ class Database(AccountQueries):
             )
             return str(number)
 
-    async def get_code(self, nameplate: str) -> Mapping[str, Any] | None:
-        q = sa.select(t.codes).where(
-            t.codes.c.nameplate == nameplate, t.codes.c.expires >= time.time()
-        )
+    async def get_code(self, nameplate: str, *, expired: bool = False) -> Mapping[str, Any] | None:
+        """The code, if still valid (``expired``: also one past its expiry,
+        whose connection may still be rejoined)."""
+        q = sa.select(t.codes).where(t.codes.c.nameplate == nameplate)
+        if not expired:
+            q = q.where(t.codes.c.expires >= time.time())
         return await self._first(q)
+
+    async def count_codes(self, user_id: int) -> int:
+        """Codes of ``user_id`` still valid."""
+        q = sa.select(sa.func.count()).where(
+            t.codes.c.user_id == user_id, t.codes.c.expires >= time.time()
+        )
+        async with self.engine.connect() as c:
+            return int((await c.execute(q)).scalar_one())
+
+    async def set_code_claim(self, nameplate: str, cid: str, claimant_id: int) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.codes.update()
+                .where(t.codes.c.nameplate == nameplate)
+                .values(claim_cid=cid, claimant_id=claimant_id)
+            )
 
     async def code_failed(self, nameplate: str) -> int:
         """Count a wrong guess; return the failures so far."""

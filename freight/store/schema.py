@@ -109,6 +109,9 @@ codes = Table(
     Column("created", Float, nullable=False),
     Column("expires", Float, nullable=False),
     Column("failures", Integer, nullable=False, default=0),
+    # The claim that linked last: only its claimant may rejoin it, with this id.
+    Column("claim_cid", String(64), nullable=True),
+    Column("claimant_id", Integer, nullable=True),
 )
 
 # One-time enrolment tokens for agents (hashed, like login tokens).

@@ -23,13 +23,13 @@ from ..protocol.limits import PROTOCOL_VERSION
 from ..protocol.messages import Error, Message, Welcome
 from ..protocol.seal import (
     CLIENT_TO_HUB,
-    END_TO_END_SEALED,
     HUB_TO_CLIENT,
     PREAMBLE_BYTES,
     Opener,
     SealedFrameDecoder,
     Sealer,
     derive_key,
+    end_to_end_sealed,
     parse_preamble,
     preamble,
 )
@@ -191,7 +191,7 @@ class DataConnProtocol(asyncio.BufferedProtocol):
         assert self.sealer is not None
         # Seal and write without an await in between: records must reach the
         # socket in counter order even when several tasks send.
-        raw = isinstance(msg, END_TO_END_SEALED)
+        raw = end_to_end_sealed(msg)
         self.transport.writelines(self.sealer.seal_frame(encode_json(msg), payload, raw=raw))
         self.last_active = asyncio.get_running_loop().time()
         if self._drain is not None and not self._drain.done():

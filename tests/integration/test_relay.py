@@ -6,22 +6,22 @@ two accounts (admin and bob), each with its own config folder."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
+import secrets
 import stat
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from freight.client.config import ClientConfig
 from freight.client.relay import Connection, RelayClient
-from freight.client.session import HubSession
-from freight.errors import ConnectionEnded
-from tests.relaysupport import FAST_RELAY, Proc, fast
+from freight.errors import Conflict, ConnectionEnded, Forbidden
+from freight.protocol import messages as m
+from freight.protocol.e2e import DIAL, SPAKE2_BYTES, X25519_BYTES, CodeHandshake
+from tests.relaysupport import FAST_RELAY, Proc, fast, sdk
 from tests.support import (
     Client,
     Hub,
@@ -34,7 +34,7 @@ from tests.support import (
 
 MiB = 1024 * 1024
 BOB_PASSWORD = "bob-relay-secret"
-CODE_RE = r"\d+-[a-z]+-[a-z]+"
+CODE_RE = r"\d+(?:-[a-z]+){3}"
 PART_SUFFIX = ".freight-part"
 
 
@@ -249,7 +249,9 @@ def test_a_wrong_code_is_refused_and_the_sender_keeps_waiting(
         assert wrong.returncode == 3, wrong
         assert "wrong code" in one_line_error(wrong)
         assert not (tmp_path / "x" / "secret.bin").exists()
-        sender.wait_stderr("someone tried a wrong code; still waiting")
+        sender.wait_stderr(
+            r"someone tried a wrong code \(1 of 3 failed claims allowed\); still waiting"
+        )
         assert sender.running
 
         ok = bob.run("receive", code, "-o", str(tmp_path / "in"), check=False, timeout=30)
@@ -271,8 +273,8 @@ def test_three_wrong_codes_burn_the_code(tmp_path: Path, admin: Client, bob: Cli
             assert "wrong code" in one_line_error(wrong)
         # The sender stops with a clear message instead of waiting forever.
         assert sender.wait(10) == 3, sender.stderr
-        assert "too many wrong codes" in sender.stderr
-        assert "new" in sender.stderr.split("too many wrong codes", 1)[1]
+        assert "code burned" in error_line(sender.stderr)
+        assert "new code" in error_line(sender.stderr)
     right = bob.run("receive", code, "-o", str(tmp_path / "in"), check=False, timeout=20)
     assert right.returncode == 7, right
     message = one_line_error(right)
@@ -281,6 +283,189 @@ def test_three_wrong_codes_burn_the_code(tmp_path: Path, admin: Client, bob: Cli
     # The code cannot be taken up again by its owner either.
     again = admin.run("send", str(src), "--code", code, check=False, timeout=20)
     assert again.returncode == 7 and "expired or is unknown" in again.stderr
+
+
+async def claim_and_hang_up(
+    rc: RelayClient, code: str, guess: str, how: str = "hangup"
+) -> list[bytes]:
+    """What a guesser does with a code's nameplate: claim it, send the
+    SPAKE2 message of its guess, take whatever handshake records the sender
+    sends back, and hang up without ever confirming (``how``: ``hangup``, or
+    ``drop`` its link to the hub, which it then opens again). Returns those
+    records."""
+    nameplate = code.split("-")[0]
+    cid = secrets.token_hex(12)
+    linked = asyncio.Event()
+    records: list[bytes] = []
+    arrived = asyncio.Event()
+    dispatch = rc._dispatch
+
+    async def intercept(msg: m.AnyMessage, payload: bytes) -> None:
+        if getattr(msg, "cid", None) != cid:
+            await dispatch(msg, payload)
+        elif isinstance(msg, m.Linked):
+            linked.set()
+        elif isinstance(msg, m.Relay) and msg.kind == "h":
+            records.append(payload)
+            arrived.set()
+
+    async def records_seen(n: int) -> None:
+        while len(records) < n:
+            arrived.clear()
+            await arrived.wait()
+
+    rc._dispatch = intercept  # type: ignore[method-assign]
+    try:
+        guesser = CodeHandshake(f"{nameplate}-{guess}", DIAL, f"code:{nameplate}".encode())
+        await rc.send_frame(m.Claim(rid=secrets.token_hex(4), cid=cid, nameplate=nameplate))
+        await asyncio.wait_for(linked.wait(), 20)
+        for out in guesser.take():
+            await rc.send_frame(m.Relay(cid=cid, kind="h", len=len(out)), out)
+        await asyncio.wait_for(records_seen(1), 20)
+        # A sender that confirms first sends its proof right after its first
+        # message: wait for it long enough to see it if it comes.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(records_seen(2), 3)
+        if how == "hangup":
+            await rc.send_frame(m.Hangup(cid=cid, code="closed", message="guessed"))
+        else:
+            attached = rc.reconnects
+            assert rc.chan is not None
+            await rc.chan.aclose()
+
+            async def back() -> None:
+                while rc.reconnects == attached or not rc.attached.is_set():
+                    await asyncio.sleep(0.05)
+
+            await asyncio.wait_for(back(), 20)
+    finally:
+        rc._dispatch = dispatch  # type: ignore[method-assign]
+    return records
+
+
+def code_failures(admin: Client, nameplate: str, after: int = 0) -> list[dict[str, Any]]:
+    """The code_failure events of ``nameplate`` (numbers are reused once a
+    code is gone: only those with an id above ``after``)."""
+    events = json.loads(
+        admin.run("admin", "events", "--kind", "code_failure", "--limit", "1000", "--json").stdout
+    )
+    return [e for e in events if e["detail"].get("nameplate") == nameplate and e["id"] > after]
+
+
+def last_event_id(admin: Client) -> int:
+    events = json.loads(admin.run("admin", "events", "--limit", "1", "--json").stdout)
+    return max((int(e["id"]) for e in events), default=0)
+
+
+@pytest.mark.usefixtures("fast_env")
+@pytest.mark.parametrize(("how", "reason"), [("hangup", "closed"), ("drop", "detached")])
+async def test_claims_that_hang_up_mid_handshake_burn_the_code(
+    tmp_path: Path, admin: Client, bob: Client, how: str, reason: str
+) -> None:
+    """A guesser who hangs up (or drops its link) before confirming learns
+    nothing it could test a guess against, and each such claim still counts:
+    after three the sender stops and the code is gone."""
+    src = random_file(tmp_path / "wanted.bin", 1000, seed=8)
+    before = last_event_id(admin)
+    sender, code = start_send(admin, str(src))
+    nameplate = code.split("-")[0]
+    with sender:
+        async with sdk(bob) as guesser:
+            for attempt in range(3):
+                got = await claim_and_hang_up(guesser, code, f"guess-number-{attempt}", how)
+                # Only the sender's SPAKE2 message: nothing to check a guess with.
+                assert [len(r) for r in got] == [SPAKE2_BYTES + X25519_BYTES], attempt
+        assert await asyncio.to_thread(sender.wait, 20) == 3, sender.stderr
+        assert "code burned" in error_line(sender.stderr)
+    late = await asyncio.to_thread(
+        bob.run, "receive", code, "-o", str(tmp_path / "in"), check=False, timeout=20
+    )
+    assert late.returncode == 7, late
+    assert "expired or is unknown" in one_line_error(late)
+    failures = await asyncio.to_thread(code_failures, admin, nameplate, before)
+    assert sorted(e["detail"]["failures"] for e in failures) == [1, 2, 3], failures
+    assert {e["actor"] for e in failures} == {"bob"}
+    assert {e["detail"]["reason"] for e in failures} == {reason}
+
+
+@pytest.fixture(scope="module")
+def eve(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
+    """A third account, up to no good."""
+    admin.run("users", "add", "eve", "--password-stdin", input="eve-relay-secret\n")
+    c = Client(tmp_path_factory.mktemp("client-eve"), shared_hub)
+    c.login(user="eve", password="eve-relay-secret")
+    return fast(c)
+
+
+@pytest.mark.usefixtures("fast_env")
+async def test_only_the_parties_of_a_code_may_rejoin_its_connection(
+    tmp_path: Path, admin: Client, bob: Client, eve: Client
+) -> None:
+    """Eve knows the nameplate (it is no secret) and dials it as a rejoin,
+    from either side; the hub refuses, and bob's real receive works."""
+    src = random_file(tmp_path / "mine.bin", 50_000, seed=9)
+    sender, code = start_send(admin, str(src))
+    app = "code:" + code.split("-")[0]
+    with sender:
+        async with sdk(eve) as squatter:
+            for role, peer in (("dial", "admin"), ("accept", "bob")):
+                cid = secrets.token_hex(12)
+                dial = m.Dial(
+                    rid=(rid := secrets.token_hex(4)),
+                    cid=cid,
+                    peer=peer,
+                    app=app,
+                    role=role,
+                    rejoin=True,
+                )
+                with pytest.raises(Forbidden, match="only the sender and the receiver"):
+                    await asyncio.wait_for(squatter.request(dial, rid), 10)
+            assert live_connections(admin, app) == []
+            got = await asyncio.to_thread(receive, bob, code, tmp_path / "in")
+        assert got["bytes"] == 50_000
+        assert await asyncio.to_thread(sender.wait, 10) == 0, sender.stderr
+    assert same_bytes(src, tmp_path / "in" / "mine.bin")
+
+
+@pytest.mark.usefixtures("fast_env")
+async def test_nobody_else_can_claim_a_code_while_its_receiver_is_away(
+    admin: Client, bob: Client, eve: Client
+) -> None:
+    """Bob proved the code and is receiving; his link drops. Eve's claim of
+    the nameplate in that moment is refused (it used to replace bob's
+    connection); bob comes back to the same connection."""
+    async with sdk(admin) as ca, sdk(bob) as cb, sdk(eve) as ce:
+        offer = await ca.offer("tulip-walrus-zebra")
+        claim = asyncio.create_task(cb.claim(offer.code, timeout=20))
+        out = await asyncio.wait_for(offer.accept(), 20)
+        await out.wait_established(20)
+        inc = await claim
+        gate = asyncio.Event()
+        attach = cb._attach
+
+        async def attach_when_allowed(transport: str) -> None:
+            await gate.wait()
+            await attach(transport)
+
+        cb._attach = attach_when_allowed  # type: ignore[method-assign]
+        assert cb.chan is not None
+        await cb.chan.aclose()
+        await asyncio.to_thread(
+            wait_until,
+            lambda: [r["state"] for r in live_connections(admin, out.app)] == ["waiting"],
+            20,
+            "bob's link to drop",
+        )
+        rid = secrets.token_hex(4)
+        with pytest.raises(Conflict, match="someone else is receiving"):
+            await ce.request(
+                m.Claim(rid=rid, cid=secrets.token_hex(12), nameplate=offer.nameplate), rid
+            )
+        gate.set()
+        await out.send(b"still yours")
+        assert await asyncio.wait_for(inc.recv(), 20) == b"still yours"
+        await inc.send(b"thanks")
+        assert await asyncio.wait_for(out.recv(), 20) == b"thanks"
 
 
 def test_unknown_or_malformed_codes_are_refused(tmp_path: Path, bob: Client) -> None:
@@ -455,14 +640,6 @@ def test_admin_lists_and_kills_a_live_connection(admin: Client, bob: Client) -> 
 
 
 # --- the SDK ---------------------------------------------------------------------
-
-
-@asynccontextmanager
-async def sdk(client: Client, **kw: Any) -> AsyncIterator[RelayClient]:
-    config = ClientConfig(client.config)
-    async with RelayClient(HubSession.from_config(config), config, **kw) as rc:
-        await rc.start()
-        yield rc
 
 
 async def pair(dialer: RelayClient, acceptor: RelayClient, app: str) -> tuple[Connection, Any]:

@@ -18,25 +18,23 @@ import select
 import struct
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from freight.client.config import ClientConfig
-from freight.client.relay import RECORD_MESSAGE, Connection, RelayClient
-from freight.client.session import HubSession
+from freight.client.relay import RECORD_MESSAGE, RelayClient
 from freight.errors import FreightError
 from freight.protocol import messages as m
+from freight.protocol.e2e import DEFAULT_WINDOW, FlowViolation, public_of
 from freight.protocol.errors import IntegrityError, ProtocolError
 from tests.faultproxy import FaultProxy
+from tests.relaysupport import BOB_PASSWORD, FAST_RELAY, accounts, code_pair, exchange, sdk
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
-BACKOFF = {"FREIGHT_RELAY_BACKOFF": "0.2", "FREIGHT_RELAY_BACKOFF_MAX": "1"}
-BOB_PASSWORD = "bob-secret-pass"
 PART = ".freight-part"
 MARKER = b"FREIGHT-PLAINTEXT-MARKER"
 
@@ -115,20 +113,6 @@ def proxies() -> Iterator[Callable[..., ShapedProxy]]:
     yield make
     for p in started:
         p.close()
-
-
-def accounts(tmp_path: Path, hub: Hub, proxy: FaultProxy | None = None) -> tuple[Client, Client]:
-    """``admin`` (sends) and ``bob`` (receives), each with its own config,
-    both through ``proxy`` when given, with quick relay back-off."""
-    url = proxy.url if proxy else hub.url
-    admin = Client(tmp_path / "client-admin", hub)
-    admin.env.update(BACKOFF)
-    admin.login(url)
-    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    bob = Client(tmp_path / "client-bob", hub)
-    bob.env.update(BACKOFF)
-    bob.login(url, user="bob", password=BOB_PASSWORD)
-    return admin, bob
 
 
 def read_event(proc: subprocess.Popen[str], timeout: float = 20) -> dict[str, Any]:
@@ -373,44 +357,9 @@ def test_sender_killed_and_run_again_resumes(
 # --- SDK helpers ---------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def sdk(client: Client) -> AsyncIterator[RelayClient]:
-    """An in-process RelayClient on a CLI client's saved login."""
-    config = ClientConfig(client.config)
-    rc = RelayClient(HubSession.from_config(config), config)
-    try:
-        await rc.start()
-        yield rc
-    finally:
-        await rc.aclose()
-
-
-async def code_pair(
-    sender: RelayClient, receiver: RelayClient, words: str = "tango-lima"
-) -> tuple[Connection, Connection]:
-    """An offer/claim pair, both ends established."""
-    offer = await sender.offer(words)
-    claim = asyncio.create_task(receiver.claim(offer.code, timeout=20))
-    try:
-        out = await asyncio.wait_for(offer.accept(), 20)
-        await out.wait_established(20)
-        inc = await claim
-    finally:
-        claim.cancel()
-    return out, inc
-
-
-async def exchange(a: Connection, b: Connection, tag: bytes) -> None:
-    """One message each way; both must arrive."""
-    await a.send(b"ping " + tag)
-    assert await asyncio.wait_for(b.recv(), 20) == b"ping " + tag
-    await b.send(b"pong " + tag)
-    assert await asyncio.wait_for(a.recv(), 20) == b"pong " + tag
-
-
 @pytest.fixture
 def relay_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for k, v in BACKOFF.items():
+    for k, v in FAST_RELAY.items():
         monkeypatch.setenv(k, v)
 
 
@@ -695,3 +644,99 @@ async def test_sdk_relay_payloads_never_carry_plaintext(
     assert [f for f, p in frames if MARKER in p or MARKER.decode() in repr(f)] == []
     hub.stop()
     assert _files_with(hub.data, MARKER) == []
+
+
+async def test_handshake_records_never_cross_a_lane_in_the_clear(
+    tmp_path: Path,
+    hubs: Callable[..., Hub],
+    proxies: Callable[..., ShapedProxy],
+    relay_env: None,
+) -> None:
+    """Identity keys, SPAKE2 and X25519 messages travel as relay records of
+    kind h; on a lane (a data connection) they are sealed per hop like any
+    other payload, so the bytes on the wire never show them."""
+    hub = hubs()
+    proxy = proxies(hub, record=True)
+    admin, bob = accounts(tmp_path, hub, proxy)
+    sent: list[bytes] = []
+
+    def record(client: RelayClient) -> None:
+        real = client.send_frame
+
+        async def send_frame(msg: m.Message, payload: bytes = b"") -> None:
+            if isinstance(msg, m.Relay) and msg.kind == "h":
+                sent.append(payload)
+            await real(msg, payload)
+
+        client.send_frame = send_frame  # type: ignore[method-assign]
+
+    async with sdk(admin) as a, sdk(bob) as b:
+        assert a.lane is not None and b.lane is not None, "no lane: nothing to check"
+        record(a)
+        record(b)
+        out, inc = await code_pair(a, b, "kilo-lima-mike")
+        await exchange(out, inc, b"code")
+        listener = await b.listen("lane-check")
+        dial = asyncio.create_task(a.connect("bob", "lane-check", timeout=20))
+        accepted = await asyncio.wait_for(listener.accept(), 20)
+        await accepted.wait_established(20)
+        await exchange(await dial, accepted, b"identity")
+        identities = [public_of(a.identity), public_of(b.identity)]
+
+    # Code: two SPAKE2 messages and two confirmations; identity: three messages.
+    assert sorted(len(p) for p in sent) == [32, 32, 64, 64, 65, 65, 128]
+    secrets_seen = [*sent, *identities]
+    wire = b"".join(data for _, data in proxy.snapshot())
+    assert len(wire) > 10_000
+    leaks = [p.hex()[:16] for p in secrets_seen if p in wire or p[:16] in wire]
+    assert leaks == [], "handshake material crossed the wire in the clear"
+
+
+async def test_a_peer_ignoring_the_window_is_cut_off_and_the_victim_stays_bounded(
+    tmp_path: Path, hubs: Callable[..., Hub], relay_env: None
+) -> None:
+    """Anyone may dial a listener (an agent's file manager, say). A peer that
+    sends without waiting for acknowledgements to a listener whose
+    application is not reading: the listener ends the connection
+    (flow_violation) once the window it granted is full, and never holds
+    more than that. The listener's client reads its network promptly (each
+    record is sent once the previous one arrived), so the hub's queue stays
+    short and the hub, whose own memory is safe, has no reason to step in."""
+    hub = hubs()
+    admin, bob = accounts(tmp_path, hub)
+    held: list[int] = []
+    async with sdk(admin) as hostile, sdk(bob) as victim:
+        listener = await victim.listen("inbox")
+        dial = asyncio.create_task(hostile.connect("bob", "inbox", timeout=20))
+        accepted = await asyncio.wait_for(listener.accept(), 20)
+        await accepted.wait_established(20)
+        out = await dial
+        assert out.session is not None
+        out.session.can_send = lambda size: True  # type: ignore[method-assign]
+        real = accepted.on_relay
+
+        arrived = asyncio.Event()
+
+        async def measure(msg: m.Relay, payload: bytes) -> None:
+            await real(msg, payload)
+            if msg.kind == "d":
+                held.append(sum(len(x) for x in accepted.inbox))
+                arrived.set()
+
+        accepted.on_relay = measure  # type: ignore[method-assign]
+        message = os.urandom(MiB)
+        with contextlib.suppress(FreightError):
+            for _ in range(64):
+                arrived.clear()
+                await out.send(message)
+                await asyncio.wait_for(arrived.wait(), 20)
+                if accepted.closed:
+                    break
+        assert accepted.closed, f"the listener took it all: {max(held) / MiB:.0f} MiB held"
+        assert isinstance(accepted.error, FlowViolation), accepted.error
+        with pytest.raises(FlowViolation):
+            await accepted.recv()
+        with pytest.raises(FreightError):  # the hostile end is told it was cut off
+            await asyncio.wait_for(out.recv(), 20)
+    print(f"victim held at most {max(held) / MiB:.1f} MiB before cutting the peer off")
+    assert 15 * MiB <= max(held) <= DEFAULT_WINDOW

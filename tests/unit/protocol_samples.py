@@ -63,6 +63,7 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.CodeGrant(rid="r6", nameplate="42", expires_in=599.5), b""),
     (m.Claim(rid="r7", cid=CID, nameplate="42"), b""),
     (m.CodeFailed(cid=CID), b""),
+    (m.CodeOk(cid=CID), b""),
     (m.Waiting(rid="r7", cid=CID), b""),
     (
         m.Linked(
@@ -74,6 +75,8 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
             rid="r7",
             keys=["ab" * 32, "0f" * 32],
             rejoined=True,
+            me="alice",
+            hub="SHA256:" + "ab" * 32,
         ),
         b"",
     ),

@@ -8,6 +8,7 @@ pair is joined by a simulated relay that loses, repeats and reorders records.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import re
@@ -28,12 +29,14 @@ from freight.protocol.e2e import (
     SPAKE2_BYTES,
     X25519_BYTES,
     CodeHandshake,
+    FlowViolation,
     Handshake,
     IdentityHandshake,
     PeerKeyRejected,
     SecureSession,
     SessionKeys,
     WrongCode,
+    identity_context,
     load_identity,
     new_identity,
     public_of,
@@ -139,15 +142,46 @@ def test_code_handshake_messages_have_the_documented_shape() -> None:
     assert len(m1_dial) == len(m1_accept) == SPAKE2_BYTES + X25519_BYTES
     assert dial.take() == []  # nothing more until the peer's first message
     accept.receive(m1_dial)
+    # The accepting end proves nothing yet: a confirmation from it would let
+    # a claimant check a guess offline and hang up.
+    assert accept.take() == []
     dial.receive(m1_accept)
-    confirm_accept, confirm_dial = one(accept), one(dial)
-    assert len(confirm_accept) == len(confirm_dial) == MAC_BYTES
-    assert confirm_accept != confirm_dial  # each end proves its own role
+    confirm_dial = one(dial)  # the claimant proves its code first
+    assert len(confirm_dial) == MAC_BYTES
     assert dial.keys is None and accept.keys is None  # not before the proof
-    dial.receive(confirm_accept)
     accept.receive(confirm_dial)
+    assert accept.keys is not None
+    confirm_accept = one(accept)  # only now, after verifying
+    assert len(confirm_accept) == MAC_BYTES
+    assert confirm_accept != confirm_dial  # each end proves its own role
+    dial.receive(confirm_accept)
     assert_paired(dial, accept)
     assert dial.take() == accept.take() == []
+
+
+@pytest.mark.parametrize("order", ORDERS, ids="".join)
+def test_the_accepting_end_confirms_only_after_verifying_the_claimant(
+    order: tuple[str, ...],
+) -> None:
+    """Whatever the delivery order, nothing the accepting end sends before
+    the claimant's confirmation verified depends on the code."""
+    dial, accept = code_pair()
+    sent_by_accept: list[bytes] = []
+    queues: dict[str, list[bytes]] = {"d": [], "a": []}
+    for step in itertools.chain(order, itertools.cycle("da")):
+        queues["d"] += dial.take()
+        out = accept.take()
+        if accept.keys is None:
+            assert [len(x) for x in out] in ([], [SPAKE2_BYTES + X25519_BYTES])
+        sent_by_accept += out
+        queues["a"] += out
+        ready = [s for s in (step, "a" if step == "d" else "d") if queues[s]]
+        if not ready:
+            break
+        sender = ready[0]
+        (accept if sender == "d" else dial).receive(queues[sender].pop(0))
+    assert_paired(dial, accept)
+    assert len(sent_by_accept) == 2
 
 
 def test_each_code_handshake_gives_fresh_keys() -> None:
@@ -160,11 +194,16 @@ def test_each_code_handshake_gives_fresh_keys() -> None:
 
 
 @pytest.mark.parametrize("order", ORDERS, ids="".join)
-def test_different_codes_fail_on_both_sides(order: tuple[str, ...]) -> None:
+def test_a_different_code_fails_at_the_accepting_end_which_reveals_nothing(
+    order: tuple[str, ...],
+) -> None:
     dial, accept = code_pair(dial_code="7-crossbow-gazelle", accept_code="7-crossbow-gazebo")
     errors = run_code(dial, accept, order)
-    assert set(errors) == {"d", "a"}
-    assert all(type(e) is WrongCode for e in errors.values())
+    assert set(errors) == {"a"}
+    assert type(errors["a"]) is WrongCode
+    # The claimant got the accepting end's first message only: no
+    # confirmation to check its guess against; its connection just ends.
+    assert accept.take() == []
     assert dial.keys is None and accept.keys is None
 
 
@@ -175,9 +214,32 @@ def test_different_codes_fail_on_both_sides(order: tuple[str, ...]) -> None:
 def test_code_handshake_binds_its_context(dial_context: bytes, accept_context: bytes) -> None:
     dial, accept = code_pair(dial_context=dial_context, accept_context=accept_context)
     errors = run_code(dial, accept)
-    assert set(errors) == {"d", "a"}
-    assert all(type(e) is WrongCode for e in errors.values())
+    assert set(errors) == {"a"}
+    assert type(errors["a"]) is WrongCode
     assert dial.keys is None and accept.keys is None
+
+
+def test_a_wrong_confirmation_from_the_accepting_end_is_a_wrong_code() -> None:
+    """A malicious sender (or hub) that answers with a confirmation of its
+    own guess: the claimant refuses it."""
+    dial, accept = code_pair(accept_code="7-crossbow-gazebo")
+    dial.receive(one(accept))
+    with pytest.raises(WrongCode):
+        dial.receive(bytes(MAC_BYTES))
+    assert dial.keys is None
+
+
+def test_after_a_wrong_code_the_accepting_end_stays_failed() -> None:
+    dial, accept = code_pair(accept_code="7-crossbow-gazebo")
+    accept.receive(one(dial))
+    dial.receive(one(accept))
+    confirmation = one(dial)
+    with pytest.raises(WrongCode):
+        accept.receive(confirmation)
+    for again in (confirmation, bytes(MAC_BYTES)):
+        with pytest.raises(ProtocolError):
+            accept.receive(again)
+    assert accept.take() == [] and accept.keys is None
 
 
 @pytest.mark.parametrize("index", [0, 5, MAC_BYTES - 1])
@@ -190,8 +252,7 @@ def test_tampered_confirmation_is_a_wrong_code(index: int) -> None:
     with pytest.raises(WrongCode):
         accept.receive(flip(confirm_dial, index))
     assert accept.keys is None
-    dial.receive(one(accept))  # the untouched direction still checks out
-    assert dial.keys is not None
+    assert accept.take() == []  # and it says nothing more
 
 
 def test_wrong_confirmation_of_the_right_length_is_a_wrong_code() -> None:
@@ -231,6 +292,9 @@ def test_reflected_confirmation_is_refused() -> None:
     with pytest.raises(WrongCode):
         dial.receive(confirm_dial)  # its own proof, bounced back by the relay
     assert dial.keys is None
+    accept.receive(confirm_dial)
+    confirm_accept = one(accept)
+    assert confirm_accept != confirm_dial
 
 
 @pytest.mark.parametrize("length", [0, 1, 32, SPAKE2_BYTES, 64, 66, 200])
@@ -491,6 +555,56 @@ def test_messages_from_another_connection_are_rejected() -> None:
     accept.receive(one(dial))
     with pytest.raises(PeerKeyRejected):
         dial.receive(one(accept))
+
+
+BOUND = {
+    "cid": "c-0123",
+    "app": "ssh",
+    "dial_account": "alice",
+    "accept_account": "bob",
+    "hub_fingerprint": "SHA256:" + "ab" * 32,
+}
+
+
+@pytest.mark.parametrize(
+    ("field", "theirs"),
+    [
+        ("dial_account", "mallory"),
+        ("accept_account", "bobby"),
+        ("hub_fingerprint", "SHA256:" + "cd" * 32),
+        ("app", "ssh2"),
+    ],
+)
+def test_identity_transcript_binds_both_accounts_and_the_hub(field: str, theirs: str) -> None:
+    """Both ends sign what each believes: who dials, who accepts, through
+    which hub. A hub that tells the ends different stories (or two hubs
+    splicing one connection) makes the signatures fail."""
+    mine = identity_context(**BOUND)
+    other = identity_context(**{**BOUND, field: theirs})
+    assert mine != other
+    dial, accept = id_pair(dial_context=mine, accept_context=other)
+    accept.receive(one(dial))
+    with pytest.raises(PeerKeyRejected):
+        dial.receive(one(accept))
+    assert dial.keys is None
+    same_dial, same_accept = id_pair(dial_context=mine, accept_context=identity_context(**BOUND))
+    run_identity(same_dial, same_accept)
+    assert_paired(same_dial, same_accept)
+
+
+def test_identity_context_fields_cannot_run_into_each_other() -> None:
+    a = identity_context(**{**BOUND, "dial_account": "ab", "accept_account": "c"})
+    b = identity_context(**{**BOUND, "dial_account": "a", "accept_account": "bc"})
+    assert a != b
+
+
+def test_the_peer_identity_is_known_once_its_message_arrives() -> None:
+    dial, accept = id_pair()
+    assert dial.peer_identity == accept.peer_identity == b""
+    accept.receive(one(dial))
+    assert accept.peer_identity == public_of(ALICE)
+    dial.receive(one(accept))
+    assert dial.peer_identity == public_of(BOB)
 
 
 def test_low_order_x25519_key_in_identity_handshake_is_a_protocol_error() -> None:
@@ -823,6 +937,80 @@ def test_window_change_applies_at_once() -> None:
     assert tx.can_send(30)
 
 
+def test_a_receiver_refuses_records_beyond_the_window_it_granted() -> None:
+    """A sender that ignores the window (can_send) is cut off by the
+    receiver: what it holds unacknowledged never exceeds the window."""
+    tx, rx = session_pair(window=100)
+    held = 0
+    with pytest.raises(FlowViolation):
+        for _ in range(10):
+            plain = rx.open(*tx.seal(bytes(30)))  # no can_send: a hostile sender
+            assert plain is not None
+            held += len(plain)
+    assert held == 90  # three records of 30 fit in 100, the fourth does not
+    assert rx.expected == 3
+
+
+def test_the_window_counts_from_the_last_acknowledgement() -> None:
+    tx, rx = session_pair(window=100)
+    for _ in range(3):
+        rx.open(*tx.seal(bytes(30)))
+    tx.on_ack(*rx.ack())  # the application took them: 100 bytes of credit again
+    for _ in range(3):
+        assert rx.open(*tx.seal(bytes(30))) is not None
+    with pytest.raises(FlowViolation):
+        rx.open(*tx.seal(bytes(30)))
+
+
+def test_one_record_larger_than_the_window_is_allowed_alone() -> None:
+    """As can_send allows: with nothing in flight, one record always goes."""
+    tx, rx = session_pair(window=10)
+    assert rx.open(*tx.seal(bytes(500))) is not None
+    with pytest.raises(FlowViolation):
+        rx.open(*tx.seal(b"x"))
+    tx2, rx2 = session_pair(window=10)
+    rx2.open(*tx2.seal(bytes(500)))
+    tx2.on_ack(*rx2.ack())
+    assert rx2.open(*tx2.seal(bytes(500))) is not None
+
+
+def test_held_records_keep_their_credit_until_the_application_takes_them() -> None:
+    """Records opened with ``hold`` stay the receiver's until released:
+    an acknowledgement gives credit only for what the application took, so
+    acknowledgements a peer provokes (replays) grant it nothing more."""
+    tx, rx = session_pair(window=100)
+    first = tx.seal(bytes(30))
+    for seq, sealed in (first, tx.seal(bytes(30)), tx.seal(bytes(30))):
+        assert rx.open(seq, sealed, hold=True) is not None
+    assert rx.held_bytes == 90
+    assert rx.open(*first) is None  # a replay...
+    assert tx.on_ack(*rx.ack()) == 0  # ...answered, but nothing was taken
+    with pytest.raises(FlowViolation):
+        rx.open(*tx.seal(bytes(30)), hold=True)
+    rx.release()  # the application took one record
+    assert tx.on_ack(*rx.ack()) == 1
+    assert rx.held_bytes == 60
+    tx2, rx2 = session_pair(window=100)
+    for _ in range(3):
+        rx2.open(*tx2.seal(bytes(30)), hold=True)
+    rx2.release()
+    rx2.ack()
+    assert rx2.open(*tx2.seal(bytes(30)), hold=True) is not None  # 90 held again
+    with pytest.raises(FlowViolation):
+        rx2.open(*tx2.seal(bytes(11)), hold=True)
+
+
+def test_replays_and_records_past_a_gap_do_not_count_against_the_window() -> None:
+    tx, rx = session_pair(window=100)
+    records = [tx.seal(bytes(40)) for _ in range(2)]
+    for _ in range(5):
+        assert rx.open(*records[1]) is None  # beyond a gap: dropped, not held
+    rx.open(*records[0])
+    for _ in range(5):
+        assert rx.open(*records[0]) is None  # a replay
+    assert rx.open(*records[1]) is not None
+
+
 # --- a lossy relay ----------------------------------------------------------------
 
 
@@ -833,7 +1021,8 @@ class End:
         self.session = session
         self.to_send = list(to_send)
         self.sent: list[bytes] = []
-        self.got: list[bytes] = []
+        self.got: list[bytes] = []  # what the application took
+        self.held: list[bytes] = []  # opened, not yet taken by the application
         self.outbox: list[tuple[str, int, bytes]] = []  # what the relay holds for the peer
 
     def send_next(self) -> None:
@@ -852,14 +1041,20 @@ class End:
                 event("ack freed nothing")
             return
         expected = self.session.expected
-        plain = self.session.open(seq, sealed)
+        plain = self.session.open(seq, sealed, hold=True)  # FlowViolation fails the test
         if plain is not None:
-            self.got.append(plain)
+            self.held.append(plain)
         elif seq < expected:
             event("replayed record dropped")
             self.send_ack()  # a resend: say again what we have, as the client does
         else:
             event("record beyond a gap dropped")
+
+    def take(self) -> None:
+        """The application takes the oldest record it has not taken yet."""
+        if self.held:
+            self.got.append(self.held.pop(0))
+            self.session.release()
 
     def reconnect(self) -> None:
         """What an end does after the relay lost everything in flight."""
@@ -868,7 +1063,10 @@ class End:
         self.send_ack()
 
 
-ACTIONS = ["send", "send", "send", "deliver", "deliver", "deliver", "drop", "dup", "ack", "swap"]
+ACTIONS = [
+    *("send", "send", "send", "deliver", "deliver", "deliver", "drop", "dup", "ack", "swap"),
+    *("take", "take"),
+]
 payloads = st.lists(st.binary(max_size=40), min_size=1, max_size=25)
 
 
@@ -903,6 +1101,8 @@ def test_lossy_relay_delivers_everything_exactly_once_in_order(
         box = me.outbox
         if action == "send":
             me.send_next()
+        elif action == "take":
+            me.take()
         elif action == "ack":
             me.send_ack()
         elif action == "reconnect":
@@ -922,8 +1122,11 @@ def test_lossy_relay_delivers_everything_exactly_once_in_order(
                 j = (pick // len(box)) % len(box)
                 box[i], box[j] = box[j], box[i]
         for end, other in ((ends[0], ends[1]), (ends[1], ends[0])):
-            assert other.got == end.sent[: len(other.got)]  # a prefix, in order
+            got = other.got + other.held
+            assert got == end.sent[: len(got)]  # a prefix, in order
             assert end.session.in_flight == sum(len(p) for p in end.sent[end.session.acked_upto :])
+            # What the receiver holds for the application is within its window.
+            assert sum(map(len, other.held)) <= max(window, max(map(len, other.held), default=0))
     # Then the relay behaves: reconnect, and deliver in order until quiet.
     for end in ends:
         end.outbox.clear()
@@ -936,7 +1139,10 @@ def test_lossy_relay_delivers_everything_exactly_once_in_order(
             while me.outbox:
                 peer.receive(*me.outbox.pop(0))
                 moved = True
-            if peer.session.delivered_since_ack:
+            taken = bool(peer.held)
+            while peer.held:
+                peer.take()
+            if peer.session.delivered_since_ack or taken:
                 peer.send_ack()
                 moved = True
         if not moved and not any(end.to_send for end in ends):
@@ -984,6 +1190,30 @@ def test_code_handshake_only_raises_protocol_errors(
         except ProtocolError:
             break
     assert hs.keys is None  # no junk ever completes the handshake
+
+
+@FAST
+@given(
+    honest_first=st.booleans(),
+    right_code=st.booleans(),
+    messages=st.lists(junk, max_size=4),
+)
+def test_the_accepting_end_never_confirms_an_unverified_claim(
+    honest_first: bool, right_code: bool, messages: list[bytes]
+) -> None:
+    """Fed anything but the claimant's valid confirmation, the accepting end
+    sends its first message and nothing else, errors or not."""
+    accept = CodeHandshake(CODE, ACCEPT, CONTEXT)
+    claimant = CodeHandshake(CODE if right_code else "7-crossbow-gazebo", DIAL, CONTEXT)
+    sent = accept.take()
+    if honest_first:
+        messages = [one(claimant), *messages]
+    for message in messages:
+        with contextlib.suppress(ProtocolError):
+            accept.receive(message)
+        sent += accept.take()
+    assert [len(x) for x in sent] == [SPAKE2_BYTES + X25519_BYTES]
+    assert accept.keys is None
 
 
 @FAST

@@ -35,7 +35,6 @@ from freight.protocol import messages as m
 from freight.protocol.frames import encode_json, parse_header
 from freight.protocol.seal import (
     CLIENT_TO_HUB,
-    END_TO_END_SEALED,
     KIND_HEADER,
     KIND_PAYLOAD,
     TAG_BYTES,
@@ -43,6 +42,7 @@ from freight.protocol.seal import (
     SealedFrameDecoder,
     Sealer,
     derive_key,
+    end_to_end_sealed,
 )
 from freight.protocol.stream import DataReceived
 
@@ -252,14 +252,14 @@ SEAL_BOUND = 4 + max(MAX_HEADER, MAX_PAYLOAD) + TAG_BYTES
 def sealed(frames: list[tuple[m.Message, bytes]]) -> bytes:
     sealer = Sealer(KEY)
     return b"".join(
-        b"".join(sealer.seal_frame(encode_json(msg), p, raw=isinstance(msg, END_TO_END_SEALED)))
+        b"".join(sealer.seal_frame(encode_json(msg), p, raw=end_to_end_sealed(msg)))
         for msg, p in frames
     )
 
 
 # Relay payloads cross a data connection unsealed (they are sealed end to
 # end; the far end detects tampering): the hop only vouches for the rest.
-HOP_SEALED = [(msg, p) for msg, p in SAMPLES if not (isinstance(msg, END_TO_END_SEALED) and p)]
+HOP_SEALED = [(msg, p) for msg, p in SAMPLES if not (end_to_end_sealed(msg) and p)]
 
 
 def small_decoder() -> SealedFrameDecoder:

@@ -19,7 +19,6 @@ from freight.protocol import messages as m
 from freight.protocol.frames import encode_json
 from freight.protocol.seal import (
     CLIENT_TO_HUB,
-    END_TO_END_SEALED,
     HUB_TO_CLIENT,
     KIND_HEADER,
     KIND_PAYLOAD,
@@ -27,6 +26,7 @@ from freight.protocol.seal import (
     TAG_BYTES,
     SealedFrameDecoder,
     derive_key,
+    end_to_end_sealed,
     parse_preamble,
     preamble,
 )
@@ -44,7 +44,7 @@ def pair(direction: bytes = CLIENT_TO_HUB) -> tuple[Sealer, Opener]:
 
 
 def wire(sealer: Sealer, msg: m.Message, payload: bytes = b"") -> bytes:
-    raw = isinstance(msg, END_TO_END_SEALED)
+    raw = end_to_end_sealed(msg)
     return b"".join(sealer.seal_frame(encode_json(msg), payload, raw=raw))
 
 

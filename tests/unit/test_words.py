@@ -28,3 +28,13 @@ def test_no_word_is_a_prefix_of_another() -> None:
     ordered = sorted(WORDS)
     clashes = [(a, b) for a, b in itertools.pairwise(ordered) if b.startswith(a)]
     assert clashes == []
+
+
+def test_new_codes_have_at_least_three_words() -> None:
+    # Two words are 16 bits: three failed claims per code leave too much luck.
+    from freight.cli.relay import new_words
+
+    for _ in range(20):
+        words = new_words().split("-")
+        assert len(words) >= 3
+        assert all(w in WORDS for w in words)

@@ -1,0 +1,290 @@
+"""The SDK's relay endpoint (RelayClient / Connection) driven by frames.
+
+No hub and no sockets: a RelayClient whose ``send_frame`` records what it
+would send is fed the frames a hub would deliver, honest or not; the peer is
+played by the protocol machines themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from freight.client.config import ClientConfig
+from freight.client.relay import Connection, Listener, RelayClient
+from freight.client.session import HubSession
+from freight.errors import CodeBurned, ConnectionEnded
+from freight.protocol import messages as m
+from freight.protocol.e2e import (
+    ACCEPT,
+    DIAL,
+    CodeHandshake,
+    IdentityHandshake,
+    PeerKeyRejected,
+    identity_context,
+    public_of,
+)
+
+NAMEPLATE = "7"
+CODE = f"{NAMEPLATE}-crossbow-gazelle-tulip"
+APP = f"code:{NAMEPLATE}"
+HUB_FP = "SHA256:" + "ab" * 32
+MAX_CODE_GUESSES = 3  # failed claims a code survives (docs/protocol.md 12.4)
+
+
+class Recorder:
+    """A RelayClient with its outgoing frames captured instead of sent."""
+
+    def __init__(self, client: RelayClient) -> None:
+        self.client = client
+        self.frames: list[tuple[m.Message, bytes]] = []
+
+        async def send_frame(msg: m.Message, payload: bytes = b"") -> None:
+            self.frames.append((msg, payload))
+
+        client.send_frame = send_frame  # type: ignore[method-assign]
+
+    def take(self, cid: str, kind: type[m.Message] = m.Relay) -> list[tuple[m.Message, bytes]]:
+        """Frames of ``kind`` sent for ``cid`` since the last take (of any kind)."""
+        mine = [(f, p) for f, p in self.frames if getattr(f, "cid", None) == cid]
+        self.frames = [(f, p) for f, p in self.frames if getattr(f, "cid", None) != cid]
+        return [(f, p) for f, p in mine if isinstance(f, kind)]
+
+    async def deliver(self, msg: m.AnyMessage, payload: bytes = b"") -> None:
+        await self.client._dispatch(msg, payload)
+
+
+@pytest.fixture
+async def wire(tmp_path: Path) -> AsyncIterator[Recorder]:
+    session = HubSession("https://127.0.0.1:9", fingerprint=HUB_FP)
+    client = RelayClient(session, ClientConfig(tmp_path))
+    yield Recorder(client)
+    await session.aclose()
+
+
+def offering(wire: Recorder) -> Listener:
+    """The state ``RelayClient.offer`` leaves behind once the hub granted."""
+    offer = Listener(wire.client, "")
+    offer.nameplate, offer.code = NAMEPLATE, CODE
+    wire.client.offers[NAMEPLATE] = offer
+    return offer
+
+
+def linked(cid: str, role: str, *, peer: str = "mallory", rejoined: bool = False) -> m.Linked:
+    return m.Linked(
+        cid=cid, peer=peer, app=APP, role=role, window=1 << 22, rejoined=rejoined, keys=[]
+    )
+
+
+def relay_h(cid: str, payload: bytes) -> tuple[m.Relay, bytes]:
+    return m.Relay(cid=cid, kind="h", len=len(payload)), payload
+
+
+async def guess_and_leave(wire: Recorder, how: str) -> list[bytes]:
+    """One claim by a guesser that links, sends its SPAKE2 message, reads
+    the sender's records and goes (``how``: hangup, relink, wrong)."""
+    cid = secrets.token_hex(12)
+    await wire.deliver(linked(cid, ACCEPT))
+    guesser = CodeHandshake(f"{NAMEPLATE}-wrong-guess-here", DIAL, APP.encode())
+    await wire.deliver(*relay_h(cid, guesser.take()[0]))
+    got = [p for _, p in wire.take(cid)]
+    if how == "wrong":
+        guesser.receive(got[0])
+        await wire.deliver(*relay_h(cid, guesser.take()[0]))
+    elif how == "relink":
+        # The link breaks mid-handshake and the hub links the claim again.
+        await wire.deliver(linked(cid, ACCEPT, rejoined=True))
+        got += [p for _, p in wire.take(cid)]
+        await wire.deliver(m.Hangup(cid=cid, code="closed", by="peer"))
+    else:
+        await wire.deliver(m.Hangup(cid=cid, code="closed", by="peer"))
+    return got
+
+
+@pytest.mark.parametrize("how", ["hangup", "wrong", "relink"])
+async def test_the_sender_stops_after_three_failed_claims_whatever_the_hub_says(
+    wire: Recorder, how: str
+) -> None:
+    """The hub here never says ``code_burned`` (it may be the guesser): the
+    sending process counts on its own and ends the offer at the third."""
+    offer = offering(wire)
+    for attempt in range(MAX_CODE_GUESSES):
+        got = await guess_and_leave(wire, how)
+        assert all(len(p) == 65 for p in got), "the sender confirmed before the claimant"
+        conn = await asyncio.wait_for(offer.accept(), 1)
+        assert conn.closed and not conn.established.is_set()
+        expected = attempt + 1 if how != "relink" else min(2 * attempt + 2, MAX_CODE_GUESSES)
+        assert offer.failures == expected
+        if offer.failures >= MAX_CODE_GUESSES:
+            break
+    with pytest.raises(CodeBurned, match="code burned"):
+        await asyncio.wait_for(offer.accept(), 1)
+    assert NAMEPLATE not in wire.client.offers  # no more claims are taken
+
+
+async def test_a_verified_claim_is_no_failure_even_when_relinked(wire: Recorder) -> None:
+    offer = offering(wire)
+    cid = secrets.token_hex(12)
+    await wire.deliver(linked(cid, ACCEPT, peer="bob"))
+    receiver = CodeHandshake(CODE, DIAL, APP.encode())
+    await wire.deliver(*relay_h(cid, receiver.take()[0]))
+    ((_, first),) = wire.take(cid)
+    receiver.receive(first)
+    await wire.deliver(*relay_h(cid, receiver.take()[0]))
+    sent = wire.take(cid, m.Message)
+    # The hub hears the claim was verified before the sender's own proof goes.
+    assert [type(f) for f, _ in sent] == [m.CodeOk, m.Relay]
+    receiver.receive(sent[1][1])
+    assert receiver.keys is not None
+    conn = await asyncio.wait_for(offer.accept(), 1)
+    await asyncio.wait_for(conn.wait_established(), 1)
+    # The receiver's link breaks and comes back, then the receiver leaves.
+    await wire.deliver(linked(cid, ACCEPT, peer="bob", rejoined=True))
+    assert m.CodeOk in [type(f) for f, _ in wire.take(cid, m.Message)]
+    await wire.deliver(m.Hangup(cid=cid, code="peer_gone", by="hub"))
+    with pytest.raises(ConnectionEnded):
+        await conn.recv()
+    assert offer.failures == 0
+
+
+async def test_the_claimant_sends_its_confirmation_first(wire: Recorder) -> None:
+    cid = secrets.token_hex(12)
+    conn = Connection(
+        wire.client, cid, DIAL, "", APP, lambda c: CodeHandshake(CODE, DIAL, APP.encode())
+    )
+    wire.client.conns[cid] = conn
+    sender = CodeHandshake(CODE, ACCEPT, APP.encode())
+    await wire.deliver(linked(cid, DIAL, peer="admin"))
+    ((_, spake),) = wire.take(cid)
+    await wire.deliver(*relay_h(cid, sender.take()[0]))
+    ((_, confirmation),) = wire.take(cid)
+    sender.receive(spake)
+    assert sender.take() == []
+    sender.receive(confirmation)
+    await wire.deliver(*relay_h(cid, sender.take()[0]))
+    await asyncio.wait_for(conn.wait_established(), 1)
+    assert conn.fingerprint and conn.fingerprint == sender.keys.fingerprint  # type: ignore[union-attr]
+
+
+# --- identity connections: who is bound, and who may come back ------------------
+
+ALICE = Ed25519PrivateKey.generate()
+BOB = Ed25519PrivateKey.generate()
+MALLORY = Ed25519PrivateKey.generate()
+
+
+async def identity_client(tmp_path: Path, name: str, key: Ed25519PrivateKey, pin: str) -> Recorder:
+    session = HubSession("https://127.0.0.1:9", fingerprint=pin)
+    client = RelayClient(session, ClientConfig(tmp_path / name))
+    client.identity = key
+    return Recorder(client)
+
+
+def id_linked(
+    cid: str, role: str, peer: str, me: str, keys: list[Ed25519PrivateKey], **kw: object
+) -> m.Linked:
+    return m.Linked(
+        cid=cid,
+        peer=peer,
+        app="ssh",
+        role=role,
+        window=1 << 22,
+        keys=[public_of(k).hex() for k in keys],
+        me=me,
+        hub=HUB_FP,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def shuttle(a: Recorder, b: Recorder, cid: str) -> None:
+    """Carry relay records between two clients until neither has any."""
+    while True:
+        moved = False
+        for src, dst in ((a, b), (b, a)):
+            for msg, payload in src.take(cid):
+                await dst.deliver(msg, payload)
+                moved = True
+        if not moved:
+            return
+
+
+async def identity_pair(
+    tmp_path: Path, *, pins: tuple[str, str] = (HUB_FP, HUB_FP), bob_sees: str = "alice"
+) -> tuple[Connection, Connection, Recorder, Recorder]:
+    """alice dials bob's "ssh"; the hub tells bob the dialer is ``bob_sees``."""
+    a = await identity_client(tmp_path, "alice", ALICE, pins[0])
+    b = await identity_client(tmp_path, "bob", BOB, pins[1])
+    listener = Listener(b.client, "ssh")
+    b.client.listeners["ssh"] = listener
+    cid = secrets.token_hex(12)
+    dialer = Connection(a.client, cid, DIAL, "bob", "ssh", a.client._identity_handshake)
+    a.client.conns[cid] = dialer
+    await a.deliver(id_linked(cid, DIAL, "bob", "alice", [BOB]))
+    await b.deliver(id_linked(cid, ACCEPT, bob_sees, "bob", [ALICE]))
+    acceptor = await asyncio.wait_for(listener.accept(), 1)
+    await shuttle(a, b, cid)
+    return dialer, acceptor, a, b
+
+
+async def test_identity_connection_binds_what_each_end_was_told(tmp_path: Path) -> None:
+    dialer, acceptor, _, _ = await identity_pair(tmp_path)
+    assert dialer.established.is_set() and acceptor.established.is_set()
+    assert dialer.fingerprint == acceptor.fingerprint
+    for kw in ({"pins": (HUB_FP, "SHA256:" + "cd" * 32)}, {"bob_sees": "carol"}):
+        d, a, _, _ = await identity_pair(tmp_path, **kw)  # type: ignore[arg-type]
+        assert not d.established.is_set() and not a.established.is_set()
+        assert isinstance(d.error, PeerKeyRejected), kw
+
+
+@pytest.mark.parametrize("end", [DIAL, ACCEPT])
+async def test_a_rejoin_linked_to_another_account_is_refused(tmp_path: Path, end: str) -> None:
+    dialer, acceptor, a, b = await identity_pair(tmp_path)
+    conn, wire = (dialer, a) if end == DIAL else (acceptor, b)
+    me, peer = ("alice", "mallory") if end == DIAL else ("bob", "mallory")
+    await wire.deliver(id_linked(conn.cid, end, peer, me, [MALLORY], rejoined=True))
+    assert conn.closed and isinstance(conn.error, PeerKeyRejected)
+    hangups = wire.take(conn.cid, m.Hangup)
+    assert [f.code for f, _ in hangups] == ["peer_key_rejected"]  # type: ignore[attr-defined]
+
+
+async def test_a_handshake_started_again_must_come_from_the_same_device(tmp_path: Path) -> None:
+    """Bob's end saw alice's identity key in message 1, then the link broke.
+    On the new link the hub lists another key for alice (mallory's): a
+    handshake signed with it is refused."""
+    b = await identity_client(tmp_path, "bob", BOB, HUB_FP)
+    b.client.listeners["ssh"] = listener = Listener(b.client, "ssh")
+    cid = secrets.token_hex(12)
+    context = identity_context(cid, "ssh", "alice", "bob", HUB_FP)
+    await b.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE, MALLORY]))
+    conn = await asyncio.wait_for(listener.accept(), 1)
+    alice = IdentityHandshake(ALICE, DIAL, context, [public_of(BOB)])
+    await b.deliver(*relay_h(cid, alice.take()[0]))
+    assert len(b.take(cid)) == 1  # bob answered: message 2
+    await b.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE, MALLORY], rejoined=True))
+    mallory = IdentityHandshake(MALLORY, DIAL, context, [public_of(BOB)])
+    await b.deliver(*relay_h(cid, mallory.take()[0]))
+    assert b.take(cid) == []  # no message 2 for her
+    assert conn.closed and isinstance(conn.error, PeerKeyRejected)
+
+
+async def test_connections_waiting_to_be_accepted_are_bounded(wire: Recorder) -> None:
+    """A listener whose application does not accept: dialers beyond the
+    bound are turned away (busy) instead of piling up."""
+    from freight.client.listener import MAX_PENDING
+
+    wire.client.identity = BOB
+    wire.client.listeners["ssh"] = listener = Listener(wire.client, "ssh")
+    cids = [secrets.token_hex(12) for _ in range(MAX_PENDING + 5)]
+    for cid in cids:
+        await wire.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE]))
+    assert len(wire.client.conns) == MAX_PENDING
+    refused = [f for f, _ in wire.frames if isinstance(f, m.Hangup)]
+    assert [(f.cid, f.code) for f in refused] == [(cid, "busy") for cid in cids[MAX_PENDING:]]
+    first = await asyncio.wait_for(listener.accept(), 1)
+    assert first.cid == cids[0]
+
