@@ -812,8 +812,20 @@ class RelayClient:
 
     async def listen(self, app: str, peer: str = "*") -> Listener:
         lst = Listener(self, app, peer)
-        await self.request(m.Listen(rid=(rid := _rid()), app=app, peer=peer), rid)
+        # Registered before asking: the hub links dials that were waiting
+        # as soon as it takes the Listen, and their Linked may arrive right
+        # behind its Done, before this coroutine resumes.
+        before = self.listeners.get(app)
         self.listeners[app] = lst
+        try:
+            await self.request(m.Listen(rid=(rid := _rid()), app=app, peer=peer), rid)
+        except BaseException:
+            if self.listeners.get(app) is lst:
+                if before is None:
+                    del self.listeners[app]
+                else:
+                    self.listeners[app] = before
+            raise
         return lst
 
     async def offer(self, code_words: str, nameplate: str = "", ttl: float = 3600.0) -> Listener:

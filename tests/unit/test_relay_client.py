@@ -288,3 +288,29 @@ async def test_connections_waiting_to_be_accepted_are_bounded(wire: Recorder) ->
     first = await asyncio.wait_for(listener.accept(), 1)
     assert first.cid == cids[0]
 
+
+async def test_a_dial_linked_right_after_listen_is_answered_reaches_the_listener(
+    wire: Recorder,
+) -> None:
+    """The hub binds waiting dials the moment it takes a Listen, so their
+    Linked can arrive right behind its Done, before listen() has resumed:
+    the connection must reach the listener, not be hung up as "no longer
+    listening" (seen as a dialer that never connected under load)."""
+    wire.client.identity = Ed25519PrivateKey.generate()
+    wire.client.attached.set()
+    task = asyncio.create_task(wire.client.listen("later"))
+    async with asyncio.timeout(5):
+        while not wire.frames:
+            await asyncio.sleep(0)
+    (request, _), *_ = wire.frames
+    assert isinstance(request, m.Listen)
+    cid = secrets.token_hex(12)
+    # Both frames in one go, as the reader hands them over.
+    await wire.deliver(m.Done(rid=request.rid))
+    await wire.deliver(
+        m.Linked(cid=cid, peer="admin", app="later", role=ACCEPT, window=1 << 22, keys=[])
+    )
+    listener = await asyncio.wait_for(task, 5)
+    assert wire.take(cid, m.Hangup) == []
+    conn = await asyncio.wait_for(listener.accept(), 5)
+    assert conn.cid == cid and conn.peer == "admin"
