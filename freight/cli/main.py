@@ -44,7 +44,7 @@ from ..transport.proxy import choose_proxy, redact
 from ..units import format_bytes, format_rate, parse_rate, parse_size
 from . import agents, collect, relay, users
 from .common import HubOpt, JsonOpt, QuietOpt, report, run_async
-from .output import RichReporter, err_console, print_json
+from .output import RichReporter, err_console, print_json, whole_std_streams
 
 app = typer.Typer(
     name="freight",
@@ -519,6 +519,7 @@ collect.register(app)
 
 
 def run() -> None:
+    whole_std_streams()
     tune_allocator()
     configure_client_logging()
     # Everything imported so far lives until exit: keep the collector from
