@@ -102,6 +102,7 @@ class TransferResult:
     restarted: bool = False
     attempts: int = 1
     wire_bytes: int = 0
+    skipped: bool = False  # already in place with the same bytes (folder pulls)
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.size / self.seconds if self.seconds > 0 else 0.0
@@ -497,7 +498,8 @@ async def pull_file(
         finally:
             if ticker:
                 ticker.cancel()
-            if resumed_from is None and sink.fd >= 0:
+            # After a finished stream the sink is closed; its resume point holds.
+            if resumed_from is None and (sink.fd >= 0 or sink.resumed_from):
                 resumed_from = sink.resumed_from
             sink.close()
             await link.release(port)
