@@ -45,6 +45,7 @@ from ..transport.proxy import choose_proxy, redact
 from ..units import format_bytes, format_rate, parse_rate, parse_size
 from . import agents, collect, relay, users
 from .common import HubOpt, JsonOpt, QuietOpt, report, run_async
+from .helptext import plain_help
 from .output import RichReporter, err_console, print_json, whole_std_streams
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # usage errors as plain lines; help: see helptext
 )
 admin_app = typer.Typer(help="Hub administration (admin accounts only).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
@@ -348,7 +350,12 @@ def push(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Upload files to the hub. Interrupted? Run the same command again: it resumes."""
+    """Upload files and folders to the hub.
+
+    Folders go recursively, each file named by its path under the folder's
+    name (photos/2024/a.jpg); pull brings them back. Interrupted? Run the same
+    command again: it resumes from the last checkpoint.
+    """
     opts = transfer_options(limit, compress, data_path, parallel)
     items = expand_sources(paths, as_name)
     total = sum(p.stat().st_size for p, _ in items)
@@ -517,7 +524,7 @@ def admin_bandwidth(
 @admin_app.command("events")
 def admin_events(
     kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. login_failure.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 50,
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -547,6 +554,13 @@ agents.register(app)
 collect.register(app)
 
 
+def command() -> Any:
+    """The ``freight`` command tree, with help as helptext renders it."""
+    cli = typer.main.get_command(app)
+    plain_help(cli)
+    return cli
+
+
 def run() -> None:
     whole_std_streams()
     tune_allocator()
@@ -555,7 +569,7 @@ def run() -> None:
     # walking it again and again (and once more at exit, ~0.3 s).
     gc.freeze()
     try:
-        app()
+        command().main(prog_name="freight")
     except FreightError as exc:  # raised outside run_async, e.g. checking arguments
         report(exc)
         sys.exit(exc.exit_code)
