@@ -72,7 +72,9 @@ def collect_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
 
 
 @collect_app.command("rm")
-def collect_rm(name: Annotated[str, typer.Argument()], hub_url: HubOpt = None) -> None:
+def collect_rm(
+    name: Annotated[str, typer.Argument(help="Policy name.")], hub_url: HubOpt = None
+) -> None:
     """Remove a policy (what was collected stays)."""
     run_async(lambda: _call(hub_url, "DELETE", f"/v1/collect/policies/{name}"))
     typer.echo(f"removed policy {name}")

@@ -8,6 +8,7 @@ import gc
 import getpass
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,6 +17,7 @@ import typer
 from .. import __version__
 from ..allocator import tune_allocator
 from ..client.config import ClientConfig
+from ..client.pulltree import PullPlan, plan_pull, pull_many
 from ..client.relay import register_identity
 from ..client.session import (
     CA_FILE_ENV,
@@ -33,7 +35,6 @@ from ..client.transfer import (
     QuietReporter,
     TransferOptions,
     expand_sources,
-    pull_one,
     push_many,
     retry_policy_from_env,
     stall_timeout_from_env,
@@ -53,7 +54,8 @@ from .common import (
     report,
     run_async,
 )
-from .output import RichReporter, err_console, print_json
+from .helptext import plain_help
+from .output import RichReporter, err_console, print_json, whole_std_streams
 
 app = typer.Typer(
     name="freight",
@@ -61,6 +63,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # usage errors as plain lines; help: see helptext
 )
 admin_app = typer.Typer(help="Hub administration (admin accounts only).", no_args_is_help=True)
 app.add_typer(admin_app, name="admin")
@@ -436,7 +439,12 @@ def push(
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Upload files to the hub. Interrupted? Run the same command again: it resumes."""
+    """Upload files and folders to the hub.
+
+    Folders go recursively, each file named by its path under the folder's
+    name (photos/2024/a.jpg); pull brings them back. Interrupted? Run the same
+    command again: it resumes from the last checkpoint.
+    """
     opts = transfer_options(limit, compress, data_path, parallel)
     check_transport(transport)
     items = expand_sources(paths, as_name)
@@ -467,35 +475,63 @@ def push(
 
 @app.command()
 def pull(
-    name: Annotated[str, typer.Argument(help="Name of the file on the hub.")],
-    dest: Annotated[Path | None, typer.Argument(help="Where to write it (file or folder).")] = None,
+    name: Annotated[
+        str, typer.Argument(help="A file on the hub, or a folder (NAME/) as push made it.")
+    ],
+    dest: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Where to put it. An existing folder receives it; another path names the copy."
+        ),
+    ] = None,
     limit: LimitOpt = "off",
     compress: CompressOpt = "none",
+    parallel: Annotated[int, typer.Option(help="Files fetched at once (folders).")] = 1,
     data_path: DataPathOpt = "auto",
     transport: TransportOpt = "auto",
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Download a file from the hub. Interrupted? Run it again: it resumes."""
-    opts = transfer_options(limit, compress, data_path)
-    check_transport(transport)
-    target = dest or Path(Path(name).name)
+    """Download a file or a folder from the hub.
 
-    async def go() -> dict[str, Any]:
+    A folder comes back as cp -r copies one: into an existing folder DEST it
+    arrives as DEST/NAME, a DEST that does not exist becomes the copy, and
+    without DEST it lands in ./NAME. Interrupted? Run the same command again:
+    each file resumes, and files already in place are not fetched again.
+    """
+    opts = transfer_options(limit, compress, data_path, parallel)
+    check_transport(transport)
+
+    async def go() -> tuple[PullPlan, list[dict[str, Any]], float]:
         config = ClientConfig()
         async with HubSession.from_config(config, hub_url, transport=transport) as session:
+            plan = await plan_pull(session, config, name, dest)
+            started = time.monotonic()
             if quiet or json_out:
-                res = await pull_one(session, config, name, target, opts, QuietReporter())
+                results = await pull_many(session, config, plan, opts, QuietReporter())
             else:
-                with RichReporter(0, 1) as rep:
-                    res = await pull_one(session, config, name, target, opts, rep)
-        return res.as_dict()
+                total = sum(i.size for i in plan.items)
+                with RichReporter(total, len(plan.items)) as rep:
+                    results = await pull_many(session, config, plan, opts, rep)
+        return plan, [r.as_dict() for r in results], time.monotonic() - started
 
-    result = run_async(go)
+    plan, results, seconds = run_async(go)
     if json_out:
-        print_json({"pulled": result})
-    elif not quiet:
+        # One file: its object, as always; a folder: one object per file.
+        print_json({"pulled": results if plan.folder else results[0]})
+    elif quiet:
+        return
+    elif plan.folder:
+        there = sum(1 for r in results if r["skipped"])
+        err_console.print(
+            f"{name} -> {plan.root}: {len(results)} files, "
+            f"{format_bytes(sum(r['size'] for r in results))} in {seconds:.1f} s"
+            + (f" ({there} already there)" if there else ""),
+            markup=False,
+        )
+    else:
+        result = results[0]
         err_console.print(
             f"{result['name']} -> {result['path']}: {format_bytes(result['size'])} in "
             f"{result['seconds']:.1f} s",
@@ -581,7 +617,7 @@ def admin_bandwidth(
 @admin_app.command("events")
 def admin_events(
     kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. login_failure.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 50,
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -611,14 +647,22 @@ agents.register(app)
 collect.register(app)
 
 
+def command() -> Any:
+    """The ``freight`` command tree, with help as helptext renders it."""
+    cli = typer.main.get_command(app)
+    plain_help(cli)
+    return cli
+
+
 def run() -> None:
+    whole_std_streams()
     tune_allocator()
     configure_client_logging()
     # Everything imported so far lives until exit: keep the collector from
     # walking it again and again (and once more at exit, ~0.3 s).
     gc.freeze()
     try:
-        app()
+        command().main(prog_name="freight")
     except FreightError as exc:  # raised outside run_async, e.g. checking arguments
         report(exc)
         sys.exit(exc.exit_code)

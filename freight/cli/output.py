@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import select
 import sys
 from typing import Any
 
@@ -20,6 +23,77 @@ from rich.progress import (
 from ..client.transfer import TransferResult
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class WholeWriter(io.RawIOBase):
+    """A file descriptor that takes every byte it is given.
+
+    Two things lose output otherwise. A blocking write to a pipe can return
+    short: right after uvloop's loop closes, a write that waits for a slow
+    reader comes back with 65,536 of 575,242 bytes (no signal, no O_NONBLOCK;
+    seen with strace), and with PYTHONUNBUFFERED the text layer drops the
+    rest. And O_NONBLOCK belongs to the open pipe or terminal, not to this
+    process: whoever shares it (or our own event loop reading standard input
+    from the same terminal or socket) can set it, and a write then fails with
+    EAGAIN. Here a short write continues and EAGAIN waits until the descriptor
+    takes more, as a blocking write would.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return os.isatty(self._fd)
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            try:
+                done += os.write(self._fd, view[done:])
+            except BlockingIOError:
+                poller = select.poll()
+                poller.register(self._fd, select.POLLOUT)
+                poller.poll()  # as long as a blocking write would wait
+        return done
+
+    def close(self) -> None:
+        # The descriptor stays open: it is the process's standard output.
+        super().close()
+
+
+def whole_std_streams() -> None:
+    """Put sys.stdout and sys.stderr on WholeWriters, so every output path
+    (print_json, typer.echo, the rich consoles, error lines) writes whole.
+    Streams that are not real descriptors (a test harness's) stay as they are."""
+    for name in ("stdout", "stderr"):
+        old = getattr(sys, name)
+        try:
+            fd = old.fileno()
+        except (AttributeError, OSError, ValueError):
+            continue
+        if isinstance(getattr(old, "buffer", None), io.BufferedWriter) and isinstance(
+            old.buffer.raw, WholeWriter
+        ):
+            continue
+        old.flush()
+        new = io.TextIOWrapper(
+            io.BufferedWriter(WholeWriter(fd), 1 << 16),
+            encoding=old.encoding,
+            errors=old.errors,
+            # A terminal sees each line at once; stderr always (progress,
+            # errors); a pipe or file gets stdout in blocks, flushed by the
+            # commands after each answer and at exit.
+            line_buffering=name == "stderr" or os.isatty(fd),
+        )
+        setattr(sys, name, new)
 
 
 def print_json(data: Any) -> None:

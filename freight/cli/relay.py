@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import stat
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -223,19 +222,41 @@ def receive(
 
 
 async def _stdin_blocks() -> AsyncIterator[bytes]:
-    """Standard input in blocks, without a thread that could block exit."""
-    fd = sys.stdin.fileno()
-    if stat.S_ISREG(os.fstat(fd).st_mode):
+    """Standard input in blocks, whatever it is, without a thread that could
+    block exit. A pipe, socket or terminal is read once the event loop says
+    it is readable, so the read returns at once. What the loop cannot watch
+    (a regular file, /dev/null and other devices that are always ready) is
+    read directly. The descriptor is never made non-blocking: that flag
+    would reach the terminal or socket it shares with the shell or with
+    standard output. (uvloop's connect_read_pipe aborted the process on
+    /dev/null, the standard input of `freight listen chat > out &`.)"""
+    try:
+        fd = sys.stdin.fileno()
+        os.fstat(fd)
+    except (AttributeError, OSError, ValueError):
+        return  # no standard input at all: nothing to send
+    loop = asyncio.get_running_loop()
+    ready = asyncio.Event()
+    try:
+        loop.add_reader(fd, ready.set)
+    except PermissionError:  # epoll refuses regular files and /dev/null
         while block := os.read(fd, 1 << 20):
             yield block
+            await asyncio.sleep(0)  # let the connection's other direction run
         return
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=1 << 20)
-    await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0, closefd=False)
-    )
-    while block := await reader.read(1 << 20):
-        yield block
+    try:
+        while True:
+            await ready.wait()
+            ready.clear()
+            try:
+                block = os.read(fd, 1 << 20)
+            except BlockingIOError:  # someone sharing it made it non-blocking
+                continue
+            if not block:
+                return
+            yield block
+    finally:
+        loop.remove_reader(fd)
 
 
 async def _pipe(conn: Connection) -> None:

@@ -108,6 +108,7 @@ class TransferResult:
     restarted: bool = False
     attempts: int = 1
     wire_bytes: int = 0
+    skipped: bool = False  # already in place with the same bytes (folder pulls)
 
     def as_dict(self) -> dict[str, Any]:
         rate = self.size / self.seconds if self.seconds > 0 else 0.0
@@ -145,11 +146,15 @@ class LinkHolder:
         self.session = session
         self.data_path = data_path
         self.link: Link | None = None
+        # A link opened once: the hub is reachable and took our login, so
+        # its streams get the whole retry policy (protocol.md section 9).
+        self.reached = False
 
     async def get(self) -> Link:
         if self.link is None or (self.link.mux is not None and self.link.mux.closed.is_set()):
             await self.drop()
             self.link = await self.session.open_link(self.data_path)
+            self.reached = True
         return self.link
 
     async def drop(self) -> None:
@@ -179,15 +184,49 @@ async def with_retries(
             if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
                 raise StorageError(f"local disk full: {exc}") from None
             await holder.drop()
+            if holder.reached:
+                state.mark_started()
+            now = time.monotonic()
             if progressed():
                 state.succeeded()
                 delay: float | None = 0.0
             else:
-                delay = state.failed(time.monotonic(), random.random())
+                delay = state.failed(now, random.random())
             if delay is None:
-                raise NetworkError(f"giving up after {attempts} attempts: {exc}") from None
-            reporter.notice(f"connection problem ({exc}); retrying in {delay:.0f} s")
+                raise _gave_up(state, attempts, now, exc, holder.session) from None
+            if state.started:
+                reporter.notice(f"connection problem ({exc}); retrying in {delay:.0f} s")
+            else:
+                left = policy.limit(started=False) - state.elapsed(now)
+                reporter.notice(
+                    f"{_unreached(exc, holder.session)}; retrying in {delay:.0f} s, "
+                    f"giving up in {_duration(left)}"
+                )
             await asyncio.sleep(delay)
+
+
+def _unreached(exc: BaseException, session: HubSession) -> str:
+    text = str(exc) or type(exc).__name__
+    if "cannot reach the hub" in text:
+        return text
+    return f"cannot reach the hub at {session.url.host}:{session.url.port}: {text}"
+
+
+def _gave_up(
+    state: RetryState, attempts: int, now: float, exc: BaseException, session: HubSession
+) -> NetworkError:
+    took = _duration(state.elapsed(now))
+    if not state.started:
+        return NetworkError(
+            f"{_unreached(exc, session)}; gave up after {attempts} attempts in {took}",
+            hint="check the hub's address, that it is running and the network or proxy "
+            "in between (--proxy); then run the same command again",
+        )
+    return NetworkError(f"giving up after {attempts} attempts in {took}: {exc}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 # --- push ------------------------------------------------------------------------
@@ -224,7 +263,9 @@ async def push_file(
     progress = SendProgress()
     started = time.monotonic()
     reporter.start(name, source.size)
-    last_acked = -1
+    # Progress is a checkpoint beyond where this run began; a first failure
+    # that acknowledged nothing is not (it must not count the hub as reached).
+    last_acked = 0
     attempts = 0
     resumed_from: int | None = None
 
@@ -447,7 +488,7 @@ async def pull_file(
     started = time.monotonic()
     sink = FileSink(dest, state_path, opts)
     attempts = 0
-    last_ckpt = -1
+    last_ckpt = int((read_json(state_path, {}) or {}).get("checkpoint", 0))
     resumed_from: int | None = None
     announced = False
 
@@ -489,7 +530,8 @@ async def pull_file(
         finally:
             if ticker:
                 ticker.cancel()
-            if resumed_from is None and sink.fd >= 0:
+            # After a finished stream the sink is closed; its resume point holds.
+            if resumed_from is None and (sink.fd >= 0 or sink.resumed_from):
                 resumed_from = sink.resumed_from
             sink.close()
             await link.release(port)

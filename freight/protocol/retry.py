@@ -1,5 +1,10 @@
 """Retry policy: every 30 s for 10 min, then doubling, give up after 2 h.
 
+A stream that has never reached the hub gets only the first phase: every
+30 s for 10 min, then it gives up (the address, the network or the proxy is
+likely wrong, and someone should look). Once the hub has answered it, the
+stream keeps the whole policy.
+
 Pure: the caller passes elapsed time and a random number, so tests drive it
 with a fake clock.
 """
@@ -21,17 +26,31 @@ class RetryPolicy:
     give_up_after: float = 7200.0  # total time without success
     jitter: float = 0.1  # +/- fraction applied to each delay
 
+    def limit(self, *, started: bool = True) -> float:
+        """Seconds after the first failure at which a run gives up: the
+        whole policy for a stream that has reached the hub, the steady phase
+        for one that never has."""
+        return self.give_up_after if started else min(self.steady_for, self.give_up_after)
+
     def delay(
-        self, attempt: int, elapsed: float, rand: float = 0.5, *, backoff_step: int | None = None
+        self,
+        attempt: int,
+        elapsed: float,
+        rand: float = 0.5,
+        *,
+        backoff_step: int | None = None,
+        started: bool = True,
     ) -> float | None:
         """Seconds to wait before retry number ``attempt`` (1-based), given
         ``elapsed`` seconds since the first failure and ``rand`` in [0, 1).
         ``backoff_step`` (1-based) counts failures since the steady phase
-        ended; without it, it is estimated from ``attempt``. None means give up.
+        ended; without it, it is estimated from ``attempt``. ``started`` is
+        False for a stream that has never reached the hub. None means give up.
         """
         if attempt < 1:
             raise ValueError("attempt is 1-based")
-        if elapsed >= self.give_up_after:
+        give_up_at = self.limit(started=started)
+        if elapsed >= give_up_at:
             return None
         if elapsed < self.steady_for:
             base = self.interval
@@ -42,18 +61,25 @@ class RetryPolicy:
             doublings = min(_MAX_DOUBLINGS, max(1, backoff_step))
             base = min(self.max_delay, self.interval * 2.0**doublings)
         delay = base * (1.0 + self.jitter * (2.0 * rand - 1.0))
-        remaining = self.give_up_after - elapsed
+        remaining = give_up_at - elapsed
         return max(0.0, min(delay, remaining))
 
 
 class RetryState:
-    """Tracks one run of failures against a policy."""
+    """Tracks one run of failures of one stream against a policy. A new
+    state is for a stream that has not reached the hub yet."""
 
     def __init__(self, policy: RetryPolicy) -> None:
         self.policy = policy
         self.attempt = 0
         self.backoff_step = 0
         self.first_failure: float | None = None
+        self.started = False
+
+    def mark_started(self) -> None:
+        """The hub has answered this stream: from now on (this run of
+        failures included) the whole policy applies."""
+        self.started = True
 
     def failed(self, now: float, rand: float = 0.5) -> float | None:
         """Record a failure at ``now``; return the delay or None to give up."""
@@ -64,11 +90,20 @@ class RetryState:
         if elapsed >= self.policy.steady_for:
             self.backoff_step += 1
         return self.policy.delay(
-            self.attempt, elapsed, rand, backoff_step=max(1, self.backoff_step)
+            self.attempt,
+            elapsed,
+            rand,
+            backoff_step=max(1, self.backoff_step),
+            started=self.started,
         )
+
+    def elapsed(self, now: float) -> float:
+        """Seconds since the first failure of the current run."""
+        return 0.0 if self.first_failure is None else now - self.first_failure
 
     def succeeded(self) -> None:
         """Progress was made: the next failure starts a fresh run."""
+        self.started = True
         self.attempt = 0
         self.backoff_step = 0
         self.first_failure = None

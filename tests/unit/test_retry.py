@@ -13,13 +13,20 @@ HOUR = 3600.0
 
 
 def run(
-    policy: RetryPolicy, rand: random.Random | float = 0.5, *, attempt_takes: float = 0.0
+    policy: RetryPolicy,
+    rand: random.Random | float = 0.5,
+    *,
+    attempt_takes: float = 0.0,
+    started: bool = True,
 ) -> list[tuple[float, float]]:
     """Fail over and over until the policy gives up; each attempt takes
     ``attempt_takes`` seconds before it fails. Returns [(time of failure since
     the first one, delay before the next attempt)]; the run ends at the
-    failure that got None (logged with delay -1)."""
+    failure that got None (logged with delay -1). ``started``: the stream had
+    reached the hub before this run of failures (the full policy applies)."""
     state = RetryState(policy)
+    if started:
+        state.mark_started()
     start = now = 1000.0  # the clock does not start at zero
     log = []
     while True:
@@ -100,6 +107,7 @@ def test_zero_jitter_ignores_rand() -> None:
 
 def test_success_starts_a_fresh_run() -> None:
     state = RetryState(RetryPolicy())
+    state.mark_started()
     now = 0.0
     for _ in range(25):
         now += state.failed(now) or 0.0
@@ -143,3 +151,69 @@ def test_backoff_starts_at_60s_when_attempts_take_time() -> None:
     backoff = [d for t, d in log if t >= 10 * MINUTE]
     assert backoff[:4] == [60.0, 120.0, 240.0, 480.0]
     assert log[-1][0] >= 2 * HOUR
+
+
+# --- a stream that never started ---------------------------------------------------
+
+
+def test_a_stream_that_never_reached_the_hub_gives_up_after_the_steady_phase() -> None:
+    log = run(RetryPolicy(), started=False)
+    # Every 30 s for 10 min, then no back-off: it gives up at 10 min.
+    assert [d for _, d in log[:-1]] == [30.0] * 20
+    assert log[-1] == (10 * MINUTE, -1.0)
+
+
+def test_a_stream_that_never_started_gives_up_at_10_min_whatever_the_jitter() -> None:
+    for seed in range(20):
+        log = run(RetryPolicy(), random.Random(seed), started=False)
+        assert log[-1][0] == pytest.approx(10 * MINUTE)
+        assert all(27.0 <= d <= 33.0 for _, d in log[:-2])
+        assert max(d for _, d in log[:-1]) <= 33.0
+
+
+def test_a_fresh_state_has_not_started() -> None:
+    state = RetryState(RetryPolicy())
+    assert not state.started
+    now = 0.0
+    while (delay := state.failed(now)) is not None:
+        now += delay
+    assert now == 10 * MINUTE
+
+
+def test_reaching_the_hub_mid_run_extends_it_to_the_full_policy() -> None:
+    # Unreachable for 5 min, then the hub answers once and fails again: the
+    # stream has started, so the same run goes on into back-off (2 h in all).
+    state = RetryState(RetryPolicy())
+    now = 0.0
+    for _ in range(10):
+        now += state.failed(now) or 0.0
+    state.mark_started()
+    assert state.attempt == 10  # the run goes on: no fresh start
+    delays = []
+    while (delay := state.failed(now)) is not None:
+        delays.append(delay)
+        now += delay
+    assert now == 2 * HOUR
+    assert delays[10:14] == [60.0, 120.0, 240.0, 480.0]
+
+
+def test_progress_marks_a_stream_started() -> None:
+    state = RetryState(RetryPolicy())
+    state.succeeded()
+    assert state.started
+    assert run(RetryPolicy())[-1][0] == 2 * HOUR
+
+
+def test_never_started_delay_does_not_pass_the_steady_phase() -> None:
+    policy = RetryPolicy()
+    assert policy.delay(20, 590.0, started=False) == 10.0
+    assert policy.delay(21, 600.0, started=False) is None
+    assert policy.delay(21, 600.0) == 60.0  # started: back-off
+
+
+def test_configured_steady_phase_bounds_a_stream_that_never_started() -> None:
+    policy = RetryPolicy(interval=0.2, steady_for=3.0, give_up_after=600.0, jitter=0.0)
+    log = run(policy, started=False)
+    assert log[-1][0] == pytest.approx(3.0)
+    assert len(log) == 16  # 15 retries 0.2 s apart, then it gives up
+    assert run(policy)[-1][0] == pytest.approx(600.0)

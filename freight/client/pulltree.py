@@ -1,0 +1,181 @@
+"""Pull of a folder: the hub's files named ``NAME/...`` become a local
+folder, placed as ``cp -r`` places one; several files at once with
+``--parallel``. Each file is an ordinary resumable pull, and files already
+in place with the same bytes are not fetched again, so running an
+interrupted pull again finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import blake3
+
+from ..errors import FreightError, NotFound, UsageError
+from ..names import check_name
+from .config import ClientConfig, write_json_atomic
+from .session import HubSession
+from .transfer import LinkHolder, Reporter, TransferOptions, TransferResult, pull_file
+
+
+@dataclass(frozen=True)
+class PullItem:
+    name: str  # on the hub
+    dest: Path  # the local file
+    size: int
+    digest: str
+    mtime: float
+
+
+@dataclass(frozen=True)
+class PullPlan:
+    items: list[PullItem]
+    folder: bool  # NAME named a folder on the hub
+    root: Path  # the local file, or the folder that receives the copy
+    # While a pull that creates DEST as the copy is unfinished, this state
+    # file says so: the same command run again resumes into DEST instead of
+    # nesting a second copy in it (DEST exists by then).
+    marker: Path | None = None
+
+
+async def plan_pull(
+    session: HubSession, config: ClientConfig, name: str, dest: Path | None
+) -> PullPlan:
+    """What ``freight pull NAME [DEST]`` fetches and where it goes.
+
+    A name that is a file on the hub is pulled as before: into DEST, or into
+    DEST/NAME when DEST is a folder. A name with files under it (``NAME/``;
+    a trailing slash demands a folder) is a folder: into an existing folder
+    DEST it arrives as DEST/NAME, a DEST that does not exist becomes the
+    copy, and without DEST it lands in ./NAME.
+    """
+    want_folder = name.endswith("/")
+    base = check_name(name.rstrip("/")) if name.strip("/") else ""
+    if not base:
+        raise UsageError("name a file or folder on the hub", hint="run: freight ls")
+    listing: list[dict[str, Any]] = await session.request("GET", "/v1/files")
+    leaf = PurePosixPath(base).name
+    exact = next((f for f in listing if f["name"] == base), None)
+    if exact is not None and not want_folder:
+        target = dest if dest is not None else Path(leaf)
+        if target.is_dir():
+            target = target / leaf
+        return PullPlan([_item(exact, target)], folder=False, root=target)
+    prefix = base + "/"
+    inside = [f for f in listing if f["name"].startswith(prefix)]
+    if not inside:
+        what = "folder" if want_folder else "file"
+        raise NotFound(f"no {what} named {base!r} on the hub", hint="freight ls lists yours")
+    marker = None
+    if dest is None:
+        root = Path(leaf)
+    else:
+        marker = config.transfer_path("pull-into", str(session.url), base, str(dest.resolve()))
+        root = dest / leaf if dest.is_dir() and not marker.exists() else dest
+        if root == dest:
+            write_json_atomic(marker, {"name": base, "dest": str(dest.resolve())})
+        else:
+            marker = None
+    if root.exists() and not root.is_dir():
+        raise UsageError(
+            f"{root} is a file, not a folder", hint=f"name another destination for {base}/"
+        )
+    items = []
+    for f in inside:
+        rel = check_name(f["name"][len(prefix) :])  # the hub's word, checked again
+        items.append(_item(f, root.joinpath(*rel.split("/"))))
+    return PullPlan(items, folder=True, root=root, marker=marker)
+
+
+def _item(row: dict[str, Any], dest: Path) -> PullItem:
+    return PullItem(
+        name=str(row["name"]),
+        dest=dest,
+        size=int(row["size"]),
+        digest=str(row["digest"]),
+        mtime=float(row["mtime"]),
+    )
+
+
+def already_there(item: PullItem) -> bool:
+    """The destination is a regular file (not a link) with the hub's bytes;
+    its modification time is set to the hub's, as a pull would."""
+    try:
+        st = os.lstat(item.dest)
+    except OSError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
+        return False
+    hasher = blake3.blake3()
+    try:
+        fd = os.open(item.dest, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        while block := os.read(fd, 1 << 20):
+            hasher.update(block)
+        if hasher.hexdigest() != item.digest:
+            return False
+        if item.mtime and st.st_mtime != item.mtime:
+            os.utime(fd, (item.mtime, item.mtime))
+    finally:
+        os.close(fd)
+    return True
+
+
+async def pull_many(
+    session: HubSession,
+    config: ClientConfig,
+    plan: PullPlan,
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> list[TransferResult]:
+    """Pull the plan's files with up to ``opts.parallel`` streams at once."""
+    todo = deque(plan.items)
+    results: list[TransferResult] = []
+
+    async def worker() -> None:
+        holder = LinkHolder(session, opts.data_path)
+        try:
+            while todo:
+                item = todo.popleft()
+                if plan.folder and await asyncio.to_thread(already_there, item):
+                    results.append(_skipped(item, reporter))
+                    continue
+                results.append(
+                    await pull_file(session, holder, config, item.name, item.dest, opts, reporter)
+                )
+        finally:
+            await holder.drop()
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            for _ in range(max(1, min(opts.parallel, len(plan.items)))):
+                tg.create_task(worker())
+    except* FreightError as group:
+        raise group.exceptions[0] from None
+    if plan.marker is not None:
+        plan.marker.unlink(missing_ok=True)  # done: a new run is a new copy, as with cp
+    return sorted(results, key=lambda r: r.name)
+
+
+def _skipped(item: PullItem, reporter: Reporter) -> TransferResult:
+    result = TransferResult(
+        name=item.name,
+        path=str(item.dest.resolve()),
+        size=item.size,
+        digest=item.digest,
+        seconds=0.0,
+        resumed_from=item.size,
+        attempts=0,
+        skipped=True,
+    )
+    reporter.start(item.name, item.size)
+    reporter.update(item.name, item.size)
+    reporter.finish(item.name, result)
+    return result
