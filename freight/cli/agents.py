@@ -305,7 +305,6 @@ def agent_enroll(
     yes: Annotated[
         bool,
         typer.Option(
-            "--yes",
             "--trust-on-first-use",
             help="Pin the certificate the hub presents without asking (no --fingerprint).",
         ),
@@ -340,7 +339,7 @@ def agent_enroll(
                 if token_stdin or not sys.stdin.isatty():
                     raise UsageError(
                         "not enrolled: no terminal to confirm the certificate on",
-                        hint=f"give --fingerprint {seen} after checking it, or --yes",
+                        hint=f"give --fingerprint {seen} after checking it, or --trust-on-first-use",
                     )
                 if not typer.confirm("Trust this hub and pin its certificate?", err=True):
                     raise UsageError("not enrolled: the certificate was not trusted")

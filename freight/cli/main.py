@@ -506,7 +506,8 @@ def pull(
     async def go() -> tuple[PullPlan, list[dict[str, Any]], float]:
         config = ClientConfig()
         async with HubSession.from_config(config, hub_url, transport=transport) as session:
-            plan = await plan_pull(session, config, name, dest)
+            notices = QuietReporter() if quiet else RichReporter(0, 0, json_out=json_out)
+            plan = await plan_pull(session, config, name, dest, opts, notices)
             started = time.monotonic()
             if quiet or json_out:
                 results = await pull_many(session, config, plan, opts, QuietReporter())

@@ -20,7 +20,14 @@ from ..errors import FreightError, NotFound, UsageError
 from ..names import check_name
 from .config import ClientConfig, write_json_atomic
 from .session import HubSession
-from .transfer import LinkHolder, Reporter, TransferOptions, TransferResult, pull_file
+from .transfer import (
+    LinkHolder,
+    Reporter,
+    TransferOptions,
+    TransferResult,
+    pull_file,
+    with_retries,
+)
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,12 @@ class PullPlan:
 
 
 async def plan_pull(
-    session: HubSession, config: ClientConfig, name: str, dest: Path | None
+    session: HubSession,
+    config: ClientConfig,
+    name: str,
+    dest: Path | None,
+    opts: TransferOptions,
+    reporter: Reporter,
 ) -> PullPlan:
     """What ``freight pull NAME [DEST]`` fetches and where it goes.
 
@@ -58,7 +70,15 @@ async def plan_pull(
     base = check_name(name.rstrip("/")) if name.strip("/") else ""
     if not base:
         raise UsageError("name a file or folder on the hub", hint="run: freight ls")
-    listing: list[dict[str, Any]] = await session.request("GET", "/v1/files")
+
+    async def listing_once() -> list[dict[str, Any]]:
+        return list(await session.request("GET", "/v1/files"))
+
+    # The listing is the pull's first contact with the hub: a hub that cannot
+    # be reached is retried as a stream that never started would be.
+    listing: list[dict[str, Any]] = await with_retries(
+        listing_once, opts.retry, reporter, LinkHolder(session, opts.data_path), lambda: False
+    )
     leaf = PurePosixPath(base).name
     exact = next((f for f in listing if f["name"] == base), None)
     if exact is not None and not want_folder:

@@ -100,6 +100,8 @@ def assert_no_early_breaks(lines: list[str]) -> None:
             continuation = True
         else:
             continuation = line.startswith("    ") and not line.strip().startswith("-")
+        if continuation and re.fullmatch(r"  (-\w, )?--[\w-]+( [A-Z][A-Z0-9_:=.]*)?", prev):
+            continue  # an option too wide for the column: its help starts below it
         if continuation:
             # "[default: 30]" and "quoted text" are kept on one line.
             first_word = re.match(r'\[[^\]]*\]|"[^"]*"|\S+', line.strip()).group(0)  # type: ignore[union-attr]
