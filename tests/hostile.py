@@ -14,8 +14,9 @@ import aiohttp
 from freight.agent.config import AgentConfig
 from freight.agent.daemon import agent_login
 from freight.client.config import ClientConfig
+from freight.client.options import QuietReporter, options_from_env
 from freight.client.session import HubSession
-from freight.client.transfer import QuietReporter, options_from_env, push_many
+from freight.client.transfer import push_many
 from freight.protocol import messages as m
 from freight.protocol.frames import decode_frame, encode_frame
 from tests.support import Client, Hub

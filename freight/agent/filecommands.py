@@ -16,8 +16,9 @@ import dataclasses
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from ..client.options import QuietReporter, options_from_env
 from ..client.safefs import FileExists
-from ..client.transfer import QuietReporter, options_from_env, pull_one, push_many
+from ..client.transfer import pull_one, push_many
 from ..errors import FreightError, UsageError
 from ..hub.commandfiles import INBOX_PREFIX, SENT_PREFIX
 from .roots import locate, resolve

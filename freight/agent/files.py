@@ -16,11 +16,11 @@ import stat
 from pathlib import Path
 from typing import Any
 
+from ..client.options import QuietReporter
 from ..client.receiving import Destination, FileExists, existing_files, receive_entries
 from ..client.relay import Connection
 from ..client.safefs import Tree
 from ..client.sendrecv import build_manifest, send_entries
-from ..client.transfer import QuietReporter
 from ..errors import Forbidden, FreightError, UsageError
 from .roots import OutsideRoots, locate, resolve
 

@@ -21,7 +21,8 @@ from typing import Any
 
 import structlog
 
-from ..client.transfer import QuietReporter, options_from_env, push_many
+from ..client.options import QuietReporter, options_from_env
+from ..client.transfer import push_many
 from ..errors import FreightError, NetworkError, UsageError
 from ..hub.collect import UPLOAD_PREFIX
 from .roots import resolve

@@ -17,6 +17,12 @@ import typer
 from .. import __version__
 from ..allocator import tune_allocator
 from ..client.config import ClientConfig
+from ..client.options import (
+    QuietReporter,
+    TransferOptions,
+    retry_policy_from_env,
+    stall_timeout_from_env,
+)
 from ..client.pulltree import PullPlan, plan_pull, pull_many
 from ..client.relay import register_identity
 from ..client.session import (
@@ -31,20 +37,13 @@ from ..client.session import (
     mismatch_error,
     parse_hub_url,
 )
-from ..client.transfer import (
-    QuietReporter,
-    TransferOptions,
-    expand_sources,
-    push_many,
-    retry_policy_from_env,
-    stall_timeout_from_env,
-)
-from ..errors import ConfigError, Conflict, FingerprintMismatch, FreightError, UsageError
+from ..client.transfer import expand_sources, push_many
+from ..errors import Conflict, FingerprintMismatch, FreightError, UsageError
 from ..logs import configure_client_logging
 from ..protocol.messages import LEVELS
 from ..transport.proxy import choose_proxy, redact
-from ..units import format_bytes, format_rate, parse_rate, parse_size
-from . import agents, collect, relay, users
+from ..units import format_bytes, format_rate, parse_rate
+from . import agentcmd, agents, collect, hubcmd, relay, users
 from .common import (
     HubOpt,
     JsonOpt,
@@ -122,144 +121,7 @@ def version() -> None:
     typer.echo(__version__)
 
 
-# The shared port's deadlines (docs/protocol.md 1.4), in seconds; hidden:
-# the defaults suit every deployment, tests shorten them.
-SecondsOpt = Annotated[float, typer.Option(hidden=True, min=0.1)]
-
-
-@app.command()
-def hub(
-    data: Annotated[Path, typer.Option(help="Data folder (database, certificate, files).")] = Path(
-        ".freight-data"
-    ),
-    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on.")] = "127.0.0.1:8443",
-    bandwidth: Annotated[
-        str | None,
-        typer.Option(help='Total budget, e.g. 100M, or a timetable "08:00,10M 18:00,off".'),
-    ] = None,
-    purge_after: Annotated[
-        float, typer.Option(help="Hours after which abandoned partial uploads are deleted.")
-    ] = 72.0,
-    database_url: Annotated[
-        str | None,
-        typer.Option(help="SQLAlchemy URL (default: SQLite in the data folder)."),
-    ] = None,
-    cert: Annotated[
-        Path | None,
-        typer.Option(
-            help="PEM certificate (chain) to serve instead of the self-signed one; needs --key."
-        ),
-    ] = None,
-    key: Annotated[Path | None, typer.Option(help="PEM private key of --cert.")] = None,
-    checkpoint_interval: Annotated[
-        str, typer.Option(help="Bytes between durable checkpoints.", hidden=True)
-    ] = "8M",
-    relay_window: Annotated[
-        str,
-        typer.Option(help="Bytes the hub holds per relayed connection and direction."),
-    ] = "4M",
-    relay_queue: Annotated[
-        str,
-        typer.Option(
-            help="Bytes the hub holds for one attached client before it pauses that client's "
-            "senders (4 times this: the client is dropped as too slow)."
-        ),
-    ] = "32M",
-    max_relay_connections: Annotated[
-        int, typer.Option(help="Relayed connections one account may have open.", min=1)
-    ] = 256,
-    max_codes: Annotated[
-        int, typer.Option(help="Valid one-time codes (freight send) one account may hold.", min=1)
-    ] = 64,
-    collect_reserve: Annotated[
-        str,
-        typer.Option(help="Free disk space below which collection pauses (uploads wait)."),
-    ] = "1G",
-    max_connections: Annotated[
-        int, typer.Option(help="Sockets the hub holds at once; more are closed at once.")
-    ] = 10_000,
-    max_connections_per_address: Annotated[
-        int,
-        typer.Option(help="Sockets from one client address (raise it for agents behind one NAT)."),
-    ] = 1024,
-    account_connections: Annotated[
-        int,
-        typer.Option(help="Control channels and data connections one account may have open."),
-    ] = 128,
-    account_streams: Annotated[
-        int, typer.Option(help="Pushes and pulls one account may run at once.")
-    ] = 128,
-    first_byte_timeout: SecondsOpt = 10.0,
-    tls_handshake_timeout: SecondsOpt = 15.0,
-    header_timeout: SecondsOpt = 15.0,
-    body_timeout: SecondsOpt = 60.0,
-    keepalive_timeout: SecondsOpt = 30.0,
-    data_idle_timeout: SecondsOpt = 300.0,
-    token_lifetime: Annotated[float, typer.Option(help="Seconds a login lasts.", hidden=True)] = 30
-    * 24
-    * 3600.0,
-    login_lockout: Annotated[
-        float,
-        typer.Option(help="Seconds of the first lockout after failed logins.", hidden=True),
-    ] = 30.0,
-) -> None:
-    """Run a hub on one HTTPS port."""
-    from ..hub.bandwidth import Budget
-    from ..hub.guard import PortLimits
-    from ..hub.server import HubConfig, serve
-
-    host, _, port = listen.rpartition(":")
-    if not host or not port.isdigit():
-        raise typer.BadParameter("use HOST:PORT, e.g. 0.0.0.0:8443", param_hint="--listen")
-    if bandwidth is not None:
-        try:
-            Budget.parse(bandwidth)
-        except UsageError as exc:
-            raise typer.BadParameter(exc.message, param_hint="--bandwidth") from None
-    if (cert is None) != (key is None):
-        raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
-    if cert is not None and key is not None:
-        from ..hub.tls import server_context
-
-        try:  # before the data folder is touched
-            server_context(cert, key)
-        except ConfigError as exc:
-            raise typer.BadParameter(exc.user_message(), param_hint="--cert/--key") from None
-    cfg = HubConfig(
-        data=data,
-        host=host.strip("[]"),
-        port=int(port),
-        bandwidth=bandwidth,
-        purge_after=purge_after * 3600.0,
-        database_url=database_url,
-        cert=cert,
-        key=key,
-        checkpoint_interval=parse_rate(checkpoint_interval),
-        relay_window=parse_rate(relay_window),
-        relay_queue=parse_size(relay_queue),
-        max_relay_connections=max_relay_connections,
-        max_codes=max_codes,
-        collect_reserve=parse_size(collect_reserve),
-        limits=PortLimits(
-            max_connections=max_connections,
-            per_address=max_connections_per_address,
-            first_byte=first_byte_timeout,
-            tls_handshake=tls_handshake_timeout,
-            headers=header_timeout,
-            body=body_timeout,
-            keepalive=keepalive_timeout,
-            data_idle=data_idle_timeout,
-        ),
-        account_connections=account_connections,
-        account_streams=account_streams,
-        token_lifetime=token_lifetime,
-        login_lockout=login_lockout,
-    )
-    try:
-        run_async(lambda: serve(cfg))
-    except typer.Exit as exc:
-        if exc.exit_code != 130:
-            raise
+hubcmd.register(app)
 
 
 @app.command()
@@ -645,6 +507,7 @@ def admin_events(
 users.register(app)
 relay.register(app, admin_app)
 agents.register(app)
+agentcmd.register(app)
 collect.register(app)
 
 

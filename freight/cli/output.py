@@ -20,7 +20,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-from ..client.transfer import TransferResult
+from ..client.options import TransferResult
 
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 

@@ -16,11 +16,11 @@ import typer
 
 from ..client.config import ClientConfig
 from ..client.listener import Listener, split_code
+from ..client.options import QuietReporter
 from ..client.receiving import Destination, receive_entries
 from ..client.relay import TRANSPORTS, Connection, RelayClient
 from ..client.sendrecv import Summary, build_manifest, send_entries
 from ..client.session import HubSession
-from ..client.transfer import QuietReporter
 from ..client.words import new_code_words
 from ..errors import CodeUnknown, ConnectionEnded, UsageError
 from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode

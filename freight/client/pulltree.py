@@ -19,15 +19,9 @@ import blake3
 from ..errors import FreightError, NotFound, UsageError
 from ..names import check_name
 from .config import ClientConfig, write_json_atomic
+from .options import Reporter, TransferOptions, TransferResult
 from .session import HubSession
-from .transfer import (
-    LinkHolder,
-    Reporter,
-    TransferOptions,
-    TransferResult,
-    pull_file,
-    with_retries,
-)
+from .transfer import LinkHolder, pull_file, with_retries
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,8 @@ import random
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import blake3
+from typing import Any
 
 from ..errors import (
     FreightError,
@@ -32,111 +29,28 @@ from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.retry import RetryPolicy, RetryState
-from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
+from ..protocol.stream import StreamReceiver, StreamSender
 from ..transport.channel import ChannelClosed
 from ..transport.proxy import ProxyRefused
 from ..transport.streaming import (
-    Acceptance,
     FileSource,
     SendProgress,
-    hash_prefix,
     run_receiver,
     run_sender,
 )
 from .config import ClientConfig, read_json, write_json_atomic
-from .safefs import DEFAULT_FILE_MODE, FileExists, Tree, same_file
+from .filesink import FileSink
+from .options import (
+    DISK_FULL_ERRNOS,
+    QuietReporter,
+    Reporter,
+    TransferOptions,
+    TransferResult,
+)
 from .session import HubSession, Link
 
 # Errors after which trying again can help: the network, not the request.
 RETRYABLE = (NetworkError, ChannelClosed, ConnectionError, TimeoutError, OSError)
-_DISK_FULL_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT
-
-
-@dataclass
-class TransferOptions:
-    limit: int = 0
-    compress: str = m.LEVEL_NONE
-    data_path: str = "auto"
-    parallel: int = 1
-    stall_timeout: float = 60.0
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    # Pulls by an agent: the destination is reached from this root without
-    # following links, and an existing file is kept unless keep_existing
-    # is off (the admin asked to replace it and the agent allows that).
-    root: Path | None = None
-    keep_existing: bool = False
-
-
-def retry_policy_from_env() -> RetryPolicy:
-    """Defaults from DESIGN.md; ``FREIGHT_RETRY_INTERVAL``, ``_STEADY`` and
-    ``_GIVE_UP`` (seconds) override them, for the CLI and the agent alike."""
-
-    def num(name: str, default: float) -> float:
-        try:
-            return float(os.environ.get(name, default))
-        except ValueError:
-            raise UsageError(f"{name} must be a number of seconds") from None
-
-    return RetryPolicy(
-        interval=num("FREIGHT_RETRY_INTERVAL", 30.0),
-        steady_for=num("FREIGHT_RETRY_STEADY", 600.0),
-        give_up_after=num("FREIGHT_RETRY_GIVE_UP", 7200.0),
-    )
-
-
-def stall_timeout_from_env() -> float:
-    try:
-        return float(os.environ.get("FREIGHT_STALL_TIMEOUT", "60"))
-    except ValueError:
-        raise UsageError("FREIGHT_STALL_TIMEOUT must be a number of seconds") from None
-
-
-def options_from_env() -> TransferOptions:
-    """Default transfer options with the retry and stall settings of the
-    environment (what the agent uses for its uploads and downloads)."""
-    return TransferOptions(stall_timeout=stall_timeout_from_env(), retry=retry_policy_from_env())
-
-
-@dataclass
-class TransferResult:
-    name: str
-    path: str
-    size: int
-    digest: str
-    seconds: float
-    resumed_from: int = 0
-    restarted: bool = False
-    attempts: int = 1
-    wire_bytes: int = 0
-    skipped: bool = False  # already in place with the same bytes (folder pulls)
-
-    def as_dict(self) -> dict[str, Any]:
-        rate = self.size / self.seconds if self.seconds > 0 else 0.0
-        return {**self.__dict__, "bytes_per_second": round(rate)}
-
-
-class Reporter(Protocol):
-    def start(self, name: str, size: int) -> None: ...
-
-    def update(self, name: str, done: int) -> None: ...
-
-    def finish(self, name: str, result: TransferResult) -> None: ...
-
-    def notice(self, text: str) -> None: ...
-
-
-class QuietReporter:
-    def start(self, name: str, size: int) -> None:
-        pass
-
-    def update(self, name: str, done: int) -> None:
-        pass
-
-    def finish(self, name: str, result: TransferResult) -> None:
-        pass
-
-    def notice(self, text: str) -> None:
-        pass
 
 
 class LinkHolder:
@@ -181,7 +95,7 @@ async def with_retries(
         except RETRYABLE as exc:
             if isinstance(exc, ProxyRefused):
                 raise  # the proxy said no: asking again cannot help
-            if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
                 raise StorageError(f"local disk full: {exc}") from None
             await holder.drop()
             if holder.reached:
@@ -352,122 +266,6 @@ async def _report(reporter: Reporter, name: str, done: Callable[[], int]) -> Non
 
 
 # --- pull ------------------------------------------------------------------------
-
-
-class FileSink:
-    """Receives a pulled stream into ``DEST.freight-partial`` (``0600``
-    until finished, opened without following a link that stands there);
-    the checkpoint is durable when the partial is fsynced and the state
-    file renamed."""
-
-    def __init__(self, dest: Path, state_path: Path, opts: TransferOptions) -> None:
-        self.dest = dest
-        self.partial = dest.with_name(dest.name + ".freight-partial")
-        self.state_path = state_path
-        self.opts = opts
-        self.fd = -1
-        self.folder: Tree | None = None
-        self.size = 0
-        self.mtime = 0.0
-        self.hasher = blake3.blake3()
-        self.resumed_from = 0
-
-    def _open_folder(self) -> Tree:
-        root = self.opts.root
-        if root is None:
-            return Tree.open(self.dest.parent, create=True)
-        return Tree.beneath(root, self.dest.parent.relative_to(root).parts, create=True)
-
-    async def open(self, req: StreamRequested) -> Acceptance:
-        saved = read_json(self.state_path, None)
-        self.size, self.mtime = req.size, req.mtime
-        try:
-            folder = self.folder = self._open_folder()
-            name, part = (self.dest.name,), (self.partial.name,)
-            existing = folder.lstat(name)
-            if (
-                self.opts.keep_existing
-                and existing is not None
-                and not same_file(existing, req.size, req.mtime)
-            ):
-                raise FileExists(f"{self.dest} already exists")
-            held = folder.lstat(part)
-            checkpoint = 0
-            if (
-                saved
-                and saved.get("size") == req.size
-                and not req.fresh
-                and held is not None
-                and held.st_size >= int(saved.get("checkpoint", 0))
-            ):
-                checkpoint = int(saved.get("checkpoint", 0))
-                self.fd = folder.open_write(part)
-                os.ftruncate(self.fd, checkpoint)
-                self.hasher = await asyncio.to_thread(hash_prefix, self.fd, checkpoint)
-            else:
-                self.fd = folder.open_write(part, truncate=True)
-                self._save(0)
-        except OSError as exc:
-            raise StorageError(f"cannot write {self.partial}: {exc.strerror or exc}") from None
-        self.resumed_from = checkpoint
-        return Acceptance(
-            checkpoint=checkpoint,
-            prefix_digest=self.hasher.hexdigest() if checkpoint else "",
-            level=self.opts.compress,
-            rate=self.opts.limit,
-        )
-
-    def _save(self, checkpoint: int) -> None:
-        write_json_atomic(self.state_path, {"size": self.size, "checkpoint": checkpoint})
-
-    def write(self, offset: int, data: bytes) -> None:
-        try:
-            os.pwrite(self.fd, data, offset)
-        except OSError as exc:
-            if exc.errno in _DISK_FULL_ERRNOS:
-                raise StorageError(f"local disk full writing {self.partial}") from None
-            raise StorageError(f"cannot write {self.partial}: {exc.strerror}") from None
-        self.hasher.update(data)
-
-    async def durable(self, offset: int) -> tuple[int, str]:
-        try:
-            await asyncio.to_thread(os.fsync, self.fd)
-            await asyncio.to_thread(self._save, offset)
-        except OSError as exc:
-            raise StorageError(f"cannot make {self.partial} durable: {exc.strerror}") from None
-        return self.opts.limit, self.opts.compress
-
-    async def finish(self, total: int, digest: str) -> tuple[bool, str]:
-        await asyncio.to_thread(os.fsync, self.fd)
-        actual = self.hasher.hexdigest()
-        if actual != digest:
-            self.discard()
-            return False, actual
-        assert self.folder is not None
-        fd, self.fd = self.fd, -1
-        self.folder.publish(
-            fd, (self.partial.name,), self.dest.name, DEFAULT_FILE_MODE, self.mtime or None
-        )
-        self.state_path.unlink(missing_ok=True)
-        return True, actual
-
-    async def aborted(self, code: str, message: str) -> None:
-        if code in ("source_changed", "storage", "disk_full"):
-            self.discard()
-
-    def discard(self) -> None:
-        if self.folder is not None:
-            self.folder.unlink((self.partial.name,))
-        self.close()
-        self.state_path.unlink(missing_ok=True)
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-        if self.folder is not None:
-            self.folder.close()
-            self.folder = None
 
 
 async def pull_file(

@@ -1,0 +1,211 @@
+"""``freight agent …``: enrol this machine, print its key, run the agent
+(the daemon on a managed machine)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ..agent.config import AgentConfig
+from ..client.config import ClientConfig
+from ..client.relay import identity_key
+from ..client.session import (
+    HubSession,
+    canonical_url,
+    check_transport,
+    fetch_fingerprint,
+    parse_hub_url,
+)
+from ..errors import UsageError, code_to_error
+from ..protocol.e2e import public_of
+from .common import TransportOpt, normalise_fingerprint, run_async
+from .output import err_console
+
+agent_app = typer.Typer(help="Run this machine as an agent.", no_args_is_help=True)
+
+
+ENROL_TOKEN_ENV = "FREIGHT_ENROL_TOKEN"
+
+
+def enrol_token(given: str | None, token_file: Path | None, token_stdin: bool) -> str:
+    """The enrolment token from exactly one place. On the command line it
+    shows in every user's process list, so the others are preferred."""
+    sources = [s for s in (given, token_file, token_stdin or None) if s is not None]
+    if len(sources) > 1:
+        raise UsageError("give the token one way: TOKEN, --token-file or --token-stdin")
+    if token_file is not None:
+        try:
+            text = token_file.read_text()
+        except OSError as exc:
+            raise UsageError(f"cannot read --token-file {token_file}: {exc.strerror}") from None
+    elif token_stdin:
+        text = sys.stdin.readline()
+    else:
+        text = given if given is not None else os.environ.get(ENROL_TOKEN_ENV, "")
+    token = text.strip()
+    if not token:
+        raise UsageError(
+            "no enrolment token",
+            hint=f"pipe it in with --token-stdin, or use --token-file or ${ENROL_TOKEN_ENV}",
+        )
+    return token
+
+
+@agent_app.command("enroll")
+def agent_enroll(
+    url: Annotated[str, typer.Argument(help="The hub, e.g. https://hub.example.com:8443")],
+    root: Annotated[
+        list[Path], typer.Option("--root", help="A folder this agent serves (repeatable).")
+    ],
+    token: Annotated[
+        str | None,
+        typer.Argument(
+            help="The one-time token from freight agents token. Other users of this machine "
+            "can read a command line: prefer --token-stdin, --token-file or "
+            f"${ENROL_TOKEN_ENV}.",
+            show_default=False,
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="Read the token from this file.")
+    ] = None,
+    token_stdin: Annotated[
+        bool, typer.Option("--token-stdin", help="Read the token from standard input.")
+    ] = False,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(
+            help="The hub's certificate fingerprint, checked and pinned; with --ca-file (a "
+            "TLS-inspecting proxy's CA), the hub's own certificate that logins are bound to."
+        ),
+    ] = None,
+    ca_file: Annotated[
+        Path | None, typer.Option("--ca-file", help="Trust this CA instead of pinning.")
+    ] = None,
+    proxy: Annotated[str | None, typer.Option(help="HTTP proxy to reach the hub.")] = None,
+    yes: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use",
+            help="Pin the certificate the hub presents without asking (no --fingerprint).",
+        ),
+    ] = False,
+    allow_overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--allow-overwrite",
+            help="Let an admin's cp --overwrite replace existing files in the roots.",
+        ),
+    ] = False,
+) -> None:
+    """Enrol this machine once; then run: freight agent run."""
+    for r in root:
+        if not r.is_dir():
+            raise UsageError(f"--root {r}: not a folder")
+    secret = enrol_token(token, token_file, token_stdin)
+    config = ClientConfig()
+    u = parse_hub_url(url)
+    wanted = normalise_fingerprint(fingerprint) if fingerprint else None
+
+    async def go() -> dict[str, Any]:
+        seen = ""
+        if ca_file is None:
+            seen = await fetch_fingerprint(u, proxy=_proxy_url(proxy))
+            if wanted and wanted != seen:
+                raise code_to_error(
+                    "fingerprint_mismatch", f"the hub presents {seen}, not the expected {wanted}"
+                )
+            if not wanted and not yes:
+                err_console.print(f"The hub's certificate fingerprint is {seen}")
+                if token_stdin or not sys.stdin.isatty():
+                    raise UsageError(
+                        "not enrolled: no terminal to confirm the certificate on",
+                        hint=f"give --fingerprint {seen} after checking it, or --trust-on-first-use",
+                    )
+                if not typer.confirm("Trust this hub and pin its certificate?", err=True):
+                    raise UsageError("not enrolled: the certificate was not trusted")
+        key = identity_key(config)
+        async with HubSession(
+            canonical_url(u), fingerprint=seen, proxy=proxy, ca_file=ca_file
+        ) as session:
+            body = await session.request(
+                "POST", "/v1/agents/enroll", {"token": secret, "key": public_of(key).hex()}
+            )
+        if ca_file is not None and wanted:
+            # Behind a TLS-inspecting proxy the agent never sees the hub's
+            # certificate, so its logins name the one given here (which the
+            # hub's answer, through the trusted proxy, confirms).
+            if body.get("fingerprint") != wanted:
+                raise code_to_error(
+                    "fingerprint_mismatch",
+                    f"the hub's certificate is {body.get('fingerprint')}, not the expected "
+                    f"{wanted}; this agent is enrolled but not saved: remove it with "
+                    "freight agents rm and enrol again",
+                )
+            seen = wanted
+        cfg = AgentConfig(
+            hub=canonical_url(u),
+            name=body["name"],
+            fingerprint=seen,
+            ca_file=str(ca_file.resolve()) if ca_file else "",
+            proxy=proxy or "",
+            roots=[str(r.resolve()) for r in root],
+            allow_overwrite=allow_overwrite,
+        )
+        cfg.save(config)
+        return {"name": cfg.name, "hub": cfg.hub, "roots": cfg.roots}
+
+    info = run_async(go)
+    err_console.print(
+        f"Enrolled as {info['name']!r} at {info['hub']}, serving {', '.join(info['roots'])}.\n"
+        "Now run: freight agent run   (or install the unit from: freight agent run --print-unit)"
+    )
+
+
+@agent_app.command("key")
+def agent_key() -> None:
+    """Print this machine's identity public key (made if there is none yet),
+    for an admin to set with: freight agents key NAME KEY."""
+    typer.echo(public_of(identity_key(ClientConfig())).hex())
+
+
+def _proxy_url(proxy: str | None) -> Any:
+    from ..transport.proxy import parse_proxy_url
+
+    return parse_proxy_url(proxy) if proxy else None
+
+
+@agent_app.command("run")
+def agent_run(
+    print_unit: Annotated[
+        bool, typer.Option("--print-unit", help="Print a systemd unit for this agent and exit.")
+    ] = False,
+    unit_user: Annotated[
+        str, typer.Option("--unit-user", help="The user the printed unit runs the agent as.")
+    ] = "freight",
+    transport: TransportOpt = "auto",
+) -> None:
+    """Run the agent: stay attached to the hub, serve files and commands."""
+    from ..agent.daemon import Agent, systemd_unit
+    from ..hub.observe import configure_logging
+
+    check_transport(transport)
+    config = ClientConfig()
+    if print_unit:
+        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", unit_user):
+            raise UsageError(f"--unit-user {unit_user!r}: not a user name")
+        typer.echo(systemd_unit(config, unit_user), nl=False)
+        return
+    cfg = AgentConfig.load(config)
+    configure_logging()
+    err_console.print(f"Agent {cfg.name!r} serving {', '.join(cfg.roots)} via {cfg.hub}")
+    run_async(lambda: Agent(cfg, config, transport).run())
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(agent_app, name="agent")
