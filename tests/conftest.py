@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import Client, Hub
 
 
@@ -40,6 +41,22 @@ def shared_client(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub) -> 
     c = Client(tmp_path_factory.mktemp("shared-client"), shared_hub)
     c.login()
     return c
+
+
+@pytest.fixture(scope="module")
+def admin(shared_client: Client) -> Client:
+    """The shared hub's admin, with quick relay reconnects."""
+    return fast(shared_client)
+
+
+@pytest.fixture(scope="module")
+def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
+    """A second user on the shared hub, logged in on its own device."""
+    res = admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+    assert "Added user bob" in res.stderr
+    c = Client(tmp_path_factory.mktemp("client-bob"), shared_hub)
+    c.login(user="bob", password=BOB_PASSWORD)
+    return fast(c)
 
 
 @pytest.fixture

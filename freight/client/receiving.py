@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import os
 import stat
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -345,6 +345,21 @@ async def receive_entries(
         tree.close()
 
 
+@contextlib.asynccontextmanager
+async def _refusing_on_failure(conn: Connection, tree: Tree) -> AsyncIterator[None]:
+    """Tell the sender why this end gives up (a typed error, or a disk
+    that cannot be written), then raise it here too."""
+    try:
+        yield
+    except FreightError as exc:
+        await conn.send(_refuse(exc.message))
+        raise
+    except OSError as exc:
+        error = StorageError(f"cannot write into {tree.shown}: {exc.strerror or exc}")
+        await conn.send(_refuse(error.message))
+        raise error from None
+
+
 async def _receive_into(
     conn: Connection,
     tree: Tree,
@@ -356,7 +371,7 @@ async def _receive_into(
     summary = Summary()
     incoming: dict[int, _Incoming] = {}
     folders: list[tuple[tuple[str, ...], Entry]] = []
-    try:
+    async with _refusing_on_failure(conn, tree):
         if rename and entries:
             _rename_top(entries, rename)
         for index, e in enumerate(entries):
@@ -381,33 +396,20 @@ async def _receive_into(
         if foreign:
             await consent(foreign)
         await asyncio.to_thread(lambda: [tree.folder(p, create=True) for p, _ in folders])
-    except FreightError as exc:
-        await conn.send(_refuse(exc.message))
-        raise
-    except OSError as exc:
-        error = StorageError(f"cannot write into {tree.shown}: {exc.strerror or exc}")
-        await conn.send(_refuse(error.message))
-        raise error from None
     have = [planned.get(index, (0, "")) for index in range(len(entries))]
     set_totals = getattr(reporter, "set_totals", None)
     if set_totals is not None:
         set_totals(summary.bytes, summary.files)
     await conn.send(wire.encode(wire.Holdings(have=have)))
     try:
-        await _receive_files(conn, incoming, reporter, summary, tree)
+        async with _refusing_on_failure(conn, tree):
+            await _receive_files(conn, incoming, reporter, summary, tree)
 
-        def finish_folders() -> None:
-            for parts, e in reversed(folders):
-                tree.finish_folder(parts, e.mode, e.mtime)
+            def finish_folders() -> None:
+                for parts, e in reversed(folders):
+                    tree.finish_folder(parts, e.mode, e.mtime)
 
-        await asyncio.to_thread(finish_folders)
-    except FreightError as exc:
-        await conn.send(_refuse(exc.message))
-        raise
-    except OSError as exc:
-        error = StorageError(f"cannot write into {tree.shown}: {exc.strerror or exc}")
-        await conn.send(_refuse(error.message))
-        raise error from None
+            await asyncio.to_thread(finish_folders)
     finally:
         for inc in incoming.values():
             inc.close()

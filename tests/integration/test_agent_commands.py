@@ -30,15 +30,9 @@ from tests.collectsupport import (
 )
 from tests.collectsupport import wait_online as wait_agents_online
 from tests.hostile import RawAgent, recv_frame, settled
-from tests.relaysupport import fast
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def admin(shared_client: Client) -> Client:
-    return fast(shared_client)
 
 
 @pytest.fixture(scope="module")

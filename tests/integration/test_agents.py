@@ -44,7 +44,6 @@ from tests.support import (
 )
 
 MiB = 1024 * 1024
-BOB_PASSWORD = "bob-agent-secret"
 OUTSIDE = "outside the folders this agent serves"
 PART_SUFFIX = ".freight-part"
 
@@ -71,11 +70,6 @@ def security_events(admin: Client) -> list[dict[str, Any]]:
 
 
 @pytest.fixture(scope="module")
-def admin(shared_client: Client) -> Client:
-    return fast(shared_client)
-
-
-@pytest.fixture(scope="module")
 def lab(
     tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client
 ) -> Iterator[Agent]:
@@ -94,15 +88,6 @@ def lab(
 @pytest.fixture(scope="module")
 def root(lab: Agent) -> Path:
     return lab.roots[0]
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
-    res = admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    assert "Added user bob" in res.stderr
-    c = Client(tmp_path_factory.mktemp("client-bob"), shared_hub)
-    c.login(user="bob", password=BOB_PASSWORD)
-    return fast(c)
 
 
 # --- 1. enrolment and status ------------------------------------------------------

@@ -17,26 +17,12 @@ from typing import IO, Any
 
 import pytest
 
-from tests.relaysupport import Proc, fast
-from tests.support import PYTHON, Client, Hub, wait_until
+from tests.relaysupport import Proc
+from tests.support import PYTHON, Client, wait_until
 
 KiB = 1024
-BOB_PASSWORD = "bob-stdio-secret"
 STDINS = ["devnull", "socket", "pipe", "file", "tty"]
 STDOUTS = ["pipe", "file", "devnull"]
-
-
-@pytest.fixture(scope="module")
-def admin(shared_client: Client) -> Client:
-    return fast(shared_client)
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
-    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    c = Client(tmp_path_factory.mktemp("client-bob"), shared_hub)
-    c.login(user="bob", password=BOB_PASSWORD)
-    return fast(c)
 
 
 class Odd:

@@ -28,24 +28,10 @@ from freight.client.relay import RelayClient
 from freight.client.session import HubSession
 from freight.errors import FreightError
 from tests.agentsupport import Agent
-from tests.relaysupport import Proc, fast
+from tests.relaysupport import Proc
 from tests.support import PYTHON, Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
-BOB_PASSWORD = "bob-receiving-secret"
-
-
-@pytest.fixture(scope="module")
-def admin(shared_client: Client) -> Client:
-    return fast(shared_client)
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
-    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    c = Client(tmp_path_factory.mktemp("client-bob"), shared_hub)
-    c.login(user="bob", password=BOB_PASSWORD)
-    return fast(c)
 
 
 def start_send(client: Client, *args: str) -> tuple[Proc, str]:

@@ -33,26 +33,11 @@ from tests.support import (
 )
 
 MiB = 1024 * 1024
-BOB_PASSWORD = "bob-relay-secret"
 CODE_RE = r"\d+(?:-[a-z]+){3}"
 PART_SUFFIX = ".freight-part"
 
 
 # --- accounts ------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def admin(shared_client: Client) -> Client:
-    return fast(shared_client)
-
-
-@pytest.fixture(scope="module")
-def bob(tmp_path_factory: pytest.TempPathFactory, shared_hub: Hub, admin: Client) -> Client:
-    res = admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    assert "Added user bob" in res.stderr
-    c = Client(tmp_path_factory.mktemp("client-bob"), shared_hub)
-    c.login(user="bob", password=BOB_PASSWORD)
-    return fast(c)
 
 
 # --- trees -----------------------------------------------------------------------
