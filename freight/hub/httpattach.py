@@ -45,7 +45,10 @@ GRACE: Final = 60.0
 # send() waits while this many bytes were sent but not acknowledged: bounds
 # what we keep for replay, and paces us to what the client takes.
 DOWN_WINDOW_BYTES: Final = 8 * 1024 * 1024
-# Frames received but not yet taken by recv(); an up POST waits beyond this.
+# Frames received but not yet taken by recv(): an up POST waits while this
+# many payload bytes (or INBOX_FRAMES frames) wait, so a client's POSTs are
+# paced by what the hub takes and never pin more than about this much.
+INBOX_BYTES: Final = 8 * 1024 * 1024
 INBOX_FRAMES: Final = 8
 PING: Final = encode_frame(Ping())
 
@@ -72,6 +75,7 @@ class ServerHTTPChannel:
         self._idle_since = time.monotonic()
         # Up: frames received (the next one is numbered ``_up_next``).
         self._inbox: collections.deque[Frame] = collections.deque()
+        self.inbox_bytes = 0  # payload bytes in _inbox
         self._up_next = 0
         self._up: web.Request | None = None
         self._up_lock = asyncio.Lock()  # one up POST at a time, in order
@@ -101,6 +105,7 @@ class ServerHTTPChannel:
             self._check_open()
             await self.changed.wait()
         frame = self._inbox.popleft()
+        self.inbox_bytes -= len(frame[1])
         self.changed.notify()
         return frame
 
@@ -231,12 +236,15 @@ class ServerHTTPChannel:
 
     async def _deliver(self, frame: Frame) -> None:
         """Wait for room in the inbox (back-pressure on the POST)."""
-        while len(self._inbox) >= INBOX_FRAMES and self.failure is None:
+        while (
+            len(self._inbox) >= INBOX_FRAMES or self.inbox_bytes >= INBOX_BYTES
+        ) and self.failure is None:
             await self.changed.wait()
         self._check_open()
         self._up_next += 1
         if not isinstance(frame[0], Ping):
             self._inbox.append(frame)
+            self.inbox_bytes += len(frame[1])
             self.changed.notify()
 
 

@@ -17,7 +17,7 @@ from yarl import URL
 import freight.hub.app
 from freight.errors import NotLoggedIn
 from freight.hub.app import errors_middleware
-from freight.hub.httpattach import DOWN_WINDOW_BYTES, ServerHTTPChannel, add_routes
+from freight.hub.httpattach import DOWN_WINDOW_BYTES, INBOX_BYTES, ServerHTTPChannel, add_routes
 from freight.hub.streams import User
 from freight.protocol import messages as m
 from freight.protocol.frames import FrameDecoder, encode_frame, encode_header
@@ -249,6 +249,30 @@ async def test_acks_flow_while_a_frame_post_waits_on_the_hub(start_hub: StartHub
     await expect_all(chan, up)
     await asyncio.wait_for(sending, 5)
     await chan.aclose()
+
+
+async def test_frames_the_hub_has_not_taken_are_bounded_in_bytes(start_hub: StartHub) -> None:
+    """A client that sends large frames to a hub that does not read them is
+    held back once INBOX_BYTES wait, whatever the number of frames (eight
+    4 MiB frames were all held before)."""
+    hub = await start_hub()
+    hub.reading.clear()
+    chan, server_chan = await hub.open()
+    up = [bytes([i]) * (4 * MiB) for i in range(8)]
+    sending = asyncio.create_task(send_all(chan, up))
+    try:
+        await eventually(lambda: server_chan.inbox_bytes > 0, what="frames at the hub")
+        # Give the client every chance to push more: it must stay held back.
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            assert server_chan.inbox_bytes <= INBOX_BYTES + 4 * MiB
+        assert not sending.done()
+        hub.reading.set()
+        await expect_all(chan, up)
+        await asyncio.wait_for(sending, 5)
+    finally:
+        sending.cancel()
+        await chan.aclose()
 
 
 # --- broken down streams ------------------------------------------------------------
