@@ -24,8 +24,8 @@ from ..client.config import ClientConfig
 from ..client.relay import RelayClient, identity_key
 from ..client.session import HubSession
 from ..errors import AuthError, FreightError, NetworkError, RateLimited
-from ..hub.agents import login_message
 from ..protocol import messages as m
+from ..protocol.agents import login_message
 from ..protocol.errors import ProtocolError
 from ..protocol.frames import encode_json
 from ..protocol.limits import MAX_HEADER_BYTES, MAX_JSON_CHARS

@@ -20,7 +20,7 @@ from ..client.options import QuietReporter, options_from_env
 from ..client.safefs import FileExists
 from ..client.transfer import pull_one, push_many
 from ..errors import FreightError, UsageError
-from ..hub.commandfiles import INBOX_PREFIX, SENT_PREFIX
+from ..protocol.agents import INBOX_PREFIX, SENT_PREFIX
 from .roots import locate, resolve
 
 

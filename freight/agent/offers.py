@@ -24,7 +24,7 @@ import structlog
 from ..client.options import QuietReporter, options_from_env
 from ..client.transfer import push_many
 from ..errors import FreightError, NetworkError, UsageError
-from ..hub.collect import UPLOAD_PREFIX
+from ..protocol.agents import UPLOAD_PREFIX
 from .roots import resolve
 from .scan import ScanCache, scan
 

@@ -28,21 +28,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ..errors import AgentRefused, BadCredentials, Conflict, NotFound, UsageError
 from ..names import check_user_name
 from ..protocol import messages as m
+from ..protocol.agents import COMMAND_KINDS, FILE_COMMANDS, login_message
 from ..store.commands import TERMINAL_COMMAND_STATES
 from . import auth, commandfiles, commands, users
 from .app import STATE, admin_user, current_user
-from .commandfiles import FILE_COMMANDS
 from .keys import check_key
 from .limiter import address_key
 from .state import HubState
 
 ENROL_TOKEN_TTL = 24 * 3600.0
-COMMAND_KINDS = ("list_dir", "reload_config", "ping", "rescan", "resend_offers", *FILE_COMMANDS)
-
-
-def login_message(name: str, challenge: str, fingerprint: str) -> bytes:
-    """What an agent signs to log in (see the module docstring)."""
-    return f"freight agent login v1\0{name}\0{challenge}\0{fingerprint}".encode()
 
 
 async def _json(request: web.Request) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import NotFound, UsageError
+from ..protocol.agents import UPLOAD_PREFIX
 from ..store.commands import TERMINAL_COMMAND_STATES
 from ..units import parse_size
 from . import commands
@@ -38,7 +39,6 @@ from .state import HubState
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 MAX_BATCH = 2000
-UPLOAD_PREFIX = ".collect/"
 
 
 class Collector:

@@ -27,12 +27,9 @@ from typing import Any
 
 from ..errors import NotFound, UsageError
 from ..names import check_name
+from ..protocol.agents import FILE_COMMANDS, INBOX_PREFIX, SENT_PREFIX
 from .state import HubState
 from .streams import User
-
-SENT_PREFIX = ".sent/"
-INBOX_PREFIX = ".inbox/"
-FILE_COMMANDS = ("send_file", "receive_file")
 
 
 def _absolute(args: dict[str, Any], key: str, kind: str, example: str) -> str:
