@@ -27,29 +27,21 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import AgentRefused, BadCredentials, Conflict, NotFound, UsageError
 from ..names import check_user_name
-from ..protocol import messages as m
 from ..protocol.agents import COMMAND_KINDS, FILE_COMMANDS, login_message
 from ..store.commands import TERMINAL_COMMAND_STATES
-from . import auth, commandfiles, commands, users
-from .app import STATE, admin_user, current_user
+from . import auth, commandfiles, users
+from .commands import command_json
+from .dispatch import Dispatcher, Link
 from .keys import check_key
 from .limiter import address_key
-from .state import HubState
+from .requests import admin_user, current_user
+from .requests import json_object as _json
+from .services import STATE, Hub
 
 ENROL_TOKEN_TTL = 24 * 3600.0
 
 
-async def _json(request: web.Request) -> dict[str, Any]:
-    try:
-        body = await request.json()
-    except ValueError:
-        raise UsageError("the body must be JSON") from None
-    if not isinstance(body, dict):
-        raise UsageError("the body must be a JSON object")
-    return body
-
-
-async def _agent_row(st: HubState, name: str) -> Any:
+async def _agent_row(st: Hub, name: str) -> Any:
     row = await st.db.user_by_name(name)
     if row is None or row["role"] != "agent":
         raise NotFound(f"there is no agent {name!r} on this hub", hint="run: freight agents ls")
@@ -291,21 +283,20 @@ async def add_command(request: web.Request) -> web.Response:
     if not isinstance(raw_args, dict):
         raise UsageError("a command's arguments are an object of names and values")
     if kind in FILE_COMMANDS:
-        raw_args = await commandfiles.prepare(st, admin, kind, raw_args)
-    args = json.dumps(raw_args)
-    commands.check_args(args)
+        raw_args = await commandfiles.prepare(st.core, admin, kind, raw_args)
     agent_id = int(row["id"])
-    command_id = await st.db.add_command(agent_id, kind, args, admin.name)
-    await commandfiles.queued(st, admin, agent_id, command_id, kind, raw_args)
-    await st.events.emit(
-        "command_queued", admin.name, agent=row["name"], id=command_id, command=kind
+
+    async def queued(command_id: int) -> None:
+        await commandfiles.queued(st.core, admin, agent_id, command_id, kind, raw_args)
+        await st.events.emit(
+            "command_queued", admin.name, agent=row["name"], id=command_id, command=kind
+        )
+
+    # Online: handed over now (else when it attaches).
+    command_id, delivered = await st.commands.enqueue(
+        agent_id, kind, json.dumps(raw_args), admin.name, prepare=queued
     )
-    att = st.relay.attachment_of(agent_id)
-    state = "queued"
-    # Online: hand it over now (else when it attaches).
-    if att is not None and await commands.deliver(st, att, command_id, kind, args):
-        state = "delivered"
-    return web.json_response({"id": command_id, "state": state})
+    return web.json_response({"id": command_id, "state": "delivered" if delivered else "queued"})
 
 
 async def get_command(request: web.Request) -> web.Response:
@@ -318,43 +309,41 @@ async def get_command(request: web.Request) -> web.Response:
     except ValueError:
         raise UsageError("the command id and wait must be numbers") from None
     deadline = time.monotonic() + wait
-    event = st.relay.command_event(command_id)
-    try:
+    with st.commands.waiter(command_id) as event:
         while True:
             row = await st.db.get_command(command_id)
             if row is None:
                 raise NotFound(f"no command {command_id}")
             if row["state"] in TERMINAL_COMMAND_STATES or time.monotonic() >= deadline:
-                return web.json_response(commands.command_json(row))
+                return web.json_response(command_json(row))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), deadline - time.monotonic())
             event.clear()
-    finally:
-        st.relay.forget_command_event(command_id)
 
 
-async def on_agent_frame(st: HubState, att: Any, msg: m.AnyMessage) -> bool:
-    """Acknowledgements and results coming back from an agent."""
-    if isinstance(msg, m.CommandAck):
-        await commands.on_ack(st, att, msg)
-        return True
-    if isinstance(msg, m.CommandResult):
-        await commands.on_result(st, att, msg)
-        return True
-    return False
+async def cancel_command(request: web.Request) -> web.Response:
+    """``POST /v1/agents/commands/{id}/cancel``: an admin gives up on an
+    open command; it is not delivered again and its result is refused."""
+    admin = await admin_user(request)
+    try:
+        command_id = int(request.match_info["id"])
+    except ValueError:
+        raise UsageError("the command id must be a number") from None
+    return web.json_response(await request.app[STATE].commands.cancel(command_id, admin.name))
 
 
-async def agent_attached(st: HubState, att: Any, version: str) -> None:
-    """Record the visit and hand over every command still open."""
-    await st.db.touch_agent(att.user.id, version, att.address)
-    cap = await st.db.agent_cap(att.user.id)
-    st.relay.set_cap(att.user.id, cap)
-    st.bandwidth.set_cap(att.user.id, cap)
-    # Acknowledged but unanswered commands go again too: the agent may have
-    # died running them, or its answer was lost (it answers a repeat from
-    # memory when it still has one).
-    for row in await st.db.open_commands(att.user.id):
-        await commands.deliver(st, att, int(row["id"]), str(row["kind"]), str(row["args"]))
+def register(dispatcher: Dispatcher, st: Hub) -> None:
+    """When an agent's command channel attaches: record the visit and
+    apply its bandwidth cap (before the queue hands over its commands)."""
+
+    async def attached(link: Link, version: str) -> None:
+        att = link.att
+        await st.db.touch_agent(att.user.id, version, att.address)
+        cap = await st.db.agent_cap(att.user.id)
+        st.relay.set_cap(att.user.id, cap)
+        st.bandwidth.set_cap(att.user.id, cap)
+
+    dispatcher.on_agent_attached(attached)
 
 
 async def report_security(request: web.Request) -> web.Response:
@@ -384,4 +373,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_put("/v1/agents/{name}/cap", set_cap)
     app.router.add_post("/v1/agents/{name}/commands", add_command)
     app.router.add_get("/v1/agents/commands/{id}", get_command)
-    app.router.add_post("/v1/agents/commands/{id}/cancel", commands.cancel)
+    app.router.add_post("/v1/agents/commands/{id}/cancel", cancel_command)

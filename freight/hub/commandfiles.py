@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import NotFound, UsageError
 from ..names import check_name
 from ..protocol.agents import FILE_COMMANDS, INBOX_PREFIX, SENT_PREFIX
-from .state import HubState
+from .core import Core
 from .streams import User
 
 
@@ -39,7 +39,7 @@ def _absolute(args: dict[str, Any], key: str, kind: str, example: str) -> str:
     return raw
 
 
-async def prepare(st: HubState, admin: User, kind: str, args: dict[str, Any]) -> dict[str, Any]:
+async def prepare(st: Core, admin: User, kind: str, args: dict[str, Any]) -> dict[str, Any]:
     """Check a file command's arguments; return what is stored with it."""
     if kind == "send_file":
         path = _absolute(args, "path", kind, "/data/file")
@@ -66,7 +66,7 @@ async def prepare(st: HubState, admin: User, kind: str, args: dict[str, Any]) ->
 
 
 async def queued(
-    st: HubState, admin: User, agent_id: int, command_id: int, kind: str, args: dict[str, Any]
+    st: Core, admin: User, agent_id: int, command_id: int, kind: str, args: dict[str, Any]
 ) -> None:
     """Before a ``receive_file`` is delivered: give the agent its copy."""
     if kind != "receive_file":
@@ -99,7 +99,7 @@ def _link(src: os.PathLike[str], dst: os.PathLike[str]) -> None:
 
 
 async def finished(
-    st: HubState, agent: User, command_id: int, ok: bool, result: str
+    st: Core, agent: User, command_id: int, ok: bool, result: str
 ) -> tuple[bool, str]:
     """After a file command's result: move or drop the hub's side of it.
     Returns the (ok, result) to record; repeating it changes nothing."""
@@ -151,6 +151,6 @@ def _move(src: os.PathLike[str], dst: os.PathLike[str]) -> None:
     os.replace(src, dst)
 
 
-async def _drop(st: HubState, user_id: int, name: str) -> None:
+async def _drop(st: Core, user_id: int, name: str) -> None:
     await st.db.delete_file(user_id, name)
     await asyncio.to_thread(st.layout.file_path(user_id, name).unlink, missing_ok=True)

@@ -1,5 +1,6 @@
-"""The rules of the agents' durable command queue at the hub (the queue
-itself is the ``commands`` table; docs/protocol.md 13.2).
+"""The agents' durable command queue at the hub (the queue itself is the
+``commands`` table; docs/protocol.md 13.2): the one place where a command
+is queued for an agent, handed over, answered, failed or cancelled.
 
 * Arguments are at most ``MAX_COMMAND_ARGS_BYTES`` of JSON, checked when the
   command is queued, so that a ``command`` frame always fits the agent's
@@ -11,25 +12,39 @@ itself is the ``commands`` table; docs/protocol.md 13.2).
   open: a repeated or replayed result changes nothing.
 * An admin may cancel an open command; an agent already running it runs
   it to its end, and its result is then refused.
+
+Whoever cares that a command ended (the collector, for its uploads)
+subscribes with :meth:`CommandQueue.on_settled`; whoever waits for a
+result takes :meth:`CommandQueue.waiter` first.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from typing import Any
-
-from aiohttp import web
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol
 
 from ..errors import Conflict, NotFound, UsageError
 from ..protocol import messages as m
 from ..protocol.limits import MAX_COMMAND_ARGS_BYTES
 from ..store import commands as queue
 from . import commandfiles
-from .app import STATE, admin_user
-from .state import HubState
+from .core import Core
+from .dispatch import Dispatcher, Link, Scope
 from .streams import User
 
 MAX_DELIVERIES = 5
+
+# (command id, agent id, agent name, ok, result) after a command ended.
+Settled = Callable[[int, int, str, bool, str], Awaitable[object]]
+
+
+class Presence(Protocol):
+    """Where an agent's command channel is, if it is attached."""
+
+    def attachment_of(self, user_id: int) -> Any: ...
 
 
 def check_args(args: str) -> None:
@@ -41,90 +56,141 @@ def check_args(args: str) -> None:
         )
 
 
-async def deliver(st: HubState, att: Any, command_id: int, kind: str, args: str) -> bool:
-    """Hand an open command to the agent's attachment ``att`` and count it;
-    one handed over ``MAX_DELIVERIES`` times already is failed instead."""
-    count = await queue.mark_delivered(st.db, command_id, att.user.id, MAX_DELIVERIES)
-    if count is None:
-        return False  # answered or cancelled meanwhile
-    if count == 0:
-        await fail(
-            st,
-            command_id,
-            att.user,
-            f"handed to {att.user.name} {MAX_DELIVERIES} times without an answer "
-            "(it may break the agent's connection or stop the agent); not sent again",
+class CommandQueue:
+    def __init__(self, core: Core, presence: Presence) -> None:
+        self.core = core
+        self.db = core.db
+        self.presence = presence
+        self._settled: list[Settled] = []
+        self._waiting: dict[int, asyncio.Event] = {}
+        self._answering: set[int] = set()  # command results being recorded
+
+    def on_settled(self, listener: Settled) -> None:
+        """Call ``listener`` after each command ends (answered, failed or cancelled)."""
+        self._settled.append(listener)
+
+    def register(self, dispatcher: Dispatcher) -> None:
+        """An agent's acknowledgements and results, and its open commands
+        handed over again when it attaches."""
+        dispatcher.register(m.CommandAck, self._ack, Scope.AGENT)
+        dispatcher.register(m.CommandResult, self._result, Scope.AGENT)
+        dispatcher.on_agent_attached(self._attached)
+
+    async def enqueue(
+        self,
+        agent_id: int,
+        kind: str,
+        args: str,
+        by: str,
+        *,
+        prepare: Callable[[int], Awaitable[object]] | None = None,
+    ) -> tuple[int, bool]:
+        """Queue a command for an agent and hand it over now if the agent is
+        attached (else it goes when it attaches); ``prepare(command_id)``
+        runs in between. Returns the command's id and whether it was handed over."""
+        check_args(args)
+        command_id = await self.db.add_command(agent_id, kind, args, by)
+        if prepare is not None:
+            await prepare(command_id)
+        att = self.presence.attachment_of(agent_id)
+        delivered = att is not None and await self.deliver(att, command_id, kind, args)
+        return command_id, delivered
+
+    async def deliver(self, att: Any, command_id: int, kind: str, args: str) -> bool:
+        """Hand an open command to the agent's attachment ``att`` and count it;
+        one handed over ``MAX_DELIVERIES`` times already is failed instead."""
+        count = await queue.mark_delivered(self.db, command_id, att.user.id, MAX_DELIVERIES)
+        if count is None:
+            return False  # answered or cancelled meanwhile
+        if count == 0:
+            await self.fail(
+                command_id,
+                att.user,
+                f"handed to {att.user.name} {MAX_DELIVERIES} times without an answer "
+                "(it may break the agent's connection or stop the agent); not sent again",
+            )
+            return False
+        att.post(m.Command(id=command_id, kind=kind, args=args))
+        return True
+
+    async def _attached(self, link: Link, version: str) -> None:
+        # Acknowledged but unanswered commands go again too: the agent may have
+        # died running them, or its answer was lost (it answers a repeat from
+        # memory when it still has one).
+        for row in await self.db.open_commands(link.user.id):
+            await self.deliver(link.att, int(row["id"]), str(row["kind"]), str(row["args"]))
+
+    @contextlib.contextmanager
+    def waiter(self, command_id: int) -> Iterator[asyncio.Event]:
+        """An event set when command ``command_id`` ends; take it before
+        reading the command's state, so a result in between is not missed."""
+        event = self._waiting.setdefault(command_id, asyncio.Event())
+        try:
+            yield event
+        finally:
+            self._waiting.pop(command_id, None)
+
+    async def _settle(self, command_id: int, agent: User, ok: bool, result: str) -> None:
+        """After a command ended: wake whoever waits for it, and tell the
+        subscribers (the collector acts on an upload)."""
+        event = self._waiting.get(command_id)
+        if event is not None:
+            event.set()
+        for listener in self._settled:
+            await listener(command_id, agent.id, agent.name, ok, result)
+
+    async def fail(self, command_id: int, agent: User, reason: str) -> bool:
+        result = json.dumps({"error": reason})
+        if not await queue.finish(self.db, command_id, agent.id, "failed", result):
+            return False
+        await commandfiles.finished(self.core, agent, command_id, False, result)
+        await self._settle(command_id, agent, False, result)
+        await self.core.events.emit("command_failed", agent.name, id=command_id, reason=reason)
+        return True
+
+    async def _ack(self, link: Link, msg: m.CommandAck, payload: bytes) -> None:
+        await queue.acknowledge(self.db, msg.id, link.user.id)
+
+    async def _result(self, link: Link, msg: m.CommandResult, payload: bytes) -> None:
+        """Record an agent's answer: only to an open command queued for this
+        agent, and only once (a concurrent copy waits its turn and is refused)."""
+        agent = link.user
+        if msg.id in self._answering or await queue.open_command(self.db, msg.id, agent.id) is None:
+            self.core.metrics.refused.labels("command_result").inc()
+            self.core.events.log.warning("command_result_refused", agent=agent.name, id=msg.id)
+            return
+        self._answering.add(msg.id)
+        try:
+            ok, result = await commandfiles.finished(self.core, agent, msg.id, msg.ok, msg.result)
+            state = "done" if ok else "failed"
+            if not await queue.finish(self.db, msg.id, agent.id, state, result):
+                return  # cancelled while its files were moved
+            await self._settle(msg.id, agent, msg.ok, msg.result)
+            await self.core.events.emit("command_" + state, agent.name, id=msg.id)
+        finally:
+            self._answering.discard(msg.id)
+
+    async def cancel(self, command_id: int, by: str) -> dict[str, Any]:
+        """An admin gives up on an open command; it is not delivered again
+        and its result is refused. Returns the command as it is now."""
+        row = await self.db.get_command(command_id)
+        if row is None:
+            raise NotFound(
+                f"no command {command_id}", hint="freight agents ls shows what is queued"
+            )
+        agent_row = await self.db.user_by_id(int(row["agent_id"]))
+        result = json.dumps({"error": f"cancelled by {by}"})
+        if agent_row is None or not await queue.finish(
+            self.db, command_id, None, "cancelled", result
+        ):
+            raise Conflict(f"command {command_id} is {row['state']} already; only open ones cancel")
+        agent = User(int(agent_row["id"]), str(agent_row["name"]), str(agent_row["role"]))
+        await commandfiles.finished(self.core, agent, command_id, False, result)
+        await self._settle(command_id, agent, False, result)
+        await self.core.events.emit(
+            "command_cancelled", by, id=command_id, agent=agent.name, command=row["kind"]
         )
-        return False
-    att.post(m.Command(id=command_id, kind=kind, args=args))
-    return True
-
-
-async def _settled(st: HubState, command_id: int, agent: User, ok: bool, result: str) -> None:
-    """After a command ended (answered, failed or cancelled): wake whoever
-    waits for it, and let the collector act on an upload."""
-    st.relay.command_finished(command_id)
-    if st.collector is not None:
-        await st.collector.finished(command_id, agent.id, agent.name, ok, result)
-
-
-async def fail(st: HubState, command_id: int, agent: User, reason: str) -> bool:
-    result = json.dumps({"error": reason})
-    if not await queue.finish(st.db, command_id, agent.id, "failed", result):
-        return False
-    await commandfiles.finished(st, agent, command_id, False, result)
-    await _settled(st, command_id, agent, False, result)
-    await st.events.emit("command_failed", agent.name, id=command_id, reason=reason)
-    return True
-
-
-async def on_ack(st: HubState, att: Any, msg: m.CommandAck) -> None:
-    await queue.acknowledge(st.db, msg.id, att.user.id)
-
-
-async def on_result(st: HubState, att: Any, msg: m.CommandResult) -> None:
-    """Record an agent's answer: only to an open command queued for this
-    agent, and only once (a concurrent copy waits its turn and is refused)."""
-    agent: User = att.user
-    if msg.id in st.answering or await queue.open_command(st.db, msg.id, agent.id) is None:
-        st.metrics.refused.labels("command_result").inc()
-        st.events.log.warning("command_result_refused", agent=agent.name, id=msg.id)
-        return
-    st.answering.add(msg.id)
-    try:
-        ok, result = await commandfiles.finished(st, agent, msg.id, msg.ok, msg.result)
-        state = "done" if ok else "failed"
-        if not await queue.finish(st.db, msg.id, agent.id, state, result):
-            return  # cancelled while its files were moved
-        await _settled(st, msg.id, agent, msg.ok, msg.result)
-        await st.events.emit("command_" + state, agent.name, id=msg.id)
-    finally:
-        st.answering.discard(msg.id)
-
-
-async def cancel(request: web.Request) -> web.Response:
-    """``POST /v1/agents/commands/{id}/cancel``: an admin gives up on an
-    open command; it is not delivered again and its result is refused."""
-    admin = await admin_user(request)
-    st = request.app[STATE]
-    try:
-        command_id = int(request.match_info["id"])
-    except ValueError:
-        raise UsageError("the command id must be a number") from None
-    row = await st.db.get_command(command_id)
-    if row is None:
-        raise NotFound(f"no command {command_id}", hint="freight agents ls shows what is queued")
-    agent_row = await st.db.user_by_id(int(row["agent_id"]))
-    result = json.dumps({"error": f"cancelled by {admin.name}"})
-    if agent_row is None or not await queue.finish(st.db, command_id, None, "cancelled", result):
-        raise Conflict(f"command {command_id} is {row['state']} already; only open ones cancel")
-    agent = User(int(agent_row["id"]), str(agent_row["name"]), str(agent_row["role"]))
-    await commandfiles.finished(st, agent, command_id, False, result)
-    await _settled(st, command_id, agent, False, result)
-    await st.events.emit(
-        "command_cancelled", admin.name, id=command_id, agent=agent.name, command=row["kind"]
-    )
-    return web.json_response(command_json(await st.db.get_command(command_id)))
+        return command_json(await self.db.get_command(command_id))
 
 
 def command_json(row: Any) -> dict[str, Any]:

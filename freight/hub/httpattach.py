@@ -37,6 +37,7 @@ from ..protocol.frames import FrameDecoder, encode_frame
 from ..protocol.messages import Message, Ping
 from ..transport.channel import ChannelClosed, Frame, FrameChannel
 from ..transport.httpchan import Signal
+from .requests import current_user
 
 Serve = Callable[[web.Request, FrameChannel], Awaitable[None]]
 
@@ -340,8 +341,6 @@ def count_param(request: web.Request, name: str) -> int | None:
 
 async def attachment(request: web.Request) -> ServerHTTPChannel:
     """The request's attachment, if it is live and the caller's own."""
-    from .app import current_user  # app imports this module
-
     user = await current_user(request)
     chan = request.app[ATTACHMENTS].channels.get(request.match_info["aid"])
     if chan is None or chan.user_id != user.id or chan.closed:
@@ -350,8 +349,6 @@ async def attachment(request: web.Request) -> ServerHTTPChannel:
 
 
 async def create(request: web.Request) -> web.Response:
-    from .app import current_user  # app imports this module
-
     user = await current_user(request)
     registry = request.app[ATTACHMENTS]
     chan = ServerHTTPChannel(

@@ -24,7 +24,8 @@ from aiohttp import web
 from ..errors import Conflict, Forbidden, NotFound, UsageError
 from ..names import check_user_name
 from ..store.accounts import MAX_IDENTITY_KEYS
-from .app import STATE, current_user
+from .requests import current_user
+from .services import STATE
 from .streams import User
 
 KEY_HEX = re.compile(r"[0-9a-fA-F]{64}")

@@ -23,9 +23,9 @@ from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
 from ..transport.channel import ChannelClosed
 from ..transport.dataconn import DataConnProtocol, accept_data_connection, close_when_idle
-from .app import send_error, serve_channel, serve_lane
+from .channels import send_error, serve_channel, serve_lane
 from .guard import PortGuard, Slot
-from .state import HubState
+from .services import Hub
 from .streams import User
 from .tickets import Ticket
 
@@ -36,7 +36,7 @@ REFUSAL_LOG_EVERY = 10.0  # at most one warning per cap and this many seconds
 class SharedPortListener:
     def __init__(
         self,
-        state: HubState,
+        state: Hub,
         http_factory: Callable[[], Any],
         ssl_ctx: ssl.SSLContext,
         guard: PortGuard,

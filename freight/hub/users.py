@@ -17,20 +17,9 @@ from ..errors import BadCredentials, Conflict, NotFound, RateLimited, UsageError
 from ..names import check_new_password, check_user_name
 from ..store import quota
 from . import auth
-from .app import STATE, admin_user, current_user
 from .limiter import address_key
-
-
-async def json_fields(request: web.Request, *names: str) -> dict[str, Any]:
-    try:
-        body = await request.json()
-        if not isinstance(body, dict):
-            raise TypeError
-        for name in names:
-            body[name] = str(body[name])
-    except (ValueError, KeyError, TypeError):
-        raise UsageError(f"this needs a JSON body with {', '.join(names)}") from None
-    return body
+from .requests import admin_user, current_user, json_fields
+from .services import STATE
 
 
 async def login(request: web.Request) -> web.Response:

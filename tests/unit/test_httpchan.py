@@ -14,10 +14,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
-import freight.hub.app
+import freight.hub.httpattach
 from freight.errors import NotLoggedIn
-from freight.hub.app import errors_middleware
 from freight.hub.httpattach import DOWN_WINDOW_BYTES, INBOX_BYTES, ServerHTTPChannel, add_routes
+from freight.hub.requests import errors_middleware
 from freight.hub.streams import User
 from freight.protocol import messages as m
 from freight.protocol.frames import FrameDecoder, encode_frame, encode_header
@@ -101,7 +101,7 @@ StartHub = Callable[..., Awaitable[EchoHub]]
 
 @pytest.fixture
 async def start_hub(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[StartHub]:
-    monkeypatch.setattr(freight.hub.app, "current_user", fake_current_user)
+    monkeypatch.setattr(freight.hub.httpattach, "current_user", fake_current_user)
     hubs: list[EchoHub] = []
 
     async def start(*, keepalive: float = 25.0, grace: float = 60.0) -> EchoHub:

@@ -1,0 +1,232 @@
+"""The hub's composition root: :func:`build_hub` builds every service once
+from a :class:`HubConfig`, each with only what it needs, wires the
+control-channel handlers into the dispatcher and the command queue's
+subscribers; :func:`build_app` puts the services under their typed keys in
+the web application and adds every route. Nothing is started here (see
+:mod:`.server`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import resource
+import secrets
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from ..protocol.limits import CHECKPOINT_INTERVAL
+from ..store import Database, DataLayout
+from ..tasks import Supervisor
+from . import agents, auth, channels, collectapi, httpattach, keys, rest, tls, users
+from .bandwidth import BandwidthManager, Budget
+from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
+from .challenges import ChallengeBook
+from .collect import Collector
+from .commands import CommandQueue
+from .core import Core
+from .dispatch import Dispatcher
+from .guard import PortGuard, PortLimits, deadlines_middleware
+from .limiter import LoginGuard
+from .observe import EventLog, Metrics
+from .relay import Router
+from .requests import errors_middleware
+from .services import STATE, Hub, Identity, install
+from .sessions import LiveSessions
+from .streams import StreamService
+from .tickets import TicketBook
+
+
+@dataclass
+class HubConfig:
+    data: Path
+    host: str = "127.0.0.1"
+    port: int = 8443
+    bandwidth: str | None = None  # None: keep what an admin set last
+    purge_after: float = 72 * 3600.0
+    database_url: str | None = None  # default: SQLite inside the data folder
+    checkpoint_interval: int = CHECKPOINT_INTERVAL
+    # A certificate to serve instead of the self-signed one in the data folder.
+    cert: Path | None = None
+    key: Path | None = None
+    collect_reserve: int = 1 << 30  # free disk below which collection pauses
+    relay_window: int = 4 * 1024 * 1024  # bytes held per relayed connection and direction
+    limits: PortLimits = field(default_factory=PortLimits)  # sockets and deadlines
+    account_connections: int = DEFAULT_CONNECTIONS  # per account, open at once
+    account_streams: int = DEFAULT_STREAMS
+    token_lifetime: float = auth.TOKEN_LIFETIME  # seconds a login lasts
+    login_lockout: float = 30.0  # first lockout after too many failures (doubles)
+    relay_queue: int = 32 * 1024 * 1024  # bytes held for one attached client before pausing
+    max_relay_connections: int = 256  # relayed connections one account may have open
+    max_codes: int = 64  # valid one-time codes one account may hold
+
+    def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
+        """The certificate and key the listener serves."""
+        if self.cert is not None and self.key is not None:
+            return self.cert, self.key
+        return layout.cert_path, layout.key_path
+
+
+def say(text: str) -> None:
+    """Start-up messages for the person who started the hub."""
+    print(text, file=sys.stderr, flush=True)
+
+
+async def ensure_admin(db: Database) -> None:
+    if await db.user_count():
+        return
+    password = os.environ.get("FREIGHT_ADMIN_PASSWORD")
+    generated = not password
+    if not password:
+        password = secrets.token_urlsafe(12)
+    await db.add_user("admin", await asyncio.to_thread(auth.hash_password, password), "admin")
+    if generated:
+        say(f"Created user 'admin' with password: {password}  (shown once; change it)")
+    else:
+        say("Created user 'admin' with the password from FREIGHT_ADMIN_PASSWORD")
+
+
+def socket_budget(wanted: int) -> int:
+    """How many sockets the hub may hold: ``wanted``, within the process's
+    file limit (raised towards its hard limit when needed), less a reserve
+    for the database, files being written and the listener itself."""
+    reserve = 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted + reserve:
+        target = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, wanted + reserve)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(16, min(wanted, soft - reserve))
+
+
+def identity(cfg: HubConfig, layout: DataLayout) -> Identity:
+    """The certificate the hub serves (a self-signed one created in the data
+    folder on first start) and its fingerprint."""
+    if cfg.cert is None and tls.ensure_certificate(layout.cert_path, layout.key_path):
+        say(f"Created a self-signed TLS certificate in {layout.tls_dir}")
+    cert, key = cfg.tls_files(layout)
+    return Identity(
+        node=socket.gethostname(),
+        cert=cert,
+        key=key,
+        fingerprint=tls.fingerprint_pem(cert),
+        ssl_context=tls.server_context(cert, key),
+    )
+
+
+def port_guard(limits: PortLimits) -> PortGuard:
+    budget = socket_budget(limits.max_connections)
+    if budget < limits.max_connections:
+        say(f"At most {budget} connections: the process may open only so many files")
+        limits = dataclasses.replace(limits, max_connections=budget)
+    return PortGuard(limits)
+
+
+async def open_database(cfg: HubConfig, layout: DataLayout) -> Database:
+    if cfg.database_url:
+        db = Database(cfg.database_url)
+    else:
+        layout.create_database()
+        db = Database.sqlite(layout.db_path)
+    await db.migrate()
+    await ensure_admin(db)
+    return db
+
+
+async def build_hub(cfg: HubConfig) -> Hub:
+    """Every service of one hub, built once; nothing runs yet. The certificate
+    is checked before the database is opened, so a bad one leaves nothing open."""
+    layout = DataLayout(cfg.data)
+    layout.create()
+    me = identity(cfg, layout)
+    db = await open_database(cfg, layout)
+    spec = (
+        cfg.bandwidth if cfg.bandwidth is not None else (await db.get_setting("bandwidth") or "off")
+    )
+    bandwidth = BandwidthManager(Budget.parse(spec))
+    events = EventLog(db)
+    metrics = Metrics()
+    core = Core(db, layout, events, metrics)
+    caps = AccountCaps(cfg.account_connections, cfg.account_streams, metrics)
+    streams = StreamService(
+        db,
+        layout,
+        bandwidth,
+        events,
+        metrics,
+        checkpoint_interval=cfg.checkpoint_interval,
+        caps=caps,
+    )
+    relay = Router(
+        db,
+        events,
+        metrics,
+        cfg.relay_window,
+        queue_limit=cfg.relay_queue,
+        max_conns=cfg.max_relay_connections,
+        max_codes=cfg.max_codes,
+    )
+    relay.fingerprint = me.fingerprint  # identity handshakes bind it
+    queue = CommandQueue(core, relay)
+    collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
+    queue.on_settled(collector.finished)  # an answered upload is stored
+    dispatcher = Dispatcher()
+    hub = Hub(
+        core=core,
+        identity=me,
+        tasks=Supervisor("hub"),
+        dispatcher=dispatcher,
+        bandwidth=bandwidth,
+        accounts=caps,
+        streams=streams,
+        relay=relay,
+        sessions=LiveSessions(db, events),
+        commands=queue,
+        collector=collector,
+        port_guard=port_guard(cfg.limits),
+        tickets=TicketBook(),
+        logins=LoginGuard(cfg.login_lockout),
+        passwords=auth.PasswordWork(),
+        challenges=ChallengeBook(),
+        token_lifetime=cfg.token_lifetime,
+    )
+    # The control channel's handlers, each registered by its service; an
+    # attaching agent is recorded (agents) before its commands go (queue).
+    channels.register(dispatcher, hub)
+    channels.register_relay(dispatcher, hub)
+    agents.register(dispatcher, hub)
+    queue.register(dispatcher)
+    return hub
+
+
+def build_app(hub: Hub) -> web.Application:
+    app = web.Application(
+        middlewares=[deadlines_middleware(lambda r: r.app[STATE].port_guard), errors_middleware],
+        client_max_size=1024 * 1024,
+    )
+    install(app, hub)
+    rest.add_routes(app)
+    users.add_routes(app)
+    agents.add_routes(app)
+    collectapi.add_routes(app)
+    keys.add_routes(app)
+    rest.add_admin_routes(app)
+    app.router.add_get("/v1/control", channels.control)
+    httpattach.add_routes(app, channels.serve_http_attachment)
+    return app
+
+
+async def close_hub(hub: Hub) -> None:
+    """Stop every background task and release what the hub holds."""
+    await hub.tasks.aclose()
+    await hub.relay.aclose()
+    hub.passwords.close()
+    await hub.db.close()

@@ -1,0 +1,133 @@
+"""Request helpers every HTTP handler of the hub shares: who is asking
+(bearer token → account), JSON bodies read within bounds, and errors
+answered as ``{"error": {"code", "message"}}`` with a stable code and an
+HTTP status.
+
+A leaf: it imports no hub module but the leaves :mod:`.auth` and
+:mod:`.streams` (for :class:`User`), so every handler module and the
+composition root can import it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from ..errors import (
+    AuthError,
+    BadCredentials,
+    Conflict,
+    Forbidden,
+    FreightError,
+    LimitReached,
+    NotFound,
+    NotLoggedIn,
+    RateLimited,
+    UsageError,
+)
+from . import auth
+from .streams import User
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class LoginLookup(Protocol):
+    """How a request's login is found: the database's one query for it."""
+
+    async def login_by_token(self, token_hash: str, now: float) -> Mapping[str, Any] | None: ...
+
+
+LOGINS: web.AppKey[LoginLookup] = web.AppKey("logins")
+
+_STATUS = {
+    UsageError: 400,
+    NotLoggedIn: 401,
+    BadCredentials: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+    RateLimited: 429,
+    LimitReached: 429,
+    AuthError: 401,
+}
+
+
+def error_response(exc: FreightError) -> web.Response:
+    """The answer for an error: its stable code, its message, its status."""
+    status = next((s for cls, s in _STATUS.items() if isinstance(exc, cls)), 500)
+    headers = {}
+    if isinstance(exc, RateLimited):
+        headers["Retry-After"] = str(int(exc.retry_after or 30) + 1)
+    return web.json_response(
+        {"error": {"code": exc.code, "message": exc.message}}, status=status, headers=headers
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FreightError as exc:
+        return error_response(exc)
+
+
+def bearer_hash(request: web.Request) -> str:
+    """The hash of the request's bearer token (as the database keeps it)."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise NotLoggedIn("no token: log in first")
+    return auth.token_hash(header[7:].strip())
+
+
+async def current_login(request: web.Request) -> tuple[User, float]:
+    """The request's account (with its login) and when that login expires."""
+    token = bearer_hash(request)
+    row = await request.app[LOGINS].login_by_token(token, time.time())
+    if row is None:
+        raise NotLoggedIn(
+            "the saved login is unknown, expired or revoked, or the account is disabled; "
+            "log in again"
+        )
+    if row["disabled"]:
+        raise NotLoggedIn(f"account {row['name']!r} is disabled; ask an admin to enable it")
+    user = User(int(row["id"]), str(row["name"]), str(row["role"]), token, str(row["token_key"]))
+    return user, float(row["token_expires"])
+
+
+async def current_user(request: web.Request) -> User:
+    return (await current_login(request))[0]
+
+
+async def admin_user(request: web.Request) -> User:
+    user = await current_user(request)
+    if user.role != "admin":
+        raise Forbidden("this needs an admin account")
+    return user
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    """The request's body as a JSON object (aiohttp bounds its size by the
+    application's ``client_max_size``)."""
+    try:
+        body = await request.json()
+    except ValueError:
+        raise UsageError("the body must be JSON") from None
+    if not isinstance(body, dict):
+        raise UsageError("the body must be a JSON object")
+    return body
+
+
+async def json_fields(request: web.Request, *names: str) -> dict[str, Any]:
+    """A JSON object whose fields ``names`` are present (read as strings)."""
+    try:
+        body = await request.json()
+        if not isinstance(body, dict):
+            raise TypeError
+        for name in names:
+            body[name] = str(body[name])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError(f"this needs a JSON body with {', '.join(names)}") from None
+    return body

@@ -1,0 +1,140 @@
+"""The hub's own REST endpoints: health, files, bandwidth, active streams,
+events, metrics and relayed connections (accounts, keys, agents and
+collection have their own modules)."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .. import __version__
+from ..errors import NotFound, UsageError
+from ..protocol.limits import PROTOCOL_VERSION
+from ..units import format_rate
+from .bandwidth import BandwidthManager, Budget
+from .requests import admin_user, current_user
+from .services import STATE
+from .streams import minute_of_day
+
+
+def bandwidth_status(bandwidth: BandwidthManager) -> dict[str, Any]:
+    total = bandwidth.budget.total_at(minute_of_day())
+    return {
+        "budget": bandwidth.budget.spec,
+        "now": total,
+        "now_text": format_rate(total),
+        "active_streams": len(bandwidth.active),
+    }
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"ok": True, "version": __version__, "protocol": PROTOCOL_VERSION})
+
+
+async def list_files(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    rows = await request.app[STATE].db.list_files(user.id)
+    return web.json_response(
+        [
+            {
+                "name": r["name"],
+                "size": r["size"],
+                "digest": r["digest"],
+                "mtime": r["mtime"],
+                "created": r["created"],
+            }
+            for r in rows
+        ]
+    )
+
+
+async def delete_file(request: web.Request) -> web.Response:
+    user = await current_user(request)
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    if not await st.db.delete_file(user.id, name):
+        raise NotFound(f"no file named {name!r} on the hub")
+    with contextlib.suppress(FileNotFoundError):
+        st.layout.file_path(user.id, name).unlink()
+    await st.events.emit("file_removed", user.name, name=name)
+    return web.json_response({"removed": name})
+
+
+async def get_bandwidth(request: web.Request) -> web.Response:
+    await current_user(request)
+    return web.json_response(bandwidth_status(request.app[STATE].bandwidth))
+
+
+async def put_bandwidth(request: web.Request) -> web.Response:
+    user = await admin_user(request)
+    st = request.app[STATE]
+    try:
+        spec = str((await request.json())["budget"])
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("body must be JSON with a 'budget' field") from None
+    st.bandwidth.budget = Budget.parse(spec)
+    await st.db.set_setting("bandwidth", spec)
+    await st.events.emit("bandwidth_changed", user.name, budget=spec)
+    return web.json_response(bandwidth_status(st.bandwidth))
+
+
+async def list_streams(request: web.Request) -> web.Response:
+    await admin_user(request)
+    rows = await request.app[STATE].db.active_streams()
+    return web.json_response(
+        [
+            {k: r[k] for k in ("user_id", "sid", "name", "size", "checkpoint", "state", "updated")}
+            for r in rows
+        ]
+    )
+
+
+async def list_events(request: web.Request) -> web.Response:
+    await admin_user(request)
+    kind = request.query.get("kind")
+    try:
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        raise UsageError("limit must be a number") from None
+    return web.json_response(await request.app[STATE].db.list_events(kind, limit))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[STATE].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def list_connections(request: web.Request) -> web.Response:
+    await admin_user(request)
+    now = time.time()
+    return web.json_response([c.describe(now) for c in request.app[STATE].relay.live()])
+
+
+async def kill_connection(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    cid = request.match_info["cid"]
+    if not st.relay.kill(cid, admin.name):
+        raise NotFound(f"no live connection {cid!r}")
+    await st.events.emit("connection_killed", admin.name, cid=cid)
+    return web.json_response({"killed": cid})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/files", list_files)
+    app.router.add_delete("/v1/files/{name:.+}", delete_file)
+    app.router.add_get("/v1/bandwidth", get_bandwidth)
+    app.router.add_put("/v1/admin/bandwidth", put_bandwidth)
+    app.router.add_get("/v1/admin/streams", list_streams)
+    app.router.add_get("/v1/admin/events", list_events)
+
+
+def add_admin_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/admin/connections", list_connections)
+    app.router.add_delete("/v1/admin/connections/{cid}", kill_connection)
+    app.router.add_get("/metrics", metrics)
