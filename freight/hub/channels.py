@@ -125,9 +125,10 @@ async def serve_channel(
         try:
             if link.scope is Scope.AGENT:
                 await st.dispatcher.agent_attached(link, client)
+            route = st.dispatcher.route
             while not link.closing:
                 msg, payload = await mux.recv_control()
-                await st.dispatcher.dispatch(link, msg, payload)
+                await route(link, msg)(link, msg, payload)
         finally:
             if link.att is not None:
                 st.relay.detach(link.att)

@@ -489,8 +489,8 @@ def test_file_commands_refuse_bad_paths_and_names(
 
 QUEUED_COMMAND_BUG = (
     "a command queued while the agent is offline kills the agent when it attaches: the hub "
-    "posts open commands on the control channel at once (hub/app.py serve_channel -> "
-    "hub/agents.py agent_attached), while the client's _attach (client/relay.py, "
+    "posts open commands on the control channel at once (hub/channels.py serve_channel -> "
+    "hub/commands.py, on the agent's attachment), while the client's _attach (client/relay.py, "
     "'expected a ticket, got ...') takes the next control frame to be its TicketGrant and "
     "raises ProtocolError, which Agent.run (agent/daemon.py) does not catch: exit 5, "
     "'expected a ticket, got Command', on every restart"
