@@ -33,11 +33,16 @@ async def purge_loop(hub: Hub, purge_after: float) -> None:
 
 
 def start(hub: Hub, cfg: HubConfig) -> None:
-    """The hub's background work, each a task of its supervisor."""
-    hub.tasks.spawn(purge_loop(hub, cfg.purge_after), name="purge")
-    hub.tasks.spawn(hub.relay.sweep_loop(), name="relay-sweep")
-    hub.tasks.spawn(hub.sessions.run(), name="login-expiry")
-    hub.tasks.spawn(hub.collector.run(), name="collector")
+    """The hub's background work, each a task of its supervisor (detached:
+    one that fails is logged with its name and counted, and the hub goes on
+    serving)."""
+    for work, name in (
+        (purge_loop(hub, cfg.purge_after), "purge"),
+        (hub.relay.sweep_loop(), "relay-sweep"),
+        (hub.sessions.run(), "login-expiry"),
+        (hub.collector.run(), "collector"),
+    ):
+        hub.tasks.spawn(work, name=name, detached=True)
 
 
 async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
@@ -54,6 +59,7 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
             keepalive_timeout=hub.port_guard.limits.keepalive,
         )
         await runner.setup()
+        assert runner.server is not None  # set up above
         listener = SharedPortListener(hub, runner.server, hub.identity.ssl_context, hub.port_guard)
         port = await listener.start(cfg.host, cfg.port)
         fingerprint = hub.identity.fingerprint
