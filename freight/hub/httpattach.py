@@ -1,6 +1,7 @@
 """HTTP attachments: the hub's end of frame channels over plain HTTP
 requests, for clients whose proxy or firewall blocks the WebSocket upgrade
-(the client's end and the wire contract: :mod:`freight.transport.httpchan`).
+(the client's end: :mod:`freight.transport.httpchan`; the numbering both
+ends share: :mod:`freight.protocol.attach`, docs/protocol.md §14).
 
     POST   /v1/attach/http                    → {"aid", "keepalive"}
     GET    /v1/attach/http/{aid}/down?ack=N   → our frames, streamed

@@ -15,6 +15,9 @@ frames to lose none and repeat none:
   the frame POSTs, which may be held up by the hub's back-pressure.
 * ``seq`` (on an up POST) numbers the body's first frame. A POST that broke
   is sent again with the same ``seq``; the hub skips frames it already has.
+
+The numbering, bounds and timers are :class:`~freight.protocol.attach.ClientAttachment`'s
+(docs/protocol.md §14); this module only moves bytes.
 """
 
 from __future__ import annotations

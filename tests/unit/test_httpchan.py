@@ -416,6 +416,21 @@ async def test_up_post_with_a_gap_is_refused(start_hub: StartHub) -> None:
     await chan.aclose()
 
 
+async def test_an_ack_of_frames_never_sent_is_refused_and_ends_the_attachment(
+    start_hub: StartHub,
+) -> None:
+    hub = await start_hub()
+    session = hub.session()
+    aid = await hub.create_raw(session)
+    url = (hub.attach_url(aid) / "up").with_query(ack=3)
+    async with session.post(url) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "attach_sequence"
+    assert isinstance(await ended(hub, aid), ChannelClosed)
+    async with session.get(hub.attach_url(aid) / "down") as resp:
+        assert resp.status == 404
+
+
 async def test_a_retried_up_post_is_not_delivered_twice(start_hub: StartHub) -> None:
     hub = await start_hub()
     session = hub.session()
