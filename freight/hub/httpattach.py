@@ -157,6 +157,8 @@ class ServerHTTPChannel:
         attachment ends (what was sent is flushed first) or the client goes.
         A response that is taken over is aborted: its client gave up on it,
         and a writer stuck on a dead connection must not linger."""
+        if self.machine.error is not None:
+            return  # the client broke the attachment: nothing more to write
         response = self.machine.down_open(ack, _now())
         previous, self._down = self._down, request
         _abort(previous)

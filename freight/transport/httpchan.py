@@ -204,6 +204,7 @@ class HTTPChannel:
                 if frame is None:
                     # Not feed(await …): the read may start a new response.
                     chunk = await self._read_down()
+                    self._check_open()  # it may have failed while we read
                     machine.down_data(chunk, self._clock())
                     continue
             except ProtocolError as exc:
