@@ -21,8 +21,16 @@ from freight.hub.httpattach import DOWN_WINDOW_BYTES, INBOX_BYTES, ServerHTTPCha
 from freight.hub.streams import User
 from freight.protocol import messages as m
 from freight.protocol.frames import FrameDecoder, encode_frame, encode_header
+from freight.protocol.retry import RetryState
 from freight.transport.channel import ChannelClosed, FrameChannel
-from freight.transport.httpchan import HTTPAttachRefused, HTTPChannel, open_http_channel
+from freight.transport.httpchan import (
+    MAX_BACKOFF,
+    REQUEST_RETRY,
+    RETRY_FOR,
+    HTTPAttachRefused,
+    HTTPChannel,
+    open_http_channel,
+)
 from tests.faultproxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -525,3 +533,15 @@ async def test_non_2xx_answer_is_refused(start_hub: StartHub) -> None:
     hub = await start_hub()
     with pytest.raises(HTTPAttachRefused, match="404"):
         await open_http_channel(hub.session(), hub.base / "elsewhere/")
+
+
+def test_requests_are_retried_from_50_ms_doubling_to_5_s_for_60_s() -> None:
+    retry = RetryState(REQUEST_RETRY)
+    retry.mark_started()
+    now, delays = 0.0, []
+    while (delay := retry.failed(now, 0.5)) is not None:
+        delays.append(delay)
+        now += delay
+    assert delays[:4] == pytest.approx([0.05, 0.1, 0.2, 0.4])
+    assert max(delays) == MAX_BACKOFF
+    assert now == pytest.approx(RETRY_FOR)
