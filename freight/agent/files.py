@@ -11,10 +11,13 @@ each refusal is reported to the hub as a security event.
 from __future__ import annotations
 
 import errno
-import json
+import math
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import msgspec
 
 from ..client.options import QuietReporter
 from ..client.receiving import Destination, FileExists, existing_files, receive_entries
@@ -22,9 +25,23 @@ from ..client.relay import Connection
 from ..client.safefs import Tree
 from ..client.sendrecv import build_manifest, send_entries
 from ..errors import Forbidden, FreightError, UsageError
+from ..protocol.files import (
+    APP,
+    MAX_PAGE_ENTRIES,
+    Entry,
+    Listing,
+    Page,
+    Ready,
+    Refusal,
+    decode_request,
+    encode_answer,
+    entry_size,
+)
+from ..protocol.sendrecv import MAX_MTIME
 from .roots import OutsideRoots, locate, resolve
 
-APP = "freight.files"
+__all__ = ["APP", "COMMAND_PAGE_BYTES", "FileServer", "list_dir", "page"]
+
 # What one page of a folder listing may take as JSON. A ``list_dir``
 # command's result travels inside a frame header (64 KiB, where its quotes
 # are escaped once more); a file-manager answer may be a relay message of
@@ -33,35 +50,23 @@ COMMAND_PAGE_BYTES = 24 * 1024
 LS_PAGE_BYTES = 1024 * 1024
 
 
-def encode(kind: bytes, body: Any) -> bytes:
-    return kind + json.dumps(body, separators=(",", ":")).encode()
-
-
-def decode(data: bytes, kind: bytes) -> Any:
-    if data[:1] != kind:
-        raise UsageError(f"expected a {kind.decode()!r} message")
-    try:
-        return json.loads(data[1:])
-    except ValueError:
-        raise UsageError("unreadable file-manager message") from None
-
-
-def describe(path: Path) -> dict[str, Any]:
+def describe(path: Path, name: str | None = None) -> Entry:
     st = path.lstat()
     kind = "dir" if stat.S_ISDIR(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "file"
-    return {
-        "name": path.name or str(path),
-        "type": kind,
-        "size": st.st_size if kind == "file" else 0,
-        "mtime": st.st_mtime,
-        "mode": stat.S_IMODE(st.st_mode),
-    }
+    mtime = st.st_mtime if math.isfinite(st.st_mtime) else 0.0
+    return Entry(
+        name=name or path.name or str(path),
+        type=kind,
+        size=st.st_size if kind == "file" else 0,
+        mtime=min(MAX_MTIME, max(-MAX_MTIME, mtime)),  # what the wire allows
+        mode=stat.S_IMODE(st.st_mode),
+    )
 
 
-def list_entries(raw: str, roots: list[Path]) -> tuple[str, list[dict[str, Any]]]:
+def list_entries(raw: str, roots: list[Path]) -> tuple[str, list[Entry]]:
     """The folder ``raw`` (or the roots, for ``/``): its path and every entry."""
     if raw in ("", "/") and not any(r == Path("/") for r in roots):
-        return "/", [{**describe(r), "name": str(r)} for r in roots]
+        return "/", [describe(r, str(r)) for r in roots]
     path = resolve(raw, roots)
     if not path.exists():
         raise UsageError(f"{raw}: no such file or folder on the agent")
@@ -76,36 +81,37 @@ def list_entries(raw: str, roots: list[Path]) -> tuple[str, list[dict[str, Any]]
     return str(path), entries
 
 
-def page(path: str, entries: list[dict[str, Any]], offset: int, budget: int) -> dict[str, Any]:
+def page(path: str, entries: Sequence[Entry], offset: int, budget: int) -> Page:
     """Entries from ``offset`` on, as many as fit ``budget`` bytes of JSON
-    (at least one). ``next`` is where the following page starts, null on
+    (at least one). ``next`` is where the following page starts, None on
     the last one; ``total`` counts them all."""
     if offset < 0 or offset > len(entries):
         raise UsageError(f"offset {offset} is outside the {len(entries)} entries of {path}")
-    out: list[dict[str, Any]] = []
+    out: list[Entry] = []
     used = 0
-    for entry in entries[offset:]:
-        size = len(json.dumps(entry, separators=(",", ":"))) + 1
+    for entry in entries[offset : offset + MAX_PAGE_ENTRIES]:
+        size = entry_size(entry)
         if out and used + size > budget:
             break
         out.append(entry)
         used += size
     end = offset + len(out)
-    return {
-        "path": path,
-        "entries": out,
-        "total": len(entries),
-        "offset": offset,
-        "next": end if end < len(entries) else None,
-    }
+    return Page(
+        path=path,
+        entries=out,
+        total=len(entries),
+        offset=offset,
+        next=end if end < len(entries) else None,
+    )
 
 
 def list_dir(
     raw: str, roots: list[Path], offset: int = 0, budget: int = COMMAND_PAGE_BYTES
 ) -> dict[str, Any]:
-    """One page of the folder ``raw`` (the ``list_dir`` command)."""
+    """One page of the folder ``raw`` (the ``list_dir`` command's result)."""
     path, entries = list_entries(raw, roots)
-    return page(path, entries, offset, budget)
+    result: dict[str, Any] = msgspec.to_builtins(page(path, entries, offset, budget))
+    return result
 
 
 class FileServer:
@@ -116,27 +122,25 @@ class FileServer:
 
     async def serve(self, conn: Connection) -> None:
         await conn.wait_established(60)
-        request = decode(await conn.recv(), b"Q")
-        op, raw = str(request.get("op", "")), str(request.get("path", ""))
+        op = raw = ""
         try:
+            request = decode_request(await conn.recv())
+            op, raw = request.op, request.path
             if conn.peer_role != "admin":
                 raise Forbidden("only admins may use an agent's files")
             if op == "ls":
                 await self._ls(conn, raw)
             elif op == "get":
-                await self._get(conn, raw, bool(request.get("recursive")))
-            elif op == "put":
-                await self._put(conn, raw, request.get("overwrite") is True)
+                await self._get(conn, raw, request.recursive)
             else:
-                raise UsageError(f"unknown file-manager request {op!r}")
+                await self._put(conn, raw, request.overwrite)
         except (OutsideRoots, Forbidden) as exc:
             await self.report(op, raw, conn.peer, exc.message)
-            await conn.send(encode(b"A", {"ok": False, "code": exc.code, "error": exc.message}))
+            await conn.send(encode_answer(_refusal(exc.code, exc.message)))
         except FreightError as exc:
-            await conn.send(encode(b"A", {"ok": False, "code": exc.code, "error": exc.message}))
+            await conn.send(encode_answer(_refusal(exc.code, exc.message)))
         except OSError as exc:
-            error = f"{raw}: {exc.strerror or exc}"
-            await conn.send(encode(b"A", {"ok": False, "code": "storage", "error": error}))
+            await conn.send(encode_answer(_refusal("storage", f"{raw}: {exc.strerror or exc}")))
         await conn.close()
 
     async def _ls(self, conn: Connection, raw: str) -> None:
@@ -144,9 +148,12 @@ class FileServer:
         path, entries = list_entries(raw, self.roots)
         offset: int | None = 0
         while offset is not None:
-            answer = page(path, entries, offset, LS_PAGE_BYTES)
-            await conn.send(encode(b"A", {"ok": True, **answer}))
-            offset = answer["next"]
+            p = page(path, entries, offset, LS_PAGE_BYTES)
+            listing = Listing(
+                path=p.path, entries=p.entries, total=p.total, offset=p.offset, next=p.next
+            )
+            await conn.send(encode_answer(listing))
+            offset = p.next
 
     async def _get(self, conn: Connection, raw: str, recursive: bool) -> None:
         path = resolve(raw, self.roots)
@@ -168,7 +175,7 @@ class FileServer:
                     raise OSError(errno.ELOOP, "not a regular file inside the roots")
                 return fd
 
-            await conn.send(encode(b"A", {"ok": True}))
+            await conn.send(encode_answer(Ready()))
             try:
                 await send_entries(conn, entries, QuietReporter(), opener=opener)
             except FreightError as exc:
@@ -180,7 +187,7 @@ class FileServer:
 
     async def _put(self, conn: Connection, raw: str, overwrite: bool) -> None:
         root, rel = locate(raw, self.roots)
-        await conn.send(encode(b"A", {"ok": True}))
+        await conn.send(encode_answer(Ready()))
         allowed = self.allow_overwrite
 
         async def consent(paths: list[str]) -> None:
@@ -199,3 +206,8 @@ class FileServer:
         await receive_entries(
             conn, Destination.beneath(root, rel, raw), QuietReporter(), consent=consent
         )
+
+
+def _refusal(code: str, message: str) -> Refusal:
+    """A refusal whose fields fit the wire's bounds, whatever the error says."""
+    return Refusal(code=code[:64], error=message[:4096])

@@ -9,9 +9,10 @@ from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
+import msgspec
 import typer
 
-from ..agent.files import APP, decode, encode
+from ..agent.roots import OutsideRoots
 from ..client.config import ClientConfig
 from ..client.options import QuietReporter
 from ..client.receiving import Destination, receive_entries
@@ -22,6 +23,7 @@ from ..client.session import (
     check_transport,
 )
 from ..errors import UsageError, code_to_error
+from ..protocol.files import APP, Answer, Entry, Request, decode_answer, encode_request
 from ..units import format_bytes, parse_duration, parse_rate
 from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
 from .output import RichReporter, err_console, print_json
@@ -242,19 +244,30 @@ def split_remote(spec: str) -> tuple[str, str] | None:
     return name, path
 
 
+# Codes an agent's refusal may carry that are defined beside the agent:
+# importing them lets code_to_error() turn them back into their errors.
+AGENT_ERRORS = (OutsideRoots,)
+
+
+def _accepted(data: bytes) -> Answer:
+    """The agent's ``A`` answer; a refusal raises the error its code names."""
+    answer = decode_answer(data)
+    if not answer.ok:
+        raise code_to_error(answer.code, answer.error)
+    return answer
+
+
 async def _open(
-    hub_url: str | None, agent: str, request: dict[str, Any], transport: str
-) -> tuple[RelayClient, Connection, dict[str, Any]]:
+    hub_url: str | None, agent: str, request: Request, transport: str
+) -> tuple[RelayClient, Connection, Answer]:
     config = ClientConfig()
     session = HubSession.from_config(config, hub_url, transport=transport)
     relay = RelayClient(session, config, transport=transport)
     await relay.start()
     try:
         conn = await relay.connect(agent, APP, timeout=60)
-        await conn.send(encode(b"Q", request))
-        answer = decode(await conn.recv(), b"A")
-        if not answer.get("ok"):
-            raise code_to_error(str(answer.get("code", "remote")), str(answer.get("error", "")))
+        await conn.send(encode_request(request))
+        answer = _accepted(await conn.recv())
         return relay, conn, answer
     except BaseException:
         await relay.aclose()
@@ -268,29 +281,27 @@ def remote_ls(target: str, hub_url: str | None, json_out: bool, transport: str =
     agent, path = remote
     check_transport(transport)
 
-    async def go() -> Any:
-        relay, conn, answer = await _open(hub_url, agent, {"op": "ls", "path": path}, transport)
+    async def go() -> list[Entry]:
+        relay, conn, answer = await _open(hub_url, agent, Request(op="ls", path=path), transport)
         try:
-            entries = list(answer["entries"])
+            entries = list(answer.entries)
             # A large folder comes in pages, each answer saying where the next starts.
-            while answer.get("next") is not None:
-                answer = decode(await conn.recv(), b"A")
-                if not answer.get("ok"):
-                    raise code_to_error(str(answer.get("code", "remote")), str(answer.get("error")))
-                entries += answer["entries"]
+            while answer.next is not None:
+                answer = _accepted(await conn.recv())
+                entries += answer.entries
             await conn.close()
         finally:
             await relay.aclose()
-        return {**answer, "entries": entries}
+        return entries
 
-    answer = run_async(go)
+    entries = run_async(go)
     if json_out:
-        print_json(answer["entries"])
+        print_json(msgspec.to_builtins(entries))
         return
-    for e in answer["entries"]:
-        when = datetime.fromtimestamp(e["mtime"]).strftime("%Y-%m-%d %H:%M")
-        suffix = "/" if e["type"] == "dir" else ""
-        typer.echo(f"{oct(e['mode'])[2:]:>4} {e['size']:>14}  {when}  {e['name']}{suffix}")
+    for e in entries:
+        when = datetime.fromtimestamp(e.mtime).strftime("%Y-%m-%d %H:%M")
+        suffix = "/" if e.type == "dir" else ""
+        typer.echo(f"{oct(e.mode)[2:]:>4} {e.size:>14}  {when}  {e.name}{suffix}")
 
 
 def cp(
@@ -364,7 +375,7 @@ async def _upload(
     entries = build_manifest(local)
     total = sum(e.size for e in entries)
     files = sum(1 for e in entries if e.type == "file")
-    request = {"op": "put", "path": path, "overwrite": overwrite}
+    request = Request(op="put", path=path, overwrite=overwrite)
     relay, conn, _ = await _open(hub_url, agent, request, transport)
     try:
         with RichReporter(total, files, quiet=quiet) as reporter:
@@ -388,9 +399,8 @@ async def _download(
     # The copy is named as asked (cp AGENT:/data/latest . makes ./latest),
     # whatever the agent calls what it sends.
     target = Destination.local(dest, top_name=PurePosixPath(path).name)
-    relay, conn, _ = await _open(
-        hub_url, agent, {"op": "get", "path": path, "recursive": recursive}, transport
-    )
+    request = Request(op="get", path=path, recursive=recursive)
+    relay, conn, _ = await _open(hub_url, agent, request, transport)
     try:
         reporter: Any = QuietReporter()
         if quiet:

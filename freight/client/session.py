@@ -28,6 +28,7 @@ from ..errors import (
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
+from ..tasks import Supervisor
 from ..transport.channel import FrameChannel, Mux, Port
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.httpchan import open_http_channel
@@ -395,11 +396,15 @@ class Link:
         self.mux: Mux | None = None
         # Every open connection's multiplexer and the task reading it.
         self._readers: dict[Mux, asyncio.Task[None]] = {}
+        self._tasks = Supervisor("link-readers")
+
+    def _read(self, mux: Mux) -> None:
+        self._readers[mux] = self._tasks.spawn(mux.run(), name="reader", detached=True)
 
     async def connect(self) -> None:
         chan, self.transport = await open_channel(self.session)
         self.mux = Mux(chan)
-        self._readers[self.mux] = asyncio.create_task(self.mux.run())
+        self._read(self.mux)
 
     async def ticket(self) -> m.TicketGrant:
         assert self.mux is not None
@@ -426,7 +431,7 @@ class Link:
                     proxy=self.session.proxy,
                 )
                 mux = Mux(chan)
-                self._readers[mux] = asyncio.create_task(mux.run())
+                self._read(mux)
                 return mux.port(sid)
             except DataPathUnavailable:
                 if self.data_path == "direct":
@@ -447,6 +452,4 @@ class Link:
         readers, self._readers = self._readers, {}
         for mux in readers:
             await mux.channel.aclose()
-        for task in readers.values():
-            task.cancel()
-        await asyncio.gather(*readers.values(), return_exceptions=True)
+        await self._tasks.aclose()

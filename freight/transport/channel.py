@@ -16,6 +16,7 @@ from typing import Protocol
 from ..errors import NetworkError, code_to_error
 from ..protocol import messages as m
 from ..protocol.messages import AnyMessage, Message
+from ..tasks import Supervisor
 from .flow import FRAME_OVERHEAD, Budget, ByteQueue
 
 Frame = tuple[AnyMessage, bytes]
@@ -93,7 +94,9 @@ class Mux:
         self.ports: dict[str, Port] = {}
         self.budget = Budget(MUX_QUEUE_BYTES)
         self.control: ByteQueue[Frame] = ByteQueue(self.budget)
-        self._tasks: set[asyncio.Task[None]] = set()
+        # One task per stream the peer opens (``on_new``); one failing is
+        # logged and does not end the others.
+        self._tasks = Supervisor("mux-streams")
         self.closed = asyncio.Event()
 
     def port(self, sid: str) -> Port:
@@ -125,8 +128,7 @@ class Mux:
             for p in list(self.ports.values()):
                 p.fail(failure)
             self.control.put_nowait(failure)
-            for task in list(self._tasks):
-                task.cancel()
+            await self._tasks.aclose()
 
     async def _dispatch(self, msg: AnyMessage, payload: bytes) -> None:
         # Wait for room before taking the next frame: the peer's frames then
@@ -148,9 +150,7 @@ class Mux:
             return
         if self.on_new is not None and isinstance(msg, m.StartStream | m.Pull):
             port = self.port(sid)
-            task = asyncio.create_task(self._serve(port, msg, payload))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._tasks.spawn(self._serve(port, msg, payload), name=sid, detached=True)
             return
         if isinstance(msg, m.Error):
             return  # late error for a stream that is already gone

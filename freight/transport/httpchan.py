@@ -15,15 +15,18 @@ frames to lose none and repeat none:
   the frame POSTs, which may be held up by the hub's back-pressure.
 * ``seq`` (on an up POST) numbers the body's first frame. A POST that broke
   is sent again with the same ``seq``; the hub skips frames it already has.
+
+The numbering, bounds and timers are :class:`~freight.protocol.attach.ClientAttachment`'s
+(docs/protocol.md §14); this module only moves bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import io
+import random
 import re
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
@@ -32,30 +35,24 @@ import aiohttp
 from yarl import URL
 
 from ..errors import FreightError, LocalProtocolError, NetworkError, code_to_error
-from ..protocol.frames import FrameDecoder, encode_header
-from ..protocol.messages import Message, Ping
+from ..protocol.attach import ClientAttachment
+from ..protocol.errors import ProtocolError
+from ..protocol.frames import encode_header
+from ..protocol.messages import Message
+from ..protocol.retry import RetryPolicy, RetryState
+from ..tasks import Supervisor
 from .channel import ChannelClosed, Frame
+from .signal import Signal
 
 ATTACH_PATH: Final = "v1/attach/http"
-MiB: Final = 1024 * 1024
-
-# One up POST carries at most this much (one bigger frame goes alone); the
-# cap halves after a failed POST (a proxy may cut or refuse big bodies) and
-# grows back after each success.
-UPLOAD_BATCH_BYTES: Final = 4 * MiB
-MIN_BATCH_BYTES: Final = 64 * 1024
-# send() waits while this much is queued but not yet taken by the hub.
-SEND_QUEUE_BYTES: Final = 8 * MiB
-# Frames taken from the down stream are acknowledged (so the hub may forget
-# them) on the next POST, or by an empty POST once this many bytes or this
-# many seconds have gone unacknowledged.
-ACK_BYTES: Final = 1 * MiB
-ACK_DELAY: Final = 0.5
 # A request that keeps failing with a network error or a proxy's 5xx is
-# retried this long; the hub's grace period is about as long, so after it
-# the attachment is gone anyway.
+# retried this long, from 50 ms doubling to 5 s between tries; the hub's
+# grace period is about as long, so after it the attachment is gone anyway.
 RETRY_FOR: Final = 60.0
 MAX_BACKOFF: Final = 5.0
+REQUEST_RETRY: Final = RetryPolicy(
+    interval=0.025, steady_for=0.0, max_delay=MAX_BACKOFF, give_up_after=RETRY_FOR, jitter=0.0
+)
 # aclose() gives frames already sent this long to reach the hub.
 CLOSE_FLUSH: Final = 5.0
 RETRY_STATUSES: Final = frozenset({408, 413, 429, 500, 502, 503, 504})
@@ -68,26 +65,6 @@ class HTTPAttachRefused(NetworkError):
     """The hub (or a proxy on the way) refused to make an HTTP attachment."""
 
     code = "http_attach_refused"
-
-
-class Signal:
-    """Wakes every waiter whenever some state changed; each waiter then
-    re-checks its own condition. One signal per channel is simpler than one
-    condition per reason, and a needless wake-up costs nothing."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait(self, timeout: float | None = None) -> None:
-        """Until the next notify() or ``timeout`` seconds, whichever is first."""
-        event = self._event
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(timeout):
-                await event.wait()
 
 
 class _Retry(Exception):
@@ -166,38 +143,44 @@ async def _failure_for(resp: aiohttp.ClientResponse) -> FreightError:
 
 
 class HTTPChannel:
-    """The client's end of an HTTP attachment (a FrameChannel).
+    """The client's end of an HTTP attachment (a FrameChannel): an adapter
+    that moves bytes between requests and a :class:`ClientAttachment`.
 
     send() only queues; one uploader task posts the queue in order. recv()
     reads the down response itself, so frames are taken only as fast as the
-    caller wants them and the hub's sending slows down in turn."""
+    caller wants them and the hub's sending slows down in turn. The timer
+    task posts an ack alone when one is due."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: URL, keepalive: float) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: URL,
+        keepalive: float,
+        *,
+        clock: Callable[[], float] | None = None,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
         self.url = url
         self.aid = url.name
         self.keepalive = keepalive
-        self.pings = 0  # Pings seen on the down stream (for diagnostics)
         self._http = http
+        self._clock = clock or asyncio.get_running_loop().time
+        self._rand = rand
         self._changed = Signal()
         self._failure: FreightError | None = None
         self._closing = False
-        # Up: encoded frames not yet taken by the hub, the first numbered
-        # ``_posted``; ``_queued`` counts their bytes.
-        self._queue: collections.deque[tuple[bytes, bytes]] = collections.deque()
-        self._queued = 0
-        self._posted = 0
-        self._batch_cap = UPLOAD_BATCH_BYTES
-        # Down: frames taken whole, and how much of that the hub has heard of.
+        self.machine = ClientAttachment(self._clock(), keepalive=keepalive)
         self._resp: aiohttp.ClientResponse | None = None
-        self._decoder = FrameDecoder()
-        self._received = 0
-        self._unacked_bytes = 0
-        self._ack_due: float | None = None
-        # No down byte (not even a Ping) for this long: the path is dead.
-        self._stall = 2 * keepalive + 10
         # Acks have their own task: the uploader's POST may be held up by the
         # hub's back-pressure, which may in turn wait for our acks.
-        self._tasks = [self._start(self._upload), self._start(self._send_acks)]
+        self._tasks = Supervisor(f"http-channel/{self.aid}", on_failure=self._helper_failed)
+        self._tasks.spawn(self._upload(), name="upload")
+        self._tasks.spawn(self._send_acks(), name="acks")
+
+    @property
+    def pings(self) -> int:
+        """Pings seen on the down stream (for diagnostics)."""
+        return self.machine.pings
 
     # --- FrameChannel -----------------------------------------------------------
 
@@ -206,27 +189,29 @@ class HTTPChannel:
             raise LocalProtocolError(
                 f"{type(msg).__name__}.len={msg.len} but payload is {len(payload)}"
             )
-        while self._queued > SEND_QUEUE_BYTES and self._failure is None and not self._closing:
+        while self.machine.queue_full and self._failure is None and not self._closing:
             await self._changed.wait()
         self._check_open()
-        head = encode_header(msg)
-        self._queue.append((head, bytes(payload)))
-        self._queued += len(head) + len(payload)
+        self.machine.send(encode_header(msg), bytes(payload))
         self._changed.notify()
 
     async def recv(self) -> Frame:
+        machine = self.machine
         while True:
             self._check_open()
-            frame = self._decoder.next_frame()
-            if frame is None:
-                # Not feed(await …): the read may swap in a new decoder.
-                chunk = await self._read_down()
-                self._decoder.feed(chunk)
-            elif isinstance(frame[0], Ping):
-                self.pings += 1
-            else:
-                self._took(len(frame[1]))
-                return frame
+            try:
+                frame = machine.next_frame(self._clock())
+                if frame is None:
+                    # Not feed(await …): the read may start a new response.
+                    chunk = await self._read_down()
+                    self._check_open()  # it may have failed while we read
+                    machine.down_data(chunk, self._clock())
+                    continue
+            except ProtocolError as exc:
+                self._fail(exc)
+                raise
+            self._changed.notify()  # an ack may be due
+            return frame
 
     async def aclose(self) -> None:
         """Let queued frames reach the hub (for a while), then end the
@@ -234,16 +219,16 @@ class HTTPChannel:
         if self._closing:
             return
         self._closing = True
+        if not self.machine.closed:
+            self.machine.close()
         self._changed.notify()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(CLOSE_FLUSH):
-                while self._queue and self._failure is None:
+                while len(self.machine.queue) and self._failure is None:
                     await self._changed.wait()
         gone = self._failure is not None
         self._fail(ChannelClosed("the channel was closed"))
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.aclose()
         if not gone:
             await self._delete()
 
@@ -259,41 +244,34 @@ class HTTPChannel:
         """The attachment is over: every waiter raises ``exc``."""
         if self._failure is None:
             self._failure = exc
+        self.machine.end()
         self._drop_down()
         self._changed.notify()
 
-    def _took(self, nbytes: int) -> None:
-        """One frame taken from the down stream: acknowledge it soon."""
-        self._received += 1
-        self._unacked_bytes += nbytes
-        if self._ack_due is None:
-            self._ack_due = asyncio.get_running_loop().time() + ACK_DELAY
-        self._changed.notify()
-
-    def _ack(self) -> int:
-        """The ack to put on a request; it covers everything taken so far."""
-        self._unacked_bytes = 0
-        self._ack_due = None
-        return self._received
+    def _helper_failed(self, exc: BaseException) -> None:
+        """A background task failed: the channel fails with it."""
+        if isinstance(exc, FreightError):
+            self._fail(exc)
+        else:  # a bug: fail loudly rather than hang every waiter
+            self._fail(ChannelClosed(f"the HTTP channel failed: {exc!r}"))
 
     # --- requests -----------------------------------------------------------------
 
     async def _retrying(self, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` until it does not raise _Retry, for RETRY_FOR seconds,
-        backing off; then the hub counts as gone."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RETRY_FOR
-        delay = 0.05
+        backing off (REQUEST_RETRY); then the hub counts as gone."""
+        retry = RetryState(REQUEST_RETRY)
+        retry.mark_started()
         while True:
             try:
                 return await attempt()
             except _Retry as exc:
-                if loop.time() >= deadline:
+                delay = retry.failed(self._clock(), self._rand())
+                if delay is None:
                     raise ChannelClosed(
                         f"the hub could not be reached for {RETRY_FOR:.0f} s: {exc}"
                     ) from None
             await asyncio.sleep(delay)
-            delay = min(2 * delay, MAX_BACKOFF)
 
     async def _request(self, method: str, url: URL, body: bytes = b"") -> None:
         """One request whose answer has no body we need (204). A body goes
@@ -319,84 +297,48 @@ class HTTPChannel:
 
     # --- up -----------------------------------------------------------------------
 
-    def _start(self, work: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
-        """A background task whose failure fails the channel."""
-
-        async def run() -> None:
-            try:
-                await work()
-            except FreightError as exc:
-                self._fail(exc)
-            except Exception as exc:  # a bug: fail loudly rather than hang every waiter
-                self._fail(ChannelClosed(f"the HTTP channel failed: {exc!r}"))
-
-        return asyncio.create_task(run())
-
     async def _upload(self) -> None:
         """The uploader: post the queue in order, one POST at a time."""
         while self._failure is None:
-            if self._queue:
+            if len(self.machine.queue):
                 await self._post_batch()
             else:
                 await self._changed.wait()
 
     async def _send_acks(self) -> None:
-        """Acknowledge what recv() took when no up POST did so for a while.
-        An ack-only POST (no body, no ``seq``) never waits on the hub."""
-        while await self._ack_due_now():
-            url = (self.url / "up").with_query(ack=self._ack())
-            await self._retrying(functools.partial(self._request, "POST", url))
-
-    async def _ack_due_now(self) -> bool:
-        """Until ACK_BYTES or ACK_DELAY went unacknowledged; False once failed."""
-        loop = asyncio.get_running_loop()
+        """The machine's timer: acknowledge what recv() took when no request
+        did so for a while. An ack-only POST (no body, no ``seq``) never
+        waits on the hub."""
         while self._failure is None:
-            if self._unacked_bytes >= ACK_BYTES:
-                return True
-            if self._ack_due is None:
-                await self._changed.wait()
-            elif (left := self._ack_due - loop.time()) <= 0:
-                return True
-            else:
-                await self._changed.wait(left)
-        return False
+            if self.machine.handle_timer(self._clock()):
+                url = (self.url / "up").with_query(ack=self.machine.take_ack())
+                await self._retrying(functools.partial(self._request, "POST", url))
+                continue
+            deadline = self.machine.next_deadline()
+            await self._changed.wait(None if deadline is None else deadline - self._clock())
 
     async def _post_batch(self) -> None:
         """Post the head of the queue, acknowledging what we took on the
         way. A retry sends a smaller head from the same ``seq``."""
-        ack = self._ack()
+        ack = self.machine.take_ack()
 
         async def attempt() -> None:
-            count, body = self._head(self._batch_cap)
-            url = (self.url / "up").with_query(seq=self._posted, ack=ack)
+            if self._failure is not None:  # it failed while we waited to try again
+                raise self._failure
+            batch = self.machine.up_batch()
+            if batch is None:
+                return
+            seq, count, body = batch
+            url = (self.url / "up").with_query(seq=seq, ack=ack)
             try:
                 await self._request("POST", url, body)
             except _Retry:
-                self._batch_cap = max(MIN_BATCH_BYTES, self._batch_cap // 2)
+                self.machine.up_failed()
                 raise
-            self._batch_cap = min(UPLOAD_BATCH_BYTES, 2 * self._batch_cap)
-            self._sent(count, len(body))
+            self.machine.up_done(seq, count)
+            self._changed.notify()
 
         await self._retrying(attempt)
-
-    def _head(self, cap: int) -> tuple[int, bytes]:
-        """The first frames of the queue up to ``cap`` bytes (at least one)."""
-        pieces: list[bytes] = []
-        size = 0
-        for head, payload in self._queue:
-            if pieces and size + len(head) + len(payload) > cap:
-                break
-            pieces += (head, payload)
-            size += len(head) + len(payload)
-        return len(pieces) // 2, b"".join(pieces)
-
-    def _sent(self, count: int, size: int) -> None:
-        """The hub took the first ``count`` frames of the queue."""
-        for _ in range(count):
-            self._queue.popleft()
-        self._posted += count
-        self._queued -= size
-        self._changed.notify()
 
     # --- down ---------------------------------------------------------------------
 
@@ -422,9 +364,10 @@ class HTTPChannel:
             self._check_open()
 
     async def _read_chunk(self, resp: aiohttp.ClientResponse) -> bytes:
-        """Bytes of ``resp`` as they come; b"" once it ended, broke or stalled."""
+        """Bytes of ``resp`` as they come; b"" once it ended, broke or
+        stalled (no byte, not even a Ping, by the machine's stall deadline)."""
         try:
-            async with asyncio.timeout(self._stall):
+            async with asyncio.timeout(max(0.0, self.machine.stall_deadline() - self._clock())):
                 return await resp.content.readany()
         except (aiohttp.ClientError, ConnectionError, TimeoutError):
             return b""
@@ -433,7 +376,9 @@ class HTTPChannel:
         """A new down response and its first bytes (the hub starts each with
         a Ping). One that ends at once is retried with a back-off, so a proxy
         answering every GET with nothing does not make us spin."""
-        ack = self._ack()
+        if self._failure is not None:  # it failed while we waited to try again
+            raise self._failure
+        ack = self.machine.down_open(self._clock())
         url = (self.url / "down").with_query(ack=ack)
         try:
             resp = await self._http.get(url)
@@ -464,5 +409,5 @@ class HTTPChannel:
         if self._resp is not None:
             self._resp.close()
             self._resp = None
-        if self._failure is None:
-            self._decoder = FrameDecoder()
+        if not self.machine.closed:
+            self.machine.down_end()

@@ -21,8 +21,16 @@ from freight.hub.requests import errors_middleware
 from freight.hub.streams import User
 from freight.protocol import messages as m
 from freight.protocol.frames import FrameDecoder, encode_frame, encode_header
+from freight.protocol.retry import RetryState
 from freight.transport.channel import ChannelClosed, FrameChannel
-from freight.transport.httpchan import HTTPAttachRefused, HTTPChannel, open_http_channel
+from freight.transport.httpchan import (
+    MAX_BACKOFF,
+    REQUEST_RETRY,
+    RETRY_FOR,
+    HTTPAttachRefused,
+    HTTPChannel,
+    open_http_channel,
+)
 from tests.faultproxy import FaultProxy
 
 MiB = 1024 * 1024
@@ -416,6 +424,21 @@ async def test_up_post_with_a_gap_is_refused(start_hub: StartHub) -> None:
     await chan.aclose()
 
 
+async def test_an_ack_of_frames_never_sent_is_refused_and_ends_the_attachment(
+    start_hub: StartHub,
+) -> None:
+    hub = await start_hub()
+    session = hub.session()
+    aid = await hub.create_raw(session)
+    url = (hub.attach_url(aid) / "up").with_query(ack=3)
+    async with session.post(url) as resp:
+        assert resp.status == 400
+        assert (await resp.json())["error"]["code"] == "attach_sequence"
+    assert isinstance(await ended(hub, aid), ChannelClosed)
+    async with session.get(hub.attach_url(aid) / "down") as resp:
+        assert resp.status == 404
+
+
 async def test_a_retried_up_post_is_not_delivered_twice(start_hub: StartHub) -> None:
     hub = await start_hub()
     session = hub.session()
@@ -510,3 +533,15 @@ async def test_non_2xx_answer_is_refused(start_hub: StartHub) -> None:
     hub = await start_hub()
     with pytest.raises(HTTPAttachRefused, match="404"):
         await open_http_channel(hub.session(), hub.base / "elsewhere/")
+
+
+def test_requests_are_retried_from_50_ms_doubling_to_5_s_for_60_s() -> None:
+    retry = RetryState(REQUEST_RETRY)
+    retry.mark_started()
+    now, delays = 0.0, []
+    while (delay := retry.failed(now, 0.5)) is not None:
+        delays.append(delay)
+        now += delay
+    assert delays[:4] == pytest.approx([0.05, 0.1, 0.2, 0.4])
+    assert max(delays) == MAX_BACKOFF
+    assert now == pytest.approx(RETRY_FOR)

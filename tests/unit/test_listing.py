@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from freight.agent.daemon import sendable
 from freight.agent.files import COMMAND_PAGE_BYTES, list_dir, page
 from freight.errors import UsageError
 from freight.protocol import messages as m
+from freight.protocol.files import Entry
 from freight.protocol.frames import decode_frame, encode_frame, encode_json
 from freight.protocol.limits import MAX_HEADER_BYTES
 
@@ -19,15 +21,9 @@ from freight.protocol.limits import MAX_HEADER_BYTES
 NASTY = ['"' * 200, "\\" * 200, "\x01" * 200, "é" * 120, "日本" * 40]
 
 
-def entries(n: int) -> list[dict[str, object]]:
+def entries(n: int) -> list[Entry]:
     return [
-        {
-            "name": f"{i:05d}{NASTY[i % len(NASTY)]}",
-            "type": "file",
-            "size": i,
-            "mtime": 1.5,
-            "mode": 420,
-        }
+        Entry(name=f"{i:05d}{NASTY[i % len(NASTY)]}", type="file", size=i, mtime=1.5, mode=420)
         for i in range(n)
     ]
 
@@ -39,13 +35,13 @@ def test_pages_cover_every_entry_once_and_each_fits_a_command_frame() -> None:
     pages = 0
     while offset is not None:
         p = page("/d", all_entries, offset, COMMAND_PAGE_BYTES)
-        assert p["offset"] == offset and p["total"] == 2000 and p["entries"]
-        result = m.CommandResult(id=2**40, ok=True, result=json.dumps(p))
+        assert p.offset == offset and p.total == 2000 and p.entries
+        result = m.CommandResult(id=2**40, ok=True, result=json.dumps(msgspec.to_builtins(p)))
         frame = encode_frame(result)
         assert len(encode_json(result)) <= MAX_HEADER_BYTES
         assert decode_frame(frame)[0] == result  # the hub can read it
-        seen += p["entries"]
-        offset = p["next"]
+        seen += p.entries
+        offset = p.next
         pages += 1
     assert seen == all_entries and pages > 1
 
@@ -53,7 +49,7 @@ def test_pages_cover_every_entry_once_and_each_fits_a_command_frame() -> None:
 def test_an_entry_larger_than_the_budget_still_makes_progress() -> None:
     one = entries(3)
     p = page("/d", one, 1, budget=10)
-    assert p["entries"] == [one[1]] and p["next"] == 2
+    assert p.entries == [one[1]] and p.next == 2
 
 
 def test_an_offset_outside_the_listing_is_refused() -> None:
