@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from ..errors import FreightError
+from ..errors import FreightError, from_exception
 from .output import err_console
 
 T = TypeVar("T")
@@ -37,7 +37,8 @@ def normalise_fingerprint(text: str) -> str:
 
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; map Freight errors and Ctrl-C to a line and an exit code."""
+    """Run a coroutine; map Freight errors (and the OS's, TLS's, aiohttp's and
+    msgspec's, see ``from_exception``) and Ctrl-C to a line and an exit code."""
     try:
         try:
             import uvloop
@@ -48,9 +49,12 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume")
         raise typer.Exit(130) from None
-    except FreightError as exc:
-        report(exc)
-        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:
+        mapped = from_exception(exc)
+        if mapped is None:  # not Freight's to explain: a bug shows its traceback
+            raise
+        report(mapped)
+        raise typer.Exit(mapped.exit_code) from None
 
 
 def report(exc: FreightError) -> None:

@@ -38,7 +38,7 @@ from ..client.session import (
     parse_hub_url,
 )
 from ..client.transfer import expand_sources, push_many
-from ..errors import Conflict, FingerprintMismatch, FreightError, UsageError
+from ..errors import Conflict, FingerprintMismatch, UsageError, from_exception
 from ..logs import configure_client_logging
 from ..protocol.messages import LEVELS
 from ..transport.proxy import choose_proxy, redact
@@ -527,9 +527,12 @@ def run() -> None:
     gc.freeze()
     try:
         command().main(prog_name="freight")
-    except FreightError as exc:  # raised outside run_async, e.g. checking arguments
-        report(exc)
-        sys.exit(exc.exit_code)
+    except Exception as exc:  # raised outside run_async, e.g. checking arguments
+        mapped = from_exception(exc)
+        if mapped is None:
+            raise
+        report(mapped)
+        sys.exit(mapped.exit_code)
 
 
 if __name__ == "__main__":
