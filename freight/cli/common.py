@@ -1,5 +1,6 @@
-"""What every command module shares: option types and the one place where
-Freight errors become a line and an exit code (see freight.errors)."""
+"""What every command module shares: option types, the SDK client a command
+works with, and the one place where errors become a line and an exit code
+(see freight.errors)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated, TypeVar
 
 import typer
 
+from ..client.api import Client
 from ..errors import FreightError, from_exception
 from .output import err_console
 
@@ -27,13 +29,6 @@ TransportOpt = Annotated[
         "refuses it), ws or http.",
     ),
 ]
-
-
-def normalise_fingerprint(text: str) -> str:
-    """``SHA256:AB:CD…`` or ``ab cd…`` → ``SHA256:abcd…`` (as pinned)."""
-    hexpart = text.strip().removeprefix("SHA256:").removeprefix("sha256:")
-    hexpart = hexpart.replace(":", "").replace(" ", "").lower()
-    return "SHA256:" + hexpart
 
 
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
@@ -55,6 +50,17 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
             raise
         report(mapped)
         raise typer.Exit(mapped.exit_code) from None
+
+
+def on_hub(hub_url: str | None, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``work`` with an SDK client of the hub (``--hub`` or the last one
+    logged in to), errors mapped as run_async maps them."""
+
+    async def go() -> T:
+        async with Client(hub_url) as hub:
+            return await work(hub)
+
+    return run_async(go)
 
 
 def report(exc: FreightError) -> None:
