@@ -18,6 +18,7 @@ from freight.errors import (
     NotFound,
     NotLoggedIn,
     UsageError,
+    registered,
 )
 from tests.agentsupport import Agent, wait_online
 from tests.support import (
@@ -275,5 +276,10 @@ async def test_errors_are_typed(tmp_path: Path, admin: Client) -> None:
             await hub.cp("a", "b", dest="c")
         with pytest.raises(CodeUnknown):
             await hub.receive("999-not-a-code", tmp_path / "x")
+        # The hub answers with a typed JSON error carrying a registered code.
+        url = hub.session.url.with_path("/v1/users/sdk-nobody/disable")
+        async with hub.session.http.post(url) as resp:
+            body = await resp.json()
+        assert resp.status == 404 and body["error"]["code"] in registered()
     with pytest.raises(UsageError):
         freight.Client(transport="carrier-pigeon")

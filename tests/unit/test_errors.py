@@ -13,14 +13,19 @@ import pkgutil
 import re
 import ssl
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
 import pytest
 import typer
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 import freight
 import freight.errors as errors
+import freight.hub
+from freight.cli.common import run_async
 from freight.errors import EXIT_CODES, FreightError, claimed_twice, code_to_error, registered
 
 PACKAGE = Path(freight.__file__).parent
@@ -154,8 +159,6 @@ def test_every_code_sent_as_a_literal_has_a_class() -> None:
 
 
 def _exit_of(exc: BaseException, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    from freight.cli.common import run_async
-
     async def fail() -> None:
         raise exc
 
@@ -199,8 +202,6 @@ def test_every_registered_class_exits_with_its_code(capsys: pytest.CaptureFixtur
 
 
 def test_a_bug_is_not_dressed_up_as_an_error(capsys: pytest.CaptureFixture[str]) -> None:
-    from freight.cli.common import run_async
-
     async def bug() -> None:
         raise KeyError("a bug")
 
@@ -212,3 +213,35 @@ def test_a_bug_is_not_dressed_up_as_an_error(capsys: pytest.CaptureFixture[str])
 
 async def _cancelled() -> None:
     raise asyncio.CancelledError
+
+
+def _hub_errors_middleware() -> Any:
+    """The hub's middleware that turns a FreightError into its JSON answer,
+    wherever the hub's modules keep it."""
+    for info in pkgutil.iter_modules(freight.hub.__path__, "freight.hub."):
+        found = getattr(importlib.import_module(info.name), "errors_middleware", None)
+        if found is not None:
+            return found
+    raise AssertionError("no errors_middleware in freight.hub")
+
+
+async def test_a_hub_handler_answers_every_error_as_typed_json() -> None:
+    classes = [
+        cls
+        for cls in registered().values()
+        if cls is not FreightError and cls.__module__.startswith("freight.")
+    ]
+
+    async def fail(request: web.Request) -> web.StreamResponse:
+        raise classes[int(request.match_info["i"])]("it failed")
+
+    app = web.Application(middlewares=[_hub_errors_middleware()])
+    app.router.add_get("/{i}", fail)
+    async with TestClient(TestServer(app)) as http:
+        for i, cls in enumerate(classes):
+            resp = await http.get(f"/{i}")
+            body = await resp.json()
+            assert resp.status >= 400, cls
+            assert body == {"error": {"code": cls.code, "message": "it failed"}}
+            # and the client raises it again as the same class
+            assert type(code_to_error(body["error"]["code"], "x")) is cls
