@@ -1,41 +1,80 @@
 """Freight's one exception tree. Every error knows its exit code, a stable
-``code`` that travels in Error frames, and a one-line hint for people.
+``code`` (it travels in Error frames and in the hub's JSON answers) and a
+one-line hint for people.
 
-    FreightError                         exit 1
-    ├── ProtocolError                    exit 5   (freight.protocol.errors)
-    │   ├── LocalProtocolError
-    │   ├── RemoteProtocolError
-    │   │   ├── FrameTooLarge
-    │   │   └── IntegrityError
-    │   └── VersionMismatch
-    ├── UsageError                       exit 2   bad arguments or local input
-    │   └── SourceChanged
-    ├── ConfigError                      exit 2   missing login, unreadable config
+The tree as the code defines it (``exit N`` where a class changes its
+parent's exit code; the module where it is not this one).
+``tests/unit/test_errors.py`` fails when this drawing and the code differ:
+
+    FreightError                         exit 1   protocol.errors
+    ├── ProtocolError                    exit 5   protocol.errors
+    │   ├── LocalProtocolError                    protocol.errors
+    │   ├── RemoteProtocolError                   protocol.errors
+    │   │   ├── FrameTooLarge                     protocol.errors
+    │   │   ├── IntegrityError                    protocol.errors
+    │   │   ├── FlowViolation                     protocol.e2e
+    │   │   └── MalformedTransfer                 protocol.sendrecv
+    │   ├── VersionMismatch                       protocol.errors
+    │   ├── WrongCode                    exit 3   protocol.e2e
+    │   └── PeerKeyRejected              exit 3   protocol.e2e
+    ├── UsageError                       exit 2
+    │   ├── SourceChanged
+    │   ├── SelfConnect
+    │   ├── UnsafePath                            client.safefs
+    │   └── FileExists                            client.safefs
+    ├── ConfigError                      exit 2
     ├── AuthError                        exit 3
     │   ├── BadCredentials
+    │   ├── AgentRefused
     │   ├── RateLimited
     │   ├── Forbidden
-    │   └── NotLoggedIn
+    │   │   └── OutsideRoots                      agent.roots
+    │   ├── NotLoggedIn
+    │   └── CodeBurned
     ├── TLSError                         exit 4
     │   └── FingerprintMismatch
-    ├── NetworkError                     exit 6   hub unreachable after retries
-    │   └── StalledError
-    ├── RemoteError                      exit 7   the hub refused or failed a request
+    ├── NetworkError                     exit 6
+    │   ├── StalledError
+    │   ├── ChannelClosed                         transport.channel
+    │   ├── ProxyError                            transport.proxy
+    │   │   └── ProxyRefused                      transport.proxy
+    │   ├── DataPathUnavailable                   transport.dataconn
+    │   └── HTTPAttachRefused                     transport.httpchan
+    ├── RemoteError                      exit 7
     │   ├── NotFound
     │   ├── Conflict
     │   ├── DiskFull
     │   ├── QuotaExceeded
     │   ├── LimitReached
-    │   └── Aborted
-    └── StorageError                     exit 8   local disk problems
+    │   ├── Aborted
+    │   ├── UnknownUser
+    │   ├── CodeUnknown
+    │   ├── PeerAbsent
+    │   ├── ConnectionEnded
+    │   ├── RelayRefused                          hub.relayconn
+    │   └── TransferRefused                       client.sendrecv
+    └── StorageError                     exit 8
 
-``code_to_error()`` turns a wire code back into the matching class so that a
-hub-side failure is raised on the client as the same type.
+The error-code registry is ``registered()`` (from ``freight.protocol.errors``):
+each class with a ``code`` of its own registers it when it is defined, and a
+code claimed by two classes fails the tests. ``code_to_error()`` turns a wire
+code back into its class, so a hub-side failure is raised on the client as
+the same type; ``from_exception()`` maps the exceptions of the libraries
+underneath (OS, TLS, aiohttp, msgspec) into the tree at the CLI's and the
+SDK's boundary. ``RelayRefused`` carries the code of each refusal it stands
+for and registers none.
 """
 
 from __future__ import annotations
 
+import errno
+import socket
+import ssl
+
+import msgspec
+
 from .protocol.errors import (
+    EXIT_CODES,
     FrameTooLarge,
     FreightError,
     IntegrityError,
@@ -43,9 +82,12 @@ from .protocol.errors import (
     ProtocolError,
     RemoteProtocolError,
     VersionMismatch,
+    claimed_twice,
+    registered,
 )
 
 __all__ = [
+    "EXIT_CODES",
     "Aborted",
     "AuthError",
     "BadCredentials",
@@ -73,7 +115,10 @@ __all__ = [
     "TLSError",
     "UsageError",
     "VersionMismatch",
+    "claimed_twice",
     "code_to_error",
+    "from_exception",
+    "registered",
 ]
 
 
@@ -82,12 +127,14 @@ class UsageError(FreightError):
 
     code = "usage"
     exit_code = 2
+    hint = "see: freight COMMAND --help"
 
 
 class SourceChanged(UsageError):
     """The source changed since the interrupted attempt; starting over."""
 
     code = "source_changed"
+    hint = "the transfer starts over from the beginning"
 
 
 class ConfigError(FreightError):
@@ -95,6 +142,7 @@ class ConfigError(FreightError):
 
     code = "config"
     exit_code = 2
+    hint = "check $FREIGHT_CONFIG_DIR, or log in again: freight login URL --user NAME"
 
 
 class AuthError(FreightError):
@@ -102,6 +150,7 @@ class AuthError(FreightError):
 
     code = "auth"
     exit_code = 3
+    hint = "log in again: freight login URL --user NAME"
 
 
 class BadCredentials(AuthError):
@@ -123,6 +172,7 @@ class RateLimited(AuthError):
     seconds to wait (the hub's Retry-After), 0 when not known."""
 
     code = "rate_limited"
+    hint = "wait a little (the lockout doubles with each failure) and try again"
 
     def __init__(
         self, message: str = "", *, hint: str | None = None, retry_after: float = 0.0
@@ -150,6 +200,7 @@ class TLSError(FreightError):
 
     code = "tls"
     exit_code = 4
+    hint = "check the address; if the hub's certificate changed on purpose, log in again"
 
 
 class FingerprintMismatch(TLSError):
@@ -177,6 +228,7 @@ class RemoteError(FreightError):
 
     code = "remote"
     exit_code = 7
+    hint = "the message says why; run the command again once that is resolved"
 
 
 class NotFound(RemoteError):
@@ -190,6 +242,7 @@ class Conflict(RemoteError):
     """The request conflicts with the hub's state."""
 
     code = "conflict"
+    hint = "something else holds it right now; try again when it is done"
 
 
 class DiskFull(RemoteError):
@@ -218,6 +271,7 @@ class Aborted(RemoteError):
     """The other side aborted the transfer."""
 
     code = "aborted"
+    hint = "run the same command again to resume"
 
 
 class UnknownUser(RemoteError):
@@ -231,6 +285,7 @@ class SelfConnect(UsageError):
     """A connection needs two different accounts."""
 
     code = "self_connect"
+    hint = "log in as another account on one of the two ends"
 
 
 class CodeUnknown(RemoteError):
@@ -251,12 +306,14 @@ class PeerAbsent(RemoteError):
     """The other end did not turn up in time."""
 
     code = "peer_absent"
+    hint = "start the other end, then run the command again"
 
 
 class ConnectionEnded(RemoteError):
     """The relayed connection was ended by the peer, the hub or an admin."""
 
     code = "connection_ended"
+    hint = "open a new connection"
 
 
 class StorageError(FreightError):
@@ -264,19 +321,56 @@ class StorageError(FreightError):
 
     code = "storage"
     exit_code = 8
-
-
-def _all_subclasses(cls: type[FreightError]) -> list[type[FreightError]]:
-    out = []
-    for sub in cls.__subclasses__():
-        out.append(sub)
-        out.extend(_all_subclasses(sub))
-    return out
+    hint = "check the free space and the permissions of the local path"
 
 
 def code_to_error(code: str, message: str) -> FreightError:
-    """The exception a wire error ``code`` stands for."""
-    for cls in _all_subclasses(FreightError):
-        if cls.code == code:
-            return cls(message)
-    return RemoteError(f"{message} [{code}]")
+    """The exception a wire error ``code`` stands for (a plain RemoteError,
+    naming the code, when no class has it)."""
+    cls = registered().get(code)
+    if cls is None or cls is FreightError:
+        return RemoteError(f"{message} [{code}]")
+    return cls(message)
+
+
+# OSErrors about the network rather than the local disk.
+_NETWORK_ERRNOS = frozenset(
+    {
+        errno.EADDRINUSE,
+        errno.EADDRNOTAVAIL,
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.EHOSTUNREACH,
+        errno.ENETDOWN,
+        errno.ENETUNREACH,
+        errno.ETIMEDOUT,
+    }
+)
+
+
+def from_exception(exc: BaseException) -> FreightError | None:
+    """The Freight error for an exception of a library underneath (the OS,
+    TLS, aiohttp, msgspec), or None for one that is not Freight's to explain
+    (a bug, or an exception of the caller's own). A FreightError is itself."""
+    if isinstance(exc, FreightError):
+        return exc
+    # aiohttp keeps the TLS failure under its own exception.
+    tls = exc if isinstance(exc, ssl.SSLError) else getattr(exc, "certificate_error", None)
+    if isinstance(tls, ssl.SSLCertVerificationError):
+        return TLSError(
+            f"the hub's certificate could not be verified: {getattr(tls, 'verify_message', None) or tls}"
+        )
+    if isinstance(tls, ssl.SSLError):
+        return TLSError(f"TLS failed: {getattr(tls, 'reason', None) or tls}")
+    if isinstance(exc, msgspec.MsgspecError):
+        return RemoteProtocolError(f"a malformed message: {exc}")
+    if (
+        type(exc).__module__.split(".")[0] == "aiohttp"
+        or isinstance(exc, ConnectionError | TimeoutError | socket.gaierror)
+        or (isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS)
+    ):
+        return NetworkError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename is not None else ""
+        return StorageError(f"{exc.strerror or exc}{where}")
+    return None

@@ -10,7 +10,8 @@
 
 ``hub`` is the URL of a hub this machine has logged in to (``freight
 login``), or None for the last one. Each call keeps its own attachment,
-re-established across network faults and hub restarts.
+re-established across network faults and hub restarts. Both are shortcuts
+for :meth:`freight.Client.connect` and :meth:`freight.Client.listen`.
 """
 
 from __future__ import annotations
@@ -18,15 +19,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from .client.config import ClientConfig
+from .client.api import Client
 from .client.listener import Listener
-from .client.relay import Connection, RelayClient
-from .client.session import HubSession
+from .client.relay import Connection
 
-
-def _relay(hub: str | None, transport: str) -> RelayClient:
-    config = ClientConfig()
-    return RelayClient(HubSession.from_config(config, hub), config, transport=transport)
+__all__ = ["connect", "listen"]
 
 
 @asynccontextmanager
@@ -40,11 +37,11 @@ async def connect(
 ) -> AsyncIterator[Connection]:
     """An end-to-end encrypted connection to ``to``'s ``app``; closed (after
     everything sent is acknowledged) when the block ends."""
-    async with _relay(hub, transport) as relay:
-        await relay.start()
-        conn = await relay.connect(to, app, timeout=timeout)
-        async with conn:
-            yield conn
+    async with (
+        Client(hub, transport=transport) as client,
+        client.connect(to, app, timeout=timeout) as conn,
+    ):
+        yield conn
 
 
 @asynccontextmanager
@@ -52,10 +49,8 @@ async def listen(
     hub: str | None = None, *, app: str, peer: str = "*", transport: str = "auto"
 ) -> AsyncIterator[Listener]:
     """Accept connections for ``app`` (from ``peer`` only, unless ``*``)."""
-    async with _relay(hub, transport) as relay:
-        await relay.start()
-        listener = await relay.listen(app, peer)
-        try:
-            yield listener
-        finally:
-            await listener.aclose()
+    async with (
+        Client(hub, transport=transport) as client,
+        client.listen(app, peer=peer) as listener,
+    ):
+        yield listener

@@ -12,18 +12,13 @@ from typing import Annotated, Any
 import typer
 
 from ..agent.config import AgentConfig
+from ..agent.enrol import enrol
 from ..client.config import ClientConfig
 from ..client.relay import identity_key
-from ..client.session import (
-    HubSession,
-    canonical_url,
-    check_transport,
-    fetch_fingerprint,
-    parse_hub_url,
-)
-from ..errors import UsageError, code_to_error
+from ..client.session import check_transport
+from ..errors import UsageError
 from ..protocol.e2e import public_of
-from .common import TransportOpt, normalise_fingerprint, run_async
+from .common import TransportOpt, run_async
 from .output import err_console
 
 agent_app = typer.Typer(help="Run this machine as an agent.", no_args_is_help=True)
@@ -104,60 +99,28 @@ def agent_enroll(
     ] = False,
 ) -> None:
     """Enrol this machine once; then run: freight agent run."""
-    for r in root:
+    for r in root:  # before the token is read
         if not r.is_dir():
             raise UsageError(f"--root {r}: not a folder")
     secret = enrol_token(token, token_file, token_stdin)
-    config = ClientConfig()
-    u = parse_hub_url(url)
-    wanted = normalise_fingerprint(fingerprint) if fingerprint else None
+    ask = not token_stdin and sys.stdin.isatty()
+
+    def confirm(seen: str) -> bool:
+        return typer.confirm("Trust this hub and pin its certificate?", err=True)
 
     async def go() -> dict[str, Any]:
-        seen = ""
-        if ca_file is None:
-            seen = await fetch_fingerprint(u, proxy=_proxy_url(proxy))
-            if wanted and wanted != seen:
-                raise code_to_error(
-                    "fingerprint_mismatch", f"the hub presents {seen}, not the expected {wanted}"
-                )
-            if not wanted and not yes:
-                err_console.print(f"The hub's certificate fingerprint is {seen}")
-                if token_stdin or not sys.stdin.isatty():
-                    raise UsageError(
-                        "not enrolled: no terminal to confirm the certificate on",
-                        hint=f"give --fingerprint {seen} after checking it, or --trust-on-first-use",
-                    )
-                if not typer.confirm("Trust this hub and pin its certificate?", err=True):
-                    raise UsageError("not enrolled: the certificate was not trusted")
-        key = identity_key(config)
-        async with HubSession(
-            canonical_url(u), fingerprint=seen, proxy=proxy, ca_file=ca_file
-        ) as session:
-            body = await session.request(
-                "POST", "/v1/agents/enroll", {"token": secret, "key": public_of(key).hex()}
-            )
-        if ca_file is not None and wanted:
-            # Behind a TLS-inspecting proxy the agent never sees the hub's
-            # certificate, so its logins name the one given here (which the
-            # hub's answer, through the trusted proxy, confirms).
-            if body.get("fingerprint") != wanted:
-                raise code_to_error(
-                    "fingerprint_mismatch",
-                    f"the hub's certificate is {body.get('fingerprint')}, not the expected "
-                    f"{wanted}; this agent is enrolled but not saved: remove it with "
-                    "freight agents rm and enrol again",
-                )
-            seen = wanted
-        cfg = AgentConfig(
-            hub=canonical_url(u),
-            name=body["name"],
-            fingerprint=seen,
-            ca_file=str(ca_file.resolve()) if ca_file else "",
-            proxy=proxy or "",
-            roots=[str(r.resolve()) for r in root],
+        cfg = await enrol(
+            url,
+            secret,
+            root,
+            fingerprint=fingerprint,
+            ca_file=ca_file,
+            proxy=proxy,
+            trust_on_first_use=yes,
+            confirm=confirm if ask else None,
+            notice=err_console.print,
             allow_overwrite=allow_overwrite,
         )
-        cfg.save(config)
         return {"name": cfg.name, "hub": cfg.hub, "roots": cfg.roots}
 
     info = run_async(go)
@@ -172,12 +135,6 @@ def agent_key() -> None:
     """Print this machine's identity public key (made if there is none yet),
     for an admin to set with: freight agents key NAME KEY."""
     typer.echo(public_of(identity_key(ClientConfig())).hex())
-
-
-def _proxy_url(proxy: str | None) -> Any:
-    from ..transport.proxy import parse_proxy_url
-
-    return parse_proxy_url(proxy) if proxy else None
 
 
 @agent_app.command("run")

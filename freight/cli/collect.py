@@ -3,29 +3,17 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import aiohttp
-import blake3
 import typer
 
-from ..client.config import ClientConfig
-from ..client.session import HubSession
-from ..errors import NotFound, StorageError, UsageError
 from ..units import format_bytes, parse_duration
-from .agents import split_remote
-from .common import HubOpt, JsonOpt, run_async
+from .common import HubOpt, JsonOpt, on_hub
 from .output import err_console, print_json
 
 collect_app = typer.Typer(help="Collection policies (admin accounts only).", no_args_is_help=True)
 collected_app = typer.Typer(help="What collection has gathered.", no_args_is_help=True)
-
-
-async def _call(hub_url: str | None, method: str, path: str, body: Any = None) -> Any:
-    async with HubSession.from_config(ClientConfig(), hub_url) as session:
-        return await session.request(method, path, body)
 
 
 @collect_app.command("add")
@@ -42,14 +30,18 @@ def collect_add(
     json_out: JsonOpt = False,
 ) -> None:
     """Add or replace a collection policy."""
-    body = {
-        "agents": agents,
-        "include": include or [],
-        "exclude": exclude or [],
-        "max_size": max_size,
-        "every": parse_duration(every),
-    }
-    row = run_async(lambda: _call(hub_url, "PUT", f"/v1/collect/policies/{name}", body))
+    seconds = parse_duration(every)
+    row = on_hub(
+        hub_url,
+        lambda hub: hub.set_collect_policy(
+            name,
+            agents=agents,
+            include=include,
+            exclude=exclude,
+            max_size=max_size,
+            every=seconds,
+        ),
+    )
     if json_out:
         print_json(row)
     else:
@@ -59,7 +51,7 @@ def collect_add(
 @collect_app.command("ls")
 def collect_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """List collection policies."""
-    rows = run_async(lambda: _call(hub_url, "GET", "/v1/collect/policies"))
+    rows = on_hub(hub_url, lambda hub: hub.collect_policies())
     if json_out:
         print_json(rows)
         return
@@ -76,7 +68,7 @@ def collect_rm(
     name: Annotated[str, typer.Argument(help="Policy name.")], hub_url: HubOpt = None
 ) -> None:
     """Remove a policy (what was collected stays)."""
-    run_async(lambda: _call(hub_url, "DELETE", f"/v1/collect/policies/{name}"))
+    on_hub(hub_url, lambda hub: hub.remove_collect_policy(name))
     typer.echo(f"removed policy {name}")
 
 
@@ -87,8 +79,7 @@ def collected_ls(
     json_out: JsonOpt = False,
 ) -> None:
     """One line per unique content, with the agents and paths holding it."""
-    query = f"?policy={policy}" if policy else ""
-    rows = run_async(lambda: _call(hub_url, "GET", "/v1/collected" + query))
+    rows = on_hub(hub_url, lambda hub: hub.collected(policy))
     if json_out:
         print_json(rows)
         return
@@ -100,7 +91,7 @@ def collected_ls(
 @collected_app.command("stats")
 def collected_stats(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """Unique files and bytes held, bytes received, pending and failed."""
-    s = run_async(lambda: _call(hub_url, "GET", "/v1/collected/stats"))
+    s = on_hub(hub_url, lambda hub: hub.collected_stats())
     if json_out:
         print_json(s)
         return
@@ -119,47 +110,7 @@ def collected_get(
 ) -> None:
     """Fetch collected content from the hub (not from the agent)."""
 
-    async def go() -> tuple[str, int, Path]:
-        async with HubSession.from_config(ClientConfig(), hub_url) as session:
-            digest, name = what, what[:16]
-            remote = split_remote(what)
-            if remote is not None:
-                rows = await session.request("GET", "/v1/collected")
-                match = [r for r in rows for h in r["holders"] if (h["agent"], h["path"]) == remote]
-                if not match:
-                    raise NotFound(f"{what} was not offered for collection")
-                digest, name = match[0]["digest"], Path(remote[1]).name
-            elif len(what) != 64:
-                raise UsageError("give a 64-digit BLAKE3 digest or AGENT:/path")
-            target = out / name if out.is_dir() else out
-            part = target.with_name(target.name + ".freight-part")
-            url = session.url.with_path(f"/v1/collected/{digest}")
-            size = 0
-            hasher = blake3.blake3()
-            async with session.http.get(url) as resp:
-                if resp.status == 404:
-                    raise NotFound(f"{what} is not (yet) stored on the hub")
-                resp.raise_for_status()
-                try:
-                    with open(part, "wb") as f:
-                        async for block in resp.content.iter_chunked(1 << 20):
-                            f.write(block)
-                            hasher.update(block)
-                            size += len(block)
-                        f.flush()
-                        os.fsync(f.fileno())
-                except OSError as exc:
-                    raise StorageError(f"cannot write {part}: {exc.strerror or exc}") from None
-            if hasher.hexdigest() != digest:
-                part.unlink(missing_ok=True)
-                raise StorageError("what arrived does not match its digest; try again")
-            os.replace(part, target)
-            return digest, size, target
-
-    try:
-        digest, size, target = run_async(go)
-    except aiohttp.ClientResponseError as exc:
-        raise UsageError(f"the hub refused: {exc.status}") from None
+    digest, size, target = on_hub(hub_url, lambda hub: hub.get_collected(what, out))
     err_console.print(f"{target}: {format_bytes(size)} ({digest[:16]}…)")
 
 

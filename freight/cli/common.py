@@ -1,5 +1,6 @@
-"""What every command module shares: option types and the one place where
-Freight errors become a line and an exit code (see freight.errors)."""
+"""What every command module shares: option types, the SDK client a command
+works with, and the one place where errors become a line and an exit code
+(see freight.errors)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Annotated, TypeVar
 
 import typer
 
-from ..errors import FreightError
+from ..client.api import Client
+from ..errors import FreightError, from_exception
 from .output import err_console
 
 T = TypeVar("T")
@@ -29,15 +31,9 @@ TransportOpt = Annotated[
 ]
 
 
-def normalise_fingerprint(text: str) -> str:
-    """``SHA256:AB:CD…`` or ``ab cd…`` → ``SHA256:abcd…`` (as pinned)."""
-    hexpart = text.strip().removeprefix("SHA256:").removeprefix("sha256:")
-    hexpart = hexpart.replace(":", "").replace(" ", "").lower()
-    return "SHA256:" + hexpart
-
-
 def run_async(factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine; map Freight errors and Ctrl-C to a line and an exit code."""
+    """Run a coroutine; map Freight errors (and the OS's, TLS's, aiohttp's and
+    msgspec's, see ``from_exception``) and Ctrl-C to a line and an exit code."""
     try:
         try:
             import uvloop
@@ -48,9 +44,23 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         err_console.print("interrupted; run the same command again to resume")
         raise typer.Exit(130) from None
-    except FreightError as exc:
-        report(exc)
-        raise typer.Exit(exc.exit_code) from None
+    except Exception as exc:
+        mapped = from_exception(exc)
+        if mapped is None:  # not Freight's to explain: a bug shows its traceback
+            raise
+        report(mapped)
+        raise typer.Exit(mapped.exit_code) from None
+
+
+def on_hub(hub_url: str | None, work: Callable[[Client], Awaitable[T]]) -> T:
+    """Run ``work`` with an SDK client of the hub (``--hub`` or the last one
+    logged in to), errors mapped as run_async maps them."""
+
+    async def go() -> T:
+        async with Client(hub_url) as hub:
+            return await work(hub)
+
+    return run_async(go)
 
 
 def report(exc: FreightError) -> None:

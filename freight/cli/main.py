@@ -9,6 +9,7 @@ import getpass
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -16,43 +17,28 @@ import typer
 
 from .. import __version__
 from ..allocator import tune_allocator
-from ..client.config import ClientConfig
+from ..client.api import Client, Pulled
 from ..client.options import (
     QuietReporter,
     TransferOptions,
     retry_policy_from_env,
     stall_timeout_from_env,
 )
-from ..client.pulltree import PullPlan, plan_pull, pull_many
-from ..client.relay import register_identity
 from ..client.session import (
     CA_FILE_ENV,
     DATA_PATHS,
     PROXY_ENV,
-    HubSession,
-    canonical_url,
     check_transport,
-    fetch_fingerprint,
     hostport,
-    mismatch_error,
     parse_hub_url,
 )
-from ..client.transfer import expand_sources, push_many
-from ..errors import Conflict, FingerprintMismatch, FreightError, UsageError
+from ..client.transfer import expand_sources
+from ..errors import UsageError, from_exception
 from ..logs import configure_client_logging
 from ..protocol.messages import LEVELS
-from ..transport.proxy import choose_proxy, redact
 from ..units import format_bytes, format_rate, parse_rate
 from . import agentcmd, agents, collect, hubcmd, relay, users
-from .common import (
-    HubOpt,
-    JsonOpt,
-    QuietOpt,
-    TransportOpt,
-    normalise_fingerprint,
-    report,
-    run_async,
-)
+from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, report, run_async
 from .helptext import plain_help
 from .output import RichReporter, err_console, print_json, whole_std_streams
 
@@ -177,75 +163,33 @@ def login(
     --proxy and --ca-file, given here or before the command, are saved with the
     login and used by later commands.
     """
-    config = ClientConfig()
-    u = parse_hub_url(url)
-    wanted_proxy = proxy if proxy is not None else os.environ.get(PROXY_ENV)
-    route = choose_proxy(u, explicit=wanted_proxy, saved=None)
-    ca_text = str(ca_file) if ca_file is not None else os.environ.get(CA_FILE_ENV)
-    ca = Path(ca_text).expanduser().resolve() if ca_text else None
+    # Asked on a terminal only: a script gives --fingerprint or --trust-on-first-use.
+    ask = sys.stdin.isatty() and not password_stdin
+
+    def confirm(seen: str) -> bool:
+        return typer.confirm("Trust this hub and pin its certificate?", err=True)
+
+    def password() -> str:
+        if password_stdin:
+            return sys.stdin.readline().rstrip("\n")
+        return getpass.getpass(f"Password for {user}@{hostport(parse_hub_url(url))}: ")
 
     async def go() -> dict[str, Any]:
-        # With a CA the handshake itself verifies the chain and host name.
-        seen = await fetch_fingerprint(u, proxy=route, ca_file=ca)
-        pinned = config.pinned(hostport(u))
-        wanted = normalise_fingerprint(fingerprint) if fingerprint else None
-        if wanted and wanted != seen:
-            raise FingerprintMismatch(
-                f"the hub presents {seen}, not the expected {wanted}",
-                hint="check the address and the fingerprint the hub printed at start-up",
-            )
-        if ca is not None:
-            err_console.print(f"The hub's certificate is signed by a CA in {ca}", markup=False)
-        elif pinned and pinned != seen and not wanted:
-            raise mismatch_error(u, pinned, seen)
-        elif not pinned and not wanted:
-            err_console.print(f"The hub's certificate fingerprint is {seen}")
-            if trust_on_first_use:
-                err_console.print("Pinning it (trust on first use).")
-            elif sys.stdin.isatty() and not password_stdin:
-                if not typer.confirm("Trust this hub and pin its certificate?", err=True):
-                    raise UsageError("not trusted; nothing saved")
-            else:
-                raise UsageError(
-                    "this hub's certificate is not pinned yet and there is no terminal to "
-                    "confirm it on; nothing saved",
-                    hint="compare it with the fingerprint the hub printed at start-up and give "
-                    f"--fingerprint {seen}, or --trust-on-first-use to pin it unchecked",
-                )
-        if password_stdin:
-            password = sys.stdin.readline().rstrip("\n")
-        else:
-            password = getpass.getpass(f"Password for {user}@{hostport(u)}: ")
-        pin = seen if ca is None else ""  # a CA replaces pinning
-        async with HubSession(
-            canonical_url(u), fingerprint=pin, ca_file=ca, proxy=route
-        ) as session:
-            body = await session.request("POST", "/v1/login", {"user": user, "password": password})
-            # This device's identity key, which connect/listen prove themselves with.
-            session.token = body["token"]
-            await session.aclose()
-            try:
-                await register_identity(session, config)
-            except Conflict as exc:  # logged in all the same: keys rm works from here
-                err_console.print(f"freight: warning: {exc.user_message()}", markup=False)
-        if ca is None:
-            config.pin(hostport(u), seen)
-        config.save_login(
-            canonical_url(u),
+        hub = await Client.login(
+            url,
             user,
-            body["token"],
-            body["role"],
-            proxy=wanted_proxy.strip() if wanted_proxy is not None else None,
-            ca_file=str(ca) if ca is not None else None,
+            password,
+            fingerprint=fingerprint,
+            trust_on_first_use=trust_on_first_use,
+            confirm=confirm if ask else None,
+            ca_file=ca_file,
+            proxy=proxy,
+            notice=lambda text: err_console.print(text, markup=False),
         )
-        return {
-            "hub": canonical_url(u),
-            "user": user,
-            "role": body["role"],
-            "fingerprint": seen,
-            "ca_file": str(ca) if ca is not None else None,
-            "proxy": redact(route) if route is not None else None,
-        }
+        assert hub.last_login is not None
+        for warning in hub.last_login.warnings:
+            err_console.print(f"freight: warning: {warning}", markup=False)
+        return hub.last_login.as_dict()
 
     info = run_async(go)
     if json_out:
@@ -313,13 +257,12 @@ def push(
     total = sum(p.stat().st_size for p, _ in items)
 
     async def go() -> list[dict[str, Any]]:
-        config = ClientConfig()
-        async with HubSession.from_config(config, hub_url, transport=transport) as session:
+        async with Client(hub_url, transport=transport, data_path=data_path) as hub:
             if quiet or json_out:
-                results = await push_many(session, config, items, opts, QuietReporter())
+                results = await hub.push(*paths, as_name=as_name, options=opts)
             else:
                 with RichReporter(total, len(items)) as rep:
-                    results = await push_many(session, config, items, opts, rep)
+                    results = await hub.push(*paths, as_name=as_name, options=opts, reporter=rep)
         return [r.as_dict() for r in results]
 
     results = run_async(go)
@@ -365,19 +308,23 @@ def pull(
     opts = transfer_options(limit, compress, data_path, parallel)
     check_transport(transport)
 
-    async def go() -> tuple[PullPlan, list[dict[str, Any]], float]:
-        config = ClientConfig()
-        async with HubSession.from_config(config, hub_url, transport=transport) as session:
+    async def go() -> tuple[Pulled, list[dict[str, Any]], float]:
+        started = time.monotonic()
+        async with Client(hub_url, transport=transport, data_path=data_path) as hub:
             notices = QuietReporter() if quiet else RichReporter(0, 0, json_out=json_out)
-            plan = await plan_pull(session, config, name, dest, opts, notices)
-            started = time.monotonic()
             if quiet or json_out:
-                results = await pull_many(session, config, plan, opts, QuietReporter())
+                pulled = await hub.pull(name, dest, options=opts, notices=notices)
             else:
-                total = sum(i.size for i in plan.items)
-                with RichReporter(total, len(plan.items)) as rep:
-                    results = await pull_many(session, config, plan, opts, rep)
-        return plan, [r.as_dict() for r in results], time.monotonic() - started
+                with RichReporter(0, 0) as rep:
+                    pulled = await hub.pull(
+                        name,
+                        dest,
+                        options=opts,
+                        reporter=rep,
+                        notices=notices,
+                        on_plan=rep.set_totals,
+                    )
+        return pulled, [r.as_dict() for r in pulled.files], time.monotonic() - started
 
     plan, results, seconds = run_async(go)
     if json_out:
@@ -417,16 +364,13 @@ def ls_cmd(
         return
 
     async def go() -> Any:
-        config = ClientConfig()
-        async with HubSession.from_config(config, hub_url) as session:
-            return await session.request("GET", "/v1/files")
+        async with Client(hub_url) as hub:
+            return await hub.ls()
 
     files = run_async(go)
     if json_out:
         print_json(files)
         return
-    from datetime import datetime
-
     for f in files:
         when = datetime.fromtimestamp(f["created"]).strftime("%Y-%m-%d %H:%M")
         typer.echo(f"{f['size']:>14}  {when}  {f['name']}")
@@ -440,10 +384,9 @@ def rm_cmd(
     """Delete files from the hub."""
 
     async def go() -> None:
-        config = ClientConfig()
-        async with HubSession.from_config(config, hub_url) as session:
+        async with Client(hub_url) as hub:
             for n in names:
-                await session.request("DELETE", f"/v1/files/{n}")
+                await hub.rm(n)
                 err_console.print(f"removed {n}", markup=False)
 
     run_async(go)
@@ -461,11 +404,8 @@ def admin_bandwidth(
     """Show or change the hub's bandwidth budget at run time."""
 
     async def go() -> Any:
-        config = ClientConfig()
-        async with HubSession.from_config(config, hub_url) as session:
-            if budget is None:
-                return await session.request("GET", "/v1/bandwidth")
-            return await session.request("PUT", "/v1/admin/bandwidth", {"budget": budget})
+        async with Client(hub_url) as hub:
+            return await (hub.bandwidth() if budget is None else hub.set_bandwidth(budget))
 
     status = run_async(go)
     if json_out:
@@ -487,17 +427,13 @@ def admin_events(
     """Show the hub's event log (logins, failures, streams)."""
 
     async def go() -> Any:
-        config = ClientConfig()
-        async with HubSession.from_config(config, hub_url) as session:
-            query = f"?limit={limit}" + (f"&kind={kind}" if kind else "")
-            return await session.request("GET", "/v1/admin/events" + query)
+        async with Client(hub_url) as hub:
+            return await hub.events(kind, limit)
 
     events = run_async(go)
     if json_out:
         print_json(events)
         return
-    from datetime import datetime
-
     for e in events:
         when = datetime.fromtimestamp(e["ts"]).strftime("%Y-%m-%d %H:%M:%S")
         detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
@@ -527,9 +463,12 @@ def run() -> None:
     gc.freeze()
     try:
         command().main(prog_name="freight")
-    except FreightError as exc:  # raised outside run_async, e.g. checking arguments
-        report(exc)
-        sys.exit(exc.exit_code)
+    except Exception as exc:  # raised outside run_async, e.g. checking arguments
+        mapped = from_exception(exc)
+        if mapped is None:
+            raise
+        report(mapped)
+        sys.exit(mapped.exit_code)
 
 
 if __name__ == "__main__":

@@ -11,14 +11,14 @@ from typing import Annotated, Any
 
 import typer
 
+from ..client.api import Client
 from ..client.config import ClientConfig
 from ..client.relay import identity_key
-from ..client.session import HubSession
-from ..errors import NotFound, NotLoggedIn, UsageError
+from ..errors import UsageError
 from ..names import check_new_password, check_user_name
 from ..protocol.e2e import public_of
 from ..units import UNLIMITED_WORDS, format_bytes, parse_size
-from .common import HubOpt, JsonOpt, run_async
+from .common import HubOpt, JsonOpt, on_hub
 from .output import err_console, print_json
 
 users_app = typer.Typer(help="Accounts on the hub (admin accounts only).", no_args_is_help=True)
@@ -48,21 +48,6 @@ def ask_new_password(prompt: str) -> str:
     return check_new_password(first)
 
 
-async def call(
-    hub_url: str | None,
-    method: str,
-    path: str,
-    body: Any = None,
-    *,
-    hint: str = "run: freight users ls",
-) -> Any:
-    async with HubSession.from_config(ClientConfig(), hub_url) as session:
-        try:
-            return await session.request(method, path, body)
-        except NotFound as exc:
-            raise NotFound(exc.message, hint=hint) from None
-
-
 def show_user(u: dict[str, Any], verb: str) -> None:
     err_console.print(f"{verb} user {u['name']} ({u['role']})", markup=False)
 
@@ -70,7 +55,7 @@ def show_user(u: dict[str, Any], verb: str) -> None:
 @users_app.command("ls")
 def users_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """List the hub's accounts: name, role, state, created, space used and quota."""
-    rows = run_async(lambda: call(hub_url, "GET", "/v1/users"))
+    rows = on_hub(hub_url, lambda hub: hub.users())
     if json_out:
         print_json(rows)
         return
@@ -92,17 +77,16 @@ def users_add(
 ) -> None:
     """Add an account. Asks for its password twice (or reads one line with --password-stdin)."""
 
-    async def go() -> Any:
+    async def go(hub: Client) -> Any:
         check_user_name(name)
         if password_stdin:
             (password,) = read_stdin_lines(1, "the password")
             check_new_password(password)
         else:
             password = ask_new_password(f"Password for the new user {name}: ")
-        body = {"name": name, "password": password, "admin": admin}
-        return await call(hub_url, "POST", "/v1/users", body)
+        return await hub.add_user(name, password, admin=admin)
 
-    user = run_async(go)
+    user = on_hub(hub_url, go)
     if json_out:
         print_json(user)
     else:
@@ -111,12 +95,7 @@ def users_add(
 
 def set_disabled(name: str, disabled: bool, hub_url: str | None, json_out: bool) -> None:
     action = "disable" if disabled else "enable"
-
-    async def go() -> Any:
-        check_user_name(name)
-        return await call(hub_url, "POST", f"/v1/users/{name}/{action}")
-
-    user = run_async(go)
+    user = on_hub(hub_url, lambda hub: (hub.disable_user if disabled else hub.enable_user)(name))
     if json_out:
         print_json(user)
     else:
@@ -147,12 +126,7 @@ def users_quota(
     """Set an account's disk quota: its files and unfinished uploads on the
     hub. An upload that would go over it is refused when it starts."""
     value = 0 if size.strip().lower() in UNLIMITED_WORDS else parse_size(size)
-
-    async def go() -> Any:
-        check_user_name(name)
-        return await call(hub_url, "PUT", f"/v1/users/{name}/quota", {"quota": value})
-
-    user = run_async(go)
+    user = on_hub(hub_url, lambda hub: hub.set_quota(name, value))
     if json_out:
         print_json(user)
     elif value:
@@ -173,16 +147,16 @@ def passwd(
 ) -> None:
     """Change your own password; your other logins are signed out."""
 
-    async def go() -> Any:
+    async def go(hub: Client) -> Any:
         if password_stdin:
             current, new = read_stdin_lines(2, "two lines (current password, then new)")
             check_new_password(new)
         else:
             current = getpass.getpass("Current password: ")
             new = ask_new_password("New password: ")
-        return await call(hub_url, "POST", "/v1/passwd", {"current": current, "new": new})
+        return await hub.passwd(current, new)
 
-    res = run_async(go)
+    res = on_hub(hub_url, go)
     if json_out:
         print_json(res)
     else:
@@ -197,27 +171,18 @@ def logout(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """Log out: the hub revokes this login (closing what it holds open) and
     it is forgotten here. If the hub cannot be reached nothing is forgotten:
     run it again later."""
-    config = ClientConfig()
 
-    async def go() -> dict[str, Any]:
-        url, _ = config.current(hub_url)
-        async with HubSession.from_config(config, url) as session:
-            try:
-                await session.request("POST", "/v1/logout")
-                revoked = True
-            except NotLoggedIn:  # expired or revoked already: nothing left to revoke
-                revoked = False
-        config.forget_login(url)
-        return {"hub": url, "revoked": revoked}
+    async def go(hub: Client) -> dict[str, Any]:
+        revoked = await hub.logout()
+        return {"hub": hub.hub, "revoked": revoked}
 
-    res = run_async(go)
+    res = on_hub(hub_url, go)
     if json_out:
         print_json(res)
     else:
         err_console.print(f"Logged out of {res['hub']}", markup=False)
 
 
-KEYS_HINT = "run: freight keys ls"
 UserOpt = Annotated[
     str | None, typer.Option("--user", "-u", help="Another account's keys (admins only).")
 ]
@@ -226,8 +191,9 @@ UserOpt = Annotated[
 @keys_app.command("ls")
 def keys_ls(user: UserOpt = None, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """List the account's identity keys, newest first; * marks this device's."""
-    query = f"?user={check_user_name(user)}" if user else ""
-    res = run_async(lambda: call(hub_url, "GET", "/v1/keys" + query))
+    if user:
+        check_user_name(user)
+    res = on_hub(hub_url, lambda hub: hub.keys(user))
     if json_out:
         print_json(res)
         return
@@ -251,22 +217,9 @@ def keys_rm(
     json_out: JsonOpt = False,
 ) -> None:
     """Remove an identity key; the logins that registered it end at once."""
-    query = f"?user={check_user_name(user)}" if user else ""
-
-    async def go() -> Any:
-        full = key.lower()
-        if len(full) != 64:
-            listed = await call(hub_url, "GET", "/v1/keys" + query, hint=KEYS_HINT)
-            found = [k["key"] for k in listed["keys"] if k["key"].startswith(full)]
-            if len(full) < 8 or len(found) != 1:
-                raise UsageError(
-                    f"{key!r} names {len(found)} keys; give 8 or more hex digits of one key",
-                    hint=KEYS_HINT,
-                )
-            full = found[0]
-        return await call(hub_url, "DELETE", f"/v1/keys/{full}{query}", hint=KEYS_HINT)
-
-    res = run_async(go)
+    if user:
+        check_user_name(user)
+    res = on_hub(hub_url, lambda hub: hub.remove_key(key, user))
     if json_out:
         print_json(res)
     else:

@@ -7,6 +7,55 @@ the package.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+# The documented exit codes (README "Errors are one line..."); every class's
+# ``exit_code`` is one of them.
+EXIT_CODES: Final[Mapping[int, str]] = MappingProxyType(
+    {
+        1: "other failure",
+        2: "usage",
+        3: "authentication",
+        4: "certificate",
+        5: "protocol",
+        6: "network",
+        7: "refused by the hub",
+        8: "local disk",
+        130: "interrupted",
+    }
+)
+
+# The error-code registry: each wire ``code`` and the one class that stands
+# for it, filled as classes are defined (FreightError.__init_subclass__).
+_REGISTRY: dict[str, type[FreightError]] = {}
+# (code, first class, second class) for a code claimed twice; a test fails on it.
+_CLAIMED_TWICE: list[tuple[str, type[FreightError], type[FreightError]]] = []
+
+
+def registered() -> Mapping[str, type[FreightError]]:
+    """Every error code defined so far and its class (read-only)."""
+    return MappingProxyType(_REGISTRY)
+
+
+def claimed_twice() -> list[tuple[str, type[FreightError], type[FreightError]]]:
+    """Codes two different classes claimed (the first one keeps the code)."""
+    return list(_CLAIMED_TWICE)
+
+
+def _register(cls: type[FreightError]) -> None:
+    code = cls.__dict__.get("code")
+    if not isinstance(code, str):  # no code of its own: it carries one per instance
+        return
+    first = _REGISTRY.setdefault(code, cls)
+    if first is cls:
+        return
+    if (first.__module__, first.__qualname__) == (cls.__module__, cls.__qualname__):
+        _REGISTRY[code] = cls  # the same class defined again (a reloaded module)
+    else:
+        _CLAIMED_TWICE.append((code, first, cls))
+
 
 class FreightError(Exception):
     """Base of every error Freight raises on purpose.
@@ -19,6 +68,10 @@ class FreightError(Exception):
     code: str = "error"
     exit_code: int = 1
     hint: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        _register(cls)
 
     def __init__(self, message: str = "", *, hint: str | None = None) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
@@ -34,11 +87,15 @@ class FreightError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
+_register(FreightError)
+
+
 class ProtocolError(FreightError):
     """The bytes on the wire broke the Freight protocol."""
 
     code = "protocol_error"
     exit_code = 5
+    hint = "run the command again; if it happens again, report it with the hub's log"
 
 
 class LocalProtocolError(ProtocolError):

@@ -1,0 +1,263 @@
+"""The hub's REST calls for accounts, keys, agents, collection and the hub
+itself, as methods of :class:`freight.Client` (this mixin needs only its
+``request``). Answers are the hub's JSON as dicts; errors are typed
+(``freight.errors``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import blake3
+
+from ..errors import NotFound, StorageError, UsageError
+from ..names import check_new_password, check_user_name
+from ..units import UNLIMITED_WORDS, parse_size
+from .remote import split_remote
+from .session import HubSession
+
+USERS_HINT = "run: freight users ls"
+KEYS_HINT = "run: freight keys ls"
+# The states in which an agent's command has its final answer.
+COMMAND_ENDED = ("done", "failed", "cancelled")
+
+
+class AdminCalls:
+    """Accounts, keys, agents, collection, events, bandwidth, connections."""
+
+    async def request(self, method: str, path: str, body: Any = None) -> Any:
+        raise NotImplementedError
+
+    async def _call(self, method: str, path: str, body: Any = None, *, hint: str) -> Any:
+        try:
+            return await self.request(method, path, body)
+        except NotFound as exc:
+            raise NotFound(exc.message, hint=hint) from None
+
+    # --- accounts -----------------------------------------------------------
+
+    async def users(self) -> list[dict[str, Any]]:
+        """Every account: name, role, disabled, created, used and quota (admins)."""
+        return list(await self._call("GET", "/v1/users", hint=USERS_HINT))
+
+    async def add_user(self, name: str, password: str, *, admin: bool = False) -> dict[str, Any]:
+        """Add an account (admins)."""
+        check_user_name(name)
+        check_new_password(password)
+        body = {"name": name, "password": password, "admin": admin}
+        return dict(await self._call("POST", "/v1/users", body, hint=USERS_HINT))
+
+    async def disable_user(self, name: str) -> dict[str, Any]:
+        """Disable an account: its logins end at once (admins)."""
+        check_user_name(name)
+        return dict(await self._call("POST", f"/v1/users/{name}/disable", hint=USERS_HINT))
+
+    async def enable_user(self, name: str) -> dict[str, Any]:
+        """Enable an account again; it logs in afresh (admins)."""
+        check_user_name(name)
+        return dict(await self._call("POST", f"/v1/users/{name}/enable", hint=USERS_HINT))
+
+    async def set_quota(self, name: str, quota: int | str) -> dict[str, Any]:
+        """Bytes (or a size such as ``"50G"``) the account may hold; 0: no quota."""
+        check_user_name(name)
+        if isinstance(quota, str):
+            value = 0 if quota.strip().lower() in UNLIMITED_WORDS else parse_size(quota)
+        else:
+            value = quota
+        body = {"quota": value}
+        return dict(await self._call("PUT", f"/v1/users/{name}/quota", body, hint=USERS_HINT))
+
+    async def passwd(self, current: str, new: str) -> dict[str, Any]:
+        """Change this account's password; its other logins end."""
+        check_new_password(new)
+        body = {"current": current, "new": new}
+        return dict(await self._call("POST", "/v1/passwd", body, hint=USERS_HINT))
+
+    # --- identity keys ------------------------------------------------------
+
+    async def keys(self, user: str | None = None) -> dict[str, Any]:
+        """The account's identity keys (``user``: another's, admins only)."""
+        query = f"?user={check_user_name(user)}" if user else ""
+        return dict(await self._call("GET", "/v1/keys" + query, hint=KEYS_HINT))
+
+    async def remove_key(self, key: str, user: str | None = None) -> dict[str, Any]:
+        """Remove an identity key, named whole or by 8+ hex digits; the
+        logins that registered it end at once."""
+        query = f"?user={check_user_name(user)}" if user else ""
+        full = key.lower()
+        if len(full) != 64:
+            listed = await self._call("GET", "/v1/keys" + query, hint=KEYS_HINT)
+            found = [k["key"] for k in listed["keys"] if k["key"].startswith(full)]
+            if len(full) < 8 or len(found) != 1:
+                raise UsageError(
+                    f"{key!r} names {len(found)} keys; give 8 or more hex digits of one key",
+                    hint=KEYS_HINT,
+                )
+            full = found[0]
+        return dict(await self._call("DELETE", f"/v1/keys/{full}{query}", hint=KEYS_HINT))
+
+    # --- agents (admins) ----------------------------------------------------
+
+    async def agents(self) -> list[dict[str, Any]]:
+        """Enrolled agents: online, last seen, version, address, busy, queued."""
+        return list(await self.request("GET", "/v1/agents"))
+
+    async def agent_token(self, name: str, ttl: float = 24 * 3600.0) -> dict[str, Any]:
+        """A one-time enrolment token for an agent to be called ``name``."""
+        return dict(await self.request("POST", "/v1/agents/tokens", {"name": name, "ttl": ttl}))
+
+    async def revoke_agent_tokens(self, name: str) -> int:
+        """Revoke the unused enrolment tokens made for ``name``; how many."""
+        return int((await self.request("DELETE", f"/v1/agents/tokens/{name}"))["revoked"])
+
+    async def disable_agent(self, name: str) -> None:
+        await self.request("POST", f"/v1/agents/{name}/disable")
+
+    async def enable_agent(self, name: str) -> None:
+        await self.request("POST", f"/v1/agents/{name}/enable")
+
+    async def remove_agent(self, name: str) -> None:
+        await self.request("DELETE", f"/v1/agents/{name}")
+
+    async def set_agent_key(self, name: str, key: str) -> dict[str, Any]:
+        """Replace an agent's login key; its logins end at once."""
+        return dict(await self.request("PUT", f"/v1/agents/{name}/key", {"key": key}))
+
+    async def set_agent_cap(self, name: str, cap: int) -> None:
+        """Cap an agent's bandwidth through the hub, bytes/s (0: none)."""
+        await self.request("PUT", f"/v1/agents/{name}/cap", {"cap": cap})
+
+    async def agent_command(
+        self, name: str, kind: str, args: dict[str, str] | None = None, *, wait: float = 30.0
+    ) -> dict[str, Any]:
+        """Queue a command for an agent; with ``wait`` > 0, its row once it
+        ended (or as it stands when ``wait`` seconds are up)."""
+        body = {"kind": kind, "args": args or {}}
+        row = dict(await self.request("POST", f"/v1/agents/{name}/commands", body))
+        if wait <= 0:
+            return row
+        return await self.command_result(int(row["id"]), wait=wait)
+
+    async def command_result(self, command_id: int, *, wait: float = 30.0) -> dict[str, Any]:
+        """A queued command's row, waiting up to ``wait`` s for it to end."""
+        deadline = time.monotonic() + wait
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            row = dict(
+                await self.request(
+                    "GET", f"/v1/agents/commands/{command_id}?wait={min(left, 60):.1f}"
+                )
+            )
+            if row["state"] in COMMAND_ENDED or time.monotonic() >= deadline:
+                return row
+
+    async def cancel_command(self, command_id: int) -> dict[str, Any]:
+        """Cancel a queued command (not delivered again; a late answer is refused)."""
+        return dict(await self.request("POST", f"/v1/agents/commands/{command_id}/cancel"))
+
+    # --- collection (admins) ------------------------------------------------
+
+    async def collect_policies(self) -> list[dict[str, Any]]:
+        return list(await self.request("GET", "/v1/collect/policies"))
+
+    async def set_collect_policy(
+        self,
+        name: str,
+        *,
+        agents: str = "*",
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        max_size: str | int = "0",
+        every: float = 3600.0,
+    ) -> dict[str, Any]:
+        """Add or replace a collection policy (``every``: seconds between rescans)."""
+        body = {
+            "agents": agents,
+            "include": include or [],
+            "exclude": exclude or [],
+            "max_size": max_size,
+            "every": every,
+        }
+        return dict(await self.request("PUT", f"/v1/collect/policies/{name}", body))
+
+    async def remove_collect_policy(self, name: str) -> None:
+        """Remove a policy (what it collected stays)."""
+        await self.request("DELETE", f"/v1/collect/policies/{name}")
+
+    async def collected(self, policy: str | None = None) -> list[dict[str, Any]]:
+        """One row per unique content, with the agents and paths holding it."""
+        query = f"?policy={policy}" if policy else ""
+        return list(await self.request("GET", "/v1/collected" + query))
+
+    async def collected_stats(self) -> dict[str, Any]:
+        return dict(await self.request("GET", "/v1/collected/stats"))
+
+    # --- the hub (admins) ---------------------------------------------------
+
+    async def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """The hub's event log, newest first (``kind``: only those)."""
+        query = f"?limit={limit}" + (f"&kind={kind}" if kind else "")
+        return list(await self.request("GET", "/v1/admin/events" + query))
+
+    async def bandwidth(self) -> dict[str, Any]:
+        """The hub's bandwidth budget and its rate now."""
+        return dict(await self.request("GET", "/v1/bandwidth"))
+
+    async def set_bandwidth(self, budget: str) -> dict[str, Any]:
+        """Change the budget at run time: ``"100M"``, ``"off"`` or a timetable."""
+        return dict(await self.request("PUT", "/v1/admin/bandwidth", {"budget": budget}))
+
+    async def connections(self) -> list[dict[str, Any]]:
+        """Live relayed connections."""
+        return list(await self.request("GET", "/v1/admin/connections"))
+
+    async def kill_connection(self, cid: str) -> None:
+        """End a live connection; both ends are told an admin ended it."""
+        await self.request("DELETE", f"/v1/admin/connections/{cid}")
+
+
+async def fetch_collected(session: HubSession, what: str, out: Path) -> tuple[str, int, Path]:
+    """Collected content (a BLAKE3 digest, or ``AGENT:/path`` as offered)
+    from the hub into ``out`` (a file, or a folder to put it in), checked
+    against its digest. Returns (digest, size, file)."""
+    digest, name = what, what[:16]
+    remote = split_remote(what)
+    if remote is not None:
+        rows = await session.request("GET", "/v1/collected")
+        match = [r for r in rows for h in r["holders"] if (h["agent"], h["path"]) == remote]
+        if not match:
+            raise NotFound(f"{what} was not offered for collection")
+        digest, name = match[0]["digest"], Path(remote[1]).name
+    elif len(what) != 64:
+        raise UsageError("give a 64-digit BLAKE3 digest or AGENT:/path")
+    target = out / name if out.is_dir() else out
+    part = target.with_name(target.name + ".freight-part")
+    url = session.url.with_path(f"/v1/collected/{digest}")
+    size = 0
+    hasher = blake3.blake3()
+    async with session.http.get(url) as resp:
+        if resp.status == 404:
+            raise NotFound(f"{what} is not (yet) stored on the hub")
+        if resp.status >= 400:
+            raise UsageError(f"the hub refused: {resp.status}")
+        try:
+            with open(part, "wb") as f:
+                async for block in resp.content.iter_chunked(1 << 20):
+                    f.write(block)
+                    hasher.update(block)
+                    size += len(block)
+                f.flush()
+                await asyncio.to_thread(os.fsync, f.fileno())
+        except OSError as exc:
+            raise StorageError(f"cannot write {part}: {exc.strerror or exc}") from None
+        except aiohttp.ClientError as exc:
+            raise session.connection_error(exc) from None
+    if hasher.hexdigest() != digest:
+        part.unlink(missing_ok=True)
+        raise StorageError("what arrived does not match its digest; try again")
+    os.replace(part, target)
+    return digest, size, target

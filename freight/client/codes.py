@@ -1,0 +1,119 @@
+"""Sending and receiving files under a one-time code: the sender offers a
+code and waits for a receiver that proves it; both ends ride out drops and
+restarts (a stopped sender resumes with the same code)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import CodeUnknown, ConnectionEnded
+from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
+from ..protocol.errors import ProtocolError
+from .listener import Listener, split_code
+from .receiving import Consent, Destination, receive_entries, refuse_to_replace
+from .relay import Connection, RelayClient
+from .sendrecv import Entry, Reporter, Summary, send_entries
+from .words import new_code_words
+
+# A claim that has linked proves its code within this, or counts as failed
+# (it also holds the code: nobody else can claim it meanwhile).
+HANDSHAKE_TIMEOUT = 60.0
+
+
+@dataclass(frozen=True)
+class Offered:
+    """A code the hub granted: give ``code`` to the receiver."""
+
+    code: str
+    expires_in: float
+
+
+async def _handshake(conn: Connection, offer: Listener, reporter: Reporter) -> bool:
+    """Wait for a claim to prove the code; False (and a notice) if it did not.
+    Each failed claim counts: the offer ends after MAX_CODE_GUESSES."""
+    try:
+        await conn.wait_established(HANDSHAKE_TIMEOUT)
+        return True
+    except TimeoutError:
+        await conn.abort("timeout", "the code handshake took too long")
+        why = "a receiver did not prove the code in time"
+    except WrongCode:
+        why = "someone tried a wrong code"
+    except (ConnectionEnded, ProtocolError):
+        why = "a receiver left before proving the code"
+    reporter.notice(
+        f"{why} ({offer.failures} of {MAX_CODE_GUESSES} failed claims allowed); still waiting"
+    )
+    return False
+
+
+async def send_with_code(
+    relay: RelayClient,
+    entries: list[Entry],
+    reporter: Reporter,
+    *,
+    code: str | None = None,
+    ttl: float = 3600.0,
+    on_code: Callable[[Offered], object] | None = None,
+) -> Summary:
+    """Offer ``entries`` under a new code (or ``code``, to resume a stopped
+    send), tell ``on_code`` the code, and send to the first receiver that
+    proves it; a receiver that drops is waited for again until the code
+    expires. ``relay`` must be started."""
+    nameplate, words = split_code(code) if code else ("", new_code_words())
+    offer = await relay.offer(words, nameplate, ttl)
+    if on_code is not None:
+        on_code(Offered(offer.code, offer.expires_in))
+    deadline = time.monotonic() + offer.expires_in
+    while True:
+        try:
+            conn = await asyncio.wait_for(offer.accept(), max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise CodeUnknown(
+                f"code {offer.code} expired before the transfer finished",
+                hint="run freight send again for a new code; --ttl sets how long it lasts",
+            ) from None
+        try:
+            if await _handshake(conn, offer, reporter):
+                summary = await send_entries(conn, entries, reporter)
+                await conn.close()
+                return summary
+        except ConnectionEnded as exc:
+            reporter.notice(f"{exc.message}; waiting for the receiver to come back")
+        finally:
+            if not conn.closed:
+                await conn.abort()
+
+
+def sender_restarted(exc: ConnectionEnded) -> bool:
+    """Did the hub end the connection because the sender started again
+    (the receiver then claims the code again and resumes)?"""
+    return "started again" in exc.message
+
+
+async def receive_with_code(
+    relay: RelayClient,
+    code: str,
+    dest: Destination,
+    reporter: Reporter,
+    *,
+    consent: Consent = refuse_to_replace,
+) -> Summary:
+    """Claim ``code`` and receive what its sender offers into ``dest``,
+    resuming when the sender starts again. ``relay`` must be started."""
+    while True:
+        conn = await relay.claim(code)
+        try:
+            summary = await receive_entries(conn, dest, reporter, consent=consent)
+            await conn.close()
+            return summary
+        except ConnectionEnded as exc:
+            if not sender_restarted(exc):
+                raise
+            reporter.notice("the sender started again; resuming")
+        finally:
+            if not conn.closed:
+                await conn.abort()
