@@ -259,6 +259,12 @@ class ConnectionEnded(RemoteError):
     code = "connection_ended"
 
 
+class SenderRestarted(ConnectionEnded):
+    """The program offering the code started again (claim anew to resume)."""
+
+    code = "sender_restarted"
+
+
 class StorageError(FreightError):
     """A local file could not be read or written."""
 

@@ -22,7 +22,7 @@ from ..client.relay import TRANSPORTS, Connection, RelayClient
 from ..client.sendrecv import Summary, build_manifest, send_entries
 from ..client.session import HubSession
 from ..client.words import new_code_words
-from ..errors import CodeUnknown, ConnectionEnded, UsageError
+from ..errors import CodeUnknown, ConnectionEnded, SenderRestarted, UsageError
 from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
 from ..protocol.errors import ProtocolError
 from ..units import format_bytes, parse_duration
@@ -203,9 +203,8 @@ def receive(
                             )
                     await conn.close()
                     return summary, time.monotonic() - started
-                except ConnectionEnded as exc:
-                    if "started again" not in exc.message:
-                        raise
+                except SenderRestarted:
+                    # Branch on the hub's code (sender_restarted), not its words.
                     _say("the sender started again; resuming", quiet)
                 finally:
                     if not conn.closed:

@@ -52,6 +52,7 @@ from ..protocol.e2e import (
     public_of,
 )
 from ..protocol.errors import IntegrityError, ProtocolError
+from ..protocol.relaycodes import HangupCode, RefusalCode
 from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
@@ -719,7 +720,7 @@ class RelayClient:
             await self.on_other(msg)
         elif isinstance(msg, m.Error) and not rid:
             exc = code_to_error(msg.code, msg.message)
-            if msg.code == "code_burned":
+            if msg.code == RefusalCode.CODE_BURNED:
                 for offer in list(self.offers.values()):
                     offer.fail(exc)
                 self.offers.clear()
@@ -737,12 +738,14 @@ class RelayClient:
             conn = self._incoming(msg)
             if conn is None:
                 await self.send_frame(
-                    m.Hangup(cid=msg.cid, code="not_listening", message="no longer listening")
+                    m.Hangup(
+                        cid=msg.cid, code=HangupCode.NOT_LISTENING, message="no longer listening"
+                    )
                 )
                 return
             if conn.error is not None:
                 await self.send_frame(
-                    m.Hangup(cid=msg.cid, code="busy", message=conn.error.message)
+                    m.Hangup(cid=msg.cid, code=HangupCode.BUSY, message=conn.error.message)
                 )
                 return
         if conn is not None:

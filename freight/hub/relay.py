@@ -34,36 +34,35 @@ from typing import Any
 from ..protocol import messages as m
 from ..protocol.bucket import TokenBucket
 from ..protocol.e2e import ACCEPT, DIAL
+from ..protocol.relaycodes import HangupCode, RefusalCode
+from ..protocol.switch import (
+    CUT,
+    DEFAULT_QUEUE_LIMIT,
+    DROP,
+    FORWARD,
+    FRAME_COST,
+    PAUSE,
+    Port,
+    Switch,
+    other,
+)
 from .codes import CodeDesk
 from .observe import EventLog, Metrics
-from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused, other
+from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused
 from .streams import User
 
-DEFAULT_WINDOW = 4 * 1024 * 1024
-# A sender may overshoot by what it had in flight before Pause reached it;
-# far beyond that it is ignoring Pause and is cut off.
-OVERSHOOT = 4
-DETACHED_GRACE = 3600.0  # a connection with an end gone this long is ended
 ENDED_REMEMBERED = 10_000  # ended connections remembered for ends that rejoin late
-DEFAULT_QUEUE_LIMIT = 32 * 1024 * 1024  # bytes waiting for one attachment before Pause
-# What honest senders may still have on the way when Pause reaches them
-# (their write buffers, the kernel's, the hub's reads): measured up to ~25 MiB
-# for 16 connections from one client on loopback. Beyond queue_limit plus
-# this, senders are ignoring Pause and the attachment is dropped.
-IN_FLIGHT = 96 * 1024 * 1024
 MAX_LISTENS = 64  # applications one account may listen for
 DEFAULT_MAX_CONNS = 256  # relayed connections per account
 DEFAULT_MAX_CODES = 64  # valid codes per account
-# What a queued frame costs beyond its payload (header, bookkeeping), so that
-# floods of empty frames count too.
-FRAME_COST = 256
 
 
-class Attachment:
+class Attachment(Port):
     """One attached client. Frames to it go through a queue drained by one
     writer task, so a slow client never blocks the hub's other work."""
 
     def __init__(self, router: Router, user: User, chan: Any, transport: str) -> None:
+        super().__init__()
         self.aid = secrets.token_hex(8)
         self.router = router
         self.user = user
@@ -73,11 +72,8 @@ class Attachment:
         self.commands = False  # an agent's command channel
         self.address = ""
         self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
-        self.queued = 0  # bytes in ``out`` (FRAME_COST per frame included)
         self.wake = asyncio.Event()
-        self.closed = False
         self.ends: dict[str, str] = {}  # cid -> our role in it
-        self.paused_senders: dict[str, str] = {}  # cid -> role paused sending to us
         self.apps: set[str] = set()
         self.offers: set[str] = set()
         self.writer = asyncio.create_task(self._write())
@@ -89,12 +85,8 @@ class Attachment:
             return
         role = self.ends.get(conn.cid, "") if conn is not None else ""
         self.out.append((msg, payload, conn, role))
-        self._count(len(payload) + FRAME_COST)
+        self.router.metrics.relay_queued.inc(Switch.queue(self, len(payload)))
         self.wake.set()
-
-    def _count(self, size: int) -> None:
-        self.queued += size
-        self.router.metrics.relay_queued.inc(size)
 
     async def _write(self) -> None:
         try:
@@ -116,7 +108,6 @@ class Attachment:
                     try:
                         await (lane or self.chan).send(msg, payload)
                     finally:
-                        self._count(-len(payload) - FRAME_COST)
                         self.router.drained(self, conn, role, len(payload))
         except Exception:  # the channel broke: the reader side notices too
             self.closed = True
@@ -126,7 +117,6 @@ class Attachment:
         self.closed = True
         while self.out:
             _, payload, conn, role = self.out.popleft()
-            self._count(-len(payload) - FRAME_COST)
             self.router.drained(self, conn, role, len(payload))
         self.writer.cancel()
 
@@ -149,6 +139,7 @@ class Router:
         self.metrics = metrics
         self.window = window
         self.queue_limit = queue_limit
+        self.switch = Switch(window, queue_limit=queue_limit)
         self.max_conns = max_conns
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
@@ -196,9 +187,7 @@ class Router:
             if conn is not None and conn.ends[role] is att:
                 if conn.nameplate:
                     self.codes.interrupted(conn, "detached")
-                conn.ends[role] = None
-                conn.detached_since = now
-                if not conn.linked_once and conn.ends[other(role)] is None:
+                if self.switch.detach(conn, role, now):
                     # Never linked and nobody left: the dialling process went
                     # away (a reconnect dials it afresh).
                     self.conns.pop(cid, None)
@@ -209,12 +198,8 @@ class Router:
     def sweep(self, now: float) -> None:
         """End connections that have had an end missing for too long."""
         for conn in list(self.conns.values()):
-            if (
-                not conn.linked()
-                and conn.detached_since
-                and now - conn.detached_since > (DETACHED_GRACE)
-            ):
-                self.end(conn, "peer_gone", "the other end did not come back", by="hub")
+            if self.switch.expired(conn, now):
+                self.end(conn, HangupCode.PEER_GONE, "the other end did not come back", by="hub")
         self.codes.sweep(now)
 
     # --- requests -----------------------------------------------------------
@@ -259,18 +244,19 @@ class Router:
 
     def listen(self, att: Attachment, msg: m.Listen) -> None:
         if msg.app.startswith(CODE_APP_PREFIX):
-            raise RelayRefused("usage", "code:… applications are for send/receive only")
+            raise RelayRefused(RefusalCode.USAGE, "code:… applications are for send/receive only")
         key = (att.user.name, msg.app)
         current = self.listeners.get(key)
         if current is None and sum(1 for u, _ in self.listeners if u == key[0]) >= MAX_LISTENS:
             raise RelayRefused(
-                "limit_reached",
+                RefusalCode.LIMIT_REACHED,
                 f"you listen for {MAX_LISTENS} applications already (the hub's limit); "
                 "stop one first",
             )
         if current is not None and current[0] is not att and not current[0].closed:
             raise RelayRefused(
-                "conflict", f"you already listen for {msg.app!r} elsewhere; stop that one first"
+                RefusalCode.CONFLICT,
+                f"you already listen for {msg.app!r} elsewhere; stop that one first",
             )
         self.listeners[key] = (att, msg.peer)
         att.apps.add(msg.app)
@@ -290,25 +276,27 @@ class Router:
     async def _user(self, name: str) -> User:
         row = await self.db.user_by_name(name)
         if row is None:
-            raise RelayRefused("unknown_user", f"there is no user {name!r} on this hub")
+            raise RelayRefused(RefusalCode.UNKNOWN_USER, f"there is no user {name!r} on this hub")
         if row["disabled"]:
-            raise RelayRefused("unknown_user", f"{name!r} is disabled on this hub")
+            raise RelayRefused(RefusalCode.UNKNOWN_USER, f"{name!r} is disabled on this hub")
         return User(int(row["id"]), str(row["name"]), str(row["role"]))
 
     async def dial(self, att: Attachment, msg: m.Dial) -> None:
         me = att.user
         if msg.role == DIAL and msg.peer == me.name:
-            raise RelayRefused("self_connect", "you cannot connect to yourself")
+            raise RelayRefused(RefusalCode.SELF_CONNECT, "you cannot connect to yourself")
         conn = self.conns.get(msg.cid)
         if conn is not None:
             if conn.users.get(msg.role, None) is None or conn.users[msg.role].id != me.id:
-                raise RelayRefused("conflict", f"connection {msg.cid} belongs to someone else")
+                raise RelayRefused(
+                    RefusalCode.CONFLICT, f"connection {msg.cid} belongs to someone else"
+                )
             self.bind(conn, msg.role, att, rid=msg.rid)
             if not conn.linked():
                 att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
             return
         if msg.role == ACCEPT and not msg.rejoin:
-            raise RelayRefused("usage", "only a rejoin may name the accepting end")
+            raise RelayRefused(RefusalCode.USAGE, "only a rejoin may name the accepting end")
         ended = self.ended.get(msg.cid) if msg.rejoin else None
         if ended is not None and me.id in ended[3]:
             code, message, by, _ = ended
@@ -316,7 +304,7 @@ class Router:
             return
         if msg.app.startswith(CODE_APP_PREFIX):
             if not msg.rejoin:
-                raise RelayRefused("usage", "connect to a code with claim, not dial")
+                raise RelayRefused(RefusalCode.USAGE, "connect to a code with claim, not dial")
             try:
                 await self.codes.rejoin(att, msg)
             except RelayRefused as exc:
@@ -336,10 +324,10 @@ class Router:
                 ):
                     if old.ends[DIAL] is not None:
                         raise RelayRefused(
-                            "conflict",
+                            RefusalCode.CONFLICT,
                             f"a connection from you to {peer.name}/{msg.app} already exists",
                         )
-                    self.end(old, "replaced", "replaced by a new connection", by="hub")
+                    self.end(old, HangupCode.REPLACED, "replaced by a new connection", by="hub")
         self.check_room(me)
         conn = Conn(msg.cid, msg.app, users, linked_once=msg.rejoin, owner=me.id)
         self.conns[msg.cid] = conn
@@ -356,7 +344,7 @@ class Router:
         held = sum(1 for c in self.conns.values() if c.owner == user.id)
         if held >= self.max_conns:
             raise RelayRefused(
-                "limit_reached",
+                RefusalCode.LIMIT_REACHED,
                 f"you have {held} relayed connections open (the hub's limit); close some first",
             )
 
@@ -366,7 +354,7 @@ class Router:
                 return a.user
         row = await self.db.user_by_id(user_id)
         if row is None:
-            raise RelayRefused("code_unknown", "the sender's account no longer exists")
+            raise RelayRefused(RefusalCode.CODE_UNKNOWN, "the sender's account no longer exists")
         return User(int(row["id"]), str(row["name"]), str(row["role"]))
 
     # --- linking and forwarding -------------------------------------------
@@ -376,10 +364,9 @@ class Router:
     ) -> None:
         """Attach ``att`` as ``role`` of ``conn``; announce Linked to both
         ends once both are there."""
-        old = conn.ends[role]
-        if old is not None and old is not att:
+        old = self.switch.bind(conn, role, att)
+        if old is not None:
             old.ends.pop(conn.cid, None)
-        conn.ends[role] = att
         att.ends[conn.cid] = role
         if rid:
             conn.rids[role] = rid
@@ -393,11 +380,7 @@ class Router:
         keys = {end: await self._peer_keys(conn, other(end)) for end in (DIAL, ACCEPT)}
         if self.conns.get(conn.cid) is not conn or not conn.linked():
             return
-        rejoined = conn.linked_once
-        conn.linked_once = True
-        conn.detached_since = 0.0
-        conn.paused = {DIAL: False, ACCEPT: False}
-        conn.overshoot = {DIAL: 0, ACCEPT: 0}
+        rejoined = self.switch.link(conn)
         if conn.nameplate:
             self.codes.linked(conn)
         for end in (DIAL, ACCEPT):
@@ -433,45 +416,29 @@ class Router:
         role = att.ends.get(msg.cid)
         if conn is None or role is None or conn.ends[role] is not att:
             return  # an end that was replaced or a connection already ended
-        to = other(role)
-        target = conn.ends[to]
-        conn.relayed[role] += len(payload)
-        if target is None or target.closed:
-            return  # dropped: the sender keeps it and sends it again on relink
-        conn.queued[to] += len(payload)
+        verdict = self.switch.relay(conn, role, len(payload))
+        if verdict is DROP:
+            return  # the sender keeps it and sends it again on relink
+        target = conn.ends[other(role)]
+        assert target is not None
         target.post(msg, payload, conn)
-        if conn.paused[role]:
-            conn.overshoot[role] += len(payload)
-        if max(conn.queued[to], conn.overshoot[role]) > OVERSHOOT * self.window:
-            self.end(conn, "flow_violation", "the sender ignored Pause", by="hub")
-        elif target.queued > self.queue_limit + IN_FLIGHT:
-            self.too_slow(target)
-        elif not conn.paused[role] and (
-            conn.queued[to] > self.window or target.queued > self.queue_limit
-        ):
-            conn.paused[role] = True
-            target.paused_senders[conn.cid] = role
+        if verdict is FORWARD:
+            return
+        if verdict is PAUSE:
             att.post(m.Pause(cid=conn.cid))
+        elif verdict is CUT:
+            self.end(conn, HangupCode.FLOW_VIOLATION, "the sender ignored Pause", by="hub")
+        else:
+            self.too_slow(target)
 
     def drained(self, att: Attachment, conn: Conn | None, role: str, size: int) -> None:
         """A frame of ``size`` payload bytes towards ``att`` (as ``role`` of
         ``conn``, for a relayed record) left the hub or was dropped."""
-        if conn is not None:
-            conn.queued[role] = max(0, conn.queued[role] - size)
-        if not att.paused_senders or att.queued > self.queue_limit // 2:
-            return
-        for cid, sender in list(att.paused_senders.items()):
-            paused = self.conns.get(cid)
-            to = other(sender)
-            if paused is None or paused.ends[to] is not att or not paused.paused[sender]:
-                del att.paused_senders[cid]  # ended, relinked or resumed already
-            elif paused.queued[to] <= self.window // 2:
-                del att.paused_senders[cid]
-                paused.paused[sender] = False
-                paused.overshoot[sender] = 0
-                source = paused.ends[sender]
-                if source is not None:
-                    source.post(m.Resume(cid=cid))
+        self.metrics.relay_queued.inc(-size - FRAME_COST)
+        for paused, sender in self.switch.drained(att, conn, role, size):
+            source = paused.ends[sender]
+            if source is not None:
+                source.post(m.Resume(cid=paused.cid))
 
     def too_slow(self, att: Attachment) -> None:
         """Drop an attachment that lets far more than its queue bound pile up
@@ -492,6 +459,7 @@ class Router:
 
     def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
         self.conns.pop(conn.cid, None)
+        self.switch.end(conn)
         if conn.nameplate:
             self.codes.interrupted(conn, code)
             self.codes.ended(conn)
@@ -543,7 +511,7 @@ class Router:
         conn = self.conns.get(cid)
         if conn is None:
             return False
-        self.end(conn, "killed", f"ended by admin {admin}", by="admin")
+        self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by="admin")
         return True
 
     # --- agents ------------------------------------------------------------------
