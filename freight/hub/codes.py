@@ -90,10 +90,11 @@ class CodeDesk:
                     current, HangupCode.SENDER_RESTARTED, "the sender started again", by="hub"
                 )
         att.offers.add(nameplate)
-        att.post(
+        self.router.deliver(
+            att,
             m.CodeGrant(
                 rid=msg.rid, nameplate=nameplate, expires_in=max(0.0, expires - time.time())
-            )
+            ),
         )
         await self.events.emit("code_offered", att.user.name, nameplate=nameplate)
 
@@ -134,7 +135,7 @@ class CodeDesk:
         if offer.att is not None and not offer.att.closed:
             self.router.bind(conn, ACCEPT, offer.att)
         else:
-            att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+            self.router.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
 
     async def rejoin(self, att: Attachment, msg: m.Dial) -> None:
         """A rejoin of a code's connection the hub does not hold (it
@@ -166,7 +167,7 @@ class CodeDesk:
         if offer is not None:
             offer.conn = conn
         self.router.bind(conn, msg.role, att, rid=msg.rid, announce=False)
-        att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+        self.router.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
 
     # --- the handshake on each link ----------------------------------------------
 
@@ -221,7 +222,9 @@ class CodeDesk:
             return
         if offer.att is not None:
             offer.att.offers.discard(nameplate)
-            offer.att.post(m.Error(code=RefusalCode.CODE_BURNED, message=text, rid=""))
+            self.router.deliver(
+                offer.att, m.Error(code=RefusalCode.CODE_BURNED, message=text, rid="")
+            )
         if offer.conn is not None and self.router.conns.get(offer.conn.cid) is offer.conn:
             self.router.end(offer.conn, HangupCode.CODE_BURNED, text, by="hub")
 

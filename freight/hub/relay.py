@@ -46,8 +46,11 @@ from ..protocol.switch import (
     Switch,
     other,
 )
+from ..tasks import Supervisor
+from .bus import Bus, InProcessBus
 from .codes import CodeDesk
 from .observe import EventLog, Metrics
+from .presence import Presence
 from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused
 from .streams import User
 
@@ -76,7 +79,9 @@ class Attachment(Port):
         self.ends: dict[str, str] = {}  # cid -> our role in it
         self.apps: set[str] = set()
         self.offers: set[str] = set()
-        self.writer = asyncio.create_task(self._write())
+        self.tasks = Supervisor(f"attachment/{self.aid}")
+        self.writer = self.tasks.spawn(self._write(), name="writer")
+        router.bus.subscribe(self.aid, self.post)
 
     def post(self, msg: m.Message, payload: bytes = b"", conn: Conn | None = None) -> None:
         """Queue a frame. ``conn`` marks a relayed record counted in that
@@ -140,16 +145,16 @@ class Router:
         self.window = window
         self.queue_limit = queue_limit
         self.switch = Switch(window, queue_limit=queue_limit)
+        self.bus: Bus = InProcessBus()
         self.max_conns = max_conns
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
         self.codes = CodeDesk(self, max_codes)
         self.fingerprint = ""  # of the certificate we serve, set once listening
         self.attachments: set[Attachment] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.presence: Presence[Attachment] = Presence(self.attachments)
+        self.tasks = Supervisor("relay")
         self._keys: dict[int, list[str]] = {}
-        self.caps: dict[int, TokenBucket] = {}  # per-agent bandwidth caps
-        self._command_events: dict[int, asyncio.Event] = {}
         # How recent connections ended, so an end that was away when its
         # peer hung up learns why when it rejoins, instead of waiting for a
         # peer that will never come back.
@@ -157,16 +162,15 @@ class Router:
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, kept until done and cancelled by
-        :meth:`aclose` (database writes that frame handlers must not wait for)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        :meth:`aclose` (database writes that frame handlers must not wait
+        for); a failure is logged by the supervisor."""
+        try:
+            self.tasks.spawn(work, name=getattr(work, "__name__", "work"), detached=True)
+        except RuntimeError:  # closing: the supervisor closed the coroutine
+            self.log.debug("relay_closing_work_dropped")
 
     async def aclose(self) -> None:
-        tasks, self._tasks = set(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.aclose()
 
     # --- attachments ------------------------------------------------------
 
@@ -178,6 +182,7 @@ class Router:
 
     def detach(self, att: Attachment) -> None:
         self.attachments.discard(att)
+        self.bus.unsubscribe(att.aid, att.post)
         att.discard_queue()
         if att.lane is not None:
             self.spawn(att.lane.aclose())
@@ -213,7 +218,7 @@ class Router:
             try:
                 await self._request(att, msg)
             except RelayRefused as exc:
-                att.post(m.Error(code=exc.code, message=exc.message, rid=msg.rid))
+                self.deliver(att, m.Error(code=exc.code, message=exc.message, rid=msg.rid))
             return True
         if isinstance(msg, m.Hangup):
             conn = self.conns.get(msg.cid)
@@ -234,7 +239,7 @@ class Router:
         elif isinstance(msg, m.Unlisten):
             self.listeners.pop((att.user.name, msg.app), None)
             att.apps.discard(msg.app)
-            att.post(m.Done(rid=msg.rid))
+            self.deliver(att, m.Done(rid=msg.rid))
         elif isinstance(msg, m.Dial):
             await self.dial(att, msg)
         elif isinstance(msg, m.Offer):
@@ -260,7 +265,7 @@ class Router:
             )
         self.listeners[key] = (att, msg.peer)
         att.apps.add(msg.app)
-        att.post(m.Done(rid=msg.rid))
+        self.deliver(att, m.Done(rid=msg.rid))
         # Dials that were waiting for this listener connect now.
         for conn in list(self.conns.values()):
             if (
@@ -293,14 +298,14 @@ class Router:
                 )
             self.bind(conn, msg.role, att, rid=msg.rid)
             if not conn.linked():
-                att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+                self.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
             return
         if msg.role == ACCEPT and not msg.rejoin:
             raise RelayRefused(RefusalCode.USAGE, "only a rejoin may name the accepting end")
         ended = self.ended.get(msg.cid) if msg.rejoin else None
         if ended is not None and me.id in ended[3]:
             code, message, by, _ = ended
-            att.post(m.Hangup(cid=msg.cid, code=code, message=message, by=by))
+            self.deliver(att, m.Hangup(cid=msg.cid, code=code, message=message, by=by))
             return
         if msg.app.startswith(CODE_APP_PREFIX):
             if not msg.rejoin:
@@ -310,7 +315,9 @@ class Router:
             except RelayRefused as exc:
                 # The rejoining end holds a connection that cannot come back:
                 # tell it why, not only the request.
-                att.post(m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by="hub"))
+                self.deliver(
+                    att, m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by="hub")
+                )
                 raise
             return
         peer = await self._user(msg.peer)
@@ -337,7 +344,7 @@ class Router:
             if listener is not None and listener[1] in ("*", me.name):
                 self.bind(conn, ACCEPT, listener[0])
                 return
-        att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+        self.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
 
     def check_room(self, user: User) -> None:
         """Refuse a new connection beyond the account's cap."""
@@ -358,6 +365,12 @@ class Router:
         return User(int(row["id"]), str(row["name"]), str(row["role"]))
 
     # --- linking and forwarding -------------------------------------------
+
+    def deliver(
+        self, att: Attachment, msg: m.Message, payload: bytes = b"", conn: Conn | None = None
+    ) -> None:
+        """Hand a frame to an attachment through the bus, by its id."""
+        self.bus.publish(att.aid, msg, payload, conn)
 
     def bind(
         self, conn: Conn, role: str, att: Attachment, *, rid: str = "", announce: bool = True
@@ -386,7 +399,8 @@ class Router:
         for end in (DIAL, ACCEPT):
             att = conn.ends[end]
             assert att is not None
-            att.post(
+            self.deliver(
+                att,
                 m.Linked(
                     cid=conn.cid,
                     rid=conn.rids.pop(end, ""),
@@ -399,7 +413,7 @@ class Router:
                     peer_role=conn.users[other(end)].role,
                     me=conn.users[end].name,
                     hub=self.fingerprint,
-                )
+                ),
             )
         if not rejoined:
             self.metrics.connections.labels("relay").inc()
@@ -421,11 +435,11 @@ class Router:
             return  # the sender keeps it and sends it again on relink
         target = conn.ends[other(role)]
         assert target is not None
-        target.post(msg, payload, conn)
+        self.deliver(target, msg, payload, conn)
         if verdict is FORWARD:
             return
         if verdict is PAUSE:
-            att.post(m.Pause(cid=conn.cid))
+            self.deliver(att, m.Pause(cid=conn.cid))
         elif verdict is CUT:
             self.end(conn, HangupCode.FLOW_VIOLATION, "the sender ignored Pause", by="hub")
         else:
@@ -438,7 +452,7 @@ class Router:
         for paused, sender in self.switch.drained(att, conn, role, size):
             source = paused.ends[sender]
             if source is not None:
-                source.post(m.Resume(cid=paused.cid))
+                self.deliver(source, m.Resume(cid=paused.cid))
 
     def too_slow(self, att: Attachment) -> None:
         """Drop an attachment that lets far more than its queue bound pile up
@@ -472,7 +486,7 @@ class Router:
             if att is not None:
                 att.ends.pop(conn.cid, None)
                 if att is not skip:
-                    att.post(m.Hangup(cid=conn.cid, code=code, message=message, by=by))
+                    self.deliver(att, m.Hangup(cid=conn.cid, code=code, message=message, by=by))
         self.spawn(
             self.events.emit(
                 "connection_closed",
@@ -514,40 +528,30 @@ class Router:
         self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by="admin")
         return True
 
-    # --- agents ------------------------------------------------------------------
+    # --- agents (kept for callers: presence is its own service) ------------------
+
+    @property
+    def caps(self) -> dict[int, TokenBucket]:
+        return self.presence.caps
 
     def attachment_of(self, user_id: int) -> Attachment | None:
         """The agent's command channel, if it is attached."""
-        return next(
-            (a for a in self.attachments if a.user.id == user_id and a.commands and not a.closed),
-            None,
-        )
+        return self.presence.attachment_of(user_id)
 
     def cap_for(self, conn: Conn) -> TokenBucket | None:
-        if not self.caps:
-            return None
-        return self.caps.get(conn.users[DIAL].id) or self.caps.get(conn.users[ACCEPT].id)
+        return self.presence.cap_between(conn.users[DIAL].id, conn.users[ACCEPT].id)
 
     def set_cap(self, user_id: int, cap: int) -> None:
-        if cap <= 0:
-            self.caps.pop(user_id, None)
-        elif user_id in self.caps:
-            self.caps[user_id].set_rate(cap, time.monotonic())
-        else:
-            self.caps[user_id] = TokenBucket(cap, time.monotonic())
+        self.presence.set_cap(user_id, cap)
 
     def command_event(self, command_id: int) -> asyncio.Event:
-        """Set when command ``command_id`` gets its result; take it before
-        reading the command's state, so a result in between is not missed."""
-        return self._command_events.setdefault(command_id, asyncio.Event())
+        return self.presence.command_event(command_id)
 
     def forget_command_event(self, command_id: int) -> None:
-        self._command_events.pop(command_id, None)
+        self.presence.forget_command_event(command_id)
 
     def command_finished(self, command_id: int) -> None:
-        event = self._command_events.get(command_id)
-        if event is not None:
-            event.set()
+        self.presence.command_finished(command_id)
 
     async def sweep_loop(self, every: float = 60.0) -> None:
         while True:
