@@ -25,6 +25,7 @@ from ..client.words import new_code_words
 from ..errors import CodeUnknown, ConnectionEnded, SenderRestarted, UsageError
 from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
 from ..protocol.errors import ProtocolError
+from ..tasks import Supervisor
 from ..units import format_bytes, parse_duration
 from .common import HubOpt, JsonOpt, QuietOpt, run_async
 from .output import RichReporter, err_console, print_json
@@ -268,20 +269,18 @@ async def _pipe(conn: Connection) -> None:
             await conn.send(block)
         await conn.shutdown()
 
-    up = asyncio.create_task(upstream())
-    out = sys.stdout.buffer
-    try:
+    async with Supervisor("pipe") as tasks:  # leaving it cancels what still runs
+        up = tasks.spawn(upstream(), name="stdin")
+        out = sys.stdout.buffer
         while data := await conn.recv():
             out.write(data)
             out.flush()
-        gone = asyncio.create_task(conn.wait_closed())
+        gone = tasks.spawn(conn.wait_closed(), name="closed")
         await asyncio.wait({up, gone}, return_when=asyncio.FIRST_COMPLETED)
         gone.cancel()
         if up.done() and not up.cancelled() and up.exception() is not None:
             raise up.exception()  # type: ignore[misc]
         await conn.close()
-    finally:
-        up.cancel()
 
 
 def connect(
