@@ -433,9 +433,8 @@ class Router:
         verdict = self.switch.relay(conn, role, len(payload))
         if verdict is DROP:
             return  # the sender keeps it and sends it again on relink
-        target = conn.ends[other(role)]
-        assert target is not None
-        self.deliver(target, msg, payload, conn)
+        target = conn.ends[ACCEPT if role == DIAL else DIAL]
+        self.bus.publish(target.aid, msg, payload, conn)  # (deliver(), inlined: per record)
         if verdict is FORWARD:
             return
         if verdict is PAUSE:

@@ -88,8 +88,12 @@ _TABLE: Final[dict[str, dict[EndState, EndState]]] = {
     "ack": {**{s: s for s in _SESSION}, E.CLOSED: E.CLOSED},
     "close": {s: E.CLOSED for s in EndState if s is not E.ERROR},
 }
-_RECV: Final = _TABLE["recv"]
-_SEND: Final = _TABLE["send"]
+# Per-record checks compare identities: an enum's hash is Python code.
+_OPEN: Final = E.OPEN
+_LOCAL_EOF: Final = E.LOCAL_EOF
+_REMOTE_EOF: Final = E.REMOTE_EOF
+_CLOSED: Final = E.CLOSED
+_ERROR: Final = E.ERROR
 _NOTHING: Final[tuple[Out, ...]] = ()
 
 
@@ -235,9 +239,10 @@ class RelayEnd:
         """May a record of ``size`` plaintext bytes go now (window, Pause,
         resend in progress)?"""
         s = self.session
+        state = self.state
         return (
             s is not None
-            and self.state in _SEND
+            and (state is _OPEN or state is _REMOTE_EOF)
             and not self.paused
             and not self.resending
             and s.can_send(size)
@@ -274,10 +279,11 @@ class RelayEnd:
     def receive(self, kind: str, seq: int, payload: bytes) -> Sequence[Out]:
         """A ``d`` or ``a`` record from the peer; returns what to send back.
         Messages land in :attr:`inbox`."""
-        if self.state is EndState.ERROR:
+        state = self.state
+        if state is _ERROR:
             raise LocalProtocolError(f"relay connection {self.cid} failed already")
         s = self.session
-        if s is None or self.state is EndState.CLOSED:
+        if s is None or state is _CLOSED:
             return _NOTHING  # from before a handshake restart, or after the end
         if kind == KIND_DATA:
             try:
@@ -297,7 +303,7 @@ class RelayEnd:
                     return (self.ack(gap=True),)
                 return _NOTHING
             self._gap_reported_at = -1  # progress: a later gap is news again
-            if self.state not in _RECV:
+            if state is not _OPEN and state is not _LOCAL_EOF:
                 self._step("recv")  # raises: a new record after the peer's EOF
             if plain[:1] == RECORD_EOF:
                 self._step("recv_eof")

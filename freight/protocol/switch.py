@@ -114,6 +114,8 @@ _TABLE: Final[dict[tuple[LinkState, str], LinkState]] = {
     (L.ENDED, "end"): L.ENDED,
 }
 _RELAYING: Final = frozenset({L.WAITING, L.LINKED, L.HALF})
+_ENDED: Final = L.ENDED
+_ERROR: Final = L.ERROR
 
 
 def other(role: str) -> str:
@@ -249,7 +251,8 @@ class Switch:
         """A record of ``size`` bytes from ``role``: count it and say what to
         do. Anything but DROP means the adapter queues it to the other end
         (with :meth:`queue`, which the verdict already counts)."""
-        if link.state not in _RELAYING:
+        state = link.state  # identity tests: an enum's hash is Python code
+        if state is _ENDED or state is _ERROR:
             link.state = LinkState.ERROR
             raise LocalProtocolError(f"relay link {link.cid}: a record after it ended")
         link.relayed[role] += size
