@@ -187,7 +187,7 @@ STEPS = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(STEPS, st.binary(min_size=0, max_size=64))
 def test_random_sequences_raise_only_protocol_errors(
     steps: list[tuple[str, int]], junk: bytes
