@@ -113,6 +113,10 @@ class RelayEnd:
         # that none lands behind a gap at the far end.
         self.resending = False
         self.inbox: deque[bytes] = deque()  # messages the application has not taken
+        # What the half-closes were, kept once the connection is CLOSED (a
+        # hang-up after the peer's end of stream still reads as that end).
+        self._eof_in = False
+        self._eof_out = False
         self._consumed = 0  # bytes taken since our last acknowledgement
         self._gap_reported_at = -1  # the expected seq we last asked a resend from
 
@@ -139,11 +143,13 @@ class RelayEnd:
 
     @property
     def eof_sent(self) -> bool:
-        return self.state is EndState.LOCAL_EOF or self.state is EndState.DONE
+        """Our sending side was closed (also after the hang-up)."""
+        return self._eof_out
 
     @property
     def eof_received(self) -> bool:
-        return self.state is EndState.REMOTE_EOF or self.state is EndState.DONE
+        """The peer closed its sending side (also after the hang-up)."""
+        return self._eof_in
 
     @property
     def unacked(self) -> int:
@@ -256,7 +262,9 @@ class RelayEnd:
 
     def send_eof(self) -> Out:
         """Seal the end of our sending side."""
-        return self._seal("send_eof", RECORD_EOF)
+        out = self._seal("send_eof", RECORD_EOF)
+        self._eof_out = True
+        return out
 
     def _seal(self, event: str, plain: bytes) -> Out:
         s = self.session
@@ -307,6 +315,7 @@ class RelayEnd:
                 self._step("recv")  # raises: a new record after the peer's EOF
             if plain[:1] == RECORD_EOF:
                 self._step("recv_eof")
+                self._eof_in = True
                 s.release()
                 return (self.ack(),)
             self.inbox.append(plain[1:])

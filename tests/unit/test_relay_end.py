@@ -250,3 +250,14 @@ def test_random_sequences_raise_only_protocol_errors(
 
 def test_handshake_kind_constant() -> None:
     assert KIND_HANDSHAKE == "h"
+
+
+def test_the_half_closes_are_remembered_after_the_hang_up() -> None:
+    """A hang-up after the peer's end of stream must still read as that end
+    (the application's recv() returns b"" rather than waiting forever)."""
+    a, b = pair()
+    deliver(b, [a.send_eof()])
+    a.close()
+    b.close()
+    assert b.closed and b.eof_received and not b.eof_sent
+    assert a.closed and a.eof_sent and not a.eof_received
