@@ -316,6 +316,12 @@ class ConnectionEnded(RemoteError):
     hint = "open a new connection"
 
 
+class SenderRestarted(ConnectionEnded):
+    """The program offering the code started again (claim anew to resume)."""
+
+    code = "sender_restarted"
+
+
 class StorageError(FreightError):
     """A local file could not be read or written."""
 

@@ -22,9 +22,10 @@ from ..client.relay import TRANSPORTS, Connection, RelayClient
 from ..client.sendrecv import Summary, build_manifest, send_entries
 from ..client.session import HubSession
 from ..client.words import new_code_words
-from ..errors import CodeUnknown, ConnectionEnded, UsageError
+from ..errors import CodeUnknown, ConnectionEnded, SenderRestarted, UsageError
 from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
 from ..protocol.errors import ProtocolError
+from ..tasks import Supervisor
 from ..units import format_bytes, parse_duration
 from .common import HubOpt, JsonOpt, QuietOpt, run_async
 from .output import RichReporter, err_console, print_json
@@ -203,9 +204,8 @@ def receive(
                             )
                     await conn.close()
                     return summary, time.monotonic() - started
-                except ConnectionEnded as exc:
-                    if "started again" not in exc.message:
-                        raise
+                except SenderRestarted:
+                    # Branch on the hub's code (sender_restarted), not its words.
                     _say("the sender started again; resuming", quiet)
                 finally:
                     if not conn.closed:
@@ -269,20 +269,18 @@ async def _pipe(conn: Connection) -> None:
             await conn.send(block)
         await conn.shutdown()
 
-    up = asyncio.create_task(upstream())
-    out = sys.stdout.buffer
-    try:
+    async with Supervisor("pipe") as tasks:  # leaving it cancels what still runs
+        up = tasks.spawn(upstream(), name="stdin")
+        out = sys.stdout.buffer
         while data := await conn.recv():
             out.write(data)
             out.flush()
-        gone = asyncio.create_task(conn.wait_closed())
+        gone = tasks.spawn(conn.wait_closed(), name="closed")
         await asyncio.wait({up, gone}, return_when=asyncio.FIRST_COMPLETED)
         gone.cancel()
         if up.done() and not up.cancelled() and up.exception() is not None:
             raise up.exception()  # type: ignore[misc]
         await conn.close()
-    finally:
-        up.cancel()
 
 
 def connect(

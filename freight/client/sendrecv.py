@@ -218,6 +218,7 @@ async def _send_file(
         f = os.fdopen(opener(path), "rb")
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    ready = False
     try:
         size = os.fstat(f.fileno()).st_size
         if size != entry.size:
@@ -229,12 +230,12 @@ async def _send_file(
                 hasher, offset = blake3.blake3(), 0  # the receiver holds another file
         else:
             offset = 0
+        ready = True
     except OSError as exc:
-        f.close()
         raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except BaseException:
-        f.close()
-        raise
+    finally:
+        if not ready:  # failed or cancelled: the file is not ours to keep open
+            f.close()
     summary.resumed += offset
     reporter.start(entry.path, size)
     reporter.update(entry.path, offset)

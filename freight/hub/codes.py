@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from ..protocol import messages as m
 from ..protocol.e2e import ACCEPT, DIAL, MAX_CODE_GUESSES
+from ..protocol.relaycodes import HangupCode, RefusalCode
 from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused
 from .streams import User
 
@@ -56,15 +57,17 @@ class CodeDesk:
             row = await self.db.get_code(msg.nameplate)
             if row is None:
                 raise RelayRefused(
-                    "code_unknown", f"code {msg.nameplate}-… has expired or is unknown"
+                    RefusalCode.CODE_UNKNOWN, f"code {msg.nameplate}-… has expired or is unknown"
                 )
             if int(row["user_id"]) != att.user.id:
-                raise RelayRefused("forbidden", f"code {msg.nameplate}-… belongs to someone else")
+                raise RelayRefused(
+                    RefusalCode.FORBIDDEN, f"code {msg.nameplate}-… belongs to someone else"
+                )
             nameplate, expires = msg.nameplate, float(row["expires"])
         else:
             if await self.db.count_codes(att.user.id) >= self.max_codes:
                 raise RelayRefused(
-                    "limit_reached",
+                    RefusalCode.LIMIT_REACHED,
                     f"you already have {self.max_codes} codes open (the hub's limit); "
                     "wait for one to expire or resume one with --code",
                 )
@@ -83,19 +86,22 @@ class CodeDesk:
             if current is not None and current.ends[ACCEPT] is None:
                 # A sender process started again: its old connection cannot
                 # come back; the receiver claims anew and both resume.
-                self.router.end(current, "replaced", "the sender started again", by="hub")
+                self.router.end(
+                    current, HangupCode.SENDER_RESTARTED, "the sender started again", by="hub"
+                )
         att.offers.add(nameplate)
-        att.post(
+        self.router.deliver(
+            att,
             m.CodeGrant(
                 rid=msg.rid, nameplate=nameplate, expires_in=max(0.0, expires - time.time())
-            )
+            ),
         )
         await self.events.emit("code_offered", att.user.name, nameplate=nameplate)
 
     async def claim(self, att: Attachment, msg: m.Claim) -> None:
         row = await self.db.get_code(msg.nameplate)
         if row is None:
-            raise RelayRefused("code_unknown", "this code has expired or is unknown")
+            raise RelayRefused(RefusalCode.CODE_UNKNOWN, "this code has expired or is unknown")
         offer = self.offers.get(msg.nameplate)
         sender = await self.router.user_by_id(int(row["user_id"]))
         current = offer.conn if offer is not None else None
@@ -104,8 +110,12 @@ class CodeDesk:
             if (theirs is not None and theirs is not att) or (
                 current.verified and current.users[DIAL].id != att.user.id
             ):
-                raise RelayRefused("conflict", "someone else is receiving with this code right now")
-            self.router.end(current, "replaced", "the receiver started again", by="hub")
+                raise RelayRefused(
+                    RefusalCode.CONFLICT, "someone else is receiving with this code right now"
+                )
+            self.router.end(
+                current, HangupCode.RECEIVER_RESTARTED, "the receiver started again", by="hub"
+            )
         self.router.check_room(att.user)
         await self.db.set_code_claim(msg.nameplate, msg.cid, att.user.id)
         conn = Conn(
@@ -125,7 +135,7 @@ class CodeDesk:
         if offer.att is not None and not offer.att.closed:
             self.router.bind(conn, ACCEPT, offer.att)
         else:
-            att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+            self.router.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
 
     async def rejoin(self, att: Attachment, msg: m.Dial) -> None:
         """A rejoin of a code's connection the hub does not hold (it
@@ -134,11 +144,12 @@ class CodeDesk:
         nameplate = msg.app[len(CODE_APP_PREFIX) :]
         row = await self.db.get_code(nameplate, expired=True) if nameplate.isdigit() else None
         if row is None:
-            raise RelayRefused("code_unknown", "this code has expired or is unknown")
+            raise RelayRefused(RefusalCode.CODE_UNKNOWN, "this code has expired or is unknown")
         party = int(row["user_id"] if msg.role == ACCEPT else (row["claimant_id"] or 0))
         if row["claim_cid"] != msg.cid or party != att.user.id:
             raise RelayRefused(
-                "forbidden", "only the sender and the receiver of a code may rejoin its connection"
+                RefusalCode.FORBIDDEN,
+                "only the sender and the receiver of a code may rejoin its connection",
             )
         self.router.check_room(att.user)
         sender = await self.router.user_by_id(int(row["user_id"]))
@@ -156,7 +167,7 @@ class CodeDesk:
         if offer is not None:
             offer.conn = conn
         self.router.bind(conn, msg.role, att, rid=msg.rid, announce=False)
-        att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+        self.router.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
 
     # --- the handshake on each link ----------------------------------------------
 
@@ -188,7 +199,7 @@ class CodeDesk:
         if conn is None or not conn.nameplate or att.ends.get(cid) != ACCEPT:
             return
         self.interrupted(conn, "wrong_code")
-        self.router.end(conn, "wrong_code", "wrong code", by="hub")
+        self.router.end(conn, HangupCode.WRONG_CODE, "wrong code", by="hub")
 
     async def _count(self, nameplate: str, claimant: str, reason: str) -> None:
         failures = await self.db.code_failed(nameplate)
@@ -211,9 +222,11 @@ class CodeDesk:
             return
         if offer.att is not None:
             offer.att.offers.discard(nameplate)
-            offer.att.post(m.Error(code="code_burned", message=text, rid=""))
+            self.router.deliver(
+                offer.att, m.Error(code=RefusalCode.CODE_BURNED, message=text, rid="")
+            )
         if offer.conn is not None and self.router.conns.get(offer.conn.cid) is offer.conn:
-            self.router.end(offer.conn, "code_burned", text, by="hub")
+            self.router.end(offer.conn, HangupCode.CODE_BURNED, text, by="hub")
 
     # --- bookkeeping ----------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from ..errors import FreightError, LimitReached, NotLoggedIn
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
+from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed
 from ..transport.dataconn import DataConnProtocol, accept_data_connection, close_when_idle
 from .channels import send_error, serve_channel, serve_lane
@@ -48,7 +49,7 @@ class SharedPortListener:
         self.limits = guard.limits
         self._last_warning: dict[str, float] = {}
         self.sock: socket.socket | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.tasks = Supervisor("listener")  # the accept loop and every connection
         self._accept_task: asyncio.Task[None] | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -59,21 +60,17 @@ class SharedPortListener:
         sock.listen(1024)
         sock.setblocking(False)
         self.sock = sock
-        self._accept_task = asyncio.create_task(self._accept_loop())
+        self._accept_task = self.tasks.spawn(self._accept_loop(), name="accept")
         return int(sock.getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, then cancel connections still running."""
         if self._accept_task:
             self._accept_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
+            await asyncio.wait([self._accept_task])
         if self.sock:
             self.sock.close()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        await self.tasks.aclose(timeout=5)
 
     async def _accept_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -93,9 +90,7 @@ class SharedPortListener:
                 conn.close()
                 self._refused(slot, address)
                 continue
-            task = asyncio.create_task(self._route(conn, slot))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.tasks.spawn(self._route(conn, slot), name="connection", detached=True)
 
     def _refused(self, cap: str, address: str) -> None:
         self.state.metrics.refused.labels(cap).inc()
@@ -164,7 +159,9 @@ class SharedPortListener:
         # frames never pause this long.
         idle = None
         if ticket.lane_of is None:
-            idle = asyncio.create_task(close_when_idle(chan, self.limits.data_idle))
+            idle = self.tasks.spawn(
+                close_when_idle(chan, self.limits.data_idle), name="idle", detached=True
+            )
         try:
             # The first sealed frame proves to the client that its ticket was
             # accepted and that both ends derived the same keys.
@@ -181,8 +178,7 @@ class SharedPortListener:
         finally:
             if idle is not None:
                 idle.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await idle
+                await asyncio.wait([idle])
 
 
 async def _peek_byte(loop: asyncio.AbstractEventLoop, conn: socket.socket) -> int | None:

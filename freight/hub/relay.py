@@ -34,36 +34,38 @@ from typing import Any
 from ..protocol import messages as m
 from ..protocol.bucket import TokenBucket
 from ..protocol.e2e import ACCEPT, DIAL
+from ..protocol.relaycodes import HangupCode, RefusalCode
+from ..protocol.switch import (
+    CUT,
+    DEFAULT_QUEUE_LIMIT,
+    DROP,
+    FORWARD,
+    FRAME_COST,
+    PAUSE,
+    Port,
+    Switch,
+    other,
+)
+from ..tasks import Supervisor
+from .bus import Bus, InProcessBus
 from .codes import CodeDesk
 from .observe import EventLog, Metrics
-from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused, other
+from .presence import Presence
+from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused
 from .streams import User
 
-DEFAULT_WINDOW = 4 * 1024 * 1024
-# A sender may overshoot by what it had in flight before Pause reached it;
-# far beyond that it is ignoring Pause and is cut off.
-OVERSHOOT = 4
-DETACHED_GRACE = 3600.0  # a connection with an end gone this long is ended
 ENDED_REMEMBERED = 10_000  # ended connections remembered for ends that rejoin late
-DEFAULT_QUEUE_LIMIT = 32 * 1024 * 1024  # bytes waiting for one attachment before Pause
-# What honest senders may still have on the way when Pause reaches them
-# (their write buffers, the kernel's, the hub's reads): measured up to ~25 MiB
-# for 16 connections from one client on loopback. Beyond queue_limit plus
-# this, senders are ignoring Pause and the attachment is dropped.
-IN_FLIGHT = 96 * 1024 * 1024
 MAX_LISTENS = 64  # applications one account may listen for
 DEFAULT_MAX_CONNS = 256  # relayed connections per account
 DEFAULT_MAX_CODES = 64  # valid codes per account
-# What a queued frame costs beyond its payload (header, bookkeeping), so that
-# floods of empty frames count too.
-FRAME_COST = 256
 
 
-class Attachment:
+class Attachment(Port):
     """One attached client. Frames to it go through a queue drained by one
     writer task, so a slow client never blocks the hub's other work."""
 
     def __init__(self, router: Router, user: User, chan: Any, transport: str) -> None:
+        super().__init__()
         self.aid = secrets.token_hex(8)
         self.router = router
         self.user = user
@@ -73,14 +75,13 @@ class Attachment:
         self.commands = False  # an agent's command channel
         self.address = ""
         self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
-        self.queued = 0  # bytes in ``out`` (FRAME_COST per frame included)
         self.wake = asyncio.Event()
-        self.closed = False
         self.ends: dict[str, str] = {}  # cid -> our role in it
-        self.paused_senders: dict[str, str] = {}  # cid -> role paused sending to us
         self.apps: set[str] = set()
         self.offers: set[str] = set()
-        self.writer = asyncio.create_task(self._write())
+        self.tasks = Supervisor(f"attachment/{self.aid}")
+        self.writer = self.tasks.spawn(self._write(), name="writer")
+        router.bus.subscribe(self.aid, self.post)
 
     def post(self, msg: m.Message, payload: bytes = b"", conn: Conn | None = None) -> None:
         """Queue a frame. ``conn`` marks a relayed record counted in that
@@ -89,12 +90,8 @@ class Attachment:
             return
         role = self.ends.get(conn.cid, "") if conn is not None else ""
         self.out.append((msg, payload, conn, role))
-        self._count(len(payload) + FRAME_COST)
+        self.router.metrics.relay_queued.inc(Switch.queue(self, len(payload)))
         self.wake.set()
-
-    def _count(self, size: int) -> None:
-        self.queued += size
-        self.router.metrics.relay_queued.inc(size)
 
     async def _write(self) -> None:
         try:
@@ -116,7 +113,6 @@ class Attachment:
                     try:
                         await (lane or self.chan).send(msg, payload)
                     finally:
-                        self._count(-len(payload) - FRAME_COST)
                         self.router.drained(self, conn, role, len(payload))
         except Exception:  # the channel broke: the reader side notices too
             self.closed = True
@@ -126,7 +122,6 @@ class Attachment:
         self.closed = True
         while self.out:
             _, payload, conn, role = self.out.popleft()
-            self._count(-len(payload) - FRAME_COST)
             self.router.drained(self, conn, role, len(payload))
         self.writer.cancel()
 
@@ -149,16 +144,17 @@ class Router:
         self.metrics = metrics
         self.window = window
         self.queue_limit = queue_limit
+        self.switch = Switch(window, queue_limit=queue_limit)
+        self.bus: Bus = InProcessBus()
         self.max_conns = max_conns
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
         self.codes = CodeDesk(self, max_codes)
         self.fingerprint = ""  # of the certificate we serve, set once listening
         self.attachments: set[Attachment] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.presence: Presence[Attachment] = Presence(self.attachments)
+        self.tasks = Supervisor("relay")
         self._keys: dict[int, list[str]] = {}
-        self.caps: dict[int, TokenBucket] = {}  # per-agent bandwidth caps
-        self._command_events: dict[int, asyncio.Event] = {}
         # How recent connections ended, so an end that was away when its
         # peer hung up learns why when it rejoins, instead of waiting for a
         # peer that will never come back.
@@ -166,16 +162,15 @@ class Router:
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, kept until done and cancelled by
-        :meth:`aclose` (database writes that frame handlers must not wait for)."""
-        task = asyncio.get_running_loop().create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        :meth:`aclose` (database writes that frame handlers must not wait
+        for); a failure is logged by the supervisor."""
+        try:
+            self.tasks.spawn(work, name=getattr(work, "__name__", "work"), detached=True)
+        except RuntimeError:  # closing: the supervisor closed the coroutine
+            self.log.debug("relay_closing_work_dropped")
 
     async def aclose(self) -> None:
-        tasks, self._tasks = set(self._tasks), set()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.tasks.aclose()
 
     # --- attachments ------------------------------------------------------
 
@@ -187,6 +182,7 @@ class Router:
 
     def detach(self, att: Attachment) -> None:
         self.attachments.discard(att)
+        self.bus.unsubscribe(att.aid, att.post)
         att.discard_queue()
         if att.lane is not None:
             self.spawn(att.lane.aclose())
@@ -196,9 +192,7 @@ class Router:
             if conn is not None and conn.ends[role] is att:
                 if conn.nameplate:
                     self.codes.interrupted(conn, "detached")
-                conn.ends[role] = None
-                conn.detached_since = now
-                if not conn.linked_once and conn.ends[other(role)] is None:
+                if self.switch.detach(conn, role, now):
                     # Never linked and nobody left: the dialling process went
                     # away (a reconnect dials it afresh).
                     self.conns.pop(cid, None)
@@ -209,12 +203,8 @@ class Router:
     def sweep(self, now: float) -> None:
         """End connections that have had an end missing for too long."""
         for conn in list(self.conns.values()):
-            if (
-                not conn.linked()
-                and conn.detached_since
-                and now - conn.detached_since > (DETACHED_GRACE)
-            ):
-                self.end(conn, "peer_gone", "the other end did not come back", by="hub")
+            if self.switch.expired(conn, now):
+                self.end(conn, HangupCode.PEER_GONE, "the other end did not come back", by="hub")
         self.codes.sweep(now)
 
     # --- requests -----------------------------------------------------------
@@ -228,7 +218,7 @@ class Router:
             try:
                 await self._request(att, msg)
             except RelayRefused as exc:
-                att.post(m.Error(code=exc.code, message=exc.message, rid=msg.rid))
+                self.deliver(att, m.Error(code=exc.code, message=exc.message, rid=msg.rid))
             return True
         if isinstance(msg, m.Hangup):
             conn = self.conns.get(msg.cid)
@@ -249,7 +239,7 @@ class Router:
         elif isinstance(msg, m.Unlisten):
             self.listeners.pop((att.user.name, msg.app), None)
             att.apps.discard(msg.app)
-            att.post(m.Done(rid=msg.rid))
+            self.deliver(att, m.Done(rid=msg.rid))
         elif isinstance(msg, m.Dial):
             await self.dial(att, msg)
         elif isinstance(msg, m.Offer):
@@ -259,22 +249,23 @@ class Router:
 
     def listen(self, att: Attachment, msg: m.Listen) -> None:
         if msg.app.startswith(CODE_APP_PREFIX):
-            raise RelayRefused("usage", "code:… applications are for send/receive only")
+            raise RelayRefused(RefusalCode.USAGE, "code:… applications are for send/receive only")
         key = (att.user.name, msg.app)
         current = self.listeners.get(key)
         if current is None and sum(1 for u, _ in self.listeners if u == key[0]) >= MAX_LISTENS:
             raise RelayRefused(
-                "limit_reached",
+                RefusalCode.LIMIT_REACHED,
                 f"you listen for {MAX_LISTENS} applications already (the hub's limit); "
                 "stop one first",
             )
         if current is not None and current[0] is not att and not current[0].closed:
             raise RelayRefused(
-                "conflict", f"you already listen for {msg.app!r} elsewhere; stop that one first"
+                RefusalCode.CONFLICT,
+                f"you already listen for {msg.app!r} elsewhere; stop that one first",
             )
         self.listeners[key] = (att, msg.peer)
         att.apps.add(msg.app)
-        att.post(m.Done(rid=msg.rid))
+        self.deliver(att, m.Done(rid=msg.rid))
         # Dials that were waiting for this listener connect now.
         for conn in list(self.conns.values()):
             if (
@@ -290,39 +281,43 @@ class Router:
     async def _user(self, name: str) -> User:
         row = await self.db.user_by_name(name)
         if row is None:
-            raise RelayRefused("unknown_user", f"there is no user {name!r} on this hub")
+            raise RelayRefused(RefusalCode.UNKNOWN_USER, f"there is no user {name!r} on this hub")
         if row["disabled"]:
-            raise RelayRefused("unknown_user", f"{name!r} is disabled on this hub")
+            raise RelayRefused(RefusalCode.UNKNOWN_USER, f"{name!r} is disabled on this hub")
         return User(int(row["id"]), str(row["name"]), str(row["role"]))
 
     async def dial(self, att: Attachment, msg: m.Dial) -> None:
         me = att.user
         if msg.role == DIAL and msg.peer == me.name:
-            raise RelayRefused("self_connect", "you cannot connect to yourself")
+            raise RelayRefused(RefusalCode.SELF_CONNECT, "you cannot connect to yourself")
         conn = self.conns.get(msg.cid)
         if conn is not None:
             if conn.users.get(msg.role, None) is None or conn.users[msg.role].id != me.id:
-                raise RelayRefused("conflict", f"connection {msg.cid} belongs to someone else")
+                raise RelayRefused(
+                    RefusalCode.CONFLICT, f"connection {msg.cid} belongs to someone else"
+                )
             self.bind(conn, msg.role, att, rid=msg.rid)
             if not conn.linked():
-                att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+                self.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
             return
         if msg.role == ACCEPT and not msg.rejoin:
-            raise RelayRefused("usage", "only a rejoin may name the accepting end")
+            raise RelayRefused(RefusalCode.USAGE, "only a rejoin may name the accepting end")
         ended = self.ended.get(msg.cid) if msg.rejoin else None
         if ended is not None and me.id in ended[3]:
             code, message, by, _ = ended
-            att.post(m.Hangup(cid=msg.cid, code=code, message=message, by=by))
+            self.deliver(att, m.Hangup(cid=msg.cid, code=code, message=message, by=by))
             return
         if msg.app.startswith(CODE_APP_PREFIX):
             if not msg.rejoin:
-                raise RelayRefused("usage", "connect to a code with claim, not dial")
+                raise RelayRefused(RefusalCode.USAGE, "connect to a code with claim, not dial")
             try:
                 await self.codes.rejoin(att, msg)
             except RelayRefused as exc:
                 # The rejoining end holds a connection that cannot come back:
                 # tell it why, not only the request.
-                att.post(m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by="hub"))
+                self.deliver(
+                    att, m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by="hub")
+                )
                 raise
             return
         peer = await self._user(msg.peer)
@@ -336,10 +331,10 @@ class Router:
                 ):
                     if old.ends[DIAL] is not None:
                         raise RelayRefused(
-                            "conflict",
+                            RefusalCode.CONFLICT,
                             f"a connection from you to {peer.name}/{msg.app} already exists",
                         )
-                    self.end(old, "replaced", "replaced by a new connection", by="hub")
+                    self.end(old, HangupCode.REPLACED, "replaced by a new connection", by="hub")
         self.check_room(me)
         conn = Conn(msg.cid, msg.app, users, linked_once=msg.rejoin, owner=me.id)
         self.conns[msg.cid] = conn
@@ -349,14 +344,14 @@ class Router:
             if listener is not None and listener[1] in ("*", me.name):
                 self.bind(conn, ACCEPT, listener[0])
                 return
-        att.post(m.Waiting(rid=msg.rid, cid=msg.cid))
+        self.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
 
     def check_room(self, user: User) -> None:
         """Refuse a new connection beyond the account's cap."""
         held = sum(1 for c in self.conns.values() if c.owner == user.id)
         if held >= self.max_conns:
             raise RelayRefused(
-                "limit_reached",
+                RefusalCode.LIMIT_REACHED,
                 f"you have {held} relayed connections open (the hub's limit); close some first",
             )
 
@@ -366,20 +361,25 @@ class Router:
                 return a.user
         row = await self.db.user_by_id(user_id)
         if row is None:
-            raise RelayRefused("code_unknown", "the sender's account no longer exists")
+            raise RelayRefused(RefusalCode.CODE_UNKNOWN, "the sender's account no longer exists")
         return User(int(row["id"]), str(row["name"]), str(row["role"]))
 
     # --- linking and forwarding -------------------------------------------
+
+    def deliver(
+        self, att: Attachment, msg: m.Message, payload: bytes = b"", conn: Conn | None = None
+    ) -> None:
+        """Hand a frame to an attachment through the bus, by its id."""
+        self.bus.publish(att.aid, msg, payload, conn)
 
     def bind(
         self, conn: Conn, role: str, att: Attachment, *, rid: str = "", announce: bool = True
     ) -> None:
         """Attach ``att`` as ``role`` of ``conn``; announce Linked to both
         ends once both are there."""
-        old = conn.ends[role]
-        if old is not None and old is not att:
+        old = self.switch.bind(conn, role, att)
+        if old is not None:
             old.ends.pop(conn.cid, None)
-        conn.ends[role] = att
         att.ends[conn.cid] = role
         if rid:
             conn.rids[role] = rid
@@ -393,17 +393,14 @@ class Router:
         keys = {end: await self._peer_keys(conn, other(end)) for end in (DIAL, ACCEPT)}
         if self.conns.get(conn.cid) is not conn or not conn.linked():
             return
-        rejoined = conn.linked_once
-        conn.linked_once = True
-        conn.detached_since = 0.0
-        conn.paused = {DIAL: False, ACCEPT: False}
-        conn.overshoot = {DIAL: 0, ACCEPT: 0}
+        rejoined = self.switch.link(conn)
         if conn.nameplate:
             self.codes.linked(conn)
         for end in (DIAL, ACCEPT):
             att = conn.ends[end]
             assert att is not None
-            att.post(
+            self.deliver(
+                att,
                 m.Linked(
                     cid=conn.cid,
                     rid=conn.rids.pop(end, ""),
@@ -416,7 +413,7 @@ class Router:
                     peer_role=conn.users[other(end)].role,
                     me=conn.users[end].name,
                     hub=self.fingerprint,
-                )
+                ),
             )
         if not rejoined:
             self.metrics.connections.labels("relay").inc()
@@ -433,45 +430,28 @@ class Router:
         role = att.ends.get(msg.cid)
         if conn is None or role is None or conn.ends[role] is not att:
             return  # an end that was replaced or a connection already ended
-        to = other(role)
-        target = conn.ends[to]
-        conn.relayed[role] += len(payload)
-        if target is None or target.closed:
-            return  # dropped: the sender keeps it and sends it again on relink
-        conn.queued[to] += len(payload)
-        target.post(msg, payload, conn)
-        if conn.paused[role]:
-            conn.overshoot[role] += len(payload)
-        if max(conn.queued[to], conn.overshoot[role]) > OVERSHOOT * self.window:
-            self.end(conn, "flow_violation", "the sender ignored Pause", by="hub")
-        elif target.queued > self.queue_limit + IN_FLIGHT:
+        verdict = self.switch.relay(conn, role, len(payload))
+        if verdict is DROP:
+            return  # the sender keeps it and sends it again on relink
+        target = conn.ends[ACCEPT if role == DIAL else DIAL]
+        self.bus.publish(target.aid, msg, payload, conn)  # (deliver(), inlined: per record)
+        if verdict is FORWARD:
+            return
+        if verdict is PAUSE:
+            self.deliver(att, m.Pause(cid=conn.cid))
+        elif verdict is CUT:
+            self.end(conn, HangupCode.FLOW_VIOLATION, "the sender ignored Pause", by="hub")
+        else:
             self.too_slow(target)
-        elif not conn.paused[role] and (
-            conn.queued[to] > self.window or target.queued > self.queue_limit
-        ):
-            conn.paused[role] = True
-            target.paused_senders[conn.cid] = role
-            att.post(m.Pause(cid=conn.cid))
 
     def drained(self, att: Attachment, conn: Conn | None, role: str, size: int) -> None:
         """A frame of ``size`` payload bytes towards ``att`` (as ``role`` of
         ``conn``, for a relayed record) left the hub or was dropped."""
-        if conn is not None:
-            conn.queued[role] = max(0, conn.queued[role] - size)
-        if not att.paused_senders or att.queued > self.queue_limit // 2:
-            return
-        for cid, sender in list(att.paused_senders.items()):
-            paused = self.conns.get(cid)
-            to = other(sender)
-            if paused is None or paused.ends[to] is not att or not paused.paused[sender]:
-                del att.paused_senders[cid]  # ended, relinked or resumed already
-            elif paused.queued[to] <= self.window // 2:
-                del att.paused_senders[cid]
-                paused.paused[sender] = False
-                paused.overshoot[sender] = 0
-                source = paused.ends[sender]
-                if source is not None:
-                    source.post(m.Resume(cid=cid))
+        self.metrics.relay_queued.inc(-size - FRAME_COST)
+        for paused, sender in self.switch.drained(att, conn, role, size):
+            source = paused.ends[sender]
+            if source is not None:
+                self.deliver(source, m.Resume(cid=paused.cid))
 
     def too_slow(self, att: Attachment) -> None:
         """Drop an attachment that lets far more than its queue bound pile up
@@ -492,6 +472,7 @@ class Router:
 
     def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
         self.conns.pop(conn.cid, None)
+        self.switch.end(conn)
         if conn.nameplate:
             self.codes.interrupted(conn, code)
             self.codes.ended(conn)
@@ -504,7 +485,7 @@ class Router:
             if att is not None:
                 att.ends.pop(conn.cid, None)
                 if att is not skip:
-                    att.post(m.Hangup(cid=conn.cid, code=code, message=message, by=by))
+                    self.deliver(att, m.Hangup(cid=conn.cid, code=code, message=message, by=by))
         self.spawn(
             self.events.emit(
                 "connection_closed",
@@ -543,43 +524,33 @@ class Router:
         conn = self.conns.get(cid)
         if conn is None:
             return False
-        self.end(conn, "killed", f"ended by admin {admin}", by="admin")
+        self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by="admin")
         return True
 
-    # --- agents ------------------------------------------------------------------
+    # --- agents (kept for callers: presence is its own service) ------------------
+
+    @property
+    def caps(self) -> dict[int, TokenBucket]:
+        return self.presence.caps
 
     def attachment_of(self, user_id: int) -> Attachment | None:
         """The agent's command channel, if it is attached."""
-        return next(
-            (a for a in self.attachments if a.user.id == user_id and a.commands and not a.closed),
-            None,
-        )
+        return self.presence.attachment_of(user_id)
 
     def cap_for(self, conn: Conn) -> TokenBucket | None:
-        if not self.caps:
-            return None
-        return self.caps.get(conn.users[DIAL].id) or self.caps.get(conn.users[ACCEPT].id)
+        return self.presence.cap_between(conn.users[DIAL].id, conn.users[ACCEPT].id)
 
     def set_cap(self, user_id: int, cap: int) -> None:
-        if cap <= 0:
-            self.caps.pop(user_id, None)
-        elif user_id in self.caps:
-            self.caps[user_id].set_rate(cap, time.monotonic())
-        else:
-            self.caps[user_id] = TokenBucket(cap, time.monotonic())
+        self.presence.set_cap(user_id, cap)
 
     def command_event(self, command_id: int) -> asyncio.Event:
-        """Set when command ``command_id`` gets its result; take it before
-        reading the command's state, so a result in between is not missed."""
-        return self._command_events.setdefault(command_id, asyncio.Event())
+        return self.presence.command_event(command_id)
 
     def forget_command_event(self, command_id: int) -> None:
-        self._command_events.pop(command_id, None)
+        self.presence.forget_command_event(command_id)
 
     def command_finished(self, command_id: int) -> None:
-        event = self._command_events.get(command_id)
-        if event is not None:
-            event.set()
+        self.presence.command_finished(command_id)
 
     async def sweep_loop(self, every: float = 60.0) -> None:
         while True:

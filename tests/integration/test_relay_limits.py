@@ -18,8 +18,9 @@ import pytest
 
 from freight.client.relay import Connection, RelayClient
 from freight.errors import LimitReached
-from freight.hub.relay import IN_FLIGHT, MAX_LISTENS
+from freight.hub.relay import MAX_LISTENS
 from freight.protocol import messages as m
+from freight.protocol.switch import IN_FLIGHT
 from tests.relaysupport import FAST_RELAY, accounts, sdk
 from tests.support import Client, Hub
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from freight.client.config import ClientConfig
 from freight.client.relay import Connection, Listener, RelayClient
 from freight.client.session import HubSession
-from freight.errors import CodeBurned, ConnectionEnded
+from freight.errors import CodeBurned, ConnectionEnded, SenderRestarted
 from freight.protocol import messages as m
 from freight.protocol.e2e import (
     ACCEPT,
@@ -314,3 +314,19 @@ async def test_a_dial_linked_right_after_listen_is_answered_reaches_the_listener
     assert wire.take(cid, m.Hangup) == []
     conn = await asyncio.wait_for(listener.accept(), 5)
     assert conn.cid == cid and conn.peer == "admin"
+
+
+@pytest.mark.parametrize(
+    ("code", "error"),
+    [("sender_restarted", SenderRestarted), ("receiver_restarted", ConnectionEnded)],
+)
+async def test_a_hangup_becomes_the_error_its_code_names(
+    wire: Recorder, code: str, error: type[Exception]
+) -> None:
+    """The CLI resumes on the hub's code (SenderRestarted), never on its words."""
+    conn = Connection(wire.client, "c9", DIAL, "", APP, lambda c: CodeHandshake(CODE, DIAL, b""))
+    wire.client.conns["c9"] = conn
+    await wire.deliver(m.Hangup(cid="c9", code=code, message="whatever the words", by="hub"))
+    assert conn.closed and type(conn.error) is error
+    with pytest.raises(error):
+        await conn.recv()
