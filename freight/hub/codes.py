@@ -58,9 +58,9 @@ class CodeDesk:
                 raise RelayRefused(
                     "code_unknown", f"code {msg.nameplate}-… has expired or is unknown"
                 )
-            if int(row["user_id"]) != att.user.id:
+            if int(row.user_id) != att.user.id:
                 raise RelayRefused("forbidden", f"code {msg.nameplate}-… belongs to someone else")
-            nameplate, expires = msg.nameplate, float(row["expires"])
+            nameplate, expires = msg.nameplate, float(row.expires)
         else:
             if await self.db.count_codes(att.user.id) >= self.max_codes:
                 raise RelayRefused(
@@ -97,7 +97,7 @@ class CodeDesk:
         if row is None:
             raise RelayRefused("code_unknown", "this code has expired or is unknown")
         offer = self.offers.get(msg.nameplate)
-        sender = await self.router.user_by_id(int(row["user_id"]))
+        sender = await self.router.user_by_id(int(row.user_id))
         current = offer.conn if offer is not None else None
         if current is not None and current.cid in self.router.conns:
             theirs = current.ends[DIAL]
@@ -119,7 +119,7 @@ class CodeDesk:
         self.router.bind(conn, DIAL, att, rid=msg.rid, announce=False)
         if offer is None:
             offer = self.offers[msg.nameplate] = Offer(
-                msg.nameplate, sender, None, float(row["expires"])
+                msg.nameplate, sender, None, float(row.expires)
             )
         offer.conn = conn
         if offer.att is not None and not offer.att.closed:
@@ -135,14 +135,14 @@ class CodeDesk:
         row = await self.db.get_code(nameplate, expired=True) if nameplate.isdigit() else None
         if row is None:
             raise RelayRefused("code_unknown", "this code has expired or is unknown")
-        party = int(row["user_id"] if msg.role == ACCEPT else (row["claimant_id"] or 0))
-        if row["claim_cid"] != msg.cid or party != att.user.id:
+        party = int(row.user_id if msg.role == ACCEPT else (row.claimant_id or 0))
+        if row.claim_cid != msg.cid or party != att.user.id:
             raise RelayRefused(
                 "forbidden", "only the sender and the receiver of a code may rejoin its connection"
             )
         self.router.check_room(att.user)
-        sender = await self.router.user_by_id(int(row["user_id"]))
-        claimant = await self.router.user_by_id(int(row["claimant_id"]))
+        sender = await self.router.user_by_id(int(row.user_id))
+        claimant = await self.router.user_by_id(int(row.claimant_id))
         conn = Conn(
             msg.cid,
             msg.app,

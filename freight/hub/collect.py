@@ -91,54 +91,54 @@ class Collector:
         """One round of scheduling; returns how many uploads were issued."""
         db = self.st.db
         for row in await db.content_in_state("finishing"):  # a crash mid-finish
-            if row["updated"] < now - 60:
-                await db.update_content(row["digest"], state="wanted")
+            if row.updated < now - 60:
+                await db.update_content(row.digest, state="wanted", was="finishing")
         for row in await db.content_in_state("issued"):
-            command = await db.get_command(int(row["command_id"]))
-            if command is not None and command["state"] in TERMINAL_COMMAND_STATES:
+            command = await db.get_command(int(row.command_id))
+            if command is not None and command.state in TERMINAL_COMMAND_STATES:
                 # Answered, but the hub stopped before acting on it.
-                agent = await db.user_by_id(int(row["source"]))
+                agent = await db.user_by_id(int(row.source))
                 if agent is not None:
                     await self.finished(
-                        int(command["id"]),
-                        int(agent["id"]),
-                        str(agent["name"]),
-                        command["state"] == "done",
-                        str(command["result"]),
+                        int(command.id),
+                        int(agent.id),
+                        str(agent.name),
+                        command.state == "done",
+                        str(command.result),
                     )
                     continue
-            if row["issued"] < now - self.reissue_after:  # no answer: ask again
-                await db.update_content(row["digest"], state="wanted")
+            if row.issued < now - self.reissue_after:  # no answer: ask again
+                await db.update_content(row.digest, state="wanted", was="issued")
         if self.disk_low():
             return 0
         issued_rows = await db.content_in_state("issued")
-        uploading = {int(r["source"]) for r in issued_rows}
+        uploading = {int(r.source) for r in issued_rows}
         room = min(self.concurrency - len(issued_rows), self.release_per_tick)
         issued = 0
         for row in await db.content_in_state("wanted", limit=200):
             if issued >= room:
                 break
-            if row["attempts"] >= self.max_attempts:
-                await db.update_content(row["digest"], state="failed")
+            if row.attempts >= self.max_attempts:
+                await db.update_content(row.digest, state="failed")
                 continue
-            everyone = await db.holders(row["digest"])
+            everyone = await db.holders(row.digest)
             if not everyone:  # every path offering it now holds something newer
-                await db.update_content(row["digest"], state="superseded")
+                await db.update_content(row.digest, state="superseded")
                 continue
-            holders = [h for h in everyone if not self.busy(int(h["agent_id"]), uploading)]
+            holders = [h for h in everyone if not self.busy(int(h.agent_id), uploading)]
             if not holders:
                 continue
-            best = max(holders, key=lambda h: self.throughput.get(int(h["agent_id"]), 0.0))
-            agent_id = int(best["agent_id"])
-            args = json.dumps({"digest": row["digest"], "path": best["path"], "size": row["size"]})
+            best = max(holders, key=lambda h: self.throughput.get(int(h.agent_id), 0.0))
+            agent_id = int(best.agent_id)
+            args = json.dumps({"digest": row.digest, "path": best.path, "size": row.size})
             command_id = await db.add_command(agent_id, "upload", args, "collector")
             await db.update_content(
-                row["digest"],
+                row.digest,
                 state="issued",
                 source=agent_id,
                 command_id=command_id,
                 issued=now,
-                attempts=int(row["attempts"]) + 1,
+                attempts=int(row.attempts) + 1,
             )
             att = self.st.relay.attachment_of(agent_id)
             if att is not None:
@@ -167,16 +167,16 @@ class Collector:
             # Not an upload, already finished, or not this agent's: an upload
             # is bound to the agent it was requested from.
             return False
-        digest = str(row["digest"])
+        digest = str(row.digest)
         name = UPLOAD_PREFIX + digest
         file_row = await db.get_file(agent_id, name)
-        received = int(file_row["size"]) if file_row is not None else 0
+        received = int(file_row.size) if file_row is not None else 0
         path = self.st.layout.file_path(agent_id, name)
         stored = False
         try:
             if not ok or file_row is None:
                 reason = "upload failed" if not ok else "nothing arrived"
-            elif file_row["digest"] != digest:
+            elif file_row.digest != digest:
                 reason = "content changed during the upload"  # our own hash
                 await self._changed_at_source(command_id, agent_id, digest)
             elif not await db.holders(digest):
@@ -192,11 +192,11 @@ class Collector:
                 await db.delete_file(agent_id, name)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        elapsed = max(1e-3, time.time() - float(row["issued"]))
+        elapsed = max(1e-3, time.time() - float(row.issued))
         if received:
             self.throughput[agent_id] = received / elapsed
         state = "stored" if stored else ("superseded" if not await db.holders(digest) else "wanted")
-        await db.update_content(digest, state=state, received=int(row["received"]) + received)
+        await db.update_content(digest, state=state, received=int(row.received) + received)
         await self.st.events.emit(
             "collect_" + ("stored" if stored else "rejected"),
             agent_name,
@@ -214,7 +214,7 @@ class Collector:
         command = await self.st.db.get_command(command_id)
         if command is None:
             return
-        path = str(json.loads(command["args"]).get("path", ""))
+        path = str(json.loads(command.args).get("path", ""))
         await self.st.db.forget_holder(agent_id, path, digest)
         rescan = await self.st.db.add_command(agent_id, "rescan", "{}", "hub")
         att = self.st.relay.attachment_of(agent_id)
@@ -254,10 +254,10 @@ async def put_policy(request: web.Request) -> web.Response:
         }
     except (ValueError, TypeError, AttributeError):
         raise UsageError("a policy is JSON: agents, include, exclude, max_size, every") from None
-    old = next((p for p in await st.db.list_policies() if p["name"] == name), None)
+    old = next((p for p in await st.db.list_policies() if p.name == name), None)
     await st.db.put_policy(row)
     await st.events.emit("policy_set", admin.name, name=name)
-    await _rescan(st, admin.name, [row["agents"]] + ([str(old["agents"])] if old else []))
+    await _rescan(st, admin.name, [row["agents"]] + ([str(old.agents)] if old else []))
     return web.json_response(_policy_json(row))
 
 
@@ -271,9 +271,9 @@ async def _rescan(st: HubState, by: str, patterns: list[str]) -> None:
         if att.user.role == "agent" and att.commands and not att.closed
     }
     for agent in await st.db.list_agents():
-        if agent["disabled"] or not any(fnmatch.fnmatchcase(agent["name"], p) for p in patterns):
+        if agent.disabled or not any(fnmatch.fnmatchcase(agent.name, p) for p in patterns):
             continue
-        agent_id = int(agent["id"])
+        agent_id = int(agent.id)
         command_id = await st.db.add_command(agent_id, "rescan", "{}", by)
         att = online.get(agent_id)
         if att is not None:
@@ -282,7 +282,7 @@ async def _rescan(st: HubState, by: str, patterns: list[str]) -> None:
 
 async def list_policies(request: web.Request) -> web.Response:
     user = await current_user(request)
-    rows = [_policy_json(r) for r in await request.app[STATE].db.list_policies()]
+    rows = [_policy_json(r.as_dict()) for r in await request.app[STATE].db.list_policies()]
     if user.role == "agent":  # an agent sees the policies that select it
         rows = [r for r in rows if fnmatch.fnmatchcase(user.name, r["agents"])]
     elif user.role != "admin":
@@ -294,11 +294,11 @@ async def delete_policy(request: web.Request) -> web.Response:
     admin = await admin_user(request)
     st = request.app[STATE]
     name = request.match_info["name"]
-    old = next((p for p in await st.db.list_policies() if p["name"] == name), None)
+    old = next((p for p in await st.db.list_policies() if p.name == name), None)
     if old is None or not await st.db.delete_policy(name):
         raise NotFound(f"no policy {name!r}")
     await st.events.emit("policy_removed", admin.name, name=name)
-    await _rescan(st, admin.name, [str(old["agents"])])  # they stop offering for it
+    await _rescan(st, admin.name, [str(old.agents)])  # they stop offering for it
     return web.json_response({"removed": name})
 
 
@@ -341,10 +341,10 @@ async def collected(request: web.Request) -> web.Response:
     by_digest: dict[str, dict[str, Any]] = {}
     for r in rows:
         entry = by_digest.setdefault(
-            r["digest"],
-            {"digest": r["digest"], "size": r["size"], "state": r["state"], "holders": []},
+            r.digest,
+            {"digest": r.digest, "size": r.size, "state": r.state, "holders": []},
         )
-        entry["holders"].append({"agent": r["agent"], "path": r["path"], "mtime": r["mtime"]})
+        entry["holders"].append({"agent": r.agent, "path": r.path, "mtime": r.mtime})
     return web.json_response(list(by_digest.values()))
 
 
@@ -361,7 +361,7 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     digest = request.match_info["digest"]
     row = await st.db.get_content(digest) if DIGEST.match(digest) else None
-    if row is None or row["state"] != "stored":
+    if row is None or row.state != "stored":
         raise NotFound(f"no collected content {digest[:16]}…")
     return web.FileResponse(st.layout.cas_path(digest))
 

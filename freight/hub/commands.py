@@ -114,26 +114,26 @@ async def cancel(request: web.Request) -> web.Response:
     row = await st.db.get_command(command_id)
     if row is None:
         raise NotFound(f"no command {command_id}", hint="freight agents ls shows what is queued")
-    agent_row = await st.db.user_by_id(int(row["agent_id"]))
+    agent_row = await st.db.user_by_id(int(row.agent_id))
     result = json.dumps({"error": f"cancelled by {admin.name}"})
     if agent_row is None or not await queue.finish(st.db, command_id, None, "cancelled", result):
-        raise Conflict(f"command {command_id} is {row['state']} already; only open ones cancel")
-    agent = User(int(agent_row["id"]), str(agent_row["name"]), str(agent_row["role"]))
+        raise Conflict(f"command {command_id} is {row.state} already; only open ones cancel")
+    agent = User(int(agent_row.id), str(agent_row.name), str(agent_row.role))
     await commandfiles.finished(st, agent, command_id, False, result)
     await _settled(st, command_id, agent, False, result)
     await st.events.emit(
-        "command_cancelled", admin.name, id=command_id, agent=agent.name, command=row["kind"]
+        "command_cancelled", admin.name, id=command_id, agent=agent.name, command=row.kind
     )
     return web.json_response(command_json(await st.db.get_command(command_id)))
 
 
 def command_json(row: Any) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "kind": row["kind"],
-        "state": row["state"],
-        "result": json.loads(row["result"]),
-        "created": row["created"],
-        "updated": row["updated"],
-        "deliveries": row["deliveries"],
+        "id": row.id,
+        "kind": row.kind,
+        "state": row.state,
+        "result": json.loads(row.result),
+        "created": row.created,
+        "updated": row.updated,
+        "deliveries": row.deliveries,
     }
