@@ -43,7 +43,7 @@ ENROL_TOKEN_TTL = 24 * 3600.0
 
 async def _agent_row(st: Hub, name: str) -> Any:
     row = await st.db.user_by_name(name)
-    if row is None or row["role"] != "agent":
+    if row is None or row.role != "agent":
         raise NotFound(f"there is no agent {name!r} on this hub", hint="run: freight agents ls")
     return row
 
@@ -75,15 +75,15 @@ async def list_tokens(request: web.Request) -> web.Response:
     return web.json_response(
         [
             {
-                "name": r["name"],
-                "created": r["created"],
-                "expires": r["expires"],
+                "name": r.name,
+                "created": r.created,
+                "expires": r.expires,
                 "state": "used"
-                if r["used"]
+                if r.used
                 else "revoked"
-                if r["revoked"]
+                if r.revoked
                 else "expired"
-                if r["expires"] < now
+                if r.expires < now
                 else "open",
             }
             for r in rows
@@ -147,17 +147,17 @@ async def agent_login(request: web.Request) -> web.Response:
     with st.logins.attempt("agent", name, address_key(peer), now) as attempt:
         row = await st.db.user_by_name(name)
         key = ""
-        if st.challenges.take(nonce, name, now) and row is not None and row["role"] == "agent":
+        if st.challenges.take(nonce, name, now) and row is not None and row.role == "agent":
             message = login_message(name, nonce, st.cert_fingerprint)
-            key = _signer(await st.db.identity_keys(int(row["id"])), signature, message)
+            key = _signer(await st.db.identity_keys(int(row.id)), signature, message)
         if key:
             attempt.succeeded()
-    if not key or row is None or row["disabled"]:
+    if not key or row is None or row.disabled:
         why = "disabled" if key else "not recognised"  # a valid key: the agent itself
         await st.events.emit("agent_login_failure", name, address=peer, reason=why)
         raise AgentRefused(f"agent {name!r} {why}")
     token, token_hash = auth.new_token()
-    await st.db.add_token(token_hash, int(row["id"]), now + st.token_lifetime, key)
+    await st.db.add_token(token_hash, int(row.id), now + st.token_lifetime, key)
     await st.events.emit("agent_login", name, address=peer)
     return web.json_response({"token": token, "user": name, "role": "agent"})
 
@@ -187,13 +187,13 @@ async def set_key(request: web.Request) -> web.Response:
         key = check_key(str((await _json(request))["key"]))
     except KeyError:
         raise UsageError("the body must be JSON with 'key': 64 hex digits") from None
-    ended = await st.db.replace_keys(int(row["id"]), key)
-    st.relay.forget_keys(int(row["id"]))
-    closed = await st.sessions.end_user(int(row["id"]), "key_replaced")
+    ended = await st.db.replace_keys(int(row.id), key)
+    st.relay.forget_keys(int(row.id))
+    closed = await st.sessions.end_user(int(row.id), "key_replaced")
     await st.events.emit(
-        "agent_key_set", admin.name, name=row["name"], key=key, logins=ended, channels=closed
+        "agent_key_set", admin.name, name=row.name, key=key, logins=ended, channels=closed
     )
-    return web.json_response({"name": row["name"], "key": key, "logins_ended": ended})
+    return web.json_response({"name": row.name, "key": key, "logins_ended": ended})
 
 
 # --- status and management -----------------------------------------------------
@@ -206,19 +206,19 @@ async def list_agents(request: web.Request) -> web.Response:
     waiting = await st.db.open_command_counts()
     out = []
     for r in await st.db.list_agents():
-        att = online.get(int(r["id"]))
+        att = online.get(int(r.id))
         out.append(
             {
-                "name": r["name"],
+                "name": r.name,
                 "online": att is not None,
-                "last_seen": time.time() if att is not None else r["last_seen"],
-                "version": r["version"],
-                "address": att.address if att is not None else r["address"],
+                "last_seen": time.time() if att is not None else r.last_seen,
+                "version": r.version,
+                "address": att.address if att is not None else r.address,
                 "busy": len(att.ends) if att is not None else 0,
-                "queued": waiting.get(int(r["id"]), 0),  # commands not answered yet
-                "disabled": bool(r["disabled"]),
-                "cap": r["cap"],
-                "enrolled": r["enrolled"],
+                "queued": waiting.get(int(r.id), 0),  # commands not answered yet
+                "disabled": bool(r.disabled),
+                "cap": r.cap,
+                "enrolled": r.enrolled,
             }
         )
     return web.json_response(out)
@@ -241,13 +241,13 @@ async def remove(request: web.Request) -> web.Response:
     admin = await admin_user(request)
     st = request.app[STATE]
     row = await _agent_row(st, request.match_info["name"])
-    user_id = int(row["id"])
+    user_id = int(row.id)
     await st.db.delete_user(user_id)
     await st.sessions.end_user(user_id, "removed")
     st.relay.forget_keys(user_id)
     await asyncio.to_thread(st.layout.remove_account, user_id)
-    await st.events.emit("agent_removed", admin.name, name=row["name"])
-    return web.json_response({"removed": row["name"]})
+    await st.events.emit("agent_removed", admin.name, name=row.name)
+    return web.json_response({"removed": row.name})
 
 
 async def set_cap(request: web.Request) -> web.Response:
@@ -261,11 +261,11 @@ async def set_cap(request: web.Request) -> web.Response:
         raise UsageError("body must be JSON with 'cap' in bytes per second (0: none)") from None
     if cap < 0:
         raise UsageError("a cap cannot be negative")
-    await st.db.set_agent_cap(int(row["id"]), cap)
-    st.relay.set_cap(int(row["id"]), cap)
-    st.bandwidth.set_cap(int(row["id"]), cap)
-    await st.events.emit("agent_cap", admin.name, name=row["name"], cap=cap)
-    return web.json_response({"name": row["name"], "cap": cap})
+    await st.db.set_agent_cap(int(row.id), cap)
+    st.relay.set_cap(int(row.id), cap)
+    st.bandwidth.set_cap(int(row.id), cap)
+    await st.events.emit("agent_cap", admin.name, name=row.name, cap=cap)
+    return web.json_response({"name": row.name, "cap": cap})
 
 
 # --- commands ----------------------------------------------------------------

@@ -103,7 +103,7 @@ class CodeDesk:
         if row is None:
             raise RelayRefused(RefusalCode.CODE_UNKNOWN, "this code has expired or is unknown")
         offer = self.offers.get(msg.nameplate)
-        sender = await self.router.user_by_id(int(row["user_id"]))
+        sender = await self.router.user_by_id(int(row.user_id))
         current = offer.conn if offer is not None else None
         if current is not None and current.cid in self.router.conns:
             theirs = current.ends[DIAL]
@@ -129,7 +129,7 @@ class CodeDesk:
         self.router.bind(conn, DIAL, att, rid=msg.rid, announce=False)
         if offer is None:
             offer = self.offers[msg.nameplate] = Offer(
-                msg.nameplate, sender, None, float(row["expires"])
+                msg.nameplate, sender, None, float(row.expires)
             )
         offer.conn = conn
         if offer.att is not None and not offer.att.closed:
@@ -152,8 +152,8 @@ class CodeDesk:
                 "only the sender and the receiver of a code may rejoin its connection",
             )
         self.router.check_room(att.user)
-        sender = await self.router.user_by_id(int(row["user_id"]))
-        claimant = await self.router.user_by_id(int(row["claimant_id"]))
+        sender = await self.router.user_by_id(int(row.user_id))
+        claimant = await self.router.user_by_id(int(row.claimant_id))
         conn = Conn(
             msg.cid,
             msg.app,

@@ -87,41 +87,41 @@ class Collector:
         """One round of scheduling; returns how many uploads were issued."""
         db = self.st.db
         for row in await db.content_in_state("finishing"):  # a crash mid-finish
-            if row["updated"] < now - 60:
-                await db.update_content(row["digest"], state="wanted")
+            if row.updated < now - 60:
+                await db.update_content(row.digest, state="wanted", was="finishing")
         for row in await db.content_in_state("issued"):
-            command = await db.get_command(int(row["command_id"]))
-            if command is not None and command["state"] in TERMINAL_COMMAND_STATES:
+            command = await db.get_command(int(row.command_id))
+            if command is not None and command.state in TERMINAL_COMMAND_STATES:
                 # Answered, but the hub stopped before acting on it.
-                agent = await db.user_by_id(int(row["source"]))
+                agent = await db.user_by_id(int(row.source))
                 if agent is not None:
                     await self.finished(
-                        int(command["id"]),
-                        int(agent["id"]),
-                        str(agent["name"]),
-                        command["state"] == "done",
-                        str(command["result"]),
+                        int(command.id),
+                        int(agent.id),
+                        str(agent.name),
+                        command.state == "done",
+                        str(command.result),
                     )
                     continue
-            if row["issued"] < now - self.reissue_after:  # no answer: ask again
-                await db.update_content(row["digest"], state="wanted")
+            if row.issued < now - self.reissue_after:  # no answer: ask again
+                await db.update_content(row.digest, state="wanted", was="issued")
         if self.disk_low():
             return 0
         issued_rows = await db.content_in_state("issued")
-        uploading = {int(r["source"]) for r in issued_rows}
+        uploading = {int(r.source) for r in issued_rows}
         room = min(self.concurrency - len(issued_rows), self.release_per_tick)
         issued = 0
         for row in await db.content_in_state("wanted", limit=200):
             if issued >= room:
                 break
-            if row["attempts"] >= self.max_attempts:
-                await db.update_content(row["digest"], state="failed")
+            if row.attempts >= self.max_attempts:
+                await db.update_content(row.digest, state="failed")
                 continue
-            everyone = await db.holders(row["digest"])
+            everyone = await db.holders(row.digest)
             if not everyone:  # every path offering it now holds something newer
-                await db.update_content(row["digest"], state="superseded")
+                await db.update_content(row.digest, state="superseded")
                 continue
-            holders = [h for h in everyone if not self.busy(int(h["agent_id"]), uploading)]
+            holders = [h for h in everyone if not self.busy(int(h.agent_id), uploading)]
             if not holders:
                 continue
             best = max(holders, key=lambda h: self.throughput.get(int(h["agent_id"]), 0.0))
@@ -163,16 +163,16 @@ class Collector:
             # Not an upload, already finished, or not this agent's: an upload
             # is bound to the agent it was requested from.
             return False
-        digest = str(row["digest"])
+        digest = str(row.digest)
         name = UPLOAD_PREFIX + digest
         file_row = await db.get_file(agent_id, name)
-        received = int(file_row["size"]) if file_row is not None else 0
+        received = int(file_row.size) if file_row is not None else 0
         path = self.st.layout.file_path(agent_id, name)
         stored = False
         try:
             if not ok or file_row is None:
                 reason = "upload failed" if not ok else "nothing arrived"
-            elif file_row["digest"] != digest:
+            elif file_row.digest != digest:
                 reason = "content changed during the upload"  # our own hash
                 await self._changed_at_source(command_id, agent_id, digest)
             elif not await db.holders(digest):
@@ -188,11 +188,11 @@ class Collector:
                 await db.delete_file(agent_id, name)
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
-        elapsed = max(1e-3, time.time() - float(row["issued"]))
+        elapsed = max(1e-3, time.time() - float(row.issued))
         if received:
             self.throughput[agent_id] = received / elapsed
         state = "stored" if stored else ("superseded" if not await db.holders(digest) else "wanted")
-        await db.update_content(digest, state=state, received=int(row["received"]) + received)
+        await db.update_content(digest, state=state, received=int(row.received) + received)
         await self.st.events.emit(
             "collect_" + ("stored" if stored else "rejected"),
             agent_name,
@@ -210,6 +210,6 @@ class Collector:
         command = await self.st.db.get_command(command_id)
         if command is None:
             return
-        path = str(json.loads(command["args"]).get("path", ""))
+        path = str(json.loads(command.args).get("path", ""))
         await self.st.db.forget_holder(agent_id, path, digest)
         await self.queue.enqueue(agent_id, "rescan", "{}", "hub")

@@ -59,8 +59,8 @@ async def prepare(st: Core, admin: User, kind: str, args: dict[str, Any]) -> dic
     return {
         "name": name,
         "dest": dest,
-        "size": int(row["size"]),
-        "digest": str(row["digest"]),
+        "size": int(row.size),
+        "digest": str(row.digest),
         "overwrite": overwrite,
     }
 
@@ -76,7 +76,7 @@ async def queued(
     dst = st.layout.file_path(agent_id, name)
     await asyncio.to_thread(_link, src, dst)
     stored = await st.db.get_file(admin.id, args["name"])
-    mtime = float(stored["mtime"]) if stored is not None else 0.0
+    mtime = float(stored.mtime) if stored is not None else 0.0
     await st.db.publish(
         agent_id,
         f"inbox-{command_id}",
@@ -104,10 +104,10 @@ async def finished(
     """After a file command's result: move or drop the hub's side of it.
     Returns the (ok, result) to record; repeating it changes nothing."""
     row = await st.db.get_command(command_id)
-    if row is None or int(row["agent_id"]) != agent.id or row["kind"] not in FILE_COMMANDS:
+    if row is None or int(row.agent_id) != agent.id or row.kind not in FILE_COMMANDS:
         return ok, result  # (another agent's command is left alone)
-    args = json.loads(row["args"])
-    if row["kind"] == "receive_file":
+    args = json.loads(row.args)
+    if row.kind == "receive_file":
         await _drop(st, agent.id, INBOX_PREFIX + str(command_id))
         return ok, result
     sent = SENT_PREFIX + str(command_id)
@@ -117,20 +117,20 @@ async def finished(
     stored = await st.db.get_file(agent.id, sent)
     if stored is None:
         return ok, result  # moved already: this is a repeated answer
-    owner = await st.db.user_by_name(str(row["requested_by"]))
+    owner = await st.db.user_by_name(str(row.requested_by))
     if owner is None:
         await _drop(st, agent.id, sent)
-        return False, json.dumps({"error": f"{row['requested_by']} no longer exists"})
+        return False, json.dumps({"error": f"{row.requested_by} no longer exists"})
     src = st.layout.file_path(agent.id, sent)
-    dst = st.layout.file_path(int(owner["id"]), args["name"])
+    dst = st.layout.file_path(int(owner.id), args["name"])
     await asyncio.to_thread(_move, src, dst)
     await st.db.publish(
-        int(owner["id"]),
-        str(stored["sid"]),
+        int(owner.id),
+        str(stored.sid),
         name=args["name"],
-        size=int(stored["size"]),
-        digest=str(stored["digest"]),
-        mtime=float(stored["mtime"]),
+        size=int(stored.size),
+        digest=str(stored.digest),
+        mtime=float(stored.mtime),
     )
     await st.db.delete_file(agent.id, sent)
     await st.events.emit(
@@ -138,11 +138,11 @@ async def finished(
         agent.name,
         id=command_id,
         name=args["name"],
-        owner=owner["name"],
-        size=int(stored["size"]),
+        owner=owner.name,
+        size=int(stored.size),
     )
     value = json.loads(result) if result else {}
-    value.update({"name": args["name"], "owner": owner["name"]})
+    value.update({"name": args["name"], "owner": owner.name})
     return ok, json.dumps(value)
 
 

@@ -195,11 +195,11 @@ class CommandQueue:
 
 def command_json(row: Any) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "kind": row["kind"],
-        "state": row["state"],
-        "result": json.loads(row["result"]),
-        "created": row["created"],
-        "updated": row["updated"],
-        "deliveries": row["deliveries"],
+        "id": row.id,
+        "kind": row.kind,
+        "state": row.state,
+        "result": json.loads(row.result),
+        "created": row.created,
+        "updated": row.updated,
+        "deliveries": row.deliveries,
     }

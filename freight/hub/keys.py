@@ -57,7 +57,7 @@ async def _account(request: web.Request, me: User) -> tuple[int, str, str]:
     row = await request.app[STATE].db.user_by_name(check_user_name(name))
     if row is None:
         raise NotFound(f"there is no account {name!r} on this hub", hint="run: freight users ls")
-    return int(row["id"]), str(row["name"]), str(row["role"])
+    return int(row.id), str(row.name), str(row.role)
 
 
 async def list_keys(request: web.Request) -> web.Response:
@@ -68,7 +68,7 @@ async def list_keys(request: web.Request) -> web.Response:
         {
             "user": name,
             "max": MAX_IDENTITY_KEYS,
-            "keys": [{"key": r["key"], "created": r["created"]} for r in rows],
+            "keys": [{"key": r.key, "created": r.created} for r in rows],
         }
     )
 
@@ -83,7 +83,7 @@ async def put_key(request: web.Request) -> web.Response:
             hint="an admin replaces it with: freight agents key NAME KEY",
         )
     key = await _key_body(request)
-    known = key in {str(r["key"]) for r in await st.db.list_keys(user.id)}
+    known = key in {str(r.key) for r in await st.db.list_keys(user.id)}
     if not await st.db.register_key(user.id, user.token, key):
         raise Conflict(
             f"account {user.name!r} already has {MAX_IDENTITY_KEYS} identity keys",
@@ -117,7 +117,7 @@ async def get_keys(request: web.Request) -> web.Response:
     row = await st.db.user_by_name(request.match_info["name"])
     if row is None:
         raise NotFound(f"there is no user {request.match_info['name']!r} on this hub")
-    return web.json_response({"user": row["name"], "keys": await st.relay.keys_of(int(row["id"]))})
+    return web.json_response({"user": row.name, "keys": await st.relay.keys_of(int(row.id))})
 
 
 def add_routes(app: web.Application) -> None:

@@ -50,11 +50,11 @@ class LiveSessions:
         if seen is not None and now - seen[0] < VERIFIED_FOR and seen[1] > time.time():
             return seen[1]
         row = await self.db.login_by_token(user.token, time.time())
-        if row is None or int(row["id"]) != user.id:
+        if row is None or int(row.id) != user.id:
             raise NotLoggedIn("this login was revoked or has expired; log in again")
-        if row["disabled"]:
+        if row.disabled:
             raise NotLoggedIn(f"account {user.name!r} is disabled; ask an admin to enable it")
-        expires = float(row["token_expires"])
+        expires = float(row.token_expires)
         if len(self._verified) >= MAX_VERIFIED:
             self._verified.clear()
         self._verified[user.token] = (now, expires)

@@ -76,9 +76,9 @@ class HubSink:
         row = await self.s.db.get_stream(self.user.id, self.sid)
         if row is None and not req.fresh:
             done = await self.s.db.file_by_sid(self.user.id, self.sid)
-            if done is not None and done["size"] == req.size and done["name"] == self.name:
+            if done is not None and done.size == req.size and done.name == self.name:
                 # Published already; the sender missed our final ack.
-                self.published_digest = str(done["digest"])
+                self.published_digest = str(done.digest)
                 return Acceptance(
                     checkpoint=req.size,
                     prefix_digest=self.published_digest,
@@ -88,11 +88,11 @@ class HubSink:
         resume = (
             row is not None
             and not req.fresh
-            and row["size"] == req.size
-            and row["name"] == self.name
+            and row.size == req.size
+            and row.name == self.name
             and self.path.exists()
             # A partial shorter than its checkpoint cannot be trusted.
-            and self.path.stat().st_size >= int(row["checkpoint"])
+            and self.path.stat().st_size >= int(row.checkpoint)
         )
         try:
             limit = 0 if resume else await quota.quota_of(self.s.db, self.user.id)
@@ -127,7 +127,7 @@ class HubSink:
         checkpoint = 0
         if resume:
             assert row is not None
-            checkpoint = int(row["checkpoint"])
+            checkpoint = int(row.checkpoint)
             self.fd = os.open(self.path, os.O_RDWR)
             # Bytes past the checkpoint were never acknowledged: drop them.
             os.ftruncate(self.fd, checkpoint)
@@ -333,7 +333,7 @@ class StreamService:
             pull.sid,
             name=name,
             size=source.size,
-            mtime=float(row["mtime"]),
+            mtime=float(row.mtime),
             checkpoint_interval=self.checkpoint_interval,
         )
         await self.events.emit("pull_start", user.name, sid=pull.sid, name=name, size=source.size)
@@ -353,7 +353,7 @@ class StreamService:
         """Drop streams untouched for longer than the limit, with their partials."""
         stale = await self.db.stale_streams(time.time() - older_than_seconds)
         for row in stale:
-            self.layout.partial_path(row["user_id"], row["sid"]).unlink(missing_ok=True)
-            await self.db.delete_stream(row["user_id"], row["sid"])
-            await self.events.emit("stream_purged", "hub", sid=row["sid"], name=row["name"])
+            self.layout.partial_path(row.user_id, row.sid).unlink(missing_ok=True)
+            await self.db.delete_stream(row.user_id, row.sid)
+            await self.events.emit("stream_purged", "hub", sid=row.sid, name=row.name)
         return len(stale)

@@ -31,8 +31,8 @@ async def login(request: web.Request) -> web.Response:
     try:
         with st.logins.attempt("user", name, address_key(peer), now, exclusive=True) as attempt:
             row = await st.db.user_by_name(name)
-            ok = await st.passwords.verify(row["pw_hash"] if row else auth.DUMMY_HASH, password)
-            if ok and row is not None and not row["disabled"] and row["role"] != "agent":
+            ok = await st.passwords.verify(row.pw_hash if row else auth.DUMMY_HASH, password)
+            if ok and row is not None and not row.disabled and row.role != "agent":
                 attempt.succeeded()
     except RateLimited:
         st.metrics.logins.labels("limited").inc()
@@ -43,10 +43,10 @@ async def login(request: web.Request) -> web.Response:
         raise BadCredentials("wrong user name or password")
     assert row is not None
     token, token_hash = auth.new_token()
-    await st.db.add_token(token_hash, int(row["id"]), now + st.token_lifetime)
+    await st.db.add_token(token_hash, int(row.id), now + st.token_lifetime)
     st.metrics.logins.labels("success").inc()
     await st.events.emit("login", name, address=peer)
-    return web.json_response({"token": token, "user": name, "role": row["role"]})
+    return web.json_response({"token": token, "user": name, "role": row.role})
 
 
 async def logout(request: web.Request) -> web.Response:
@@ -62,11 +62,11 @@ async def logout(request: web.Request) -> web.Response:
 
 def user_json(row: Any) -> dict[str, Any]:
     return {
-        "name": row["name"],
-        "role": row["role"],
-        "disabled": bool(row["disabled"]),
-        "created": row["created"],
-        "quota": int(row["quota"]),
+        "name": row.name,
+        "role": row.role,
+        "disabled": bool(row.disabled),
+        "created": row.created,
+        "quota": int(row.quota),
     }
 
 
@@ -75,7 +75,7 @@ async def list_users(request: web.Request) -> web.Response:
     db = request.app[STATE].db
     used = await quota.usage_by_user(db)
     rows = await db.list_users()
-    return web.json_response([{**user_json(r), "used": used.get(int(r["id"]), 0)} for r in rows])
+    return web.json_response([{**user_json(r), "used": used.get(int(r.id), 0)} for r in rows])
 
 
 async def add_user(request: web.Request) -> web.Response:
@@ -102,13 +102,13 @@ async def set_disabled(request: web.Request, disabled: bool) -> web.Response:
     row = await st.db.user_by_name(name)
     if row is None:
         raise NotFound(f"no user named {name!r}")
-    if disabled and int(row["id"]) == admin.id:
+    if disabled and int(row.id) == admin.id:
         raise Conflict("you cannot disable your own account")
-    await st.db.set_disabled(int(row["id"]), disabled)
+    await st.db.set_disabled(int(row.id), disabled)
     if disabled:  # what it has running stops now, not at its next request
-        await st.sessions.end_user(int(row["id"]), "disabled")
+        await st.sessions.end_user(int(row.id), "disabled")
     await st.events.emit("user_disabled" if disabled else "user_enabled", admin.name, name=name)
-    return web.json_response(user_json({**row, "disabled": disabled}))
+    return web.json_response(user_json(row) | {"disabled": disabled})
 
 
 async def disable_user(request: web.Request) -> web.Response:
@@ -131,7 +131,7 @@ async def change_password(request: web.Request) -> web.Response:
         "user", user.name, address_key(peer), time.time(), exclusive=True
     ) as attempt:
         row = await st.db.user_by_name(user.name)
-        pw_hash = row["pw_hash"] if row else auth.DUMMY_HASH
+        pw_hash = row.pw_hash if row else auth.DUMMY_HASH
         if row is not None and await st.passwords.verify(pw_hash, body["current"]):
             attempt.succeeded()
     if not attempt.ok:
@@ -159,9 +159,9 @@ async def set_quota(request: web.Request) -> web.Response:
     row = await st.db.user_by_name(name)
     if row is None:
         raise NotFound(f"no user named {name!r}")
-    await quota.set_quota(st.db, int(row["id"]), value)
+    await quota.set_quota(st.db, int(row.id), value)
     await st.events.emit("quota_set", admin.name, name=name, quota=value)
-    return web.json_response(user_json({**row, "quota": value}))
+    return web.json_response(user_json(row) | {"quota": value})
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,4 +1,4 @@
-"""Queries on logins and identity keys (a part of :class:`.db.Database`).
+"""Logins and identity keys (a repository of :class:`.db.Database`).
 
 A login (a row of ``tokens``) may be bound to an identity key: the one its
 device registered through it, or the key an agent logged in with. Removing
@@ -7,26 +7,19 @@ a key ends the logins bound to it; the hub then closes what they hold open.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Mapping
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import schema as t
+from .base import Repository
+from .rows import KeyRow, LoginRow
 
 # Identity keys per account: every Linked frame to a peer of the account
 # may list them all, and a frame header holds 64 KiB.
 MAX_IDENTITY_KEYS = 16
 
 
-class AccountQueries:
-    """Mixed into :class:`.db.Database`, which provides the engine."""
-
-    engine: AsyncEngine
-
-    async def login_by_token(self, token_hash: str, now: float) -> Mapping[str, Any] | None:
+class Logins(Repository):
+    async def login_by_token(self, token_hash: str, now: float) -> LoginRow | None:
         """The account a live token stands for, with ``token_expires`` and
         ``token_key`` (the identity key bound to this login, or "")."""
         q = (
@@ -38,9 +31,7 @@ class AccountQueries:
             .join(t.tokens, t.tokens.c.user_id == t.users.c.id)
             .where(t.tokens.c.token_hash == token_hash, t.tokens.c.expires > now)
         )
-        async with self.engine.connect() as c:
-            row = (await c.execute(q)).first()
-            return row._mapping if row else None
+        return await self._first(LoginRow, q)
 
     async def revoke_token(self, token_hash: str) -> bool:
         async with self.engine.begin() as c:
@@ -53,13 +44,11 @@ class AccountQueries:
             res = await c.execute(t.tokens.delete().where(t.tokens.c.expires <= now))
             return int(res.rowcount)
 
-    async def list_keys(self, user_id: int) -> list[Mapping[str, Any]]:
+    async def list_keys(self, user_id: int) -> list[KeyRow]:
         """An account's identity keys with when they came, newest first."""
         ik = t.identity_keys
         q = sa.select(ik.c.key, ik.c.created).where(ik.c.user_id == user_id)
-        async with self.engine.connect() as c:
-            rows = (await c.execute(q.order_by(ik.c.created.desc(), ik.c.key))).all()
-            return [r._mapping for r in rows]
+        return await self._all(KeyRow, q.order_by(ik.c.created.desc(), ik.c.key))
 
     async def register_key(self, user_id: int, token_hash: str, key: str) -> bool:
         """Add ``key`` to the account (unless known) and bind this login to
@@ -71,7 +60,7 @@ class AccountQueries:
             if key not in keys:
                 if len(keys) >= MAX_IDENTITY_KEYS:
                     return False
-                await c.execute(ik.insert().values(user_id=user_id, key=key, created=time.time()))
+                await c.execute(ik.insert().values(user_id=user_id, key=key, created=self.clock()))
             await c.execute(
                 t.tokens.update()
                 .where(t.tokens.c.token_hash == token_hash, t.tokens.c.user_id == user_id)
@@ -98,6 +87,6 @@ class AccountQueries:
         ik, tok = t.identity_keys, t.tokens
         async with self.engine.begin() as c:
             await c.execute(ik.delete().where(ik.c.user_id == user_id))
-            await c.execute(ik.insert().values(user_id=user_id, key=key, created=time.time()))
+            await c.execute(ik.insert().values(user_id=user_id, key=key, created=self.clock()))
             res = await c.execute(tok.delete().where(tok.c.user_id == user_id))
             return int(res.rowcount)

@@ -6,20 +6,23 @@ from __future__ import annotations
 import sqlalchemy as sa
 
 from . import schema as t
-from .db import Database
+from .base import Repository
 
 
-async def set_quota(db: Database, user_id: int, quota: int) -> None:
+async def set_quota(db: Repository, user_id: int, quota: int) -> None:
     async with db.engine.begin() as c:
         await c.execute(t.users.update().where(t.users.c.id == user_id).values(quota=quota))
 
 
-async def quota_of(db: Database, user_id: int) -> int:
-    row = await db._first(sa.select(t.users.c.quota).where(t.users.c.id == user_id))
-    return int(row["quota"]) if row else 0
+async def quota_of(db: Repository, user_id: int) -> int:
+    async with db.engine.connect() as c:
+        value = (
+            await c.execute(sa.select(t.users.c.quota).where(t.users.c.id == user_id))
+        ).scalar()
+    return int(value or 0)
 
 
-async def usage(db: Database, user_id: int, *, but_sid: str = "", but_name: str = "") -> int:
+async def usage(db: Repository, user_id: int, *, but_sid: str = "", but_name: str = "") -> int:
     """Bytes the account's files and unfinished pushes take, leaving out the
     push ``but_sid`` (being started again) and the file ``but_name`` (which
     the push will replace)."""
@@ -35,7 +38,7 @@ async def usage(db: Database, user_id: int, *, but_sid: str = "", but_name: str 
         )
 
 
-async def usage_by_user(db: Database) -> dict[int, int]:
+async def usage_by_user(db: Repository) -> dict[int, int]:
     """Per account id, the bytes its files and unfinished pushes take."""
     out: dict[int, int] = {}
     async with db.engine.connect() as c:

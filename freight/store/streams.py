@@ -1,0 +1,116 @@
+"""Pushes under way (``streams``: where each resumes) and the files they
+become (``files``)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from . import schema as t
+from .base import Repository
+from .rows import FileRow, StreamRow
+
+RECEIVING = "receiving"  # the one state a stream row has
+
+
+class Streams(Repository):
+    # --- streams ------------------------------------------------------------
+
+    async def get_stream(self, user_id: int, sid: str) -> StreamRow | None:
+        q = sa.select(t.streams).where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+        return await self._first(StreamRow, q)
+
+    async def put_stream(
+        self, user_id: int, sid: str, *, name: str, size: int, mtime: float
+    ) -> None:
+        now = self.clock()
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.streams.delete().where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+            )
+            await c.execute(
+                t.streams.insert().values(
+                    user_id=user_id,
+                    sid=sid,
+                    name=name,
+                    size=size,
+                    mtime=mtime,
+                    checkpoint=0,
+                    state=RECEIVING,
+                    created=now,
+                    updated=now,
+                )
+            )
+
+    async def set_checkpoint(self, user_id: int, sid: str, checkpoint: int) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.streams.update()
+                .where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+                .values(checkpoint=checkpoint, updated=self.clock())
+            )
+
+    async def touch_stream(self, user_id: int, sid: str) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.streams.update()
+                .where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+                .values(updated=self.clock())
+            )
+
+    async def delete_stream(self, user_id: int, sid: str) -> None:
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.streams.delete().where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+            )
+
+    async def publish(
+        self, user_id: int, sid: str, *, name: str, size: int, digest: str, mtime: float
+    ) -> None:
+        """Record a finished file and drop its stream row in one transaction."""
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.files.delete().where(t.files.c.user_id == user_id, t.files.c.name == name)
+            )
+            await c.execute(
+                t.files.insert().values(
+                    user_id=user_id,
+                    name=name,
+                    size=size,
+                    digest=digest,
+                    mtime=mtime,
+                    created=self.clock(),
+                    sid=sid,
+                )
+            )
+            await c.execute(
+                t.streams.delete().where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+            )
+
+    async def stale_streams(self, older_than: float) -> list[StreamRow]:
+        return await self._all(
+            StreamRow, sa.select(t.streams).where(t.streams.c.updated < older_than)
+        )
+
+    async def active_streams(self) -> list[StreamRow]:
+        return await self._all(StreamRow, sa.select(t.streams))
+
+    # --- files ------------------------------------------------------------------
+
+    async def list_files(self, user_id: int) -> list[FileRow]:
+        q = sa.select(t.files).where(t.files.c.user_id == user_id).order_by(t.files.c.name)
+        return await self._all(FileRow, q)
+
+    async def get_file(self, user_id: int, name: str) -> FileRow | None:
+        q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.name == name)
+        return await self._first(FileRow, q)
+
+    async def file_by_sid(self, user_id: int, sid: str) -> FileRow | None:
+        q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.sid == sid)
+        return await self._first(FileRow, q)
+
+    async def delete_file(self, user_id: int, name: str) -> bool:
+        async with self.engine.begin() as c:
+            res = await c.execute(
+                t.files.delete().where(t.files.c.user_id == user_id, t.files.c.name == name)
+            )
+            return bool(res.rowcount)
