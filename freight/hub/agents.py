@@ -284,12 +284,12 @@ async def add_command(request: web.Request) -> web.Response:
         raise UsageError("a command's arguments are an object of names and values")
     if kind in FILE_COMMANDS:
         raw_args = await commandfiles.prepare(st.core, admin, kind, raw_args)
-    agent_id = int(row["id"])
+    agent_id = int(row.id)
 
     async def queued(command_id: int) -> None:
         await commandfiles.queued(st.core, admin, agent_id, command_id, kind, raw_args)
         await st.events.emit(
-            "command_queued", admin.name, agent=row["name"], id=command_id, command=kind
+            "command_queued", admin.name, agent=row.name, id=command_id, command=kind
         )
 
     # Online: handed over now (else when it attaches).
@@ -314,7 +314,7 @@ async def get_command(request: web.Request) -> web.Response:
             row = await st.db.get_command(command_id)
             if row is None:
                 raise NotFound(f"no command {command_id}")
-            if row["state"] in TERMINAL_COMMAND_STATES or time.monotonic() >= deadline:
+            if row.state in TERMINAL_COMMAND_STATES or time.monotonic() >= deadline:
                 return web.json_response(command_json(row))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), deadline - time.monotonic())

@@ -59,11 +59,11 @@ class CodeDesk:
                 raise RelayRefused(
                     RefusalCode.CODE_UNKNOWN, f"code {msg.nameplate}-… has expired or is unknown"
                 )
-            if int(row["user_id"]) != att.user.id:
+            if int(row.user_id) != att.user.id:
                 raise RelayRefused(
                     RefusalCode.FORBIDDEN, f"code {msg.nameplate}-… belongs to someone else"
                 )
-            nameplate, expires = msg.nameplate, float(row["expires"])
+            nameplate, expires = msg.nameplate, float(row.expires)
         else:
             if await self.db.count_codes(att.user.id) >= self.max_codes:
                 raise RelayRefused(
@@ -145,8 +145,8 @@ class CodeDesk:
         row = await self.db.get_code(nameplate, expired=True) if nameplate.isdigit() else None
         if row is None:
             raise RelayRefused(RefusalCode.CODE_UNKNOWN, "this code has expired or is unknown")
-        party = int(row["user_id"] if msg.role == ACCEPT else (row["claimant_id"] or 0))
-        if row["claim_cid"] != msg.cid or party != att.user.id:
+        party = int(row.user_id if msg.role == ACCEPT else (row.claimant_id or 0))
+        if row.claim_cid != msg.cid or party != att.user.id:
             raise RelayRefused(
                 RefusalCode.FORBIDDEN,
                 "only the sender and the receiver of a code may rejoin its connection",

@@ -124,18 +124,18 @@ class Collector:
             holders = [h for h in everyone if not self.busy(int(h.agent_id), uploading)]
             if not holders:
                 continue
-            best = max(holders, key=lambda h: self.throughput.get(int(h["agent_id"]), 0.0))
-            agent_id = int(best["agent_id"])
-            args = json.dumps({"digest": row["digest"], "path": best["path"], "size": row["size"]})
+            best = max(holders, key=lambda h: self.throughput.get(int(h.agent_id), 0.0))
+            agent_id = int(best.agent_id)
+            args = json.dumps({"digest": row.digest, "path": best.path, "size": row.size})
 
             async def issue(command_id: int, row: Any = row, agent_id: int = agent_id) -> None:
                 await db.update_content(
-                    row["digest"],
+                    row.digest,
                     state="issued",
                     source=agent_id,
                     command_id=command_id,
                     issued=now,
-                    attempts=int(row["attempts"]) + 1,
+                    attempts=int(row.attempts) + 1,
                 )
 
             await self.queue.enqueue(agent_id, "upload", args, "collector", prepare=issue)

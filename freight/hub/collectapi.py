@@ -50,10 +50,10 @@ async def put_policy(request: web.Request) -> web.Response:
         }
     except (ValueError, TypeError, AttributeError):
         raise UsageError("a policy is JSON: agents, include, exclude, max_size, every") from None
-    old = next((p for p in await st.db.list_policies() if p["name"] == name), None)
+    old = next((p for p in await st.db.list_policies() if p.name == name), None)
     await st.db.put_policy(row)
     await st.events.emit("policy_set", admin.name, name=name)
-    await _rescan(st, admin.name, [row["agents"]] + ([str(old["agents"])] if old else []))
+    await _rescan(st, admin.name, [row["agents"]] + ([str(old.agents)] if old else []))
     return web.json_response(_policy_json(row))
 
 
@@ -62,14 +62,14 @@ async def _rescan(st: Hub, by: str, patterns: list[str]) -> None:
     selected): online agents start at once, the others when they attach,
     so agents need not poll for policies."""
     for agent in await st.db.list_agents():
-        if agent["disabled"] or not any(fnmatch.fnmatchcase(agent["name"], p) for p in patterns):
+        if agent.disabled or not any(fnmatch.fnmatchcase(agent.name, p) for p in patterns):
             continue
-        await st.commands.enqueue(int(agent["id"]), "rescan", "{}", by)
+        await st.commands.enqueue(int(agent.id), "rescan", "{}", by)
 
 
 async def list_policies(request: web.Request) -> web.Response:
     user = await current_user(request)
-    rows = [_policy_json(r) for r in await request.app[STATE].db.list_policies()]
+    rows = [_policy_json(r.as_dict()) for r in await request.app[STATE].db.list_policies()]
     if user.role == "agent":  # an agent sees the policies that select it
         rows = [r for r in rows if fnmatch.fnmatchcase(user.name, r["agents"])]
     elif user.role != "admin":
@@ -81,11 +81,11 @@ async def delete_policy(request: web.Request) -> web.Response:
     admin = await admin_user(request)
     st = request.app[STATE]
     name = request.match_info["name"]
-    old = next((p for p in await st.db.list_policies() if p["name"] == name), None)
+    old = next((p for p in await st.db.list_policies() if p.name == name), None)
     if old is None or not await st.db.delete_policy(name):
         raise NotFound(f"no policy {name!r}")
     await st.events.emit("policy_removed", admin.name, name=name)
-    await _rescan(st, admin.name, [str(old["agents"])])  # they stop offering for it
+    await _rescan(st, admin.name, [str(old.agents)])  # they stop offering for it
     return web.json_response({"removed": name})
 
 
@@ -128,10 +128,10 @@ async def collected(request: web.Request) -> web.Response:
     by_digest: dict[str, dict[str, Any]] = {}
     for r in rows:
         entry = by_digest.setdefault(
-            r["digest"],
-            {"digest": r["digest"], "size": r["size"], "state": r["state"], "holders": []},
+            r.digest,
+            {"digest": r.digest, "size": r.size, "state": r.state, "holders": []},
         )
-        entry["holders"].append({"agent": r["agent"], "path": r["path"], "mtime": r["mtime"]})
+        entry["holders"].append({"agent": r.agent, "path": r.path, "mtime": r.mtime})
     return web.json_response(list(by_digest.values()))
 
 
@@ -148,7 +148,7 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     digest = request.match_info["digest"]
     row = await st.db.get_content(digest) if DIGEST.match(digest) else None
-    if row is None or row["state"] != "stored":
+    if row is None or row.state != "stored":
         raise NotFound(f"no collected content {digest[:16]}…")
     return web.FileResponse(st.layout.cas_path(digest))
 

@@ -118,7 +118,7 @@ class CommandQueue:
         # died running them, or its answer was lost (it answers a repeat from
         # memory when it still has one).
         for row in await self.db.open_commands(link.user.id):
-            await self.deliver(link.att, int(row["id"]), str(row["kind"]), str(row["args"]))
+            await self.deliver(link.att, int(row.id), str(row.kind), str(row.args))
 
     @contextlib.contextmanager
     def waiter(self, command_id: int) -> Iterator[asyncio.Event]:
@@ -178,17 +178,17 @@ class CommandQueue:
             raise NotFound(
                 f"no command {command_id}", hint="freight agents ls shows what is queued"
             )
-        agent_row = await self.db.user_by_id(int(row["agent_id"]))
+        agent_row = await self.db.user_by_id(int(row.agent_id))
         result = json.dumps({"error": f"cancelled by {by}"})
         if agent_row is None or not await queue.finish(
             self.db, command_id, None, "cancelled", result
         ):
-            raise Conflict(f"command {command_id} is {row['state']} already; only open ones cancel")
-        agent = User(int(agent_row["id"]), str(agent_row["name"]), str(agent_row["role"]))
+            raise Conflict(f"command {command_id} is {row.state} already; only open ones cancel")
+        agent = User(int(agent_row.id), str(agent_row.name), str(agent_row.role))
         await commandfiles.finished(self.core, agent, command_id, False, result)
         await self._settle(command_id, agent, False, result)
         await self.core.events.emit(
-            "command_cancelled", by, id=command_id, agent=agent.name, command=row["kind"]
+            "command_cancelled", by, id=command_id, agent=agent.name, command=row.kind
         )
         return command_json(await self.db.get_command(command_id))
 

@@ -282,9 +282,9 @@ class Router:
         row = await self.db.user_by_name(name)
         if row is None:
             raise RelayRefused(RefusalCode.UNKNOWN_USER, f"there is no user {name!r} on this hub")
-        if row["disabled"]:
+        if row.disabled:
             raise RelayRefused(RefusalCode.UNKNOWN_USER, f"{name!r} is disabled on this hub")
-        return User(int(row["id"]), str(row["name"]), str(row["role"]))
+        return User(int(row.id), str(row.name), str(row.role))
 
     async def dial(self, att: Attachment, msg: m.Dial) -> None:
         me = att.user
@@ -362,7 +362,7 @@ class Router:
         row = await self.db.user_by_id(user_id)
         if row is None:
             raise RelayRefused(RefusalCode.CODE_UNKNOWN, "the sender's account no longer exists")
-        return User(int(row["id"]), str(row["name"]), str(row["role"]))
+        return User(int(row.id), str(row.name), str(row.role))
 
     # --- linking and forwarding -------------------------------------------
 

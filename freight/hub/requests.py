@@ -91,10 +91,10 @@ async def current_login(request: web.Request) -> tuple[User, float]:
             "the saved login is unknown, expired or revoked, or the account is disabled; "
             "log in again"
         )
-    if row["disabled"]:
-        raise NotLoggedIn(f"account {row['name']!r} is disabled; ask an admin to enable it")
-    user = User(int(row["id"]), str(row["name"]), str(row["role"]), token, str(row["token_key"]))
-    return user, float(row["token_expires"])
+    if row.disabled:
+        raise NotLoggedIn(f"account {row.name!r} is disabled; ask an admin to enable it")
+    user = User(int(row.id), str(row.name), str(row.role), token, str(row.token_key))
+    return user, float(row.token_expires)
 
 
 async def current_user(request: web.Request) -> User:

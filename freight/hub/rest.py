@@ -41,11 +41,11 @@ async def list_files(request: web.Request) -> web.Response:
     return web.json_response(
         [
             {
-                "name": r["name"],
-                "size": r["size"],
-                "digest": r["digest"],
-                "mtime": r["mtime"],
-                "created": r["created"],
+                "name": r.name,
+                "size": r.size,
+                "digest": r.digest,
+                "mtime": r.mtime,
+                "created": r.created,
             }
             for r in rows
         ]
@@ -87,7 +87,10 @@ async def list_streams(request: web.Request) -> web.Response:
     rows = await request.app[STATE].db.active_streams()
     return web.json_response(
         [
-            {k: r[k] for k in ("user_id", "sid", "name", "size", "checkpoint", "state", "updated")}
+            {
+                k: getattr(r, k)
+                for k in ("user_id", "sid", "name", "size", "checkpoint", "state", "updated")
+            }
             for r in rows
         ]
     )
@@ -100,7 +103,9 @@ async def list_events(request: web.Request) -> web.Response:
         limit = max(1, min(1000, int(request.query.get("limit", "100"))))
     except ValueError:
         raise UsageError("limit must be a number") from None
-    return web.json_response(await request.app[STATE].db.list_events(kind, limit))
+    return web.json_response(
+        [e.as_json() for e in await request.app[STATE].db.list_events(kind, limit)]
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
