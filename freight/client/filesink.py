@@ -7,11 +7,10 @@ import asyncio
 import os
 from pathlib import Path
 
-import blake3
-
+from ..engine.hashing import hash_prefix, new_hasher
+from ..engine.streams import Acceptance
 from ..errors import StorageError
 from ..protocol.stream import StreamRequested
-from ..transport.streaming import Acceptance, hash_prefix
 from .config import read_json, write_json_atomic
 from .options import DISK_FULL_ERRNOS, TransferOptions
 from .safefs import DEFAULT_FILE_MODE, FileExists, Tree, same_file
@@ -32,7 +31,7 @@ class FileSink:
         self.folder: Tree | None = None
         self.size = 0
         self.mtime = 0.0
-        self.hasher = blake3.blake3()
+        self.hasher = new_hasher()
         self.resumed_from = 0
 
     def _open_folder(self) -> Tree:

@@ -19,14 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import blake3
-
+from ..engine.hashing import digest_bytes, hash_fd, new_hasher
 from ..errors import FreightError, StorageError, UsageError
 from ..protocol import sendrecv as wire
 from .relay import Connection
 from .safefs import FileExists, Tree, UnsafePath, relative_parts, same_file
 from .sendrecv import (
-    CHUNK,
     PART_SUFFIX,
     READ_AHEAD,
     SYNC_EACH,
@@ -173,20 +171,6 @@ def _rename_top(entries: list[Entry], name: str) -> None:
 # --- one file ------------------------------------------------------------------------
 
 
-def _hash_fd(fd: int, upto: int | None = None) -> tuple[Any, int]:
-    """BLAKE3 hasher over the first ``upto`` bytes of ``fd`` (all if None)."""
-    h = blake3.blake3()
-    n = 0
-    while upto is None or n < upto:
-        want = CHUNK if upto is None else min(CHUNK, upto - n)
-        block = os.pread(fd, want, n)
-        if not block:
-            break
-        h.update(block)
-        n += len(block)
-    return h, n
-
-
 def _write_all(fd: int, data: bytes, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -202,7 +186,7 @@ class _Incoming:
         self.tree = tree
         self.parts = parts
         self.part = (*parts[:-1], parts[-1] + PART_SUFFIX)
-        self.hasher: Any = blake3.blake3()
+        self.hasher: Any = new_hasher()
         self.fd = -1
         self.done = 0
         self.complete = ""  # digest of the finished copy already in place
@@ -239,7 +223,7 @@ class _Incoming:
         if fd is None:
             return None
         try:
-            hasher, n = _hash_fd(fd, upto)
+            hasher, n = hash_fd(fd, upto)
         finally:
             os.close(fd)
         return str(hasher.hexdigest()) if upto is None or n == upto else None
@@ -248,7 +232,7 @@ class _Incoming:
         if self.fd < 0:
             self.fd = self.tree.open_write(self.part)
             if offset:
-                self.hasher, _ = _hash_fd(self.fd, offset)
+                self.hasher, _ = hash_fd(self.fd, offset)
             self.complete = ""
             os.ftruncate(self.fd, offset)
             self.done = offset
@@ -268,7 +252,7 @@ class _Incoming:
             return
         if self.fd < 0:  # nothing was needed: an empty file, or all held
             self.fd = self.tree.open_write(self.part)
-            self.hasher, _ = _hash_fd(self.fd, self.done)
+            self.hasher, _ = hash_fd(self.fd, self.done)
             os.ftruncate(self.fd, self.done)
         elif e.size >= SYNC_EACH:
             # Smaller files are made durable together by one sync before the
@@ -287,7 +271,7 @@ class _Incoming:
         fstat, write, fchmod, futimens, close and rename (a tree of small
         files is bound by system calls)."""
         e = self.entry
-        if len(body) != e.size or blake3.blake3(body).hexdigest() != digest:
+        if len(body) != e.size or digest_bytes(body) != digest:
             raise TransferRefused(f"{e.path}: content does not match what was sent; run again")
         self.close()
         fd = self.tree.open_write(self.part, truncate=True)

@@ -22,6 +22,7 @@ from typing import Any, BinaryIO, Literal, Protocol
 
 import blake3
 
+from ..engine.hashing import hash_fd
 from ..errors import RemoteError, StorageError, UsageError
 from ..protocol import sendrecv as wire
 from .relay import Connection
@@ -224,7 +225,7 @@ async def _send_file(
             raise UsageError(f"{path} changed while being sent; send it again")
         hasher = blake3.blake3()
         if 0 < offset <= size:
-            hasher = await asyncio.to_thread(_rehash_prefix, f.fileno(), offset)
+            hasher, _ = await asyncio.to_thread(hash_fd, f.fileno(), offset)
             if hasher.hexdigest() != prefix_digest:
                 hasher, offset = blake3.blake3(), 0  # the receiver holds another file
         else:
@@ -297,18 +298,6 @@ def _read_batch(
         parts.append(body)
         held.append(has_it)
     return b"".join(parts), held
-
-
-def _rehash_prefix(fd: int, upto: int) -> Any:
-    h = blake3.blake3()
-    done = 0
-    while done < upto:
-        block = os.pread(fd, min(CHUNK, upto - done), done)
-        if not block:
-            break
-        h.update(block)
-        done += len(block)
-    return h
 
 
 async def _read_ahead(f: BinaryIO, hasher: Any, length: int) -> Any:

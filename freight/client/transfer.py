@@ -16,6 +16,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..engine.streams import (
+    FileSource,
+    SendProgress,
+    run_receiver,
+    run_sender,
+)
 from ..errors import (
     FreightError,
     IntegrityError,
@@ -32,12 +38,6 @@ from ..protocol.retry import RetryPolicy, RetryState
 from ..protocol.stream import StreamReceiver, StreamSender
 from ..transport.channel import ChannelClosed
 from ..transport.proxy import ProxyRefused
-from ..transport.streaming import (
-    FileSource,
-    SendProgress,
-    run_receiver,
-    run_sender,
-)
 from .config import ClientConfig, read_json, write_json_atomic
 from .filesink import FileSink
 from .options import (

@@ -11,9 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import blake3
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..engine.hashing import hash_prefix, new_hasher
+from ..engine.streams import Acceptance, FileSource, run_receiver, run_sender
 from ..errors import (
     DiskFull,
     FreightError,
@@ -28,7 +29,6 @@ from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..store import Database, DataLayout, quota
 from ..transport.channel import Port
-from ..transport.streaming import Acceptance, FileSource, hash_prefix, run_receiver, run_sender
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
 from .caps import AccountCaps
@@ -67,7 +67,7 @@ class HubSink:
         self.mtime = 0.0
         self.level = m.LEVEL_NONE
         self.published_digest = ""
-        self.hasher = blake3.blake3()
+        self.hasher = new_hasher()
         self.path = service.layout.partial_path(user.id, sid)
 
     async def open(self, req: StreamRequested) -> Acceptance:

@@ -20,8 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import blake3
-
 from ..errors import (
     DiskFull,
     FreightError,
@@ -50,23 +48,10 @@ from ..protocol.stream import (
     StreamSender,
     prepare_chunk,
 )
-from .channel import Port
+from ..transport.channel import Port
+from .hashing import Hasher, hash_prefix
 
-HASH_BLOCK = 8 * 1024 * 1024
 Clock = Callable[[], float]
-
-
-def hash_prefix(fd: int, length: int) -> blake3.blake3:
-    """BLAKE3 state over the first ``length`` bytes of an open file."""
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    pos = 0
-    while pos < length:
-        block = os.pread(fd, min(HASH_BLOCK, length - pos), pos)
-        if not block:
-            raise FreightError(f"file shorter than {length} bytes while hashing")
-        h.update(block)
-        pos += len(block)
-    return h
 
 
 def chunk_size_for(rate: int) -> int:
@@ -84,7 +69,7 @@ class Source(Protocol):
 
     def read(self, offset: int, n: int) -> bytes: ...
 
-    def prefix_hasher(self, length: int) -> blake3.blake3: ...
+    def prefix_hasher(self, length: int) -> Hasher: ...
 
 
 class FileSource:
@@ -102,7 +87,7 @@ class FileSource:
             raise SourceChanged("the file shrank while it was being sent")
         return data
 
-    def prefix_hasher(self, length: int) -> blake3.blake3:
+    def prefix_hasher(self, length: int) -> Hasher:
         return hash_prefix(self.fd, length)
 
     def close(self) -> None:
@@ -119,7 +104,7 @@ class ChunkReader:
     is fed in order as chunks are taken. Measured on 2 cores: compressible
     text with --compress fast went from ~100 to ~145 MB/s."""
 
-    def __init__(self, source: Source, hasher: blake3.blake3, offset: int) -> None:
+    def __init__(self, source: Source, hasher: Hasher, offset: int) -> None:
         self.source = source
         self.hasher = hasher  # already holds the bytes before ``offset``
         self.offset = offset  # next byte to hand to the worker
