@@ -27,9 +27,10 @@ _NOFOLLOW = (
 )
 
 
-def new_hasher(expected: int = 0) -> Hasher:
-    """A running hasher; ``expected`` bytes or more are hashed with threads."""
-    if expected >= THREADED_MIN:
+def new_hasher(expected: int = 0, *, threaded: bool | None = None) -> Hasher:
+    """A running hasher, using blake3's threads if ``threaded`` (by default
+    when ``expected`` is at least THREADED_MIN bytes)."""
+    if threaded or (threaded is None and expected >= THREADED_MIN):
         return blake3.blake3(max_threads=blake3.blake3.AUTO)
     return blake3.blake3()
 
@@ -39,11 +40,13 @@ def digest_bytes(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def hash_fd(fd: int, upto: int | None = None, *, start: int = 0) -> tuple[Hasher, int]:
+def hash_fd(
+    fd: int, upto: int | None = None, *, start: int = 0, threaded: bool | None = None
+) -> tuple[Hasher, int]:
     """A hasher over the bytes of ``fd`` from ``start`` up to offset
     ``upto`` (to the end if None), read with ``pread`` (the file position
     is untouched); and the offset it reached, short of ``upto`` at EOF."""
-    h = new_hasher((os.fstat(fd).st_size if upto is None else upto) - start)
+    h = new_hasher((os.fstat(fd).st_size if upto is None else upto) - start, threaded=threaded)
     pos = start
     while upto is None or pos < upto:
         block = os.pread(fd, BLOCK if upto is None else min(BLOCK, upto - pos), pos)
@@ -56,8 +59,9 @@ def hash_fd(fd: int, upto: int | None = None, *, start: int = 0) -> tuple[Hasher
 
 def hash_prefix(fd: int, length: int) -> Hasher:
     """The hasher over exactly the first ``length`` bytes of ``fd``, ready
-    to be fed what follows; a file shorter than that is an error."""
-    h, reached = hash_fd(fd, length)
+    to be fed what follows (with blake3's threads: it goes on with a
+    stream's bytes); a file shorter than that is an error."""
+    h, reached = hash_fd(fd, length, threaded=True)
     if reached < length:
         raise FreightError(f"file shorter than {length} bytes while hashing")
     return h
