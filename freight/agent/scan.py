@@ -37,20 +37,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import blake3
+from ..engine.hashing import digest_file
 
-BLOCK = 1 << 20  # read size while hashing
-THREADED_MIN = 16 << 20  # files at least this big are hashed with blake3's thread pool
 RACY_WINDOW = 2.0  # seconds; see the module docstring
 _RACY_MTIME = -1  # cached mtime_ns meaning "verify next time": never equals a real stat
-
-_OPEN_FLAGS = (
-    os.O_RDONLY
-    | getattr(os, "O_NOFOLLOW", 0)
-    | getattr(os, "O_NONBLOCK", 0)
-    | getattr(os, "O_CLOEXEC", 0)
-    | getattr(os, "O_BINARY", 0)
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,29 +201,10 @@ class GlobSet:
 
 
 def blake3_file(path: str) -> str:
-    """BLAKE3 hex digest of a regular file, read in 1 MiB blocks.
-
-    Opened without following links or blocking (a path swapped for a link or
-    a FIFO since it was listed fails instead); big files use blake3's thread
-    pool, which pays off only once there is enough input to split.
-    """
-    fd = os.open(path, _OPEN_FLAGS)
-    with open(fd, "rb", buffering=0) as f:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{path}: not a regular file any more")
-        if st.st_size >= THREADED_MIN:
-            h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        else:
-            h = blake3.blake3()
-        if st.st_size < BLOCK:
-            h.update(f.read())  # one read (plus one at EOF) for the common small file
-        else:
-            buf = bytearray(BLOCK)
-            view = memoryview(buf)
-            while n := f.readinto(buf):
-                h.update(view[:n])
-    return h.hexdigest()
+    """BLAKE3 hex digest of a regular file (:func:`freight.engine.hashing.digest_file`:
+    opened without following links or blocking, so a path swapped for a link or
+    a FIFO since it was listed fails instead; big files use blake3's threads)."""
+    return digest_file(path)
 
 
 # ------------------------------------------------------------------- cache

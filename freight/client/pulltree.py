@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import blake3
-
+from ..engine.hashing import digest_fd
 from ..errors import FreightError, NotFound, UsageError
 from ..names import check_name
 from .config import ClientConfig, write_json_atomic
@@ -125,15 +124,12 @@ def already_there(item: PullItem) -> bool:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_size != item.size:
         return False
-    hasher = blake3.blake3()
     try:
         fd = os.open(item.dest, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
         return False
     try:
-        while block := os.read(fd, 1 << 20):
-            hasher.update(block)
-        if hasher.hexdigest() != item.digest:
+        if digest_fd(fd, st.st_size) != item.digest:
             return False
         if item.mtime and st.st_mtime != item.mtime:
             os.utime(fd, (item.mtime, item.mtime))

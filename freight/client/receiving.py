@@ -17,10 +17,10 @@ import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
-import blake3
-
+from ..engine.hashing import digest_bytes, hash_fd
+from ..engine.partial import FolderPlace, LengthCheckpoints, PartialFile
+from ..engine.pipeline import WriteBehind
 from ..errors import FreightError, StorageError, UsageError
 from ..protocol import sendrecv as wire
 from .relay import Connection
@@ -121,6 +121,7 @@ class Destination:
         if not self.rel:
             return Tree.open(self.root), self.top_name
         parent = Tree.beneath(self.root, self.rel[:-1])
+        kept = False
         try:
             name = self.rel[-1]
             st = parent.lstat((name,))
@@ -129,12 +130,11 @@ class Destination:
                 # was put in since; it is not followed.
                 raise UnsafePath(f"refusing to follow the symbolic link {self.path}")
             if place(_kind(st), self.trailing_slash, tops, self.shown):
-                into = parent.subtree((name,))
+                return parent.subtree((name,)), self.top_name
+            kept = True
+        finally:
+            if not kept:
                 parent.close()
-                return into, self.top_name
-        except BaseException:
-            parent.close()
-            raise
         return parent, name
 
     def _open_local(self, tops: list[tuple[str, str]]) -> tuple[Tree, str | None]:
@@ -173,37 +173,18 @@ def _rename_top(entries: list[Entry], name: str) -> None:
 # --- one file ------------------------------------------------------------------------
 
 
-def _hash_fd(fd: int, upto: int | None = None) -> tuple[Any, int]:
-    """BLAKE3 hasher over the first ``upto`` bytes of ``fd`` (all if None)."""
-    h = blake3.blake3()
-    n = 0
-    while upto is None or n < upto:
-        want = CHUNK if upto is None else min(CHUNK, upto - n)
-        block = os.pread(fd, want, n)
-        if not block:
-            break
-        h.update(block)
-        n += len(block)
-    return h, n
-
-
-def _write_all(fd: int, data: bytes, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view, offset = view[n:], offset + n
-
-
 class _Incoming:
-    """One file being written: ``name.freight-part`` next to its final place."""
+    """One file being written: ``name.freight-part`` next to its final place
+    (a :class:`~freight.engine.partial.PartialFile` whose checkpoint is its
+    own length: the sender checks the digest of what is held)."""
 
     def __init__(self, entry: Entry, tree: Tree, parts: tuple[str, ...]) -> None:
         self.entry = entry
         self.tree = tree
         self.parts = parts
         self.part = (*parts[:-1], parts[-1] + PART_SUFFIX)
-        self.hasher: Any = blake3.blake3()
-        self.fd = -1
+        place = FolderPlace(tree, self.part, parts[-1], mode=entry.mode, shown=entry.path)
+        self.file = PartialFile(place, LengthCheckpoints(place), entry.size)
         self.done = 0
         self.complete = ""  # digest of the finished copy already in place
         self.foreign = False  # something else stands where the file lands
@@ -239,70 +220,53 @@ class _Incoming:
         if fd is None:
             return None
         try:
-            hasher, n = _hash_fd(fd, upto)
+            hasher, n = hash_fd(fd, upto)
         finally:
             os.close(fd)
         return str(hasher.hexdigest()) if upto is None or n == upto else None
 
     def write(self, offset: int, block: bytes) -> None:
-        if self.fd < 0:
-            self.fd = self.tree.open_write(self.part)
-            if offset:
-                self.hasher, _ = _hash_fd(self.fd, offset)
+        f = self.file
+        if not f.is_open:
+            f.open_at(offset)  # from where the sender resumes: what is held
             self.complete = ""
-            os.ftruncate(self.fd, offset)
-            self.done = offset
-        elif offset != self.done:
+        elif offset != f.done:
             raise TransferRefused(f"{self.entry.path}: data out of order")
-        if self.done + len(block) > self.entry.size:
+        if offset + len(block) > self.entry.size:
             raise TransferRefused(f"{self.entry.path}: more data than announced")
-        _write_all(self.fd, block, self.done)
-        self.hasher.update(block)
-        self.done += len(block)
+        f.write(offset, block)
+        self.done = f.done
 
     def finish(self, digest: str) -> None:
-        e = self.entry
-        if self.complete and self.fd < 0:
+        e, f = self.entry, self.file
+        if self.complete and not f.is_open:
             if self.complete != digest:
                 raise TransferRefused(f"{self.shown}: existing file differs; remove it and retry")
             return
-        if self.fd < 0:  # nothing was needed: an empty file, or all held
-            self.fd = self.tree.open_write(self.part)
-            self.hasher, _ = _hash_fd(self.fd, self.done)
-            os.ftruncate(self.fd, self.done)
+        if not f.is_open:  # nothing was needed: an empty file, or all held
+            f.open_at(self.done)
         elif e.size >= SYNC_EACH:
             # Smaller files are made durable together by one sync before the
             # receiver confirms (a file per fsync would cost ~1 ms each); a
             # crash before that leaves files a resume re-checks by digest.
-            os.fsync(self.fd)
-        if self.done != e.size or self.hasher.hexdigest() != digest:
-            self.close()
-            self.tree.unlink(self.part)
+            f.sync()
+        if f.done != e.size or not f.verify(digest)[0]:
+            f.remove()
             raise TransferRefused(f"{e.path}: content does not match what was sent; run again")
-        fd, self.fd = self.fd, -1
-        self.tree.publish(fd, self.part, self.parts[-1], e.mode, e.mtime)
+        f.publish(e.mode, e.mtime)
 
     def write_whole(self, body: bytes, digest: str) -> None:
         """A small file in one go, checked before it is written: one create,
         fstat, write, fchmod, futimens, close and rename (a tree of small
         files is bound by system calls)."""
         e = self.entry
-        if len(body) != e.size or blake3.blake3(body).hexdigest() != digest:
+        if len(body) != e.size or digest_bytes(body) != digest:
             raise TransferRefused(f"{e.path}: content does not match what was sent; run again")
-        self.close()
-        fd = self.tree.open_write(self.part, truncate=True)
-        try:
-            _write_all(fd, body, 0)
-        except BaseException:
-            os.close(fd)
-            raise
-        self.tree.publish(fd, self.part, self.parts[-1], e.mode, e.mtime)
+        self.file.put(body, e.mode, e.mtime)
         self.done = e.size
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.file.close()
 
 
 # --- the transfer --------------------------------------------------------------------------
@@ -417,50 +381,6 @@ async def _receive_into(
     return summary
 
 
-class _DiskWriter:
-    """Runs file writes in one worker thread, in order, while the next
-    records arrive: the network and the disk work at the same time, and
-    at most ``depth`` blocks wait in memory."""
-
-    def __init__(self, depth: int = READ_AHEAD * 2) -> None:
-        self.queue: asyncio.Queue[tuple[Any, tuple[Any, ...], asyncio.Future[Any] | None]] = (
-            asyncio.Queue(depth)
-        )
-        self.failure: Exception | None = None
-        self.task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while True:
-            fn, args, done = await self.queue.get()
-            try:
-                result = None if self.failure else await asyncio.to_thread(fn, *args)
-            except Exception as exc:  # kept for the receiving loop to raise
-                # Not BaseException: a cancellation (aclose, the transfer
-                # failing elsewhere) must end this task, not be stored.
-                self.failure = exc
-            if done is not None and not done.done():
-                if self.failure is not None:
-                    done.set_exception(self.failure)
-                else:
-                    done.set_result(result)
-
-    async def submit(self, fn: Any, *args: Any) -> None:
-        if self.failure is not None:
-            raise self.failure
-        await self.queue.put((fn, args, None))
-
-    async def call(self, fn: Any, *args: Any) -> Any:
-        """Run after everything submitted so far; wait for the result."""
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        await self.queue.put((fn, args, done))
-        return await done
-
-    async def aclose(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
-
 _BatchItem = tuple[int, _Incoming, bytes, str, bool]
 
 
@@ -497,7 +417,8 @@ async def _receive_files(
     summary: Summary,
     tree: Tree,
 ) -> None:
-    writer = _DiskWriter()
+    # The disk works in one thread, in order, while the next records arrive.
+    writer = WriteBehind(READ_AHEAD * 2 * CHUNK)
     try:
         await _receive_loop(conn, incoming, reporter, summary, writer, tree)
     except wire.MalformedTransfer as exc:
@@ -511,7 +432,7 @@ async def _receive_loop(
     incoming: dict[int, _Incoming],
     reporter: Reporter,
     summary: Summary,
-    writer: _DiskWriter,
+    writer: WriteBehind,
     tree: Tree,
 ) -> None:
     started: set[int] = set()
@@ -529,7 +450,7 @@ async def _receive_loop(
                 started.add(index)
                 reporter.start(inc.entry.path, inc.entry.size)
                 summary.resumed += offset
-            await writer.submit(inc.write, offset, block)
+            await writer.submit(inc.write, offset, block, size=len(block))
             summary.sent += len(block)
             reporter.update(inc.entry.path, offset + len(block))
         elif kind == b"E":
@@ -552,7 +473,7 @@ async def _receive_loop(
                 if held:
                     summary.resumed += inc.entry.size
                 summary.sent += len(body)
-            await writer.submit(_finish_batch, items)
+            await writer.submit(_finish_batch, items, size=len(data))
             for _, inc, _, _, _ in items:
                 reporter.update(inc.entry.path, inc.entry.size)
                 reporter.finish(inc.entry.path, None)

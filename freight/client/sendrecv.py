@@ -18,10 +18,12 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import blake3
 
+from ..engine.hashing import hash_fd
+from ..engine.pipeline import read_blocks
 from ..errors import RemoteError, StorageError, UsageError
 from ..protocol import sendrecv as wire
 from .relay import Connection
@@ -225,7 +227,7 @@ async def _send_file(
             raise UsageError(f"{path} changed while being sent; send it again")
         hasher = blake3.blake3()
         if 0 < offset <= size:
-            hasher = await asyncio.to_thread(_rehash_prefix, f.fileno(), offset)
+            hasher, _ = await asyncio.to_thread(hash_fd, f.fileno(), offset)
             if hasher.hexdigest() != prefix_digest:
                 hasher, offset = blake3.blake3(), 0  # the receiver holds another file
         else:
@@ -240,13 +242,16 @@ async def _send_file(
     reporter.start(entry.path, size)
     reporter.update(entry.path, offset)
     try:
-        f.seek(offset)
         done = offset
-        async for block in _read_ahead(f, hasher, size - offset):
-            await conn.send(wire.encode_chunk_head(index, done) + block)
-            done += len(block)
-            summary.sent += len(block)
-            reporter.update(entry.path, done)
+        blocks = read_blocks(
+            _reader(f.fileno()), hasher, offset, size, block=CHUNK, max_bytes=READ_AHEAD * CHUNK
+        )
+        async with contextlib.aclosing(blocks):
+            async for block in blocks:
+                await conn.send(wire.encode_chunk_head(index, done) + block)
+                done += len(block)
+                summary.sent += len(block)
+                reporter.update(entry.path, done)
         if done != size:
             raise UsageError(f"{path} changed while being sent; send it again")
     finally:
@@ -300,51 +305,11 @@ def _read_batch(
     return b"".join(parts), held
 
 
-def _rehash_prefix(fd: int, upto: int) -> Any:
-    h = blake3.blake3()
-    done = 0
-    while done < upto:
-        block = os.pread(fd, min(CHUNK, upto - done), done)
-        if not block:
-            break
-        h.update(block)
-        done += len(block)
-    return h
-
-
-async def _read_ahead(f: BinaryIO, hasher: Any, length: int) -> Any:
-    """Blocks of the file, read and hashed in a worker thread while the
-    previous ones are sealed and sent."""
-    queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(READ_AHEAD)
-
-    def read_one(n: int) -> bytes:
-        block = f.read(n)
-        hasher.update(block)
-        return block
-
-    async def producer() -> None:
-        left = length
+def _reader(fd: int) -> Callable[[int, int], bytes]:
+    def read(offset: int, n: int) -> bytes:
         try:
-            while left > 0:
-                block = await asyncio.to_thread(read_one, min(CHUNK, left))
-                if not block:
-                    break
-                left -= len(block)
-                await queue.put(block)
-            await queue.put(None)
+            return os.pread(fd, n, offset)
         except OSError as exc:
-            await queue.put(StorageError(f"cannot read: {exc.strerror or exc}"))
+            raise StorageError(f"cannot read: {exc.strerror or exc}") from None
 
-    task = asyncio.create_task(producer())
-    try:
-        while True:
-            item = await queue.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+    return read

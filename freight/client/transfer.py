@@ -12,10 +12,16 @@ import os
 import random
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from ..engine.streams import (
+    FileSource,
+    SendProgress,
+    run_receiver,
+    run_sender,
+)
 from ..errors import (
     FreightError,
     IntegrityError,
@@ -30,14 +36,9 @@ from ..protocol import messages as m
 from ..protocol.errors import RemoteProtocolError
 from ..protocol.retry import RetryPolicy, RetryState
 from ..protocol.stream import StreamReceiver, StreamSender
+from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed
 from ..transport.proxy import ProxyRefused
-from ..transport.streaming import (
-    FileSource,
-    SendProgress,
-    run_receiver,
-    run_sender,
-)
 from .config import ClientConfig, read_json, write_json_atomic
 from .filesink import FileSink
 from .options import (
@@ -83,9 +84,14 @@ async def with_retries(
     reporter: Reporter,
     holder: LinkHolder,
     progressed: Callable[[], bool],
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    rand: Callable[[], float] = random.random,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
 ) -> Any:
     """Run ``attempt`` until it succeeds; reconnect at once after an attempt
-    that made progress, otherwise wait as the retry policy says."""
+    that made progress, otherwise wait as the retry policy says (on the
+    clock, random numbers and sleep given: tests pass fakes)."""
     state = RetryState(policy)
     attempts = 0
     while True:
@@ -100,12 +106,12 @@ async def with_retries(
             await holder.drop()
             if holder.reached:
                 state.mark_started()
-            now = time.monotonic()
+            now = clock()
             if progressed():
                 state.succeeded()
                 delay: float | None = 0.0
             else:
-                delay = state.failed(now, random.random())
+                delay = state.failed(now, rand())
             if delay is None:
                 raise _gave_up(state, attempts, now, exc, holder.session) from None
             if state.started:
@@ -116,7 +122,7 @@ async def with_retries(
                     f"{_unreached(exc, holder.session)}; retrying in {delay:.0f} s, "
                     f"giving up in {_duration(left)}"
                 )
-            await asyncio.sleep(delay)
+            await sleep(delay)
 
 
 def _unreached(exc: BaseException, session: HubSession) -> str:
@@ -202,7 +208,8 @@ async def push_file(
             want_level=opts.compress,
             fresh=fresh,
         )
-        ticker = asyncio.create_task(_report(reporter, name, lambda: progress.sent))
+        helpers = Supervisor(f"push {name}")
+        helpers.spawn(_report(reporter, name, lambda: progress.sent), name="progress")
         try:
             return await run_sender(
                 port,
@@ -227,7 +234,7 @@ async def push_file(
             )
             raise ChannelClosed("restarting with a new stream") from None
         finally:
-            ticker.cancel()
+            await helpers.aclose()
             if resumed_from is None:
                 resumed_from = progress.resumed_from
             # The hub knows this stream now: later attempts resume it. A new
@@ -303,7 +310,7 @@ async def pull_file(
         attempts += 1
         link = await holder.get()
         port = await link.stream_port(sid)
-        ticker: asyncio.Task[None] | None = None
+        helpers = Supervisor(f"pull {name}")
         try:
             await port.send(m.Pull(sid=sid, name=name))
             first, _ = await asyncio.wait_for(port.recv(), opts.stall_timeout)
@@ -315,7 +322,7 @@ async def pull_file(
                 reporter.start(name, first.size)
                 announced = True
             receiver = StreamReceiver(sid)
-            ticker = asyncio.create_task(_report(reporter, name, lambda: receiver.received))
+            helpers.spawn(_report(reporter, name, lambda: receiver.received), name="progress")
             try:
                 return await run_receiver(
                     port, receiver, sink, first, idle_timeout=opts.stall_timeout
@@ -326,8 +333,7 @@ async def pull_file(
                 )
                 raise ChannelClosed("restarting") from None
         finally:
-            if ticker:
-                ticker.cancel()
+            await helpers.aclose()
             # After a finished stream the sink is closed; its resume point holds.
             if resumed_from is None and (sink.fd >= 0 or sink.resumed_from):
                 resumed_from = sink.resumed_from

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import blake3
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..engine.partial import PartialFile, PathPlace
+from ..engine.streams import Acceptance, FileSource, run_receiver, run_sender
 from ..errors import (
     DiskFull,
     FreightError,
@@ -28,7 +28,6 @@ from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..store import Database, DataLayout, quota
 from ..transport.channel import Port
-from ..transport.streaming import Acceptance, FileSource, hash_prefix, run_receiver, run_sender
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
 from .caps import AccountCaps
@@ -53,26 +52,48 @@ class User:
     key: str = field(default="", compare=False)
 
 
+class DatabaseCheckpoints:
+    """A push's checkpoint, in the hub's database (its stream row)."""
+
+    def __init__(self, db: Database, user_id: int, sid: str) -> None:
+        self.db = db
+        self.user_id = user_id
+        self.sid = sid
+
+    async def load(self) -> int | None:
+        row = await self.db.get_stream(self.user_id, self.sid)
+        return None if row is None else int(row["checkpoint"])
+
+    async def save(self, offset: int) -> None:
+        await self.db.set_checkpoint(self.user_id, self.sid, offset)
+
+    async def clear(self) -> None:
+        await self.db.delete_stream(self.user_id, self.sid)
+
+
 class HubSink:
-    """Receives one pushed stream into ``partial/<user>/<sid>.part``."""
+    """Receives one pushed stream into ``partial/<user>/<sid>.part``
+    (a :class:`~freight.engine.partial.PartialFile`), published into the
+    user's files."""
 
     def __init__(self, service: StreamService, user: User, sid: str) -> None:
         self.s = service
         self.user = user
         self.sid = sid
         self.key = f"push:{user.id}:{sid}"
-        self.fd = -1
         self.name = ""
         self.size = 0
         self.mtime = 0.0
         self.level = m.LEVEL_NONE
         self.published_digest = ""
-        self.hasher = blake3.blake3()
         self.path = service.layout.partial_path(user.id, sid)
+        self.place = PathPlace(self.path, self.path, shown=sid)
+        self.file = PartialFile(self.place, DatabaseCheckpoints(service.db, user.id, sid), 0)
 
     async def open(self, req: StreamRequested) -> Acceptance:
         self.name = check_name(req.name)
         self.size, self.mtime, self.level = req.size, req.mtime, req.want_level
+        self.file.size = req.size
         row = await self.s.db.get_stream(self.user.id, self.sid)
         if row is None and not req.fresh:
             done = await self.s.db.file_by_sid(self.user.id, self.sid)
@@ -123,22 +144,19 @@ class HubSink:
         )
 
     async def _open(self, req: StreamRequested, row: Any, resume: bool) -> Acceptance:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint = 0
         if resume:
             assert row is not None
             checkpoint = int(row.checkpoint)
-            self.fd = os.open(self.path, os.O_RDWR)
-            # Bytes past the checkpoint were never acknowledged: drop them.
-            os.ftruncate(self.fd, checkpoint)
-            self.hasher = await asyncio.to_thread(hash_prefix, self.fd, checkpoint)
+            # Bytes past the checkpoint were never acknowledged: dropped.
+            await asyncio.to_thread(self.file.open_at, checkpoint)
             await self.s.db.touch_stream(self.user.id, self.sid)
             await self.s.events.emit(
                 "stream_resume", self.user.name, sid=self.sid, name=self.name, checkpoint=checkpoint
             )
             self.s.metrics.streams.labels("resume").inc()
         else:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            await asyncio.to_thread(self.file.open_at, 0)
             await self.s.db.put_stream(
                 self.user.id, self.sid, name=self.name, size=req.size, mtime=req.mtime
             )
@@ -149,25 +167,23 @@ class HubSink:
         self.s.bandwidth.register(self.key)
         return Acceptance(
             checkpoint=checkpoint,
-            prefix_digest=self.hasher.hexdigest() if checkpoint else "",
+            prefix_digest=self.file.hasher.hexdigest() if checkpoint else "",
             level=req.want_level,
             rate=self.s.bandwidth.rate_for(self.key, minute_of_day()),
         )
 
     def write(self, offset: int, data: bytes) -> None:
         try:
-            os.pwrite(self.fd, data, offset)
+            self.file.write(offset, data)
         except OSError as exc:
             if exc.errno in _DISK_FULL:
                 raise DiskFull(f"the hub ran out of disk space receiving {self.name}") from None
             raise StorageError(f"the hub could not write {self.name}: {exc.strerror}") from None
-        self.hasher.update(data)
         self.s.metrics.bytes_received.inc(len(data))
 
     async def durable(self, offset: int) -> tuple[int, str]:
         try:
-            await asyncio.to_thread(os.fsync, self.fd)
-            await self.s.db.set_checkpoint(self.user.id, self.sid, offset)
+            await self.file.checkpoint(offset)
         except OSError as exc:
             raise self._storage_error(exc) from None
         except SQLAlchemyError as exc:
@@ -190,10 +206,10 @@ class HubSink:
             raise StorageError(f"the hub could not record {self.name}: {exc}") from None
 
     async def _publish(self, total: int, digest: str) -> tuple[bool, str]:
-        await asyncio.to_thread(os.fsync, self.fd)
-        actual = self.hasher.hexdigest()
-        if actual != digest:
-            await self._discard()
+        self.place.target = self.s.layout.file_path(self.user.id, self.name)
+        verified, actual = await self.file.finish(digest, mtime=self.mtime or None)
+        if not verified:  # the partial is discarded
+            self.close()
             await self.s.events.emit(
                 "stream_failed",
                 self.user.name,
@@ -203,18 +219,6 @@ class HubSink:
             )
             self.s.metrics.streams.labels("failed").inc()
             return False, actual
-        target = self.s.layout.file_path(self.user.id, self.name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.close(self.fd)
-        self.fd = -1
-        if self.mtime:
-            os.utime(self.path, (self.mtime, self.mtime))
-        os.replace(self.path, target)
-        dfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
         await self.s.db.publish(
             self.user.id, self.sid, name=self.name, size=total, digest=actual, mtime=self.mtime
         )
@@ -240,13 +244,10 @@ class HubSink:
 
     async def _discard(self) -> None:
         self.close()
-        self.path.unlink(missing_ok=True)
-        await self.s.db.delete_stream(self.user.id, self.sid)
+        await self.file.discard()
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self.file.close()
         self.s.bandwidth.unregister(self.key)
 
 
@@ -300,8 +301,7 @@ class StreamService:
         old = self._receiving.get(key)
         if old is not None and not old.done():
             old.cancel()
-            with contextlib.suppress(BaseException):
-                await old
+            await asyncio.wait([old])  # how it ended is its own task's business
         me = asyncio.current_task()
         assert me is not None
         self._receiving[key] = me

@@ -107,3 +107,63 @@ class RetryState:
         self.attempt = 0
         self.backoff_step = 0
         self.first_failure = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Backoff:
+    """Re-attach style: ``first`` seconds, multiplied by ``factor`` after
+    each failure up to ``max_delay``; each delay is drawn from
+    ``[low * d, d]`` (full jitter, ``low`` = 0.1: clients coming back
+    after a hub restart spread over the whole interval; ``low`` = 1: no
+    jitter). After ``give_up_after`` seconds of failures (None: never) the
+    caller gives up. The defaults: 0.1 s doubling to 30 s, never giving up.
+    """
+
+    first: float = 0.1
+    factor: float = 2.0
+    max_delay: float = 30.0
+    low: float = 0.1
+    give_up_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.first <= 0 or self.factor < 1 or self.max_delay < self.first:
+            raise ValueError("need 0 < first <= max_delay and factor >= 1")
+        if not 0 <= self.low <= 1:
+            raise ValueError("low is a fraction in [0, 1]")
+
+    def delay(self, step: int, elapsed: float = 0.0, rand: float = 1.0) -> float | None:
+        """Seconds to wait after failure number ``step`` (1-based) of a run
+        that began ``elapsed`` seconds ago, ``rand`` in [0, 1); None: give up."""
+        if step < 1:
+            raise ValueError("step is 1-based")
+        remaining = None
+        if self.give_up_after is not None:
+            remaining = self.give_up_after - elapsed
+            if remaining <= 0:
+                return None
+        base = min(self.max_delay, self.first * self.factor ** min(step - 1, _MAX_DOUBLINGS))
+        delay = base * (self.low + (1.0 - self.low) * rand)
+        return delay if remaining is None else min(delay, remaining)
+
+
+class BackoffState:
+    """One run of failures against a :class:`Backoff`; the clock and the
+    random numbers are the caller's."""
+
+    def __init__(self, policy: Backoff) -> None:
+        self.policy = policy
+        self.step = 0
+        self.first_failure: float | None = None
+
+    def failed(self, now: float, rand: float = 1.0) -> float | None:
+        """Record a failure at ``now``; the delay before the next attempt,
+        or None to give up."""
+        if self.first_failure is None:
+            self.first_failure = now
+        self.step += 1
+        return self.policy.delay(self.step, now - self.first_failure, rand)
+
+    def succeeded(self) -> None:
+        """Attached again: the next failure starts from ``first``."""
+        self.step = 0
+        self.first_failure = None

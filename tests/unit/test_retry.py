@@ -7,6 +7,7 @@ import random
 import pytest
 
 from freight.protocol import RetryPolicy, RetryState
+from freight.protocol.retry import Backoff, BackoffState
 
 MINUTE = 60.0
 HOUR = 3600.0
@@ -217,3 +218,48 @@ def test_configured_steady_phase_bounds_a_stream_that_never_started() -> None:
     assert log[-1][0] == pytest.approx(3.0)
     assert len(log) == 16  # 15 retries 0.2 s apart, then it gives up
     assert run(policy)[-1][0] == pytest.approx(600.0)
+
+
+# --- re-attach style back-off -------------------------------------------------------
+
+
+def test_backoff_doubles_from_a_tenth_of_a_second_to_thirty() -> None:
+    state = BackoffState(Backoff(low=1.0))
+    delays = [state.failed(1000.0 + i) for i in range(12)]
+    assert delays[:4] == [0.1, 0.2, 0.4, 0.8]
+    assert delays[-1] == 30.0 and max(d for d in delays if d is not None) == 30.0
+    state.succeeded()
+    assert state.failed(5000.0) == 0.1  # a new run starts from the first delay
+
+
+def test_backoff_jitter_stays_in_its_range() -> None:
+    policy = Backoff(first=1.0, max_delay=30.0, low=0.1)
+    rng = random.Random(7)
+    for step in range(1, 40):
+        d = policy.delay(step, 0.0, rng.random())
+        assert d is not None
+        base = min(30.0, 2.0 ** (step - 1))
+        assert 0.1 * base <= d <= base
+    assert policy.delay(10**6) == 30.0  # a long run stays finite
+
+
+def test_backoff_gives_up_after_its_limit_and_never_waits_past_it() -> None:
+    policy = Backoff(first=0.05, max_delay=2.0, low=1.0, give_up_after=10.0)
+    state = BackoffState(policy)
+    now, total = 0.0, 0.0
+    while (d := state.failed(now)) is not None:
+        assert now + d <= 10.0
+        now += d
+        total += d
+    assert 9.9 <= now <= 10.0
+    assert Backoff().delay(1, 1e9) is not None  # without a limit: never gives up
+
+
+@pytest.mark.parametrize(
+    "kw", [{"first": 0.0}, {"factor": 0.5}, {"max_delay": 0.01}, {"low": 1.5}, {"low": -0.1}]
+)
+def test_backoff_refuses_nonsense(kw: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        Backoff(**kw)
+    with pytest.raises(ValueError):
+        Backoff().delay(0)

@@ -9,18 +9,13 @@ module only reads, writes, waits and keeps the clock.
 from __future__ import annotations
 
 import asyncio
-import collections
-import concurrent.futures
 import contextlib
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-import blake3
 
 from ..errors import (
     DiskFull,
@@ -50,23 +45,12 @@ from ..protocol.stream import (
     StreamSender,
     prepare_chunk,
 )
-from .channel import Port
+from ..tasks import Supervisor
+from ..transport.channel import Port
+from .hashing import Hasher, hash_prefix
+from .pipeline import ReadAhead
 
-HASH_BLOCK = 8 * 1024 * 1024
 Clock = Callable[[], float]
-
-
-def hash_prefix(fd: int, length: int) -> blake3.blake3:
-    """BLAKE3 state over the first ``length`` bytes of an open file."""
-    h = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    pos = 0
-    while pos < length:
-        block = os.pread(fd, min(HASH_BLOCK, length - pos), pos)
-        if not block:
-            raise FreightError(f"file shorter than {length} bytes while hashing")
-        h.update(block)
-        pos += len(block)
-    return h
 
 
 def chunk_size_for(rate: int) -> int:
@@ -84,7 +68,7 @@ class Source(Protocol):
 
     def read(self, offset: int, n: int) -> bytes: ...
 
-    def prefix_hasher(self, length: int) -> blake3.blake3: ...
+    def prefix_hasher(self, length: int) -> Hasher: ...
 
 
 class FileSource:
@@ -102,62 +86,52 @@ class FileSource:
             raise SourceChanged("the file shrank while it was being sent")
         return data
 
-    def prefix_hasher(self, length: int) -> blake3.blake3:
+    def prefix_hasher(self, length: int) -> Hasher:
         return hash_prefix(self.fd, length)
 
     def close(self) -> None:
         os.close(self.fd)
 
 
-READ_AHEAD = 4
+READ_AHEAD_BYTES = 4 * CHUNK_BYTES
+_local = threading.local()  # one compressor per worker thread and level
 
 
-class ChunkReader:
+def _compressor(level: str) -> Compressor:
+    compressors: dict[str, Compressor] = _local.__dict__.setdefault("compressors", {})
+    if level not in compressors:
+        compressors[level] = Compressor(level)
+    return compressors[level]
+
+
+class ChunkReader(ReadAhead[PreparedChunk]):
     """Prepares the source's next chunks (read, compress, XXH3) in two worker
-    threads; all of that releases the GIL, so compression of one chunk runs
-    beside another's and beside the event loop's sealing and sending. BLAKE3
-    is fed in order as chunks are taken. Measured on 2 cores: compressible
-    text with --compress fast went from ~100 to ~145 MB/s."""
+    threads (:class:`~.pipeline.ReadAhead`); all of that releases the GIL, so
+    compression of one chunk runs beside another's and beside the event
+    loop's sealing and sending. BLAKE3 is fed in order as chunks are taken.
+    Measured on 2 cores: compressible text with --compress fast went from
+    ~100 to ~145 MB/s."""
 
-    def __init__(self, source: Source, hasher: blake3.blake3, offset: int) -> None:
-        self.source = source
-        self.hasher = hasher  # already holds the bytes before ``offset``
-        self.offset = offset  # next byte to hand to the worker
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="freight-read")
-        self._queue: collections.deque[
-            tuple[int, concurrent.futures.Future[tuple[bytes, PreparedChunk]]]
-        ] = collections.deque()
-        self._local = threading.local()  # one compressor per worker and level
+    def __init__(self, source: Source, hasher: Hasher, offset: int) -> None:
+        self._levels: dict[str, Callable[[bytes], PreparedChunk]] = {}
+        super().__init__(
+            source.read,
+            hasher,
+            offset,
+            prepare=self._for_level(m.LEVEL_NONE),
+            max_bytes=READ_AHEAD_BYTES,
+            workers=2,
+        )
 
-    def _prepare(self, offset: int, n: int, level: str) -> tuple[bytes, PreparedChunk]:
-        raw = self.source.read(offset, n)
-        compressors: dict[str, Compressor] = self._local.__dict__.setdefault("compressors", {})
-        if level not in compressors:
-            compressors[level] = Compressor(level)
-        return raw, prepare_chunk(raw, compressors[level])
+    def _for_level(self, level: str) -> Callable[[bytes], PreparedChunk]:
+        job = self._levels.get(level)
+        if job is None:
+            job = self._levels[level] = lambda raw: prepare_chunk(raw, _compressor(level))
+        return job
 
-    def fill(self, size: int, chunk: int, level: str) -> None:
-        """Queue work until READ_AHEAD chunks are on their way."""
-        while len(self._queue) < READ_AHEAD and self.offset < size:
-            n = min(chunk, size - self.offset)
-            self._queue.append((n, self._pool.submit(self._prepare, self.offset, n, level)))
-            self.offset += n
-
-    def next_len(self) -> int:
-        return self._queue[0][0]
-
-    async def take(self) -> PreparedChunk:
-        _, fut = self._queue.popleft()
-        raw, chunk = await asyncio.wrap_future(fut)
-        self.hasher.update(raw)
-        return chunk
-
-    async def aclose(self) -> None:
-        for _, fut in self._queue:
-            fut.cancel()
-        self._queue.clear()
-        # Wait for a chunk being read right now: the caller may close the file.
-        await asyncio.to_thread(self._pool.shutdown, True)
+    def fill_chunks(self, size: int, chunk: int, level: str) -> None:
+        """Queue work until READ_AHEAD_BYTES are on their way."""
+        self.fill(size, chunk, self._for_level(level))
 
 
 @dataclass
@@ -214,11 +188,13 @@ async def _run_sender(
     reader = ChunkReader(source, hasher, sender.offset)
     try:
         while sender.offset < sender.size:
-            # Workers read and compress up to READ_AHEAD chunks while this
+            # Workers read and compress up to READ_AHEAD_BYTES while this
             # loop seals and sends: the two overlap.
             # A chunk never exceeds the window, or a tiny checkpoint interval
             # would leave the sender waiting for acks of nothing.
-            reader.fill(sender.size, min(chunk_size_for(bucket.rate), sender.window), sender.level)
+            reader.fill_chunks(
+                sender.size, min(chunk_size_for(bucket.rate), sender.window), sender.level
+            )
             n = reader.next_len()
             if sender.send_window() < n:
                 ev = await _next_sender_event(port, sender, stall_timeout, clock)
@@ -415,6 +391,7 @@ async def _run_receiver(
     # checkpoint of its own every half interval: with one fsync in flight,
     # a crash then loses at most one interval of received bytes.
     pending: asyncio.Task[None] | None = None
+    helpers = Supervisor(f"stream {receiver.sid}")
     half = max(1, receiver.checkpoint_interval // 2)
     requested = acc.checkpoint
 
@@ -427,7 +404,7 @@ async def _run_receiver(
         if pending is not None:
             await pending
         requested = max(requested, offset)
-        pending = asyncio.create_task(make_durable(offset))
+        pending = helpers.spawn(make_durable(offset), name="checkpoint")
 
     try:
         while True:
@@ -461,6 +438,8 @@ async def _run_receiver(
     finally:
         # Let a checkpoint in flight finish before the sink closes its file:
         # a takeover must not race a late fsync or database write.
-        if pending is not None:
-            with contextlib.suppress(BaseException):
-                await pending
+        try:
+            if pending is not None and not pending.done():
+                await asyncio.wait([pending])  # its failure, if any, was raised already
+        finally:
+            await helpers.aclose()
