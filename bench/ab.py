@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         run_rounds(run, sides, paths)
     except (KeyboardInterrupt, relay.Terminated) as e:
         interrupted = True
-        log(f"interrupted ({e or 'Ctrl-C'}): stopping hubs and agents, removing worktrees")
+        log(f"interrupted ({str(e) or 'Ctrl-C'}): stopping hubs and agents, removing worktrees")
     except FAILURES as e:  # setting up: a revision that does not exist, git, the data
         log(f"FAILED: {e}")
     finally:
