@@ -371,6 +371,15 @@ class Run:
     def tree_files(self) -> int:
         return self.tree_want[0]
 
+    def fail(self, keys: list[str], label: str, error: str) -> None:
+        """A path that failed is skipped from then on: its command is broken, not slow."""
+        # The last line that says something (not a frame of typer's error box).
+        lines = [ln.strip(" │╭╮╰╯─") for ln in error.splitlines()]
+        why = ([ln for ln in lines if any(c.isalnum() for c in ln)] or ["failed"])[-1][:300]
+        for key in keys:
+            self.failures.setdefault(key, f"{label}: {why}")
+        log(f"  {', '.join(keys)} {label}: FAILED, skipped from now on: {error}")
+
     def check_tree(self, copy: Path) -> None:
         got = agents.tree_digest(copy)
         if got != self.tree_want:
@@ -386,9 +395,13 @@ def run_rounds(run: Run, sides: list[Side], paths: list[BenchPath]) -> None:
         with run.round_stack:
             for side in order:  # both hubs up before the first timed command
                 side.hub_, side.done = None, set()
-                if any(p.key in HUB_PATHS for p in paths):
-                    with side.rev.active():
-                        side.hub()
+                wanted = [p.key for p in paths if p.key in HUB_PATHS - run.failures.keys()]
+                try:
+                    if wanted:
+                        with side.rev.active():
+                            side.hub()
+                except FAILURES as e:
+                    run.fail(wanted, side.rev.label, f"hub: {e}")
             for path in paths:
                 if path.key in run.failures:
                     continue
@@ -398,9 +411,7 @@ def run_rounds(run: Run, sides: list[Side], paths: list[BenchPath]) -> None:
                         with side.rev.active():
                             value, cpu = side.measure(path.key)
                     except FAILURES as e:
-                        why = (str(e).strip().splitlines() or ["failed"])[-1][:300]
-                        run.failures[path.key] = f"{side.rev.label}: {why}"
-                        log(f"  {path.key:<10} {side.rev.label}: FAILED, skipped from now on: {e}")
+                        run.fail([path.key], side.rev.label, str(e))
                         break
                     side.done.add(path.key)
                     run.results.setdefault(path.key, {}).setdefault(side.rev.label, []).append(
@@ -498,7 +509,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default=",".join(PATH_BY_KEY), help="comma-separated paths")
     p.add_argument("--markdown", type=Path, help="append the results to this markdown file")
     p.add_argument("--tmp", type=Path, default=DEFAULT_TMP, help=f"scratch ({DEFAULT_TMP})")
-    p.add_argument("--keep-data", action="store_true", help="keep the generated files for reuse")
+    p.add_argument("--keep-data", action="store_true", help="keep generated files (TMP/data)")
     args = p.parse_args(argv)
     args.only = [k.strip() for k in args.only.split(",") if k.strip()]
     unknown = [k for k in args.only if k not in PATH_BY_KEY]
@@ -537,18 +548,24 @@ def main(argv: list[str] | None = None) -> int:
         for label, spec in (("A", args.a), ("B", args.b)):
             revs.append(stack.enter_context(checked_out(label, spec, run.dir / f"wt-{label}")))
         keys = {p.key for p in paths}
+        # Kept for the next run with --keep-data; else this run's own (runs may overlap).
+        data = args.tmp / "data" if args.keep_data else run.dir / "data"
         if keys & {"push", "pull", "push-text", "sendrecv"}:
-            run.data = make_data(args.tmp / "data", size, need_text="push-text" in keys)
+            run.data = make_data(data, size, need_text="push-text" in keys)
         if keys & {"push-dir", "cp-r"}:
             fsize = parse_size(args.file_size)
-            run.tree_base = args.tmp / "data" / f"tree-{args.files}x{fsize}"
+            run.tree_base = data / f"tree-{args.files}x{fsize}"
             agents.make_tree(run.tree_base, args.files, fsize, max(1, args.files // 100))
             run.tree_want = agents.tree_digest(run.tree)
         sides = [Side(r, run) for r in revs]
         if "cp-r" in keys:  # agents (and their hubs) live for the whole run
             for side in sides:
-                with side.rev.active():
-                    side.agent()
+                try:
+                    with side.rev.active():
+                        side.agent()
+                except FAILURES as e:
+                    run.fail(["cp-r"], side.rev.label, f"agent: {e}")
+                    break
         run_rounds(run, sides, paths)
     except (KeyboardInterrupt, relay.Terminated) as e:
         interrupted = True
@@ -563,8 +580,6 @@ def main(argv: list[str] | None = None) -> int:
         run.round_stack.close()
         stack.close()
         shutil.rmtree(run.dir, ignore_errors=True)
-        if not args.keep_data:
-            shutil.rmtree(args.tmp / "data", ignore_errors=True)
         with contextlib.suppress(OSError):
             args.tmp.rmdir()
         signal.signal(signal.SIGINT, signal.default_int_handler)
