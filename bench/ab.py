@@ -17,7 +17,7 @@ so the machine's drift (±30 % over minutes here) hits both alike. Paths:
   push-text   `freight push --compress fast` of --size log-like text (MB/s;
               pulled back untimed and checked)
   push-dir    `freight push DIR` of --files x --file-size random files (files/s;
-              pulled back untimed and checked)
+              pulled back untimed and checked in the first round)
   sendrecv    `freight send` / `freight receive` of the random file through the
               hub (MB/s, receiver start to exit; bench/relay.py sendrecv_round)
   sdk-pipe    one SDK pipe, ws attachment, records on the lane, --size in 1 MiB
@@ -70,8 +70,6 @@ DEFAULT_TMP = REPO_DIR / ".bench-tmp" / "ab"  # gitignored
 WORSE = 0.05  # a path costing B more than 5 % more time than A is flagged
 Sample = tuple[float, float | None]  # the path's figure, CPU seconds (None: not measured)
 FAILURES = (PeerError, OSError, subprocess.SubprocessError, RuntimeError, ValueError, KeyError)
-
-
 T0 = time.monotonic()
 
 
@@ -427,17 +425,8 @@ def run_rounds(run: Run, sides: list[Side], paths: list[BenchPath]) -> None:
 
 # ---------------------------------------------------------------- reporting
 
-HEADERS = [
-    "path",
-    "unit",
-    "A median",
-    "B median",
-    "B/A",
-    "A runs",
-    "B runs",
-    "CPU s A / B",
-    "verdict",
-]
+HEADERS = ["path", "unit", "A median", "B median", "B/A", "A runs", "B runs", "CPU s A / B",
+           "verdict"]  # fmt: skip
 
 
 def slowdown(path: BenchPath, a: float, b: float) -> float:
@@ -539,7 +528,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"not enough space in {args.tmp}: need ~{human(need)}")
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    started = datetime.datetime.now()
     stack = contextlib.ExitStack()
     run = Run(args, Path(tempfile.mkdtemp(prefix="run-", dir=args.tmp)), size, stack)
     revs: list[Revision] = []
@@ -585,7 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if interrupted or len(revs) < 2:
         return 130 if interrupted else 1
-    minutes = (datetime.datetime.now() - started).total_seconds() / 60
+    minutes = (time.monotonic() - T0) / 60
     rows, bad = table(run, paths)
     a, b = revs
     title = f"A/B: {a.short} → {b.short}, {human(size)}, {args.rounds} round(s)"
@@ -601,11 +589,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\n{title}\n\n{text}\n\n{notes}\n", flush=True)
     if args.markdown:
-        env = {
-            "uname -a": " ".join(platform.uname()),
-            "nproc": str(os.cpu_count()),
-            "python": sys.version.split()[0],
-        }
+        uname, python = " ".join(platform.uname()), sys.version.split()[0]
+        env = {"uname -a": uname, "nproc": str(os.cpu_count()), "python": python}
         write_markdown(args.markdown, title, env, text, notes)
     return 1 if bad else 0
 
