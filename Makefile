@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= .freight-data
 LISTEN ?= 127.0.0.1:8443
 
-.PHONY: run test lint typecheck unit integration test-proxies bench venv clean
+.PHONY: run test lint typecheck unit integration test-proxies bench bench-ab venv clean
 
 venv: $(STAMP)
 
@@ -66,6 +66,14 @@ bench: $(STAMP)
 	bash bench/relay.sh --markdown $(BENCH_MD)
 	bash bench/agents.sh --markdown $(BENCH_MD)
 	$(BIN)/python bench/collect.py --markdown $(BENCH_MD)
+
+# A/B of two commits in one run, rounds alternating A and B (bench/ab.py):
+# `make bench-ab A=068d6a4 B=HEAD BENCH_AB_ARGS="--size 256M --rounds 5"`.
+# Flags (exit 1) any path where B takes more than 5 % more time than A.
+A ?= HEAD~1
+B ?= HEAD
+bench-ab: $(STAMP)
+	VENV=$(abspath $(VENV)) $(BIN)/python bench/ab.py $(A) $(B) --markdown $(BENCH_MD) $(BENCH_AB_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -234,10 +234,10 @@ class TreeAgent:
 
 
 def _timed(cmd: list[str], servers: list[int], env: dict[str, str] | None = None,
-           forking: bool = False) -> tuple[float, float, str]:  # fmt: skip
+           forking: bool = False, timeout: float = 3600) -> tuple[float, float, str]:  # fmt: skip
     """(wall seconds, CPU of the command + the server trees, stdout)."""
     before = sum(peers.tree_cpu(p) for p in servers)
-    secs, cpu, out = peers.run_client(cmd, env=env, timeout=3600)
+    secs, cpu, out = peers.run_client(cmd, env=env, timeout=timeout)
     if forking:
         for p in servers:
             peers.wait_no_children(p)

@@ -196,11 +196,14 @@ def wait_no_children(pid: int, timeout: float = 10) -> bool:
 
 
 def timed_against_server(
-    server_pid: int | None, cmd: Sequence[str], env: dict[str, str] | None = None
+    server_pid: int | None,
+    cmd: Sequence[str],
+    env: dict[str, str] | None = None,
+    timeout: float = 3600,
 ) -> tuple[float, float | None, str]:
     """Run a client against a running server: (seconds, client+server CPU, stdout)."""
     before = tree_cpu(server_pid) if server_pid else None
-    elapsed, cpu, out = run_client(cmd, env=env)
+    elapsed, cpu, out = run_client(cmd, env=env, timeout=timeout)
     if server_pid is None or before is None:
         return elapsed, None, out
     if not wait_no_children(server_pid):
@@ -462,7 +465,11 @@ class FreightHub:
             "--fingerprint", freight_fingerprint(self.data),
         ]  # fmt: skip
         res = subprocess.run(
-            cmd, input=self.password.encode(), capture_output=True, env=_freight_env(self.cfg)
+            cmd,
+            input=self.password.encode(),
+            capture_output=True,
+            env=_freight_env(self.cfg),
+            timeout=120,
         )
         if res.returncode != 0:
             raise PeerError(f"freight login failed: {res.stderr.decode(errors='replace')[-800:]}")
@@ -471,13 +478,17 @@ class FreightHub:
         stop_server(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
-    def push(self, path: Path, name: str, extra_args: Sequence[str] = ()) -> Transfer:
+    def push(
+        self, path: Path, name: str, extra_args: Sequence[str] = (), timeout: float = 3600
+    ) -> Transfer:
         pid = self.proc.pid if self.proc else None
-        return freight_push(self.cfg, path, name, extra_args, server_pid=pid)
+        return freight_push(self.cfg, path, name, extra_args, server_pid=pid, timeout=timeout)
 
-    def pull(self, name: str, dest: Path, extra_args: Sequence[str] = ()) -> Transfer:
+    def pull(
+        self, name: str, dest: Path, extra_args: Sequence[str] = (), timeout: float = 3600
+    ) -> Transfer:
         pid = self.proc.pid if self.proc else None
-        return freight_pull(self.cfg, name, dest, extra_args, server_pid=pid)
+        return freight_pull(self.cfg, name, dest, extra_args, server_pid=pid, timeout=timeout)
 
 
 def freight_push(
@@ -486,9 +497,10 @@ def freight_push(
     name: str,
     extra_args: Sequence[str] = (),
     server_pid: int | None = None,
+    timeout: float = 3600,
 ) -> Transfer:
     cmd = [str(FREIGHT), "push", str(path), "--as", name, "--json", "--quiet", *extra_args]
-    secs, cpu, _ = timed_against_server(server_pid, cmd, env=_freight_env(cfg_dir))
+    secs, cpu, _ = timed_against_server(server_pid, cmd, env=_freight_env(cfg_dir), timeout=timeout)
     return Transfer(secs, cpu, path.stat().st_size)
 
 
@@ -498,9 +510,10 @@ def freight_pull(
     dest: Path,
     extra_args: Sequence[str] = (),
     server_pid: int | None = None,
+    timeout: float = 3600,
 ) -> Transfer:
     cmd = [str(FREIGHT), "pull", name, str(dest), "--json", "--quiet", *extra_args]
-    secs, cpu, _ = timed_against_server(server_pid, cmd, env=_freight_env(cfg_dir))
+    secs, cpu, _ = timed_against_server(server_pid, cmd, env=_freight_env(cfg_dir), timeout=timeout)
     return Transfer(secs, cpu, received_size(dest))
 
 

@@ -680,8 +680,11 @@ class Worker(EventChild):
 
     def __init__(self, hub: RelayHub, user: str, peer: str, role: str, work: Path,
                  spec: PipeSpec) -> None:  # fmt: skip
+        # spec.worker: another checkout's relay.py (bench/ab.py runs each
+        # revision's own worker, so its SDK calls match that revision).
+        script = spec.worker or str(Path(__file__).resolve())
         cmd = [
-            sys.executable, str(Path(__file__).resolve()), "_worker", "--role", role,
+            sys.executable, script, "_worker", "--role", role,
             "--config", str(hub.cfgs[user]), "--peer", peer, "--pipes", str(spec.pipes),
             "--messages", str(spec.messages), "--message-size", str(spec.message_size),
             "--transport", spec.transport, "--data-path", spec.data_path,
@@ -706,6 +709,7 @@ class PipeSpec:
     transport: str = "auto"
     data_path: str = "auto"
     timeout: float = 120.0
+    worker: str = ""  # the relay.py to run as `_worker`; "" = this one
 
 
 @dataclass
