@@ -62,7 +62,7 @@ class DatabaseCheckpoints:
 
     async def load(self) -> int | None:
         row = await self.db.get_stream(self.user_id, self.sid)
-        return None if row is None else int(row["checkpoint"])
+        return None if row is None else int(row.checkpoint)
 
     async def save(self, offset: int) -> None:
         await self.db.set_checkpoint(self.user_id, self.sid, offset)
