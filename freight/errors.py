@@ -9,11 +9,14 @@ parent's exit code; the module where it is not this one).
     FreightError                         exit 1   protocol.errors
     ├── ProtocolError                    exit 5   protocol.errors
     │   ├── LocalProtocolError                    protocol.errors
+    │   │   └── InvalidTransition                 protocol.commands
     │   ├── RemoteProtocolError                   protocol.errors
     │   │   ├── FrameTooLarge                     protocol.errors
     │   │   ├── IntegrityError                    protocol.errors
     │   │   ├── FlowViolation                     protocol.e2e
-    │   │   └── MalformedTransfer                 protocol.sendrecv
+    │   │   ├── MalformedTransfer                 protocol.sendrecv
+    │   │   ├── MalformedFileMessage              protocol.files
+    │   │   └── AttachError                       protocol.numbered
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
@@ -51,6 +54,7 @@ parent's exit code; the module where it is not this one).
     │   ├── CodeUnknown
     │   ├── PeerAbsent
     │   ├── ConnectionEnded
+    │   │   └── SenderRestarted
     │   ├── RelayRefused                          hub.relayconn
     │   └── TransferRefused                       client.sendrecv
     └── StorageError                     exit 8

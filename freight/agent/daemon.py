@@ -29,6 +29,7 @@ from ..protocol.agents import login_message
 from ..protocol.errors import ProtocolError
 from ..protocol.frames import encode_json
 from ..protocol.limits import MAX_HEADER_BYTES, MAX_JSON_CHARS
+from ..tasks import Supervisor
 from . import filecommands
 from .config import AgentConfig
 from .files import APP, FileServer, list_dir
@@ -86,7 +87,9 @@ class Agent:
         self.relay: RelayClient | None = None
         self.done_results: dict[int, m.CommandResult] = {}
         self.running: set[int] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
+        # Commands and file requests run beside the relay's reader; each
+        # one's failure is its own (logged and counted), not the agent's.
+        self.tasks = Supervisor("agent")
         self.offerer = Offerer(self)
 
     async def report(self, op: str, path: str, peer: str, reason: str) -> None:
@@ -107,9 +110,7 @@ class Agent:
         if msg.id in self.running:
             return  # delivered again while still running
         self.running.add(msg.id)
-        task = asyncio.create_task(self._run_command(msg))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        self.tasks.spawn(self._run_command(msg), name=f"command-{msg.id}", detached=True)
 
     async def _run_command(self, msg: m.Command) -> None:
         try:
@@ -176,16 +177,14 @@ class Agent:
             relay.identity = identity_key(self.config)
             server = FileServer(self.roots, self.report, self.cfg.allow_overwrite)
             listener = await relay.listen(APP)
-            offering = asyncio.create_task(self.offerer.run(relay))
+            offering = self.tasks.spawn(self.offerer.run(relay), name="offers", detached=True)
             log.info("attached", hub=self.cfg.hub, name=self.cfg.name, roots=self.cfg.roots)
             try:
                 while True:
                     conn = await listener.accept()
                     server.roots = self.roots
                     server.allow_overwrite = self.cfg.allow_overwrite
-                    task = asyncio.create_task(self._serve(server, conn))
-                    self.tasks.add(task)
-                    task.add_done_callback(self.tasks.discard)
+                    self.tasks.spawn(self._serve(server, conn), name="files", detached=True)
             finally:
                 offering.cancel()
 

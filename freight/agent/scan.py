@@ -306,6 +306,7 @@ class ScanCache:
         fsencode = os.fsencode
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            committed = False
             try:
                 self._db.executemany(
                     "INSERT INTO files(path, size, mtime_ns, inode, digest)"
@@ -317,10 +318,9 @@ class ScanCache:
                 self._db.executemany(
                     "DELETE FROM files WHERE path = ?", [(fsencode(p),) for p in deletes]
                 )
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+                committed = True
+            finally:
+                self._db.execute("COMMIT" if committed else "ROLLBACK")
 
     def __len__(self) -> int:
         with self._lock:

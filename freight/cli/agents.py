@@ -264,14 +264,16 @@ async def _open(
     session = HubSession.from_config(config, hub_url, transport=transport)
     relay = RelayClient(session, config, transport=transport)
     await relay.start()
+    opened = False
     try:
         conn = await relay.connect(agent, APP, timeout=60)
         await conn.send(encode_request(request))
         answer = _accepted(await conn.recv())
+        opened = True
         return relay, conn, answer
-    except BaseException:
-        await relay.aclose()
-        raise
+    finally:
+        if not opened:
+            await relay.aclose()
 
 
 def remote_ls(target: str, hub_url: str | None, json_out: bool, transport: str = "auto") -> None:

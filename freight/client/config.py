@@ -37,9 +37,8 @@ def write_json_atomic(path: Path, data: Any, *, durable: bool = True) -> None:
                 os.fsync(f.fileno())
         os.chmod(tmp, 0o600)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        Path(tmp).unlink(missing_ok=True)  # gone once replaced; a leftover on failure
 
 
 def read_json(path: Path, default: Any) -> Any:

@@ -30,6 +30,7 @@ from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
 from ..tasks import Supervisor
 from ..transport.channel import FrameChannel, Mux, Port
+from ..transport.closing import closing_on_failure
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.httpchan import open_http_channel
 from ..transport.proxy import ProxyError, choose_proxy, open_tunnel, parse_proxy_url, refusal
@@ -113,13 +114,10 @@ async def fetch_fingerprint(
                 )
             else:
                 sock = await open_tunnel(proxy, u.host or "", u.port or 8443, timeout=timeout)
-                try:
+                with closing_on_failure(sock):
                     _, writer = await asyncio.open_connection(
                         sock=sock, ssl=ctx, server_hostname=u.host
                     )
-                except BaseException:
-                    sock.close()
-                    raise
     except ssl.SSLCertVerificationError as exc:
         assert ca_file is not None  # nothing is verified without one
         raise untrusted_error(u, ca_file, exc) from None

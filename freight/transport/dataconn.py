@@ -34,6 +34,7 @@ from ..protocol.seal import (
     preamble,
 )
 from .channel import ChannelClosed, Frame
+from .closing import closing_on_failure
 from .flow import FRAME_OVERHEAD, ReadFlow
 from .proxy import ProxyError, open_tunnel
 
@@ -246,11 +247,8 @@ async def open_data_connection(
             await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
         else:
             sock = await open_tunnel(proxy, host, port, timeout=timeout)
-            try:
+            with closing_on_failure(sock):
                 await loop.create_connection(lambda: proto, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
         assert proto.transport is not None
         proto.transport.write(preamble(ticket_id))
         msg, _ = await asyncio.wait_for(proto.recv(), timeout)

@@ -42,6 +42,7 @@ from ..protocol.messages import Message
 from ..protocol.retry import RetryPolicy, RetryState
 from ..tasks import Supervisor
 from .channel import ChannelClosed, Frame
+from .closing import closing_on_failure
 from .signal import Signal
 
 ATTACH_PATH: Final = "v1/attach/http"
@@ -393,11 +394,8 @@ class HTTPChannel:
                 raise await _failure_for(resp)
             finally:
                 resp.release()
-        try:
+        with closing_on_failure(resp):  # cancelled: nobody will read this response
             chunk = await self._read_chunk(resp)
-        except BaseException:  # cancelled: nobody will read this response
-            resp.close()
-            raise
         if not chunk:
             resp.close()
             raise _Retry("the down response ended at once")

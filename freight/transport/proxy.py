@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import socket
 import urllib.request
 
 from yarl import URL
 
 from ..errors import NetworkError, UsageError
+from .closing import closing_on_failure
 
 # Proxies answer CONNECT with a status line and a few headers; anything much
 # larger is not a proxy we understand, and must not make us buffer forever.
@@ -166,14 +166,11 @@ async def _dial(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, type_, proto)
         sock.setblocking(False)
         try:
-            await loop.sock_connect(sock, addr)
+            with closing_on_failure(sock):
+                await loop.sock_connect(sock, addr)
         except OSError as exc:
-            sock.close()
             last = exc
             continue
-        except BaseException:
-            sock.close()
-            raise
         return sock
     raise last
 
@@ -192,34 +189,33 @@ async def open_tunnel(
     except (OSError, TimeoutError) as exc:
         raise ProxyError(f"cannot reach the proxy at {where}: {exc or 'timed out'}") from None
     try:
-        async with asyncio.timeout(timeout):
-            await loop.sock_sendall(sock, _connect_request(proxy, target))
-            head = bytearray()
-            while b"\r\n\r\n" not in head:
-                # Small reads: the proxy sends nothing after its answer until
-                # we speak, but a short read keeps the bound honest anyway.
-                chunk = await loop.sock_recv(sock, 4096)
-                if not chunk:
-                    raise ProxyError(f"the proxy at {where} closed the connection during CONNECT")
-                head += chunk
-                if len(head) > MAX_ANSWER_BYTES:
-                    raise ProxyError(f"the proxy at {where} sent an oversized answer to CONNECT")
-        answer, _, extra = bytes(head).partition(b"\r\n\r\n")
-        _parse_answer(proxy, target, answer)
-        if extra:
-            # The hub never speaks first, so these bytes came from the proxy
-            # and would corrupt whatever runs over the tunnel.
-            raise ProxyError(f"the proxy at {where} sent data before the tunnel was used")
+        with closing_on_failure(sock):
+            async with asyncio.timeout(timeout):
+                await loop.sock_sendall(sock, _connect_request(proxy, target))
+                head = bytearray()
+                while b"\r\n\r\n" not in head:
+                    # Small reads: the proxy sends nothing after its answer until
+                    # we speak, but a short read keeps the bound honest anyway.
+                    chunk = await loop.sock_recv(sock, 4096)
+                    if not chunk:
+                        raise ProxyError(
+                            f"the proxy at {where} closed the connection during CONNECT"
+                        )
+                    head += chunk
+                    if len(head) > MAX_ANSWER_BYTES:
+                        raise ProxyError(
+                            f"the proxy at {where} sent an oversized answer to CONNECT"
+                        )
+            answer, _, extra = bytes(head).partition(b"\r\n\r\n")
+            _parse_answer(proxy, target, answer)
+            if extra:
+                # The hub never speaks first, so these bytes came from the proxy
+                # and would corrupt whatever runs over the tunnel.
+                raise ProxyError(f"the proxy at {where} sent data before the tunnel was used")
     except TimeoutError:
-        sock.close()
         raise ProxyError(
             f"the proxy at {where} did not answer CONNECT within {timeout:g} s"
         ) from None
     except OSError as exc:
-        sock.close()
         raise ProxyError(f"the connection to the proxy at {where} failed: {exc}") from None
-    except BaseException:
-        with contextlib.suppress(OSError):
-            sock.close()
-        raise
     return sock

@@ -27,6 +27,7 @@ import freight.errors as errors
 import freight.hub
 from freight.cli.common import run_async
 from freight.errors import EXIT_CODES, FreightError, claimed_twice, code_to_error, registered
+from freight.protocol.relaycodes import RefusalCode
 
 PACKAGE = Path(freight.__file__).parent
 # Classes that carry, per instance, the code of the refusal they stand for
@@ -123,13 +124,17 @@ def test_the_drawing_in_errors_matches_the_code() -> None:
     assert drawn == actual, "redraw the tree in freight/errors.py's docstring"
 
 
-def _literal_codes() -> set[tuple[str, str]]:
+def _literal_codes(sources: dict[str, str] | None = None) -> set[tuple[str, str]]:
     """Codes written as literals where an error is sent: ``RelayRefused("code",
     …)``, ``Error(code="…")`` frames and ``{"code": "…"}`` answers."""
+    if sources is None:
+        sources = {
+            path.relative_to(PACKAGE.parent).as_posix(): path.read_text()
+            for path in PACKAGE.rglob("*.py")
+        }
     found = set()
-    for path in PACKAGE.rglob("*.py"):
-        where = path.relative_to(PACKAGE.parent).as_posix()
-        for node in ast.walk(ast.parse(path.read_text())):
+    for where, text in sources.items():
+        for node in ast.walk(ast.parse(text)):
             if isinstance(node, ast.Call):
                 func = node.func
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
@@ -152,8 +157,12 @@ def _literal_codes() -> set[tuple[str, str]]:
 
 
 def test_every_code_sent_as_a_literal_has_a_class() -> None:
+    sample = 'RelayRefused("a", "m")\nError(code="b")\nx = {"code": "c"}\n'
+    assert _literal_codes({"x.py": sample}) == {("x.py", "a"), ("x.py", "b"), ("x.py", "c")}
     found = _literal_codes()
-    assert ("freight/hub/codes.py", "code_burned") in found  # the scan sees them
+    # The relay's answers are typed codes: every refusal the hub can send
+    # must come back on the client as its own class.
+    found |= {("freight/protocol/relaycodes.py", str(c)) for c in RefusalCode}
     missing = {(where, code) for where, code in found if code not in registered()}
     assert not missing, f"error codes sent without a class in the registry: {missing}"
 

@@ -14,18 +14,25 @@ from freight.hub.relay import Attachment, Router
 from freight.hub.streams import User
 from freight.protocol import messages as m
 from freight.protocol.relaycodes import HangupCode, RefusalCode
+from freight.store.rows import UserRow
 
 USERS = {"alice": User(1, "alice", "user"), "bob": User(2, "bob", "user")}
 
 
-class FakeDb:
-    async def user_by_name(self, name: str) -> dict[str, Any] | None:
-        u = USERS.get(name)
-        return None if u is None else {"id": u.id, "name": u.name, "role": u.role, "disabled": 0}
+def _row(u: User) -> UserRow:
+    return UserRow(
+        id=u.id, name=u.name, pw_hash="", role=u.role, disabled=False, created=0.0, quota=0
+    )
 
-    async def user_by_id(self, user_id: int) -> dict[str, Any] | None:
+
+class FakeDb:
+    async def user_by_name(self, name: str) -> UserRow | None:
+        u = USERS.get(name)
+        return None if u is None else _row(u)
+
+    async def user_by_id(self, user_id: int) -> UserRow | None:
         u = next((u for u in USERS.values() if u.id == user_id), None)
-        return None if u is None else {"id": u.id, "name": u.name, "role": u.role}
+        return None if u is None else _row(u)
 
     async def identity_keys(self, user_id: int) -> list[str]:
         return []

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from freight.hub.collect import Collector
+from freight.hub.commands import CommandQueue
 from freight.store import Database, DataLayout
 from freight.store import commands as queue
 from freight.store import schema as t
@@ -132,6 +133,7 @@ async def test_a_scheduler_round_does_not_undo_what_happened_meanwhile(
 
     db.content_in_state = read_then_change  # type: ignore[method-assign]
     st = SimpleNamespace(db=db, layout=DataLayout(tmp_path), events=_Events(), relay=_Relay())
-    collector = Collector(st, reserve=0)  # type: ignore[arg-type]
+    queue = CommandQueue(st, _Relay())  # type: ignore[arg-type]
+    collector = Collector(st, _Relay(), queue, reserve=0)  # type: ignore[arg-type]
     await collector.tick(10_000.0)
     assert await _content_state(db) == meanwhile
