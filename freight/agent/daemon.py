@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from ..protocol.agents import login_message
 from ..protocol.errors import ProtocolError
 from ..protocol.frames import encode_json
 from ..protocol.limits import MAX_HEADER_BYTES, MAX_JSON_CHARS
+from ..protocol.retry import Backoff, BackoffState
 from ..tasks import Supervisor
 from . import filecommands
 from .config import AgentConfig
@@ -37,6 +39,9 @@ from .offers import Offerer
 from .roots import OutsideRoots
 
 log = structlog.get_logger("freight.agent")
+
+# Attaching again after a failure: 0.5-1 s, doubling to 60 s, for ever.
+ATTACH_BACKOFF = Backoff(first=1.0, max_delay=60.0, low=0.5)
 
 
 def session_for(cfg: AgentConfig, token: str = "", transport: str = "auto") -> HubSession:
@@ -91,6 +96,10 @@ class Agent:
         # one's failure is its own (logged and counted), not the agent's.
         self.tasks = Supervisor("agent")
         self.offerer = Offerer(self)
+        # Re-attaching: the clock, random source and sleep are injectable.
+        self.clock = time.monotonic
+        self.rand = random.random
+        self.sleep = asyncio.sleep
 
     async def report(self, op: str, path: str, peer: str, reason: str) -> None:
         log.warning("refused", op=op, path=path, peer=peer, reason=reason)
@@ -196,9 +205,13 @@ class Agent:
             await conn.abort("aborted", "the agent could not finish the request")
 
     async def run(self) -> None:
-        delay = 1.0
+        failures = BackoffState(ATTACH_BACKOFF)
         while True:
             wait = 0.0  # at least this long before trying again
+            # Every end of an attachment counts as a failure (an agent is
+            # meant to stay attached): the wait after this attempt.
+            delay = failures.failed(self.clock(), self.rand())
+            assert delay is not None  # this policy never gives up
             try:
                 await self.run_once()
             except RateLimited as exc:
@@ -221,8 +234,7 @@ class Agent:
                     pass
             except (NetworkError, ProtocolError, OSError) as exc:
                 log.info("hub_unreachable", error=str(exc), retry_in=round(delay, 1))
-            await asyncio.sleep(max(wait, random.uniform(0.5 * delay, delay)))
-            delay = min(60.0, delay * 2)
+            await self.sleep(max(wait, delay))
 
 
 def sendable(result: m.CommandResult) -> m.CommandResult:

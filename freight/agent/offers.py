@@ -25,6 +25,7 @@ from ..client.options import QuietReporter, options_from_env
 from ..client.transfer import push_many
 from ..errors import FreightError, NetworkError, UsageError
 from ..protocol.agents import UPLOAD_PREFIX
+from ..protocol.retry import Backoff, BackoffState
 from .roots import resolve
 from .scan import ScanCache, scan
 
@@ -36,6 +37,8 @@ MIN_EVERY = 5.0
 # (delivered on attach when offline); this poll is only a safety net, so an
 # hour: 5,000 agents polling every 5 min cost the hub ~6 % of a core.
 POLICY_POLL = 3600.0
+# A batch the hub did not take is sent again after 0.5-1 s, doubling to 30 s.
+OFFER_BACKOFF = Backoff(first=1.0, max_delay=30.0, low=0.5)
 
 
 class Offerer:
@@ -46,6 +49,11 @@ class Offerer:
         # What the hub has acknowledged, per policy: path -> (size, mtime, digest).
         self.acked: dict[str, dict[str, tuple[int, float, str]]] = {}
         self.last_scan: dict[str, float] = {}
+        # Retries of a batch: the clock, random source and sleep are the
+        # caller's, so a test can drive them.
+        self.clock = time.monotonic
+        self.rand = random.random
+        self.sleep = asyncio.sleep
 
     def trigger(self, *, resend: bool) -> None:
         self.resend = self.resend or resend
@@ -126,16 +134,19 @@ class Offerer:
 
     async def _send_batch(self, relay: Any, body: dict[str, Any]) -> None:
         """Send one batch until the hub acknowledges that very batch."""
-        delay = 1.0
+        failures = BackoffState(OFFER_BACKOFF)
         while True:
             try:
                 answer = await relay.session.request("POST", "/v1/collect/offers", body)
                 if answer.get("ack") == body["batch"]:
                     return
+                error = "the hub acknowledged another batch"
             except (NetworkError, OSError) as exc:
-                log.info("offer_retry", error=str(exc), retry_in=round(delay, 1))
-            await asyncio.sleep(random.uniform(0.5 * delay, delay))
-            delay = min(30.0, delay * 2)
+                error = str(exc)
+            delay = failures.failed(self.clock(), self.rand())
+            assert delay is not None  # this policy never gives up
+            log.info("offer_retry", error=error, retry_in=round(delay, 1))
+            await self.sleep(delay)
 
     async def upload(self, args: dict[str, Any], relay: Any) -> dict[str, Any]:
         digest = str(args["digest"])

@@ -389,16 +389,13 @@ async def push_many(
     reporter: Reporter,
 ) -> list[TransferResult]:
     """Push files with up to ``opts.parallel`` streams at once."""
-    queue: asyncio.Queue[tuple[Path, str]] = asyncio.Queue()
-    for item in items:
-        queue.put_nowait(item)
+    pending = iter(items)  # the workers take the next item in turn
     results: list[TransferResult] = []
 
     async def worker() -> None:
         holder = LinkHolder(session, opts.data_path)
         try:
-            while not queue.empty():
-                path, name = queue.get_nowait()
+            for path, name in pending:
                 results.append(await push_file(session, holder, config, path, name, opts, reporter))
         finally:
             await holder.drop()
