@@ -10,6 +10,7 @@ composition root can import it.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -26,10 +27,13 @@ from ..errors import (
     NotFound,
     NotLoggedIn,
     RateLimited,
+    RemoteError,
     UsageError,
 )
 from . import auth
 from .streams import User
+
+log = logging.getLogger("freight.hub")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,6 +76,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except FreightError as exc:
         return error_response(exc)
+    except web.HTTPException:
+        raise  # aiohttp's own answers (404 for an unknown route, 405 …)
+    except Exception:
+        # A bug, not an answer: logged with its traceback here, and still a
+        # typed error for the client (never aiohttp's plain-text 500).
+        log.exception("request failed: %s %s", request.method, request.path)
+        return error_response(RemoteError("the hub failed on this request; its log says why"))
 
 
 def bearer_hash(request: web.Request) -> str:

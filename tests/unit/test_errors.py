@@ -234,6 +234,23 @@ def _hub_errors_middleware() -> Any:
     raise AssertionError("no errors_middleware in freight.hub")
 
 
+async def test_a_hub_handler_that_fails_with_a_bug_answers_typed_json() -> None:
+    async def broken(request: web.Request) -> web.StreamResponse:
+        raise KeyError("a bug")
+
+    app = web.Application(middlewares=[_hub_errors_middleware()])
+    app.router.add_get("/broken", broken)
+    async with TestClient(TestServer(app)) as http:
+        resp = await http.get("/broken")
+        assert resp.status == 500
+        body = await resp.json()
+        assert body["error"]["code"] == "remote"
+        assert "its log says why" in body["error"]["message"]
+        assert "a bug" not in body["error"]["message"]  # no internals leak to the client
+        resp = await http.get("/no-such-route")
+        assert resp.status == 404  # aiohttp's own answers pass through
+
+
 async def test_a_hub_handler_answers_every_error_as_typed_json() -> None:
     classes = [
         cls
