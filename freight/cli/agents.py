@@ -5,8 +5,9 @@ side. ``freight agent …`` (the daemon's side) lives in ``agentcmd``."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import datetime
-from pathlib import Path, PurePosixPath
 from typing import Annotated, Any
 
 import msgspec
@@ -15,15 +16,14 @@ import typer
 from ..agent.roots import OutsideRoots
 from ..client.config import ClientConfig
 from ..client.options import QuietReporter
-from ..client.receiving import Destination, receive_entries
-from ..client.relay import Connection, RelayClient
-from ..client.sendrecv import Summary, build_manifest, send_entries
+from ..client.relay import RelayClient
+from ..client.remote import cp_plan, download, list_remote, split_remote, upload
+from ..client.sendrecv import Summary, build_manifest
 from ..client.session import (
     HubSession,
     check_transport,
 )
-from ..errors import UsageError, code_to_error
-from ..protocol.files import APP, Answer, Entry, Request, decode_answer, encode_request
+from ..errors import UsageError
 from ..units import format_bytes, parse_duration, parse_rate
 from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
 from .output import RichReporter, err_console, print_json
@@ -236,67 +236,28 @@ def agents_cancel(
 # --- the file manager ---------------------------------------------------------------
 
 
-def split_remote(spec: str) -> tuple[str, str] | None:
-    """``AGENT:/path`` → (agent, path); None for a local path."""
-    name, sep, path = spec.partition(":")
-    if not sep or not name or "/" in name or not path.startswith("/"):
-        return None
-    return name, path
-
-
 # Codes an agent's refusal may carry that are defined beside the agent:
 # importing them lets code_to_error() turn them back into their errors.
 AGENT_ERRORS = (OutsideRoots,)
 
 
-def _accepted(data: bytes) -> Answer:
-    """The agent's ``A`` answer; a refusal raises the error its code names."""
-    answer = decode_answer(data)
-    if not answer.ok:
-        raise code_to_error(answer.code, answer.error)
-    return answer
-
-
-async def _open(
-    hub_url: str | None, agent: str, request: Request, transport: str
-) -> tuple[RelayClient, Connection, Answer]:
+def _relays(hub_url: str | None, transport: str) -> Callable[[], RelayClient]:
+    """What makes the relay client a file-manager command connects with."""
     config = ClientConfig()
-    session = HubSession.from_config(config, hub_url, transport=transport)
-    relay = RelayClient(session, config, transport=transport)
-    await relay.start()
-    opened = False
-    try:
-        conn = await relay.connect(agent, APP, timeout=60)
-        await conn.send(encode_request(request))
-        answer = _accepted(await conn.recv())
-        opened = True
-        return relay, conn, answer
-    finally:
-        if not opened:
-            await relay.aclose()
+
+    def make() -> RelayClient:
+        session = HubSession.from_config(config, hub_url, transport=transport)
+        return RelayClient(session, config, transport=transport)
+
+    return make
 
 
 def remote_ls(target: str, hub_url: str | None, json_out: bool, transport: str = "auto") -> None:
     remote = split_remote(target)
     if remote is None:
         raise UsageError(f"{target!r} is not AGENT:/path")
-    agent, path = remote
     check_transport(transport)
-
-    async def go() -> list[Entry]:
-        relay, conn, answer = await _open(hub_url, agent, Request(op="ls", path=path), transport)
-        try:
-            entries = list(answer.entries)
-            # A large folder comes in pages, each answer saying where the next starts.
-            while answer.next is not None:
-                answer = _accepted(await conn.recv())
-                entries += answer.entries
-            await conn.close()
-        finally:
-            await relay.aclose()
-        return entries
-
-    entries = run_async(go)
+    entries = run_async(lambda: list_remote(_relays(hub_url, transport), *remote))
     if json_out:
         print_json(msgspec.to_builtins(entries))
         return
@@ -323,33 +284,39 @@ def cp(
         raise UsageError("give a source and a destination")
     check_transport(transport)
     *sources, dest = paths
-    remote_dest = split_remote(dest)
-    remote_sources = [split_remote(s) for s in sources]
+    direction, (remote, local) = cp_plan(sources, dest, recursive)
+    relays = _relays(hub_url, transport)
+    quiet = quiet or json_out
     started = time.monotonic()
-    if remote_dest is not None:
-        if any(r is not None for r in remote_sources):
-            raise UsageError("copy between two agents is not supported; copy through here")
-        local = [Path(s) for s in sources]
-        for p in local:
-            if p.is_dir() and not recursive:
-                raise UsageError(f"{p} is a folder: use -r")
-        summary = run_async(
-            lambda: _upload(hub_url, remote_dest, local, overwrite, quiet or json_out, transport)
-        )
-    else:
-        if len(sources) != 1 or remote_sources[0] is None:
-            raise UsageError("download one AGENT:/path at a time (upload takes several)")
-        summary = run_async(
-            lambda: _download(
-                hub_url,
-                remote_sources[0],
-                dest,
-                recursive,
-                overwrite,
-                quiet or json_out,
-                transport,
+
+    async def go() -> Summary:
+        with ExitStack() as shown:
+            if direction == "up":
+                entries = build_manifest(local)
+                total = sum(e.size for e in entries)
+                files = sum(1 for e in entries if e.type == "file")
+                up = RichReporter(total, files, quiet=quiet)
+                return await upload(
+                    relays,
+                    remote,
+                    local,
+                    up,
+                    overwrite=overwrite,
+                    manifest=entries,
+                    on_open=lambda: shown.enter_context(up),
+                )
+            down = RichReporter(0, 0, quiet=quiet)
+            return await download(
+                relays,
+                remote,
+                local,
+                QuietReporter() if quiet else down,
+                recursive=recursive,
+                consent=consent(overwrite, None if quiet else down),
+                on_open=lambda: shown.enter_context(down),
             )
-        )
+
+    summary = run_async(go)
     took = time.monotonic() - started
     if json_out:
         print_json(
@@ -363,59 +330,6 @@ def cp(
         )
     elif not quiet:
         err_console.print(f"{summary.files} file(s), {format_bytes(summary.bytes)} in {took:.1f} s")
-
-
-async def _upload(
-    hub_url: str | None,
-    remote: tuple[str, str],
-    local: list[Path],
-    overwrite: bool,
-    quiet: bool,
-    transport: str,
-) -> Summary:
-    agent, path = remote
-    entries = build_manifest(local)
-    total = sum(e.size for e in entries)
-    files = sum(1 for e in entries if e.type == "file")
-    request = Request(op="put", path=path, overwrite=overwrite)
-    relay, conn, _ = await _open(hub_url, agent, request, transport)
-    try:
-        with RichReporter(total, files, quiet=quiet) as reporter:
-            summary = await send_entries(conn, entries, reporter)
-        await conn.close()
-        return summary
-    finally:
-        await relay.aclose()
-
-
-async def _download(
-    hub_url: str | None,
-    remote: tuple[str, str],
-    dest: str,
-    recursive: bool,
-    overwrite: bool,
-    quiet: bool,
-    transport: str,
-) -> Summary:
-    agent, path = remote
-    # The copy is named as asked (cp AGENT:/data/latest . makes ./latest),
-    # whatever the agent calls what it sends.
-    target = Destination.local(dest, top_name=PurePosixPath(path).name)
-    request = Request(op="get", path=path, recursive=recursive)
-    relay, conn, _ = await _open(hub_url, agent, request, transport)
-    try:
-        reporter: Any = QuietReporter()
-        if quiet:
-            summary = await receive_entries(conn, target, reporter, consent=consent(overwrite))
-        else:
-            with RichReporter(0, 0) as reporter:
-                summary = await receive_entries(
-                    conn, target, reporter, consent=consent(overwrite, reporter)
-                )
-        await conn.close()
-        return summary
-    finally:
-        await relay.aclose()
 
 
 def register(app: typer.Typer) -> None:

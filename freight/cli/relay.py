@@ -5,6 +5,7 @@ and ``admin connections`` / ``admin kill``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
@@ -14,17 +15,16 @@ from typing import Annotated, Any
 
 import typer
 
+from ..client.codes import Offered, receive_with_code, send_with_code
 from ..client.config import ClientConfig
-from ..client.listener import Listener, split_code
-from ..client.options import QuietReporter
-from ..client.receiving import Destination, receive_entries
+from ..client.listener import split_code
+from ..client.options import QuietReporter, Reporter
+from ..client.receiving import Destination
 from ..client.relay import TRANSPORTS, Connection, RelayClient
-from ..client.sendrecv import Summary, build_manifest, send_entries
+from ..client.sendrecv import Summary, build_manifest
 from ..client.session import HubSession
 from ..client.words import new_code_words
-from ..errors import CodeUnknown, ConnectionEnded, SenderRestarted, UsageError
-from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
-from ..protocol.errors import ProtocolError
+from ..errors import UsageError
 from ..tasks import Supervisor
 from ..units import format_bytes, parse_duration
 from .common import HubOpt, JsonOpt, QuietOpt, run_async
@@ -46,10 +46,6 @@ DataPathOpt = Annotated[
         "direct: insist on it; tls: always inside TLS.",
     ),
 ]
-# A claim that has linked proves its code within this, or counts as failed
-# (it also holds the code: nobody else can claim it meanwhile).
-HANDSHAKE_TIMEOUT = 60.0
-
 VerifyOpt = Annotated[
     bool,
     typer.Option("--verify", help="Show a verification code; both ends must show the same."),
@@ -85,25 +81,6 @@ def _summary_json(summary: Summary, seconds: float) -> dict[str, Any]:
     }
 
 
-async def _handshake(conn: Connection, offer: Listener, reporter: Any) -> bool:
-    """Wait for a claim to prove the code; False (and a notice) if it did not.
-    Each failed claim counts: the offer ends after MAX_CODE_GUESSES."""
-    try:
-        await conn.wait_established(HANDSHAKE_TIMEOUT)
-        return True
-    except TimeoutError:
-        await conn.abort("timeout", "the code handshake took too long")
-        why = "a receiver did not prove the code in time"
-    except WrongCode:
-        why = "someone tried a wrong code"
-    except (ConnectionEnded, ProtocolError):
-        why = "a receiver left before proving the code"
-    reporter.notice(
-        f"{why} ({offer.failures} of {MAX_CODE_GUESSES} failed claims allowed); still waiting"
-    )
-    return False
-
-
 def send(
     paths: Annotated[list[Path], typer.Argument(help="Files and folders to send.")],
     code: Annotated[
@@ -120,46 +97,47 @@ def send(
     """Send files to whoever has the code; prints the code and waits."""
     entries = build_manifest(paths)
     seconds = parse_duration(ttl)
-    nameplate, words = "", new_words()
     if code:
-        nameplate, words = split_code(code)
+        split_code(code)  # a malformed code is refused before connecting
     total = sum(e.size for e in entries)
     files = sum(1 for e in entries if e.type == "file")
+
+    started = time.monotonic()
+    reporter = RichReporter(total, files, quiet=quiet, json_out=json_out)
+
+    def connected() -> None:
+        nonlocal started
+        started = time.monotonic()
 
     async def go() -> tuple[Summary, float]:
         async with _client(hub_url, transport, data_path) as client:
             await client.start(identity=False)
-            offer = await client.offer(words, nameplate, seconds)
-            if json_out:
-                print_json({"event": "code", "code": offer.code, "expires_in": offer.expires_in})
-            _say(f"Code: {offer.code}", json_out)  # --quiet still needs the code
-            _say(f"On the other machine run: freight receive {offer.code}", quiet)
-            _say(
-                f"Sending {files} file(s), {format_bytes(total)}; waiting for the receiver…", quiet
-            )
-            deadline = time.monotonic() + offer.expires_in
-            with RichReporter(total, files, quiet=quiet, json_out=json_out) as reporter:
-                while True:
-                    try:
-                        conn = await asyncio.wait_for(
-                            offer.accept(), max(0.0, deadline - time.monotonic())
+            with contextlib.ExitStack() as shown:
+
+                def announce(offer: Offered) -> None:
+                    if json_out:
+                        print_json(
+                            {"event": "code", "code": offer.code, "expires_in": offer.expires_in}
                         )
-                    except TimeoutError:
-                        raise CodeUnknown(
-                            f"code {offer.code} expired before the transfer finished",
-                            hint="run freight send again for a new code; --ttl sets how long it lasts",
-                        ) from None
-                    started = time.monotonic()
-                    try:
-                        if await _handshake(conn, offer, reporter):
-                            summary = await send_entries(conn, entries, reporter)
-                            await conn.close()
-                            return summary, time.monotonic() - started
-                    except ConnectionEnded as exc:
-                        reporter.notice(f"{exc.message}; waiting for the receiver to come back")
-                    finally:
-                        if not conn.closed:
-                            await conn.abort()
+                    _say(f"Code: {offer.code}", json_out)  # --quiet still needs the code
+                    _say(f"On the other machine run: freight receive {offer.code}", quiet)
+                    _say(
+                        f"Sending {files} file(s), {format_bytes(total)}; "
+                        "waiting for the receiver…",
+                        quiet,
+                    )
+                    shown.enter_context(reporter)  # progress from here on
+
+                summary = await send_with_code(
+                    client,
+                    entries,
+                    reporter,
+                    code=code,
+                    ttl=seconds,
+                    on_code=announce,
+                    on_connection=connected,
+                )
+                return summary, time.monotonic() - started
 
     summary, took = run_async(go)
     if json_out:
@@ -185,31 +163,37 @@ def receive(
     """Receive what a sender offers under CODE (resumes if run again)."""
     dest = Destination.folder(output)
 
+    started = time.monotonic()
+    reporter: Reporter = QuietReporter()
+    decide = consent(overwrite)
+    if not (quiet or json_out):
+        reporter = shown = RichReporter(0, 0)
+        decide = consent(overwrite, shown)
+
+    def restarted() -> None:
+        _say("the sender started again; resuming", quiet)
+
     async def go() -> tuple[Summary, float]:
-        async with _client(hub_url, transport, data_path) as client:
-            await client.start(identity=False)
-            while True:
-                conn = await client.claim(code)
+        with contextlib.ExitStack() as stack:
+
+            def connected() -> None:
+                nonlocal started
                 started = time.monotonic()
-                reporter: Any = QuietReporter()
-                try:
-                    if quiet or json_out:
-                        summary = await receive_entries(
-                            conn, dest, reporter, consent=consent(overwrite)
-                        )
-                    else:
-                        with RichReporter(0, 0) as reporter:
-                            summary = await receive_entries(
-                                conn, dest, reporter, consent=consent(overwrite, reporter)
-                            )
-                    await conn.close()
-                    return summary, time.monotonic() - started
-                except SenderRestarted:
-                    # Branch on the hub's code (sender_restarted), not its words.
-                    _say("the sender started again; resuming", quiet)
-                finally:
-                    if not conn.closed:
-                        await conn.abort()
+                if isinstance(reporter, RichReporter) and not reporter.progress.live.is_started:
+                    stack.enter_context(reporter)  # progress once a sender is found
+
+            async with _client(hub_url, transport, data_path) as client:
+                await client.start(identity=False)
+                summary = await receive_with_code(
+                    client,
+                    code,
+                    dest,
+                    reporter,
+                    consent=decide,
+                    on_connection=connected,
+                    on_restart=restarted,
+                )
+                return summary, time.monotonic() - started
 
     summary, took = run_async(go)
     if json_out:

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ..errors import FreightError, UsageError, from_exception
 from ..protocol.messages import LEVELS
 from ..units import parse_rate
@@ -295,8 +297,8 @@ class Client(AdminCalls):
         remote = split_remote(target)
         if remote is None:
             raise UsageError(f"{target!r} is not AGENT:/path")
-        entries: list[dict[str, Any]] = await self._guard(list_remote(self._relay, *remote))
-        return entries
+        entries = await self._guard(list_remote(self._relay, *remote))
+        return [msgspec.to_builtins(e) for e in entries]
 
     async def rm(self, *names: str) -> None:
         """Delete files from the hub."""

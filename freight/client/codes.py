@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..errors import CodeUnknown, ConnectionEnded
+from ..errors import CodeUnknown, ConnectionEnded, SenderRestarted
 from ..protocol.e2e import MAX_CODE_GUESSES, WrongCode
 from ..protocol.errors import ProtocolError
 from .listener import Listener, split_code
@@ -58,11 +58,13 @@ async def send_with_code(
     code: str | None = None,
     ttl: float = 3600.0,
     on_code: Callable[[Offered], object] | None = None,
+    on_connection: Callable[[], object] | None = None,
 ) -> Summary:
     """Offer ``entries`` under a new code (or ``code``, to resume a stopped
     send), tell ``on_code`` the code, and send to the first receiver that
     proves it; a receiver that drops is waited for again until the code
-    expires. ``relay`` must be started."""
+    expires. ``on_connection`` is called each time a receiver's claim
+    arrives. ``relay`` must be started."""
     nameplate, words = split_code(code) if code else ("", new_code_words())
     offer = await relay.offer(words, nameplate, ttl)
     if on_code is not None:
@@ -77,6 +79,8 @@ async def send_with_code(
                 hint="run freight send again for a new code; --ttl sets how long it lasts",
             ) from None
         try:
+            if on_connection is not None:
+                on_connection()
             if await _handshake(conn, offer, reporter):
                 summary = await send_entries(conn, entries, reporter)
                 await conn.close()
@@ -88,12 +92,6 @@ async def send_with_code(
                 await conn.abort()
 
 
-def sender_restarted(exc: ConnectionEnded) -> bool:
-    """Did the hub end the connection because the sender started again
-    (the receiver then claims the code again and resumes)?"""
-    return "started again" in exc.message
-
-
 async def receive_with_code(
     relay: RelayClient,
     code: str,
@@ -101,19 +99,27 @@ async def receive_with_code(
     reporter: Reporter,
     *,
     consent: Consent = refuse_to_replace,
+    on_connection: Callable[[], object] | None = None,
+    on_restart: Callable[[], object] | None = None,
 ) -> Summary:
     """Claim ``code`` and receive what its sender offers into ``dest``,
-    resuming when the sender starts again. ``relay`` must be started."""
+    resuming when the sender starts again (``on_restart`` is told, else the
+    reporter's notice). ``on_connection`` is called after each claim.
+    ``relay`` must be started."""
     while True:
         conn = await relay.claim(code)
         try:
+            if on_connection is not None:
+                on_connection()
             summary = await receive_entries(conn, dest, reporter, consent=consent)
             await conn.close()
             return summary
-        except ConnectionEnded as exc:
-            if not sender_restarted(exc):
-                raise
-            reporter.notice("the sender started again; resuming")
+        except SenderRestarted:
+            # Branch on the hub's code (sender_restarted), not its words.
+            if on_restart is not None:
+                on_restart()
+            else:
+                reporter.notice("the sender started again; resuming")
         finally:
             if not conn.closed:
                 await conn.abort()

@@ -1,27 +1,25 @@
 """The client side of an agent's file manager: ``AGENT:/path`` listings and
 copies to and from agents, over an end-to-end encrypted connection to the
-agent's ``freight.files`` application (see ``freight.agent.files``, whose
-wire this speaks: a request ``Q{...}`` answered by ``A{...}``, then the
-send/receive protocol of ``freight.client.sendrecv``).
+agent's ``freight.files`` application (the typed messages of
+``freight.protocol.files``: a request ``Q{...}`` answered by ``A{...}``,
+then the send/receive protocol of ``freight.client.sendrecv``). The
+``freight ls``/``freight cp`` commands and ``freight.Client`` both use it.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..errors import UsageError, code_to_error
+from ..protocol.files import APP, Answer, Entry, Request, decode_answer, encode_request
 from .receiving import Consent, Destination, receive_entries, refuse_to_replace
 from .relay import Connection, RelayClient
+from .sendrecv import Entry as LocalEntry
 from .sendrecv import Reporter, Summary, build_manifest, send_entries
 
-# The agent's application and message framing (freight.agent.files; the
-# client may not import the agent, so the few constants are written here
-# too until both take them from freight.protocol).
-APP = "freight.files"
 CONNECT_TIMEOUT = 60.0
 
 
@@ -33,48 +31,38 @@ def split_remote(spec: str) -> tuple[str, str] | None:
     return name, path
 
 
-def _encode(kind: bytes, body: Any) -> bytes:
-    return kind + json.dumps(body, separators=(",", ":")).encode()
-
-
-def _answer(data: bytes) -> dict[str, Any]:
-    if data[:1] != b"A":
-        raise UsageError("expected an 'A' message")
-    try:
-        answer = json.loads(data[1:])
-    except ValueError:
-        raise UsageError("unreadable file-manager message") from None
-    if not isinstance(answer, dict):
-        raise UsageError("unreadable file-manager message")
-    if not answer.get("ok"):
-        raise code_to_error(str(answer.get("code", "remote")), str(answer.get("error", "")))
+def _accepted(data: bytes) -> Answer:
+    """The agent's ``A`` answer; a refusal raises the error its code names."""
+    answer = decode_answer(data)
+    if not answer.ok:
+        raise code_to_error(answer.code, answer.error)
     return answer
 
 
 @asynccontextmanager
 async def open_files(
-    relay_factory: Callable[[], RelayClient], agent: str, request: dict[str, Any]
-) -> AsyncIterator[tuple[Connection, dict[str, Any]]]:
+    relay_factory: Callable[[], RelayClient], agent: str, request: Request
+) -> AsyncIterator[tuple[Connection, Answer]]:
     """A connection to ``agent``'s file manager that made ``request``, and
     the agent's first answer; the relay is closed when the block ends."""
     async with relay_factory() as relay:
         await relay.start()
         conn = await relay.connect(agent, APP, timeout=CONNECT_TIMEOUT)
-        await conn.send(_encode(b"Q", request))
-        answer = _answer(await conn.recv())
+        await conn.send(encode_request(request))
+        answer = _accepted(await conn.recv())
         yield conn, answer
 
 
 async def list_remote(
     relay_factory: Callable[[], RelayClient], agent: str, path: str
-) -> list[dict[str, Any]]:
+) -> list[Entry]:
     """The entries of a folder on an agent (every page of a large one)."""
-    async with open_files(relay_factory, agent, {"op": "ls", "path": path}) as (conn, answer):
-        entries = list(answer["entries"])
+    async with open_files(relay_factory, agent, Request(op="ls", path=path)) as (conn, answer):
+        entries = list(answer.entries)
         # A large folder comes in pages, each answer saying where the next starts.
-        while answer.get("next") is not None:
-            answer = _answer(await conn.recv())
-            entries += answer["entries"]
+        while answer.next is not None:
+            answer = _accepted(await conn.recv())
+            entries += answer.entries
         await conn.close()
     return entries
 
@@ -86,13 +74,19 @@ async def upload(
     reporter: Reporter,
     *,
     overwrite: bool = False,
+    manifest: list[LocalEntry] | None = None,
+    on_open: Callable[[], object] | None = None,
 ) -> Summary:
     """Copy local files and folders to ``AGENT:/path`` (cp's rules for the
-    destination; resumable)."""
+    destination; resumable). ``manifest`` is ``build_manifest(local)`` if
+    the caller made it already; ``on_open`` is called once the agent
+    accepted."""
     agent, path = remote
-    entries = build_manifest(local)
-    request = {"op": "put", "path": path, "overwrite": overwrite}
+    entries = build_manifest(local) if manifest is None else manifest
+    request = Request(op="put", path=path, overwrite=overwrite)
     async with open_files(relay_factory, agent, request) as (conn, _):
+        if on_open is not None:
+            on_open()
         summary = await send_entries(conn, entries, reporter)
         await conn.close()
     return summary
@@ -106,14 +100,18 @@ async def download(
     *,
     recursive: bool = False,
     consent: Consent = refuse_to_replace,
+    on_open: Callable[[], object] | None = None,
 ) -> Summary:
-    """Copy ``AGENT:/path`` to ``dest`` (cp's rules; resumable)."""
+    """Copy ``AGENT:/path`` to ``dest`` (cp's rules; resumable).
+    ``on_open`` is called once the agent accepted."""
     agent, path = remote
     # The copy is named as asked (cp AGENT:/data/latest . makes ./latest),
     # whatever the agent calls what it sends.
     target = Destination.local(dest, top_name=PurePosixPath(path).name)
-    request = {"op": "get", "path": path, "recursive": recursive}
+    request = Request(op="get", path=path, recursive=recursive)
     async with open_files(relay_factory, agent, request) as (conn, _):
+        if on_open is not None:
+            on_open()
         summary = await receive_entries(conn, target, reporter, consent=consent)
         await conn.close()
     return summary
