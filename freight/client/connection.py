@@ -140,6 +140,11 @@ class Connection:
             raise UsageError(f"a message may be at most {MAX_MESSAGE} bytes")
         if self.eof_sent:
             raise UsageError("this connection's sending side is already closed")
+        # Let the event loop read first: a Pause (or a hang-up) that arrived
+        # since our last record is seen before the next one goes. Without
+        # this a sender whose writes never block pours its whole credit
+        # window into the hub before it looks at its channel again.
+        await asyncio.sleep(0)
         await self._wait_credit(len(data) + 1)
         await self._send_out(self.end.send(data))
 

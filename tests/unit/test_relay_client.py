@@ -330,3 +330,32 @@ async def test_a_hangup_becomes_the_error_its_code_names(
     assert conn.closed and type(conn.error) is error
     with pytest.raises(error):
         await conn.recv()
+
+
+async def test_a_sender_whose_writes_never_block_still_sees_pause_in_time(
+    tmp_path: Path,
+) -> None:
+    """The hub's Pause may arrive while a sender's writes never block (a lane
+    whose buffers take everything): the sender must look at it before its
+    next record, not after pouring its whole credit window into the hub."""
+    dialer, _, a, _ = await identity_pair(tmp_path)
+    a.take(dialer.cid)
+    block = bytes(64 * 1024)
+
+    async def push() -> None:
+        while True:
+            await dialer.send(block)
+
+    async def hub_says_pause() -> None:  # the reader task taking the frame
+        await a.deliver(m.Pause(cid=dialer.cid))
+
+    pusher = asyncio.create_task(push())
+    reader = asyncio.create_task(hub_says_pause())
+    await reader
+    for _ in range(10):
+        await asyncio.sleep(0)
+    sent = len(a.take(dialer.cid))
+    pusher.cancel()
+    await asyncio.gather(pusher, return_exceptions=True)
+    assert dialer.paused
+    assert sent <= 2, f"{sent} records went after Pause had arrived"
