@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +17,21 @@ import blake3
 
 from ..errors import NotFound, StorageError, UsageError
 from ..names import check_new_password, check_user_name
+from ..protocol.commands import TERMINAL_COMMAND_STATES
 from ..units import UNLIMITED_WORDS, parse_size
 from .remote import split_remote
 from .session import HubSession
 
 USERS_HINT = "run: freight users ls"
 KEYS_HINT = "run: freight keys ls"
-# The states in which an agent's command has its final answer.
-COMMAND_ENDED = ("done", "failed", "cancelled")
 
 
-class AdminCalls:
+class AdminCalls(ABC):
     """Accounts, keys, agents, collection, events, bandwidth, connections."""
 
+    @abstractmethod
     async def request(self, method: str, path: str, body: Any = None) -> Any:
-        raise NotImplementedError
+        """One authenticated call to the hub's REST API (``Client`` makes it)."""
 
     async def _call(self, method: str, path: str, body: Any = None, *, hint: str) -> Any:
         try:
@@ -152,7 +153,7 @@ class AdminCalls:
                     "GET", f"/v1/agents/commands/{command_id}?wait={min(left, 60):.1f}"
                 )
             )
-            if row["state"] in COMMAND_ENDED or time.monotonic() >= deadline:
+            if row["state"] in TERMINAL_COMMAND_STATES or time.monotonic() >= deadline:
                 return row
 
     async def cancel_command(self, command_id: int) -> dict[str, Any]:

@@ -156,5 +156,5 @@ def decode_answer(data: bytes) -> Answer:
 
 def entry_size(entry: Entry) -> int:
     """The characters ``entry`` takes in a listing's JSON (with its comma),
-    non-ASCII written as ``\\uXXXX``, as a command result carries it."""
+    non-ASCII written as six-character ``\\u`` escapes, as a command result carries it."""
     return len(json.dumps(msgspec.to_builtins(entry), separators=(",", ":"))) + 1
