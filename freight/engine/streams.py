@@ -248,9 +248,11 @@ async def run_receiver(
     except (ProtocolError, StorageError, DiskFull) as exc:
         # Our fault or our disk's: the sender must stop, not retry blindly.
         if receiver.state is not State.ABORTED:
-            await _tell_peer(port, receiver, exc)
+            # Clean up first, then tell: a sender that has heard the answer
+            # must find no partial left behind (a full disk's is worthless).
             with contextlib.suppress(FreightError, OSError):
                 await sink.aborted(exc.code, exc.message)
+            await _tell_peer(port, receiver, exc)
         raise
 
 
