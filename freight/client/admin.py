@@ -5,22 +5,14 @@ itself, as methods of :class:`freight.Client` (this mixin needs only its
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 from abc import ABC, abstractmethod
-from pathlib import Path
 from typing import Any
 
-import aiohttp
-import blake3
-
-from ..errors import NotFound, StorageError, UsageError
+from ..errors import NotFound, UsageError
 from ..names import check_new_password, check_user_name
 from ..protocol.commands import TERMINAL_COMMAND_STATES
 from ..units import UNLIMITED_WORDS, parse_size
-from .remote import split_remote
-from .session import HubSession
 
 USERS_HINT = "run: freight users ls"
 KEYS_HINT = "run: freight keys ls"
@@ -219,46 +211,3 @@ class AdminCalls(ABC):
     async def kill_connection(self, cid: str) -> None:
         """End a live connection; both ends are told an admin ended it."""
         await self.request("DELETE", f"/v1/admin/connections/{cid}")
-
-
-async def fetch_collected(session: HubSession, what: str, out: Path) -> tuple[str, int, Path]:
-    """Collected content (a BLAKE3 digest, or ``AGENT:/path`` as offered)
-    from the hub into ``out`` (a file, or a folder to put it in), checked
-    against its digest. Returns (digest, size, file)."""
-    digest, name = what, what[:16]
-    remote = split_remote(what)
-    if remote is not None:
-        rows = await session.request("GET", "/v1/collected")
-        match = [r for r in rows for h in r["holders"] if (h["agent"], h["path"]) == remote]
-        if not match:
-            raise NotFound(f"{what} was not offered for collection")
-        digest, name = match[0]["digest"], Path(remote[1]).name
-    elif len(what) != 64:
-        raise UsageError("give a 64-digit BLAKE3 digest or AGENT:/path")
-    target = out / name if out.is_dir() else out
-    part = target.with_name(target.name + ".freight-part")
-    url = session.url.with_path(f"/v1/collected/{digest}")
-    size = 0
-    hasher = blake3.blake3()
-    async with session.http.get(url) as resp:
-        if resp.status == 404:
-            raise NotFound(f"{what} is not (yet) stored on the hub")
-        if resp.status >= 400:
-            raise UsageError(f"the hub refused: {resp.status}")
-        try:
-            with open(part, "wb") as f:
-                async for block in resp.content.iter_chunked(1 << 20):
-                    f.write(block)
-                    hasher.update(block)
-                    size += len(block)
-                f.flush()
-                await asyncio.to_thread(os.fsync, f.fileno())
-        except OSError as exc:
-            raise StorageError(f"cannot write {part}: {exc.strerror or exc}") from None
-        except aiohttp.ClientError as exc:
-            raise session.connection_error(exc) from None
-    if hasher.hexdigest() != digest:
-        part.unlink(missing_ok=True)
-        raise StorageError("what arrived does not match its digest; try again")
-    os.replace(part, target)
-    return digest, size, target

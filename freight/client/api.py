@@ -33,8 +33,9 @@ import msgspec
 from ..errors import FreightError, UsageError, from_exception
 from ..protocol.messages import LEVELS
 from ..units import parse_rate
-from .admin import AdminCalls, fetch_collected
+from .admin import AdminCalls
 from .codes import Offered, receive_with_code, send_with_code
+from .collected import fetch_collected
 from .config import ClientConfig
 from .listener import Listener
 from .login import Confirm, LoginInfo, Notice, login, logout

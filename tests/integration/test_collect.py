@@ -267,6 +267,39 @@ def test_each_unique_content_is_stored_once(trio: Trio, tmp_path: Path) -> None:
     assert res.returncode != 0 and not (tmp_path / "no").exists()
 
 
+def test_collected_get_resumes_a_partial_of_the_same_content(trio: Trio, tmp_path: Path) -> None:
+    digest, want = trio.digest["EDGE"], trio.master["EDGE"].read_bytes()
+    out = tmp_path / "edge.jpg"
+    part = tmp_path / f"edge.jpg.{digest[:16]}.freight-part"
+    # An earlier try left the first half: the rest is fetched, same bytes.
+    part.write_bytes(want[: len(want) // 2])
+    trio.admin.run("collected", "get", digest, str(out))
+    assert out.read_bytes() == want and not part.exists()
+    # A partial that holds it all already: nothing more to fetch.
+    out.unlink()
+    part.write_bytes(want)
+    trio.admin.run("collected", "get", digest, str(out))
+    assert out.read_bytes() == want and not part.exists()
+    # A prefix changed by hand is kept (resumed, not fetched again), so the
+    # digest check fails: the user is told, the partial is gone, nothing
+    # is published, and the next try starts afresh.
+    out.unlink()
+    part.write_bytes(b"x" * 1000)
+    res = trio.admin.run("collected", "get", digest, str(out), check=False)
+    assert res.returncode != 0 and "does not match its digest; try again" in res.stderr
+    assert not part.exists() and not out.exists()
+    trio.admin.run("collected", "get", digest, str(out))
+    assert out.read_bytes() == want
+    # A link planted at the partial's name is not followed.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    out.unlink()
+    part.symlink_to(victim)
+    res = trio.admin.run("collected", "get", digest, str(out), check=False)
+    assert res.returncode != 0 and "refusing to follow the symbolic link" in res.stderr
+    assert victim.read_bytes() == b"keep" and not out.exists()
+
+
 def test_rescan_stores_only_the_new_file(trio: Trio) -> None:
     before = stats(trio.admin)
     metric_before = hub_metric(trio.hub, RECEIVED)
