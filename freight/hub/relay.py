@@ -137,6 +137,7 @@ class Router:
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
         max_conns: int = DEFAULT_MAX_CONNS,
         max_codes: int = DEFAULT_MAX_CODES,
+        fingerprint: str = "",
     ) -> None:
         self.db = db
         self.events = events
@@ -150,7 +151,7 @@ class Router:
         self.conns: dict[str, Conn] = {}
         self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
         self.codes = CodeDesk(self, max_codes)
-        self.fingerprint = ""  # of the certificate we serve, set once listening
+        self.fingerprint = fingerprint  # of the certificate we serve: identity handshakes bind it
         self.attachments: set[Attachment] = set()
         self.presence: Presence[Attachment] = Presence(self.attachments)
         self.tasks = Supervisor("relay")
@@ -527,30 +528,9 @@ class Router:
         self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by="admin")
         return True
 
-    # --- agents (kept for callers: presence is its own service) ------------------
-
-    @property
-    def caps(self) -> dict[int, TokenBucket]:
-        return self.presence.caps
-
-    def attachment_of(self, user_id: int) -> Attachment | None:
-        """The agent's command channel, if it is attached."""
-        return self.presence.attachment_of(user_id)
-
     def cap_for(self, conn: Conn) -> TokenBucket | None:
+        """The bandwidth cap on ``conn`` (the writer's hot path)."""
         return self.presence.cap_between(conn.users[DIAL].id, conn.users[ACCEPT].id)
-
-    def set_cap(self, user_id: int, cap: int) -> None:
-        self.presence.set_cap(user_id, cap)
-
-    def command_event(self, command_id: int) -> asyncio.Event:
-        return self.presence.command_event(command_id)
-
-    def forget_command_event(self, command_id: int) -> None:
-        self.presence.forget_command_event(command_id)
-
-    def command_finished(self, command_id: int) -> None:
-        self.presence.command_finished(command_id)
 
     async def sweep_loop(self, every: float = 60.0) -> None:
         while True:
