@@ -20,6 +20,15 @@ attached are dropped, not stored: the sending end keeps every record until
 the far end acknowledges it and sends it again when the connection is
 linked anew (``Linked.rejoined``), so nothing is lost or duplicated even
 when the hub itself restarts and every in-memory table here is gone.
+
+The decisions are sans-I/O machines in :mod:`freight.protocol`: the
+pairing (:mod:`~freight.protocol.pairing`: listeners, connections, codes'
+offers, per-account counts) and the switch (:mod:`~freight.protocol.switch`:
+each link's life and flow). This module is their adapter: it looks users up,
+feeds them, and performs what they return. Each connection's background
+work (its ``linked`` announcement, its events) runs in the connection's own
+supervisor, cancelled when it ends; the router's supervisor holds hub-wide
+work only.
 """
 
 from __future__ import annotations
