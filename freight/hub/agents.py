@@ -262,7 +262,7 @@ async def set_cap(request: web.Request) -> web.Response:
     if cap < 0:
         raise UsageError("a cap cannot be negative")
     await st.db.set_agent_cap(int(row.id), cap)
-    st.relay.set_cap(int(row.id), cap)
+    st.relay.presence.set_cap(int(row.id), cap)
     st.bandwidth.set_cap(int(row.id), cap)
     await st.events.emit("agent_cap", admin.name, name=row.name, cap=cap)
     return web.json_response({"name": row.name, "cap": cap})
@@ -340,7 +340,7 @@ def register(dispatcher: Dispatcher, st: Hub) -> None:
         att = link.att
         await st.db.touch_agent(att.user.id, version, att.address)
         cap = await st.db.agent_cap(att.user.id)
-        st.relay.set_cap(att.user.id, cap)
+        st.relay.presence.set_cap(att.user.id, cap)
         st.bandwidth.set_cap(att.user.id, cap)
 
     dispatcher.on_agent_attached(attached)

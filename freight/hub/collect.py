@@ -75,7 +75,7 @@ class Collector:
         manager work comes first), gets no collection work now."""
         if agent_id in uploading:
             return True
-        att = self.relay.attachment_of(agent_id)
+        att = self.relay.presence.attachment_of(agent_id)
         if att is None:
             return True
         return any(

@@ -173,9 +173,9 @@ async def build_hub(cfg: HubConfig) -> Hub:
         queue_limit=cfg.relay_queue,
         max_conns=cfg.max_relay_connections,
         max_codes=cfg.max_codes,
+        fingerprint=me.fingerprint,
     )
-    relay.fingerprint = me.fingerprint  # identity handshakes bind it
-    queue = CommandQueue(core, relay)
+    queue = CommandQueue(core, relay.presence)
     collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
     queue.on_settled(collector.finished)  # an answered upload is stored
     dispatcher = Dispatcher()

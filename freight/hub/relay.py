@@ -20,6 +20,15 @@ attached are dropped, not stored: the sending end keeps every record until
 the far end acknowledges it and sends it again when the connection is
 linked anew (``Linked.rejoined``), so nothing is lost or duplicated even
 when the hub itself restarts and every in-memory table here is gone.
+
+The decisions are sans-I/O machines in :mod:`freight.protocol`: the
+pairing (:mod:`~freight.protocol.pairing`: listeners, connections, codes'
+offers, per-account counts) and the switch (:mod:`~freight.protocol.switch`:
+each link's life and flow). This module is their adapter: it looks users up,
+feeds them, and performs what they return. Each connection's background
+work (its ``linked`` announcement, its events) runs in the connection's own
+supervisor, cancelled when it ends; the router's supervisor holds hub-wide
+work only.
 """
 
 from __future__ import annotations
@@ -28,13 +37,30 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Iterator
-from typing import Any
+from collections.abc import Coroutine, Iterator, Sequence
+from typing import Any, cast
 
 from ..protocol import messages as m
 from ..protocol.bucket import TokenBucket
 from ..protocol.e2e import ACCEPT, DIAL
-from ..protocol.relaycodes import HangupCode, RefusalCode
+from ..protocol.errors import LocalProtocolError
+from ..protocol.pairacts import (
+    Action,
+    Away,
+    Done,
+    Ended,
+    Gone,
+    Granted,
+    Hangup,
+    Ready,
+    Refuse,
+    RejoinCode,
+    ResolvePeer,
+    Seat,
+    Waiting,
+)
+from ..protocol.pairing import DEFAULT_MAX_CONNS, ENDED_REMEMBERED, MAX_LISTENS, Pairing
+from ..protocol.relaycodes import BY_ADMIN, BY_HUB, HangupCode, RefusalCode
 from ..protocol.switch import (
     CUT,
     DEFAULT_QUEUE_LIMIT,
@@ -42,7 +68,6 @@ from ..protocol.switch import (
     FORWARD,
     FRAME_COST,
     PAUSE,
-    Port,
     Switch,
     other,
 )
@@ -51,24 +76,23 @@ from .bus import Bus, InProcessBus
 from .codes import CodeDesk
 from .observe import EventLog, Metrics
 from .presence import Presence
-from .relayconn import CODE_APP_PREFIX, Conn, RelayRefused
+from .relayconn import Conn, RelayRefused
 from .streams import User
 
-ENDED_REMEMBERED = 10_000  # ended connections remembered for ends that rejoin late
-MAX_LISTENS = 64  # applications one account may listen for
-DEFAULT_MAX_CONNS = 256  # relayed connections per account
+__all__ = ["DEFAULT_MAX_CONNS", "ENDED_REMEMBERED", "MAX_LISTENS", "Attachment", "Router"]
+
 DEFAULT_MAX_CODES = 64  # valid codes per account
 
 
-class Attachment(Port):
+class Attachment(Seat):
     """One attached client. Frames to it go through a queue drained by one
     writer task, so a slow client never blocks the hub's other work."""
 
     def __init__(self, router: Router, user: User, chan: Any, transport: str) -> None:
-        super().__init__()
+        super().__init__(user)
         self.aid = secrets.token_hex(8)
         self.router = router
-        self.user = user
+        self.user: User = user
         self.chan = chan
         self.transport = transport
         self.lane: Any = None  # a data connection carrying Relay frames
@@ -76,9 +100,6 @@ class Attachment(Port):
         self.address = ""
         self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
         self.wake = asyncio.Event()
-        self.ends: dict[str, str] = {}  # cid -> our role in it
-        self.apps: set[str] = set()
-        self.offers: set[str] = set()
         self.tasks = Supervisor(f"attachment/{self.aid}")
         self.writer = self.tasks.spawn(self._write(), name="writer")
         router.bus.subscribe(self.aid, self.post)
@@ -127,6 +148,10 @@ class Attachment(Port):
 
 
 class Router:
+    """The relay's adapter: it resolves users, feeds the pairing
+    (:mod:`freight.protocol.pairing`) and the switch, and performs what they
+    return: frames through the bus, events, metrics."""
+
     def __init__(
         self,
         db: Any,
@@ -137,6 +162,7 @@ class Router:
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
         max_conns: int = DEFAULT_MAX_CONNS,
         max_codes: int = DEFAULT_MAX_CODES,
+        fingerprint: str = "",
     ) -> None:
         self.db = db
         self.events = events
@@ -145,20 +171,29 @@ class Router:
         self.window = window
         self.queue_limit = queue_limit
         self.switch = Switch(window, queue_limit=queue_limit)
+        self.pairing: Pairing[Attachment, Conn] = Pairing(self.switch, Conn, max_conns=max_conns)
+        self.conns = self.pairing.conns  # the pairing's table, read on every record
         self.bus: Bus = InProcessBus()
-        self.max_conns = max_conns
-        self.conns: dict[str, Conn] = {}
-        self.listeners: dict[tuple[str, str], tuple[Attachment, str]] = {}
         self.codes = CodeDesk(self, max_codes)
-        self.fingerprint = ""  # of the certificate we serve, set once listening
+        self.fingerprint = fingerprint  # of the certificate we serve: identity handshakes bind it
         self.attachments: set[Attachment] = set()
         self.presence: Presence[Attachment] = Presence(self.attachments)
-        self.tasks = Supervisor("relay")
+        self.tasks = Supervisor("relay")  # hub-wide work; each connection has its own
         self._keys: dict[int, list[str]] = {}
-        # How recent connections ended, so an end that was away when its
-        # peer hung up learns why when it rejoins, instead of waiting for a
-        # peer that will never come back.
-        self.ended: OrderedDict[str, tuple[str, str, str, frozenset[int]]] = OrderedDict()
+
+    @property
+    def max_conns(self) -> int:
+        return self.pairing.max_conns
+
+    @property
+    def listeners(self) -> dict[tuple[str, str], tuple[Attachment, str]]:
+        return self.pairing.listeners
+
+    @property
+    def ended(self) -> OrderedDict[str, Gone]:
+        """How recent connections ended, so an end that was away when its
+        peer hung up learns why when it rejoins."""
+        return self.pairing.ended
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` in the background, kept until done and cancelled by
@@ -170,6 +205,8 @@ class Router:
             self.log.debug("relay_closing_work_dropped")
 
     async def aclose(self) -> None:
+        for conn in list(self.conns.values()):
+            await conn.tasks.aclose()
         await self.tasks.aclose()
 
     # --- attachments ------------------------------------------------------
@@ -186,26 +223,24 @@ class Router:
         att.discard_queue()
         if att.lane is not None:
             self.spawn(att.lane.aclose())
-        now = time.time()
-        for cid, role in list(att.ends.items()):
-            conn = self.conns.get(cid)
-            if conn is not None and conn.ends[role] is att:
-                if conn.nameplate:
-                    self.codes.interrupted(conn, "detached")
-                if self.switch.detach(conn, role, now):
-                    # Never linked and nobody left: the dialling process went
-                    # away (a reconnect dials it afresh).
-                    self.conns.pop(cid, None)
-        for key in [k for k, (a, _) in self.listeners.items() if a is att]:
-            del self.listeners[key]
-        self.codes.detached(att)
+        self.perform(att, "", self.pairing.detach(att, time.time()))
 
     def sweep(self, now: float) -> None:
-        """End connections that have had an end missing for too long."""
-        for conn in list(self.conns.values()):
-            if self.switch.expired(conn, now):
-                self.end(conn, HangupCode.PEER_GONE, "the other end did not come back", by="hub")
-        self.codes.sweep(now)
+        """End connections that have had an end missing for too long, forget
+        expired offers."""
+        self.perform(None, "", self.pairing.handle_timer(now))
+
+    async def sweep_loop(self, every: float = 60.0) -> None:
+        """Wake when the pairing has a deadline (at least every ``every``
+        seconds, for the offers' expiry)."""
+        while True:
+            deadline = self.pairing.next_deadline()
+            wait = every if deadline is None else min(every, deadline - time.time())
+            await asyncio.sleep(max(wait, 0.01))
+            try:
+                self.sweep(time.time())
+            except Exception as exc:  # never let the sweeper die
+                self.log.warning("relay_sweep_failed", error=repr(exc))
 
     # --- requests -----------------------------------------------------------
 
@@ -214,69 +249,50 @@ class Router:
         if isinstance(msg, m.Relay):
             self.relay(att, msg, payload)
             return True
-        if isinstance(msg, m.Listen | m.Unlisten | m.Dial | m.Offer | m.Claim):
+        if isinstance(msg, m.Listen):
+            self.perform(att, msg.rid, self.pairing.listen(att, msg))
+            return True
+        if isinstance(msg, m.Unlisten):
+            self.perform(att, msg.rid, self.pairing.unlisten(att, msg))
+            return True
+        if isinstance(msg, m.Dial | m.Offer | m.Claim):
             try:
-                await self._request(att, msg)
+                if isinstance(msg, m.Dial):
+                    await self.dial(att, msg)
+                elif isinstance(msg, m.Offer):
+                    await self.codes.offer(att, msg)
+                else:
+                    await self.codes.claim(att, msg)
             except RelayRefused as exc:
                 self.deliver(att, m.Error(code=exc.code, message=exc.message, rid=msg.rid))
             return True
         if isinstance(msg, m.Hangup):
-            conn = self.conns.get(msg.cid)
-            if conn is not None and att.ends.get(msg.cid) is not None:
-                self.end(conn, msg.code, msg.message, by="peer", skip=att)
+            self.perform(att, "", self.pairing.hangup(att, msg))
             return True
         if isinstance(msg, m.CodeFailed):
-            await self.codes.failed(att, msg.cid)
+            self.codes.failed(att, msg.cid)
             return True
         if isinstance(msg, m.CodeOk):
             self.codes.verified(att, msg.cid)
             return True
         return False
 
-    async def _request(self, att: Attachment, msg: m.AnyMessage) -> None:
-        if isinstance(msg, m.Listen):
-            self.listen(att, msg)
-        elif isinstance(msg, m.Unlisten):
-            self.listeners.pop((att.user.name, msg.app), None)
-            att.apps.discard(msg.app)
-            self.deliver(att, m.Done(rid=msg.rid))
-        elif isinstance(msg, m.Dial):
-            await self.dial(att, msg)
-        elif isinstance(msg, m.Offer):
-            await self.codes.offer(att, msg)
-        elif isinstance(msg, m.Claim):
-            await self.codes.claim(att, msg)
-
-    def listen(self, att: Attachment, msg: m.Listen) -> None:
-        if msg.app.startswith(CODE_APP_PREFIX):
-            raise RelayRefused(RefusalCode.USAGE, "code:… applications are for send/receive only")
-        key = (att.user.name, msg.app)
-        current = self.listeners.get(key)
-        if current is None and sum(1 for u, _ in self.listeners if u == key[0]) >= MAX_LISTENS:
-            raise RelayRefused(
-                RefusalCode.LIMIT_REACHED,
-                f"you listen for {MAX_LISTENS} applications already (the hub's limit); "
-                "stop one first",
-            )
-        if current is not None and current[0] is not att and not current[0].closed:
-            raise RelayRefused(
-                RefusalCode.CONFLICT,
-                f"you already listen for {msg.app!r} elsewhere; stop that one first",
-            )
-        self.listeners[key] = (att, msg.peer)
-        att.apps.add(msg.app)
-        self.deliver(att, m.Done(rid=msg.rid))
-        # Dials that were waiting for this listener connect now.
-        for conn in list(self.conns.values()):
-            if (
-                conn.app == msg.app
-                and conn.users[ACCEPT].name == att.user.name
-                and conn.ends[ACCEPT] is None
-                and not conn.linked_once
-                and conn.ends[DIAL] is not None
-                and msg.peer in ("*", conn.users[DIAL].name)
-            ):
-                self.bind(conn, ACCEPT, att)
+    async def dial(self, att: Attachment, msg: m.Dial) -> None:
+        acts = self.pairing.dial(att, msg)
+        if acts and isinstance(acts[0], ResolvePeer):
+            acts = self.pairing.dial(att, msg, await self._user(msg.peer))
+        elif acts and isinstance(acts[0], RejoinCode):
+            try:
+                await self.codes.rejoin(att, msg, acts[0].nameplate)
+            except RelayRefused as exc:
+                # The rejoining end holds a connection that cannot come back:
+                # tell it why, not only the request.
+                self.deliver(
+                    att, m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by=BY_HUB)
+                )
+                raise
+            return
+        self.perform(att, msg.rid, acts)
 
     async def _user(self, name: str) -> User:
         row = await self.db.user_by_name(name)
@@ -285,75 +301,6 @@ class Router:
         if row.disabled:
             raise RelayRefused(RefusalCode.UNKNOWN_USER, f"{name!r} is disabled on this hub")
         return User(int(row.id), str(row.name), str(row.role))
-
-    async def dial(self, att: Attachment, msg: m.Dial) -> None:
-        me = att.user
-        if msg.role == DIAL and msg.peer == me.name:
-            raise RelayRefused(RefusalCode.SELF_CONNECT, "you cannot connect to yourself")
-        conn = self.conns.get(msg.cid)
-        if conn is not None:
-            if conn.users.get(msg.role, None) is None or conn.users[msg.role].id != me.id:
-                raise RelayRefused(
-                    RefusalCode.CONFLICT, f"connection {msg.cid} belongs to someone else"
-                )
-            self.bind(conn, msg.role, att, rid=msg.rid)
-            if not conn.linked():
-                self.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
-            return
-        if msg.role == ACCEPT and not msg.rejoin:
-            raise RelayRefused(RefusalCode.USAGE, "only a rejoin may name the accepting end")
-        ended = self.ended.get(msg.cid) if msg.rejoin else None
-        if ended is not None and me.id in ended[3]:
-            code, message, by, _ = ended
-            self.deliver(att, m.Hangup(cid=msg.cid, code=code, message=message, by=by))
-            return
-        if msg.app.startswith(CODE_APP_PREFIX):
-            if not msg.rejoin:
-                raise RelayRefused(RefusalCode.USAGE, "connect to a code with claim, not dial")
-            try:
-                await self.codes.rejoin(att, msg)
-            except RelayRefused as exc:
-                # The rejoining end holds a connection that cannot come back:
-                # tell it why, not only the request.
-                self.deliver(
-                    att, m.Hangup(cid=msg.cid, code=exc.code, message=exc.message, by="hub")
-                )
-                raise
-            return
-        peer = await self._user(msg.peer)
-        users = {msg.role: me, other(msg.role): peer}
-        if msg.role == DIAL and not msg.rejoin:
-            for old in list(self.conns.values()):
-                if (
-                    old.app == msg.app
-                    and old.users.get(DIAL) == me
-                    and old.users.get(ACCEPT) == peer
-                ):
-                    if old.ends[DIAL] is not None:
-                        raise RelayRefused(
-                            RefusalCode.CONFLICT,
-                            f"a connection from you to {peer.name}/{msg.app} already exists",
-                        )
-                    self.end(old, HangupCode.REPLACED, "replaced by a new connection", by="hub")
-        self.check_room(me)
-        conn = Conn(msg.cid, msg.app, users, linked_once=msg.rejoin, owner=me.id)
-        self.conns[msg.cid] = conn
-        self.bind(conn, msg.role, att, rid=msg.rid, announce=False)
-        if not msg.rejoin:
-            listener = self.listeners.get((peer.name, msg.app))
-            if listener is not None and listener[1] in ("*", me.name):
-                self.bind(conn, ACCEPT, listener[0])
-                return
-        self.deliver(att, m.Waiting(rid=msg.rid, cid=msg.cid))
-
-    def check_room(self, user: User) -> None:
-        """Refuse a new connection beyond the account's cap."""
-        held = sum(1 for c in self.conns.values() if c.owner == user.id)
-        if held >= self.max_conns:
-            raise RelayRefused(
-                RefusalCode.LIMIT_REACHED,
-                f"you have {held} relayed connections open (the hub's limit); close some first",
-            )
 
     async def user_by_id(self, user_id: int) -> User:
         for a in self.attachments:
@@ -364,6 +311,41 @@ class Router:
             raise RelayRefused(RefusalCode.CODE_UNKNOWN, "the sender's account no longer exists")
         return User(int(row.id), str(row.name), str(row.role))
 
+    def perform(self, att: Attachment | None, rid: str, acts: Sequence[Action]) -> None:
+        """Do what the pairing asked, in order (``att`` and ``rid``: the
+        request answered, if any)."""
+        for act in acts:
+            if isinstance(act, Hangup):
+                self.deliver(
+                    cast(Attachment, act.seat),
+                    m.Hangup(cid=act.cid, code=act.code, message=act.message, by=act.by),
+                )
+            elif isinstance(act, Ended):
+                self._ended(cast(Conn, act.conn), act.code, act.by)
+            elif isinstance(act, Ready):
+                conn = cast(Conn, act.conn)
+                try:
+                    conn.tasks.spawn(self._announce(conn), name="linked", detached=True)
+                except RuntimeError:  # it ended meanwhile
+                    self.log.debug("relay_link_dropped", cid=conn.cid)
+            elif isinstance(act, Away):
+                self.codes.interrupted(cast(Conn, act.conn), "detached")
+            elif att is None:
+                raise LocalProtocolError(f"relay: {act!r} answers no request")
+            elif isinstance(act, Refuse):
+                self.deliver(att, m.Error(code=act.code, message=act.message, rid=rid))
+            elif isinstance(act, Done):
+                self.deliver(att, m.Done(rid=act.rid))
+            elif isinstance(act, Waiting):
+                self.deliver(att, m.Waiting(rid=act.rid, cid=act.cid))
+            elif isinstance(act, Granted):
+                left = max(0.0, act.expires - time.time())
+                self.deliver(
+                    att, m.CodeGrant(rid=act.rid, nameplate=act.nameplate, expires_in=left)
+                )
+            else:  # ResolvePeer, RejoinCode: handled where they are asked
+                raise LocalProtocolError(f"relay: {act!r} out of place")
+
     # --- linking and forwarding -------------------------------------------
 
     def deliver(
@@ -372,28 +354,14 @@ class Router:
         """Hand a frame to an attachment through the bus, by its id."""
         self.bus.publish(att.aid, msg, payload, conn)
 
-    def bind(
-        self, conn: Conn, role: str, att: Attachment, *, rid: str = "", announce: bool = True
-    ) -> None:
-        """Attach ``att`` as ``role`` of ``conn``; announce Linked to both
-        ends once both are there."""
-        old = self.switch.bind(conn, role, att)
-        if old is not None:
-            old.ends.pop(conn.cid, None)
-        att.ends[conn.cid] = role
-        if rid:
-            conn.rids[role] = rid
-        if announce and conn.linked():
-            self.spawn(self._announce(conn))
-
     async def _announce(self, conn: Conn) -> None:
         # Look up both key lists first and then post both Linked frames in
         # one step: an end may only send records after its Linked, so the
         # other end always sees its own Linked before the first record.
         keys = {end: await self._peer_keys(conn, other(end)) for end in (DIAL, ACCEPT)}
-        if self.conns.get(conn.cid) is not conn or not conn.linked():
-            return
-        rejoined = self.switch.link(conn)
+        rejoined = self.pairing.linked(conn)
+        if rejoined is None:
+            return  # ended or an end left meanwhile
         if conn.nameplate:
             self.codes.linked(conn)
         for end in (DIAL, ACCEPT):
@@ -470,31 +438,26 @@ class Router:
             )
         )
 
-    def end(self, conn: Conn, code: str, message: str, *, by: str, skip: Any = None) -> None:
-        self.conns.pop(conn.cid, None)
-        self.switch.end(conn)
+    def end(self, conn: Conn, code: str, message: str, *, by: str) -> None:
+        """End ``conn`` (cut off, killed, a wrong code): both ends hear it."""
+        self.perform(None, "", self.pairing.end(conn, code, message, by))
+
+    def _ended(self, conn: Conn, code: str, by: str) -> None:
         if conn.nameplate:
             self.codes.interrupted(conn, code)
-            self.codes.ended(conn)
-        owners = frozenset(u.id for u in conn.users.values())
-        self.ended[conn.cid] = (code, message, by, owners)
-        while len(self.ended) > ENDED_REMEMBERED:
-            self.ended.popitem(last=False)
-        for role in (DIAL, ACCEPT):
-            att = conn.ends[role]
-            if att is not None:
-                att.ends.pop(conn.cid, None)
-                if att is not skip:
-                    self.deliver(att, m.Hangup(cid=conn.cid, code=code, message=message, by=by))
-        self.spawn(
-            self.events.emit(
-                "connection_closed",
-                conn.users[DIAL].name,
-                cid=conn.cid,
-                code=code,
-                by=by,
-                bytes=conn.relayed[DIAL] + conn.relayed[ACCEPT],
-            )
+        self.spawn(self._closed(conn, code, by))
+
+    async def _closed(self, conn: Conn, code: str, by: str) -> None:
+        # What the connection still had running (its Linked announcement)
+        # is cancelled before its end is recorded.
+        await conn.tasks.aclose()
+        await self.events.emit(
+            "connection_closed",
+            conn.users[DIAL].name,
+            cid=conn.cid,
+            code=code,
+            by=by,
+            bytes=conn.relayed[DIAL] + conn.relayed[ACCEPT],
         )
 
     # --- keys and admin -------------------------------------------------------
@@ -524,38 +487,9 @@ class Router:
         conn = self.conns.get(cid)
         if conn is None:
             return False
-        self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by="admin")
+        self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by=BY_ADMIN)
         return True
 
-    # --- agents (kept for callers: presence is its own service) ------------------
-
-    @property
-    def caps(self) -> dict[int, TokenBucket]:
-        return self.presence.caps
-
-    def attachment_of(self, user_id: int) -> Attachment | None:
-        """The agent's command channel, if it is attached."""
-        return self.presence.attachment_of(user_id)
-
     def cap_for(self, conn: Conn) -> TokenBucket | None:
+        """The bandwidth cap on ``conn`` (the writer's hot path)."""
         return self.presence.cap_between(conn.users[DIAL].id, conn.users[ACCEPT].id)
-
-    def set_cap(self, user_id: int, cap: int) -> None:
-        self.presence.set_cap(user_id, cap)
-
-    def command_event(self, command_id: int) -> asyncio.Event:
-        return self.presence.command_event(command_id)
-
-    def forget_command_event(self, command_id: int) -> None:
-        self.presence.forget_command_event(command_id)
-
-    def command_finished(self, command_id: int) -> None:
-        self.presence.command_finished(command_id)
-
-    async def sweep_loop(self, every: float = 60.0) -> None:
-        while True:
-            await asyncio.sleep(every)
-            try:
-                self.sweep(time.time())
-            except Exception as exc:  # never let the sweeper die
-                self.log.warning("relay_sweep_failed", error=repr(exc))

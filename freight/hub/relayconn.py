@@ -8,11 +8,11 @@ from typing import Any
 
 from ..errors import RemoteError
 from ..protocol.e2e import ACCEPT, DIAL
+from ..protocol.pairing import CODE_APP_PREFIX, Pair, Party
 from ..protocol.relaycodes import RefusalCode
-from ..protocol.switch import Link
-from .streams import User
+from ..tasks import Supervisor
 
-CODE_APP_PREFIX = "code:"
+__all__ = ["CODE_APP_PREFIX", "Conn", "RelayRefused"]
 
 
 class RelayRefused(RemoteError):
@@ -23,35 +23,27 @@ class RelayRefused(RemoteError):
         self.code = code
 
 
-class Conn(Link[Any]):
-    """A relayed connection: the switch's link (its ends are
-    :class:`freight.hub.relay.Attachment` ports) plus who is on it."""
+class Conn(Pair):
+    """A relayed connection: the pairing's (its ends are
+    :class:`freight.hub.relay.Attachment` seats), when it started, the state
+    of a code's handshake, and the supervisor of its background work (its
+    ``linked`` announcement and events), closed when it ends."""
 
     def __init__(
         self,
         cid: str,
         app: str,
-        users: dict[str, User],
-        *,
-        linked_once: bool = False,
-        nameplate: str = "",
-        owner: int = 0,
+        users: dict[str, Party],
+        owner: int,
+        linked_once: bool,
+        nameplate: str,
     ) -> None:
-        super().__init__(cid, linked_once=linked_once)
-        self.app = app
-        self.users = users
+        super().__init__(cid, app, users, owner=owner, linked_once=linked_once, nameplate=nameplate)
         self.started = time.time()
-        self.nameplate = nameplate
-        self.rids: dict[str, str] = {}  # a request waiting for Linked
-        self.owner = owner  # the account whose request created it (counts against its cap)
         # Codes: a handshake is running on the current link and not yet
-        # verified by the sender (if the link ends now, the claim failed);
-        # and whether a handshake of this connection was verified.
+        # verified by the sender (if the link ends now, the claim failed).
         self.hs_pending = False
-        self.verified = False
-
-    def linked(self) -> bool:
-        return self.complete()
+        self.tasks = Supervisor(f"conn/{cid}")
 
     def describe(self, now: float) -> dict[str, Any]:
         return {

@@ -153,3 +153,33 @@ async def test_a_detached_end_drops_records_and_relinks(router: Router) -> None:
     (again,) = cb2.of(m.Linked)
     assert again.rejoined
     assert [x.rejoined for x in ca.of(m.Linked)] == [False, True]
+
+
+async def test_a_connection_owns_its_background_work(router: Router) -> None:
+    """The Linked announcement runs in the connection's own supervisor: an
+    end before it finished cancels it, and only then is the end recorded."""
+    gate = asyncio.Event()
+    events: list[str] = []
+
+    async def slow_keys(user_id: int) -> list[str]:
+        await gate.wait()
+        return []
+
+    async def add_event(kind: str, actor: str, detail: Any) -> None:
+        events.append(kind)
+
+    router.db.identity_keys = slow_keys
+    router.db.add_event = add_event
+    ca, cb = Chan(), Chan()
+    a = router.attach(USERS["alice"], ca, "ws")
+    b = router.attach(USERS["bob"], cb, "ws")
+    await router.handle(b, m.Listen(rid="r1", app="chat"), b"")
+    await router.handle(a, m.Dial(rid="r2", cid="c1", peer="bob", app="chat"), b"")
+    await settle()
+    conn = router.conns["c1"]
+    assert len(conn.tasks) == 1 and len(router.tasks) == 0  # announcing, on its own
+    assert router.kill("c1", "root")
+    await settle()
+    assert len(conn.tasks) == 0 and not ca.of(m.Linked) and not cb.of(m.Linked)
+    assert events == ["connection_closed"]
+    gate.set()
