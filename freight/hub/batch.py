@@ -100,8 +100,17 @@ async def _store(
 ) -> list[Stored]:
     files = decode_batch(msg, payload)
     names = [_checked(e) for e, _ in files]
-    if len(set(names)) != len(names):
+    unique = set(names)
+    if len(unique) != len(names):
         raise UsageError("a batch naming the same file twice; push them apart")
+    for name in names:
+        cut = name.rfind("/")
+        while cut > 0:
+            if name[:cut] in unique:
+                raise UsageError(
+                    f"a batch holds {shown(name[:cut])} both as a file and as a folder"
+                )
+            cut = name.rfind("/", 0, cut)
     total = sum(e.size for e, _ in files)
     limit = await quota.quota_of(service.db, user.id)
     if not limit:
@@ -170,8 +179,7 @@ def _write_all(
     top: Path,
 ) -> list[Stored]:
     """Check, hash and write every file of the batch; make them durable."""
-    for name, target in zip(names, targets, strict=True):
-        _check_target(name, target, top)
+    _check_targets(names, targets, top)
     folder.mkdir(parents=True, exist_ok=True)
     out: list[Stored] = []
     for (entry, data), name, part in zip(files, names, parts, strict=True):
@@ -191,17 +199,21 @@ def _write_all(
     return out
 
 
-def _check_target(name: str, target: Path, top: Path) -> None:
+def _check_targets(names: list[str], targets: list[Path], top: Path) -> None:
     """Refuse, before anything is written, a name whose place is taken by a
     folder, or whose folder is taken by a file (the account's folder
-    ``top`` and above are the hub's own)."""
-    if target.is_dir():
-        raise UsageError(f"{shown(name)} is a folder on the hub; choose another name")
-    parent = target.parent
-    while parent != top and top in parent.parents:
-        if parent.is_file():
-            raise UsageError(f"{shown(name)} lies below a file on the hub; choose another name")
-        parent = parent.parent
+    ``top`` and above are the hub's own). Each folder is looked at once."""
+    seen: set[Path] = set()
+    depth = len(top.parts)
+    for name, target in zip(names, targets, strict=True):
+        if os.path.isdir(target):
+            raise UsageError(f"{shown(name)} is a folder on the hub; choose another name")
+        parent = target.parent
+        while len(parent.parts) > depth and parent not in seen:
+            if os.path.isfile(parent):
+                raise UsageError(f"{shown(name)} lies below a file on the hub; choose another name")
+            seen.add(parent)
+            parent = parent.parent
 
 
 def _rename_all(
@@ -212,9 +224,12 @@ def _rename_all(
     returned too, the rest are still partials)."""
     renamed: list[Stored] = []
     failure: OSError | None = None
+    made: set[Path] = set()
     try:
         for part, target, item in zip(parts, targets, stored, strict=True):
-            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.parent not in made:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                made.add(target.parent)
             os.replace(part, target)
             renamed.append(item)
         if renamed:

@@ -111,6 +111,9 @@ def forged(kind: str) -> tuple[m.PutFiles, bytes]:
         return encode_batch("b1", [e], [b"hello"])
     if kind == "digest":
         return encode_batch("b2", [ENTRY], [b"HELLO"])
+    if kind == "file-and-folder":
+        inner = BatchEntry(name="ok.txt/x", size=5, mtime=1.0, digest=ENTRY.digest)
+        return encode_batch("b7", [ENTRY, inner], [b"hello", b"hello"])
     if kind == "twice":
         return encode_batch("b3", [ENTRY, ENTRY], [b"hello", b"hello"])
     msg, payload = encode_batch("b4", [ENTRY], [b"hello"])
@@ -129,6 +132,7 @@ def forged(kind: str) -> tuple[m.PutFiles, bytes]:
         ("escape", "usage", "'..' components are not allowed"),
         ("digest", "integrity_error", "arrived with a different digest"),
         ("twice", "remote_protocol_error", "same file twice"),
+        ("file-and-folder", "usage", "holds 'ok.txt' both as a file and as a folder"),
         ("short", "remote_protocol_error", "a batch whose files hold 5 bytes in a payload of 4"),
         ("overrun", "remote_protocol_error", "manifest overruns its payload"),
         ("garbage", "remote_protocol_error", "manifest is not JSON"),
