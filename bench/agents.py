@@ -245,6 +245,7 @@ def _timed(cmd: list[str], servers: list[int], env: dict[str, str] | None = None
 
 
 def tree_cmd(args: argparse.Namespace) -> Report:
+    push = args.direction == "push"
     size = parse_size(args.file_size)
     base = args.tmp / f"tree-{args.files}x{size}-{args.dirs}"
     src = make_tree(base, args.files, size, args.dirs)
@@ -267,6 +268,12 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                 "scp": ["scp", "-r", "-q", *ssh.ssh_opts(), "-P", str(ssh.port), ssh.remote(src), "DEST/"],
                 "rsync": ["rsync", "-a", "-e", ssh_cmd, ssh.remote(src), "DEST/"],
             }  # fmt: skip
+            if push:  # the other way: from here to the hub, or to the sshd
+                commands = {
+                    "freight": [str(FREIGHT), "push", str(src), "--as", "AS", "--json", "--quiet"],
+                    "scp": ["scp", "-r", "-q", *ssh.ssh_opts(), "-P", str(ssh.port), str(src), "RDEST/"],
+                    "rsync": ["rsync", "-a", "-e", ssh_cmd, str(src), "RDEST/"],
+                }  # fmt: skip
             for rnd in range(args.rounds):
                 order = tools if rnd % 2 == 0 else list(reversed(tools))
                 for tool in order:
@@ -276,7 +283,8 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                     # No dirty pages left by the tool before (or the rmtree of
                     # its copy): a tool that syncs must not flush another's.
                     os.sync()
-                    cmd = [str(dest) + "/" if c == "DEST/" else c for c in commands[tool]]
+                    fill = {"DEST/": f"{dest}/", "RDEST/": ssh.remote(dest) + "/", "AS": f"r{rnd}"}
+                    cmd = [fill.get(c, c) for c in commands[tool]]
                     if tool == "freight":
                         if args.py_spy is not None:
                             # The copying command under py-spy too (raw, 200 Hz).
@@ -288,8 +296,12 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                             secs, cpu, out = _timed(
                                 cmd, agent.pids, env=peers._freight_env(agent.hub.cfg)
                             )
-                        summary = json.loads(out.strip().splitlines()[-1])
-                        inner.append(float(summary["seconds"]))
+                        if push:  # the hub's copy, pulled back to be checked
+                            agent.hub.pull(f"r{rnd}/", dest)
+                            (dest / f"r{rnd}").rename(dest / src.name)
+                        else:
+                            summary = json.loads(out.strip().splitlines()[-1])
+                            inner.append(float(summary["seconds"]))
                     else:
                         assert ssh.proc is not None
                         secs, cpu, out = _timed(cmd, [ssh.proc.pid], forking=True)
@@ -314,8 +326,9 @@ def tree_cmd(args: argparse.Namespace) -> Report:
 
     files, nbytes = want[0], want[1]
     med = {t: statistics.median(v) for t, v in times.items()}
+    what = "`freight push DIR` to the hub" if push else "`freight cp -r` from an agent"
     rep = Report(
-        f"`freight cp -r` from an agent vs `scp -r` and `rsync -a`: {files:,} files of "
+        f"{what} vs `scp -r` and `rsync -a`: {files:,} files of "
         f"{human(size)} in {args.dirs} folders, {args.rounds} round(s)",
         TREE_HEADERS,
     )
@@ -327,6 +340,14 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         "OpenSSH 9)",
         "rsync": "`rsync -a -e ssh` from the same sshd",
     }
+    if push:
+        notes = {
+            "freight": "`freight push DIR --as rN` (admin; hub on 127.0.0.1, each file durable "
+            "and digest-checked before it is acknowledged; pulled back after the timing to "
+            "be checked)",
+            "scp": "`scp -r DIR` to a private sshd on 127.0.0.1 (SFTP protocol)",
+            "rsync": "`rsync -a -e ssh DIR` to the same sshd",
+        }
     for t in tools:
         rep.rows.append(
             [
@@ -351,7 +372,7 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         f"Scratch filesystem: {fs_type(args.tmp)}; {versions.get('openssh', '?')}; "
         f"{versions.get('rsync', '?')}."
     )
-    for peer, factor in (("scp", 2.0), ("rsync", 1.0)):
+    for peer, factor in (("scp", 1.0), ("rsync", 1.0)) if push else (("scp", 2.0), ("rsync", 1.0)):
         if "freight" not in med or peer not in med:
             continue
         ratio = med[peer] / med["freight"]
@@ -359,7 +380,8 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         rep.failed |= not ok
         rep.targets.append(
             [
-                f"`freight cp -r AGENT:/tree ./dest/`, {files:,} x {human(size)} files: "
+                f"`{'freight push DIR' if push else 'freight cp -r AGENT:/tree ./dest/'}`, "
+                f"{files:,} x {human(size)} files: "
                 f"≥ {factor:g}x `{'scp -r' if peer == 'scp' else 'rsync -a'}` (ssh, loopback)",
                 f"{med['freight']:.2f} s vs {med[peer]:.2f} s "
                 f"({files / med['freight']:.0f} vs {files / med[peer]:.0f} files/s)",
@@ -919,6 +941,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tr.add_argument("--dirs", type=int, default=100)
     tr.add_argument("--rounds", type=int, default=3)
     tr.add_argument("--tools", default="freight,scp,rsync")
+    tr.add_argument("--direction", choices=("get", "push"), default="get",
+                    help="get: `cp -r AGENT:…` from an agent; push: `push DIR` to the hub")  # fmt: skip
     tr.add_argument("--py-spy", type=Path, metavar="DIR",
                     help="profile freight cp, the agent and the hub (raw py-spy files; "
                     "slows freight down)")  # fmt: skip

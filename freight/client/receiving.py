@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..engine.durable import sync_filesystem
 from ..engine.hashing import digest_bytes, hash_fd
 from ..engine.partial import FolderPlace, LengthCheckpoints, PartialFile
 from ..engine.pipeline import WriteBehind
@@ -34,7 +35,6 @@ from .sendrecv import (
     Reporter,
     Summary,
     TransferRefused,
-    sync_filesystem,
 )
 
 __all__ = ["Consent", "Destination", "FileExists", "receive_entries", "refuse_to_replace"]

@@ -117,21 +117,6 @@ def _entry(path: Path, rel: str, kind: Kind) -> Entry:
     return Entry(rel, kind, stat.S_IMODE(st.st_mode), size, st.st_mtime, path)
 
 
-def sync_filesystem(folder: int) -> None:
-    """Flush the filesystem holding the open ``folder`` (syncfs(2)): what
-    was written there reaches the disk, without flushing every other disk
-    of the machine as sync(2) would (the fallback where syncfs is missing)."""
-    import ctypes  # here, not at start-up: called once per transfer
-
-    syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    if syncfs is None:
-        os.sync()
-        return
-    if syncfs(folder) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def _refused(data: bytes, kind: type[wire.T]) -> wire.T:
     """A message from the receiver, or TransferRefused if it is malformed."""
     try:

@@ -12,6 +12,7 @@ import os
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from ..protocol.stream import StreamReceiver, StreamSender
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed
 from ..transport.proxy import ProxyRefused
+from .batch import Batch, BatchSender, plan, read_batch, split_small
 from .config import ClientConfig, read_json, write_json_atomic
 from .filesink import FileSink
 from .options import (
@@ -50,6 +52,9 @@ from .options import (
 )
 from .session import HubSession, Link
 
+# Batches of small files sent at once (one reads while the other waits for
+# the hub's ack).
+BATCHES_IN_FLIGHT = 2
 # Errors after which trying again can help: the network, not the request.
 RETRYABLE = (NetworkError, ChannelClosed, ConnectionError, TimeoutError, OSError)
 
@@ -388,9 +393,26 @@ async def push_many(
     opts: TransferOptions,
     reporter: Reporter,
 ) -> list[TransferResult]:
-    """Push files with up to ``opts.parallel`` streams at once."""
-    pending = iter(items)  # the workers take the next item in turn
+    """Push files: small ones in batches (when there are several), the
+    others with up to ``opts.parallel`` streams at once."""
+    small, large = split_small(items) if len(items) > 1 else ([], items)
+    groups = iter(list(plan(small)))
+    pending = iter(large)  # the workers take the next item in turn
+    sender = BatchSender(opts, reporter)
     results: list[TransferResult] = []
+
+    async def batch_worker() -> None:
+        holder = LinkHolder(session, opts.data_path)
+        try:
+            for group in groups:
+                batch = await asyncio.to_thread(read_batch, group)
+                results.extend(await _push_batch(sender, holder, batch, opts, reporter))
+                for path, name in batch.grown:  # grew past the small limit meanwhile
+                    results.append(
+                        await push_file(session, holder, config, path, name, opts, reporter)
+                    )
+        finally:
+            await holder.drop()
 
     async def worker() -> None:
         holder = LinkHolder(session, opts.data_path)
@@ -402,11 +424,65 @@ async def push_many(
 
     try:
         async with asyncio.TaskGroup() as tg:
-            for _ in range(max(1, min(opts.parallel, len(items)))):
+            if small:
+                for _ in range(BATCHES_IN_FLIGHT):
+                    tg.create_task(batch_worker())
+            for _ in range(max(1, min(opts.parallel, len(large)))):
                 tg.create_task(worker())
     except* FreightError as group:
         raise group.exceptions[0] from None
     return results
+
+
+async def _push_batch(
+    sender: BatchSender,
+    holder: LinkHolder,
+    batch: Batch,
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> list[TransferResult]:
+    """One batch, until the hub has acknowledged all of it. A batch whose
+    attempt fails is sent again as two halves (down to single files), so
+    a path that cuts connections short still lets every batch through;
+    an acknowledged part counts as progress (retried at once)."""
+    if not batch.entries:
+        return []
+    started = time.monotonic()
+    label = f"{len(batch.entries)} files from {batch.entries[0].name}"
+    reporter.start(label, batch.size)
+    todo = deque([batch])
+    done: list[Batch] = []
+    attempts = 0
+    acked = 0
+
+    async def attempt() -> None:
+        nonlocal attempts, acked
+        attempts += 1
+        while todo:
+            part = todo[0]
+            try:
+                await sender.send(holder, part)
+            except RETRYABLE:
+                if len(part.entries) > 1:
+                    todo.popleft()
+                    todo.extendleft(reversed(part.halves()))
+                raise
+            done.append(todo.popleft())
+            acked += part.size
+            reporter.update(label, acked)
+
+    last = 0
+
+    def progressed() -> bool:
+        nonlocal last
+        moved, last = acked > last, acked
+        return moved
+
+    await with_retries(attempt, opts.retry, reporter, holder, progressed)
+    seconds = time.monotonic() - started
+    out = [r for part in done for r in sender.results(part, seconds, attempts)]
+    reporter.finish(label, out[-1])
+    return out
 
 
 async def pull_one(

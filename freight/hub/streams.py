@@ -30,6 +30,7 @@ from ..store import Database, DataLayout, quota
 from ..transport.channel import Port
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
+from .batch import purge_stale, put_files
 from .caps import AccountCaps
 from .observe import EventLog, Metrics
 
@@ -283,6 +284,8 @@ class StreamService:
                     await self._push(user, port, msg)
                 elif isinstance(msg, m.Pull):
                     await self._pull(user, port, msg)
+                elif isinstance(msg, m.PutFiles):
+                    await put_files(self, user, port, msg, payload)
         except LimitReached as exc:
             self.log.info("stream_refused", sid=port.sid, user=user.name, error=exc.message)
             with contextlib.suppress(FreightError, OSError):
@@ -356,4 +359,6 @@ class StreamService:
             self.layout.partial_path(row.user_id, row.sid).unlink(missing_ok=True)
             await self.db.delete_stream(row.user_id, row.sid)
             await self.events.emit("stream_purged", "hub", sid=row.sid, name=row.name)
-        return len(stale)
+        cutoff = time.time() - older_than_seconds
+        batches = await asyncio.to_thread(purge_stale, self.layout.partial_dir, cutoff)
+        return len(stale) + batches

@@ -18,6 +18,14 @@ KEEPALIVE_SECONDS: Final = 120.0
 SENDER_WINDOW_INTERVALS: Final = 2
 RECEIVER_MAX_UNACKED_INTERVALS: Final = 4
 CHUNK_BYTES: Final = 1024 * 1024
+# Batches of small files (docs/protocol.md "Batches"): files up to
+# SMALL_FILE_BYTES travel together, at most MAX_BATCH_FILES and
+# MAX_BATCH_BYTES of file bytes per batch, the manifest at most
+# MAX_MANIFEST_BYTES (all of it well inside MAX_PAYLOAD_BYTES).
+SMALL_FILE_BYTES: Final = 256 * 1024
+MAX_BATCH_FILES: Final = 512
+MAX_BATCH_BYTES: Final = 8 * 1024 * 1024
+MAX_MANIFEST_BYTES: Final = 1024 * 1024
 MIN_CHUNK_BYTES: Final = 16 * 1024
 
 # An agent command's arguments (JSON), checked when it is queued: escaped

@@ -11,7 +11,13 @@ from typing import Annotated, Final
 
 import msgspec
 
-from .limits import MAX_ID_CHARS, MAX_JSON_CHARS, MAX_NAME_CHARS, MAX_TEXT_CHARS
+from .limits import (
+    MAX_ID_CHARS,
+    MAX_JSON_CHARS,
+    MAX_MANIFEST_BYTES,
+    MAX_NAME_CHARS,
+    MAX_TEXT_CHARS,
+)
 
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Id = Annotated[
@@ -182,6 +188,24 @@ class Abort(Message, tag="abort", frozen=True):
     sid: Id
     code: Id
     message: Text = ""
+
+
+class PutFiles(Message, tag="put_files", frozen=True):
+    """A batch of small files, stored all or none (:mod:`.batch`): the
+    payload is ``manifest`` bytes of JSON naming the files, then their
+    bytes in that order."""
+
+    sid: Id
+    manifest: Annotated[int, msgspec.Meta(ge=2, le=MAX_MANIFEST_BYTES)]
+
+
+class PutFilesAck(Message, tag="put_files_ack", frozen=True):
+    """Every file of the batch is durable, digest-checked and published.
+    ``rate`` is what the hub lets this push send now (bytes/s, 0: no limit)."""
+
+    sid: Id
+    stored: NonNeg
+    rate: NonNeg = 0
 
 
 # --- relay: end-to-end encrypted connections through the hub ---------------
@@ -356,7 +380,7 @@ class CommandResult(Message, tag="command_result", frozen=True):
 
 # The only frame types that carry a payload: every other type with a
 # non-zero ``len`` is malformed (decoders refuse it from the header alone).
-PAYLOAD_TYPES: Final = (Data, Relay)
+PAYLOAD_TYPES: Final = (Data, Relay, PutFiles)
 
 AnyMessage = (
     Hello
@@ -373,6 +397,8 @@ AnyMessage = (
     | EndStream
     | EndStreamAck
     | Abort
+    | PutFiles
+    | PutFilesAck
     | Ping
     | Listen
     | Unlisten

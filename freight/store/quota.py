@@ -3,6 +3,8 @@ unfinished pushes it has started), and what it holds now."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 
 from . import schema as t
@@ -22,12 +24,20 @@ async def quota_of(db: Repository, user_id: int) -> int:
     return int(value or 0)
 
 
-async def usage(db: Repository, user_id: int, *, but_sid: str = "", but_name: str = "") -> int:
+async def usage(
+    db: Repository,
+    user_id: int,
+    *,
+    but_sid: str = "",
+    but_name: str = "",
+    but_names: Sequence[str] = (),
+) -> int:
     """Bytes the account's files and unfinished pushes take, leaving out the
     push ``but_sid`` (being started again) and the file ``but_name`` (which
-    the push will replace)."""
+    the push will replace), or the files ``but_names`` (a batch replaces)."""
     files = sa.select(sa.func.coalesce(sa.func.sum(t.files.c.size), 0)).where(
-        t.files.c.user_id == user_id, t.files.c.name != but_name
+        t.files.c.user_id == user_id,
+        t.files.c.name.not_in([but_name, *but_names]),
     )
     streams = sa.select(sa.func.coalesce(sa.func.sum(t.streams.c.size), 0)).where(
         t.streams.c.user_id == user_id, t.streams.c.sid != but_sid

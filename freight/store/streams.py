@@ -3,6 +3,8 @@ become (``files``)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import sqlalchemy as sa
 
 from . import schema as t
@@ -84,6 +86,38 @@ class Streams(Repository):
             )
             await c.execute(
                 t.streams.delete().where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
+            )
+
+    async def publish_many(
+        self, user_id: int, files: Sequence[tuple[str, int, str, float]]
+    ) -> None:
+        """Record finished files (name, size, digest, mtime) of one batch in
+        one transaction, replacing files of the same names."""
+        if not files:
+            return
+        now = self.clock()
+        names = [f[0] for f in files]
+        async with self.engine.begin() as c:
+            for at in range(0, len(names), 500):  # bound the SQL parameters
+                await c.execute(
+                    t.files.delete().where(
+                        t.files.c.user_id == user_id, t.files.c.name.in_(names[at : at + 500])
+                    )
+                )
+            await c.execute(
+                t.files.insert(),
+                [
+                    {
+                        "user_id": user_id,
+                        "name": name,
+                        "size": size,
+                        "digest": digest,
+                        "mtime": mtime,
+                        "created": now,
+                        "sid": "",
+                    }
+                    for name, size, digest, mtime in files
+                ],
             )
 
     async def stale_streams(self, older_than: float) -> list[StreamRow]:

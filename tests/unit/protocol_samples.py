@@ -7,6 +7,7 @@ import typing
 import xxhash
 
 from freight.protocol import messages as m
+from freight.protocol.batch import BatchEntry, encode_batch
 
 SID = "s-1"
 CID = "c-0123abcd"
@@ -51,6 +52,12 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.EndStream(sid=SID, total=10, digest="f" * 64), b""),
     (m.EndStreamAck(sid=SID, total=10, verified=True, digest="f" * 64), b""),
     (m.Abort(sid=SID, code="disk_full", message="no space left"), b""),
+    encode_batch(
+        SID,
+        [BatchEntry(name="d/a.txt", size=5, mtime=1.5, digest="a" * 64)],
+        [b"hello"],
+    ),
+    (m.PutFilesAck(sid=SID, stored=1, rate=0), b""),
     (m.Ping(), b""),
     # Relay: requests, answers and end-to-end records of connection CID.
     (m.TicketRequest(rid="r2", lane=True), b""),

@@ -169,7 +169,7 @@ def test_decode_frame_applies_its_limits() -> None:
         decode_frame(frame, max_header=len(encode_header(blob(10))) - 5)
 
 
-PAYLOAD_TYPES = (m.Data, m.Relay)
+PAYLOAD_TYPES = (m.Data, m.Relay, m.PutFiles)
 
 
 @pytest.mark.parametrize(
@@ -178,7 +178,7 @@ PAYLOAD_TYPES = (m.Data, m.Relay)
     ids=lambda x: type(x).__name__,
 )
 def test_a_payload_on_a_frame_type_without_data_is_refused(msg: m.Message) -> None:
-    # Only data and relay frames carry bytes: a 16 MiB Ping would otherwise
+    # Only data, relay and batch frames carry bytes: a 16 MiB Ping would otherwise
     # be buffered by every queue on its way like a data frame.
     fields = {k: v for k, v in msgspec.to_builtins(msg).items() if k != "t"}
     with_payload = type(msg)(**{**fields, "len": 3})
