@@ -296,9 +296,9 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                             secs, cpu, out = _timed(
                                 cmd, agent.pids, env=peers._freight_env(agent.hub.cfg)
                             )
-                        if push:  # the hub's copy, pulled back to be checked
-                            agent.hub.pull(f"r{rnd}/", dest)
-                            (dest / f"r{rnd}").rename(dest / src.name)
+                        if push:  # the hub's copy of the tree, as the hub stored it
+                            (stored,) = (agent.hub.data / "files").glob(f"*/r{rnd}")
+                            stored.rename(dest / src.name)
                         else:
                             summary = json.loads(out.strip().splitlines()[-1])
                             inner.append(float(summary["seconds"]))
@@ -343,8 +343,7 @@ def tree_cmd(args: argparse.Namespace) -> Report:
     if push:
         notes = {
             "freight": "`freight push DIR --as rN` (admin; hub on 127.0.0.1, each file durable "
-            "and digest-checked before it is acknowledged; pulled back after the timing to "
-            "be checked)",
+            "and digest-checked before it is acknowledged; the hub's stored copy is checked)",
             "scp": "`scp -r DIR` to a private sshd on 127.0.0.1 (SFTP protocol)",
             "rsync": "`rsync -a -e ssh DIR` to the same sshd",
         }

@@ -50,17 +50,26 @@ class Batch:
     blobs: list[bytes] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     grown: list[Item] = field(default_factory=list)
+    size: int = 0  # bytes of the files held
 
-    @property
-    def size(self) -> int:
-        return sum(len(b) for b in self.blobs)
+    def add(self, entry: BatchEntry, blob: bytes, path: Path) -> None:
+        self.entries.append(entry)
+        self.blobs.append(blob)
+        self.paths.append(path)
+        self.size += len(blob)
 
     def halves(self) -> list[Batch]:
         """The batch as two smaller ones (sent instead of one that a path
         keeps cutting short)."""
         mid = len(self.entries) // 2
         return [
-            Batch(_new_sid(), self.entries[a:b], self.blobs[a:b], self.paths[a:b])
+            Batch(
+                _new_sid(),
+                self.entries[a:b],
+                self.blobs[a:b],
+                self.paths[a:b],
+                size=sum(len(blob) for blob in self.blobs[a:b]),
+            )
             for a, b in ((0, mid), (mid, len(self.entries)))
         ]
 
@@ -69,25 +78,27 @@ def _new_sid() -> str:
     return "b" + secrets.token_hex(15)
 
 
-def split_small(items: list[Item]) -> tuple[list[Item], list[Item]]:
-    """(small files for batches, the rest) by their size now."""
-    small: list[Item] = []
+def split_small(items: list[Item]) -> tuple[list[tuple[Path, str, int]], list[Item]]:
+    """(small files for batches with their sizes now, the rest)."""
+    small: list[tuple[Path, str, int]] = []
     large: list[Item] = []
     for path, name in items:
         try:
-            size = path.stat().st_size
+            size = os.stat(path).st_size
         except OSError as exc:
             raise StorageError(f"cannot read {path}: {exc.strerror}") from None
-        (small if size <= SMALL_FILE_BYTES else large).append((path, name))
+        if size <= SMALL_FILE_BYTES:
+            small.append((path, name, size))
+        else:
+            large.append((path, name))
     return small, large
 
 
-def plan(items: list[Item]) -> Iterator[list[Item]]:
-    """Group small files into batches by count and (current) size."""
+def plan(items: list[tuple[Path, str, int]]) -> Iterator[list[Item]]:
+    """Group small files into batches by count and size."""
     group: list[Item] = []
     size = 0
-    for path, name in items:
-        more = path.stat().st_size
+    for path, name, more in items:
         if group and not fits(len(group), size, more):
             yield group
             group, size = [], 0
@@ -115,13 +126,10 @@ def read_batch(group: list[Item]) -> Batch:
         if len(data) > SMALL_FILE_BYTES or not fits(len(batch.blobs), batch.size, len(data)):
             batch.grown.append((path, name))  # it grew meanwhile: a stream of its own
             continue
-        batch.entries.append(
-            BatchEntry(
-                name=check_name(name), size=len(data), mtime=st.st_mtime, digest=digest_bytes(data)
-            )
+        entry = BatchEntry(
+            name=check_name(name), size=len(data), mtime=st.st_mtime, digest=digest_bytes(data)
         )
-        batch.blobs.append(data)
-        batch.paths.append(path)
+        batch.add(entry, data, path)
     return batch
 
 
