@@ -1,26 +1,30 @@
 """Pull of a folder: the hub's files named ``NAME/...`` become a local
 folder, placed as ``cp -r`` places one; several files at once with
-``--parallel``. Each file is an ordinary resumable pull, and files already
-in place with the same bytes are not fetched again, so running an
-interrupted pull again finishes it."""
+``--parallel``. Small files come in batches (:mod:`.pullbatch`), each
+other file is an ordinary resumable pull, and files already in place with
+the same bytes are not fetched again, so running an interrupted pull again
+finishes it."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import stat
+import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ..engine.hashing import digest_fd
-from ..errors import FreightError, NotFound, UsageError
+from ..errors import FreightError, NotFound, StorageError, UsageError
 from ..names import check_name
+from ..protocol.limits import SMALL_FILE_BYTES
+from . import pullbatch
 from .config import ClientConfig, write_json_atomic
 from .options import Reporter, TransferOptions, TransferResult
 from .session import HubSession
-from .transfer import LinkHolder, pull_file, with_retries
+from .transfer import BATCHES_IN_FLIGHT, LinkHolder, pull_file, with_retries
 
 
 @dataclass(frozen=True)
@@ -145,9 +149,24 @@ async def pull_many(
     opts: TransferOptions,
     reporter: Reporter,
 ) -> list[TransferResult]:
-    """Pull the plan's files with up to ``opts.parallel`` streams at once."""
-    todo = deque(plan.items)
+    """Pull the plan's files: small ones of a folder in batches, the others
+    with up to ``opts.parallel`` streams at once."""
     results: list[TransferResult] = []
+    small: list[PullItem] = []
+    large = plan.items
+    if plan.folder and len(plan.items) > 1:
+        small = [i for i in plan.items if i.size <= SMALL_FILE_BYTES]
+        large = [i for i in plan.items if i.size > SMALL_FILE_BYTES]
+    todo = deque(large)
+    batches = iter(list(pullbatch.groups(small)))
+
+    async def batch_worker() -> None:
+        holder = LinkHolder(session, opts.data_path)
+        try:
+            for group in batches:
+                results.extend(await _pull_batch(holder, plan.root, group, opts, reporter))
+        finally:
+            await holder.drop()
 
     async def worker() -> None:
         holder = LinkHolder(session, opts.data_path)
@@ -165,13 +184,64 @@ async def pull_many(
 
     try:
         async with asyncio.TaskGroup() as tg:
-            for _ in range(max(1, min(opts.parallel, len(plan.items)))):
+            if small:
+                for _ in range(BATCHES_IN_FLIGHT):
+                    tg.create_task(batch_worker())
+            for _ in range(max(1, min(opts.parallel, len(large)))):
                 tg.create_task(worker())
     except* FreightError as group:
         raise group.exceptions[0] from None
     if plan.marker is not None:
         plan.marker.unlink(missing_ok=True)  # done: a new run is a new copy, as with cp
     return sorted(results, key=lambda r: r.name)
+
+
+async def _pull_batch(
+    holder: LinkHolder,
+    root: Path,
+    group: list[PullItem],
+    opts: TransferOptions,
+    reporter: Reporter,
+) -> list[TransferResult]:
+    """One batch of small files: those already in place are skipped, the
+    rest asked for (again, whole, after a failure) and placed."""
+    there = await asyncio.to_thread(lambda: [already_there(i) for i in group])
+    out = [_skipped(i, reporter) for i, skip in zip(group, there, strict=True) if skip]
+    wanted = [i for i, skip in zip(group, there, strict=True) if not skip]
+    if not wanted:
+        return out
+    started = time.monotonic()
+    size = sum(i.size for i in wanted)
+    label = f"{len(wanted)} files from {wanted[0].name}"
+    reporter.start(label, size)
+    attempts = 0
+
+    async def attempt() -> None:
+        nonlocal attempts
+        attempts += 1
+        link = await holder.get()
+        got = await pullbatch.fetch(link, wanted, opts.stall_timeout)
+        try:
+            await asyncio.to_thread(pullbatch.place, root, wanted, got, opts.keep_existing)
+        except OSError as exc:  # the local disk: not worth a retry
+            raise StorageError(f"cannot write into {root}: {exc.strerror or exc}") from None
+
+    await with_retries(attempt, opts.retry, reporter, holder, lambda: False)
+    seconds = time.monotonic() - started
+    for item in wanted:
+        out.append(
+            TransferResult(
+                name=item.name,
+                path=str(item.dest.resolve()),
+                size=item.size,
+                digest=item.digest,
+                seconds=seconds,
+                attempts=attempts,
+            )
+        )
+    reporter.update(label, size)
+    reporter.finish(label, out[-1])
+    return out
 
 
 def _skipped(item: PullItem, reporter: Reporter) -> TransferResult:

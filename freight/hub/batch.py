@@ -36,10 +36,24 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..engine.durable import sync_filesystem
 from ..engine.hashing import digest_bytes
-from ..errors import DiskFull, FreightError, QuotaExceeded, StorageError, UsageError
+from ..errors import (
+    DiskFull,
+    FreightError,
+    NotFound,
+    QuotaExceeded,
+    StorageError,
+    UsageError,
+)
 from ..names import check_name, shown
 from ..protocol import messages as m
-from ..protocol.batch import BatchEntry, check_digest, decode_batch
+from ..protocol.batch import (
+    BatchEntry,
+    check_digest,
+    decode_batch,
+    decode_request,
+    encode_batch,
+)
+from ..protocol.limits import MAX_BATCH_BYTES, SMALL_FILE_BYTES
 from ..store import quota
 from ..transport.channel import Port
 from ..units import format_bytes
@@ -272,3 +286,83 @@ def purge_stale(folder: Path, older_than: float) -> int:
         except FileNotFoundError:
             continue
     return removed
+
+
+# --- pulls ---------------------------------------------------------------------
+
+
+async def get_files(
+    service: StreamService, user: User, port: Port, msg: m.GetFiles, payload: bytes
+) -> None:
+    """Answer a request for a batch of small files with one PutFiles
+    holding all of them (each with the digest recorded when it was stored,
+    so the client checks the bytes end to end), or Abort."""
+    key = f"batch:{user.id}:{msg.sid}"
+    service.bandwidth.register(key)
+    try:
+        reply, blob = await _gather(service, user, msg, payload)
+        rate = service.bandwidth.rate_for(key, _minute_of_day())
+        if rate > 0:  # the hub's budget: this batch leaves no faster
+            await asyncio.sleep(len(blob) / rate)
+        await port.send(reply, blob)
+    except FreightError as exc:
+        service.log.info(
+            "batch_refused", sid=msg.sid, user=user.name, code=exc.code, error=exc.message
+        )
+        await port.send(m.Abort(sid=msg.sid, code=exc.code, message=exc.message))
+        return
+    finally:
+        service.bandwidth.unregister(key)
+    service.metrics.bytes_sent.inc(len(blob))
+
+
+async def _gather(
+    service: StreamService, user: User, msg: m.GetFiles, payload: bytes
+) -> tuple[m.PutFiles, bytes]:
+    names = [_checked_name(n) for n in decode_request(payload)]
+    rows = await service.db.files_named(user.id, names)
+    missing = [n for n in names if n not in rows]
+    if missing:
+        raise NotFound(f"no file named {shown(missing[0])} on the hub")
+    if sum(rows[n].size for n in names) > MAX_BATCH_BYTES or any(
+        rows[n].size > SMALL_FILE_BYTES for n in names
+    ):
+        raise UsageError("a batch request for more than a batch holds; ask for fewer files")
+    paths = [service.layout.file_path(user.id, n) for n in names]
+    try:
+        blobs = await asyncio.to_thread(_read_all, paths, [rows[n].size for n in names])
+    except OSError as exc:
+        raise StorageError(f"the hub could not read {shown(names[0])}: {exc.strerror}") from None
+    entries = [
+        BatchEntry(name=n, size=rows[n].size, mtime=rows[n].mtime, digest=rows[n].digest)
+        for n in names
+    ]
+    return encode_batch(msg.sid, entries, blobs)
+
+
+def _checked_name(name: str) -> str:
+    try:
+        return check_name(name)
+    except UsageError as exc:
+        raise UsageError(f"a batch request for a bad name {shown(name)}: {exc.message}") from None
+
+
+def _read_all(paths: list[Path], sizes: list[int]) -> list[bytes]:
+    """The files' bytes, each exactly the size recorded (else StorageError:
+    the file changed under the hub)."""
+    out = []
+    for path, size in zip(paths, sizes, strict=True):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, size + 1)
+            while len(data) < size + 1:
+                more = os.read(fd, size + 1 - len(data))
+                if not more:
+                    break
+                data += more
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            raise StorageError(f"{path.name} on the hub is not the size it was stored with")
+        out.append(data)
+    return out

@@ -30,7 +30,7 @@ from ..store import Database, DataLayout, quota
 from ..transport.channel import Port
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
-from .batch import purge_stale, put_files
+from .batch import get_files, purge_stale, put_files
 from .caps import AccountCaps
 from .observe import EventLog, Metrics
 
@@ -286,6 +286,8 @@ class StreamService:
                     await self._pull(user, port, msg)
                 elif isinstance(msg, m.PutFiles):
                     await put_files(self, user, port, msg, payload)
+                elif isinstance(msg, m.GetFiles):
+                    await get_files(self, user, port, msg, payload)
         except LimitReached as exc:
             self.log.info("stream_refused", sid=port.sid, user=user.name, error=exc.message)
             with contextlib.suppress(FreightError, OSError):

@@ -1,4 +1,4 @@
-"""Batches of small files (docs/protocol.md "Batches"), sans-I/O.
+"""Batches of small files (docs/protocol.md 6.13), sans-I/O.
 
 A push of many small files does not open one stream per file: the sender
 packs up to :data:`MAX_BATCH_FILES` files of at most
@@ -10,7 +10,8 @@ the files' bytes in manifest order. The receiver stores all of them or
 none and answers :class:`~.messages.PutFilesAck` once every file is
 durable and digest-checked, or :class:`~.messages.Abort`; a sender that
 heard neither sends the same batch again (storing it twice gives the same
-files).
+files). A pull asks for a batch with :class:`~.messages.GetFiles` (its
+payload the JSON list of names) and gets one PutFiles back.
 
 :func:`encode_batch` and :func:`decode_batch` are the two halves; the
 decoder takes nothing on trust: counts, sizes, the sum of sizes against the
@@ -34,7 +35,7 @@ from .limits import (
     MAX_NAME_CHARS,
     SMALL_FILE_BYTES,
 )
-from .messages import PutFiles
+from .messages import GetFiles, PutFiles
 
 Digest = Annotated[str, msgspec.Meta(min_length=64, max_length=64, pattern=r"^[0-9a-f]+$")]
 
@@ -52,6 +53,35 @@ _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(
     Annotated[list[BatchEntry], msgspec.Meta(min_length=1, max_length=MAX_BATCH_FILES)]
 )
+_NAMES: Final = msgspec.json.Decoder(
+    Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]],
+        msgspec.Meta(min_length=1, max_length=MAX_BATCH_FILES),
+    ]
+)
+
+
+def encode_request(sid: str, names: Sequence[str]) -> tuple[GetFiles, bytes]:
+    """The frame asking for the files ``names`` as one batch."""
+    if not names or len(names) > MAX_BATCH_FILES:
+        raise ValueError("a batch request names 1 to MAX_BATCH_FILES files")
+    payload = _ENCODER.encode(list(names))
+    return GetFiles(sid=sid, len=len(payload)), payload
+
+
+def decode_request(payload: bytes | memoryview) -> list[str]:
+    """The names a GetFiles asks for: 1 to MAX_BATCH_FILES, none twice."""
+    if len(payload) > MAX_MANIFEST_BYTES:
+        raise RemoteProtocolError("a batch request over its size limit")
+    try:
+        names = _NAMES.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise RemoteProtocolError(f"a bad batch request: {exc}") from None
+    except msgspec.DecodeError:
+        raise RemoteProtocolError("a batch request that is not JSON") from None
+    if len(set(names)) != len(names):
+        raise RemoteProtocolError("a batch request naming the same file twice")
+    return names
 
 
 def fits(count: int, size: int, more: int) -> bool:

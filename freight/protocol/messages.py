@@ -199,6 +199,14 @@ class PutFiles(Message, tag="put_files", frozen=True):
     manifest: Annotated[int, msgspec.Meta(ge=2, le=MAX_MANIFEST_BYTES)]
 
 
+class GetFiles(Message, tag="get_files", frozen=True):
+    """Ask for a batch of small files (:mod:`.batch`): the payload is JSON,
+    the list of their names; the hub answers with one PutFiles on ``sid``
+    holding all of them, or Abort."""
+
+    sid: Id
+
+
 class PutFilesAck(Message, tag="put_files_ack", frozen=True):
     """Every file of the batch is durable, digest-checked and published.
     ``rate`` is what the hub lets this push send now (bytes/s, 0: no limit)."""
@@ -380,7 +388,7 @@ class CommandResult(Message, tag="command_result", frozen=True):
 
 # The only frame types that carry a payload: every other type with a
 # non-zero ``len`` is malformed (decoders refuse it from the header alone).
-PAYLOAD_TYPES: Final = (Data, Relay, PutFiles)
+PAYLOAD_TYPES: Final = (Data, Relay, PutFiles, GetFiles)
 
 AnyMessage = (
     Hello
@@ -399,6 +407,7 @@ AnyMessage = (
     | Abort
     | PutFiles
     | PutFilesAck
+    | GetFiles
     | Ping
     | Listen
     | Unlisten

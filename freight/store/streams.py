@@ -138,6 +138,11 @@ class Streams(Repository):
         q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.name == name)
         return await self._first(FileRow, q)
 
+    async def files_named(self, user_id: int, names: Sequence[str]) -> dict[str, FileRow]:
+        """The account's files of these names (at most a batch's), by name."""
+        q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.name.in_(names))
+        return {row.name: row for row in await self._all(FileRow, q)}
+
     async def file_by_sid(self, user_id: int, sid: str) -> FileRow | None:
         q = sa.select(t.files).where(t.files.c.user_id == user_id, t.files.c.sid == sid)
         return await self._first(FileRow, q)

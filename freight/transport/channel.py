@@ -84,7 +84,7 @@ class Mux:
     """Dispatches incoming frames by ``sid``.
 
     Frames of unknown streams that open a stream (StartStream, Pull,
-    PutFiles) go to
+    PutFiles, GetFiles) go to
     ``on_new`` (the hub side); frames without a stream (Welcome, TicketGrant,
     Error with no sid) go to the control queue.
     """
@@ -149,7 +149,9 @@ class Mux:
         if port is not None:
             port.queue.put_nowait((msg, payload), size)
             return
-        if self.on_new is not None and isinstance(msg, m.StartStream | m.Pull | m.PutFiles):
+        if self.on_new is not None and isinstance(
+            msg, m.StartStream | m.Pull | m.PutFiles | m.GetFiles
+        ):
             port = self.port(sid)
             self._tasks.spawn(self._serve(port, msg, payload), name=sid, detached=True)
             return

@@ -76,6 +76,35 @@ def test_a_folder_of_small_files_arrives_whole_in_batches(tmp_path: Path, client
     assert listing(client)[one]["size"] == 7
 
 
+def test_a_folder_of_small_files_comes_back_in_batches(tmp_path: Path, client: Client) -> None:
+    files = small_tree(tmp_path / "many", 700, big=1)
+    client.run("push", str(tmp_path / "many"), "--quiet")
+    (tmp_path / "out").mkdir()
+    res = client.run("pull", "many/", str(tmp_path / "out"), "--json")
+    got = json.loads(res.stdout)["pulled"]
+    assert {r["name"] for r in got} == set(files) and not any(r["skipped"] for r in got)
+    for name, path in files.items():
+        copy = tmp_path / "out" / name
+        assert copy.read_bytes() == path.read_bytes(), name
+        assert copy.stat().st_mtime == path.stat().st_mtime, name
+    assert not list((tmp_path / "out").rglob("*.freight-partial"))
+    # Only the big file came as a stream of its own; the rest in batches.
+    log = [json.loads(line) for line in client.hub.lines if line.startswith("{")]
+    assert [e["name"] for e in log if e.get("event") == "pull_start"] == ["many/big0.bin"]
+    # Run again (cp's rules: into out/many again): everything is in place.
+    again = json.loads(client.run("pull", "many/", str(tmp_path / "out"), "--json").stdout)
+    assert all(r["skipped"] for r in again["pulled"])
+    # A link planted at a partial's name is not followed.
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    first = tmp_path / "out" / "many" / "d1" / "f00001.bin"
+    first.unlink()
+    first.with_name("f00001.bin.freight-partial").symlink_to(victim)
+    res = client.run("pull", "many/", str(tmp_path / "out"), check=False)
+    assert res.returncode != 0 and "refusing to follow the symbolic link" in res.stderr
+    assert victim.read_bytes() == b"keep"
+
+
 def test_a_batch_over_the_quota_stores_none_of_its_files(tmp_path: Path, client: Client) -> None:
     client.run("users", "quota", "admin", "64K")
     small_tree(tmp_path / "q", 40)  # ~120 KiB in all: one batch, over the quota
@@ -124,6 +153,39 @@ def forged(kind: str) -> tuple[m.PutFiles, bytes]:
     assert kind == "garbage"
     junk = b"[not json" + b"x" * 10
     return m.PutFiles(sid="b6", manifest=9, len=len(junk)), junk
+
+
+@pytest.mark.parametrize(
+    ("names", "code", "text"),
+    [
+        (["../x", "y"], "usage", "'..' components are not allowed"),
+        (["a", "a"], "remote_protocol_error", "same file twice"),
+        (["secret.txt"], "not_found", "no file named 'secret.txt' on the hub"),
+        (["big.bin"], "usage", "more than a batch holds"),
+    ],
+)
+def test_a_hostile_batch_request_gets_nothing_it_may_not_have(
+    tmp_path: Path, shared_client: Client, bob: Client, names: list[str], code: str, text: str
+) -> None:
+    # The admin holds secret.txt; bob holds a file too big for a batch.
+    shared_client.run("push", str(random_file(tmp_path / "secret.txt", 100)), "--quiet")
+    bob.run("push", str(random_file(tmp_path / "big.bin", 300 * KiB)), "--quiet")
+    hub = shared_client.hub
+
+    async def go() -> m.AnyMessage:
+        session, ws, welcome = await attach(hub, token_of(bob))
+        try:
+            assert isinstance(welcome, m.Welcome)
+            payload = json.dumps(names).encode()
+            await ws.send_bytes(encode_frame(m.GetFiles(sid="g1", len=len(payload)), payload))
+            return await recv_frame(ws)
+        finally:
+            await ws.close()
+            await session.close()
+
+    answer = asyncio.run(go())
+    assert isinstance(answer, m.Abort), answer
+    assert (answer.code, text in answer.message) == (code, True), answer
 
 
 @pytest.mark.parametrize(

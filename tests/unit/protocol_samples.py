@@ -7,7 +7,7 @@ import typing
 import xxhash
 
 from freight.protocol import messages as m
-from freight.protocol.batch import BatchEntry, encode_batch
+from freight.protocol.batch import BatchEntry, encode_batch, encode_request
 
 SID = "s-1"
 CID = "c-0123abcd"
@@ -58,6 +58,7 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
         [b"hello"],
     ),
     (m.PutFilesAck(sid=SID, stored=1, rate=0), b""),
+    encode_request(SID, ["d/a.txt", "b"]),
     (m.Ping(), b""),
     # Relay: requests, answers and end-to-end records of connection CID.
     (m.TicketRequest(rid="r2", lane=True), b""),

@@ -9,7 +9,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freight.protocol import messages as m
-from freight.protocol.batch import BatchEntry, check_digest, decode_batch, encode_batch, fits
+from freight.protocol.batch import (
+    BatchEntry,
+    check_digest,
+    decode_batch,
+    decode_request,
+    encode_batch,
+    encode_request,
+    fits,
+)
 from freight.protocol.errors import IntegrityError, RemoteProtocolError
 from freight.protocol.frames import decode_frame, encode_frame
 from freight.protocol.limits import MAX_BATCH_BYTES, MAX_BATCH_FILES, SMALL_FILE_BYTES
@@ -67,3 +75,25 @@ def test_what_fits_a_batch() -> None:
     assert not fits(1, MAX_BATCH_BYTES - 10, 11)
     with pytest.raises(ValueError):
         encode_batch("b", [entry("a", b"x")], [b"xy"])
+
+
+@given(st.binary(max_size=300))
+def test_random_requests_fail_only_with_a_protocol_error(payload: bytes) -> None:
+    try:
+        names = decode_request(payload)
+    except RemoteProtocolError:
+        return
+    assert 1 <= len(names) == len(set(names)) <= MAX_BATCH_FILES
+
+
+def test_a_request_round_trips_and_is_bounded() -> None:
+    msg, payload = encode_request("b", ["a", "d/b"])
+    got, got_payload = decode_frame(encode_frame(msg, payload))
+    assert isinstance(got, m.GetFiles)
+    assert decode_request(got_payload) == ["a", "d/b"]
+    with pytest.raises(RemoteProtocolError, match="same file twice"):
+        decode_request(b'["a","a"]')
+    with pytest.raises(RemoteProtocolError, match="bad batch request"):
+        decode_request(b"[]")
+    with pytest.raises(RemoteProtocolError, match="not JSON"):
+        decode_request(b"[nope")
