@@ -35,15 +35,11 @@ from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.httpchan import open_http_channel
 from ..transport.proxy import ProxyError, choose_proxy, open_tunnel, parse_proxy_url, refusal
 from ..transport.ws import WS_MAX_MESSAGE, WSChannel
+from .config import CA_FILE_ENV as CA_FILE_ENV  # the choices live in .config;
+from .config import DATA_PATHS as DATA_PATHS  # imported from here too
+from .config import PROXY_ENV as PROXY_ENV
+from .config import TRANSPORTS as TRANSPORTS
 from .config import ClientConfig
-
-DATA_PATHS = ("auto", "direct", "tls")
-TRANSPORTS = ("auto", "ws", "http")
-
-# Per-command choices, set by ``freight --proxy/--ca-file`` or by hand; they
-# win over what was saved at login (see HubSession.from_config).
-PROXY_ENV = "FREIGHT_PROXY"
-CA_FILE_ENV = "FREIGHT_CA_FILE"
 
 
 def parse_hub_url(url: str) -> URL:
