@@ -19,7 +19,6 @@ from ..errors import NotFound, StorageError, UsageError
 from ..names import check_new_password, check_user_name
 from ..protocol.commands import TERMINAL_COMMAND_STATES
 from ..units import UNLIMITED_WORDS, parse_size
-from .remote import split_remote
 from .session import HubSession
 
 USERS_HINT = "run: freight users ls"
@@ -225,6 +224,8 @@ async def fetch_collected(session: HubSession, what: str, out: Path) -> tuple[st
     """Collected content (a BLAKE3 digest, or ``AGENT:/path`` as offered)
     from the hub into ``out`` (a file, or a folder to put it in), checked
     against its digest. Returns (digest, size, file)."""
+    from .remote import split_remote  # not at the top: it brings the relay client
+
     digest, name = what, what[:16]
     remote = split_remote(what)
     if remote is not None:

@@ -126,3 +126,26 @@ def test_the_command_is_found_after_freights_own_options(args: list[str], name: 
 def test_an_unknown_command_gets_the_whole_tree() -> None:
     assert modules_for(["nosuch"]) is None
     assert modules_for(["--proxy", "none", "cp", "a", "b"]) == ("agents",)
+
+
+def test_the_sdk_loads_transfers_and_ciphers_only_when_used() -> None:
+    code = (
+        "import json, sys\n"
+        "import freight\n"
+        "freight.Client\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
+    modules = set(json.loads(out))
+    later = {
+        "cryptography",
+        "zstandard",
+        "freight.client.relay",
+        "freight.client.transfer",
+        "freight.transport.dataconn",
+        "freight.protocol.stream",
+    }
+    assert not roots(modules) & later, sorted(roots(modules) & later)
+    assert "aiohttp" in modules  # REST calls need it: the SDK is usable as loaded
