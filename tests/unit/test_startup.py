@@ -130,10 +130,7 @@ def test_an_unknown_command_gets_the_whole_tree() -> None:
 
 def test_the_sdk_loads_transfers_and_ciphers_only_when_used() -> None:
     code = (
-        "import json, sys\n"
-        "import freight\n"
-        "freight.Client\n"
-        "print(json.dumps(sorted(sys.modules)))\n"
+        "import json, sys\nimport freight\nfreight.Client\nprint(json.dumps(sorted(sys.modules)))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
