@@ -18,6 +18,12 @@ the drift of a shared machine hits every row alike):
   an upper bound of the first byte on the wire: it also counts the hub
   decrypting and writing it. The push is stopped as soon as it is seen.
 
+With ``--baseline REV`` every freight row is measured twice in each round,
+for the commit REV (its ``freight/`` exported to a temporary folder) and
+for this tree, both as ``python -m freight`` with PYTHONPATH naming the
+tree, one right after the other; the table then gives both medians and
+their ratio.
+
 The package is byte-compiled first (``compileall``), as an installed package
 is: with PYTHONDONTWRITEBYTECODE set, an editable install would otherwise
 compile every module from source on every run.
@@ -43,6 +49,17 @@ from pathlib import Path
 REPO_DIR = Path(__file__).resolve().parent.parent
 PASSWORD = "startup bench password"
 FIRST_BYTE_SIZE = 256 << 20
+
+
+def export(rev: str, into: Path) -> Path:
+    """``freight/`` as of ``rev``, byte-compiled, in ``into``."""
+    into.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(REPO_DIR), "archive", rev, "freight"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    compileall.compile_dir(str(into / "freight"), quiet=1)
+    return into
 
 
 def freight_bin() -> list[str]:
@@ -143,14 +160,31 @@ def first_byte(cmd: list[str], env: dict[str, str], hub: Hub) -> float:
         shutil.rmtree(hub.data / "partial", ignore_errors=True)
 
 
+def freight_rows(
+    label: str, cmd: list[str], env: dict[str, str], hub: Hub, big: Path
+) -> dict[str, Callable[[int], float]]:
+    return {
+        f"freight --version{label}": lambda i: wall([*cmd, "--version"], env),
+        f"freight --help{label}": lambda i: wall([*cmd, "--help"], env),
+        f"freight ls (hub on loopback){label}": lambda i: wall([*cmd, "ls"], env),
+        f"push: first byte on the hub's disk{label}": lambda i: first_byte(
+            [*cmd, "push", "-q", str(big), "--as", f"big{label.strip(' []')}-{i}.bin"], env, hub
+        ),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--markdown", type=Path, help="append the table to this file")
+    parser.add_argument("--baseline", metavar="REV", help="also measure this commit (A/B)")
     args = parser.parse_args()
 
     compileall.compile_dir(str(REPO_DIR / "freight"), quiet=1)
     root = Path(tempfile.mkdtemp(prefix="freight-startup-"))
+    # Commands run from there: ``python -m`` puts the working folder first
+    # on sys.path, and the repository's would win over PYTHONPATH.
+    os.chdir(root)
     hub = Hub(root)
     try:
         hub.start()
@@ -160,6 +194,15 @@ def main() -> None:
             "COLUMNS": "80",
         }
         freight = freight_bin()
+        # name -> (command, environment) of each variant measured.
+        variants: dict[str, tuple[list[str], dict[str, str]]] = {"": (freight, env)}
+        if args.baseline:
+            base = export(args.baseline, root / "baseline")
+            as_module = [sys.executable, "-m", "freight"]
+            variants = {
+                "A": (as_module, {**env, "PYTHONPATH": str(base)}),
+                "B": (as_module, {**env, "PYTHONPATH": str(REPO_DIR)}),
+            }
         login = ["login", hub.url, "--user", "admin", "--password-stdin"]
         subprocess.run(
             [*freight, *login, "--fingerprint", hub.fingerprint],
@@ -178,19 +221,22 @@ def main() -> None:
 
         rows: dict[str, Callable[[int], float]] = {
             "python -c pass": lambda i: wall([sys.executable, "-c", "pass"], env),
-            "freight --version": lambda i: wall([*freight, "--version"], env),
-            "freight --help": lambda i: wall([*freight, "--help"], env),
-            "freight ls (hub on loopback)": lambda i: wall([*freight, "ls"], env),
-            "push: first byte on the hub's disk": lambda i: first_byte(
-                [*freight, "push", "-q", str(big), "--as", f"big-{i}.bin"], env, hub
-            ),
         }
         if shutil.which("ssh"):  # scp has no -V; ssh -V is the same binary family's
             rows["ssh -V"] = lambda i: wall(["ssh", "-V"], env)
+        sets = [
+            list(freight_rows(f" [{tag}]" if tag else "", cmd, venv, hub, big).items())
+            for tag, (cmd, venv) in variants.items()
+        ]
+        for same_row in zip(*sets, strict=True):  # A and B of a row run one after the other
+            rows.update(same_row)
         times: dict[str, list[float]] = {name: [] for name in rows}
         names = list(rows)
         for i in range(args.rounds):
+            # Rotated each round; with a baseline, A and B also swap turns.
             order = names[i % len(names) :] + names[: i % len(names)]
+            if i % 2:
+                order.reverse()
             for name in order:
                 times[name].append(rows[name](i))
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
@@ -201,8 +247,9 @@ def main() -> None:
     load = os.getloadavg()
     base = statistics.median(times["python -c pass"])
     out = [
-        f"Command: `python bench/startup.py --rounds {args.rounds}`; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, nproc {os.cpu_count()}, "
+        f"Command: `python bench/startup.py --rounds {args.rounds}"
+        + (f" --baseline {args.baseline}`" if args.baseline else "`")
+        + f"; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, nproc {os.cpu_count()}, "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "",
         "| command | median | min | max | over `python -c pass` |",
@@ -214,6 +261,18 @@ def main() -> None:
             f"| {name} | {med * 1000:.0f} ms | {min(values) * 1000:.0f} ms | "
             f"{max(values) * 1000:.0f} ms | +{(med - base) * 1000:.0f} ms |"
         )
+    if args.baseline:
+        out += [
+            "",
+            "| command | A (baseline) | B (this tree) | B / A |",
+            "| --- | --- | --- | --- |",
+        ]
+        for name in times:
+            if name.endswith(" [A]"):
+                row = name.removesuffix(" [A]")
+                a = statistics.median(times[name])
+                b = statistics.median(times[row + " [B]"])
+                out.append(f"| {row} | {a * 1000:.0f} ms | {b * 1000:.0f} ms | {b / a:.2f} |")
     text = "\n".join(out) + "\n"
     print(text)
     if args.markdown:
