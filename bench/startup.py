@@ -35,6 +35,7 @@ import argparse
 import compileall
 import os
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -124,11 +125,20 @@ class Hub:
                 self.proc.wait(10)
 
 
+# CPU seconds (user + system) of the last command ``wall`` ran (None after a
+# push's first byte): on a shared machine they move less than wall clock.
+LAST_CPU: list[float | None] = [None]
+
+
 def wall(cmd: list[str], env: dict[str, str]) -> float:
     """Seconds from starting ``cmd`` until it has exited."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     res = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    LAST_CPU[0] = cpu
     if res.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {res.returncode}: {res.stderr.decode()[-500:]}")
     return took
@@ -136,6 +146,7 @@ def wall(cmd: list[str], env: dict[str, str]) -> float:
 
 def first_byte(cmd: list[str], env: dict[str, str], hub: Hub) -> float:
     """Seconds from starting a push until the hub has its first bytes on disk."""
+    LAST_CPU[0] = None
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = start + 60
@@ -231,6 +242,7 @@ def main() -> None:
         for same_row in zip(*sets, strict=True):  # A and B of a row run one after the other
             rows.update(same_row)
         times: dict[str, list[float]] = {name: [] for name in rows}
+        cpus: dict[str, list[float]] = {}
         names = list(rows)
         for i in range(args.rounds):
             # Rotated each round; with a baseline, A and B also swap turns.
@@ -239,6 +251,8 @@ def main() -> None:
                 order.reverse()
             for name in order:
                 times[name].append(rows[name](i))
+                if LAST_CPU[0] is not None:
+                    cpus.setdefault(name, []).append(LAST_CPU[0])
             print(f"round {i + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         hub.stop()
@@ -252,27 +266,36 @@ def main() -> None:
         + f"; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, nproc {os.cpu_count()}, "
         f"load average at the end {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
         "",
-        "| command | median | min | max | over `python -c pass` |",
-        "| --- | --- | --- | --- | --- |",
+        "| command | median | min | max | over `python -c pass` | CPU (median) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for name, values in times.items():
         med = statistics.median(values)
+        cpu = f"{statistics.median(cpus[name]) * 1000:.0f} ms" if name in cpus else "-"
         out.append(
             f"| {name} | {med * 1000:.0f} ms | {min(values) * 1000:.0f} ms | "
-            f"{max(values) * 1000:.0f} ms | +{(med - base) * 1000:.0f} ms |"
+            f"{max(values) * 1000:.0f} ms | {(med - base) * 1000:+.0f} ms | {cpu} |"
         )
     if args.baseline:
         out += [
             "",
-            "| command | A (baseline) | B (this tree) | B / A |",
-            "| --- | --- | --- | --- |",
+            "| command | A (baseline) | B (this tree) | B / A | CPU A | CPU B |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
         for name in times:
             if name.endswith(" [A]"):
                 row = name.removesuffix(" [A]")
                 a = statistics.median(times[name])
                 b = statistics.median(times[row + " [B]"])
-                out.append(f"| {row} | {a * 1000:.0f} ms | {b * 1000:.0f} ms | {b / a:.2f} |")
+                ca, cb = (cpus.get(f"{row} [{t}]") for t in "AB")
+                cpu = (
+                    f"{statistics.median(ca) * 1000:.0f} ms | {statistics.median(cb) * 1000:.0f} ms"
+                    if ca and cb
+                    else "- | -"
+                )
+                out.append(
+                    f"| {row} | {a * 1000:.0f} ms | {b * 1000:.0f} ms | {b / a:.2f} | {cpu} |"
+                )
     text = "\n".join(out) + "\n"
     print(text)
     if args.markdown:
