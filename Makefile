@@ -75,5 +75,11 @@ B ?= HEAD
 bench-ab: $(STAMP)
 	VENV=$(abspath $(VENV)) $(BIN)/python bench/ab.py $(A) $(B) --markdown $(BENCH_MD) $(BENCH_AB_ARGS)
 
+# Start-up of short commands (--version, --help, ls, a push's first byte)
+# against python -c pass and ssh -V, medians over rounds (bench/startup.py).
+.PHONY: bench-startup
+bench-startup: $(STAMP)
+	$(BIN)/python bench/startup.py $(BENCH_STARTUP_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

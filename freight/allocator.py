@@ -11,7 +11,6 @@ trim threshold that does not hand memory back after every frame.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 M_TRIM_THRESHOLD = -1
@@ -27,8 +26,7 @@ def tune_allocator() -> bool:
     if _done or not sys.platform.startswith("linux"):
         return _done
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = _libc().mallopt
     except (OSError, AttributeError):
         return False
     ok = all(
@@ -40,3 +38,14 @@ def tune_allocator() -> bool:
     )
     _done = bool(ok)
     return _done
+
+
+def _libc() -> ctypes.CDLL:
+    # glibc's soname first: ctypes.util.find_library costs every command
+    # ~40 ms here (importing it, then running ldconfig -p).
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        from ctypes.util import find_library
+
+        return ctypes.CDLL(find_library("c") or "libc.so.6")

@@ -72,10 +72,8 @@ for and registers none.
 from __future__ import annotations
 
 import errno
-import socket
-import ssl
-
-import msgspec
+import sys
+from types import ModuleType
 
 from .protocol.errors import (
     EXIT_CODES,
@@ -364,19 +362,24 @@ def from_exception(exc: BaseException) -> FreightError | None:
     (a bug, or an exception of the caller's own). A FreightError is itself."""
     if isinstance(exc, FreightError):
         return exc
+    # ssl, msgspec and socket are looked up, not imported: an exception of a
+    # module nobody imported was not raised (and a command that needs none of
+    # them does not pay for loading them).
+    ssl, msgspec, socket = _loaded("ssl"), _loaded("msgspec"), _loaded("socket")
     # aiohttp keeps the TLS failure under its own exception.
-    tls = exc if isinstance(exc, ssl.SSLError) else getattr(exc, "certificate_error", None)
-    if isinstance(tls, ssl.SSLCertVerificationError):
+    tls = exc if ssl and isinstance(exc, ssl.SSLError) else getattr(exc, "certificate_error", None)
+    if ssl and isinstance(tls, ssl.SSLCertVerificationError):
         return TLSError(
             f"the hub's certificate could not be verified: {getattr(tls, 'verify_message', None) or tls}"
         )
-    if isinstance(tls, ssl.SSLError):
+    if ssl and isinstance(tls, ssl.SSLError):
         return TLSError(f"TLS failed: {getattr(tls, 'reason', None) or tls}")
-    if isinstance(exc, msgspec.MsgspecError):
+    if msgspec and isinstance(exc, msgspec.MsgspecError):
         return RemoteProtocolError(f"a malformed message: {exc}")
     if (
         type(exc).__module__.split(".")[0] == "aiohttp"
-        or isinstance(exc, ConnectionError | TimeoutError | socket.gaierror)
+        or isinstance(exc, ConnectionError | TimeoutError)
+        or (socket and isinstance(exc, socket.gaierror))
         or (isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS)
     ):
         return NetworkError(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -384,3 +387,7 @@ def from_exception(exc: BaseException) -> FreightError | None:
         where = f": {exc.filename}" if exc.filename is not None else ""
         return StorageError(f"{exc.strerror or exc}{where}")
     return None
+
+
+def _loaded(name: str) -> ModuleType | None:
+    return sys.modules.get(name)

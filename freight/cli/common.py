@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 
-from ..client.api import Client
 from ..errors import FreightError, from_exception
 from .output import err_console
+
+if TYPE_CHECKING:
+    from ..client.api import Client
 
 T = TypeVar("T")
 
@@ -55,6 +57,7 @@ def run_async(factory: Callable[[], Awaitable[T]]) -> T:
 def on_hub(hub_url: str | None, work: Callable[[Client], Awaitable[T]]) -> T:
     """Run ``work`` with an SDK client of the hub (``--hub`` or the last one
     logged in to), errors mapped as run_async maps them."""
+    from ..client.api import Client
 
     async def go() -> T:
         async with Client(hub_url) as hub:

@@ -13,7 +13,6 @@ its name in capitals.
 
 from __future__ import annotations
 
-import inspect
 import re
 import shutil
 import textwrap
@@ -113,7 +112,10 @@ def usage_line(cmd: Any, ctx: Any) -> str:
             pieces.append(word if param.required else f"[{word}]")
     if hasattr(cmd, "commands"):
         pieces.append("COMMAND [ARGS]...")
-    text = f"Usage: {ctx.command_path} {' '.join(pieces)}".rstrip()
+    return fill_usage(f"Usage: {ctx.command_path} {' '.join(pieces)}".rstrip())
+
+
+def fill_usage(text: str) -> str:
     return textwrap.fill(
         text, width(), subsequent_indent=" " * 7, break_long_words=False, break_on_hyphens=False
     )
@@ -124,11 +126,6 @@ def format_usage(cmd: Any, ctx: Any, formatter: Any) -> None:
 
 
 def format_help(cmd: Any, ctx: Any, formatter: Any) -> None:
-    out = [usage_line(cmd, ctx)]
-    description = paragraphs(cmd.help or "")
-    if description:
-        out.append("")
-        out += _indented(description, 2)
     arguments = [
         (_argument_word(p), p.help or "")
         for p in cmd.get_params(ctx)
@@ -140,10 +137,21 @@ def format_help(cmd: Any, ctx: Any, formatter: Any) -> None:
         for name, sub in getattr(cmd, "commands", {}).items()
         if not getattr(sub, "hidden", False)
     ]
-    for title, rows in (("Arguments", arguments), ("Options", options), ("Commands", commands)):
+    sections = [("Arguments", arguments), ("Options", options), ("Commands", commands)]
+    formatter.write(compose(usage_line(cmd, ctx), paragraphs(cmd.help or ""), sections))
+
+
+def compose(usage: str, description: list[str], sections: list[tuple[str, Any]]) -> str:
+    """A whole help text: the usage line, the description's paragraphs, then
+    each section that has rows, in two columns."""
+    out = [usage]
+    if description:
+        out.append("")
+        out += _indented(description, 2)
+    for title, rows in sections:
         if rows:
             out += ["", f"{title}:", *two_columns(rows)]
-    formatter.write("\n".join(out) + "\n")
+    return "\n".join(out) + "\n"
 
 
 def _shown_options(cmd: Any, ctx: Any) -> list[Any]:
@@ -204,6 +212,8 @@ def paragraphs(text: str) -> list[str]:
     """A docstring as paragraphs: lines joined into one unless the paragraph
     is preformatted (starts with ``\\b``, as in click, or has indented
     lines); text after a form feed is for the code only."""
+    import inspect  # not at the top: ``freight --help`` renders without it
+
     text = inspect.cleandoc(text.partition("\f")[0])
     out = []
     for block in text.split("\n\n"):

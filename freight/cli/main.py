@@ -1,468 +1,68 @@
-"""The ``freight`` command. Errors become one line and an exit code in one
-place, ``common.run_async`` (see freight.errors for the codes); account
-commands live in ``users``."""
+"""The ``freight`` command's entry point (``freight.cli.main:run``).
+
+Start-up is most of what a short command costs, so nothing heavy is
+imported here: ``--version`` and the top level's ``--help`` are answered
+from freight.cli.toplevel, and any other run builds the command tree with
+only the module of the command it names (freight.cli.root); each command
+imports the SDK when it runs. Errors become one line and an exit code in
+one place, ``common.run_async`` (see freight.errors for the codes)."""
 
 from __future__ import annotations
 
-import gc
-import getpass
-import os
 import sys
-import time
-from datetime import datetime
-from pathlib import Path
-from typing import Annotated, Any
-
-import typer
+from collections.abc import Collection
+from typing import Any
 
 from .. import __version__
-from ..allocator import tune_allocator
-from ..client.api import Client, Pulled
-from ..client.options import (
-    QuietReporter,
-    TransferOptions,
-    retry_policy_from_env,
-    stall_timeout_from_env,
-)
-from ..client.session import (
-    CA_FILE_ENV,
-    DATA_PATHS,
-    PROXY_ENV,
-    check_transport,
-    hostport,
-    parse_hub_url,
-)
-from ..client.transfer import expand_sources
-from ..errors import UsageError, from_exception
-from ..logs import configure_client_logging
-from ..protocol.messages import LEVELS
-from ..units import format_bytes, format_rate, parse_rate
-from . import agentcmd, agents, collect, hubcmd, relay, users
-from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, report, run_async
-from .helptext import plain_help
-from .output import RichReporter, err_console, print_json, whole_std_streams
-
-app = typer.Typer(
-    name="freight",
-    help="Move files between machines that cannot reach each other directly, through a hub.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,  # usage errors as plain lines; help: see helptext
-)
-admin_app = typer.Typer(help="Hub administration (admin accounts only).", no_args_is_help=True)
-app.add_typer(admin_app, name="admin")
+from . import toplevel
 
 
-def _print_version(value: bool) -> None:
-    if value:
-        typer.echo(__version__)
-        raise typer.Exit()
+def command(modules: Collection[str] | None = None) -> Any:
+    """The ``freight`` command tree (click), with help as helptext renders
+    it: every command, or only those of ``modules`` (see root.MODULES)."""
+    from . import root
+
+    return root.build(root.MODULES if modules is None else modules)
 
 
-@app.callback()
-def _main(
-    show_version: Annotated[
-        bool,
-        typer.Option(
-            "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
-        ),
-    ] = False,
-    proxy: Annotated[
-        str | None,
-        typer.Option(
-            "--proxy",
-            envvar=PROXY_ENV,
-            help=(
-                "HTTP proxy for this command, http://HOST:PORT or http://USER:PASS@HOST:PORT, or "
-                "'none' to connect directly; wins over the proxy saved at login and HTTPS_PROXY. "
-                f"Same as ${PROXY_ENV}."
-            ),
-        ),
-    ] = None,
-    ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-file",
-            envvar=CA_FILE_ENV,
-            help=(
-                "Trust the CA certificates in this PEM file (chain and host name checked) instead "
-                f"of the pinned fingerprint, for this command. Same as ${CA_FILE_ENV}."
-            ),
-        ),
-    ] = None,
-) -> None:
-    """Move files between machines that cannot reach each other directly, through a hub."""
-    # Handed on through the environment, where HubSession.from_config looks,
-    # so every command (and any it starts) takes the same route and trust.
-    if proxy is not None:
-        os.environ[PROXY_ENV] = proxy
-    if ca_file is not None:
-        os.environ[CA_FILE_ENV] = str(ca_file.expanduser().resolve())
-
-
-@app.command()
-def version() -> None:
-    """Print the version."""
-    typer.echo(__version__)
-
-
-hubcmd.register(app)
-
-
-@app.command()
-def login(
-    url: Annotated[str, typer.Argument(help="Hub address, e.g. https://hub.example:8443")],
-    user: Annotated[str, typer.Option("--user", "-u", help="Account name.")],
-    password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
-    ] = False,
-    fingerprint: Annotated[
-        str | None,
-        typer.Option(help="Expected certificate fingerprint (SHA256:...), checked and pinned."),
-    ] = None,
-    trust_on_first_use: Annotated[
-        bool,
-        typer.Option(
-            "--trust-on-first-use",
-            help=(
-                "Pin whatever certificate the hub presents if none is pinned yet, without "
-                "asking (needed instead of --fingerprint when there is no terminal to ask on)."
-            ),
-        ),
-    ] = False,
-    proxy: Annotated[
-        str | None,
-        typer.Option(
-            "--proxy",
-            help=(
-                "HTTP proxy to reach this hub through, http://HOST:PORT or "
-                "http://USER:PASS@HOST:PORT ('none': directly, even if HTTPS_PROXY is set); "
-                "saved for later commands."
-            ),
-        ),
-    ] = None,
-    ca_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--ca-file",
-            help=(
-                "Trust the CA certificates in this PEM file (chain and host name checked) "
-                "instead of pinning the fingerprint; saved for later commands."
-            ),
-        ),
-    ] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Log in to a hub and pin its certificate (trust on first use, like SSH).
-
-    A certificate seen for the first time is pinned after you confirm it on
-    the terminal, or when it matches --fingerprint; without a terminal (a
-    script, --password-stdin) give --fingerprint or --trust-on-first-use.
-    With --ca-file the certificate is verified with that CA instead of pinned.
-    --proxy and --ca-file, given here or before the command, are saved with the
-    login and used by later commands.
-    """
-    # Asked on a terminal only: a script gives --fingerprint or --trust-on-first-use.
-    ask = sys.stdin.isatty() and not password_stdin
-
-    def confirm(seen: str) -> bool:
-        return typer.confirm("Trust this hub and pin its certificate?", err=True)
-
-    def password() -> str:
-        if password_stdin:
-            return sys.stdin.readline().rstrip("\n")
-        return getpass.getpass(f"Password for {user}@{hostport(parse_hub_url(url))}: ")
-
-    async def go() -> dict[str, Any]:
-        hub = await Client.login(
-            url,
-            user,
-            password,
-            fingerprint=fingerprint,
-            trust_on_first_use=trust_on_first_use,
-            confirm=confirm if ask else None,
-            ca_file=ca_file,
-            proxy=proxy,
-            notice=lambda text: err_console.print(text, markup=False),
-        )
-        assert hub.last_login is not None
-        for warning in hub.last_login.warnings:
-            err_console.print(f"freight: warning: {warning}", markup=False)
-        return hub.last_login.as_dict()
-
-    info = run_async(go)
-    if json_out:
-        print_json(info)
-    else:
-        err_console.print(f"Logged in to {info['hub']} as {info['user']} ({info['role']})")
-
-
-def transfer_options(
-    limit: str, compress: str, data_path: str, parallel: int = 1
-) -> TransferOptions:
-    if compress not in LEVELS:
-        raise typer.BadParameter(f"use one of {', '.join(LEVELS)}", param_hint="--compress")
-    if data_path not in DATA_PATHS:
-        raise typer.BadParameter(f"use one of {', '.join(DATA_PATHS)}", param_hint="--data-path")
-    try:
-        rate = parse_rate(limit)
-    except UsageError as exc:
-        raise typer.BadParameter(exc.message, param_hint="--limit") from None
-    return TransferOptions(
-        limit=rate,
-        compress=compress,
-        data_path=data_path,
-        parallel=max(1, parallel),
-        stall_timeout=stall_timeout_from_env(),
-        retry=retry_policy_from_env(),
-    )
-
-
-LimitOpt = Annotated[
-    str, typer.Option("--limit", help="Max rate, bytes/s with K/M/G suffix (1024-based), e.g. 20M.")
-]
-CompressOpt = Annotated[str, typer.Option("--compress", help="none, fast or max (zstd).")]
-DataPathOpt = Annotated[
-    str,
-    typer.Option(
-        "--data-path",
-        help="auto: sealed data connection, falling back to TLS; direct or tls force one.",
-    ),
-]
-
-
-@app.command()
-def push(
-    paths: Annotated[list[Path], typer.Argument(help="Files or folders to upload.")],
-    as_name: Annotated[str | None, typer.Option("--as", help="Name on the hub (one path).")] = None,
-    limit: LimitOpt = "off",
-    compress: CompressOpt = "none",
-    parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 1,
-    data_path: DataPathOpt = "auto",
-    transport: TransportOpt = "auto",
-    hub_url: HubOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Upload files and folders to the hub.
-
-    Folders go recursively, each file named by its path under the folder's
-    name (photos/2024/a.jpg); pull brings them back. Interrupted? Run the same
-    command again: it resumes from the last checkpoint.
-    """
-    opts = transfer_options(limit, compress, data_path, parallel)
-    check_transport(transport)
-    items = expand_sources(paths, as_name)
-    total = sum(p.stat().st_size for p, _ in items)
-
-    async def go() -> list[dict[str, Any]]:
-        async with Client(hub_url, transport=transport, data_path=data_path) as hub:
-            if quiet or json_out:
-                results = await hub.push(*paths, as_name=as_name, options=opts)
-            else:
-                with RichReporter(total, len(items)) as rep:
-                    results = await hub.push(*paths, as_name=as_name, options=opts, reporter=rep)
-        return [r.as_dict() for r in results]
-
-    results = run_async(go)
-    if json_out:
-        print_json({"pushed": results})
-    elif not quiet:
-        for r in results:
-            extra = f", resumed from {format_bytes(r['resumed_from'])}" if r["resumed_from"] else ""
-            err_console.print(
-                f"{r['name']}: {format_bytes(r['size'])} in {r['seconds']:.1f} s "
-                f"({format_bytes(r['bytes_per_second'])}/s{extra})",
-                markup=False,
-            )
-
-
-@app.command()
-def pull(
-    name: Annotated[
-        str, typer.Argument(help="A file on the hub, or a folder (NAME/) as push made it.")
-    ],
-    dest: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Where to put it. An existing folder receives it; another path names the copy."
-        ),
-    ] = None,
-    limit: LimitOpt = "off",
-    compress: CompressOpt = "none",
-    parallel: Annotated[int, typer.Option(help="Files fetched at once (folders).")] = 1,
-    data_path: DataPathOpt = "auto",
-    transport: TransportOpt = "auto",
-    hub_url: HubOpt = None,
-    json_out: JsonOpt = False,
-    quiet: QuietOpt = False,
-) -> None:
-    """Download a file or a folder from the hub.
-
-    A folder comes back as cp -r copies one: into an existing folder DEST it
-    arrives as DEST/NAME, a DEST that does not exist becomes the copy, and
-    without DEST it lands in ./NAME. Interrupted? Run the same command again:
-    each file resumes, and files already in place are not fetched again.
-    """
-    opts = transfer_options(limit, compress, data_path, parallel)
-    check_transport(transport)
-
-    async def go() -> tuple[Pulled, list[dict[str, Any]], float]:
-        started = time.monotonic()
-        async with Client(hub_url, transport=transport, data_path=data_path) as hub:
-            notices = QuietReporter() if quiet else RichReporter(0, 0, json_out=json_out)
-            if quiet or json_out:
-                pulled = await hub.pull(name, dest, options=opts, notices=notices)
-            else:
-                with RichReporter(0, 0) as rep:
-                    pulled = await hub.pull(
-                        name,
-                        dest,
-                        options=opts,
-                        reporter=rep,
-                        notices=notices,
-                        on_plan=rep.set_totals,
-                    )
-        return pulled, [r.as_dict() for r in pulled.files], time.monotonic() - started
-
-    plan, results, seconds = run_async(go)
-    if json_out:
-        # One file: its object, as always; a folder: one object per file.
-        print_json({"pulled": results if plan.folder else results[0]})
-    elif quiet:
-        return
-    elif plan.folder:
-        there = sum(1 for r in results if r["skipped"])
-        err_console.print(
-            f"{name} -> {plan.root}: {len(results)} files, "
-            f"{format_bytes(sum(r['size'] for r in results))} in {seconds:.1f} s"
-            + (f" ({there} already there)" if there else ""),
-            markup=False,
-        )
-    else:
-        result = results[0]
-        err_console.print(
-            f"{result['name']} -> {result['path']}: {format_bytes(result['size'])} in "
-            f"{result['seconds']:.1f} s",
-            markup=False,
-        )
-
-
-@app.command("ls")
-def ls_cmd(
-    target: Annotated[
-        str | None, typer.Argument(help="AGENT:/path to list a folder on an agent.")
-    ] = None,
-    transport: TransportOpt = "auto",
-    hub_url: HubOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """List your files on the hub, or a folder on an agent (AGENT:/path)."""
-    if target is not None:
-        agents.remote_ls(target, hub_url, json_out, transport)
-        return
-
-    async def go() -> Any:
-        async with Client(hub_url) as hub:
-            return await hub.ls()
-
-    files = run_async(go)
-    if json_out:
-        print_json(files)
-        return
-    for f in files:
-        when = datetime.fromtimestamp(f["created"]).strftime("%Y-%m-%d %H:%M")
-        typer.echo(f"{f['size']:>14}  {when}  {f['name']}")
-
-
-@app.command("rm")
-def rm_cmd(
-    names: Annotated[list[str], typer.Argument(help="Names to delete on the hub.")],
-    hub_url: HubOpt = None,
-) -> None:
-    """Delete files from the hub."""
-
-    async def go() -> None:
-        async with Client(hub_url) as hub:
-            for n in names:
-                await hub.rm(n)
-                err_console.print(f"removed {n}", markup=False)
-
-    run_async(go)
-
-
-@admin_app.command("bandwidth")
-def admin_bandwidth(
-    budget: Annotated[
-        str | None,
-        typer.Argument(help='New budget: 100M, off, or "08:00,10M 18:00,off". Omit to show.'),
-    ] = None,
-    hub_url: HubOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Show or change the hub's bandwidth budget at run time."""
-
-    async def go() -> Any:
-        async with Client(hub_url) as hub:
-            return await (hub.bandwidth() if budget is None else hub.set_bandwidth(budget))
-
-    status = run_async(go)
-    if json_out:
-        print_json(status)
-    else:
-        typer.echo(
-            f"budget: {status['budget']}  (now {format_rate(status['now'])}, "
-            f"{status['active_streams']} active streams)"
-        )
-
-
-@admin_app.command("events")
-def admin_events(
-    kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. login_failure.")] = None,
-    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 50,
-    hub_url: HubOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Show the hub's event log (logins, failures, streams)."""
-
-    async def go() -> Any:
-        async with Client(hub_url) as hub:
-            return await hub.events(kind, limit)
-
-    events = run_async(go)
-    if json_out:
-        print_json(events)
-        return
-    for e in events:
-        when = datetime.fromtimestamp(e["ts"]).strftime("%Y-%m-%d %H:%M:%S")
-        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
-        typer.echo(f"{when}  {e['kind']:<16} {e['actor']:<12} {detail}")
-
-
-users.register(app)
-relay.register(app, admin_app)
-agents.register(app)
-agentcmd.register(app)
-collect.register(app)
-
-
-def command() -> Any:
-    """The ``freight`` command tree, with help as helptext renders it."""
-    cli = typer.main.get_command(app)
-    plain_help(cli)
-    return cli
+def modules_for(args: list[str]) -> Collection[str] | None:
+    """The command modules that running ``args`` needs (None: all, for the
+    whole tree's help or an error naming what exists)."""
+    name = toplevel.command_name(args)
+    if name is None or name not in toplevel.COMMANDS:
+        return None
+    return toplevel.COMMANDS[name][0]
 
 
 def run() -> None:
+    args = sys.argv[1:]
+    if args in (["--version"], ["version"]):
+        sys.stdout.write(__version__ + "\n")
+        return
+    if args == ["--help"]:
+        sys.stdout.write(toplevel.help_text())
+        return
+    _run(args)
+
+
+def _run(args: list[str]) -> None:
+    import gc
+
+    from ..allocator import tune_allocator
+    from ..errors import from_exception
+    from ..logs import configure_client_logging
+    from .common import report
+    from .output import whole_std_streams
+
     whole_std_streams()
     tune_allocator()
     configure_client_logging()
+    cli = command(modules_for(args))
     # Everything imported so far lives until exit: keep the collector from
     # walking it again and again (and once more at exit, ~0.3 s).
     gc.freeze()
     try:
-        command().main(prog_name="freight")
+        cli.main(args, prog_name="freight")
     except Exception as exc:  # raised outside run_async, e.g. checking arguments
         mapped = from_exception(exc)
         if mapped is None:

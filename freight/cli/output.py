@@ -7,22 +7,35 @@ import json
 import os
 import select
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import TaskID
 
-from ..client.options import TransferResult
+    from ..client.options import TransferResult
 
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+class ErrConsole:
+    """Standard error as a rich Console, made on first use: rich is not
+    imported by a command that prints nothing there."""
+
+    def __init__(self) -> None:
+        self._console: Console | None = None
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True, highlight=False, soft_wrap=True)
+        return self._console
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        self.console.print(*objects, **kwargs)
+
+
+err_console = ErrConsole()
 
 
 class WholeWriter(io.RawIOBase):
@@ -107,6 +120,15 @@ class RichReporter:
     def __init__(
         self, total_bytes: int, total_files: int, *, quiet: bool = False, json_out: bool = False
     ) -> None:
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         self.quiet = quiet or json_out
         self.json_out = json_out  # notices become {"event": "notice"} lines
         self.progress = Progress(
@@ -115,7 +137,7 @@ class RichReporter:
             DownloadColumn(binary_units=True),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=err_console,
+            console=err_console.console,
             transient=False,
             disable=self.quiet,
         )

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -34,10 +34,7 @@ from ..errors import FreightError, UsageError, from_exception
 from ..protocol.messages import LEVELS
 from ..units import parse_rate
 from .admin import AdminCalls
-from .codes import Offered, receive_with_code, send_with_code
-from .collected import fetch_collected
 from .config import ClientConfig
-from .listener import Listener
 from .login import Confirm, LoginInfo, Notice, login, logout
 from .options import (
     QuietReporter,
@@ -47,13 +44,16 @@ from .options import (
     retry_policy_from_env,
     stall_timeout_from_env,
 )
-from .pulltree import plan_pull, pull_many
-from .receiving import Consent, Destination, refuse_to_replace
-from .relay import Connection, RelayClient
-from .remote import cp_plan, download, list_remote, split_remote, upload
-from .sendrecv import Summary, build_manifest
 from .session import DATA_PATHS, HubSession, canonical_url, check_transport, parse_hub_url
-from .transfer import expand_sources, push_many
+
+# The relay, agents, transfers and their ciphers are imported by the method
+# that uses them: ``ls`` or an admin call does not load them.
+if TYPE_CHECKING:
+    from .codes import Offered
+    from .listener import Listener
+    from .receiving import Consent
+    from .relay import Connection, RelayClient
+    from .sendrecv import Summary
 
 __all__ = [
     "Client",
@@ -65,6 +65,27 @@ __all__ = [
     "Summary",
     "TransferResult",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The public names that live in the modules loaded on first use (PEP 562).
+    if name == "Connection":
+        from .connection import Connection
+
+        return Connection
+    if name == "Listener":
+        from .listener import Listener
+
+        return Listener
+    if name == "Offered":
+        from .codes import Offered
+
+        return Offered
+    if name == "Summary":
+        from .sendrecv import Summary
+
+        return Summary
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -190,6 +211,8 @@ class Client(AdminCalls):
         return self._session
 
     def _relay(self) -> RelayClient:
+        from .relay import RelayClient
+
         # A relay client owns (and closes) its own session.
         return RelayClient(
             self._new_session(),
@@ -257,6 +280,8 @@ class Client(AdminCalls):
     ) -> list[TransferResult]:
         """Upload files and folders (recursively, each file named by its path
         under the folder's name). ``as_name`` names a single path on the hub."""
+        from .transfer import expand_sources, push_many
+
         items = expand_sources([Path(p) for p in paths], as_name)
         opts = options or self.options()
         return list(
@@ -277,6 +302,8 @@ class Client(AdminCalls):
         under it) placed as ``cp -r`` places it; files already in place are
         not fetched again. ``on_plan(bytes, files)`` is told the totals
         before the first byte moves; ``notices`` hears about the plan."""
+        from .pulltree import plan_pull, pull_many
+
         opts = options or self.options()
 
         async def go() -> Pulled:
@@ -295,6 +322,8 @@ class Client(AdminCalls):
         ``AGENT:/path`` the entries of a folder on an agent."""
         if target is None:
             return list(await self.request("GET", "/v1/files"))
+        from .remote import list_remote, split_remote
+
         remote = split_remote(target)
         if remote is None:
             raise UsageError(f"{target!r} is not AGENT:/path")
@@ -319,6 +348,9 @@ class Client(AdminCalls):
         """Send files and folders to whoever has the code. ``on_code`` is
         told the code as soon as the hub grants it; the call returns once a
         receiver has everything. ``code`` resumes an earlier send."""
+        from .codes import send_with_code
+        from .sendrecv import build_manifest
+
         entries = build_manifest([Path(p) for p in paths])
 
         async def go() -> Summary:
@@ -344,6 +376,9 @@ class Client(AdminCalls):
         ``dest``. A file already there (not this transfer's own) is replaced
         only with ``overwrite``, or when ``consent(paths)`` returns (it
         raises to refuse)."""
+        from .codes import receive_with_code
+        from .receiving import Destination, refuse_to_replace
+
         decide = _accept if overwrite else consent or refuse_to_replace
 
         async def go() -> Summary:
@@ -394,6 +429,9 @@ class Client(AdminCalls):
     ) -> Summary:
         """Copy to or from an agent as ``cp``/``scp`` do; one side is
         ``AGENT:/path``. Uploads take several sources; a download one."""
+        from .receiving import refuse_to_replace
+        from .remote import cp_plan, download, upload
+
         direction, (remote, local) = cp_plan([str(s) for s in sources], str(dest), recursive)
         rep = _quiet(reporter)
         if direction == "up":
@@ -409,6 +447,8 @@ class Client(AdminCalls):
     async def get_collected(self, what: str, out: Path | str) -> tuple[str, int, Path]:
         """Fetch collected content from the hub (a digest or ``AGENT:/path``
         as offered) into ``out``; (digest, size, file written)."""
+        from .collected import fetch_collected  # here: it brings the partial-file engine
+
         result: tuple[str, int, Path] = await self._guard(
             fetch_collected(self.session, what, Path(out))
         )

@@ -16,6 +16,16 @@ from typing import Any
 
 from ..errors import ConfigError, NotLoggedIn
 
+# The choices a command offers (here, not in .session, so the command line
+# can show and check them without loading the transport).
+DATA_PATHS = ("auto", "direct", "tls")
+TRANSPORTS = ("auto", "ws", "http")
+
+# Per-command choices, set by ``freight --proxy/--ca-file`` or by hand; they
+# win over what was saved at login (see HubSession.from_config).
+PROXY_ENV = "FREIGHT_PROXY"
+CA_FILE_ENV = "FREIGHT_CA_FILE"
+
 
 def config_dir() -> Path:
     env = os.environ.get("FREIGHT_CONFIG_DIR")

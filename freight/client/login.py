@@ -17,7 +17,6 @@ from pathlib import Path
 from ..errors import Conflict, FingerprintMismatch, NotLoggedIn, UsageError
 from ..transport.proxy import choose_proxy, redact
 from .config import ClientConfig
-from .relay import register_identity
 from .session import (
     CA_FILE_ENV,
     PROXY_ENV,
@@ -135,6 +134,8 @@ async def login(
         # This device's identity key, which connect/listen prove themselves with.
         session.token = body["token"]
         await session.aclose()
+        from .relay import register_identity  # the relay's ciphers, only here
+
         try:
             await register_identity(session, config)
         except Conflict as exc:  # logged in all the same: keys rm works from here

@@ -31,19 +31,12 @@ from ..protocol.limits import PROTOCOL_VERSION
 from ..tasks import Supervisor
 from ..transport.channel import FrameChannel, Mux, Port
 from ..transport.closing import closing_on_failure
-from ..transport.dataconn import DataPathUnavailable, open_data_connection
-from ..transport.httpchan import open_http_channel
 from ..transport.proxy import ProxyError, choose_proxy, open_tunnel, parse_proxy_url, refusal
-from ..transport.ws import WS_MAX_MESSAGE, WSChannel
+from .config import CA_FILE_ENV as CA_FILE_ENV  # the choices live in .config;
+from .config import DATA_PATHS as DATA_PATHS  # imported from here too
+from .config import PROXY_ENV as PROXY_ENV
+from .config import TRANSPORTS as TRANSPORTS
 from .config import ClientConfig
-
-DATA_PATHS = ("auto", "direct", "tls")
-TRANSPORTS = ("auto", "ws", "http")
-
-# Per-command choices, set by ``freight --proxy/--ca-file`` or by hand; they
-# win over what was saved at login (see HubSession.from_config).
-PROXY_ENV = "FREIGHT_PROXY"
-CA_FILE_ENV = "FREIGHT_CA_FILE"
 
 
 def parse_hub_url(url: str) -> URL:
@@ -103,7 +96,9 @@ async def fetch_fingerprint(
     if ca_file is not None:
         ctx = ca_context(ca_file)
     else:
-        ctx = ssl.create_default_context()
+        # Nothing is verified, only the certificate read: no CA store to
+        # load (ssl.create_default_context would read the system's).
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
     try:
@@ -301,6 +296,8 @@ def check_transport(transport: str) -> str:
 
 
 async def _open_http(session: HubSession) -> FrameChannel:
+    from ..transport.httpchan import open_http_channel
+
     try:
         return await open_http_channel(session.http, session.url)
     except aiohttp.ServerFingerprintMismatch as exc:
@@ -317,6 +314,8 @@ async def open_channel(
     the upgrade is refused or cut (a proxy or firewall that does not pass
     WebSockets), and the session remembers it. Returns the channel after
     Hello/Welcome and the transport used."""
+    from ..transport.ws import WS_MAX_MESSAGE, WSChannel
+
     transport = check_transport(transport or session.transport)
     if transport == "auto" and session.websocket_refused:
         transport = "http"
@@ -417,6 +416,10 @@ class Link:
 
     async def stream_port(self, sid: str) -> Port:
         """A port for stream ``sid``: on a fresh data connection if possible."""
+        # Here, not at the top: the data connection's ciphers are loaded by
+        # the first stream, not by every command that only asks the hub.
+        from ..transport.dataconn import DataPathUnavailable, open_data_connection
+
         assert self.mux is not None
         if self.direct_ok:
             try:

@@ -1,0 +1,102 @@
+"""What ``freight`` knows about its commands before loading any of them:
+which module defines each one, and the top level's help, so ``freight
+--help`` and ``freight --version`` answer without importing the command
+tree (typer, pydantic, aiohttp). tests/unit/test_startup.py checks that this
+help is, byte for byte, what the command tree renders (and that the
+variables named here are the ones freight.client.config reads)."""
+
+from __future__ import annotations
+
+DESCRIPTION = "Move files between machines that cannot reach each other directly, through a hub."
+VERSION_HELP = "Print the version and exit."
+PROXY_HELP = (
+    "HTTP proxy for this command, http://HOST:PORT or http://USER:PASS@HOST:PORT, or "
+    "'none' to connect directly; wins over the proxy saved at login and HTTPS_PROXY. "
+    "Same as $FREIGHT_PROXY."
+)
+CA_FILE_HELP = (
+    "Trust the CA certificates in this PEM file (chain and host name checked) instead "
+    "of the pinned fingerprint, for this command. Same as $FREIGHT_CA_FILE."
+)
+OPTIONS = (
+    ("--version", VERSION_HELP),
+    ("--proxy URL", PROXY_HELP),
+    ("--ca-file PEM", CA_FILE_HELP),
+    ("--help", "Show this message and exit."),
+)
+# The options of ``freight`` itself that take a value (they may come
+# before the command's name).
+VALUE_OPTIONS = ("--proxy", "--ca-file")
+
+# Every command in the order ``freight --help`` lists it: the modules of
+# freight.cli it needs, and its one-line summary.
+COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
+    "version": ((), "Print the version."),
+    "hub": (("hubcmd",), "Run a hub on one HTTPS port."),
+    "login": (
+        ("files",),
+        "Log in to a hub and pin its certificate (trust on first use, like SSH).",
+    ),
+    "push": (("files",), "Upload files and folders to the hub."),
+    "pull": (("files",), "Download a file or a folder from the hub."),
+    "ls": (("files",), "List your files on the hub, or a folder on an agent (AGENT:/path)."),
+    "rm": (("files",), "Delete files from the hub."),
+    "passwd": (("users",), "Change your own password; your other logins are signed out."),
+    "logout": (
+        ("users",),
+        "Log out: the hub revokes this login (closing what it holds open) and it is "
+        "forgotten here. If the hub cannot be reached nothing is forgotten: run it again later.",
+    ),
+    "send": (("relay",), "Send files to whoever has the code; prints the code and waits."),
+    "receive": (("relay",), "Receive what a sender offers under CODE (resumes if run again)."),
+    "connect": (
+        ("relay",),
+        "Open an end-to-end encrypted pipe to PEER's APP: standard input goes there, what "
+        "comes back goes to standard output.",
+    ),
+    "listen": (("relay",), "Accept end-to-end encrypted pipes for APP (see connect)."),
+    "cp": (
+        ("agents",),
+        "Copy files to or from an agent, like cp and scp: DEST names the copy, or is a folder "
+        "to copy into (a trailing / demands one). Resumable: run it again. Existing files are "
+        "replaced only with --overwrite (on an agent, only if it allows that).",
+    ),
+    "admin": (("files", "relay"), "Hub administration (admin accounts only)."),
+    "users": (("users",), "Accounts on the hub (admin accounts only)."),
+    "keys": (
+        ("users",),
+        "Identity keys your devices prove themselves with (connect, listen, agents).",
+    ),
+    "agents": (("agents",), "Enrolled agents (admin accounts only)."),
+    "agent": (("agentcmd",), "Run this machine as an agent."),
+    "collect": (("collect",), "Collection policies (admin accounts only)."),
+    "collected": (("collect",), "What collection has gathered."),
+}
+
+
+def command_name(args: list[str]) -> str | None:
+    """The command ``args`` run (the first word after freight's own
+    options), or None when there is none or freight's own --help comes first."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--help":
+            return None
+        if arg in VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            i += 1
+        else:
+            return arg
+    return None
+
+
+def help_text() -> str:
+    """``freight --help``, as the command tree prints it at this width."""
+    from .helptext import compose, fill_usage
+
+    return compose(
+        fill_usage("Usage: freight [OPTIONS] COMMAND [ARGS]..."),
+        [DESCRIPTION],
+        [("Options", list(OPTIONS)), ("Commands", [(n, s) for n, (_, s) in COMMANDS.items()])],
+    )
