@@ -32,6 +32,7 @@ import errno
 import mmap
 import os
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 
 ALIGN = 4096  # covers 512- and 4096-byte logical blocks
 STAGE_BYTES = 4 << 20  # the staging buffer
@@ -53,15 +54,21 @@ def _reopen_direct(fd: int, flags: int) -> int | None:
 
 class DirectWriter:
     """Sequential writes of one file through O_DIRECT; see the module
-    docstring. Thread-safe: a checkpoint may :meth:`flush` in a worker
-    thread while the next bytes are written."""
+    docstring. Two staging buffers: while one is written by a thread of its
+    own, the caller fills the other (the caller's thread does not wait for
+    the disk). Thread-safe: a checkpoint may :meth:`flush` in a worker
+    thread while the next bytes are written. A failed write is raised by
+    the next :meth:`write` or :meth:`flush`."""
 
     def __init__(self, fd: int, dfd: int, offset: int) -> None:
         self.fd = fd  # the caller's ordinary descriptor (not closed here)
         self._dfd = dfd
-        self._mm = mmap.mmap(-1, STAGE_BYTES)  # page-aligned
-        self._view = memoryview(self._mm)
+        self._mms = [mmap.mmap(-1, STAGE_BYTES), mmap.mmap(-1, STAGE_BYTES)]  # page-aligned
+        self._views = [memoryview(mm) for mm in self._mms]
+        self._view = self._views[0]  # the one being filled
         self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="freight-direct")
+        self._writing: Future[None] | None = None
         self.base = 0  # file offset of the buffer's first byte (aligned)
         self.fill = 0  # bytes staged
         self._restart(offset)
@@ -113,28 +120,43 @@ class DirectWriter:
                     self._write_aligned()
 
     def _write_aligned(self) -> None:
+        """Hand the buffer's whole blocks to the writing thread; go on
+        filling the other buffer, starting with the rest."""
+        self._wait()
         k = self.fill - self.fill % ALIGN
-        done = 0
-        while done < k:
-            if self._dfd < 0:
-                done += os.pwrite(self.fd, self._view[done:k], self.base + done)
-                continue
-            try:
-                n = os.pwrite(self._dfd, self._view[done:k], self.base + done)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:
-                    raise
-                self._close_direct()  # refused here: ordinary writes from now on
-                continue
-            if n % ALIGN:  # a short, unaligned write: finish ordinarily
-                self._close_direct()
-            done += n
+        full, self._view = self._view, self._views[self._view is self._views[0]]
         rest = self.fill - k
-        self._view[:rest] = self._view[k : self.fill]  # rest < ALIGN <= k: no overlap
+        self._view[:rest] = full[k : self.fill]
+        self._writing = self._pool.submit(self._write_blocks, full[:k], self.base)
         self.base += k
         self.fill = rest
 
+    def _write_blocks(self, blocks: memoryview, offset: int) -> None:
+        with blocks:
+            done, k = 0, len(blocks)
+            while done < k:
+                if self._dfd < 0:
+                    done += os.pwrite(self.fd, blocks[done:], offset + done)
+                    continue
+                try:
+                    n = os.pwrite(self._dfd, blocks[done:], offset + done)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._close_direct()  # refused here: ordinary writes from now on
+                    continue
+                if n % ALIGN:  # a short, unaligned write: finish ordinarily
+                    self._close_direct()
+                done += n
+
+    def _wait(self) -> None:
+        """Wait for the writing thread; raise what it failed with."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            writing.result()
+
     def _flush_tail(self) -> None:
+        self._wait()
         pos = 0
         while pos < self.fill:
             pos += os.pwrite(self.fd, self._view[pos : self.fill], self.base + pos)
@@ -152,9 +174,13 @@ class DirectWriter:
     def close(self) -> None:
         """Close the O_DIRECT descriptor; staged bytes not flushed are lost."""
         with self._lock:
+            with contextlib.suppress(OSError):
+                self._wait()  # a failure no one asked for any more
+            self._pool.shutdown()
             self._close_direct()
-            self._view.release()
-            self._mm.close()
+            for view, mm in zip(self._views, self._mms, strict=True):
+                view.release()
+                mm.close()
 
 
 def direct_reader(fd: int) -> DirectRead | None:
