@@ -133,15 +133,14 @@ class StartStreamAck(Message, tag="start_ack", frozen=True):
 
 class Data(Message, tag="data", frozen=True):
     """A chunk at ``offset``: ``raw`` bytes before compression, ``xxh`` is the
-    XXH3-64 of those raw bytes (0: not computed, as for uncompressed chunks),
-    ``codec`` what was applied on the wire."""
+    XXH3-64 of those raw bytes, ``codec`` what was applied on the wire."""
 
     sid: Id
     seq: NonNeg
     offset: NonNeg
     raw: NonNeg
     codec: Codec = CODEC_NONE
-    xxh: NonNeg = 0  # XXH3-64 as an unsigned integer; 0 = not computed
+    xxh: NonNeg = 0  # XXH3-64 as an unsigned integer
 
 
 class KeepAlive(Message, tag="keepalive", frozen=True):

@@ -26,7 +26,6 @@ from .limits import (
     SENDER_WINDOW_INTERVALS,
 )
 from .messages import (
-    CODEC_NONE,
     LEVEL_NONE,
     Abort,
     Data,
@@ -61,18 +60,9 @@ class PreparedChunk:
     xxh: int
 
 
-def chunk_checksum(codec: int, raw: bytes) -> int:
-    """The ``xxh`` of a Data frame: XXH3-64 of the raw bytes when ``codec``
-    compressed them (it checks the decompressor's output), else 0, "not
-    computed": every hop of a stream is AEAD-sealed (TLS, or a sealed data
-    connection) and the end-to-end BLAKE3 checks every byte, so a checksum
-    of bytes that travel as they are would only cost a pass over them."""
-    return 0 if codec == CODEC_NONE else xxhash.xxh3_64_intdigest(raw)
-
-
 def prepare_chunk(raw: bytes, compressor: Compressor) -> PreparedChunk:
     codec, wire = compressor.compress(raw)
-    return PreparedChunk(len(raw), codec, wire, chunk_checksum(codec, raw))
+    return PreparedChunk(len(raw), codec, wire, xxhash.xxh3_64_intdigest(raw))
 
 
 # --- events -----------------------------------------------------------------
@@ -351,7 +341,7 @@ class StreamSender(_Machine):
         """Frame the next ``raw`` bytes of the source (at ``self.offset``),
         compressed at the stream's current level."""
         codec, wire = self._compressor.compress(raw)
-        return self.prepared(PreparedChunk(len(raw), codec, wire, chunk_checksum(codec, raw)))
+        return self.prepared(PreparedChunk(len(raw), codec, wire, xxhash.xxh3_64_intdigest(raw)))
 
     def prepared(self, chunk: PreparedChunk) -> tuple[Data, bytes]:
         """Frame a chunk that was compressed and checksummed elsewhere (by
@@ -476,7 +466,7 @@ class StreamReceiver(_Machine):
             raw = decompress(msg.codec, payload, msg.raw)
         except IntegrityError as exc:
             raise self._fail(exc) from None
-        if msg.xxh and xxhash.xxh3_64_intdigest(raw) != msg.xxh:
+        if xxhash.xxh3_64_intdigest(raw) != msg.xxh:
             raise self._fail(
                 IntegrityError(f"checksum mismatch in frame {msg.seq} at {msg.offset}")
             )
