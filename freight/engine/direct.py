@@ -69,6 +69,7 @@ class DirectWriter:
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="freight-direct")
         self._writing: Future[None] | None = None
+        self._failure: OSError | None = None  # sticky: later blocks may not land
         self.base = 0  # file offset of the buffer's first byte (aligned)
         self.fill = 0  # bytes staged
         self._restart(offset)
@@ -150,10 +151,16 @@ class DirectWriter:
                 done += n
 
     def _wait(self) -> None:
-        """Wait for the writing thread; raise what it failed with."""
+        """Wait for the writing thread; raise what it failed with, now and
+        at every later call (the file has a hole where that block was)."""
         if self._writing is not None:
             writing, self._writing = self._writing, None
-            writing.result()
+            try:
+                writing.result()
+            except OSError as exc:
+                self._failure = exc
+        if self._failure is not None:
+            raise self._failure
 
     def _flush_tail(self) -> None:
         self._wait()

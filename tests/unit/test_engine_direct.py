@@ -153,3 +153,28 @@ async def test_a_partial_checkpoint_leaves_nothing_in_the_buffer(tmp_path: Path)
     digest = blake3.blake3(BIG).hexdigest()
     assert await f2.finish(digest) == (True, digest)
     assert (tmp_path / "f").read_bytes() == BIG
+
+
+def test_a_failed_block_fails_every_later_write_and_flush(tmp_path: Path) -> None:
+    """A block the disk refused leaves a hole: nothing after it may be
+    reported written (a checkpoint would acknowledge the hole). Here the
+    direct descriptor is read-only, so the kernel refuses the block (EBADF)."""
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    probe = DirectWriter.open(fd, 0)
+    if probe is None:
+        os.close(fd)
+        pytest.skip("no O_DIRECT on this file system")
+    probe.close()
+    w = DirectWriter(fd, os.open(path, os.O_RDONLY | getattr(os, "O_DIRECT", 0)), 0)
+    try:
+        w.write(0, BIG[: 2 << 20])  # hands a block to the writing thread
+        with pytest.raises(OSError):
+            w.flush()
+        with pytest.raises(OSError):
+            w.write(2 << 20, BIG[2 << 20 : 4 << 20])
+        with pytest.raises(OSError):
+            w.flush()
+    finally:
+        w.close()
+        os.close(fd)
