@@ -35,7 +35,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 ALIGN = 4096  # covers 512- and 4096-byte logical blocks
-STAGE_BYTES = 4 << 20  # the staging buffer
+STAGE_BYTES = 2 << 20  # each of the two staging buffers (4 MiB per file being received)
 FLUSH_AT = 1 << 20  # write the aligned part once this much is staged
 DIRECT_MIN = 8 << 20  # smaller files go through the page cache as before
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
