@@ -41,6 +41,14 @@ DIRECT_MIN = 8 << 20  # smaller files go through the page cache as before
 _O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
+def _pwrite(fd: int, data: memoryview, offset: int) -> int:
+    """``os.pwrite`` that never reports zero bytes (a loop would not end)."""
+    n = os.pwrite(fd, data, offset)
+    if n <= 0:
+        raise OSError(errno.EIO, "the file took no bytes")
+    return n
+
+
 def _reopen_direct(fd: int, flags: int) -> int | None:
     """A second descriptor of the file open as ``fd``, with O_DIRECT, or
     None where that is not available."""
@@ -137,10 +145,10 @@ class DirectWriter:
             done, k = 0, len(blocks)
             while done < k:
                 if self._dfd < 0:
-                    done += os.pwrite(self.fd, blocks[done:], offset + done)
+                    done += _pwrite(self.fd, blocks[done:], offset + done)
                     continue
                 try:
-                    n = os.pwrite(self._dfd, blocks[done:], offset + done)
+                    n = _pwrite(self._dfd, blocks[done:], offset + done)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
@@ -158,7 +166,9 @@ class DirectWriter:
             try:
                 writing.result()
             except OSError as exc:
-                self._failure = exc
+                # Without its traceback: the writing thread's frames hold
+                # views of a staging buffer, which could not be closed.
+                self._failure = exc.with_traceback(None)
         if self._failure is not None:
             raise self._failure
 
@@ -166,7 +176,7 @@ class DirectWriter:
         self._wait()
         pos = 0
         while pos < self.fill:
-            pos += os.pwrite(self.fd, self._view[pos : self.fill], self.base + pos)
+            pos += _pwrite(self.fd, self._view[pos : self.fill], self.base + pos)
 
     def flush(self) -> None:
         """Put every staged byte in the file (not yet durable: fsync next)."""
@@ -186,8 +196,11 @@ class DirectWriter:
             self._pool.shutdown()
             self._close_direct()
             for view, mm in zip(self._views, self._mms, strict=True):
-                view.release()
-                mm.close()
+                # A view still held elsewhere (an exception's frames) keeps
+                # its buffer until it goes; nothing else is left to do.
+                with contextlib.suppress(BufferError):
+                    view.release()
+                    mm.close()
 
 
 def direct_reader(fd: int) -> DirectRead | None:
