@@ -23,12 +23,14 @@ as they are); the ``async`` ones run the blocking parts in a thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from .direct import DIRECT_MIN, DirectWriter
 from .hashing import Hasher, hash_prefix, new_hasher
 
 
@@ -175,7 +177,10 @@ class LengthCheckpoints:
 class PartialFile:
     """One file being received into ``place``; see the module docstring.
 
-    ``done`` is the offset up to which bytes were written (and hashed)."""
+    ``done`` is the offset up to which bytes were written (and hashed).
+    A file of at least DIRECT_MIN bytes is written around the page cache
+    (:mod:`.direct`): its last bytes may wait in a buffer until
+    :meth:`sync`, :meth:`publish` or :meth:`close` puts them in the file."""
 
     def __init__(self, place: Place, store: CheckpointStore, size: int) -> None:
         self.place = place
@@ -184,6 +189,7 @@ class PartialFile:
         self.fd = -1
         self.done = 0
         self.hasher: Hasher = new_hasher()
+        self._direct: DirectWriter | None = None
 
     @property
     def is_open(self) -> bool:
@@ -201,6 +207,8 @@ class PartialFile:
         try:
             os.ftruncate(self.fd, checkpoint)
             self.hasher = hash_prefix(self.fd, checkpoint) if checkpoint else new_hasher()
+            if self.size >= DIRECT_MIN:
+                self._direct = DirectWriter.open(self.fd, checkpoint)
             opened = True
         finally:
             if not opened:
@@ -210,6 +218,11 @@ class PartialFile:
     def write(self, offset: int, data: bytes | memoryview) -> None:
         """Write ``data`` at ``offset`` (the end of what was written) and
         feed the hasher; OSError as the disk reports it."""
+        if self._direct is not None:
+            self._direct.write(offset, data)
+            self.hasher.update(data)
+            self.done = offset + len(data)
+            return
         n = os.pwrite(self.fd, data, offset)
         if n < len(data):  # rare: a signal, or a disk filling up; go on or fail
             view = memoryview(data)
@@ -218,7 +231,14 @@ class PartialFile:
         self.hasher.update(data)
         self.done = offset + len(data)
 
+    def flush(self) -> None:
+        """Put bytes still buffered (see the class docstring) in the file."""
+        if self._direct is not None:
+            self._direct.flush()
+
     def sync(self) -> None:
+        """Make every byte written durable."""
+        self.flush()
         os.fsync(self.fd)
 
     def verify(self, digest: str) -> tuple[bool, str]:
@@ -228,6 +248,8 @@ class PartialFile:
 
     def publish(self, mode: int | None = None, mtime: float | None = None) -> None:
         """Rename the (verified) partial into place; the file is closed."""
+        self.flush()
+        self._close_direct()
         fd, self.fd = self.fd, -1
         self.place.publish(fd, mode, mtime)
 
@@ -252,7 +274,17 @@ class PartialFile:
         self.close()
         self.place.remove()
 
+    def _close_direct(self) -> None:
+        if self._direct is not None:
+            direct, self._direct = self._direct, None
+            direct.close()
+
     def close(self) -> None:
+        if self._direct is not None:
+            # What was written stays in the partial (a resume keeps it).
+            with contextlib.suppress(OSError):
+                self._direct.flush()
+            self._close_direct()
         if self.fd >= 0:
             fd, self.fd = self.fd, -1
             os.close(fd)
@@ -273,7 +305,7 @@ class PartialFile:
 
     async def checkpoint(self, offset: int) -> None:
         """Make the bytes below ``offset`` durable, then record it."""
-        await asyncio.to_thread(os.fsync, self.fd)
+        await asyncio.to_thread(self.sync)
         await self.store.save(offset)
 
     async def finish(
@@ -282,7 +314,7 @@ class PartialFile:
         """Sync and verify; publish if the digest matches, else discard.
         Returns (verified, the digest of what was received). The store is
         left to the caller (a hub records the published file with it)."""
-        await asyncio.to_thread(os.fsync, self.fd)
+        await asyncio.to_thread(self.sync)
         ok, actual = self.verify(digest)
         if not ok:
             await self.discard()

@@ -47,6 +47,7 @@ from ..protocol.stream import (
 )
 from ..tasks import Supervisor
 from ..transport.channel import Port
+from .direct import DIRECT_MIN, direct_reader
 from .hashing import Hasher, hash_prefix
 from .pipeline import ReadAhead
 
@@ -72,16 +73,19 @@ class Source(Protocol):
 
 
 class FileSource:
-    """A regular file opened for sending."""
+    """A regular file opened for sending. With ``direct`` a large one is
+    read around the page cache (:func:`~.direct.direct_reader`): for a file
+    that is most likely not cached, such as one a hub received."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, direct: bool = False) -> None:
         self.fd = os.open(path, os.O_RDONLY)
         st = os.fstat(self.fd)
         self.size = st.st_size
         self.mtime = st.st_mtime
+        self._direct = direct_reader(self.fd) if direct and self.size >= DIRECT_MIN else None
 
     def read(self, offset: int, n: int) -> bytes:
-        data = os.pread(self.fd, n, offset)
+        data = self._direct(offset, n) if self._direct is not None else os.pread(self.fd, n, offset)
         if len(data) != n:
             raise SourceChanged("the file shrank while it was being sent")
         return data
@@ -90,6 +94,8 @@ class FileSource:
         return hash_prefix(self.fd, length)
 
     def close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         os.close(self.fd)
 
 

@@ -331,7 +331,7 @@ class StreamService:
             err = NotFound(f"no file named {name!r} on the hub")
             await port.send(m.Abort(sid=pull.sid, code=err.code, message=err.message))
             return
-        source = FileSource(path)
+        source = FileSource(path, direct=True)  # received around the page cache
         key = f"pull:{user.id}:{pull.sid}"
         self.bandwidth.register(key)
         sender = StreamSender(
