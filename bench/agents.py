@@ -246,6 +246,7 @@ def _timed(cmd: list[str], servers: list[int], env: dict[str, str] | None = None
 
 def tree_cmd(args: argparse.Namespace) -> Report:
     push = args.direction == "push"
+    pull = args.direction == "pull"
     size = parse_size(args.file_size)
     base = args.tmp / f"tree-{args.files}x{size}-{args.dirs}"
     src = make_tree(base, args.files, size, args.dirs)
@@ -268,6 +269,9 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                 "scp": ["scp", "-r", "-q", *ssh.ssh_opts(), "-P", str(ssh.port), ssh.remote(src), "DEST/"],
                 "rsync": ["rsync", "-a", "-e", ssh_cmd, ssh.remote(src), "DEST/"],
             }  # fmt: skip
+            if pull:  # the tree on the hub (pushed once, untimed), pulled back each round
+                freight_cli(agent.hub.cfg, "push", str(src), "--quiet")
+                commands["freight"] = [str(FREIGHT), "pull", f"{src.name}/", "DEST/", "--json", "--quiet"]  # fmt: skip
             if push:  # the other way: from here to the hub, or to the sshd
                 commands = {
                     "freight": [str(FREIGHT), "push", str(src), "--as", "AS", "--json", "--quiet"],
@@ -299,7 +303,7 @@ def tree_cmd(args: argparse.Namespace) -> Report:
                         if push:  # the hub's copy of the tree, as the hub stored it
                             (stored,) = (agent.hub.data / "files").glob(f"*/r{rnd}")
                             stored.rename(dest / src.name)
-                        else:
+                        elif not pull:
                             summary = json.loads(out.strip().splitlines()[-1])
                             inner.append(float(summary["seconds"]))
                     else:
@@ -326,7 +330,10 @@ def tree_cmd(args: argparse.Namespace) -> Report:
 
     files, nbytes = want[0], want[1]
     med = {t: statistics.median(v) for t, v in times.items()}
-    what = "`freight push DIR` to the hub" if push else "`freight cp -r` from an agent"
+    what = {
+        "push": "`freight push DIR` to the hub",
+        "pull": "`freight pull DIR/` from the hub",
+    }.get(args.direction, "`freight cp -r` from an agent")
     rep = Report(
         f"{what} vs `scp -r` and `rsync -a`: {files:,} files of "
         f"{human(size)} in {args.dirs} folders, {args.rounds} round(s)",
@@ -340,6 +347,12 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         "OpenSSH 9)",
         "rsync": "`rsync -a -e ssh` from the same sshd",
     }
+    if pull:
+        notes["freight"] = (
+            "`freight pull tree/ DEST/` (admin; hub on 127.0.0.1; the tree pushed once before, "
+            "untimed; every file checked against the hub's BLAKE3 and made durable before it "
+            "takes its place)"
+        )
     if push:
         notes = {
             "freight": "`freight push DIR --as rN` (admin; hub on 127.0.0.1, each file durable "
@@ -379,7 +392,7 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         rep.failed |= not ok
         rep.targets.append(
             [
-                f"`{'freight push DIR' if push else 'freight cp -r AGENT:/tree ./dest/'}`, "
+                f"{what}, "
                 f"{files:,} x {human(size)} files: "
                 f"≥ {factor:g}x `{'scp -r' if peer == 'scp' else 'rsync -a'}` (ssh, loopback)",
                 f"{med['freight']:.2f} s vs {med[peer]:.2f} s "
@@ -940,8 +953,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     tr.add_argument("--dirs", type=int, default=100)
     tr.add_argument("--rounds", type=int, default=3)
     tr.add_argument("--tools", default="freight,scp,rsync")
-    tr.add_argument("--direction", choices=("get", "push"), default="get",
-                    help="get: `cp -r AGENT:…` from an agent; push: `push DIR` to the hub")  # fmt: skip
+    tr.add_argument("--direction", choices=("get", "push", "pull"), default="get",
+                    help="get: `cp -r AGENT:…` from an agent; push: `push DIR` to the hub; "
+                         "pull: `pull DIR/` from the hub")  # fmt: skip
     tr.add_argument("--py-spy", type=Path, metavar="DIR",
                     help="profile freight cp, the agent and the hub (raw py-spy files; "
                     "slows freight down)")  # fmt: skip

@@ -79,17 +79,23 @@ rc=0
 log "(1) freight cp -r vs scp -r vs rsync -a: $FILES x $FILE_SIZE files, $ROUNDS round(s)"
 "$PY" "$BENCH_DIR/agents.py" tree --files "$FILES" --file-size "$FILE_SIZE" --dirs "$DIRS" \
     --rounds "$ROUNDS" --out "$RESULTS/tree.json" || rc=1
+log "(1b) freight push DIR vs scp -r vs rsync -a to the same sshd: $FILES x $FILE_SIZE files"
+"$PY" "$BENCH_DIR/agents.py" tree --files "$FILES" --file-size "$FILE_SIZE" --dirs "$DIRS" \
+    --rounds "$ROUNDS" --direction push --out "$RESULTS/tree-push.json" || rc=1
+log "(1c) freight pull DIR/ vs scp -r vs rsync -a from the same sshd: $FILES x $FILE_SIZE files"
+"$PY" "$BENCH_DIR/agents.py" tree --files "$FILES" --file-size "$FILE_SIZE" --dirs "$DIRS" \
+    --rounds "$ROUNDS" --direction pull --out "$RESULTS/tree-pull.json" || rc=1
 
 log "(2) one hub, $AGENTS idle agents from $WORKERS processes, $IDLE s idle, heartbeats only"
 # The hub and the clients inherit the open-file limit agents.py raises.
 "$PY" "$BENCH_DIR/agents.py" idle --agents "$AGENTS" --workers "$WORKERS" --idle "$IDLE" \
     --out "$RESULTS/idle.json" || rc=1
-PARTS=tree,idle
+PARTS=tree,tree-push,tree-pull,idle
 if [ "$POLL" != 0 ]; then
     log "(2b) the same with a policy poll every $POLL s per agent, as freight agent run does"
     "$PY" "$BENCH_DIR/agents.py" idle --agents "$AGENTS" --workers "$WORKERS" --idle "$IDLE" \
         --poll-policies "$POLL" --out "$RESULTS/idle-poll.json" || rc=1
-    PARTS=tree,idle,idle-poll
+    PARTS=tree,tree-push,tree-pull,idle,idle-poll
 fi
 
 CMDLINE="$(printf '%q ' bash bench/agents.sh "${ORIG_ARGS[@]}")"
