@@ -384,7 +384,12 @@ def tree_cmd(args: argparse.Namespace) -> Report:
         f"Scratch filesystem: {fs_type(args.tmp)}; {versions.get('openssh', '?')}; "
         f"{versions.get('rsync', '?')}."
     )
-    for peer, factor in (("scp", 1.0), ("rsync", 1.0)) if push else (("scp", 2.0), ("rsync", 1.0)):
+    factors = (
+        (("scp", 2.0), ("rsync", 1.0))
+        if args.direction == "get"
+        else (("scp", 1.0), ("rsync", 1.0))
+    )
+    for peer, factor in factors:
         if "freight" not in med or peer not in med:
             continue
         ratio = med[peer] / med["freight"]

@@ -52,9 +52,10 @@ from .options import (
 )
 from .session import HubSession, Link
 
-# Batches of small files sent at once (one reads while the other waits for
-# the hub's ack).
-BATCHES_IN_FLIGHT = 2
+# Batches of small files in flight at once. One: a second did not shorten a
+# push of 10,000 small files here (11.2-11.7 s either way, 2 runs each) and
+# took 60 % more CPU (the hub's two writers contend in the file system).
+BATCHES_IN_FLIGHT = 1
 # Errors after which trying again can help: the network, not the request.
 RETRYABLE = (NetworkError, ChannelClosed, ConnectionError, TimeoutError, OSError)
 
