@@ -130,6 +130,23 @@ def test_batches_survive_a_connection_cut_every_few_hundred_kib(tmp_path: Path, 
         assert hub_file(hub, name).read_bytes() == path.read_bytes(), name
 
 
+def answer_to(client: Client, msg: m.Message, payload: bytes) -> m.AnyMessage:
+    """The hub's answer to one frame sent by hand on a raw control channel
+    with ``client``'s login."""
+
+    async def go() -> m.AnyMessage:
+        session, ws, welcome = await attach(client.hub, token_of(client))
+        try:
+            assert isinstance(welcome, m.Welcome)
+            await ws.send_bytes(encode_frame(msg, payload))
+            return await recv_frame(ws)
+        finally:
+            await ws.close()
+            await session.close()
+
+    return asyncio.run(go())
+
+
 ENTRY = BatchEntry(name="ok.txt", size=5, mtime=1.0, digest=blake3.blake3(b"hello").hexdigest())
 
 
@@ -170,20 +187,8 @@ def test_a_hostile_batch_request_gets_nothing_it_may_not_have(
     # The admin holds secret.txt; bob holds a file too big for a batch.
     shared_client.run("push", str(random_file(tmp_path / "secret.txt", 100)), "--quiet")
     bob.run("push", str(random_file(tmp_path / "big.bin", 300 * KiB)), "--quiet")
-    hub = shared_client.hub
-
-    async def go() -> m.AnyMessage:
-        session, ws, welcome = await attach(hub, token_of(bob))
-        try:
-            assert isinstance(welcome, m.Welcome)
-            payload = json.dumps(names).encode()
-            await ws.send_bytes(encode_frame(m.GetFiles(sid="g1", len=len(payload)), payload))
-            return await recv_frame(ws)
-        finally:
-            await ws.close()
-            await session.close()
-
-    answer = asyncio.run(go())
+    payload = json.dumps(names).encode()
+    answer = answer_to(bob, m.GetFiles(sid="g1", len=len(payload)), payload)
     assert isinstance(answer, m.Abort), answer
     assert (answer.code, text in answer.message) == (code, True), answer
 
@@ -204,19 +209,7 @@ def test_a_forged_batch_is_refused_and_stores_nothing(
     shared_client: Client, kind: str, code: str, text: str
 ) -> None:
     hub = shared_client.hub
-
-    async def go() -> m.AnyMessage:
-        session, ws, welcome = await attach(hub, token_of(shared_client))
-        try:
-            assert isinstance(welcome, m.Welcome)
-            msg, payload = forged(kind)
-            await ws.send_bytes(encode_frame(msg, payload))
-            return await recv_frame(ws)
-        finally:
-            await ws.close()
-            await session.close()
-
-    answer = asyncio.run(go())
+    answer = answer_to(shared_client, *forged(kind))
     assert isinstance(answer, m.Abort), answer
     assert (answer.code, text in answer.message) == (code, True), answer
     assert not list((hub.data / "files").rglob("ok.txt"))

@@ -30,16 +30,30 @@ DEADLINES = [
 ]
 
 
+# How many sockets open_from has connected (a test resets it first).
+CONNECTED = [0]
+
+
 async def open_from(
     hub: Hub, source: str, *, tls: bool
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    return await asyncio.open_connection(
+    opened = await asyncio.open_connection(
         "127.0.0.1",
         hub.port,
         local_addr=(source, 0),
         ssl=insecure_ssl() if tls else None,
         server_hostname="localhost" if tls else None,
     )
+    CONNECTED[0] += 1
+    return opened
+
+
+async def all_connected(count: int, timeout: float = 10.0) -> None:
+    """Until ``count`` sockets are connected (polled: they are other tasks)."""
+    deadline = time.monotonic() + timeout
+    while CONNECTED[0] < count:
+        assert time.monotonic() < deadline, f"only {CONNECTED[0]} of {count} sockets connected"
+        await asyncio.sleep(0.005)
 
 
 async def closed_after(reader: asyncio.StreamReader, started: float, limit: float) -> float | None:
@@ -133,13 +147,16 @@ def test_slow_sockets_are_closed_and_others_are_served(tmp_path: Path, hubs: obj
             "trickled_body": [trickled_body(hub, limit) for _ in range(2)],
             "idle_keepalive": [idle_keepalive(hub, limit) for _ in range(2)],
         }
+        CONNECTED[0] = 0
         tasks = {k: [asyncio.create_task(c) for c in v] for k, v in kinds.items()}
+        # All ten are in (long before their 1 s deadlines): the address is at
+        # its cap, so three more are closed at once.
+        await all_connected(10)
+        extra = [asyncio.create_task(silent(hub, limit)) for _ in range(3)]
         # A control channel that stays open much longer than the deadlines:
         # a request once under way has none of them.
         session, ws, welcome = await attach(hub, token_of(client))
         assert isinstance(welcome, m.Welcome)
-        await asyncio.sleep(0.5)  # all ten are in: the address is at its cap
-        extra = [asyncio.create_task(silent(hub, limit)) for _ in range(3)]
         # A normal client (another address) is served while they hang on.
         await asyncio.to_thread(client.run, "push", str(src), "--quiet")
         listing = await asyncio.to_thread(client.run, "ls", "--json")
