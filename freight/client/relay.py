@@ -49,7 +49,7 @@ from ..protocol.e2e import (
 )
 from ..protocol.errors import ProtocolError
 from ..protocol.relaycodes import HangupCode, RefusalCode
-from ..protocol.relayend import MAX_MESSAGE, RECORD_EOF, RECORD_MESSAGE
+from ..protocol.relayend import MAX_MESSAGE, RECORD_EOF, RECORD_MESSAGE, EndState
 from ..protocol.retry import RetryPolicy, RetryState
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed, FrameChannel
@@ -76,6 +76,7 @@ __all__ = [
 
 CODE_APP_PREFIX = "code:"
 EARLY_LIMIT = 16 * 1024 * 1024
+EARLY_COST = 256  # what a kept record counts beyond its payload (empty ones count too)
 
 
 def backoff_delays() -> tuple[float, float]:
@@ -374,11 +375,14 @@ class RelayClient:
     async def _dispatch(self, msg: m.AnyMessage, payload: bytes) -> None:
         if isinstance(msg, m.Relay):
             conn = self.conns.get(msg.cid)
-            if conn is not None:
+            # A connection not linked yet (its Linked comes on the control
+            # channel, records may come first on the lane) keeps the records
+            # until it is, like one this client has not heard of yet.
+            if conn is not None and conn.end.state is not EndState.IDLE:
                 await conn.on_relay(msg, payload)
-            elif self._early_bytes + len(payload) <= EARLY_LIMIT:
+            elif self._early_bytes + len(payload) + EARLY_COST <= EARLY_LIMIT:
                 self._early.setdefault(msg.cid, []).append((msg, payload))
-                self._early_bytes += len(payload)
+                self._early_bytes += len(payload) + EARLY_COST
             return
         rid = getattr(msg, "rid", "")
         if isinstance(msg, m.Linked):
@@ -388,6 +392,7 @@ class RelayClient:
             if conn is not None:
                 conn.set_paused(isinstance(msg, m.Pause))
         elif isinstance(msg, m.Hangup):
+            self._forget_early(msg.cid)
             conn = self.conns.pop(msg.cid, None)
             if conn is not None:
                 conn.on_hangup(msg)
@@ -406,6 +411,12 @@ class RelayClient:
                 raise ChannelClosed(exc.message)
         if rid and rid in self._futures and not self._futures[rid].done():
             self._futures[rid].set_result(msg)
+
+    def _forget_early(self, cid: str) -> list[tuple[m.Relay, bytes]]:
+        """The records kept for ``cid`` before its Linked, forgotten here."""
+        kept = self._early.pop(cid, [])
+        self._early_bytes -= sum(len(p) + EARLY_COST for _, p in kept)
+        return kept
 
     async def _on_linked(self, msg: m.Linked) -> None:
         conn = self.conns.get(msg.cid)
@@ -426,8 +437,7 @@ class RelayClient:
         if conn is not None:
             try:
                 await conn.on_linked(msg)
-                for early, payload in self._early.pop(msg.cid, []):
-                    self._early_bytes -= len(payload)
+                for early, payload in self._forget_early(msg.cid):
                     await conn.on_relay(early, payload)
             except FreightError as exc:
                 await conn.abort(exc.code, exc.message)

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from freight.client.config import ClientConfig
-from freight.client.relay import Connection, Listener, RelayClient
+from freight.client.relay import Connection, Listener, RelayClient, _code_handshake
 from freight.client.session import HubSession
 from freight.errors import CodeBurned, ConnectionEnded, SenderRestarted
 from freight.protocol import messages as m
@@ -359,3 +359,34 @@ async def test_a_sender_whose_writes_never_block_still_sees_pause_in_time(
     await asyncio.gather(pusher, return_exceptions=True)
     assert dialer.paused
     assert sent <= 2, f"{sent} records went after Pause had arrived"
+
+
+async def test_a_handshake_record_that_overtakes_linked_waits_for_it(tmp_path: Path) -> None:
+    # The claimant's Linked comes on the control channel, the sender's first
+    # SPAKE2 message on the lane, read by another task: the record may
+    # arrive first. It waits for Linked instead of ending the connection.
+    sender = Recorder(
+        RelayClient(
+            HubSession("https://127.0.0.1:9", fingerprint=HUB_FP), ClientConfig(tmp_path / "s")
+        )
+    )
+    offering(sender)
+    claimant = Recorder(
+        RelayClient(
+            HubSession("https://127.0.0.1:9", fingerprint=HUB_FP), ClientConfig(tmp_path / "c")
+        )
+    )
+    cid = secrets.token_hex(12)
+    conn = Connection(claimant.client, cid, DIAL, "alice", APP, _code_handshake(CODE))
+    claimant.client.conns[cid] = conn
+    await sender.deliver(linked(cid, ACCEPT, peer="bob"))
+    early = sender.take(cid)
+    assert early  # the sender spoke first
+    for msg, payload in early:
+        await claimant.deliver(msg, payload)  # before the claimant's own Linked
+    assert conn.error is None and not claimant.take(cid, m.Hangup)
+    await claimant.deliver(linked(cid, DIAL, peer="alice"))
+    await shuttle(claimant, sender, cid)
+    assert conn.established.is_set() and conn.error is None
+    for client in (sender, claimant):
+        await client.client.session.aclose()
