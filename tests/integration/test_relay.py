@@ -666,9 +666,16 @@ async def test_sdk_messages_arrive_in_order_and_eof_after_close(admin: Client, b
 
         # The same two clients carry another connection afterwards.
         a2, b2 = await pair(ca, cb, "sdk-chat-2")
-        async with a2:
-            await a2.send(b"again")
-        assert [m async for m in b2] == [b"again"]
+
+        async def send_and_close() -> None:
+            async with a2:  # close() waits until b2 has taken everything
+                await a2.send(b"again")
+
+        async def read_all() -> list[bytes]:
+            return [m async for m in b2]
+
+        _, got = await asyncio.wait_for(asyncio.gather(send_and_close(), read_all()), 10)
+        assert got == [b"again"] and a2.closed
 
 
 @pytest.mark.usefixtures("fast_env")
