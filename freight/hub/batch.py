@@ -73,6 +73,15 @@ async def put_files(
 ) -> None:
     """Store one batch and answer it (ack, or Abort with a typed code)."""
     started = time.monotonic()
+    # A batch sent again while the hub still stores the first attempt (the
+    # connection broke meanwhile) waits for it: both write the same partials.
+    key = (user.id, msg.sid)
+    old = service.receiving.get(key)
+    if old is not None and not old.done():
+        await asyncio.wait([old])  # how it ended is its own task's business
+    me = asyncio.current_task()
+    assert me is not None
+    service.receiving[key] = me
     try:
         stored = await _store(service, user, msg, payload)
     except FreightError as exc:
@@ -82,15 +91,18 @@ async def put_files(
         )
         await port.send(m.Abort(sid=msg.sid, code=exc.code, message=exc.message))
         return
+    finally:
+        if service.receiving.get(key) is me:
+            del service.receiving[key]
     size = sum(f[1] for f in stored)
     service.metrics.bytes_received.inc(size)
     service.metrics.streams.labels("end").inc(len(stored))
-    key = f"batch:{user.id}:{msg.sid}"
-    service.bandwidth.register(key)
+    budget = f"batch:{user.id}:{msg.sid}"
+    service.bandwidth.register(budget)
     try:
-        rate = service.bandwidth.rate_for(key, _minute_of_day())
+        rate = service.bandwidth.rate_for(budget, _minute_of_day())
     finally:
-        service.bandwidth.unregister(key)
+        service.bandwidth.unregister(budget)
     await port.send(m.PutFilesAck(sid=msg.sid, stored=len(stored), rate=rate))
     await service.events.emit(
         "batch_end",

@@ -272,7 +272,8 @@ class StreamService:
         self.metrics = metrics
         self.checkpoint_interval = checkpoint_interval
         self.log: Any = events.log
-        self._receiving: dict[tuple[int, str], asyncio.Task[Any]] = {}
+        # (user, stream or batch id) -> the task receiving it (one at a time)
+        self.receiving: dict[tuple[int, str], asyncio.Task[Any]] = {}
         self.quota_lock = asyncio.Lock()
 
     async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
@@ -303,21 +304,21 @@ class StreamService:
         key = (user.id, start.sid)
         # A sender that comes back while its old connection still looks alive
         # (half-open TCP) takes over: the old receiver must stop writing first.
-        old = self._receiving.get(key)
+        old = self.receiving.get(key)
         if old is not None and not old.done():
             old.cancel()
             await asyncio.wait([old])  # how it ended is its own task's business
         me = asyncio.current_task()
         assert me is not None
-        self._receiving[key] = me
+        self.receiving[key] = me
         receiver = StreamReceiver(start.sid, checkpoint_interval=self.checkpoint_interval)
         sink = HubSink(self, user, start.sid)
         try:
             await run_receiver(port, receiver, sink, start)
         finally:
             sink.close()
-            if self._receiving.get(key) is me:
-                del self._receiving[key]
+            if self.receiving.get(key) is me:
+                del self.receiving[key]
 
     async def _pull(self, user: User, port: Port, pull: m.Pull) -> None:
         try:
