@@ -4,6 +4,7 @@ random payloads that may only fail with a typed protocol error."""
 from __future__ import annotations
 
 import blake3
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -83,7 +84,11 @@ def test_random_requests_fail_only_with_a_protocol_error(payload: bytes) -> None
         names = decode_request(payload)
     except RemoteProtocolError:
         return
-    assert 1 <= len(names) == len(set(names)) <= MAX_BATCH_FILES
+    # What decodes is what was sent, and a request the hub can serve.
+    assert names == msgspec.json.decode(payload)
+    assert names, "an empty request decoded"
+    assert len(set(names)) == len(names), "a name twice decoded"
+    assert len(names) <= MAX_BATCH_FILES
 
 
 def test_a_request_round_trips_and_is_bounded() -> None:
