@@ -97,6 +97,58 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     (m.Command(id=7, kind="list_dir", args='{"path": "/data"}'), b""),
     (m.CommandAck(id=7), b""),
     (m.CommandResult(id=7, ok=True, result='{"entries": []}'), b""),
+    # Messaging: a host announcing itself, resolving, sending, delivering.
+    (
+        m.MsgHello(
+            rid="r8",
+            key="1a" * 32,
+            sig="2b" * 64,
+            identity="3c" * 32,
+            regs=[
+                m.MsgReg(app="sensors", interest=0xFFFF0000),
+                m.MsgReg(app="x", interest=1, peer="bob"),
+            ],
+        ),
+        b"",
+    ),
+    (m.MsgResolve(rid="r9", dest="*", app="sensors", type=0x00120000), b""),
+    (
+        m.MsgRoute(
+            rid="r9",
+            hosts=[
+                m.MsgHostInfo(
+                    hid="4d" * 16,
+                    account="lab-pc-7",
+                    key="1a" * 32,
+                    sig="2b" * 64,
+                    identity="3c" * 32,
+                )
+            ],
+        ),
+        b"",
+    ),
+    (m.MsgRoute(rid="r10", reason="no_interest", message="no registered interest matches"), b""),
+    (
+        m.MsgSend(
+            id="5e" * 16, to="4d" * 16, app="sensors", type=1, from_ticket="4d" * 16 + ".1f", len=44
+        ),
+        b"\x07" * 44,
+    ),
+    (
+        m.MsgDeliver(
+            id="5e" * 16,
+            frm="6f" * 16,
+            account="admin",
+            app="sensors",
+            type=0xFFFFFFFF,
+            ticket="4d" * 16 + ".2",
+            reply_to="70" * 16,
+            len=29,
+        ),
+        b"\x00" * 29,
+    ),
+    (m.MsgResult(id="5e" * 16, host="4d" * 16, count=2), b""),
+    (m.MsgResult(id="5e" * 16, reason="busy", message="sensors is not keeping up"), b""),
 ]
 
 ALL_MESSAGE_TYPES: tuple[type[m.Message], ...] = typing.get_args(m.AnyMessage)
