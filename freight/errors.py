@@ -16,7 +16,8 @@ parent's exit code; the module where it is not this one).
     │   │   ├── FlowViolation                     protocol.e2e
     │   │   ├── MalformedTransfer                 protocol.sendrecv
     │   │   ├── MalformedFileMessage              protocol.files
-    │   │   └── AttachError                       protocol.numbered
+    │   │   ├── AttachError                       protocol.numbered
+    │   │   └── BadHostKey                        protocol.msgkeys
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
