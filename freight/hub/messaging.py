@@ -38,6 +38,7 @@ from ..protocol.msgdirectory import (
     Directory,
     Host,
     Taken,
+    Throttle,
 )
 from ..protocol.msgkeys import BadHostKey, verify_host_key
 from .dispatch import Dispatcher, Link, Scope
@@ -45,48 +46,14 @@ from .observe import EventLog, Metrics
 from .relay import Attachment, Router
 from .requests import current_user
 
-__all__ = ["MESSAGING", "Messaging", "Throttle", "add_routes"]
+__all__ = ["MESSAGING", "Messaging", "add_routes"]
 
 REFUSAL_WINDOW = 60.0  # seconds: one refusal event per (account, reason)
 REGS_WINDOW = 5.0  # seconds: one registration event per host
-MAX_THROTTLED = 10_000  # keys a throttle remembers
 
 # Error codes answering a MsgHello (with its rid).
 UNKNOWN_IDENTITY = "unknown_identity"
 HOST_TAKEN = "host_taken"
-
-
-class Throttle:
-    """At most one event per key per ``window`` seconds: :meth:`note` says
-    when to emit one and how many occurrences it stands for (this one and
-    those held back since the last). Remembers at most ``cap`` keys; beyond
-    that, occurrences of new keys within the window of every other key are
-    only counted in ``dropped``."""
-
-    def __init__(self, window: float, cap: int = MAX_THROTTLED) -> None:
-        self.window = window
-        self.cap = cap
-        self._seen: dict[Any, tuple[float, int]] = {}  # key -> (last emitted, held back)
-        self.dropped = 0
-
-    def note(self, key: Any, now: float) -> int:
-        """0: hold this one back; n > 0: emit an event counting n."""
-        last = self._seen.get(key)
-        if last is not None and now - last[0] < self.window:
-            self._seen[key] = (last[0], last[1] + 1)
-            return 0
-        if last is None and len(self._seen) >= self.cap:
-            self._prune(now)
-            if len(self._seen) >= self.cap:
-                self.dropped += 1
-                return 0
-        self._seen[key] = (now, 0)
-        return 1 + (last[1] if last is not None else 0)
-
-    def _prune(self, now: float) -> None:
-        for key, (at, held) in list(self._seen.items()):
-            if now - at >= self.window and not held:
-                del self._seen[key]
 
 
 class Messaging:

@@ -26,7 +26,7 @@ sends it again).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -39,6 +39,7 @@ MAX_INFLIGHT: Final = 4096  # messages in flight per host, each way
 MAX_INFLIGHT_BYTES: Final = 8 * 1024 * 1024  # payload bytes in flight per host, each way
 DEFAULT_WARMUP: Final = 10.0  # seconds after start when empty routes answer retry
 HOST_PREFIX: Final = "host:"
+MAX_THROTTLED: Final = 10_000  # keys a Throttle remembers
 
 # Reasons (MsgRoute.reason, MsgResult.reason).
 NO_HOST: Final = "no_host"
@@ -406,3 +407,39 @@ class Directory:
         return [
             h for h in hosts if h.account == account or any(admits(r.peer, account) for r in h.regs)
         ]
+
+
+class Throttle:
+    """At most one event per key per ``window`` seconds, so a flood cannot
+    fill the event table: :meth:`note` says when to emit one and how many
+    occurrences it stands for (this one and those held back since the last
+    event of its key). Remembers at most ``cap`` keys: when full, keys whose
+    window has passed are forgotten (what they held back is counted in
+    ``dropped``), and while every key is within its window the occurrences
+    of new keys are only counted there."""
+
+    def __init__(self, window: float, cap: int = MAX_THROTTLED) -> None:
+        self.window = window
+        self.cap = cap
+        self._seen: dict[Hashable, tuple[float, int]] = {}  # key -> (last emitted, held back)
+        self.dropped = 0
+
+    def note(self, key: Hashable, now: float) -> int:
+        """0: hold this one back; n > 0: emit an event counting n."""
+        last = self._seen.get(key)
+        if last is not None and now - last[0] < self.window:
+            self._seen[key] = (last[0], last[1] + 1)
+            return 0
+        if last is None and len(self._seen) >= self.cap:
+            self._prune(now)
+            if len(self._seen) >= self.cap:
+                self.dropped += 1
+                return 0
+        self._seen[key] = (now, 0)
+        return 1 + (last[1] if last is not None else 0)
+
+    def _prune(self, now: float) -> None:
+        for key, (at, held) in list(self._seen.items()):
+            if now - at >= self.window:
+                del self._seen[key]
+                self.dropped += held

@@ -16,6 +16,7 @@ from freight.protocol.msgdirectory import (
     Directory,
     Hello,
     Taken,
+    Throttle,
     worst,
 )
 
@@ -473,3 +474,41 @@ def test_directory_matches_a_reference_model(
         route = d.resolve(sender, dest, app, type, 100.0)
         hosts, reason = model.resolve(sender, dest, app, type)
         assert ([h.hid for h in route.hosts], route.reason) == (hosts, reason)
+
+
+# --- the events' throttle --------------------------------------------------------------
+
+
+def test_throttle_emits_once_per_window_with_what_it_held_back() -> None:
+    t = Throttle(60.0)
+    assert t.note(("bob", "busy"), 0.0) == 1
+    assert [t.note(("bob", "busy"), s) for s in (1.0, 30.0, 59.9)] == [0, 0, 0]
+    assert t.note(("bob", "no_host"), 10.0) == 1  # another key has its own window
+    assert t.note(("bob", "busy"), 60.0) == 4  # this one and the three held back
+    assert t.note(("bob", "busy"), 61.0) == 0
+    assert t.note(("bob", "busy"), 200.0) == 2
+
+
+def test_throttle_remembers_a_bounded_number_of_keys() -> None:
+    t = Throttle(10.0, cap=3)
+    assert [t.note(k, 0.0) for k in "abc"] == [1, 1, 1]
+    assert t.note("a", 1.0) == 0
+    assert t.note("d", 5.0) == 0  # full, every key within its window
+    assert t.dropped == 1
+    assert t.note("d", 10.0) == 1  # a, b, c forgotten: a's held-back one is dropped
+    assert t.dropped == 2
+    assert t.note("a", 11.0) == 1
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.floats(0, 5)), max_size=60))
+def test_throttle_never_loses_count_and_never_exceeds_its_cap(
+    notes: list[tuple[int, float]],
+) -> None:
+    t = Throttle(2.0, cap=3)
+    now, emitted = 0.0, 0
+    for key, step in notes:
+        now += step
+        emitted += t.note(key, now)
+        assert len(t._seen) <= 3
+    held = sum(h for _, h in t._seen.values())
+    assert emitted + held + t.dropped == len(notes)
