@@ -28,6 +28,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
+from ..errors import Conflict, Forbidden
 from ..protocol import messages as m
 from ..protocol.msgdirectory import (
     BUSY,
@@ -51,9 +52,10 @@ __all__ = ["MESSAGING", "Messaging", "add_routes"]
 REFUSAL_WINDOW = 60.0  # seconds: one refusal event per (account, reason)
 REGS_WINDOW = 5.0  # seconds: one registration event per host
 
-# Error codes answering a MsgHello (with its rid).
-UNKNOWN_IDENTITY = "unknown_identity"
-HOST_TAKEN = "host_taken"
+# Error codes answering a MsgHello (with its rid), beside BadHostKey's: the
+# identity key is not the account's; the host id is another account's.
+UNKNOWN_IDENTITY = Forbidden.code
+HOST_TAKEN = Conflict.code
 
 
 class Messaging:
@@ -129,8 +131,8 @@ class Messaging:
                 m.Error(
                     rid=msg.rid,
                     code=HOST_TAKEN,
-                    message=f"host {hid} is attached for another account; "
-                    "a host key belongs to one account",
+                    message=f"host {hid} is attached for another account: a host key "
+                    "belongs to one account; give this host a key of its own",
                 ),
             )
             return

@@ -303,7 +303,7 @@ async def test_hello_is_refused_for_a_wrong_signature_or_an_unregistered_identit
     await bob.put(frame)
     answer = await bob.expect(lambda f: isinstance(f, m.Error | m.Done) and f.rid == "h2")
     assert isinstance(answer, m.Error)
-    assert answer.code == "unknown_identity"
+    assert answer.code == "forbidden"
     assert "not one of account 'bob'" in answer.message
     # Carol's registered identity does not make a host of bob's account.
     carol = await hosts("carol")
@@ -316,7 +316,7 @@ async def test_hello_is_refused_for_a_wrong_signature_or_an_unregistered_identit
     await bob.put(frame)
     answer = await bob.expect(lambda f: isinstance(f, m.Error | m.Done) and f.rid == "h3")
     assert isinstance(answer, m.Error)
-    assert answer.code == "unknown_identity"
+    assert answer.code == "forbidden"
     # None of these made a host.
     assert (await carol.resolve("host:" + bob.hid)).reason == "no_host"
     # The right one does; its key cannot then be announced by another account.
@@ -328,7 +328,7 @@ async def test_hello_is_refused_for_a_wrong_signature_or_an_unregistered_identit
     try:
         answer = await thief.hello([])
         assert isinstance(answer, m.Error)
-        assert answer.code == "host_taken"
+        assert answer.code == "conflict"
     finally:
         await thief.close()
 
