@@ -633,6 +633,7 @@ async def test_the_host_listing_shows_each_user_what_is_open_to_it(
     assert status == 200
     assert {h["hid"] for h in body["hosts"]} & ours == ours
     assert rest(msg_hub, "GET", "/v1/msg/hosts")[0] == 401
+    assert metric(msg_hub, "freight_msg_hosts") >= len(ours)
 
 
 async def test_events_record_registrations_and_refusals_at_a_bounded_rate(
