@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from freight.client.session import HubSession, open_channel
 from freight.protocol import messages as m
 from freight.protocol.frames import decode_frame, encode_frame, encode_header
 from freight.protocol.msgdirectory import MAX_INFLIGHT, MAX_INFLIGHT_BYTES, MAX_SEALED
@@ -567,6 +568,43 @@ async def test_the_in_flight_bound_answers_busy_and_the_hub_holds_no_more(
     mid = await sender2.send(big, bytes(MAX_SEALED + 1), app="bz-app")
     assert (await sender2.result(mid)).reason == "too_large"
     assert (await sender2.resolve("host:" + big.hid)).hosts[0].hid == big.hid
+
+
+async def test_a_host_attached_over_plain_http_takes_messages(
+    hosts: Callable[..., Any], msg_hub: Hub, people: Accounts
+) -> None:
+    """The HTTP long-poll fallback carries the same frames."""
+    token = people.token("admin")
+    host = RawHost(msg_hub, "admin", token, people.identity("admin"))
+    host.register_identity()
+    session = HubSession(msg_hub.url, fingerprint=msg_hub.fingerprint, token=token)
+    async with session:
+        chan, used = await open_channel(session, "http")
+        assert used == "http"
+
+        async def next_frame() -> tuple[m.AnyMessage, bytes]:
+            async with asyncio.timeout(SPACE_WAIT):
+                while True:
+                    msg, payload = await chan.recv()
+                    if not isinstance(msg, m.Ping):
+                        return msg, payload
+
+        try:
+            await chan.send(host.hello_frame([reg("http-app", 1)], rid="hh"))
+            done, _ = await next_frame()
+            assert isinstance(done, m.Done), done
+            sender = await hosts("bob", [])
+            route = await sender.resolve("admin", "http-app", 1)
+            assert [h.hid for h in route.hosts] == [host.hid]
+            mid = await sender.send(host, b"over http", app="http-app")
+            got, payload = await next_frame()
+            assert isinstance(got, m.MsgDeliver), got
+            assert (got.id, got.frm, payload) == (mid, sender.hid, b"over http")
+            await chan.send(m.MsgResult(id=mid, count=1))
+            res = await sender.result(mid)
+            assert (res.host, res.count) == (host.hid, 1)
+        finally:
+            await chan.aclose()
 
 
 # --- hostile frames ---------------------------------------------------------------
