@@ -5,6 +5,7 @@ open."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -82,7 +83,7 @@ def test_a_third_host_cannot_open() -> None:
         open_body(c_from_a, sealed, Header().bytes())
 
 
-CHANGES = {
+CHANGES: dict[str, Any] = {
     "mid": "f" * 32,
     "sender": "1" * 32,
     "receiver": "2" * 32,
