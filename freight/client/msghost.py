@@ -354,26 +354,29 @@ class MessageHost:
 
     async def _attempts(self, out: _Out) -> None:
         """Send until every host of the route has a final answer: again to
-        hosts that answered busy/retry (after a back-off) and to every host
-        not answered yet after a re-attach."""
+        hosts that answered busy/retry (after a back-off), and after a
+        re-attach to every host of the fresh route not answered yet."""
         row, tally = out.row, out.tally
         delay = FIRST_BACKOFF
         while True:
-            await asyncio.wait_for(self._announced.wait(), self._left(out))
+            left = self._left(out)
+            await asyncio.wait_for(self._announced.wait(), left)
+            left = self._left(out)
             peers, reason = await asyncio.wait_for(
-                self._routes.resolve(row.dest, row.app, row.type), self._left(out)
+                self._routes.resolve(row.dest, row.app, row.type), left
             )
             tally.route_reason = "" if peers else reason
             again, out.reattached = out.reattached, False
             out.changed.clear()
             in_flight = set(tally.waiting)
             by_hid = {p.hid: p for p in peers}
-            if again:  # hosts not answered yet, whether or not still routed
-                met = self._routes.peers
-                by_hid.update({h: met[h] for h in in_flight if h in met})
             if reason not in TRANSIENT:
-                for hid in tally.transient:  # gone from the route: its answer is final
+                # Gone from the route: a host we wait for (the hub forgot the
+                # message while we were away) or one to try again.
+                gone = tally.transient + (list(in_flight) if again else [])
+                for hid in gone:
                     if hid not in by_hid:
+                        tally.hosts[hid] = None
                         tally.record(hid, 0, reason or "no_host")
             for hid in tally.expect(by_hid):
                 if hid in in_flight and not again:
@@ -399,7 +402,9 @@ class MessageHost:
         header = aad(
             row.id, self.hid, peer.hid, row.type, row.app, row.ticket, row.from_ticket, row.reply_to
         )
+        sealed = seal_body(peer.send_key, row.body, header)
         frame = m.MsgSend(
+            len=len(sealed),
             id=row.id,
             to=peer.hid,
             app=row.app,
@@ -408,7 +413,7 @@ class MessageHost:
             from_ticket=row.from_ticket,
             reply_to=row.reply_to,
         )
-        await self.relay.send_frame(frame, seal_body(peer.send_key, row.body, header))
+        await self.relay.send_frame(frame, sealed)
 
     # --- what the hub pushes ------------------------------------------------------------------
 
