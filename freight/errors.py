@@ -57,8 +57,11 @@ parent's exit code; the module where it is not this one).
     │   ├── ConnectionEnded
     │   │   └── SenderRestarted
     │   ├── RelayRefused                          hub.relayconn
-    │   └── TransferRefused                       client.sendrecv
-    └── StorageError                     exit 8
+    │   ├── TransferRefused                       client.sendrecv
+    │   ├── Busy
+    │   └── NoRecipient                  exit 9
+    ├── StorageError                     exit 8
+    └── RegistrationRefused              exit 2   protocol.msgtables
 
 The error-code registry is ``registered()`` (from ``freight.protocol.errors``):
 each class with a ``code`` of its own registers it when it is defined, and a
@@ -94,6 +97,7 @@ __all__ = [
     "Aborted",
     "AuthError",
     "BadCredentials",
+    "Busy",
     "ConfigError",
     "Conflict",
     "DiskFull",
@@ -105,6 +109,7 @@ __all__ = [
     "LimitReached",
     "LocalProtocolError",
     "NetworkError",
+    "NoRecipient",
     "NotFound",
     "NotLoggedIn",
     "ProtocolError",
@@ -323,6 +328,27 @@ class SenderRestarted(ConnectionEnded):
     """The program offering the code started again (claim anew to resume)."""
 
     code = "sender_restarted"
+
+
+class Busy(RemoteError):
+    """The recipients' queues are full (a slow consumer): the message was
+    offered until its timeout and not taken."""
+
+    code = "busy"
+    hint = "send more slowly, or try again once the receiving application catches up"
+
+
+class NoRecipient(RemoteError):
+    """A message reached no recipient; ``reason`` says why (no_host,
+    no_app, no_interest, ticket_gone, or another reason the hub gave)."""
+
+    code = "no_recipient"
+    exit_code = 9
+    hint = "check the destination, the application name and the message type"
+
+    def __init__(self, message: str = "", *, hint: str | None = None, reason: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
 
 
 class StorageError(FreightError):

@@ -173,6 +173,12 @@ class RelayClient:
         self.hello = f"freight/{__version__}"  # how we introduce ourselves
         # Frames the relay does not know (an agent's commands) go here.
         self.on_other: Callable[[m.AnyMessage], Awaitable[None]] | None = None
+        # Messaging frames the hub pushes (MsgDeliver, MsgResult) and their
+        # payload go here; answers with a rid go to request() as usual.
+        self.on_message: Callable[[m.AnyMessage, bytes], Awaitable[None]] | None = None
+        # Started (as a task of its own) after every re-attach, once what
+        # this client had is registered again.
+        self.after_attach: Callable[[], Awaitable[None]] | None = None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -306,6 +312,8 @@ class RelayClient:
             log.debug("attached again", extra=fields(reconnects=self.reconnects))
             self.attached.set()
             await self._restore()
+            if self.after_attach is not None:
+                self.tasks.spawn(self.after_attach(), name="after-attach", detached=True)
 
     def _give_up(self, exc: FreightError) -> None:
         self.fatal = exc
@@ -398,6 +406,8 @@ class RelayClient:
                 conn.on_hangup(msg)
         elif isinstance(msg, m.Command) and self.on_other is not None:
             await self.on_other(msg)
+        elif isinstance(msg, m.MsgDeliver | m.MsgResult) and self.on_message is not None:
+            await self.on_message(msg, payload)
         elif isinstance(msg, m.Error) and not rid:
             exc = code_to_error(msg.code, msg.message)
             if msg.code == RefusalCode.CODE_BURNED:

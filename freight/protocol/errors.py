@@ -23,6 +23,7 @@ EXIT_CODES: Final[Mapping[int, str]] = MappingProxyType(
         6: "network",
         7: "refused by the hub",
         8: "local disk",
+        9: "no recipient",
         130: "interrupted",
     }
 )

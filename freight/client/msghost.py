@@ -1,0 +1,766 @@
+"""A messaging host on a :class:`~freight.client.relay.RelayClient`.
+
+One attachment to the hub carries the messages of every application on the
+host. :class:`MessageHost` keeps the host key (``msg.key``, signed by the
+device's identity key), the registrations, the spool of unanswered messages
+(``msgspool.db``) and the dedupe window, and speaks the hub's messaging
+frames (docs/protocol.md "Messaging"):
+
+* it announces its registrations (MsgHello) at start, after every change
+  (one in flight, the latest sent after the answer) and after every
+  re-attach, then sends again every message whose answer is not known;
+* ``send`` spools the message, resolves the destination (routes cached for
+  a second, host keys checked with :func:`verify_host_key`), seals the body
+  for each host and waits for every host's MsgResult; ``busy`` and ``retry``
+  answers are retried after a back-off (0.05 s doubling to 1 s) until the
+  message's timeout;
+* a MsgDeliver is opened, checked against the dedupe window, matched to the
+  registrations and queued to each; once every consumer has taken it, the
+  host answers with the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from ..errors import (
+    Busy,
+    ConnectionEnded,
+    Forbidden,
+    FreightError,
+    IntegrityError,
+    NoRecipient,
+    PeerAbsent,
+    RemoteError,
+    UsageError,
+)
+from ..logs import fields
+from ..protocol import messages as m
+from ..protocol.e2e import public_of
+from ..protocol.msgkeys import BadHostKey, sign_host_key, verify_host_key
+from ..protocol.msgseal import MAX_MESSAGE_BODY, aad, open_body, pair_keys, seal_body
+from ..protocol.msgtables import TRANSIENT, Dedupe, Reg, Registrations, Tally
+from ..tasks import Supervisor
+from .config import ClientConfig
+from .msgspool import Spool, Spooled
+from .relay import RelayClient, identity_key
+
+log = logging.getLogger("freight.msg")
+
+__all__ = ["Delivery", "MessageHost", "Registration", "SendResult", "result_error"]
+
+MAX_UNANSWERED: Final = 10_000  # messages of this host waiting for their answer
+QUEUE_MESSAGES: Final = 1000  # per registration, taken or not yet
+QUEUE_BYTES: Final = 4 * 1024 * 1024
+MAX_PARKED: Final = 4096  # deliveries waiting for their sender's key
+MAX_ROUTES: Final = 4096
+MAX_PEERS: Final = 100_000
+ROUTE_TTL: Final = 1.0
+FIRST_BACKOFF, MAX_BACKOFF = 0.05, 1.0
+ALL_TYPES: Final = 0xFFFFFFFF
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A message as an application receives it."""
+
+    id: str
+    ticket: str
+    frm: str
+    account: str
+    app: str
+    type: int
+    from_ticket: str
+    reply_to: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What became of a message: ``count`` recipients took it, or none and
+    ``reason`` (see docs/protocol.md "Messaging")."""
+
+    id: str
+    count: int
+    reason: str = ""
+    message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.count > 0
+
+
+_REASON_TEXT: Final = {
+    "no_host": "no such host is attached",
+    "no_app": "no application of that name is registered there",
+    "no_interest": "no registered interest matches the message type",
+    "ticket_gone": "the ticket names no registration any more",
+    "forbidden": "the recipients do not take messages from this account",
+    "busy": "the recipients' queues stayed full",
+    "retry": "the recipients could not be reached in time",
+    "too_large": f"a message body has at most {MAX_MESSAGE_BODY} bytes",
+    "bad_seal": "the receiving host could not open the message",
+    "not_host": "the hub does not know this host yet",
+    "timeout": "no answer within the timeout",
+}
+
+
+def result_error(res: SendResult) -> FreightError:
+    """The error a failed send stands for."""
+    text = res.message or _REASON_TEXT.get(res.reason, res.reason or "not delivered")
+    if res.reason == "busy":
+        return Busy(text)
+    if res.reason == "forbidden":
+        return Forbidden(text)
+    if res.reason == "bad_seal":
+        return IntegrityError(text)
+    if res.reason in ("timeout", "retry"):
+        return PeerAbsent(text)
+    if res.reason == "too_large":
+        return UsageError(text)
+    if res.reason in ("no_host", "no_app", "no_interest", "ticket_gone"):
+        return NoRecipient(text, reason=res.reason)
+    return RemoteError(f"{text} [{res.reason}]")
+
+
+class Registration:
+    """A registration made by :meth:`MessageHost.register`: its queue of
+    deliveries (bounded: messages given out and not taken count too)."""
+
+    def __init__(self, host: MessageHost, reg: Reg) -> None:
+        self._host, self._reg = host, reg
+        self._queue: deque[Delivery] = deque()
+        self._ready = asyncio.Event()
+        self.outstanding = 0  # queued or given out, not taken
+        self.bytes = 0
+        self.closed = False
+        self.delivered = self.deduplicated = self.refused_busy = 0
+
+    @property
+    def ticket(self) -> str:
+        return self._reg.ticket
+
+    @property
+    def app(self) -> str:
+        return self._reg.app
+
+    @property
+    def interest(self) -> int:
+        return self._reg.interest
+
+    @property
+    def peer(self) -> str:
+        return self._reg.peer
+
+    def offer(self, d: Delivery) -> bool:
+        full = self.outstanding >= QUEUE_MESSAGES or self.bytes + len(d.body) > QUEUE_BYTES
+        if full and self.outstanding:  # an empty queue takes even the largest body
+            self.refused_busy += 1
+            return False
+        self._queue.append(d)
+        self.outstanding += 1
+        self.bytes += len(d.body)
+        self._ready.set()
+        return True
+
+    async def get(self) -> Delivery:
+        """The next message (waits for one)."""
+        while not self._queue:
+            if self.closed:
+                raise ConnectionEnded(f"registration {self.ticket} was removed")
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
+
+    def taken(self, delivery: Delivery) -> None:
+        """The consumer has ``delivery``: it counts toward the answer."""
+        if self.outstanding <= 0:
+            return
+        if self._host._taken(delivery, self):
+            self.outstanding -= 1
+            self.bytes -= len(delivery.body)
+            self.delivered += 1
+
+    def _close(self) -> list[Delivery]:
+        self.closed = True
+        self._ready.set()
+        left = list(self._queue)
+        self._queue.clear()
+        return left
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "queued": len(self._queue),
+            "delivered": self.delivered,
+            "deduplicated": self.deduplicated,
+            "refused_busy": self.refused_busy,
+        }
+
+
+@dataclass(slots=True)
+class _Peer:
+    hid: str
+    account: str
+    send_key: bytes
+    recv_key: bytes
+
+
+@dataclass(slots=True)
+class _Out:
+    row: Spooled
+    deadline: float
+    tally: Tally = field(default_factory=Tally)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    reattached: bool = False
+
+
+@dataclass(slots=True)
+class _In:
+    pending: dict[str, int]  # ticket -> how many copies are not taken yet
+    count: int
+
+
+def load_host_key(config: ClientConfig) -> X25519PrivateKey:
+    """This host's X25519 key (``msg.key``, 0600), created on first use."""
+    path = config.root / "msg.key"
+    try:
+        return X25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
+    except FileNotFoundError:
+        pass
+    except ValueError:
+        raise UsageError(f"{path} is damaged; delete it (the host gets a new id)") from None
+    key = X25519PrivateKey.generate()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key.private_bytes_raw().hex() + "\n")
+    return key
+
+
+class MessageHost:
+    """This host's messaging: registrations, sending, receiving (see the module doc)."""
+
+    def __init__(
+        self,
+        relay: RelayClient,
+        config: ClientConfig,
+        *,
+        spool: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.relay, self.config, self._clock = relay, config, clock
+        self._key = load_host_key(config)
+        self.key = self._key.public_key().public_bytes_raw()
+        identity = identity_key(config)
+        self._identity_pub = public_of(identity)
+        self._sig = sign_host_key(identity, self.key)
+        self.hid = verify_host_key(self._identity_pub, self.key, self._sig)
+        self._spool = Spool(spool or config.root / "msgspool.db")
+        self._regs = Registrations(self.hid)
+        self._handles: dict[str, Registration] = {}
+        self._dedupe = Dedupe(clock)
+        self._inbound: dict[str, _In] = {}
+        self._out: dict[str, _Out] = {}
+        self._slots = asyncio.Semaphore(MAX_UNANSWERED)
+        self._routes: dict[tuple[str, str, int], tuple[float, list[_Peer], str]] = {}
+        self._resolving: dict[tuple[str, str, int], asyncio.Future[tuple[list[_Peer], str]]] = {}
+        self._peers: dict[str, _Peer] = {}
+        self._parked: dict[str, list[tuple[m.MsgDeliver, bytes]]] = {}
+        self._parked_count = 0
+        self._results: deque[m.MsgResult] = deque()
+        self._results_ready = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._announced = asyncio.Event()
+        self.tasks = Supervisor("msg-host")
+        self._closed = False
+        self._counters = dict.fromkeys(
+            ("sent", "delivered", "resent", "deduplicated", "refused"), 0
+        )
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Announce this host (the relay is started) and send again what a
+        previous run left unanswered."""
+        now_wall, now = time.time(), self._clock()
+        for mid, at, count, reason in self._spool.seen(now_wall):
+            self._dedupe.load(mid, now - (now_wall - at), count, reason)
+        self.relay.on_message = self._on_message
+        self.relay.after_attach = self._after_attach
+        await self._hello()
+        self.tasks.spawn(self._announcer(), name="announce", detached=True)
+        self.tasks.spawn(self._answerer(), name="answer", detached=True)
+        for row in self._spool.left():
+            self.tasks.spawn(self._send_left(row), name="resend", detached=True)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self.relay.on_message == self._on_message:
+            self.relay.on_message = None
+            self.relay.after_attach = None
+        await self.tasks.aclose()
+        for h in self._handles.values():
+            h._close()
+        self._spool.close()
+
+    async def __aenter__(self) -> MessageHost:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- registrations ----------------------------------------------------------------
+
+    def register(
+        self, app: str, interest: int, *, peer: str = "*", owner: object = None
+    ) -> Registration:
+        """A new registration (announced to the hub shortly)."""
+        return self._register(app, interest, peer=peer, owner=owner, announced=True)
+
+    def _register(
+        self, app: str, interest: int, *, peer: str, owner: object, announced: bool
+    ) -> Registration:
+        _check_app(app)
+        reg = self._regs.add(app, interest, peer=peer, owner=owner, announced=announced)
+        handle = self._handles[reg.ticket] = Registration(self, reg)
+        if announced:
+            self._dirty.set()
+        return handle
+
+    def unregister(self, ticket: str) -> None:
+        reg = self._regs.remove(ticket)
+        if reg is not None:
+            self._gone(reg)
+
+    def drop_owner(self, owner: object) -> None:
+        for reg in self._regs.drop_owner(owner):
+            self._gone(reg)
+
+    def _gone(self, reg: Reg) -> None:
+        handle = self._handles.pop(reg.ticket)
+        # What it held and will never take: those copies do not count.
+        for d in handle._close():
+            self._untake(d, reg.ticket)
+        if reg.announced:
+            self._dirty.set()
+
+    def apps(self) -> list[dict[str, object]]:
+        out: list[dict[str, object]] = []
+        for reg in self._regs.all():
+            h = self._handles[reg.ticket]
+            out.append(
+                {
+                    "ticket": reg.ticket,
+                    "app": reg.app,
+                    "interest": reg.interest,
+                    "peer": reg.peer,
+                    "announced": reg.announced,
+                    **h.stats(),
+                }
+            )
+        return out
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._counters)
+
+    # --- announcing -------------------------------------------------------------------
+
+    async def _hello(self) -> None:
+        regs = [m.MsgReg(app=a, interest=i, peer=p) for a, i, p in self._regs.announce()]
+        rid = secrets.token_hex(6)
+        hello = m.MsgHello(
+            rid=rid,
+            key=self.key.hex(),
+            sig=self._sig.hex(),
+            identity=self._identity_pub.hex(),
+            regs=regs,
+        )
+        self._dirty.clear()
+        await self.relay.request(hello, rid)
+        self._announced.set()
+
+    async def _announcer(self) -> None:
+        while True:
+            await self._dirty.wait()
+            try:
+                await self._hello()
+            except FreightError as exc:
+                log.warning("announcing failed", extra=fields(error=exc.message))
+                await asyncio.sleep(1.0)
+                self._dirty.set()
+
+    async def _after_attach(self) -> None:
+        self._announced.clear()
+        self._dirty.set()
+        await self._announced.wait()
+        for out in self._out.values():
+            out.reattached = True
+            out.changed.set()
+
+    # --- sending -------------------------------------------------------------------------
+
+    async def send(
+        self,
+        dest: str,
+        app: str,
+        type: int,
+        body: bytes,
+        *,
+        ticket: str = "",
+        from_ticket: str = "",
+        reply_to: str = "",
+        timeout: float = 30.0,
+    ) -> SendResult:
+        """Send one message; returns when every host answered (or at the timeout)."""
+        _check_app(app)
+        if not 0 < type <= ALL_TYPES:
+            raise UsageError(f"a message type is a 32-bit number other than 0, not {type:#x}")
+        if len(body) > MAX_MESSAGE_BODY:
+            raise UsageError(f"a message body has at most {MAX_MESSAGE_BODY} bytes")
+        if not dest or len(dest) > 70:
+            raise UsageError("a destination is an account name, '*' or host:ID")
+        await self._slots.acquire()
+        row = Spooled(
+            secrets.token_hex(16),
+            dest,
+            app,
+            type,
+            ticket,
+            from_ticket,
+            reply_to,
+            bytes(body),
+            time.time() + timeout,
+        )
+        try:
+            await self._spool.add(row)
+            self._counters["sent"] += 1
+            return await self._deliver(row, timeout)
+        finally:
+            self._spool.remove(row.id)
+            self._slots.release()
+
+    async def _send_left(self, row: Spooled) -> None:
+        """A message a previous run accepted: sent again with the same id."""
+        left = row.expires - time.time()
+        if left <= 0:
+            self._spool.remove(row.id)
+            return
+        async with self._slots:
+            self._counters["resent"] += 1
+            try:
+                res = await self._deliver(row, left)
+            finally:
+                self._spool.remove(row.id)
+        log.debug("spooled message answered", extra=fields(id=row.id, count=res.count))
+
+    async def _deliver(self, row: Spooled, timeout: float) -> SendResult:
+        out = _Out(row, self._clock() + timeout)
+        self._out[row.id] = out
+        try:
+            await self._attempts(out)
+        except TimeoutError:
+            pass
+        finally:
+            del self._out[row.id]
+        count, reason = out.tally.result()
+        if count:
+            self._counters["delivered"] += count
+        else:
+            self._counters["refused"] += 1
+        return SendResult(row.id, count, reason, "" if count else _REASON_TEXT.get(reason, ""))
+
+    def _left(self, out: _Out) -> float:
+        left = out.deadline - self._clock()
+        if left <= 0:
+            raise TimeoutError
+        return left
+
+    async def _attempts(self, out: _Out) -> None:
+        """Send until every host of the route has a final answer: again to
+        hosts that answered busy/retry (after a back-off) and to every host
+        not answered yet after a re-attach."""
+        row, tally = out.row, out.tally
+        delay = FIRST_BACKOFF
+        while True:
+            await asyncio.wait_for(self._announced.wait(), self._left(out))
+            peers, reason = await asyncio.wait_for(
+                self._route(row.dest, row.app, row.type), self._left(out)
+            )
+            tally.route_reason = "" if peers else reason
+            again, out.reattached = out.reattached, False
+            out.changed.clear()
+            in_flight = set(tally.waiting)
+            by_hid = {p.hid: p for p in peers}
+            if again:  # hosts not answered yet, whether or not still routed
+                by_hid.update({h: self._peers[h] for h in in_flight if h in self._peers})
+            if reason not in TRANSIENT:
+                for hid in tally.transient:  # gone from the route: its answer is final
+                    if hid not in by_hid:
+                        tally.record(hid, 0, reason or "no_host")
+            for hid in tally.expect(by_hid):
+                if hid in in_flight and not again:
+                    continue
+                if hid in tally.sent:
+                    self._counters["resent"] += 1
+                tally.sent.add(hid)
+                await self._send_to(row, by_hid[hid])
+            while tally.waiting and not out.reattached:
+                await asyncio.wait_for(out.changed.wait(), self._left(out))
+                out.changed.clear()
+            if out.reattached:
+                continue
+            if tally.hosts and tally.complete:
+                return
+            if not tally.hosts and reason not in TRANSIENT:
+                return
+            await asyncio.sleep(min(delay, self._left(out)))
+            delay = min(delay * 2, MAX_BACKOFF)
+            self._routes.pop((row.dest, row.app, row.type), None)
+
+    async def _send_to(self, row: Spooled, peer: _Peer) -> None:
+        header = aad(
+            row.id, self.hid, peer.hid, row.type, row.app, row.ticket, row.from_ticket, row.reply_to
+        )
+        frame = m.MsgSend(
+            id=row.id,
+            to=peer.hid,
+            app=row.app,
+            type=row.type,
+            ticket=row.ticket,
+            from_ticket=row.from_ticket,
+            reply_to=row.reply_to,
+        )
+        await self.relay.send_frame(frame, seal_body(peer.send_key, row.body, header))
+
+    async def _route(self, dest: str, app: str, type_: int) -> tuple[list[_Peer], str]:
+        key = (dest, app, type_)
+        now = self._clock()
+        hit = self._routes.get(key)
+        if hit is not None and now - hit[0] < ROUTE_TTL:
+            return hit[1], hit[2]
+        fut = self._resolving.get(key)
+        if fut is not None:
+            return await asyncio.shield(fut)
+        fut = asyncio.get_running_loop().create_future()
+        self._resolving[key] = fut
+        try:
+            rid = secrets.token_hex(6)
+            reply = await self.relay.request(
+                m.MsgResolve(rid=rid, dest=dest, app=app, type=type_), rid
+            )
+            if not isinstance(reply, m.MsgRoute):
+                raise RemoteError(f"the hub answered a resolve with {type(reply).__name__}")
+            peers = [p for info in reply.hosts if (p := self._peer(info)) is not None]
+            reason = reply.reason or ("" if peers else "no_host")
+            if reason not in TRANSIENT:
+                if len(self._routes) >= MAX_ROUTES:
+                    self._routes = {k: v for k, v in self._routes.items() if now - v[0] < ROUTE_TTL}
+                    if len(self._routes) >= MAX_ROUTES:
+                        self._routes.clear()
+                self._routes[key] = (now, peers, reason)
+            fut.set_result((peers, reason))
+            return peers, reason
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: nobody else may be waiting
+            raise
+        finally:
+            del self._resolving[key]
+
+    def _peer(self, info: m.MsgHostInfo) -> _Peer | None:
+        """A host of a route, its key checked (None if it does not check out)."""
+        known = self._peers.get(info.hid)
+        if known is not None and known.account == info.account:
+            return known
+        try:
+            key = bytes.fromhex(info.key)
+            if (
+                verify_host_key(bytes.fromhex(info.identity), key, bytes.fromhex(info.sig))
+                != info.hid
+            ):
+                raise BadHostKey("the host id does not match its key")
+            send_key, recv_key = pair_keys(self._key, key)
+        except (BadHostKey, IntegrityError) as exc:
+            log.warning(
+                "a host's key does not check out", extra=fields(hid=info.hid, error=str(exc))
+            )
+            return None
+        if len(self._peers) >= MAX_PEERS:
+            self._peers.pop(next(iter(self._peers)))
+        peer = self._peers[info.hid] = _Peer(info.hid, info.account, send_key, recv_key)
+        return peer
+
+    # --- what the hub pushes ------------------------------------------------------------------
+
+    async def _on_message(self, msg: m.AnyMessage, payload: bytes) -> None:
+        if isinstance(msg, m.MsgResult):
+            out = self._out.get(msg.id)
+            if out is not None and out.tally.record(msg.host, msg.count, msg.reason):
+                if msg.reason == "not_host":
+                    self._dirty.set()
+                out.changed.set()
+        elif isinstance(msg, m.MsgDeliver):
+            self._on_deliver(msg, payload)
+
+    def _on_deliver(self, msg: m.MsgDeliver, payload: bytes) -> None:
+        seen = self._dedupe.get(msg.id)
+        if seen is not None:
+            self._counters["deduplicated"] += 1
+            for t in self._regs.match(msg.app, msg.type, msg.account, msg.ticket).tickets:
+                self._handles[t].deduplicated += 1
+            if seen.answered:
+                self._answer(msg.id, seen.count, seen.reason, remember=False)
+            return
+        peer = self._peers.get(msg.frm)
+        if peer is not None:
+            self._take(msg, payload, peer)
+            return
+        if self._parked_count >= MAX_PARKED:
+            self._answer(msg.id, 0, "retry", remember=False)
+            return
+        self._dedupe.begin(msg.id)
+        self._parked_count += 1
+        waiting = self._parked.setdefault(msg.frm, [])
+        waiting.append((msg, payload))
+        if len(waiting) == 1:
+            self.tasks.spawn(self._find_sender(msg.frm), name="find-sender", detached=True)
+
+    async def _find_sender(self, hid: str) -> None:
+        peer = None
+        try:
+            rid = secrets.token_hex(6)
+            reply = await asyncio.wait_for(
+                self.relay.request(m.MsgResolve(rid=rid, dest=f"host:{hid}"), rid), 30
+            )
+            if isinstance(reply, m.MsgRoute):
+                for info in reply.hosts:
+                    if info.hid == hid:
+                        peer = self._peer(info)
+        except (FreightError, TimeoutError) as exc:
+            log.debug("sender not found", extra=fields(hid=hid, error=str(exc)))
+        finally:
+            parked = self._parked.pop(hid, [])
+            self._parked_count -= len(parked)
+            for msg, payload in parked:
+                self._dedupe.forget(msg.id)
+                if peer is None:
+                    self._answer(msg.id, 0, "retry", remember=False)
+                else:
+                    self._take(msg, payload, peer)
+
+    def _take(self, msg: m.MsgDeliver, payload: bytes, peer: _Peer) -> None:
+        header = aad(
+            msg.id, msg.frm, self.hid, msg.type, msg.app, msg.ticket, msg.from_ticket, msg.reply_to
+        )
+        try:
+            if peer.account != msg.account:
+                raise IntegrityError("the sender's key belongs to another account")
+            body = open_body(peer.recv_key, payload, header)
+        except IntegrityError:
+            self._answer(msg.id, 0, "bad_seal", remember=False)
+            return
+        match = self._regs.match(msg.app, msg.type, msg.account, msg.ticket)
+        if not match.tickets:
+            self._answer(msg.id, 0, match.reason)
+            return
+        pending: dict[str, int] = {}
+        for t in match.tickets:
+            d = Delivery(
+                msg.id,
+                t,
+                msg.frm,
+                msg.account,
+                msg.app,
+                msg.type,
+                msg.from_ticket,
+                msg.reply_to,
+                body,
+            )
+            if self._handles[t].offer(d):
+                pending[t] = 1
+        if not pending:
+            self._answer(msg.id, 0, "busy", remember=False)
+            return
+        self._dedupe.begin(msg.id)
+        self._inbound[msg.id] = _In(pending, len(pending))
+
+    def _taken(self, d: Delivery, handle: Registration) -> bool:
+        inbound = self._inbound.get(d.id)
+        if inbound is None or inbound.pending.get(d.ticket, 0) <= 0:
+            return False
+        del inbound.pending[d.ticket]
+        if not inbound.pending:
+            del self._inbound[d.id]
+            self._answer(d.id, inbound.count, "")
+        return True
+
+    def _untake(self, d: Delivery, ticket: str) -> None:
+        """A copy that will never be taken (its registration went)."""
+        inbound = self._inbound.get(d.id)
+        if inbound is None or ticket not in inbound.pending:
+            return
+        del inbound.pending[ticket]
+        inbound.count -= 1
+        if not inbound.pending:
+            del self._inbound[d.id]
+            self._answer(d.id, inbound.count, "" if inbound.count else "ticket_gone")
+
+    def _answer(self, mid: str, count: int, reason: str, *, remember: bool = True) -> None:
+        if remember:
+            self._dedupe.answer(mid, count, reason)
+            self._spool.answered(mid, count, reason)
+        elif (seen := self._dedupe.get(mid)) is not None and not seen.answered:
+            self._dedupe.forget(mid)
+        self._results.append(m.MsgResult(id=mid, count=count, reason=reason))
+        self._results_ready.set()
+
+    async def _answerer(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            self._results_ready.clear()
+            while self._results:
+                await self.relay.send_frame(self._results.popleft())
+
+    # --- request/reply ---------------------------------------------------------------------------
+
+    async def request(
+        self, dest: str, app: str, type: int, body: bytes, *, timeout: float = 5.0
+    ) -> Delivery:
+        """Send a message and wait for its reply (a message to the ticket it
+        carries as ``from_ticket``). :class:`NoRecipient` (or the error of
+        the reason) when nobody took it, :class:`PeerAbsent` when no reply
+        came in time."""
+        deadline = self._clock() + timeout
+        reply = self._register(app, ALL_TYPES, peer="*", owner=object(), announced=False)
+        try:
+            res = await self.send(dest, app, type, body, from_ticket=reply.ticket, timeout=timeout)
+            if not res.ok:
+                raise result_error(res)
+            try:
+                got = await asyncio.wait_for(reply.get(), max(0.0, deadline - self._clock()))
+            except TimeoutError:
+                raise PeerAbsent(f"no reply to the {app} request within {timeout:g} s") from None
+            reply.taken(got)
+            return got
+        finally:
+            self.unregister(reply.ticket)
+
+
+def _check_app(app: str) -> None:
+    if (
+        not app
+        or len(app) > 64
+        or not all(c.isascii() and (c.isalnum() or c in "_.:-") for c in app)
+    ):
+        raise UsageError(f"an application name has 1 to 64 of A-Z a-z 0-9 _ . : -, not {app!r}")

@@ -1,0 +1,177 @@
+"""A messaging host's on-disk state: the spool of messages whose final
+answer is not known yet, and the ids of messages it has answered (its dedupe
+window), in one SQLite file (WAL) in the config folder.
+
+Writes are batched: they gather during one turn of the event loop (at most
+:data:`BATCH` rows) and are committed together; :meth:`Spool.add` returns
+once its row is committed, so a message is on disk before it is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..errors import StorageError
+
+BATCH: Final = 256
+SEEN_KEEP_SECONDS: Final = 600.0
+SEEN_KEEP_IDS: Final = 100_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS outbox (
+    id TEXT PRIMARY KEY, dest TEXT NOT NULL, app TEXT NOT NULL, type INTEGER NOT NULL,
+    ticket TEXT NOT NULL, from_ticket TEXT NOT NULL, reply_to TEXT NOT NULL,
+    body BLOB NOT NULL, expires REAL NOT NULL, seq INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (
+    id TEXT PRIMARY KEY, at REAL NOT NULL, count INTEGER NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """A message accepted from an application and not answered finally;
+    ``expires`` is wall-clock time (it must survive a restart)."""
+
+    id: str
+    dest: str
+    app: str
+    type: int
+    ticket: str
+    from_ticket: str
+    reply_to: str
+    body: bytes
+    expires: float
+
+
+class Spool:
+    """The SQLite file; every method runs on the event loop's thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            os.close(fd)
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the message spool {path}: {exc}") from None
+        self._ops: list[tuple[str, tuple[object, ...]]] = []
+        self._waiters: list[asyncio.Future[None]] = []
+        self._scheduled = False
+        self._seq = 0
+        self._seen_added = 0
+        self.commits = 0
+
+    # --- reading at start ----------------------------------------------------------
+
+    def left(self) -> list[Spooled]:
+        """Messages a previous run accepted and never saw answered, oldest first."""
+        rows = self._db.execute(
+            "SELECT id, dest, app, type, ticket, from_ticket, reply_to, body, expires, seq "
+            "FROM outbox ORDER BY seq"
+        ).fetchall()
+        if rows:
+            self._seq = max(r[9] for r in rows)
+        return [Spooled(*r[:9]) for r in rows]
+
+    def seen(self, now: float) -> list[tuple[str, float, int, str]]:
+        """(id, wall time, count, reason) of the answered ids worth keeping."""
+        self._prune(now)
+        return self._db.execute("SELECT id, at, count, reason FROM seen ORDER BY at").fetchall()
+
+    def _prune(self, now: float) -> None:
+        self._db.execute(
+            "DELETE FROM seen WHERE at < ? AND id NOT IN "
+            "(SELECT id FROM seen ORDER BY at DESC LIMIT ?)",
+            (now - SEEN_KEEP_SECONDS, SEEN_KEEP_IDS),
+        )
+
+    # --- batched writes ---------------------------------------------------------------
+
+    async def add(self, msg: Spooled) -> None:
+        """Store ``msg``; returns once it is committed."""
+        self._seq += 1
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._queue("add", (*_row(msg), self._seq))
+        await fut
+
+    def remove(self, mid: str) -> None:
+        self._queue("del", (mid,))
+
+    def answered(self, mid: str, count: int, reason: str) -> None:
+        self._queue("seen", (mid, time.time(), count, reason))
+
+    def _queue(self, op: str, args: tuple[object, ...]) -> None:
+        self._ops.append((op, args))
+        if len(self._ops) >= BATCH:
+            self.flush()
+        elif not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Commit every write gathered so far (in order, one transaction)."""
+        self._scheduled = False
+        ops, waiters = self._ops, self._waiters
+        if not ops:
+            return
+        self._ops, self._waiters = [], []
+        error: StorageError | None = None
+        try:
+            db = self._db
+            db.execute("BEGIN")
+            for op, args in ops:
+                if op == "add":
+                    db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)", args)
+                elif op == "del":
+                    db.execute("DELETE FROM outbox WHERE id = ?", args)
+                else:
+                    db.execute("INSERT OR REPLACE INTO seen VALUES (?,?,?,?)", args)
+                    self._seen_added += 1
+            if self._seen_added >= SEEN_KEEP_IDS // 4:
+                self._seen_added = 0
+                self._prune(time.time())
+            db.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            error = StorageError(f"cannot write the message spool {self.path}: {exc}")
+        for fut in waiters:
+            if fut.done():
+                continue
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+    def close(self) -> None:
+        self.flush()
+        with contextlib.suppress(sqlite3.Error):
+            self._db.close()
+
+
+def _row(msg: Spooled) -> tuple[object, ...]:
+    return (
+        msg.id,
+        msg.dest,
+        msg.app,
+        msg.type,
+        msg.ticket,
+        msg.from_ticket,
+        msg.reply_to,
+        msg.body,
+        msg.expires,
+    )
