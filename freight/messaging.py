@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 from .client.config import ClientConfig
 from .client.msglocal import socket_path
-from .errors import Busy, FreightError, NetworkError, NoRecipient, UsageError, code_to_error
+from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
 from .protocol import msglocal as p
 from .protocol.errors import ProtocolError, RemoteProtocolError
 from .tasks import Supervisor
@@ -72,13 +72,18 @@ class Message:
 
 
 def outcome(count: int, reason: str, message: str) -> int:
-    """``count``, or the error a message that reached nobody stands for."""
+    """``count``, or the error a message that reached nobody stands for:
+    :class:`~freight.errors.NoRecipient` (``reason`` no_host, no_app,
+    no_interest, ticket_gone), :class:`~freight.errors.Busy`, or the
+    error of another reason."""
     if count > 0:
         return count
-    if reason == "busy":
-        raise Busy(message or "the recipients' queues stayed full")
-    text = f"no recipient ({reason or 'unknown'})" + (f": {message}" if message else "")
-    raise NoRecipient(text, reason=reason)
+    from .client.msghost import SendResult, result_error
+
+    exc = result_error(SendResult(id="", count=0, reason=reason, message=message))
+    if isinstance(exc, NoRecipient):
+        raise NoRecipient(f"{reason}: {exc.message}", reason=reason)
+    raise exc
 
 
 class Registration(Protocol):

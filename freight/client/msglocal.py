@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Final
 
 import structlog
 
-from ..errors import Forbidden, FreightError, UsageError
+from ..errors import ConnectionEnded, Forbidden, FreightError, UsageError
 from ..protocol import msglocal as p
 from ..protocol.errors import ProtocolError, RemoteProtocolError, VersionMismatch
 from ..tasks import Supervisor
@@ -215,7 +215,9 @@ class AppConnection:
         self.host = server.host
         self.reader = reader
         self.writer = writer
-        self.tasks = Supervisor(f"msg-app-{n}")
+        # A helper that fails (writing to an application that went away)
+        # ends the connection: the reader then sees it closed.
+        self.tasks = Supervisor(f"msg-app-{n}", on_failure=lambda _: writer.transport.abort())
         self.regs: dict[str, Registration] = {}
         self.pumps: dict[str, asyncio.Task[None]] = {}
         # (ticket, message id) -> what was delivered, until the app took it.
@@ -228,13 +230,12 @@ class AppConnection:
 
     async def run(self) -> None:
         decoder = p.LocalDecoder()
-        failed = asyncio.ensure_future(self.tasks.wait_failed())
         try:
             await self._hello(decoder)
             while True:
                 for msg, body in decoder:
                     await self._handle(msg, body)
-                data = await self._read(failed)
+                data = await self.reader.read(READ_BYTES)
                 if not data:
                     return
                 decoder.feed(data)
@@ -243,16 +244,6 @@ class AppConnection:
             await _refuse(self.writer, exc)
         except (ConnectionError, OSError, TimeoutError):
             return  # gone, or silent past its hello's deadline
-        finally:
-            failed.cancel()
-
-    async def _read(self, failed: asyncio.Future[BaseException]) -> bytes:
-        reading = asyncio.ensure_future(self.reader.read(READ_BYTES))
-        done, _ = await asyncio.wait({reading, failed}, return_when=asyncio.FIRST_COMPLETED)
-        if reading in done:
-            return reading.result()
-        reading.cancel()
-        return b""  # a helper failed writing: the application is gone
 
     async def _hello(self, decoder: p.LocalDecoder) -> None:
         async with asyncio.timeout(HELLO_TIMEOUT):
@@ -311,9 +302,9 @@ class AppConnection:
             exc = UsageError(f"{msg.ticket} is not a registration of this connection")
             await self._write(_error(exc, msg.rid))
             return
-        self.host.unregister(msg.ticket)
-        del self.regs[msg.ticket]
         self.pumps.pop(msg.ticket).cancel()
+        del self.regs[msg.ticket]
+        self.host.unregister(msg.ticket)
         for key in [k for k in self.untaken if k[0] == msg.ticket]:
             del self.untaken[key]
             self.credit.release()
@@ -323,7 +314,10 @@ class AppConnection:
         """Hand the registration's messages to the application while it has
         credit (fewer than ``credit`` deliveries untaken)."""
         while True:
-            delivery = await reg.get()
+            try:
+                delivery = await reg.get()
+            except ConnectionEnded:
+                return  # the registration was removed
             await self.credit.acquire()
             self.untaken[(reg.ticket, delivery.id)] = (reg, delivery)
             await self._write(_deliver(delivery), delivery.body)
@@ -387,7 +381,11 @@ class AppConnection:
     def _apps(self, rid: str) -> p.LAppsList:
         apps = []
         for row in self.host.apps():
-            stats = {k: v for k, v in row.items() if isinstance(v, int) and k != "interest"}
+            stats = {
+                k: v
+                for k, v in row.items()
+                if isinstance(v, int) and not isinstance(v, bool) and k != "interest"
+            }
             interest = row.get("interest", 0)
             apps.append(
                 p.LAppInfo(
