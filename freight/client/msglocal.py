@@ -132,10 +132,12 @@ class MessageSocket:
         self.tasks = Supervisor("msg-socket")
         self.connections: set[AppConnection] = set()
         self._sock: socket.socket | None = None
+        self._ino = 0
         self._ids = itertools.count(1)
 
     async def start(self) -> None:
         self._sock = bind_private(self.path)
+        self._ino = os.stat(self.path).st_ino
         self.tasks.spawn(self._accept(self._sock), name="accept")
 
     async def aclose(self) -> None:
@@ -144,7 +146,7 @@ class MessageSocket:
             sock, self._sock = self._sock, None
             # Only our own socket is removed (a newer host may own the name).
             with contextlib.suppress(OSError):
-                if os.stat(self.path).st_ino == os.fstat(sock.fileno()).st_ino:
+                if os.stat(self.path).st_ino == self._ino:
                     self.path.unlink()
             sock.close()
 

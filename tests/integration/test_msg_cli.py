@@ -1,0 +1,336 @@
+"""Messaging for applications: the local socket of a host (``msg.sock``), the
+SDK (``freight.messaging``) and the CLI (``freight msg``, ``freight
+daemon``).
+
+The socket tests run a real MessageHost and MessageSocket in this process
+and speak the local protocol with raw frames; the rest run a real hub, a
+``freight daemon`` process and CLI processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import socket
+import stat
+import struct
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from freight.client.config import ClientConfig
+from freight.client.msghost import MessageHost
+from freight.client.msglocal import MessageSocket, socket_path
+from freight.client.relay import RelayClient
+from freight.client.session import HubSession
+from freight.errors import UsageError
+from freight.protocol import msglocal as p
+
+DEADLINE = 10.0
+
+
+# --- raw application connections -------------------------------------------------
+
+
+class RawApp:
+    """An application speaking the local protocol frame by frame."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = p.LocalDecoder()
+
+    @classmethod
+    async def open(cls, path: Path, *, hello: bool = True) -> RawApp:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        app = cls(reader, writer)
+        if hello:
+            await app.send(p.LHello(version=p.LOCAL_VERSION, client="test"))
+            welcome, _ = await app.recv()
+            assert isinstance(welcome, p.LWelcome), welcome
+        return app
+
+    async def send(self, msg: p.LocalMessage, body: bytes = b"") -> None:
+        self.writer.write(p.encode_local(msg, body))
+        await self.writer.drain()
+
+    async def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def recv(self) -> tuple[p.AnyLocal, bytes]:
+        """The next frame; fails the test at EOF or after DEADLINE."""
+        async with asyncio.timeout(DEADLINE):
+            while (frame := self.decoder.next_frame()) is None:
+                data = await self.reader.read(65536)
+                assert data, "the host closed the connection"
+                self.decoder.feed(data)
+        return frame
+
+    async def closed(self) -> bool:
+        """True once the host has closed the connection (within DEADLINE)."""
+        async with asyncio.timeout(DEADLINE):
+            while data := await self.reader.read(65536):
+                self.decoder.feed(data)
+        return True
+
+    async def call(self, msg: p.LocalMessage) -> p.AnyLocal:
+        await self.send(msg)
+        answer, _ = await self.recv()
+        return answer
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def raw_frame(header: bytes) -> bytes:
+    return struct.pack(">I", len(header)) + header
+
+
+@contextlib.asynccontextmanager
+async def local_host(root: Path, **kw: int) -> AsyncIterator[tuple[MessageHost, MessageSocket]]:
+    """A real MessageHost (never attached: registrations are local until it
+    starts) served on ``root``/msg.sock."""
+    config = ClientConfig(root)
+    session = HubSession("https://127.0.0.1:9", fingerprint="SHA256:" + "0" * 64)
+    relay = RelayClient(session, config, data_path="tls")
+    host = MessageHost(relay, config)
+    try:
+        async with MessageSocket(host, root, **kw) as server:
+            yield host, server
+    finally:
+        await host.aclose()
+        await relay.aclose()
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    # Short (a Unix socket's path has at most 107 bytes) and reachable by
+    # another uid for the refusal test (the folder itself is 0711).
+    with tempfile.TemporaryDirectory(prefix="fm-", dir="/tmp") as d:
+        os.chmod(d, 0o711)
+        yield Path(d)
+
+
+# --- the socket ------------------------------------------------------------------
+
+
+async def test_socket_is_private_and_named_in_one_step(root: Path) -> None:
+    async with local_host(root) as (_, server):
+        st = os.stat(server.path)
+        assert server.path == root / "msg.sock"
+        assert stat.S_ISSOCK(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) == 0o600
+        assert st.st_uid == os.getuid()
+        # The private folder it was bound in is gone.
+        assert sorted(x.name for x in root.iterdir() if x.name.startswith(".msg-")) == []
+    assert not server.path.exists()
+
+
+async def test_second_host_on_the_same_folder_is_refused_and_a_stale_socket_replaced(
+    root: Path,
+) -> None:
+    async with local_host(root):
+        with pytest.raises(UsageError, match="another host already serves"):
+            async with local_host(root):
+                pass
+    # A socket left behind by a host that died answers nobody: replaced.
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(socket_path(root)))
+    stale.close()
+    async with local_host(root) as (_, server):
+        app = await RawApp.open(server.path)
+        assert isinstance(await app.call(p.LApps(rid="a")), p.LAppsList)
+        app.close()
+
+
+async def test_register_list_and_unregister(root: Path) -> None:
+    async with local_host(root) as (host, server):
+        app = await RawApp.open(server.path)
+        got = await app.call(p.LRegister(rid="r1", app="sensors", interest=0xFFFF0000, peer="bob"))
+        assert isinstance(got, p.LRegistered)
+        assert got.rid == "r1"
+        assert got.ticket.startswith(host.hid + ".")
+        listed = await app.call(p.LApps(rid="a1"))
+        assert isinstance(listed, p.LAppsList)
+        assert [(a.ticket, a.app, a.interest, a.peer) for a in listed.apps] == [
+            (got.ticket, "sensors", 0xFFFF0000, "bob")
+        ]
+        assert listed.apps[0].stats["queued"] == 0
+        done = await app.call(p.LUnregister(rid="u1", ticket=got.ticket))
+        assert done == p.LDone(rid="u1")
+        assert host.apps() == []
+        # Someone else's (or an unknown) ticket is refused, the connection stays.
+        refused = await app.call(p.LUnregister(rid="u2", ticket=got.ticket))
+        assert isinstance(refused, p.LError)
+        assert refused.rid == "u2"
+        assert refused.code == "usage"
+        assert isinstance(await app.call(p.LApps(rid="a2")), p.LAppsList)
+        app.close()
+
+
+async def test_closing_the_connection_drops_its_registrations(root: Path) -> None:
+    async with local_host(root) as (host, server):
+        app = await RawApp.open(server.path)
+        await app.call(p.LRegister(rid="r1", app="sensors", interest=1))
+        assert [a["app"] for a in host.apps()] == ["sensors"]
+        app.close()
+        async with asyncio.timeout(DEADLINE):
+            while host.apps():
+                await asyncio.sleep(0.01)
+        assert server.connections == set()
+
+
+async def test_a_malformed_frame_ends_only_that_connection(root: Path) -> None:
+    async with local_host(root) as (host, server):
+        good = await RawApp.open(server.path)
+        bad = await RawApp.open(server.path)
+        kept = await good.call(p.LRegister(rid="r1", app="keep", interest=1))
+        await bad.call(p.LRegister(rid="r1", app="lose", interest=1))
+        await bad.send_raw(raw_frame(b'{"t":"register","rid":"r2","app":"x y","interest":1}'))
+        err, _ = await bad.recv()
+        assert isinstance(err, p.LError)
+        assert err.code == "remote_protocol_error"
+        assert await bad.closed()
+        assert isinstance(kept, p.LRegistered)
+        assert [a["ticket"] for a in host.apps()] == [kept.ticket]
+        listed = await good.call(p.LApps(rid="a"))
+        assert isinstance(listed, p.LAppsList)
+        assert [a.app for a in listed.apps] == ["keep"]
+        good.close()
+
+
+async def test_an_oversized_frame_ends_the_connection_before_its_body(root: Path) -> None:
+    async with local_host(root) as (_, server):
+        app = await RawApp.open(server.path)
+        # Announces a body of 1 MiB + 1 and sends none of it: refused at once.
+        header = b'{"t":"send","rid":"s","dest":"bob","app":"a","type":1,"len":%d}' % (
+            p.MAX_MESSAGE_BODY + 1
+        )
+        await app.send_raw(raw_frame(header))
+        err, _ = await app.recv()
+        assert isinstance(err, p.LError)
+        assert err.code == "frame_too_large"
+        assert await app.closed()
+        # A header longer than 64 KiB likewise, from its length alone.
+        app2 = await RawApp.open(server.path)
+        await app2.send_raw(struct.pack(">I", p.MAX_LOCAL_HEADER + 1))
+        err2, _ = await app2.recv()
+        assert isinstance(err2, p.LError)
+        assert err2.code == "frame_too_large"
+        assert await app2.closed()
+
+
+async def test_hello_first_and_in_the_same_version(root: Path) -> None:
+    async with local_host(root) as (_, server):
+        early = await RawApp.open(server.path, hello=False)
+        await early.send(p.LApps(rid="a"))
+        err, _ = await early.recv()
+        assert isinstance(err, p.LError)
+        assert err.code == "remote_protocol_error"
+        assert await early.closed()
+        newer = await RawApp.open(server.path, hello=False)
+        await newer.send(p.LHello(version=p.LOCAL_VERSION + 1))
+        err, _ = await newer.recv()
+        assert isinstance(err, p.LError)
+        assert err.code == "version_mismatch"
+        assert await newer.closed()
+
+
+async def test_a_flood_of_registrations_is_refused_clearly(root: Path) -> None:
+    async with local_host(root) as (host, server):
+        app = await RawApp.open(server.path)
+        answers = []
+        for i in range(300):
+            await app.send(p.LRegister(rid=f"r{i}", app=f"app{i % 7}", interest=1 + i))
+        for _ in range(300):
+            answers.append((await app.recv())[0])
+        took = [a for a in answers if isinstance(a, p.LRegistered)]
+        refused = [a for a in answers if isinstance(a, p.LError)]
+        assert len(took) == 256
+        assert len(refused) == 44
+        assert {e.code for e in refused} == {"registration_refused"}
+        assert "at most 256 registrations per connection" in refused[0].message
+        assert refused[0].rid == "r256"
+        # The connection is still served, and another connection has room.
+        assert isinstance(await app.call(p.LApps(rid="a")), p.LAppsList)
+        other = await RawApp.open(server.path)
+        assert isinstance(
+            await other.call(p.LRegister(rid="x", app="other", interest=1)), p.LRegistered
+        )
+        assert len(host.apps()) == 257
+        app.close()
+        other.close()
+
+
+async def test_taken_for_unknown_messages_is_harmless(root: Path) -> None:
+    async with local_host(root) as (_, server):
+        app = await RawApp.open(server.path)
+        reg = await app.call(p.LRegister(rid="r", app="a", interest=1))
+        assert isinstance(reg, p.LRegistered)
+        await app.send(p.LTaken(ticket=reg.ticket, ids=["0" * 32]))
+        assert isinstance(await app.call(p.LApps(rid="a")), p.LAppsList)
+        app.close()
+
+
+def _connect_as(uid: int, path: Path) -> tuple[str, bytes]:
+    """Connect to ``path`` from a forked child running as ``uid``: what
+    happened ("refused" with errno name, or "connected") and what it read."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 0
+        try:
+            os.close(r)
+            os.setgid(uid)
+            os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(DEADLINE)
+            try:
+                s.connect(str(path))
+            except OSError as exc:
+                os.write(w, b"refused " + errno.errorcode[exc.errno].encode())
+            else:
+                # The host speaks first to a uid it refuses: no hello needed.
+                data = b""
+                while chunk := s.recv(65536):
+                    data += chunk
+                os.write(w, b"connected\n" + data)
+        except BaseException as exc:
+            os.write(w, f"failed {exc!r}".encode())
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    what, _, data = out.partition(b"\n")
+    return what.decode(), data
+
+
+@pytest.mark.skipif(
+    os.getuid() != 0, reason="needs root to run a client under another uid (os.setuid)"
+)
+async def test_another_uid_is_refused(root: Path) -> None:
+    nobody = 65534
+    async with local_host(root) as (host, server):
+        # As made, the socket (0600) does not even let the other uid connect.
+        what, _ = await asyncio.to_thread(_connect_as, nobody, server.path)
+        assert what == "refused EACCES"
+        # Were its mode opened up by mistake, the host still refuses that uid.
+        os.chmod(server.path, 0o666)
+        what, data = await asyncio.to_thread(_connect_as, nobody, server.path)
+        assert what == "connected"
+        dec = p.LocalDecoder()
+        dec.feed(data)
+        frames = list(dec)
+        assert len(frames) == 1
+        err = frames[0][0]
+        assert isinstance(err, p.LError)
+        assert err.code == "forbidden"
+        assert f"uid {nobody}" in err.message
+        assert host.apps() == []
