@@ -291,7 +291,7 @@ def _connect_as(uid: int, path: Path) -> tuple[str, bytes]:
             try:
                 s.connect(str(path))
             except OSError as exc:
-                os.write(w, b"refused " + errno.errorcode[exc.errno].encode())
+                os.write(w, b"refused " + errno.errorcode.get(exc.errno or 0, "?").encode())
             else:
                 # The host speaks first to a uid it refuses: no hello needed.
                 data = b""
