@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
+import shutil
 import socket
 import stat
 import struct
@@ -21,13 +23,16 @@ from pathlib import Path
 
 import pytest
 
+from freight import messaging
 from freight.client.config import ClientConfig
 from freight.client.msghost import MessageHost
 from freight.client.msglocal import MessageSocket, socket_path
 from freight.client.relay import RelayClient
 from freight.client.session import HubSession
-from freight.errors import UsageError
+from freight.errors import NoRecipient, UsageError
 from freight.protocol import msglocal as p
+from tests.relaysupport import BOB_PASSWORD, Proc, fast
+from tests.support import Client, Hub, wait_until
 
 DEADLINE = 10.0
 
@@ -334,3 +339,170 @@ async def test_another_uid_is_refused(root: Path) -> None:
         assert err.code == "forbidden"
         assert f"uid {nobody}" in err.message
         assert host.apps() == []
+
+
+# --- a real hub, a freight daemon, the CLI and the SDK -------------------------------
+
+
+@pytest.fixture(scope="module")
+def msg_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    # No warm-up: a route to nobody says why at once instead of "retry".
+    h = Hub(tmp_path_factory.mktemp("msg") / "hub", extra=["--msg-warmup", "0"]).start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(msg_hub: Hub) -> Iterator[tuple[Client, Client]]:
+    """``admin`` (sends, its commands are their own hosts) and ``bob`` (runs
+    a daemon), each with a short config folder of its own."""
+    base = Path(tempfile.mkdtemp(prefix="fmsg-", dir="/tmp"))
+    admin = fast(Client(base / "a", msg_hub))
+    admin.login()
+    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+    bob = fast(Client(base / "b", msg_hub))
+    bob.login(user="bob", password=BOB_PASSWORD)
+    yield admin, bob
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(pair: tuple[Client, Client]) -> Iterator[Proc]:
+    """bob's ``freight daemon``, serving msg.sock in his config folder."""
+    _, bob = pair
+    with Proc(bob, "daemon") as proc:
+        proc.wait_stderr(r"Messaging host [0-9a-f]{32} serving", timeout=30)
+        yield proc
+
+
+def listening(client: Client, *args: str) -> tuple[Proc, str]:
+    """A running ``freight msg listen`` and the ticket it printed first."""
+    proc = Proc(client, "msg", "listen", *args)
+    wait_until(lambda: b"\n" in proc.stdout or not proc.running, DEADLINE, "the listener's ticket")
+    first = proc.stdout_lines()[0] if proc.stdout else ""
+    assert first.startswith("ticket "), f"{first!r}\n{proc.stderr}"
+    return proc, first.split()[1]
+
+
+def test_cli_send_receive_and_reply_through_a_daemon(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    admin, bob = pair
+    listener, ticket = listening(
+        bob, "sensors", "--interest", "0xFFFF0000", "--reply", "ok", "--count", "2"
+    )
+    with listener:
+        sent = admin.run("msg", "send", "bob", "sensors", "--type", "0x00120000", "21.5")
+        assert sent.stdout == "delivered to 1 recipient(s)\n"
+        answer = admin.run("msg", "request", "bob", "sensors", "--type", "0x00120000", "?")
+        assert answer.stdout == "ok\n"
+        assert listener.wait(DEADLINE) == 0, listener.stderr
+    assert listener.stdout_lines() == [
+        f"ticket {ticket}",
+        "admin 0x00120000 21.5",
+        "admin 0x00120000 ?",
+    ]
+
+
+def test_send_to_nobody_exits_9_with_the_reason(pair: tuple[Client, Client], daemon: Proc) -> None:
+    admin, _ = pair
+    listener, _ = listening(pair[1], "temps", "--interest", "0x0000FFFF")
+    with listener:
+        no_app = admin.run("msg", "send", "bob", "nothing-here", "--type", "1", "hi", check=False)
+        assert no_app.returncode == 9, no_app.stderr
+        assert "no_app" in no_app.stderr
+        no_interest = admin.run(
+            "msg", "send", "bob", "temps", "--type", "0xFFFF0000", "hi", check=False
+        )
+        assert no_interest.returncode == 9, no_interest.stderr
+        assert "no_interest" in no_interest.stderr
+        no_host = admin.run("msg", "send", "nobody", "temps", "--type", "1", "hi", check=False)
+        assert no_host.returncode == 9, no_host.stderr
+        assert "no_host" in no_host.stderr
+        zero = admin.run("msg", "send", "bob", "temps", "--type", "0", "hi", check=False)
+        assert zero.returncode == 2, zero.stderr
+        # What the listener printed: its ticket alone, no message reached it.
+        assert len(listener.stdout_lines()) == 1
+
+
+def test_apps_lists_registrations_on_the_daemon_and_at_the_hub(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    admin, bob = pair
+    listener, ticket = listening(bob, "listed", "--interest", "0x10", "--peer", "admin")
+    with listener:
+        sent = admin.run("msg", "send", "bob", "listed", "--type", "0x30", "x")
+        assert sent.stdout == "delivered to 1 recipient(s)\n"
+        res = bob.run("msg", "apps", "--json")
+        info = json.loads(res.stdout)
+        rows = {r["ticket"]: r for r in info["apps"]}
+        assert rows[ticket]["app"] == "listed"
+        assert rows[ticket]["interest"] == 0x10
+        assert rows[ticket]["peer"] == "admin"
+        assert rows[ticket]["delivered"] == 1
+        assert info["hid"] == ticket.split(".")[0]
+        # The hub lists bob's host and the announced registration.
+        hub_view = json.loads(bob.run("msg", "apps", "bob", "--json").stdout)
+        assert [h["hid"] for h in hub_view] == [info["hid"]]
+        assert {"app": "listed", "interest": 0x10, "peer": "admin"} in hub_view[0]["regs"]
+
+
+async def test_sdk_through_the_daemon_and_as_its_own_host(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    admin, bob = pair
+    async with asyncio.timeout(60):
+        async with messaging.connect(config_dir=bob.config) as bob_bus:
+            assert isinstance(bob_bus, messaging.SocketBus)  # the daemon answered
+            reg = await bob_bus.register("sdk", interest=0xFF)
+
+            async def serve() -> None:
+                async for msg in reg:
+                    await msg.reply(b"re: " + msg.body)
+
+            async with messaging.connect(config_dir=admin.config) as admin_bus:
+                assert isinstance(admin_bus, messaging.HostBus)  # no daemon: its own host
+                serving = asyncio.create_task(serve())
+                try:
+                    reply = await admin_bus.request("bob", "sdk", type=0x01, body=b"ping")
+                    assert reply.body == b"re: ping"
+                    assert reply.account == "bob"
+                    assert reply.frm == bob_bus.hid
+                    with pytest.raises(NoRecipient) as gone:
+                        await admin_bus.send("bob", "sdk", type=0x100, body=b"x", timeout=5)
+                    assert gone.value.reason == "no_interest"
+                finally:
+                    serving.cancel()
+            await reg.close()
+            assert (await bob_bus.apps())["apps"] == []
+
+
+async def test_a_bad_application_does_not_disturb_the_others_on_the_daemon(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    admin, bob = pair
+    path = socket_path(bob.config)
+    async with asyncio.timeout(60):
+        async with messaging.connect(config_dir=bob.config) as bus:
+            reg = await bus.register("steady", interest=1)
+            bad = await RawApp.open(path)
+            await bad.send_raw(raw_frame(b"\xff\xfe not json"))
+            err, _ = await bad.recv()
+            assert isinstance(err, p.LError)
+            assert err.code == "remote_protocol_error"
+            assert await bad.closed()
+            sent = await asyncio.to_thread(
+                admin.run, "msg", "send", "bob", "steady", "--type", "1", "still here"
+            )
+            assert sent.stdout == "delivered to 1 recipient(s)\n"
+            msg = await reg.get()
+            assert msg.body == b"still here"
+            assert daemon.running
+
+
+def test_daemon_prints_a_user_unit(pair: tuple[Client, Client]) -> None:
+    _, bob = pair
+    unit = bob.run("daemon", "--print-unit").stdout
+    assert f"Environment=FREIGHT_CONFIG_DIR={bob.config}\n" in unit
+    assert "ExecStart=freight daemon\n" in unit
+    assert "WantedBy=default.target\n" in unit
