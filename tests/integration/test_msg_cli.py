@@ -491,11 +491,13 @@ async def test_a_bad_application_does_not_disturb_the_others_on_the_daemon(
             assert isinstance(err, p.LError)
             assert err.code == "remote_protocol_error"
             assert await bad.closed()
+            # The sender's answer waits until the application has taken it.
+            taking = asyncio.create_task(reg.get())
             sent = await asyncio.to_thread(
                 admin.run, "msg", "send", "bob", "steady", "--type", "1", "still here"
             )
             assert sent.stdout == "delivered to 1 recipient(s)\n"
-            msg = await reg.get()
+            msg = await taking
             assert msg.body == b"still here"
             assert daemon.running
 
