@@ -192,9 +192,12 @@ class Agent:
             # The agent is a messaging host: applications on this machine
             # use msg.sock in its folder (freight.messaging.connect).
             messages = MessageHost(relay, self.config)
-            await messages.start()
             msg_socket = MessageSocket(messages, self.config.root)
-            await msg_socket.start()
+            try:
+                await messages.start()
+                await msg_socket.start()
+            except FreightError as exc:  # files and commands are served regardless
+                log.warning("messaging_unavailable", error=exc.message)
             log.info("attached", hub=self.cfg.hub, name=self.cfg.name, roots=self.cfg.roots)
             try:
                 while True:

@@ -31,6 +31,7 @@ from freight.client.relay import RelayClient
 from freight.client.session import HubSession
 from freight.errors import NoRecipient, UsageError
 from freight.protocol import msglocal as p
+from tests.agentsupport import Agent
 from tests.relaysupport import BOB_PASSWORD, Proc, fast
 from tests.support import Client, Hub, wait_until
 
@@ -508,3 +509,34 @@ def test_daemon_prints_a_user_unit(pair: tuple[Client, Client]) -> None:
     assert f"Environment=FREIGHT_CONFIG_DIR={bob.config}\n" in unit
     assert "ExecStart=freight daemon\n" in unit
     assert "WantedBy=default.target\n" in unit
+
+
+async def test_an_agent_serves_the_socket_in_its_folder(
+    pair: tuple[Client, Client], tmp_path: Path
+) -> None:
+    admin, _ = pair
+    home = Path(tempfile.mkdtemp(prefix="fag-", dir="/tmp"))
+    try:
+        (home / "root").mkdir()
+        agent = await asyncio.to_thread(Agent, admin, admin.hub, "lab1", home, home / "root")
+        proc = await asyncio.to_thread(agent.start)
+        try:
+            path = socket_path(agent.client.config)
+            await asyncio.to_thread(wait_until, path.exists, DEADLINE, "the agent's msg.sock")
+            async with asyncio.timeout(60):
+                async with messaging.connect(config_dir=agent.client.config) as bus:
+                    assert isinstance(bus, messaging.SocketBus)
+                    reg = await bus.register("lab-jobs", interest=0xF0)
+                    taking = asyncio.create_task(reg.get())
+                    sent = await asyncio.to_thread(
+                        admin.run, "msg", "send", "lab1", "lab-jobs", "--type", "0x10", "run 42"
+                    )
+                    assert sent.stdout == "delivered to 1 recipient(s)\n"
+                    msg = await taking
+                    assert msg.body == b"run 42"
+                    assert msg.account == "admin"
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        finally:
+            proc.kill()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
