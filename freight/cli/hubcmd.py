@@ -86,6 +86,12 @@ def hub(
     token_lifetime: Annotated[float, typer.Option(help="Seconds a login lasts.", hidden=True)] = 30
     * 24
     * 3600.0,
+    msg_warmup: Annotated[
+        float,
+        typer.Option(
+            help="Seconds after start when empty message routes answer retry.", hidden=True, min=0
+        ),
+    ] = 10.0,
     login_lockout: Annotated[
         float,
         typer.Option(help="Seconds of the first lockout after failed logins.", hidden=True),
@@ -127,6 +133,7 @@ def hub(
         relay_queue=parse_size(relay_queue),
         max_relay_connections=max_relay_connections,
         max_codes=max_codes,
+        msg_warmup=msg_warmup,
         collect_reserve=parse_size(collect_reserve),
         limits=PortLimits(
             max_connections=max_connections,

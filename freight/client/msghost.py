@@ -23,36 +23,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
+import re
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-
-from ..errors import (
-    Busy,
-    ConnectionEnded,
-    Forbidden,
-    FreightError,
-    IntegrityError,
-    NoRecipient,
-    PeerAbsent,
-    RemoteError,
-    UsageError,
-)
+from ..errors import FreightError, IntegrityError, PeerAbsent, UsageError
 from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.e2e import public_of
-from ..protocol.msgkeys import BadHostKey, sign_host_key, verify_host_key
-from ..protocol.msgseal import MAX_MESSAGE_BODY, aad, open_body, pair_keys, seal_body
+from ..protocol.msgkeys import sign_host_key, verify_host_key
+from ..protocol.msgseal import MAX_MESSAGE_BODY, aad, open_body, seal_body
 from ..protocol.msgtables import TRANSIENT, Dedupe, Reg, Registrations, Tally
 from ..tasks import Supervisor
 from .config import ClientConfig
+from .msgapp import (
+    REASON_TEXT,
+    Delivery,
+    Registration,
+    SendResult,
+    check_app,
+    load_host_key,
+    result_error,
+)
+from .msgroutes import Peer, Routes
 from .msgspool import Spool, Spooled
 from .relay import RelayClient, identity_key
 
@@ -61,159 +59,11 @@ log = logging.getLogger("freight.msg")
 __all__ = ["Delivery", "MessageHost", "Registration", "SendResult", "result_error"]
 
 MAX_UNANSWERED: Final = 10_000  # messages of this host waiting for their answer
-QUEUE_MESSAGES: Final = 1000  # per registration, taken or not yet
-QUEUE_BYTES: Final = 4 * 1024 * 1024
 MAX_PARKED: Final = 4096  # deliveries waiting for their sender's key
-MAX_ROUTES: Final = 4096
-MAX_PEERS: Final = 100_000
-ROUTE_TTL: Final = 1.0
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 1.0
 ALL_TYPES: Final = 0xFFFFFFFF
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A message as an application receives it."""
-
-    id: str
-    ticket: str
-    frm: str
-    account: str
-    app: str
-    type: int
-    from_ticket: str
-    reply_to: str
-    body: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class SendResult:
-    """What became of a message: ``count`` recipients took it, or none and
-    ``reason`` (see docs/protocol.md "Messaging")."""
-
-    id: str
-    count: int
-    reason: str = ""
-    message: str = ""
-
-    @property
-    def ok(self) -> bool:
-        return self.count > 0
-
-
-_REASON_TEXT: Final = {
-    "no_host": "no such host is attached",
-    "no_app": "no application of that name is registered there",
-    "no_interest": "no registered interest matches the message type",
-    "ticket_gone": "the ticket names no registration any more",
-    "forbidden": "the recipients do not take messages from this account",
-    "busy": "the recipients' queues stayed full",
-    "retry": "the recipients could not be reached in time",
-    "too_large": f"a message body has at most {MAX_MESSAGE_BODY} bytes",
-    "bad_seal": "the receiving host could not open the message",
-    "not_host": "the hub does not know this host yet",
-    "timeout": "no answer within the timeout",
-}
-
-
-def result_error(res: SendResult) -> FreightError:
-    """The error a failed send stands for."""
-    text = res.message or _REASON_TEXT.get(res.reason, res.reason or "not delivered")
-    if res.reason == "busy":
-        return Busy(text)
-    if res.reason == "forbidden":
-        return Forbidden(text)
-    if res.reason == "bad_seal":
-        return IntegrityError(text)
-    if res.reason in ("timeout", "retry"):
-        return PeerAbsent(text)
-    if res.reason == "too_large":
-        return UsageError(text)
-    if res.reason in ("no_host", "no_app", "no_interest", "ticket_gone"):
-        return NoRecipient(text, reason=res.reason)
-    return RemoteError(f"{text} [{res.reason}]")
-
-
-class Registration:
-    """A registration made by :meth:`MessageHost.register`: its queue of
-    deliveries (bounded: messages given out and not taken count too)."""
-
-    def __init__(self, host: MessageHost, reg: Reg) -> None:
-        self._host, self._reg = host, reg
-        self._queue: deque[Delivery] = deque()
-        self._ready = asyncio.Event()
-        self.outstanding = 0  # queued or given out, not taken
-        self.bytes = 0
-        self.closed = False
-        self.delivered = self.deduplicated = self.refused_busy = 0
-
-    @property
-    def ticket(self) -> str:
-        return self._reg.ticket
-
-    @property
-    def app(self) -> str:
-        return self._reg.app
-
-    @property
-    def interest(self) -> int:
-        return self._reg.interest
-
-    @property
-    def peer(self) -> str:
-        return self._reg.peer
-
-    def offer(self, d: Delivery) -> bool:
-        full = self.outstanding >= QUEUE_MESSAGES or self.bytes + len(d.body) > QUEUE_BYTES
-        if full and self.outstanding:  # an empty queue takes even the largest body
-            self.refused_busy += 1
-            return False
-        self._queue.append(d)
-        self.outstanding += 1
-        self.bytes += len(d.body)
-        self._ready.set()
-        return True
-
-    async def get(self) -> Delivery:
-        """The next message (waits for one)."""
-        while not self._queue:
-            if self.closed:
-                raise ConnectionEnded(f"registration {self.ticket} was removed")
-            self._ready.clear()
-            await self._ready.wait()
-        return self._queue.popleft()
-
-    def taken(self, delivery: Delivery) -> None:
-        """The consumer has ``delivery``: it counts toward the answer."""
-        if self.outstanding <= 0:
-            return
-        if self._host._taken(delivery, self):
-            self.outstanding -= 1
-            self.bytes -= len(delivery.body)
-            self.delivered += 1
-
-    def _close(self) -> list[Delivery]:
-        self.closed = True
-        self._ready.set()
-        left = list(self._queue)
-        self._queue.clear()
-        return left
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "queued": len(self._queue),
-            "delivered": self.delivered,
-            "deduplicated": self.deduplicated,
-            "refused_busy": self.refused_busy,
-        }
-
-
-@dataclass(slots=True)
-class _Peer:
-    hid: str
-    account: str
-    send_key: bytes
-    recv_key: bytes
+_TICKET: Final = re.compile(r"([0-9a-f]{32}\.[0-9a-f]{1,16})?")
+_MSG_ID: Final = re.compile(r"([0-9a-f]{32})?")
 
 
 @dataclass(slots=True)
@@ -229,23 +79,6 @@ class _Out:
 class _In:
     pending: dict[str, int]  # ticket -> how many copies are not taken yet
     count: int
-
-
-def load_host_key(config: ClientConfig) -> X25519PrivateKey:
-    """This host's X25519 key (``msg.key``, 0600), created on first use."""
-    path = config.root / "msg.key"
-    try:
-        return X25519PrivateKey.from_private_bytes(bytes.fromhex(path.read_text().strip()))
-    except FileNotFoundError:
-        pass
-    except ValueError:
-        raise UsageError(f"{path} is damaged; delete it (the host gets a new id)") from None
-    key = X25519PrivateKey.generate()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key.private_bytes_raw().hex() + "\n")
-    return key
 
 
 class MessageHost:
@@ -273,9 +106,7 @@ class MessageHost:
         self._inbound: dict[str, _In] = {}
         self._out: dict[str, _Out] = {}
         self._slots = asyncio.Semaphore(MAX_UNANSWERED)
-        self._routes: dict[tuple[str, str, int], tuple[float, list[_Peer], str]] = {}
-        self._resolving: dict[tuple[str, str, int], asyncio.Future[tuple[list[_Peer], str]]] = {}
-        self._peers: dict[str, _Peer] = {}
+        self._routes = Routes(relay, self._key, clock)
         self._parked: dict[str, list[tuple[m.MsgDeliver, bytes]]] = {}
         self._parked_count = 0
         self._results: deque[m.MsgResult] = deque()
@@ -284,6 +115,9 @@ class MessageHost:
         self._announced = asyncio.Event()
         self.tasks = Supervisor("msg-host")
         self._closed = False
+        self._sending: set[asyncio.Task[Any]] = set()
+        self._version = self._acked = 0  # of the registration table
+        self._acked_changed = asyncio.Event()
         self._counters = dict.fromkeys(
             ("sent", "delivered", "resent", "deduplicated", "refused"), 0
         )
@@ -305,7 +139,14 @@ class MessageHost:
             self.tasks.spawn(self._send_left(row), name="resend", detached=True)
 
     async def aclose(self) -> None:
+        """Stop: sends still waiting are cancelled (their messages stay in
+        the spool and go out at the next start)."""
         self._closed = True
+        sending = [t for t in self._sending if t is not asyncio.current_task()]
+        for t in sending:
+            t.cancel()
+        if sending:
+            await asyncio.wait(sending, timeout=5)
         if self.relay.on_message == self._on_message:
             self.relay.on_message = None
             self.relay.after_attach = None
@@ -331,10 +172,11 @@ class MessageHost:
     def _register(
         self, app: str, interest: int, *, peer: str, owner: object, announced: bool
     ) -> Registration:
-        _check_app(app)
+        check_app(app)
         reg = self._regs.add(app, interest, peer=peer, owner=owner, announced=announced)
-        handle = self._handles[reg.ticket] = Registration(self, reg)
+        handle = self._handles[reg.ticket] = Registration(reg, self._taken)
         if announced:
+            self._version += 1
             self._dirty.set()
         return handle
 
@@ -353,6 +195,7 @@ class MessageHost:
         for d in handle._close():
             self._untake(d, reg.ticket)
         if reg.announced:
+            self._version += 1
             self._dirty.set()
 
     def apps(self) -> list[dict[str, object]]:
@@ -387,8 +230,19 @@ class MessageHost:
             regs=regs,
         )
         self._dirty.clear()
+        version = self._version
         await self.relay.request(hello, rid)
         self._announced.set()
+        if version > self._acked:
+            self._acked = version
+            self._acked_changed.set()
+
+    async def announced(self) -> None:
+        """Until the hub has taken the registrations made so far."""
+        want = self._version
+        while self._acked < want:
+            self._acked_changed.clear()
+            await self._acked_changed.wait()
 
     async def _announcer(self) -> None:
         while True:
@@ -423,13 +277,18 @@ class MessageHost:
         timeout: float = 30.0,
     ) -> SendResult:
         """Send one message; returns when every host answered (or at the timeout)."""
-        _check_app(app)
+        check_app(app)
         if not 0 < type <= ALL_TYPES:
             raise UsageError(f"a message type is a 32-bit number other than 0, not {type:#x}")
         if len(body) > MAX_MESSAGE_BODY:
             raise UsageError(f"a message body has at most {MAX_MESSAGE_BODY} bytes")
         if not dest or len(dest) > 70:
             raise UsageError("a destination is an account name, '*' or host:ID")
+        for name, value in (("ticket", ticket), ("from_ticket", from_ticket)):
+            if not _TICKET.fullmatch(value):
+                raise UsageError(f"{name} {value!r} is not a ticket (HOSTID.NUMBER)")
+        if not _MSG_ID.fullmatch(reply_to):
+            raise UsageError(f"reply_to {reply_to!r} is not a message id")
         await self._slots.acquire()
         row = Spooled(
             secrets.token_hex(16),
@@ -447,7 +306,8 @@ class MessageHost:
             self._counters["sent"] += 1
             return await self._deliver(row, timeout)
         finally:
-            self._spool.remove(row.id)
+            if not self._closed:  # closing: it stays spooled for the next start
+                self._spool.remove(row.id)
             self._slots.release()
 
     async def _send_left(self, row: Spooled) -> None:
@@ -461,24 +321,30 @@ class MessageHost:
             try:
                 res = await self._deliver(row, left)
             finally:
-                self._spool.remove(row.id)
+                if not self._closed:
+                    self._spool.remove(row.id)
         log.debug("spooled message answered", extra=fields(id=row.id, count=res.count))
 
     async def _deliver(self, row: Spooled, timeout: float) -> SendResult:
         out = _Out(row, self._clock() + timeout)
         self._out[row.id] = out
+        task = asyncio.current_task()
+        if task is not None:
+            self._sending.add(task)
         try:
             await self._attempts(out)
         except TimeoutError:
             pass
         finally:
             del self._out[row.id]
+            if task is not None:
+                self._sending.discard(task)
         count, reason = out.tally.result()
         if count:
             self._counters["delivered"] += count
         else:
             self._counters["refused"] += 1
-        return SendResult(row.id, count, reason, "" if count else _REASON_TEXT.get(reason, ""))
+        return SendResult(row.id, count, reason, "" if count else REASON_TEXT.get(reason, ""))
 
     def _left(self, out: _Out) -> float:
         left = out.deadline - self._clock()
@@ -488,25 +354,29 @@ class MessageHost:
 
     async def _attempts(self, out: _Out) -> None:
         """Send until every host of the route has a final answer: again to
-        hosts that answered busy/retry (after a back-off) and to every host
-        not answered yet after a re-attach."""
+        hosts that answered busy/retry (after a back-off), and after a
+        re-attach to every host of the fresh route not answered yet."""
         row, tally = out.row, out.tally
         delay = FIRST_BACKOFF
         while True:
-            await asyncio.wait_for(self._announced.wait(), self._left(out))
+            left = self._left(out)
+            await asyncio.wait_for(self._announced.wait(), left)
+            left = self._left(out)
             peers, reason = await asyncio.wait_for(
-                self._route(row.dest, row.app, row.type), self._left(out)
+                self._routes.resolve(row.dest, row.app, row.type), left
             )
             tally.route_reason = "" if peers else reason
             again, out.reattached = out.reattached, False
             out.changed.clear()
             in_flight = set(tally.waiting)
             by_hid = {p.hid: p for p in peers}
-            if again:  # hosts not answered yet, whether or not still routed
-                by_hid.update({h: self._peers[h] for h in in_flight if h in self._peers})
             if reason not in TRANSIENT:
-                for hid in tally.transient:  # gone from the route: its answer is final
+                # Gone from the route: a host we wait for (the hub forgot the
+                # message while we were away) or one to try again.
+                gone = tally.transient + (list(in_flight) if again else [])
+                for hid in gone:
                     if hid not in by_hid:
+                        tally.hosts[hid] = None
                         tally.record(hid, 0, reason or "no_host")
             for hid in tally.expect(by_hid):
                 if hid in in_flight and not again:
@@ -526,13 +396,15 @@ class MessageHost:
                 return
             await asyncio.sleep(min(delay, self._left(out)))
             delay = min(delay * 2, MAX_BACKOFF)
-            self._routes.pop((row.dest, row.app, row.type), None)
+            self._routes.forget((row.dest, row.app, row.type))
 
-    async def _send_to(self, row: Spooled, peer: _Peer) -> None:
+    async def _send_to(self, row: Spooled, peer: Peer) -> None:
         header = aad(
             row.id, self.hid, peer.hid, row.type, row.app, row.ticket, row.from_ticket, row.reply_to
         )
+        sealed = seal_body(peer.send_key, row.body, header)
         frame = m.MsgSend(
+            len=len(sealed),
             id=row.id,
             to=peer.hid,
             app=row.app,
@@ -541,65 +413,7 @@ class MessageHost:
             from_ticket=row.from_ticket,
             reply_to=row.reply_to,
         )
-        await self.relay.send_frame(frame, seal_body(peer.send_key, row.body, header))
-
-    async def _route(self, dest: str, app: str, type_: int) -> tuple[list[_Peer], str]:
-        key = (dest, app, type_)
-        now = self._clock()
-        hit = self._routes.get(key)
-        if hit is not None and now - hit[0] < ROUTE_TTL:
-            return hit[1], hit[2]
-        fut = self._resolving.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._resolving[key] = fut
-        try:
-            rid = secrets.token_hex(6)
-            reply = await self.relay.request(
-                m.MsgResolve(rid=rid, dest=dest, app=app, type=type_), rid
-            )
-            if not isinstance(reply, m.MsgRoute):
-                raise RemoteError(f"the hub answered a resolve with {type(reply).__name__}")
-            peers = [p for info in reply.hosts if (p := self._peer(info)) is not None]
-            reason = reply.reason or ("" if peers else "no_host")
-            if reason not in TRANSIENT:
-                if len(self._routes) >= MAX_ROUTES:
-                    self._routes = {k: v for k, v in self._routes.items() if now - v[0] < ROUTE_TTL}
-                    if len(self._routes) >= MAX_ROUTES:
-                        self._routes.clear()
-                self._routes[key] = (now, peers, reason)
-            fut.set_result((peers, reason))
-            return peers, reason
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved: nobody else may be waiting
-            raise
-        finally:
-            del self._resolving[key]
-
-    def _peer(self, info: m.MsgHostInfo) -> _Peer | None:
-        """A host of a route, its key checked (None if it does not check out)."""
-        known = self._peers.get(info.hid)
-        if known is not None and known.account == info.account:
-            return known
-        try:
-            key = bytes.fromhex(info.key)
-            if (
-                verify_host_key(bytes.fromhex(info.identity), key, bytes.fromhex(info.sig))
-                != info.hid
-            ):
-                raise BadHostKey("the host id does not match its key")
-            send_key, recv_key = pair_keys(self._key, key)
-        except (BadHostKey, IntegrityError) as exc:
-            log.warning(
-                "a host's key does not check out", extra=fields(hid=info.hid, error=str(exc))
-            )
-            return None
-        if len(self._peers) >= MAX_PEERS:
-            self._peers.pop(next(iter(self._peers)))
-        peer = self._peers[info.hid] = _Peer(info.hid, info.account, send_key, recv_key)
-        return peer
+        await self.relay.send_frame(frame, sealed)
 
     # --- what the hub pushes ------------------------------------------------------------------
 
@@ -622,7 +436,7 @@ class MessageHost:
             if seen.answered:
                 self._answer(msg.id, seen.count, seen.reason, remember=False)
             return
-        peer = self._peers.get(msg.frm)
+        peer = self._routes.peers.get(msg.frm)
         if peer is not None:
             self._take(msg, payload, peer)
             return
@@ -639,14 +453,7 @@ class MessageHost:
     async def _find_sender(self, hid: str) -> None:
         peer = None
         try:
-            rid = secrets.token_hex(6)
-            reply = await asyncio.wait_for(
-                self.relay.request(m.MsgResolve(rid=rid, dest=f"host:{hid}"), rid), 30
-            )
-            if isinstance(reply, m.MsgRoute):
-                for info in reply.hosts:
-                    if info.hid == hid:
-                        peer = self._peer(info)
+            peer = await asyncio.wait_for(self._routes.find(hid), 30)
         except (FreightError, TimeoutError) as exc:
             log.debug("sender not found", extra=fields(hid=hid, error=str(exc)))
         finally:
@@ -659,7 +466,7 @@ class MessageHost:
                 else:
                     self._take(msg, payload, peer)
 
-    def _take(self, msg: m.MsgDeliver, payload: bytes, peer: _Peer) -> None:
+    def _take(self, msg: m.MsgDeliver, payload: bytes, peer: Peer) -> None:
         header = aad(
             msg.id, msg.frm, self.hid, msg.type, msg.app, msg.ticket, msg.from_ticket, msg.reply_to
         )
@@ -755,12 +562,3 @@ class MessageHost:
             return got
         finally:
             self.unregister(reply.ticket)
-
-
-def _check_app(app: str) -> None:
-    if (
-        not app
-        or len(app) > 64
-        or not all(c.isascii() and (c.isalnum() or c in "_.:-") for c in app)
-    ):
-        raise UsageError(f"an application name has 1 to 64 of A-Z a-z 0-9 _ . : -, not {app!r}")

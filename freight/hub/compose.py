@@ -21,9 +21,10 @@ from pathlib import Path
 from aiohttp import web
 
 from ..protocol.limits import CHECKPOINT_INTERVAL
+from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
 from ..tasks import Supervisor
-from . import agents, auth, channels, collectapi, httpattach, keys, rest, tls, users
+from . import agents, auth, channels, collectapi, httpattach, keys, messaging, rest, tls, users
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
@@ -64,6 +65,7 @@ class HubConfig:
     relay_queue: int = 32 * 1024 * 1024  # bytes held for one attached client before pausing
     max_relay_connections: int = 256  # relayed connections one account may have open
     max_codes: int = 64  # valid one-time codes one account may hold
+    msg_warmup: float = DEFAULT_WARMUP  # seconds after start when empty routes answer retry
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -197,6 +199,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         passwords=auth.PasswordWork(),
         challenges=ChallengeBook(),
         token_lifetime=cfg.token_lifetime,
+        messaging=messaging.Messaging(relay, events, metrics, warmup=cfg.msg_warmup),
     )
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
@@ -204,6 +207,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
     channels.register_relay(dispatcher, hub)
     agents.register(dispatcher, hub)
     queue.register(dispatcher)
+    hub.messaging.register(dispatcher)
     return hub
 
 
@@ -219,6 +223,8 @@ def build_app(hub: Hub) -> web.Application:
     collectapi.add_routes(app)
     keys.add_routes(app)
     rest.add_admin_routes(app)
+    app[messaging.MESSAGING] = hub.messaging
+    messaging.add_routes(app)
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
     return app

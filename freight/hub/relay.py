@@ -37,7 +37,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, cast
 
 from ..protocol import messages as m
@@ -180,6 +180,8 @@ class Router:
         self.presence: Presence[Attachment] = Presence(self.attachments)
         self.tasks = Supervisor("relay")  # hub-wide work; each connection has its own
         self._keys: dict[int, list[str]] = {}
+        # Run when an attachment goes, after its queue is discarded (messaging).
+        self.detach_hooks: list[Callable[[Attachment], None]] = []
 
     @property
     def max_conns(self) -> int:
@@ -224,6 +226,8 @@ class Router:
         if att.lane is not None:
             self.spawn(att.lane.aclose())
         self.perform(att, "", self.pairing.detach(att, time.time()))
+        for hook in self.detach_hooks:
+            hook(att)
 
     def sweep(self, now: float) -> None:
         """End connections that have had an end missing for too long, forget

@@ -28,6 +28,7 @@ from .core import Core
 from .dispatch import Dispatcher
 from .guard import PortGuard
 from .limiter import LoginGuard
+from .messaging import Messaging
 from .observe import EventLog, Metrics
 from .relay import Router
 from .requests import LOGINS
@@ -67,6 +68,7 @@ class Hub:
     passwords: auth.PasswordWork
     challenges: ChallengeBook  # agent logins
     token_lifetime: float
+    messaging: Messaging
 
     @property
     def db(self) -> Database:
