@@ -78,7 +78,7 @@ def outcome(count: int, reason: str, message: str) -> int:
     error of another reason."""
     if count > 0:
         return count
-    from .client.msghost import SendResult, result_error
+    from .client.msgapp import SendResult, result_error
 
     exc = result_error(SendResult(id="", count=0, reason=reason, message=message))
     if isinstance(exc, NoRecipient):

@@ -33,7 +33,8 @@ from ..protocol.errors import ProtocolError, RemoteProtocolError, VersionMismatc
 from ..tasks import Supervisor
 
 if TYPE_CHECKING:
-    from .msghost import Delivery, MessageHost, Registration
+    from .msgapp import Delivery, Registration
+    from .msghost import MessageHost
 
 log = structlog.get_logger("freight.msglocal")
 
