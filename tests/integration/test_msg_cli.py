@@ -474,6 +474,20 @@ async def test_sdk_through_the_daemon_and_as_its_own_host(
                     assert gone.value.reason == "no_interest"
                 finally:
                     serving.cancel()
+                # And back: bob asks through the daemon's socket, admin answers.
+                back = await admin_bus.register("sdk-back", interest=0x2)
+
+                async def answer() -> None:
+                    async for msg in back:
+                        await msg.reply(msg.body[::-1])
+
+                answering = asyncio.create_task(answer())
+                try:
+                    reply = await bob_bus.request("admin", "sdk-back", type=0x2, body=b"abc")
+                    assert reply.body == b"cba"
+                    assert reply.account == "admin"
+                finally:
+                    answering.cancel()
             await reg.close()
             assert (await bob_bus.apps())["apps"] == []
 
@@ -540,3 +554,49 @@ async def test_an_agent_serves_the_socket_in_its_folder(
             proc.kill()
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+async def test_deliveries_stop_at_the_credit_until_taken(
+    pair: tuple[Client, Client], daemon: Proc, root: Path
+) -> None:
+    """An application that does not say ``taken`` gets at most ``credit``
+    deliveries; the senders' answers wait for it."""
+    admin, bob = pair
+    config = ClientConfig(admin.config)
+    async with asyncio.timeout(60):
+        relay = RelayClient(HubSession.from_config(config), config, data_path="tls")
+        async with relay:
+            await relay.start()
+            host = MessageHost(relay, config)
+            await host.start()
+            try:
+                async with MessageSocket(host, root, credit=2) as server:
+                    app = await RawApp.open(server.path)
+                    reg = await app.call(p.LRegister(rid="r", app="credit", interest=1))
+                    assert isinstance(reg, p.LRegistered)
+                    async with messaging.connect(config_dir=bob.config) as bus:
+                        sends = [
+                            asyncio.create_task(
+                                bus.send("admin", "credit", type=1, body=b"m%d" % i)
+                            )
+                            for i in range(3)
+                        ]
+                        first, body1 = await app.recv()
+                        second, body2 = await app.recv()
+                        assert isinstance(first, p.LDeliver)
+                        assert isinstance(second, p.LDeliver)
+                        with pytest.raises(TimeoutError):
+                            await asyncio.wait_for(app.recv(), 0.5)
+                        assert not any(t.done() for t in sends)
+                        await app.send(p.LTaken(ticket=reg.ticket, ids=[first.id]))
+                        third, body3 = await app.recv()
+                        assert isinstance(third, p.LDeliver)
+                        await app.send(p.LTaken(ticket=reg.ticket, ids=[second.id, third.id]))
+                        assert await asyncio.gather(*sends) == [1, 1, 1]
+                        for d in (first, second, third):
+                            assert d.ticket == reg.ticket
+                            assert d.account == "bob"
+                        assert sorted([body1, body2, body3]) == [b"m0", b"m1", b"m2"]
+                    app.close()
+            finally:
+                await host.aclose()
