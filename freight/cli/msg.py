@@ -299,21 +299,24 @@ async def serve_daemon(config: ClientConfig, hub_url: str | None, transport: str
         HubSession.from_config(config, hub_url), config, transport=transport, data_path="tls"
     )
     async with relay:
-        await relay.start()
         host = MessageHost(relay, config)
-        await host.start()
+        sock = MessageSocket(host, config.root)
+        sock.bind()  # a host already serving this folder: stop before announcing
         try:
-            async with MessageSocket(host, config.root) as sock:
-                err_console.print(f"Messaging host {host.hid} serving {sock.path}", markup=False)
-                stopping = asyncio.ensure_future(stop.wait())
-                # The relay's reader ends only when the hub refuses us for good.
-                reader = relay._task
-                waits = {stopping} | ({reader} if reader is not None else set())
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-                stopping.cancel()
-                if relay.fatal is not None:
-                    raise relay.fatal
+            await relay.start()
+            await host.start()
+            await sock.start()
+            err_console.print(f"Messaging host {host.hid} serving {sock.path}", markup=False)
+            stopping = asyncio.ensure_future(stop.wait())
+            # The relay's reader ends only when the hub refuses us for good.
+            reader = relay._task
+            waits = {stopping} | ({reader} if reader is not None else set())
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if relay.fatal is not None:
+                raise relay.fatal
         finally:
+            await sock.aclose()
             await host.aclose()
 
 

@@ -136,9 +136,17 @@ class MessageSocket:
         self._ino = 0
         self._ids = itertools.count(1)
 
+    def bind(self) -> None:
+        """Take the socket's name (before attaching, so a second host of the
+        same folder stops before it announces itself to the hub)."""
+        if self._sock is None:
+            self._sock = bind_private(self.path)
+            self._ino = os.stat(self.path).st_ino
+
     async def start(self) -> None:
-        self._sock = bind_private(self.path)
-        self._ino = os.stat(self.path).st_ino
+        """Serve applications (binding first if :meth:`bind` was not called)."""
+        self.bind()
+        assert self._sock is not None
         self.tasks.spawn(self._accept(self._sock), name="accept")
 
     async def aclose(self) -> None:

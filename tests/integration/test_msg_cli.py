@@ -600,3 +600,46 @@ async def test_deliveries_stop_at_the_credit_until_taken(
                     app.close()
             finally:
                 await host.aclose()
+
+
+def test_listen_json_and_a_body_from_stdin(pair: tuple[Client, Client], daemon: Proc) -> None:
+    admin, bob = pair
+    proc = Proc(bob, "msg", "listen", "piped", "--interest", "0x4", "--json", "--count", "1")
+    with proc:
+        first = proc.first_event()
+        assert first["app"] == "piped"
+        assert first["interest"] == 4
+        body = "line one\nline two\n"
+        sent = admin.run("msg", "send", "bob", "piped", "--type", "0x4", "-", input=body)
+        assert sent.stdout == "delivered to 1 recipient(s)\n"
+        assert proc.wait(DEADLINE) == 0, proc.stderr
+    events = proc.json_events()
+    assert len(events) == 2
+    got = events[1]
+    assert got["body"] == body
+    assert got["from"] == "admin"
+    assert got["type"] == 4
+    assert got["ticket"] == first["ticket"]
+
+
+def test_one_daemon_per_folder_and_sigterm_cleans_up(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    admin, bob = pair
+    second = bob.run("daemon", check=False, timeout=60)
+    assert second.returncode == 2, second.stderr
+    assert "another host already serves" in second.stderr
+    assert daemon.running
+    # It stopped before announcing itself: bob's daemon still takes messages.
+    listener, _ = listening(bob, "still-bob", "--interest", "1", "--count", "1")
+    with listener:
+        sent = admin.run("msg", "send", "bob", "still-bob", "--type", "1", "yes")
+        assert sent.stdout == "delivered to 1 recipient(s)\n"
+        assert listener.wait(DEADLINE) == 0, listener.stderr
+    with Proc(admin, "daemon") as own:
+        own.wait_stderr(r"Messaging host [0-9a-f]{32} serving", timeout=30)
+        path = socket_path(admin.config)
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+        own.p.terminate()
+        assert own.wait(DEADLINE) == 0, own.stderr
+        assert not path.exists()
