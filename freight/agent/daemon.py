@@ -22,6 +22,8 @@ import structlog
 
 from .. import __version__
 from ..client.config import ClientConfig
+from ..client.msghost import MessageHost
+from ..client.msglocal import MessageSocket
 from ..client.relay import RelayClient, identity_key
 from ..client.session import HubSession
 from ..errors import AuthError, FreightError, NetworkError, RateLimited
@@ -187,6 +189,15 @@ class Agent:
             server = FileServer(self.roots, self.report, self.cfg.allow_overwrite)
             listener = await relay.listen(APP)
             offering = self.tasks.spawn(self.offerer.run(relay), name="offers", detached=True)
+            # The agent is a messaging host: applications on this machine
+            # use msg.sock in its folder (freight.messaging.connect).
+            messages = MessageHost(relay, self.config)
+            msg_socket = MessageSocket(messages, self.config.root)
+            try:
+                await messages.start()
+                await msg_socket.start()
+            except FreightError as exc:  # files and commands are served regardless
+                log.warning("messaging_unavailable", error=exc.message)
             log.info("attached", hub=self.cfg.hub, name=self.cfg.name, roots=self.cfg.roots)
             try:
                 while True:
@@ -196,6 +207,8 @@ class Agent:
                     self.tasks.spawn(self._serve(server, conn), name="files", detached=True)
             finally:
                 offering.cancel()
+                await msg_socket.aclose()
+                await messages.aclose()
 
     async def _serve(self, server: FileServer, conn: Any) -> None:
         try:

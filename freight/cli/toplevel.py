@@ -61,6 +61,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "to copy into (a trailing / demands one). Resumable: run it again. Existing files are "
         "replaced only with --overwrite (on an agent, only if it allows that).",
     ),
+    "daemon": (
+        ("msg",),
+        "Be this user's messaging host: stay attached to the hub and serve applications on "
+        "msg.sock in the config folder (freight msg, the SDK's freight.messaging.connect).",
+    ),
     "admin": (("files", "relay"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (
@@ -71,6 +76,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "agent": (("agentcmd",), "Run this machine as an agent."),
     "collect": (("collect",), "Collection policies (admin accounts only)."),
     "collected": (("collect",), "What collection has gathered."),
+    "msg": (
+        ("msg",),
+        "Send and receive messages between applications on hosts (end-to-end encrypted). "
+        "Uses this user's freight daemon when one runs; otherwise the command is its own host.",
+    ),
 }
 
 

@@ -4,13 +4,17 @@ The header is a typed :mod:`.messages` message whose ``len`` says how many
 payload bytes follow. The decoder is incremental (feed it any split of the
 byte stream) and bounded: it never buffers more than one frame's worth of
 bytes, limited by ``max_header`` and ``max_payload``.
+
+:class:`HeaderDecoder` is the same machine for any tagged union of framed
+headers (the local messaging socket has its own, see :mod:`.msglocal`);
+:class:`FrameDecoder` is it for the wire protocol's messages.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
-from typing import Final
+from collections.abc import Callable, Iterator
+from typing import Final, Generic, Protocol, TypeVar
 
 import msgspec
 
@@ -43,7 +47,19 @@ def encode_frame(msg: Message, payload: bytes | bytearray | memoryview = b"") ->
     return encode_header(msg) + bytes(payload)
 
 
-def parse_header(header: bytes | memoryview, *, max_payload: int = MAX_PAYLOAD_BYTES) -> AnyMessage:
+class Framed(Protocol):
+    """A frame header: ``len`` payload bytes follow it."""
+
+    @property
+    def len(self) -> int: ...
+
+
+M = TypeVar("M", bound=Framed)
+# Decodes and validates one JSON header, given the payload limit.
+HeaderParser = Callable[[bytes, int], M]
+
+
+def parse_header(header: bytes | memoryview, max_payload: int = MAX_PAYLOAD_BYTES) -> AnyMessage:
     """Decode and validate one JSON header."""
     try:
         msg: AnyMessage = _decoder.decode(header)
@@ -69,20 +85,26 @@ def decode_frame(
     return frame
 
 
-class FrameDecoder:
-    """Incremental decoder: ``feed()`` bytes, then drain ``next_frame()``.
+class HeaderDecoder(Generic[M]):
+    """Incremental decoder of frames whose headers ``parse`` decodes:
+    ``feed()`` bytes, then drain ``next_frame()``.
 
     After a :class:`~.errors.ProtocolError` the decoder is broken for good and
     raises the same error again: a stream with a bad frame cannot be resynced.
     """
 
     def __init__(
-        self, *, max_header: int = MAX_HEADER_BYTES, max_payload: int = MAX_PAYLOAD_BYTES
+        self,
+        parse: HeaderParser[M],
+        *,
+        max_header: int = MAX_HEADER_BYTES,
+        max_payload: int = MAX_PAYLOAD_BYTES,
     ) -> None:
         self.max_header = max_header
         self.max_payload = max_payload
+        self._parse = parse
         self._buf = bytearray()
-        self._pending: AnyMessage | None = None
+        self._pending: M | None = None
         self._error: RemoteProtocolError | None = None
 
     @property
@@ -94,7 +116,7 @@ class FrameDecoder:
             raise self._error
         self._buf += data
 
-    def next_frame(self) -> tuple[AnyMessage, bytes] | None:
+    def next_frame(self) -> tuple[M, bytes] | None:
         """The next whole frame, or None when more bytes are needed."""
         if self._error is not None:
             raise self._error
@@ -105,11 +127,11 @@ class FrameDecoder:
             self._buf.clear()
             raise
 
-    def __iter__(self) -> Iterator[tuple[AnyMessage, bytes]]:
+    def __iter__(self) -> Iterator[tuple[M, bytes]]:
         while (frame := self.next_frame()) is not None:
             yield frame
 
-    def _next(self) -> tuple[AnyMessage, bytes] | None:
+    def _next(self) -> tuple[M, bytes] | None:
         buf = self._buf
         if self._pending is None:
             if len(buf) < 4:
@@ -123,7 +145,7 @@ class FrameDecoder:
                 )
             if len(buf) < 4 + hlen:
                 return None
-            self._pending = parse_header(bytes(buf[4 : 4 + hlen]), max_payload=self.max_payload)
+            self._pending = self._parse(bytes(buf[4 : 4 + hlen]), self.max_payload)
             del buf[: 4 + hlen]
         msg = self._pending
         if len(buf) < msg.len:
@@ -132,3 +154,12 @@ class FrameDecoder:
         del buf[: msg.len]
         self._pending = None
         return msg, payload
+
+
+class FrameDecoder(HeaderDecoder[AnyMessage]):
+    """The incremental decoder of the wire protocol's frames (:mod:`.messages`)."""
+
+    def __init__(
+        self, *, max_header: int = MAX_HEADER_BYTES, max_payload: int = MAX_PAYLOAD_BYTES
+    ) -> None:
+        super().__init__(parse_header, max_header=max_header, max_payload=max_payload)

@@ -1,0 +1,496 @@
+"""Messages between applications on hosts, end to end encrypted
+(docs/protocol.md "Messaging")::
+
+    async with freight.messaging.connect() as bus:
+        reg = await bus.register("sensors", interest=0xFFFF0000)
+        async for msg in reg:
+            await msg.reply(b"ok")
+
+    async with freight.messaging.connect() as bus:
+        n = await bus.send("alice", "sensors", type=0x00120000, body=b"21.5")
+        answer = await bus.request("alice", "sensors", type=0x00120000, body=b"?", timeout=5)
+
+:func:`connect` talks to this user's host (``freight daemon``, or the agent
+whose folder ``FREIGHT_CONFIG_DIR`` names) through its socket, ``msg.sock``
+in the config folder, when one answers there; otherwise the program is its
+own host for as long as the block lasts (it attaches to the hub you logged
+in to last, or ``hub``). ``send`` returns how many recipients took the
+message; when none did it raises :class:`~freight.errors.NoRecipient` (with
+``reason``: no_host, no_app, no_interest, forbidden, ticket_gone...) or
+:class:`~freight.errors.Busy`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .client.config import ClientConfig
+from .client.msglocal import socket_path
+from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
+from .protocol import msglocal as p
+from .protocol.errors import ProtocolError, RemoteProtocolError
+from .tasks import Supervisor
+
+__all__ = ["Bus", "Message", "Registration", "connect", "outcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message for one of your registrations (or the reply to a request)."""
+
+    id: str
+    ticket: str
+    frm: str  # the sending host's id
+    account: str  # the sender's account, as the hub vouches
+    app: str
+    type: int
+    from_ticket: str
+    reply_to: str
+    body: bytes
+    bus: Bus | None = field(default=None, repr=False, compare=False)
+
+    async def reply(self, body: bytes, *, type: int | None = None, timeout: float = 30.0) -> int:
+        """Answer this message: to the registration it came from, on its host."""
+        if self.bus is None:
+            raise UsageError("this message has no connection to reply through")
+        return await self.bus.send(
+            "host:" + self.frm,
+            self.app,
+            type=self.type if type is None else type,
+            body=body,
+            ticket=self.from_ticket,
+            reply_to=self.id,
+            timeout=timeout,
+        )
+
+
+def outcome(count: int, reason: str, message: str) -> int:
+    """``count``, or the error a message that reached nobody stands for:
+    :class:`~freight.errors.NoRecipient` (``reason`` no_host, no_app,
+    no_interest, ticket_gone), :class:`~freight.errors.Busy`, or the
+    error of another reason."""
+    if count > 0:
+        return count
+    from .client.msgapp import SendResult, result_error
+
+    exc = result_error(SendResult(id="", count=0, reason=reason, message=message))
+    if isinstance(exc, NoRecipient):
+        raise NoRecipient(f"{reason}: {exc.message}", reason=reason)
+    raise exc
+
+
+class Registration(Protocol):
+    ticket: str
+    app: str
+    interest: int
+    peer: str
+
+    def __aiter__(self) -> AsyncIterator[Message]: ...
+
+    async def get(self) -> Message: ...
+
+    async def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    """What :func:`connect` yields, whichever host is behind it."""
+
+    hid: str
+
+    async def register(self, app: str, *, interest: int, peer: str = "*") -> Registration: ...
+
+    async def send(
+        self,
+        dest: str,
+        app: str,
+        *,
+        type: int,
+        body: bytes,
+        ticket: str = "",
+        from_ticket: str = "",
+        reply_to: str = "",
+        timeout: float = 30.0,
+    ) -> int: ...
+
+    async def request(
+        self, dest: str, app: str, *, type: int, body: bytes, timeout: float = 5.0
+    ) -> Message: ...
+
+    async def apps(self) -> dict[str, Any]: ...
+
+
+def _check(app: str, type_: int, body: bytes) -> None:
+    if not 0 < type_ <= 0xFFFFFFFF:
+        raise UsageError(f"type {type_:#x} matches nothing: give a non-zero 32-bit type")
+    if len(body) > p.MAX_MESSAGE_BODY:
+        raise UsageError(f"a message body is at most {p.MAX_MESSAGE_BODY} bytes")
+    if not app:
+        raise UsageError("an application name is needed")
+
+
+# --- through the host's socket ---------------------------------------------------
+
+
+class SocketRegistration:
+    def __init__(self, bus: SocketBus, ticket: str, app: str, interest: int, peer: str) -> None:
+        self.bus = bus
+        self.ticket = ticket
+        self.app = app
+        self.interest = interest
+        self.peer = peer
+        # Bounded by the host: it delivers no more than its credit untaken.
+        self.queue: asyncio.Queue[Message | FreightError] = asyncio.Queue()
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self.get()
+
+    async def get(self) -> Message:
+        """The next message (it counts as taken once returned)."""
+        item = await self.queue.get()
+        if isinstance(item, FreightError):
+            self.queue.put_nowait(item)  # every later get fails the same way
+            raise item
+        await self.bus._write(p.LTaken(ticket=self.ticket, ids=[item.id]))
+        return item
+
+    async def close(self) -> None:
+        await self.bus._call(p.LUnregister(rid=self.bus._rid(), ticket=self.ticket))
+        self.bus.regs.pop(self.ticket, None)
+
+
+class SocketBus:
+    """A connection to a host's ``msg.sock``."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.hid = ""
+        self.account = ""
+        self.regs: dict[str, SocketRegistration] = {}
+        self.waiting: dict[str, asyncio.Future[tuple[p.AnyLocal, bytes]]] = {}
+        self.tasks = Supervisor("msg-bus")
+        self._rids = itertools.count(1)
+        self._closed: FreightError | None = None
+
+    @classmethod
+    async def open(cls, path: Path, client: str = "") -> SocketBus:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        bus = cls(reader, writer)
+        try:
+            await bus._hello(client)
+        except BaseException:
+            writer.close()
+            raise
+        bus.tasks.spawn(bus._read(), name="reader", detached=True)
+        return bus
+
+    def _rid(self) -> str:
+        return f"r{next(self._rids)}"
+
+    async def _hello(self, client: str) -> None:
+        self.decoder = p.LocalDecoder()
+        await self._write(p.LHello(version=p.LOCAL_VERSION, client=client))
+        async with asyncio.timeout(30):
+            while (frame := self.decoder.next_frame()) is None:
+                data = await self.reader.read(65536)
+                if not data:
+                    raise NetworkError("the host closed its messaging socket")
+                self.decoder.feed(data)
+        msg, _ = frame
+        if isinstance(msg, p.LError):
+            raise code_to_error(msg.code, msg.message)
+        if not isinstance(msg, p.LWelcome):
+            raise RemoteProtocolError(f"expected welcome, got {msg.__struct_config__.tag}")
+        self.hid, self.account = msg.hid, msg.account
+
+    async def _write(self, msg: p.LocalMessage, body: bytes = b"") -> None:
+        if self._closed is not None:
+            raise self._closed
+        self.writer.write(p.encode_local(msg, body))
+        await self.writer.drain()
+
+    async def _call(self, msg: Any, body: bytes = b"") -> tuple[p.AnyLocal, bytes]:
+        fut: asyncio.Future[tuple[p.AnyLocal, bytes]] = asyncio.get_running_loop().create_future()
+        self.waiting[msg.rid] = fut
+        try:
+            await self._write(msg, body)
+            answer, payload = await fut
+        finally:
+            self.waiting.pop(msg.rid, None)
+        if isinstance(answer, p.LError):
+            raise code_to_error(answer.code, answer.message)
+        return answer, payload
+
+    async def _read(self) -> None:
+        why: FreightError = NetworkError("the host closed its messaging socket")
+        try:
+            while data := await self.reader.read(65536):
+                self.decoder.feed(data)
+                for msg, body in self.decoder:
+                    self._dispatch(msg, body)
+        except ProtocolError as exc:
+            why = exc
+        except (ConnectionError, OSError) as exc:
+            why = NetworkError(f"the host's messaging socket failed: {exc}")
+        finally:
+            self._fail(why)
+
+    def _dispatch(self, msg: p.AnyLocal, body: bytes) -> None:
+        if isinstance(msg, p.LDeliver) and not msg.rid:
+            reg = self.regs.get(msg.ticket)
+            if reg is not None:
+                reg.queue.put_nowait(self._message(msg, body))
+            return
+        rid = getattr(msg, "rid", "")
+        if not rid and isinstance(msg, p.LError):  # the host ends the connection
+            self._fail(code_to_error(msg.code, msg.message))
+            return
+        fut = self.waiting.get(rid)
+        if fut is not None and not fut.done():
+            fut.set_result((msg, body))
+
+    def _message(self, msg: p.LDeliver, body: bytes) -> Message:
+        return Message(
+            id=msg.id,
+            ticket=msg.ticket,
+            frm=msg.frm,
+            account=msg.account,
+            app=msg.app,
+            type=msg.type,
+            from_ticket=msg.from_ticket,
+            reply_to=msg.reply_to,
+            body=body,
+            bus=self,
+        )
+
+    def _fail(self, exc: FreightError) -> None:
+        if self._closed is None:
+            self._closed = exc
+        for fut in self.waiting.values():
+            if not fut.done():
+                fut.set_exception(self._closed)
+        for reg in self.regs.values():
+            reg.queue.put_nowait(self._closed)
+
+    async def register(self, app: str, *, interest: int, peer: str = "*") -> SocketRegistration:
+        if not 0 < interest <= 0xFFFFFFFF:
+            raise UsageError("interest must be a non-zero 32-bit mask")
+        msg = p.LRegister(rid=self._rid(), app=app, interest=interest, peer=peer)
+        answer, _ = await self._call(msg)
+        assert isinstance(answer, p.LRegistered)
+        reg = SocketRegistration(self, answer.ticket, app, interest, peer)
+        self.regs[reg.ticket] = reg
+        return reg
+
+    async def send(
+        self,
+        dest: str,
+        app: str,
+        *,
+        type: int,
+        body: bytes,
+        ticket: str = "",
+        from_ticket: str = "",
+        reply_to: str = "",
+        timeout: float = 30.0,
+    ) -> int:
+        _check(app, type, body)
+        msg = p.LSend(
+            rid=self._rid(),
+            dest=dest,
+            app=app,
+            type=type,
+            ticket=ticket,
+            from_ticket=from_ticket,
+            reply_to=reply_to,
+            timeout=timeout,
+            len=len(body),
+        )
+        answer, _ = await self._call(msg, body)
+        assert isinstance(answer, p.LResult)
+        return outcome(answer.count, answer.reason, answer.message)
+
+    async def request(
+        self, dest: str, app: str, *, type: int, body: bytes, timeout: float = 5.0
+    ) -> Message:
+        _check(app, type, body)
+        msg = p.LRequest(
+            rid=self._rid(), dest=dest, app=app, type=type, timeout=timeout, len=len(body)
+        )
+        answer, payload = await self._call(msg, body)
+        if isinstance(answer, p.LResult):
+            if answer.reason == "timeout":
+                raise TimeoutError(answer.message or f"no reply within {timeout:g} s")
+            outcome(0, answer.reason, answer.message)
+        assert isinstance(answer, p.LDeliver)
+        return self._message(answer, payload)
+
+    async def apps(self) -> dict[str, Any]:
+        answer, _ = await self._call(p.LApps(rid=self._rid()))
+        assert isinstance(answer, p.LAppsList)
+        return {
+            "hid": self.hid,
+            "apps": [
+                {"ticket": a.ticket, "app": a.app, "interest": a.interest, "peer": a.peer}
+                | dict(a.stats)
+                for a in answer.apps
+            ],
+            "counters": dict(answer.counters),
+        }
+
+    async def aclose(self) -> None:
+        self._fail(NetworkError("this messaging connection is closed"))
+        self.writer.close()
+        with contextlib.suppress(OSError, ConnectionError, TimeoutError):
+            await asyncio.wait_for(self.writer.wait_closed(), 5)
+        await self.tasks.aclose()
+
+
+# --- in this process: the program is its own host --------------------------------
+
+
+class HostRegistration:
+    def __init__(self, bus: HostBus, reg: Any) -> None:
+        self.bus = bus
+        self.reg = reg
+        self.ticket: str = reg.ticket
+        self.app: str = reg.app
+        self.interest: int = reg.interest
+        self.peer: str = reg.peer
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Message]:
+        while True:
+            yield await self.get()
+
+    async def get(self) -> Message:
+        delivery = await self.reg.get()
+        self.reg.taken(delivery)
+        return self.bus._message(delivery)
+
+    async def close(self) -> None:
+        self.bus.host.unregister(self.ticket)
+
+
+class HostBus:
+    """An in-process MessageHost on its own attachment to the hub."""
+
+    def __init__(self, host: Any) -> None:
+        self.host = host
+        self.hid: str = host.hid
+
+    def _message(self, d: Any) -> Message:
+        return Message(
+            id=d.id,
+            ticket=d.ticket,
+            frm=d.frm,
+            account=d.account,
+            app=d.app,
+            type=d.type,
+            from_ticket=d.from_ticket,
+            reply_to=d.reply_to,
+            body=d.body,
+            bus=self,
+        )
+
+    async def register(self, app: str, *, interest: int, peer: str = "*") -> HostRegistration:
+        if not 0 < interest <= 0xFFFFFFFF:
+            raise UsageError("interest must be a non-zero 32-bit mask")
+        return HostRegistration(self, self.host.register(app, interest, peer=peer, owner=self))
+
+    async def send(
+        self,
+        dest: str,
+        app: str,
+        *,
+        type: int,
+        body: bytes,
+        ticket: str = "",
+        from_ticket: str = "",
+        reply_to: str = "",
+        timeout: float = 30.0,
+    ) -> int:
+        _check(app, type, body)
+        result = await self.host.send(
+            dest,
+            app,
+            type,
+            body,
+            ticket=ticket,
+            from_ticket=from_ticket,
+            reply_to=reply_to,
+            timeout=timeout,
+        )
+        return outcome(result.count, result.reason, result.message)
+
+    async def request(
+        self, dest: str, app: str, *, type: int, body: bytes, timeout: float = 5.0
+    ) -> Message:
+        _check(app, type, body)
+        return self._message(await self.host.request(dest, app, type, body, timeout=timeout))
+
+    async def apps(self) -> dict[str, Any]:
+        return {"hid": self.hid, "apps": self.host.apps(), "counters": self.host.counters()}
+
+
+def host_socket(root: Path | None = None) -> Path | None:
+    """The socket of a host serving config folder ``root`` (default: this
+    user's), if one answers there."""
+    from .client.msglocal import _answers
+
+    path = socket_path(root or ClientConfig().root)
+    return path if path.exists() and _answers(path) else None
+
+
+@asynccontextmanager
+async def connect(
+    hub: str | None = None,
+    *,
+    config_dir: Path | None = None,
+    transport: str = "auto",
+    own_host: bool = True,
+) -> AsyncIterator[Bus]:
+    """A connection to this user's messaging host (see the module docstring).
+    ``own_host=False`` insists on a running host's socket."""
+    config = ClientConfig(config_dir)
+    path = host_socket(config.root)
+    if path is not None:
+        bus = await SocketBus.open(path)
+        try:
+            yield bus
+        finally:
+            await bus.aclose()
+        return
+    if not own_host:
+        raise NetworkError(
+            f"no messaging host answers at {socket_path(config.root)}",
+            hint="start one with: freight daemon",
+        )
+    from .client.msghost import MessageHost
+    from .client.relay import RelayClient
+    from .client.session import HubSession
+
+    relay = RelayClient(
+        HubSession.from_config(config, hub), config, transport=transport, data_path="tls"
+    )
+    async with relay:
+        await relay.start()
+        host = MessageHost(relay, config)
+        await host.start()
+        try:
+            yield HostBus(host)
+        finally:
+            await host.aclose()

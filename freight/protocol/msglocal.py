@@ -1,0 +1,266 @@
+"""The local messaging socket: an application and its host, on one machine.
+
+A host (``freight daemon``, ``freight agent run``) serves a Unix socket,
+``msg.sock`` in its config folder; applications speak this protocol on it
+(docs/protocol.md "Messaging", "The local socket"). Frames are the wire
+protocol's (``[4-byte big-endian header length][JSON header][payload]``,
+``len`` in the header counts the payload) with their own tagged union of
+headers, defined here. Bodies travel as payloads, never inside the JSON.
+
+The application speaks first (:class:`LHello`); the host answers
+:class:`LWelcome` with its version, or :class:`LError` and closes. Every
+request carries an ``rid`` the application picks; the answer carries the
+same ``rid``. :class:`LDeliver` frames come unasked, one per message for a
+registration; the application answers :class:`LTaken` once it has them.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Final
+
+import msgspec
+
+from .errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from .frames import HeaderDecoder
+
+LOCAL_VERSION: Final = 1
+# Limits of the local socket: a header, and a message body (the hub's limit
+# on a sealed message less the seal).
+MAX_LOCAL_HEADER: Final = 64 * 1024
+MAX_MESSAGE_BODY: Final = 1024 * 1024
+MAX_TAKEN_IDS: Final = 1024
+MAX_TIMEOUT: Final = 3600.0
+
+NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
+# A message type or an interest: T == 0 would match nothing.
+NonZeroU32 = Annotated[int, msgspec.Meta(ge=1, le=0xFFFFFFFF)]
+Rid = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+OptRid = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")]
+App = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+Account = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70, pattern=r"^[^\x00-\x1f]+$")]
+HostId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+OptHostId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")]
+MsgId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
+OptMsgId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")]
+Ticket = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\.[0-9a-f]{1,16}$")]
+OptTicket = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32}\.[0-9a-f]{1,16})?$")]
+Reason = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[a-z_]*$")]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
+Text = Annotated[str, msgspec.Meta(max_length=4096)]
+Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
+
+
+class LocalMessage(msgspec.Struct, tag_field="t", kw_only=True, frozen=True):
+    """Base of the local socket's headers; ``len`` counts payload bytes."""
+
+    len: NonNeg = 0
+
+
+class LHello(LocalMessage, tag="hello", frozen=True):
+    """The application's first frame."""
+
+    version: NonNeg
+    client: Text = ""
+
+
+class LWelcome(LocalMessage, tag="welcome", frozen=True):
+    """The host's answer to LHello: its protocol version, host id and account."""
+
+    version: NonNeg
+    hid: OptHostId = ""
+    account: Text = ""
+
+
+class LRegister(LocalMessage, tag="register", frozen=True):
+    """Register for messages of ``app`` whose type shares a bit with
+    ``interest``, from ``peer`` (an account name, or ``*`` for anyone)."""
+
+    rid: Rid
+    app: App
+    interest: NonZeroU32
+    peer: Peer = "*"
+
+
+class LRegistered(LocalMessage, tag="registered", frozen=True):
+    """The registration ``rid`` asked for, named by ``ticket``."""
+
+    rid: Rid
+    ticket: Ticket
+
+
+class LUnregister(LocalMessage, tag="unregister", frozen=True):
+    """Drop a registration of this connection; answered by LDone."""
+
+    rid: Rid
+    ticket: Ticket
+
+
+class LDone(LocalMessage, tag="done", frozen=True):
+    """Request ``rid`` is done (nothing else to say)."""
+
+    rid: Rid
+
+
+class LSend(LocalMessage, tag="send", frozen=True):
+    """Send the payload to ``app`` at ``dest`` (an account, ``*`` or
+    ``host:<hid>``); ``ticket`` narrows it to one registration, ``reply_to``
+    names the message this answers, ``from_ticket`` one of this
+    connection's registrations where replies go. Answered by LResult."""
+
+    rid: Rid
+    dest: Dest
+    app: App
+    type: NonZeroU32
+    ticket: OptTicket = ""
+    from_ticket: OptTicket = ""
+    reply_to: OptMsgId = ""
+    timeout: Timeout = 30.0
+
+
+class LResult(LocalMessage, tag="result", frozen=True):
+    """What became of send (or request) ``rid``: message ``id`` reached
+    ``count`` recipients, or none and ``reason`` (see the reasons in
+    docs/protocol.md "Messaging")."""
+
+    rid: Rid
+    id: OptMsgId = ""
+    count: NonNeg = 0
+    reason: Reason = ""
+    message: Text = ""
+
+
+class LRequest(LocalMessage, tag="request", frozen=True):
+    """Send the payload and wait for one reply: it comes as an LDeliver
+    with this ``rid`` (or an LResult saying why not)."""
+
+    rid: Rid
+    dest: Dest
+    app: App
+    type: NonZeroU32
+    timeout: Timeout = 5.0
+
+
+class LDeliver(LocalMessage, tag="deliver", frozen=True):
+    """A message for registration ``ticket`` (or the reply to request
+    ``rid``); the payload is its body. ``frm`` is the sending host,
+    ``account`` the sender's account (vouched for by the hub)."""
+
+    id: MsgId
+    frm: HostId
+    account: Account
+    app: App
+    type: U32
+    ticket: OptTicket = ""
+    rid: OptRid = ""
+    from_ticket: OptTicket = ""
+    reply_to: OptMsgId = ""
+
+
+class LTaken(LocalMessage, tag="taken", frozen=True):
+    """The application has these messages of registration ``ticket``:
+    they count toward the sender's acknowledgement, and free credit."""
+
+    ticket: Ticket
+    ids: Annotated[list[MsgId], msgspec.Meta(min_length=1, max_length=MAX_TAKEN_IDS)]
+
+
+class LApps(LocalMessage, tag="apps", frozen=True):
+    """List the host's registrations and counters."""
+
+    rid: Rid
+
+
+class LAppInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One registration on the host, with its counters."""
+
+    ticket: OptTicket
+    app: App
+    interest: U32
+    peer: Peer = "*"
+    stats: dict[str, NonNeg] = {}
+
+
+class LAppsList(LocalMessage, tag="apps_list", frozen=True):
+    """The answer to LApps."""
+
+    rid: Rid
+    apps: Annotated[list[LAppInfo], msgspec.Meta(max_length=100_000)] = []
+    counters: dict[str, NonNeg] = {}
+
+
+class LError(LocalMessage, tag="error", frozen=True):
+    """Request ``rid`` failed (no ``rid``: the connection failed and the
+    host closes it). ``code`` is an error code of freight.errors."""
+
+    code: Code
+    rid: OptRid = ""
+    message: Text = ""
+
+
+PAYLOAD_TYPES: Final = (LSend, LRequest, LDeliver)
+
+AnyLocal = (
+    LHello
+    | LWelcome
+    | LRegister
+    | LRegistered
+    | LUnregister
+    | LDone
+    | LSend
+    | LResult
+    | LRequest
+    | LDeliver
+    | LTaken
+    | LApps
+    | LAppsList
+    | LError
+)
+
+_LEN: Final = struct.Struct(">I")
+_encoder: Final = msgspec.json.Encoder()
+_decoder: Final = msgspec.json.Decoder(AnyLocal)
+
+
+def encode_local(msg: LocalMessage, payload: bytes | bytearray | memoryview = b"") -> bytes:
+    """One whole frame: ``msg`` (its ``len`` must be the payload's length)."""
+    if msg.len != len(payload):
+        raise LocalProtocolError(
+            f"{type(msg).__name__}.len={msg.len} but payload is {len(payload)}"
+        )
+    if msg.len > MAX_MESSAGE_BODY:
+        raise LocalProtocolError(
+            f"a message body of {msg.len} bytes exceeds the limit of {MAX_MESSAGE_BODY}"
+        )
+    header = _encoder.encode(msg)
+    if len(header) > MAX_LOCAL_HEADER:
+        raise LocalProtocolError(f"a header of {len(header)} bytes exceeds {MAX_LOCAL_HEADER}")
+    return _LEN.pack(len(header)) + header + bytes(payload)
+
+
+def parse_local(header: bytes, max_payload: int = MAX_MESSAGE_BODY) -> AnyLocal:
+    """Decode and validate one JSON header of the local socket."""
+    try:
+        msg: AnyLocal = _decoder.decode(header)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+        raise RemoteProtocolError(f"malformed frame header: {exc}") from None
+    if msg.len > max_payload:
+        raise FrameTooLarge(f"a body of {msg.len} bytes exceeds the limit of {max_payload}")
+    if msg.len and not isinstance(msg, PAYLOAD_TYPES):
+        tag = msg.__struct_config__.tag
+        raise RemoteProtocolError(f"{tag} frames carry no payload (len={msg.len})")
+    return msg
+
+
+class LocalDecoder(HeaderDecoder[AnyLocal]):
+    """Incremental decoder of the local socket: ``feed()`` any split of the
+    stream, drain ``next_frame()``; bounded by the header and body limits.
+    After a protocol error it raises that error again."""
+
+    def __init__(
+        self, *, max_header: int = MAX_LOCAL_HEADER, max_payload: int = MAX_MESSAGE_BODY
+    ) -> None:
+        super().__init__(parse_local, max_header=max_header, max_payload=max_payload)
