@@ -249,7 +249,7 @@ def _hub_apps(host: str, json_out: bool, hub_url: str | None) -> None:
 
     async def go() -> Any:
         async with HubSession.from_config(ClientConfig(), hub_url) as session:
-            return await session.request("GET", "/api/msg/hosts")
+            return await session.request("GET", "/v1/msg/hosts")
 
     rows = run_async(go)
     rows = rows.get("hosts", []) if isinstance(rows, dict) else rows
