@@ -375,17 +375,17 @@ class MessageHost:
             out.changed.clear()
             in_flight = set(tally.waiting)
             by_hid = {p.hid: p for p in peers}
-            # Hosts not in this route: one to try again is answered by the
-            # route's reason when that is final; after a re-attach (the hub
-            # forgot what was in flight) one we wait for is not waited for:
-            # it counts as to be tried again, or as the route's final reason.
+            # Hosts not in this route: a busy one is answered by the route's
+            # reason when that is final; one that went away mid-flight
+            # (retry) is tried until the timeout, as is, after a re-attach
+            # (the hub forgot what was in flight), every one we wait for.
             final = reason not in TRANSIENT
             for hid in tally.transient if final else []:
-                if hid not in by_hid:
+                if hid not in by_hid and tally.hosts[hid] == (0, "busy"):
                     tally.record(hid, 0, reason or "no_host")
             for hid in in_flight if again else ():
                 if hid not in by_hid:
-                    tally.record(hid, 0, (reason or "no_host") if final else "retry")
+                    tally.record(hid, 0, "retry")
             for hid in tally.expect(by_hid):
                 if hid in in_flight and not again:
                     continue

@@ -355,6 +355,31 @@ async def test_duplicates_are_never_delivered_twice(
             taker.stop()
 
 
+async def test_a_receiving_host_restarting_mid_flight_gets_the_message_in_its_next_run(
+    msg_hub: tuple[Hub, Client, Client, Client],
+) -> None:
+    _, admin, bob, _ = msg_hub
+    async with msg_host(admin) as a:
+        async with msg_host(bob) as b1:
+            held = b1.register("restart", 0x1)
+            await asyncio.wait_for(b1.announced(), 20)
+            sending = asyncio.create_task(a.send("bob", "restart", 0x1, b"survive", timeout=60))
+            for _ in range(200):
+                if held.stats()["queued"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert held.stats()["queued"] == 1  # arrived, never taken
+        assert not sending.done()
+        async with msg_host(bob) as b2:
+            assert b2.hid == b1.hid  # the same host key, a new run
+            taker = Taker(b2.register("restart", 0x1))
+            res = await asyncio.wait_for(sending, 30)
+            assert res.count == 1
+            assert [d.body for d in taker.got] == [b"survive"]
+            assert a.counters()["resent"] >= 1
+            taker.stop()
+
+
 def spooled(client: Client) -> int:
     with contextlib.closing(sqlite3.connect(client.config / "msgspool.db")) as db:
         return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
