@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from freight.client import msghost
 from freight.client.config import ClientConfig
 from freight.client.msgapp import load_host_key
 from freight.client.msghost import (
@@ -296,6 +297,32 @@ async def test_a_full_queue_answers_busy(msg_hub: tuple[Hub, Client, Client, Cli
         assert [r.count for r in results] == [1, 1, 1, 1]
         assert sorted(d.body[0] for d in taker.got) == [0, 1, 2, 3]
         assert (await a.send("bob", "slow", 0x1, b"now it fits")).count == 1
+        taker.stop()
+
+
+async def test_unanswered_messages_are_bounded_and_send_waits(
+    msg_hub: tuple[Hub, Client, Client, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, admin, bob, _ = msg_hub
+    monkeypatch.setattr(msghost, "MAX_UNANSWERED", 3)
+    async with msg_host(admin) as a, msg_host(bob) as b1:
+        held = b1.register("bounded", 0x1)
+        await asyncio.wait_for(b1.announced(), 20)
+        sends = [
+            asyncio.create_task(a.send("bob", "bounded", 0x1, b"%d" % i, timeout=60))
+            for i in range(5)
+        ]
+        for _ in range(200):
+            if held.stats()["queued"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for a fourth, were it let through
+        assert held.stats()["queued"] == 3
+        assert spooled(admin) == 3  # the other two wait before the spool
+        taker = Taker(held)
+        results = await asyncio.wait_for(asyncio.gather(*sends), 30)
+        assert [r.count for r in results] == [1] * 5
+        assert sorted(d.body for d in taker.got) == [b"0", b"1", b"2", b"3", b"4"]
         taker.stop()
 
 
