@@ -40,6 +40,7 @@ from ..protocol.msgdirectory import (
     Host,
     Taken,
     Throttle,
+    fit_route,
 )
 from ..protocol.msgkeys import BadHostKey, verify_host_key
 from .dispatch import Dispatcher, Link, Scope
@@ -154,14 +155,15 @@ class Messaging:
 
     async def resolve(self, link: Link, msg: m.MsgResolve, payload: bytes) -> None:
         route = self.directory.resolve(link.user.name, msg.dest, msg.app, msg.type, self.clock())
-        self._answer(
-            link.att,
-            m.MsgRoute(
-                rid=msg.rid,
-                hosts=[h.info() for h in route.hosts],
-                reason=route.reason,
-                message=_explain(route.reason, msg.dest, msg.app),
-            ),
+        hosts, left = fit_route(h.info() for h in route.hosts)
+        text = _explain(route.reason, msg.dest, msg.app)
+        if left:
+            text = f"{left} more hosts match; a route lists only as many as fit in one frame"
+        # Sent straight on the channel, not through the attachment's queue:
+        # a client asking for routes without reading them is slowed down by
+        # its own socket instead of growing a queue at the hub.
+        await link.chan.send(
+            m.MsgRoute(rid=msg.rid, hosts=hosts, reason=route.reason, message=text)
         )
 
     async def send(self, link: Link, msg: m.MsgSend, payload: bytes) -> None:

@@ -30,7 +30,10 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from . import messages as m
+from .limits import MAX_HEADER_BYTES
 
 MAX_MESSAGE_BODY: Final = 1024 * 1024  # an application's message body
 SEAL_OVERHEAD: Final = 28  # nonce and tag of the end-to-end seal
@@ -40,6 +43,10 @@ MAX_INFLIGHT_BYTES: Final = 8 * 1024 * 1024  # payload bytes in flight per host,
 DEFAULT_WARMUP: Final = 10.0  # seconds after start when empty routes answer retry
 HOST_PREFIX: Final = "host:"
 MAX_THROTTLED: Final = 10_000  # keys a Throttle remembers
+# The hosts of one MsgRoute take at most this many bytes of its header (the
+# rest: its rid, reason and message), so that the frame stays within
+# MAX_HEADER_BYTES: some 150 hosts at the least.
+ROUTE_BUDGET: Final = MAX_HEADER_BYTES - 2048
 
 # Reasons (MsgRoute.reason, MsgResult.reason).
 NO_HOST: Final = "no_host"
@@ -61,6 +68,23 @@ def worst(reasons: Iterable[str]) -> str:
     """The reason of highest priority among ``reasons`` ("" for none)."""
     ranked = [PRIORITY.index(r) for r in reasons if r in PRIORITY]
     return PRIORITY[min(ranked)] if ranked else ""
+
+
+def fit_route(
+    hosts: Iterable[m.MsgHostInfo], budget: int = ROUTE_BUDGET
+) -> tuple[list[m.MsgHostInfo], int]:
+    """The first of ``hosts`` whose JSON fits in ``budget`` bytes, and how
+    many were left out."""
+    kept: list[m.MsgHostInfo] = []
+    used = left = 0
+    for info in hosts:
+        size = len(msgspec.json.encode(info)) + 1  # and its comma
+        if left or used + size > budget:
+            left += 1
+            continue
+        kept.append(info)
+        used += size
+    return kept, left
 
 
 def admits(peer: str, account: str) -> bool:

@@ -24,6 +24,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from freight.client.session import HubSession, open_channel
 from freight.protocol import messages as m
 from freight.protocol.frames import decode_frame, encode_frame, encode_header
 from freight.protocol.msgdirectory import MAX_INFLIGHT, MAX_INFLIGHT_BYTES, MAX_SEALED
@@ -569,6 +570,43 @@ async def test_the_in_flight_bound_answers_busy_and_the_hub_holds_no_more(
     assert (await sender2.resolve("host:" + big.hid)).hosts[0].hid == big.hid
 
 
+async def test_a_host_attached_over_plain_http_takes_messages(
+    hosts: Callable[..., Any], msg_hub: Hub, people: Accounts
+) -> None:
+    """The HTTP long-poll fallback carries the same frames."""
+    token = people.token("admin")
+    host = RawHost(msg_hub, "admin", token, people.identity("admin"))
+    host.register_identity()
+    session = HubSession(msg_hub.url, fingerprint=msg_hub.fingerprint, token=token)
+    async with session:
+        chan, used = await open_channel(session, "http")
+        assert used == "http"
+
+        async def next_frame() -> tuple[m.AnyMessage, bytes]:
+            async with asyncio.timeout(SPACE_WAIT):
+                while True:
+                    msg, payload = await chan.recv()
+                    if not isinstance(msg, m.Ping):
+                        return msg, payload
+
+        try:
+            await chan.send(host.hello_frame([reg("http-app", 1)], rid="hh"))
+            done, _ = await next_frame()
+            assert isinstance(done, m.Done), done
+            sender = await hosts("bob", [])
+            route = await sender.resolve("admin", "http-app", 1)
+            assert [h.hid for h in route.hosts] == [host.hid]
+            mid = await sender.send(host, b"over http", app="http-app")
+            got, payload = await next_frame()
+            assert isinstance(got, m.MsgDeliver), got
+            assert (got.id, got.frm, payload) == (mid, sender.hid, b"over http")
+            await chan.send(m.MsgResult(id=mid, count=1))
+            res = await sender.result(mid)
+            assert (res.host, res.count) == (host.hid, 1)
+        finally:
+            await chan.aclose()
+
+
 # --- hostile frames ---------------------------------------------------------------
 
 
@@ -605,6 +643,33 @@ async def test_garbage_or_oversized_frames_end_only_that_attachment(
     assert [h.hid for h in route.hosts] == [witness.hid]
 
 
+async def test_asking_for_routes_without_reading_them_is_held_back_not_queued(
+    hosts: Callable[..., Any], msg_hub: Hub
+) -> None:
+    """Routes go straight onto the asking channel: a client that asks and
+    never reads fills its own socket, then the hub stops reading it; the
+    hub's memory does not grow with what it asked."""
+    await hosts("admin", [reg("deaf-app", 1)])
+    deaf = await hosts("bob", [])
+    before = rss(msg_hub)
+    frame = encode_frame(m.MsgResolve(rid="deaf", dest="admin", app="deaf-app", type=1))
+    sent = 0
+    held_back = False
+    while sent < 500_000:
+        try:
+            await asyncio.wait_for(deaf.ws.send_bytes(frame), 3)
+        except TimeoutError:
+            held_back = True
+            break
+        sent += 1
+    assert held_back, f"{sent} requests were all taken"
+    grown = rss(msg_hub) - before
+    assert grown < 48 * 1024 * 1024, (sent, grown)
+    # Others are served meanwhile.
+    other = await hosts("carol", [])
+    assert (await other.resolve("admin", "deaf-app", 1)).hosts
+
+
 # --- listing and events ---------------------------------------------------------------
 
 
@@ -633,6 +698,7 @@ async def test_the_host_listing_shows_each_user_what_is_open_to_it(
     assert status == 200
     assert {h["hid"] for h in body["hosts"]} & ours == ours
     assert rest(msg_hub, "GET", "/v1/msg/hosts")[0] == 401
+    assert metric(msg_hub, "freight_msg_hosts") >= len(ours)
 
 
 async def test_events_record_registrations_and_refusals_at_a_bounded_rate(

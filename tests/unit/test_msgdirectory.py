@@ -10,6 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight.protocol import messages as m
+from freight.protocol.frames import encode_header
+from freight.protocol.limits import MAX_HEADER_BYTES
 from freight.protocol.msgdirectory import (
     MAX_SEALED,
     PRIORITY,
@@ -17,6 +19,7 @@ from freight.protocol.msgdirectory import (
     Hello,
     Taken,
     Throttle,
+    fit_route,
     worst,
 )
 
@@ -512,3 +515,19 @@ def test_throttle_never_loses_count_and_never_exceeds_its_cap(
         assert len(t._seen) <= 3
     held = sum(h for _, h in t._seen.values())
     assert emitted + held + t.dropped == len(notes)
+
+
+def test_a_route_lists_only_as_many_hosts_as_fit_in_one_frame_header() -> None:
+    d = ready()
+    for n in range(400):
+        announce(d, n, "a" * 64, n, [reg("chat", 1)])
+    infos = [h.info() for h in d.resolve("bob", "*", "chat", 1, 100.0).hosts]
+    assert len(infos) == 400
+    kept, left = fit_route(infos)
+    assert kept == infos[: len(kept)]
+    assert left == 400 - len(kept)
+    assert len(kept) >= 150
+    header = encode_header(m.MsgRoute(rid="r" * 64, hosts=kept, message="m" * 500))
+    assert len(header) <= MAX_HEADER_BYTES
+    assert fit_route(infos[:3]) == (infos[:3], 0)
+    assert fit_route(infos[:3], budget=0) == ([], 3)
