@@ -256,6 +256,7 @@ class MessageHost:
 
     async def _after_attach(self) -> None:
         self._announced.clear()
+        self._routes.clear()  # routes from before may name hosts not back yet
         self._dirty.set()
         await self._announced.wait()
         for out in self._out.values():
@@ -359,25 +360,32 @@ class MessageHost:
         row, tally = out.row, out.tally
         delay = FIRST_BACKOFF
         while True:
-            left = self._left(out)
-            await asyncio.wait_for(self._announced.wait(), left)
-            left = self._left(out)
-            peers, reason = await asyncio.wait_for(
-                self._routes.resolve(row.dest, row.app, row.type), left
-            )
+            if not self._announced.is_set():
+                left = self._left(out)
+                await asyncio.wait_for(self._announced.wait(), left)
+            route = self._routes.cached(row.dest, row.app, row.type)
+            if route is None:
+                left = self._left(out)
+                route = await asyncio.wait_for(
+                    self._routes.resolve(row.dest, row.app, row.type), left
+                )
+            peers, reason = route
             tally.route_reason = "" if peers else reason
             again, out.reattached = out.reattached, False
             out.changed.clear()
             in_flight = set(tally.waiting)
             by_hid = {p.hid: p for p in peers}
-            if reason not in TRANSIENT:
-                # Gone from the route: a host we wait for (the hub forgot the
-                # message while we were away) or one to try again.
-                gone = tally.transient + (list(in_flight) if again else [])
-                for hid in gone:
-                    if hid not in by_hid:
-                        tally.hosts[hid] = None
-                        tally.record(hid, 0, reason or "no_host")
+            # Hosts not in this route: a busy one is answered by the route's
+            # reason when that is final; one that went away mid-flight
+            # (retry) is tried until the timeout, as is, after a re-attach
+            # (the hub forgot what was in flight), every one we wait for.
+            final = reason not in TRANSIENT
+            for hid in tally.transient if final else []:
+                if hid not in by_hid and tally.hosts[hid] == (0, "busy"):
+                    tally.record(hid, 0, reason or "no_host")
+            for hid in in_flight if again else ():
+                if hid not in by_hid:
+                    tally.record(hid, 0, "retry")
             for hid in tally.expect(by_hid):
                 if hid in in_flight and not again:
                     continue

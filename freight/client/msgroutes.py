@@ -59,6 +59,16 @@ class Routes:
     def forget(self, key: Key) -> None:
         self._routes.pop(key, None)
 
+    def clear(self) -> None:
+        self._routes.clear()
+
+    def cached(self, dest: str, app: str, type_: int) -> tuple[list[Peer], str] | None:
+        """The route kept for (dest, app, type), if it is fresh."""
+        hit = self._routes.get((dest, app, type_))
+        if hit is not None and self._clock() - hit[0] < ROUTE_TTL:
+            return hit[1], hit[2]
+        return None
+
     async def resolve(self, dest: str, app: str, type_: int) -> tuple[list[Peer], str]:
         """(hosts, reason): the hosts that take it, or none and why. One
         question at a time per key; answers kept for :data:`ROUTE_TTL`

@@ -643,6 +643,33 @@ async def test_garbage_or_oversized_frames_end_only_that_attachment(
     assert [h.hid for h in route.hosts] == [witness.hid]
 
 
+async def test_asking_for_routes_without_reading_them_is_held_back_not_queued(
+    hosts: Callable[..., Any], msg_hub: Hub
+) -> None:
+    """Routes go straight onto the asking channel: a client that asks and
+    never reads fills its own socket, then the hub stops reading it; the
+    hub's memory does not grow with what it asked."""
+    await hosts("admin", [reg("deaf-app", 1)])
+    deaf = await hosts("bob", [])
+    before = rss(msg_hub)
+    frame = encode_frame(m.MsgResolve(rid="deaf", dest="admin", app="deaf-app", type=1))
+    sent = 0
+    held_back = False
+    while sent < 500_000:
+        try:
+            await asyncio.wait_for(deaf.ws.send_bytes(frame), 3)
+        except TimeoutError:
+            held_back = True
+            break
+        sent += 1
+    assert held_back, f"{sent} requests were all taken"
+    grown = rss(msg_hub) - before
+    assert grown < 48 * 1024 * 1024, (sent, grown)
+    # Others are served meanwhile.
+    other = await hosts("carol", [])
+    assert (await other.resolve("admin", "deaf-app", 1)).hosts
+
+
 # --- listing and events ---------------------------------------------------------------
 
 
