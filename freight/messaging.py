@@ -37,9 +37,10 @@ from .client.msglocal import socket_path
 from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
 from .protocol import msglocal as p
 from .protocol.errors import ProtocolError, RemoteProtocolError
+from .protocol.msgtables import RegistrationRefused  # its code is raised as this class
 from .tasks import Supervisor
 
-__all__ = ["Bus", "Message", "Registration", "connect", "outcome"]
+__all__ = ["Bus", "Message", "Registration", "RegistrationRefused", "connect", "outcome"]
 
 
 @dataclass(frozen=True, slots=True)

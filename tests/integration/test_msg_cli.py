@@ -666,3 +666,18 @@ def test_without_a_daemon_the_first_command_is_the_host_the_next_use_it(
         "bob 0x00000001 from bob",
     ]
     assert not socket_path(admin.config).exists()
+
+
+async def test_a_flood_of_registrations_through_the_sdk_is_refused_clearly(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    _, bob = pair
+    async with asyncio.timeout(60), messaging.connect(config_dir=bob.config) as bus:
+        regs = [await bus.register(f"flood{i % 5}", interest=1 + i) for i in range(256)]
+        assert len({r.ticket for r in regs}) == 256
+        with pytest.raises(messaging.RegistrationRefused) as refused:
+            await bus.register("flood0", interest=1)
+        assert "at most 256 registrations per connection" in str(refused.value)
+        assert refused.value.exit_code == 2
+        listed = await bus.apps()
+        assert len([a for a in listed["apps"] if a["app"].startswith("flood")]) == 256
