@@ -205,7 +205,7 @@ def apps(
     host: Annotated[
         str | None,
         typer.Argument(
-            metavar="[HOST]",
+            metavar="HOST",
             help="A host id or account: list what the hub knows of its hosts instead.",
             show_default=False,
         ),
