@@ -191,9 +191,10 @@ class MessageHost:
 
     def _gone(self, reg: Reg) -> None:
         handle = self._handles.pop(reg.ticket)
-        # What it held and will never take: those copies do not count.
-        for d in handle._close():
-            self._untake(d, reg.ticket)
+        handle._close()
+        # What it held or was given and will never take: those copies do not count.
+        for mid in [mid for mid, i in self._inbound.items() if reg.ticket in i.pending]:
+            self._untake(mid, reg.ticket)
         if reg.announced:
             self._version += 1
             self._dirty.set()
@@ -520,16 +521,14 @@ class MessageHost:
             self._answer(d.id, inbound.count, "")
         return True
 
-    def _untake(self, d: Delivery, ticket: str) -> None:
+    def _untake(self, mid: str, ticket: str) -> None:
         """A copy that will never be taken (its registration went)."""
-        inbound = self._inbound.get(d.id)
-        if inbound is None or ticket not in inbound.pending:
-            return
+        inbound = self._inbound[mid]
         del inbound.pending[ticket]
         inbound.count -= 1
         if not inbound.pending:
-            del self._inbound[d.id]
-            self._answer(d.id, inbound.count, "" if inbound.count else "ticket_gone")
+            del self._inbound[mid]
+            self._answer(mid, inbound.count, "" if inbound.count else "ticket_gone")
 
     def _answer(self, mid: str, count: int, reason: str, *, remember: bool = True) -> None:
         if remember:

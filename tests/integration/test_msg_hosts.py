@@ -326,6 +326,28 @@ async def test_unanswered_messages_are_bounded_and_send_waits(
         taker.stop()
 
 
+async def test_a_registration_removed_with_messages_not_taken_answers_them(
+    msg_hub: tuple[Hub, Client, Client, Client],
+) -> None:
+    _, admin, bob, _ = msg_hub
+    async with msg_host(admin) as a, msg_host(bob) as b1:
+        queued = b1.register("drop", 0x1)
+        given = b1.register("drop", 0x2)
+        await asyncio.wait_for(b1.announced(), 20)
+        first = asyncio.create_task(a.send("bob", "drop", 0x1, b"queued", timeout=60))
+        second = asyncio.create_task(a.send("bob", "drop", 0x2, b"given", timeout=60))
+        got = await asyncio.wait_for(given.get(), 20)  # given out, never taken
+        assert got.body == b"given"
+        for _ in range(200):
+            if queued.stats()["queued"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        b1.unregister(queued.ticket)
+        b1.unregister(given.ticket)
+        results = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert [(r.count, r.reason) for r in results] == [(0, "ticket_gone")] * 2
+
+
 async def test_duplicates_are_never_delivered_twice(
     msg_hub: tuple[Hub, Client, Client, Client],
 ) -> None:
