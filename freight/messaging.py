@@ -14,7 +14,8 @@
 whose folder ``FREIGHT_CONFIG_DIR`` names) through its socket, ``msg.sock``
 in the config folder, when one answers there; otherwise the program is its
 own host for as long as the block lasts (it attaches to the hub you logged
-in to last, or ``hub``). ``send`` returns how many recipients took the
+in to last, or ``hub``) and serves that socket meanwhile, so other programs
+of this user share it rather than announce the same host id. ``send`` returns how many recipients took the
 message; when none did it raises :class:`~freight.errors.NoRecipient` (with
 ``reason``: no_host, no_app, no_interest, forbidden, ticket_gone...) or
 :class:`~freight.errors.Busy`.
@@ -36,9 +37,10 @@ from .client.msglocal import socket_path
 from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
 from .protocol import msglocal as p
 from .protocol.errors import ProtocolError, RemoteProtocolError
+from .protocol.msgtables import RegistrationRefused  # its code is raised as this class
 from .tasks import Supervisor
 
-__all__ = ["Bus", "Message", "Registration", "connect", "outcome"]
+__all__ = ["Bus", "Message", "Registration", "RegistrationRefused", "connect", "outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -480,6 +482,7 @@ async def connect(
             hint="start one with: freight daemon",
         )
     from .client.msghost import MessageHost
+    from .client.msglocal import MessageSocket
     from .client.relay import RelayClient
     from .client.session import HubSession
 
@@ -487,10 +490,30 @@ async def connect(
         HubSession.from_config(config, hub), config, transport=transport, data_path="tls"
     )
     async with relay:
-        await relay.start()
         host = MessageHost(relay, config)
-        await host.start()
+        # While this program is the host it serves the socket too: another
+        # program of this user then goes through it instead of announcing
+        # the same host id (which would take this one's place at the hub).
+        server = MessageSocket(host, config.root)
+        shared: Path | None = None
         try:
+            server.bind()
+        except UsageError:  # another program became the host meanwhile
+            shared = host_socket(config.root)
+            if shared is None:
+                raise
+        if shared is not None:
+            bus = await SocketBus.open(shared)
+            try:
+                yield bus
+            finally:
+                await bus.aclose()
+            return
+        try:
+            await relay.start()
+            await host.start()
+            await server.start()
             yield HostBus(host)
         finally:
+            await server.aclose()
             await host.aclose()

@@ -205,7 +205,7 @@ def apps(
     host: Annotated[
         str | None,
         typer.Argument(
-            metavar="[HOST]",
+            metavar="HOST",
             help="A host id or account: list what the hub knows of its hosts instead.",
             show_default=False,
         ),
@@ -249,7 +249,7 @@ def _hub_apps(host: str, json_out: bool, hub_url: str | None) -> None:
 
     async def go() -> Any:
         async with HubSession.from_config(ClientConfig(), hub_url) as session:
-            return await session.request("GET", "/api/msg/hosts")
+            return await session.request("GET", "/v1/msg/hosts")
 
     rows = run_async(go)
     rows = rows.get("hosts", []) if isinstance(rows, dict) else rows

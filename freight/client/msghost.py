@@ -191,9 +191,10 @@ class MessageHost:
 
     def _gone(self, reg: Reg) -> None:
         handle = self._handles.pop(reg.ticket)
-        # What it held and will never take: those copies do not count.
-        for d in handle._close():
-            self._untake(d, reg.ticket)
+        handle._close()
+        # What it held or was given and will never take: those copies do not count.
+        for mid in [mid for mid, i in self._inbound.items() if reg.ticket in i.pending]:
+            self._untake(mid, reg.ticket)
         if reg.announced:
             self._version += 1
             self._dirty.set()
@@ -375,17 +376,17 @@ class MessageHost:
             out.changed.clear()
             in_flight = set(tally.waiting)
             by_hid = {p.hid: p for p in peers}
-            # Hosts not in this route: one to try again is answered by the
-            # route's reason when that is final; after a re-attach (the hub
-            # forgot what was in flight) one we wait for is not waited for:
-            # it counts as to be tried again, or as the route's final reason.
+            # Hosts not in this route: a busy one is answered by the route's
+            # reason when that is final; one that went away mid-flight
+            # (retry) is tried until the timeout, as is, after a re-attach
+            # (the hub forgot what was in flight), every one we wait for.
             final = reason not in TRANSIENT
             for hid in tally.transient if final else []:
-                if hid not in by_hid:
+                if hid not in by_hid and tally.hosts[hid] == (0, "busy"):
                     tally.record(hid, 0, reason or "no_host")
             for hid in in_flight if again else ():
                 if hid not in by_hid:
-                    tally.record(hid, 0, (reason or "no_host") if final else "retry")
+                    tally.record(hid, 0, "retry")
             for hid in tally.expect(by_hid):
                 if hid in in_flight and not again:
                     continue
@@ -520,16 +521,14 @@ class MessageHost:
             self._answer(d.id, inbound.count, "")
         return True
 
-    def _untake(self, d: Delivery, ticket: str) -> None:
+    def _untake(self, mid: str, ticket: str) -> None:
         """A copy that will never be taken (its registration went)."""
-        inbound = self._inbound.get(d.id)
-        if inbound is None or ticket not in inbound.pending:
-            return
+        inbound = self._inbound[mid]
         del inbound.pending[ticket]
         inbound.count -= 1
         if not inbound.pending:
-            del self._inbound[d.id]
-            self._answer(d.id, inbound.count, "" if inbound.count else "ticket_gone")
+            del self._inbound[mid]
+            self._answer(mid, inbound.count, "" if inbound.count else "ticket_gone")
 
     def _answer(self, mid: str, count: int, reason: str, *, remember: bool = True) -> None:
         if remember:

@@ -370,10 +370,12 @@ class AppConnection:
         await self._write(answer)
 
     async def _request(self, msg: p.LRequest, body: bytes) -> None:
+        answer: p.LocalMessage
+        payload = b""
         try:
             reply = await self.host.request(msg.dest, msg.app, msg.type, body, timeout=msg.timeout)
         except TimeoutError:
-            answer: p.LocalMessage = p.LResult(
+            answer = p.LResult(
                 rid=msg.rid, reason="timeout", message=f"no reply within {msg.timeout:g} s"
             )
         except FreightError as exc:
@@ -383,11 +385,10 @@ class AppConnection:
             else:
                 answer = _error(exc, msg.rid)
         else:
+            answer, payload = _deliver(reply, rid=msg.rid), reply.body
+        finally:
             self.unanswered.release()
-            await self._write(_deliver(reply, rid=msg.rid), reply.body)
-            return
-        self.unanswered.release()
-        await self._write(answer)
+        await self._write(answer, payload)
 
     def _apps(self, rid: str) -> p.LAppsList:
         apps = []

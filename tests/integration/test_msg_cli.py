@@ -643,3 +643,41 @@ def test_one_daemon_per_folder_and_sigterm_cleans_up(
         own.p.terminate()
         assert own.wait(DEADLINE) == 0, own.stderr
         assert not path.exists()
+
+
+def test_without_a_daemon_the_first_command_is_the_host_the_next_use_it(
+    pair: tuple[Client, Client],
+) -> None:
+    """admin runs no daemon: a listener is its own host and serves the
+    socket meanwhile, so a send from the same account goes through it
+    instead of announcing the same host id again."""
+    admin, bob = pair
+    listener, ticket = listening(admin, "self", "--interest", "1", "--count", "2")
+    with listener:
+        assert stat.S_ISSOCK(os.stat(socket_path(admin.config)).st_mode)
+        mine = admin.run("msg", "send", "admin", "self", "--type", "1", "from me")
+        assert mine.stdout == "delivered to 1 recipient(s)\n"
+        theirs = bob.run("msg", "send", "admin", "self", "--type", "1", "from bob")
+        assert theirs.stdout == "delivered to 1 recipient(s)\n"
+        assert listener.wait(DEADLINE) == 0, listener.stderr
+    assert listener.stdout_lines() == [
+        f"ticket {ticket}",
+        "admin 0x00000001 from me",
+        "bob 0x00000001 from bob",
+    ]
+    assert not socket_path(admin.config).exists()
+
+
+async def test_a_flood_of_registrations_through_the_sdk_is_refused_clearly(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    _, bob = pair
+    async with asyncio.timeout(60), messaging.connect(config_dir=bob.config) as bus:
+        regs = [await bus.register(f"flood{i % 5}", interest=1 + i) for i in range(256)]
+        assert len({r.ticket for r in regs}) == 256
+        with pytest.raises(messaging.RegistrationRefused) as refused:
+            await bus.register("flood0", interest=1)
+        assert "at most 256 registrations per connection" in str(refused.value)
+        assert refused.value.exit_code == 2
+        listed = await bus.apps()
+        assert len([a for a in listed["apps"] if a["app"].startswith("flood")]) == 256

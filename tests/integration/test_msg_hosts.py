@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from freight.client import msghost
 from freight.client.config import ClientConfig
 from freight.client.msgapp import load_host_key
 from freight.client.msghost import (
@@ -299,6 +300,54 @@ async def test_a_full_queue_answers_busy(msg_hub: tuple[Hub, Client, Client, Cli
         taker.stop()
 
 
+async def test_unanswered_messages_are_bounded_and_send_waits(
+    msg_hub: tuple[Hub, Client, Client, Client], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, admin, bob, _ = msg_hub
+    monkeypatch.setattr(msghost, "MAX_UNANSWERED", 3)
+    async with msg_host(admin) as a, msg_host(bob) as b1:
+        held = b1.register("bounded", 0x1)
+        await asyncio.wait_for(b1.announced(), 20)
+        sends = [
+            asyncio.create_task(a.send("bob", "bounded", 0x1, b"%d" % i, timeout=60))
+            for i in range(5)
+        ]
+        for _ in range(200):
+            if held.stats()["queued"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)  # room for a fourth, were it let through
+        assert held.stats()["queued"] == 3
+        assert spooled(admin) == 3  # the other two wait before the spool
+        taker = Taker(held)
+        results = await asyncio.wait_for(asyncio.gather(*sends), 30)
+        assert [r.count for r in results] == [1] * 5
+        assert sorted(d.body for d in taker.got) == [b"0", b"1", b"2", b"3", b"4"]
+        taker.stop()
+
+
+async def test_a_registration_removed_with_messages_not_taken_answers_them(
+    msg_hub: tuple[Hub, Client, Client, Client],
+) -> None:
+    _, admin, bob, _ = msg_hub
+    async with msg_host(admin) as a, msg_host(bob) as b1:
+        queued = b1.register("drop", 0x1)
+        given = b1.register("drop", 0x2)
+        await asyncio.wait_for(b1.announced(), 20)
+        first = asyncio.create_task(a.send("bob", "drop", 0x1, b"queued", timeout=60))
+        second = asyncio.create_task(a.send("bob", "drop", 0x2, b"given", timeout=60))
+        got = await asyncio.wait_for(given.get(), 20)  # given out, never taken
+        assert got.body == b"given"
+        for _ in range(200):
+            if queued.stats()["queued"] == 1:
+                break
+            await asyncio.sleep(0.05)
+        b1.unregister(queued.ticket)
+        b1.unregister(given.ticket)
+        results = await asyncio.wait_for(asyncio.gather(first, second), 10)
+        assert [(r.count, r.reason) for r in results] == [(0, "ticket_gone")] * 2
+
+
 async def test_duplicates_are_never_delivered_twice(
     msg_hub: tuple[Hub, Client, Client, Client],
 ) -> None:
@@ -352,6 +401,31 @@ async def test_duplicates_are_never_delivered_twice(
             assert dup.count == 1
             assert b1.counters()["deduplicated"] == 1
             assert taker.got == []
+            taker.stop()
+
+
+async def test_a_receiving_host_restarting_mid_flight_gets_the_message_in_its_next_run(
+    msg_hub: tuple[Hub, Client, Client, Client],
+) -> None:
+    _, admin, bob, _ = msg_hub
+    async with msg_host(admin) as a:
+        async with msg_host(bob) as b1:
+            held = b1.register("restart", 0x1)
+            await asyncio.wait_for(b1.announced(), 20)
+            sending = asyncio.create_task(a.send("bob", "restart", 0x1, b"survive", timeout=60))
+            for _ in range(200):
+                if held.stats()["queued"] == 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert held.stats()["queued"] == 1  # arrived, never taken
+        assert not sending.done()
+        async with msg_host(bob) as b2:
+            assert b2.hid == b1.hid  # the same host key, a new run
+            taker = Taker(b2.register("restart", 0x1))
+            res = await asyncio.wait_for(sending, 30)
+            assert res.count == 1
+            assert [d.body for d in taker.got] == [b"survive"]
+            assert a.counters()["resent"] >= 1
             taker.stop()
 
 
