@@ -11,216 +11,32 @@ The payload is opaque to the hub: plain bytes here, no sealing."""
 from __future__ import annotations
 
 import asyncio
-import re
 import secrets
-import urllib.request
-from collections import deque
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from freight.client.session import HubSession, open_channel
 from freight.protocol import messages as m
-from freight.protocol.frames import decode_frame, encode_frame, encode_header
+from freight.protocol.frames import encode_frame, encode_header
 from freight.protocol.msgdirectory import MAX_INFLIGHT, MAX_INFLIGHT_BYTES, MAX_SEALED
-from freight.protocol.msgkeys import host_id, sign_host_key, verify_host_key
+from freight.protocol.msgkeys import sign_host_key, verify_host_key
 from tests.authsupport import rest
-from tests.hostile import attach, insecure_ssl
-from tests.support import ADMIN_PASSWORD, Hub
-
-SPACE_WAIT = 20.0  # seconds any single answer may take
-
-
-# --- a host played by hand ------------------------------------------------------
-
-
-class RawHost:
-    """One attachment of ``account`` acting as a messaging host."""
-
-    def __init__(
-        self, hub: Hub, account: str, token: str, identity: Ed25519PrivateKey | None = None
-    ) -> None:
-        self.hub = hub
-        self.account = account
-        self.token = token
-        self.identity = identity or Ed25519PrivateKey.generate()
-        self.key = X25519PrivateKey.generate().public_key().public_bytes_raw()
-        self.hid = host_id(self.key)
-        self.session: aiohttp.ClientSession | None = None
-        self.ws: Any = None
-        self.pending: deque[tuple[m.AnyMessage, bytes]] = deque()
-
-    @property
-    def identity_hex(self) -> str:
-        return self.identity.public_key().public_bytes_raw().hex()
-
-    async def open(self) -> RawHost:
-        self.session, self.ws, welcome = await attach(self.hub, self.token)
-        assert isinstance(welcome, m.Welcome), welcome
-        return self
-
-    async def close(self) -> None:
-        if self.ws is not None:
-            await self.ws.close()
-        if self.session is not None:
-            await self.session.close()
-
-    def register_identity(self) -> None:
-        status, body = rest(
-            self.hub, "PUT", "/v1/keys", {"key": self.identity_hex}, token=self.token
-        )
-        assert status == 200, body
-
-    def hello_frame(
-        self, regs: list[m.MsgReg], *, sig: bytes | None = None, rid: str = "h1"
-    ) -> m.MsgHello:
-        return m.MsgHello(
-            rid=rid,
-            key=self.key.hex(),
-            sig=(sig or sign_host_key(self.identity, self.key)).hex(),
-            identity=self.identity_hex,
-            regs=regs,
-        )
-
-    async def put(self, msg: m.Message, payload: bytes = b"") -> None:
-        await self.ws.send_bytes(encode_frame(msg, payload))
-
-    async def hello(self, regs: list[m.MsgReg], **kw: Any) -> m.AnyMessage:
-        """Announce; the hub's answer (Done or Error)."""
-        frame = self.hello_frame(regs, **kw)
-        await self.put(frame)
-        return await self.expect(lambda f: isinstance(f, m.Done | m.Error) and f.rid == frame.rid)
-
-    async def resolve(self, dest: str, app: str = "", type: int = 0) -> m.MsgRoute:
-        rid = secrets.token_hex(4)
-        await self.put(m.MsgResolve(rid=rid, dest=dest, app=app, type=type))
-        route = await self.expect(lambda f: isinstance(f, m.MsgRoute) and f.rid == rid)
-        assert isinstance(route, m.MsgRoute)
-        return route
-
-    async def send(
-        self, to: RawHost | str, body: bytes, *, app: str = "chat", type: int = 1
-    ) -> str:
-        mid = secrets.token_hex(16)
-        hid = to if isinstance(to, str) else to.hid
-        await self.put(m.MsgSend(len=len(body), id=mid, to=hid, app=app, type=type), body)
-        return mid
-
-    async def frame(self, timeout: float = SPACE_WAIT) -> tuple[m.AnyMessage, bytes]:
-        item = await asyncio.wait_for(self.ws.receive(), timeout)
-        assert item.type == aiohttp.WSMsgType.BINARY, item
-        return decode_frame(item.data)
-
-    async def expect(
-        self, want: Callable[[m.AnyMessage], bool], timeout: float = SPACE_WAIT
-    ) -> m.AnyMessage:
-        return (await self.expect_with_payload(want, timeout))[0]
-
-    async def expect_with_payload(
-        self, want: Callable[[m.AnyMessage], bool], timeout: float = SPACE_WAIT
-    ) -> tuple[m.AnyMessage, bytes]:
-        """The first frame ``want`` accepts; the others are kept for later."""
-        for i, (msg, payload) in enumerate(self.pending):
-            if want(msg):
-                del self.pending[i]
-                return msg, payload
-        async with asyncio.timeout(timeout):
-            while True:
-                msg, payload = await self.frame(timeout)
-                if want(msg):
-                    return msg, payload
-                if not isinstance(msg, m.Ping):
-                    self.pending.append((msg, payload))
-
-    async def result(self, mid: str) -> m.MsgResult:
-        res = await self.expect(lambda f: isinstance(f, m.MsgResult) and f.id == mid)
-        assert isinstance(res, m.MsgResult)
-        return res
-
-    async def settled(self) -> None:
-        """Every frame sent before has been handled (the hub handles a
-        channel's frames in order and answers a ticket request)."""
-        rid = secrets.token_hex(4)
-        await self.put(m.TicketRequest(rid=rid))
-        await self.expect(lambda f: isinstance(f, m.TicketGrant) and f.rid == rid)
-
-    async def closed(self) -> m.AnyMessage | None:
-        """Read until the hub closes the channel; its Error, if it sent one."""
-        error = None
-        async with asyncio.timeout(SPACE_WAIT):
-            while True:
-                item = await self.ws.receive()
-                if item.type != aiohttp.WSMsgType.BINARY:
-                    return error
-                msg, _ = decode_frame(item.data)
-                if isinstance(msg, m.Error):
-                    error = msg
-
-
-async def gone_from_hub(asker: RawHost, hid: str) -> None:
-    """Wait until the hub has noticed that host ``hid`` went."""
-    async with asyncio.timeout(SPACE_WAIT):
-        while (await asker.resolve("host:" + hid)).reason != "no_host":
-            await asyncio.sleep(0.02)
-
-
-async def recorded(hub: Hub, token: str, kind: str, actor: str) -> list[dict[str, Any]]:
-    """The events of ``kind`` by ``actor``, once there is one (they are
-    written in the background)."""
-    async with asyncio.timeout(SPACE_WAIT):
-        while True:
-            found = [e for e in events(hub, token, kind) if e["actor"] == actor]
-            if found:
-                return found
-            await asyncio.sleep(0.05)
-
-
-def reg(app: str, interest: int, peer: str = "*") -> m.MsgReg:
-    return m.MsgReg(app=app, interest=interest, peer=peer)
-
-
-# --- a hub with accounts ----------------------------------------------------------
-
-
-def login(hub: Hub, name: str, password: str) -> str:
-    status, body = rest(hub, "POST", "/v1/login", {"user": name, "password": password})
-    assert status == 200, body
-    return str(body["token"])
-
-
-class Accounts:
-    """admin, and users made on demand, each with one login per call."""
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.admin = login(hub, "admin", ADMIN_PASSWORD)
-        self.made: set[str] = set()
-        self.identities: dict[str, Ed25519PrivateKey] = {}
-
-    def identity(self, name: str) -> Ed25519PrivateKey:
-        """One identity key per account (a device), shared by its hosts: an
-        account holds only so many."""
-        return self.identities.setdefault(name, Ed25519PrivateKey.generate())
-
-    def token(self, name: str) -> str:
-        if name == "admin":
-            return login(self.hub, "admin", ADMIN_PASSWORD)
-        if name not in self.made:
-            status, body = rest(
-                self.hub,
-                "POST",
-                "/v1/users",
-                {"name": name, "password": f"{name}-password-1"},
-                token=self.admin,
-            )
-            assert status in (200, 201), body
-            self.made.add(name)
-        return login(self.hub, name, f"{name}-password-1")
+from tests.msgsupport import (
+    ANSWER_WAIT,
+    Accounts,
+    RawHost,
+    events,
+    gone_from_hub,
+    metric,
+    recorded,
+    reg,
+    rss,
+)
+from tests.support import Hub
 
 
 @pytest.fixture(scope="module")
@@ -254,28 +70,6 @@ async def hosts(msg_hub: Hub, people: Accounts) -> AsyncIterator[Callable[..., A
     yield host
     for h in opened:
         await h.close()
-
-
-def events(hub: Hub, token: str, kind: str) -> list[dict[str, Any]]:
-    status, body = rest(hub, "GET", f"/v1/admin/events?kind={kind}&limit=1000", token=token)
-    assert status == 200, body
-    return list(body)
-
-
-def metric(hub: Hub, name: str, labels: str = "") -> float:
-    with urllib.request.urlopen(f"{hub.url}/metrics", context=insecure_ssl(), timeout=10) as resp:
-        text = resp.read().decode()
-    pattern = re.escape(name) + (re.escape("{" + labels + "}") if labels else "") + r" (\S+)"
-    found = re.search(r"^" + pattern + "$", text, re.M)
-    return float(found.group(1)) if found else 0.0
-
-
-def rss(hub: Hub) -> int:
-    assert hub.proc is not None
-    text = Path(f"/proc/{hub.proc.pid}/status").read_text()
-    found = re.search(r"VmRSS:\s+(\d+) kB", text)
-    assert found
-    return int(found.group(1)) * 1024
 
 
 # --- announcing -------------------------------------------------------------------
@@ -583,7 +377,7 @@ async def test_a_host_attached_over_plain_http_takes_messages(
         assert used == "http"
 
         async def next_frame() -> tuple[m.AnyMessage, bytes]:
-            async with asyncio.timeout(SPACE_WAIT):
+            async with asyncio.timeout(ANSWER_WAIT):
                 while True:
                     msg, payload = await chan.recv()
                     if not isinstance(msg, m.Ping):
@@ -644,30 +438,46 @@ async def test_garbage_or_oversized_frames_end_only_that_attachment(
 
 
 async def test_asking_for_routes_without_reading_them_is_held_back_not_queued(
-    hosts: Callable[..., Any], msg_hub: Hub
+    hosts: Callable[..., Any], msg_hub: Hub, people: Accounts
 ) -> None:
     """Routes go straight onto the asking channel: a client that asks and
     never reads fills its own socket, then the hub stops reading it; the
-    hub's memory does not grow with what it asked."""
-    await hosts("admin", [reg("deaf-app", 1)])
-    deaf = await hosts("bob", [])
-    before = rss(msg_hub)
-    frame = encode_frame(m.MsgResolve(rid="deaf", dest="admin", app="deaf-app", type=1))
-    sent = 0
-    held_back = False
-    while sent < 500_000:
-        try:
-            await asyncio.wait_for(deaf.ws.send_bytes(frame), 3)
-        except TimeoutError:
-            held_back = True
-            break
-        sent += 1
-    assert held_back, f"{sent} requests were all taken"
-    grown = rss(msg_hub) - before
-    assert grown < 48 * 1024 * 1024, (sent, grown)
-    # Others are served meanwhile.
-    other = await hosts("carol", [])
-    assert (await other.resolve("admin", "deaf-app", 1)).hosts
+    hub's memory does not grow with what it asked, and it is not dropped
+    as a slow client either (nothing of it waits in a queue at the hub)."""
+    token = people.token("admin")
+    many = [RawHost(msg_hub, "admin", token, people.identity("admin")) for _ in range(12)]
+    many[0].register_identity()
+    try:
+        for h in many:  # twelve hosts in each route: the answers fill the socket sooner
+            await h.open()
+            assert isinstance(await h.hello([reg("deaf-app", 1)]), m.Done)
+        deaf = await hosts("bob", [])
+        sock = deaf.ws.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # fill it sooner
+        before = rss(msg_hub)
+        frame = encode_frame(m.MsgResolve(rid="d" * 64, dest="admin", app="deaf-app", type=1))
+        sent = 0
+        held_back = False
+        while sent < 500_000:
+            try:
+                await asyncio.wait_for(deaf.ws.send_bytes(frame), 3)
+            except TimeoutError:
+                held_back = True
+                break
+            sent += 1
+        assert held_back, f"{sent} requests were all taken"
+        grown = rss(msg_hub) - before
+        assert grown < 48 * 1024 * 1024, (sent, grown)
+        # Others are served meanwhile.
+        other = await hosts("carol", [])
+        assert len((await other.resolve("admin", "deaf-app", 1)).hosts) == 12
+        slow = [
+            e for e in events(msg_hub, people.admin, "relay_slow_client") if e["actor"] == "bob"
+        ]
+        assert slow == []
+    finally:
+        for h in many:
+            await h.close()
 
 
 # --- listing and events ---------------------------------------------------------------
