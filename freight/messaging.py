@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .client.config import ClientConfig
-from .client.msglocal import socket_path
+from .client.msglocal import announced, socket_path
 from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
 from .protocol import msglocal as p
 from .protocol.errors import ProtocolError, RemoteProtocolError
@@ -411,7 +411,9 @@ class HostBus:
     async def register(self, app: str, *, interest: int, peer: str = "*") -> HostRegistration:
         if not 0 < interest <= 0xFFFFFFFF:
             raise UsageError("interest must be a non-zero 32-bit mask")
-        return HostRegistration(self, self.host.register(app, interest, peer=peer, owner=self))
+        reg = HostRegistration(self, self.host.register(app, interest, peer=peer, owner=self))
+        await announced(self.host)
+        return reg
 
     async def send(
         self,

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
-from ..errors import UsageError
+from ..errors import FreightError, UsageError
+from ..tasks import Supervisor
 from . import toplevel
 from .common import HubOpt, JsonOpt, TransportOpt, run_async
 from .output import err_console, print_json
@@ -92,7 +93,11 @@ def listen(
     ] = "*",
     reply: Annotated[
         str | None,
-        typer.Option("--reply", metavar="TEXT", help="Answer each message with this text."),
+        typer.Option(
+            "--reply",
+            metavar="TEXT",
+            help="Answer each request (freight msg request) with this text.",
+        ),
     ] = None,
     count: Annotated[
         int, typer.Option("--count", metavar="N", help="Stop after this many messages (0: never).")
@@ -114,31 +119,59 @@ def listen(
             else:
                 typer.echo(f"ticket {reg.ticket}")
             sys.stdout.flush()
+            replies = Supervisor("msg-listen-replies")
+            pending: set[asyncio.Task[None]] = set()
             seen = 0
-            async for msg in reg:
-                if json_out:
-                    row: dict[str, Any] = {
-                        "id": msg.id,
-                        "ticket": msg.ticket,
-                        "from": msg.account,
-                        "host": msg.frm,
-                        "app": msg.app,
-                        "type": msg.type,
-                        "from_ticket": msg.from_ticket,
-                        "reply_to": msg.reply_to,
-                    }
-                    print_json(row | _shown(msg.body))
-                else:
-                    typer.echo(f"{msg.account} {msg.type:#010x} {_line(msg.body)}")
-                sys.stdout.flush()
-                if reply is not None:
-                    with contextlib.suppress(Exception):
-                        await msg.reply(reply.encode())
-                seen += 1
-                if count and seen >= count:
-                    return
+            try:
+                async for msg in reg:
+                    _print_message(msg, json_out)
+                    # Only a message that asked for replies (a request) gets
+                    # one; each goes in the background, so a requester that
+                    # went away does not hold up the next messages.
+                    if reply is not None and msg.from_ticket:
+                        if len(pending) >= MAX_PENDING_REPLIES:
+                            await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                        task = replies.spawn(_reply(msg, reply.encode()), name="reply")
+                        pending.add(task)
+                        task.add_done_callback(pending.discard)
+                    seen += 1
+                    if count and seen >= count:
+                        break
+                if pending:  # the last replies go out before the host stops
+                    await asyncio.wait(pending, timeout=REPLY_TIMEOUT)
+            finally:
+                await replies.aclose()
 
     run_async(go)
+
+
+MAX_PENDING_REPLIES = 64
+REPLY_TIMEOUT = 10.0
+
+
+def _print_message(msg: Any, json_out: bool) -> None:
+    if json_out:
+        row: dict[str, Any] = {
+            "id": msg.id,
+            "ticket": msg.ticket,
+            "from": msg.account,
+            "host": msg.frm,
+            "app": msg.app,
+            "type": msg.type,
+            "from_ticket": msg.from_ticket,
+            "reply_to": msg.reply_to,
+        }
+        print_json(row | _shown(msg.body))
+    else:
+        typer.echo(f"{msg.account} {msg.type:#010x} {_line(msg.body)}")
+    sys.stdout.flush()
+
+
+async def _reply(msg: Any, body: bytes) -> None:
+    try:
+        await msg.reply(body, timeout=REPLY_TIMEOUT)
+    except FreightError as exc:
+        err_console.print(f"reply to {msg.account} not delivered: {exc.message}", markup=False)
 
 
 @msg_app.command("send")

@@ -46,9 +46,20 @@ DELIVERY_CREDIT: Final = 64
 # Application connections one host serves at once.
 MAX_CONNECTIONS: Final = 256
 HELLO_TIMEOUT: Final = 10.0
+ANNOUNCE_WAIT: Final = 10.0
 READ_BYTES: Final = 64 * 1024
 # sun_path holds 108 bytes, the terminating NUL included.
 MAX_SOCKET_PATH: Final = 107
+
+
+async def announced(host: MessageHost) -> None:
+    """Until the hub knows the registrations made so far, so a message sent
+    as soon as a registration is answered finds it; not at all while the
+    host is detached (it announces them when it is back), at most
+    ANNOUNCE_WAIT seconds."""
+    if host.relay.attached.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(host.announced(), ANNOUNCE_WAIT)
 
 
 def socket_path(root: Path) -> Path:
@@ -306,6 +317,7 @@ class AppConnection:
             return
         self.regs[reg.ticket] = reg
         self.pumps[reg.ticket] = self.tasks.spawn(self._pump(reg), name=f"pump-{reg.ticket}")
+        await announced(self.host)
         await self._write(p.LRegistered(rid=msg.rid, ticket=reg.ticket))
 
     async def _unregister(self, msg: p.LUnregister) -> None:
