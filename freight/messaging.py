@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .client.config import ClientConfig
-from .client.msglocal import announced, socket_path
+from .client.msglocal import DELIVERY_CREDIT, announced, socket_path
 from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
 from .protocol import msglocal as p
 from .protocol.errors import ProtocolError, RemoteProtocolError
@@ -147,8 +147,10 @@ class SocketRegistration:
         self.app = app
         self.interest = interest
         self.peer = peer
-        # Bounded by the host: it delivers no more than its credit untaken.
-        self.queue: asyncio.Queue[Message | FreightError] = asyncio.Queue()
+        # The host delivers no more than its credit untaken (one more place
+        # for the error that ends the connection); a host going beyond it
+        # is a protocol error.
+        self.queue: asyncio.Queue[Message | FreightError] = asyncio.Queue(DELIVERY_CREDIT + 1)
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()
@@ -159,6 +161,8 @@ class SocketRegistration:
 
     async def get(self) -> Message:
         """The next message (it counts as taken once returned)."""
+        if self.queue.empty() and self.bus._closed is not None:
+            raise self.bus._closed
         item = await self.queue.get()
         if isinstance(item, FreightError):
             self.queue.put_nowait(item)  # every later get fails the same way
@@ -189,11 +193,13 @@ class SocketBus:
     async def open(cls, path: Path, client: str = "") -> SocketBus:
         reader, writer = await asyncio.open_unix_connection(str(path))
         bus = cls(reader, writer)
+        greeted = False
         try:
             await bus._hello(client)
-        except BaseException:
-            writer.close()
-            raise
+            greeted = True
+        finally:
+            if not greeted:
+                writer.close()
         bus.tasks.spawn(bus._read(), name="reader", detached=True)
         return bus
 
@@ -252,6 +258,9 @@ class SocketBus:
         if isinstance(msg, p.LDeliver) and not msg.rid:
             reg = self.regs.get(msg.ticket)
             if reg is not None:
+                if reg.queue.full():
+                    self._fail(RemoteProtocolError("the host delivered beyond its credit"))
+                    return
                 reg.queue.put_nowait(self._message(msg, body))
             return
         rid = getattr(msg, "rid", "")
@@ -283,7 +292,8 @@ class SocketBus:
             if not fut.done():
                 fut.set_exception(self._closed)
         for reg in self.regs.values():
-            reg.queue.put_nowait(self._closed)
+            if not reg.queue.full():  # a full one ends in the error once drained
+                reg.queue.put_nowait(self._closed)
 
     async def register(self, app: str, *, interest: int, peer: str = "*") -> SocketRegistration:
         if not 0 < interest <= 0xFFFFFFFF:

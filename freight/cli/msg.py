@@ -340,12 +340,11 @@ async def serve_daemon(config: ClientConfig, hub_url: str | None, transport: str
             await host.start()
             await sock.start()
             err_console.print(f"Messaging host {host.hid} serving {sock.path}", markup=False)
-            stopping = asyncio.ensure_future(stop.wait())
             # The relay's reader ends only when the hub refuses us for good.
             reader = relay._task
-            waits = {stopping} | ({reader} if reader is not None else set())
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
+            if reader is not None:
+                reader.add_done_callback(lambda _: stop.set())
+            await stop.wait()
             if relay.fatal is not None:
                 raise relay.fatal
         finally:

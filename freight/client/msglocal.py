@@ -108,16 +108,17 @@ def bind_private(path: Path) -> socket.socket:
     private = Path(tempfile.mkdtemp(prefix=".msg-", dir=path.parent))  # 0700
     temp = private / "s"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
         sock.bind(str(temp))
         os.chmod(temp, 0o600)
         sock.listen(64)
         os.replace(temp, path)
-    except BaseException:
-        sock.close()
-        temp.unlink(missing_ok=True)
-        raise
+        bound = True
     finally:
+        if not bound:
+            sock.close()
+            temp.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             private.rmdir()
     sock.setblocking(False)
