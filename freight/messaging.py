@@ -40,6 +40,9 @@ from .protocol.errors import ProtocolError, RemoteProtocolError
 from .protocol.msgtables import RegistrationRefused  # its code is raised as this class
 from .tasks import Supervisor
 
+# How long register() waits for the hub to take a registration.
+ANNOUNCE_WAIT = 10.0
+
 __all__ = ["Bus", "Message", "Registration", "RegistrationRefused", "connect", "outcome"]
 
 
@@ -411,7 +414,11 @@ class HostBus:
     async def register(self, app: str, *, interest: int, peer: str = "*") -> HostRegistration:
         if not 0 < interest <= 0xFFFFFFFF:
             raise UsageError("interest must be a non-zero 32-bit mask")
-        return HostRegistration(self, self.host.register(app, interest, peer=peer, owner=self))
+        reg = HostRegistration(self, self.host.register(app, interest, peer=peer, owner=self))
+        # Reachable once the hub has it (while detached: announced on re-attach).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.host.announced(), ANNOUNCE_WAIT)
+        return reg
 
     async def send(
         self,

@@ -549,7 +549,8 @@ class MessageHost:
             await self._results_ready.wait()
             self._results_ready.clear()
             while self._results:
-                await self.relay.send_frame(self._results.popleft())
+                run = [(self._results.popleft(), b"") for _ in range(min(256, len(self._results)))]
+                await self.relay.send_frames(run)
 
     # --- request/reply ---------------------------------------------------------------------------
 
