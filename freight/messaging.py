@@ -40,6 +40,8 @@ from .protocol.errors import ProtocolError, RemoteProtocolError
 from .protocol.msgtables import RegistrationRefused  # its code is raised as this class
 from .tasks import Supervisor
 
+# How long register() waits for the hub to take a registration.
+
 __all__ = ["Bus", "Message", "Registration", "RegistrationRefused", "connect", "outcome"]
 
 

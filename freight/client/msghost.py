@@ -114,6 +114,7 @@ class MessageHost:
         self._dirty = asyncio.Event()
         self._announced = asyncio.Event()
         self.tasks = Supervisor("msg-host")
+        self._routes.spawn = lambda coro: self.tasks.spawn(coro, name="route", detached=True)
         self._closed = False
         self._sending: set[asyncio.Task[Any]] = set()
         self._version = self._acked = 0  # of the registration table
@@ -362,14 +363,12 @@ class MessageHost:
         delay = FIRST_BACKOFF
         while True:
             if not self._announced.is_set():
-                left = self._left(out)
-                await asyncio.wait_for(self._announced.wait(), left)
+                async with asyncio.timeout(self._left(out)):  # no task, as wait_for makes
+                    await self._announced.wait()
             route = self._routes.cached(row.dest, row.app, row.type)
             if route is None:
-                left = self._left(out)
-                route = await asyncio.wait_for(
-                    self._routes.resolve(row.dest, row.app, row.type), left
-                )
+                async with asyncio.timeout(self._left(out)):
+                    route = await self._routes.resolve(row.dest, row.app, row.type)
             peers, reason = route
             tally.route_reason = "" if peers else reason
             again, out.reattached = out.reattached, False
@@ -549,7 +548,10 @@ class MessageHost:
             await self._results_ready.wait()
             self._results_ready.clear()
             while self._results:
-                await self.relay.send_frame(self._results.popleft())
+                run: list[tuple[m.Message, bytes]] = [
+                    (self._results.popleft(), b"") for _ in range(min(256, len(self._results)))
+                ]
+                await self.relay.send_frames(run)
 
     # --- request/reply ---------------------------------------------------------------------------
 

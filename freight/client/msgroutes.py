@@ -6,17 +6,18 @@ pair keys for sealing to and opening from that host."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..errors import IntegrityError, RemoteError
+from ..errors import FreightError, IntegrityError, RemoteError
 from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.msgkeys import BadHostKey, verify_host_key
@@ -55,6 +56,9 @@ class Routes:
         self.relay, self._key, self._clock = relay, key, clock
         self._routes: dict[Key, tuple[float, list[Peer], str]] = {}
         self._resolving: dict[Key, asyncio.Future[tuple[list[Peer], str]]] = {}
+        self._refreshing: set[Key] = set()
+        # Starts a route's refresh in the background (the owner's supervisor).
+        self.spawn: Callable[[Coroutine[Any, Any, None]], object] | None = None
         self.peers: dict[str, Peer] = {}
 
     def forget(self, key: Key) -> None:
@@ -65,19 +69,36 @@ class Routes:
 
     def cached(self, dest: str, app: str, type_: int) -> tuple[list[Peer], str] | None:
         """The route kept for (dest, app, type), if it is fresh."""
-        hit = self._routes.get((dest, app, type_))
-        if hit is not None and self._clock() - hit[0] < ROUTE_TTL:
-            return hit[1], hit[2]
-        return None
+        key = (dest, app, type_)
+        hit = self._routes.get(key)
+        if hit is None:
+            return None
+        age = self._clock() - hit[0]
+        if age >= ROUTE_TTL:
+            return None
+        if age >= ROUTE_TTL / 2 and key not in self._refreshing and self.spawn is not None:
+            # Asked again before it expires: senders never wait for it.
+            self._refreshing.add(key)
+            self.spawn(self._refresh(key))
+        return hit[1], hit[2]
 
-    async def resolve(self, dest: str, app: str, type_: int) -> tuple[list[Peer], str]:
+    async def _refresh(self, key: Key) -> None:
+        try:
+            with contextlib.suppress(FreightError):
+                await self.resolve(*key, fresh=True)
+        finally:
+            self._refreshing.discard(key)
+
+    async def resolve(
+        self, dest: str, app: str, type_: int, *, fresh: bool = False
+    ) -> tuple[list[Peer], str]:
         """(hosts, reason): the hosts that take it, or none and why. One
         question at a time per key; answers kept for :data:`ROUTE_TTL`
-        (transient ones are not kept)."""
+        (transient ones are not kept); ``fresh`` asks even when one is kept."""
         key = (dest, app, type_)
         now = self._clock()
         hit = self._routes.get(key)
-        if hit is not None and now - hit[0] < ROUTE_TTL:
+        if not fresh and hit is not None and now - hit[0] < ROUTE_TTL:
             return hit[1], hit[2]
         fut = self._resolving.get(key)
         if fut is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
 import sqlite3
 import time
@@ -132,14 +133,12 @@ class Spool:
         try:
             db = self._db
             db.execute("BEGIN")
-            for op, args in ops:
-                if op == "add":
-                    db.execute("INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)", args)
-                elif op == "del":
-                    db.execute("DELETE FROM outbox WHERE id = ?", args)
-                else:
-                    db.execute("INSERT OR REPLACE INTO seen VALUES (?,?,?,?)", args)
-                    self._seen_added += 1
+            # Runs of one kind in one statement each, in order.
+            for op, run in itertools.groupby(ops, key=_kind):
+                rows = [args for _, args in run]
+                db.executemany(_SQL[op], rows)
+                if op == "seen":
+                    self._seen_added += len(rows)
             if self._seen_added >= SEEN_KEEP_IDS // 4:
                 self._seen_added = 0
                 self._prune(time.time())
@@ -161,6 +160,17 @@ class Spool:
         self.flush()
         with contextlib.suppress(sqlite3.Error):
             self._db.close()
+
+
+_SQL: Final = {
+    "add": "INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "del": "DELETE FROM outbox WHERE id = ?",
+    "seen": "INSERT OR REPLACE INTO seen VALUES (?,?,?,?)",
+}
+
+
+def _kind(op: tuple[str, tuple[object, ...]]) -> str:
+    return op[0]
 
 
 def _row(msg: Spooled) -> tuple[object, ...]:

@@ -361,6 +361,20 @@ class RelayClient:
         with contextlib.suppress(ChannelClosed, NetworkError):
             await chan.send(msg, payload)
 
+    async def send_frames(self, frames: list[tuple[m.Message, bytes]]) -> None:
+        """Send control frames in order (several per message on a channel
+        that batches); dropped while detached, as :meth:`send_frame`."""
+        chan = self.chan
+        if chan is None:
+            return
+        with contextlib.suppress(ChannelClosed, NetworkError):
+            send_many = getattr(chan, "send_many", None)
+            if send_many is not None:
+                await send_many(frames)
+                return
+            for msg, payload in frames:
+                await chan.send(msg, payload)
+
     async def request(self, msg: m.Message, rid: str) -> m.AnyMessage:
         """Send a request and wait for the frame answering ``rid``."""
         while True:

@@ -361,7 +361,9 @@ async def open_channel(
     else:
         chan = await _open_http(session)
     try:
-        await chan.send(m.Hello(version=PROTOCOL_VERSION, agent=hello))
+        await chan.send(
+            m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=isinstance(chan, WSChannel))
+        )
         msg, _ = await asyncio.wait_for(chan.recv(), 30)
     except TimeoutError:
         await chan.aclose()
@@ -375,6 +377,8 @@ async def open_channel(
     if msg.version != PROTOCOL_VERSION:
         await chan.aclose()
         raise VersionMismatch(f"hub speaks protocol {msg.version}, we speak {PROTOCOL_VERSION}")
+    if msg.batch and isinstance(chan, WSChannel):
+        chan.batching = True
     return chan, used
 
 

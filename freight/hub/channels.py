@@ -58,7 +58,10 @@ async def attach(
                 f"client speaks protocol {hello.version}, hub speaks {PROTOCOL_VERSION}"
             )
         with st.accounts.connection(user), st.sessions.track(user, chan, expires):
-            await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node))
+            batch = hello.batch and isinstance(chan, WSChannel)
+            await chan.send(m.Welcome(version=PROTOCOL_VERSION, node=st.node, batch=batch))
+            if batch:
+                chan.batching = True
             await serve_channel(
                 st,
                 user,

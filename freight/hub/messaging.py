@@ -90,6 +90,9 @@ class Messaging:
         self.inflight_gauge = Gauge(
             "freight_msg_inflight", "Messages handed on and not answered yet", registry=r
         )
+        # Read when scraped: nothing to do per message.
+        self.hosts_gauge.set_function(lambda: len(self.directory.hosts))
+        self.inflight_gauge.set_function(lambda: len(self.directory.flights))
         relay.detach_hooks.append(self.detached)
 
     def register(self, dispatcher: Dispatcher) -> None:
@@ -139,7 +142,6 @@ class Messaging:
             return
         self._retry(hid, out.retry)
         self._answer(att, m.Done(rid=msg.rid))
-        self._gauges()
         if out.changed:
             count = self.announcements.note(hid, self.clock())
             if count:
@@ -189,7 +191,6 @@ class Messaging:
             ),
             payload,
         )
-        self._gauges()
 
     async def result(self, link: Link, msg: m.MsgResult, payload: bytes) -> None:
         answer = self.directory.result(link.att, msg)
@@ -210,7 +211,6 @@ class Messaging:
             self.outcomes.labels("delivered").inc()
         else:
             self._note_refusal(sender.account, msg.reason or "unknown")
-        self._gauges()
 
     # --- attachments going --------------------------------------------------------
 
@@ -221,7 +221,6 @@ class Messaging:
         if host is None:
             return
         self._retry(host.hid, retry)
-        self._gauges()
 
     def _retry(self, hid: str, flights: tuple[tuple[str, str], ...]) -> None:
         for sender_hid, mid in flights:
@@ -260,10 +259,6 @@ class Messaging:
         count = self.refusals.note((account, reason), self.clock())
         if count:
             self.relay.spawn(self.events.emit("msg_refused", account, reason=reason, count=count))
-
-    def _gauges(self) -> None:
-        self.hosts_gauge.set(len(self.directory.hosts))
-        self.inflight_gauge.set(len(self.directory.flights))
 
     # --- listing ---------------------------------------------------------------------
 

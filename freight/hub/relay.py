@@ -120,6 +120,9 @@ class Attachment(Seat):
                 await self.wake.wait()
                 self.wake.clear()
                 while self.out:
+                    if self._batchable():
+                        await self._write_run()
+                        continue
                     msg, payload, conn, role = self.out.popleft()
                     if conn is not None:
                         # An agent's bandwidth cap: records to or from it
@@ -138,6 +141,34 @@ class Attachment(Seat):
         except Exception:  # the channel broke: the reader side notices too
             self.closed = True
             self.router.log.debug("relay_writer_stopped", aid=self.aid)
+
+    def _batchable(self) -> bool:
+        """The next frames are control frames of no connection, and the
+        channel writes several per message."""
+        msg, _, conn, _ = self.out[0]
+        return (
+            conn is None
+            and getattr(self.chan, "batching", False)
+            and not (self.lane is not None and isinstance(msg, m.Relay))
+        )
+
+    async def _write_run(self) -> None:
+        """Write the queued frames of no connection, up to 256, in one go."""
+        run: list[tuple[m.Message, bytes]] = []
+        sizes: list[tuple[Conn | None, str, int]] = []
+        out = self.out
+        while out and len(run) < 256:
+            msg, payload, conn, role = out[0]
+            if conn is not None or (self.lane is not None and isinstance(msg, m.Relay)):
+                break
+            out.popleft()
+            run.append((msg, payload))
+            sizes.append((conn, role, len(payload)))
+        try:
+            await self.chan.send_many(run)
+        finally:
+            for conn, role, size in sizes:
+                self.router.drained(self, conn, role, size)
 
     def discard_queue(self) -> None:
         self.closed = True

@@ -85,6 +85,37 @@ def decode_frame(
     return frame
 
 
+def decode_frames(
+    data: bytes, *, max_header: int = MAX_HEADER_BYTES, max_payload: int = MAX_PAYLOAD_BYTES
+) -> list[tuple[AnyMessage, bytes]]:
+    """Decode the whole frames, one or more, that one WebSocket message
+    carries back to back; a message ending inside a frame is malformed."""
+    frames: list[tuple[AnyMessage, bytes]] = []
+    view = memoryview(data)
+    end = len(data)
+    at = 0
+    while at < end:
+        if end - at < 4:
+            raise RemoteProtocolError("message ends inside a frame")
+        (hlen,) = _LEN.unpack_from(data, at)
+        if hlen == 0:
+            raise RemoteProtocolError("empty frame header")
+        if hlen > max_header:
+            raise FrameTooLarge(f"header of {hlen} bytes exceeds the limit of {max_header}")
+        at += 4
+        if end - at < hlen:
+            raise RemoteProtocolError("message ends inside a frame")
+        msg = parse_header(view[at : at + hlen], max_payload)
+        at += hlen
+        if end - at < msg.len:
+            raise RemoteProtocolError("message ends inside a frame")
+        frames.append((msg, data[at : at + msg.len] if msg.len else b""))
+        at += msg.len
+    if not frames:
+        raise RemoteProtocolError("empty message")
+    return frames
+
+
 class HeaderDecoder(Generic[M]):
     """Incremental decoder of frames whose headers ``parse`` decodes:
     ``feed()`` bytes, then drain ``next_frame()``.

@@ -56,6 +56,8 @@ class Hello(Message, tag="hello", frozen=True):
 
     version: NonNeg
     agent: Text = ""
+    # The client reads several frames per WebSocket message.
+    batch: bool = False
 
 
 class Welcome(Message, tag="welcome", frozen=True):
@@ -63,6 +65,9 @@ class Welcome(Message, tag="welcome", frozen=True):
 
     version: NonNeg
     node: Text = ""
+    # The hub reads several frames per WebSocket message (answering a
+    # Hello that said so: both ends may then send them).
+    batch: bool = False
 
 
 class TicketRequest(Message, tag="ticket_req", frozen=True):

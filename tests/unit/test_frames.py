@@ -20,7 +20,7 @@ from freight.protocol import (
     encode_header,
 )
 from freight.protocol import messages as m
-from freight.protocol.frames import parse_header
+from freight.protocol.frames import decode_frames, parse_header
 
 STREAM = b"".join(encode_frame(msg, payload) for msg, payload in SAMPLES)
 
@@ -288,3 +288,35 @@ def test_decode_frame_with_missing_bytes_fails() -> None:
     for cut in range(len(frame)):
         with pytest.raises(RemoteProtocolError):
             decode_frame(frame[:cut])
+
+
+# --- several frames in one WebSocket message ------------------------------------------------
+
+
+def test_decode_frames_yields_every_frame_of_a_message_in_order() -> None:
+    got = decode_frames(STREAM)
+    assert got == [(msg, bytes(payload)) for msg, payload in SAMPLES]
+    assert decode_frames(encode_frame(*SAMPLES[0])) == [(SAMPLES[0][0], bytes(SAMPLES[0][1]))]
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 5, 9])
+def test_decode_frames_refuses_a_message_ending_inside_a_frame(cut: int) -> None:
+    two = encode_frame(blob(10), b"0123456789") * 2
+    with pytest.raises(RemoteProtocolError, match="ends inside a frame"):
+        decode_frames(two[:-cut])
+
+
+def test_decode_frames_refuses_an_empty_message() -> None:
+    with pytest.raises(RemoteProtocolError, match="empty message"):
+        decode_frames(b"")
+
+
+def test_decode_frames_applies_the_limits_to_every_frame() -> None:
+    message = encode_frame(blob(1), b"x") + encode_frame(blob(10), b"0123456789")
+    assert len(decode_frames(message, max_payload=10)) == 2
+    with pytest.raises(FrameTooLarge):
+        decode_frames(message, max_payload=9)
+    with pytest.raises(FrameTooLarge):
+        decode_frames(message, max_header=len(encode_header(blob(10))) - 5)
+    with pytest.raises(RemoteProtocolError, match="empty frame header"):
+        decode_frames(message + b"\0\0\0\0")
