@@ -71,6 +71,9 @@ fi
 [ "$(id -u)" -eq 0 ] && mkdir -p /run/sshd  # sshd's privilege-separation directory
 
 cd "$REPO_DIR" # relative --markdown paths are relative to the repo, as for bench.sh
+# Byte-compile the package first, as an installed one is: the environment may set
+# PYTHONDONTWRITEBYTECODE, and then every freight command compiles its modules anew.
+"$VENV/bin/python" -m compileall -q "$REPO_DIR/freight" >/dev/null
 mkdir -p .bench-tmp
 RESULTS="$(mktemp -d "$REPO_DIR/.bench-tmp/agents-results.XXXXXX")"
 trap 'rm -rf "$RESULTS"' EXIT

@@ -395,8 +395,13 @@ class MessageHost:
                 tally.sent.add(hid)
                 await self._send_to(row, by_hid[hid])
             while tally.waiting and not out.reattached:
-                await asyncio.wait_for(out.changed.wait(), self._left(out))
-                out.changed.clear()
+                # A timer rather than wait_for: no task per message.
+                timer = asyncio.get_running_loop().call_later(self._left(out), out.changed.set)
+                try:
+                    await out.changed.wait()
+                finally:
+                    timer.cancel()
+                out.changed.clear()  # (the next turn's _left ends it once it is over)
             if out.reattached:
                 continue
             if tally.hosts and tally.complete:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import IntegrityError, RemoteError
 from ..logs import fields
@@ -38,8 +39,8 @@ class Peer:
 
     hid: str
     account: str
-    send_key: bytes
-    recv_key: bytes
+    send_key: AESGCM
+    recv_key: AESGCM
 
 
 class Routes:
@@ -143,5 +144,7 @@ class Routes:
             return None
         if len(self.peers) >= MAX_PEERS:
             self.peers.pop(next(iter(self.peers)))
-        peer = self.peers[info.hid] = Peer(info.hid, info.account, send_key, recv_key)
+        peer = self.peers[info.hid] = Peer(
+            info.hid, info.account, AESGCM(send_key), AESGCM(recv_key)
+        )
         return peer

@@ -88,19 +88,24 @@ def aad(
     )
 
 
-def seal_body(key: bytes, body: bytes, header: bytes) -> bytes:
-    """``body`` sealed with the direction key, bound to ``header`` (:func:`aad`)."""
+def seal_body(key: bytes | AESGCM, body: bytes, header: bytes) -> bytes:
+    """``body`` sealed with the direction key (or an AESGCM made of it,
+    kept to save making one per message), bound to ``header`` (:func:`aad`)."""
     if len(body) > MAX_MESSAGE_BODY:
         raise IntegrityError(f"a message body has at most {MAX_MESSAGE_BODY} bytes")
     nonce = os.urandom(NONCE_BYTES)
-    return nonce + AESGCM(key).encrypt(nonce, body, header)
+    return nonce + _aead(key).encrypt(nonce, body, header)
 
 
-def open_body(key: bytes, payload: bytes, header: bytes) -> bytes:
+def open_body(key: bytes | AESGCM, payload: bytes, header: bytes) -> bytes:
     """The body of a sealed payload, or :class:`IntegrityError`."""
     if len(payload) < SEAL_OVERHEAD or len(payload) > MAX_MESSAGE_BODY + SEAL_OVERHEAD:
         raise IntegrityError("a sealed message has the wrong size")
     try:
-        return AESGCM(key).decrypt(payload[:NONCE_BYTES], payload[NONCE_BYTES:], header)
+        return _aead(key).decrypt(payload[:NONCE_BYTES], payload[NONCE_BYTES:], header)
     except InvalidTag:
         raise IntegrityError("the message's seal does not verify") from None
+
+
+def _aead(key: bytes | AESGCM) -> AESGCM:
+    return key if isinstance(key, AESGCM) else AESGCM(key)
