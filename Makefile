@@ -77,6 +77,13 @@ bench-ab: $(STAMP)
 
 # Start-up of short commands (--version, --help, ls, a push's first byte)
 # against python -c pass and ssh -V, medians over rounds (bench/startup.py).
+# Messaging against its targets, with NATS JetStream / NATS request-reply and
+# Mosquitto QoS 1 in the same run, rounds alternating (bench/messaging.py):
+# `make bench-msg BENCH_MSG_ARGS="--rounds 3 --py-spy .bench-tmp/msg-spy"`.
+.PHONY: bench-msg
+bench-msg: $(STAMP)
+	$(BIN)/python bench/messaging.py --markdown $(BENCH_MD) $(BENCH_MSG_ARGS)
+
 .PHONY: bench-startup
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py $(BENCH_STARTUP_ARGS)

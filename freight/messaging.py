@@ -169,7 +169,7 @@ class SocketRegistration:
         if isinstance(item, FreightError):
             self.queue.put_nowait(item)  # every later get fails the same way
             raise item
-        await self.bus._write(p.LTaken(ticket=self.ticket, ids=[item.id]))
+        self.bus._taken(self.ticket, item.id)
         return item
 
     async def close(self) -> None:
@@ -190,6 +190,7 @@ class SocketBus:
         self.tasks = Supervisor("msg-bus")
         self._rids = itertools.count(1)
         self._closed: FreightError | None = None
+        self._taken_ids: dict[str, list[str]] = {}  # ticket -> ids taken this loop tick
 
     @classmethod
     async def open(cls, path: Path, client: str = "") -> SocketBus:
@@ -229,6 +230,24 @@ class SocketBus:
             raise self._closed
         self.writer.write(p.encode_local(msg, body))
         await self.writer.drain()
+
+    def _taken(self, ticket: str, mid: str) -> None:
+        """Messages taken within one loop tick are reported in one frame per
+        registration (a frame per message cost both ends more than the rest)."""
+        if self._closed is not None:
+            raise self._closed
+        if not self._taken_ids:
+            asyncio.get_running_loop().call_soon(self._flush_taken)
+        self._taken_ids.setdefault(ticket, []).append(mid)
+
+    def _flush_taken(self) -> None:
+        pending, self._taken_ids = self._taken_ids, {}
+        if self._closed is not None:
+            return  # the connection ended: the host forgets what it gave out
+        for ticket, ids in pending.items():
+            for i in range(0, len(ids), p.MAX_TAKEN_IDS):
+                chunk = ids[i : i + p.MAX_TAKEN_IDS]
+                self.writer.write(p.encode_local(p.LTaken(ticket=ticket, ids=chunk)))
 
     async def _call(self, msg: Any, body: bytes = b"") -> tuple[p.AnyLocal, bytes]:
         fut: asyncio.Future[tuple[p.AnyLocal, bytes]] = asyncio.get_running_loop().create_future()
@@ -364,6 +383,10 @@ class SocketBus:
         }
 
     async def aclose(self) -> None:
+        if self._taken_ids and self._closed is None:  # what was taken still counts
+            self._flush_taken()
+            with contextlib.suppress(OSError, ConnectionError):
+                await asyncio.wait_for(self.writer.drain(), 5)
         self._fail(NetworkError("this messaging connection is closed"))
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError, TimeoutError):
