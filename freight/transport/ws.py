@@ -96,17 +96,19 @@ class WSChannel:
     async def _lead(self) -> None:
         loop = asyncio.get_running_loop()
         batch = self._batch = _Batch(loop.create_future())
+        locked = False
         try:
             await asyncio.sleep(0)  # the other frames of this loop turn join in
             await self._lock.acquire()
-        except BaseException:
-            if self._batch is batch:
-                self._batch = None
-                if not batch.followers:
-                    self._frames.clear()  # only ours: a cancelled send sends nothing
-            batch.outcome = False
-            batch.done.set_result(None)
-            raise
+            locked = True
+        finally:
+            if not locked:  # cancelled before writing: a follower leads instead
+                if self._batch is batch:
+                    self._batch = None
+                    if not batch.followers:
+                        self._frames.clear()  # only ours: a cancelled send sends nothing
+                batch.outcome = False
+                batch.done.set_result(None)
         try:
             self._batch = None
             frames, self._frames = self._frames, []
@@ -115,10 +117,9 @@ class WSChannel:
         except _LOST as exc:
             batch.outcome = exc
             raise ChannelClosed(f"websocket lost: {exc}") from None
-        except BaseException as exc:
-            batch.outcome = exc
-            raise
         finally:
+            if batch.outcome is None:  # cancelled while writing: the frames may be cut
+                batch.outcome = ChannelClosed("a send was cancelled while writing")
             self._lock.release()
             batch.done.set_result(None)
 
