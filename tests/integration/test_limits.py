@@ -78,7 +78,9 @@ def test_an_idle_data_connection_is_closed(tmp_path: Path, hubs: object) -> None
         finally:
             await session.close()
 
-    assert 1.0 < asyncio.run(scenario()) < 5
+    took = asyncio.run(scenario())
+    assert took > 1.0
+    assert took < 5
 
 
 def test_an_account_holds_only_so_many_connections_and_streams(
