@@ -362,7 +362,7 @@ async def open_channel(
         chan = await _open_http(session)
     try:
         await chan.send(
-            m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=isinstance(chan, WSChannel))
+            m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=False)
         )
         msg, _ = await asyncio.wait_for(chan.recv(), 30)
     except TimeoutError:
