@@ -59,18 +59,31 @@ M = TypeVar("M", bound=Framed)
 HeaderParser = Callable[[bytes, int], M]
 
 
-def parse_header(header: bytes | memoryview, max_payload: int = MAX_PAYLOAD_BYTES) -> AnyMessage:
-    """Decode and validate one JSON header."""
-    try:
-        msg: AnyMessage = _decoder.decode(header)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise RemoteProtocolError(f"malformed frame header: {exc}") from None
-    if msg.len > max_payload:
-        raise FrameTooLarge(f"payload of {msg.len} bytes exceeds the limit of {max_payload}")
-    if msg.len and not isinstance(msg, PAYLOAD_TYPES):
-        tag = msg.__struct_config__.tag
-        raise RemoteProtocolError(f"{tag} frames carry no payload (len={msg.len})")
-    return msg
+def header_parser(
+    decoder: msgspec.json.Decoder[M], payload_types: tuple[type, ...], default_max: int
+) -> Callable[..., M]:
+    """A function that decodes and validates one JSON header of a tagged
+    union: its payload within the limit, and a payload only on the header
+    types in ``payload_types``. The wire protocol and the local messaging
+    socket each make theirs with it."""
+
+    def parse(header: bytes | memoryview, max_payload: int = default_max) -> M:
+        try:
+            msg = decoder.decode(header)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            raise RemoteProtocolError(f"malformed frame header: {exc}") from None
+        if msg.len > max_payload:
+            raise FrameTooLarge(f"payload of {msg.len} bytes exceeds the limit of {max_payload}")
+        if msg.len and not isinstance(msg, payload_types):
+            tag = msg.__struct_config__.tag  # type: ignore[attr-defined]
+            raise RemoteProtocolError(f"{tag} frames carry no payload (len={msg.len})")
+        return msg
+
+    return parse
+
+
+# Decode and validate one JSON header of the wire protocol.
+parse_header: Final = header_parser(_decoder, PAYLOAD_TYPES, MAX_PAYLOAD_BYTES)
 
 
 def decode_frame(

@@ -21,8 +21,10 @@ from typing import Annotated, Final
 
 import msgspec
 
-from .errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
-from .frames import HeaderDecoder
+from .errors import LocalProtocolError
+from .frames import HeaderDecoder, header_parser
+from .messages import U32, App, HostId, MsgId, NonNeg, OptMsgId, Reason
+from .messages import Ticket as OptTicket
 
 LOCAL_VERSION: Final = 1
 # Limits of the local socket: a header, and a message body (the hub's limit
@@ -32,23 +34,18 @@ MAX_MESSAGE_BODY: Final = 1024 * 1024
 MAX_TAKEN_IDS: Final = 1024
 MAX_TIMEOUT: Final = 3600.0
 
-NonNeg = Annotated[int, msgspec.Meta(ge=0)]
-U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
-# A message type or an interest: T == 0 would match nothing.
-NonZeroU32 = Annotated[int, msgspec.Meta(ge=1, le=0xFFFFFFFF)]
+# Shared with the hub's messaging frames: the same names, the same rules.
+# Declared here are only what the local socket has of its own: request ids,
+# answer codes, a ticket that must be present, and destinations and peers
+# that may not hold control characters (they are printed to a terminal).
+NonZeroU32 = Annotated[int, msgspec.Meta(ge=1, le=0xFFFFFFFF)]  # T == 0 matches nothing
 Rid = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 OptRid = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")]
-App = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
 Account = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70, pattern=r"^[^\x00-\x1f]+$")]
-HostId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
 OptHostId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")]
-MsgId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
-OptMsgId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")]
 Ticket = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\.[0-9a-f]{1,16}$")]
-OptTicket = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32}\.[0-9a-f]{1,16})?$")]
-Reason = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[a-z_]*$")]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
@@ -241,18 +238,8 @@ def encode_local(msg: LocalMessage, payload: bytes | bytearray | memoryview = b"
     return _LEN.pack(len(header)) + header + bytes(payload)
 
 
-def parse_local(header: bytes, max_payload: int = MAX_MESSAGE_BODY) -> AnyLocal:
-    """Decode and validate one JSON header of the local socket."""
-    try:
-        msg: AnyLocal = _decoder.decode(header)
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-        raise RemoteProtocolError(f"malformed frame header: {exc}") from None
-    if msg.len > max_payload:
-        raise FrameTooLarge(f"a body of {msg.len} bytes exceeds the limit of {max_payload}")
-    if msg.len and not isinstance(msg, PAYLOAD_TYPES):
-        tag = msg.__struct_config__.tag
-        raise RemoteProtocolError(f"{tag} frames carry no payload (len={msg.len})")
-    return msg
+# Decode and validate one JSON header of the local socket.
+parse_local = header_parser(_decoder, PAYLOAD_TYPES, MAX_MESSAGE_BODY)
 
 
 class LocalDecoder(HeaderDecoder[AnyLocal]):
