@@ -130,6 +130,11 @@ class Bus(Protocol):
     async def apps(self) -> dict[str, Any]: ...
 
 
+def _check_interest(interest: int) -> None:
+    if not 0 < interest <= 0xFFFFFFFF:
+        raise UsageError("interest must be a non-zero 32-bit mask")
+
+
 def _check(app: str, type_: int, body: bytes) -> None:
     if not 0 < type_ <= 0xFFFFFFFF:
         raise UsageError(f"type {type_:#x} matches nothing: give a non-zero 32-bit type")
@@ -317,8 +322,7 @@ class SocketBus:
                 reg.queue.put_nowait(self._closed)
 
     async def register(self, app: str, *, interest: int, peer: str = "*") -> SocketRegistration:
-        if not 0 < interest <= 0xFFFFFFFF:
-            raise UsageError("interest must be a non-zero 32-bit mask")
+        _check_interest(interest)
         msg = p.LRegister(rid=self._rid(), app=app, interest=interest, peer=peer)
         answer, _ = await self._call(msg)
         assert isinstance(answer, p.LRegistered)
@@ -444,8 +448,7 @@ class HostBus:
         )
 
     async def register(self, app: str, *, interest: int, peer: str = "*") -> HostRegistration:
-        if not 0 < interest <= 0xFFFFFFFF:
-            raise UsageError("interest must be a non-zero 32-bit mask")
+        _check_interest(interest)
         reg = HostRegistration(self, self.host.register(app, interest, peer=peer, owner=self))
         await announced(self.host)
         return reg

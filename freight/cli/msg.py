@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
-from ..errors import FreightError, UsageError
+from ..errors import Busy, FreightError, PeerAbsent, UsageError
 from ..tasks import Supervisor
 from . import toplevel
 from .common import HubOpt, JsonOpt, TransportOpt, run_async
@@ -197,7 +197,24 @@ def send(
 
     async def go() -> int:
         async with messaging.connect(hub_url, transport=transport) as bus:
-            return await bus.send(dest, app_name, type=type_value, body=data, timeout=timeout)
+            # A send that is not answered at once is being retried (the
+            # recipients are busy or their host is away): say so.
+            notice = asyncio.get_running_loop().call_later(
+                1.0,
+                lambda: typer.echo(
+                    f"waiting for {dest} {app_name} (up to {timeout:g} s)…", err=True
+                ),
+            )
+            try:
+                return await bus.send(dest, app_name, type=type_value, body=data, timeout=timeout)
+            except (PeerAbsent, Busy) as exc:
+                raise type(exc)(
+                    f"{dest} {app_name}: {exc.message}",
+                    hint=f"check that its host is attached and the application registered: "
+                    f"freight msg apps {dest}",
+                ) from None
+            finally:
+                notice.cancel()
 
     count = run_async(go)
     typer.echo(f"delivered to {count} recipient(s)")

@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import shutil
+import signal
 import socket
 import stat
 import struct
@@ -424,6 +425,27 @@ def test_send_to_nobody_exits_9_with_the_reason(pair: tuple[Client, Client], dae
         assert zero.returncode == 2, zero.stderr
         # What the listener printed: its ticket alone, no message reached it.
         assert len(listener.stdout_lines()) == 1
+
+
+def test_a_send_nobody_answers_says_what_to_check(
+    pair: tuple[Client, Client], daemon: Proc
+) -> None:
+    admin, bob = pair
+    listener, _ = listening(bob, "frozen", "--interest", "0xFFFFFFFF")
+    with listener:
+        # bob's host stops answering (but stays attached): the send is
+        # retried, the sender is told it waits, then what to check.
+        os.kill(daemon.p.pid, signal.SIGSTOP)
+        try:
+            sent = admin.run(
+                "msg", "send", "bob", "frozen", "--type", "1", "hi", "--timeout", "2", check=False
+            )
+        finally:
+            os.kill(daemon.p.pid, signal.SIGCONT)
+    assert sent.returncode != 0, sent.stdout
+    assert "waiting for bob frozen (up to 2 s)" in sent.stderr
+    assert "bob frozen:" in sent.stderr
+    assert "freight msg apps bob" in sent.stderr
 
 
 def test_apps_lists_registrations_on_the_daemon_and_at_the_hub(
