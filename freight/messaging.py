@@ -40,6 +40,12 @@ from .protocol.errors import ProtocolError, RemoteProtocolError
 from .protocol.msgtables import RegistrationRefused  # its code is raised as this class
 from .tasks import Supervisor
 
+# A send through the host's socket is answered by the host at its timeout;
+# past it by this much more (the host busy reading other sends, or not
+# reading this connection at its bound of unanswered sends) it is a timeout
+# here, so no send waits much beyond its own timeout.
+ANSWER_GRACE = 2.0
+
 # How long register() waits for the hub to take a registration.
 
 __all__ = ["Bus", "Message", "Registration", "RegistrationRefused", "connect", "outcome"]
@@ -354,7 +360,11 @@ class SocketBus:
             timeout=timeout,
             len=len(body),
         )
-        answer, _ = await self._call(msg, body)
+        try:
+            async with asyncio.timeout(timeout + ANSWER_GRACE):
+                answer, _ = await self._call(msg, body)
+        except TimeoutError:
+            return outcome(0, "timeout", f"no answer within {timeout:g} s")
         assert isinstance(answer, p.LResult)
         return outcome(answer.count, answer.reason, answer.message)
 
@@ -365,7 +375,11 @@ class SocketBus:
         msg = p.LRequest(
             rid=self._rid(), dest=dest, app=app, type=type, timeout=timeout, len=len(body)
         )
-        answer, payload = await self._call(msg, body)
+        try:
+            async with asyncio.timeout(timeout + ANSWER_GRACE):
+                answer, payload = await self._call(msg, body)
+        except TimeoutError:
+            raise TimeoutError(f"no reply within {timeout:g} s") from None
         if isinstance(answer, p.LResult):
             if answer.reason == "timeout":
                 raise TimeoutError(answer.message or f"no reply within {timeout:g} s")

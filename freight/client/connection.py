@@ -334,8 +334,10 @@ class Connection:
             self.fail(exc)
         except (PeerKeyRejected, IntegrityError, ProtocolError) as exc:
             self.end.inbox.clear()  # nothing more from a peer that broke the protocol
-            await self.abort(exc.code, exc.message)
+            # Why, before the Hangup's write (which may wait for the channel):
+            # a reader looking in meanwhile is told this, not "closed".
             self.error = exc
+            await self.abort(exc.code, exc.message)
         self._wake()
 
     async def _on_handshake(self, payload: bytes) -> None:

@@ -37,7 +37,7 @@ from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.e2e import public_of
 from ..protocol.msgkeys import sign_host_key, verify_host_key
-from ..protocol.msgseal import MAX_MESSAGE_BODY, aad, open_body, seal_body
+from ..protocol.msgseal import MAX_MESSAGE_BODY, SEAL_OVERHEAD, aad, open_body, seal_body
 from ..protocol.msgtables import TRANSIENT, Dedupe, Reg, Registrations, Tally
 from ..tasks import Supervisor
 from .config import ClientConfig
@@ -50,6 +50,7 @@ from .msgapp import (
     load_host_key,
     result_error,
 )
+from .msgbudget import Outbox
 from .msgroutes import Peer, Routes
 from .msgspool import Spool, Spooled
 from .relay import RelayClient, identity_key
@@ -106,6 +107,7 @@ class MessageHost:
         self._inbound: dict[str, _In] = {}
         self._out: dict[str, _Out] = {}
         self._slots = asyncio.Semaphore(MAX_UNANSWERED)
+        self._outbox = Outbox(clock, FIRST_BACKOFF, MAX_BACKOFF)  # (msgbudget)
         self._routes = Routes(relay, self._key, clock)
         self._parked: dict[str, list[tuple[m.MsgDeliver, bytes]]] = {}
         self._parked_count = 0
@@ -258,6 +260,7 @@ class MessageHost:
 
     async def _after_attach(self) -> None:
         self._announced.clear()
+        self._outbox.clear()
         self._routes.clear()  # routes from before may name hosts not back yet
         self._dirty.set()
         await self._announced.wait()
@@ -340,6 +343,7 @@ class MessageHost:
             pass
         finally:
             del self._out[row.id]
+            self._outbox.done(row.id, out.tally.sent)
             if task is not None:
                 self._sending.discard(task)
         count, reason = out.tally.result()
@@ -392,7 +396,19 @@ class MessageHost:
                 if hid in tally.sent:
                     self._counters["resent"] += 1
                 tally.sent.add(hid)
-                await self._send_to(row, by_hid[hid])
+                size = len(row.body) + SEAL_OVERHEAD
+                if not self._outbox.ready(row.id, hid, row.app, size):  # it would be busy
+                    tally.record(hid, 0, "busy")  # what it is, should its time run out
+                    async with asyncio.timeout(self._left(out)):
+                        await self._outbox.admit(row.id, hid, row.app, size)
+                    tally.expect((hid,))
+                left = False
+                try:
+                    await self._send_to(row, by_hid[hid])
+                    left = True
+                finally:
+                    if not left:  # it may never have left: it will not be answered
+                        self._outbox.unsent(row.id, hid)
             while tally.waiting and not out.reattached:
                 # A timer rather than wait_for: no task per message.
                 timer = asyncio.get_running_loop().call_later(self._left(out), out.changed.set)
@@ -433,6 +449,7 @@ class MessageHost:
     async def _on_message(self, msg: m.AnyMessage, payload: bytes) -> None:
         if isinstance(msg, m.MsgResult):
             out = self._out.get(msg.id)
+            self._outbox.answered(msg.id, msg.host, out.row.app if out else None, msg.reason)
             if out is not None and out.tally.record(msg.host, msg.count, msg.reason):
                 if msg.reason == "not_host":
                     self._dirty.set()

@@ -464,8 +464,8 @@ class RelayClient:
                 for early, payload in self._forget_early(msg.cid):
                     await conn.on_relay(early, payload)
             except FreightError as exc:
+                conn.error = exc  # before the Hangup's write, which may wait
                 await conn.abort(exc.code, exc.message)
-                conn.error = exc
 
     def _incoming(self, msg: m.Linked) -> Connection | None:
         """A new connection for a listener or an offer; None if there is

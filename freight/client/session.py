@@ -361,7 +361,9 @@ async def open_channel(
     else:
         chan = await _open_http(session)
     try:
-        await chan.send(m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=False))
+        await chan.send(
+            m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=isinstance(chan, WSChannel))
+        )
         msg, _ = await asyncio.wait_for(chan.recv(), 30)
     except TimeoutError:
         await chan.aclose()

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from freight.client.config import ClientConfig
-from freight.client.relay import Connection, Listener, RelayClient, _code_handshake
+from freight.client.relay import RECORD_MESSAGE, Connection, Listener, RelayClient, _code_handshake
 from freight.client.session import HubSession
 from freight.errors import CodeBurned, ConnectionEnded, SenderRestarted
 from freight.protocol import messages as m
@@ -29,6 +29,7 @@ from freight.protocol.e2e import (
     identity_context,
     public_of,
 )
+from freight.protocol.errors import IntegrityError
 
 NAMEPLATE = "7"
 CODE = f"{NAMEPLATE}-crossbow-gazelle-tulip"
@@ -390,3 +391,38 @@ async def test_a_handshake_record_that_overtakes_linked_waits_for_it(tmp_path: P
     assert conn.established.is_set() and conn.error is None
     for client in (sender, claimant):
         await client.client.session.aclose()
+
+
+async def test_a_tampered_record_is_an_integrity_error_even_while_the_hangup_is_written(
+    tmp_path: Path,
+) -> None:
+    """The end that refuses a tampered record hangs up; the Hangup's write
+    may wait (a channel that batches waits for the loop turn and its lock).
+    An application reading in that moment must already be told why
+    (IntegrityError), not a bare "the connection is closed"."""
+    dialer, acceptor, _, b = await identity_pair(tmp_path)
+    b.take(acceptor.cid)
+    writing, gate = asyncio.Event(), asyncio.Event()
+    real = b.client.send_frame
+
+    async def slow_send(msg: m.Message, payload: bytes = b"") -> None:
+        writing.set()
+        await gate.wait()
+        await real(msg, payload)
+
+    b.client.send_frame = slow_send  # type: ignore[method-assign]
+    assert dialer.session is not None
+    seq, sealed = dialer.session.seal(RECORD_MESSAGE + b"transfer 100 to mallory")
+    tampered = bytearray(sealed)
+    tampered[len(tampered) // 2] ^= 0x01
+    record = m.Relay(cid=acceptor.cid, kind="d", seq=seq, len=len(tampered))
+    delivery = asyncio.create_task(b.deliver(record, bytes(tampered)))
+    await asyncio.wait_for(writing.wait(), 5)
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        await asyncio.wait_for(acceptor.recv(), 5)
+    gate.set()
+    await asyncio.wait_for(delivery, 5)
+    with pytest.raises(IntegrityError, match="failed authentication"):
+        await acceptor.recv()
+    ((hangup, _),) = b.take(acceptor.cid, m.Hangup)
+    assert hangup.code == "integrity_error"  # type: ignore[attr-defined]

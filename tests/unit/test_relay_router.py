@@ -183,3 +183,51 @@ async def test_a_connection_owns_its_background_work(router: Router) -> None:
     assert len(conn.tasks) == 0 and not ca.of(m.Linked) and not cb.of(m.Linked)
     assert events == ["connection_closed"]
     gate.set()
+
+
+class BatchingChan(Chan):
+    """A channel that writes several frames per message (``send_many``),
+    its writes logged in one list shared with the lane beside it."""
+
+    batching = True
+
+    def __init__(self, log: list[tuple[str, m.Message]], name: str) -> None:
+        super().__init__()
+        self.log = log
+        self.name = name
+
+    async def send(self, msg: m.Message, payload: bytes = b"") -> None:
+        await super().send(msg, payload)
+        self.log.append((self.name, msg))
+
+    async def send_many(self, frames: list[tuple[m.Message, bytes]]) -> None:
+        for msg, payload in frames:
+            await self.send(msg, payload)
+
+
+async def test_records_on_the_lane_and_control_frames_leave_in_the_order_queued(
+    router: Router,
+) -> None:
+    """A batched run of control frames never jumps ahead of a record queued
+    before it for the lane, nor a record behind it: the hub writes what it
+    queued for one attachment in queue order, whichever way each frame goes."""
+    writes: list[tuple[str, m.Message]] = []
+    a, _ca, b, _cb = await linked_pair(router)
+    b.chan = BatchingChan(writes, "chan")
+    b.lane = BatchingChan(writes, "lane")
+    b.lane.gate.clear()  # the lane is slow: frames pile up behind the first record
+    queued: list[m.Message] = []
+    for seq in range(3):
+        record = m.Relay(cid="c1", kind="d", seq=seq, len=1)
+        await router.handle(a, record, b"x")
+        queued.append(record)
+        grant = m.TicketGrant(rid=f"t{seq}", ticket="00", secret="00", expires_in=60)
+        b.post(grant)
+        queued.append(grant)
+    await router.handle(a, m.Hangup(cid="c1", code="closed", message="bye"), b"")
+    await settle()
+    b.lane.gate.set()
+    await settle()
+    assert [msg for _, msg in writes][: len(queued)] == queued
+    assert [where for where, _ in writes][: len(queued)] == ["lane", "chan"] * 3
+    assert isinstance(writes[-1][1], m.Hangup) and writes[-1][0] == "chan"

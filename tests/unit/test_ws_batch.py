@@ -134,3 +134,29 @@ async def test_a_big_frame_goes_alone_and_small_ones_around_it_still_batch(
         kinds += [type(msg).__name__ for msg, _ in decode_frames(data)]
     assert kinds == ["TicketRequest", "MsgSend", "TicketRequest"]
     assert len(sizes) == 3
+
+
+async def test_frames_sent_while_a_write_holds_the_channel_keep_their_order(
+    raw_messages: tuple[WSChannel, asyncio.Queue[bytes]],
+) -> None:
+    """A record, then a hangup, from one sender while other senders' frames
+    and an earlier write are in the way: each sender's frames arrive in the
+    order it sent them, none overtakes another."""
+    chan, got = raw_messages
+    chan.batching = True
+    await chan._lock.acquire()  # an earlier write holds the channel
+
+    async def sender(k: int) -> None:
+        for i in range(20):
+            await chan.send(ping(100 * k + i))
+
+    senders = [asyncio.create_task(sender(k)) for k in range(4)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    chan._lock.release()
+    await asyncio.wait_for(asyncio.gather(*senders), WAIT)
+    frames, _ = await frames_of(got, 80)
+    for k in range(4):
+        mine = [f for f in frames if int(f.rid[1:]) // 100 == k]  # type: ignore[union-attr]
+        assert mine == [ping(100 * k + i) for i in range(20)]
+    assert got.empty()
