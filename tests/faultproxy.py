@@ -7,7 +7,10 @@ It sits in front of a hub's one port, so it carries both the TLS connections
   in either direction (N bytes get through, then both sides see a RST);
 * ``stall()``: every connection open at that moment stops forwarding in both
   directions and stays open (a black-holed path); connections opened later
-  forward normally.
+  forward normally;
+* ``hold()``: connections opened from now on are accepted but wait, before the
+  proxy dials the hub, until ``release()`` (a slow first hop whose end the
+  test chooses; ``connections`` counts them as they arrive).
 
 It counts the bytes it forwarded client→hub (``up_bytes``) and hub→client
 (``down_bytes``), and how many connections it accepted.
@@ -71,6 +74,8 @@ class FaultProxy:
         self.cuts = 0
         self.refused = 0  # connections the hub did not accept (e.g. it was down)
         self._conns: set[_Conn] = set()
+        self._gate = asyncio.Event()  # clear: new connections wait (hold)
+        self._gate.set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -116,6 +121,14 @@ class FaultProxy:
     def stall(self) -> int:
         """Freeze every connection open now; returns how many were frozen."""
         return self._call(self._stall)
+
+    def hold(self) -> None:
+        """Connections opened from now on wait until :meth:`release`."""
+        self._call(self._gate.clear)
+
+    def release(self) -> None:
+        """Let held connections (and later ones) through to the hub."""
+        self._call(self._gate.set)
 
     def set_cut_every(self, n: int | None) -> None:
         """Change the cut threshold for connections opened from now on and
@@ -186,6 +199,7 @@ class FaultProxy:
         self._tasks.add(task)
         self.connections += 1
         try:
+            await self._gate.wait()
             upstream = self._socket()
             upstream.setblocking(False)
             try:

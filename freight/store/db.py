@@ -21,8 +21,10 @@ them over one engine and one clock (so ``db.user_by_name(...)`` and
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .accounts import Logins
 from .agents import Agents
@@ -47,28 +49,70 @@ __all__ = ["CODE_QUARANTINE", "MIGRATIONS", "OPEN_COMMAND_STATES", "Database"]
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    # WAL lets readers run beside the writer; synchronous=FULL makes every
-    # commit durable, which a checkpoint promise relies on.
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=10000")
-    cur.close()
+# How long a connection waits for SQLite's write lock before it fails with
+# "database is locked" (seconds).
+BUSY_TIMEOUT = 10.0
+
+
+def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        # WAL lets readers run beside the writer; synchronous=FULL makes every
+        # commit durable, which a checkpoint promise relies on.
+        cur = dbapi_conn.cursor()
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return on_connect
+
+
+class _OneWriter(AsyncEngine):
+    """An engine whose write transactions (``begin()``) take turns on one
+    asyncio lock, first come first served. SQLite admits one writer at a
+    time, and left to itself every pooled connection that wants to write
+    waits in SQLite's busy handler, which polls and keeps no queue: under a
+    crowd of attaching agents, with the event loop slow to let the current
+    writer commit, some wait past the busy timeout and fail with "database
+    is locked". Reads (``connect()``) still run beside the writer (WAL)."""
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, sync_engine: sa.Engine) -> None:
+        super().__init__(sync_engine)
+        self._writer = asyncio.Lock()
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self._writer, super().begin() as conn:
+            yield conn
 
 
 class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events):
-    def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock: Callable[[], float] = time.time,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> None:
         self.url = url
         engine = create_async_engine(url)
         if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+            event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout))
+            engine = _OneWriter(engine.sync_engine)
         Repository.__init__(self, engine, clock)
 
     @classmethod
-    def sqlite(cls, path: Path, clock: Callable[[], float] = time.time) -> Database:
-        return cls(f"sqlite+aiosqlite:///{path}", clock)
+    def sqlite(
+        cls,
+        path: Path,
+        clock: Callable[[], float] = time.time,
+        *,
+        busy_timeout: float = BUSY_TIMEOUT,
+    ) -> Database:
+        return cls(f"sqlite+aiosqlite:///{path}", clock, busy_timeout=busy_timeout)
 
     # The repositories, each seen through its own type.
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from freight.hub.agents import login_message
 from tests.agentsupport import AgentProc, wait_online
 from tests.authsupport import OTHER_ADDRESS, Rest, burst, db_rows, events, rest, token_of
+from tests.faultproxy import FaultProxy
 from tests.relaysupport import fast
 from tests.support import ADMIN_PASSWORD, Client, Hub, random_file, wait_until
 
@@ -153,7 +154,10 @@ def test_outstanding_challenges_are_bounded_per_address(hub: Hub, client: Client
 
 
 def test_an_agent_waits_out_a_lockout_instead_of_exiting(hubs: Any, tmp_path: Path) -> None:
-    hub = hubs("--login-lockout", "20")  # longer than the agent takes to start
+    # The agent reaches the hub through a proxy that holds its first
+    # connection until the lockout is in place: the lockout need only
+    # outlast that one held request, not the agent's start-up.
+    hub = hubs("--login-lockout", "3")
     admin = fast(Client(tmp_path / "admin", hub))
     admin.login()
     agent = fast(Client(tmp_path / "agent", hub))
@@ -161,16 +165,21 @@ def test_an_agent_waits_out_a_lockout_instead_of_exiting(hubs: Any, tmp_path: Pa
     root.mkdir()
     status, body = rest(hub, "POST", "/v1/agents/tokens", {"name": "pc"}, token=token_of(admin))
     assert status == 200, body
-    agent.run(
-        "agent", "enroll", hub.url, "--token-stdin", "--root", str(root),
-        "--fingerprint", hub.fingerprint, input=body["token"] + "\n",
-    )  # fmt: skip
-    with Rest(hub) as r:  # locks pc out from this machine, where it runs
-        assert [bad_agent_login(r, "pc") for _ in range(6)][-1] == 429
-    with AgentProc(agent, tmp_path / "pc.log") as proc:
-        wait_until(lambda: "rate_limited" in proc.log() or not proc.running, 40, "a refusal")
-        assert proc.running, proc.log()
-        wait_online(admin, "pc", timeout=60, proc=proc)
+    with FaultProxy(hub.port) as proxy:
+        agent.run(
+            "agent", "enroll", proxy.url, "--token-stdin", "--root", str(root),
+            "--fingerprint", hub.fingerprint, input=body["token"] + "\n",
+        )  # fmt: skip
+        proxy.hold()
+        seen = proxy.connections
+        with AgentProc(agent, tmp_path / "pc.log") as proc:
+            wait_until(lambda: proxy.connections > seen or not proc.running, 40, "a login")
+            with Rest(hub) as r:  # locks pc out from this machine, where it runs
+                assert [bad_agent_login(r, "pc") for _ in range(6)][-1] == 429
+            proxy.release()
+            wait_until(lambda: "rate_limited" in proc.log() or not proc.running, 40, "a refusal")
+            assert proc.running, proc.log()
+            wait_online(admin, "pc", timeout=60, proc=proc)
 
 
 def test_agent_routes_need_a_login_before_they_look_a_name_up(hub: Hub, client: Client) -> None:
