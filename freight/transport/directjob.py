@@ -104,7 +104,12 @@ class ByteConn:
         """The other end's address, ``HOST:PORT``."""
         transport = self.proto.transport
         name = transport.get_extra_info("peername") if transport is not None else None
-        return format_address(str(name[0]), int(name[1])) if name else ""
+        if not name:
+            return ""
+        host = str(name[0])
+        if host.startswith("::ffff:"):  # IPv4 through a dual-stack socket
+            host = host.removeprefix("::ffff:")
+        return format_address(host, int(name[1]))
 
     async def send(self, data: bytes) -> None:
         if self._eof_sent:
@@ -377,8 +382,8 @@ def _reason(exc: BaseException) -> str:
         return "refused (ticket unknown or already used) or altered on the way"
     if isinstance(exc, DataPathUnavailable):
         return exc.message
-    if isinstance(exc, OSError):
-        return exc.strerror or str(exc)
+    if isinstance(exc, OSError):  # asyncio's text repeats the address
+        return os.strerror(exc.errno) if exc.errno else str(exc)
     return str(exc) or type(exc).__name__
 
 
