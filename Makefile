@@ -84,6 +84,13 @@ bench-ab: $(STAMP)
 bench-msg: $(STAMP)
 	$(BIN)/python bench/messaging.py --markdown $(BENCH_MD) $(BENCH_MSG_ARGS)
 
+# Transfer-job manners against their targets (bench/jobs.py): the direct
+# pipe on loopback, 1 GiB, median of 3 rounds, wall and CPU-bound MB/s:
+# `make bench-jobs BENCH_JOBS_ARGS="--rounds 5 --py-spy .bench-tmp/jobs-spy"`.
+.PHONY: bench-jobs
+bench-jobs: $(STAMP)
+	$(BIN)/python bench/jobs.py --markdown $(BENCH_MD) $(BENCH_JOBS_ARGS)
+
 .PHONY: bench-startup
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py $(BENCH_STARTUP_ARGS)

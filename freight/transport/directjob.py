@@ -402,38 +402,43 @@ async def dial_direct(completion: dict[str, object], *, timeout: float = 1.0) ->
         task = sup.spawn(_attempt(address, ticket_id, secret), name="dial")
         tasks[task] = address
 
-    async with Supervisor("direct-dial", on_failure=_ignore) as sup:
-        queue = list(addrs)
-        start(sup, queue.pop(0))
-        running = set(tasks)
-        while running and winner is None:
-            left = deadline - loop.time()
-            if left <= 0:
-                break
-            wait = min(STAGGER, left) if queue else left
-            done, running = await asyncio.wait(
-                running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                exc = task.exception()
-                if exc is None and winner is None:
-                    winner = task.result()
-                elif exc is None:
-                    await task.result().aclose()
-                else:
-                    failures.append(f"{format_address(*tasks[task])}: {_reason(exc)}")
-            if winner is None and queue:  # the stagger passed, or an attempt failed
-                start(sup, queue.pop(0))
-                running = {t for t in tasks if not t.done()}
-        for task in running:
-            task.cancel()
-        if running:
-            await asyncio.wait(running)
+    queue = list(addrs)
+    try:
+        async with Supervisor("direct-dial", on_failure=_ignore) as sup:
+            start(sup, queue.pop(0))
+            running = set(tasks)
+            while running and winner is None:
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                wait = min(STAGGER, left) if queue else left
+                done, running = await asyncio.wait(
+                    running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    exc = task.exception()
+                    if exc is None and winner is None:
+                        winner = task.result()
+                    elif exc is None:
+                        await task.result().aclose()
+                    else:
+                        failures.append(f"{format_address(*tasks[task])}: {_reason(exc)}")
+                if winner is None and queue:  # the stagger passed, or an attempt failed
+                    start(sup, queue.pop(0))
+                    running = {t for t in tasks if not t.done()}
             for task in running:
-                if not task.cancelled() and task.exception() is None:
-                    await task.result().aclose()
-    if winner is not None:
-        return ByteConn(winner)
+                task.cancel()
+            if running:
+                await asyncio.wait(running, timeout=STAGGER)
+                for task in running:
+                    if task.done() and not task.cancelled() and task.exception() is None:
+                        await task.result().aclose()
+        if winner is not None:
+            conn, winner = ByteConn(winner), None
+            return conn
+    finally:
+        if winner is not None:  # cancelled while finishing: do not leak it
+            await winner.aclose()
     silent = [format_address(*tasks[t]) for t in tasks if t.cancelled()]
     silent += [format_address(*a) for a in queue]
     if silent:

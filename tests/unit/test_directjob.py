@@ -19,6 +19,7 @@ from freight.transport.channel import ChannelClosed
 from freight.transport.dataconn import DataPathUnavailable
 from freight.transport.directjob import (
     MAX_MESSAGE,
+    STAGGER,
     ByteConn,
     DirectListener,
     dial_direct,
@@ -181,7 +182,9 @@ async def test_a_second_dial_is_refused() -> None:
 async def test_accept_waits_no_longer_than_asked() -> None:
     async with await DirectListener.open(LOOPBACK) as listener:
         started = time.monotonic()
-        with pytest.raises(DataPathUnavailable, match=r"no sender connected directly within 0.2 s"):
+        with pytest.raises(
+            DataPathUnavailable, match=r"no sender connected directly within 0\.2 s"
+        ):
             await listener.accept(0.2)
         assert time.monotonic() - started < 1.0
 
@@ -293,3 +296,43 @@ def test_ipv6_interface_table_is_read_and_filtered() -> None:
     found = ipv6_addresses(text)
     assert [str(a) for a in found] == ["fe80::ff:fe00:1", "fd00::2", "::1"]
     assert [str(a) for a in found if usable(a)] == ["fd00::2"]
+
+
+async def test_a_silent_first_address_costs_one_stagger() -> None:
+    # It takes the TCP connection (the kernel's backlog) and never answers.
+    silent = socket.create_server(("127.0.0.1", 0))
+    try:
+        async with await DirectListener.open(LOOPBACK) as listener:
+            mute = f"127.0.0.1:{silent.getsockname()[1]}"
+            completion = dict(listener.completion(), addrs=[mute, *listener.addrs])
+            started = time.monotonic()
+            sender = await dial_direct(completion, timeout=1.0)
+            elapsed = time.monotonic() - started
+            receiver = await listener.accept(1)
+            assert sender.peer == listener.addrs[0]
+            assert elapsed >= STAGGER
+            assert elapsed < 0.75
+            await sender.aclose()
+            await receiver.aclose()
+    finally:
+        silent.close()
+
+
+async def test_every_address_silent_gives_up_at_the_timeout() -> None:
+    silent = [socket.create_server(("127.0.0.1", 0)) for _ in range(6)]
+    try:
+        completion = {
+            "addrs": [f"127.0.0.1:{s.getsockname()[1]}" for s in silent],
+            "ticket": os.urandom(16).hex(),
+            "secret": os.urandom(32).hex(),
+        }
+        started = time.monotonic()
+        with pytest.raises(DataPathUnavailable, match=r"no answer within 0\.6 s") as caught:
+            await dial_direct(completion, timeout=0.6)
+        assert time.monotonic() - started < 0.9
+        # Three were tried (0, 0.25, 0.5 s), three never reached: all named.
+        for s in silent:
+            assert f"127.0.0.1:{s.getsockname()[1]}" in caught.value.message
+    finally:
+        for s in silent:
+            s.close()
