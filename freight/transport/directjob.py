@@ -270,7 +270,8 @@ class DirectListener:
         self._stop_listening()
         await self._tasks.aclose()
         if not self._winner.done():
-            self._winner.cancel()
+            self._winner.set_exception(DataPathUnavailable("the direct listener was closed"))
+            self._winner.exception()  # retrieved: nobody may be waiting
         elif not self._accepted and self._winner.exception() is None:
             await self._winner.result().aclose()  # won, never taken
 
