@@ -32,6 +32,7 @@ import platform
 import resource
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -108,6 +109,40 @@ async def _send(completion: dict[str, object], size: int, message: int) -> dict[
     }
 
 
+def _tcp_receive() -> dict[str, object]:
+    """Plain TCP, blocking sockets, no sealing: what the machine does now."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        print(json.dumps({"addrs": [f"127.0.0.1:{port}"]}), flush=True)
+        server.settimeout(60)
+        conn, _ = server.accept()
+    cpu = cpu_seconds()
+    buf = bytearray(1 << 20)
+    count = 0
+    with conn:
+        while n := conn.recv_into(buf):
+            count += n
+        conn.sendall(str(count).encode())
+    return {"bytes": count, "cpu": cpu_seconds() - cpu}
+
+
+def _tcp_send(completion: dict[str, Any], size: int, message: int) -> dict[str, object]:
+    host, _, port = completion["addrs"][0].rpartition(":")
+    block = os.urandom(message)
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        started = time.perf_counter()
+        cpu = cpu_seconds()
+        left = size
+        while left > 0:
+            conn.sendall(block if left >= message else block[:left])
+            left -= message
+        conn.shutdown(socket.SHUT_WR)
+        answer = conn.recv(64)
+        ended = time.perf_counter()
+    return {"bytes": int(answer or b"0"), "dial_seconds": 0.0, "seconds": ended - started,
+            "cpu": cpu_seconds() - cpu, "peer": f"{host}:{port}"}  # fmt: skip
+
+
 # ------------------------------------------------------------- the measure
 
 
@@ -127,10 +162,10 @@ def _json_line(stream: Any) -> str:
     raise RuntimeError("the receiving process ended without a word")
 
 
-def direct_round(args: argparse.Namespace, spy: Path | None) -> dict[str, Any]:
+def direct_round(args: argparse.Namespace, spy: Path | None, kind: str = "") -> dict[str, Any]:
     me = [sys.executable, str(Path(__file__).resolve())]
     receiver = subprocess.Popen(
-        _spy([*me, "_receive", "--loop", args.loop], spy, "receiver"),
+        _spy([*me, f"_{kind}receive", "--loop", args.loop], spy, "receiver"),
         stdout=subprocess.PIPE,
         text=True,
         cwd=REPO,
@@ -142,7 +177,7 @@ def direct_round(args: argparse.Namespace, spy: Path | None) -> dict[str, Any]:
             _spy(
                 [
                     *me,
-                    "_send",
+                    f"_{kind}send",
                     "--loop",
                     args.loop,
                     "--size",
@@ -178,7 +213,11 @@ def direct_round(args: argparse.Namespace, spy: Path | None) -> dict[str, Any]:
 
 
 def bench_direct(args: argparse.Namespace) -> tuple[list[list[str]], list[list[str]], bool]:
+    """Direct rounds, each followed by a plain-TCP round (same processes'
+    shape, same sizes) unless --no-baseline: on a shared machine the ratio
+    of the two says more than either figure."""
     rounds: list[dict[str, Any]] = []
+    tcp: list[dict[str, Any]] = []
     for i in range(args.rounds):
         spy = args.py_spy if (args.py_spy is not None and i == 0) else None
         r = direct_round(args, spy)
@@ -188,24 +227,34 @@ def bench_direct(args: argparse.Namespace) -> tuple[list[list[str]], list[list[s
             f"dial {r['dial_seconds'] * 1000:.1f} ms)"
         )
         rounds.append(r)
-    rates = [r["mbps"] for r in rounds]
-    median = statistics.median(rates)
+        if args.baseline:
+            t = direct_round(args, None, "tcp_")
+            log(f"plain TCP round {i + 1}: {t['mbps']:.0f} MB/s wall, {t['cpu_mbps']:.0f} by CPU")
+            tcp.append(t)
+    rows = [_row("direct (loopback)", args, rounds)]
+    if tcp:
+        rows.append(_row("plain TCP, blocking, unsealed (baseline)", args, tcp))
+    median = statistics.median(r["mbps"] for r in rounds)
     ok = median >= DIRECT_TARGET
-    cpu_median = statistics.median(r["cpu_mbps"] for r in rounds)
-    rows = [
-        [
-            "direct (loopback)",
-            f"{args.size / 2**20:.0f} MiB",
-            f"{args.message / 2**20:g} MiB",
-            " / ".join(f"{x:.0f}" for x in rates),
-            f"{median:.0f}",
-            f"{cpu_median:.0f}",
-            f"{statistics.median(r['dial_seconds'] for r in rounds) * 1000:.1f} ms",
-        ]
-    ]
     targets = [["direct job on loopback", f">= {DIRECT_TARGET:.0f} MB/s", f"{median:.0f} MB/s",
                 "met" if ok else "MISSED"]]  # fmt: skip
+    if tcp:
+        ratio = median / statistics.median(t["mbps"] for t in tcp)
+        targets.append(["direct / plain TCP in the same run", "-", f"{ratio:.0%}", "-"])
     return rows, targets, ok
+
+
+def _row(name: str, args: argparse.Namespace, rounds: list[dict[str, Any]]) -> list[str]:
+    rates = [r["mbps"] for r in rounds]
+    return [
+        name,
+        f"{args.size / 2**20:.0f} MiB",
+        f"{args.message / 2**20:g} MiB",
+        " / ".join(f"{x:.0f}" for x in rates),
+        f"{statistics.median(rates):.0f}",
+        f"{statistics.median(r['cpu_mbps'] for r in rounds):.0f}",
+        f"{statistics.median(r['dial_seconds'] for r in rounds) * 1000:.1f} ms",
+    ]
 
 
 # INTEGRATOR: enable by-reference here once freight.client.links (the links
@@ -288,13 +337,19 @@ def write_markdown(path: Path, rows: list[list[str]], targets: list[list[str]]) 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("role", nargs="?", default="bench", choices=["bench", "_receive", "_send"])
+    p.add_argument(
+        "role",
+        nargs="?",
+        default="bench",
+        choices=["bench", "_receive", "_send", "_tcp_receive", "_tcp_send"],
+    )
     p.add_argument("--size", type=parse_size, default=parse_size("1G"))
     p.add_argument("--message", type=parse_size, default=parse_size("1M"))
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     p.add_argument("--markdown", type=Path)
     p.add_argument("--py-spy", type=Path, dest="py_spy")
+    p.add_argument("--no-baseline", dest="baseline", action="store_false")
     return p.parse_args(argv)
 
 
@@ -302,6 +357,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.role == "_receive":
         print(json.dumps(run_loop(_receive(60.0), args.loop)), flush=True)
+        return 0
+    if args.role == "_tcp_receive":
+        print(json.dumps(_tcp_receive()), flush=True)
+        return 0
+    if args.role == "_tcp_send":
+        completion = json.loads(sys.stdin.readline())
+        print(json.dumps(_tcp_send(completion, args.size, args.message)))
         return 0
     if args.role == "_send":
         completion = json.loads(sys.stdin.readline())
