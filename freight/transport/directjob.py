@@ -303,7 +303,7 @@ class DirectListener:
         return proto
 
     async def _vet(self, proto: DataConnProtocol) -> None:
-        won = False
+        won = handed = False
         try:
             async with asyncio.timeout(VET_TIMEOUT):
                 await asyncio.shield(proto.ready)
@@ -323,7 +323,9 @@ class DirectListener:
             # The first sealed frame proves to the dialler that its ticket
             # was accepted and that both ends derived the same keys.
             await proto.send(m.Welcome(version=PROTOCOL_VERSION, node=SID))
-            self._winner.set_result(ByteConn(proto))
+            if not self._winner.done():  # else closed meanwhile
+                self._winner.set_result(ByteConn(proto))
+                handed = True
         except (ProtocolError, ChannelClosed, TimeoutError, OSError):
             if won and not self._winner.done():
                 self._winner.set_exception(
@@ -333,6 +335,7 @@ class DirectListener:
             self._pending.pop(proto, None)
             if not won:
                 self.refused += 1
+            if not handed:  # refused, broken, or the listener closed meanwhile
                 await proto.aclose()
 
 
