@@ -38,7 +38,7 @@ from typing import Final
 
 from ..errors import UsageError
 from ..protocol import messages as m
-from ..protocol.errors import ProtocolError, RemoteProtocolError
+from ..protocol.errors import ProtocolError, RemoteProtocolError, VersionMismatch
 from ..protocol.limits import MAX_PAYLOAD_BYTES, PROTOCOL_VERSION
 from ..protocol.seal import TICKET_ID_BYTES, TICKET_SECRET_BYTES, preamble
 from ..tasks import Supervisor
@@ -313,7 +313,7 @@ class DirectListener:
             if msg.version != PROTOCOL_VERSION:
                 await proto.send(
                     m.Error(
-                        code="version",
+                        code=VersionMismatch.code,
                         message=f"this receiver speaks protocol version {PROTOCOL_VERSION}",
                     )
                 )

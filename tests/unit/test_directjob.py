@@ -17,8 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from freight.errors import UsageError
+from freight.protocol import messages as m
+from freight.protocol.limits import PROTOCOL_VERSION
+from freight.protocol.seal import preamble
 from freight.transport.channel import ChannelClosed
-from freight.transport.dataconn import DataPathUnavailable
+from freight.transport.dataconn import DataConnProtocol, DataPathUnavailable
 from freight.transport.directjob import (
     MAX_MESSAGE,
     STAGGER,
@@ -389,3 +392,21 @@ def test_any_address_text_is_parsed_or_refused_with_value_error(text: str) -> No
         return
     assert parse_address(format_address(host, port)) == (host, port)
     assert port > 0
+
+
+async def test_another_protocol_version_is_told_and_does_not_spend_the_ticket() -> None:
+    async with await DirectListener.open(LOOPBACK) as listener:
+        host, port = parse_address(str(listener.addrs[0]))
+        proto = DataConnProtocol(is_hub=False, secret=listener.secret, ticket_id=listener.ticket)
+        await asyncio.get_running_loop().create_connection(lambda: proto, host, port)
+        assert proto.transport is not None
+        proto.transport.write(preamble(listener.ticket))
+        await proto.send(m.Hello(version=PROTOCOL_VERSION + 1))
+        answer, _ = await asyncio.wait_for(proto.recv(), 5)
+        assert isinstance(answer, m.Error)
+        assert answer.message == f"this receiver speaks protocol version {PROTOCOL_VERSION}"
+        await proto.aclose()
+        sender = await dial_direct(listener.completion())
+        receiver = await listener.accept(2)
+        await sender.aclose()
+        await receiver.aclose()
