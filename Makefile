@@ -53,6 +53,13 @@ test-proxies:
 			&& apt-get install -y -q squid-openssl >/dev/null 2>&1; } \
 		|| echo "could not install squid-openssl: its proxy tests will be skipped"; \
 	fi
+	@# nft: the direct-job tests put firewall rules in network namespaces.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! command -v nft >/dev/null 2>&1; then \
+		echo "installing nftables for the direct-job firewall tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1 \
+		|| echo "could not install nftables: the direct-job firewall tests will be skipped"; \
+	fi
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
 # (rate limits, hub memory, bytes re-sent after a hub crash). Not part of

@@ -15,6 +15,8 @@ import asyncio
 import hashlib
 import json
 import os
+import random
+import secrets
 import shutil
 import subprocess
 import sys
@@ -73,13 +75,16 @@ def netns() -> Iterator[Netns]:
         pytest.skip("network namespaces need root and iproute2's ip")
     if shutil.which("nft") is None:
         pytest.skip("the firewall cases need nft (Debian: apt-get install nftables)")
-    tag = f"{os.getpid() % 100000}"
+    tag = secrets.token_hex(3)
     name = f"fdirect{tag}"
     made = _ip("netns", "add", name)
     if made.returncode != 0:
         pytest.skip(f"ip netns add is not permitted here: {made.stderr.decode().strip()}")
-    # A /30 of 10.231.0.0/16 picked from the process id: parallel runs differ.
-    net = f"10.231.{os.getpid() % 250}"
+    # A /30 of 10.231.0.0/16 no interface here uses yet (other test runs
+    # on this machine may have made theirs).
+    used = _ip("-4", "-o", "addr").stdout.decode()
+    free = [n for n in range(256) if f" 10.231.{n}." not in used]
+    net = f"10.231.{random.choice(free)}"
     outside, inside = f"{net}.1", f"{net}.2"
     here, there = f"vdo{tag}", f"vdi{tag}"
     try:
