@@ -410,3 +410,16 @@ async def test_another_protocol_version_is_told_and_does_not_spend_the_ticket() 
         receiver = await listener.accept(2)
         await sender.aclose()
         await receiver.aclose()
+
+
+async def test_wildcard_ipv4_bind_advertises_ipv4_only_loopback_last() -> None:
+    async with await DirectListener.open("0.0.0.0:0") as listener:
+        addrs = [str(a) for a in listener.addrs]
+        port = parse_address(addrs[-1])[1]
+        assert addrs[-1] == f"127.0.0.1:{port}"
+        assert not [a for a in addrs if a.startswith("[")]
+        sender = await dial_direct(listener.completion())
+        receiver = await listener.accept(2)
+        await sender.aclose()
+        assert await receiver.recv() == b""
+        await receiver.aclose()
