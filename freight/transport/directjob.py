@@ -71,7 +71,7 @@ def parse_address(text: str, *, any_port: bool = False) -> Address:
     (never a name: nothing to resolve) and a port (0 only with ``any_port``)."""
     host, sep, port = text.rpartition(":")
     low = 0 if any_port else 1
-    if not sep or not port.isdigit() or not low <= int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not low <= int(port) < 65536:
         raise ValueError(f"{text!r} is not HOST:PORT")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -156,6 +156,14 @@ class ByteConn:
         if not self._eof_sent:
             self._eof_sent = True
             await self.proto.send(m.EndStream(sid=SID, total=self._sent, digest=""))
+
+    async def abort(self, reason: str) -> None:
+        """Give up: the other end's recv() raises ChannelClosed with ``reason``."""
+        if not self._eof_sent:
+            self._eof_sent = True
+            with contextlib.suppress(ChannelClosed, OSError):
+                await self.proto.send(m.Abort(sid=SID, code="aborted", message=reason[:1000]))
+        await self.proto.aclose()
 
     async def aclose(self) -> None:
         """Close the sending side (when still open) and the connection."""

@@ -423,3 +423,14 @@ async def test_wildcard_ipv4_bind_advertises_ipv4_only_loopback_last() -> None:
         await sender.aclose()
         assert await receiver.recv() == b""
         await receiver.aclose()
+
+
+async def test_abort_reaches_the_other_end_with_its_reason() -> None:
+    listener, sender, receiver = await pair()
+    await sender.send(b"first")
+    await sender.abort("the source changed while being sent")
+    assert await receiver.recv() == b"first"
+    with pytest.raises(ChannelClosed, match="the other end gave up: the source changed"):
+        await receiver.recv()
+    await receiver.aclose()
+    await listener.aclose()
