@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import os
 import socket
 import time
@@ -88,9 +89,14 @@ async def test_default_listener_advertises_loopback_last() -> None:
         addrs = completion["addrs"]
         assert isinstance(addrs, list)
         port = parse_address(addrs[0])[1]
-        assert addrs[-2:] == [f"127.0.0.1:{port}", f"[::1]:{port}"] or addrs[-1:] == [
-            f"127.0.0.1:{port}"
-        ]
+        hosts = [parse_address(a)[0] for a in addrs]
+        loopback = [h for h in hosts if h in ("127.0.0.1", "::1")]
+        # The host's own addresses (no link-local, no loopback) first, then
+        # loopback: IPv4 first, IPv6 when the host has it.
+        assert loopback[0] == "127.0.0.1"
+        assert hosts[len(hosts) - len(loopback) :] == loopback
+        assert all(usable(ipaddress.ip_address(h)) for h in hosts[: len(hosts) - len(loopback)])
+        assert all(parse_address(a)[1] == port for a in addrs)
         assert len(bytes.fromhex(str(completion["ticket"]))) == 16
         assert len(bytes.fromhex(str(completion["secret"]))) == 32
         sender = await dial_direct(completion)
