@@ -53,6 +53,13 @@ test-proxies:
 			&& apt-get install -y -q squid-openssl >/dev/null 2>&1; } \
 		|| echo "could not install squid-openssl: its proxy tests will be skipped"; \
 	fi
+	@# nft: the direct-job tests put firewall rules in network namespaces.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! command -v nft >/dev/null 2>&1; then \
+		echo "installing nftables for the direct-job firewall tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1 \
+		|| echo "could not install nftables: the direct-job firewall tests will be skipped"; \
+	fi
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
 # (rate limits, hub memory, bytes re-sent after a hub crash). Not part of
@@ -83,6 +90,13 @@ bench-ab: $(STAMP)
 .PHONY: bench-msg
 bench-msg: $(STAMP)
 	$(BIN)/python bench/messaging.py --markdown $(BENCH_MD) $(BENCH_MSG_ARGS)
+
+# Transfer-job manners against their targets (bench/jobs.py): the direct
+# pipe on loopback, 1 GiB, median of 3 rounds, wall and CPU-bound MB/s:
+# `make bench-jobs BENCH_JOBS_ARGS="--rounds 5 --py-spy .bench-tmp/jobs-spy"`.
+.PHONY: bench-jobs
+bench-jobs: $(STAMP)
+	$(BIN)/python bench/jobs.py --markdown $(BENCH_MD) $(BENCH_JOBS_ARGS)
 
 .PHONY: bench-startup
 bench-startup: $(STAMP)
