@@ -11,6 +11,7 @@ All SQL lives in this package, one repository per aggregate:
 ``db.commands``    agents' durable commands              :mod:`.commands`
 ``db.collection``  policies, catalogue, content          :mod:`.collection`
 ``db.events``      the event log and settings            :mod:`.events`
+``db.links``       links to stored files                 :mod:`.links`
 =================  ====================================  ======================
 
 Each returns frozen typed rows (:mod:`.rows`); command and content states
@@ -38,6 +39,7 @@ from .base import Repository
 from .collection import Collection
 from .commands import OPEN_COMMAND_STATES, Commands
 from .events import Events
+from .links import Links
 from .relaykeys import CODE_QUARANTINE, RelayKeys
 from .streams import Streams
 from .users import Users
@@ -58,7 +60,7 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events):
+class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events, Links):
     def __init__(self, url: str, clock: Callable[[], float] = time.time) -> None:
         self.url = url
         engine = create_async_engine(url)
@@ -102,6 +104,10 @@ class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, 
 
     @property
     def events(self) -> Events:
+        return self
+
+    @property
+    def links(self) -> Links:
         return self
 
     async def migrate(self) -> None:
