@@ -35,6 +35,7 @@ import blake3
 from yarl import URL
 
 from ..engine.partial import FolderPlace, LengthCheckpoints, PartialFile
+from ..engine.pipeline import WriteBehind
 from ..errors import (
     FreightError,
     IntegrityError,
@@ -310,19 +311,34 @@ async def _write_body(
     name: str,
     size: int,
 ) -> None:
+    """The response's bytes into ``file`` from ``offset``: the event loop
+    reads (and decrypts TLS), one worker thread writes and hashes behind
+    it, in pieces of about a block."""
     rep.start(name, size)
     rep.update(name, offset)
+    writer = WriteBehind(4 * BLOCK, name="freight-fetch")
+    pending = bytearray()
     try:
-        async for block in resp.content.iter_chunked(BLOCK):
-            file.write(offset, block)
-            offset += len(block)
-            rep.update(name, offset)
+        async for data in resp.content.iter_any():
+            pending += data
+            if len(pending) >= BLOCK:
+                piece, pending = bytes(pending), bytearray()
+                await writer.submit(file.write, offset, piece, size=len(piece))
+                offset += len(piece)
+                rep.update(name, offset)
+        if pending:
+            await writer.submit(file.write, offset, bytes(pending), size=len(pending))
+            offset += len(pending)
+        await writer.call(file.flush)
+        rep.update(name, offset)
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise StorageError(f"local disk full writing {part}") from None
         raise StorageError(f"cannot write {part}: {exc.strerror or exc}") from None
     except aiohttp.ClientError as exc:
         raise NetworkError(f"the download stopped: {exc}; fetch it again to resume") from None
+    finally:
+        await writer.aclose()
 
 
 # --- references: sealed data behind a single-use link ---------------------------------
