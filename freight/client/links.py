@@ -40,10 +40,10 @@ from ..errors import (
     FreightError,
     IntegrityError,
     NetworkError,
-    NotLoggedIn,
     RateLimited,
     RemoteError,
     StorageError,
+    TLSError,
     UsageError,
     code_to_error,
 )
@@ -107,24 +107,28 @@ def parse_link(link: str) -> tuple[URL, str]:
 def access_for(
     url: URL, config: ClientConfig | None, *, fingerprint: str = "", ca_pem: str = ""
 ) -> Access:
-    """The trust to reach ``url`` with: a fingerprint or CA given with the
-    link, else the login or pin saved for that hub, else the system's CAs.
-    A login's token goes only to the hub it belongs to."""
+    """The trust to reach ``url`` with. With a login for that hub: the
+    login's own trust and token (a link naming another certificate is
+    refused: the token never goes to a server the link alone vouches
+    for). Else the fingerprint or CA given with the link, else the pin
+    saved for that hub, else the system's CAs."""
     if config is not None:
         hub = canonical_url(parse_hub_url(f"https://{hostport(url)}"))
         try:
-            session = HubSession.from_config(config, hub)
-        except (NotLoggedIn, FreightError):
+            session: HubSession | None = HubSession.from_config(config, hub)
+        except FreightError:
             session = None
-        if session is not None and not fingerprint and not ca_pem:
-            tls: ssl.SSLContext | aiohttp.Fingerprint
-            if session.ca_file is not None:
-                tls = ca_context(session.ca_file)
-            else:
-                tls = _pin(session.fingerprint)
-            return Access(tls, session.token, session.proxy)
         if session is not None:
-            return Access(_trust(fingerprint, ca_pem), session.token, session.proxy)
+            if session.ca_file is not None:
+                return Access(ca_context(session.ca_file), session.token, session.proxy)
+            if fingerprint and fingerprint != session.fingerprint:
+                raise TLSError(
+                    f"the link names certificate {fingerprint}, but {session.fingerprint} "
+                    f"is pinned for {hostport(url)}",
+                    hint="ask for the link again; if the hub's certificate was replaced, "
+                    "log in again",
+                )
+            return Access(_pin(session.fingerprint), session.token, session.proxy)
         pinned = config.pinned(hostport(url))
         if pinned and not fingerprint and not ca_pem:
             return Access(_pin(pinned))

@@ -240,6 +240,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     if whole:
         book.busy[row.token_hash] += 1
     sent = 0
+    completed = False
     try:
         if os.fstat(fd).st_size != row.size:
             raise Gone(CHANGED)
@@ -264,6 +265,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
                 sent += len(block)
         if start + sent == end:
             await resp.write_eof()
+            completed = True
         elif request.transport is not None:  # the file shrank under us: cut short
             request.transport.close()
     finally:
@@ -272,7 +274,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
             book.busy[row.token_hash] -= 1
             if book.busy[row.token_hash] <= 0:
                 del book.busy[row.token_hash]
-        done = whole and start + sent == end
+        done = whole and completed
         await st.db.count_served(row.token_hash, sent, whole=done)
     if done:
         await st.events.emit("link_used", "", name=row.name, bytes=sent)

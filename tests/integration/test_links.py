@@ -322,3 +322,25 @@ def test_a_plain_url_reference_is_fetched_as_one_file(tmp_path: Path, admin: Cli
     got = asyncio.run(fetch_reference(ref, tmp_path / "in"))
     assert got == (200_000, digest(src))
     assert same_bytes(src, tmp_path / "in" / "plain.bin")
+
+
+def test_fetch_resumes_from_a_partial_file(tmp_path: Path, admin: Client, bob: Client) -> None:
+    src = random_file(tmp_path / "resume.bin", 2 * 1024 * 1024 + 5, seed=15)
+    admin.run("push", str(src), "--as", "share/resume.bin", "--quiet")
+    made = share(admin, "share/resume.bin", "--to", "bob")
+    out = tmp_path / "out"
+    out.mkdir()
+    held = 1024 * 1024 + 3
+    (out / f"resume.bin.{made['digest'][:16]}.freight-part").write_bytes(src.read_bytes()[:held])
+    got = json.loads(fetch(bob, made["url"], out).stdout)
+    assert got["resumed_from"] == held
+    assert same_bytes(src, out / "resume.bin")
+    assert sorted(p.name for p in out.iterdir()) == ["resume.bin"]
+    assert json.loads(bob.run("links", "--json").stdout)[0]["state"] == "used"
+
+
+def test_a_link_naming_another_certificate_is_refused(tmp_path: Path, bob: Client) -> None:
+    forged = f"{bob.hub.url}/v1/links/{secrets.token_urlsafe(32)}#SHA256:{'0' * 64}"
+    res = fetch(bob, forged, tmp_path, check=False)
+    assert res.returncode == 4, res.stderr
+    assert f"but {bob.hub.fingerprint} is pinned" in res.stderr
