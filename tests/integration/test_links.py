@@ -95,6 +95,8 @@ def test_share_to_another_user_who_fetches_identical_bytes(
     row = next(r for r in mine if r["name"] == "share/report.bin")
     assert row["to"] == "bob" and row["state"] == "used" and row["mine"]
     assert any(r["id"] == row["id"] and not r["mine"] and r["owner"] == "admin" for r in theirs)
+    line = next(ln for ln in bob.run("links").stdout.splitlines() if ln.startswith(row["id"]))
+    assert "used" in line and "from admin" in line and "share/report.bin (5.0 MiB)" in line
 
 
 def test_a_link_for_one_user_needs_that_users_login(
