@@ -181,6 +181,12 @@ async def _get(
             f"the hub at {hostport(url)} presents certificate SHA256:{exc.got.hex()}, "
             "not the one the link names"
         ) from None
+    except aiohttp.ClientConnectorCertificateError as exc:
+        raise TLSError(
+            f"the certificate of {hostport(url)} is not one this machine trusts "
+            f"({exc.certificate_error})",
+            hint="use the link as it was shared, with its #SHA256:… part, or log in to that hub",
+        ) from None
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise NetworkError(f"cannot fetch from {hostport(url)}: {exc or 'timed out'}") from None
 

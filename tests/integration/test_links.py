@@ -346,3 +346,17 @@ def test_a_link_naming_another_certificate_is_refused(tmp_path: Path, bob: Clien
     res = fetch(bob, forged, tmp_path, check=False)
     assert res.returncode == 4, res.stderr
     assert f"but {bob.hub.fingerprint} is pinned" in res.stderr
+
+
+def test_a_link_without_its_fingerprint_is_not_trusted_blindly(
+    tmp_path: Path, shared_hub: Hub, admin: Client
+) -> None:
+    random_file(tmp_path / "pin.bin", 1000, seed=16)
+    admin.run("push", str(tmp_path / "pin.bin"), "--as", "share/pin.bin", "--quiet")
+    url = share(admin, "share/pin.bin")["url"]
+    stranger = Client(tmp_path / "stranger", shared_hub)
+    res = fetch(stranger, url.split("#")[0], tmp_path / "x.bin", check=False)
+    assert res.returncode == 4, res.stderr
+    assert "is not one this machine trusts" in res.stderr
+    fetch(stranger, url, tmp_path / "x.bin")  # with the fingerprint it names
+    assert same_bytes(tmp_path / "pin.bin", tmp_path / "x.bin")
