@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import pytest
 import freight
 from freight.client.links import fetch_reference
 from freight.errors import IntegrityError, NotFound
-from tests.authsupport import Rest, rest, token_of
+from tests.authsupport import Rest, db_rows, rest, token_of
 from tests.support import (
     Client,
     Hub,
@@ -360,3 +362,27 @@ def test_a_link_without_its_fingerprint_is_not_trusted_blindly(
     assert "is not one this machine trusts" in res.stderr
     fetch(stranger, url, tmp_path / "x.bin")  # with the fingerprint it names
     assert same_bytes(tmp_path / "pin.bin", tmp_path / "x.bin")
+
+
+def test_an_account_holds_a_bounded_number_of_live_links(
+    tmp_path: Path, shared_hub: Hub, carol: Client
+) -> None:
+    random_file(tmp_path / "many.bin", 100, seed=17)
+    carol.run("push", str(tmp_path / "many.bin"), "--quiet")
+    ((carol_id,),) = db_rows(shared_hub, "SELECT id FROM users WHERE name = 'carol'")
+    hashes = [secrets.token_hex(32) for _ in range(1000)]
+    con = sqlite3.connect(shared_hub.data / "freight.db", timeout=30)
+    with con:  # as many live links as an account may hold, made before this test
+        con.executemany(
+            "INSERT INTO links (token_hash, user_id, name, size, digest, to_id, uses, used, "
+            "served, created, expires) VALUES (?, ?, 'many.bin', 100, '', NULL, 1, 0, 0, 0, ?)",
+            [(hashed, carol_id, time.time() + 3600) for hashed in hashes],
+        )
+    con.close()
+    res = carol.run("share", "many.bin", check=False)
+    assert res.returncode == 7, res.stderr
+    assert "you have 1000 live links, the most an account may have" in res.stderr
+    assert "revoke some (freight links revoke ID)" in res.stderr
+    res = carol.run("links", "revoke", hashes[0][:12])  # its id: the hash's first 12 digits
+    assert "Revoked 1 link." in res.stderr
+    assert carol.run("share", "many.bin").stdout.startswith("https://")
