@@ -46,6 +46,7 @@ parent's exit code; the module where it is not this one).
     │   └── HTTPAttachRefused                     transport.httpchan
     ├── RemoteError                      exit 7
     │   ├── NotFound
+    │   ├── Gone
     │   ├── Conflict
     │   ├── DiskFull
     │   ├── QuotaExceeded
@@ -105,6 +106,7 @@ __all__ = [
     "Forbidden",
     "FrameTooLarge",
     "FreightError",
+    "Gone",
     "IntegrityError",
     "LimitReached",
     "LocalProtocolError",
@@ -244,6 +246,13 @@ class NotFound(RemoteError):
 
     code = "not_found"
     hint = "run: freight ls"
+
+
+class Gone(RemoteError):
+    """What was asked for existed but is no longer there as it was."""
+
+    code = "gone"
+    hint = "ask for a new link"
 
 
 class Conflict(RemoteError):

@@ -17,7 +17,17 @@ from .helptext import plain_help
 
 # Module names (under freight.cli) in the order they register: a command's
 # place in ``freight --help`` follows it.
-MODULES = ("hubcmd", "files", "users", "relay", "agents", "agentcmd", "collect", "msg")
+MODULES = (
+    "hubcmd",
+    "files",
+    "users",
+    "relay",
+    "agents",
+    "agentcmd",
+    "collect",
+    "links",
+    "msg",
+)
 
 
 def _print_version(value: bool) -> None:
@@ -99,6 +109,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import collect
 
         collect.register(app)
+    if "links" in modules:
+        from . import links
+
+        links.register(app)
     if "msg" in modules:
         from . import msg
 

@@ -61,6 +61,8 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "to copy into (a trailing / demands one). Resumable: run it again. Existing files are "
         "replaced only with --overwrite (on an agent, only if it allows that).",
     ),
+    "share": (("links",), "Share one of your files on the hub through a link; prints the link."),
+    "fetch": (("links",), "Fetch a shared link into a file (resumes if run again)."),
     "daemon": (
         ("msg",),
         "Be this user's messaging host: stay attached to the hub and serve applications on "
@@ -76,6 +78,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "agent": (("agentcmd",), "Run this machine as an agent."),
     "collect": (("collect",), "Collection policies (admin accounts only)."),
     "collected": (("collect",), "What collection has gathered."),
+    "links": (
+        ("links",),
+        "Links you shared and links shared with you; revoke one with: freight links revoke ID.",
+    ),
     "msg": (
         ("msg",),
         "Send and receive messages between applications on hosts (end-to-end encrypted). "

@@ -35,6 +35,7 @@ from ..protocol.messages import LEVELS
 from ..units import parse_rate
 from .admin import AdminCalls
 from .config import ClientConfig
+from .linkcalls import LinkCalls
 from .login import Confirm, LoginInfo, Notice, login, logout
 from .options import (
     QuietReporter,
@@ -106,7 +107,7 @@ def _quiet(reporter: Any) -> Any:
     return QuietReporter() if reporter is None else reporter
 
 
-class Client(AdminCalls):
+class Client(AdminCalls, LinkCalls):
     """An account on one hub, as logged in to by :meth:`login` (or ``freight
     login``). Cheap to make; the connection opens on first use and
     :meth:`aclose` (or ``async with``) closes it.

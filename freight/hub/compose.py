@@ -24,7 +24,19 @@ from ..protocol.limits import CHECKPOINT_INTERVAL
 from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
 from ..tasks import Supervisor
-from . import agents, auth, channels, collectapi, httpattach, keys, messaging, rest, tls, users
+from . import (
+    agents,
+    auth,
+    channels,
+    collectapi,
+    httpattach,
+    keys,
+    links,
+    messaging,
+    rest,
+    tls,
+    users,
+)
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
@@ -222,6 +234,7 @@ def build_app(hub: Hub) -> web.Application:
     agents.add_routes(app)
     collectapi.add_routes(app)
     keys.add_routes(app)
+    links.add_routes(app)
     rest.add_admin_routes(app)
     app[messaging.MESSAGING] = hub.messaging
     messaging.add_routes(app)

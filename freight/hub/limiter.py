@@ -125,6 +125,7 @@ USER_ADDRESS = Rule(20)
 AGENT = Rule(5)
 AGENT_ADDRESS = Rule(50)
 ENROL_ADDRESS = Rule(5)
+LINK_ADDRESS = Rule(20)  # unknown link tokens: guesses
 
 
 class Attempt:
@@ -160,6 +161,7 @@ class LoginGuard:
                 ("agent", AGENT),
                 ("agent-address", AGENT_ADDRESS),
                 ("enrol-address", ENROL_ADDRESS),
+                ("link-address", LINK_ADDRESS),
             )
         }
         self._checking: set[Key] = set()
@@ -174,7 +176,9 @@ class LoginGuard:
         """Refuse while any of ``keys`` is locked out."""
         wait = max(self.limiter.retry_after(key, now) for key in keys)
         if wait > 0:
-            what = "enrolments" if keys[0][0].startswith("enrol") else "logins"
+            what = {"enrol": "enrolments", "link": "link tokens"}.get(
+                keys[0][0].split("-")[0], "logins"
+            )
             raise RateLimited(
                 f"too many failed {what}; try again in {int(wait) + 1} s", retry_after=wait
             )

@@ -11,6 +11,7 @@ All SQL lives in this package, one repository per aggregate:
 ``db.commands``    agents' durable commands              :mod:`.commands`
 ``db.collection``  policies, catalogue, content          :mod:`.collection`
 ``db.events``      the event log and settings            :mod:`.events`
+``db.links``       links to stored files                 :mod:`.links`
 =================  ====================================  ======================
 
 Each returns frozen typed rows (:mod:`.rows`); command and content states
@@ -40,6 +41,7 @@ from .base import Repository
 from .collection import Collection
 from .commands import OPEN_COMMAND_STATES, Commands
 from .events import Events
+from .links import Links
 from .relaykeys import CODE_QUARANTINE, RelayKeys
 from .streams import Streams
 from .users import Users
@@ -89,7 +91,7 @@ class _OneWriter(AsyncEngine):
             yield conn
 
 
-class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events):
+class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events, Links):
     def __init__(
         self,
         url: str,
@@ -146,6 +148,10 @@ class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, 
 
     @property
     def events(self) -> Events:
+        return self
+
+    @property
+    def links(self) -> Links:
         return self
 
     async def migrate(self) -> None:

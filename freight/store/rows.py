@@ -178,3 +178,26 @@ class ContentRow:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", ContentState(self.state))
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    token_hash: str
+    user_id: int
+    name: str
+    size: int
+    digest: str
+    to_id: int | None  # the one account that may use it, or None
+    uses: int  # whole deliveries allowed
+    used: int  # whole deliveries made
+    served: int  # bytes sent, ranges included
+    created: float
+    expires: float
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView(LinkRow):
+    """A link with its owner's and recipient's names."""
+
+    owner: str
+    to_name: str | None

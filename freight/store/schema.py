@@ -197,3 +197,25 @@ content = Table(
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
 )
+
+# --- links --------------------------------------------------------------------
+
+# Links to a stored file (``freight share``, by-reference jobs): the token
+# is kept hashed only; the link serves the file only while its digest is
+# the one it was made for. ``to_id``: the one account that may use it (or
+# none: the link is the capability).
+links = Table(
+    "links",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("to_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=True),
+    Column("uses", Integer, nullable=False),  # whole deliveries allowed
+    Column("used", Integer, nullable=False, default=0),  # whole deliveries made
+    Column("served", BigInteger, nullable=False, default=0),  # bytes sent, ranges included
+    Column("created", Float, nullable=False),
+    Column("expires", Float, nullable=False, index=True),
+)
