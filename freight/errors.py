@@ -9,7 +9,8 @@ parent's exit code; the module where it is not this one).
     FreightError                         exit 1   protocol.errors
     ├── ProtocolError                    exit 5   protocol.errors
     │   ├── LocalProtocolError                    protocol.errors
-    │   │   └── InvalidTransition                 protocol.commands
+    │   │   ├── InvalidTransition                 protocol.commands
+    │   │   └── JobTransitionError                protocol.jobs
     │   ├── RemoteProtocolError                   protocol.errors
     │   │   ├── FrameTooLarge                     protocol.errors
     │   │   ├── IntegrityError                    protocol.errors
@@ -17,7 +18,8 @@ parent's exit code; the module where it is not this one).
     │   │   ├── MalformedTransfer                 protocol.sendrecv
     │   │   ├── MalformedFileMessage              protocol.files
     │   │   ├── AttachError                       protocol.numbered
-    │   │   └── BadHostKey                        protocol.msgkeys
+    │   │   ├── BadHostKey                        protocol.msgkeys
+    │   │   └── MalformedJobMessage               protocol.jobs
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
