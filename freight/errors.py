@@ -61,7 +61,9 @@ parent's exit code; the module where it is not this one).
     │   ├── RelayRefused                          hub.relayconn
     │   ├── TransferRefused                       client.sendrecv
     │   ├── Busy
-    │   └── NoRecipient                  exit 9
+    │   ├── NoRecipient                  exit 9
+    │   └── JobFailed
+    │       └── JobMismatch
     ├── StorageError                     exit 8
     └── RegistrationRefused              exit 2   protocol.msgtables
 
@@ -338,6 +340,21 @@ class Busy(RemoteError):
 
     code = "busy"
     hint = "send more slowly, or try again once the receiving application catches up"
+
+
+class JobFailed(RemoteError):
+    """A transfer job ended without its files: every manner was refused or
+    failed (the reasons are in the message and in ``freight job show``)."""
+
+    code = "job_failed"
+    hint = "see the attempts and their reasons: freight job show ID"
+
+
+class JobMismatch(JobFailed):
+    """What a job's receiver holds differs from what its sender declared."""
+
+    code = "job_mismatch"
+    hint = "send the files again; see: freight job show ID"
 
 
 class NoRecipient(RemoteError):

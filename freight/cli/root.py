@@ -17,7 +17,7 @@ from .helptext import plain_help
 
 # Module names (under freight.cli) in the order they register: a command's
 # place in ``freight --help`` follows it.
-MODULES = ("hubcmd", "files", "users", "relay", "agents", "agentcmd", "collect", "msg")
+MODULES = ("hubcmd", "files", "users", "relay", "agents", "agentcmd", "collect", "msg", "job")
 
 
 def _print_version(value: bool) -> None:
@@ -103,6 +103,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import msg
 
         msg.register(app)
+    if "job" in modules:
+        from . import job
+
+        job.register(app)
     cli = typer.main.get_command(app)
     plain_help(cli)
     return cli

@@ -29,8 +29,11 @@ import msgspec
 
 from .errors import LocalProtocolError, RemoteProtocolError
 
-# The reserved message type of job messages: the top bit of the 32-bit type.
+# The reserved message types: proposals and what the sender sends go to
+# receivers registered with interest JOB_TYPE (the top bit); the answers go
+# by ticket to the sender's registration, interest JOB_REPLY_TYPE.
 JOB_TYPE: Final = 0x80000000
+JOB_REPLY_TYPE: Final = 0x40000000
 MAX_JOB_MESSAGE: Final = 64 * 1024  # an encoded job message, at most
 MAX_ATTEMPTS: Final = 16
 MAX_REASON: Final = 1000
@@ -268,6 +271,7 @@ class SenderMachine:
     index: int = -1
     reasons: list[str] = field(default_factory=list)
     offer: dict[str, Any] = field(default_factory=dict)
+    declared: tuple[int, str] = (0, "")  # this attempt's bytes and digest
 
     @property
     def manner(self) -> str:
@@ -285,8 +289,12 @@ class SenderMachine:
     def start(self) -> list[Action]:
         return self._go("start")
 
-    def prepared(self, offer: dict[str, Any]) -> list[Action]:
-        return self._go("prepared", offer)
+    def prepared(
+        self, offer: dict[str, Any], nbytes: int | None = None, digest: str | None = None
+    ) -> list[Action]:
+        """The offer is ready; ``nbytes``/``digest``: what this manner
+        delivers when it is not the job's files (by reference: the stream)."""
+        return self._go("prepared", offer, nbytes, digest)
 
     def failed(self, reason: str) -> list[Action]:
         return self._go("failed", reason)
@@ -308,7 +316,8 @@ class SenderMachine:
     def _next(self, reason: str, verdict: str) -> list[Action]:
         acts: list[Action] = []
         if reason:
-            self.reasons.append(f"{self.manner}: {reason}")
+            said = reason if reason.startswith(self.manner + ":") else f"{self.manner}: {reason}"
+            self.reasons.append(said)
             acts.append(Record(self.attempt, self.manner, verdict, reason))
         while self.index + 1 < len(self.manners):
             self.index += 1
@@ -330,8 +339,14 @@ class SenderMachine:
     def _start(self) -> list[Action]:
         return self._next("", "")
 
-    def _prepared(self, offer: dict[str, Any]) -> list[Action]:
+    def _prepared(
+        self, offer: dict[str, Any], nbytes: int | None, digest: str | None
+    ) -> list[Action]:
         self.offer = offer
+        self.declared = (
+            self.bytes if nbytes is None else nbytes,
+            self.blake3 if digest is None else digest,
+        )
         self.state = S.PROPOSED
         return [
             Send(
@@ -341,9 +356,9 @@ class SenderMachine:
                     manner=self.manner,
                     requires=list(self.requires),
                     offer=offer,
-                    bytes=self.bytes,
+                    bytes=self.declared[0],
                     files=self.files,
-                    blake3=self.blake3,
+                    blake3=self.declared[1],
                 )
             )
         ]
@@ -373,7 +388,7 @@ class SenderMachine:
         return []
 
     def _result(self, msg: Result) -> list[Action]:
-        if msg.ok and msg.bytes == self.bytes and msg.blake3 == self.blake3:
+        if msg.ok and (msg.bytes, msg.blake3) == self.declared:
             self.state = S.DONE
             return [
                 Record(self.attempt, self.manner, "ok", bytes=msg.bytes),
