@@ -169,8 +169,10 @@ def receive(
         from .. import messaging
         from ..client.jobs import receive_jobs
 
-        async with messaging.connect(hub_url, transport=transport) as bus:
+        def ready() -> None:
             _say(f"Waiting for jobs for {app_name!r} into {output}", quiet)
+
+        async with messaging.connect(hub_url, transport=transport) as bus:
             with reporter:
                 jobs = receive_jobs(
                     bus,
@@ -182,6 +184,7 @@ def receive(
                     consent=decide,
                     bind=bind,
                     on_proposal=proposed,
+                    on_ready=ready,
                 )
                 async with contextlib.aclosing(jobs):
                     async for done in jobs:

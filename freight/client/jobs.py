@@ -344,14 +344,18 @@ async def receive_jobs(
     consent: Consent = refuse_to_replace,
     bind: str | None = None,
     on_proposal: Callable[[int, j.Propose, str], object] | None = None,
+    on_ready: Callable[[], object] | None = None,
 ) -> AsyncIterator[JobOutcome]:
     """Serve ``app``: answer job proposals and yield each job's outcome as
     it ends (a refused job ends when its sender gives up). Hostile or
-    malformed proposals are refused with a reason; serving goes on."""
+    malformed proposals are refused with a reason; serving goes on.
+    ``on_ready`` is called once the hub routes ``app`` here."""
     config = config or ClientConfig()
     side = ReceiveSide(config, hub, dest, reporter or QuietReporter(), consent, bind)
     unavailable = {m: why for m in j.MANNERS if (why := receiver_manner(m, side).unavailable())}
     reg = await bus.register(app, interest=j.JOB_TYPE)
+    if on_ready is not None:
+        on_ready()
     try:
         with JobStore(config.root) as store:
             run = _Receiving(bus, app, reg, side, store, list(accepts), unavailable, on_proposal)

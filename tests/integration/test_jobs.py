@@ -1,25 +1,37 @@
 """Transfer jobs through a real hub: ``freight job send|receive|show`` as CLI
 processes, and the SDK (freight.client.jobs) where a test plays a sender
-that lies or a hostile one."""
+that lies or a hostile one, or runs both ends in this process.
+
+The direct manner's adapters are first driven through a stand-in for its
+module, built from its interface (DirectListener, dial_direct, ByteConn)
+over an in-memory pipe; the tests of the real direct and by-reference
+modules skip while those are not part of the installation."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+import types
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from freight import messaging
 from freight.client.config import ClientConfig
-from freight.client.jobs import receive_jobs, send_job
+from freight.client.jobs import JobOutcome, receive_jobs, send_job
+from freight.client.jobstore import JobStore
 from freight.client.sendrecv import Entry
 from freight.errors import JobMismatch
 from freight.protocol import jobs as j
+from freight.tasks import Supervisor
+from freight.transport.dataconn import DataPathUnavailable
 from tests.relaysupport import BOB_PASSWORD, Proc, fast
 from tests.support import Client, Hub
 
@@ -243,3 +255,173 @@ async def test_receiver_without_a_hub_login_refuses_relay(tmp_path: Path) -> Non
     side = ReceiveSide(ClientConfig(tmp_path / "nobody"), None, tmp_path, None)  # type: ignore[arg-type]
     assert RelayReceiver(side).unavailable() == "no hub login on this host"
     _ = receive_jobs  # the SDK entry both tests above go through
+
+
+# --- the direct and by-reference manners, both ends in this process ---------------
+
+
+class PipeConn:
+    """One end of an in-memory byte pipe with ByteConn's methods."""
+
+    def __init__(self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes]) -> None:
+        self.inbox, self.outbox = inbox, outbox
+
+    async def send(self, data: bytes) -> None:
+        await self.outbox.put(bytes(data))
+
+    async def recv(self) -> bytes:
+        return await asyncio.wait_for(self.inbox.get(), 20)
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(asyncio.QueueFull):
+            self.outbox.put_nowait(b"")
+
+
+def fake_direct(reachable: bool) -> types.ModuleType:
+    """A module with the direct manner's interface; ``reachable=False``:
+    every dial fails as an unreachable listener does."""
+    listeners: dict[str, Any] = {}
+    mod = types.ModuleType("freight.transport.directjob")
+
+    class DirectListener:
+        def __init__(self) -> None:
+            self.ticket = os.urandom(16).hex()
+            self.dialled: asyncio.Future[PipeConn] = asyncio.get_running_loop().create_future()
+            listeners[self.ticket] = self
+
+        @classmethod
+        async def open(cls, bind: str | None = None) -> DirectListener:
+            return cls()
+
+        def completion(self) -> dict[str, object]:
+            return {"addrs": ["127.0.0.1:9"], "ticket": self.ticket, "secret": "00" * 32}
+
+        async def accept(self, timeout: float) -> PipeConn:
+            return await asyncio.wait_for(self.dialled, timeout)
+
+        async def aclose(self) -> None:
+            listeners.pop(self.ticket, None)
+
+    async def dial_direct(completion: dict[str, object], *, timeout: float = 1.0) -> PipeConn:
+        listener = listeners.pop(str(completion.get("ticket")), None)
+        if not reachable or listener is None:
+            raise DataPathUnavailable("cannot open a data connection to 127.0.0.1:9")
+        a: asyncio.Queue[bytes] = asyncio.Queue(64)
+        b: asyncio.Queue[bytes] = asyncio.Queue(64)
+        listener.dialled.set_result(PipeConn(a, b))
+        return PipeConn(b, a)
+
+    mod.DirectListener = DirectListener  # type: ignore[attr-defined]
+    mod.dial_direct = dial_direct  # type: ignore[attr-defined]
+    return mod
+
+
+@contextlib.asynccontextmanager
+async def receiver(
+    bob: Client, app: str, out: Path, accepts: list[str]
+) -> AsyncIterator[asyncio.Queue[JobOutcome]]:
+    """bob serving ``app`` in this process; outcomes land in the queue."""
+    outcomes: asyncio.Queue[JobOutcome] = asyncio.Queue(16)
+    ready = asyncio.Event()
+    async with messaging.connect(config_dir=bob.config) as bus:
+
+        async def serve() -> None:
+            jobs = receive_jobs(
+                bus,
+                app,
+                out,
+                accepts=accepts,
+                config=ClientConfig(bob.config),
+                on_ready=ready.set,
+            )
+            async with contextlib.aclosing(jobs):
+                async for done in jobs:
+                    await outcomes.put(done)
+
+        async with Supervisor("test-receiver") as tasks:
+            serving = tasks.spawn(serve(), name="serve")
+            await asyncio.wait(
+                {serving, tasks.spawn(ready.wait(), name="ready")},
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+            assert ready.is_set(), serving.result()
+            yield outcomes
+
+
+async def send(admin: Client, app: str, paths: list[Path], manners: list[str]) -> JobOutcome:
+    async with messaging.connect(config_dir=admin.config) as bus:
+        return await send_job(
+            bus, "bob", app, paths, manners=manners, config=ClientConfig(admin.config)
+        )
+
+
+def attempts(client: Client, jid: int) -> list[tuple[str, str, str, float]]:
+    with JobStore(client.config) as store:
+        return [(a.manner, a.verdict, a.reason, a.elapsed) for a in store.get(str(jid)).attempts]
+
+
+async def test_direct_adapters_against_the_interface(
+    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin, bob = pair
+    monkeypatch.setitem(sys.modules, "freight.transport.directjob", fake_direct(True))
+    src = make_files(tmp_path)
+    out = tmp_path / "out"
+    async with asyncio.timeout(DEADLINE), receiver(bob, "d1", out, ["direct"]) as outcomes:
+        done = await send(admin, "d1", [src], ["direct", "relay"])
+        assert done.ok, done.error
+        assert done.manner == "direct"
+        got = await asyncio.wait_for(outcomes.get(), 20)
+    assert got.ok
+    assert got.line().startswith(f"job {got.id}: 3 files, 3.0 MiB, BLAKE3 ok, by direct in ")
+    assert tree(out / "parcel") == tree(src)
+    assert [a[:2] for a in attempts(admin, done.id)] == [("direct", "ok")]
+
+
+async def test_direct_that_cannot_connect_falls_back_within_a_second(
+    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admin, bob = pair
+    monkeypatch.setitem(sys.modules, "freight.transport.directjob", fake_direct(False))
+    src = tmp_path / "f.bin"
+    src.write_bytes(os.urandom(50_000))
+    out = tmp_path / "out"
+    async with asyncio.timeout(DEADLINE), receiver(bob, "d2", out, ["direct", "relay"]):
+        done = await send(admin, "d2", [src], ["direct", "relay"])
+    assert done.ok, done.error
+    assert done.manner == "relay"
+    assert (out / "f.bin").read_bytes() == src.read_bytes()
+    (direct, relay) = attempts(admin, done.id)
+    assert direct[:3] == ("direct", "failed", "cannot open a data connection to 127.0.0.1:9")
+    assert direct[3] < 1.0
+    assert relay[:2] == ("relay", "ok")
+
+
+async def test_real_direct_job_on_loopback(pair: tuple[Client, Client], tmp_path: Path) -> None:
+    pytest.importorskip(
+        "freight.transport.directjob", reason="the direct manner's module is not built in yet"
+    )
+    admin, bob = pair
+    src = make_files(tmp_path)
+    out = tmp_path / "out"
+    async with asyncio.timeout(DEADLINE), receiver(bob, "d3", out, ["direct"]):
+        done = await send(admin, "d3", [src], ["direct"])
+    assert done.ok, done.error
+    assert done.manner == "direct"
+    assert tree(out / "parcel") == tree(src)
+
+
+async def test_real_reference_job(pair: tuple[Client, Client], tmp_path: Path) -> None:
+    links = pytest.importorskip(
+        "freight.client.links", reason="the by-reference manner's module is not built in yet"
+    )
+    if not hasattr(links, "put_reference"):
+        pytest.skip("freight.client.links has no put_reference yet")
+    admin, bob = pair
+    src = make_files(tmp_path)
+    out = tmp_path / "out"
+    async with asyncio.timeout(DEADLINE), receiver(bob, "r1", out, ["ref"]):
+        done = await send(admin, "r1", [src], ["ref"])
+    assert done.ok, done.error
+    assert done.manner == "ref"
+    assert tree(out / "parcel") == tree(src)
