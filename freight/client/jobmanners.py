@@ -252,13 +252,13 @@ class RelayReceiver:
 
 
 def direct_module() -> Any:
-    """The direct manner's module, or ImportError when it is not built in."""
+    """The direct manner's module, or UsageError when it is not built in."""
     for name in DIRECT_MODULES:
         try:
             return importlib.import_module(name)
         except ImportError:
             continue
-    raise ImportError("the direct manner is not part of this installation")
+    raise UsageError("not available on this host")
 
 
 class DirectSender:
@@ -292,8 +292,8 @@ class DirectReceiver:
     def unavailable(self) -> str:
         try:
             direct_module()
-        except ImportError:
-            return "not available on this host"
+        except UsageError as exc:
+            return exc.message
         return ""
 
     async def complete(self, proposal: Propose) -> dict[str, Any]:
@@ -319,7 +319,14 @@ class DirectReceiver:
 
 
 def links_module() -> Any:
-    return importlib.import_module("freight.client.links")
+    """The by-reference manner's module, or UsageError when it is not built in."""
+    try:
+        links = importlib.import_module("freight.client.links")
+    except ImportError:
+        raise UsageError("not available on this host") from None
+    if not hasattr(links, "fetch_reference"):
+        raise UsageError("not available on this host")
+    return links
 
 
 class RefSender:
@@ -356,8 +363,8 @@ class RefReceiver:
     def unavailable(self) -> str:
         try:
             links_module()
-        except ImportError:
-            return "not available on this host"
+        except UsageError as exc:
+            return exc.message
         return ""
 
     async def complete(self, proposal: Propose) -> dict[str, Any]:

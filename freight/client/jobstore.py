@@ -5,6 +5,7 @@ elapsed time and bytes."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -155,13 +156,14 @@ class JobStore:
 
     def get(self, ref: str) -> JobRow:
         """A job by its local number or its global id (or a prefix of it)."""
-        if ref.isdigit():
+        if ref.isdigit() and len(ref) < 12:
             rows = self._run("SELECT * FROM jobs WHERE id = ?", (int(ref),)).fetchall()
-        else:
+        elif re.fullmatch(r"[0-9a-f]{4,32}", ref):
             rows = self._run(
-                "SELECT * FROM jobs WHERE uuid LIKE ? ESCAPE '\\' LIMIT 2",
-                (ref.replace("\\", "").replace("%", "").replace("_", "") + "%",),
+                "SELECT * FROM jobs WHERE substr(uuid, 1, ?) = ? LIMIT 2", (len(ref), ref)
             ).fetchall()
+        else:
+            rows = []
         if len(rows) != 1:
             raise NotFound(f"no job {ref!r} in {self.path}", hint="see: freight job list")
         job = JobRow(*rows[0])
