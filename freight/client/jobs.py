@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -345,7 +345,7 @@ async def receive_jobs(
     bind: str | None = None,
     on_proposal: Callable[[int, j.Propose, str], object] | None = None,
     on_ready: Callable[[], object] | None = None,
-) -> AsyncIterator[JobOutcome]:
+) -> AsyncGenerator[JobOutcome, None]:
     """Serve ``app``: answer job proposals and yield each job's outcome as
     it ends (a refused job ends when its sender gives up). Hostile or
     malformed proposals are refused with a reason; serving goes on.
@@ -376,6 +376,8 @@ async def receive_jobs(
 
 
 class _Receiving:
+    tasks: Supervisor
+
     def __init__(
         self,
         bus: Any,
@@ -391,7 +393,6 @@ class _Receiving:
         self.accepts, self.unavailable, self.on_proposal = accepts, unavailable, on_proposal
         self.jobs: OrderedDict[str, _Job] = OrderedDict()
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(QUEUE)
-        self.tasks = Supervisor("job-receive")
 
     async def _send(self, job: _Job | None, msg: j.JobMessage, via: Any = None) -> None:
         host, ticket = (job.host, job.ticket) if job else (via.frm, via.from_ticket)

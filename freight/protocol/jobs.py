@@ -383,6 +383,10 @@ class SenderMachine:
         abandon = Send(Abandon(job=self.job, attempt=self.attempt, reason=clip(reason)))
         return [abandon, *self._next(clip(reason), "failed")]
 
+    def _gave_up_while_moving(self, msg: Refuse) -> list[Action]:
+        # The receiver's side of the move failed: this attempt is over.
+        return self._next(msg.reason or "the receiver gave it up", "failed")
+
     def _moved(self) -> list[Action]:
         self.state = S.CONFIRMING
         return []
@@ -418,6 +422,7 @@ SENDER_TABLE: Final[dict[tuple[S, str], Callable[..., list[Action]]]] = {
     (S.PROPOSED, "got_result"): SenderMachine._result,
     (S.MOVING, "failed"): SenderMachine._move_failed,
     (S.MOVING, "moved"): SenderMachine._moved,
+    (S.MOVING, "got_refuse"): SenderMachine._gave_up_while_moving,
     (S.MOVING, "got_result"): SenderMachine._result,
     (S.CONFIRMING, "got_result"): SenderMachine._result,
     (S.CONFIRMING, "timeout"): SenderMachine._confirm_timeout,
@@ -522,10 +527,14 @@ class ReceiverMachine:
         ]
 
     def _move_failed(self, reason: str) -> list[Action]:
-        # The sender hears of it through its own side of the manner (and
-        # abandons); the next proposal is awaited.
+        # The sender is told (its side of the manner may not notice) and
+        # proposes the next manner; that proposal is awaited.
         self.state = S.OPEN
-        return [Record(self.attempt, self.manner, "failed", clip(reason))]
+        reason = clip(reason)
+        return [
+            Record(self.attempt, self.manner, "failed", reason),
+            Send(Refuse(job=self.job, attempt=self.attempt, reason=reason)),
+        ]
 
     def _abandoned(self, msg: Abandon) -> list[Action]:
         self.state = S.OPEN

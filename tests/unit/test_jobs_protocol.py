@@ -116,6 +116,23 @@ def test_a_failed_move_is_abandoned_and_the_next_manner_proposed() -> None:
     assert j.Prepare("relay", 2) in acts
 
 
+def test_a_receiver_failing_to_move_tells_the_sender_who_moves_on() -> None:
+    r = receiver()
+    r.receive(proposal(1, "relay"))
+    r.completed({})
+    acts = r.failed("disk full")
+    assert sent(acts) == [j.Refuse(job=JOB, attempt=1, reason="disk full")]
+    assert r.state is j.S.OPEN
+    m = sender(["relay", "ref"])
+    m.start()
+    propose(m)
+    m.receive(j.Accept(job=JOB, attempt=1))
+    acts = m.receive(sent(acts)[0])
+    assert j.Record(1, "relay", "failed", "disk full") in acts
+    assert j.Prepare("ref", 2) in acts
+    assert sent(acts) == []  # no abandon: the receiver has given it up already
+
+
 def test_sender_reports_a_mismatch() -> None:
     m = sender(["relay"])
     m.start()
