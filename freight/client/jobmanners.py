@@ -153,7 +153,7 @@ async def _relay_client(config: ClientConfig, hub: str | None) -> Any:
     from .relay import RelayClient
     from .session import HubSession
 
-    client = RelayClient(HubSession.from_config(config, hub), config, data_path="tls")
+    client = RelayClient(HubSession.from_config(config, hub), config, data_path="auto")
     started = False
     try:
         await client.start(identity=False)
@@ -230,12 +230,13 @@ class RelayReceiver:
         if not isinstance(code, str):
             raise UsageError("the proposal carries no code")
         split_code(code)
+        # Attached before accepting: the claim goes out as soon as it is accepted.
+        self.client = await _relay_client(self.side.config, self.side.hub)
         return {}
 
     async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
         from .codes import receive_with_code
 
-        self.client = await _relay_client(self.side.config, self.side.hub)
         noted = Noting(self.side.reporter)
         dest = Destination.folder(self.side.dest)
         await receive_with_code(
