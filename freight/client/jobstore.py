@@ -14,6 +14,8 @@ from typing import Any
 
 from ..errors import NotFound, StorageError
 
+KEEP_JOBS = 10_000  # the newest jobs kept in the record
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -118,6 +120,9 @@ class JobStore:
         )
         jid = int(cur.lastrowid or 0)
         self._job_begun[jid] = time.monotonic()
+        if jid > KEEP_JOBS and jid % 100 == 0:  # the record stays bounded
+            self._run("DELETE FROM attempts WHERE job <= ?", (jid - KEEP_JOBS,))
+            self._run("DELETE FROM jobs WHERE id <= ?", (jid - KEEP_JOBS,))
         return jid
 
     def update_totals(self, jid: int, files: int, nbytes: int) -> None:
