@@ -102,34 +102,63 @@ def test_relay_job_end_to_end_with_identical_bytes(
     assert [(a["manner"], a["verdict"]) for a in shown["attempts"]] == [("relay", "ok")]
 
 
-def test_refused_manner_falls_through_with_reasons_in_show(
-    pair: tuple[Client, Client], tmp_path: Path
+async def test_refused_manner_falls_through_with_reasons_in_show(
+    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """bob accepts relay only: direct and ref are refused (or fail before a
-    proposal), relay carries the job; job show lists every attempt."""
+    """bob accepts relay only: he refuses direct with the reason, relay
+    carries the job, and ``job show`` lists both attempts. (This sender has
+    the direct manner through the stand-in below.)"""
     admin, bob = pair
+    monkeypatch.setitem(sys.modules, "freight.transport.directjob", fake_direct(True))
     src = tmp_path / "one.txt"
     src.write_bytes(b"one file\n")
     out = tmp_path / "out"
-    with receiving(bob, "inbox2", out, "--accept", "relay") as recv:
-        sent = admin.run(
-            "job", "send", "bob", "inbox2", str(src), "--manner", "ref,relay", "--json"
-        )
-        assert recv.wait(DEADLINE) == 0, recv.stderr
+    async with asyncio.timeout(DEADLINE):
+        with receiving(bob, "inbox2", out, "--accept", "relay") as recv:
+            done = await send(admin, "inbox2", [src], ["direct", "relay"])
+            assert done.ok, done.error
+            assert await asyncio.to_thread(recv.wait, DEADLINE) == 0, recv.stderr
     assert (out / "one.txt").read_bytes() == b"one file\n"
-    events = [json.loads(x) for x in sent.stdout.splitlines()]
-    jid = events[0]["id"]
-    shown = json.loads(admin.run("job", "show", str(jid), "--json").stdout)
-    verdicts = [(a["n"], a["manner"], a["verdict"]) for a in shown["attempts"]]
-    assert verdicts[-1] == (len(verdicts), "relay", "ok")
-    first = shown["attempts"][0]
-    assert first["manner"] == "ref"
-    assert first["verdict"] in ("refused", "failed")
-    assert first["reason"]
-    text = admin.run("job", "show", str(jid)).stdout
-    assert first["reason"] in text
-    if first["verdict"] == "refused":  # the receiver said why
-        assert first["reason"] == "ref: not accepted here (accepted: relay)"
+    assert done.reasons == ["direct: not accepted here (accepted: relay)"]
+    shown = json.loads(admin.run("job", "show", str(done.id), "--json").stdout)
+    assert [(a["n"], a["manner"], a["verdict"], a["reason"]) for a in shown["attempts"]] == [
+        (1, "direct", "refused", "direct: not accepted here (accepted: relay)"),
+        (2, "relay", "ok", ""),
+    ]
+    text = admin.run("job", "show", str(done.id)).stdout
+    assert "direct  refused" in text
+    assert "direct: not accepted here (accepted: relay)" in text
+    # bob's record has the same two attempts, seen from his side.
+    theirs = json.loads(bob.run("job", "show", done.uuid, "--json").stdout)
+    assert [(a["manner"], a["verdict"]) for a in theirs["attempts"]] == [
+        ("direct", "refused"),
+        ("relay", "ok"),
+    ]
+
+
+def test_a_manner_lacking_a_requirement_is_not_proposed(
+    pair: tuple[Client, Client], tmp_path: Path
+) -> None:
+    admin, _ = pair
+    src = tmp_path / "r.txt"
+    src.write_bytes(b"r")
+    res = admin.run(
+        "job",
+        "send",
+        "bob",
+        "nobody-listens",
+        str(src),
+        "--manner",
+        "ref",
+        "--require",
+        "bidirectional",
+        check=False,
+    )
+    assert res.returncode == 7, res.stderr
+    assert "no manner worked: ref: does not give bidirectional" in res.stderr
+    bad = admin.run("job", "send", "bob", "x", str(src), "--require", "teleport", check=False)
+    assert bad.returncode == 2
+    assert "unknown 'teleport'" in bad.stderr
 
 
 def test_every_manner_refused_exits_non_zero_with_the_reasons(
