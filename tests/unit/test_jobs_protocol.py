@@ -234,6 +234,7 @@ answers = st.lists(
         st.tuples(st.just("prepare_fail"), st.text("abc", min_size=1, max_size=4)),
         st.tuples(st.just("move_fail"), st.text("xyz", min_size=1, max_size=4)),
         st.tuples(st.just("timeout"), st.just("")),
+        st.tuples(st.just("receiver_fail"), st.text("pq", min_size=1, max_size=4)),
     ),
     max_size=6,
 )
@@ -273,6 +274,11 @@ def test_any_sequence_of_refusals_ends_in_the_next_manner_or_a_final_refusal(
             elif kind == "timeout":
                 acts = m.timeout()
                 expected_reasons.append(f"{usable[at]}: no answer from the receiver")
+            elif kind == "receiver_fail":
+                m.receive(j.Accept(job=JOB, attempt=at + 1))
+                acts = m.receive(j.Refuse(job=JOB, attempt=at + 1, reason=text))
+                assert not any(isinstance(x, j.Abandon) for x in sent(acts))
+                expected_reasons.append(f"{usable[at]}: {text}")
             else:
                 m.receive(j.Accept(job=JOB, attempt=at + 1))
                 acts = m.failed(text)
@@ -293,3 +299,66 @@ def test_any_sequence_of_refusals_ends_in_the_next_manner_or_a_final_refusal(
         assert m.state is j.S.PREPARING
         assert m.manner == usable[at]
         assert finish(acts) is None
+
+
+other_job = "ef" * 16
+messages = st.one_of(
+    st.builds(
+        j.Propose,
+        job=st.sampled_from([JOB, other_job]),
+        attempt=st.integers(1, 4),
+        manner=st.sampled_from([*j.MANNERS, "pigeon"]),
+        requires=st.lists(st.sampled_from([*j.REQUIREMENTS, "teleport"]), max_size=2),
+        bytes=st.just(10),
+        files=st.just(1),
+        blake3=st.just(DIGEST),
+    ),
+    st.builds(j.Abandon, job=st.just(JOB), attempt=st.integers(1, 4), reason=st.just("gone")),
+    st.builds(j.Accept, job=st.just(JOB), attempt=st.integers(1, 4)),
+    st.builds(j.Result, job=st.just(JOB), ok=st.booleans(), error=st.just("x")),
+)
+local = st.sampled_from(["completed", "failed", "moved_ok", "moved_bad"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.one_of(messages, local), max_size=12))
+def test_receiver_takes_any_sequence_and_answers_every_proposal(steps: list[object]) -> None:
+    r = receiver(["relay", "ref"], ref="no luck")
+    finished = 0
+    for step in steps:
+        before = (r.state, r.attempt)
+        if isinstance(step, str):
+            event = {
+                "completed": lambda: r.completed({}),
+                "failed": lambda: r.failed("broke"),
+                "moved_ok": lambda: r.moved(10, DIGEST),
+                "moved_bad": lambda: r.moved(9, DIGEST),
+            }[step]
+            try:
+                acts = event()
+            except j.JobTransitionError:
+                assert (before[0], step.split("_")[0]) not in j.RECEIVER_TABLE
+                continue
+        else:
+            assert isinstance(step, j.Propose | j.Abandon | j.Accept | j.Result)
+            acts = r.receive(step)
+            fresh = (
+                isinstance(step, j.Propose)
+                and step.job == JOB
+                and step.attempt > before[1]
+                and before[0] not in j.FINAL
+            )
+            if fresh:
+                answers = [a for a in acts if isinstance(a, j.Send | j.Complete)]
+                assert answers, "a fresh proposal is refused or prepared"
+                for a in answers:
+                    if isinstance(a, j.Send):
+                        assert isinstance(a.msg, j.Refuse)
+                        assert a.msg.reason
+        for a in acts:
+            if isinstance(a, j.Send):
+                assert j.decode(j.encode(a.msg)) == a.msg
+        finished += sum(1 for a in acts if isinstance(a, j.Finish))
+        if before[0] in j.FINAL:
+            assert acts == []
+    assert finished <= 1
