@@ -9,7 +9,8 @@ parent's exit code; the module where it is not this one).
     FreightError                         exit 1   protocol.errors
     ├── ProtocolError                    exit 5   protocol.errors
     │   ├── LocalProtocolError                    protocol.errors
-    │   │   └── InvalidTransition                 protocol.commands
+    │   │   ├── InvalidTransition                 protocol.commands
+    │   │   └── JobTransitionError                protocol.jobs
     │   ├── RemoteProtocolError                   protocol.errors
     │   │   ├── FrameTooLarge                     protocol.errors
     │   │   ├── IntegrityError                    protocol.errors
@@ -17,7 +18,8 @@ parent's exit code; the module where it is not this one).
     │   │   ├── MalformedTransfer                 protocol.sendrecv
     │   │   ├── MalformedFileMessage              protocol.files
     │   │   ├── AttachError                       protocol.numbered
-    │   │   └── BadHostKey                        protocol.msgkeys
+    │   │   ├── BadHostKey                        protocol.msgkeys
+    │   │   └── MalformedJobMessage               protocol.jobs
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
@@ -60,7 +62,9 @@ parent's exit code; the module where it is not this one).
     │   ├── RelayRefused                          hub.relayconn
     │   ├── TransferRefused                       client.sendrecv
     │   ├── Busy
-    │   └── NoRecipient                  exit 9
+    │   ├── NoRecipient                  exit 9
+    │   └── JobFailed
+    │       └── JobMismatch
     ├── StorageError                     exit 8
     └── RegistrationRefused              exit 2   protocol.msgtables
 
@@ -345,6 +349,21 @@ class Busy(RemoteError):
 
     code = "busy"
     hint = "send more slowly, or try again once the receiving application catches up"
+
+
+class JobFailed(RemoteError):
+    """A transfer job ended without its files: every manner was refused or
+    failed (the reasons are in the message and in ``freight job show``)."""
+
+    code = "job_failed"
+    hint = "see the attempts and their reasons: freight job show ID"
+
+
+class JobMismatch(JobFailed):
+    """What a job's receiver holds differs from what its sender declared."""
+
+    code = "job_mismatch"
+    hint = "send the files again; see: freight job show ID"
 
 
 class NoRecipient(RemoteError):

@@ -27,6 +27,7 @@ MODULES = (
     "collect",
     "links",
     "msg",
+    "job",
 )
 
 
@@ -117,6 +118,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import msg
 
         msg.register(app)
+    if "job" in modules:
+        from . import job
+
+        job.register(app)
     cli = typer.main.get_command(app)
     plain_help(cli)
     return cli

@@ -87,6 +87,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "Send and receive messages between applications on hosts (end-to-end encrypted). "
         "Uses this user's freight daemon when one runs; otherwise the command is its own host.",
     ),
+    "job": (
+        ("job",),
+        "Transfer jobs: the sender proposes a manner (direct, relay, by reference), the "
+        "receiver accepts or refuses it; each job ends with its bytes and BLAKE3 checked.",
+    ),
 }
 
 

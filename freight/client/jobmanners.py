@@ -1,0 +1,419 @@
+"""The manners a transfer job can take, each a small adapter behind one
+interface (docs/protocol.md §16): ``relay`` (a one-time code through the
+hub, :mod:`.codes`), ``direct`` (the receiver's listener and a one-time
+ticket, ``freight.transport.directjob``) and ``ref`` (data stored on the
+hub under a single-use link, :mod:`.links`). The direct and by-reference
+modules are imported only when such a manner is used.
+
+A sender's adapter makes the offer that goes in the proposal, then moves
+the bytes once the receiver accepted; a receiver's adapter says why it
+cannot be used here (or ""), makes the completion that goes in its
+acceptance, then receives and returns the byte count and BLAKE3 digest of
+what it holds (see :func:`received_digest`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+from ..engine.hashing import hash_fd
+from ..errors import ConfigError, NotLoggedIn, TLSError, UsageError
+from ..protocol.jobs import Propose, tree_digest
+from ..tasks import Supervisor
+from .config import ClientConfig
+from .receiving import Consent, Destination, receive_entries, refuse_to_replace
+from .sendrecv import Entry, Reporter, send_entries
+
+DIRECT_MODULES = ("freight.transport.directjob", "freight.client.direct")
+DIRECT_DIAL_TIMEOUT = 1.0  # a direct attempt that cannot connect falls back within this
+DIRECT_ACCEPT_TIMEOUT = 30.0
+REF_EXPIRES = 3600.0
+
+
+@dataclass
+class SendSide:
+    """What a sender's adapter works with."""
+
+    config: ClientConfig
+    hub: str | None
+    paths: list[Path]
+    entries: list[Entry]
+    reporter: Reporter
+    ttl: float = 3600.0
+
+
+@dataclass
+class ReceiveSide:
+    """What a receiver's adapter works with."""
+
+    config: ClientConfig
+    hub: str | None
+    dest: Path
+    reporter: Reporter
+    consent: Consent = refuse_to_replace
+    bind: str | None = None
+    accept_timeout: float = DIRECT_ACCEPT_TIMEOUT
+
+
+class SenderManner(Protocol):
+    name: str
+
+    async def offer(self) -> dict[str, Any]: ...
+
+    async def move(self, completion: dict[str, Any]) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ReceiverManner(Protocol):
+    name: str
+
+    def unavailable(self) -> str: ...
+
+    async def complete(self, proposal: Propose) -> dict[str, Any]: ...
+
+    async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]: ...
+
+    async def aclose(self) -> None: ...
+
+
+# --- what both ends hash ---------------------------------------------------------------
+
+
+def _file_digest(path: Path) -> tuple[int, str]:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        size = os.fstat(fd).st_size
+        hasher, reached = hash_fd(fd)
+        if reached != size:
+            raise UsageError(f"{path} changed while being hashed; send it again")
+        return size, hasher.hexdigest()
+    finally:
+        os.close(fd)
+
+
+def entries_digest(entries: list[Entry]) -> tuple[int, str]:
+    """(bytes, tree digest) of the files a sender offers (in a worker thread)."""
+    items = []
+    for e in entries:
+        if e.type == "file" and e.source is not None:
+            size, digest = _file_digest(e.source)
+            items.append((e.path, size, digest))
+    return sum(s for _, s, _ in items), tree_digest(items)
+
+
+def received_digest(dest: Path, paths: set[str]) -> tuple[int, str]:
+    """(bytes, tree digest) of the files a receiver wrote under ``dest``."""
+    items = []
+    for rel in sorted(paths):
+        size, digest = _file_digest(dest / rel)
+        items.append((rel, size, digest))
+    return sum(s for _, s, _ in items), tree_digest(items)
+
+
+class Noting:
+    """A reporter that passes everything on and notes the files it saw."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+        self.paths: set[str] = set()
+
+    def start(self, name: str, size: int) -> None:
+        self.paths.add(name)
+        self.inner.start(name, size)
+
+    def update(self, name: str, done: int) -> None:
+        self.inner.update(name, done)
+
+    def finish(self, name: str, result: Any) -> None:
+        self.paths.add(name)
+        self.inner.finish(name, result)
+
+    def notice(self, text: str) -> None:
+        self.inner.notice(text)
+
+
+def _hub_login(config: ClientConfig, hub: str | None) -> str:
+    """ "" when this host has a hub login, else the reason it has not."""
+    from .session import HubSession
+
+    try:
+        HubSession.from_config(config, hub)
+    except (ConfigError, NotLoggedIn, TLSError):
+        return "no hub login on this host"
+    return ""
+
+
+async def _relay_client(config: ClientConfig, hub: str | None) -> Any:
+    from .relay import RelayClient
+    from .session import HubSession
+
+    client = RelayClient(HubSession.from_config(config, hub), config, data_path="auto")
+    started = False
+    try:
+        await client.start(identity=False)
+        started = True
+    finally:
+        if not started:
+            await client.aclose()
+    return client
+
+
+# --- relay ---------------------------------------------------------------------------------
+
+
+class RelaySender:
+    """A one-time code, obtained before proposing: the proposal carries it
+    (sealed end to end by the messaging layer); the receiver claims it."""
+
+    name = "relay"
+
+    def __init__(self, side: SendSide) -> None:
+        self.side = side
+        self.client: Any = None
+        self.tasks = Supervisor("job-relay-send")
+        self.sending: asyncio.Task[Any] | None = None
+
+    async def offer(self) -> dict[str, Any]:
+        from .codes import Offered, send_with_code
+
+        if reason := _hub_login(self.side.config, self.side.hub):
+            raise UsageError(reason)
+        self.client = await _relay_client(self.side.config, self.side.hub)
+        code: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+
+        def got(offer: Offered) -> None:
+            if not code.done():
+                code.set_result(offer.code)
+
+        self.sending = self.tasks.spawn(
+            send_with_code(
+                self.client, self.side.entries, self.side.reporter, ttl=self.side.ttl, on_code=got
+            ),
+            name="send",
+        )
+        await asyncio.wait({code, self.sending}, return_when=asyncio.FIRST_COMPLETED)
+        if not code.done():
+            await self.sending  # raises what stopped it
+            raise UsageError("the hub gave no code")
+        return {"code": code.result()}
+
+    async def move(self, completion: dict[str, Any]) -> None:
+        assert self.sending is not None
+        await self.sending
+
+    async def aclose(self) -> None:
+        await self.tasks.aclose()
+        if self.client is not None:
+            await self.client.aclose()
+
+
+class RelayReceiver:
+    name = "relay"
+
+    def __init__(self, side: ReceiveSide) -> None:
+        self.side = side
+        self.client: Any = None
+
+    def unavailable(self) -> str:
+        return _hub_login(self.side.config, self.side.hub)
+
+    async def complete(self, proposal: Propose) -> dict[str, Any]:
+        from .listener import split_code
+
+        code = proposal.offer.get("code")
+        if not isinstance(code, str):
+            raise UsageError("the proposal carries no code")
+        split_code(code)
+        # Attached before accepting: the claim goes out as soon as it is accepted.
+        self.client = await _relay_client(self.side.config, self.side.hub)
+        return {}
+
+    async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
+        from .codes import receive_with_code
+
+        noted = Noting(self.side.reporter)
+        dest = Destination.folder(self.side.dest)
+        await receive_with_code(
+            self.client, str(offer["code"]), dest, noted, consent=self.side.consent
+        )
+        return await asyncio.to_thread(received_digest, self.side.dest, noted.paths)
+
+    async def aclose(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+
+
+# --- direct (freight.transport.directjob: DirectListener, dial_direct) ------------------
+
+
+def direct_module() -> Any:
+    """The direct manner's module, or UsageError when it is not built in."""
+    for name in DIRECT_MODULES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise UsageError("not available on this host")
+
+
+class DirectSender:
+    name = "direct"
+
+    def __init__(self, side: SendSide) -> None:
+        self.side = side
+
+    async def offer(self) -> dict[str, Any]:
+        direct_module()  # refused locally, before proposing, when missing
+        return {}
+
+    async def move(self, completion: dict[str, Any]) -> None:
+        conn = await direct_module().dial_direct(completion, timeout=DIRECT_DIAL_TIMEOUT)
+        try:
+            await send_entries(conn, self.side.entries, self.side.reporter)
+        finally:
+            await conn.aclose()
+
+    async def aclose(self) -> None:
+        pass
+
+
+class DirectReceiver:
+    name = "direct"
+
+    def __init__(self, side: ReceiveSide) -> None:
+        self.side = side
+        self.listener: Any = None
+
+    def unavailable(self) -> str:
+        try:
+            direct_module()
+        except UsageError as exc:
+            return exc.message
+        return ""
+
+    async def complete(self, proposal: Propose) -> dict[str, Any]:
+        self.listener = await direct_module().DirectListener.open(self.side.bind)
+        return cast(dict[str, Any], self.listener.completion())
+
+    async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
+        conn = await self.listener.accept(self.side.accept_timeout)
+        noted = Noting(self.side.reporter)
+        try:
+            dest = Destination.folder(self.side.dest)
+            await receive_entries(conn, dest, noted, consent=self.side.consent)
+        finally:
+            await conn.aclose()
+        return await asyncio.to_thread(received_digest, self.side.dest, noted.paths)
+
+    async def aclose(self) -> None:
+        if self.listener is not None:
+            await self.listener.aclose()
+
+
+# --- by reference (freight.client.links: put_reference, fetch_reference) ---------------
+
+
+def links_module() -> Any:
+    """The by-reference manner's module, or UsageError when it is not built in."""
+    try:
+        links = importlib.import_module("freight.client.links")
+    except ImportError:
+        raise UsageError("not available on this host") from None
+    if not hasattr(links, "fetch_reference"):
+        raise UsageError("not available on this host")
+    return links
+
+
+class RefSender:
+    """The data stored on the hub first, encrypted with a key that travels
+    only in the proposal; the offer is the reference. Its declared bytes
+    and digest are those of the stored stream (``bytes``, ``blake3``)."""
+
+    name = "ref"
+
+    def __init__(self, side: SendSide) -> None:
+        self.side = side
+
+    async def offer(self) -> dict[str, Any]:
+        from .api import Client
+
+        links = links_module()
+        async with Client(self.side.hub, config_dir=self.side.config.root) as client:
+            ref = await links.put_reference(client, self.side.paths, expires=REF_EXPIRES)
+        return dict(ref)
+
+    async def move(self, completion: dict[str, Any]) -> None:
+        pass  # the receiver fetches; its Result says how that went
+
+    async def aclose(self) -> None:
+        pass
+
+
+class RefReceiver:
+    name = "ref"
+
+    def __init__(self, side: ReceiveSide) -> None:
+        self.side = side
+
+    def unavailable(self) -> str:
+        try:
+            links_module()
+        except UsageError as exc:
+            return exc.message
+        return ""
+
+    async def complete(self, proposal: Propose) -> dict[str, Any]:
+        url = proposal.offer.get("url")
+        if not isinstance(url, str) or not url.startswith("https://"):
+            raise UsageError("the reference is not an https:// URL")
+        return {}
+
+    async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
+        nbytes, digest = await links_module().fetch_reference(
+            offer, self.side.dest, self.side.reporter
+        )
+        return int(nbytes), str(digest)
+
+    async def aclose(self) -> None:
+        pass
+
+
+SENDERS: dict[str, type[RelaySender | DirectSender | RefSender]] = {
+    "relay": RelaySender,
+    "direct": DirectSender,
+    "ref": RefSender,
+}
+RECEIVERS: dict[str, type[RelayReceiver | DirectReceiver | RefReceiver]] = {
+    "relay": RelayReceiver,
+    "direct": DirectReceiver,
+    "ref": RefReceiver,
+}
+
+
+def sender_manner(name: str, side: SendSide) -> SenderManner:
+    return SENDERS[name](side)
+
+
+def receiver_manner(name: str, side: ReceiveSide) -> ReceiverManner:
+    return RECEIVERS[name](side)
+
+
+@dataclass
+class Declared:
+    """What a manner's proposal declares when it differs from the job's
+    (by reference: the stored stream's bytes and digest)."""
+
+    bytes: int
+    blake3: str
+
+
+def declared(manner: str, offer: dict[str, Any]) -> Declared | None:
+    if manner == "ref" and isinstance(offer.get("bytes"), int) and "blake3" in offer:
+        return Declared(int(offer["bytes"]), str(offer["blake3"]))
+    return None

@@ -1,0 +1,79 @@
+"""The local job record and the digests both ends of a job compute."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from freight.client.config import ClientConfig
+from freight.client.jobmanners import (
+    RECEIVERS,
+    ReceiveSide,
+    entries_digest,
+    received_digest,
+)
+from freight.client.jobs import JobOutcome
+from freight.client.jobstore import JobStore
+from freight.client.options import QuietReporter
+from freight.client.sendrecv import build_manifest
+from freight.errors import JobFailed, JobMismatch, NotFound
+
+
+def test_store_records_attempts_and_finds_jobs(tmp_path: Path) -> None:
+    with JobStore(tmp_path) as store:
+        jid = store.new_job("ab" * 16, "send", "bob", "inbox", files=2, nbytes=10)
+        store.record(jid, 1, "direct", "refused", "direct: not accepted here")
+        store.begin_attempt(jid, 2)
+        store.record(jid, 2, "relay", "accepted")
+        store.record(jid, 2, "relay", "ok", nbytes=10)
+        store.finish(jid, True, manner="relay", blake3="cd" * 32)
+    with JobStore(tmp_path) as store:  # it lasts
+        job = store.get(str(jid))
+        assert store.get("abab").id == jid
+        assert (job.state, job.manner, job.files, job.bytes) == ("ok", "relay", 2, 10)
+        assert [(a.n, a.manner, a.verdict, a.reason) for a in job.attempts] == [
+            (1, "direct", "refused", "direct: not accepted here"),
+            (2, "relay", "ok", ""),
+        ]
+        assert job.attempts[1].bytes == 10
+        assert job.attempts[1].elapsed >= 0
+        assert [r.id for r in store.list()] == [jid]
+        for ref in ("999", "ff", "%", "_"):
+            with pytest.raises(NotFound, match="no job"):
+                store.get(ref)
+
+
+def test_both_ends_digest_the_same_tree(tmp_path: Path) -> None:
+    src = tmp_path / "src" / "top"
+    (src / "a").mkdir(parents=True)
+    (src / "a" / "x.bin").write_bytes(os.urandom(70_000))
+    (src / "y.txt").write_bytes(b"y")
+    (src / "empty").write_bytes(b"")
+    entries = build_manifest([src])
+    sent = entries_digest(entries)
+    paths = {e.path for e in entries if e.type == "file"}
+    assert received_digest(tmp_path / "src", paths) == sent
+    assert sent[0] == 70_001
+    (src / "y.txt").write_bytes(b"z")
+    assert received_digest(tmp_path / "src", paths) != sent
+
+
+def test_a_receiver_without_a_hub_login_refuses_relay(tmp_path: Path) -> None:
+    side = ReceiveSide(ClientConfig(tmp_path / "nobody"), None, tmp_path, QuietReporter())
+    assert RECEIVERS["relay"](side).unavailable() == "no hub login on this host"
+
+
+def test_outcome_lines_and_errors() -> None:
+    ok = JobOutcome(3, "ab" * 16, "send", True, "direct", 12, 1288490189, "cd" * 32, "", 2.14)
+    assert ok.line() == "job 3: 12 files, 1.2 GiB, BLAKE3 ok, by direct in 2.1 s"
+    assert ok.check() is ok
+    bad = JobOutcome(4, "ab" * 16, "send", False, error="mismatch: received 1 bytes")
+    with pytest.raises(JobMismatch, match="job 4: mismatch"):
+        bad.check()
+    refused = JobOutcome(5, "ab" * 16, "send", False, error="no manner worked: relay: x")
+    with pytest.raises(JobFailed) as exc:
+        refused.check()
+    assert not isinstance(exc.value, JobMismatch)
+    assert exc.value.exit_code == 7
