@@ -12,8 +12,8 @@ frames (docs/protocol.md "Messaging"):
 * ``send`` spools the message, resolves the destination (routes cached for
   a second, host keys checked with :func:`verify_host_key`), seals the body
   for each host and waits for every host's MsgResult; ``busy`` and ``retry``
-  answers are retried after a back-off (0.05 s doubling to 1 s) until the
-  message's timeout;
+  answers are retried after a back-off (0.05 s doubling to 1 s; one at a
+  time to a host and app that said busy: msgbudget) until the timeout;
 * a MsgDeliver is opened, checked against the dedupe window, matched to the
   registrations and queued to each; once every consumer has taken it, the
   host answers with the count.
