@@ -23,9 +23,8 @@ from freight.client.config import ClientConfig
 from freight.client.session import HubSession
 from tests.support import PYTHON, Client, Hub
 
-# Quick reconnects and retries: no test waits for a long back-off. (The
-# agent's uploads do not read FREIGHT_RETRY_INTERVAL: agent/offers.py uses
-# TransferOptions() with the default policy, a retry every 30 s.)
+# Quick reconnects and retries: no test waits for a long back-off (the
+# agent's uploads read FREIGHT_RETRY_INTERVAL too: agent/offers.py).
 FAST_AGENT = {
     "FREIGHT_RELAY_BACKOFF": "0.2",
     "FREIGHT_RELAY_BACKOFF_MAX": "1",

@@ -77,7 +77,9 @@ class _OneWriter(AsyncEngine):
     waits in SQLite's busy handler, which polls and keeps no queue: under a
     crowd of attaching agents, with the event loop slow to let the current
     writer commit, some wait past the busy timeout and fail with "database
-    is locked". Reads (``connect()``) still run beside the writer (WAL)."""
+    is locked". A writer waits for its turn before it takes a pooled
+    connection, so waiting writers hold none of the pool's connections.
+    Reads (``connect()``) still run beside the writer (WAL)."""
 
     __slots__ = ("_writer",)
 

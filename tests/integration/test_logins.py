@@ -2,7 +2,8 @@
 guesses, lockouts aimed at someone else, challenge floods, an agent that
 meets a lockout; names before tokens; ids never reused; a private data
 folder. Real hub process; requests from 127.0.0.1 and 127.0.0.2 (another
-machine as far as the hub can tell)."""
+machine as far as the hub can tell). Tests that lock anyone out start a hub
+of their own; the others share the module's hub."""
 
 from __future__ import annotations
 
@@ -182,7 +183,10 @@ def test_an_agent_waits_out_a_lockout_instead_of_exiting(hubs: Any, tmp_path: Pa
             wait_online(admin, "pc", timeout=60, proc=proc)
 
 
-def test_agent_routes_need_a_login_before_they_look_a_name_up(hub: Hub, client: Client) -> None:
+def test_agent_routes_need_a_login_before_they_look_a_name_up(
+    shared_hub: Hub, shared_client: Client
+) -> None:
+    hub, client = shared_hub, shared_client
     enrol(hub, token_of(client), "real")
     status, body = rest(
         hub,
@@ -210,7 +214,8 @@ def test_agent_routes_need_a_login_before_they_look_a_name_up(hub: Hub, client: 
         assert seen == {"real": (401, 403), "missing": (401, 403)}, (method, path, seen)
 
 
-def test_account_ids_are_never_reused(hub: Hub, client: Client) -> None:
+def test_account_ids_are_never_reused(shared_hub: Hub, shared_client: Client) -> None:
+    hub, client = shared_hub, shared_client
     admin = token_of(client)
     first = enrol(hub, admin, "first")
     (first_id,) = db_rows(hub, "SELECT id FROM users WHERE name = 'first'")[0]
@@ -225,7 +230,8 @@ def test_account_ids_are_never_reused(hub: Hub, client: Client) -> None:
     assert first.public_key().public_bytes_raw().hex() not in json.dumps(body)
 
 
-def test_stored_names_refuse_control_characters(tmp_path: Path, client: Client) -> None:
+def test_stored_names_refuse_control_characters(tmp_path: Path, shared_client: Client) -> None:
+    client = shared_client
     src = random_file(tmp_path / "plain.bin", 100)
     for name in ("evil\x1b[2J.txt", "bell\x07", "line\nbreak", "c1\x9bx", "rtl\u202etxt.exe"):
         res = client.run("push", str(src), "--as", name, check=False)
@@ -262,7 +268,10 @@ def test_the_data_folder_database_and_key_are_private(tmp_path: Path) -> None:
         hub.stop()
 
 
-def test_a_script_cannot_pin_an_unseen_certificate_by_accident(tmp_path: Path, hub: Hub) -> None:
+def test_a_script_cannot_pin_an_unseen_certificate_by_accident(
+    tmp_path: Path, shared_hub: Hub
+) -> None:
+    hub = shared_hub
     c = Client(tmp_path / "c", hub)
     args = ["login", hub.url, "--user", "admin", "--password-stdin"]
     res = c.run(*args, input=ADMIN_PASSWORD + "\n", check=False)
@@ -279,8 +288,9 @@ def test_a_script_cannot_pin_an_unseen_certificate_by_accident(tmp_path: Path, h
 
 
 def test_the_enrolment_token_need_not_be_on_the_command_line(
-    tmp_path: Path, hub: Hub, client: Client
+    tmp_path: Path, shared_hub: Hub, shared_client: Client
 ) -> None:
+    hub, client = shared_hub, shared_client
     root = tmp_path / "root"
     root.mkdir()
 
