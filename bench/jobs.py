@@ -277,7 +277,7 @@ def bench_by_reference(args: argparse.Namespace) -> tuple[list[list[str]], list[
         with open(src, "wb") as f:
             for _ in range(args.size // args.message):
                 f.write(os.urandom(args.message))
-        hub = RelayHub(work / "hub").start()
+        hub = RelayHub(work).start()
         try:
             for i in range(args.rounds):
 
