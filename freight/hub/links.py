@@ -242,6 +242,10 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     sent = 0
     completed = False
     try:
+        if whole:  # counted above; what other requests spent since is read now
+            fresh = await st.db.get_link(row.token_hash)
+            if fresh is None or fresh.used + book.busy[row.token_hash] - 1 >= fresh.uses:
+                raise NotFound(UNKNOWN, hint="ask for a new link")
         if os.fstat(fd).st_size != row.size:
             raise Gone(CHANGED)
         resp = web.StreamResponse(status=206 if start or end < row.size else 200)
@@ -270,12 +274,14 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
             request.transport.close()
     finally:
         os.close(fd)
-        if whole:
-            book.busy[row.token_hash] -= 1
-            if book.busy[row.token_hash] <= 0:
-                del book.busy[row.token_hash]
         done = whole and completed
-        await st.db.count_served(row.token_hash, sent, whole=done)
+        try:
+            await st.db.count_served(row.token_hash, sent, whole=done)
+        finally:  # only once the use is counted may the next whole request start
+            if whole:
+                book.busy[row.token_hash] -= 1
+                if book.busy[row.token_hash] <= 0:
+                    del book.busy[row.token_hash]
     if done:
         await st.events.emit("link_used", "", name=row.name, bytes=sent)
         if row.name.startswith(JOBS_PREFIX) and row.used + 1 >= row.uses:

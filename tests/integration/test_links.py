@@ -11,10 +11,12 @@ import asyncio
 import json
 import secrets
 import sqlite3
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import blake3
 import pytest
 
@@ -386,3 +388,27 @@ def test_an_account_holds_a_bounded_number_of_live_links(
     res = carol.run("links", "revoke", hashes[0][:12])  # its id: the hash's first 12 digits
     assert "Revoked 1 link." in res.stderr
     assert carol.run("share", "many.bin").stdout.startswith("https://")
+
+
+def test_a_single_use_link_fetched_twice_at_once_delivers_once(
+    tmp_path: Path, admin: Client
+) -> None:
+    src = random_file(tmp_path / "race.bin", 16 * 1024 * 1024, seed=18)
+    admin.run("push", str(src), "--as", "share/race.bin", "--quiet")
+    url = share(admin, "share/race.bin")["url"].split("#")[0]
+
+    async def race() -> list[tuple[int, int]]:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+
+            async def one() -> tuple[int, int]:
+                async with http.get(url) as resp:
+                    return resp.status, len(await resp.read())
+
+            return list(await asyncio.gather(one(), one(), one()))
+
+    answers = sorted(asyncio.run(race()))
+    assert [a for a in answers if a[0] == 200] == [(200, 16 * 1024 * 1024)]
+    assert all(status in (404, 409) for status, _ in answers if status != 200)
