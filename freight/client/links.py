@@ -376,11 +376,15 @@ class _PackConn:
             self.out.write(piece)
             self.sealed += len(piece)
 
+    def _seal(self, record: bytes) -> None:
+        """Hash, seal, hash and write one record (in a worker thread)."""
+        self.plain.update(record)
+        self._put(self.sealer.feed(record))
+
     async def send(self, data: bytes) -> None:
         record = _LEN.pack(len(data)) + data
-        self.plain.update(record)
         self.bytes += len(record)
-        await asyncio.to_thread(lambda: self._put(self.sealer.feed(record)))
+        await asyncio.to_thread(self._seal, record)
         if self.first:  # the list of files: the receiver holds none of them
             self.first = False
             self.answers.append(wire.encode(wire.Holdings(have=[(0, "")] * self.count)))
@@ -448,22 +452,31 @@ class _UnpackConn:
         self.ended = False
         self.verdict: wire.Verdict | None = None
 
-    async def _more(self) -> bool:
-        if self.ended:
-            return False
-        try:
-            data = await anext(self.chunks)
-        except StopAsyncIteration:
-            self.ended = True
-            pieces = [self.opener.finish()]
-        else:
-            self.cipher.update(data)
-            self.sealed += len(data)
-            pieces = await asyncio.to_thread(self.opener.feed, data)
+    def _open(self, data: bytes, last: bool) -> None:
+        """Hash, open and hash again (in a worker thread: AES-GCM and BLAKE3
+        of a block take longer than the event loop should wait)."""
+        self.cipher.update(data)
+        self.sealed += len(data)
+        pieces = self.opener.feed(data)
+        if last:
+            pieces.append(self.opener.finish())
         for piece in pieces:
             self.plain.update(piece)
             self.bytes += len(piece)
             self.buf += piece
+
+    async def _more(self) -> bool:
+        """Read about a block more (or the end) and open it."""
+        if self.ended:
+            return False
+        data = bytearray()
+        while len(data) < BLOCK:
+            try:
+                data += await anext(self.chunks)
+            except StopAsyncIteration:
+                self.ended = True
+                break
+        await asyncio.to_thread(self._open, bytes(data), self.ended)
         return True
 
     async def recv(self) -> bytes:
@@ -515,7 +528,7 @@ async def fetch_reference(
 
     access = Access(_trust(fingerprint, ca))
     async with access.session() as http, _get(http, url) as resp:
-        conn = _UnpackConn(resp.content.iter_chunked(BLOCK).__aiter__(), refseal.RefOpener(key))
+        conn = _UnpackConn(resp.content.iter_any().__aiter__(), refseal.RefOpener(key))
         try:
             await receive_entries(
                 cast("Connection", conn), Destination.folder(dest), reporter or QuietReporter()
