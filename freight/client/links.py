@@ -445,6 +445,7 @@ class _UnpackConn:
         self.chunks = chunks
         self.opener = opener
         self.buf = bytearray()
+        self.pos = 0  # where the next record starts in buf
         self.plain = blake3.blake3()
         self.bytes = 0
         self.cipher = blake3.blake3()
@@ -460,6 +461,8 @@ class _UnpackConn:
         pieces = self.opener.feed(data)
         if last:
             pieces.append(self.opener.finish())
+        del self.buf[: self.pos]  # what the records taken so far held
+        self.pos = 0
         for piece in pieces:
             self.plain.update(piece)
             self.bytes += len(piece)
@@ -481,16 +484,18 @@ class _UnpackConn:
 
     async def recv(self) -> bytes:
         while True:
-            if len(self.buf) >= _LEN.size:
-                (n,) = _LEN.unpack_from(self.buf)
+            held = len(self.buf) - self.pos
+            if held >= _LEN.size:
+                (n,) = _LEN.unpack_from(self.buf, self.pos)
                 if n > MAX_RECORD:
                     raise IntegrityError(f"a record of {n} bytes in the reference")
-                if len(self.buf) >= _LEN.size + n:
-                    record = bytes(self.buf[_LEN.size : _LEN.size + n])
-                    del self.buf[: _LEN.size + n]
-                    return record
+                if held >= _LEN.size + n:
+                    start = self.pos + _LEN.size
+                    self.pos = start + n
+                    with memoryview(self.buf) as view:
+                        return bytes(view[start : self.pos])
             if not await self._more():
-                if self.buf:
+                if len(self.buf) > self.pos:
                     raise IntegrityError("the reference ends inside a record")
                 return b""
 
@@ -502,7 +507,7 @@ class _UnpackConn:
         """Read to the end: every byte is authenticated and hashed."""
         while await self._more():
             pass
-        if self.buf:
+        if len(self.buf) > self.pos:
             raise IntegrityError("bytes after the last record of the reference")
 
 
