@@ -190,6 +190,9 @@ async def _usable(request: web.Request, st: Hub, token: str) -> LinkRow:
         raise NotFound(UNKNOWN, hint="check the link, or ask for a new one")
     if row.expires < now or row.used >= row.uses:
         raise NotFound(UNKNOWN, hint="ask for a new link")
+    owner = await st.db.user_by_id(row.user_id)
+    if owner is None or owner.disabled:  # a disabled account shares nothing
+        raise NotFound(UNKNOWN, hint="ask for a new link")
     if row.to_id is not None:
         try:
             user = await current_user(request)

@@ -388,6 +388,10 @@ def test_an_account_holds_a_bounded_number_of_live_links(
     res = carol.run("links", "revoke", hashes[0][:12])  # its id: the hash's first 12 digits
     assert "Revoked 1 link." in res.stderr
     assert carol.run("share", "many.bin").stdout.startswith("https://")
+    con = sqlite3.connect(shared_hub.data / "freight.db", timeout=30)
+    with con:  # the other tests share the hub: carol's room back
+        con.execute("DELETE FROM links WHERE user_id = ? AND digest = ''", (carol_id,))
+    con.close()
 
 
 def test_a_single_use_link_fetched_twice_at_once_delivers_once(
@@ -412,3 +416,17 @@ def test_a_single_use_link_fetched_twice_at_once_delivers_once(
     answers = sorted(asyncio.run(race()))
     assert [a for a in answers if a[0] == 200] == [(200, 16 * 1024 * 1024)]
     assert all(status in (404, 409) for status, _ in answers if status != 200)
+
+
+def test_the_links_of_a_disabled_account_stop(tmp_path: Path, admin: Client, carol: Client) -> None:
+    random_file(tmp_path / "c.bin", 1000, seed=19)
+    carol.run("push", str(tmp_path / "c.bin"), "--as", "share/c.bin", "--quiet")
+    path = path_of(share(carol, "share/c.bin", "--uses", "3")["url"])
+    assert get_link(admin.hub, path, source="127.0.0.10")[0] == 200
+    admin.run("users", "disable", "carol")
+    try:
+        status, body = get_link(admin.hub, path, source="127.0.0.10")
+        assert status == 404 and body["error"]["message"] == UNKNOWN
+    finally:
+        admin.run("users", "enable", "carol")
+    assert get_link(admin.hub, path, source="127.0.0.10")[0] == 200
