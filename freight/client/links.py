@@ -268,6 +268,8 @@ async def fetch_link(
         name = _file_name(probe, url)
         base = out or Path(".")
         target = base / name if base.is_dir() else base
+        if target != out and target.exists():  # a name the hub chose replaces nothing
+            raise UsageError(f"{target} exists already; give -o PATH to replace it")
         file, folder, part = _partial(target, digest, size)
         stack.callback(folder.close)
         stack.callback(file.close)

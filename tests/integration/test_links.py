@@ -430,3 +430,18 @@ def test_the_links_of_a_disabled_account_stop(tmp_path: Path, admin: Client, car
     finally:
         admin.run("users", "enable", "carol")
     assert get_link(admin.hub, path, source="127.0.0.10")[0] == 200
+
+
+def test_fetch_into_a_folder_replaces_nothing(tmp_path: Path, admin: Client, bob: Client) -> None:
+    random_file(tmp_path / "keep.bin", 1000, seed=20)
+    admin.run("push", str(tmp_path / "keep.bin"), "--as", "share/keep.bin", "--quiet")
+    link = share(admin, "share/keep.bin", "--to", "bob")["url"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.bin").write_bytes(b"mine")
+    res = fetch(bob, link, out, check=False)
+    assert res.returncode == 2, res.stderr
+    assert "keep.bin exists already; give -o PATH to replace it" in res.stderr
+    assert (out / "keep.bin").read_bytes() == b"mine"
+    fetch(bob, link, out / "keep.bin")  # named: replaced, and the link was not spent before
+    assert same_bytes(tmp_path / "keep.bin", out / "keep.bin")
