@@ -266,15 +266,18 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
         blocks = read_blocks(
             lambda off, n: os.pread(fd, n, off), None, start, end, block=BLOCK, max_bytes=READ_AHEAD
         )
-        async with contextlib.aclosing(blocks):
-            async for block in blocks:
-                await resp.write(block)
-                sent += len(block)
-        if start + sent == end:
-            await resp.write_eof()
-            completed = True
-        elif request.transport is not None:  # the file shrank under us: cut short
-            request.transport.close()
+        try:
+            async with contextlib.aclosing(blocks):
+                async for block in blocks:
+                    await resp.write(block)
+                    sent += len(block)
+            if start + sent == end:
+                await resp.write_eof()
+                completed = True
+            elif request.transport is not None:  # the file shrank under us: cut short
+                request.transport.close()
+        except ConnectionResetError:  # the client went away: nothing to answer
+            pass
     finally:
         os.close(fd)
         done = whole and completed
