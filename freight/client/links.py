@@ -329,18 +329,21 @@ async def _write_body(
     rep.start(name, size)
     rep.update(name, offset)
     writer = WriteBehind(4 * BLOCK, name="freight-fetch")
-    pending = bytearray()
+    pending: list[bytes] = []
+    held = 0
     try:
         async for data in resp.content.iter_any():
-            pending += data
-            if len(pending) >= BLOCK:
-                piece, pending = bytes(pending), bytearray()
+            pending.append(data)
+            held += len(data)
+            if held >= BLOCK:
+                piece, pending, held = b"".join(pending), [], 0
                 await writer.submit(file.write, offset, piece, size=len(piece))
                 offset += len(piece)
                 rep.update(name, offset)
         if pending:
-            await writer.submit(file.write, offset, bytes(pending), size=len(pending))
-            offset += len(pending)
+            piece = b"".join(pending)
+            await writer.submit(file.write, offset, piece, size=len(piece))
+            offset += len(piece)
         await writer.call(file.flush)
         rep.update(name, offset)
     except OSError as exc:
