@@ -477,14 +477,17 @@ class _UnpackConn:
         """Read about a block more (or the end) and open it."""
         if self.ended:
             return False
-        data = bytearray()
-        while len(data) < BLOCK:
+        parts: list[bytes] = []
+        held = 0
+        while held < BLOCK:
             try:
-                data += await anext(self.chunks)
+                part = await anext(self.chunks)
             except StopAsyncIteration:
                 self.ended = True
                 break
-        await asyncio.to_thread(self._open, bytes(data), self.ended)
+            parts.append(part)
+            held += len(part)
+        await asyncio.to_thread(self._open, b"".join(parts), self.ended)
         return True
 
     async def recv(self) -> bytes:
