@@ -17,17 +17,7 @@ from .helptext import plain_help
 
 # Module names (under freight.cli) in the order they register: a command's
 # place in ``freight --help`` follows it.
-MODULES = (
-    "hubcmd",
-    "files",
-    "users",
-    "relay",
-    "agents",
-    "agentcmd",
-    "collect",
-    "links",
-    "msg",
-)
+MODULES = ("hubcmd", "files", "users", "relay", "agents", "agentcmd", "collect", "links", "msg")
 
 
 def _print_version(value: bool) -> None:
