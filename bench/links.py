@@ -1,6 +1,6 @@
 """How fast a link serves a file from the hub (the by-reference data path).
 
-    .venv/bin/python bench/links.py [--size 1G] [--rounds 3] [--curl]
+    .venv/bin/python bench/links.py [--size 1G] [--rounds 3] [--curl] [--reference]
 
 Starts a hub on loopback, pushes a --size random file, then per round makes
 a link to it (``freight share --json``) and fetches it (``freight fetch``
@@ -8,13 +8,17 @@ into an empty folder; the copy is checked against the file's BLAKE3 by the
 fetch itself). The figure is MB/s of the fetch (wall clock of the command,
 start-up included); the median over rounds is printed, with each round's.
 With --curl each round also fetches a fresh link with ``curl -k -o
-/dev/null`` (the hub's serving alone, without Freight's client). The hub
-and its data folder are removed at the end.
+/dev/null`` (the hub's serving alone, without Freight's client); with
+--reference it also seals the file into a by-reference job reference
+(``put_reference``: pack, seal, push, link) and fetches it back
+(``fetch_reference``: fetch, open, unpack, check), both timed in-process
+with the SDK. The hub and its data folder are removed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import shutil
 import statistics
@@ -36,6 +40,7 @@ def main() -> None:
     parser.add_argument("--size", default="1G")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--curl", action="store_true", help="also time curl on a link")
+    parser.add_argument("--reference", action="store_true", help="also time references")
     args = parser.parse_args()
     size = parse_size(args.size)
     work = Path(tempfile.mkdtemp(prefix="freight-bench-links-"))
@@ -69,9 +74,45 @@ def main() -> None:
         print(f"fetch of a {args.size} link: median {statistics.median(rates):.0f} MB/s")
         if curl:
             print(f"curl of a {args.size} link: median {statistics.median(curl):.0f} MB/s")
+        if args.reference:
+            references(client, src, work, args.rounds)
     finally:
         hub.stop()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def references(client: Client, src: Path, work: Path, rounds: int) -> None:
+    import freight
+    from freight.client.links import fetch_reference
+
+    size = src.stat().st_size
+    puts: list[float] = []
+    gets: list[float] = []
+
+    async def one(n: int) -> None:
+        async with freight.Client(client.hub.url, config_dir=client.config) as sdk:
+            began = time.monotonic()
+            ref = await sdk.put_reference([src])
+            puts.append(size / (time.monotonic() - began) / 1e6)
+        out = work / f"ref{n}"
+        began = time.monotonic()
+        got, _ = await fetch_reference(ref, out)
+        gets.append(size / (time.monotonic() - began) / 1e6)
+        if got != ref["bytes"]:
+            raise SystemExit("the reference came back with another size")
+        shutil.rmtree(out)
+        print(
+            f"round {n + 1}: put_reference {puts[-1]:.0f} MB/s, "
+            f"fetch_reference {gets[-1]:.0f} MB/s",
+            flush=True,
+        )
+
+    for n in range(rounds):
+        asyncio.run(one(n))
+    print(
+        f"put_reference: median {statistics.median(puts):.0f} MB/s; "
+        f"fetch_reference: median {statistics.median(gets):.0f} MB/s"
+    )
 
 
 if __name__ == "__main__":

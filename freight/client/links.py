@@ -268,6 +268,8 @@ async def fetch_link(
         name = _file_name(probe, url)
         base = out or Path(".")
         target = base / name if base.is_dir() else base
+        if target != out and target.exists():  # a name the hub chose replaces nothing
+            raise UsageError(f"{target} exists already; give -o PATH to replace it")
         file, folder, part = _partial(target, digest, size)
         stack.callback(folder.close)
         stack.callback(file.close)
@@ -327,18 +329,21 @@ async def _write_body(
     rep.start(name, size)
     rep.update(name, offset)
     writer = WriteBehind(4 * BLOCK, name="freight-fetch")
-    pending = bytearray()
+    pending: list[bytes] = []
+    held = 0
     try:
         async for data in resp.content.iter_any():
-            pending += data
-            if len(pending) >= BLOCK:
-                piece, pending = bytes(pending), bytearray()
+            pending.append(data)
+            held += len(data)
+            if held >= BLOCK:
+                piece, pending, held = b"".join(pending), [], 0
                 await writer.submit(file.write, offset, piece, size=len(piece))
                 offset += len(piece)
                 rep.update(name, offset)
         if pending:
-            await writer.submit(file.write, offset, bytes(pending), size=len(pending))
-            offset += len(pending)
+            piece = b"".join(pending)
+            await writer.submit(file.write, offset, piece, size=len(piece))
+            offset += len(piece)
         await writer.call(file.flush)
         rep.update(name, offset)
     except OSError as exc:
@@ -376,11 +381,15 @@ class _PackConn:
             self.out.write(piece)
             self.sealed += len(piece)
 
+    def _seal(self, record: bytes) -> None:
+        """Hash, seal, hash and write one record (in a worker thread)."""
+        self.plain.update(record)
+        self._put(self.sealer.feed(record))
+
     async def send(self, data: bytes) -> None:
         record = _LEN.pack(len(data)) + data
-        self.plain.update(record)
         self.bytes += len(record)
-        await asyncio.to_thread(lambda: self._put(self.sealer.feed(record)))
+        await asyncio.to_thread(self._seal, record)
         if self.first:  # the list of files: the receiver holds none of them
             self.first = False
             self.answers.append(wire.encode(wire.Holdings(have=[(0, "")] * self.count)))
@@ -441,6 +450,7 @@ class _UnpackConn:
         self.chunks = chunks
         self.opener = opener
         self.buf = bytearray()
+        self.pos = 0  # where the next record starts in buf
         self.plain = blake3.blake3()
         self.bytes = 0
         self.cipher = blake3.blake3()
@@ -448,36 +458,52 @@ class _UnpackConn:
         self.ended = False
         self.verdict: wire.Verdict | None = None
 
-    async def _more(self) -> bool:
-        if self.ended:
-            return False
-        try:
-            data = await anext(self.chunks)
-        except StopAsyncIteration:
-            self.ended = True
-            pieces = [self.opener.finish()]
-        else:
-            self.cipher.update(data)
-            self.sealed += len(data)
-            pieces = await asyncio.to_thread(self.opener.feed, data)
+    def _open(self, data: bytes, last: bool) -> None:
+        """Hash, open and hash again (in a worker thread: AES-GCM and BLAKE3
+        of a block take longer than the event loop should wait)."""
+        self.cipher.update(data)
+        self.sealed += len(data)
+        pieces = self.opener.feed(data)
+        if last:
+            pieces.append(self.opener.finish())
+        del self.buf[: self.pos]  # what the records taken so far held
+        self.pos = 0
         for piece in pieces:
             self.plain.update(piece)
             self.bytes += len(piece)
             self.buf += piece
+
+    async def _more(self) -> bool:
+        """Read about a block more (or the end) and open it."""
+        if self.ended:
+            return False
+        parts: list[bytes] = []
+        held = 0
+        while held < BLOCK:
+            try:
+                part = await anext(self.chunks)
+            except StopAsyncIteration:
+                self.ended = True
+                break
+            parts.append(part)
+            held += len(part)
+        await asyncio.to_thread(self._open, b"".join(parts), self.ended)
         return True
 
     async def recv(self) -> bytes:
         while True:
-            if len(self.buf) >= _LEN.size:
-                (n,) = _LEN.unpack_from(self.buf)
+            held = len(self.buf) - self.pos
+            if held >= _LEN.size:
+                (n,) = _LEN.unpack_from(self.buf, self.pos)
                 if n > MAX_RECORD:
                     raise IntegrityError(f"a record of {n} bytes in the reference")
-                if len(self.buf) >= _LEN.size + n:
-                    record = bytes(self.buf[_LEN.size : _LEN.size + n])
-                    del self.buf[: _LEN.size + n]
-                    return record
+                if held >= _LEN.size + n:
+                    start = self.pos + _LEN.size
+                    self.pos = start + n
+                    with memoryview(self.buf) as view:
+                        return bytes(view[start : self.pos])
             if not await self._more():
-                if self.buf:
+                if len(self.buf) > self.pos:
                     raise IntegrityError("the reference ends inside a record")
                 return b""
 
@@ -489,7 +515,7 @@ class _UnpackConn:
         """Read to the end: every byte is authenticated and hashed."""
         while await self._more():
             pass
-        if self.buf:
+        if len(self.buf) > self.pos:
             raise IntegrityError("bytes after the last record of the reference")
 
 
@@ -515,7 +541,7 @@ async def fetch_reference(
 
     access = Access(_trust(fingerprint, ca))
     async with access.session() as http, _get(http, url) as resp:
-        conn = _UnpackConn(resp.content.iter_chunked(BLOCK).__aiter__(), refseal.RefOpener(key))
+        conn = _UnpackConn(resp.content.iter_any().__aiter__(), refseal.RefOpener(key))
         try:
             await receive_entries(
                 cast("Connection", conn), Destination.folder(dest), reporter or QuietReporter()

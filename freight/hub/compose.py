@@ -24,19 +24,8 @@ from ..protocol.limits import CHECKPOINT_INTERVAL
 from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
 from ..tasks import Supervisor
-from . import (
-    agents,
-    auth,
-    channels,
-    collectapi,
-    httpattach,
-    keys,
-    links,
-    messaging,
-    rest,
-    tls,
-    users,
-)
+from . import agents, auth, channels, collectapi, httpattach, keys, messaging, rest, tls, users
+from . import links as link_routes
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
@@ -234,7 +223,7 @@ def build_app(hub: Hub) -> web.Application:
     agents.add_routes(app)
     collectapi.add_routes(app)
     keys.add_routes(app)
-    links.add_routes(app)
+    link_routes.add_routes(app)
     rest.add_admin_routes(app)
     app[messaging.MESSAGING] = hub.messaging
     messaging.add_routes(app)

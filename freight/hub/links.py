@@ -190,6 +190,9 @@ async def _usable(request: web.Request, st: Hub, token: str) -> LinkRow:
         raise NotFound(UNKNOWN, hint="check the link, or ask for a new one")
     if row.expires < now or row.used >= row.uses:
         raise NotFound(UNKNOWN, hint="ask for a new link")
+    owner = await st.db.user_by_id(row.user_id)
+    if owner is None or owner.disabled:  # a disabled account shares nothing
+        raise NotFound(UNKNOWN, hint="ask for a new link")
     if row.to_id is not None:
         try:
             user = await current_user(request)
@@ -242,6 +245,10 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     sent = 0
     completed = False
     try:
+        if whole:  # counted above; what other requests spent since is read now
+            fresh = await st.db.get_link(row.token_hash)
+            if fresh is None or fresh.used + book.busy[row.token_hash] - 1 >= fresh.uses:
+                raise NotFound(UNKNOWN, hint="ask for a new link")
         if os.fstat(fd).st_size != row.size:
             raise Gone(CHANGED)
         resp = web.StreamResponse(status=206 if start or end < row.size else 200)
@@ -259,23 +266,28 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
         blocks = read_blocks(
             lambda off, n: os.pread(fd, n, off), None, start, end, block=BLOCK, max_bytes=READ_AHEAD
         )
-        async with contextlib.aclosing(blocks):
-            async for block in blocks:
-                await resp.write(block)
-                sent += len(block)
-        if start + sent == end:
-            await resp.write_eof()
-            completed = True
-        elif request.transport is not None:  # the file shrank under us: cut short
-            request.transport.close()
+        try:
+            async with contextlib.aclosing(blocks):
+                async for block in blocks:
+                    await resp.write(block)
+                    sent += len(block)
+            if start + sent == end:
+                await resp.write_eof()
+                completed = True
+            elif request.transport is not None:  # the file shrank under us: cut short
+                request.transport.close()
+        except ConnectionResetError:  # the client went away: nothing to answer
+            pass
     finally:
         os.close(fd)
-        if whole:
-            book.busy[row.token_hash] -= 1
-            if book.busy[row.token_hash] <= 0:
-                del book.busy[row.token_hash]
         done = whole and completed
-        await st.db.count_served(row.token_hash, sent, whole=done)
+        try:
+            await st.db.count_served(row.token_hash, sent, whole=done)
+        finally:  # only once the use is counted may the next whole request start
+            if whole:
+                book.busy[row.token_hash] -= 1
+                if book.busy[row.token_hash] <= 0:
+                    del book.busy[row.token_hash]
     if done:
         await st.events.emit("link_used", "", name=row.name, bytes=sent)
         if row.name.startswith(JOBS_PREFIX) and row.used + 1 >= row.uses:

@@ -83,7 +83,7 @@ class RefSealer:
 
     def _seal(self, data: Buffer, last: bool) -> bytes:
         ad = self._header + (_LAST if last else _MIDDLE)
-        out = self._aead.encrypt(_nonce(self._counter), bytes(data), ad)
+        out = self._aead.encrypt(_nonce(self._counter), data, ad)
         self._counter += 1
         return out
 
@@ -100,9 +100,12 @@ class RefSealer:
         out: list[bytes] = []
         self._start(out)
         self._pending += data
-        while len(self._pending) > self.chunk:
-            out.append(self._seal(memoryview(self._pending)[: self.chunk], last=False))
-            del self._pending[: self.chunk]
+        at = 0
+        with memoryview(self._pending) as view:
+            while len(view) - at > self.chunk:
+                out.append(self._seal(view[at : at + self.chunk], last=False))
+                at += self.chunk
+        del self._pending[:at]
         return out
 
     def finish(self) -> list[bytes]:
@@ -134,7 +137,7 @@ class RefOpener:
         assert self._header is not None
         ad = self._header + (_LAST if last else _MIDDLE)
         try:
-            out = self._aead.decrypt(_nonce(self._counter), bytes(data), ad)
+            out = self._aead.decrypt(_nonce(self._counter), data, ad)
         except InvalidTag:
             raise IntegrityError(
                 f"the reference's chunk {self._counter} does not authenticate: "
@@ -166,10 +169,13 @@ class RefOpener:
         if not self._read_header():
             return out
         sealed = self.chunk + TAG_BYTES
-        # A whole sealed chunk with more after it cannot be the last one.
-        while len(self._buf) > sealed:
-            out.append(self._open(memoryview(self._buf)[:sealed], last=False))
-            del self._buf[:sealed]
+        at = 0
+        with memoryview(self._buf) as view:
+            # A whole sealed chunk with more after it cannot be the last one.
+            while len(view) - at > sealed:
+                out.append(self._open(view[at : at + sealed], last=False))
+                at += sealed
+        del self._buf[:at]
         return out
 
     def finish(self) -> bytes:

@@ -11,10 +11,12 @@ import asyncio
 import json
 import secrets
 import sqlite3
+import ssl
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import blake3
 import pytest
 
@@ -87,8 +89,10 @@ def test_share_to_another_user_who_fetches_identical_bytes(
     assert link.endswith("#" + admin.hub.fingerprint)  # the pin travels with the link
     assert f"They run (logged in as bob):  freight fetch '{link}'" in res.stderr
 
-    got = json.loads(fetch(bob, link, tmp_path).stdout)
-    assert same_bytes(src, tmp_path / "report.bin")
+    out = tmp_path / "out"
+    out.mkdir()
+    got = json.loads(fetch(bob, link, out).stdout)
+    assert same_bytes(src, out / "report.bin")
     assert got["digest"] == digest(src)
     assert got["size"] == src.stat().st_size
 
@@ -386,3 +390,61 @@ def test_an_account_holds_a_bounded_number_of_live_links(
     res = carol.run("links", "revoke", hashes[0][:12])  # its id: the hash's first 12 digits
     assert "Revoked 1 link." in res.stderr
     assert carol.run("share", "many.bin").stdout.startswith("https://")
+    con = sqlite3.connect(shared_hub.data / "freight.db", timeout=30)
+    with con:  # the other tests share the hub: carol's room back
+        con.execute("DELETE FROM links WHERE user_id = ? AND digest = ''", (carol_id,))
+    con.close()
+
+
+def test_a_single_use_link_fetched_twice_at_once_delivers_once(
+    tmp_path: Path, admin: Client
+) -> None:
+    src = random_file(tmp_path / "race.bin", 16 * 1024 * 1024, seed=18)
+    admin.run("push", str(src), "--as", "share/race.bin", "--quiet")
+    url = share(admin, "share/race.bin")["url"].split("#")[0]
+
+    async def race() -> list[tuple[int, int]]:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as http:
+
+            async def one() -> tuple[int, int]:
+                async with http.get(url) as resp:
+                    return resp.status, len(await resp.read())
+
+            return list(await asyncio.gather(one(), one(), one()))
+
+    answers = sorted(asyncio.run(race()))
+    assert [a for a in answers if a[0] == 200] == [(200, 16 * 1024 * 1024)]
+    assert all(status in (404, 409) for status, _ in answers if status != 200)
+
+
+def test_the_links_of_a_disabled_account_stop(tmp_path: Path, admin: Client, carol: Client) -> None:
+    random_file(tmp_path / "c.bin", 1000, seed=19)
+    carol.run("push", str(tmp_path / "c.bin"), "--as", "share/c.bin", "--quiet")
+    path = path_of(share(carol, "share/c.bin", "--uses", "3")["url"])
+    assert get_link(admin.hub, path, source="127.0.0.10")[0] == 200
+    admin.run("users", "disable", "carol")
+    try:
+        status, body = get_link(admin.hub, path, source="127.0.0.10")
+        assert status == 404 and body["error"]["message"] == UNKNOWN
+    finally:
+        admin.run("users", "enable", "carol")
+    assert get_link(admin.hub, path, source="127.0.0.10")[0] == 200
+
+
+def test_fetch_into_a_folder_replaces_nothing(tmp_path: Path, admin: Client, bob: Client) -> None:
+    random_file(tmp_path / "keep.bin", 1000, seed=20)
+    admin.run("push", str(tmp_path / "keep.bin"), "--as", "share/keep.bin", "--quiet")
+    link = share(admin, "share/keep.bin", "--to", "bob")["url"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.bin").write_bytes(b"mine")
+    res = fetch(bob, link, out, check=False)
+    assert res.returncode == 2, res.stderr
+    assert "keep.bin exists already; give -o PATH to replace it" in res.stderr
+    assert (out / "keep.bin").read_bytes() == b"mine"
+    assert "request failed" not in bob.hub.log()  # a client that went away is no failure
+    fetch(bob, link, out / "keep.bin")  # named: replaced, and the link was not spent before
+    assert same_bytes(tmp_path / "keep.bin", out / "keep.bin")
