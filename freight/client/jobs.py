@@ -213,23 +213,31 @@ class _Sending:
                 await adapter.aclose()
 
     async def go(self, answer_timeout: float, result_timeout: float) -> JobOutcome:
-        m = self.machine
         async with Supervisor("job-send") as tasks:
-            tasks.spawn(_read(self.reg, self.queue), name="read")
-            acts = m.start()
-            while True:
-                for act in acts:
-                    done = await self._act(act, tasks)
-                    if done is not None:
-                        await self._close_adapter()
-                        return done
-                timeout = {j.S.PROPOSED: answer_timeout, j.S.CONFIRMING: result_timeout}
-                try:
-                    event = await asyncio.wait_for(self.queue.get(), timeout.get(m.state))
-                except TimeoutError:
-                    acts = m.timeout()
-                    continue
-                acts = await self._event(event)
+            try:
+                return await self._run(tasks, answer_timeout, result_timeout)
+            finally:
+                await tasks.aclose()  # what the adapter runs ends before it closes
+                await self._close_adapter()
+
+    async def _run(
+        self, tasks: Supervisor, answer_timeout: float, result_timeout: float
+    ) -> JobOutcome:
+        m = self.machine
+        tasks.spawn(_read(self.reg, self.queue), name="read")
+        acts = m.start()
+        while True:
+            for act in acts:
+                done = await self._act(act, tasks)
+                if done is not None:
+                    return done
+            timeout = {j.S.PROPOSED: answer_timeout, j.S.CONFIRMING: result_timeout}
+            try:
+                event = await asyncio.wait_for(self.queue.get(), timeout.get(m.state))
+            except TimeoutError:
+                acts = m.timeout()
+                continue
+            acts = await self._event(event)
 
     async def _act(self, act: j.Action, tasks: Supervisor) -> JobOutcome | None:
         m = self.machine
