@@ -180,8 +180,10 @@ def test_every_manner_refused_exits_non_zero_with_the_reasons(
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("freight: error: job ")
         assert "no manner worked" in last
+        assert "relay refused: not accepted here (accepted: ref)\n" in res.stderr
         # The receiver hears the sender gave up; --once ends in failure.
         assert recv.wait(DEADLINE) == 7, recv.stderr
+        assert "relay refused: not accepted here (accepted: ref)\n" in recv.stderr
         assert "no manner worked" in recv.stderr
 
 
