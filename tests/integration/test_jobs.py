@@ -160,6 +160,7 @@ def test_a_manner_lacking_a_requirement_is_not_proposed(
         "job", "send", "bob", "nobody-listens", str(src), "--manner", "relay", check=False
     )
     assert nobody.returncode == 9, nobody.stderr
+    assert "Unclosed" not in nobody.stderr  # the relay attachment was closed
     last = nobody.stderr.strip().splitlines()[-1]
     assert last.startswith(("freight: error: no_host:", "freight: error: no_app:")), last
     bad = admin.run("job", "send", "bob", "x", str(src), "--require", "teleport", check=False)
