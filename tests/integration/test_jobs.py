@@ -427,6 +427,76 @@ async def test_direct_that_cannot_connect_falls_back_within_a_second(
     assert relay[:2] == ("relay", "ok")
 
 
+def fake_links(corrupt: bool = False) -> types.ModuleType:
+    """A module with the by-reference manner's client interface: the
+    "stored" data is the files' bytes kept here, behind an https URL;
+    ``corrupt`` delivers one byte changed."""
+    import blake3
+
+    stored: dict[str, list[tuple[str, bytes]]] = {}
+    mod = types.ModuleType("freight.client.links")
+
+    async def put_reference(client: Any, paths: list[Path], *, expires: float) -> dict[str, Any]:
+        files = [(p.name, p.read_bytes()) for p in paths]
+        stream = b"".join(data for _, data in files)
+        url = f"https://hub.invalid/v1/links/{os.urandom(8).hex()}"
+        stored[url] = files
+        return {
+            "url": url,
+            "key": "00" * 32,
+            "size": len(stream),
+            "digest": blake3.blake3(stream).hexdigest(),
+            "bytes": len(stream),
+            "files": len(files),
+            "blake3": blake3.blake3(stream).hexdigest(),
+            "ca": "",
+        }
+
+    async def fetch_reference(
+        ref: dict[str, Any], dest: Path, reporter: Any = None
+    ) -> tuple[int, str]:
+        files = stored.pop(str(ref["url"]))  # single use
+        dest.mkdir(parents=True, exist_ok=True)
+        stream = b""
+        for name, data in files:
+            if corrupt:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            (dest / name).write_bytes(data)
+            stream += data
+        return len(stream), blake3.blake3(stream).hexdigest()
+
+    mod.put_reference = put_reference  # type: ignore[attr-defined]
+    mod.fetch_reference = fetch_reference  # type: ignore[attr-defined]
+    return mod
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_reference_adapters_against_the_interface(
+    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    """The proposal carries the reference and declares the stored stream's
+    bytes and digest; the receiver checks what it fetched against them."""
+    admin, bob = pair
+    monkeypatch.setitem(sys.modules, "freight.client.links", fake_links(corrupt))
+    src = tmp_path / "r.bin"
+    src.write_bytes(os.urandom(40_000))
+    out = tmp_path / "out"
+    async with asyncio.timeout(DEADLINE), receiver(bob, "ref1", out, ["ref"]) as outcomes:
+        done = await send(admin, "ref1", [src], ["ref", "relay"])
+        got = await asyncio.wait_for(outcomes.get(), 20)
+    if not corrupt:
+        assert done.ok, done.error
+        assert (done.manner, got.manner) == ("ref", "ref")
+        assert got.ok
+        assert (out / "r.bin").read_bytes() == src.read_bytes()
+        return
+    assert not done.ok
+    assert done.error.startswith("mismatch: received 40000 bytes with BLAKE3 ")
+    assert not got.ok
+    assert got.error == done.error
+    assert [a[:2] for a in attempts(admin, done.id)] == [("ref", "mismatch")]
+
+
 async def test_real_direct_job_on_loopback(pair: tuple[Client, Client], tmp_path: Path) -> None:
     pytest.importorskip(
         "freight.transport.directjob", reason="the direct manner's module is not built in yet"
