@@ -164,7 +164,7 @@ class _TapClaims:
 
 
 def _hub_login(config: ClientConfig, hub: str | None) -> str:
-    """ "" when this host has a hub login, else the reason it has not."""
+    """Why this host cannot use the hub; empty when it has a login."""
     from .session import HubSession
 
     try:
