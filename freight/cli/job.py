@@ -153,6 +153,9 @@ def receive(
         str | None,
         typer.Option("--bind", metavar="HOST:PORT", help="Where a direct listener listens."),
     ] = None,
+    peer: Annotated[
+        str, typer.Option("--from", metavar="ACCOUNT", help="Take jobs from this account only.")
+    ] = "*",
     overwrite: OverwriteOpt = False,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
@@ -194,6 +197,7 @@ def receive(
                     hub=hub_url,
                     consent=decide,
                     bind=bind,
+                    peer=peer,
                     on_proposal=proposed,
                     on_ready=ready,
                     on_attempt=lambda jid, rec: _attempt_line(jid, rec, json_out, quiet),

@@ -356,6 +356,7 @@ async def receive_jobs(
     hub: str | None = None,
     consent: Consent = refuse_to_replace,
     bind: str | None = None,
+    peer: str = "*",
     on_proposal: Callable[[int, j.Propose, str], object] | None = None,
     on_ready: Callable[[], object] | None = None,
     on_attempt: Callable[[int, j.Record], object] | None = None,
@@ -363,11 +364,12 @@ async def receive_jobs(
     """Serve ``app``: answer job proposals and yield each job's outcome as
     it ends (a refused job ends when its sender gives up). Hostile or
     malformed proposals are refused with a reason; serving goes on.
+    ``peer``: the only account whose proposals reach it (``*``: anyone).
     ``on_ready`` is called once the hub routes ``app`` here."""
     config = config or ClientConfig()
     side = ReceiveSide(config, hub, dest, reporter or QuietReporter(), consent, bind)
     unavailable = {m: why for m in j.MANNERS if (why := receiver_manner(m, side).unavailable())}
-    reg = await bus.register(app, interest=j.JOB_TYPE)
+    reg = await bus.register(app, interest=j.JOB_TYPE, peer=peer)
     if on_ready is not None:
         on_ready()
     try:

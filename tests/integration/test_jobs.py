@@ -139,7 +139,7 @@ async def test_refused_manner_falls_through_with_reasons_in_show(
 def test_a_manner_lacking_a_requirement_is_not_proposed(
     pair: tuple[Client, Client], tmp_path: Path
 ) -> None:
-    admin, _ = pair
+    admin, bob = pair
     src = tmp_path / "r.txt"
     src.write_bytes(b"r")
     res = admin.run(
@@ -163,6 +163,10 @@ def test_a_manner_lacking_a_requirement_is_not_proposed(
     assert "Unclosed" not in nobody.stderr  # the relay attachment was closed
     last = nobody.stderr.strip().splitlines()[-1]
     assert last.startswith(("freight: error: no_host:", "freight: error: no_app:")), last
+    with receiving(bob, "only-carol", tmp_path / "out", "--from", "carol"):
+        other = admin.run("job", "send", "bob", "only-carol", str(src), check=False)
+        assert other.returncode == 3, other.stderr
+        assert "do not take messages from this account" in other.stderr
     bad = admin.run("job", "send", "bob", "x", str(src), "--require", "teleport", check=False)
     assert bad.returncode == 2
     assert "unknown 'teleport'" in bad.stderr
