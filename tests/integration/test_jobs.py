@@ -136,9 +136,10 @@ async def test_refused_manner_falls_through_with_reasons_in_show(
     ]
 
 
-def test_a_manner_lacking_a_requirement_is_not_proposed(
-    pair: tuple[Client, Client], tmp_path: Path
-) -> None:
+def test_jobs_that_cannot_start_say_why(pair: tuple[Client, Client], tmp_path: Path) -> None:
+    """A manner lacking a requirement is not proposed; nobody serving the
+    application, a receiver taking jobs from another account only, and an
+    unknown requirement each end the command with the reason."""
     admin, bob = pair
     src = tmp_path / "r.txt"
     src.write_bytes(b"r")
