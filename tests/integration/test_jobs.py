@@ -256,6 +256,22 @@ async def test_hostile_proposals_are_refused_and_the_receiver_keeps_serving(
                 unknown = await refusal(j.encode(pigeon))
                 assert unknown.reason == "unknown manner 'carrier-pigeon'"
                 assert (unknown.job, unknown.attempt) == (job, 1)
+                no_code = j.Propose(
+                    job="34" * 16, attempt=1, manner="relay", offer={"code": 5}, blake3="00" * 32
+                )
+                assert (await refusal(j.encode(no_code))).reason == (
+                    "relay: the proposal carries no code"
+                )
+                bad_code = j.Propose(
+                    job="56" * 16,
+                    attempt=1,
+                    manner="relay",
+                    offer={"code": "../x"},
+                    blake3="0" * 64,
+                )
+                assert (await refusal(j.encode(bad_code))).reason == (
+                    "relay: '../x' is not a code like 7-crossbow-gazelle-tulip"
+                )
                 # A list of files with a path escaping the output folder:
                 # refused by the receiver, the sender's attempt fails.
                 escaping = [Entry("../escape.txt", "file", 0o644, 4, 0.0, evil)]
