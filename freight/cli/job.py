@@ -19,7 +19,7 @@ from .overwrite import OverwriteOpt, consent
 
 if TYPE_CHECKING:
     from ..client.jobs import JobOutcome
-    from ..protocol.jobs import Propose
+    from ..protocol.jobs import Propose, Record
 
 job_app = typer.Typer(help=toplevel.COMMANDS["job"][1], no_args_is_help=True)
 
@@ -45,6 +45,16 @@ def _manners(text: str, what: str) -> list[str]:
         return parse_manners(text, what)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def _attempt_line(jid: int, rec: Record, json_out: bool, quiet: bool) -> None:
+    """An attempt that did not carry the job, as it happens (the one that
+    does shows in the final line)."""
+    if json_out:
+        print_json({"event": "attempt", "id": jid, **rec.__dict__})
+    elif rec.verdict in ("refused", "failed"):
+        reason = rec.reason.removeprefix(f"{rec.manner}: ")
+        _say(f"job {jid}: {rec.manner} {rec.verdict}: {reason}", quiet)
 
 
 def _final(done: JobOutcome, json_out: bool) -> None:
@@ -110,6 +120,7 @@ def send(
                     hub=hub_url,
                     entries=entries,
                     on_job=started,
+                    on_attempt=lambda jid, rec: _attempt_line(jid, rec, json_out, quiet),
                 )
 
     done = run_async(go)
@@ -142,6 +153,9 @@ def receive(
         str | None,
         typer.Option("--bind", metavar="HOST:PORT", help="Where a direct listener listens."),
     ] = None,
+    peer: Annotated[
+        str, typer.Option("--from", metavar="ACCOUNT", help="Take jobs from this account only.")
+    ] = "*",
     overwrite: OverwriteOpt = False,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
@@ -183,8 +197,10 @@ def receive(
                     hub=hub_url,
                     consent=decide,
                     bind=bind,
+                    peer=peer,
                     on_proposal=proposed,
                     on_ready=ready,
+                    on_attempt=lambda jid, rec: _attempt_line(jid, rec, json_out, quiet),
                 )
                 async with contextlib.aclosing(jobs):
                     async for done in jobs:

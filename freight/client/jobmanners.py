@@ -9,12 +9,13 @@ A sender's adapter makes the offer that goes in the proposal, then moves
 the bytes once the receiver accepted; a receiver's adapter says why it
 cannot be used here (or ""), makes the completion that goes in its
 acceptance, then receives and returns the byte count and BLAKE3 digest of
-what it holds (see :func:`received_digest`).
+what it holds (see :class:`Tapped`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any, Protocol, cast
 
 from ..engine.hashing import hash_fd
 from ..errors import ConfigError, NotLoggedIn, TLSError, UsageError
+from ..protocol import sendrecv as wire
 from ..protocol.jobs import Propose, tree_digest
 from ..tasks import Supervisor
 from .config import ClientConfig
@@ -107,39 +109,62 @@ def entries_digest(entries: list[Entry]) -> tuple[int, str]:
     return sum(s for _, s, _ in items), tree_digest(items)
 
 
-def received_digest(dest: Path, paths: set[str]) -> tuple[int, str]:
-    """(bytes, tree digest) of the files a receiver wrote under ``dest``."""
-    items = []
-    for rel in sorted(paths):
-        size, digest = _file_digest(dest / rel)
-        items.append((rel, size, digest))
-    return sum(s for _, s, _ in items), tree_digest(items)
+class Tapped:
+    """A connection whose incoming messages are read on the way (§12.5): the
+    list of files and the digest the sender gives for each, which
+    :func:`receive_entries` checks every written file against. So the
+    receiver's tree digest costs no second reading of what it wrote."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.entries: list[wire.WireEntry] = []
+        self.digests: dict[int, str] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    async def send(self, data: bytes) -> None:
+        await self.conn.send(data)
+
+    async def recv(self) -> bytes:
+        data: bytes = await self.conn.recv()
+        kind = data[:1]
+        with contextlib.suppress(wire.MalformedTransfer):  # receive_entries refuses it
+            if kind == b"M":
+                self.entries, self.digests = wire.decode(data, wire.Manifest).entries, {}
+            elif kind == b"E":
+                end = wire.decode(data, wire.FileEnd)
+                self.digests[end.index] = end.digest
+            elif kind == b"B":
+                for f in wire.decode_batch(data):
+                    self.digests[f.index] = f.digest.hex()
+        return data
+
+    def digest(self) -> tuple[int, str]:
+        """(bytes, tree digest) of the files received ("" if one is missing)."""
+        items = []
+        for i, e in enumerate(self.entries):
+            if e.type == "file":
+                if i not in self.digests:
+                    return sum(x.size for x in self.entries), ""
+                items.append((e.path, e.size, self.digests[i]))
+        return sum(s for _, s, _ in items), tree_digest(items)
 
 
-class Noting:
-    """A reporter that passes everything on and notes the files it saw."""
+class _TapClaims:
+    """A relay client whose claimed connections are tapped."""
 
-    def __init__(self, inner: Reporter) -> None:
-        self.inner = inner
-        self.paths: set[str] = set()
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.tapped: Tapped | None = None
 
-    def start(self, name: str, size: int) -> None:
-        self.paths.add(name)
-        self.inner.start(name, size)
-
-    def update(self, name: str, done: int) -> None:
-        self.inner.update(name, done)
-
-    def finish(self, name: str, result: Any) -> None:
-        self.paths.add(name)
-        self.inner.finish(name, result)
-
-    def notice(self, text: str) -> None:
-        self.inner.notice(text)
+    async def claim(self, code: str, **kw: Any) -> Tapped:
+        self.tapped = Tapped(await self.client.claim(code, **kw))
+        return self.tapped
 
 
 def _hub_login(config: ClientConfig, hub: str | None) -> str:
-    """ "" when this host has a hub login, else the reason it has not."""
+    """Why this host cannot use the hub; empty when it has a login."""
     from .session import HubSession
 
     try:
@@ -237,12 +262,13 @@ class RelayReceiver:
     async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
         from .codes import receive_with_code
 
-        noted = Noting(self.side.reporter)
+        taps = _TapClaims(self.client)
         dest = Destination.folder(self.side.dest)
         await receive_with_code(
-            self.client, str(offer["code"]), dest, noted, consent=self.side.consent
+            cast(Any, taps), str(offer["code"]), dest, self.side.reporter, consent=self.side.consent
         )
-        return await asyncio.to_thread(received_digest, self.side.dest, noted.paths)
+        assert taps.tapped is not None
+        return taps.tapped.digest()
 
     async def aclose(self) -> None:
         if self.client is not None:
@@ -302,14 +328,15 @@ class DirectReceiver:
         return cast(dict[str, Any], self.listener.completion())
 
     async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
-        conn = await self.listener.accept(self.side.accept_timeout)
-        noted = Noting(self.side.reporter)
+        conn = Tapped(await self.listener.accept(self.side.accept_timeout))
         try:
             dest = Destination.folder(self.side.dest)
-            await receive_entries(conn, dest, noted, consent=self.side.consent)
+            await receive_entries(
+                cast(Any, conn), dest, self.side.reporter, consent=self.side.consent
+            )
         finally:
             await conn.aclose()
-        return await asyncio.to_thread(received_digest, self.side.dest, noted.paths)
+        return conn.digest()
 
     async def aclose(self) -> None:
         if self.listener is not None:

@@ -141,6 +141,7 @@ async def send_job(
     entries: list[Entry] | None = None,
     declare: tuple[int, str] | None = None,
     on_job: Callable[[int, str], object] | None = None,
+    on_attempt: Callable[[int, j.Record], object] | None = None,
 ) -> JobOutcome:
     """Send ``paths`` to ``dest``'s ``app`` as a job (see the module doc).
     Returns the outcome whether or not it succeeded (``.check()`` raises
@@ -170,6 +171,7 @@ async def send_job(
         reg = await bus.register(app, interest=j.JOB_REPLY_TYPE, peer=_peer_filter(dest))
         try:
             run = _Sending(bus, dest, app, reg, machine, side, store, jid)
+            run.on_attempt = on_attempt
             return await run.go(answer_timeout, result_timeout)
         finally:
             with contextlib.suppress(FreightError):
@@ -193,6 +195,7 @@ class _Sending:
         self.peer: tuple[str, str] | None = None  # the receiver's host and ticket
         self.adapter: SenderManner | None = None
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(QUEUE)
+        self.on_attempt: Callable[[int, j.Record], object] | None = None
 
     async def _send(self, msg: j.JobMessage, to: tuple[str, str] | None = None) -> None:
         to = to or self.peer
@@ -213,23 +216,31 @@ class _Sending:
                 await adapter.aclose()
 
     async def go(self, answer_timeout: float, result_timeout: float) -> JobOutcome:
-        m = self.machine
         async with Supervisor("job-send") as tasks:
-            tasks.spawn(_read(self.reg, self.queue), name="read")
-            acts = m.start()
-            while True:
-                for act in acts:
-                    done = await self._act(act, tasks)
-                    if done is not None:
-                        await self._close_adapter()
-                        return done
-                timeout = {j.S.PROPOSED: answer_timeout, j.S.CONFIRMING: result_timeout}
-                try:
-                    event = await asyncio.wait_for(self.queue.get(), timeout.get(m.state))
-                except TimeoutError:
-                    acts = m.timeout()
-                    continue
-                acts = await self._event(event)
+            try:
+                return await self._run(tasks, answer_timeout, result_timeout)
+            finally:
+                await tasks.aclose()  # what the adapter runs ends before it closes
+                await self._close_adapter()
+
+    async def _run(
+        self, tasks: Supervisor, answer_timeout: float, result_timeout: float
+    ) -> JobOutcome:
+        m = self.machine
+        tasks.spawn(_read(self.reg, self.queue), name="read")
+        acts = m.start()
+        while True:
+            for act in acts:
+                done = await self._act(act, tasks)
+                if done is not None:
+                    return done
+            timeout = {j.S.PROPOSED: answer_timeout, j.S.CONFIRMING: result_timeout}
+            try:
+                event = await asyncio.wait_for(self.queue.get(), timeout.get(m.state))
+            except TimeoutError:
+                acts = m.timeout()
+                continue
+            acts = await self._event(event)
 
     async def _act(self, act: j.Action, tasks: Supervisor) -> JobOutcome | None:
         m = self.machine
@@ -255,6 +266,8 @@ class _Sending:
                     raise
         elif isinstance(act, j.Record):
             self.store.record(self.jid, act.attempt, act.manner, act.verdict, act.reason, act.bytes)
+            if self.on_attempt is not None:
+                self.on_attempt(self.jid, act)
         elif isinstance(act, j.Finish):
             manner = m.manner if act.ok else ""
             elapsed = self.store.finish(
@@ -343,22 +356,26 @@ async def receive_jobs(
     hub: str | None = None,
     consent: Consent = refuse_to_replace,
     bind: str | None = None,
+    peer: str = "*",
     on_proposal: Callable[[int, j.Propose, str], object] | None = None,
     on_ready: Callable[[], object] | None = None,
+    on_attempt: Callable[[int, j.Record], object] | None = None,
 ) -> AsyncGenerator[JobOutcome, None]:
     """Serve ``app``: answer job proposals and yield each job's outcome as
     it ends (a refused job ends when its sender gives up). Hostile or
     malformed proposals are refused with a reason; serving goes on.
+    ``peer``: the only account whose proposals reach it (``*``: anyone).
     ``on_ready`` is called once the hub routes ``app`` here."""
     config = config or ClientConfig()
     side = ReceiveSide(config, hub, dest, reporter or QuietReporter(), consent, bind)
     unavailable = {m: why for m in j.MANNERS if (why := receiver_manner(m, side).unavailable())}
-    reg = await bus.register(app, interest=j.JOB_TYPE)
+    reg = await bus.register(app, interest=j.JOB_TYPE, peer=peer)
     if on_ready is not None:
         on_ready()
     try:
         with JobStore(config.root) as store:
             run = _Receiving(bus, app, reg, side, store, list(accepts), unavailable, on_proposal)
+            run.on_attempt = on_attempt
             async with Supervisor("job-receive") as tasks:
                 tasks.spawn(_read(reg, run.queue), name="read")
                 run.tasks = tasks
@@ -392,6 +409,7 @@ class _Receiving:
         self.bus, self.app, self.reg, self.side, self.store = bus, app, reg, side, store
         self.accepts, self.unavailable, self.on_proposal = accepts, unavailable, on_proposal
         self.jobs: OrderedDict[str, _Job] = OrderedDict()
+        self.on_attempt: Callable[[int, j.Record], object] | None = None
         self.queue: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue(QUEUE)
 
     async def _send(self, job: _Job | None, msg: j.JobMessage, via: Any = None) -> None:
@@ -508,6 +526,8 @@ class _Receiving:
                 self.store.record(
                     job.jid, act.attempt, act.manner, act.verdict, act.reason, act.bytes
                 )
+                if self.on_attempt is not None:
+                    self.on_attempt(job.jid, act)
             elif isinstance(act, j.Finish):
                 await self.cancel(job)
                 p = job.machine.proposal

@@ -136,10 +136,11 @@ async def test_refused_manner_falls_through_with_reasons_in_show(
     ]
 
 
-def test_a_manner_lacking_a_requirement_is_not_proposed(
-    pair: tuple[Client, Client], tmp_path: Path
-) -> None:
-    admin, _ = pair
+def test_jobs_that_cannot_start_say_why(pair: tuple[Client, Client], tmp_path: Path) -> None:
+    """A manner lacking a requirement is not proposed; nobody serving the
+    application, a receiver taking jobs from another account only, and an
+    unknown requirement each end the command with the reason."""
+    admin, bob = pair
     src = tmp_path / "r.txt"
     src.write_bytes(b"r")
     res = admin.run(
@@ -156,6 +157,17 @@ def test_a_manner_lacking_a_requirement_is_not_proposed(
     )
     assert res.returncode == 7, res.stderr
     assert "no manner worked: ref: does not give bidirectional" in res.stderr
+    nobody = admin.run(
+        "job", "send", "bob", "nobody-listens", str(src), "--manner", "relay", check=False
+    )
+    assert nobody.returncode == 9, nobody.stderr
+    assert "Unclosed" not in nobody.stderr  # the relay attachment was closed
+    last = nobody.stderr.strip().splitlines()[-1]
+    assert last.startswith(("freight: error: no_host:", "freight: error: no_app:")), last
+    with receiving(bob, "only-carol", tmp_path / "out", "--from", "carol"):
+        other = admin.run("job", "send", "bob", "only-carol", str(src), check=False)
+        assert other.returncode == 3, other.stderr
+        assert "do not take messages from this account" in other.stderr
     bad = admin.run("job", "send", "bob", "x", str(src), "--require", "teleport", check=False)
     assert bad.returncode == 2
     assert "unknown 'teleport'" in bad.stderr
@@ -174,8 +186,10 @@ def test_every_manner_refused_exits_non_zero_with_the_reasons(
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith("freight: error: job ")
         assert "no manner worked" in last
+        assert "relay refused: not accepted here (accepted: ref)\n" in res.stderr
         # The receiver hears the sender gave up; --once ends in failure.
         assert recv.wait(DEADLINE) == 7, recv.stderr
+        assert "relay refused: not accepted here (accepted: ref)\n" in recv.stderr
         assert "no manner worked" in recv.stderr
 
 
@@ -242,6 +256,22 @@ async def test_hostile_proposals_are_refused_and_the_receiver_keeps_serving(
                 unknown = await refusal(j.encode(pigeon))
                 assert unknown.reason == "unknown manner 'carrier-pigeon'"
                 assert (unknown.job, unknown.attempt) == (job, 1)
+                no_code = j.Propose(
+                    job="34" * 16, attempt=1, manner="relay", offer={"code": 5}, blake3="00" * 32
+                )
+                assert (await refusal(j.encode(no_code))).reason == (
+                    "relay: the proposal carries no code"
+                )
+                bad_code = j.Propose(
+                    job="56" * 16,
+                    attempt=1,
+                    manner="relay",
+                    offer={"code": "../x"},
+                    blake3="0" * 64,
+                )
+                assert (await refusal(j.encode(bad_code))).reason == (
+                    "relay: '../x' is not a code like 7-crossbow-gazelle-tulip"
+                )
                 # A list of files with a path escaping the output folder:
                 # refused by the receiver, the sender's attempt fails.
                 escaping = [Entry("../escape.txt", "file", 0o644, 4, 0.0, evil)]
@@ -256,9 +286,9 @@ async def test_hostile_proposals_are_refused_and_the_receiver_keeps_serving(
                     answer_timeout=20,
                 )
                 assert not done.ok
-                assert "relay: refusing '../escape.txt': it would leave the destination" in (
-                    done.error
-                )
+                # Said by the receiver's refusal or the sender's own side, whichever came first.
+                assert done.error.startswith("no manner worked: relay: ")
+                assert "refusing '../escape.txt': it would leave the destination" in done.error
                 assert not (tmp_path / "escape.txt").exists()
                 assert recv.running
                 await reg.close()
@@ -416,6 +446,76 @@ async def test_direct_that_cannot_connect_falls_back_within_a_second(
     assert direct[:3] == ("direct", "failed", "cannot open a data connection to 127.0.0.1:9")
     assert direct[3] < 1.0
     assert relay[:2] == ("relay", "ok")
+
+
+def fake_links(corrupt: bool = False) -> types.ModuleType:
+    """A module with the by-reference manner's client interface: the
+    "stored" data is the files' bytes kept here, behind an https URL;
+    ``corrupt`` delivers one byte changed."""
+    import blake3
+
+    stored: dict[str, list[tuple[str, bytes]]] = {}
+    mod = types.ModuleType("freight.client.links")
+
+    async def put_reference(client: Any, paths: list[Path], *, expires: float) -> dict[str, Any]:
+        files = [(p.name, p.read_bytes()) for p in paths]
+        stream = b"".join(data for _, data in files)
+        url = f"https://hub.invalid/v1/links/{os.urandom(8).hex()}"
+        stored[url] = files
+        return {
+            "url": url,
+            "key": "00" * 32,
+            "size": len(stream),
+            "digest": blake3.blake3(stream).hexdigest(),
+            "bytes": len(stream),
+            "files": len(files),
+            "blake3": blake3.blake3(stream).hexdigest(),
+            "ca": "",
+        }
+
+    async def fetch_reference(
+        ref: dict[str, Any], dest: Path, reporter: Any = None
+    ) -> tuple[int, str]:
+        files = stored.pop(str(ref["url"]))  # single use
+        dest.mkdir(parents=True, exist_ok=True)
+        stream = b""
+        for name, data in files:
+            if corrupt:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            (dest / name).write_bytes(data)
+            stream += data
+        return len(stream), blake3.blake3(stream).hexdigest()
+
+    mod.put_reference = put_reference  # type: ignore[attr-defined]
+    mod.fetch_reference = fetch_reference  # type: ignore[attr-defined]
+    return mod
+
+
+@pytest.mark.parametrize("corrupt", [False, True])
+async def test_reference_adapters_against_the_interface(
+    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
+) -> None:
+    """The proposal carries the reference and declares the stored stream's
+    bytes and digest; the receiver checks what it fetched against them."""
+    admin, bob = pair
+    monkeypatch.setitem(sys.modules, "freight.client.links", fake_links(corrupt))
+    src = tmp_path / "r.bin"
+    src.write_bytes(os.urandom(40_000))
+    out = tmp_path / "out"
+    async with asyncio.timeout(DEADLINE), receiver(bob, "ref1", out, ["ref"]) as outcomes:
+        done = await send(admin, "ref1", [src], ["ref", "relay"])
+        got = await asyncio.wait_for(outcomes.get(), 20)
+    if not corrupt:
+        assert done.ok, done.error
+        assert (done.manner, got.manner) == ("ref", "ref")
+        assert got.ok
+        assert (out / "r.bin").read_bytes() == src.read_bytes()
+        return
+    assert not done.ok
+    assert done.error.startswith("mismatch: received 40000 bytes with BLAKE3 ")
+    assert not got.ok
+    assert got.error == done.error
+    assert [a[:2] for a in attempts(admin, done.id)] == [("ref", "mismatch")]
 
 
 async def test_real_direct_job_on_loopback(pair: tuple[Client, Client], tmp_path: Path) -> None:

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
 from freight.client.config import ClientConfig
-from freight.client.jobmanners import (
-    RECEIVERS,
-    ReceiveSide,
-    entries_digest,
-    received_digest,
-)
+from freight.client.jobmanners import RECEIVERS, ReceiveSide, Tapped, entries_digest
 from freight.client.jobs import JobOutcome
 from freight.client.jobstore import JobStore
 from freight.client.options import QuietReporter
-from freight.client.sendrecv import build_manifest
+from freight.client.receiving import Destination, receive_entries
+from freight.client.sendrecv import Entry, build_manifest, send_entries
 from freight.errors import JobFailed, JobMismatch, NotFound
+from freight.tasks import Supervisor
 
 
 def test_store_records_attempts_and_finds_jobs(tmp_path: Path) -> None:
@@ -45,19 +44,54 @@ def test_store_records_attempts_and_finds_jobs(tmp_path: Path) -> None:
                 store.get(ref)
 
 
-def test_both_ends_digest_the_same_tree(tmp_path: Path) -> None:
+class Pipe:
+    """One end of an in-memory message pipe (send/recv, b"" at the end)."""
+
+    def __init__(self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes]) -> None:
+        self.inbox, self.outbox = inbox, outbox
+
+    async def send(self, data: bytes) -> None:
+        await self.outbox.put(bytes(data))
+
+    async def recv(self) -> bytes:
+        return await asyncio.wait_for(self.inbox.get(), 10)
+
+
+def pipe() -> tuple[Pipe, Pipe]:
+    a: asyncio.Queue[bytes] = asyncio.Queue(16)
+    b: asyncio.Queue[bytes] = asyncio.Queue(16)
+    return Pipe(a, b), Pipe(b, a)
+
+
+async def move(src: list[Path], out: Path, entries: list[Entry] | None = None) -> Tapped:
+    """send_entries to receive_entries through a tapped pipe."""
+    here, there = pipe()
+    tapped = Tapped(there)
+    entries = build_manifest(src) if entries is None else entries
+    async with Supervisor("test-move") as tasks:
+        sending = tasks.spawn(send_entries(cast(Any, here), entries, QuietReporter()))
+        await receive_entries(cast(Any, tapped), Destination.folder(out), QuietReporter())
+        await asyncio.wait_for(sending, 10)
+    return tapped
+
+
+async def test_the_receiver_digests_the_tree_the_sender_declared(tmp_path: Path) -> None:
     src = tmp_path / "src" / "top"
     (src / "a").mkdir(parents=True)
-    (src / "a" / "x.bin").write_bytes(os.urandom(70_000))
-    (src / "y.txt").write_bytes(b"y")
+    (src / "a" / "x.bin").write_bytes(os.urandom(3 * 1024 * 1024 + 5))  # sent in chunks
+    (src / "y.txt").write_bytes(b"y")  # in a batch
     (src / "empty").write_bytes(b"")
     entries = build_manifest([src])
-    sent = entries_digest(entries)
-    paths = {e.path for e in entries if e.type == "file"}
-    assert received_digest(tmp_path / "src", paths) == sent
-    assert sent[0] == 70_001
+    declared = entries_digest(entries)
+    assert declared[0] == 3 * 1024 * 1024 + 6
+    tapped = await move([src], tmp_path / "out")
+    assert tapped.digest() == declared
+    # Received again: every file is held already, and the digest is the same.
+    again = await move([src], tmp_path / "out")
+    assert again.digest() == declared
+    # Another file content gives another digest.
     (src / "y.txt").write_bytes(b"z")
-    assert received_digest(tmp_path / "src", paths) != sent
+    assert entries_digest(build_manifest([src])) != declared
 
 
 def test_a_receiver_without_a_hub_login_refuses_relay(tmp_path: Path) -> None:
