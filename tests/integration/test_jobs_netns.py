@@ -1,0 +1,342 @@
+"""Transfer jobs across a real network path: the receiver
+(``freight job receive APP -o DIR --once``, its own config folder and
+login) runs in a network namespace made here, joined to this one by a veth
+pair; the hub listens on the veth's outside address, which both ends reach;
+the sender (``freight job send``) runs out here. Each case checks the bytes
+arrived identical and what ``freight job show ID --json`` records:
+
+- direct reachable: the job goes by direct;
+- direct black-holed (nft in the namespace drops new inbound TCP, while
+  established connections, such as the receiver's own to the hub, still
+  pass): the direct attempt fails within about a second and relay carries
+  the job, the record giving the failed attempt's reason;
+- by reference only (``--manner ref``).
+
+Needs root (``ip netns``) and nft (Debian: ``apt-get install nftables``);
+skipped with the reason otherwise. The namespace and veth pair are always
+deleted, and every process started here is killed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.relaysupport import BOB_PASSWORD, fast
+from tests.support import PYTHON, Client, Hub, wait_until
+
+MiB = 1024 * 1024
+DEADLINE = 20.0
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@dataclass
+class Netns:
+    name: str
+    outside: str  # our end of the veth pair (the hub listens here)
+    inside: str  # the namespace's end
+
+    def nft(self, script: str) -> None:
+        subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "-f", "-"],
+            input=script.encode(),
+            check=True,
+            timeout=10,
+        )
+
+    def black_hole(self) -> None:
+        """New inbound TCP connections vanish (no reset); the namespace's
+        own connections out, and their answers, still pass."""
+        self.nft(
+            "flush ruleset\n"
+            "table inet jobs {\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            "    iif lo accept\n"
+            "    ct state established,related accept\n"
+            "    tcp flags & (syn | ack) == syn drop\n"
+            "  }\n"
+            "}\n"
+        )
+
+    def open(self) -> None:
+        self.nft("flush ruleset\n")
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["ip", *args], capture_output=True, timeout=10)
+
+
+@pytest.fixture(scope="module")
+def netns() -> Iterator[Netns]:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("network namespaces need root and iproute2's ip")
+    if shutil.which("nft") is None:
+        pytest.skip("the black-hole case needs nft (Debian: apt-get install nftables)")
+    tag = secrets.token_hex(3)
+    name = f"fjobs{tag}"
+    made = _ip("netns", "add", name)
+    if made.returncode != 0:
+        pytest.skip(f"ip netns add is not permitted here: {made.stderr.decode().strip()}")
+    # A /30 of 10.232.0.0/16 no interface here uses yet (other test runs on
+    # this machine may have made theirs).
+    used = _ip("-4", "-o", "addr").stdout.decode()
+    free = [n for n in range(256) if f" 10.232.{n}." not in used]
+    net = f"10.232.{random.choice(free)}"
+    outside, inside = f"{net}.1", f"{net}.2"
+    here, there = f"vjo{tag}", f"vji{tag}"
+    try:
+        steps = [
+            ("link", "add", here, "type", "veth", "peer", "name", there),
+            ("link", "set", there, "netns", name),
+            ("addr", "add", f"{outside}/30", "dev", here),
+            ("link", "set", here, "up"),
+            ("-n", name, "addr", "add", f"{inside}/30", "dev", there),
+            ("-n", name, "link", "set", there, "up"),
+            ("-n", name, "link", "set", "lo", "up"),
+        ]
+        for step in steps:
+            done = _ip(*step)
+            if done.returncode != 0:
+                pytest.skip(f"cannot set up the veth pair: ip {' '.join(step)}: {done.stderr!r}")
+        ns = Netns(name, outside, inside)
+        ns.open()  # nft must work inside it
+        yield ns
+    finally:
+        _ip("link", "del", here)
+        _ip("netns", "del", name)
+
+
+@pytest.fixture(scope="module")
+def hub(netns: Netns, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    data = tmp_path_factory.mktemp("jobsns") / "hub"
+    h = Hub(data, extra=["--msg-warmup", "0"], host=netns.outside).start()
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(hub: Hub, netns: Netns) -> Iterator[tuple[Client, Client]]:
+    """``admin`` sends from out here; ``bob`` receives inside the namespace
+    (his login made from there). Short config folders (msg.sock)."""
+    base = Path(tempfile.mkdtemp(prefix="fjns-", dir="/tmp"))
+    try:
+        admin = fast(Client(base / "a", hub))
+        admin.login()
+        admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+        bob = fast(Client(base / "b", hub))
+        login = run_inside(
+            netns,
+            bob,
+            "login",
+            hub.url,
+            "--user",
+            "bob",
+            "--password-stdin",
+            "--fingerprint",
+            hub.fingerprint,
+            input=BOB_PASSWORD + "\n",
+        )
+        assert login.returncode == 0, login.stderr
+        yield admin, bob
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def inside(ns: Netns, client: Client, *args: str) -> subprocess.Popen[str]:
+    """``freight ARGS`` as ``client``, run inside the namespace."""
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns.name, PYTHON, "-m", "freight", *args],
+        env=client.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_inside(
+    ns: Netns, client: Client, *args: str, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``freight ARGS`` inside the namespace, to its end (killed at the deadline)."""
+    return subprocess.run(
+        ["ip", "netns", "exec", ns.name, PYTHON, "-m", "freight", *args],
+        env=client.env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
+
+
+class Receiver:
+    """``freight job receive APP -o OUT --once --json`` inside the namespace;
+    its output collected in the background."""
+
+    def __init__(self, ns: Netns, bob: Client, app: str, out: Path, *args: str) -> None:
+        self.p = inside(ns, bob, "job", "receive", app, "-o", str(out), "--once", "--json", *args)
+        self._out: list[str] = []
+        self._err: list[str] = []
+        self._readers = [
+            threading.Thread(target=self._drain, args=(self.p.stdout, self._out), daemon=True),
+            threading.Thread(target=self._drain, args=(self.p.stderr, self._err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @staticmethod
+    def _drain(pipe: Any, into: list[str]) -> None:
+        for line in pipe:
+            into.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self._err)
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in list(self._out) if line.strip()]
+
+    def ready(self) -> None:
+        def seen() -> bool:
+            if "Waiting for jobs" in self.stderr:
+                return True
+            if self.p.poll() is not None:
+                raise AssertionError(f"the receiver exited {self.p.returncode}: {self.stderr}")
+            return False
+
+        wait_until(seen, DEADLINE, "the receiver to be ready")
+
+    def wait(self) -> int:
+        code = self.p.wait(DEADLINE)
+        for t in self._readers:
+            t.join(5)
+        return code
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.wait(10)
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def make_files(root: Path) -> tuple[Path, Path]:
+    """A 2 MiB file and a folder of a few files (one empty, one 1 MiB)."""
+    big = root / "big.bin"
+    big.write_bytes(os.urandom(2 * MiB + 5))
+    folder = root / "parcel"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "hello.txt").write_bytes(b"hello from outside\n")
+    (folder / "sub" / "one.bin").write_bytes(os.urandom(MiB + 3))
+    (folder / "empty").write_bytes(b"")
+    return big, folder
+
+
+def run_job(
+    ns: Netns, admin: Client, bob: Client, tmp_path: Path, app: str, manners: str
+) -> tuple[dict[str, Any], dict[str, Any], Receiver]:
+    """One job from admin out here to bob in the namespace; the sender's and
+    the receiver's records (``job show --json``), the receiver finished."""
+    big, folder = make_files(tmp_path)
+    out = tmp_path / "out"
+    with Receiver(ns, bob, app, out) as recv:
+        recv.ready()
+        sent = admin.run(
+            "job",
+            "send",
+            "bob",
+            app,
+            str(big),
+            str(folder),
+            "--manner",
+            manners,
+            "--json",
+            timeout=DEADLINE,
+        )
+        assert recv.wait() == 0, recv.stderr
+    events = [json.loads(line) for line in sent.stdout.splitlines() if line.strip()]
+    jid = next(e["id"] for e in events if e.get("event") == "job")
+    done = events[-1]
+    assert done["event"] == "done"
+    assert done["ok"] is True, done
+    assert (out / "big.bin").read_bytes() == big.read_bytes()
+    assert tree(out / "parcel") == tree(folder)
+    theirs = recv.events()[-1]
+    assert theirs["event"] == "done" and theirs["ok"] is True, theirs
+    mine = json.loads(admin.run("job", "show", str(jid), "--json").stdout)
+    show = run_inside(ns, bob, "job", "show", mine["uuid"], "--json")
+    assert show.returncode == 0, show.stderr
+    return mine, json.loads(show.stdout), recv
+
+
+def test_direct_reachable_job_goes_by_direct(
+    netns: Netns, pair: tuple[Client, Client], tmp_path: Path
+) -> None:
+    admin, bob = pair
+    mine, theirs, _ = run_job(netns, admin, bob, tmp_path, "ns-direct", "direct,relay,ref")
+    assert mine["state"] == "ok"
+    assert mine["manner"] == "direct"
+    assert mine["bytes"] == 2 * MiB + 5 + MiB + 3 + len(b"hello from outside\n")
+    assert mine["files"] == 4
+    assert [(a["manner"], a["verdict"]) for a in mine["attempts"]] == [("direct", "ok")]
+    assert theirs["state"] == "ok"
+    assert theirs["blake3"] == mine["blake3"]
+    assert [(a["manner"], a["verdict"]) for a in theirs["attempts"]] == [("direct", "ok")]
+
+
+def test_black_holed_direct_falls_back_to_relay_within_a_second(
+    netns: Netns, pair: tuple[Client, Client], tmp_path: Path
+) -> None:
+    admin, bob = pair
+    netns.black_hole()
+    try:
+        mine, theirs, _ = run_job(netns, admin, bob, tmp_path, "ns-hole", "direct,relay,ref")
+    finally:
+        netns.open()
+    assert mine["state"] == "ok"
+    assert mine["manner"] == "relay"
+    direct, relay = mine["attempts"]
+    assert (direct["manner"], direct["verdict"]) == ("direct", "failed")
+    assert f"{netns.inside}:" in direct["reason"]
+    assert "no answer within 1 s" in direct["reason"]
+    assert direct["elapsed"] < 1.5
+    assert (relay["manner"], relay["verdict"]) == ("relay", "ok")
+    assert theirs["state"] == "ok"
+    assert theirs["blake3"] == mine["blake3"]
+    assert [a["manner"] for a in theirs["attempts"]] == ["direct", "relay"]
+    assert theirs["attempts"][-1]["verdict"] == "ok"
+
+
+def test_by_reference_only(netns: Netns, pair: tuple[Client, Client], tmp_path: Path) -> None:
+    admin, bob = pair
+    mine, theirs, _ = run_job(netns, admin, bob, tmp_path, "ns-ref", "ref")
+    assert mine["state"] == "ok"
+    assert mine["manner"] == "ref"
+    assert [(a["manner"], a["verdict"]) for a in mine["attempts"]] == [("ref", "ok")]
+    assert theirs["state"] == "ok"
+    assert theirs["blake3"] == mine["blake3"]
+    assert [(a["manner"], a["verdict"]) for a in theirs["attempts"]] == [("ref", "ok")]
