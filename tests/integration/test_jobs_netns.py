@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import subprocess
@@ -68,6 +69,51 @@ class Netns:
             "    iif lo accept\n"
             "    ct state established,related accept\n"
             "    tcp flags & (syn | ack) == syn drop\n"
+            "  }\n"
+            "}\n"
+        )
+
+    def count_syns(self) -> None:
+        """Count new inbound TCP connections (from outside, not loopback)."""
+        self.nft(
+            "flush ruleset\n"
+            "table inet jobs {\n"
+            "  counter syns {}\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            "    iif lo accept\n"
+            "    tcp flags & (syn | ack) == syn counter name syns\n"
+            "  }\n"
+            "}\n"
+        )
+
+    def syns(self) -> int:
+        shown = subprocess.run(
+            ["ip", "netns", "exec", self.name, "nft", "list", "counter", "inet", "jobs", "syns"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        ).stdout
+        m = re.search(r"packets (\d+)", shown)
+        assert m, shown
+        return int(m.group(1))
+
+    def proxy_only(self, port: int) -> None:
+        """The namespace reaches nothing but ``outside:port`` (the proxy);
+        new inbound TCP connections vanish."""
+        self.nft(
+            "flush ruleset\n"
+            "table inet jobs {\n"
+            "  chain input {\n"
+            "    type filter hook input priority 0; policy drop;\n"
+            "    iif lo accept\n"
+            "    ct state established,related accept\n"
+            "  }\n"
+            "  chain output {\n"
+            "    type filter hook output priority 0; policy drop;\n"
+            "    oif lo accept\n"
+            f"    ip daddr {self.outside} tcp dport {port} accept\n"
             "  }\n"
             "}\n"
         )
@@ -297,7 +343,14 @@ def test_direct_reachable_job_goes_by_direct(
     netns: Netns, pair: tuple[Client, Client], tmp_path: Path
 ) -> None:
     admin, bob = pair
-    mine, theirs, _ = run_job(netns, admin, bob, tmp_path, "ns-direct", "direct,relay,ref")
+    netns.count_syns()
+    try:
+        mine, theirs, _ = run_job(netns, admin, bob, tmp_path, "ns-direct", "direct,relay,ref")
+        # The sender's one connection came in over the veth pair (the
+        # receiver's own, to the hub, go out).
+        assert netns.syns() == 1
+    finally:
+        netns.open()
     assert mine["state"] == "ok"
     assert mine["manner"] == "direct"
     assert mine["bytes"] == 2 * MiB + 5 + MiB + 3 + len(b"hello from outside\n")
@@ -327,8 +380,11 @@ def test_black_holed_direct_falls_back_to_relay_within_a_second(
     assert (relay["manner"], relay["verdict"]) == ("relay", "ok")
     assert theirs["state"] == "ok"
     assert theirs["blake3"] == mine["blake3"]
-    assert [a["manner"] for a in theirs["attempts"]] == ["direct", "relay"]
-    assert theirs["attempts"][-1]["verdict"] == "ok"
+    # The receiver's record says why its listener got no one.
+    gave_up, carried = theirs["attempts"]
+    assert (gave_up["manner"], gave_up["verdict"]) == ("direct", "failed")
+    assert gave_up["reason"] == f"the sender gave it up: {direct['reason']}"
+    assert (carried["manner"], carried["verdict"]) == ("relay", "ok")
 
 
 def test_by_reference_only(netns: Netns, pair: tuple[Client, Client], tmp_path: Path) -> None:
