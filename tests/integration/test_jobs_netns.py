@@ -35,11 +35,13 @@ from typing import Any
 
 import pytest
 
+from tests.httpproxy import TinyProxy
 from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import PYTHON, Client, Hub, wait_until
 
 MiB = 1024 * 1024
 DEADLINE = 20.0
+CAROL = "carol-behind-a-proxy"
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,6 +187,7 @@ def pair(hub: Hub, netns: Netns) -> Iterator[tuple[Client, Client]]:
         admin = fast(Client(base / "a", hub))
         admin.login()
         admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+        admin.run("users", "add", "carol", "--password-stdin", input=CAROL + "\n")
         bob = fast(Client(base / "b", hub))
         login = run_inside(
             netns,
@@ -303,7 +306,14 @@ def make_files(root: Path) -> tuple[Path, Path]:
 
 
 def run_job(
-    ns: Netns, admin: Client, bob: Client, tmp_path: Path, app: str, manners: str
+    ns: Netns,
+    admin: Client,
+    bob: Client,
+    tmp_path: Path,
+    app: str,
+    manners: str,
+    *,
+    dest: str = "bob",
 ) -> tuple[dict[str, Any], dict[str, Any], Receiver]:
     """One job from admin out here to bob in the namespace; the sender's and
     the receiver's records (``job show --json``), the receiver finished."""
@@ -314,7 +324,7 @@ def run_job(
         sent = admin.run(
             "job",
             "send",
-            "bob",
+            dest,
             app,
             str(big),
             str(folder),
@@ -396,3 +406,96 @@ def test_by_reference_only(netns: Netns, pair: tuple[Client, Client], tmp_path: 
     assert theirs["state"] == "ok"
     assert theirs["blake3"] == mine["blake3"]
     assert [(a["manner"], a["verdict"]) for a in theirs["attempts"]] == [("ref", "ok")]
+
+
+# --- a network whose only way out is an HTTP proxy -----------------------------------
+
+
+class OutsideProxy(TinyProxy):
+    """tinyproxy on every address here, serving the namespace's address."""
+
+    def __init__(self, workdir: Path, ns: Netns) -> None:
+        super().__init__(workdir)
+        self.ns = ns
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.ns.outside}:{self.port}"
+
+    def _config(self) -> str:
+        lines = [
+            f"Port {self.port}",
+            "Timeout 60",
+            f'LogFile "{self.log_path}"',
+            "LogLevel Connect",
+            "MaxClients 100",
+            "Allow 127.0.0.1",
+            f"Allow {self.ns.inside}",
+            "DisableViaHeader Yes",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def connects(self) -> int:
+        """CONNECT requests for the hub the proxy logged."""
+        return len(re.findall(rf"CONNECT {re.escape(self.ns.outside)}:\d+ HTTP/1\.1", self.log()))
+
+
+@pytest.fixture
+def behind_proxy(
+    netns: Netns, hub: Hub, pair: tuple[Client, Client], tmp_path: Path
+) -> Iterator[tuple[Client, OutsideProxy]]:  # pair: carol's account
+    """``carol`` in the namespace, which reaches only the proxy out here;
+    she logged in through it."""
+    with OutsideProxy(tmp_path / "proxy", netns) as proxy:
+        netns.proxy_only(proxy.port)
+        try:
+            base = Path(tempfile.mkdtemp(prefix="fjns-", dir="/tmp"))
+            try:
+                carol = fast(Client(base / "c", hub))
+                login = run_inside(
+                    netns,
+                    carol,
+                    "login",
+                    hub.url,
+                    "--user",
+                    "carol",
+                    "--password-stdin",
+                    "--fingerprint",
+                    hub.fingerprint,
+                    "--proxy",
+                    proxy.url,
+                    input=CAROL + "\n",
+                )
+                assert login.returncode == 0, login.stderr
+                yield carol, proxy
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
+        finally:
+            netns.open()
+
+
+def test_proxy_only_network_job_completes_by_relay(
+    netns: Netns,
+    pair: tuple[Client, Client],
+    behind_proxy: tuple[Client, OutsideProxy],
+    tmp_path: Path,
+) -> None:
+    admin, _ = pair
+    carol, proxy = behind_proxy
+    mine, theirs, _ = run_job(
+        netns, admin, carol, tmp_path, "ns-proxy", "direct,relay,ref", dest="carol"
+    )
+    assert mine["state"] == "ok"
+    assert mine["manner"] == "relay"
+    direct, relay = mine["attempts"]
+    assert (direct["manner"], direct["verdict"]) == ("direct", "failed")
+    assert f"{netns.inside}:" in direct["reason"]
+    assert "no answer within 1 s" in direct["reason"]
+    assert direct["elapsed"] < 1.5
+    assert (relay["manner"], relay["verdict"]) == ("relay", "ok")
+    assert theirs["state"] == "ok"
+    assert theirs["blake3"] == mine["blake3"]
+    assert theirs["attempts"][0]["reason"] == f"the sender gave it up: {direct['reason']}"
+    # Every connection carol made went through the proxy (nothing else
+    # leaves the namespace), and there were some.
+    assert proxy.connects() > 0
