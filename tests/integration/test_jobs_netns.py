@@ -318,6 +318,9 @@ def make_files(root: Path) -> tuple[Path, Path]:
     return big, folder
 
 
+CONTENT_BYTES = 2 * MiB + 5 + MiB + 3 + len(b"hello from outside\n")  # what make_files writes
+
+
 def run_job(
     ns: Netns,
     admin: Client,
@@ -376,7 +379,7 @@ def test_direct_reachable_job_goes_by_direct(
         netns.open()
     assert mine["state"] == "ok"
     assert mine["manner"] == "direct"
-    assert mine["bytes"] == 2 * MiB + 5 + MiB + 3 + len(b"hello from outside\n")
+    assert mine["bytes"] == CONTENT_BYTES
     assert mine["files"] == 4
     assert [(a["manner"], a["verdict"]) for a in mine["attempts"]] == [("direct", "ok")]
     assert theirs["state"] == "ok"
@@ -415,6 +418,7 @@ def test_by_reference_only(netns: Netns, pair: tuple[Client, Client], tmp_path: 
     mine, theirs, _ = run_job(netns, admin, bob, tmp_path, "ns-ref", "ref")
     assert mine["state"] == "ok"
     assert mine["manner"] == "ref"
+    assert mine["bytes"] == CONTENT_BYTES
     assert [(a["manner"], a["verdict"]) for a in mine["attempts"]] == [("ref", "ok")]
     assert theirs["state"] == "ok"
     assert theirs["blake3"] == mine["blake3"]
@@ -459,7 +463,8 @@ def behind_proxy(
 ) -> Iterator[tuple[Client, OutsideProxy]]:  # pair: carol's account
     """``carol`` in the namespace, which reaches only the proxy out here;
     she logged in through it."""
-    with OutsideProxy(tmp_path / "proxy", netns) as proxy:
+    proxy = OutsideProxy(tmp_path / "proxy", netns)
+    with proxy:
         netns.proxy_only(proxy.port)
         try:
             base = Path(tempfile.mkdtemp(prefix="fjns-", dir="/tmp"))
