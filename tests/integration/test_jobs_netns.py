@@ -406,6 +406,10 @@ def test_black_holed_direct_falls_back_to_relay_within_a_second(
     assert (relay["manner"], relay["verdict"]) == ("relay", "ok")
     assert theirs["state"] == "ok"
     assert theirs["blake3"] == mine["blake3"]
+    text = admin.run("job", "show", str(mine["id"])).stdout
+    assert "by relay in " in text
+    assert "direct  failed" in text
+    assert direct["reason"] in text
     # The receiver's record says why its listener got no one.
     gave_up, carried = theirs["attempts"]
     assert (gave_up["manner"], gave_up["verdict"]) == ("direct", "failed")
