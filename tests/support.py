@@ -29,9 +29,12 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
 class Hub:
     """A `freight hub` subprocess with its own data folder."""
 
-    def __init__(self, data: Path, *, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, data: Path, *, extra: list[str] | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.data = data
         self.extra = extra or []
+        self.host = host  # the IPv4 address it listens on
         self.port = 0
         self.proc: subprocess.Popen[str] | None = None
         self.lines: list[str] = []
@@ -40,12 +43,12 @@ class Hub:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     def start(self) -> Hub:
         env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": ADMIN_PASSWORD}
         cmd = [PYTHON, "-m", "freight", "hub", "--data", str(self.data)]
-        cmd += ["--listen", f"127.0.0.1:{self.port}", *self.extra]
+        cmd += ["--listen", f"{self.host}:{self.port}", *self.extra]
         self.lines = []
         self.proc = subprocess.Popen(
             cmd,
@@ -61,7 +64,7 @@ class Hub:
             assert self.proc and self.proc.stderr
             for line in self.proc.stderr:
                 self.lines.append(line)
-                if m := re.search(r"listening on https://127\.0\.0\.1:(\d+)", line):
+                if m := re.search(rf"listening on https://{re.escape(self.host)}:(\d+)", line):
                     self.port = int(m.group(1))
                 if m := re.search(r"fingerprint: (SHA256:[0-9a-f]+)", line):
                     self.fingerprint = m.group(1)
