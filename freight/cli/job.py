@@ -156,6 +156,13 @@ def receive(
     peer: Annotated[
         str, typer.Option("--from", metavar="ACCOUNT", help="Take jobs from this account only.")
     ] = "*",
+    any_url: Annotated[
+        bool,
+        typer.Option(
+            "--accept-urls",
+            help="Also take references to other HTTPS servers (fetched from where the sender says).",
+        ),
+    ] = False,
     overwrite: OverwriteOpt = False,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
@@ -198,6 +205,7 @@ def receive(
                     consent=decide,
                     bind=bind,
                     peer=peer,
+                    any_url=any_url,
                     on_proposal=proposed,
                     on_ready=ready,
                     on_attempt=lambda jid, rec: _attempt_line(jid, rec, json_out, quiet),

@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import importlib
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from ..engine.hashing import hash_fd
 from ..errors import ConfigError, NotLoggedIn, TLSError, UsageError
@@ -60,6 +61,9 @@ class ReceiveSide:
     consent: Consent = refuse_to_replace
     bind: str | None = None
     accept_timeout: float = DIRECT_ACCEPT_TIMEOUT
+    # References to any HTTPS server, not only a hub's link: the receiver
+    # would fetch whatever URL a sender names, so only when asked for.
+    any_url: bool = False
 
 
 class SenderManner(Protocol):
@@ -382,6 +386,11 @@ class RefSender:
         pass
 
 
+# A hub's link: https://HOST[:PORT]/v1/links/TOKEN (the fingerprint travels
+# beside it in the offer, never in the URL the receiver requests).
+HUB_LINK: Final = re.compile(r"https://[^/?#\s]+/v1/links/[A-Za-z0-9_-]{43}")
+
+
 class RefReceiver:
     name = "ref"
 
@@ -399,11 +408,16 @@ class RefReceiver:
         url = proposal.offer.get("url")
         if not isinstance(url, str) or not url.startswith("https://"):
             raise UsageError("the reference is not an https:// URL")
+        if not self.side.any_url and (not proposal.offer.get("key") or not HUB_LINK.fullmatch(url)):
+            raise UsageError(
+                "the reference is not a hub link (this receiver takes other URLs "
+                "only with --accept-urls)"
+            )
         return {}
 
     async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
         nbytes, digest = await links_module().fetch_reference(
-            offer, self.side.dest, self.side.reporter
+            offer, self.side.dest, self.side.reporter, config=self.side.config
         )
         return int(nbytes), str(digest)
 

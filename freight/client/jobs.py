@@ -357,6 +357,7 @@ async def receive_jobs(
     consent: Consent = refuse_to_replace,
     bind: str | None = None,
     peer: str = "*",
+    any_url: bool = False,
     on_proposal: Callable[[int, j.Propose, str], object] | None = None,
     on_ready: Callable[[], object] | None = None,
     on_attempt: Callable[[int, j.Record], object] | None = None,
@@ -365,9 +366,12 @@ async def receive_jobs(
     it ends (a refused job ends when its sender gives up). Hostile or
     malformed proposals are refused with a reason; serving goes on.
     ``peer``: the only account whose proposals reach it (``*``: anyone).
+    ``any_url``: take references to any HTTPS URL, not only hub links.
     ``on_ready`` is called once the hub routes ``app`` here."""
     config = config or ClientConfig()
-    side = ReceiveSide(config, hub, dest, reporter or QuietReporter(), consent, bind)
+    side = ReceiveSide(
+        config, hub, dest, reporter or QuietReporter(), consent, bind, any_url=any_url
+    )
     unavailable = {m: why for m in j.MANNERS if (why := receiver_manner(m, side).unavailable())}
     reg = await bus.register(app, interest=j.JOB_TYPE, peer=peer)
     if on_ready is not None:

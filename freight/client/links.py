@@ -50,8 +50,9 @@ from ..errors import (
 from ..names import check_name, check_user_name, has_control
 from ..protocol import refseal
 from ..protocol import sendrecv as wire
+from ..transport.proxy import choose_proxy
 from ..units import parse_duration
-from .config import ClientConfig
+from .config import PROXY_ENV, ClientConfig
 from .options import DISK_FULL_ERRNOS, QuietReporter
 from .safefs import DEFAULT_FILE_MODE, Tree
 from .session import HubSession, ca_context, canonical_url, hostport, parse_hub_url
@@ -519,27 +520,46 @@ class _UnpackConn:
             raise IntegrityError("bytes after the last record of the reference")
 
 
+def _proxy_for(url: URL, config: ClientConfig | None) -> URL | None:
+    """The proxy to reach ``url`` through: the one of this machine's login
+    to that hub (as its commands use), else ``$FREIGHT_PROXY`` or
+    ``HTTPS_PROXY``."""
+    if config is not None:
+        hub = canonical_url(parse_hub_url(f"https://{hostport(url)}"))
+        with contextlib.suppress(FreightError):
+            return HubSession.from_config(config, hub).proxy
+    return choose_proxy(url, explicit=os.environ.get(PROXY_ENV), saved=None)
+
+
 async def fetch_reference(
-    ref: dict[str, object], dest: Path, reporter: Any = None
+    ref: dict[str, object],
+    dest: Path,
+    reporter: Any = None,
+    *,
+    config: ClientConfig | None = None,
 ) -> tuple[int, str]:
     """Fetch a reference into the folder ``dest``: a sealed one (with a
     ``key``) is opened and unpacked there; a plain HTTPS URL is fetched as
     one file. Checks the size and BLAKE3 declared; returns (plaintext
-    bytes, their BLAKE3). Needs no login."""
+    bytes, their BLAKE3). Needs no login; goes through the proxy this
+    machine uses for that hub (``config``'s login, else the environment)."""
     url = URL(str(ref.get("url", "")))
     if url.scheme != "https" or not url.host:
         raise UsageError("a reference's url must be https://…")
     fingerprint, ca = str(ref.get("fingerprint") or ""), str(ref.get("ca") or "")
     key_hex = str(ref.get("key") or "")
+    proxy = _proxy_for(url, config)
     if not key_hex:
-        return await _fetch_plain(ref, url, dest, Access(_trust(fingerprint, ca)), reporter)
+        return await _fetch_plain(
+            ref, url, dest, Access(_trust(fingerprint, ca), proxy=proxy), reporter
+        )
     try:
         key = bytes.fromhex(key_hex)
     except ValueError:
         raise UsageError("a reference's key must be hex") from None
     from .receiving import Destination, receive_entries
 
-    access = Access(_trust(fingerprint, ca))
+    access = Access(_trust(fingerprint, ca), proxy=proxy)
     async with access.session() as http, _get(http, url) as resp:
         conn = _UnpackConn(resp.content.iter_any().__aiter__(), refseal.RefOpener(key))
         try:

@@ -425,6 +425,9 @@ SENDER_TABLE: Final[dict[tuple[S, str], Callable[..., list[Action]]]] = {
     (S.MOVING, "got_refuse"): SenderMachine._gave_up_while_moving,
     (S.MOVING, "got_result"): SenderMachine._result,
     (S.CONFIRMING, "got_result"): SenderMachine._result,
+    # The receiver's side failed after this side's part was done (e.g. a
+    # by-reference fetch): the attempt is over, the next manner is proposed.
+    (S.CONFIRMING, "got_refuse"): SenderMachine._gave_up_while_moving,
     (S.CONFIRMING, "timeout"): SenderMachine._confirm_timeout,
 }
 

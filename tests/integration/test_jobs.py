@@ -1,11 +1,8 @@
 """Transfer jobs through a real hub: ``freight job send|receive|show`` as CLI
 processes, and the SDK (freight.client.jobs) where a test plays a sender
 that lies or a hostile one, or runs both ends in this process.
-
-The direct manner's adapters are first driven through a stand-in for its
-module, built from its interface (DirectListener, dial_direct, ByteConn)
-over an in-memory pipe; the tests of the real direct and by-reference
-modules skip while those are not part of the installation."""
+Jobs across network namespaces (direct reachable, black-holed, a
+proxy-only network) are in test_jobs_netns.py."""
 
 from __future__ import annotations
 
@@ -14,12 +11,9 @@ import contextlib
 import json
 import os
 import shutil
-import sys
 import tempfile
-import types
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,7 +25,6 @@ from freight.client.sendrecv import Entry
 from freight.errors import JobMismatch
 from freight.protocol import jobs as j
 from freight.tasks import Supervisor
-from freight.transport.dataconn import DataPathUnavailable
 from tests.relaysupport import BOB_PASSWORD, Proc, fast
 from tests.support import Client, Hub
 
@@ -106,10 +99,8 @@ async def test_refused_manner_falls_through_with_reasons_in_show(
     pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """bob accepts relay only: he refuses direct with the reason, relay
-    carries the job, and ``job show`` lists both attempts. (This sender has
-    the direct manner through the stand-in below.)"""
+    carries the job, and ``job show`` lists both attempts."""
     admin, bob = pair
-    monkeypatch.setitem(sys.modules, "freight.transport.directjob", fake_direct(True))
     src = tmp_path / "one.txt"
     src.write_bytes(b"one file\n")
     out = tmp_path / "out"
@@ -272,6 +263,21 @@ async def test_hostile_proposals_are_refused_and_the_receiver_keeps_serving(
                 assert (await refusal(j.encode(bad_code))).reason == (
                     "relay: '../x' is not a code like 7-crossbow-gazelle-tulip"
                 )
+                # A reference to some other server (here: a service on the
+                # receiver's own network) is not fetched without --accept-urls.
+                for n, offer in enumerate(
+                    (
+                        {"url": "https://127.0.0.1:5432/", "size": 1, "blake3": "0" * 64},
+                        {"url": "https://10.0.0.1/admin/reboot", "key": "11" * 32},
+                    )
+                ):
+                    elsewhere = j.Propose(
+                        job=f"7{n}" * 16, attempt=1, manner="ref", offer=offer, blake3="0" * 64
+                    )
+                    assert (await refusal(j.encode(elsewhere))).reason == (
+                        "ref: the reference is not a hub link (this receiver takes other "
+                        "URLs only with --accept-urls)"
+                    )
                 # A list of files with a path escaping the output folder:
                 # refused by the receiver, the sender's attempt fails.
                 escaping = [Entry("../escape.txt", "file", 0o644, 4, 0.0, evil)]
@@ -309,62 +315,6 @@ def test_job_list_and_show_of_an_unknown_job(pair: tuple[Client, Client]) -> Non
 
 
 # --- the direct and by-reference manners, both ends in this process ---------------
-
-
-class PipeConn:
-    """One end of an in-memory byte pipe with ByteConn's methods."""
-
-    def __init__(self, inbox: asyncio.Queue[bytes], outbox: asyncio.Queue[bytes]) -> None:
-        self.inbox, self.outbox = inbox, outbox
-
-    async def send(self, data: bytes) -> None:
-        await self.outbox.put(bytes(data))
-
-    async def recv(self) -> bytes:
-        return await asyncio.wait_for(self.inbox.get(), 20)
-
-    async def aclose(self) -> None:
-        with contextlib.suppress(asyncio.QueueFull):
-            self.outbox.put_nowait(b"")
-
-
-def fake_direct(reachable: bool) -> types.ModuleType:
-    """A module with the direct manner's interface; ``reachable=False``:
-    every dial fails as an unreachable listener does."""
-    listeners: dict[str, Any] = {}
-    mod = types.ModuleType("freight.transport.directjob")
-
-    class DirectListener:
-        def __init__(self) -> None:
-            self.ticket = os.urandom(16).hex()
-            self.dialled: asyncio.Future[PipeConn] = asyncio.get_running_loop().create_future()
-            listeners[self.ticket] = self
-
-        @classmethod
-        async def open(cls, bind: str | None = None) -> DirectListener:
-            return cls()
-
-        def completion(self) -> dict[str, object]:
-            return {"addrs": ["127.0.0.1:9"], "ticket": self.ticket, "secret": "00" * 32}
-
-        async def accept(self, timeout: float) -> PipeConn:
-            return await asyncio.wait_for(self.dialled, timeout)
-
-        async def aclose(self) -> None:
-            listeners.pop(self.ticket, None)
-
-    async def dial_direct(completion: dict[str, object], *, timeout: float = 1.0) -> PipeConn:
-        listener = listeners.pop(str(completion.get("ticket")), None)
-        if not reachable or listener is None:
-            raise DataPathUnavailable("cannot open a data connection to 127.0.0.1:9")
-        a: asyncio.Queue[bytes] = asyncio.Queue(64)
-        b: asyncio.Queue[bytes] = asyncio.Queue(64)
-        listener.dialled.set_result(PipeConn(a, b))
-        return PipeConn(b, a)
-
-    mod.DirectListener = DirectListener  # type: ignore[attr-defined]
-    mod.dial_direct = dial_direct  # type: ignore[attr-defined]
-    return mod
 
 
 @contextlib.asynccontextmanager
@@ -411,117 +361,7 @@ def attempts(client: Client, jid: int) -> list[tuple[str, str, str, float]]:
         return [(a.manner, a.verdict, a.reason, a.elapsed) for a in store.get(str(jid)).attempts]
 
 
-async def test_direct_adapters_against_the_interface(
-    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    admin, bob = pair
-    monkeypatch.setitem(sys.modules, "freight.transport.directjob", fake_direct(True))
-    src = make_files(tmp_path)
-    out = tmp_path / "out"
-    async with asyncio.timeout(DEADLINE), receiver(bob, "d1", out, ["direct"]) as outcomes:
-        done = await send(admin, "d1", [src], ["direct", "relay"])
-        assert done.ok, done.error
-        assert done.manner == "direct"
-        got = await asyncio.wait_for(outcomes.get(), 20)
-    assert got.ok
-    assert got.line().startswith(f"job {got.id}: 3 files, 3.0 MiB, BLAKE3 ok, by direct in ")
-    assert tree(out / "parcel") == tree(src)
-    assert [a[:2] for a in attempts(admin, done.id)] == [("direct", "ok")]
-
-
-async def test_direct_that_cannot_connect_falls_back_within_a_second(
-    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    admin, bob = pair
-    monkeypatch.setitem(sys.modules, "freight.transport.directjob", fake_direct(False))
-    src = tmp_path / "f.bin"
-    src.write_bytes(os.urandom(50_000))
-    out = tmp_path / "out"
-    async with asyncio.timeout(DEADLINE), receiver(bob, "d2", out, ["direct", "relay"]):
-        done = await send(admin, "d2", [src], ["direct", "relay"])
-    assert done.ok, done.error
-    assert done.manner == "relay"
-    assert (out / "f.bin").read_bytes() == src.read_bytes()
-    (direct, relay) = attempts(admin, done.id)
-    assert direct[:3] == ("direct", "failed", "cannot open a data connection to 127.0.0.1:9")
-    assert direct[3] < 1.0
-    assert relay[:2] == ("relay", "ok")
-
-
-def fake_links(corrupt: bool = False) -> types.ModuleType:
-    """A module with the by-reference manner's client interface: the
-    "stored" data is the files' bytes kept here, behind an https URL;
-    ``corrupt`` delivers one byte changed."""
-    import blake3
-
-    stored: dict[str, list[tuple[str, bytes]]] = {}
-    mod = types.ModuleType("freight.client.links")
-
-    async def put_reference(client: Any, paths: list[Path], *, expires: float) -> dict[str, Any]:
-        files = [(p.name, p.read_bytes()) for p in paths]
-        stream = b"".join(data for _, data in files)
-        url = f"https://hub.invalid/v1/links/{os.urandom(8).hex()}"
-        stored[url] = files
-        return {
-            "url": url,
-            "key": "00" * 32,
-            "size": len(stream),
-            "digest": blake3.blake3(stream).hexdigest(),
-            "bytes": len(stream),
-            "files": len(files),
-            "blake3": blake3.blake3(stream).hexdigest(),
-            "ca": "",
-        }
-
-    async def fetch_reference(
-        ref: dict[str, Any], dest: Path, reporter: Any = None
-    ) -> tuple[int, str]:
-        files = stored.pop(str(ref["url"]))  # single use
-        dest.mkdir(parents=True, exist_ok=True)
-        stream = b""
-        for name, data in files:
-            if corrupt:
-                data = bytes([data[0] ^ 1]) + data[1:]
-            (dest / name).write_bytes(data)
-            stream += data
-        return len(stream), blake3.blake3(stream).hexdigest()
-
-    mod.put_reference = put_reference  # type: ignore[attr-defined]
-    mod.fetch_reference = fetch_reference  # type: ignore[attr-defined]
-    return mod
-
-
-@pytest.mark.parametrize("corrupt", [False, True])
-async def test_reference_adapters_against_the_interface(
-    pair: tuple[Client, Client], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corrupt: bool
-) -> None:
-    """The proposal carries the reference and declares the stored stream's
-    bytes and digest; the receiver checks what it fetched against them."""
-    admin, bob = pair
-    monkeypatch.setitem(sys.modules, "freight.client.links", fake_links(corrupt))
-    src = tmp_path / "r.bin"
-    src.write_bytes(os.urandom(40_000))
-    out = tmp_path / "out"
-    async with asyncio.timeout(DEADLINE), receiver(bob, "ref1", out, ["ref"]) as outcomes:
-        done = await send(admin, "ref1", [src], ["ref", "relay"])
-        got = await asyncio.wait_for(outcomes.get(), 20)
-    if not corrupt:
-        assert done.ok, done.error
-        assert (done.manner, got.manner) == ("ref", "ref")
-        assert got.ok
-        assert (out / "r.bin").read_bytes() == src.read_bytes()
-        return
-    assert not done.ok
-    assert done.error.startswith("mismatch: received 40000 bytes with BLAKE3 ")
-    assert not got.ok
-    assert got.error == done.error
-    assert [a[:2] for a in attempts(admin, done.id)] == [("ref", "mismatch")]
-
-
 async def test_real_direct_job_on_loopback(pair: tuple[Client, Client], tmp_path: Path) -> None:
-    pytest.importorskip(
-        "freight.transport.directjob", reason="the direct manner's module is not built in yet"
-    )
     admin, bob = pair
     src = make_files(tmp_path)
     out = tmp_path / "out"
@@ -533,11 +373,6 @@ async def test_real_direct_job_on_loopback(pair: tuple[Client, Client], tmp_path
 
 
 async def test_real_reference_job(pair: tuple[Client, Client], tmp_path: Path) -> None:
-    links = pytest.importorskip(
-        "freight.client.links", reason="the by-reference manner's module is not built in yet"
-    )
-    if not hasattr(links, "put_reference"):
-        pytest.skip("freight.client.links has no put_reference yet")
     admin, bob = pair
     src = make_files(tmp_path)
     out = tmp_path / "out"

@@ -523,15 +523,6 @@ def test_proxy_only_network_job_completes_by_relay(
     assert proxy.connects() > 0
 
 
-# --- known faults (xfail, strict: they pass once fixed) ------------------------------
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="the sender ignores a Refuse once its own move is done (state CONFIRMING has no "
-    "'got_refuse' in SENDER_TABLE): a by-reference attempt that fails at the receiver leaves "
-    "the sender waiting RESULT_TIMEOUT (600 s) instead of ending the attempt",
-)
 def test_failed_reference_fetch_ends_the_attempt_at_the_sender(
     netns: Netns, pair: tuple[Client, Client], tmp_path: Path
 ) -> None:
@@ -569,13 +560,6 @@ def test_failed_reference_fetch_ends_the_attempt_at_the_sender(
         assert recv.wait() == 7, recv.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="freight.client.links.fetch_reference ignores the receiver's proxy (the one saved "
-    "at login for that hub, and HTTPS_PROXY): behind a proxy-only network the fetch tries "
-    "the hub directly, times out after 30 s, and the sender then hangs (CONFIRMING ignores "
-    "the Refuse)",
-)
 def test_proxy_only_network_job_by_reference(
     netns: Netns,
     pair: tuple[Client, Client],

@@ -88,6 +88,21 @@ def test_sender_falls_through_refusals_and_lists_every_reason() -> None:
     assert sent(acts) == [j.Result(job=JOB, ok=False, error=done.error)]
 
 
+def test_a_refusal_after_this_side_moved_ends_the_attempt() -> None:
+    # By reference the sender's part is done once the data is stored: a
+    # receiver whose fetch then fails refuses, and the sender moves on at once
+    # instead of waiting for a result that will not come.
+    m = sender(["ref", "relay"])
+    m.start()
+    propose(m)
+    m.receive(j.Accept(job=JOB, attempt=1, completion={}))
+    m.moved()
+    assert m.state is j.S.CONFIRMING
+    acts = m.receive(j.Refuse(job=JOB, attempt=1, reason="out: not a folder"))
+    assert j.Prepare("relay", 2) in acts
+    assert m.reasons == ["ref: out: not a folder"]
+
+
 def test_sender_ignores_stale_and_foreign_messages() -> None:
     m = sender()
     m.start()
