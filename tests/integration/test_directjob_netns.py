@@ -15,8 +15,6 @@ import asyncio
 import hashlib
 import json
 import os
-import random
-import secrets
 import shutil
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import pytest
 
 from freight.transport.dataconn import DataPathUnavailable
 from freight.transport.directjob import dial_direct, parse_address
+from tests.netns import veth_namespace
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
@@ -65,46 +64,12 @@ class Netns:
         )
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["ip", *args], capture_output=True, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[Netns]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2's ip")
     if shutil.which("nft") is None:
         pytest.skip("the firewall cases need nft (Debian: apt-get install nftables)")
-    tag = secrets.token_hex(3)
-    name = f"fdirect{tag}"
-    made = _ip("netns", "add", name)
-    if made.returncode != 0:
-        pytest.skip(f"ip netns add is not permitted here: {made.stderr.decode().strip()}")
-    # A /30 of 10.231.0.0/16 no interface here uses yet (other test runs
-    # on this machine may have made theirs).
-    used = _ip("-4", "-o", "addr").stdout.decode()
-    free = [n for n in range(256) if f" 10.231.{n}." not in used]
-    net = f"10.231.{random.choice(free)}"
-    outside, inside = f"{net}.1", f"{net}.2"
-    here, there = f"vdo{tag}", f"vdi{tag}"
-    try:
-        steps = [
-            ("link", "add", here, "type", "veth", "peer", "name", there),
-            ("link", "set", there, "netns", name),
-            ("addr", "add", f"{outside}/30", "dev", here),
-            ("link", "set", here, "up"),
-            ("-n", name, "addr", "add", f"{inside}/30", "dev", there),
-            ("-n", name, "link", "set", there, "up"),
-            ("-n", name, "link", "set", "lo", "up"),
-        ]
-        for step in steps:
-            done = _ip(*step)
-            if done.returncode != 0:
-                pytest.skip(f"cannot set up the veth pair: ip {' '.join(step)}: {done.stderr!r}")
+    with veth_namespace("fdirect", 231) as (name, outside, inside):
         yield Netns(name, outside, inside)
-    finally:
-        _ip("link", "del", here)
-        _ip("netns", "del", name)
 
 
 @asynccontextmanager

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import re
-import secrets
 import shutil
 import subprocess
 import tempfile
@@ -36,6 +34,7 @@ from typing import Any
 import pytest
 
 from tests.httpproxy import TinyProxy
+from tests.netns import veth_namespace
 from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import PYTHON, Client, Hub, wait_until
 
@@ -137,48 +136,14 @@ class Netns:
         self.nft("flush ruleset\n")
 
 
-def _ip(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(["ip", *args], capture_output=True, timeout=10)
-
-
 @pytest.fixture(scope="module")
 def netns() -> Iterator[Netns]:
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("network namespaces need root and iproute2's ip")
     if shutil.which("nft") is None:
         pytest.skip("the black-hole case needs nft (Debian: apt-get install nftables)")
-    tag = secrets.token_hex(3)
-    name = f"fjobs{tag}"
-    made = _ip("netns", "add", name)
-    if made.returncode != 0:
-        pytest.skip(f"ip netns add is not permitted here: {made.stderr.decode().strip()}")
-    # A /30 of 10.232.0.0/16 no interface here uses yet (other test runs on
-    # this machine may have made theirs).
-    used = _ip("-4", "-o", "addr").stdout.decode()
-    free = [n for n in range(256) if f" 10.232.{n}." not in used]
-    net = f"10.232.{random.choice(free)}"
-    outside, inside = f"{net}.1", f"{net}.2"
-    here, there = f"vjo{tag}", f"vji{tag}"
-    try:
-        steps = [
-            ("link", "add", here, "type", "veth", "peer", "name", there),
-            ("link", "set", there, "netns", name),
-            ("addr", "add", f"{outside}/30", "dev", here),
-            ("link", "set", here, "up"),
-            ("-n", name, "addr", "add", f"{inside}/30", "dev", there),
-            ("-n", name, "link", "set", there, "up"),
-            ("-n", name, "link", "set", "lo", "up"),
-        ]
-        for step in steps:
-            done = _ip(*step)
-            if done.returncode != 0:
-                pytest.skip(f"cannot set up the veth pair: ip {' '.join(step)}: {done.stderr!r}")
+    with veth_namespace("fjobs", 232) as (name, outside, inside):
         ns = Netns(name, outside, inside)
         ns.open()  # nft must work inside it
         yield ns
-    finally:
-        _ip("link", "del", here)
-        _ip("netns", "del", name)
 
 
 @pytest.fixture(scope="module")
