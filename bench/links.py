@@ -83,7 +83,7 @@ def main() -> None:
 
 def references(client: Client, src: Path, work: Path, rounds: int) -> None:
     import freight
-    from freight.client.links import fetch_reference
+    from freight.client.references import fetch_reference
 
     size = src.stat().st_size
     puts: list[float] = []

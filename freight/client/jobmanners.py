@@ -2,7 +2,7 @@
 interface (docs/protocol.md §16): ``relay`` (a one-time code through the
 hub, :mod:`.codes`), ``direct`` (the receiver's listener and a one-time
 ticket, ``freight.transport.directjob``) and ``ref`` (data stored on the
-hub under a single-use link, :mod:`.links`). The direct and by-reference
+hub under a single-use link, :mod:`.references`). The direct and by-reference
 modules are imported only when such a manner is used.
 
 A sender's adapter makes the offer that goes in the proposal, then moves
@@ -347,13 +347,13 @@ class DirectReceiver:
             await self.listener.aclose()
 
 
-# --- by reference (freight.client.links: put_reference, fetch_reference) ---------------
+# --- by reference (freight.client.references: put_reference, fetch_reference) ----------
 
 
 def links_module() -> Any:
     """The by-reference manner's module, or UsageError when it is not built in."""
     try:
-        links = importlib.import_module("freight.client.links")
+        links = importlib.import_module("freight.client.references")
     except ImportError:
         raise UsageError("not available on this host") from None
     if not hasattr(links, "fetch_reference"):

@@ -60,8 +60,8 @@ class LinkCalls:
         self, paths: list[Path | str], *, expires: float = DEFAULT_REFERENCE
     ) -> dict[str, Any]:
         """Seal ``paths`` on the hub behind a single-use link (see
-        :func:`freight.client.links.put_reference`)."""
-        from .links import put_reference
+        :func:`freight.client.references.put_reference`)."""
+        from .references import put_reference
 
         client = cast("Client", self)
         result: dict[str, Any] = await client._guard(

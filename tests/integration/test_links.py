@@ -21,7 +21,7 @@ import blake3
 import pytest
 
 import freight
-from freight.client.links import fetch_reference
+from freight.client.references import fetch_reference
 from freight.errors import IntegrityError, NotFound
 from tests.authsupport import Rest, db_rows, rest, token_of
 from tests.support import (

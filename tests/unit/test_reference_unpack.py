@@ -10,9 +10,9 @@ from typing import cast
 
 import pytest
 
-from freight.client.links import _LEN, MAX_RECORD, _UnpackConn
 from freight.client.options import QuietReporter
 from freight.client.receiving import Destination, receive_entries
+from freight.client.references import _LEN, MAX_RECORD, _UnpackConn
 from freight.client.relay import Connection
 from freight.client.sendrecv import TransferRefused
 from freight.errors import IntegrityError
