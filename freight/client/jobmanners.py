@@ -2,8 +2,7 @@
 interface (docs/protocol.md §16): ``relay`` (a one-time code through the
 hub, :mod:`.codes`), ``direct`` (the receiver's listener and a one-time
 ticket, ``freight.transport.directjob``) and ``ref`` (data stored on the
-hub under a single-use link, :mod:`.references`). The direct and by-reference
-modules are imported only when such a manner is used.
+hub under a single-use link, :mod:`.references`).
 
 A sender's adapter makes the offer that goes in the proposal, then moves
 the bytes once the receiver accepted; a receiver's adapter says why it
@@ -16,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import os
 import re
 from dataclasses import dataclass
@@ -28,11 +26,12 @@ from ..errors import ConfigError, NotLoggedIn, TLSError, UsageError
 from ..protocol import sendrecv as wire
 from ..protocol.jobs import Propose, tree_digest
 from ..tasks import Supervisor
+from ..transport.directjob import DirectListener, dial_direct
 from .config import ClientConfig
 from .receiving import Consent, Destination, receive_entries, refuse_to_replace
+from .references import fetch_reference, put_reference
 from .sendrecv import Entry, Reporter, send_entries
 
-DIRECT_MODULES = ("freight.transport.directjob", "freight.client.direct")
 DIRECT_DIAL_TIMEOUT = 1.0  # a direct attempt that cannot connect falls back within this
 DIRECT_ACCEPT_TIMEOUT = 30.0
 REF_EXPIRES = 3600.0
@@ -282,16 +281,6 @@ class RelayReceiver:
 # --- direct (freight.transport.directjob: DirectListener, dial_direct) ------------------
 
 
-def direct_module() -> Any:
-    """The direct manner's module, or UsageError when it is not built in."""
-    for name in DIRECT_MODULES:
-        try:
-            return importlib.import_module(name)
-        except ImportError:
-            continue
-    raise UsageError("not available on this host")
-
-
 class DirectSender:
     name = "direct"
 
@@ -299,11 +288,10 @@ class DirectSender:
         self.side = side
 
     async def offer(self) -> dict[str, Any]:
-        direct_module()  # refused locally, before proposing, when missing
         return {}
 
     async def move(self, completion: dict[str, Any]) -> None:
-        conn = await direct_module().dial_direct(completion, timeout=DIRECT_DIAL_TIMEOUT)
+        conn = await dial_direct(completion, timeout=DIRECT_DIAL_TIMEOUT)
         try:
             await send_entries(conn, self.side.entries, self.side.reporter)
         finally:
@@ -318,20 +306,17 @@ class DirectReceiver:
 
     def __init__(self, side: ReceiveSide) -> None:
         self.side = side
-        self.listener: Any = None
+        self.listener: DirectListener | None = None
 
     def unavailable(self) -> str:
-        try:
-            direct_module()
-        except UsageError as exc:
-            return exc.message
         return ""
 
     async def complete(self, proposal: Propose) -> dict[str, Any]:
-        self.listener = await direct_module().DirectListener.open(self.side.bind)
-        return cast(dict[str, Any], self.listener.completion())
+        self.listener = await DirectListener.open(self.side.bind)
+        return dict(self.listener.completion())
 
     async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
+        assert self.listener is not None  # complete() came first
         conn = Tapped(await self.listener.accept(self.side.accept_timeout))
         try:
             dest = Destination.folder(self.side.dest)
@@ -350,17 +335,6 @@ class DirectReceiver:
 # --- by reference (freight.client.references: put_reference, fetch_reference) ----------
 
 
-def links_module() -> Any:
-    """The by-reference manner's module, or UsageError when it is not built in."""
-    try:
-        links = importlib.import_module("freight.client.references")
-    except ImportError:
-        raise UsageError("not available on this host") from None
-    if not hasattr(links, "fetch_reference"):
-        raise UsageError("not available on this host")
-    return links
-
-
 class RefSender:
     """The data stored on the hub first, encrypted with a key that travels
     only in the proposal; the offer is the reference. Its declared bytes
@@ -374,9 +348,8 @@ class RefSender:
     async def offer(self) -> dict[str, Any]:
         from .api import Client
 
-        links = links_module()
         async with Client(self.side.hub, config_dir=self.side.config.root) as client:
-            ref = await links.put_reference(client, self.side.paths, expires=REF_EXPIRES)
+            ref = await put_reference(client, self.side.paths, expires=REF_EXPIRES)
         return dict(ref)
 
     async def move(self, completion: dict[str, Any]) -> None:
@@ -398,10 +371,6 @@ class RefReceiver:
         self.side = side
 
     def unavailable(self) -> str:
-        try:
-            links_module()
-        except UsageError as exc:
-            return exc.message
         return ""
 
     async def complete(self, proposal: Propose) -> dict[str, Any]:
@@ -416,7 +385,7 @@ class RefReceiver:
         return {}
 
     async def move(self, offer: dict[str, Any], completion: dict[str, Any]) -> tuple[int, str]:
-        nbytes, digest = await links_module().fetch_reference(
+        nbytes, digest = await fetch_reference(
             offer, self.side.dest, self.side.reporter, config=self.side.config
         )
         return int(nbytes), str(digest)
