@@ -135,12 +135,14 @@ async def test_direct_reaches_a_receiver_in_another_namespace(netns: Netns) -> N
     assert result["peer"] == f"{netns.outside}:{parse_address(str(result['peer']))[1]}"
 
 
-async def test_rejected_direct_fails_at_once(netns: Netns) -> None:
+async def dial_behind(netns: Netns, verdict: str) -> tuple[float, str, int]:
+    """Dial a receiver whose port the namespace's firewall gives
+    ``verdict``: the seconds until dial_direct gave up, its message, the port."""
     async with receiver(netns, "--accept-timeout", "5") as (completion, _):
         addrs = completion["addrs"]
         assert isinstance(addrs, list)
         port = parse_address(addrs[0])[1]
-        netns.firewall(port, "reject with tcp reset")
+        netns.firewall(port, verdict)
         try:
             started = time.monotonic()
             with pytest.raises(DataPathUnavailable) as caught:
@@ -148,26 +150,20 @@ async def test_rejected_direct_fails_at_once(netns: Netns) -> None:
             elapsed = time.monotonic() - started
         finally:
             netns.firewall(port, "accept")
+    return elapsed, caught.value.message, port
+
+
+async def test_rejected_direct_fails_at_once(netns: Netns) -> None:
+    elapsed, message, port = await dial_behind(netns, "reject with tcp reset")
     assert elapsed < 0.5
-    assert f"{netns.inside}:{port}: Connection refused" in caught.value.message
+    assert f"{netns.inside}:{port}: Connection refused" in message
 
 
 async def test_black_holed_direct_gives_up_within_its_timeout(netns: Netns) -> None:
-    async with receiver(netns, "--accept-timeout", "5") as (completion, _):
-        addrs = completion["addrs"]
-        assert isinstance(addrs, list)
-        port = parse_address(addrs[0])[1]
-        netns.firewall(port, "drop")
-        try:
-            started = time.monotonic()
-            with pytest.raises(DataPathUnavailable) as caught:
-                await dial_direct(completion, timeout=1.0)
-            elapsed = time.monotonic() - started
-        finally:
-            netns.firewall(port, "accept")
+    elapsed, message, port = await dial_behind(netns, "drop")
     assert elapsed < 1.5
-    assert f"{netns.inside}:{port}" in caught.value.message
-    assert "no answer within 1 s" in caught.value.message
+    assert f"{netns.inside}:{port}" in message
+    assert "no answer within 1 s" in message
 
 
 async def test_pinned_address_is_the_only_one_tried(netns: Netns) -> None:
