@@ -109,14 +109,14 @@ def access_for(
         pinned = config.pinned(hostport(url))
         if pinned and not fingerprint and not ca_pem:
             return Access(_pin(pinned))
-    return Access(_trust(fingerprint, ca_pem))
+    return Access(trust_for(fingerprint, ca_pem))
 
 
 def _pin(fingerprint: str) -> aiohttp.Fingerprint:
     return aiohttp.Fingerprint(bytes.fromhex(fingerprint.removeprefix("SHA256:")))
 
 
-def _trust(fingerprint: str, ca_pem: str) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+def trust_for(fingerprint: str, ca_pem: str) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
     if fingerprint:
         return _pin(fingerprint)
     if ca_pem:
@@ -144,7 +144,7 @@ async def _refusal(resp: aiohttp.ClientResponse) -> FreightError:
 
 
 @contextlib.asynccontextmanager
-async def _get(
+async def open_link(
     http: aiohttp.ClientSession, url: URL, byte_range: str = ""
 ) -> AsyncIterator[aiohttp.ClientResponse]:
     headers = {"Range": byte_range} if byte_range else {}
@@ -209,7 +209,7 @@ async def revoke_link(client: Client, token: str) -> dict[str, Any]:
     return dict(await client.request("DELETE", f"/v1/links/{token}"))
 
 
-def _file_name(resp: aiohttp.ClientResponse, url: URL) -> str:
+def served_name(resp: aiohttp.ClientResponse, url: URL) -> str:
     """The name the hub gives the file (its last part), checked."""
     disposition = resp.headers.get("Content-Disposition", "")
     m = re.search(r"filename\*=UTF-8''([^;]+)", disposition)
@@ -239,10 +239,10 @@ async def fetch_link(
     began = time.monotonic()
     async with contextlib.AsyncExitStack() as stack:
         http = await stack.enter_async_context(access.session())
-        probe = await stack.enter_async_context(_get(http, url, "bytes=0-0"))
+        probe = await stack.enter_async_context(open_link(http, url, "bytes=0-0"))
         digest = probe.headers.get("X-Freight-Digest", "")
         size = int(probe.headers.get("X-Freight-Size", "0"))
-        name = _file_name(probe, url)
+        name = served_name(probe, url)
         base = out or Path(".")
         target = base / name if base.is_dir() else base
         if target != out and target.exists():  # a name the hub chose replaces nothing
@@ -257,7 +257,7 @@ async def fetch_link(
         elif start < size:
             probe.close()
             byte_range = f"bytes={start}-" if start else ""
-            async with _get(http, url, byte_range) as resp:
+            async with open_link(http, url, byte_range) as resp:
                 if start and resp.status != 206:  # the whole file after all
                     file.open_at(start := 0)
                 await _write_body(resp, file, start, part, rep, name, size)

@@ -49,10 +49,10 @@ from .links import (
     BLOCK,
     PART,
     Access,
-    _file_name,
-    _get,
-    _trust,
     create_link,
+    open_link,
+    served_name,
+    trust_for,
 )
 
 MAX_RECORD = 64 << 20  # a packed record (about 1 MiB in practice)
@@ -250,19 +250,16 @@ async def fetch_reference(
         raise UsageError("a reference's url must be https://…")
     fingerprint, ca = str(ref.get("fingerprint") or ""), str(ref.get("ca") or "")
     key_hex = str(ref.get("key") or "")
-    proxy = _proxy_for(url, config)
+    access = Access(trust_for(fingerprint, ca), proxy=_proxy_for(url, config))
     if not key_hex:
-        return await _fetch_plain(
-            ref, url, dest, Access(_trust(fingerprint, ca), proxy=proxy), reporter
-        )
+        return await _fetch_plain(ref, url, dest, access, reporter)
     try:
         key = bytes.fromhex(key_hex)
     except ValueError:
         raise UsageError("a reference's key must be hex") from None
     from .receiving import Destination, receive_entries
 
-    access = Access(_trust(fingerprint, ca), proxy=proxy)
-    async with access.session() as http, _get(http, url) as resp:
+    async with access.session() as http, open_link(http, url) as resp:
         conn = _UnpackConn(resp.content.iter_any().__aiter__(), refseal.RefOpener(key))
         try:
             await receive_entries(
@@ -291,8 +288,8 @@ async def _fetch_plain(
     hasher = blake3.blake3()
     total = 0
     await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
-    async with access.session() as http, _get(http, url) as resp:
-        name = _file_name(resp, url)
+    async with access.session() as http, open_link(http, url) as resp:
+        name = served_name(resp, url)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=PART, dir=dest)
         placed = False
         try:
