@@ -349,7 +349,9 @@ class RefSender:
         from .api import Client
 
         async with Client(self.side.hub, config_dir=self.side.config.root) as client:
-            ref = await put_reference(client, self.side.paths, expires=REF_EXPIRES)
+            ref = await put_reference(
+                client, self.side.paths, expires=REF_EXPIRES, reporter=self.side.reporter
+            )
         return dict(ref)
 
     async def move(self, completion: dict[str, Any]) -> None:

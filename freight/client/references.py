@@ -106,10 +106,13 @@ class _PackConn:
         await asyncio.to_thread(lambda: self._put(self.sealer.finish()))
 
 
-async def put_reference(client: Client, paths: list[Path], *, expires: float) -> dict[str, Any]:
+async def put_reference(
+    client: Client, paths: list[Path], *, expires: float, reporter: Any = None
+) -> dict[str, Any]:
     """Pack ``paths``, seal them with a fresh key, store the ciphertext on
-    the hub under ``.jobs/<random>`` and make a single-use link to it.
-    Returns what the receiver needs (the key among it: keep it secret)."""
+    the hub under ``.jobs/<random>`` and make a single-use link to it
+    (``reporter`` shows the files being packed). Returns what the receiver
+    needs (the key among it: keep it secret)."""
     from .sendrecv import build_manifest, send_entries
 
     entries = build_manifest(paths)
@@ -119,7 +122,9 @@ async def put_reference(client: Client, paths: list[Path], *, expires: float) ->
         sealed_path = Path(tmp) / "reference"
         with open(sealed_path, "wb") as out:
             conn = _PackConn(out, refseal.RefSealer(key), len(entries))
-            summary = await send_entries(cast("Connection", conn), entries, QuietReporter())
+            summary = await send_entries(
+                cast("Connection", conn), entries, reporter or QuietReporter()
+            )
             await conn.finish()
         results = await client.push(sealed_path, as_name=name)
     if results[0].digest != conn.cipher.hexdigest():
