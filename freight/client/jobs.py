@@ -88,7 +88,9 @@ class JobOutcome:
         if self.ok:
             return self
         kind = JobMismatch if self.error.startswith("mismatch") else JobFailed
-        raise kind(f"job {self.id}: {self.error}")
+        # The class's hint names the command; this one names the job.
+        hint = (kind.hint or "").replace("freight job show ID", f"freight job show {self.id}")
+        raise kind(f"job {self.id}: {self.error}", hint=hint)
 
 
 def _reason(exc: BaseException) -> str:

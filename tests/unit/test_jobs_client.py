@@ -111,3 +111,5 @@ def test_outcome_lines_and_errors() -> None:
         refused.check()
     assert not isinstance(exc.value, JobMismatch)
     assert exc.value.exit_code == 7
+    # The next step names this job, not a placeholder.
+    assert exc.value.hint == "see the attempts and their reasons: freight job show 5"
