@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from .errors import UsageError
 
@@ -24,6 +25,40 @@ def parse_rate(text: str) -> int:
     if text.strip().lower() in UNLIMITED_WORDS:
         return 0
     return parse_size(text)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A ``--limit``: an absolute rate in bytes/s, or a share of the path's
+    measured available bandwidth. ``Limit()`` (both ``None``) is no limit."""
+
+    rate: int | None = None
+    percent: float | None = None
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate is None and self.percent is None
+
+    def describe(self) -> str:
+        if self.percent is not None:
+            return f"{self.percent:g}% of the measured bandwidth"
+        return format_rate(self.rate or 0)
+
+
+def parse_limit(text: str) -> Limit:
+    """``"20M"`` → 20 MiB/s; ``"50%"`` → half of what the path can carry;
+    ``off``/``0`` → no limit."""
+    t = text.strip()
+    if t.endswith("%"):
+        try:
+            percent = float(t[:-1])
+        except ValueError:
+            percent = -1.0
+        if not 0 < percent <= 100:
+            raise UsageError(f"not a percentage: {text!r} (use 1% to 100%, e.g. 50%)")
+        return Limit(percent=percent)
+    rate = parse_rate(t)
+    return Limit() if rate == 0 else Limit(rate=rate)
 
 
 def format_bytes(n: float) -> str:
