@@ -98,3 +98,18 @@ async def test_unknown_account_cannot_probe(shared_hub: Hub) -> None:
     async with session:
         with pytest.raises(FreightError):
             await asyncio.wait_for(probe(session, seconds=0.3), 30)
+
+
+def test_cli_probe_json_and_text(shared_hub: Hub, shared_client: Client) -> None:
+    import json
+
+    res = shared_client.run("probe", "--seconds", "0.3", "--json", timeout=60)
+    found = json.loads(res.stdout)
+    assert found["hub"].startswith("https://127.0.0.1:")
+    assert found["path"] == "data"
+    assert found["up"]["available"] > 0 and found["down"]["capacity"] > 0
+    text = shared_client.run("probe", "--direction", "down", "--seconds", "0.3", timeout=60)
+    assert "rtt" in text.stdout and "down available" in text.stdout
+    assert "up available" not in text.stdout
+    bad = shared_client.run("probe", "--direction", "sideways", check=False)
+    assert bad.returncode == 2 and "use up, down or both" in bad.stderr
