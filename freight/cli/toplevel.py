@@ -92,6 +92,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "Transfer jobs: the sender proposes a manner (direct, relay, by reference), the "
         "receiver accepts or refuses it; each job ends with its bytes and BLAKE3 checked.",
     ),
+    "probe": (
+        ("probe",),
+        "Measure the path to the hub: capacity, available bandwidth and round-trip time.",
+    ),
 }
 
 

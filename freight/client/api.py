@@ -52,6 +52,7 @@ from .session import DATA_PATHS, HubSession, canonical_url, check_transport, par
 if TYPE_CHECKING:
     from .codes import Offered
     from .listener import Listener
+    from .probe import ProbeResult
     from .receiving import Consent
     from .relay import Connection, RelayClient
     from .sendrecv import Summary
@@ -244,6 +245,16 @@ class Client(AdminCalls, LinkCalls):
             if mapped is None:
                 raise
             raise mapped from exc
+
+    async def probe(self, *, direction: str = "both", seconds: float | None = None) -> ProbeResult:
+        """Measure the path to the hub: round-trip time, and capacity and
+        available bandwidth ``up``, ``down`` or ``both`` (see
+        :func:`freight.client.probe.probe`)."""
+        from .probe import probe
+
+        return await self._guard(  # type: ignore[no-any-return]
+            probe(self.session, direction=direction, seconds=seconds, data_path=self.data_path)  # type: ignore[arg-type]
+        )
 
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         """One REST call to the hub (``/v1/...``); its JSON answer."""

@@ -36,6 +36,7 @@ from .dispatch import Dispatcher
 from .guard import PortGuard, PortLimits, deadlines_middleware
 from .limiter import LoginGuard
 from .observe import EventLog, Metrics
+from .probe import ProbeService
 from .relay import Router
 from .requests import errors_middleware
 from .services import STATE, Hub, Identity, install
@@ -210,6 +211,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
     agents.register(dispatcher, hub)
     queue.register(dispatcher)
     hub.messaging.register(dispatcher)
+    ProbeService().register(dispatcher)  # bandwidth probes: docs/protocol.md 20
     return hub
 
 
