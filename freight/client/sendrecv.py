@@ -82,6 +82,7 @@ class Summary:
     resumed: int = 0  # bytes skipped because the other end had them
     wire: int = 0  # what the file messages took on the wire (after compression)
     level: str = LEVEL_NONE  # the compression the receiver chose
+    rate: int = 0  # bytes/s this end kept to (sender: the smaller of both ends' limits)
 
 
 @dataclass(frozen=True)
@@ -101,16 +102,22 @@ class Shaping:
             raise UsageError(f"--compress must be one of {', '.join(LEVELS)}")
 
 
-async def shaping_for(limit: Limit | str | int, compress: str, session: Any) -> Shaping:
+async def shaping_for(
+    limit: Limit | str | int,
+    compress: str,
+    session: Any,
+    direction: Literal["up", "down"] = "up",
+) -> Shaping:
     """This end's :class:`Shaping` from a ``--limit`` (``"20M"``, ``"50%"``,
     a :class:`~freight.units.Limit` or bytes/s) and ``--compress`` ("": no
-    say) on the path of ``session``."""
+    say); a percentage is measured on the path of ``session`` in
+    ``direction`` (``up`` for the sending end, ``down`` for the receiving)."""
     if isinstance(limit, str):
         limit = parse_limit(limit)
     elif isinstance(limit, int):
         limit = Limit(rate=limit) if limit > 0 else Limit()
     shaping = Shaping(compress=compress)  # checks the level before anything is measured
-    return Shaping(rate=await resolve_limit(limit, session), compress=shaping.compress)
+    return Shaping(rate=await resolve_limit(limit, session, direction), compress=shaping.compress)
 
 
 class _Out:
@@ -221,6 +228,7 @@ async def send_entries(
     summary.level = holdings.level or LEVEL_NONE
     pacer = Pacer(shaping.rate)
     pacer.assign(holdings.rate)
+    summary.rate = pacer.rate
     out = _Out(conn, pacer, summary.level, summary)
     batch: list[tuple[int, Entry, int, str]] = []
     batch_bytes = 0

@@ -137,14 +137,28 @@ def test_a_limit_on_either_end_holds_the_rate(
     assert 2.4 <= got["seconds"] <= 8, got
 
 
-def test_percent_limits_and_unknown_levels_are_refused_clearly(
-    tmp_path: Path, admin: Client
+def test_a_percentage_is_measured_on_each_ends_path(
+    tmp_path: Path, admin: Client, bob: Client
 ) -> None:
+    src = text_tree(tmp_path / "logs", size=2 * MiB)
+    sender, code = start_send(admin, str(src), "--limit", "50%")
+    with sender:
+        res = bob.run(
+            "receive", code, "-o", str(tmp_path / "in"), "--limit", "40%", "--json", timeout=90
+        )
+        assert sender.wait(60) == 0, sender.stderr
+    got, sent = done(res.stdout), sender.json_events()[-1]
+    assert_same_tree(src, tmp_path / "in" / "logs")
+    # Each end measured its own hop (loopback: far beyond a few MiB/s) and
+    # kept to its share; the sender to the smaller of both.
+    assert got["rate"] > 8 * MiB and sent["rate"] > 8 * MiB, (got, sent)
+    assert sent["rate"] <= got["rate"]
+
+
+def test_bad_limits_and_unknown_levels_are_refused_clearly(tmp_path: Path, admin: Client) -> None:
     src = random_file(tmp_path / "a.bin", 1000, seed=1)
-    res = admin.run("send", str(src), "--limit", "50%", check=False, timeout=60)
-    assert res.returncode == 2, res.stderr
-    assert "--limit 50% needs the bandwidth probe" in res.stderr
-    assert "give a rate instead, e.g. --limit 20M" in res.stderr
+    res = admin.run("send", str(src), "--limit", "150%", check=False, timeout=60)
+    assert res.returncode == 2 and "not a percentage" in res.stderr, res.stderr
     res = admin.run("receive", "7-a-b-c", "--compress", "ultra", check=False, timeout=60)
     assert res.returncode == 2 and "none, fast, max" in res.stderr, res.stderr
     res = admin.run("send", str(src), "--limit", "fast", check=False, timeout=60)
@@ -221,6 +235,10 @@ def test_cp_limit_holds_the_rate(admin: Client, lab: Agent, tmp_path: Path) -> N
     got = cp_json(admin, lab.remote(src), str(tmp_path / "slow.bin"), "--limit", "2M")
     assert same_bytes(src, tmp_path / "slow.bin")
     assert 2.4 <= got["seconds"] <= 8, got
+    # A share of the measured path (loopback: far beyond what 6 MiB needs).
+    share = cp_json(admin, lab.remote(src), str(tmp_path / "share.bin"), "--limit", "50%")
+    assert same_bytes(src, tmp_path / "share.bin")
+    assert share["rate"] > 8 * MiB, share
 
 
 # --- the hub's budget ----------------------------------------------------------------
