@@ -204,6 +204,15 @@ class AdminCalls(ABC):
         """Change the budget at run time: ``"100M"``, ``"off"`` or a timetable."""
         return dict(await self.request("PUT", "/v1/admin/bandwidth", {"budget": budget}))
 
+    async def compression(self) -> dict[str, Any]:
+        """The levels the hub asks of pushes: its own, per account, and its load."""
+        return dict(await self.request("GET", "/v1/admin/compression"))
+
+    async def set_compression(self, level: str, user: str = "") -> dict[str, Any]:
+        """``auto``/``none``/``fast``/``max`` for the hub, or for ``user``."""
+        body = {"level": level, "user": user}
+        return dict(await self.request("PUT", "/v1/admin/compression", body))
+
     async def connections(self) -> list[dict[str, Any]]:
         """Live relayed connections."""
         return list(await self.request("GET", "/v1/admin/connections"))

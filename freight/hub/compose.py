@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import secrets
@@ -31,6 +32,7 @@ from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
 from .collect import Collector
 from .commands import CommandQueue
+from .compression import CompressionPolicy
 from .core import Core
 from .dispatch import Dispatcher
 from .guard import PortGuard, PortLimits, deadlines_middleware
@@ -51,6 +53,8 @@ class HubConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     bandwidth: str | None = None  # None: keep what an admin set last
+    compress: str | None = None  # the level asked of pushes; None: what an admin set last
+    compress_busy: float = 2.0  # load per processor from which that level steps down
     purge_after: float = 72 * 3600.0
     database_url: str | None = None  # default: SQLite inside the data folder
     checkpoint_interval: int = CHECKPOINT_INTERVAL
@@ -168,6 +172,13 @@ async def build_hub(cfg: HubConfig) -> Hub:
         metrics,
         checkpoint_interval=cfg.checkpoint_interval,
         caps=caps,
+    )
+    try:
+        saved = json.loads(await db.get_setting("compression") or "{}")
+    except ValueError:
+        saved = {}  # damaged: start from the defaults
+    streams.compression = CompressionPolicy.restore(
+        saved if isinstance(saved, dict) else {}, cfg.compress, cfg.compress_busy
     )
     relay = Router(
         db,

@@ -244,19 +244,27 @@ def test_cp_limit_holds_the_rate(admin: Client, lab: Agent, tmp_path: Path) -> N
 # --- the hub's budget ----------------------------------------------------------------
 
 
-@pytest.fixture
-def budget_hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub", extra=["--bandwidth", "2M"]).start()
-    yield hub
-    hub.stop()
+@pytest.fixture(scope="module")
+def own_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Client]]:
+    """A hub with a 2 MiB/s budget whose choice of level never depends on
+    the machine's load (admin and bob logged in)."""
+    home = tmp_path_factory.mktemp("own-hub")
+    hub = Hub(home / "hub", extra=["--bandwidth", "2M", "--compress-busy", "0"]).start()
+    try:
+        admin = fast(Client(home / "admin", hub))
+        admin.login()
+        admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+        bob = fast(Client(home / "bob", hub))
+        bob.login(user="bob", password=BOB_PASSWORD)
+        yield admin, bob
+    finally:
+        hub.stop()
 
 
-def test_the_hubs_budget_applies_to_relayed_transfers(tmp_path: Path, budget_hub: Hub) -> None:
-    admin = fast(Client(tmp_path / "admin", budget_hub))
-    admin.login()
-    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    bob = fast(Client(tmp_path / "bob", budget_hub))
-    bob.login(user="bob", password=BOB_PASSWORD)
+def test_the_hubs_budget_applies_to_relayed_transfers(
+    tmp_path: Path, own_hub: tuple[Client, Client]
+) -> None:
+    admin, bob = own_hub
     src = random_file(tmp_path / "noise.bin", 6 * MiB, seed=12)
     sender, code = start_send(admin, str(src))
     with sender:
@@ -266,3 +274,36 @@ def test_the_hubs_budget_applies_to_relayed_transfers(tmp_path: Path, budget_hub
     assert same_bytes(src, tmp_path / "in" / "noise.bin")
     # No --limit anywhere: 6 MiB at the hub's 2 MiB/s is 3 s.
     assert 2.4 <= got["seconds"] <= 8, got
+
+
+# --- the level the hub asks of pushes ------------------------------------------------
+
+
+def pushed(client: Client, path: Path, name: str, *extra: str) -> dict[str, Any]:
+    res = client.run("push", str(path), "--as", name, "--json", *extra, timeout=60)
+    return dict(json.loads(res.stdout)["pushed"][0])
+
+
+def test_the_hub_chooses_the_level_of_pushes(
+    tmp_path: Path, own_hub: tuple[Client, Client]
+) -> None:
+    admin, _ = own_hub
+    src = text_tree(tmp_path / "logs", size=2 * MiB) / "big.log"
+    size = src.stat().st_size
+    # auto: the sender's wish stands.
+    assert pushed(admin, src, "lvl-a.log", "--compress", "fast")["wire_bytes"] < size // 3
+    try:
+        res = admin.run("admin", "compression", "none", "--user", "admin", "--json")
+        assert json.loads(res.stdout)["users"] == {"admin": "none"}
+        # The hub asks this account for none, whatever it wishes.
+        assert pushed(admin, src, "lvl-b.log", "--compress", "max")["wire_bytes"] >= size
+        admin.run("admin", "compression", "fast")
+        shown = admin.run("admin", "compression").stdout
+        assert "hub: fast" in shown and "admin: none" in shown, shown
+    finally:
+        admin.run("admin", "compression", "auto", "--user", "admin")
+        admin.run("admin", "compression", "auto")
+    res = admin.run("admin", "compression", "ultra", check=False)
+    assert res.returncode != 0 and "one of auto, none, fast, max" in res.stderr, res.stderr
+    res = admin.run("admin", "compression", "fast", "--user", "nobody-here", check=False)
+    assert res.returncode != 0 and "no user named 'nobody-here'" in res.stderr, res.stderr
