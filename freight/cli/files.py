@@ -354,7 +354,7 @@ def admin_compression(
     level: Annotated[
         str | None,
         typer.Argument(
-            metavar="[auto|none|fast|max]", help="New level; omit to show the levels in force."
+            metavar="[LEVEL]", help="auto, none, fast or max; omit to show the levels in force."
         ),
     ] = None,
     user: Annotated[

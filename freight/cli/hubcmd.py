@@ -29,7 +29,7 @@ def hub(
         str | None,
         typer.Option(
             "--compress",
-            metavar="auto|none|fast|max",
+            metavar="LEVEL",
             help="Compression the hub asks of pushes (the receiver chooses): auto follows "
             "the sender's wish; levels step down while the hub is busy. Default: what an "
             "admin set last (freight admin compression), else auto.",
