@@ -26,8 +26,8 @@ RelayCompressOpt = Annotated[
     typer.Option(
         "--compress",
         metavar="LEVEL",
-        help="zstd level. The receiving end chooses: on the sending side this is a wish, on "
-        "the receiving side the choice (default: the sender's wish, else none). Frames "
+        help="none, fast or max (zstd). The receiving end chooses: on the sending side it is a "
+        "wish, on the receiving side the choice (default: the sender's wish, else none). Frames "
         "that do not shrink go as they are.",
     ),
 ]
