@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import zstandard
 
+import freight
+from freight.errors import Forbidden, UsageError
 from freight.protocol import sendrecv as wire
-from tests.agentsupport import Agent
+from tests.agentsupport import Agent, api
 from tests.relaysupport import BOB_PASSWORD, FAST_RELAY, Proc, fast, sdk
 from tests.support import Client, Hub, assert_same_tree, random_file, same_bytes, wait_until
 
@@ -307,3 +309,49 @@ def test_the_hub_chooses_the_level_of_pushes(
     assert res.returncode != 0 and "one of auto, none, fast, max" in res.stderr, res.stderr
     res = admin.run("admin", "compression", "fast", "--user", "nobody-here", check=False)
     assert res.returncode != 0 and "no user named 'nobody-here'" in res.stderr, res.stderr
+
+
+def test_only_an_admin_sets_levels_and_bad_bodies_are_refused(
+    own_hub: tuple[Client, Client],
+) -> None:
+    admin, bob = own_hub
+    with pytest.raises(Forbidden):
+        api(bob, "PUT", "/v1/admin/compression", {"level": "none", "user": "bob"})
+    with pytest.raises(Forbidden):
+        api(bob, "GET", "/v1/admin/compression")
+    for body in ([], {"lvl": "fast"}, {"level": 3}, {"level": "fast", "user": "x" * 300}):
+        with pytest.raises(UsageError):
+            api(admin, "PUT", "/v1/admin/compression", body)
+    assert api(admin, "GET", "/v1/admin/compression")["users"] == {}
+
+
+async def test_the_sdk_sends_and_copies_with_limits_and_compression(
+    tmp_path: Path, admin: Client, bob: Client, lab: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in FAST_RELAY.items():
+        monkeypatch.setenv(k, v)
+    src = text_tree(tmp_path / "logs", size=2 * MiB)
+    codes: asyncio.Queue[str] = asyncio.Queue()
+    async with (
+        freight.Client(config_dir=admin.config) as alice_hub,
+        freight.Client(config_dir=bob.config) as bob_hub,
+    ):
+        sending = asyncio.create_task(
+            alice_hub.send(src, on_code=lambda o: codes.put_nowait(o.code), compress="max")
+        )
+        try:
+            code = await asyncio.wait_for(codes.get(), 30)
+            got = await asyncio.wait_for(bob_hub.receive(code, tmp_path / "in", limit="64M"), 60)
+            sent = await asyncio.wait_for(sending, 30)
+        finally:
+            sending.cancel()
+        assert_same_tree(src, tmp_path / "in" / "logs")
+        assert got.level == sent.level == "max" and sent.wire < got.bytes // 4
+        assert got.rate == sent.rate == 64 * MiB
+        remote = lab.roots[0] / "sdk-logs"
+        up = await alice_hub.cp(src, dest=lab.remote(remote), recursive=True, compress="fast")
+        down = await alice_hub.cp(lab.remote(remote), dest=tmp_path / "back", recursive=True)
+    assert_same_tree(src, remote)
+    assert_same_tree(src, tmp_path / "back")
+    assert up.level == "fast" and up.wire < up.bytes // 4
+    assert down.level == "none" and down.wire >= down.bytes  # nobody asked for compression

@@ -92,6 +92,23 @@ def test_hostile_packed_messages_are_refused(data: bytes) -> None:
         wire.unpack(data)
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'W{"have": [], "level": "ultra"}',
+        b'W{"have": [], "level": 1}',
+        b'W{"have": [], "rate": -5}',
+        b'W{"have": [], "rate": "20M"}',
+        b'W{"have": [], "rate": 1e30}',
+    ],
+)
+def test_hostile_levels_and_rates_from_a_receiver_are_refused(data: bytes) -> None:
+    with pytest.raises(wire.MalformedTransfer):
+        wire.decode(data, wire.Holdings)
+    with pytest.raises(wire.MalformedTransfer):
+        wire.decode(b'M{"entries": [], "want": "zip"}', wire.Manifest)
+
+
 @settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=2000))
 def test_unpack_raises_only_malformed_transfer(data: bytes) -> None:
