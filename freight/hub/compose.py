@@ -191,6 +191,9 @@ async def build_hub(cfg: HubConfig) -> Hub:
         fingerprint=me.fingerprint,
         bandwidth=bandwidth,  # the budget applies to relayed traffic too
     )
+    for user_id, cap in (await users.saved_user_caps(db)).items():
+        relay.presence.set_cap(user_id, cap)  # relayed connections of the account
+        bandwidth.set_cap(user_id, cap)  # its pushes and pulls
     queue = CommandQueue(core, relay.presence)
     collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
     queue.on_settled(collector.finished)  # an answered upload is stored

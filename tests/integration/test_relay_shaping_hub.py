@@ -355,3 +355,30 @@ async def test_the_sdk_sends_and_copies_with_limits_and_compression(
     assert_same_tree(src, tmp_path / "back")
     assert up.level == "fast" and up.wire < up.bytes // 4
     assert down.level == "none" and down.wire >= down.bytes  # nobody asked for compression
+
+
+def test_a_users_cap_applies_to_its_relayed_transfers(
+    tmp_path: Path, admin: Client, bob: Client, lab: Agent
+) -> None:
+    src = random_file(tmp_path / "noise.bin", 6 * MiB, seed=21)
+    res = admin.run("users", "cap", "bob", "2M")
+    assert "bob: 2.0 MiB/s" in res.stderr, res.stderr
+    try:
+        sender, code = start_send(admin, str(src))
+        with sender:
+            res = bob.run("receive", code, "-o", str(tmp_path / "in"), "--json", timeout=60)
+            assert sender.wait(30) == 0, sender.stderr
+        got = done(res.stdout)
+        assert same_bytes(src, tmp_path / "in" / "noise.bin")
+        # bob's 2 MiB/s holds with no --limit on either end: about 3 s.
+        assert 2.4 <= got["seconds"] <= 8, got
+    finally:
+        assert "bob: no cap" in admin.run("users", "cap", "bob", "off").stderr
+    res = admin.run("users", "cap", lab.name, "1M", check=False)
+    assert res.returncode == 2 and "use freight agents cap" in res.stderr, res.stderr
+    res = admin.run("users", "cap", "nobody-here", "1M", check=False)
+    assert res.returncode != 0 and "no user named 'nobody-here'" in res.stderr, res.stderr
+    with pytest.raises(UsageError):
+        api(admin, "PUT", "/v1/users/bob/cap", {"cap": -1})
+    with pytest.raises(Forbidden):
+        api(bob, "PUT", "/v1/users/bob/cap", {"cap": 0})
