@@ -19,7 +19,8 @@ parent's exit code; the module where it is not this one).
     │   │   ├── MalformedFileMessage              protocol.files
     │   │   ├── AttachError                       protocol.numbered
     │   │   ├── BadHostKey                        protocol.msgkeys
-    │   │   └── MalformedJobMessage               protocol.jobs
+    │   │   ├── MalformedJobMessage               protocol.jobs
+    │   │   └── MalformedTunnelMessage            protocol.tunnel
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
@@ -58,7 +59,8 @@ parent's exit code; the module where it is not this one).
     │   ├── CodeUnknown
     │   ├── PeerAbsent
     │   ├── ConnectionEnded
-    │   │   └── SenderRestarted
+    │   │   ├── SenderRestarted
+    │   │   └── TunnelRefused                     client.tunnels
     │   ├── RelayRefused                          hub.relayconn
     │   ├── TransferRefused                       client.sendrecv
     │   ├── Busy
