@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ __all__ = ["UDP_HANDLER", "ForwardServer", "TunnelRefused", "TunnelServer"]
 
 CHUNK = 256 * 1024  # bytes read from a socket per relayed message
 READ_LIMIT = 1024 * 1024  # an accepted socket's read buffer
+# Bytes a stream keeps unacknowledged (below the relay's 16 MiB window):
+# what it has queued at the hub, ahead of the other streams' records.
+IN_FLIGHT = int(os.environ.get("FREIGHT_TUNNEL_IN_FLIGHT", 2 * 1024 * 1024))
 DEFAULT_MAX_CONNS = 256  # concurrent connections through one forward / served
 DIAL_TIMEOUT = 30.0  # for the far end to accept a connection
 ANSWER_TIMEOUT = 30.0  # for the open answer, once the request went
@@ -89,6 +93,7 @@ async def _pump_out(reader: asyncio.StreamReader, conn: Connection, st: TunnelSt
     """Local socket -> relayed connection, then our half-close."""
     while data := await reader.read(CHUNK):
         st.feed(Ev.DATA_OUT, len(data))
+        await conn.wait_room(IN_FLIGHT)
         await conn.send(data)
     st.feed(Ev.LOCAL_EOF)
     await conn.shutdown()
@@ -486,14 +491,16 @@ async def expose(
     """Expose ``target`` (on this machine's network) as ``name`` to
     ``accounts`` (``*``: every account): registered at the hub (which then
     refuses everyone else before they reach us), then listened for. The
-    registration takes the name over from a stale attachment of this
-    account, and is made again after every re-attach."""
+    first registration takes the name over from a stale attachment of this
+    account; it is made again after every re-attach (a restarted hub
+    forgets it)."""
     path = f"/v1/tunnels/exposed/{name}"
 
-    async def register() -> None:
-        await relay.session.request("PUT", path, {"allow": sorted(accounts), "takeover": True})
+    async def register(takeover: bool) -> None:
+        body = {"allow": sorted(accounts), "takeover": takeover}
+        await relay.session.request("PUT", path, body)
 
-    await register()
+    await register(True)
     server = TunnelServer(relay, name=name, target=target, accounts=accounts, max_conns=max_conns)
     await server.start()
     before = relay.after_attach
@@ -502,7 +509,7 @@ async def expose(
         if before is not None:
             await before()
         with contextlib.suppress(FreightError):
-            await register()
+            await register(False)  # our listener is back already: keep it
 
     relay.after_attach = again
     return server

@@ -213,8 +213,11 @@ class Router:
         self._keys: dict[int, list[str]] = {}
         # Run when an attachment goes, after its queue is discarded (messaging).
         self.detach_hooks: list[Callable[[Attachment], None]] = []
-        # Asked before every dial (tunnels): raise RelayRefused to refuse it.
-        self.dial_checks: list[Callable[[Attachment, m.Dial], Awaitable[None]]] = []
+        # Asked before every dial (tunnels): raise RelayRefused to refuse it;
+        # the account named ``peer`` if it looked it up (None: not yet).
+        self.dial_checks: list[
+            Callable[[Attachment, m.Dial, User | None], Awaitable[User | None]]
+        ] = []
         # Told when a connection is linked (rejoined or not) and when it ended.
         self.on_linked: list[Callable[[Conn, bool], None]] = []
         self.on_closed: list[Callable[[Conn, str, str], None]] = []
@@ -318,9 +321,10 @@ class Router:
         return False
 
     async def dial(self, att: Attachment, msg: m.Dial) -> None:
+        peer: User | None = None
         for check in self.dial_checks:
-            await check(att, msg)
-        acts = self.pairing.dial(att, msg)
+            peer = await check(att, msg, peer)
+        acts = self.pairing.dial(att, msg, peer)
         if acts and isinstance(acts[0], ResolvePeer):
             acts = self.pairing.dial(att, msg, await self._user(msg.peer))
         elif acts and isinstance(acts[0], RejoinCode):

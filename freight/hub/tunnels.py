@@ -45,6 +45,7 @@ from .observe import EventLog, Metrics
 from .relayconn import Conn, RelayRefused
 from .requests import admin_user, current_user
 from .requests import json_object as _json
+from .streams import User
 
 MAX_EXPOSED_PER_USER = 64
 MAX_EXPOSED = 10_000
@@ -143,19 +144,20 @@ class TunnelService:
 
     # --- dials ------------------------------------------------------------------
 
-    async def check_dial(self, att: Any, msg: m.Dial) -> None:
+    async def check_dial(self, att: Any, msg: m.Dial, peer: User | None) -> User | None:
         """Raise RelayRefused if ``msg`` (a dial of a tunnel connection by
-        ``att``) may not exist. Other applications pass."""
+        ``att``) may not exist. Other applications pass. Returns the peer's
+        account when it was looked up (the relay then needs no second look)."""
         try:
             app = parse_app(msg.app)
         except MalformedTunnelMessage as exc:
             raise RelayRefused(RefusalCode.USAGE, exc.message) from None
         if app is None or msg.role != DIAL:
-            return
+            return peer
         me = att.user.name
         label = self.metrics.label(me, msg.peer, app.service)
         if app.name and msg.rejoin:
-            return  # a connection that existed (the exposing end checks its peer again)
+            return peer  # a connection that existed (the exposing end checks its peer again)
         if app.name:
             entry = self.exposed.get((msg.peer, app.name))
             if entry is None:
@@ -178,8 +180,9 @@ class TunnelService:
                     RefusalCode.FORBIDDEN,
                     f"{msg.peer} does not allow you to use tunnel {app.name!r}",
                 )
-            return
-        peer = await self.relay.user_named(msg.peer)
+            return peer
+        if peer is None:
+            peer = await self.relay.user_named(msg.peer)
         if peer.role != "agent":
             self.metrics.errors.labels(label).inc()
             raise RelayRefused(
@@ -187,6 +190,7 @@ class TunnelService:
                 f"{msg.peer} is not an agent: only agents forward to HOST:PORT; ask "
                 f"{msg.peer} to run: freight expose NAME {app.service}",
             )
+        return peer
 
     def linked(self, conn: Conn, rejoined: bool) -> None:
         app = _app(conn)
