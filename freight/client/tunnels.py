@@ -56,13 +56,14 @@ CHUNK = 256 * 1024  # bytes read from a socket per relayed message
 READ_LIMIT = 1024 * 1024  # an accepted socket's read buffer
 # Bytes a stream keeps unacknowledged (below the relay's 16 MiB window):
 # what it has queued at the hub, ahead of the other streams' records.
-IN_FLIGHT = int(os.environ.get("FREIGHT_TUNNEL_IN_FLIGHT", 2 * 1024 * 1024))
+IN_FLIGHT = int(os.environ.get("FREIGHT_TUNNEL_IN_FLIGHT", 1024 * 1024))
 DEFAULT_MAX_CONNS = 256  # concurrent connections through one forward / served
 DIAL_TIMEOUT = 30.0  # for the far end to accept a connection
 ANSWER_TIMEOUT = 30.0  # for the open answer, once the request went
 TARGET_TIMEOUT = 10.0  # for the agent's connect to its target
 REQUEST_TIMEOUT = 900.0  # a spare waits this long for its request, then ends
 CLOSE_TIMEOUT = 10.0  # for the far end to take the last bytes
+REFILL_DELAY = 0.01  # after a spare is taken, before the next is dialled
 
 assert CHUNK < MAX_MESSAGE
 
@@ -194,6 +195,8 @@ class ForwardServer:
         self.failed = 0
         self._next = 0
         self._spare: asyncio.Future[Connection] | None = None
+        self._refill_timer: asyncio.TimerHandle | None = None
+        self._closing = False
 
     @property
     def address(self) -> tuple[str, int]:
@@ -223,12 +226,24 @@ class ForwardServer:
         return await self.relay.connect(self.dest.peer, app, timeout=DIAL_TIMEOUT)
 
     def _refill(self) -> None:
-        if self.use_spare and (self._spare is None or self._spare.done()):
-            self._spare = self.tasks.spawn(self._dial(), name="spare", detached=True)
+        """Dial a spare unless one is ready or on its way."""
+        self._refill_timer = None
+        spare = self._spare
+        if not self.use_spare or self._closing:
+            return
+        if spare is not None:
+            if not spare.done():
+                return
+            if not spare.cancelled() and spare.exception() is None:
+                conn = spare.result()
+                if not conn.closed and conn.error is None:
+                    return
+        self._spare = self.tasks.spawn(self._dial(), name="spare", detached=True)
 
     async def _take(self) -> Connection:
-        """The spare if it is ready and alive, else a fresh dial; a new spare
-        is dialled behind it."""
+        """The spare if it is ready and alive, else a fresh dial. A new spare
+        is dialled a moment later, off the path of this connection's first
+        bytes (its handshake would compete with them for the same CPUs)."""
         spare, self._spare = self._spare, None
         conn: Connection | None = None
         if spare is not None and spare.done() and not spare.cancelled():
@@ -238,7 +253,9 @@ class ForwardServer:
                     conn = None
         elif spare is not None:
             self._spare = spare  # still dialling: leave it for the next one
-        self._refill()
+        if self.use_spare and self._refill_timer is None:
+            loop = asyncio.get_running_loop()
+            self._refill_timer = loop.call_later(REFILL_DELAY, self._refill)
         return conn if conn is not None else await self._dial()
 
     def _emit(self, event: dict[str, Any]) -> None:
@@ -300,6 +317,9 @@ class ForwardServer:
             await _close(conn, writer)
 
     async def aclose(self) -> None:
+        self._closing = True
+        if self._refill_timer is not None:
+            self._refill_timer.cancel()
         if self.server is not None:
             self.server.close()
         spare = self._spare

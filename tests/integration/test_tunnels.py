@@ -7,6 +7,7 @@ loopback; the echo and HTTP servers run in this test process."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import freight
 from tests.agentsupport import api
 from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import Client, Hub, wait_until
@@ -291,3 +293,22 @@ def test_metrics_count_tunnels(admin: Client, shared_hub: Hub, lab: TunnelAgent,
         )
 
     wait_until(counted, DEADLINE, "tunnel metrics")
+
+
+async def test_sdk_forward_and_expose(
+    shared_hub: Hub, admin: Client, bob: Client, echo: int
+) -> None:
+    """freight.expose as bob and freight.forward as admin, in this process."""
+    async with (
+        freight.expose(
+            shared_hub.url, name="sdk", target=str(echo), allow=["admin"], config_dir=bob.config
+        ),
+        freight.forward(shared_hub.url, to="bob:sdk", config_dir=admin.config) as fwd,
+    ):
+        host, port = fwd.address
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), DEADLINE)
+        writer.write(b"from the SDK")
+        writer.write_eof()
+        assert await asyncio.wait_for(reader.read(), DEADLINE) == b"from the SDK"
+        writer.close()
+        assert fwd.opened == 1
