@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import ConnectionEnded, FreightError, UsageError
 from ..logs import fields
+from ..protocol.e2e import DEFAULT_WINDOW
 from ..protocol.relayend import MAX_MESSAGE
 from ..protocol.tunnel import (
     AGENT_APP,
@@ -54,9 +55,11 @@ __all__ = ["UDP_HANDLER", "ForwardServer", "TunnelRefused", "TunnelServer"]
 
 CHUNK = 256 * 1024  # bytes read from a socket per relayed message
 READ_LIMIT = 1024 * 1024  # an accepted socket's read buffer
-# Bytes a stream keeps unacknowledged (below the relay's 16 MiB window):
-# what it has queued at the hub, ahead of the other streams' records.
+# Bytes a stream keeps unacknowledged while other streams share its
+# tunnel: what it has queued at the hub ahead of their records (the hub's
+# queues are first in, first out). A stream alone uses the whole window.
 IN_FLIGHT = int(os.environ.get("FREIGHT_TUNNEL_IN_FLIGHT", 1024 * 1024))
+ALONE = DEFAULT_WINDOW
 DEFAULT_MAX_CONNS = 256  # concurrent connections through one forward / served
 DIAL_TIMEOUT = 30.0  # for the far end to accept a connection
 ANSWER_TIMEOUT = 30.0  # for the open answer, once the request went
@@ -90,11 +93,17 @@ class StreamInfo:
     stream: TunnelStream = field(default_factory=TunnelStream)
 
 
-async def _pump_out(reader: asyncio.StreamReader, conn: Connection, st: TunnelStream) -> None:
-    """Local socket -> relayed connection, then our half-close."""
+Room = Callable[[], int]
+
+
+async def _pump_out(
+    reader: asyncio.StreamReader, conn: Connection, st: TunnelStream, room: Room
+) -> None:
+    """Local socket -> relayed connection, then our half-close. ``room()``:
+    how much may be unacknowledged now (less when streams share the tunnel)."""
     while data := await reader.read(CHUNK):
         st.feed(Ev.DATA_OUT, len(data))
-        await conn.wait_room(IN_FLIGHT)
+        await conn.wait_room(room())
         await conn.send(data)
     st.feed(Ev.LOCAL_EOF)
     await conn.shutdown()
@@ -118,12 +127,13 @@ async def splice(
     writer: asyncio.StreamWriter,
     conn: Connection,
     st: TunnelStream,
+    room: Room,
 ) -> None:
     """Both directions until both have ended (TCP half-close carried
     through); any failure ends both at once."""
     try:
         async with Supervisor("stream") as pumps:
-            out = pumps.spawn(_pump_out(reader, conn, st), name="out")
+            out = pumps.spawn(_pump_out(reader, conn, st, room), name="out")
             inbound = pumps.spawn(_pump_in(conn, writer, st), name="in")
             await _both(out, inbound)
         with contextlib.suppress(FreightError, TimeoutError):
@@ -258,6 +268,9 @@ class ForwardServer:
             self._refill_timer = loop.call_later(REFILL_DELAY, self._refill)
         return conn if conn is not None else await self._dial()
 
+    def _room(self) -> int:
+        return IN_FLIGHT if len(self.active) > 1 else ALONE
+
     def _emit(self, event: dict[str, Any]) -> None:
         if self.on_event is not None:
             self.on_event(event)
@@ -295,7 +308,7 @@ class ForwardServer:
             async with Supervisor("stream") as pumps:
                 # Bytes from the local end go at once, behind the request;
                 # the answer decides whether the far end's come back.
-                out = pumps.spawn(_pump_out(reader, conn, st), name="out")
+                out = pumps.spawn(_pump_out(reader, conn, st, self._room), name="out")
                 first = await asyncio.wait_for(conn.recv(), ANSWER_TIMEOUT)
                 answer = decode_answer(first) if first else None
                 if answer is None or not answer.ok:
@@ -372,7 +385,8 @@ class TunnelServer:
         self.report = report
         self.max_conns = max_conns
         self.tasks = Supervisor("tunnels")
-        self.active = 0
+        self.active = 0  # connections held, spares included
+        self.streams = 0  # of them, streams open to a target
         self.served = 0
         self.refusals = 0
         self._accepting: asyncio.Task[None] | None = None
@@ -380,6 +394,9 @@ class TunnelServer:
     @property
     def app(self) -> str:
         return EXPOSE_PREFIX + self.name if self.name else AGENT_APP
+
+    def _room(self) -> int:
+        return IN_FLIGHT if self.streams > 1 else ALONE
 
     async def start(self) -> None:
         listener = await self.relay.listen(self.app)
@@ -483,7 +500,11 @@ class TunnelServer:
         await conn.send(encode_answer(OpenAnswer(ok=True)))
         st = TunnelStream()
         st.feed(Ev.ANSWER_OK)
-        await splice(reader, writer, conn, st)
+        self.streams += 1
+        try:
+            await splice(reader, writer, conn, st, self._room)
+        finally:
+            self.streams -= 1
 
     async def _serve_udp(self, conn: Connection, target: Target) -> None:
         if not UDP_HANDLER:
