@@ -24,14 +24,21 @@ from tests.support import Client, Hub, wait_until
 DEADLINE = 10.0  # every socket operation of a test
 
 
+# When each echo server's connections ended (time.monotonic()), by port.
+ECHO_CLOSES: dict[int, list[float]] = {}
+
+
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
         sock.settimeout(60)
-        with contextlib.suppress(OSError):
-            while data := sock.recv(1 << 16):
-                sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)  # the peer's EOF, carried back as ours
+        try:
+            with contextlib.suppress(OSError):
+                while data := sock.recv(1 << 16):
+                    sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)  # the peer's EOF, carried back as ours
+        finally:
+            ECHO_CLOSES.setdefault(self.server.server_address[1], []).append(time.monotonic())
 
 
 class _Server(socketserver.ThreadingTCPServer):

@@ -83,9 +83,9 @@ def forward(
     """Forward a local port through the hub, like ssh -L: every connection to
     it is carried end-to-end encrypted to DEST, which connects to TARGET.
 
-    \b
-    freight forward 5433 lab-pc-7:127.0.0.1:5432   # psql -p 5433 reaches lab-pc-7's database
-    freight forward 8080 alice:web                  # a port alice exposed to you
+    For example, freight forward 5433 lab-pc-7:127.0.0.1:5432 makes lab-pc-7's
+    database answer on local port 5433, and freight forward 8080 alice:web
+    reaches what alice exposed as web.
     """
     try:
         host, port = parse_bind(local)
@@ -150,8 +150,7 @@ def expose_cmd(
     """Expose a port of this machine through the hub, like ssh -R, to the named
     accounts only: they reach it with freight forward PORT YOU:NAME.
 
-    \b
-    freight expose web 127.0.0.1:3000 --allow bob --allow admin
+    For example, freight expose web 127.0.0.1:3000 --allow bob --allow admin.
     """
     try:
         parse_name(name)

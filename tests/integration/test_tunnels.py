@@ -25,6 +25,7 @@ from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import Client, Hub, wait_until
 from tests.tunnelsupport import (
     DEADLINE,
+    ECHO_CLOSES,
     Tunnel,
     TunnelAgent,
     closed_within,
@@ -258,10 +259,17 @@ def test_admin_lists_and_kills_a_tunnel_connection(
             assert row["bytes_from"] >= 1000 and row["bytes_to"] >= 1000
             table = admin.run("admin", "tunnels").stdout
             assert opened["cid"] in table and f"127.0.0.1:{echo}" in table
+            ends_before = len(ECHO_CLOSES.get(echo, []))
             started = time.monotonic()
             admin.run("admin", "kill", opened["cid"])
+            killed_at = time.monotonic()  # the command returned: the hub ended it
             assert closed_within(s, 5)
-            assert time.monotonic() - started < 5
+            near = time.monotonic() - killed_at
+            # And the far end: the agent closed its socket to the target.
+            wait_until(lambda: len(ECHO_CLOSES.get(echo, [])) > ends_before, 5, "the far end")
+            far = ECHO_CLOSES[echo][-1] - killed_at
+            assert near < 1.0 and far < 1.0, (near, far)
+            assert killed_at - started < 10
         failed = t.wait_event("failed")
         assert "an admin ended" in failed["error"] or "admin" in failed["error"]
         # The forward goes on: the next connection works.

@@ -16,6 +16,7 @@ import pytest
 from freight.client.config import ClientConfig
 from freight.client.relay import RelayClient
 from freight.client.session import HubSession
+from freight.errors import UsageError
 from freight.protocol.tunnel import decode_answer, new_tunnel_app, parse_destination
 from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import Client, Hub, wait_until
@@ -180,6 +181,13 @@ def test_garbage_instead_of_an_open_request(tmp_path: Path, hub: Hub, admin: Cli
                         assert not answer.ok
                         codes.append(answer.code)
                         await conn.abort()
+                    # The hub refuses malformed tunnel names and listening
+                    # for one tunnel connection's own name.
+                    for bad in ("tunnel.nothex00.tcp:web", "tunnel.0123abcd.tcp:127.0.0.1:0"):
+                        with pytest.raises(UsageError, match="tunnel"):
+                            await relay.connect("lab", bad, timeout=DEADLINE)
+                    with pytest.raises(UsageError, match="listen for tunnel"):
+                        await relay.listen("tunnel.0123abcd.tcp:web")
                 return codes
 
             assert asyncio.run(hostile()) == ["malformed"] * 3
