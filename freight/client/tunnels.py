@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConnectionEnded, FreightError, UsageError
+from ..errors import ConnectionEnded, FreightError, PeerAbsent, UsageError
 from ..logs import fields
 from ..protocol.e2e import DEFAULT_WINDOW
 from ..protocol.relayend import MAX_MESSAGE
@@ -233,7 +233,19 @@ class ForwardServer:
 
     async def _dial(self) -> Connection:
         app = new_tunnel_app(self.dest)
-        return await self.relay.connect(self.dest.peer, app, timeout=DIAL_TIMEOUT)
+        try:
+            return await self.relay.connect(self.dest.peer, app, timeout=DIAL_TIMEOUT)
+        except PeerAbsent:
+            who = self.dest.peer
+            hint = (
+                f"is {who}'s freight expose {self.dest.name} running?"
+                if self.dest.name
+                else f"is the agent {who} running? (freight agents ls)"
+            )
+            raise PeerAbsent(
+                f"{who} did not answer for {self.dest.service} within {DIAL_TIMEOUT:g} s",
+                hint=hint,
+            ) from None
 
     def _refill(self) -> None:
         """Dial a spare unless one is ready or on its way."""
@@ -544,6 +556,9 @@ async def expose(
     await register(True)
     server = TunnelServer(relay, name=name, target=target, accounts=accounts, max_conns=max_conns)
     await server.start()
+    # Once more, now that we listen: the stale attachment's departure, if the
+    # hub saw it only now, made it forget the name meanwhile.
+    await register(False)
     before = relay.after_attach
 
     async def again() -> None:

@@ -109,6 +109,7 @@ class TunnelService:
         relay.dial_checks.append(self.check_dial)
         relay.on_linked.append(self.linked)
         relay.on_closed.append(self.closed)
+        relay.detach_hooks.append(self.detached)
 
     # --- the registry ---------------------------------------------------------
 
@@ -141,6 +142,17 @@ class TunnelService:
         else:
             self.per_user.pop(owner, None)
         return True
+
+    def detached(self, att: Any) -> None:
+        """An attachment went: the names its account exposes that nobody of
+        the account listens for any more are forgotten (a client that comes
+        back registers them again)."""
+        owner = att.user.name
+        if owner not in self.per_user:
+            return
+        for key in [k for k in self.exposed if k[0] == owner]:
+            if (owner, EXPOSE_PREFIX + key[1]) not in self.relay.listeners:
+                self.unexpose(owner, key[1])
 
     # --- dials ------------------------------------------------------------------
 

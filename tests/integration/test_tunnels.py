@@ -241,6 +241,19 @@ def test_expose_restarted_takes_its_name_back(admin: Client, bob: Client, echo: 
         assert echo_round(t.port, b"reclaimed") == b"reclaimed"
 
 
+def test_expose_killed_is_forgotten(admin: Client, bob: Client, echo: int) -> None:
+    """An ``expose`` killed outright: once the hub sees its attachment go,
+    the name is no longer offered (no dial waits for it in vain)."""
+    gone = Tunnel(bob, "expose", "killed", str(echo), "--allow", "admin")
+    gone.proc.kill()
+
+    def forgotten() -> bool:
+        res = admin.run("forward", "0", "bob:killed", check=False, timeout=60)
+        return "bob exposes no tunnel named 'killed'" in res.stderr
+
+    wait_until(forgotten, 30, "the killed expose's name forgotten")
+
+
 # --- the admin's view ------------------------------------------------------------------
 
 
