@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -195,5 +196,32 @@ def test_garbage_instead_of_an_open_request(tmp_path: Path, hub: Hub, admin: Cli
                 s.sendall(b"still serving")
                 assert recv_exactly(s, 13) == b"still serving"
             assert lab.proc is not None and lab.proc.running
+        finally:
+            lab.kill()
+
+
+def test_account_bound_at_the_hub(tmp_path: Path, hubs: Any) -> None:
+    """The hub's per-account bound on relayed connections covers tunnels:
+    beyond it a new tunnelled connection is refused with the reason."""
+    hub = hubs("--max-relay-connections", "4")
+    admin = fast(Client(tmp_path / "admin", hub))
+    admin.login()
+    with echo_server() as echo:
+        lab = TunnelAgent(admin, hub, "lab", tmp_path / "lab", f"127.0.0.1:{echo}")
+        lab.start()
+        try:
+            with Tunnel(admin, "forward", "0", f"lab:127.0.0.1:{echo}", "--no-spare") as t:
+                held = []
+                for i in range(4):
+                    s = connect(t.port)
+                    s.sendall(b"%d" % i)
+                    assert recv_exactly(s, 1) == b"%d" % i
+                    held.append(s)
+                with connect(t.port) as extra:
+                    assert closed_within(extra, DEADLINE)
+                failed = t.wait_event("failed")
+                assert "relayed connections open (the hub's limit)" in failed["error"]
+                for s in held:
+                    s.close()
         finally:
             lab.kill()
