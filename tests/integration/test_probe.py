@@ -5,6 +5,7 @@ that breaks the probe's rules."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from freight.errors import FreightError
 from freight.protocol import messages as m
 from freight.transport.dataconn import open_data_connection
 from tests.authsupport import token_of
-from tests.support import Client, Hub
+from tests.support import Client, Hub, random_file, same_bytes
 
 
 def session_of(hub: Hub, client: Client) -> HubSession:
@@ -113,3 +114,26 @@ def test_cli_probe_json_and_text(shared_hub: Hub, shared_client: Client) -> None
     assert "up available" not in text.stdout
     bad = shared_client.run("probe", "--direction", "sideways", check=False)
     assert bad.returncode == 2 and "use up, down or both" in bad.stderr
+
+
+@pytest.mark.parametrize("how", [["--limit", "50%"], ["--priority", "background"]])
+def test_push_by_share_and_in_background(
+    shared_client: Client, tmp_path: Path, how: list[str]
+) -> None:
+    import json
+
+    src = random_file(tmp_path / "share.bin", 24 * 1024 * 1024, seed=len(how[1]))
+    name = f"probe-{how[1].strip('%')}.bin"
+    res = shared_client.run("push", str(src), "--as", name, *how, "--json", timeout=120)
+    (pushed,) = json.loads(res.stdout)["pushed"]
+    assert pushed["size"] == src.stat().st_size
+    out = tmp_path / "back.bin"
+    shared_client.run("pull", name, str(out), "--quiet")
+    assert same_bytes(src, out)
+
+
+def test_percent_is_refused_where_it_does_not_apply(shared_client: Client) -> None:
+    bad = shared_client.run("pull", "x.bin", "--limit", "50%", check=False)
+    assert bad.returncode == 2 and "a percentage works with push" in bad.stderr
+    bad = shared_client.run("push", "/etc/hostname", "--priority", "low", check=False)
+    assert bad.returncode == 2 and "use normal or background" in bad.stderr
