@@ -68,6 +68,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "Be this user's messaging host: stay attached to the hub and serve applications on "
         "msg.sock in the config folder (freight msg, the SDK's freight.messaging.connect).",
     ),
+    "probe": (
+        ("probe",),
+        "Measure the path to the hub: capacity, available bandwidth and round-trip time.",
+    ),
     "admin": (("files", "relay"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (
@@ -91,10 +95,6 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         ("job",),
         "Transfer jobs: the sender proposes a manner (direct, relay, by reference), the "
         "receiver accepts or refuses it; each job ends with its bytes and BLAKE3 checked.",
-    ),
-    "probe": (
-        ("probe",),
-        "Measure the path to the hub: capacity, available bandwidth and round-trip time.",
     ),
 }
 
