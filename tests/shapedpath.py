@@ -12,11 +12,14 @@ with the reason when any is missing."""
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import veth_namespace
-from tests.support import ADMIN_PASSWORD, PYTHON, Client
+from tests.support import ADMIN_PASSWORD, PYTHON, Client, Hub
 
 # The queue tbf keeps: a loss-based flow (iperf3's cubic) fills it, which is
 # what a background transfer must notice and yield to.
@@ -219,3 +222,97 @@ def shaped_path(mbit: float, octet: int = 232) -> Iterator[ShapedPath]:
         path = ShapedPath(ns, outside, inside, here, there, mbit)
         path.shape(mbit)
         yield path
+
+
+def sample_partials(
+    hub: Hub, proc: subprocess.Popen[str], seconds: float, every: float = 0.5
+) -> list[tuple[float, int]]:
+    """(time, bytes) of the hub's partial uploads every ``every`` seconds,
+    from the next byte written until ``seconds`` later or ``proc`` ends."""
+    start = time.monotonic()
+    before = hub.partial_size()
+    while hub.partial_size() <= before:
+        if proc.poll() is not None or time.monotonic() - start > 60:
+            raise AssertionError(f"the upload never started: {proc.communicate(timeout=10)}")
+        time.sleep(0.05)
+    samples: list[tuple[float, int]] = []
+    first = time.monotonic()
+    while time.monotonic() - first <= seconds and proc.poll() is None:
+        samples.append((time.monotonic(), hub.partial_size()))
+        time.sleep(every)
+    return samples
+
+
+def window_rates(samples: list[tuple[float, int]], window: float) -> list[float]:
+    """Bytes/s in consecutive windows of ``window`` seconds."""
+    rates = []
+    i = 0
+    for j in range(len(samples)):
+        if samples[j][0] - samples[i][0] >= window - 1e-6:
+            rates.append((samples[j][1] - samples[i][1]) / (samples[j][0] - samples[i][0]))
+            i = j
+    return rates
+
+
+def make_file(path: Path, size: int) -> Path:
+    with path.open("wb") as f:
+        left = size
+        while left:
+            n = min(left, 1 << 20)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def push(path: ShapedPath, client: Client, src: Path, *how: str) -> subprocess.Popen[str]:
+    name = f"{src.name}-{time.monotonic_ns()}"
+    return path.popen(
+        PYTHON, "-m", "freight", "push", str(src), "--as", name, "--quiet", *how, env=client.env
+    )
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@dataclass
+class BackgroundResult:
+    alone: float  # iperf3 alone, bytes/s
+    beside: float  # iperf3 beside the background push
+    after: list[float]  # the push's rate per second once iperf3 stopped
+    link: float
+
+    @property
+    def competitor_loss(self) -> float:
+        return 1 - self.beside / self.alone
+
+    def seconds_to(self, share: float) -> float | None:
+        """Seconds after iperf3 stopped until the push had ``share`` of the link."""
+        for i, rate in enumerate(self.after):
+            if rate >= share * self.link:
+                return float(i + 1)
+        return None
+
+
+def background_run(
+    path: ShapedPath, hub: Hub, client: Client, src: Path, port: int, *, seconds: float = 6.0
+) -> BackgroundResult:
+    """A background push with iperf3 beside it; then the push alone: how
+    fast it takes the link back; then iperf3 alone (its rate varies by a
+    few per cent from run to run: both of its runs are as long)."""
+    proc = push(path, client, src, "--priority", "background")
+    try:
+        sample_partials(hub, proc, 2.0)  # started, and settled for a moment
+        beside = path.iperf3(port, seconds)
+        after = sample_partials(hub, proc, 10.0, every=1.0)
+    finally:
+        stop(proc)
+    alone = path.iperf3(port, seconds)
+    rates = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in itertools.pairwise(after)]
+    return BackgroundResult(alone=alone, beside=beside, after=rates, link=alone)

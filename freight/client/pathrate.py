@@ -37,7 +37,7 @@ PING_TIMEOUT: Final = 5.0
 DELIVERY_SAMPLES: Final = 32
 RTT_SAMPLES: Final = 20
 # A background transfer never goes below this share of the capacity.
-BACKGROUND_FLOOR_SHARE: Final = 0.03
+BACKGROUND_FLOOR_SHARE: Final = 0.02
 
 Prober = Callable[[], Awaitable[float]]
 
@@ -112,9 +112,7 @@ class PathPacer:
             # Never far above what the path carried at best: a rate that
             # grew while something else held the sender back would take
             # many halvings to come down.
-            ceiling = (
-                path.available * percent / 100 if percent else 2 * (capacity or path.available)
-            )
+            ceiling = path.available * percent / 100 if percent else (capacity or path.available)
             floor = max(16 * 1024.0, BACKGROUND_FLOOR_SHARE * (capacity or path.available))
             self.ledbat = Ledbat(clock(), floor=floor, ceiling=ceiling, start=floor)
         self._sent: deque[tuple[float, int]] = deque(maxlen=64)

@@ -25,13 +25,18 @@ from typing import Final
 # Queueing delay the controller allows itself (RFC 6817 says at most 100 ms;
 # less keeps its own queue short on slow links).
 TARGET: Final = 0.03
-# Growth per second when the queue is empty: x(1 + GAIN_UP) per second.
+# Growth when the queue is empty: the rate is multiplied by about
+# e**GAIN_UP per second, but only once the queue has stayed below the
+# target for RAMP_SECONDS; before that the gain grows from zero. A
+# loss-based flow beside it empties the queue for a moment after each loss:
+# that moment must not be taken for an idle link.
 GAIN_UP: Final = 3.0
+RAMP_SECONDS: Final = 3.0
 # Decrease per sample when the queue is at twice the target: x(1 - GAIN_DOWN).
 GAIN_DOWN: Final = 0.25
 # Round trips kept for the current delay (the least of them: one ping that
 # waited behind a burst is not congestion).
-CURRENT_SAMPLES: Final = 3
+CURRENT_SAMPLES: Final = 2
 # The base is the least round trip of the last BASE_MINUTES minutes, one
 # minimum per minute (a route that changed is forgotten in time).
 BASE_MINUTES: Final = 10
@@ -58,6 +63,7 @@ class Ledbat:
         self.target = target
         self.rate = self._clamp(start)
         self._last = now
+        self._congested = now - RAMP_SECONDS  # when the queue was last above target
         self._current: deque[float] = deque(maxlen=CURRENT_SAMPLES)
         self._base: deque[tuple[int, float]] = deque(maxlen=BASE_MINUTES)
 
@@ -101,8 +107,10 @@ class Ledbat:
         self._last = now
         off = (self.target - self.queueing) / self.target  # 1: empty queue
         if off >= 0:
-            self.rate *= 1.0 + GAIN_UP * off * dt
+            calm = min(1.0, (now - self._congested) / RAMP_SECONDS)
+            self.rate *= 1.0 + GAIN_UP * calm * off * dt
         else:
+            self._congested = now
             self.rate *= max(0.5, 1.0 + GAIN_DOWN * off)
         self.rate = self._clamp(self.rate)
         return self.rate

@@ -31,7 +31,7 @@ def test_backs_off_to_the_floor_when_another_flow_fills_the_queue() -> None:
     now = feed(c, 0.02 + 4 * TARGET, 1.0, now)  # a loss-based flow's queue
     assert c.rate == 50_000
     assert c.queueing == pytest.approx(4 * TARGET)
-    feed(c, 0.021, 2.5, now)  # it stopped: the queue drained
+    feed(c, 0.021, 5.0, now)  # it stopped: the queue drained (10 s is the target)
     assert c.rate > 0.9 * 12_500_000
 
 
@@ -95,8 +95,16 @@ def test_pacer_limits() -> None:
     p = PathRate(10e6, 0.02, 0.0)
     assert PathPacer(p, percent=50, clock=lambda: t[0]).limit() == 5_000_000
     bg = PathPacer(p, background=True, capacity=10e6, clock=lambda: t[0])
-    assert bg.limit() == 300_000  # starts at its floor: 3 % of the capacity
+    assert bg.limit() == 200_000  # starts at its floor: 2 % of the capacity
     for _ in range(20):
         t[0] += 0.1
         bg.on_rtt(0.02)
     assert bg.limit() > 5_000_000
+
+
+def test_a_short_lull_after_a_loss_is_not_an_idle_link() -> None:
+    c = Ledbat(0.0, floor=50_000, start=50_000, ceiling=12_500_000)
+    now = feed(c, 0.02, 0.5, 0.0)
+    now = feed(c, 0.02 + 4 * TARGET, 1.0, now)  # a loss-based flow's queue
+    feed(c, 0.02, 0.5, now)  # it lost a packet: the queue empties for a moment
+    assert c.rate < 100_000
