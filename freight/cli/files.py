@@ -126,7 +126,6 @@ def transfer_options(
     parallel: int = 1,
     *,
     priority: str = "normal",
-    shares: bool = False,
 ) -> TransferOptions:
     from ..client.options import TransferOptions, retry_policy_from_env, stall_timeout_from_env
 
@@ -140,10 +139,6 @@ def transfer_options(
         wanted = parse_limit(limit)
     except UsageError as exc:
         raise typer.BadParameter(exc.message, param_hint="--limit") from None
-    if wanted.percent is not None and not shares:
-        raise typer.BadParameter(
-            "a percentage works with push; give a rate here, e.g. 20M", param_hint="--limit"
-        )
     return TransferOptions(
         limit=wanted.rate or 0,
         percent=wanted.percent,
@@ -208,7 +203,7 @@ def push(
     from ..client.transfer import expand_sources
     from .output import RichReporter
 
-    opts = transfer_options(limit, compress, data_path, parallel, priority=priority, shares=True)
+    opts = transfer_options(limit, compress, data_path, parallel, priority=priority)
     check_transport(transport)
     items = expand_sources(paths, as_name)
     total = sum(p.stat().st_size for p, _ in items)
@@ -245,7 +240,7 @@ def pull(
             help="Where to put it. An existing folder receives it; another path names the copy."
         ),
     ] = None,
-    limit: LimitOpt = "off",
+    limit: ShareLimitOpt = "off",
     compress: CompressOpt = "none",
     parallel: Annotated[int, typer.Option(help="Files fetched at once (folders).")] = 1,
     data_path: DataPathOpt = "auto",

@@ -18,13 +18,15 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ..errors import NetworkError
 from ..protocol import messages as m
 from ..protocol.ledbat import Ledbat
 from ..tasks import Supervisor
 from ..transport.channel import Mux
+from .probe import available_bandwidth
+from .session import HubSession
 
 REPROBE_SECONDS: Final = 180.0
 # The round trip "grew" when its recent least exceeds the one measured with
@@ -191,3 +193,9 @@ def describe(pacer: PathPacer) -> dict[str, Any]:
         "rate": pacer.limit(),
         "delivery_rate": round(pacer.path.delivery_rate()),
     }
+
+
+async def fixed_share(session: HubSession, percent: float, direction: Literal["up", "down"]) -> int:
+    """``percent`` of the path's available bandwidth ``direction``, bytes/s
+    (measured once: for a transfer that cannot follow the path as it runs)."""
+    return max(1, int(await available_bandwidth(session, direction) * percent / 100))

@@ -132,8 +132,14 @@ def test_push_by_share_and_in_background(
     assert same_bytes(src, out)
 
 
-def test_percent_is_refused_where_it_does_not_apply(shared_client: Client) -> None:
-    bad = shared_client.run("pull", "x.bin", "--limit", "50%", check=False)
-    assert bad.returncode == 2 and "a percentage works with push" in bad.stderr
+def test_pull_by_share(shared_client: Client, tmp_path: Path) -> None:
+    src = random_file(tmp_path / "down.bin", 8 * 1024 * 1024, seed=5)
+    shared_client.run("push", str(src), "--as", "probe-down.bin", "--quiet")
+    out = tmp_path / "back.bin"
+    shared_client.run("pull", "probe-down.bin", str(out), "--limit", "50%", "--quiet")
+    assert same_bytes(src, out)
+
+
+def test_bad_priority_is_refused(shared_client: Client) -> None:
     bad = shared_client.run("push", "/etc/hostname", "--priority", "low", check=False)
     assert bad.returncode == 2 and "use normal or background" in bad.stderr
