@@ -143,3 +143,19 @@ def test_pull_by_share(shared_client: Client, tmp_path: Path) -> None:
 def test_bad_priority_is_refused(shared_client: Client) -> None:
     bad = shared_client.run("push", "/etc/hostname", "--priority", "low", check=False)
     assert bad.returncode == 2 and "use normal or background" in bad.stderr
+
+
+async def test_sdk_probe_and_share_options(shared_client: Client, tmp_path: Path) -> None:
+    from freight.client.api import Client as Sdk
+    from freight.errors import UsageError
+
+    src = random_file(tmp_path / "sdk.bin", 4 * 1024 * 1024, seed=9)
+    async with Sdk(config_dir=shared_client.config) as hub:
+        found = await asyncio.wait_for(hub.probe(direction="up", seconds=0.3), 30)
+        assert found.up is not None and found.down is None and found.up.available > 0
+        opts = hub.options(limit="50%", priority="background")
+        assert (opts.percent, opts.priority, opts.limit) == (50.0, "background", 0)
+        (pushed,) = await asyncio.wait_for(hub.push(src, as_name="sdk-share.bin", options=opts), 60)
+        assert pushed.size == src.stat().st_size
+        with pytest.raises(UsageError, match="not a percentage"):
+            hub.options(limit="150%")
