@@ -40,6 +40,8 @@ DELIVERY_SAMPLES: Final = 32
 RTT_SAMPLES: Final = 20
 # A background transfer never goes below this share of the capacity.
 BACKGROUND_FLOOR_SHARE: Final = 0.02
+# A background transfer that cannot measure its round trip keeps this share.
+BLIND_BACKGROUND_PERCENT: Final = 50.0
 
 Prober = Callable[[], Awaitable[float]]
 
@@ -118,6 +120,14 @@ class PathPacer:
             floor = max(16 * 1024.0, BACKGROUND_FLOOR_SHARE * (capacity or path.available))
             self.ledbat = Ledbat(clock(), floor=floor, ceiling=ceiling, start=floor)
         self._sent: deque[tuple[float, int]] = deque(maxlen=64)
+
+    def without_pings(self) -> None:
+        """No connection of its own to ping on (frames inside TLS): a
+        background transfer keeps a fixed share instead, its ``percent`` or
+        :data:`BLIND_BACKGROUND_PERCENT`."""
+        if self.ledbat is not None:
+            self.ledbat = None
+            self.percent = self.percent or BLIND_BACKGROUND_PERCENT
 
     def limit(self) -> int:
         if self.ledbat is not None:

@@ -225,6 +225,8 @@ async def push_file(
         pacer = pacing() if pacing is not None else None
         if pacer is not None and port.mux is not link.mux:  # pings need a connection of its own
             helpers.spawn(pacer.run(port.mux, lambda: progress.sent), name="path-pacer")
+        elif pacer is not None:
+            pacer.without_pings()
         try:
             with shallow_writes(port.mux.channel) if pacer is not None else nullcontext():
                 return await run_sender(

@@ -116,14 +116,21 @@ def test_cli_probe_json_and_text(shared_hub: Hub, shared_client: Client) -> None
     assert bad.returncode == 2 and "use up, down or both" in bad.stderr
 
 
-@pytest.mark.parametrize("how", [["--limit", "50%"], ["--priority", "background"]])
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["--limit", "50%"],
+        ["--priority", "background"],
+        ["--priority", "background", "--data-path", "tls"],
+    ],
+)
 def test_push_by_share_and_in_background(
     shared_client: Client, tmp_path: Path, how: list[str]
 ) -> None:
     import json
 
     src = random_file(tmp_path / "share.bin", 24 * 1024 * 1024, seed=len(how[1]))
-    name = f"probe-{how[1].strip('%')}.bin"
+    name = f"probe-{'-'.join(how).strip('%-')}.bin"
     res = shared_client.run("push", str(src), "--as", name, *how, "--json", timeout=120)
     (pushed,) = json.loads(res.stdout)["pushed"]
     assert pushed["size"] == src.stat().st_size

@@ -108,3 +108,13 @@ def test_a_short_lull_after_a_loss_is_not_an_idle_link() -> None:
     now = feed(c, 0.02 + 4 * TARGET, 1.0, now)  # a loss-based flow's queue
     feed(c, 0.02, 0.5, now)  # it lost a packet: the queue empties for a moment
     assert c.rate < 100_000
+
+
+def test_background_without_pings_keeps_a_fixed_share() -> None:
+    p = PathRate(10e6, 0.02, 0.0)
+    blind = PathPacer(p, background=True, capacity=10e6)
+    blind.without_pings()
+    assert blind.limit() == 5_000_000
+    share = PathPacer(p, background=True, percent=20, capacity=10e6)
+    share.without_pings()
+    assert share.limit() == 2_000_000
