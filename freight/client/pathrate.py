@@ -18,7 +18,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Literal
+from typing import Final, Literal
 
 from ..errors import NetworkError
 from ..protocol import messages as m
@@ -195,14 +195,6 @@ async def ping(mux: Mux, timeout: float = PING_TIMEOUT) -> float:
     except TimeoutError:
         return timeout
     return time.monotonic() - started
-
-
-def describe(pacer: PathPacer) -> dict[str, Any]:
-    return {
-        "available": round(pacer.path.available),
-        "rate": pacer.limit(),
-        "delivery_rate": round(pacer.path.delivery_rate()),
-    }
 
 
 async def fixed_share(session: HubSession, percent: float, direction: Literal["up", "down"]) -> int:
