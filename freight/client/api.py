@@ -364,20 +364,32 @@ class Client(AdminCalls, LinkCalls):
         ttl: float = 3600.0,
         on_code: Callable[[Offered], object] | None = None,
         reporter: Reporter | None = None,
+        limit: Limit | int | str = 0,
+        compress: str = "",
     ) -> Summary:
         """Send files and folders to whoever has the code. ``on_code`` is
         told the code as soon as the hub grants it; the call returns once a
-        receiver has everything. ``code`` resumes an earlier send."""
+        receiver has everything. ``code`` resumes an earlier send.
+        ``limit``: bytes/s, ``"20M"`` or a :class:`~freight.units.Limit`
+        (0: none); ``compress``: the level you would like (none/fast/max;
+        the receiver chooses, "" leaves it to it)."""
         from .codes import send_with_code
-        from .sendrecv import build_manifest
+        from .sendrecv import build_manifest, shaping_for
 
         entries = build_manifest([Path(p) for p in paths])
 
         async def go() -> Summary:
+            shaping = await shaping_for(limit, compress, self.session)
             async with self._relay() as relay:
                 await relay.start(identity=False)
                 return await send_with_code(
-                    relay, entries, _quiet(reporter), code=code, ttl=ttl, on_code=on_code
+                    relay,
+                    entries,
+                    _quiet(reporter),
+                    code=code,
+                    ttl=ttl,
+                    on_code=on_code,
+                    shaping=shaping,
                 )
 
         summary: Summary = await self._guard(go())
@@ -391,21 +403,31 @@ class Client(AdminCalls, LinkCalls):
         overwrite: bool = False,
         consent: Consent | None = None,
         reporter: Reporter | None = None,
+        limit: Limit | int | str = 0,
+        compress: str = "",
     ) -> Summary:
         """Receive what the sender of ``code`` offers into the folder
         ``dest``. A file already there (not this transfer's own) is replaced
         only with ``overwrite``, or when ``consent(paths)`` returns (it
-        raises to refuse)."""
+        raises to refuse). ``limit`` caps the rate (the sender is told);
+        ``compress`` chooses the level ("": the sender's wish)."""
         from .codes import receive_with_code
         from .receiving import Destination, refuse_to_replace
+        from .sendrecv import shaping_for
 
         decide = _accept if overwrite else consent or refuse_to_replace
 
         async def go() -> Summary:
+            shaping = await shaping_for(limit, compress, self.session)
             async with self._relay() as relay:
                 await relay.start(identity=False)
                 return await receive_with_code(
-                    relay, code, Destination.folder(Path(dest)), _quiet(reporter), consent=decide
+                    relay,
+                    code,
+                    Destination.folder(Path(dest)),
+                    _quiet(reporter),
+                    consent=decide,
+                    shaping=shaping,
                 )
 
         summary: Summary = await self._guard(go())
@@ -446,19 +468,33 @@ class Client(AdminCalls, LinkCalls):
         overwrite: bool = False,
         consent: Consent | None = None,
         reporter: Reporter | None = None,
+        limit: Limit | int | str = 0,
+        compress: str = "",
     ) -> Summary:
         """Copy to or from an agent as ``cp``/``scp`` do; one side is
-        ``AGENT:/path``. Uploads take several sources; a download one."""
+        ``AGENT:/path``. Uploads take several sources; a download one.
+        ``limit`` caps the rate; ``compress`` is the level asked for (of a
+        download: chosen; of an upload: wished, the agent chooses)."""
         from .receiving import refuse_to_replace
         from .remote import cp_plan, download, upload
+        from .sendrecv import shaping_for
 
         direction, (remote, local) = cp_plan([str(s) for s in sources], str(dest), recursive)
         rep = _quiet(reporter)
+        shaping = await self._guard(shaping_for(limit, compress, self.session))
         if direction == "up":
-            work = upload(self._relay, remote, local, rep, overwrite=overwrite)
+            work = upload(self._relay, remote, local, rep, overwrite=overwrite, shaping=shaping)
         else:
             decide = _accept if overwrite else consent or refuse_to_replace
-            work = download(self._relay, remote, local, rep, recursive=recursive, consent=decide)
+            work = download(
+                self._relay,
+                remote,
+                local,
+                rep,
+                recursive=recursive,
+                consent=decide,
+                shaping=shaping,
+            )
         summary: Summary = await self._guard(work)
         return summary
 

@@ -178,6 +178,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         max_conns=cfg.max_relay_connections,
         max_codes=cfg.max_codes,
         fingerprint=me.fingerprint,
+        bandwidth=bandwidth,  # the budget applies to relayed traffic too
     )
     queue = CommandQueue(core, relay.presence)
     collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
