@@ -24,16 +24,17 @@ from typing import Final
 
 # Queueing delay the controller allows itself (RFC 6817 says at most 100 ms;
 # less keeps its own queue short on slow links).
-TARGET: Final = 0.03
+TARGET: Final = 0.025
 # Growth when the queue is empty: the rate is multiplied by about
 # e**GAIN_UP per second, but only once the queue has stayed below the
 # target for RAMP_SECONDS; before that the gain grows from zero. A
 # loss-based flow beside it empties the queue for a moment after each loss:
 # that moment must not be taken for an idle link.
-GAIN_UP: Final = 3.0
+GAIN_UP: Final = 1.0
 RAMP_SECONDS: Final = 3.0
-# Decrease per sample when the queue is at twice the target: x(1 - GAIN_DOWN).
-GAIN_DOWN: Final = 0.25
+# Decrease per sample: x(1 - GAIN_DOWN * (q - T) / T), at most halving (a queue
+# of twice the target halves the rate: a new flow beside it must not wait).
+GAIN_DOWN: Final = 1.0
 # Round trips kept for the current delay (the least of them: one ping that
 # waited behind a burst is not congestion).
 CURRENT_SAMPLES: Final = 2

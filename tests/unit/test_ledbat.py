@@ -21,8 +21,8 @@ def feed(c: Ledbat, rtt: float, seconds: float, now: float, every: float = 0.1) 
 
 def test_grows_quickly_on_an_empty_path() -> None:
     c = Ledbat(0.0, floor=50_000, start=50_000, ceiling=12_500_000)
-    feed(c, 0.02, 2.2, 0.0)
-    assert c.rate == 12_500_000  # from 0.4 % to the ceiling within 2.2 seconds
+    feed(c, 0.02, 8.0, 0.0)
+    assert c.rate == 12_500_000  # from 0.4 % to the ceiling within 8 seconds
 
 
 def test_backs_off_to_the_floor_when_another_flow_fills_the_queue() -> None:
@@ -31,7 +31,7 @@ def test_backs_off_to_the_floor_when_another_flow_fills_the_queue() -> None:
     now = feed(c, 0.02 + 4 * TARGET, 1.0, now)  # a loss-based flow's queue
     assert c.rate == 50_000
     assert c.queueing == pytest.approx(4 * TARGET)
-    feed(c, 0.021, 5.0, now)  # it stopped: the queue drained (10 s is the target)
+    feed(c, 0.021, 8.0, now)  # it stopped: the queue drained (10 s is the target)
     assert c.rate > 0.9 * 12_500_000
 
 
@@ -96,7 +96,7 @@ def test_pacer_limits() -> None:
     assert PathPacer(p, percent=50, clock=lambda: t[0]).limit() == 5_000_000
     bg = PathPacer(p, background=True, capacity=10e6, clock=lambda: t[0])
     assert bg.limit() == 200_000  # starts at its floor: 2 % of the capacity
-    for _ in range(20):
+    for _ in range(60):
         t[0] += 0.1
         bg.on_rtt(0.02)
     assert bg.limit() > 5_000_000
