@@ -113,10 +113,9 @@ class PathPacer:
         self.reprobe = reprobe
         self.ledbat: Ledbat | None = None
         if background:
-            # Never far above what the path carried at best: a rate that
-            # grew while something else held the sender back would take
-            # many halvings to come down.
-            ceiling = path.available * percent / 100 if percent else (capacity or path.available)
+            # Never above what one flow gets on the path: above it, the
+            # transfer would queue behind itself and back off for nothing.
+            ceiling = path.available * (percent / 100 if percent else 1.0)
             floor = max(16 * 1024.0, BACKGROUND_FLOOR_SHARE * (capacity or path.available))
             self.ledbat = Ledbat(clock(), floor=floor, ceiling=ceiling, start=floor)
         self._sent: deque[tuple[float, int]] = deque(maxlen=64)
