@@ -20,6 +20,7 @@ parent's exit code; the module where it is not this one).
     │   │   ├── AttachError                       protocol.numbered
     │   │   ├── BadHostKey                        protocol.msgkeys
     │   │   ├── MalformedJobMessage               protocol.jobs
+    │   │   ├── MalformedProbe                    protocol.probe
     │   │   └── MalformedTunnelMessage            protocol.tunnel
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e

@@ -28,6 +28,7 @@ MODULES = (
     "links",
     "msg",
     "job",
+    "probe",
     "tunnel",
 )
 
@@ -123,6 +124,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import job
 
         job.register(app)
+    if "probe" in modules:
+        from . import probe
+
+        probe.register(app)
     if "tunnel" in modules:
         from . import tunnel
 
