@@ -30,6 +30,7 @@ from pathlib import Path
 from .client.api import Client
 from .client.config import ClientConfig
 from .client.listener import Listener
+from .client.pacing import resolve_limit
 from .client.relay import Connection, RelayClient
 from .client.session import HubSession, canonical_url, parse_hub_url
 from .client.tunnels import DEFAULT_MAX_CONNS, ForwardServer, TunnelServer
@@ -38,6 +39,7 @@ from .client.tunnels import unexpose as _unexpose
 from .errors import UsageError
 from .names import check_user_name
 from .protocol.tunnel import parse_bind, parse_destination, parse_name, parse_target
+from .units import parse_limit
 
 __all__ = ["connect", "expose", "forward", "listen"]
 
@@ -86,21 +88,37 @@ async def forward(
     local: str = "0",
     max_conns: int = DEFAULT_MAX_CONNS,
     spare: bool = True,
+    limit: str | None = None,
     transport: str = "auto",
     config_dir: Path | None = None,
 ) -> AsyncIterator[ForwardServer]:
     """``freight forward LOCAL TO`` for the length of the block: ``to`` is
     ``AGENT:HOST:PORT`` or ``USER:NAME``, ``local`` ``[BIND:]PORT`` (``0``:
     any free port; the server's ``address`` says which). ``config_dir``: the
-    login to use (default: this user's, as the CLI)."""
+    login to use (default: this user's, as the CLI). ``limit``: ``RATE`` or
+    ``PCT%`` each way for all its connections together, as ``--limit``."""
     try:
         host, port = parse_bind(local)
         dest = parse_destination(to)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    wanted = parse_limit(limit) if limit else None
     async with _relay(hub, transport, config_dir) as relay:
         await relay.start()
-        server = ForwardServer(relay, dest, host, port, max_conns=max_conns, spare=spare)
+        up = down = 0
+        if wanted is not None:
+            up = await resolve_limit(wanted, relay.session, "up")
+            down = await resolve_limit(wanted, relay.session, "down")
+        server = ForwardServer(
+            relay,
+            dest,
+            host,
+            port,
+            max_conns=max_conns,
+            spare=spare,
+            limit_up=up,
+            limit_down=down,
+        )
         async with server:
             yield server
 

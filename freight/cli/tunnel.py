@@ -12,13 +12,14 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
+from ..client.pacing import resolve_limit
 from ..client.relay import RelayClient
 from ..client.session import HubSession
 from ..client.tunnels import DEFAULT_MAX_CONNS, ForwardServer, expose, unexpose
 from ..errors import UsageError
 from ..names import check_user_name
 from ..protocol.tunnel import parse_bind, parse_destination, parse_name, parse_target
-from ..units import format_bytes
+from ..units import format_bytes, parse_limit
 from .common import HubOpt, JsonOpt, TransportOpt, run_async
 from .output import err_console, print_json
 
@@ -76,6 +77,15 @@ def forward(
             help="Keep one connection dialled ahead, so a new one opens in one round trip.",
         ),
     ] = True,
+    limit: Annotated[
+        str | None,
+        typer.Option(
+            "--limit",
+            metavar="RATE|PCT%",
+            help="At most this rate each way for all connections together, e.g. 20M "
+            "(bytes/s), or a share of the bandwidth measured to the hub, e.g. 50%.",
+        ),
+    ] = None,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
     json_out: JsonOpt = False,
@@ -94,6 +104,7 @@ def forward(
         raise UsageError(str(exc)) from None
     if where.udp:
         raise UsageError("udp/ targets are forwarded with --udp (not available in this version)")
+    wanted = parse_limit(limit) if limit else None
 
     def event(ev: dict[str, Any]) -> None:
         if json_out:
@@ -108,8 +119,20 @@ def forward(
     async def go() -> None:
         async with _client(hub_url, transport) as client:
             await client.start()
+            up = down = 0
+            if wanted is not None:
+                up = await resolve_limit(wanted, client.session, "up")
+                down = await resolve_limit(wanted, client.session, "down")
             server = ForwardServer(
-                client, where, host, port, max_conns=max_conns, spare=spare, on_event=event
+                client,
+                where,
+                host,
+                port,
+                max_conns=max_conns,
+                spare=spare,
+                on_event=event,
+                limit_up=up,
+                limit_down=down,
             )
             await server.start()
             try:

@@ -47,6 +47,7 @@ from ..protocol.tunnel import (
 )
 from ..tasks import Supervisor
 from .connection import Connection
+from .pacing import Pacer
 from .relay import RelayClient
 
 log = logging.getLogger("freight.tunnel")
@@ -97,24 +98,36 @@ Room = Callable[[], int]
 
 
 async def _pump_out(
-    reader: asyncio.StreamReader, conn: Connection, st: TunnelStream, room: Room
+    reader: asyncio.StreamReader,
+    conn: Connection,
+    st: TunnelStream,
+    room: Room,
+    pacer: Pacer | None = None,
 ) -> None:
     """Local socket -> relayed connection, then our half-close. ``room()``:
-    how much may be unacknowledged now (less when streams share the tunnel)."""
+    how much may be unacknowledged now (less when streams share the tunnel);
+    ``pacer``: a ``--limit`` shared by the forward's streams."""
     while data := await reader.read(CHUNK):
         st.feed(Ev.DATA_OUT, len(data))
+        if pacer is not None:
+            await pacer.pace(len(data))
         await conn.wait_room(room())
         await conn.send(data)
     st.feed(Ev.LOCAL_EOF)
     await conn.shutdown()
 
 
-async def _pump_in(conn: Connection, writer: asyncio.StreamWriter, st: TunnelStream) -> None:
+async def _pump_in(
+    conn: Connection, writer: asyncio.StreamWriter, st: TunnelStream, pacer: Pacer | None = None
+) -> None:
     """Relayed connection -> local socket, then its half-close. The socket's
     buffer is drained before the next message is taken, so a reader that
-    stops reading stops our acknowledgements and the sender's credit."""
+    stops reading (or a ``--limit``) stops our acknowledgements and the
+    sender's credit."""
     while data := await conn.recv():
         st.feed(Ev.DATA_IN, len(data))
+        if pacer is not None:
+            await pacer.pace(len(data))
         writer.write(data)
         await writer.drain()
     st.feed(Ev.REMOTE_EOF)
@@ -188,7 +201,11 @@ class ForwardServer:
         max_conns: int = DEFAULT_MAX_CONNS,
         spare: bool = True,
         on_event: Callable[[dict[str, Any]], None] | None = None,
+        limit_up: int = 0,
+        limit_down: int = 0,
     ) -> None:
+        """``limit_up``/``limit_down``: bytes/s towards / from the far end
+        for all the forward's connections together (0: none)."""
         if max_conns < 1:
             raise UsageError("--max-conns must be at least 1")
         self.relay = relay
@@ -197,6 +214,8 @@ class ForwardServer:
         self.max_conns = max_conns
         self.use_spare = spare
         self.on_event = on_event
+        self.pace_up = Pacer(limit_up) if limit_up else None
+        self.pace_down = Pacer(limit_down) if limit_down else None
         self.server: asyncio.Server | None = None
         self.tasks = Supervisor("forward")
         self.active: dict[int, StreamInfo] = {}
@@ -320,7 +339,7 @@ class ForwardServer:
             async with Supervisor("stream") as pumps:
                 # Bytes from the local end go at once, behind the request;
                 # the answer decides whether the far end's come back.
-                out = pumps.spawn(_pump_out(reader, conn, st, self._room), name="out")
+                out = pumps.spawn(_pump_out(reader, conn, st, self._room, self.pace_up), name="out")
                 first = await asyncio.wait_for(conn.recv(), ANSWER_TIMEOUT)
                 answer = decode_answer(first) if first else None
                 if answer is None or not answer.ok:
@@ -330,7 +349,7 @@ class ForwardServer:
                 st.feed(Ev.ANSWER_OK)
                 self.opened += 1
                 self._emit({"event": "open", "id": info.sid, "cid": conn.cid, "from": info.peer})
-                inbound = pumps.spawn(_pump_in(conn, writer, st), name="in")
+                inbound = pumps.spawn(_pump_in(conn, writer, st, self.pace_down), name="in")
                 await _both(out, inbound)
             with contextlib.suppress(FreightError, TimeoutError):
                 await conn.flush(CLOSE_TIMEOUT)

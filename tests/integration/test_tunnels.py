@@ -198,6 +198,18 @@ def test_bad_arguments(admin: Client) -> None:
         assert text in res.stderr, (args, res.stderr)
 
 
+def test_forward_with_a_limit(admin: Client, lab: TunnelAgent, web: int, web_root: Path) -> None:
+    """``--limit 1M``: 4 MiB from the far end take about 4 s (all the
+    forward's connections together), and arrive whole."""
+    with Tunnel(admin, "forward", "0", f"lab:127.0.0.1:{web}", "--limit", "1M") as t:
+        started = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{t.port}/big.bin", timeout=60) as r:
+            body = r.read()
+        took = time.monotonic() - started
+    assert body == (web_root / "big.bin").read_bytes()
+    assert 2.5 < took < 30, took  # 4 MiB at 1 MiB/s, less the bucket's first burst
+
+
 # --- expose between users -----------------------------------------------------------
 
 
