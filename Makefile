@@ -60,6 +60,14 @@ test-proxies:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1 \
 		|| echo "could not install nftables: the direct-job firewall tests will be skipped"; \
 	fi
+	@# sshd and ssh: SSH through a tunnel (tests/integration/test_tunnels_ssh.py).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! { [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1; }; then \
+		echo "installing openssh-server and openssh-client for the tunnel tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client \
+			>/dev/null 2>&1 \
+		|| echo "could not install openssh: the ssh tunnel test will be skipped"; \
+	fi
 	@# iperf3: the bandwidth tests compare the probe with it on shaped paths.
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
 		&& ! command -v iperf3 >/dev/null 2>&1; then \
@@ -131,3 +139,10 @@ bench-bandwidth: $(STAMP) test-proxies
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+# Tunnels against ssh -L through a local sshd (bench/tunnels.py): one
+# stream, connect -> first byte, interactive beside bulk, 1,000 connections:
+# `make bench-tunnels BENCH_TUNNELS_ARGS="--size 1G --rounds 3"`.
+.PHONY: bench-tunnels
+bench-tunnels: $(STAMP) test-proxies
+	$(BIN)/python bench/tunnels.py --markdown $(BENCH_MD) $(BENCH_TUNNELS_ARGS)

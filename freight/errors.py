@@ -20,7 +20,8 @@ parent's exit code; the module where it is not this one).
     │   │   ├── AttachError                       protocol.numbered
     │   │   ├── BadHostKey                        protocol.msgkeys
     │   │   ├── MalformedJobMessage               protocol.jobs
-    │   │   └── MalformedProbe                    protocol.probe
+    │   │   ├── MalformedProbe                    protocol.probe
+    │   │   └── MalformedTunnelMessage            protocol.tunnel
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
@@ -59,7 +60,8 @@ parent's exit code; the module where it is not this one).
     │   ├── CodeUnknown
     │   ├── PeerAbsent
     │   ├── ConnectionEnded
-    │   │   └── SenderRestarted
+    │   │   ├── SenderRestarted
+    │   │   └── TunnelRefused                     client.tunnels
     │   ├── RelayRefused                          hub.relayconn
     │   ├── TransferRefused                       client.sendrecv
     │   ├── Busy

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import typer
@@ -298,7 +298,8 @@ def cp(
             shaping = await shaping_for(*wanted, None)
         else:  # a share of what the path to the hub can carry, measured
             async with relays() as measuring:
-                shaping = await shaping_for(*wanted, measuring.session)
+                way: Literal["up", "down"] = "up" if direction == "up" else "down"
+                shaping = await shaping_for(*wanted, measuring.session, way)
         with ExitStack() as shown:
             if direction == "up":
                 entries = build_manifest(local)
@@ -338,6 +339,7 @@ def cp(
                 "resumed": summary.resumed,
                 "wire": summary.wire,
                 "compress": summary.level,
+                "rate": summary.rate,
                 "seconds": round(took, 3),
             }
         )

@@ -80,6 +80,7 @@ def _summary_json(summary: Summary, seconds: float) -> dict[str, Any]:
         "resumed": summary.resumed,
         "wire": summary.wire,
         "compress": summary.level,
+        "rate": summary.rate,
         "seconds": round(seconds, 3),
     }
 
@@ -194,7 +195,7 @@ def receive(
                     stack.enter_context(reporter)  # progress once a sender is found
 
             async with _client(hub_url, transport, data_path) as client:
-                shaping = await shaping_for(*wanted, client.session)
+                shaping = await shaping_for(*wanted, client.session, "down")
                 await client.start(identity=False)
                 summary = await receive_with_code(
                     client,

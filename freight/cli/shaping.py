@@ -15,7 +15,7 @@ RelayLimitOpt = Annotated[
     str,
     typer.Option(
         "--limit",
-        metavar="RATE|PCT%",
+        metavar="LIMIT",
         help="Max rate of file data, bytes/s with K/M/G suffix (1024-based), e.g. 20M; "
         "or a percentage of the measured bandwidth, e.g. 50%. The other end is told and "
         "the smaller limit wins.",
@@ -25,9 +25,9 @@ RelayCompressOpt = Annotated[
     str,
     typer.Option(
         "--compress",
-        metavar="none|fast|max",
-        help="zstd level. The receiving end chooses: on the sending side this is a wish, on "
-        "the receiving side the choice (default: the sender's wish, else none). Frames "
+        metavar="LEVEL",
+        help="none, fast or max (zstd). The receiving end chooses: on the sending side it is a "
+        "wish, on the receiving side the choice (default: the sender's wish, else none). Frames "
         "that do not shrink go as they are.",
     ),
 ]

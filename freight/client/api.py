@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
@@ -418,7 +418,7 @@ class Client(AdminCalls, LinkCalls):
         decide = _accept if overwrite else consent or refuse_to_replace
 
         async def go() -> Summary:
-            shaping = await shaping_for(limit, compress, self.session)
+            shaping = await shaping_for(limit, compress, self.session, "down")
             async with self._relay() as relay:
                 await relay.start(identity=False)
                 return await receive_with_code(
@@ -481,7 +481,8 @@ class Client(AdminCalls, LinkCalls):
 
         direction, (remote, local) = cp_plan([str(s) for s in sources], str(dest), recursive)
         rep = _quiet(reporter)
-        shaping = await self._guard(shaping_for(limit, compress, self.session))
+        way: Literal["up", "down"] = "up" if direction == "up" else "down"
+        shaping = await self._guard(shaping_for(limit, compress, self.session, way))
         if direction == "up":
             work = upload(self._relay, remote, local, rep, overwrite=overwrite, shaping=shaping)
         else:

@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import UsageError
 from ..protocol.bucket import TokenBucket
 from ..units import Limit
+from .probe import available_bandwidth
 
 __all__ = ["Pacer", "effective_rate", "resolve_limit"]
 
@@ -36,16 +37,18 @@ def effective_rate(own: int, assigned: int) -> int:
     return own or assigned
 
 
-async def resolve_limit(limit: Limit, session: Any) -> int:
-    """Bytes per second for ``limit`` on the path of ``session`` (0: none).
-    A percentage needs a measurement of the path, which this build cannot
-    make for relayed transfers: it is refused with what to use instead."""
+async def resolve_limit(limit: Limit, session: Any, direction: Literal["up", "down"] = "up") -> int:
+    """Bytes per second for ``limit`` (0: none). A percentage is a share of
+    the available bandwidth of this end's path to the hub, measured now
+    (:func:`freight.client.probe.available_bandwidth`) ``up`` for a sender,
+    ``down`` for a receiver: on a relayed transfer each end keeps to its
+    own share of its own hop, and the smaller one holds the transfer."""
     if limit.percent is None:
         return limit.rate or 0
-    raise UsageError(
-        f"--limit {limit.percent:g}% needs the bandwidth probe, which relayed transfers "
-        "do not have in this version; give a rate instead, e.g. --limit 20M"
-    )
+    if session is None:
+        raise UsageError(f"--limit {limit.percent:g}% needs a hub to measure the path to")
+    available = await available_bandwidth(session, direction)
+    return max(MIN_RATE, int(available * limit.percent / 100))
 
 
 class Pacer:

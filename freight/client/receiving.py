@@ -310,7 +310,8 @@ async def receive_entries(
         await conn.send(_refuse(exc.message))
         raise
     try:
-        summary = Summary(level=wire.choose_level(manifest.want, shaping.compress))
+        level = wire.choose_level(manifest.want, shaping.compress)
+        summary = Summary(level=level, rate=shaping.rate)
         return await _receive_into(
             conn, tree, rename, entries, reporter, consent, summary, shaping.rate
         )

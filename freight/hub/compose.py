@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import secrets
@@ -24,13 +25,26 @@ from ..protocol.limits import CHECKPOINT_INTERVAL
 from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
 from ..tasks import Supervisor
-from . import agents, auth, channels, collectapi, httpattach, keys, messaging, rest, tls, users
+from . import (
+    agents,
+    auth,
+    channels,
+    collectapi,
+    httpattach,
+    keys,
+    messaging,
+    rest,
+    tls,
+    tunnels,
+    users,
+)
 from . import links as link_routes
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
 from .collect import Collector
 from .commands import CommandQueue
+from .compression import CompressionPolicy
 from .core import Core
 from .dispatch import Dispatcher
 from .guard import PortGuard, PortLimits, deadlines_middleware
@@ -51,6 +65,8 @@ class HubConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     bandwidth: str | None = None  # None: keep what an admin set last
+    compress: str | None = None  # the level asked of pushes; None: what an admin set last
+    compress_busy: float = 2.0  # load per processor from which that level steps down
     purge_after: float = 72 * 3600.0
     database_url: str | None = None  # default: SQLite inside the data folder
     checkpoint_interval: int = CHECKPOINT_INTERVAL
@@ -169,6 +185,13 @@ async def build_hub(cfg: HubConfig) -> Hub:
         checkpoint_interval=cfg.checkpoint_interval,
         caps=caps,
     )
+    try:
+        saved = json.loads(await db.get_setting("compression") or "{}")
+    except ValueError:
+        saved = {}  # damaged: start from the defaults
+    streams.compression = CompressionPolicy.restore(
+        saved if isinstance(saved, dict) else {}, cfg.compress, cfg.compress_busy
+    )
     relay = Router(
         db,
         events,
@@ -180,6 +203,9 @@ async def build_hub(cfg: HubConfig) -> Hub:
         fingerprint=me.fingerprint,
         bandwidth=bandwidth,  # the budget applies to relayed traffic too
     )
+    for user_id, cap in (await users.saved_user_caps(db)).items():
+        relay.presence.set_cap(user_id, cap)  # relayed connections of the account
+        bandwidth.set_cap(user_id, cap)  # its pushes and pulls
     queue = CommandQueue(core, relay.presence)
     collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
     queue.on_settled(collector.finished)  # an answered upload is stored
@@ -203,6 +229,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         challenges=ChallengeBook(),
         token_lifetime=cfg.token_lifetime,
         messaging=messaging.Messaging(relay, events, metrics, warmup=cfg.msg_warmup),
+        tunnels=tunnels.TunnelService(relay, events, metrics),
     )
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
@@ -230,6 +257,7 @@ def build_app(hub: Hub) -> web.Application:
     rest.add_admin_routes(app)
     app[messaging.MESSAGING] = hub.messaging
     messaging.add_routes(app)
+    tunnels.add_routes(app, hub.tunnels)
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
     return app

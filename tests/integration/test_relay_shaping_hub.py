@@ -15,8 +15,10 @@ from typing import Any
 import pytest
 import zstandard
 
+import freight
+from freight.errors import Forbidden, UsageError
 from freight.protocol import sendrecv as wire
-from tests.agentsupport import Agent
+from tests.agentsupport import Agent, api
 from tests.relaysupport import BOB_PASSWORD, FAST_RELAY, Proc, fast, sdk
 from tests.support import Client, Hub, assert_same_tree, random_file, same_bytes, wait_until
 
@@ -137,14 +139,28 @@ def test_a_limit_on_either_end_holds_the_rate(
     assert 2.4 <= got["seconds"] <= 8, got
 
 
-def test_percent_limits_and_unknown_levels_are_refused_clearly(
-    tmp_path: Path, admin: Client
+def test_a_percentage_is_measured_on_each_ends_path(
+    tmp_path: Path, admin: Client, bob: Client
 ) -> None:
+    src = text_tree(tmp_path / "logs", size=2 * MiB)
+    sender, code = start_send(admin, str(src), "--limit", "50%")
+    with sender:
+        res = bob.run(
+            "receive", code, "-o", str(tmp_path / "in"), "--limit", "40%", "--json", timeout=90
+        )
+        assert sender.wait(60) == 0, sender.stderr
+    got, sent = done(res.stdout), sender.json_events()[-1]
+    assert_same_tree(src, tmp_path / "in" / "logs")
+    # Each end measured its own hop (loopback: far beyond a few MiB/s) and
+    # kept to its share; the sender to the smaller of both.
+    assert got["rate"] > 8 * MiB and sent["rate"] > 8 * MiB, (got, sent)
+    assert sent["rate"] <= got["rate"]
+
+
+def test_bad_limits_and_unknown_levels_are_refused_clearly(tmp_path: Path, admin: Client) -> None:
     src = random_file(tmp_path / "a.bin", 1000, seed=1)
-    res = admin.run("send", str(src), "--limit", "50%", check=False, timeout=60)
-    assert res.returncode == 2, res.stderr
-    assert "--limit 50% needs the bandwidth probe" in res.stderr
-    assert "give a rate instead, e.g. --limit 20M" in res.stderr
+    res = admin.run("send", str(src), "--limit", "150%", check=False, timeout=60)
+    assert res.returncode == 2 and "not a percentage" in res.stderr, res.stderr
     res = admin.run("receive", "7-a-b-c", "--compress", "ultra", check=False, timeout=60)
     assert res.returncode == 2 and "none, fast, max" in res.stderr, res.stderr
     res = admin.run("send", str(src), "--limit", "fast", check=False, timeout=60)
@@ -221,24 +237,36 @@ def test_cp_limit_holds_the_rate(admin: Client, lab: Agent, tmp_path: Path) -> N
     got = cp_json(admin, lab.remote(src), str(tmp_path / "slow.bin"), "--limit", "2M")
     assert same_bytes(src, tmp_path / "slow.bin")
     assert 2.4 <= got["seconds"] <= 8, got
+    # A share of the measured path (loopback: far beyond what 6 MiB needs).
+    share = cp_json(admin, lab.remote(src), str(tmp_path / "share.bin"), "--limit", "50%")
+    assert same_bytes(src, tmp_path / "share.bin")
+    assert share["rate"] > 8 * MiB, share
 
 
 # --- the hub's budget ----------------------------------------------------------------
 
 
-@pytest.fixture
-def budget_hub(tmp_path: Path) -> Iterator[Hub]:
-    hub = Hub(tmp_path / "hub", extra=["--bandwidth", "2M"]).start()
-    yield hub
-    hub.stop()
+@pytest.fixture(scope="module")
+def own_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Client]]:
+    """A hub with a 2 MiB/s budget whose choice of level never depends on
+    the machine's load (admin and bob logged in)."""
+    home = tmp_path_factory.mktemp("own-hub")
+    hub = Hub(home / "hub", extra=["--bandwidth", "2M", "--compress-busy", "0"]).start()
+    try:
+        admin = fast(Client(home / "admin", hub))
+        admin.login()
+        admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
+        bob = fast(Client(home / "bob", hub))
+        bob.login(user="bob", password=BOB_PASSWORD)
+        yield admin, bob
+    finally:
+        hub.stop()
 
 
-def test_the_hubs_budget_applies_to_relayed_transfers(tmp_path: Path, budget_hub: Hub) -> None:
-    admin = fast(Client(tmp_path / "admin", budget_hub))
-    admin.login()
-    admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
-    bob = fast(Client(tmp_path / "bob", budget_hub))
-    bob.login(user="bob", password=BOB_PASSWORD)
+def test_the_hubs_budget_applies_to_relayed_transfers(
+    tmp_path: Path, own_hub: tuple[Client, Client]
+) -> None:
+    admin, bob = own_hub
     src = random_file(tmp_path / "noise.bin", 6 * MiB, seed=12)
     sender, code = start_send(admin, str(src))
     with sender:
@@ -248,3 +276,109 @@ def test_the_hubs_budget_applies_to_relayed_transfers(tmp_path: Path, budget_hub
     assert same_bytes(src, tmp_path / "in" / "noise.bin")
     # No --limit anywhere: 6 MiB at the hub's 2 MiB/s is 3 s.
     assert 2.4 <= got["seconds"] <= 8, got
+
+
+# --- the level the hub asks of pushes ------------------------------------------------
+
+
+def pushed(client: Client, path: Path, name: str, *extra: str) -> dict[str, Any]:
+    res = client.run("push", str(path), "--as", name, "--json", *extra, timeout=60)
+    return dict(json.loads(res.stdout)["pushed"][0])
+
+
+def test_the_hub_chooses_the_level_of_pushes(
+    tmp_path: Path, own_hub: tuple[Client, Client]
+) -> None:
+    admin, _ = own_hub
+    src = text_tree(tmp_path / "logs", size=2 * MiB) / "big.log"
+    size = src.stat().st_size
+    # auto: the sender's wish stands.
+    assert pushed(admin, src, "lvl-a.log", "--compress", "fast")["wire_bytes"] < size // 3
+    try:
+        res = admin.run("admin", "compression", "none", "--user", "admin", "--json")
+        assert json.loads(res.stdout)["users"] == {"admin": "none"}
+        # The hub asks this account for none, whatever it wishes.
+        assert pushed(admin, src, "lvl-b.log", "--compress", "max")["wire_bytes"] >= size
+        admin.run("admin", "compression", "fast")
+        shown = admin.run("admin", "compression").stdout
+        assert "hub: fast" in shown and "admin: none" in shown, shown
+    finally:
+        admin.run("admin", "compression", "auto", "--user", "admin")
+        admin.run("admin", "compression", "auto")
+    res = admin.run("admin", "compression", "ultra", check=False)
+    assert res.returncode != 0 and "one of auto, none, fast, max" in res.stderr, res.stderr
+    res = admin.run("admin", "compression", "fast", "--user", "nobody-here", check=False)
+    assert res.returncode != 0 and "no user named 'nobody-here'" in res.stderr, res.stderr
+
+
+def test_only_an_admin_sets_levels_and_bad_bodies_are_refused(
+    own_hub: tuple[Client, Client],
+) -> None:
+    admin, bob = own_hub
+    with pytest.raises(Forbidden):
+        api(bob, "PUT", "/v1/admin/compression", {"level": "none", "user": "bob"})
+    with pytest.raises(Forbidden):
+        api(bob, "GET", "/v1/admin/compression")
+    for body in ([], {"lvl": "fast"}, {"level": 3}, {"level": "fast", "user": "x" * 300}):
+        with pytest.raises(UsageError):
+            api(admin, "PUT", "/v1/admin/compression", body)
+    assert api(admin, "GET", "/v1/admin/compression")["users"] == {}
+
+
+async def test_the_sdk_sends_and_copies_with_limits_and_compression(
+    tmp_path: Path, admin: Client, bob: Client, lab: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in FAST_RELAY.items():
+        monkeypatch.setenv(k, v)
+    src = text_tree(tmp_path / "logs", size=2 * MiB)
+    codes: asyncio.Queue[str] = asyncio.Queue()
+    async with (
+        freight.Client(config_dir=admin.config) as alice_hub,
+        freight.Client(config_dir=bob.config) as bob_hub,
+    ):
+        sending = asyncio.create_task(
+            alice_hub.send(src, on_code=lambda o: codes.put_nowait(o.code), compress="max")
+        )
+        try:
+            code = await asyncio.wait_for(codes.get(), 30)
+            got = await asyncio.wait_for(bob_hub.receive(code, tmp_path / "in", limit="64M"), 60)
+            sent = await asyncio.wait_for(sending, 30)
+        finally:
+            sending.cancel()
+        assert_same_tree(src, tmp_path / "in" / "logs")
+        assert got.level == sent.level == "max" and sent.wire < got.bytes // 4
+        assert got.rate == sent.rate == 64 * MiB
+        remote = lab.roots[0] / "sdk-logs"
+        up = await alice_hub.cp(src, dest=lab.remote(remote), recursive=True, compress="fast")
+        down = await alice_hub.cp(lab.remote(remote), dest=tmp_path / "back", recursive=True)
+    assert_same_tree(src, remote)
+    assert_same_tree(src, tmp_path / "back")
+    assert up.level == "fast" and up.wire < up.bytes // 4
+    assert down.level == "none" and down.wire >= down.bytes  # nobody asked for compression
+
+
+def test_a_users_cap_applies_to_its_relayed_transfers(
+    tmp_path: Path, admin: Client, bob: Client, lab: Agent
+) -> None:
+    src = random_file(tmp_path / "noise.bin", 6 * MiB, seed=21)
+    res = admin.run("users", "cap", "bob", "2M")
+    assert "bob: 2.0 MiB/s" in res.stderr, res.stderr
+    try:
+        sender, code = start_send(admin, str(src))
+        with sender:
+            res = bob.run("receive", code, "-o", str(tmp_path / "in"), "--json", timeout=60)
+            assert sender.wait(30) == 0, sender.stderr
+        got = done(res.stdout)
+        assert same_bytes(src, tmp_path / "in" / "noise.bin")
+        # bob's 2 MiB/s holds with no --limit on either end: about 3 s.
+        assert 2.4 <= got["seconds"] <= 8, got
+    finally:
+        assert "bob: no cap" in admin.run("users", "cap", "bob", "off").stderr
+    res = admin.run("users", "cap", lab.name, "1M", check=False)
+    assert res.returncode == 2 and "use freight agents cap" in res.stderr, res.stderr
+    res = admin.run("users", "cap", "nobody-here", "1M", check=False)
+    assert res.returncode != 0 and "no user named 'nobody-here'" in res.stderr, res.stderr
+    with pytest.raises(UsageError):
+        api(admin, "PUT", "/v1/users/bob/cap", {"cap": -1})
+    with pytest.raises(Forbidden):
+        api(bob, "PUT", "/v1/users/bob/cap", {"cap": 0})

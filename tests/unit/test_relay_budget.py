@@ -58,3 +58,21 @@ def test_an_unlimited_budget_hands_out_no_bucket_and_lifting_frees_all() -> None
     clock.now += REFRESH
     assert budget.bucket("c", "dial") is None
     assert len(budget) == 0 and not bw.active
+
+
+class SettingsDb:
+    def __init__(self, value: str | None) -> None:
+        self.value = value
+
+    async def get_setting(self, key: str) -> str | None:
+        assert key == "user_caps"
+        return self.value
+
+
+async def test_saved_user_caps_survive_damage() -> None:
+    from freight.hub.users import saved_user_caps
+
+    assert await saved_user_caps(SettingsDb('{"3": 2048, "x": 5, "4": -1, "5": "9"}')) == {3: 2048}
+    assert await saved_user_caps(SettingsDb("not json")) == {}
+    assert await saved_user_caps(SettingsDb("[1, 2]")) == {}
+    assert await saved_user_caps(SettingsDb(None)) == {}
