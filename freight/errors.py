@@ -19,7 +19,9 @@ parent's exit code; the module where it is not this one).
     │   │   ├── MalformedFileMessage              protocol.files
     │   │   ├── AttachError                       protocol.numbered
     │   │   ├── BadHostKey                        protocol.msgkeys
-    │   │   └── MalformedJobMessage               protocol.jobs
+    │   │   ├── MalformedJobMessage               protocol.jobs
+    │   │   └── MalformedDatagram                 protocol.datagrams
+    │   │       └── DatagramTooLarge              protocol.datagrams
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e
