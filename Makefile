@@ -104,3 +104,10 @@ bench-startup: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+# UDP through a tunnel against socat on loopback (bench/udp.py): unpaced
+# throughput, then loss at 80 % of it, paths alternating per round:
+# `make bench-udp BENCH_UDP_ARGS="--size 1400 --seconds 5 --rounds 3"`.
+.PHONY: bench-udp
+bench-udp: $(STAMP)
+	$(BIN)/python bench/udp.py --markdown $(BENCH_MD) $(BENCH_UDP_ARGS)
