@@ -118,10 +118,8 @@ def run_send(port: int, size: int, rate: float, seconds: float) -> None:
                 time.sleep(min(due - now, 0.001))
                 continue
         for _ in range(16):
-            try:
+            with contextlib.suppress(BlockingIOError, ConnectionRefusedError):
                 sock.send(SEQ.pack(sent) + pad)
-            except (BlockingIOError, ConnectionRefusedError):
-                pass
             sent += 1
     print(json.dumps({"sent": sent, "seconds": time.monotonic() - start}))
 
@@ -210,7 +208,7 @@ def relay(path: str, sink_port: int, work: Path) -> Iterator[int]:
                         "65536",
                         f"UDP4-LISTEN:{port},bind=127.0.0.1,reuseaddr",
                         f"UDP4:127.0.0.1:{sink_port}",
-                    ]  # fmt: skip
+                    ]
                 )
             )
             time.sleep(0.3)  # socat prints nothing when it is listening
@@ -253,7 +251,7 @@ def one_run(path: str, size: int, rate: float, seconds: float, work: Path) -> di
                     str(rate),
                     "--seconds",
                     str(seconds),
-                ),  # fmt: skip
+                ),
                 capture_output=True,
                 text=True,
                 timeout=seconds + 30,
