@@ -39,6 +39,7 @@ STREAM_READ = 256 * 1024  # bytes asked of the stream per read
 SOCKET_BUFFER = 4 * 1024 * 1024  # SO_RCVBUF/SO_SNDBUF asked for (the kernel may cap it)
 OPEN_TIMEOUT = 15.0  # seconds a flow waits for its stream to open
 CLOSE_TIMEOUT = 2.0  # seconds a stream is given to close
+MESSAGE_SIZE = 256 * 1024  # bytes per message on a message connection
 
 
 class ByteReader(Protocol):
@@ -56,6 +57,48 @@ class ByteWriter(Protocol):
 
 
 OpenStream = Callable[[], Awaitable[tuple[ByteReader, ByteWriter]]]
+
+
+class MessageChannel(Protocol):
+    """A connection that carries whole messages: a relayed connection (§12)."""
+
+    async def send(self, data: bytes) -> None: ...
+
+    async def recv(self) -> bytes: ...
+
+    async def close(self, timeout: float = ...) -> None: ...
+
+
+class MessageStream:
+    """A message connection as the byte reader and writer the pumps use: a
+    read is the next message (``b""`` at its end), what one drain sends goes
+    out in messages of at most :data:`MESSAGE_SIZE` bytes (records may span
+    two; the decoder does not care), and closing sends the end of stream and
+    waits for the far end to acknowledge what was sent."""
+
+    def __init__(self, conn: MessageChannel) -> None:
+        self.conn = conn
+        self._out: list[bytes] = []
+        self._closing = False
+
+    async def read(self, n: int = -1) -> bytes:
+        return await self.conn.recv()
+
+    def write(self, data: bytes) -> None:
+        self._out.append(data)
+
+    async def drain(self) -> None:
+        data = b"".join(self._out)
+        self._out.clear()
+        view = memoryview(data)
+        for start in range(0, len(data), MESSAGE_SIZE):
+            await self.conn.send(bytes(view[start : start + MESSAGE_SIZE]))
+
+    def close(self) -> None:
+        self._closing = True
+
+    async def wait_closed(self) -> None:
+        await self.conn.close(CLOSE_TIMEOUT / 2)
 
 
 def udp_socket(host: str, port: int, *, family: int = socket.AF_UNSPEC) -> socket.socket:

@@ -110,6 +110,32 @@ def test_garbage_gives_datagrams_or_a_typed_error_and_stays_bounded(
         assert dec.failed
 
 
+@pytest.mark.parametrize(
+    ("wire", "datagrams", "error"),
+    [
+        ("00 00 02 68 69", [b"hi"], None),
+        ("00 00 00", [b""], None),
+        ("00 00 02 68 69 00 00 00", [b"hi", b""], None),
+        ("00 00 02 68", [], MalformedDatagram),  # then the stream ends
+        ("47 45 54 20", [], MalformedDatagram),
+        ("00 ff f0", [], DatagramTooLarge),
+    ],
+)
+def test_the_vectors_of_the_protocol_reference(
+    wire: str, datagrams: list[bytes], error: type[Exception] | None
+) -> None:
+    """docs/protocol.md §19.5, row by row."""
+    dec = DatagramDecoder()
+    if error is None:
+        assert dec.feed(bytes.fromhex(wire)) == datagrams
+        dec.end()
+        return
+    with pytest.raises(error) as info:
+        assert dec.feed(bytes.fromhex(wire)) == datagrams
+        dec.end()
+    assert type(info.value) is error
+
+
 # --- flows -------------------------------------------------------------------
 
 

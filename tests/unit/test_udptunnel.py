@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from freight.client.udptunnel import UdpForwardServer, serve_udp_target
+from freight.client.udptunnel import MessageStream, UdpForwardServer, serve_udp_target
 from freight.errors import UsageError
 from freight.protocol.datagrams import (
     Counters,
@@ -21,6 +21,7 @@ from freight.protocol.datagrams import (
     MalformedDatagram,
     encode,
 )
+from freight.tasks import Supervisor
 from tests.udpsupport import DEADLINE, LoopbackTunnel, UdpClient, udp_echo, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -227,3 +228,55 @@ async def test_a_port_in_use_is_a_usage_error() -> None:
         fwd = UdpForwardServer(LoopbackTunnel(port).open_stream, port=port)
         with pytest.raises(UsageError, match="cannot bind UDP"):
             await fwd.start()
+
+
+class MemoryChannel:
+    """One end of an in-memory message connection (bounded, like the relay's
+    credit window): what the relay's Connection offers MessageStream."""
+
+    def __init__(self) -> None:
+        self.inbox: asyncio.Queue[bytes] = asyncio.Queue(maxsize=16)
+        self.peer: MemoryChannel | None = None
+        self.sizes: list[int] = []
+        self.closed = False
+
+    async def send(self, data: bytes) -> None:
+        assert self.peer is not None and not self.closed and data
+        self.sizes.append(len(data))
+        await self.peer.inbox.put(data)
+
+    async def recv(self) -> bytes:
+        return await self.inbox.get()
+
+    async def close(self, timeout: float = 1.0) -> None:
+        if not self.closed:
+            self.closed = True
+            assert self.peer is not None
+            await asyncio.wait_for(self.peer.inbox.put(b""), timeout)
+
+
+async def test_a_message_connection_carries_the_flow() -> None:
+    ends: list[MemoryChannel] = []
+    async with udp_echo() as (port, _), Supervisor("far") as far:
+
+        async def open_stream() -> tuple[MessageStream, MessageStream]:
+            near, other = MemoryChannel(), MemoryChannel()
+            near.peer, other.peer = other, near
+            ends.append(near)
+            stream = MessageStream(other)
+            far.spawn(serve_udp_target(stream, stream, "127.0.0.1", port), name="serve")
+            mine = MessageStream(near)
+            return mine, mine
+
+        async with UdpForwardServer(open_stream) as fwd:
+            client = UdpClient(fwd.port)
+            try:
+                big = os.urandom(65507)
+                for _ in range(8):
+                    client.send(big)
+                for _ in range(8):
+                    assert await client.recv() == big
+            finally:
+                client.close()
+        assert ends[0].closed  # the forward ended its flow's connection
+        assert max(ends[0].sizes) <= 256 * 1024
