@@ -7,8 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from freight.client.udptunnel import ByteReader, ByteWriter, serve_udp_target
@@ -141,3 +142,49 @@ class LoopbackTunnel:
         port = self.server.sockets[0].getsockname()[1]
         self.opened += 1
         return await asyncio.open_connection("127.0.0.1", port)
+
+
+@contextlib.contextmanager
+def udp_echo_thread(host: str = "127.0.0.1") -> Iterator[tuple[int, list[int]]]:
+    """A UDP echo server in a thread, for tests that run CLI processes:
+    yields (port, [datagrams echoed so far])."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+    sock.bind((host, 0))
+    sock.settimeout(0.2)
+    count = [0]
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            count[0] += 1
+            with contextlib.suppress(OSError):
+                sock.sendto(data, addr)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield sock.getsockname()[1], count
+    finally:
+        stop.set()
+        thread.join(DEADLINE)
+        sock.close()
+
+
+def udp_ask(port: int, data: bytes, *, sock: socket.socket | None = None) -> bytes:
+    """One datagram to 127.0.0.1:port and its answer (DEADLINE seconds)."""
+    own = sock is None
+    s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.settimeout(DEADLINE)
+        s.sendto(data, ("127.0.0.1", port))
+        return s.recv(65536)
+    finally:
+        if own:
+            s.close()
