@@ -158,6 +158,85 @@ def run_async(coro: Any) -> None:
 
 # ------------------------------------------------------------- orchestration
 
+AGENT = "udp-bench"
+
+
+class HubAgent:
+    """A hub (admin logged in) and a real agent allowed to forward UDP to
+    every port of 127.0.0.1 (``udp/127.0.0.1:*``)."""
+
+    def __init__(self, work: Path) -> None:
+        sys.path.insert(0, str(HERE))
+        import peers
+
+        self.peers = peers
+        self.hub = peers.FreightHub(work)
+        self.cfg = self.hub.dir / "agent"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def cli(self, cfg: Path, *args: str) -> str:
+        res = subprocess.run(
+            [str(self.peers.FREIGHT), *args],
+            capture_output=True,
+            text=True,
+            env=self.peers._freight_env(cfg),
+            stdin=subprocess.DEVNULL,
+            timeout=120,
+        )
+        if res.returncode != 0:
+            raise RuntimeError(f"freight {args[:2]} exited {res.returncode}: {res.stderr[-800:]}")
+        return res.stdout
+
+    def start(self) -> HubAgent:
+        hub = self.hub.start()
+        token = json.loads(self.cli(hub.cfg, "agents", "token", "--name", AGENT, "--json"))
+        self.cfg.mkdir()
+        root = self.hub.dir / "root"
+        root.mkdir()
+        self.cli(
+            self.cfg, "agent", "enroll", hub.url, token["token"], "--root", str(root),
+            "--fingerprint", self.peers.freight_fingerprint(hub.data),
+            "--allow-forward", "udp/127.0.0.1:*",
+        )  # fmt: skip
+        self.proc = self.peers.start_server(
+            [str(self.peers.FREIGHT), "agent", "run"],
+            hub.dir / "agent.log",
+            env=self.peers._freight_env(self.cfg),
+        )
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            rows = json.loads(self.cli(hub.cfg, "agents", "ls", "--json"))
+            if any(r["name"] == AGENT and r["online"] for r in rows):
+                return self
+            time.sleep(0.3)
+        raise RuntimeError("the agent is not online after 60 s")
+
+    def stop(self) -> None:
+        self.peers.stop_server(self.proc)
+        self.hub.stop()
+
+    def forward(self, sink_port: int) -> tuple[subprocess.Popen[str], int]:
+        proc = subprocess.Popen(
+            [
+                str(self.peers.FREIGHT),
+                "forward",
+                "--udp",
+                "0",
+                f"{AGENT}:127.0.0.1:{sink_port}",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=self.peers._freight_env(self.hub.cfg),
+            start_new_session=True,
+        )
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # the "listening" event (or EOF if it failed)
+        if not line:
+            raise RuntimeError(f"freight forward --udp exited {proc.wait(10)}")
+        return proc, int(json.loads(line)["port"])
+
 
 def wait_file(path: Path, proc: subprocess.Popen[Any], timeout: float = 30) -> str:
     end = time.monotonic() + timeout
@@ -192,7 +271,7 @@ def me(*args: str) -> list[str]:
 
 
 @contextlib.contextmanager
-def relay(path: str, sink_port: int, work: Path) -> Iterator[int]:
+def relay(path: str, sink_port: int, work: Path, hub: HubAgent | None) -> Iterator[int]:
     """Start the relay of `path` towards the sink; yields the port to send to."""
     procs: list[subprocess.Popen[Any]] = []
     try:
@@ -223,6 +302,11 @@ def relay(path: str, sink_port: int, work: Path) -> Iterator[int]:
             near = spawn(me("_near", str(near_file), str(tcp)))
             procs.append(near)
             yield int(wait_file(near_file, near))
+        elif path == "hub":
+            assert hub is not None
+            proc, port = hub.forward(sink_port)
+            procs.append(proc)
+            yield port
         else:
             raise SystemExit(f"unknown path {path!r}")
     finally:
@@ -230,7 +314,9 @@ def relay(path: str, sink_port: int, work: Path) -> Iterator[int]:
             stop(p)
 
 
-def one_run(path: str, size: int, rate: float, seconds: float, work: Path) -> dict[str, float]:
+def one_run(
+    path: str, size: int, rate: float, seconds: float, work: Path, hub: HubAgent | None = None
+) -> dict[str, float]:
     port_file = work / "sink.port"
     port_file.unlink(missing_ok=True)
     sink = spawn(
@@ -240,7 +326,7 @@ def one_run(path: str, size: int, rate: float, seconds: float, work: Path) -> di
     )
     try:
         sink_port = int(wait_file(port_file, sink))
-        with relay(path, sink_port, work) as port:
+        with relay(path, sink_port, work, hub) as port:
             res = subprocess.run(
                 me(
                     "_send",
@@ -281,34 +367,73 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=1400, help="datagram payload bytes (default 1400)")
     ap.add_argument("--seconds", type=float, default=5.0, help="per run (default 5)")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--paths", default="direct,socat,pair")
+    ap.add_argument("--paths", default="direct,socat,pair,hub")
     ap.add_argument("--markdown", type=Path, help="append the results to this file")
     a = ap.parse_args()
     paths = a.paths.split(",")
     runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]] = {p: [] for p in paths}
     with tempfile.TemporaryDirectory(prefix="bench-udp-") as tmp:
         work = Path(tmp)
-        for r in range(a.rounds):
-            for path in paths if r % 2 == 0 else list(reversed(paths)):
-                flat = one_run(path, a.size, 0, a.seconds, work)
-                paced = one_run(path, a.size, flat["mbps"] * 0.8e6, a.seconds, work)
-                runs[path].append((flat, paced))
-                log(
-                    f"round {r + 1} {path}: {flat['mbps']:.1f} MB/s "
-                    f"(offered {flat['offered']:.1f}, loss {pct(flat['loss'])}); "
-                    f"at 80 %: {paced['mbps']:.1f} MB/s, loss {pct(paced['loss'])}"
-                )
+        hub = HubAgent(work).start() if "hub" in paths else None
+        try:
+            measure(a, paths, runs, work, hub)
+        finally:
+            if hub is not None:
+                hub.stop()
+    report(a, runs)
+    return 0 if all_met(runs) else 1
+
+
+def measure(
+    a: argparse.Namespace,
+    paths: list[str],
+    runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]],
+    work: Path,
+    hub: HubAgent | None,
+) -> None:
+    for r in range(a.rounds):
+        for path in paths if r % 2 == 0 else list(reversed(paths)):
+            flat = one_run(path, a.size, 0, a.seconds, work, hub)
+            paced = one_run(path, a.size, flat["mbps"] * 0.8e6, a.seconds, work, hub)
+            runs[path].append((flat, paced))
+            log(
+                f"round {r + 1} {path}: {flat['mbps']:.1f} MB/s "
+                f"(offered {flat['offered']:.1f}, loss {pct(flat['loss'])}); "
+                f"at 80 %: {paced['mbps']:.1f} MB/s, loss {pct(paced['loss'])}"
+            )
+
+
+def verdicts(runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]]) -> list[str]:
+    med = {path: statistics.median(f["mbps"] for f, _ in rr) for path, rr in runs.items()}
+    lines = []
+    for path in ("hub", "pair"):
+        if path in runs:
+            loss = max(p["loss"] for _, p in runs[path])
+            vs = f", {med[path] / med['socat']:.2f}x socat" if "socat" in med else ""
+            lines.append(
+                f"- {path}: {med[path]:.1f} MB/s{vs}; worst loss at 80 %: {pct(loss)} "
+                f"(target >= {TARGET_MBPS:.0f} MB/s, < 0.1 %): "
+                + ("met" if med[path] >= TARGET_MBPS and loss < TARGET_LOSS else "missed")
+            )
+    return lines
+
+
+def all_met(runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]]) -> bool:
+    return not any(line.endswith("missed") for line in verdicts(runs))
+
+
+def report(
+    a: argparse.Namespace, runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]]
+) -> None:
     headers = ["path", "MB/s (median)", "MB/s range", "loss flat out", "MB/s at 80 %",
                "loss at 80 % (median)", "loss at 80 % (worst)"]  # fmt: skip
     rows = []
-    med: dict[str, float] = {}
     for path, rr in runs.items():
         mb = [f["mbps"] for f, _ in rr]
-        med[path] = statistics.median(mb)
         rows.append(
             [
                 path,
-                f"{med[path]:.1f}",
+                f"{statistics.median(mb):.1f}",
                 f"{min(mb):.1f}-{max(mb):.1f}",
                 pct(statistics.median(f["loss"] for f, _ in rr)),
                 f"{statistics.median(p['mbps'] for _, p in rr):.1f}",
@@ -320,29 +445,19 @@ def main() -> int:
         ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
         + ["| " + " | ".join(r) + " |" for r in rows]
     )
-    lines = [table, ""]
-    ok = True
-    for path in ("hub", "pair"):
-        if path in runs:
-            loss = max(p["loss"] for _, p in runs[path])
-            met = med[path] >= TARGET_MBPS and loss < TARGET_LOSS
-            ok = ok and met
-            vs = f", {med[path] / med['socat']:.2f}x socat" if "socat" in med else ""
-            lines.append(
-                f"- {path}: {med[path]:.1f} MB/s{vs}; worst loss at 80 %: {pct(loss)} "
-                f"(target >= {TARGET_MBPS:.0f} MB/s, < 0.1 %): {'met' if met else 'missed'}"
-            )
+    lines = verdicts(runs)
     print(table)
-    print("\n".join(lines[2:]))
+    print("\n".join(lines))
     if a.markdown:
         cmd = shlex.join(["bench/udp.py", *sys.argv[1:]])
         with open(a.markdown, "a") as f:
             f.write(
                 f"\n### UDP through a tunnel ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})"
                 f"\n\nCommand: `{cmd}` (datagrams of {a.size} bytes, {a.seconds:g} s per run,"
-                f" {a.rounds} rounds, nproc {os.cpu_count()})\n\n" + "\n".join(lines) + "\n"
+                f" {a.rounds} rounds, nproc {os.cpu_count()})\n\n{table}\n\n"
+                + "\n".join(lines)
+                + "\n"
             )
-    return 0 if ok else 1
 
 
 def child() -> None:

@@ -57,7 +57,7 @@ MAX_DATAGRAM: Final = 65507  # the largest UDP payload over IPv4
 IDLE_TIMEOUT: Final = 60.0
 MAX_FLOWS: Final = 1024
 MAX_OPENING: Final = 32
-FLOW_QUEUE: Final = 1024 * 1024  # bytes waiting for one flow's stream
+FLOW_QUEUE: Final = 4 * 1024 * 1024  # bytes waiting for one flow's stream (130 ms at 30 MB/s)
 TABLE_QUEUE: Final = 16 * 1024 * 1024  # bytes waiting in all of a table's flows
 FAILED_HOLD: Final = 5.0
 
