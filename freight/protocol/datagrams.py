@@ -212,7 +212,10 @@ _TABLE: Final[dict[str, dict[FlowState, FlowState]]] = {
     "expire": {S.OPENING: S.CLOSED, S.OPEN: S.CLOSED, S.FAILED: S.CLOSED},
     "close": {s: S.CLOSED for s in FlowState if s is not S.ERROR},
 }
-_QUEUEING: Final = (S.OPENING, S.OPEN)
+# Per-datagram checks compare identities: an enum's hash is Python code, so
+# the table is looked up only off the common path.
+_OPEN: Final = S.OPEN
+_OPENING: Final = S.OPENING
 
 
 @dataclass(slots=True)
@@ -277,9 +280,10 @@ class Flow:
 
     def to_stream(self, datagram: bytes, now: float) -> bool:
         """A datagram for the far end; False when it was dropped."""
-        self._step("to_stream")
+        state = self.state
         c, n = self.counters, len(datagram)
-        if self.state is FlowState.CLOSED:
+        if state is not _OPEN and state is not _OPENING:
+            self._step("to_stream")  # CLOSED stays CLOSED; anything else raises
             c.dropped_closed += 1
             return False
         if n > self.limits.max_datagram:
@@ -312,8 +316,8 @@ class Flow:
     def from_stream(self, data: bytes, now: float) -> list[bytes]:
         """Stream bytes in, the datagrams they complete out. Garbage fails
         the flow and raises :class:`MalformedDatagram`."""
-        self._step("from_stream")
-        if self.state is FlowState.CLOSED:
+        if self.state is not _OPEN:
+            self._step("from_stream")  # CLOSED stays CLOSED; anything else raises
             return []
         try:
             out = self._decoder.feed(data)
@@ -393,7 +397,8 @@ class FlowTable:
         datagram was refused (counted) and no flow exists for it."""
         flow = self._flows.get(source)
         if flow is not None:
-            if flow.state in _QUEUEING:
+            state = flow.state
+            if state is _OPEN or state is _OPENING:
                 flow.to_stream(datagram, now)
                 return flow, False
             self.counters.dropped_closed += 1  # FAILED: held until its deadline
