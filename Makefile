@@ -102,6 +102,18 @@ bench-jobs: $(STAMP)
 bench-startup: $(STAMP)
 	$(BIN)/python bench/startup.py $(BENCH_STARTUP_ARGS)
 
+# Relayed compression: `freight cp -r --compress fast` of text from an agent
+# against rsync -az over a private sshd, rounds alternating
+# (bench/relaycompress.py; installs openssh-server and rsync when missing):
+# `make bench-relaycompress BENCH_RELAYCOMPRESS_ARGS="--size 256M --rounds 5"`.
+.PHONY: bench-relaycompress
+bench-relaycompress: $(STAMP)
+	@command -v rsync >/dev/null && { command -v sshd >/dev/null || [ -x /usr/sbin/sshd ]; } || \
+		{ DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server rsync || \
+		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server rsync; }; }
+	@[ "$$(id -u)" -ne 0 ] || mkdir -p /run/sshd
+	$(BIN)/python bench/relaycompress.py --markdown $(BENCH_MD) $(BENCH_RELAYCOMPRESS_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 

@@ -20,6 +20,7 @@ parent's exit code; the module where it is not this one).
     │   │   ├── AttachError                       protocol.numbered
     │   │   ├── BadHostKey                        protocol.msgkeys
     │   │   ├── MalformedJobMessage               protocol.jobs
+    │   │   ├── MalformedProbe                    protocol.probe
     │   │   └── MalformedDatagram                 protocol.datagrams
     │   │       └── DatagramTooLarge              protocol.datagrams
     │   ├── VersionMismatch                       protocol.errors

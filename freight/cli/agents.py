@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import typer
@@ -18,7 +18,7 @@ from ..client.config import ClientConfig
 from ..client.options import QuietReporter
 from ..client.relay import RelayClient
 from ..client.remote import cp_plan, download, list_remote, split_remote, upload
-from ..client.sendrecv import Summary, build_manifest
+from ..client.sendrecv import Summary, build_manifest, shaping_for
 from ..client.session import (
     HubSession,
     check_transport,
@@ -28,6 +28,7 @@ from ..units import format_bytes, parse_duration, parse_rate
 from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
 from .output import RichReporter, err_console, print_json
 from .overwrite import OverwriteOpt, consent
+from .shaping import RelayCompressOpt, RelayLimitOpt, check_shaping
 
 agents_app = typer.Typer(help="Enrolled agents (admin accounts only).", no_args_is_help=True)
 
@@ -272,6 +273,8 @@ def cp(
     recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Copy folders.")] = False,
     transport: TransportOpt = "auto",
     overwrite: OverwriteOpt = False,
+    limit: RelayLimitOpt = "off",
+    compress: RelayCompressOpt = "",
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,
     quiet: QuietOpt = False,
@@ -283,6 +286,7 @@ def cp(
     if len(paths) < 2:
         raise UsageError("give a source and a destination")
     check_transport(transport)
+    wanted = check_shaping(limit, compress)
     *sources, dest = paths
     direction, (remote, local) = cp_plan(sources, dest, recursive)
     relays = _relays(hub_url, transport)
@@ -290,6 +294,12 @@ def cp(
     started = time.monotonic()
 
     async def go() -> Summary:
+        if wanted[0].percent is None:
+            shaping = await shaping_for(*wanted, None)
+        else:  # a share of what the path to the hub can carry, measured
+            async with relays() as measuring:
+                way: Literal["up", "down"] = "up" if direction == "up" else "down"
+                shaping = await shaping_for(*wanted, measuring.session, way)
         with ExitStack() as shown:
             if direction == "up":
                 entries = build_manifest(local)
@@ -304,6 +314,7 @@ def cp(
                     overwrite=overwrite,
                     manifest=entries,
                     on_open=lambda: shown.enter_context(up),
+                    shaping=shaping,
                 )
             down = RichReporter(0, 0, quiet=quiet)
             return await download(
@@ -314,6 +325,7 @@ def cp(
                 recursive=recursive,
                 consent=consent(overwrite, None if quiet else down),
                 on_open=lambda: shown.enter_context(down),
+                shaping=shaping,
             )
 
     summary = run_async(go)
@@ -325,6 +337,9 @@ def cp(
                 "bytes": summary.bytes,
                 "sent": summary.sent,
                 "resumed": summary.resumed,
+                "wire": summary.wire,
+                "compress": summary.level,
+                "rate": summary.rate,
                 "seconds": round(took, 3),
             }
         )

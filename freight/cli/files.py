@@ -350,6 +350,43 @@ def admin_bandwidth(
         )
 
 
+def admin_compression(
+    level: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[LEVEL]", help="auto, none, fast or max; omit to show the levels in force."
+        ),
+    ] = None,
+    user: Annotated[
+        str | None, typer.Option("--user", help="Set it for this account only (auto: unset).")
+    ] = None,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show or change the compression the hub asks of pushes.
+
+    The receiving end chooses the level of a stream: the hub asks for an
+    account's own level if it has one, else the hub's, else (auto) the
+    sender's wish; while the hub is busy it steps down (max to fast) and,
+    overloaded, asks for none.
+    """
+    from ..client.api import Client
+
+    async def go() -> Any:
+        async with Client(hub_url) as hub:
+            if level is None:
+                return await hub.compression()
+            return await hub.set_compression(level, user or "")
+
+    status = run_async(go)
+    if json_out:
+        print_json(status)
+        return
+    typer.echo(f"hub: {status['hub']}  (load {status['load']:.2f} per processor)")
+    for name, lvl in status["users"].items():
+        typer.echo(f"{name}: {lvl}")
+
+
 def admin_events(
     kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. login_failure.")] = None,
     limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 50,
@@ -380,4 +417,5 @@ def register(app: typer.Typer, admin_app: typer.Typer) -> None:
     app.command("ls")(ls_cmd)
     app.command("rm")(rm_cmd)
     admin_app.command("bandwidth")(admin_bandwidth)
+    admin_app.command("compression")(admin_compression)
     admin_app.command("events")(admin_events)

@@ -25,6 +25,24 @@ def hub(
         str | None,
         typer.Option(help='Total budget, e.g. 100M, or a timetable "08:00,10M 18:00,off".'),
     ] = None,
+    compress: Annotated[
+        str | None,
+        typer.Option(
+            "--compress",
+            metavar="LEVEL",
+            help="Compression the hub asks of pushes (the receiver chooses): auto follows "
+            "the sender's wish; levels step down while the hub is busy. Default: what an "
+            "admin set last (freight admin compression), else auto.",
+        ),
+    ] = None,
+    compress_busy: Annotated[
+        float,
+        typer.Option(
+            help="Load average per processor from which --compress steps down (0: never).",
+            hidden=True,
+            min=0,
+        ),
+    ] = 2.0,
     purge_after: Annotated[
         float, typer.Option(help="Hours after which abandoned partial uploads are deleted.")
     ] = 72.0,
@@ -110,6 +128,13 @@ def hub(
             Budget.parse(bandwidth)
         except UsageError as exc:
             raise typer.BadParameter(exc.message, param_hint="--bandwidth") from None
+    if compress is not None:
+        from ..hub.compression import check_level
+
+        try:
+            check_level(compress)
+        except UsageError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--compress") from None
     if (cert is None) != (key is None):
         raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
     if cert is not None and key is not None:
@@ -124,6 +149,8 @@ def hub(
         host=host.strip("[]"),
         port=int(port),
         bandwidth=bandwidth,
+        compress=compress,
+        compress_busy=compress_busy,
         purge_after=purge_after * 3600.0,
         database_url=database_url,
         cert=cert,

@@ -21,7 +21,7 @@ from ..client.listener import split_code
 from ..client.options import QuietReporter, Reporter
 from ..client.receiving import Destination
 from ..client.relay import TRANSPORTS, Connection, RelayClient
-from ..client.sendrecv import Summary, build_manifest
+from ..client.sendrecv import Summary, build_manifest, shaping_for
 from ..client.session import HubSession
 from ..client.words import new_code_words
 from ..errors import UsageError
@@ -30,6 +30,7 @@ from ..units import format_bytes, parse_duration
 from .common import HubOpt, JsonOpt, QuietOpt, run_async
 from .output import RichReporter, err_console, print_json
 from .overwrite import OverwriteOpt, consent
+from .shaping import RelayCompressOpt, RelayLimitOpt, check_shaping
 
 TransportOpt = Annotated[
     str,
@@ -77,6 +78,9 @@ def _summary_json(summary: Summary, seconds: float) -> dict[str, Any]:
         "bytes": summary.bytes,
         "sent": summary.sent,
         "resumed": summary.resumed,
+        "wire": summary.wire,
+        "compress": summary.level,
+        "rate": summary.rate,
         "seconds": round(seconds, 3),
     }
 
@@ -88,6 +92,8 @@ def send(
         typer.Option(help="Re-use a code this account was given (to resume a stopped send)."),
     ] = None,
     ttl: Annotated[str, typer.Option(help="How long the code stays valid, e.g. 30m, 2h.")] = "1h",
+    limit: RelayLimitOpt = "off",
+    compress: RelayCompressOpt = "",
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
     data_path: DataPathOpt = "auto",
@@ -95,6 +101,7 @@ def send(
     quiet: QuietOpt = False,
 ) -> None:
     """Send files to whoever has the code; prints the code and waits."""
+    wanted = check_shaping(limit, compress)
     entries = build_manifest(paths)
     seconds = parse_duration(ttl)
     if code:
@@ -111,6 +118,7 @@ def send(
 
     async def go() -> tuple[Summary, float]:
         async with _client(hub_url, transport, data_path) as client:
+            shaping = await shaping_for(*wanted, client.session)
             await client.start(identity=False)
             with contextlib.ExitStack() as shown:
 
@@ -136,6 +144,7 @@ def send(
                     ttl=seconds,
                     on_code=announce,
                     on_connection=connected,
+                    shaping=shaping,
                 )
                 return summary, time.monotonic() - started
 
@@ -154,6 +163,8 @@ def receive(
         Path, typer.Option("--output", "-o", help="Folder to put what arrives in.")
     ] = Path("."),
     overwrite: OverwriteOpt = False,
+    limit: RelayLimitOpt = "off",
+    compress: RelayCompressOpt = "",
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
     data_path: DataPathOpt = "auto",
@@ -161,6 +172,7 @@ def receive(
     quiet: QuietOpt = False,
 ) -> None:
     """Receive what a sender offers under CODE (resumes if run again)."""
+    wanted = check_shaping(limit, compress)
     dest = Destination.folder(output)
 
     started = time.monotonic()
@@ -183,6 +195,7 @@ def receive(
                     stack.enter_context(reporter)  # progress once a sender is found
 
             async with _client(hub_url, transport, data_path) as client:
+                shaping = await shaping_for(*wanted, client.session, "down")
                 await client.start(identity=False)
                 summary = await receive_with_code(
                     client,
@@ -192,6 +205,7 @@ def receive(
                     consent=decide,
                     on_connection=connected,
                     on_restart=restarted,
+                    shaping=shaping,
                 )
                 return summary, time.monotonic() - started
 

@@ -28,6 +28,7 @@ MODULES = (
     "links",
     "msg",
     "job",
+    "probe",
 )
 
 
@@ -122,6 +123,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import job
 
         job.register(app)
+    if "probe" in modules:
+        from . import probe
+
+        probe.register(app)
     cli = typer.main.get_command(app)
     plain_help(cli)
     return cli

@@ -68,6 +68,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "Be this user's messaging host: stay attached to the hub and serve applications on "
         "msg.sock in the config folder (freight msg, the SDK's freight.messaging.connect).",
     ),
+    "probe": (
+        ("probe",),
+        "Measure the path to the hub: capacity, available bandwidth and round-trip time.",
+    ),
     "admin": (("files", "relay"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (

@@ -17,7 +17,7 @@ from ..client.relay import identity_key
 from ..errors import UsageError
 from ..names import check_new_password, check_user_name
 from ..protocol.e2e import public_of
-from ..units import UNLIMITED_WORDS, format_bytes, parse_size
+from ..units import UNLIMITED_WORDS, format_bytes, parse_rate, parse_size
 from .common import HubOpt, JsonOpt, on_hub
 from .output import err_console, print_json
 
@@ -133,6 +133,25 @@ def users_quota(
         err_console.print(f"{name} may hold {format_bytes(value)} on the hub", markup=False)
     else:
         err_console.print(f"{name} has no quota", markup=False)
+
+
+@users_app.command("cap")
+def users_cap(
+    name: NameArg,
+    rate: Annotated[str, typer.Argument(help="Bytes/s, e.g. 20M; off (or 0): no cap.")],
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Cap an account's bandwidth through the hub: each of its pushes and
+    pulls, and its relayed connections (send, receive, cp, pipes) together.
+    Agents: freight agents cap."""
+    value = parse_rate(rate)
+    user = on_hub(hub_url, lambda hub: hub.set_user_cap(name, value))
+    if json_out:
+        print_json(user)
+    else:
+        shown = f"{format_bytes(value)}/s" if value else "no cap"
+        err_console.print(f"{name}: {shown}", markup=False)
 
 
 def passwd(

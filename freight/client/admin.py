@@ -12,7 +12,7 @@ from typing import Any
 from ..errors import NotFound, UsageError
 from ..names import check_new_password, check_user_name
 from ..protocol.commands import TERMINAL_COMMAND_STATES
-from ..units import UNLIMITED_WORDS, parse_size
+from ..units import UNLIMITED_WORDS, parse_rate, parse_size
 
 USERS_HINT = "run: freight users ls"
 KEYS_HINT = "run: freight keys ls"
@@ -63,6 +63,14 @@ class AdminCalls(ABC):
             value = quota
         body = {"quota": value}
         return dict(await self._call("PUT", f"/v1/users/{name}/quota", body, hint=USERS_HINT))
+
+    async def set_user_cap(self, name: str, cap: int | str) -> dict[str, Any]:
+        """Bytes/s (or a rate such as ``"20M"``) the account's traffic may take
+        through the hub, relayed or not; 0: no cap."""
+        check_user_name(name)
+        value = parse_rate(cap) if isinstance(cap, str) else cap
+        body = {"cap": value}
+        return dict(await self._call("PUT", f"/v1/users/{name}/cap", body, hint=USERS_HINT))
 
     async def passwd(self, current: str, new: str) -> dict[str, Any]:
         """Change this account's password; its other logins end."""
@@ -203,6 +211,15 @@ class AdminCalls(ABC):
     async def set_bandwidth(self, budget: str) -> dict[str, Any]:
         """Change the budget at run time: ``"100M"``, ``"off"`` or a timetable."""
         return dict(await self.request("PUT", "/v1/admin/bandwidth", {"budget": budget}))
+
+    async def compression(self) -> dict[str, Any]:
+        """The levels the hub asks of pushes: its own, per account, and its load."""
+        return dict(await self.request("GET", "/v1/admin/compression"))
+
+    async def set_compression(self, level: str, user: str = "") -> dict[str, Any]:
+        """``auto``/``none``/``fast``/``max`` for the hub, or for ``user``."""
+        body = {"level": level, "user": user}
+        return dict(await self.request("PUT", "/v1/admin/compression", body))
 
     async def connections(self) -> list[dict[str, Any]]:
         """Live relayed connections."""

@@ -26,13 +26,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
 from ..errors import FreightError, UsageError, from_exception
 from ..protocol.messages import LEVELS
-from ..units import parse_rate
+from ..units import Limit, parse_rate
 from .admin import AdminCalls
 from .config import ClientConfig
 from .linkcalls import LinkCalls
@@ -52,6 +52,7 @@ from .session import DATA_PATHS, HubSession, canonical_url, check_transport, par
 if TYPE_CHECKING:
     from .codes import Offered
     from .listener import Listener
+    from .probe import ProbeResult
     from .receiving import Consent
     from .relay import Connection, RelayClient
     from .sendrecv import Summary
@@ -245,6 +246,16 @@ class Client(AdminCalls, LinkCalls):
                 raise
             raise mapped from exc
 
+    async def probe(self, *, direction: str = "both", seconds: float | None = None) -> ProbeResult:
+        """Measure the path to the hub: round-trip time, and capacity and
+        available bandwidth ``up``, ``down`` or ``both`` (see
+        :func:`freight.client.probe.probe`)."""
+        from .probe import probe
+
+        return await self._guard(  # type: ignore[no-any-return]
+            probe(self.session, direction=direction, seconds=seconds, data_path=self.data_path)  # type: ignore[arg-type]
+        )
+
     async def request(self, method: str, path: str, body: Any = None) -> Any:
         """One REST call to the hub (``/v1/...``); its JSON answer."""
         return await self._guard(self.session.request(method, path, body))
@@ -345,20 +356,32 @@ class Client(AdminCalls, LinkCalls):
         ttl: float = 3600.0,
         on_code: Callable[[Offered], object] | None = None,
         reporter: Reporter | None = None,
+        limit: Limit | int | str = 0,
+        compress: str = "",
     ) -> Summary:
         """Send files and folders to whoever has the code. ``on_code`` is
         told the code as soon as the hub grants it; the call returns once a
-        receiver has everything. ``code`` resumes an earlier send."""
+        receiver has everything. ``code`` resumes an earlier send.
+        ``limit``: bytes/s, ``"20M"`` or a :class:`~freight.units.Limit`
+        (0: none); ``compress``: the level you would like (none/fast/max;
+        the receiver chooses, "" leaves it to it)."""
         from .codes import send_with_code
-        from .sendrecv import build_manifest
+        from .sendrecv import build_manifest, shaping_for
 
         entries = build_manifest([Path(p) for p in paths])
 
         async def go() -> Summary:
+            shaping = await shaping_for(limit, compress, self.session)
             async with self._relay() as relay:
                 await relay.start(identity=False)
                 return await send_with_code(
-                    relay, entries, _quiet(reporter), code=code, ttl=ttl, on_code=on_code
+                    relay,
+                    entries,
+                    _quiet(reporter),
+                    code=code,
+                    ttl=ttl,
+                    on_code=on_code,
+                    shaping=shaping,
                 )
 
         summary: Summary = await self._guard(go())
@@ -372,21 +395,31 @@ class Client(AdminCalls, LinkCalls):
         overwrite: bool = False,
         consent: Consent | None = None,
         reporter: Reporter | None = None,
+        limit: Limit | int | str = 0,
+        compress: str = "",
     ) -> Summary:
         """Receive what the sender of ``code`` offers into the folder
         ``dest``. A file already there (not this transfer's own) is replaced
         only with ``overwrite``, or when ``consent(paths)`` returns (it
-        raises to refuse)."""
+        raises to refuse). ``limit`` caps the rate (the sender is told);
+        ``compress`` chooses the level ("": the sender's wish)."""
         from .codes import receive_with_code
         from .receiving import Destination, refuse_to_replace
+        from .sendrecv import shaping_for
 
         decide = _accept if overwrite else consent or refuse_to_replace
 
         async def go() -> Summary:
+            shaping = await shaping_for(limit, compress, self.session, "down")
             async with self._relay() as relay:
                 await relay.start(identity=False)
                 return await receive_with_code(
-                    relay, code, Destination.folder(Path(dest)), _quiet(reporter), consent=decide
+                    relay,
+                    code,
+                    Destination.folder(Path(dest)),
+                    _quiet(reporter),
+                    consent=decide,
+                    shaping=shaping,
                 )
 
         summary: Summary = await self._guard(go())
@@ -427,19 +460,34 @@ class Client(AdminCalls, LinkCalls):
         overwrite: bool = False,
         consent: Consent | None = None,
         reporter: Reporter | None = None,
+        limit: Limit | int | str = 0,
+        compress: str = "",
     ) -> Summary:
         """Copy to or from an agent as ``cp``/``scp`` do; one side is
-        ``AGENT:/path``. Uploads take several sources; a download one."""
+        ``AGENT:/path``. Uploads take several sources; a download one.
+        ``limit`` caps the rate; ``compress`` is the level asked for (of a
+        download: chosen; of an upload: wished, the agent chooses)."""
         from .receiving import refuse_to_replace
         from .remote import cp_plan, download, upload
+        from .sendrecv import shaping_for
 
         direction, (remote, local) = cp_plan([str(s) for s in sources], str(dest), recursive)
         rep = _quiet(reporter)
+        way: Literal["up", "down"] = "up" if direction == "up" else "down"
+        shaping = await self._guard(shaping_for(limit, compress, self.session, way))
         if direction == "up":
-            work = upload(self._relay, remote, local, rep, overwrite=overwrite)
+            work = upload(self._relay, remote, local, rep, overwrite=overwrite, shaping=shaping)
         else:
             decide = _accept if overwrite else consent or refuse_to_replace
-            work = download(self._relay, remote, local, rep, recursive=recursive, consent=decide)
+            work = download(
+                self._relay,
+                remote,
+                local,
+                rep,
+                recursive=recursive,
+                consent=decide,
+                shaping=shaping,
+            )
         summary: Summary = await self._guard(work)
         return summary
 

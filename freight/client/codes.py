@@ -15,7 +15,7 @@ from ..protocol.errors import ProtocolError
 from .listener import Listener, split_code
 from .receiving import Consent, Destination, receive_entries, refuse_to_replace
 from .relay import Connection, RelayClient
-from .sendrecv import Entry, Reporter, Summary, send_entries
+from .sendrecv import Entry, Reporter, Shaping, Summary, send_entries
 from .words import new_code_words
 
 # A claim that has linked proves its code within this, or counts as failed
@@ -59,6 +59,7 @@ async def send_with_code(
     ttl: float = 3600.0,
     on_code: Callable[[Offered], object] | None = None,
     on_connection: Callable[[], object] | None = None,
+    shaping: Shaping | None = None,
 ) -> Summary:
     """Offer ``entries`` under a new code (or ``code``, to resume a stopped
     send), tell ``on_code`` the code, and send to the first receiver that
@@ -82,7 +83,7 @@ async def send_with_code(
             if on_connection is not None:
                 on_connection()
             if await _handshake(conn, offer, reporter):
-                summary = await send_entries(conn, entries, reporter)
+                summary = await send_entries(conn, entries, reporter, shaping=shaping)
                 await conn.close()
                 return summary
         except ConnectionEnded as exc:
@@ -101,6 +102,7 @@ async def receive_with_code(
     consent: Consent = refuse_to_replace,
     on_connection: Callable[[], object] | None = None,
     on_restart: Callable[[], object] | None = None,
+    shaping: Shaping | None = None,
 ) -> Summary:
     """Claim ``code`` and receive what its sender offers into ``dest``,
     resuming when the sender starts again (``on_restart`` is told, else the
@@ -111,7 +113,7 @@ async def receive_with_code(
         try:
             if on_connection is not None:
                 on_connection()
-            summary = await receive_entries(conn, dest, reporter, consent=consent)
+            summary = await receive_entries(conn, dest, reporter, consent=consent, shaping=shaping)
             await conn.close()
             return summary
         except SenderRestarted:

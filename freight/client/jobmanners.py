@@ -131,15 +131,18 @@ class Tapped:
 
     async def recv(self) -> bytes:
         data: bytes = await self.conn.recv()
-        kind = data[:1]
+        kind, inner = data[:1], data
         with contextlib.suppress(wire.MalformedTransfer):  # receive_entries refuses it
+            if kind == b"X":  # a compressed batch carries digests too
+                inner = wire.unpack(data)
+                kind = inner[:1]
             if kind == b"M":
                 self.entries, self.digests = wire.decode(data, wire.Manifest).entries, {}
             elif kind == b"E":
                 end = wire.decode(data, wire.FileEnd)
                 self.digests[end.index] = end.digest
             elif kind == b"B":
-                for f in wire.decode_batch(data):
+                for f in wire.decode_batch(inner):
                     self.digests[f.index] = f.digest.hex()
         return data
 

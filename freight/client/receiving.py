@@ -24,6 +24,7 @@ from ..engine.partial import FolderPlace, LengthCheckpoints, PartialFile
 from ..engine.pipeline import WriteBehind
 from ..errors import FreightError, StorageError, UsageError
 from ..protocol import sendrecv as wire
+from .pacing import Pacer
 from .relay import Connection
 from .safefs import FileExists, Tree, UnsafePath, relative_parts, same_file
 from .sendrecv import (
@@ -33,6 +34,7 @@ from .sendrecv import (
     SYNC_EACH,
     Entry,
     Reporter,
+    Shaping,
     Summary,
     TransferRefused,
 )
@@ -282,8 +284,12 @@ async def receive_entries(
     reporter: Reporter,
     *,
     consent: Consent = refuse_to_replace,
+    shaping: Shaping | None = None,
 ) -> Summary:
-    """Receive a manifest and its files into ``dest``."""
+    """Receive a manifest and its files into ``dest``. ``shaping``: this
+    end's rate (told to the sender, and kept to here too) and compression
+    level (its choice over the sender's wish)."""
+    shaping = shaping or Shaping()
     first = await conn.recv()
     if not first:
         raise TransferRefused("the sender closed the connection")
@@ -304,7 +310,11 @@ async def receive_entries(
         await conn.send(_refuse(exc.message))
         raise
     try:
-        return await _receive_into(conn, tree, rename, entries, reporter, consent)
+        level = wire.choose_level(manifest.want, shaping.compress)
+        summary = Summary(level=level, rate=shaping.rate)
+        return await _receive_into(
+            conn, tree, rename, entries, reporter, consent, summary, shaping.rate
+        )
     finally:
         tree.close()
 
@@ -331,8 +341,9 @@ async def _receive_into(
     entries: list[Entry],
     reporter: Reporter,
     consent: Consent,
+    summary: Summary,
+    rate: int,
 ) -> Summary:
-    summary = Summary()
     incoming: dict[int, _Incoming] = {}
     folders: list[tuple[tuple[str, ...], Entry]] = []
     async with _refusing_on_failure(conn, tree):
@@ -364,10 +375,10 @@ async def _receive_into(
     set_totals = getattr(reporter, "set_totals", None)
     if set_totals is not None:
         set_totals(summary.bytes, summary.files)
-    await conn.send(wire.encode(wire.Holdings(have=have)))
+    await conn.send(wire.encode(wire.Holdings(have=have, level=summary.level, rate=rate)))
     try:
         async with _refusing_on_failure(conn, tree):
-            await _receive_files(conn, incoming, reporter, summary, tree)
+            await _receive_files(conn, incoming, reporter, summary, tree, Pacer(rate))
 
             def finish_folders() -> None:
                 for parts, e in reversed(folders):
@@ -416,11 +427,12 @@ async def _receive_files(
     reporter: Reporter,
     summary: Summary,
     tree: Tree,
+    pacer: Pacer,
 ) -> None:
     # The disk works in one thread, in order, while the next records arrive.
     writer = WriteBehind(READ_AHEAD * 2 * CHUNK)
     try:
-        await _receive_loop(conn, incoming, reporter, summary, writer, tree)
+        await _receive_loop(conn, incoming, reporter, summary, writer, tree, pacer)
     except wire.MalformedTransfer as exc:
         raise TransferRefused(exc.message) from None
     finally:
@@ -434,6 +446,7 @@ async def _receive_loop(
     summary: Summary,
     writer: WriteBehind,
     tree: Tree,
+    pacer: Pacer,
 ) -> None:
     started: set[int] = set()
     while True:
@@ -441,11 +454,22 @@ async def _receive_loop(
         if not data:
             raise TransferRefused("the sender closed the connection before the end")
         kind = data[:1]
+        if kind in (b"F", b"B"):
+            summary.wire += len(data)
+        elif kind == b"X":
+            if summary.level == "none":
+                raise TransferRefused("the sender compressed data this end did not ask for")
+            summary.wire += len(data)
+            data = await asyncio.to_thread(wire.unpack, data)
+            kind = data[:1]
         if kind == b"F":
             index, offset, block = wire.decode_chunk(data)
             inc = incoming.get(index)
             if inc is None:
                 raise TransferRefused("data for a file that is not in the list")
+            # This end's limit holds even against a sender that ignores it:
+            # what is not taken is not acknowledged, which slows the sender.
+            await pacer.pace(len(block))
             if index not in started:
                 started.add(index)
                 reporter.start(inc.entry.path, inc.entry.size)
@@ -467,6 +491,7 @@ async def _receive_loop(
             reporter.finish(inc.entry.path, None)
         elif kind == b"B":
             items = _parse_batch(data, incoming)
+            await pacer.pace(sum(len(body) for _, _, body, _, _ in items))
             for index, inc, body, _, held in items:
                 started.add(index)
                 reporter.start(inc.entry.path, inc.entry.size)

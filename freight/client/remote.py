@@ -18,7 +18,7 @@ from ..protocol.files import APP, Answer, Entry, Request, decode_answer, encode_
 from .receiving import Consent, Destination, receive_entries, refuse_to_replace
 from .relay import Connection, RelayClient
 from .sendrecv import Entry as LocalEntry
-from .sendrecv import Reporter, Summary, build_manifest, send_entries
+from .sendrecv import Reporter, Shaping, Summary, build_manifest, send_entries
 
 CONNECT_TIMEOUT = 60.0
 
@@ -76,6 +76,7 @@ async def upload(
     overwrite: bool = False,
     manifest: list[LocalEntry] | None = None,
     on_open: Callable[[], object] | None = None,
+    shaping: Shaping | None = None,
 ) -> Summary:
     """Copy local files and folders to ``AGENT:/path`` (cp's rules for the
     destination; resumable). ``manifest`` is ``build_manifest(local)`` if
@@ -87,7 +88,7 @@ async def upload(
     async with open_files(relay_factory, agent, request) as (conn, _):
         if on_open is not None:
             on_open()
-        summary = await send_entries(conn, entries, reporter)
+        summary = await send_entries(conn, entries, reporter, shaping=shaping)
         await conn.close()
     return summary
 
@@ -101,6 +102,7 @@ async def download(
     recursive: bool = False,
     consent: Consent = refuse_to_replace,
     on_open: Callable[[], object] | None = None,
+    shaping: Shaping | None = None,
 ) -> Summary:
     """Copy ``AGENT:/path`` to ``dest`` (cp's rules; resumable).
     ``on_open`` is called once the agent accepted."""
@@ -112,7 +114,7 @@ async def download(
     async with open_files(relay_factory, agent, request) as (conn, _):
         if on_open is not None:
             on_open()
-        summary = await receive_entries(conn, target, reporter, consent=consent)
+        summary = await receive_entries(conn, target, reporter, consent=consent, shaping=shaping)
         await conn.close()
     return summary
 

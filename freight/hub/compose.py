@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import resource
 import secrets
@@ -31,11 +32,13 @@ from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
 from .collect import Collector
 from .commands import CommandQueue
+from .compression import CompressionPolicy
 from .core import Core
 from .dispatch import Dispatcher
 from .guard import PortGuard, PortLimits, deadlines_middleware
 from .limiter import LoginGuard
 from .observe import EventLog, Metrics
+from .probe import ProbeService
 from .relay import Router
 from .requests import errors_middleware
 from .services import STATE, Hub, Identity, install
@@ -50,6 +53,8 @@ class HubConfig:
     host: str = "127.0.0.1"
     port: int = 8443
     bandwidth: str | None = None  # None: keep what an admin set last
+    compress: str | None = None  # the level asked of pushes; None: what an admin set last
+    compress_busy: float = 2.0  # load per processor from which that level steps down
     purge_after: float = 72 * 3600.0
     database_url: str | None = None  # default: SQLite inside the data folder
     checkpoint_interval: int = CHECKPOINT_INTERVAL
@@ -168,6 +173,13 @@ async def build_hub(cfg: HubConfig) -> Hub:
         checkpoint_interval=cfg.checkpoint_interval,
         caps=caps,
     )
+    try:
+        saved = json.loads(await db.get_setting("compression") or "{}")
+    except ValueError:
+        saved = {}  # damaged: start from the defaults
+    streams.compression = CompressionPolicy.restore(
+        saved if isinstance(saved, dict) else {}, cfg.compress, cfg.compress_busy
+    )
     relay = Router(
         db,
         events,
@@ -177,7 +189,11 @@ async def build_hub(cfg: HubConfig) -> Hub:
         max_conns=cfg.max_relay_connections,
         max_codes=cfg.max_codes,
         fingerprint=me.fingerprint,
+        bandwidth=bandwidth,  # the budget applies to relayed traffic too
     )
+    for user_id, cap in (await users.saved_user_caps(db)).items():
+        relay.presence.set_cap(user_id, cap)  # relayed connections of the account
+        bandwidth.set_cap(user_id, cap)  # its pushes and pulls
     queue = CommandQueue(core, relay.presence)
     collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
     queue.on_settled(collector.finished)  # an answered upload is stored
@@ -209,6 +225,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
     agents.register(dispatcher, hub)
     queue.register(dispatcher)
     hub.messaging.register(dispatcher)
+    ProbeService().register(dispatcher)  # bandwidth probes: docs/protocol.md 20
     return hub
 
 

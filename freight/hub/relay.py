@@ -72,10 +72,12 @@ from ..protocol.switch import (
     other,
 )
 from ..tasks import Supervisor
+from .bandwidth import BandwidthManager
 from .bus import Bus, InProcessBus
 from .codes import CodeDesk
 from .observe import EventLog, Metrics
 from .presence import Presence
+from .relaybudget import RelayBudget
 from .relayconn import Conn, RelayRefused
 from .streams import User
 
@@ -131,6 +133,12 @@ class Attachment(Seat):
                         bucket = self.router.cap_for(conn)
                         if bucket is not None:
                             delay = bucket.reserve(len(payload), time.monotonic())
+                            if delay > 0:
+                                await asyncio.sleep(delay)
+                        # The hub's budget, shared with pushes and pulls.
+                        budget = self.router.budget_for(conn, role)
+                        if budget is not None:
+                            delay = budget.reserve(len(payload), time.monotonic())
                             if delay > 0:
                                 await asyncio.sleep(delay)
                     lane = self.lane if isinstance(msg, m.Relay) else None
@@ -194,8 +202,10 @@ class Router:
         max_conns: int = DEFAULT_MAX_CONNS,
         max_codes: int = DEFAULT_MAX_CODES,
         fingerprint: str = "",
+        bandwidth: BandwidthManager | None = None,
     ) -> None:
         self.db = db
+        self.budget = RelayBudget(bandwidth) if bandwidth is not None else None
         self.events = events
         self.log = events.log
         self.metrics = metrics
@@ -478,6 +488,8 @@ class Router:
         self.perform(None, "", self.pairing.end(conn, code, message, by))
 
     def _ended(self, conn: Conn, code: str, by: str) -> None:
+        if self.budget is not None:
+            self.budget.forget(conn.cid)
         if conn.nameplate:
             self.codes.interrupted(conn, code)
         self.spawn(self._closed(conn, code, by))
@@ -524,6 +536,10 @@ class Router:
             return False
         self.end(conn, HangupCode.KILLED, f"ended by admin {admin}", by=BY_ADMIN)
         return True
+
+    def budget_for(self, conn: Conn, role: str) -> TokenBucket | None:
+        """The hub's budget on records of ``conn`` towards its ``role`` end."""
+        return self.budget.bucket(conn.cid, role) if self.budget is not None else None
 
     def cap_for(self, conn: Conn) -> TokenBucket | None:
         """The bandwidth cap on ``conn`` (the writer's hot path)."""

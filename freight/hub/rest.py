@@ -5,6 +5,7 @@ collection have their own modules)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 from typing import Any
 
@@ -82,6 +83,34 @@ async def put_bandwidth(request: web.Request) -> web.Response:
     return web.json_response(bandwidth_status(st.bandwidth))
 
 
+async def get_compression(request: web.Request) -> web.Response:
+    await admin_user(request)
+    return web.json_response(request.app[STATE].streams.compression.as_dict())
+
+
+async def put_compression(request: web.Request) -> web.Response:
+    """``{"level": "auto|none|fast|max", "user": NAME}``: the level the hub
+    asks of pushes, its own or (with ``user``) one account's."""
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    try:
+        body = await request.json()
+        level, user = body["level"], body.get("user", "")
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError("body must be JSON with a 'level' field") from None
+    if not isinstance(level, str) or not isinstance(user, str) or len(user) > 256:
+        raise UsageError("'level' and 'user' must be short strings")
+    if user and await st.db.user_by_name(user) is None:
+        raise NotFound(f"no user named {user!r}")
+    policy = st.streams.compression
+    policy.set(level, user)
+    saved = policy.as_dict()
+    saved.pop("load")
+    await st.db.set_setting("compression", json.dumps(saved))
+    await st.events.emit("compression_changed", admin.name, level=level, user=user)
+    return web.json_response(policy.as_dict())
+
+
 async def list_streams(request: web.Request) -> web.Response:
     await admin_user(request)
     rows = await request.app[STATE].db.active_streams()
@@ -135,6 +164,8 @@ def add_routes(app: web.Application) -> None:
     app.router.add_delete("/v1/files/{name:.+}", delete_file)
     app.router.add_get("/v1/bandwidth", get_bandwidth)
     app.router.add_put("/v1/admin/bandwidth", put_bandwidth)
+    app.router.add_get("/v1/admin/compression", get_compression)
+    app.router.add_put("/v1/admin/compression", put_compression)
     app.router.add_get("/v1/admin/streams", list_streams)
     app.router.add_get("/v1/admin/events", list_events)
 

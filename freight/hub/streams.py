@@ -32,6 +32,7 @@ from ..units import format_bytes
 from .bandwidth import BandwidthManager
 from .batch import get_files, purge_stale, put_files
 from .caps import AccountCaps
+from .compression import CompressionPolicy
 from .observe import EventLog, Metrics
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
@@ -86,6 +87,7 @@ class HubSink:
         self.size = 0
         self.mtime = 0.0
         self.level = m.LEVEL_NONE
+        self.want = m.LEVEL_NONE
         self.published_digest = ""
         self.path = service.layout.partial_path(user.id, sid)
         self.place = PathPlace(self.path, self.path, shown=sid)
@@ -93,7 +95,8 @@ class HubSink:
 
     async def open(self, req: StreamRequested) -> Acceptance:
         self.name = check_name(req.name)
-        self.size, self.mtime, self.level = req.size, req.mtime, req.want_level
+        self.size, self.mtime, self.want = req.size, req.mtime, req.want_level
+        self.level = self.s.compression.choose(self.want, self.user.name)
         self.file.size = req.size
         row = await self.s.db.get_stream(self.user.id, self.sid)
         if row is None and not req.fresh:
@@ -104,7 +107,7 @@ class HubSink:
                 return Acceptance(
                     checkpoint=req.size,
                     prefix_digest=self.published_digest,
-                    level=req.want_level,
+                    level=self.level,
                     rate=0,
                 )
         resume = (
@@ -169,7 +172,7 @@ class HubSink:
         return Acceptance(
             checkpoint=checkpoint,
             prefix_digest=self.file.hasher.hexdigest() if checkpoint else "",
-            level=req.want_level,
+            level=self.level,
             rate=self.s.bandwidth.rate_for(self.key, minute_of_day()),
         )
 
@@ -189,6 +192,8 @@ class HubSink:
             raise self._storage_error(exc) from None
         except SQLAlchemyError as exc:
             raise StorageError(f"the hub could not record a checkpoint: {exc}") from None
+        # Re-chosen at each checkpoint: an admin's change, or the hub's load.
+        self.level = self.s.compression.choose(self.want, self.user.name)
         return self.s.bandwidth.rate_for(self.key, minute_of_day()), self.level
 
     def _storage_error(self, exc: OSError) -> FreightError:
@@ -275,6 +280,8 @@ class StreamService:
         # (user, stream or batch id) -> the task receiving it (one at a time)
         self.receiving: dict[tuple[int, str], asyncio.Task[Any]] = {}
         self.quota_lock = asyncio.Lock()
+        # The levels asked of pushes (replaced by build_hub with the saved one).
+        self.compression = CompressionPolicy()
 
     async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
         """Entry point for a frame that opens a stream on any channel."""

@@ -8,6 +8,7 @@ the ended logins hold open (:mod:`.sessions`)."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -164,6 +165,53 @@ async def set_quota(request: web.Request) -> web.Response:
     return web.json_response(user_json(row) | {"quota": value})
 
 
+USER_CAPS = "user_caps"  # setting: {user id: bytes/s}
+
+
+async def saved_user_caps(db: Any) -> dict[int, int]:
+    """The per-account caps admins set (``freight users cap``), by user id."""
+    try:
+        saved = json.loads(await db.get_setting(USER_CAPS) or "{}")
+    except ValueError:
+        return {}  # damaged: no caps rather than no hub
+    if not isinstance(saved, dict):
+        return {}
+    return {
+        int(k): v
+        for k, v in saved.items()
+        if isinstance(k, str) and k.isdigit() and isinstance(v, int) and v > 0
+    }
+
+
+async def set_cap(request: web.Request) -> web.Response:
+    """Bytes per second an account's traffic may take through the hub, its
+    pushes and pulls (each stream) and its relayed connections (all of them
+    together, both ways); 0 lifts it. Agents have ``freight agents cap``."""
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    name = request.match_info["name"]
+    try:
+        cap = (await request.json())["cap"]
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 0 <= cap < 1 << 62:
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        raise UsageError("body must be JSON with 'cap': bytes per second (0: none)") from None
+    row = await st.db.user_by_name(name)
+    if row is None:
+        raise NotFound(f"no user named {name!r}")
+    if row.role == "agent":
+        raise UsageError(f"{name} is an agent: use freight agents cap {name} RATE")
+    caps = await saved_user_caps(st.db)
+    caps.pop(int(row.id), None)
+    if cap:
+        caps[int(row.id)] = cap
+    await st.db.set_setting(USER_CAPS, json.dumps({str(k): v for k, v in caps.items()}))
+    st.relay.presence.set_cap(int(row.id), cap)
+    st.bandwidth.set_cap(int(row.id), cap)
+    await st.events.emit("user_cap", admin.name, name=name, cap=cap)
+    return web.json_response(user_json(row) | {"cap": cap})
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/login", login)
     app.router.add_post("/v1/logout", logout)
@@ -172,4 +220,5 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/users/{name}/disable", disable_user)
     app.router.add_post("/v1/users/{name}/enable", enable_user)
     app.router.add_put("/v1/users/{name}/quota", set_quota)
+    app.router.add_put("/v1/users/{name}/cap", set_cap)
     app.router.add_post("/v1/passwd", change_password)

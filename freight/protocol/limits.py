@@ -37,3 +37,10 @@ MAX_JSON_CHARS: Final = 60000
 MAX_NAME_CHARS: Final = 1024
 MAX_ID_CHARS: Final = 64
 MAX_TEXT_CHARS: Final = 4096
+
+# Bandwidth probe (docs/protocol.md "20. Bandwidth probe"): a train lasts at
+# most MAX_PROBE_SECONDS, its records are at most MAX_PROBE_RECORD bytes, and
+# a report carries at most MAX_PROBE_SAMPLES arrival samples.
+MAX_PROBE_SECONDS: Final = 10.0
+MAX_PROBE_RECORD: Final = 1024 * 1024
+MAX_PROBE_SAMPLES: Final = 512

@@ -16,6 +16,9 @@ from .limits import (
     MAX_JSON_CHARS,
     MAX_MANIFEST_BYTES,
     MAX_NAME_CHARS,
+    MAX_PROBE_RECORD,
+    MAX_PROBE_SAMPLES,
+    MAX_PROBE_SECONDS,
     MAX_TEXT_CHARS,
 )
 
@@ -505,9 +508,40 @@ class MsgResult(Message, tag="msg_result", frozen=True):
     message: Text = ""
 
 
+# --- bandwidth probe (docs/protocol.md "20. Bandwidth probe") --------------
+
+
+class Probe(Message, tag="probe", frozen=True):
+    """A probe request. ``ping``: answered at once (a round trip). ``up``: a
+    train of ProbeData records follows, closed by ``end``. ``down``: the hub
+    sends a train for ``seconds``, then a ProbeReport."""
+
+    pid: Id
+    op: Annotated[str, msgspec.Meta(pattern=r"^(ping|up|end|down)$")]
+    seconds: Annotated[float, msgspec.Meta(ge=0, le=MAX_PROBE_SECONDS)] = 0.0
+    size: Annotated[int, msgspec.Meta(ge=1024, le=MAX_PROBE_RECORD)] = 64 * 1024
+
+
+class ProbeData(Message, tag="probe_data", frozen=True):
+    """One record of a train; its payload is filler the data connection seals."""
+
+    pid: Id
+    seq: NonNeg
+
+
+class ProbeReport(Message, tag="probe_report", frozen=True):
+    """The answer to a Probe: for ``end`` the receiver's arrival samples,
+    each (microseconds since the first record, bytes received by then)."""
+
+    pid: Id
+    op: Annotated[str, msgspec.Meta(pattern=r"^(ping|end|down)$")]
+    records: NonNeg = 0
+    samples: Annotated[list[tuple[NonNeg, NonNeg]], msgspec.Meta(max_length=MAX_PROBE_SAMPLES)] = []
+
+
 # The only frame types that carry a payload: every other type with a
 # non-zero ``len`` is malformed (decoders refuse it from the header alone).
-PAYLOAD_TYPES: Final = (Data, Relay, PutFiles, GetFiles, MsgSend, MsgDeliver)
+PAYLOAD_TYPES: Final = (Data, Relay, PutFiles, GetFiles, MsgSend, MsgDeliver, ProbeData)
 
 AnyMessage = (
     Hello
@@ -552,4 +586,7 @@ AnyMessage = (
     | MsgSend
     | MsgDeliver
     | MsgResult
+    | Probe
+    | ProbeData
+    | ProbeReport
 )

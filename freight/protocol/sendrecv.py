@@ -9,6 +9,8 @@ Each message is one relayed record whose first byte names its kind:
 * ``E`` sender → receiver: :class:`FileEnd` (JSON).
 * ``B`` sender → receiver: ``count (u32)`` then per file ``index (u32) ‖
   length (u32) ‖ held (u8) ‖ BLAKE3 (32 bytes) ‖ bytes``.
+* ``X`` sender → receiver: ``raw (u32) ‖ codec (u8) ‖ packed``, an ``F`` or
+  ``B`` message compressed (:func:`unpack` undoes it, bounded by ``raw``).
 * ``Z`` sender → receiver: no body.
 * ``K`` receiver → sender: :class:`Verdict` (JSON).
 
@@ -25,8 +27,10 @@ from typing import Annotated, Any, Final, Literal, TypeVar
 
 import msgspec
 
-from .errors import RemoteProtocolError
+from . import codec as _codec
+from .errors import ProtocolError, RemoteProtocolError
 from .limits import MAX_TEXT_CHARS
+from .messages import CODEC_NONE, LEVELS
 
 MAX_PATH_CHARS: Final = 4096  # PATH_MAX on Linux
 MAX_ENTRIES: Final = 1_000_000
@@ -42,6 +46,11 @@ RelPath = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_PATH_CHARS)]
 Digest = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
 OptDigest = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{64})?$")]
 Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
+# A compression level, or "" where an end has no say (and an older peer,
+# which never sends the field).
+Level = Literal["", "none", "fast", "max"]
+# What one ``X`` message may unpack to: a relayed record's largest message.
+MAX_PACKED_RAW: Final = 8 * 1024 * 1024
 
 
 class MalformedTransfer(RemoteProtocolError):
@@ -62,15 +71,24 @@ class WireEntry(msgspec.Struct, frozen=True, kw_only=True):
     mtime: Mtime = 0.0
 
 
-class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+class Manifest(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The list of entries, and the compression level the sender would
+    like (``want``; the receiver chooses, as for streams)."""
+
     entries: Annotated[list[WireEntry], msgspec.Meta(max_length=MAX_ENTRIES)]
+    want: Level = ""
 
 
-class Holdings(msgspec.Struct, frozen=True, kw_only=True):
+class Holdings(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Per entry of the manifest: (bytes the receiver holds, BLAKE3 of
-    them); (0, "") for folders and for files it holds nothing of."""
+    them); (0, "") for folders and for files it holds nothing of. ``level``
+    is the compression the receiver chose ("": none, an older receiver that
+    cannot unpack ``X``); ``rate`` the most bytes per second of file data it
+    takes (0: no limit)."""
 
     have: Annotated[list[tuple[Size, OptDigest]], msgspec.Meta(max_length=MAX_ENTRIES)]
+    level: Level = ""
+    rate: Size = 0
 
 
 class FileEnd(msgspec.Struct, frozen=True, kw_only=True):
@@ -176,3 +194,47 @@ def decode_batch(data: bytes) -> list[SmallFile]:
     if pos != len(data):
         raise MalformedTransfer("malformed batch of files")
     return files
+
+
+# --- compressed messages --------------------------------------------------------------
+
+_PACK_HEAD: Final = struct.Struct(">IB")
+PACK_OVERHEAD: Final = 1 + _PACK_HEAD.size
+
+
+def choose_level(want: str, own: str) -> str:
+    """The receiver's choice: its own setting if it has one, else what the
+    sender would like, else none."""
+    for level in (own, want):
+        if level in LEVELS:
+            return level
+    return "none"
+
+
+def pack(message: bytes, compressor: _codec.Compressor) -> bytes:
+    """``message`` (an ``F`` or ``B``) as an ``X`` when compression makes it
+    smaller, else unchanged (incompressible data goes as it is)."""
+    if len(message) > MAX_PACKED_RAW:
+        return message
+    codec, packed = compressor.compress(message)
+    if codec == CODEC_NONE or len(packed) + PACK_OVERHEAD >= len(message):
+        return message
+    return b"X" + _PACK_HEAD.pack(len(message), codec) + packed
+
+
+def unpack(data: bytes) -> bytes:
+    """The ``F`` or ``B`` message inside an ``X``. Never produces more than
+    the declared ``raw`` bytes (at most :data:`MAX_PACKED_RAW`), so a
+    hostile frame cannot expand without bound."""
+    if data[:1] != b"X" or len(data) < PACK_OVERHEAD:
+        raise MalformedTransfer("malformed 'X' message")
+    raw, codec = _PACK_HEAD.unpack_from(data, 1)
+    if not 0 < raw <= MAX_PACKED_RAW or codec == CODEC_NONE:
+        raise MalformedTransfer("malformed 'X' message")
+    try:
+        inner = _codec.decompress(codec, data[PACK_OVERHEAD:], raw)
+    except ProtocolError as exc:
+        raise MalformedTransfer(f"malformed 'X' message: {exc.message}") from None
+    if inner[:1] not in (b"F", b"B"):
+        raise MalformedTransfer("an 'X' message must hold an 'F' or 'B' message")
+    return inner

@@ -169,7 +169,7 @@ def test_decode_frame_applies_its_limits() -> None:
         decode_frame(frame, max_header=len(encode_header(blob(10))) - 5)
 
 
-PAYLOAD_TYPES = (m.Data, m.Relay, m.PutFiles, m.GetFiles, m.MsgSend, m.MsgDeliver)
+PAYLOAD_TYPES = (m.Data, m.Relay, m.PutFiles, m.GetFiles, m.MsgSend, m.MsgDeliver, m.ProbeData)
 
 
 @pytest.mark.parametrize(
