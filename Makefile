@@ -60,6 +60,14 @@ test-proxies:
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q nftables >/dev/null 2>&1 \
 		|| echo "could not install nftables: the direct-job firewall tests will be skipped"; \
 	fi
+	@# sshd and ssh: SSH through a tunnel (tests/integration/test_tunnels_ssh.py).
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! { [ -x /usr/sbin/sshd ] && command -v ssh >/dev/null 2>&1; }; then \
+		echo "installing openssh-server and openssh-client for the tunnel tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server openssh-client \
+			>/dev/null 2>&1 \
+		|| echo "could not install openssh: the ssh tunnel test will be skipped"; \
+	fi
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
 # (rate limits, hub memory, bytes re-sent after a hub crash). Not part of
@@ -116,6 +124,13 @@ bench-relaycompress: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+# Tunnels against ssh -L through a local sshd (bench/tunnels.py): one
+# stream, connect -> first byte, interactive beside bulk, 1,000 connections:
+# `make bench-tunnels BENCH_TUNNELS_ARGS="--size 1G --rounds 3"`.
+.PHONY: bench-tunnels
+bench-tunnels: $(STAMP) test-proxies
+	$(BIN)/python bench/tunnels.py --markdown $(BENCH_MD) $(BENCH_TUNNELS_ARGS)
 
 # UDP through a tunnel against socat on loopback (bench/udp.py): unpaced
 # throughput, then loss at 80 % of it, paths alternating per round:

@@ -14,18 +14,24 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "__version__", "connect", "listen"]
+__all__ = ["Client", "__version__", "connect", "expose", "forward", "listen"]
 
 if TYPE_CHECKING:
     from .client.api import Client
-    from .sdk import connect, listen
+    from .sdk import connect, expose, forward, listen
 
 # Where each public name lives. They are loaded on first use (PEP 562):
 # ``import freight.protocol`` must stay free of asyncio and sockets, and the
 # hub and the agent never load the SDK they do not use. (The root package is
 # a façade over the SDK modules, not a layer: nothing below imports them
 # through it.)
-_LAZY = {"Client": "freight.client.api", "connect": "freight.sdk", "listen": "freight.sdk"}
+_LAZY = {
+    "Client": "freight.client.api",
+    "connect": "freight.sdk",
+    "listen": "freight.sdk",
+    "forward": "freight.sdk",
+    "expose": "freight.sdk",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -21,6 +21,7 @@ parent's exit code; the module where it is not this one).
     │   │   ├── BadHostKey                        protocol.msgkeys
     │   │   ├── MalformedJobMessage               protocol.jobs
     │   │   ├── MalformedProbe                    protocol.probe
+    │   │   ├── MalformedTunnelMessage            protocol.tunnel
     │   │   └── MalformedDatagram                 protocol.datagrams
     │   │       └── DatagramTooLarge              protocol.datagrams
     │   ├── VersionMismatch                       protocol.errors
@@ -61,7 +62,8 @@ parent's exit code; the module where it is not this one).
     │   ├── CodeUnknown
     │   ├── PeerAbsent
     │   ├── ConnectionEnded
-    │   │   └── SenderRestarted
+    │   │   ├── SenderRestarted
+    │   │   └── TunnelRefused                     client.tunnels
     │   ├── RelayRefused                          hub.relayconn
     │   ├── TransferRefused                       client.sendrecv
     │   ├── Busy

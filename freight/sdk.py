@@ -1,4 +1,5 @@
-"""The short way in for programs: ``freight.connect`` and ``freight.listen``.
+"""The short way in for programs: ``freight.connect`` and ``freight.listen``,
+and the tunnels ``freight.forward`` and ``freight.expose``.
 
     async with freight.connect(hub, to="bob", app="chat") as conn:
         await conn.send(b"hello")
@@ -8,6 +9,12 @@
         async for conn in listener:
             ...
 
+    async with freight.forward(hub, to="lab-pc-7:127.0.0.1:5432") as fwd:
+        host, port = fwd.address          # connect there: it reaches lab-pc-7's port
+
+    async with freight.expose(hub, name="web", target="127.0.0.1:3000", allow=["bob"]):
+        ...                               # bob reaches it with forward(to="alice:web")
+
 ``hub`` is the URL of a hub this machine has logged in to (``freight
 login``), or None for the last one. Each call keeps its own attachment,
 re-established across network faults and hub restarts. Both are shortcuts
@@ -16,14 +23,23 @@ for :meth:`freight.Client.connect` and :meth:`freight.Client.listen`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from .client.api import Client
+from .client.config import ClientConfig
 from .client.listener import Listener
-from .client.relay import Connection
+from .client.relay import Connection, RelayClient
+from .client.session import HubSession, canonical_url, parse_hub_url
+from .client.tunnels import DEFAULT_MAX_CONNS, ForwardServer, TunnelServer
+from .client.tunnels import expose as _expose
+from .client.tunnels import unexpose as _unexpose
+from .errors import UsageError
+from .names import check_user_name
+from .protocol.tunnel import parse_bind, parse_destination, parse_name, parse_target
 
-__all__ = ["connect", "listen"]
+__all__ = ["connect", "expose", "forward", "listen"]
 
 
 @asynccontextmanager
@@ -54,3 +70,66 @@ async def listen(
         client.listen(app, peer=peer) as listener,
     ):
         yield listener
+
+
+def _relay(hub: str | None, transport: str, config_dir: Path | None) -> RelayClient:
+    config = ClientConfig(config_dir)
+    url = canonical_url(parse_hub_url(hub)) if hub else None
+    return RelayClient(HubSession.from_config(config, url), config, transport=transport)
+
+
+@asynccontextmanager
+async def forward(
+    hub: str | None = None,
+    *,
+    to: str,
+    local: str = "0",
+    max_conns: int = DEFAULT_MAX_CONNS,
+    spare: bool = True,
+    transport: str = "auto",
+    config_dir: Path | None = None,
+) -> AsyncIterator[ForwardServer]:
+    """``freight forward LOCAL TO`` for the length of the block: ``to`` is
+    ``AGENT:HOST:PORT`` or ``USER:NAME``, ``local`` ``[BIND:]PORT`` (``0``:
+    any free port; the server's ``address`` says which). ``config_dir``: the
+    login to use (default: this user's, as the CLI)."""
+    try:
+        host, port = parse_bind(local)
+        dest = parse_destination(to)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    async with _relay(hub, transport, config_dir) as relay:
+        await relay.start()
+        server = ForwardServer(relay, dest, host, port, max_conns=max_conns, spare=spare)
+        async with server:
+            yield server
+
+
+@asynccontextmanager
+async def expose(
+    hub: str | None = None,
+    *,
+    name: str,
+    target: str,
+    allow: Iterable[str],
+    transport: str = "auto",
+    config_dir: Path | None = None,
+) -> AsyncIterator[TunnelServer]:
+    """``freight expose NAME TARGET --allow …`` for the length of the block:
+    ``target`` is ``[HOST:]PORT`` on this machine's network, ``allow`` the
+    accounts that may forward to it (``*``: every account)."""
+    try:
+        parse_name(name)
+        aim = parse_target(target if ":" in target else f"127.0.0.1:{target}")
+        accounts = frozenset(a if a == "*" else check_user_name(a) for a in allow)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not accounts:
+        raise UsageError("say who may use it: allow=[USER, ...] or allow=['*']")
+    async with _relay(hub, transport, config_dir) as relay:
+        await relay.start()
+        server = await _expose(relay, name, aim, accounts)
+        try:
+            yield server
+        finally:
+            await _unexpose(relay, server)

@@ -25,6 +25,9 @@ class AgentConfig:
     # May ``freight cp --overwrite`` replace existing files in the roots?
     # The owner of the machine decides; without it cp only adds files.
     allow_overwrite: bool = False
+    # Targets ``freight forward AGENT:HOST:PORT`` may reach (HOST:PORT,
+    # HOST:*, udp/HOST:PORT); nothing else is forwarded.
+    allow_forward: list[str] = field(default_factory=list)
 
     @staticmethod
     def path(config: ClientConfig) -> Path:

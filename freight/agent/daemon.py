@@ -26,6 +26,7 @@ from ..client.msghost import MessageHost
 from ..client.msglocal import MessageSocket
 from ..client.relay import RelayClient, identity_key
 from ..client.session import HubSession
+from ..client.tunnels import TunnelServer
 from ..errors import AuthError, FreightError, NetworkError, RateLimited
 from ..protocol import messages as m
 from ..protocol.agents import login_message
@@ -33,6 +34,7 @@ from ..protocol.errors import ProtocolError
 from ..protocol.frames import encode_json
 from ..protocol.limits import MAX_HEADER_BYTES, MAX_JSON_CHARS
 from ..protocol.retry import Backoff, BackoffState
+from ..protocol.tunnel import AllowList
 from ..tasks import Supervisor
 from . import filecommands
 from .config import AgentConfig
@@ -98,6 +100,7 @@ class Agent:
         # one's failure is its own (logged and counted), not the agent's.
         self.tasks = Supervisor("agent")
         self.offerer = Offerer(self)
+        self.tunnels: TunnelServer | None = None  # forwards to the allowed targets
         # Re-attaching: the clock, random source and sleep are injectable.
         self.clock = time.monotonic
         self.rand = random.random
@@ -164,9 +167,13 @@ class Agent:
                 except OutsideRoots as exc:
                     await self.report("list_dir", str(args.get("path")), "hub", exc.message)
                     raise
+            elif msg.kind == "forward_allow":
+                value = self.forward_allow(args)
             elif msg.kind == "reload_config":
                 self.cfg = AgentConfig.load(self.config)
                 self.roots = self.cfg.real_roots()
+                if self.tunnels is not None:
+                    self.tunnels.allow = AllowList(self.cfg.allow_forward)
                 value = {"roots": [str(r) for r in self.roots]}
             else:
                 raise ValueError(f"unknown command {msg.kind!r}")
@@ -188,6 +195,10 @@ class Agent:
             relay.identity = identity_key(self.config)
             server = FileServer(self.roots, self.report, self.cfg.allow_overwrite)
             listener = await relay.listen(APP)
+            self.tunnels = TunnelServer(
+                relay, allow=AllowList(self.cfg.allow_forward), report=self.report
+            )
+            await self.tunnels.start()
             offering = self.tasks.spawn(self.offerer.run(relay), name="offers", detached=True)
             # The agent is a messaging host: applications on this machine
             # use msg.sock in its folder (freight.messaging.connect).
@@ -207,8 +218,24 @@ class Agent:
                     self.tasks.spawn(self._serve(server, conn), name="files", detached=True)
             finally:
                 offering.cancel()
+                await self.tunnels.aclose()
                 await msg_socket.aclose()
                 await messages.aclose()
+
+    def forward_allow(self, args: dict[str, Any]) -> dict[str, Any]:
+        """An admin's ``freight agents forward-allow AGENT TARGET [--remove]``:
+        kept in agent.json, in force at once."""
+        allow = AllowList(self.cfg.allow_forward)
+        entry = allow.add(str(args.get("target", "")))
+        entries = allow.entries()
+        if args.get("remove"):
+            entries = [e for e in entries if e != entry]
+        self.cfg.allow_forward = entries
+        self.cfg.save(self.config)
+        if self.tunnels is not None:
+            self.tunnels.allow = AllowList(entries)
+        log.info("forward_allow", target=entry, removed=bool(args.get("remove")))
+        return {"allow_forward": entries}
 
     async def _serve(self, server: FileServer, conn: Any) -> None:
         try:

@@ -13,6 +13,7 @@ from ..client.relay import identity_key
 from ..client.session import HubSession, canonical_url, fetch_fingerprint, parse_hub_url
 from ..errors import FingerprintMismatch, UsageError
 from ..protocol.e2e import public_of
+from ..protocol.tunnel import AllowList
 from ..transport.proxy import parse_proxy_url
 from .config import AgentConfig
 
@@ -34,6 +35,7 @@ async def enrol(
     confirm: Confirm | None = None,
     notice: Callable[[str], None] = _ignore,
     allow_overwrite: bool = False,
+    allow_forward: list[str] | None = None,
 ) -> AgentConfig:
     """Enrol with ``token`` to serve ``roots``; the saved configuration.
 
@@ -45,6 +47,10 @@ async def enrol(
     for r in roots:
         if not r.is_dir():
             raise UsageError(f"--root {r}: not a folder")
+    try:
+        forwards = AllowList(allow_forward or []).entries()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     config = config or ClientConfig()
     u = parse_hub_url(url)
     wanted = normalise_fingerprint(fingerprint) if fingerprint else None
@@ -88,6 +94,7 @@ async def enrol(
         proxy=proxy or "",
         roots=[str(r.resolve()) for r in roots],
         allow_overwrite=allow_overwrite,
+        allow_forward=forwards,
     )
     cfg.save(config)
     return cfg

@@ -18,6 +18,7 @@ from ..client.relay import identity_key
 from ..client.session import check_transport
 from ..errors import UsageError
 from ..protocol.e2e import public_of
+from ..protocol.tunnel import AllowList
 from .common import TransportOpt, run_async
 from .output import err_console
 
@@ -97,11 +98,25 @@ def agent_enroll(
             help="Let an admin's cp --overwrite replace existing files in the roots.",
         ),
     ] = False,
+    allow_forward: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-forward",
+            metavar="HOST:PORT",
+            help="A target this agent forwards to (freight forward AGENT:HOST:PORT); "
+            "repeat for more; HOST:* for every port, udp/HOST:PORT for datagrams. "
+            "Nothing else is forwarded.",
+        ),
+    ] = None,
 ) -> None:
     """Enrol this machine once; then run: freight agent run."""
     for r in root:  # before the token is read
         if not r.is_dir():
             raise UsageError(f"--root {r}: not a folder")
+    try:
+        AllowList(allow_forward or [])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     secret = enrol_token(token, token_file, token_stdin)
     ask = not token_stdin and sys.stdin.isatty()
 
@@ -120,6 +135,7 @@ def agent_enroll(
             confirm=confirm if ask else None,
             notice=err_console.print,
             allow_overwrite=allow_overwrite,
+            allow_forward=allow_forward or [],
         )
         return {"name": cfg.name, "hub": cfg.hub, "roots": cfg.roots}
 

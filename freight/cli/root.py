@@ -29,6 +29,7 @@ MODULES = (
     "msg",
     "job",
     "probe",
+    "tunnel",
 )
 
 
@@ -80,7 +81,7 @@ def build(modules: Collection[str] = MODULES) -> Any:
     app.callback()(_main)
     app.command()(version)
     admin_app = typer.Typer(help=toplevel.COMMANDS["admin"][1], no_args_is_help=True)
-    if "files" in modules or "relay" in modules:
+    if "files" in modules or "relay" in modules or "tunnel" in modules:
         app.add_typer(admin_app, name="admin")
     # Each module imported only when asked for: importing is most of the cost.
     if "hubcmd" in modules:
@@ -127,6 +128,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import probe
 
         probe.register(app)
+    if "tunnel" in modules:
+        from . import tunnel
+
+        tunnel.register(app, admin_app)
     cli = typer.main.get_command(app)
     plain_help(cli)
     return cli

@@ -72,13 +72,23 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         ("probe",),
         "Measure the path to the hub: capacity, available bandwidth and round-trip time.",
     ),
-    "admin": (("files", "relay"), "Hub administration (admin accounts only)."),
+    "forward": (
+        ("tunnel",),
+        "Forward a local port through the hub, like ssh -L: every connection to it is carried "
+        "end-to-end encrypted to DEST, which connects to TARGET.",
+    ),
+    "expose": (
+        ("tunnel",),
+        "Expose a port of this machine through the hub, like ssh -R, to the named accounts "
+        "only: they reach it with freight forward PORT YOU:NAME.",
+    ),
+    "admin": (("files", "relay", "tunnel"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (
         ("users",),
         "Identity keys your devices prove themselves with (connect, listen, agents).",
     ),
-    "agents": (("agents",), "Enrolled agents (admin accounts only)."),
+    "agents": (("agents", "tunnel"), "Enrolled agents (admin accounts only)."),
     "agent": (("agentcmd",), "Run this machine as an agent."),
     "collect": (("collect",), "Collection policies (admin accounts only)."),
     "collected": (("collect",), "What collection has gathered."),

@@ -167,6 +167,17 @@ class Connection:
         while data := await self.recv():
             yield data
 
+    async def wait_room(self, limit: int) -> None:
+        """Until at most ``limit`` bytes we sent are unacknowledged: a
+        sender that keeps what it has queued along the path short (a
+        tunnel, so that an interactive stream beside it is not stuck behind
+        a whole window of a bulk one)."""
+        while (s := self.session) is not None and s.in_flight > limit:
+            self._raise_if_failed()
+            if self.closed:
+                raise ConnectionEnded("the other end has closed the connection")
+            await self._changed()
+
     async def shutdown(self) -> None:
         """Close the sending side (the other end's recv() returns b"")."""
         if not self.eof_sent and self.error is None:

@@ -51,6 +51,7 @@ from ..protocol.errors import ProtocolError
 from ..protocol.relaycodes import HangupCode, RefusalCode
 from ..protocol.relayend import MAX_MESSAGE, RECORD_EOF, RECORD_MESSAGE, EndState
 from ..protocol.retry import RetryPolicy, RetryState
+from ..protocol.tunnel import listen_app
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
@@ -475,7 +476,8 @@ class RelayClient:
             lst = offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
             handshake = _code_handshake(offer.code) if offer is not None else None
         else:
-            lst, handshake = self.listeners.get(msg.app), self._identity_handshake
+            # A tunnel connection comes to its service's listener (§18).
+            lst, handshake = self.listeners.get(listen_app(msg.app)), self._identity_handshake
         if lst is None or handshake is None:
             return None
         conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, handshake)

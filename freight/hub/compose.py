@@ -25,7 +25,19 @@ from ..protocol.limits import CHECKPOINT_INTERVAL
 from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
 from ..tasks import Supervisor
-from . import agents, auth, channels, collectapi, httpattach, keys, messaging, rest, tls, users
+from . import (
+    agents,
+    auth,
+    channels,
+    collectapi,
+    httpattach,
+    keys,
+    messaging,
+    rest,
+    tls,
+    tunnels,
+    users,
+)
 from . import links as link_routes
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
@@ -217,6 +229,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         challenges=ChallengeBook(),
         token_lifetime=cfg.token_lifetime,
         messaging=messaging.Messaging(relay, events, metrics, warmup=cfg.msg_warmup),
+        tunnels=tunnels.TunnelService(relay, events, metrics),
     )
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
@@ -244,6 +257,7 @@ def build_app(hub: Hub) -> web.Application:
     rest.add_admin_routes(app)
     app[messaging.MESSAGING] = hub.messaging
     messaging.add_routes(app)
+    tunnels.add_routes(app, hub.tunnels)
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
     return app

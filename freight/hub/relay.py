@@ -37,7 +37,7 @@ import asyncio
 import secrets
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, cast
 
 from ..protocol import messages as m
@@ -223,6 +223,14 @@ class Router:
         self._keys: dict[int, list[str]] = {}
         # Run when an attachment goes, after its queue is discarded (messaging).
         self.detach_hooks: list[Callable[[Attachment], None]] = []
+        # Asked before every dial (tunnels): raise RelayRefused to refuse it;
+        # the account named ``peer`` if it looked it up (None: not yet).
+        self.dial_checks: list[
+            Callable[[Attachment, m.Dial, User | None], Awaitable[User | None]]
+        ] = []
+        # Told when a connection is linked (rejoined or not) and when it ended.
+        self.on_linked: list[Callable[[Conn, bool], None]] = []
+        self.on_closed: list[Callable[[Conn, str, str], None]] = []
 
     @property
     def max_conns(self) -> int:
@@ -323,7 +331,10 @@ class Router:
         return False
 
     async def dial(self, att: Attachment, msg: m.Dial) -> None:
-        acts = self.pairing.dial(att, msg)
+        peer: User | None = None
+        for check in self.dial_checks:
+            peer = await check(att, msg, peer)
+        acts = self.pairing.dial(att, msg, peer)
         if acts and isinstance(acts[0], ResolvePeer):
             acts = self.pairing.dial(att, msg, await self._user(msg.peer))
         elif acts and isinstance(acts[0], RejoinCode):
@@ -346,6 +357,10 @@ class Router:
         if row.disabled:
             raise RelayRefused(RefusalCode.UNKNOWN_USER, f"{name!r} is disabled on this hub")
         return User(int(row.id), str(row.name), str(row.role))
+
+    async def user_named(self, name: str) -> User:
+        """The enabled account ``name``, or RelayRefused ``unknown_user``."""
+        return await self._user(name)
 
     async def user_by_id(self, user_id: int) -> User:
         for a in self.attachments:
@@ -409,6 +424,8 @@ class Router:
             return  # ended or an end left meanwhile
         if conn.nameplate:
             self.codes.linked(conn)
+        for hook in self.on_linked:
+            hook(conn, rejoined)
         for end in (DIAL, ACCEPT):
             att = conn.ends[end]
             assert att is not None
@@ -498,6 +515,8 @@ class Router:
         # What the connection still had running (its Linked announcement)
         # is cancelled before its end is recorded.
         await conn.tasks.aclose()
+        for hook in self.on_closed:
+            hook(conn, code, by)
         await self.events.emit(
             "connection_closed",
             conn.users[DIAL].name,
@@ -526,6 +545,13 @@ class Router:
     def forget_keys(self, user_id: int) -> None:
         """The account's keys changed (or it is gone): look them up anew."""
         self._keys.pop(user_id, None)
+
+    def drop_listener(self, user: str, app: str) -> None:
+        """Forget ``user``'s listener for ``app`` (taken over by another of
+        the account's attachments)."""
+        held = self.pairing.listeners.get((user, app))
+        if held is not None:
+            self.pairing.unlisten(held[0], m.Unlisten(rid="0", app=app))
 
     def live(self) -> Iterator[Conn]:
         return iter(list(self.conns.values()))

@@ -35,6 +35,7 @@ from .requests import LOGINS
 from .sessions import LiveSessions
 from .streams import StreamService
 from .tickets import TicketBook
+from .tunnels import TunnelService
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,7 @@ class Hub:
     challenges: ChallengeBook  # agent logins
     token_lifetime: float
     messaging: Messaging
+    tunnels: TunnelService
 
     @property
     def db(self) -> Database:

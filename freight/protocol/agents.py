@@ -16,7 +16,15 @@ UPLOAD_PREFIX = ".collect/"
 # Commands that move a file between an agent and the hub's store.
 FILE_COMMANDS = ("send_file", "receive_file")
 # Every command an admin may queue for an agent (the collector also queues ``upload``).
-COMMAND_KINDS = ("list_dir", "reload_config", "ping", "rescan", "resend_offers", *FILE_COMMANDS)
+COMMAND_KINDS = (
+    "list_dir",
+    "reload_config",
+    "ping",
+    "rescan",
+    "resend_offers",
+    "forward_allow",
+    *FILE_COMMANDS,
+)
 
 
 def login_message(name: str, challenge: str, fingerprint: str) -> bytes:

@@ -84,6 +84,7 @@ from .pairacts import (
 )
 from .relaycodes import BY_HUB, BY_PEER, HangupCode, RefusalCode
 from .switch import LinkState, Switch, other
+from .tunnel import TUNNEL_PREFIX, listen_app
 
 CODE_APP_PREFIX: Final = "code:"
 MAX_LISTENS: Final = 64  # applications one account may listen for
@@ -152,6 +153,10 @@ class Pairing(Generic[S, C]):
     def listen(self, seat: S, msg: m.Listen) -> list[Action]:
         if msg.app.startswith(CODE_APP_PREFIX):
             return [Refuse(RefusalCode.USAGE, "code:… applications are for send/receive only")]
+        if msg.app.startswith(TUNNEL_PREFIX):
+            return [
+                Refuse(RefusalCode.USAGE, "tunnel.… names one tunnel connection; listen for tunnel")
+            ]
         name = seat.user.name
         key = (name, msg.app)
         current = self.listeners.get(key)
@@ -266,11 +271,14 @@ class Pairing(Generic[S, C]):
         self.pairs.setdefault(key, {})[conn.cid] = conn
         self._bind(conn, role, seat, msg.rid, acts, announce=False)
         if not msg.rejoin:
-            listener = self.listeners.get((peer.name, msg.app))
+            # A tunnel connection (tunnel.TAG.PROTO:SERVICE) reaches the
+            # listener of its service (docs/protocol.md §18).
+            wanted = listen_app(msg.app)
+            listener = self.listeners.get((peer.name, wanted))
             if listener is not None and listener[1] in ("*", me.name):
                 self._bind(conn, ACCEPT, listener[0], "", acts)
                 return acts
-            conn.waits_for = (peer.name, msg.app)
+            conn.waits_for = (peer.name, wanted)
             self.waiting.setdefault(conn.waits_for, {})[conn.cid] = conn
         acts.append(Waiting(msg.rid, msg.cid))
         return acts
