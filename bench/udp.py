@@ -406,7 +406,8 @@ def measure(
 def verdicts(runs: dict[str, list[tuple[dict[str, float], dict[str, float]]]]) -> list[str]:
     med = {path: statistics.median(f["mbps"] for f, _ in rr) for path, rr in runs.items()}
     lines = []
-    for path in ("hub", "pair"):
+    # The target is the whole path (hub); without it, the pair stands in.
+    for path in ("hub",) if "hub" in runs else ("pair",):
         if path in runs:
             loss = max(p["loss"] for _, p in runs[path])
             vs = f", {med[path] / med['socat']:.2f}x socat" if "socat" in med else ""
