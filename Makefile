@@ -146,3 +146,10 @@ clean:
 .PHONY: bench-tunnels
 bench-tunnels: $(STAMP) test-proxies
 	$(BIN)/python bench/tunnels.py --markdown $(BENCH_MD) $(BENCH_TUNNELS_ARGS)
+
+# UDP through a tunnel against socat on loopback (bench/udp.py): unpaced
+# throughput, then loss at 80 % of it, paths alternating per round:
+# `make bench-udp BENCH_UDP_ARGS="--size 1400 --seconds 5 --rounds 3"`.
+.PHONY: bench-udp
+bench-udp: $(STAMP)
+	$(BIN)/python bench/udp.py --markdown $(BENCH_MD) $(BENCH_UDP_ARGS)

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = ["Client", "__version__", "connect", "expose", "forward", "listen"]
+__all__ = ["Client", "__version__", "connect", "expose", "forward", "forward_udp", "listen"]
 
 if TYPE_CHECKING:
     from .client.api import Client
-    from .sdk import connect, expose, forward, listen
+    from .sdk import connect, expose, forward, forward_udp, listen
 
 # Where each public name lives. They are loaded on first use (PEP 562):
 # ``import freight.protocol`` must stay free of asyncio and sockets, and the
@@ -31,6 +31,7 @@ _LAZY = {
     "listen": "freight.sdk",
     "forward": "freight.sdk",
     "expose": "freight.sdk",
+    "forward_udp": "freight.sdk",
 }
 
 

@@ -21,7 +21,9 @@ parent's exit code; the module where it is not this one).
     │   │   ├── BadHostKey                        protocol.msgkeys
     │   │   ├── MalformedJobMessage               protocol.jobs
     │   │   ├── MalformedProbe                    protocol.probe
-    │   │   └── MalformedTunnelMessage            protocol.tunnel
+    │   │   ├── MalformedTunnelMessage            protocol.tunnel
+    │   │   └── MalformedDatagram                 protocol.datagrams
+    │   │       └── DatagramTooLarge              protocol.datagrams
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e

@@ -1,5 +1,6 @@
 """The short way in for programs: ``freight.connect`` and ``freight.listen``,
-and the tunnels ``freight.forward`` and ``freight.expose``.
+and the tunnels ``freight.forward``, ``freight.forward_udp`` and
+``freight.expose``.
 
     async with freight.connect(hub, to="bob", app="chat") as conn:
         await conn.send(b"hello")
@@ -15,6 +16,9 @@ and the tunnels ``freight.forward`` and ``freight.expose``.
     async with freight.expose(hub, name="web", target="127.0.0.1:3000", allow=["bob"]):
         ...                               # bob reaches it with forward(to="alice:web")
 
+    async with freight.forward_udp(hub, to="lab-pc-7:127.0.0.1:53") as fwd:
+        host, port = fwd.address          # datagrams there reach lab-pc-7's UDP port 53
+
 ``hub`` is the URL of a hub this machine has logged in to (``freight
 login``), or None for the last one. Each call keeps its own attachment,
 re-established across network faults and hub restarts. Both are shortcuts
@@ -25,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from .client.api import Client
@@ -36,12 +41,14 @@ from .client.session import HubSession, canonical_url, parse_hub_url
 from .client.tunnels import DEFAULT_MAX_CONNS, ForwardServer, TunnelServer
 from .client.tunnels import expose as _expose
 from .client.tunnels import unexpose as _unexpose
+from .client.udpforward import UdpForward, serve_udp
 from .errors import UsageError
 from .names import check_user_name
+from .protocol.datagrams import IDLE_TIMEOUT, MAX_FLOWS, FlowLimits
 from .protocol.tunnel import parse_bind, parse_destination, parse_name, parse_target
 from .units import parse_limit
 
-__all__ = ["connect", "expose", "forward", "listen"]
+__all__ = ["connect", "expose", "forward", "forward_udp", "listen"]
 
 
 @asynccontextmanager
@@ -124,18 +131,46 @@ async def forward(
 
 
 @asynccontextmanager
+async def forward_udp(
+    hub: str | None = None,
+    *,
+    to: str,
+    local: str = "0",
+    idle: float = IDLE_TIMEOUT,
+    max_flows: int = MAX_FLOWS,
+    transport: str = "auto",
+    config_dir: Path | None = None,
+) -> AsyncIterator[UdpForward]:
+    """``freight forward --udp LOCAL TO`` for the length of the block: each
+    source address that sends to the local UDP port is one flow, ended after
+    ``idle`` seconds without a datagram; ``to`` is ``AGENT:HOST:PORT`` (an
+    agent's ``udp/`` target) or ``USER:NAME`` (a name exposed with udp)."""
+    try:
+        host, port = parse_bind(local)
+        dest = parse_destination(to)
+        limits = FlowLimits(idle_timeout=idle, max_flows=max_flows)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    async with _relay(hub, transport, config_dir) as relay:
+        await relay.start()
+        async with UdpForward(relay, dest, host, port, limits=limits) as server:
+            yield server
+
+
+@asynccontextmanager
 async def expose(
     hub: str | None = None,
     *,
     name: str,
     target: str,
     allow: Iterable[str],
+    udp: bool = False,
     transport: str = "auto",
     config_dir: Path | None = None,
 ) -> AsyncIterator[TunnelServer]:
-    """``freight expose NAME TARGET --allow …`` for the length of the block:
-    ``target`` is ``[HOST:]PORT`` on this machine's network, ``allow`` the
-    accounts that may forward to it (``*``: every account)."""
+    """``freight expose NAME TARGET --allow … [--udp]`` for the length of the
+    block: ``target`` is ``[HOST:]PORT`` on this machine's network, ``allow``
+    the accounts that may forward to it (``*``: every account)."""
     try:
         parse_name(name)
         aim = parse_target(target if ":" in target else f"127.0.0.1:{target}")
@@ -144,6 +179,9 @@ async def expose(
         raise UsageError(str(exc)) from None
     if not accounts:
         raise UsageError("say who may use it: allow=[USER, ...] or allow=['*']")
+    if udp or aim.udp:
+        aim = replace(aim, udp=True)
+        serve_udp()
     async with _relay(hub, transport, config_dir) as relay:
         await relay.start()
         server = await _expose(relay, name, aim, accounts)

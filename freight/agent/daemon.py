@@ -27,6 +27,7 @@ from ..client.msglocal import MessageSocket
 from ..client.relay import RelayClient, identity_key
 from ..client.session import HubSession
 from ..client.tunnels import TunnelServer
+from ..client.udpforward import serve_udp
 from ..errors import AuthError, FreightError, NetworkError, RateLimited
 from ..protocol import messages as m
 from ..protocol.agents import login_message
@@ -195,6 +196,7 @@ class Agent:
             relay.identity = identity_key(self.config)
             server = FileServer(self.roots, self.report, self.cfg.allow_overwrite)
             listener = await relay.listen(APP)
+            serve_udp()  # udp/HOST:PORT entries of the allow list
             self.tunnels = TunnelServer(
                 relay, allow=AllowList(self.cfg.allow_forward), report=self.report
             )

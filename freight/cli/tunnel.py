@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 from typing import Annotated, Any
 
@@ -16,9 +17,17 @@ from ..client.pacing import resolve_limit
 from ..client.relay import RelayClient
 from ..client.session import HubSession
 from ..client.tunnels import DEFAULT_MAX_CONNS, ForwardServer, expose, unexpose
+from ..client.udpforward import UdpForward, serve_udp
 from ..errors import UsageError
 from ..names import check_user_name
-from ..protocol.tunnel import parse_bind, parse_destination, parse_name, parse_target
+from ..protocol.datagrams import IDLE_TIMEOUT, MAX_FLOWS, FlowLimits
+from ..protocol.tunnel import (
+    Destination,
+    parse_bind,
+    parse_destination,
+    parse_name,
+    parse_target,
+)
 from ..units import format_bytes, parse_limit
 from .common import HubOpt, JsonOpt, TransportOpt, run_async
 from .output import err_console, print_json
@@ -86,6 +95,25 @@ def forward(
             "(bytes/s), or a share of the bandwidth measured to the hub, e.g. 50%.",
         ),
     ] = None,
+    udp: Annotated[
+        bool,
+        typer.Option(
+            "--udp",
+            help="Forward UDP datagrams: each local source address is one flow "
+            "(implied by a udp/HOST:PORT target).",
+        ),
+    ] = False,
+    idle: Annotated[
+        float,
+        typer.Option("--idle", metavar="SECONDS", help="With --udp: end a flow this idle."),
+    ] = IDLE_TIMEOUT,
+    max_flows: Annotated[
+        int,
+        typer.Option(
+            "--max-flows",
+            help="With --udp: flows at once; datagrams from more sources are dropped.",
+        ),
+    ] = MAX_FLOWS,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
     json_out: JsonOpt = False,
@@ -94,16 +122,20 @@ def forward(
     it is carried end-to-end encrypted to DEST, which connects to TARGET.
 
     For example, freight forward 5433 lab-pc-7:127.0.0.1:5432 makes lab-pc-7's
-    database answer on local port 5433, and freight forward 8080 alice:web
-    reaches what alice exposed as web.
+    database answer on local port 5433, freight forward 8080 alice:web
+    reaches what alice exposed as web, and freight forward --udp 5353
+    lab-pc-7:127.0.0.1:53 makes its DNS answer on local UDP port 5353.
     """
     try:
         host, port = parse_bind(local)
         where = parse_destination(dest)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if where.udp:
-        raise UsageError("udp/ targets are forwarded with --udp (not available in this version)")
+    if udp or where.udp:
+        if limit:
+            raise UsageError("--limit paces TCP forwards only: drop --limit, or --udp")
+        forward_udp(host, port, where, idle, max_flows, spare, hub_url, transport, json_out)
+        return
     wanted = parse_limit(limit) if limit else None
 
     def event(ev: dict[str, Any]) -> None:
@@ -150,6 +182,65 @@ def forward(
     run_async(go)
 
 
+def forward_udp(
+    host: str,
+    port: int,
+    where: Destination,
+    idle: float,
+    max_flows: int,
+    spare: bool,
+    hub_url: str | None,
+    transport: str,
+    json_out: bool,
+) -> None:
+    """``freight forward --udp``: a local UDP port, one flow per source."""
+    try:
+        limits = FlowLimits(idle_timeout=idle, max_flows=max_flows)
+    except ValueError as exc:
+        raise UsageError(f"--idle / --max-flows: {exc}") from None
+
+    def event(ev: dict[str, Any]) -> None:
+        if json_out:
+            print_json(ev)
+        elif ev["event"] == "failed":
+            err_console.print(f"a flow could not open: {ev['error']}", markup=False)
+
+    async def go() -> None:
+        async with _client(hub_url, transport) as client:
+            await client.start()
+            fwd = UdpForward(client, where, host, port, limits=limits, spare=spare, on_event=event)
+            await fwd.start()
+            try:
+                bound_host, bound_port = fwd.address
+                to = str(fwd.dest)
+                if json_out:
+                    print_json(
+                        {
+                            "event": "listening",
+                            "host": bound_host,
+                            "port": bound_port,
+                            "to": to,
+                            "udp": True,
+                        }
+                    )
+                _say(
+                    f"Forwarding udp {bound_host}:{bound_port} -> {to}  (Ctrl-C to stop)", json_out
+                )
+                await _until_stopped()
+            finally:
+                await fwd.aclose()
+            stats = fwd.stats()
+            if json_out:
+                print_json({"event": "stopped", **stats})
+            _say(
+                f"Stopped: {stats['flows_opened']} flows, {stats['datagrams_out']} datagrams "
+                f"sent, {stats['datagrams_in']} received",
+                json_out,
+            )
+
+    run_async(go)
+
+
 def expose_cmd(
     name: Annotated[str, typer.Argument(help="The name others forward to (USER:NAME).")],
     target: Annotated[
@@ -166,6 +257,10 @@ def expose_cmd(
             help="An account that may use it (repeat; '*': every account). Required.",
         ),
     ] = None,
+    udp: Annotated[
+        bool,
+        typer.Option("--udp", help="Expose a UDP port (they forward with --udp)."),
+    ] = False,
     hub_url: HubOpt = None,
     transport: TransportOpt = "auto",
     json_out: JsonOpt = False,
@@ -173,7 +268,8 @@ def expose_cmd(
     """Expose a port of this machine through the hub, like ssh -R, to the named
     accounts only: they reach it with freight forward PORT YOU:NAME.
 
-    For example, freight expose web 127.0.0.1:3000 --allow bob --allow admin.
+    For example, freight expose web 127.0.0.1:3000 --allow bob --allow admin;
+    freight expose dns 127.0.0.1:53 --udp --allow bob exposes a UDP port.
     """
     try:
         parse_name(name)
@@ -185,8 +281,9 @@ def expose_cmd(
         raise UsageError(
             "say who may use it: --allow USER (repeat for more), or --allow '*' for everyone"
         )
-    if aim.udp:
-        raise UsageError("udp/ targets are exposed with --udp (not available in this version)")
+    if udp or aim.udp:
+        aim = dataclasses.replace(aim, udp=True)
+        serve_udp()
 
     async def go() -> None:
         async with _client(hub_url, transport) as client:

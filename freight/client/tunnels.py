@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import ConnectionEnded, FreightError, PeerAbsent, UsageError
+from ..errors import ConnectionEnded, FreightError, PeerAbsent, RemoteProtocolError, UsageError
 from ..logs import fields
 from ..protocol.e2e import DEFAULT_WINDOW
 from ..protocol.relayend import MAX_MESSAGE
@@ -489,6 +489,8 @@ class TunnelServer:
         except (FreightError, OSError, TimeoutError) as exc:
             text = exc.message if isinstance(exc, FreightError) else str(exc)
             log.info("tunnel stream ended", extra=fields(cid=conn.cid, error=text))
+            if isinstance(exc, RemoteProtocolError):  # e.g. garbage datagram records
+                await self.report("forward", conn.app, conn.peer, text)
             await conn.abort("aborted", "the tunnel stream failed")
         finally:
             self.active -= 1
