@@ -68,6 +68,13 @@ test-proxies:
 			>/dev/null 2>&1 \
 		|| echo "could not install openssh: the ssh tunnel test will be skipped"; \
 	fi
+	@# iperf3: the bandwidth tests compare the probe with it on shaped paths.
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! command -v iperf3 >/dev/null 2>&1; then \
+		echo "installing iperf3 for the bandwidth tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 >/dev/null 2>&1 \
+		|| echo "could not install iperf3: the bandwidth comparisons will be skipped"; \
+	fi
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
 # (rate limits, hub memory, bytes re-sent after a hub crash). Not part of
@@ -121,6 +128,14 @@ bench-relaycompress: $(STAMP)
 		  { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends openssh-server rsync; }; }
 	@[ "$$(id -u)" -ne 0 ] || mkdir -p /run/sshd
 	$(BIN)/python bench/relaycompress.py --markdown $(BENCH_MD) $(BENCH_RELAYCOMPRESS_ARGS)
+
+# The probe, --limit NN% and --priority background on shaped paths (10, 50
+# and 100 Mbit/s x 20 and 80 ms round trip), iperf3 alternating in the same
+# run (bench/bandwidth.py; root, tc, iperf3):
+# `make bench-bandwidth BENCH_BW_ARGS="--rates 50 --rtts 20"`.
+.PHONY: bench-bandwidth
+bench-bandwidth: $(STAMP) test-proxies
+	$(BIN)/python bench/bandwidth.py --markdown $(BENCH_MD) $(BENCH_BW_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

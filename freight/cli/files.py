@@ -20,7 +20,7 @@ import typer
 from ..client.config import DATA_PATHS
 from ..errors import UsageError
 from ..protocol.messages import LEVELS
-from ..units import format_bytes, format_rate, parse_rate
+from ..units import format_bytes, format_rate, parse_limit
 from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
 from .output import err_console, print_json
 
@@ -120,7 +120,12 @@ def login(
 
 
 def transfer_options(
-    limit: str, compress: str, data_path: str, parallel: int = 1
+    limit: str,
+    compress: str,
+    data_path: str,
+    parallel: int = 1,
+    *,
+    priority: str = "normal",
 ) -> TransferOptions:
     from ..client.options import TransferOptions, retry_policy_from_env, stall_timeout_from_env
 
@@ -128,12 +133,16 @@ def transfer_options(
         raise typer.BadParameter(f"use one of {', '.join(LEVELS)}", param_hint="--compress")
     if data_path not in DATA_PATHS:
         raise typer.BadParameter(f"use one of {', '.join(DATA_PATHS)}", param_hint="--data-path")
+    if priority not in ("normal", "background"):
+        raise typer.BadParameter("use normal or background", param_hint="--priority")
     try:
-        rate = parse_rate(limit)
+        wanted = parse_limit(limit)
     except UsageError as exc:
         raise typer.BadParameter(exc.message, param_hint="--limit") from None
     return TransferOptions(
-        limit=rate,
+        limit=wanted.rate or 0,
+        percent=wanted.percent,
+        priority=priority,
         compress=compress,
         data_path=data_path,
         parallel=max(1, parallel),
@@ -144,6 +153,14 @@ def transfer_options(
 
 LimitOpt = Annotated[
     str, typer.Option("--limit", help="Max rate, bytes/s with K/M/G suffix (1024-based), e.g. 20M.")
+]
+ShareLimitOpt = Annotated[
+    str,
+    typer.Option(
+        "--limit",
+        help="Max rate, bytes/s with K/M/G suffix (1024-based), e.g. 20M; or a share of the "
+        "path's measured available bandwidth, e.g. 50%.",
+    ),
 ]
 CompressOpt = Annotated[str, typer.Option("--compress", help="none, fast or max (zstd).")]
 DataPathOpt = Annotated[
@@ -158,7 +175,15 @@ DataPathOpt = Annotated[
 def push(
     paths: Annotated[list[Path], typer.Argument(help="Files or folders to upload.")],
     as_name: Annotated[str | None, typer.Option("--as", help="Name on the hub (one path).")] = None,
-    limit: LimitOpt = "off",
+    limit: ShareLimitOpt = "off",
+    priority: Annotated[
+        str,
+        typer.Option(
+            "--priority",
+            help="normal, or background: yield to other traffic on the path (delay-based), "
+            "take the link back when it is idle.",
+        ),
+    ] = "normal",
     compress: CompressOpt = "none",
     parallel: Annotated[int, typer.Option(help="Files sent at once.")] = 1,
     data_path: DataPathOpt = "auto",
@@ -178,7 +203,7 @@ def push(
     from ..client.transfer import expand_sources
     from .output import RichReporter
 
-    opts = transfer_options(limit, compress, data_path, parallel)
+    opts = transfer_options(limit, compress, data_path, parallel, priority=priority)
     check_transport(transport)
     items = expand_sources(paths, as_name)
     total = sum(p.stat().st_size for p, _ in items)
@@ -215,7 +240,7 @@ def pull(
             help="Where to put it. An existing folder receives it; another path names the copy."
         ),
     ] = None,
-    limit: LimitOpt = "off",
+    limit: ShareLimitOpt = "off",
     compress: CompressOpt = "none",
     parallel: Annotated[int, typer.Option(help="Files fetched at once (folders).")] = 1,
     data_path: DataPathOpt = "auto",

@@ -32,7 +32,7 @@ import msgspec
 
 from ..errors import FreightError, UsageError, from_exception
 from ..protocol.messages import LEVELS
-from ..units import Limit, parse_rate
+from ..units import Limit, parse_limit
 from .admin import AdminCalls
 from .config import ClientConfig
 from .linkcalls import LinkCalls
@@ -268,14 +268,22 @@ class Client(AdminCalls, LinkCalls):
         limit: int | str = 0,
         compress: str = "none",
         parallel: int = 1,
+        priority: str = "normal",
     ) -> TransferOptions:
-        """Transfer options: ``limit`` bytes/s (or ``"20M"``; 0: none),
-        ``compress`` none/fast/max, files moved at once; retries and stall
+        """Transfer options: ``limit`` bytes/s (or ``"20M"``, or ``"50%"`` of
+        the path's measured available bandwidth; 0: none), ``compress``
+        none/fast/max, files moved at once, ``priority`` normal or
+        background (push: yields to other traffic); retries and stall
         timeout as ``$FREIGHT_RETRY_*`` / ``$FREIGHT_STALL_TIMEOUT`` say."""
         if compress not in LEVELS:
             raise UsageError(f"compress must be one of {', '.join(LEVELS)}")
+        if priority not in ("normal", "background"):
+            raise UsageError("priority must be normal or background")
+        wanted = parse_limit(limit) if isinstance(limit, str) else Limit(rate=limit or None)
         return TransferOptions(
-            limit=parse_rate(limit) if isinstance(limit, str) else limit,
+            limit=wanted.rate or 0,
+            percent=wanted.percent,
+            priority=priority,
             compress=compress,
             data_path=self.data_path,
             parallel=max(1, parallel),

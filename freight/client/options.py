@@ -19,6 +19,10 @@ DISK_FULL_ERRNOS = (28, 27, 122)  # ENOSPC, EFBIG, EDQUOT
 @dataclass
 class TransferOptions:
     limit: int = 0
+    # --limit NN%: a share of the measured available bandwidth (push).
+    percent: float | None = None
+    # "background": a delay-based controller yields to other traffic (push).
+    priority: str = "normal"
     compress: str = m.LEVEL_NONE
     data_path: str = "auto"
     parallel: int = 1

@@ -8,6 +8,7 @@ finishes it."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import stat
 import time
@@ -23,6 +24,7 @@ from ..protocol.limits import SMALL_FILE_BYTES
 from . import pullbatch
 from .config import ClientConfig, write_json_atomic
 from .options import Reporter, TransferOptions, TransferResult
+from .pathrate import fixed_share
 from .session import HubSession
 from .transfer import BATCHES_IN_FLIGHT, LinkHolder, pull_file, with_retries
 
@@ -159,6 +161,10 @@ async def pull_many(
         large = [i for i in plan.items if i.size > SMALL_FILE_BYTES]
     todo = deque(large)
     batches = iter(list(pullbatch.groups(small)))
+    if opts.percent is not None:  # --limit NN%: a share of the path down, measured once
+        streams = max(1, min(opts.parallel, len(large)))
+        share = await fixed_share(session, opts.percent / streams, "down")
+        opts = dataclasses.replace(opts, limit=share, percent=None)
 
     async def batch_worker() -> None:
         holder = LinkHolder(session, opts.data_path)

@@ -8,12 +8,14 @@ last durable checkpoint when the same command runs again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from ..protocol.stream import StreamReceiver, StreamSender
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed
 from ..transport.proxy import ProxyRefused
+from ..transport.shallow import shallow_writes
 from .batch import Batch, BatchSender, plan, read_batch, split_small
 from .config import ClientConfig, read_json, write_json_atomic
 from .filesink import FileSink
@@ -50,6 +53,8 @@ from .options import (
     TransferOptions,
     TransferResult,
 )
+from .pathrate import PathPacer, PathRate
+from .probe import probe
 from .session import HubSession, Link
 
 # Batches of small files in flight at once. One: a second did not shorten a
@@ -166,6 +171,7 @@ async def push_file(
     name: str,
     opts: TransferOptions,
     reporter: Reporter,
+    pacing: Callable[[], PathPacer] | None = None,
 ) -> TransferResult:
     name = check_name(name)
     path = path.resolve()
@@ -216,15 +222,22 @@ async def push_file(
         )
         helpers = Supervisor(f"push {name}")
         helpers.spawn(_report(reporter, name, lambda: progress.sent), name="progress")
+        pacer = pacing() if pacing is not None else None
+        if pacer is not None and port.mux is not link.mux:  # pings need a connection of its own
+            helpers.spawn(pacer.run(port.mux, lambda: progress.sent), name="path-pacer")
+        elif pacer is not None:
+            pacer.without_pings()
         try:
-            return await run_sender(
-                port,
-                sender,
-                source,
-                limit=opts.limit,
-                stall_timeout=opts.stall_timeout,
-                progress=progress,
-            )
+            with shallow_writes(port.mux.channel) if pacer is not None else nullcontext():
+                return await run_sender(
+                    port,
+                    sender,
+                    source,
+                    limit=pacer.limit if pacer is not None else opts.limit,
+                    stall_timeout=opts.stall_timeout,
+                    progress=progress,
+                    on_checkpoint=pacer.checkpoint if pacer is not None else None,
+                )
         except SourceChanged:
             reporter.notice(f"{path.name}: differs from the part already sent; starting over")
             sid, fresh, restarted = secrets.token_hex(16), True, True
@@ -397,6 +410,11 @@ async def push_many(
     """Push files: small ones in batches (when there are several), the
     others with up to ``opts.parallel`` streams at once."""
     small, large = split_small(items) if len(items) > 1 else ([], items)
+    pacing = None
+    if opts.percent is not None or opts.priority == "background":
+        opts, pacing = await path_pacing(
+            session, opts, streams=max(1, min(opts.parallel, len(large)))
+        )
     groups = iter(list(plan(small)))
     pending = iter(large)  # the workers take the next item in turn
     sender = BatchSender(opts, reporter)
@@ -419,7 +437,9 @@ async def push_many(
         holder = LinkHolder(session, opts.data_path)
         try:
             for path, name in pending:
-                results.append(await push_file(session, holder, config, path, name, opts, reporter))
+                results.append(
+                    await push_file(session, holder, config, path, name, opts, reporter, pacing)
+                )
         finally:
             await holder.drop()
 
@@ -433,6 +453,38 @@ async def push_many(
     except* FreightError as group:
         raise group.exceptions[0] from None
     return results
+
+
+async def path_pacing(
+    session: HubSession, opts: TransferOptions, *, streams: int
+) -> tuple[TransferOptions, Callable[[], PathPacer]]:
+    """Measure the path up to the hub once for a push with ``--limit NN%``
+    or ``--priority background``; returns the options for batches of small
+    files (a fixed share) and a maker of each stream's pacer (the share
+    split between ``streams`` streams at once)."""
+    found = await probe(session, direction="up")
+    assert found.up is not None
+    path = PathRate(found.up.available, found.rtt, time.monotonic())
+    percent = opts.percent / streams if opts.percent is not None else None
+    background = opts.priority == "background"
+    if percent is not None:
+        opts = dataclasses.replace(opts, limit=max(1, int(found.up.available * percent / 100)))
+
+    async def reprobe() -> float:
+        again = await probe(session, direction="up")
+        assert again.up is not None
+        return again.up.available
+
+    def pacer() -> PathPacer:
+        return PathPacer(
+            path,
+            percent=percent,
+            background=background,
+            capacity=found.up.capacity if found.up else 0.0,
+            reprobe=reprobe,
+        )
+
+    return opts, pacer
 
 
 async def _push_batch(

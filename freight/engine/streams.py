@@ -164,7 +164,7 @@ async def _run_sender(
     """Send the whole source; returns the receiver's EndStreamAck.
 
     ``limit`` is the sender's own cap (bytes/s, 0 = none, or a function
-    returning it, asked again at every checkpoint); the effective rate is the
+    returning it, asked again before every chunk); the effective rate is the
     lower of it and what the receiver assigns.
     """
     progress = progress or SendProgress()
@@ -209,6 +209,8 @@ async def _run_sender(
                 continue
             _drain_ready(port, sender, progress, on_checkpoint, retune)
             chunk = await reader.take()
+            if callable(limit):  # a rate that follows the path: asked at every chunk
+                retune()
             delay = bucket.reserve(n, clock())
             if delay > 0:
                 await asyncio.sleep(delay)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import statistics
 from dataclasses import dataclass
 from typing import Final
 
@@ -194,15 +195,26 @@ def _rate(a: tuple[int, int], b: tuple[int, int]) -> float:
     return (b[1] - a[1]) / ((b[0] - a[0]) / 1e6) if b[0] > a[0] else 0.0
 
 
+def _at(samples: list[tuple[int, int]], t: float) -> tuple[int, int]:
+    """The first sample at or after ``t`` (the last one if none)."""
+    for s in samples:
+        if s[0] >= t:
+            return s
+    return samples[-1]
+
+
 def estimate(samples: list[tuple[int, int]], rtt: float) -> Estimate:
     """Capacity and available bandwidth from one train's arrival samples.
 
-    Available bandwidth is the rate the train kept up after its ramp (the
-    first :data:`RAMP_SHARE` of its span): what one more TCP flow gets on
-    the path, other traffic included. Capacity is the best rate among
-    :data:`CAPACITY_WINDOWS` equal windows of that steady part (never below
-    the available bandwidth): with cross traffic it shows what the link
-    carries when the others pause."""
+    The first :data:`RAMP_SHARE` of the train's span is TCP's slow start
+    and is left out; the rest is cut into :data:`CAPACITY_WINDOWS` windows
+    of equal time. Available bandwidth is the median of their rates: what
+    one more TCP flow gets on the path, other traffic included; a receiver
+    that stalled for a moment and then took a burst of records at once
+    makes one window slow and one fast, and moves the median little.
+    Capacity is the second-best window (never below the available
+    bandwidth): with cross traffic, what the path carries when the others
+    pause."""
     if len(samples) < 3 or samples[-1][0] <= samples[0][0]:
         raise MalformedProbe("a probe train needs at least three arrivals spread in time")
     for a, b in itertools.pairwise(samples):
@@ -213,14 +225,18 @@ def estimate(samples: list[tuple[int, int]], rtt: float) -> Estimate:
     steady = [s for s in samples if s[0] >= start]
     if len(steady) < 2 or steady[-1][0] <= steady[0][0]:
         steady = samples
-    available = _rate(steady[0], steady[-1])
     width = (steady[-1][0] - steady[0][0]) / CAPACITY_WINDOWS
-    best, i = available, 0
-    for j in range(len(steady)):
-        while i + 1 < j and steady[j][0] - steady[i + 1][0] >= width:
-            i += 1
-        if steady[j][0] - steady[i][0] >= width:
-            best = max(best, _rate(steady[i], steady[j]))
+    rates = []
+    for k in range(CAPACITY_WINDOWS):
+        a = _at(steady, steady[0][0] + k * width)
+        b = _at(steady, steady[0][0] + (k + 1) * width)
+        if b[0] > a[0]:
+            rates.append(_rate(a, b))
+    if not rates:  # too few samples for windows: the steady part as a whole
+        rates = [_rate(steady[0], steady[-1])]
+    rates.sort()
+    available = statistics.median(rates)
+    best = max(available, rates[-2] if len(rates) > 1 else rates[-1])
     return Estimate(
         capacity=best,
         available=available,

@@ -68,7 +68,9 @@ def test_hub_budget_limits_a_push(tmp_path: Path) -> None:
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(
     tmp_path: Path, hub: Hub, client: Client
 ) -> None:
-    src = random_file(tmp_path / "big.bin", 40 * 1024 * 1024, seed=3)
+    # 80 MiB at 8 MiB/s: about 10 s, so a loaded machine still interrupts
+    # it well before it ends.
+    src = random_file(tmp_path / "big.bin", 80 * 1024 * 1024, seed=3)
     proc = client.popen("push", str(src), "--limit", "8M")
     wait_until(lambda: hub.partial_size() >= 17 * 1024 * 1024, 60, "two checkpoints")
     proc.send_signal(signal.SIGINT)

@@ -5,6 +5,7 @@ that breaks the probe's rules."""
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from freight.errors import FreightError
 from freight.protocol import messages as m
 from freight.transport.dataconn import open_data_connection
 from tests.authsupport import token_of
-from tests.support import Client, Hub
+from tests.support import Client, Hub, random_file, same_bytes
 
 
 def session_of(hub: Hub, client: Client) -> HubSession:
@@ -113,3 +114,55 @@ def test_cli_probe_json_and_text(shared_hub: Hub, shared_client: Client) -> None
     assert "up available" not in text.stdout
     bad = shared_client.run("probe", "--direction", "sideways", check=False)
     assert bad.returncode == 2 and "use up, down or both" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        ["--limit", "50%"],
+        ["--priority", "background"],
+        ["--priority", "background", "--data-path", "tls"],
+    ],
+)
+def test_push_by_share_and_in_background(
+    shared_client: Client, tmp_path: Path, how: list[str]
+) -> None:
+    import json
+
+    src = random_file(tmp_path / "share.bin", 24 * 1024 * 1024, seed=len(how[1]))
+    name = f"probe-{'-'.join(how).strip('%-')}.bin"
+    res = shared_client.run("push", str(src), "--as", name, *how, "--json", timeout=120)
+    (pushed,) = json.loads(res.stdout)["pushed"]
+    assert pushed["size"] == src.stat().st_size
+    out = tmp_path / "back.bin"
+    shared_client.run("pull", name, str(out), "--quiet")
+    assert same_bytes(src, out)
+
+
+def test_pull_by_share(shared_client: Client, tmp_path: Path) -> None:
+    src = random_file(tmp_path / "down.bin", 8 * 1024 * 1024, seed=5)
+    shared_client.run("push", str(src), "--as", "probe-down.bin", "--quiet")
+    out = tmp_path / "back.bin"
+    shared_client.run("pull", "probe-down.bin", str(out), "--limit", "50%", "--quiet")
+    assert same_bytes(src, out)
+
+
+def test_bad_priority_is_refused(shared_client: Client) -> None:
+    bad = shared_client.run("push", "/etc/hostname", "--priority", "low", check=False)
+    assert bad.returncode == 2 and "use normal or background" in bad.stderr
+
+
+async def test_sdk_probe_and_share_options(shared_client: Client, tmp_path: Path) -> None:
+    from freight.client.api import Client as Sdk
+    from freight.errors import UsageError
+
+    src = random_file(tmp_path / "sdk.bin", 4 * 1024 * 1024, seed=9)
+    async with Sdk(config_dir=shared_client.config) as hub:
+        found = await asyncio.wait_for(hub.probe(direction="up", seconds=0.3), 30)
+        assert found.up is not None and found.down is None and found.up.available > 0
+        opts = hub.options(limit="50%", priority="background")
+        assert (opts.percent, opts.priority, opts.limit) == (50.0, "background", 0)
+        (pushed,) = await asyncio.wait_for(hub.push(src, as_name="sdk-share.bin", options=opts), 60)
+        assert pushed.size == src.stat().st_size
+        with pytest.raises(UsageError, match="not a percentage"):
+            hub.options(limit="150%")

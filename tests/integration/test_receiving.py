@@ -133,7 +133,7 @@ def test_a_hostile_message_while_the_disk_is_busy_ends_receive(
     chunks = [b"F" + struct.pack(">IQ", 0, i * len(block)) + block for i in range(24)]
     manifest = b"M" + json.dumps({"entries": [ENTRY]}).encode()
     code, err = scripted_sender(
-        admin, bob, tmp_path / "in", [manifest, *chunks, b"X not a kind"], words="tango-lima-echo"
+        admin, bob, tmp_path / "in", [manifest, *chunks, b"Q not a kind"], words="tango-lima-echo"
     )
     assert code == 7, (code, err)
     assert "unexpected message" in err, err

@@ -181,3 +181,18 @@ def test_estimate_fuzz(points: list[tuple[int, int]]) -> None:
     except MalformedProbe:
         return
     assert est.capacity >= est.available >= 0
+
+
+def test_a_receiver_stall_and_catch_up_moves_the_estimate_little() -> None:
+    # 10 MB/s for 2 s, but the receiver takes nothing for 0.25 s at 1.2 s
+    # and then every record queued meanwhile at once.
+    rx = TrainReceiver("p")
+    size, rate = 65536, 10e6
+    for seq in range(int(rate * 2.0 / size)):
+        t = seq * size / rate
+        if 1.2 <= t < 1.45:
+            t = 1.45
+        rx.arrive(m.ProbeData(pid="p", seq=seq, len=size), size, t)
+    est = estimate(rx.samples(), rtt=0.02)
+    assert est.available == pytest.approx(10e6, rel=0.05)
+    assert est.capacity < 1.3e7
