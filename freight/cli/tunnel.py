@@ -90,7 +90,7 @@ def forward(
         str | None,
         typer.Option(
             "--limit",
-            metavar="RATE|PCT%",
+            metavar="LIMIT",
             help="At most this rate each way for all connections together, e.g. 20M "
             "(bytes/s), or a share of the bandwidth measured to the hub, e.g. 50%.",
         ),
