@@ -38,7 +38,9 @@ async def test_probe_both_ways(shared_hub: Hub, shared_client: Client, data_path
     for est in (result.up, result.down):
         assert est is not None
         assert est.capacity >= est.available > 20e6
-        assert est.seconds >= 0.4
+        # A train measured over time, not one pair of records (a loaded
+        # machine may start the train late and shorten the span it covers).
+        assert est.seconds >= 0.1
     doc = result.as_dict()
     assert doc["up"]["available"] > 0 and doc["down"]["bytes"] > 0
 
