@@ -91,11 +91,23 @@ def test_limit_half_of_the_path(
         assert 0.42 * capacity <= rate <= 0.58 * capacity, (rate / capacity, rates)
 
 
-def test_background_yields_and_takes_the_link_back(
+def test_background_yields_to_a_competitor(
     path: ShapedPath, hub: Hub, client: Client, iperf3_port: int, tmp_path: Path
 ) -> None:
     src = make_file(tmp_path / "background.bin", 64 * 1024 * 1024)
     result = background_run(path, hub, client, src, iperf3_port)
     assert result.competitor_loss <= 0.15, result
+
+
+# The take-back is timed by a userspace delay line: on a machine whose cores
+# are busy with other tests, the line's own waits for a CPU read as queueing
+# delay and the controller rightly backs off. It runs on its own, with
+# `make test-quiet` (and its target is measured by `make bench-bandwidth`).
+@pytest.mark.quiet
+def test_background_takes_the_link_back(
+    path: ShapedPath, hub: Hub, client: Client, iperf3_port: int, tmp_path: Path
+) -> None:
+    src = make_file(tmp_path / "background.bin", 64 * 1024 * 1024)
+    result = background_run(path, hub, client, src, iperf3_port)
     took = result.seconds_to(0.9)
     assert took is not None and took <= 10, result
