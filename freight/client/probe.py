@@ -74,7 +74,8 @@ class _Prober:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NetworkError("the hub did not answer the bandwidth probe in time")
-            msg, _ = await asyncio.wait_for(self.mux.recv_control(), left)
+            async with asyncio.timeout(left):
+                msg, _ = await self.mux.recv_control()
             if isinstance(msg, m.ProbeReport) and msg.pid == pid:
                 return msg
             if isinstance(msg, m.Error):
@@ -120,7 +121,8 @@ class _Prober:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise NetworkError("the hub's probe train did not end in time")
-            msg, payload = await asyncio.wait_for(self.mux.recv_control(), left)
+            async with asyncio.timeout(left):
+                msg, payload = await self.mux.recv_control()
             if isinstance(msg, m.ProbeData):
                 train.arrive(msg, len(payload), time.monotonic())
             elif isinstance(msg, m.ProbeReport) and msg.pid == pid:

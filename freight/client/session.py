@@ -364,7 +364,8 @@ async def open_channel(
         await chan.send(
             m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=isinstance(chan, WSChannel))
         )
-        msg, _ = await asyncio.wait_for(chan.recv(), 30)
+        async with asyncio.timeout(30):
+            msg, _ = await chan.recv()
     except TimeoutError:
         await chan.aclose()
         raise NetworkError("the hub did not answer the attach greeting") from None
@@ -412,7 +413,8 @@ class Link:
         rid = secrets.token_hex(8)
         await self.mux.channel.send(m.TicketRequest(rid=rid))
         while True:
-            msg, _ = await asyncio.wait_for(self.mux.recv_control(), 30)
+            async with asyncio.timeout(30):
+                msg, _ = await self.mux.recv_control()
             if isinstance(msg, m.TicketGrant) and msg.rid == rid:
                 return msg
             if isinstance(msg, m.Error):

@@ -332,7 +332,8 @@ async def pull_file(
         helpers = Supervisor(f"pull {name}")
         try:
             await port.send(m.Pull(sid=sid, name=name))
-            first, _ = await asyncio.wait_for(port.recv(), opts.stall_timeout)
+            async with asyncio.timeout(opts.stall_timeout):
+                first, _ = await port.recv()
             if isinstance(first, m.Abort | m.Error):
                 raise code_to_error(first.code, first.message)
             if not isinstance(first, m.StartStream):

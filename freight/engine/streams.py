@@ -266,7 +266,8 @@ async def run_receiver(
 
 async def _tell_peer(port: Port, machine: StreamSender | StreamReceiver, exc: FreightError) -> None:
     with contextlib.suppress(FreightError, OSError, TimeoutError):
-        await asyncio.wait_for(port.send(machine.abort(exc.code, exc.message)), 5.0)
+        async with asyncio.timeout(5.0):
+            await port.send(machine.abort(exc.code, exc.message))
 
 
 def _effective(limit: int, assigned: int) -> int:
@@ -312,9 +313,14 @@ def _feed_sender(sender: StreamSender, msg: m.AnyMessage, payload: bytes) -> obj
 
 async def _send(port: Port, stall_timeout: float, msg: m.Message, payload: bytes = b"") -> None:
     """Send, but treat a connection that takes no bytes for ``stall_timeout``
-    as stalled: the frame is queued in the transport, only the wait ends."""
+    as stalled: the frame is queued in the transport, only the wait ends.
+
+    Every wait of a stream is an ``asyncio.timeout``, never ``wait_for``:
+    on Python 3.11 ``wait_for`` returns the result of an await that finished
+    in the loop turn its task was cancelled in, and the Ctrl-C is lost."""
     try:
-        await asyncio.wait_for(port.send(msg, payload), stall_timeout)
+        async with asyncio.timeout(stall_timeout):
+            await port.send(msg, payload)
     except TimeoutError:
         raise StalledError(f"the connection took no data for {stall_timeout:.0f} s") from None
 
@@ -334,7 +340,8 @@ async def _next_sender_event(
         if alive:
             wait = min(wait, max(0.01, sender.next_deadline() - now))
         try:
-            msg, payload = await asyncio.wait_for(port.recv(), wait)
+            async with asyncio.timeout(wait):
+                msg, payload = await port.recv()
         except TimeoutError:
             if alive and sender.keepalive_due(clock()):
                 await _send(port, stall_timeout, sender.keepalive(clock()))
@@ -419,7 +426,8 @@ async def _run_receiver(
     try:
         while True:
             try:
-                msg, payload = await asyncio.wait_for(port.recv(), idle_timeout)
+                async with asyncio.timeout(idle_timeout):
+                    msg, payload = await port.recv()
             except TimeoutError:
                 raise StalledError(f"sender idle for {idle_timeout:.0f} s") from None
             if isinstance(msg, m.Error):

@@ -244,14 +244,16 @@ async def open_data_connection(
     proto = DataConnProtocol(is_hub=False, secret=secret, ticket_id=ticket_id)
     try:
         if proxy is None:
-            await asyncio.wait_for(loop.create_connection(lambda: proto, host, port), timeout)
+            async with asyncio.timeout(timeout):
+                await loop.create_connection(lambda: proto, host, port)
         else:
             sock = await open_tunnel(proxy, host, port, timeout=timeout)
             with closing_on_failure(sock):
                 await loop.create_connection(lambda: proto, sock=sock)
         assert proto.transport is not None
         proto.transport.write(preamble(ticket_id))
-        msg, _ = await asyncio.wait_for(proto.recv(), timeout)
+        async with asyncio.timeout(timeout):
+            msg, _ = await proto.recv()
     except ProxyError as exc:
         raise DataPathUnavailable(
             f"cannot open a data connection through the proxy: {exc.user_message()}"
@@ -300,7 +302,8 @@ async def accept_data_connection(
     proto = DataConnProtocol(is_hub=True, lookup=lookup)
     await loop.connect_accepted_socket(lambda: proto, sock)
     try:
-        await asyncio.wait_for(asyncio.shield(proto.ready), timeout)
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(proto.ready)
     except (ProtocolError, ChannelClosed, TimeoutError):
         with contextlib.suppress(Exception):
             await proto.aclose()
