@@ -73,6 +73,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(
     src = random_file(tmp_path / "big.bin", 80 * 1024 * 1024, seed=3)
     proc = client.popen("push", str(src), "--limit", "8M")
     wait_until(lambda: hub.partial_size() >= 17 * 1024 * 1024, 60, "two checkpoints")
+    assert proc.poll() is None, f"the push ended before it could be interrupted: {proc.returncode}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
