@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= .freight-data
 LISTEN ?= 127.0.0.1:8443
 
-.PHONY: run test test-quiet lint typecheck unit integration test-proxies bench bench-ab venv clean
+.PHONY: run test test-quiet lint typecheck unit integration test-proxies test-browser bench bench-ab venv clean
 
 venv: $(STAMP)
 
@@ -31,13 +31,13 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP) test-proxies
+integration: $(STAMP) test-proxies test-browser
 	$(BIN)/pytest -q tests/integration
 
 # Both cores: one worker per core, a test file stays on one worker (its
 # module-scoped hub is started once).
 TEST_WORKERS ?= 2
-test: lint typecheck $(STAMP) test-proxies
+test: lint typecheck $(STAMP) test-proxies test-browser
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not quiet" tests
 
 # Timing tests that an otherwise busy machine would fail (a userspace delay
@@ -79,6 +79,22 @@ test-proxies:
 		echo "installing iperf3 for the bandwidth tests"; \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q iperf3 >/dev/null 2>&1 \
 		|| echo "could not install iperf3: the bandwidth comparisons will be skipped"; \
+	fi
+
+# The browser of the console tests (tests/integration/test_console_browser.py):
+# Debian's chromium, driven by the playwright package of the dev extras (which
+# never downloads a browser of its own here). Installed only as root with
+# apt-get and only when missing; never fails the build (the tests then skip
+# and say why).
+test-browser:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+		&& ! [ -x /usr/bin/chromium ]; then \
+		echo "installing chromium for the console browser tests"; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+			&& apt-get install -y -q chromium >/dev/null 2>&1; } \
+		|| echo "could not install chromium: the console browser tests will be skipped"; \
 	fi
 
 # Benchmarks against scp, rsync, tus and iperf3, then the issue targets
