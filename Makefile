@@ -168,6 +168,15 @@ clean:
 bench-tunnels: $(STAMP) test-proxies
 	$(BIN)/python bench/tunnels.py --markdown $(BENCH_MD) $(BENCH_TUNNELS_ARGS)
 
+# The web console at scale in Chromium (bench/console.py): time to first byte
+# of every page and table with 10,000 agents and 1,000,000 events, page
+# weight, live-update latency, and what an open console costs the hub with
+# 1,000 relayed connections held open (CPU, a 1 GiB push's throughput):
+# `make bench-console BENCH_CONSOLE_ARGS="--minute 30 --rounds 3"`.
+.PHONY: bench-console
+bench-console: $(STAMP) test-browser
+	$(BIN)/python bench/console.py --markdown $(BENCH_MD) $(BENCH_CONSOLE_ARGS)
+
 # UDP through a tunnel against socat on loopback (bench/udp.py): unpaced
 # throughput, then loss at 80 % of it, paths alternating per round:
 # `make bench-udp BENCH_UDP_ARGS="--size 1400 --seconds 5 --rounds 3"`.
