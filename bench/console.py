@@ -3,6 +3,7 @@
     .venv/bin/python bench/console.py [--agents 10000] [--events 1000000]
         [--samples 20] [--live 10] [--conns 1000] [--minute 60] [--cpu-rounds 1]
         [--size 1G] [--rounds 3] [--only ttfb,weight,live,cost] [--markdown FILE]
+        [--json FILE] [--screenshot PNG]
 
 Set-up: one `freight hub` (bench/relay.py's RelayHub: admin, `alice` and
 `bob` logged in, `--max-relay-connections` raised), stopped once its
@@ -568,6 +569,9 @@ async def cost(
             out["cpu_without"].append(await hub_cpu(hub, args.minute))
             ctx = await open_console(browser, console)
             await asyncio.sleep(3)  # the pages' first loads are not the steady state
+            if args.screenshot and k == 0:
+                await ctx.pages[0].screenshot(path=str(args.screenshot))
+                log(f"saved the dashboard as {args.screenshot}")
             out["cpu_with"].append(await hub_cpu(hub, args.minute))
             await ctx.close()
             log(f"cost round {k}: hub CPU {out['cpu_without'][-1]:.2f} % without the console, "
@@ -758,6 +762,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--keep", action="store_true", help="keep the hub's folder")
     ap.add_argument("--markdown", type=Path, help="append the results to this file")
     ap.add_argument("--json", type=Path, help="write the raw figures to this file")
+    ap.add_argument(
+        "--screenshot", type=Path, help="save the open dashboard (1280x800 PNG) here (cost)"
+    )
     args = ap.parse_args(argv)
     if args.cmd is None:
         args.size_text = args.size
