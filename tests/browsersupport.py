@@ -56,8 +56,9 @@ def playwright_browser() -> Iterator[Browser]:
     why = missing()
     if why:
         pytest.skip(why)
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
     with sync_playwright() as pw:
         browser = launch(pw)
         try:
