@@ -30,10 +30,12 @@ from . import (
     auth,
     channels,
     collectapi,
+    console,
     httpattach,
     keys,
     messaging,
     rest,
+    status,
     tls,
     tunnels,
     users,
@@ -260,6 +262,8 @@ def build_app(hub: Hub) -> web.Application:
     tunnels.add_routes(app, hub.tunnels)
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
+    status.add_routes(app)
+    console.add_routes(app)  # the web console, over the routes above
     return app
 
 
