@@ -296,7 +296,7 @@ async def login_console(hub: ConsoleHub) -> Console:
 
     jar = aiohttp.CookieJar(unsafe=True)
     conn = aiohttp.TCPConnector(ssl=insecure())
-    async with aiohttp.ClientSession(jar=jar, connector=conn) as s:
+    async with aiohttp.ClientSession(cookie_jar=jar, connector=conn) as s:
         form = {"name": "admin", "password": hub.password}
         async with s.post(f"{hub.url}/console/login", data=form, allow_redirects=False) as r:
             if r.status >= 400:
@@ -426,20 +426,37 @@ async def live(browser: Any, hub: ConsoleHub, console: Console, samples: int) ->
     a = await relay._relay_client(str(hub.cfgs[relay.SENDER]), "auto")
     b = await relay._relay_client(str(hub.cfgs[relay.RECEIVER]), "auto")
     try:
-        await page.goto("/console/connections", wait_until="load")
+        table = "/console/connections" in console.pages
+        await page.goto("/console/connections" if table else "/", wait_until="load")
+        tile = page.locator("#live-connections")  # the dashboard's count otherwise
         for i in range(samples + 1):
             app = f"live-{i}-{random.randrange(1 << 30):x}"
             lst = await b.listen(app, relay.SENDER)
             accepted = asyncio.create_task(lst.accept())
+            before = "" if table else await tile.inner_text()
             t0 = time.perf_counter()
             conn = await a.connect(relay.RECEIVER, app, timeout=30)
-            await page.get_by_text(app).first.wait_for(state="visible")
+            if table:
+                await page.get_by_text(app).first.wait_for(state="visible")
+            else:
+                await page.wait_for_function(
+                    "b => document.querySelector('#live-connections')?.textContent.trim() !== b",
+                    arg=before.strip(),
+                )
             if i:  # the first one warms the page's stream up
                 out["connections"].append(time.perf_counter() - t0)
             other = await asyncio.wait_for(accepted, 30)
+            before = "" if table else await tile.inner_text()
             await conn.abort()
             await other.abort()
-            await page.get_by_text(app).first.wait_for(state="detached")
+            if table:
+                await page.get_by_text(app).first.wait_for(state="detached")
+            else:
+                await page.wait_for_function(
+                    "b => document.querySelector('#live-connections')?.textContent.trim() !== b",
+                    arg=before.strip(),
+                )
+        out["where"] = "Connections page row" if table else "dashboard's live connections count"
         if "/console/events" in console.pages:
             await page.goto("/console/events", wait_until="load")
             headers = {"Authorization": f"Bearer {hub.token()}"}
@@ -646,7 +663,8 @@ def report(res: dict[str, Any], args: argparse.Namespace) -> tuple[str, bool]:
         ok &= good
     if "live" in res:
         rows = []
-        for k, what in (("connections", "relayed connection opened → its row in Connections"),
+        where = res["live"].get("where", "")
+        for k, what in (("connections", f"relayed connection opened → {where}"),
                         ("events", "account added (`POST /v1/users`) → its event in Events")):  # fmt: skip
             v = res["live"].get(k) or []
             if v:
@@ -729,7 +747,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                             res[part] = await fn()
                         except Exception as exc:  # reported in the targets table
                             log(f"{part}: FAILED: {exc!r}")
-                            res["errors"].append(f"{part}: {exc}"[:200])
+                            res["errors"].append(f"{part}: {str(exc).splitlines()[0]}"[:200])
             finally:
                 await browser.close()
     finally:

@@ -12,16 +12,19 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Playwright
 
+T = TypeVar("T")
 CHROMIUM = Path(os.environ.get("FREIGHT_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
 # Playwright's own waits (clicks, selectors, expect) fail after this many ms.
@@ -67,6 +70,14 @@ def playwright_browser() -> Iterator[Browser]:
             browser.close()
 
 
+def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread of its own: while the sync API is in use its
+    event loop counts as running in this thread, so helpers that call
+    ``asyncio.run`` (the SDK's) must run elsewhere."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result(timeout=60)
+
+
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:80] or "page"
 
@@ -80,7 +91,8 @@ class Visit:
     def __init__(self, browser: Browser, base_url: str, test: str) -> None:
         self.base_url = base_url
         self.dir = ARTIFACTS / slug(test)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.dir, ignore_errors=True)  # the last run's
+        self.dir.mkdir(parents=True)
         self.shots = 0
         self.messages: list[ConsoleMessage] = []
         self.context: BrowserContext = browser.new_context(
