@@ -172,7 +172,8 @@ def seed_database(db_path: Path, agents: int, events: int, *, seed: int = 202612
     """Bulk-insert ``agents`` agent accounts and ``events`` events straight
     into a hub's SQLite database (the hub stopped), each table in one
     transaction. Columns the events table gained beyond (ts, kind, actor,
-    detail) that are named ``agent`` or ``address`` are filled as well."""
+    detail) that are named ``agent`` or ``address`` are filled as well (an
+    index the schema fills by trigger fills itself)."""
     rng = random.Random(seed)
     con = sqlite3.connect(db_path)
     now = time.time()
@@ -215,11 +216,6 @@ def seed_database(db_path: Path, agents: int, events: int, *, seed: int = 202612
         marks = ", ".join("?" * (4 + len(extra)))
         with con:
             con.executemany(f"INSERT INTO events ({names_sql}) VALUES ({marks})", rows())
-        # The FTS index of a free-text search, where the schema has one.
-        fts = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE sql LIKE '%fts5%'")]
-        for name in fts:
-            with contextlib.suppress(sqlite3.Error), con:
-                con.execute(f"INSERT INTO {name}({name}) VALUES ('rebuild')")
     finally:
         con.close()
 
@@ -228,7 +224,7 @@ def seed(hub: ConsoleHub, agents: int, events: int) -> str:
     """Seed the stopped hub's database; which seeder did it."""
     db = hub.data / "freight.db"
     if SEED_SCRIPT.exists():
-        cmd = [sys.executable, str(SEED_SCRIPT), "--data", str(hub.data)]
+        cmd = [sys.executable, str(SEED_SCRIPT), str(hub.data)]
         cmd += ["--agents", str(agents), "--events", str(events)]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
         if res.returncode != 0:
