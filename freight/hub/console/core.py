@@ -84,7 +84,10 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     framing, nothing loaded from elsewhere."""
     if is_console(request.path):
         response.headers.update(SECURITY_HEADERS)
-        response.headers.setdefault("Cache-Control", "no-store")
+        # Static files are revalidated (they carry Last-Modified); pages
+        # and fragments hold account data and are never stored.
+        static = request.path.startswith("/console/static/")
+        response.headers.setdefault("Cache-Control", "no-cache" if static else "no-store")
 
 
 # --- templates ------------------------------------------------------------------
