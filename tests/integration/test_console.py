@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -331,6 +332,20 @@ async def test_stream_ends_with_its_login(shared_hub: Hub) -> None:
             assert status == 200
             with pytest.raises(AssertionError, match="the stream ended"):
                 await events.drain(5)
+
+
+async def test_open_streams_do_not_hold_up_a_hub_stop(hub: Hub) -> None:
+    async with Browser(hub) as b:
+        await b.login()
+        async with stream(b) as (_, one), stream(b) as (_, two):
+            assert hub.proc is not None
+            hub.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+            for events in (one, two):
+                with pytest.raises(AssertionError, match="the stream ended"):
+                    await events.drain(10)
+            await asyncio.to_thread(hub.proc.wait, 10)
+            assert time.monotonic() - started < 5
 
 
 # --- hostile values ------------------------------------------------------------------------
