@@ -104,6 +104,7 @@ async def test_pages_need_a_session(shared_hub: Hub) -> None:
         await b.login()
         html = await b.page("/")
         assert re.search(r'<span class="who">admin <span class="role">\(admin\)', html)
+        assert re.search(rf"<footer>Freight {VERSION}</footer>", html)
         overview = await b.page("/console/dashboard/overview")
         assert re.search(rf'id="hub-version">{VERSION}<', overview)
         assert re.search(r'id="agents-online">\d+ / \d+<', overview)
@@ -229,6 +230,8 @@ async def test_stream_tells_of_a_new_connection_within_a_second(
         await b.login()
         async with stream(b) as (status, events), sdk(admin) as ca, sdk(bob) as cb:
             assert status == 200
+            # Nothing is live yet: no connections event comes on its own.
+            assert [m for m in await events.drain(0.3) if m["event"] == "connections"] == []
             listener = await cb.listen("console-watch")
             a, c = await asyncio.wait_for(
                 asyncio.gather(ca.connect("bob", "console-watch", timeout=10), listener.accept()),
