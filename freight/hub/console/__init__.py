@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..requests import CSRF, CsrfKey
 from ..services import STATE
-from . import dashboard, session
+from . import agents_page, bandwidth_page, collection, connections, dashboard, session, users_page
 from .core import STATIC, security_headers
 from .stream import FEED, Feed, stream
 
@@ -30,4 +30,9 @@ def add_routes(app: web.Application) -> None:
     app.router.add_static("/console/static", STATIC, append_version=False)
     app.router.add_get("/console/stream", stream)
     session.add_routes(app)
-    dashboard.add_routes(app)
+    dashboard.add_routes(app)  # first: the navigation bar follows this order
+    connections.add_routes(app)
+    users_page.add_routes(app)
+    agents_page.add_routes(app)
+    collection.add_routes(app)
+    bandwidth_page.add_routes(app)

@@ -64,9 +64,13 @@ def add_page(
     label: str,
     template: str,
     load: Callable[[web.Request, Viewer], Awaitable[dict[str, Any]]],
+    *,
+    admin: bool = False,
 ) -> None:
-    """A page at ``path`` with ``label`` in the navigation bar."""
-    app.router.add_get(path, page(template, label, load))
+    """A page at ``path`` with ``label`` in the navigation bar; ``admin``:
+    other accounts get the page saying it needs an admin (the API it shows
+    refuses them anyway)."""
+    app.router.add_get(path, page(template, label, load, admin=admin))
     app.setdefault(NAV, []).append(NavItem(path, label))
 
 
@@ -80,7 +84,10 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     framing, nothing loaded from elsewhere."""
     if is_console(request.path):
         response.headers.update(SECURITY_HEADERS)
-        response.headers.setdefault("Cache-Control", "no-store")
+        # Static files are revalidated (they carry Last-Modified); pages
+        # and fragments hold account data and are never stored.
+        static = request.path.startswith("/console/static/")
+        response.headers.setdefault("Cache-Control", "no-cache" if static else "no-store")
 
 
 # --- templates ------------------------------------------------------------------
@@ -235,23 +242,29 @@ def to_login(request: web.Request) -> web.Response:
 
 
 def page(
-    template: str, title: str, load: Callable[[web.Request, Viewer], Awaitable[dict[str, Any]]]
+    template: str,
+    title: str,
+    load: Callable[[web.Request, Viewer], Awaitable[dict[str, Any]]],
+    *,
+    admin: bool = False,
 ) -> Handler:
     """A full page: ``load`` gathers its context through the API."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
             who = await viewer(request)
-            context = await load(request, who)
+            context = await load(request, who) if who.admin or not admin else {}
         except NotLoggedIn:
             return to_login(request)
         return render(
-            template,
+            template if who.admin or not admin else "admin_only.html",
+            403 if admin and not who.admin else 200,
             title=title,
             nav=request.app.get(NAV, []),
             me=who.user,
             csrf=who.csrf,
             now=time.time(),
+            message=ADMIN_ONLY,
             **context,
         )
 
