@@ -82,7 +82,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "Expose a port of this machine through the hub, like ssh -R, to the named accounts "
         "only: they reach it with freight forward PORT YOU:NAME.",
     ),
-    "admin": (("files", "relay", "tunnel"), "Hub administration (admin accounts only)."),
+    "events": (
+        ("observe",),
+        "Show the hub's event log (admins), filtered and sorted, or as CSV.",
+    ),
+    "admin": (("files", "relay", "tunnel", "observe"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (
         ("users",),

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 from ..errors import NotFound, UsageError
 from ..names import check_new_password, check_user_name
@@ -199,10 +201,41 @@ class AdminCalls(ABC):
 
     # --- the hub (admins) ---------------------------------------------------
 
-    async def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The hub's event log, newest first (``kind``: only those)."""
-        query = f"?limit={limit}" + (f"&kind={kind}" if kind else "")
-        return list(await self.request("GET", "/v1/admin/events" + query))
+    async def events(
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        actor: str | None = None,
+        agent: str | None = None,
+        address: str | None = None,
+        since: str | float | None = None,
+        until: str | float | None = None,
+        search: str | None = None,
+        sort: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the hub's event log, newest first unless ``sort``
+        says (``ts``, ``kind``, ``actor``; ``-`` in front: descending):
+        ``{"events": [...], "next": CURSOR or None}``. ``since``/``until``:
+        epoch seconds or ISO 8601; ``search``: words that begin words of
+        the kind, actor or detail."""
+        params: list[tuple[str, str]] = [("limit", str(limit))]
+        if kinds:
+            params.append(("kind", ",".join(kinds)))
+        for name, value in (
+            ("actor", actor),
+            ("agent", agent),
+            ("address", address),
+            ("since", since),
+            ("until", until),
+            ("q", search),
+            ("sort", sort),
+            ("cursor", cursor),
+        ):
+            if value is not None:
+                params.append((name, str(value)))
+        return dict(await self.request("GET", "/v1/admin/events?" + urlencode(params)))
 
     async def bandwidth(self) -> dict[str, Any]:
         """The hub's bandwidth budget and its rate now."""

@@ -30,6 +30,7 @@ from . import (
     auth,
     channels,
     collectapi,
+    eventsapi,
     httpattach,
     keys,
     messaging,
@@ -249,6 +250,7 @@ def build_app(hub: Hub) -> web.Application:
     )
     install(app, hub)
     rest.add_routes(app)
+    eventsapi.add_routes(app)
     users.add_routes(app)
     agents.add_routes(app)
     collectapi.add_routes(app)
