@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ..eventcsv import csv_header, csv_lines
+from ..units import format_bytes
+from . import toplevel
 from .common import HubOpt, JsonOpt, on_hub
 from .output import err_console, print_json
 
@@ -106,6 +108,117 @@ def events(
         typer.echo(f"{_when(e['ts'])}  {e['kind']:<16} {e['actor']:<12} {detail}")
 
 
+def _progress(r: dict[str, Any]) -> str:
+    done = format_bytes(r["done"])
+    if r["size"]:
+        return f"{done}/{format_bytes(r['size'])} ({100 * r['done'] // max(1, r['size'])}%)"
+    return done
+
+
+def transfers(
+    done: Annotated[
+        bool, typer.Option("--done", help="The finished ones, newest first, with their verdict.")
+    ] = False,
+    mine: Annotated[
+        bool, typer.Option("--mine", help="Only yours (admins see everyone's).")
+    ] = False,
+    limit: Annotated[int, typer.Option(metavar="N", min=1, max=1000, help="With --done.")] = 50,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Show transfers in flight: pushes, pulls and relayed connections.
+
+    Each with its bytes done, the rate over the last ten seconds and an
+    ETA. Yours only, unless you are an admin (then everyone's; --mine:
+    yours).
+    """
+    page = on_hub(hub_url, lambda hub: hub.transfers(done=done, mine=mine, limit=limit))
+    rows = page["transfers"]
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        err_console.print("No finished transfers." if done else "No transfers in flight.")
+        return
+    for r in rows:
+        if done:
+            size = format_bytes(r["size"]) if r["size"] is not None else "?"
+            typer.echo(
+                f"{_when(r['ended'])}  {r['kind']:<5} {r['user']:<12} {r['verdict']:<20} "
+                f"{size:>10}  {r['name']}"
+            )
+            continue
+        eta = f"ETA {r['eta']:.0f}s" if r["eta"] is not None else ""
+        typer.echo(
+            f"{r['kind']:<5} {r['user']:<12} {_progress(r):<28} "
+            f"{format_bytes(r['rate'])}/s  {eta:<10} {r['name']}"
+        )
+
+
+conns_app = typer.Typer(help=toplevel.COMMANDS["conns"][1], invoke_without_command=True)
+
+
+@conns_app.callback()
+def conns(ctx: typer.Context, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Your live relayed connections; end one with: freight conns kill ID."""
+    if ctx.invoked_subcommand is not None:
+        return
+    rows = on_hub(hub_url, lambda hub: hub.my_connections())
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        err_console.print("No live connections.")
+        return
+    typer.echo(f"{'ID':<26} {'FROM':<12} {'TO':<12} {'APP':<16} {'STATE':<10} BYTES  ELAPSED")
+    for r in rows:
+        moved = format_bytes(r["bytes_from"] + r["bytes_to"])
+        typer.echo(
+            f"{r['id']:<26} {r['from']:<12} {r['to']:<12} {r['app']:<16} {r['state']:<10} "
+            f"{moved}  {r['elapsed']:.0f}s"
+        )
+
+
+@conns_app.command("kill")
+def conns_kill(
+    cid: Annotated[str, typer.Argument(metavar="ID", help="The connection's id (freight conns).")],
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """End one of your connections: both ends are told at once."""
+    res = on_hub(hub_url, lambda hub: hub.end_connection(cid))
+    if json_out:
+        print_json(res)
+    else:
+        err_console.print(f"Ended {cid}.", markup=False)
+
+
+def status(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Show the hub at a glance (admins): uptime, who is attached, throughput."""
+    o = on_hub(hub_url, lambda hub: hub.overview())
+    if json_out:
+        print_json(o)
+        return
+    bw = o["bandwidth"]
+    lines = [
+        f"version      {o['version']}, up {o['uptime'] / 3600:.1f} h",
+        f"attached     {o['attached']['users']} users, {o['attached']['agents']} agents",
+        f"in flight    {o['transfers']} transfers, {o['connections']} relayed connections",
+        f"throughput   {format_bytes(o['throughput'])}/s now",
+        f"disk free    {format_bytes(o['disk']['free'])} of {format_bytes(o['disk']['total'])}",
+        f"bandwidth    {bw['budget']} (now {bw['now_text']})",
+    ]
+    typer.echo("\n".join(lines))
+    if o["security"]:
+        typer.echo("security events:")
+        for e in o["security"]:
+            detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
+            typer.echo(f"  {_when(e['ts'])}  {e['kind']:<16} {e['actor']:<12} {detail}")
+
+
 def register(app: typer.Typer, admin_app: typer.Typer) -> None:
     app.command("events")(events)
     admin_app.command("events")(events)
+    app.command("transfers")(transfers)
+    app.add_typer(conns_app, name="conns")
+    app.command("status")(status)

@@ -9,7 +9,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from ..errors import NotFound, UsageError
 from ..names import check_new_password, check_user_name
@@ -236,6 +236,36 @@ class AdminCalls(ABC):
             if value is not None:
                 params.append((name, str(value)))
         return dict(await self.request("GET", "/v1/admin/events?" + urlencode(params)))
+
+    async def transfers(
+        self, *, done: bool = False, mine: bool = False, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """Transfers in flight (yours; an admin's: everyone's unless
+        ``mine``), or with ``done`` the finished ones, newest first, with
+        their digest verdict: ``{"transfers": [...], "next": CURSOR|None}``."""
+        params = [("state", "done" if done else "live"), ("mine", "1" if mine else "0")]
+        if done:
+            params.append(("limit", str(limit)))
+            if cursor:
+                params.append(("cursor", cursor))
+        return dict(await self.request("GET", "/v1/transfers?" + urlencode(params)))
+
+    async def my_connections(self) -> list[dict[str, Any]]:
+        """Your live relayed connections (either end yours)."""
+        return list(await self.request("GET", "/v1/connections"))
+
+    async def end_connection(self, cid: str) -> dict[str, Any]:
+        """End one of your relayed connections: both ends are told."""
+        return dict(
+            await self._call(
+                "DELETE", f"/v1/connections/{quote(cid, safe='')}", hint="run: freight conns"
+            )
+        )
+
+    async def overview(self) -> dict[str, Any]:
+        """The hub's figures at a glance (admins): version, uptime, who is
+        attached, transfers, throughput, disk, bandwidth, security events."""
+        return dict(await self.request("GET", "/v1/admin/overview"))
 
     async def bandwidth(self) -> dict[str, Any]:
         """The hub's bandwidth budget and its rate now."""

@@ -41,6 +41,7 @@ def start(hub: Hub, cfg: HubConfig) -> None:
         (hub.relay.sweep_loop(), "relay-sweep"),
         (hub.sessions.run(), "login-expiry"),
         (hub.collector.run(), "collector"),
+        (hub.transfers.run(hub.relay.live), "transfer-sampler"),
     ):
         hub.tasks.spawn(work, name=name, detached=True)
 
