@@ -122,7 +122,7 @@ filters = st.builds(
     until=st.none() | st.floats(990, 1065),
     words=st.lists(
         st.sampled_from(("al", "beta", "10", "7", "x", "login", "lab", "y")), max_size=2
-    ).map(tuple),  # fmt: skip
+    ).map(tuple),
     sort=st.sampled_from(("ts", "-ts", "kind", "-kind", "actor", "-actor")),
 )
 
