@@ -74,14 +74,17 @@ async def list_transfers(request: web.Request) -> web.Response:
     """In flight (``state=live``, the default) or finished (``state=done``:
     newest first, a page at a time by ``cursor``, ``limit`` 1..1000)."""
     user = await current_user(request)
-    allowed = {"state", "mine", "limit", "cursor"}
-    unknown = sorted(set(request.query) - allowed)
+    allowed = ("state", "mine", "limit", "cursor")
+    unknown = sorted(set(request.query) - set(allowed))
     if unknown:
-        raise UsageError(f"unknown parameter {unknown[0][:40]!r}; the parameters are {allowed}")
+        raise UsageError(
+            f"unknown parameter {unknown[0][:40]!r}; the parameters are {', '.join(allowed)}"
+        )
     state = request.query.get("state", "live")
     if state not in ("live", "done"):
         raise UsageError("state must be live (in flight) or done (finished)")
-    everyone = user.role == "admin" and not _flag(request, "mine")
+    mine = _flag(request, "mine")
+    everyone = user.role == "admin" and not mine
     hub = request.app[STATE]
     if state == "live":
         rows = hub.transfers.in_flight(hub.relay.live(), None if everyone else user.id)
