@@ -106,8 +106,17 @@ class AdminCalls(ABC):
     # --- agents (admins) ----------------------------------------------------
 
     async def agents(self) -> list[dict[str, Any]]:
-        """Enrolled agents: online, last seen, version, address, busy, queued."""
-        return list(await self.request("GET", "/v1/agents"))
+        """Enrolled agents: online, last seen, version, address, busy, queued
+        (fetched a page of 1,000 at a time)."""
+        rows: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            query = urlencode({"limit": 1000, **({"after": after} if after else {})})
+            page = await self.request("GET", "/v1/agents?" + query)
+            rows += page["agents"]
+            after = page["next"]
+            if after is None:
+                return rows
 
     async def agent_token(self, name: str, ttl: float = 24 * 3600.0) -> dict[str, Any]:
         """A one-time enrolment token for an agent to be called ``name``."""

@@ -7,6 +7,7 @@ overview's figures move with what the hub does."""
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,35 @@ def test_ending_ones_own_connection_tells_both_ends(
     assert [r for r in get(shared_hub, bob, "/v1/connections") if r["app"] == "observed"] == []
     log = get(shared_hub, admin, "/v1/admin/events?kind=connection_killed&actor=bob")
     assert [e["detail"]["cid"] for e in log["events"]][:1] == [row["id"]]
+
+
+def test_agents_come_a_page_at_a_time_by_name(shared_hub: Hub, admin: Client) -> None:
+    con = sqlite3.connect(shared_hub.data / "freight.db")
+    with con:
+        for i in range(25):
+            cur = con.execute(
+                "INSERT INTO users (name, pw_hash, role, disabled, created, quota) "
+                "VALUES (?, '!', 'agent', 0, 0, 0)",
+                (f"pg-{i:02d}",),
+            )
+            con.execute(
+                "INSERT INTO agents (user_id, enrolled, last_seen, version, address, cap) "
+                "VALUES (?, 0, 0, '', '', 0)",
+                (cur.lastrowid,),
+            )
+    con.close()
+    everyone = get(shared_hub, admin, "/v1/agents")
+    names: list[str] = []
+    after = ""
+    for _ in range(10):
+        page = get(shared_hub, admin, "/v1/agents?limit=7" + (f"&after={after}" if after else ""))
+        assert len(page["agents"]) <= 7
+        names += [a["name"] for a in page["agents"]]
+        after = page["next"]
+        if after is None:
+            break
+    assert names == [a["name"] for a in everyone] == sorted(names) and len(names) >= 25
+    assert [a["name"] for a in json.loads(admin.run("agents", "ls", "--json").stdout)] == names
+    for query in ("limit=0", "limit=1001", "limit=x", "after=" + "a" * 100):
+        status, body = rest(shared_hub, "GET", "/v1/agents?" + query, token=token_of(admin))
+        assert status == 400, (query, body)
