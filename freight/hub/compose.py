@@ -30,12 +30,14 @@ from . import (
     auth,
     channels,
     collectapi,
+    console,
     eventsapi,
     httpattach,
     keys,
     messaging,
     observeapi,
     rest,
+    status,
     tls,
     tunnels,
     users,
@@ -269,6 +271,8 @@ def build_app(hub: Hub) -> web.Application:
     tunnels.add_routes(app, hub.tunnels)
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
+    status.add_routes(app)
+    console.add_routes(app)  # the web console, over the routes above
     return app
 
 

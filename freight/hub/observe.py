@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -43,13 +44,28 @@ class Metrics:
         )
 
 
+MAX_LISTENERS = 16  # hub components told of each event (not one per client)
+
+
 class EventLog:
-    """Writes each event to the ``events`` table and the structured log."""
+    """Writes each event to the ``events`` table and the structured log,
+    then tells its listeners the event's kind (the console's live feed)."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
         self.log = structlog.get_logger("freight.hub")
+        self._listeners: list[Callable[[str], None]] = []
+
+    def listen(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``listener(kind)`` after each event (it must not block);
+        returns what stops it."""
+        if len(self._listeners) >= MAX_LISTENERS:
+            raise RuntimeError(f"at most {MAX_LISTENERS} event listeners")
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     async def emit(self, kind: str, actor: str, **detail: Any) -> None:
         self.log.info(kind, actor=actor, **detail)
         await self.db.add_event(kind, actor, detail)
+        for listener in self._listeners:
+            listener(kind)

@@ -1,7 +1,13 @@
 """Request helpers every HTTP handler of the hub shares: who is asking
-(bearer token → account), JSON bodies read within bounds, and errors
-answered as ``{"error": {"code", "message"}}`` with a stable code and an
-HTTP status.
+(bearer token or the web console's session cookie → account), JSON bodies
+read within bounds, and errors answered as ``{"error": {"code",
+"message"}}`` with a stable code and an HTTP status.
+
+The console's cookie holds an ordinary login token, so every endpoint
+accepts it; a request authenticated by the cookie that may change
+something (any method but GET, HEAD, OPTIONS) must also carry the
+session's CSRF token in ``X-CSRF-Token``: a page of another site can make
+the browser send the cookie, never that header with the right value.
 
 A leaf: it imports no hub module but the leaves :mod:`.auth` and
 :mod:`.streams` (for :class:`User`), so every handler module and the
@@ -10,7 +16,11 @@ composition root can import it.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -46,6 +56,54 @@ class LoginLookup(Protocol):
 
 
 LOGINS: web.AppKey[LoginLookup] = web.AppKey("logins")
+
+SESSION_COOKIE = "freight_session"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_SETTING = "console_csrf_key"
+
+
+class Settings(Protocol):
+    async def get_setting(self, key: str) -> str | None: ...
+
+    async def set_setting(self, key: str, value: str) -> None: ...
+
+
+class CsrfKey:
+    """The hub's secret for CSRF tokens, kept in the settings so a page
+    stays usable across a hub restart (read once, created on first use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._key: bytes | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> bytes:
+        if self._key is None:
+            async with self._lock:
+                if self._key is None:
+                    saved = await self.settings.get_setting(CSRF_SETTING)
+                    try:
+                        key = bytes.fromhex(saved or "")
+                    except ValueError:
+                        key = b""  # damaged: a new one (open pages reload)
+                    if len(key) < 32:
+                        key = secrets.token_bytes(32)
+                        await self.settings.set_setting(CSRF_SETTING, key.hex())
+                    self._key = key
+        return self._key
+
+    async def token(self, token_hash: str) -> str:
+        """The CSRF token of the login whose token hashes to ``token_hash``."""
+        return csrf_token(await self.get(), token_hash)
+
+
+CSRF: web.AppKey[CsrfKey] = web.AppKey("csrf", CsrfKey)
+
+
+def csrf_token(key: bytes, token_hash: str) -> str:
+    return hmac.new(key, b"csrf\0" + token_hash.encode(), hashlib.sha256).hexdigest()
+
 
 _STATUS = {
     UsageError: 400,
@@ -95,9 +153,27 @@ def bearer_hash(request: web.Request) -> str:
     return auth.token_hash(header[7:].strip())
 
 
+async def login_hash(request: web.Request) -> str:
+    """The hash of the request's login token: the bearer token, else the
+    console's session cookie (whose state-changing requests must carry the
+    session's CSRF token)."""
+    if request.headers.get("Authorization", "").startswith("Bearer "):
+        return bearer_hash(request)
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    if not cookie:
+        raise NotLoggedIn("no token: log in first")
+    token = auth.token_hash(cookie)
+    if request.method not in SAFE_METHODS:
+        keys = request.app.get(CSRF)
+        given = request.headers.get(CSRF_HEADER, "").encode(errors="replace")
+        if keys is None or not hmac.compare_digest(given, (await keys.token(token)).encode()):
+            raise Forbidden("missing or wrong CSRF token: reload the page")
+    return token
+
+
 async def current_login(request: web.Request) -> tuple[User, float]:
     """The request's account (with its login) and when that login expires."""
-    token = bearer_hash(request)
+    token = await login_hash(request)
     row = await request.app[LOGINS].login_by_token(token, time.time())
     if row is None:
         raise NotLoggedIn(

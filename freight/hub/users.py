@@ -23,10 +23,12 @@ from .requests import admin_user, current_user, json_fields
 from .services import STATE
 
 
-async def login(request: web.Request) -> web.Response:
+async def password_login(request: web.Request, name: str, password: str) -> tuple[str, Any]:
+    """Check a user's password within the login limits and start a login:
+    its token and the account's row. ``POST /v1/login`` and the console's
+    login form both come here (one lockout counter for both)."""
     st = request.app[STATE]
-    body = await json_fields(request, "user", "password")
-    name, password = check_user_name(body["user"]), body["password"]
+    name = check_user_name(name)
     peer = request.remote or "?"
     now = time.time()
     try:
@@ -47,7 +49,13 @@ async def login(request: web.Request) -> web.Response:
     await st.db.add_token(token_hash, int(row.id), now + st.token_lifetime)
     st.metrics.logins.labels("success").inc()
     await st.events.emit("login", name, address=peer)
-    return web.json_response({"token": token, "user": name, "role": row.role})
+    return token, row
+
+
+async def login(request: web.Request) -> web.Response:
+    body = await json_fields(request, "user", "password")
+    token, row = await password_login(request, body["user"], body["password"])
+    return web.json_response({"token": token, "user": row.name, "role": row.role})
 
 
 async def logout(request: web.Request) -> web.Response:
