@@ -8,7 +8,7 @@ from aiohttp import web
 
 from ..requests import CSRF, CsrfKey
 from ..services import STATE
-from . import dashboard, session
+from . import dashboard, observepages, session
 from .core import STATIC, security_headers
 from .stream import FEED, Feed, stream
 
@@ -31,3 +31,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/console/stream", stream)
     session.add_routes(app)
     dashboard.add_routes(app)
+    observepages.add_routes(app)
