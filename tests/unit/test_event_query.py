@@ -163,3 +163,59 @@ def test_the_columns_are_taken_from_the_detail(seeded: tuple[Path, list[dict[str
 def test_a_bad_cursor_is_a_usage_error(cursor: str) -> None:
     with pytest.raises(UsageError, match="cursor must be"):
         decode_cursor(EventFilter(), cursor)
+
+
+PG_CASES = [
+    EventFilter(),
+    EventFilter(kinds=("login", "security"), sort="kind"),
+    EventFilter(actor="ann", sort="-actor"),
+    EventFilter(agent="lab1", since=1010.0, until=1050.0),
+    EventFilter(address="10.0.1.2", sort="ts"),
+    EventFilter(words=("al", "10")),
+    EventFilter(words=("x", "y"), sort="-kind"),
+    EventFilter(words=("login",), kinds=("agent_login", "login")),
+]
+
+
+def test_postgresql_gives_the_same_pages(tmp_path: Path) -> None:
+    """The same rows and filters on PostgreSQL, where free text is a
+    regular expression instead of the FTS5 index."""
+    import os
+    import secrets
+
+    import asyncpg
+
+    host = os.environ.get("FREIGHT_TEST_PG_HOST", "127.0.0.1")
+    user = os.environ.get("FREIGHT_TEST_PG_USER", "postgres")
+    name = "freight_test_" + secrets.token_hex(4)
+    rows = _model_rows()
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(host=host, user=user, database="postgres")
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    async def go() -> list[tuple[list[int], list[int]]]:
+        try:
+            await admin(f'CREATE DATABASE "{name}"')
+        except Exception as exc:  # no server, no driver, or no rights
+            pytest.skip(f"no PostgreSQL at {host}: {exc!r}")
+        clock = Clock()
+        db = Database(f"postgresql+asyncpg://{user}@{host}/{name}", clock)
+        try:
+            await db.migrate()
+            assert not await db.has_fts()
+            for r in rows:
+                clock.now = r["ts"]
+                await db.add_event(r["kind"], r["actor"], r["detail"])
+            stored, _ = await db.find_events(EventFilter(sort="ts"), limit=N)
+            stored_rows = [e.as_json() for e in stored]
+            return [(await walk(db, f, 23), model(stored_rows, f)) for f in PG_CASES]
+        finally:
+            await db.close()
+            await admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    for got, want in asyncio.run(go()):
+        assert want and got == want
