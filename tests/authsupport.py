@@ -97,9 +97,9 @@ def token_of(client: Client) -> str:
 
 
 def events(hub: Hub, admin_token: str, kind: str) -> list[dict[str, Any]]:
-    status, rows = rest(hub, "GET", f"/v1/admin/events?kind={kind}&limit=1000", token=admin_token)
-    assert status == 200, rows
-    return list(rows)
+    status, page = rest(hub, "GET", f"/v1/admin/events?kind={kind}&limit=1000", token=admin_token)
+    assert status == 200, page
+    return list(page["events"])
 
 
 def db_rows(hub: Hub, sql: str) -> list[tuple[Any, ...]]:

@@ -218,7 +218,7 @@ class Accounts:
 def events(hub: Hub, token: str, kind: str) -> list[dict[str, Any]]:
     status, body = rest(hub, "GET", f"/v1/admin/events?kind={kind}&limit=1000", token=token)
     assert status == 200, body
-    return list(body)
+    return list(body["events"])
 
 
 def metric(hub: Hub, name: str, labels: str = "") -> float:

@@ -412,29 +412,6 @@ def admin_compression(
         typer.echo(f"{name}: {lvl}")
 
 
-def admin_events(
-    kind: Annotated[str | None, typer.Option(help="Only this kind, e.g. login_failure.")] = None,
-    limit: Annotated[int, typer.Option(metavar="N", help="How many, newest first.")] = 50,
-    hub_url: HubOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """Show the hub's event log (logins, failures, streams)."""
-    from ..client.api import Client
-
-    async def go() -> Any:
-        async with Client(hub_url) as hub:
-            return await hub.events(kind, limit)
-
-    events = run_async(go)
-    if json_out:
-        print_json(events)
-        return
-    for e in events:
-        when = datetime.fromtimestamp(e["ts"]).strftime("%Y-%m-%d %H:%M:%S")
-        detail = " ".join(f"{k}={v}" for k, v in e["detail"].items())
-        typer.echo(f"{when}  {e['kind']:<16} {e['actor']:<12} {detail}")
-
-
 def register(app: typer.Typer, admin_app: typer.Typer) -> None:
     app.command()(login)
     app.command()(push)
@@ -443,4 +420,3 @@ def register(app: typer.Typer, admin_app: typer.Typer) -> None:
     app.command("rm")(rm_cmd)
     admin_app.command("bandwidth")(admin_bandwidth)
     admin_app.command("compression")(admin_compression)
-    admin_app.command("events")(admin_events)

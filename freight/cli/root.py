@@ -30,6 +30,7 @@ MODULES = (
     "job",
     "probe",
     "tunnel",
+    "observe",
 )
 
 
@@ -81,7 +82,7 @@ def build(modules: Collection[str] = MODULES) -> Any:
     app.callback()(_main)
     app.command()(version)
     admin_app = typer.Typer(help=toplevel.COMMANDS["admin"][1], no_args_is_help=True)
-    if "files" in modules or "relay" in modules or "tunnel" in modules:
+    if "files" in modules or "relay" in modules or "tunnel" in modules or "observe" in modules:
         app.add_typer(admin_app, name="admin")
     # Each module imported only when asked for: importing is most of the cost.
     if "hubcmd" in modules:
@@ -132,6 +133,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import tunnel
 
         tunnel.register(app, admin_app)
+    if "observe" in modules:
+        from . import observe
+
+        observe.register(app, admin_app)
     cli = typer.main.get_command(app)
     plain_help(cli)
     return cli

@@ -82,7 +82,19 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         "Expose a port of this machine through the hub, like ssh -R, to the named accounts "
         "only: they reach it with freight forward PORT YOU:NAME.",
     ),
-    "admin": (("files", "relay", "tunnel"), "Hub administration (admin accounts only)."),
+    "events": (
+        ("observe",),
+        "Show the hub's event log (admins), filtered and sorted, or as CSV.",
+    ),
+    "transfers": (
+        ("observe",),
+        "Show transfers in flight: pushes, pulls and relayed connections.",
+    ),
+    "status": (
+        ("observe",),
+        "Show the hub at a glance (admins): uptime, who is attached, throughput.",
+    ),
+    "admin": (("files", "relay", "tunnel", "observe"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (
         ("users",),
@@ -105,6 +117,10 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         ("job",),
         "Transfer jobs: the sender proposes a manner (direct, relay, by reference), the "
         "receiver accepts or refuses it; each job ends with its bytes and BLAKE3 checked.",
+    ),
+    "conns": (
+        ("observe",),
+        "Your live relayed connections; end one with: freight conns kill ID.",
     ),
 }
 

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import Any
+from urllib.parse import quote, urlencode
 
 from ..errors import NotFound, UsageError
 from ..names import check_new_password, check_user_name
@@ -104,8 +106,17 @@ class AdminCalls(ABC):
     # --- agents (admins) ----------------------------------------------------
 
     async def agents(self) -> list[dict[str, Any]]:
-        """Enrolled agents: online, last seen, version, address, busy, queued."""
-        return list(await self.request("GET", "/v1/agents"))
+        """Enrolled agents: online, last seen, version, address, busy, queued
+        (fetched a page of 1,000 at a time)."""
+        rows: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            query = urlencode({"limit": 1000, **({"after": after} if after else {})})
+            page = await self.request("GET", "/v1/agents?" + query)
+            rows += page["agents"]
+            after = page["next"]
+            if after is None:
+                return rows
 
     async def agent_token(self, name: str, ttl: float = 24 * 3600.0) -> dict[str, Any]:
         """A one-time enrolment token for an agent to be called ``name``."""
@@ -199,10 +210,71 @@ class AdminCalls(ABC):
 
     # --- the hub (admins) ---------------------------------------------------
 
-    async def events(self, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-        """The hub's event log, newest first (``kind``: only those)."""
-        query = f"?limit={limit}" + (f"&kind={kind}" if kind else "")
-        return list(await self.request("GET", "/v1/admin/events" + query))
+    async def events(
+        self,
+        *,
+        kinds: Sequence[str] = (),
+        actor: str | None = None,
+        agent: str | None = None,
+        address: str | None = None,
+        since: str | float | None = None,
+        until: str | float | None = None,
+        search: str | None = None,
+        sort: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the hub's event log, newest first unless ``sort``
+        says (``ts``, ``kind``, ``actor``; ``-`` in front: descending):
+        ``{"events": [...], "next": CURSOR or None}``. ``since``/``until``:
+        epoch seconds or ISO 8601; ``search``: words that begin words of
+        the kind, actor or detail."""
+        params: list[tuple[str, str]] = [("limit", str(limit))]
+        if kinds:
+            params.append(("kind", ",".join(kinds)))
+        for name, value in (
+            ("actor", actor),
+            ("agent", agent),
+            ("address", address),
+            ("since", since),
+            ("until", until),
+            ("q", search),
+            ("sort", sort),
+            ("cursor", cursor),
+        ):
+            if value is not None:
+                params.append((name, str(value)))
+        return dict(await self.request("GET", "/v1/admin/events?" + urlencode(params)))
+
+    async def transfers(
+        self, *, done: bool = False, mine: bool = False, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """Transfers in flight (yours; an admin's: everyone's unless
+        ``mine``), or with ``done`` the finished ones, newest first, with
+        their digest verdict: ``{"transfers": [...], "next": CURSOR|None}``."""
+        params = [("state", "done" if done else "live"), ("mine", "1" if mine else "0")]
+        if done:
+            params.append(("limit", str(limit)))
+            if cursor:
+                params.append(("cursor", cursor))
+        return dict(await self.request("GET", "/v1/transfers?" + urlencode(params)))
+
+    async def my_connections(self) -> list[dict[str, Any]]:
+        """Your live relayed connections (either end yours)."""
+        return list(await self.request("GET", "/v1/connections"))
+
+    async def end_connection(self, cid: str) -> dict[str, Any]:
+        """End one of your relayed connections: both ends are told."""
+        return dict(
+            await self._call(
+                "DELETE", f"/v1/connections/{quote(cid, safe='')}", hint="run: freight conns"
+            )
+        )
+
+    async def overview(self) -> dict[str, Any]:
+        """The hub's figures at a glance (admins): version, uptime, who is
+        attached, transfers, throughput, disk, bandwidth, security events."""
+        return dict(await self.request("GET", "/v1/admin/overview"))
 
     async def bandwidth(self) -> dict[str, Any]:
         """The hub's bandwidth budget and its rate now."""

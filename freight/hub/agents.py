@@ -39,6 +39,8 @@ from .requests import json_object as _json
 from .services import STATE, Hub
 
 ENROL_TOKEN_TTL = 24 * 3600.0
+AGENT_PAGE = 100  # agents per page of GET /v1/agents?limit=
+MAX_AGENT_PAGE = 1000
 
 
 async def _agent_row(st: Hub, name: str) -> Any:
@@ -200,12 +202,24 @@ async def set_key(request: web.Request) -> web.Response:
 
 
 async def list_agents(request: web.Request) -> web.Response:
+    """Every agent (a list), or with ``limit`` (1..1000) a page by name:
+    ``{"agents": [...], "next": NAME or null}``, the next page ``after`` it."""
     await admin_user(request)
     st = request.app[STATE]
+    query = request.query
+    paged = "limit" in query or "after" in query
+    limit = query.get("limit", str(AGENT_PAGE))
+    after = query.get("after")
+    if paged and (not limit.isdigit() or not 1 <= int(limit[:6]) <= MAX_AGENT_PAGE):
+        raise UsageError(f"limit must be a whole number from 1 to {MAX_AGENT_PAGE}")
+    if after is not None and len(after) > 64:
+        raise UsageError("after must be an agent's name (the 'next' of the previous page)")
     online = {a.user.id: a for a in st.relay.attachments if a.commands}
     waiting = await st.db.open_command_counts()
+    rows = await st.db.list_agents(after=after, limit=int(limit) + 1 if paged else None)
+    more = paged and len(rows) > int(limit)
     out = []
-    for r in await st.db.list_agents():
+    for r in rows[: int(limit)] if paged else rows:
         att = online.get(int(r.id))
         out.append(
             {
@@ -221,7 +235,9 @@ async def list_agents(request: web.Request) -> web.Response:
                 "enrolled": r.enrolled,
             }
         )
-    return web.json_response(out)
+    if not paged:
+        return web.json_response(out)
+    return web.json_response({"agents": out, "next": out[-1]["name"] if more else None})
 
 
 async def disable(request: web.Request) -> web.Response:

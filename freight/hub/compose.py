@@ -31,9 +31,11 @@ from . import (
     channels,
     collectapi,
     console,
+    eventsapi,
     httpattach,
     keys,
     messaging,
+    observeapi,
     rest,
     status,
     tls,
@@ -59,6 +61,7 @@ from .services import STATE, Hub, Identity, install
 from .sessions import LiveSessions
 from .streams import StreamService
 from .tickets import TicketBook
+from .transfers import TransferBoard
 
 
 @dataclass
@@ -178,6 +181,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
     metrics = Metrics()
     core = Core(db, layout, events, metrics)
     caps = AccountCaps(cfg.account_connections, cfg.account_streams, metrics)
+    board = TransferBoard()
     streams = StreamService(
         db,
         layout,
@@ -186,6 +190,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         metrics,
         checkpoint_interval=cfg.checkpoint_interval,
         caps=caps,
+        board=board,
     )
     try:
         saved = json.loads(await db.get_setting("compression") or "{}")
@@ -205,6 +210,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         fingerprint=me.fingerprint,
         bandwidth=bandwidth,  # the budget applies to relayed traffic too
     )
+    relay.on_closed.append(board.conn_closed)
     for user_id, cap in (await users.saved_user_caps(db)).items():
         relay.presence.set_cap(user_id, cap)  # relayed connections of the account
         bandwidth.set_cap(user_id, cap)  # its pushes and pulls
@@ -232,6 +238,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         token_lifetime=cfg.token_lifetime,
         messaging=messaging.Messaging(relay, events, metrics, warmup=cfg.msg_warmup),
         tunnels=tunnels.TunnelService(relay, events, metrics),
+        transfers=board,
     )
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
@@ -251,6 +258,8 @@ def build_app(hub: Hub) -> web.Application:
     )
     install(app, hub)
     rest.add_routes(app)
+    eventsapi.add_routes(app)
+    observeapi.add_routes(app)
     users.add_routes(app)
     agents.add_routes(app)
     collectapi.add_routes(app)

@@ -1,5 +1,5 @@
 """The hub's own REST endpoints: health, files, bandwidth, active streams,
-events, metrics and relayed connections (accounts, keys, agents and
+metrics and relayed connections (accounts, keys, agents and
 collection have their own modules)."""
 
 from __future__ import annotations
@@ -125,18 +125,6 @@ async def list_streams(request: web.Request) -> web.Response:
     )
 
 
-async def list_events(request: web.Request) -> web.Response:
-    await admin_user(request)
-    kind = request.query.get("kind")
-    try:
-        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-    except ValueError:
-        raise UsageError("limit must be a number") from None
-    return web.json_response(
-        [e.as_json() for e in await request.app[STATE].db.list_events(kind, limit)]
-    )
-
-
 async def metrics(request: web.Request) -> web.Response:
     body = generate_latest(request.app[STATE].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -167,7 +155,6 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/admin/compression", get_compression)
     app.router.add_put("/v1/admin/compression", put_compression)
     app.router.add_get("/v1/admin/streams", list_streams)
-    app.router.add_get("/v1/admin/events", list_events)
 
 
 def add_admin_routes(app: web.Application) -> None:

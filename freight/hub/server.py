@@ -18,6 +18,7 @@ from .services import Hub
 __all__ = ["PURGE_EVERY", "HubConfig", "serve"]
 
 PURGE_EVERY = 3600.0
+MAX_REQUEST_LINE = 32 * 1024  # bytes
 
 
 async def purge_loop(hub: Hub, purge_after: float) -> None:
@@ -41,6 +42,7 @@ def start(hub: Hub, cfg: HubConfig) -> None:
         (hub.relay.sweep_loop(), "relay-sweep"),
         (hub.sessions.run(), "login-expiry"),
         (hub.collector.run(), "collector"),
+        (hub.transfers.run(hub.relay.live), "transfer-sampler"),
     ):
         hub.tasks.spawn(work, name=name, detached=True)
 
@@ -57,6 +59,9 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
             handle_signals=False,
             access_log=None,
             keepalive_timeout=hub.port_guard.limits.keepalive,
+            # A long query string (a console's filters) reaches the handlers,
+            # which answer what is wrong with it; aiohttp's own bound is 8 KiB.
+            max_line_size=MAX_REQUEST_LINE,
         )
         await runner.setup()
         assert runner.server is not None  # set up above

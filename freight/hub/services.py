@@ -35,6 +35,7 @@ from .requests import LOGINS
 from .sessions import LiveSessions
 from .streams import StreamService
 from .tickets import TicketBook
+from .transfers import TransferBoard
 from .tunnels import TunnelService
 
 
@@ -71,6 +72,7 @@ class Hub:
     token_lifetime: float
     messaging: Messaging
     tunnels: TunnelService
+    transfers: TransferBoard  # what is in flight, sampled once a second
 
     @property
     def db(self) -> Database:

@@ -34,6 +34,7 @@ from .batch import get_files, purge_stale, put_files
 from .caps import AccountCaps
 from .compression import CompressionPolicy
 from .observe import EventLog, Metrics
+from .transfers import Transfer, TransferBoard
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
@@ -92,6 +93,7 @@ class HubSink:
         self.path = service.layout.partial_path(user.id, sid)
         self.place = PathPlace(self.path, self.path, shown=sid)
         self.file = PartialFile(self.place, DatabaseCheckpoints(service.db, user.id, sid), 0)
+        self.transfer: Transfer | None = None  # shown on the board while it runs
 
     async def open(self, req: StreamRequested) -> Acceptance:
         self.name = check_name(req.name)
@@ -169,6 +171,18 @@ class HubSink:
             )
             self.s.metrics.streams.labels("start").inc()
         self.s.bandwidth.register(self.key)
+        self.transfer = Transfer(
+            self.key,
+            "push",
+            self.user.id,
+            self.user.name,
+            self.name,
+            req.size,
+            done=checkpoint,
+            checkpoint=checkpoint,
+            retry=f"resumed from byte {checkpoint}" if resume else "",
+        )
+        self.s.board.start(self.transfer)
         return Acceptance(
             checkpoint=checkpoint,
             prefix_digest=self.file.hasher.hexdigest() if checkpoint else "",
@@ -184,6 +198,8 @@ class HubSink:
                 raise DiskFull(f"the hub ran out of disk space receiving {self.name}") from None
             raise StorageError(f"the hub could not write {self.name}: {exc.strerror}") from None
         self.s.metrics.bytes_received.inc(len(data))
+        if self.transfer is not None:
+            self.transfer.done = offset + len(data)
 
     async def durable(self, offset: int) -> tuple[int, str]:
         try:
@@ -192,6 +208,8 @@ class HubSink:
             raise self._storage_error(exc) from None
         except SQLAlchemyError as exc:
             raise StorageError(f"the hub could not record a checkpoint: {exc}") from None
+        if self.transfer is not None:
+            self.transfer.checkpoint = offset
         # Re-chosen at each checkpoint: an admin's change, or the hub's load.
         self.level = self.s.compression.choose(self.want, self.user.name)
         return self.s.bandwidth.rate_for(self.key, minute_of_day()), self.level
@@ -255,6 +273,8 @@ class HubSink:
     def close(self) -> None:
         self.file.close()
         self.s.bandwidth.unregister(self.key)
+        if self.transfer is not None:
+            self.s.board.finish(self.transfer)
 
 
 class StreamService:
@@ -268,8 +288,10 @@ class StreamService:
         *,
         checkpoint_interval: int,
         caps: AccountCaps | None = None,
+        board: TransferBoard | None = None,
     ) -> None:
         self.caps = caps or AccountCaps()
+        self.board = board or TransferBoard()  # what is in flight, for people
         self.db = db
         self.layout = layout
         self.bandwidth = bandwidth
@@ -350,10 +372,23 @@ class StreamService:
             checkpoint_interval=self.checkpoint_interval,
         )
         await self.events.emit("pull_start", user.name, sid=pull.sid, name=name, size=source.size)
+        shown = Transfer(
+            key,
+            "pull",
+            user.id,
+            user.name,
+            name,
+            source.size,
+            probe=lambda: (sender.offset, sender.checkpoint),
+        )
         try:
-            ack = await run_sender(
-                port, sender, source, limit=lambda: self.bandwidth.rate_for(key, minute_of_day())
-            )
+            with self.board.track(shown):
+                ack = await run_sender(
+                    port,
+                    sender,
+                    source,
+                    limit=lambda: self.bandwidth.rate_for(key, minute_of_day()),
+                )
             self.metrics.bytes_sent.inc(sender.wire_bytes)
             await self.events.emit(
                 "pull_end", user.name, sid=pull.sid, name=name, verified=ack.verified

@@ -69,12 +69,20 @@ class Agents(Repository):
             await c.execute(t.identity_keys.insert().values(user_id=user_id, key=key, created=now))
             return str(row.name), user_id
 
-    async def list_agents(self) -> list[AgentRow]:
+    async def list_agents(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[AgentRow]:
+        """Agents by name: all, or a page of ``limit`` after the name
+        ``after`` (keyset: the name index, however many agents there are)."""
         q = (
             sa.select(t.users.c.id, t.users.c.name, t.users.c.disabled, t.agents)
             .join(t.agents, t.agents.c.user_id == t.users.c.id)
             .order_by(t.users.c.name)
         )
+        if after is not None:
+            q = q.where(t.users.c.name > after)
+        if limit is not None:
+            q = q.limit(limit)
         return await self._all(AgentRow, q)
 
     async def touch_agent(self, user_id: int, version: str, address: str) -> None:

@@ -3,36 +3,100 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import sqlalchemy as sa
 
 from . import schema as t
 from .base import Repository
+from .eventcols import event_address, event_agent
+from .eventquery import EventFilter, event_query, row_key
 from .rows import EventRow
+
+# Rows fetched per query when streaming an export.
+EXPORT_BATCH = 2000
+
+
+def _event(r: Any) -> EventRow:
+    try:
+        detail = json.loads(r.detail)
+    except ValueError:
+        detail = {"text": r.detail}
+    return EventRow(
+        id=r.id,
+        ts=r.ts,
+        kind=r.kind,
+        actor=r.actor,
+        detail=detail if isinstance(detail, dict) else {"value": detail},
+        agent=r.agent,
+        address=r.address,
+    )
 
 
 class Events(Repository):
+    _fts: bool | None = None  # whether events_fts exists (looked up once)
+
     async def add_event(self, kind: str, actor: str, detail: Mapping[str, Any]) -> None:
         async with self.engine.begin() as c:
             await c.execute(
                 t.events.insert().values(
-                    ts=self.clock(), kind=kind, actor=actor, detail=json.dumps(dict(detail))
+                    ts=self.clock(),
+                    kind=kind,
+                    actor=actor,
+                    detail=json.dumps(dict(detail)),
+                    agent=event_agent(kind, actor, detail),
+                    address=event_address(detail),
                 )
             )
 
+    async def has_fts(self) -> bool:
+        """Whether the full-text index of the event log exists (SQLite with
+        FTS5; else searches scan)."""
+        if self._fts is None:
+            if self.engine.dialect.name != "sqlite":
+                self._fts = False
+            else:
+                query = sa.text("SELECT 1 FROM sqlite_master WHERE name = 'events_fts'")
+                self._fts = await self._scalar(query) is not None
+        return self._fts
+
     async def list_events(self, kind: str | None = None, limit: int = 100) -> list[EventRow]:
         """The newest events first (of one ``kind`` if given)."""
-        q = sa.select(t.events).order_by(t.events.c.id.desc()).limit(limit)
-        if kind:
-            q = q.where(t.events.c.kind == kind)
+        rows, _ = await self.find_events(EventFilter(kinds=(kind,) if kind else ()), limit=limit)
+        return rows
+
+    async def find_events(
+        self, f: EventFilter, *, after: tuple[Any, ...] | None = None, limit: int = 100
+    ) -> tuple[list[EventRow], tuple[Any, ...] | None]:
+        """One page of the events ``f`` selects, and the key the next page
+        continues after (None: this was the last)."""
+        query = event_query(f, after=after, limit=limit + 1, fts=await self.has_fts())
         async with self.engine.connect() as c:
-            rows = (await c.execute(q)).all()
-        return [
-            EventRow(id=r.id, ts=r.ts, kind=r.kind, actor=r.actor, detail=json.loads(r.detail))
-            for r in rows
-        ]
+            rows = (await c.execute(query)).all()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return [_event(r) for r in rows], (row_key(f, rows[-1]) if more else None)
+
+    async def stream_events(
+        self,
+        f: EventFilter,
+        *,
+        limit: int,
+        after: tuple[Any, ...] | None = None,
+        batch: int = EXPORT_BATCH,
+    ) -> AsyncIterator[list[EventRow]]:
+        """Every event ``f`` selects past ``after`` (at most ``limit``), a
+        batch at a time: each batch one keyset query, so nothing holds more
+        than a batch."""
+        left = limit
+        while left > 0:
+            rows, after = await self.find_events(f, after=after, limit=min(batch, left))
+            if rows:
+                yield rows
+            left -= len(rows)
+            if after is None:
+                return
 
     async def get_setting(self, key: str) -> str | None:
         value = await self._scalar(sa.select(t.settings.c.value).where(t.settings.c.key == key))

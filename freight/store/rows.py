@@ -73,6 +73,8 @@ class EventRow:
     kind: str
     actor: str
     detail: dict[str, Any]
+    agent: str = ""  # the agent it concerns (from the detail)
+    address: str = ""  # the address it came from (from the detail)
 
     def as_json(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -76,10 +77,20 @@ events = Table(
     "events",
     metadata,
     Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("ts", Float, nullable=False, index=True),
-    Column("kind", String(32), nullable=False, index=True),
+    Column("ts", Float, nullable=False),
+    Column("kind", String(32), nullable=False),
     Column("actor", String(64), nullable=False),
-    Column("detail", Text, nullable=False),
+    Column("detail", Text, nullable=False),  # JSON
+    # Taken from the detail when written (see eventcols), to filter on.
+    Column("agent", String(64), nullable=False, server_default=""),
+    Column("address", String(128), nullable=False, server_default=""),
+    # Each filter in time order, and each sort (migration 0010); on SQLite
+    # also events_fts, a full-text index over kind, actor and detail.
+    Index("ix_events_ts_id", "ts", "id"),
+    Index("ix_events_kind_ts", "kind", "ts", "id"),
+    Index("ix_events_actor_ts", "actor", "ts", "id"),
+    Index("ix_events_agent_ts", "agent", "ts", "id"),
+    Index("ix_events_address_ts", "address", "ts", "id"),
 )
 
 settings = Table(

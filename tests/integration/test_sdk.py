@@ -210,9 +210,12 @@ async def test_accounts_keys_and_events(admin: Client) -> None:
         assert keys["user"] == "admin" and keys["keys"]
         with pytest.raises(UsageError):
             await hub.remove_key("zz")
-        kinds = {e["kind"] for e in await hub.events(limit=500)}
+        kinds = {e["kind"] for e in (await hub.events(limit=500))["events"]}
         assert "login" in kinds and "user_added" in kinds
-        assert all(e["kind"] == "login" for e in await hub.events("login", 5))
+        page = await hub.events(kinds=["login"], limit=1)
+        assert [e["kind"] for e in page["events"]] == ["login"] and page["next"]
+        rest = await hub.events(kinds=["login"], limit=5, cursor=page["next"])
+        assert page["events"][0]["id"] not in [e["id"] for e in rest["events"]]
         assert "budget" in await hub.bandwidth()
         assert isinstance(await hub.connections(), list)
 

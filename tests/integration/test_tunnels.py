@@ -300,7 +300,7 @@ def test_admin_lists_and_kills_a_tunnel_connection(
         # The forward goes on: the next connection works.
         assert echo_round(t.port, b"after the kill") == b"after the kill"
     killed = api(admin, "GET", "/v1/admin/events?kind=connection_killed&limit=10")
-    assert any(e["detail"].get("cid") == opened["cid"] for e in killed)
+    assert any(e["detail"].get("cid") == opened["cid"] for e in killed["events"])
 
 
 def test_metrics_count_tunnels(admin: Client, shared_hub: Hub, lab: TunnelAgent, echo: int) -> None:

@@ -134,7 +134,7 @@ async def test_codes_and_events(db: Database, clock: Clock) -> None:
     assert await db.count_codes(uid) == 0
     await db.events.add_event("login", "ann", {"address": "x"})
     (event,) = await db.list_events()
-    assert event == EventRow(event.id, 1061.0, "login", "ann", {"address": "x"})
+    assert event == EventRow(event.id, 1061.0, "login", "ann", {"address": "x"}, "", "x")
     assert event.as_json()["detail"] == {"address": "x"}
 
 

@@ -8,7 +8,16 @@ from aiohttp import web
 
 from ..requests import CSRF, CsrfKey
 from ..services import STATE
-from . import agents_page, bandwidth_page, collection, connections, dashboard, session, users_page
+from . import (
+    agents_page,
+    bandwidth_page,
+    collection,
+    connections,
+    dashboard,
+    observepages,
+    session,
+    users_page,
+)
 from .core import STATIC, security_headers
 from .stream import FEED, Feed, stream
 
@@ -36,3 +45,4 @@ def add_routes(app: web.Application) -> None:
     agents_page.add_routes(app)
     collection.add_routes(app)
     bandwidth_page.add_routes(app)
+    observepages.add_routes(app)

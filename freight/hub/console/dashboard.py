@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import agents, rest, status
+from .. import agents, eventsapi, rest, status
 from .core import Viewer, add_page, api_json, api_or_error, fragment, page
 
 SECURITY_EVENTS = 10  # shown on the dashboard
@@ -48,10 +48,10 @@ async def _overview(request: web.Request, who: Viewer) -> dict[str, Any]:
 
 
 async def _security(request: web.Request, who: Viewer) -> dict[str, Any]:
-    events, error = await api_or_error(
-        request, rest.list_events, query={"kind": "security", "limit": str(SECURITY_EVENTS)}
+    page, error = await api_or_error(
+        request, eventsapi.list_events, query={"kind": "security", "limit": str(SECURITY_EVENTS)}
     )
-    return {"events": events, "error": error}
+    return {"events": page["events"] if page else None, "error": error}
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,0 +1,172 @@
+"""The event log's one query: filters, a sort, and keyset pages.
+
+A page never counts or skips rows: it continues after the sort key of the
+last row it handed out (``after``), so the thousandth page costs what the
+first does, and each filter in time order is one range of an index
+(migration 0010). Free text is a list of words, each of which must begin a
+word of the event's kind, actor or detail (letters and digits; ``10.0.0.7``
+is the words 10 0 0 7 in a row): the FTS5 index answers it on SQLite, a
+regular expression over the three columns on PostgreSQL.
+
+The cursor a page hands out is opaque to clients: the sort and the last
+row's key, base64 JSON, checked in full when it comes back."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from dataclasses import dataclass
+from math import isfinite
+from typing import Any
+
+import sqlalchemy as sa
+
+from ..errors import UsageError
+from . import schema as t
+
+__all__ = [
+    "MAX_WORDS",
+    "SORTS",
+    "EventFilter",
+    "decode_cursor",
+    "encode_cursor",
+    "event_query",
+    "row_key",
+    "words_of",
+]
+
+# The columns each sort orders by, most significant first (id last: unique).
+SORTS: dict[str, tuple[str, ...]] = {
+    "ts": ("ts", "id"),
+    "kind": ("kind", "ts", "id"),
+    "actor": ("actor", "ts", "id"),
+}
+MAX_WORDS = 8
+MAX_WORD = 64
+MAX_CURSOR = 1024  # characters
+MAX_ID = 2**62
+MAX_TS = 1e12  # seconds (the year 33658)
+_WORD = re.compile(r"[0-9a-z]+")
+
+
+def words_of(text: str) -> tuple[str, ...]:
+    """The words of a search (lower case letters and digits, ASCII)."""
+    return tuple(_WORD.findall(text.lower()))
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which events, in which order. Empty means "any"."""
+
+    kinds: tuple[str, ...] = ()
+    actor: str | None = None
+    agent: str | None = None
+    address: str | None = None
+    since: float | None = None  # ts >= since
+    until: float | None = None  # ts < until
+    words: tuple[str, ...] = ()  # each begins a word of kind, actor or detail
+    sort: str = "-ts"
+
+    def __post_init__(self) -> None:
+        if self.sort.lstrip("-") not in SORTS:
+            raise UsageError(f"sort must be one of {', '.join(SORTS)}, with - for descending")
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return SORTS[self.sort.lstrip("-")]
+
+    @property
+    def descending(self) -> bool:
+        return self.sort.startswith("-")
+
+
+def row_key(f: EventFilter, row: Any) -> tuple[Any, ...]:
+    """The sort key of a result row (what the next page continues after)."""
+    return tuple(getattr(row, c) for c in f.columns)
+
+
+def _after(f: EventFilter, key: tuple[Any, ...]) -> sa.ColumnElement[bool]:
+    """Rows strictly past ``key`` in the filter's order: (a, b, c) beyond
+    (x, y, z), spelled so that the first column is an index range."""
+    cols = [t.events.c[name] for name in f.columns]
+
+    def beyond(col: Any, value: Any) -> sa.ColumnElement[bool]:
+        return col < value if f.descending else col > value  # type: ignore[no-any-return]
+
+    cond = beyond(cols[-1], key[-1])
+    for col, value in zip(reversed(cols[:-1]), reversed(key[:-1]), strict=True):
+        cond = sa.or_(beyond(col, value), sa.and_(col == value, cond))
+    first = cols[0] <= key[0] if f.descending else cols[0] >= key[0]
+    return sa.and_(first, cond)
+
+
+def _text_match(words: tuple[str, ...], fts: bool) -> sa.ColumnElement[bool]:
+    e = t.events.c
+    if fts:
+        # Each word a quoted prefix query: no FTS5 syntax can come through.
+        match = " AND ".join(f'"{w}"*' for w in words)
+        hits = sa.text("SELECT rowid FROM events_fts WHERE events_fts MATCH :match").bindparams(
+            match=match
+        )
+        return e.id.in_(hits.columns(sa.column("rowid", sa.Integer)))
+    text = sa.func.lower(e.kind + " " + e.actor + " " + e.detail)
+    # Words are [0-9a-z]+ (words_of): nothing in them is a regex operator.
+    return sa.and_(*(text.regexp_match(f"(^|[^0-9a-z]){w}") for w in words))
+
+
+def event_query(
+    f: EventFilter, *, after: tuple[Any, ...] | None, limit: int, fts: bool
+) -> sa.Select[Any]:
+    """The SELECT of one page of events matching ``f``."""
+    e = t.events.c
+    conds: list[sa.ColumnElement[bool]] = []
+    if len(f.kinds) == 1:
+        conds.append(e.kind == f.kinds[0])
+    elif f.kinds:
+        conds.append(e.kind.in_(f.kinds))
+    for name in ("actor", "agent", "address"):
+        value = getattr(f, name)
+        if value is not None:
+            conds.append(e[name] == value)
+    if f.since is not None:
+        conds.append(e.ts >= f.since)
+    if f.until is not None:
+        conds.append(e.ts < f.until)
+    if f.words:
+        conds.append(_text_match(f.words, fts))
+    if after is not None:
+        conds.append(_after(f, after))
+    order = [e[c].desc() if f.descending else e[c].asc() for c in f.columns]
+    return sa.select(t.events).where(*conds).order_by(*order).limit(limit)
+
+
+def encode_cursor(f: EventFilter, key: tuple[Any, ...]) -> str:
+    raw = json.dumps([f.sort, *key], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(f: EventFilter, cursor: str) -> tuple[Any, ...]:
+    """The key a cursor continues after; a cursor of another sort, damaged
+    or made up is refused."""
+    bad = UsageError("cursor must be the 'next' value of a previous page with the same sort")
+    if len(cursor) > MAX_CURSOR:
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        value = json.loads(raw)
+    except (ValueError, binascii.Error):
+        raise bad from None
+    if not isinstance(value, list) or len(value) != len(f.columns) + 1 or value[0] != f.sort:
+        raise bad
+    key = value[1:]
+    for name, item in zip(f.columns, key, strict=True):
+        number = isinstance(item, int | float) and not isinstance(item, bool)
+        ok = {
+            "ts": number and isfinite(item) and abs(item) < MAX_TS,
+            "id": number and isinstance(item, int) and 0 <= item < MAX_ID,
+        }.get(name, isinstance(item, str) and len(item) <= MAX_CURSOR)
+        if not ok:
+            raise bad
+    return tuple(float(v) if n == "ts" else v for n, v in zip(f.columns, key, strict=True))
