@@ -4,17 +4,20 @@ user. Screenshots of every page visited land in test-artifacts/console/."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from freight import __version__
-from tests.agentsupport import api
+from tests.agentsupport import AgentProc, api, enroll
 from tests.browsersupport import Visit, off_loop, playwright_browser
-from tests.relaysupport import fast
-from tests.support import ADMIN_PASSWORD, Client, Hub, wait_until
+from tests.relaysupport import BOB_PASSWORD, Proc, fast
+from tests.support import ADMIN_PASSWORD, Client, Hub, random_file, wait_until
 
 pytest.importorskip("playwright")
 from playwright.sync_api import Browser, Page, expect
@@ -61,13 +64,17 @@ def test_the_browser_reaches_the_hub_over_its_tls(visit: Visit) -> None:
 # --- logging in -------------------------------------------------------------------
 
 
+def fill_login(page: Page, user: str, password: str) -> None:
+    page.get_by_label("User").fill(user)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+
+
 def log_in(visit: Visit, user: str = "admin", password: str = ADMIN_PASSWORD) -> Page:
     """Through the login form, as a person does; lands on the dashboard."""
     page = visit.page
     visit.goto("/console/login")
-    page.get_by_label("User").fill(user)
-    page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Log in").click()
+    fill_login(page, user, password)
     expect(page).to_have_url(f"{visit.base_url}/")
     expect(page.locator("#hub-version")).to_have_text(__version__)
     visit.shot("dashboard")
@@ -117,6 +124,83 @@ def test_no_page_breaks_the_content_security_policy(visit: Visit) -> None:
     wait_until(lambda: visit.csp_violations() != [], 5, "the inline script's violation report")
 
 
+# --- connections -------------------------------------------------------------------
+
+
+def test_kill_from_the_connections_page_tells_both_ends(
+    visit: Visit, admin: Client, bob: Client
+) -> None:
+    page = log_in(visit)
+    visit.goto("/console/connections")
+    settled(page)
+    app = "console-kill"
+    with Proc(bob, "listen", app) as listener:
+        listener.wait_stderr("Listening")
+        with Proc(admin, "connect", "bob", app) as dialer:
+            listener.wait_stderr("Connected: admin")
+            row = page.locator("tr", has_text=app)
+            expect(row).to_contain_text("bob")  # shown without a reload
+            visit.shot("connection-shown")
+            page.once("dialog", lambda dialog: dialog.accept())
+            row.get_by_role("button", name="Kill").click()
+            for end in (dialer, listener):
+                assert end.wait() == 7, end.stderr
+                assert "an admin ended the connection" in end.stderr
+            expect(row).to_have_count(0)
+            visit.shot("connection-gone")
+
+
+def test_a_user_does_not_see_another_users_connections(
+    browser: Browser, shared_hub: Hub, visit: Visit, admin: Client, bob: Client, carol: Client
+) -> None:
+    app = "console-private"
+    with Proc(carol, "listen", app) as listener:
+        listener.wait_stderr("Listening")
+        with Proc(admin, "connect", "carol", app) as dialer:
+            listener.wait_stderr("Connected: admin")
+            page = log_in(visit, "bob", BOB_PASSWORD)
+            visit.goto("/console/connections")
+            settled(page)
+            visit.shot("bob-connections")
+            assert app not in page.locator("main").inner_text()
+            assert page.get_by_role("button", name="Kill").count() == 0
+            # The admin's view of the same moment has it.
+            other = Visit(browser, shared_hub.url, "admin-view-of-" + visit.dir.name)
+            try:
+                admin_page = log_in(other)
+                other.goto("/console/connections")
+                expect(admin_page.locator("tr", has_text=app)).to_contain_text("carol")
+            finally:
+                other.close()
+            dialer.kill()
+
+
+# --- agents ------------------------------------------------------------------------
+
+
+def test_an_agent_enrolled_with_a_token_from_the_agents_page_comes_online(
+    visit: Visit, tmp_path: Path, shared_hub: Hub
+) -> None:
+    page = log_in(visit)
+    visit.goto("/console/agents")
+    page.get_by_label("Agent name").fill("console-lab")
+    page.get_by_role("button", name="Create token").click()
+    shown = page.locator("#new-token")
+    expect(shown).to_be_visible()
+    token = shown.inner_text().strip()
+    visit.shot("token")
+    root = tmp_path / "root"
+    root.mkdir()
+    agent = fast(Client(tmp_path / "agent-config", shared_hub))
+    enroll(agent, token, root)
+    row = page.locator("#agent-console-lab")
+    expect(row).to_contain_text("offline")  # enrolled, shown without a reload
+    with AgentProc(agent, tmp_path / "agent.log") as proc:
+        expect(row.locator(".online")).to_have_text("online", timeout=15_000)
+        assert proc.running
+        visit.shot("online")
+
+
 # --- CSRF --------------------------------------------------------------------------
 
 
@@ -136,3 +220,66 @@ def test_a_state_change_without_the_csrf_token_is_refused(visit: Visit, admin: C
     made = page.request.post("/v1/users", data=body, headers={"X-CSRF-Token": token})
     assert made.status == 201, made.text()
     assert "csrf-holder" in {u["name"] for u in off_loop(api, admin, "GET", "/v1/users")}
+
+
+# --- events ------------------------------------------------------------------------
+
+
+def test_events_filter_sort_and_export_csv(visit: Visit, admin: Client) -> None:
+    names = ["evtalpha", "evtbravo", "evtcharlie"]
+    for name in names:  # three user_added events, oldest first
+        body = {"name": name, "password": "event-test-pass"}
+        off_loop(api, admin, "POST", "/v1/users", body)
+    page = log_in(visit)
+    visit.goto("/console/events")
+    page.get_by_label("Kind").fill("user_added")
+    page.get_by_label("Actor").fill("admin")
+    page.get_by_role("button", name="Filter").click()
+    expect(page).to_have_url(re.compile(r"kind=user_added"))
+    rows = page.locator("#events-table tbody tr")
+    expect(rows.first).to_be_visible()
+    visit.shot("filtered")
+    kinds = rows.locator("td:nth-child(2)").all_inner_texts()
+    assert set(kinds) == {"user_added"}, kinds
+
+    def order() -> list[str]:
+        details = rows.locator("td.detail").all_inner_texts()
+        return [n for d in details for n in names if f'"{n}"' in d]
+
+    assert order() == names[::-1]  # newest first
+    page.locator("#sort-ts").click()
+    expect(page).to_have_url(re.compile(r"sort=ts"))
+    expect(page.locator("#events-table th").first).to_contain_text("▲")
+    assert order() == names
+    visit.shot("oldest-first")
+
+    with page.expect_download() as download:
+        page.locator("#export-csv").click()
+    text = Path(download.value.path()).read_text()
+    exported = list(csv.DictReader(io.StringIO(text)))
+    assert {r["kind"] for r in exported} == {"user_added"}
+    assert {r["actor"] for r in exported} == {"admin"}
+    assert [n for r in exported for n in names if f'"{n}"' in r["detail"]] == names
+    assert len(exported) == rows.count()
+
+
+# --- transfers ---------------------------------------------------------------------
+
+
+def test_a_push_shows_its_progress_moving_on_the_transfers_page(
+    visit: Visit, admin: Client, tmp_path: Path
+) -> None:
+    src = random_file(tmp_path / "paced.bin", 6 * 1024 * 1024)
+    page = log_in(visit)
+    visit.goto("/console/transfers")
+    with Proc(admin, "push", str(src), "--as", "console-paced.bin", "--limit", "1M") as push:
+        bar = page.locator("tr", has_text="console-paced.bin").locator("progress")
+        expect(bar).to_be_visible(timeout=15_000)  # shown without a reload
+        assert bar.get_attribute("max") == str(6 * 1024 * 1024)
+        first = bar.get_attribute("value")
+        visit.shot("in-flight")
+        expect(bar).not_to_have_attribute("value", first or "")  # it moves on its own
+        later = bar.get_attribute("value")
+        assert int(later or 0) > int(first or 0)
+        visit.shot("moved")
+        assert push.wait(30) == 0, push.stderr
