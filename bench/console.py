@@ -583,7 +583,12 @@ async def cost(
             ctx = await open_console(browser, console)
             await asyncio.sleep(3)  # the pages' first loads are not the steady state
             if args.screenshot and k == 0:
-                await ctx.pages[0].screenshot(path=str(args.screenshot))
+                dashboard = ctx.pages[0]
+                with contextlib.suppress(Exception):  # a moment with no refresh in flight
+                    await dashboard.wait_for_function(
+                        "() => !document.querySelector('.htmx-request')", timeout=5000
+                    )
+                await dashboard.screenshot(path=str(args.screenshot))
                 log(f"saved the dashboard as {args.screenshot}")
             out["cpu_with"].append(await hub_cpu(hub, args.minute))
             await ctx.close()
