@@ -207,6 +207,8 @@ HOSTILE = [
     ("limit=1000000000000000000000", "limit must be"),
     ("limit=-5", "limit must be"),
     ("limit=ten", "limit must be"),
+    ("limit=%C2%B2", "limit must be"),
+    ("limit=0000000000010000000", "limit must be"),
     ("cursor=not-a-cursor", "cursor must be"),
     ("cursor=WyItdHMiLDEsMV0&sort=kind", "cursor must be"),
     ("cursor=" + "A" * 5000, "cursor must be"),
