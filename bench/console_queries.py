@@ -112,6 +112,7 @@ def requests(c: Conn) -> list[tuple[str, str]]:
         ("events, one hour 20 days ago", ev + window),
         (f"events, q={RARE} (one match)", ev + f"q={RARE}"),
         ("events, q=backup (common word)", ev + "q=backup"),
+        ("events, q=login (half the log)", ev + "q=login"),
         ("events, q=quokka&kind=login (none)", ev + f"q={RARE}&kind=login"),
         ("events, sort=kind", ev + "sort=kind"),
         ("events, sort=-actor, kind=login", ev + "sort=-actor&kind=login"),

@@ -56,7 +56,9 @@ def events(
     limit: Annotated[int, typer.Option(metavar="N", min=1, help="How many at most.")] = 50,
     csv_file: Annotated[
         str | None,
-        typer.Option("--csv", metavar="FILE|-", help="Write them as CSV to FILE (- : stdout)."),
+        typer.Option(
+            "--csv", metavar="FILE", help="Write them as CSV to FILE (-: standard output)."
+        ),
     ] = None,
     hub_url: HubOpt = None,
     json_out: JsonOpt = False,

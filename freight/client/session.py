@@ -10,6 +10,7 @@ import secrets
 import ssl
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl
 
 import aiohttp
 from yarl import URL
@@ -263,7 +264,9 @@ class HubSession:
     async def request(self, method: str, path: str, json: Any = None) -> Any:
         try:
             path, _, query = path.partition("?")
-            url = self.url.with_path(path).with_query(query)
+            # The query as its pairs: an encoded one (urlencode) is sent as
+            # it was meant, not escaped a second time ("%2C" as "%252C").
+            url = self.url.with_path(path).with_query(parse_qsl(query, keep_blank_values=True))
             async with self.http.request(method, url, json=json) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status >= 400:

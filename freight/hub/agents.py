@@ -210,7 +210,10 @@ async def list_agents(request: web.Request) -> web.Response:
     paged = "limit" in query or "after" in query
     limit = query.get("limit", str(AGENT_PAGE))
     after = query.get("after")
-    if paged and (not limit.isdigit() or not 1 <= int(limit[:6]) <= MAX_AGENT_PAGE):
+    if paged and (
+        not (limit.isascii() and limit.isdigit() and len(limit) <= 9)
+        or not 1 <= int(limit) <= MAX_AGENT_PAGE
+    ):
         raise UsageError(f"limit must be a whole number from 1 to {MAX_AGENT_PAGE}")
     if after is not None and len(after) > 64:
         raise UsageError("after must be an agent's name (the 'next' of the previous page)")

@@ -137,7 +137,7 @@ def _limit(query: Any, most: int, default: int) -> int:
     text = _one(query, "limit")
     if text is None:
         return default
-    if not text.isdigit() or not 1 <= int(text[:12]) <= most:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= most:
         raise UsageError(f"limit must be a whole number from 1 to {most}")
     return int(text)
 

@@ -94,7 +94,7 @@ async def list_transfers(request: web.Request) -> web.Response:
 
 async def _done(request: web.Request, hub: Hub, user: User, everyone: bool) -> dict[str, Any]:
     text = request.query.get("limit", "50")
-    if not text.isdigit() or not 1 <= int(text[:6]) <= MAX_PAGE:
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or not 1 <= int(text) <= MAX_PAGE:
         raise UsageError(f"limit must be a whole number from 1 to {MAX_PAGE}")
     f = EventFilter(kinds=DONE_KINDS, actor=None if everyone else user.name)
     cursor = request.query.get("cursor")

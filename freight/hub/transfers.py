@@ -91,9 +91,14 @@ def _conn_bytes(conn: Conn) -> int:
 
 
 class TransferBoard:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.started = time.time()
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.clock = clock  # for rates
+        self.wall = wall  # for minutes and the start
+        self.started = wall()
         self.live: dict[str, Transfer] = {}
         self.untracked = 0  # transfers not tracked (past MAX_LIVE)
         # Relayed connections: cid -> recent (time, bytes) samples.
@@ -163,7 +168,7 @@ class TransferBoard:
             self._conn_counted.pop(cid, None)
         self._moved += moved
         self._seconds.append((now, self._moved))
-        minute = int(time.time() // 60)
+        minute = int(self.wall() // 60)
         if self._minute[0] == 0:
             self._minute = (minute, self._moved)
         elif minute != self._minute[0]:

@@ -11,11 +11,16 @@ import sqlalchemy as sa
 from . import schema as t
 from .base import Repository
 from .eventcols import event_address, event_agent
-from .eventquery import EventFilter, event_query, row_key
+from .eventquery import FTS_LOOKUP, FTS_SCAN, EventFilter, event_query, fts_match, row_key
 from .rows import EventRow
 
 # Rows fetched per query when streaming an export.
 EXPORT_BATCH = 2000
+# Free text with at least this many matches is found by walking the sort's
+# index (measured on 1,000,000 events: a word in 46,000 of them 27 ms
+# instead of 300 ms; a word in one of them 3 ms instead of 130 ms the
+# other way round).
+DENSE_MATCHES = 2000
 
 
 def _event(r: Any) -> EventRow:
@@ -36,6 +41,7 @@ def _event(r: Any) -> EventRow:
 
 class Events(Repository):
     _fts: bool | None = None  # whether events_fts exists (looked up once)
+    _dense = DENSE_MATCHES
 
     async def add_event(self, kind: str, actor: str, detail: Mapping[str, Any]) -> None:
         async with self.engine.begin() as c:
@@ -71,8 +77,16 @@ class Events(Repository):
     ) -> tuple[list[EventRow], tuple[Any, ...] | None]:
         """One page of the events ``f`` selects, and the key the next page
         continues after (None: this was the last)."""
-        query = event_query(f, after=after, limit=limit + 1, fts=await self.has_fts())
         async with self.engine.connect() as c:
+            fts = ""
+            if f.words and await self.has_fts():
+                count = sa.text(
+                    "SELECT count(*) FROM (SELECT rowid FROM events_fts "
+                    "WHERE events_fts MATCH :match LIMIT :most)"
+                ).bindparams(match=fts_match(f.words), most=self._dense)
+                dense = (await c.execute(count)).scalar_one() >= self._dense
+                fts = FTS_SCAN if dense else FTS_LOOKUP
+            query = event_query(f, after=after, limit=limit + 1, fts=fts)
             rows = (await c.execute(query)).all()
         more = len(rows) > limit
         rows = rows[:limit]

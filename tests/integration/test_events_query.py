@@ -207,6 +207,8 @@ HOSTILE = [
     ("limit=1000000000000000000000", "limit must be"),
     ("limit=-5", "limit must be"),
     ("limit=ten", "limit must be"),
+    ("limit=%C2%B2", "limit must be"),
+    ("limit=0000000000010000000", "limit must be"),
     ("cursor=not-a-cursor", "cursor must be"),
     ("cursor=WyItdHMiLDEsMV0&sort=kind", "cursor must be"),
     ("cursor=" + "A" * 5000, "cursor must be"),
@@ -269,6 +271,11 @@ def test_the_cli_filters_and_writes_csv(
     want = model(rows, params)
     out = admin.run("events", "--kind", "security", "--actor", "lab1", "--limit", "2000", "--json")
     assert [e["id"] for e in json.loads(out.stdout)] == want
+    # Values that need escaping in a query string go through as they are.
+    params = {"kind": "login,security", "since": "2023-11-20T10:00:00+01:00", "q": "alpha beta"}
+    out = admin.run("events", "--kind", "login", "--kind", "security", "--since",
+                    params["since"], "--search", "alpha beta", "--limit", "2000", "--json")  # fmt: skip
+    assert [e["id"] for e in json.loads(out.stdout)] == model(rows, params) != []
     text = admin.run("events", "--search", "zanzibar").stdout
     (line,) = text.splitlines()
     assert "note=zanzibar" in line

@@ -103,6 +103,7 @@ def test_hostile_transfer_queries_are_a_typed_400(shared_hub: Hub, bob: Client) 
     for query, says in (
         ("state=all", "state must be live"),
         ("state=done&limit=0", "limit must be"),
+        ("state=done&limit=%C2%B2", "limit must be"),
         ("state=done&cursor=zzz", "cursor must be"),
         ("mine=maybe", "mine must be 1 or 0"),
         ("x=1", "unknown parameter"),
@@ -182,6 +183,13 @@ def test_agents_come_a_page_at_a_time_by_name(shared_hub: Hub, admin: Client) ->
             break
     assert names == [a["name"] for a in everyone] == sorted(names) and len(names) >= 25
     assert [a["name"] for a in json.loads(admin.run("agents", "ls", "--json").stdout)] == names
-    for query in ("limit=0", "limit=1001", "limit=x", "after=" + "a" * 100):
+    for query in (
+        "limit=0",
+        "limit=1001",
+        "limit=x",
+        "limit=%C2%B2",
+        "limit=00000000001000",
+        "after=" + "a" * 100,
+    ):
         status, body = rest(shared_hub, "GET", "/v1/agents?" + query, token=token_of(admin))
         assert status == 400, (query, body)

@@ -129,9 +129,9 @@ filters = st.builds(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(f=filters, page=st.integers(1, 40), fts=st.booleans())
+@given(f=filters, page=st.integers(1, 40), fts=st.sampled_from(("lookup", "scan", "regex")))
 def test_every_filter_sort_and_page_size_walks_the_models_rows(
-    seeded: tuple[Path, list[dict[str, Any]]], f: EventFilter, page: int, fts: bool
+    seeded: tuple[Path, list[dict[str, Any]]], f: EventFilter, page: int, fts: str
 ) -> None:
     path, rows = seeded
 
@@ -139,7 +139,8 @@ def test_every_filter_sort_and_page_size_walks_the_models_rows(
         db = Database.sqlite(path)
         try:
             assert await db.has_fts()
-            db._fts = fts  # False: the scan PostgreSQL does
+            db._fts = fts != "regex"  # regex: the scan PostgreSQL does
+            db._dense = 0 if fts == "scan" else N + 1  # every search dense, or none
             return await walk(db, f, page)
         finally:
             await db.close()
