@@ -28,7 +28,7 @@ T = TypeVar("T")
 CHROMIUM = Path(os.environ.get("FREIGHT_TEST_CHROMIUM", "/usr/bin/chromium"))
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "console"
 # Playwright's own waits (clicks, selectors, expect) fail after this many ms.
-TIMEOUT_MS = 5_000
+TIMEOUT_MS = 8_000
 NAVIGATION_TIMEOUT_MS = 10_000
 VIEWPORT = {"width": 1280, "height": 800}
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from freight import __version__
-from tests.agentsupport import AgentProc, api, enroll
+from tests.agentsupport import AgentProc, api, enroll, wait_online
 from tests.browsersupport import Visit, off_loop, playwright_browser
 from tests.relaysupport import BOB_PASSWORD, Proc, fast
 from tests.support import ADMIN_PASSWORD, Client, Hub, random_file, wait_until
@@ -179,7 +179,7 @@ def test_a_user_does_not_see_another_users_connections(
 
 
 def test_an_agent_enrolled_with_a_token_from_the_agents_page_comes_online(
-    visit: Visit, tmp_path: Path, shared_hub: Hub
+    visit: Visit, tmp_path: Path, shared_hub: Hub, admin: Client
 ) -> None:
     page = log_in(visit)
     visit.goto("/console/agents")
@@ -189,15 +189,24 @@ def test_an_agent_enrolled_with_a_token_from_the_agents_page_comes_online(
     expect(shown).to_be_visible()
     token = shown.inner_text().strip()
     visit.shot("token")
-    root = tmp_path / "root"
+    root = tmp_path / "console-root"
     root.mkdir()
+    (root / "hello.txt").write_text("hello\n")
     agent = fast(Client(tmp_path / "agent-config", shared_hub))
     enroll(agent, token, root)
     row = page.locator("#agent-console-lab")
-    expect(row).to_contain_text("offline")  # enrolled, shown without a reload
+    expect(row).to_contain_text("offline")  # enrolled: shown without a reload
     with AgentProc(agent, tmp_path / "agent.log") as proc:
-        expect(row.locator(".online")).to_have_text("online", timeout=15_000)
-        assert proc.running
+        off_loop(wait_online, admin, "console-lab", True, 15, proc)
+        # The page asks the agent itself, and shows its answer and its row
+        # online, still without a reload.
+        row.get_by_label("command").select_option("list_dir")
+        row.get_by_label("arguments").fill('{"path": "/"}')
+        row.get_by_role("button", name="Run").click()
+        answer = page.locator("#command-result .command")
+        expect(answer.locator(".state")).to_have_text("done", timeout=15_000)
+        expect(answer.locator("pre")).to_contain_text("console-root")
+        expect(row.locator(".online")).to_have_text("online")
         visit.shot("online")
 
 
