@@ -33,6 +33,7 @@ from . import (
     httpattach,
     keys,
     messaging,
+    openapi,
     rest,
     tls,
     tunnels,
@@ -244,7 +245,8 @@ async def build_hub(cfg: HubConfig) -> Hub:
 
 def build_app(hub: Hub) -> web.Application:
     app = web.Application(
-        middlewares=[deadlines_middleware(lambda r: r.app[STATE].port_guard), errors_middleware],
+        # Errors outermost: what the deadlines answer (408, 413) is JSON too.
+        middlewares=[errors_middleware, deadlines_middleware(lambda r: r.app[STATE].port_guard)],
         client_max_size=1024 * 1024,
     )
     install(app, hub)
@@ -260,6 +262,7 @@ def build_app(hub: Hub) -> web.Application:
     tunnels.add_routes(app, hub.tunnels)
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
+    openapi.add_routes(app)  # describes every route above: add a new one there too
     return app
 
 
