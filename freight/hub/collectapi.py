@@ -19,6 +19,7 @@ from .services import COLLECTOR, STATE, Hub
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 MAX_BATCH = 2000
+MAX_EVERY = 366 * 86400.0  # seconds between a policy's scans
 
 
 def _policy_json(r: Any) -> dict[str, Any]:
@@ -50,6 +51,8 @@ async def put_policy(request: web.Request) -> web.Response:
         }
     except (ValueError, TypeError, AttributeError):
         raise UsageError("a policy is JSON: agents, include, exclude, max_size, every") from None
+    if not 0 < row["every"] <= MAX_EVERY:  # also NaN and infinity
+        raise UsageError(f"'every' is seconds between scans: more than 0, at most {MAX_EVERY}")
     old = next((p for p in await st.db.list_policies() if p.name == name), None)
     await st.db.put_policy(row)
     await st.events.emit("policy_set", admin.name, name=name)

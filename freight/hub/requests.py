@@ -11,6 +11,7 @@ composition root can import it.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
@@ -72,6 +73,9 @@ def error_response(exc: FreightError) -> web.Response:
     )
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -82,7 +86,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if exc.status < 400:
             raise
         return http_error(exc)  # aiohttp's own answers (404 for an unknown route, 405 …)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, UnicodeEncodeError) and _LONE_SURROGATE.search(str(exc.object)):
+            # JSON may escape half of a surrogate pair ("\ud800"): text that no
+            # file name, password or database column can hold.
+            return error_response(
+                UsageError("the request holds text that is not Unicode (half of a surrogate pair)")
+            )
         # A bug, not an answer: logged with its traceback here, and still a
         # typed error for the client (never aiohttp's plain-text 500).
         log.exception("request failed: %s %s", request.method, request.path)

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.authsupport import rest, token_of
 from tests.collectsetup import (
     RECEIVED,
     KiB,
@@ -413,3 +414,24 @@ def test_command_sent_while_the_agent_uploads_is_answered(setup_factory: Any) ->
         # The same root, every time: the upload's channel counts as the agent.
         (agent,) = api(s.admin, "GET", "/v1/agents")
         assert agent["version"].startswith("freight-agent/"), agent
+
+
+def test_a_policy_with_an_impossible_schedule_or_size_is_refused(
+    shared_hub: Hub, admin: Client
+) -> None:
+    """'every': NaN and a max_size of hundreds of digits once failed the
+    request (500); a negative 'every' was stored."""
+    token = token_of(admin)
+    for body, message in (
+        ({"every": "nan"}, "'every' is seconds between scans"),
+        ({"every": -5}, "'every' is seconds between scans"),
+        ({"every": 0}, "'every' is seconds between scans"),
+        ({"every": "inf"}, "'every' is seconds between scans"),
+        ({"max_size": "9" * 400}, "is too large: at most"),
+        ({"max_size": "99999999999999999999T"}, "is too large: at most"),
+    ):
+        status, answer = rest(shared_hub, "PUT", "/v1/collect/policies/odd", body, token=token)
+        assert status == 400, (body, answer)
+        assert message in answer["error"]["message"], answer
+    status, rows = rest(shared_hub, "GET", "/v1/collect/policies", token=token)
+    assert status == 200 and "odd" not in {r["name"] for r in rows}

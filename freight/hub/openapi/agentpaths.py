@@ -30,7 +30,7 @@ POLICY_NAME = {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}
 SIZE_TEXT = {
     "type": "string",
     "maxLength": 32,
-    "description": "bytes with an optional K, M, G or T (1024-based); '0': no limit",
+    "description": "bytes with an optional K, M, G or T (1024-based), at most 4 EiB; '0': no limit",
 }
 
 SCHEMAS: dict[str, Schema] = {
@@ -373,8 +373,14 @@ PATHS: dict[str, dict[str, Schema]] = {
                     "agents": {"type": "string", "default": "*", "maxLength": 1024},
                     "include": array({"type": "string"}),
                     "exclude": array({"type": "string"}),
-                    "max_size": SIZE_TEXT,
-                    "every": {"type": "number", "exclusiveMinimum": 0, "default": 3600},
+                    "max_size": {"anyOf": [SIZE_TEXT, {"type": "integer", "minimum": 0}]},
+                    "every": {
+                        "type": "number",
+                        "exclusiveMinimum": 0,
+                        "maximum": 366 * 86400,
+                        "default": 3600,
+                        "description": "seconds between scans",
+                    },
                 }
             ),
             ok={200: json_ok(ref("Policy"))},
