@@ -6,13 +6,13 @@ ordinary user. No answer may be a 5xx, every status must be documented for
 its operation, and every answer must match its documented content type,
 headers and schema.
 
-Operations that would end the run's own login (``POST /v1/logout``) are
-left out; the channels that carry binary frames (``/v1/control``,
-``/v1/attach/http…``) are left out as the document says. The rest runs,
-including changes an admin makes: ``POST /v1/users/{name}/disable`` of
-the admin itself is refused (409), and the ordinary user's name is one the
-generator does not produce (it carries a character outside the generated
-patterns' reach only by chance; its login is checked again at the end).
+Left out, as the document marks them: ``POST /v1/logout`` (it would end
+the login the run goes on with) and the channels that carry binary frames
+(``/v1/control``, ``/v1/attach/http…``, driven by their own tests). The
+rest runs, changes included: disabling the admin itself is refused (409),
+wrong current passwords only lock further password logins out (the run's
+two logins are made first), and names generated at random do not reach
+the run's own accounts.
 
 Bounded: a fixed number of examples per operation and mode, derandomized
 (the same requests every run), no shrinking, a timeout on every request

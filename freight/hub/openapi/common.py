@@ -137,7 +137,7 @@ def query(name: str, schema: Schema, description: str = "") -> Schema:
     )
 
 
-BEARER = [{"bearer": []}, {"session": []}]
+BEARER: list[Schema] = [{"bearer": []}, {"session": []}]
 AUTH_ERRORS = {"none": (), "optional": (), "user": (401,), "agent": (401,), "admin": (401, 403)}
 
 
