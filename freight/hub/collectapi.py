@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import time
 from typing import Any
@@ -93,12 +94,24 @@ async def delete_policy(request: web.Request) -> web.Response:
 
 
 def _check_offer(o: Any) -> dict[str, Any]:
-    if not isinstance(o, dict) or not DIGEST.match(str(o.get("digest", ""))):
-        raise UsageError("each offer needs path, size, mtime and a BLAKE3 digest (64 hex)")
+    size, mtime = (o.get("size"), o.get("mtime")) if isinstance(o, dict) else (None, None)
+    if (
+        not isinstance(o, dict)
+        or not DIGEST.match(str(o.get("digest", "")))
+        or isinstance(size, bool)
+        or not isinstance(size, int)
+        or not 0 <= size < 1 << 63
+        or isinstance(mtime, bool)
+        or not isinstance(mtime, int | float)
+        or not math.isfinite(mtime)
+    ):
+        raise UsageError(
+            "each offer needs path, size (bytes), mtime (seconds) and a BLAKE3 digest (64 hex)"
+        )
     path = str(o.get("path", ""))
     if not path.startswith("/") or "\0" in path or len(path) > 4096:
         raise UsageError(f"offer path {path[:80]!r} must be absolute")
-    return {"path": path, "size": int(o["size"]), "mtime": float(o["mtime"]), "digest": o["digest"]}
+    return {"path": path, "size": size, "mtime": float(mtime), "digest": o["digest"]}
 
 
 async def offers(request: web.Request) -> web.Response:

@@ -55,6 +55,7 @@ from tests.collectsupport import (
     stats,
     wait_collected,
 )
+from tests.integration.test_logins import agent_login, enrol
 from tests.support import Client, Hub, random_file
 
 
@@ -435,3 +436,24 @@ def test_a_policy_with_an_impossible_schedule_or_size_is_refused(
         assert message in answer["error"]["message"], answer
     status, rows = rest(shared_hub, "GET", "/v1/collect/policies", token=token)
     assert status == 200 and "odd" not in {r["name"] for r in rows}
+
+
+def test_offers_with_sizes_or_times_no_file_has_are_refused(shared_hub: Hub, admin: Client) -> None:
+    """A size of 2**70 or 1e400 and a NaN mtime once failed the request
+    (500); a negative size was taken."""
+    status, body = agent_login(shared_hub, "offerer", enrol(shared_hub, token_of(admin), "offerer"))
+    assert status == 200, body
+    digest = "ab" * 32
+    for size, mtime in ((1 << 70, 1), (float("inf"), 1), (-5, 1), (True, 1), (1, float("nan"))):
+        offer = {"path": "/data/x", "size": size, "mtime": mtime, "digest": digest}
+        status, answer = rest(
+            shared_hub,
+            "POST",
+            "/v1/collect/offers",
+            {"batch": "b1", "policy": "p", "offers": [offer]},
+            token=body["token"],
+        )
+        assert status == 400, (offer, answer)
+        assert answer["error"]["message"] == (
+            "each offer needs path, size (bytes), mtime (seconds) and a BLAKE3 digest (64 hex)"
+        )

@@ -40,6 +40,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.integration.test_logins import agent_login, enrol
 from tests.support import ADMIN_PASSWORD, Hub
 
 pytestmark = pytest.mark.timeout(240)
@@ -54,6 +55,7 @@ CHECKS = [
 REQUEST_TIMEOUT = 10.0  # seconds, every request
 USER = "fuzzed-user"
 USER_PASSWORD = "an ordinary password"
+AGENT = "fuzzed-agent"
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Api:
     schema: Any
     admin: str = ""  # tokens, logged in before any fuzzing (which may lock logins out)
     user: str = ""
+    agent: str = ""
 
 
 def login(url: str, cert: str, user: str, password: str) -> str:
@@ -94,7 +97,9 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         )
         assert resp.status_code == 201, resp.text
         user = login(hub.url, cert, USER, USER_PASSWORD)
-        yield Api(hub, cert, schema, admin, user)
+        status, agent = agent_login(hub, AGENT, enrol(hub, admin, AGENT))
+        assert status == 200, agent
+        yield Api(hub, cert, schema, admin, user, agent["token"])
     finally:
         hub.stop()
 
@@ -104,11 +109,14 @@ def fuzzable(schema: Any) -> list[Any]:
     return [op for op in ops if "x-fuzz-excluded" not in op.definition.raw]
 
 
-def fuzz(api: Api, token: str, examples: int) -> list[str]:
-    """Every fuzzable operation, valid and invalid requests; the failures."""
+def fuzz(api: Api, token: str, examples: int, tags: set[str] | None = None) -> list[str]:
+    """Every fuzzable operation (of ``tags``), valid and invalid requests;
+    the failures."""
     headers = {"Authorization": f"Bearer {token}"}
     failures: list[str] = []
     for operation in fuzzable(api.schema):
+        if tags is not None and not tags & set(operation.definition.raw["tags"]):
+            continue
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @settings(
@@ -202,4 +210,11 @@ def test_fuzzing_as_an_admin_finds_nothing(api: Api) -> None:
 def test_fuzzing_as_an_ordinary_user_finds_nothing(api: Api) -> None:
     """Every operation again, fewer examples: admin-only ones answer 403."""
     failures = fuzz(api, api.user, examples=5)
+    assert not failures, f"{len(failures)} operations failed:\n\n" + "\n\n".join(failures)
+
+
+def test_fuzzing_as_an_agent_finds_nothing(api: Api) -> None:
+    """What agents call (offers, security reports, their policies), and the
+    rest of the agents' and collection's operations, which refuse them."""
+    failures = fuzz(api, api.agent, examples=10, tags={"agents", "collection"})
     assert not failures, f"{len(failures)} operations failed:\n\n" + "\n\n".join(failures)

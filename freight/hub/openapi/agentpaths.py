@@ -413,7 +413,10 @@ PATHS: dict[str, dict[str, Schema]] = {
             ok={
                 200: json_ok(
                     obj(
-                        {"ack": {"type": "string"}, "wanted": array({"type": "string"})},
+                        {
+                            "ack": {"type": "string"},
+                            "wanted": {**COUNT, "description": "digests that became wanted"},
+                        },
                         ["ack", "wanted"],
                     )
                 )
