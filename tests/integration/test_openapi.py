@@ -149,6 +149,7 @@ def test_the_document_is_served_without_a_login_and_covers_the_api(api: Api) -> 
     assert resp.headers["Content-Type"].startswith("application/json")
     doc = resp.json()
     assert doc["openapi"] == "3.1.0"
+    api.schema.validate()  # against the OpenAPI 3.1 meta-schema
     assert {"/v1/login", "/v1/users", "/v1/links/{token}", "/v1/control"} <= set(doc["paths"])
     every = {f"{m.upper()} {p}" for p, ops in doc["paths"].items() for m in ops}
     left_out = {
