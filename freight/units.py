@@ -9,6 +9,7 @@ from .errors import UsageError
 
 _SUFFIX = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:I?B)?(?:/S)?\s*$", re.IGNORECASE)
+MAX_SIZE = 1 << 62  # bytes (4 EiB): what a size or rate may be, within 64-bit integers
 UNLIMITED_WORDS = ("off", "unlimited", "none", "0")
 
 
@@ -16,8 +17,11 @@ def parse_size(text: str) -> int:
     """``"20M"`` → 20971520. Plain numbers are bytes."""
     match = _RATE.match(text.upper())
     if not match:
-        raise UsageError(f"not a size: {text!r} (use a number with K, M or G, e.g. 20M)")
-    return int(float(match.group(1)) * _SUFFIX[match.group(2).upper()])
+        raise UsageError(f"not a size: {text[:40]!r} (use a number with K, M or G, e.g. 20M)")
+    value = float(match.group(1)) * _SUFFIX[match.group(2).upper()]
+    if not value <= MAX_SIZE:  # also inf, from hundreds of digits
+        raise UsageError(f"{text[:40]!r} is too large: at most {MAX_SIZE} bytes (4 EiB)")
+    return int(value)
 
 
 def parse_rate(text: str) -> int:

@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..errors import AgentRefused, BadCredentials, Conflict, NotFound, UsageError
-from ..names import check_user_name
+from ..names import check_user_name, shown
 from ..protocol.agents import COMMAND_KINDS, FILE_COMMANDS, login_message
 from ..store.commands import TERMINAL_COMMAND_STATES
 from . import auth, commandfiles, users
@@ -58,8 +58,8 @@ async def create_token(request: web.Request) -> web.Response:
     st = request.app[STATE]
     body = await _json(request)
     name = check_user_name(str(body.get("name", "")))
-    ttl = float(body.get("ttl", ENROL_TOKEN_TTL))
-    if not 0 < ttl <= 30 * 86400:
+    ttl = body.get("ttl", ENROL_TOKEN_TTL)
+    if isinstance(ttl, bool) or not isinstance(ttl, int | float) or not 0 < ttl <= 30 * 86400:
         raise UsageError("an enrolment token lives between a second and 30 days")
     if await st.db.user_by_name(name) is not None:
         raise Conflict(f"the name {name!r} is already taken on this hub")
@@ -322,11 +322,11 @@ async def get_command(request: web.Request) -> web.Response:
     """A command's state; ``?wait=S`` waits up to S seconds for its result."""
     await admin_user(request)
     st = request.app[STATE]
+    command_id = _command_id(request)
     try:
-        command_id = int(request.match_info["id"])
         wait = min(120.0, max(0.0, float(request.query.get("wait", "0"))))
     except ValueError:
-        raise UsageError("the command id and wait must be numbers") from None
+        raise UsageError("wait must be a number of seconds") from None
     deadline = time.monotonic() + wait
     with st.commands.waiter(command_id) as event:
         while True:
@@ -344,11 +344,20 @@ async def cancel_command(request: web.Request) -> web.Response:
     """``POST /v1/agents/commands/{id}/cancel``: an admin gives up on an
     open command; it is not delivered again and its result is refused."""
     admin = await admin_user(request)
-    try:
-        command_id = int(request.match_info["id"])
-    except ValueError:
-        raise UsageError("the command id must be a number") from None
+    command_id = _command_id(request)
     return web.json_response(await request.app[STATE].commands.cancel(command_id, admin.name))
+
+
+def _command_id(request: web.Request) -> int:
+    """The command id in the path: a number the database can hold."""
+    given = request.match_info["id"]
+    try:
+        command_id = int(given)
+    except ValueError:
+        raise UsageError(f"the command id must be a number, not {shown(given)}") from None
+    if not 0 < command_id < 1 << 63:
+        raise NotFound(f"no command {shown(given)}", hint="freight agents ls shows what is queued")
+    return command_id
 
 
 def register(dispatcher: Dispatcher, st: Hub) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import math
 import re
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from .services import COLLECTOR, STATE, Hub
 
 DIGEST = re.compile(r"^[0-9a-f]{64}$")
 MAX_BATCH = 2000
+MAX_EVERY = 366 * 86400.0  # seconds between a policy's scans
 
 
 def _policy_json(r: Any) -> dict[str, Any]:
@@ -50,6 +52,8 @@ async def put_policy(request: web.Request) -> web.Response:
         }
     except (ValueError, TypeError, AttributeError):
         raise UsageError("a policy is JSON: agents, include, exclude, max_size, every") from None
+    if not 0 < row["every"] <= MAX_EVERY:  # also NaN and infinity
+        raise UsageError(f"'every' is seconds between scans: more than 0, at most {MAX_EVERY}")
     old = next((p for p in await st.db.list_policies() if p.name == name), None)
     await st.db.put_policy(row)
     await st.events.emit("policy_set", admin.name, name=name)
@@ -89,13 +93,31 @@ async def delete_policy(request: web.Request) -> web.Response:
     return web.json_response({"removed": name})
 
 
+# Seconds either side of 1970 an offer's mtime may be (about 3,000 years):
+# beyond that no file system keeps it, and the store's integers overflow.
+MAX_MTIME = 1e11
+
+
 def _check_offer(o: Any) -> dict[str, Any]:
-    if not isinstance(o, dict) or not DIGEST.match(str(o.get("digest", ""))):
-        raise UsageError("each offer needs path, size, mtime and a BLAKE3 digest (64 hex)")
+    size, mtime = (o.get("size"), o.get("mtime")) if isinstance(o, dict) else (None, None)
+    if (
+        not isinstance(o, dict)
+        or not DIGEST.match(str(o.get("digest", "")))
+        or isinstance(size, bool)
+        or not isinstance(size, int)
+        or not 0 <= size < 1 << 63
+        or isinstance(mtime, bool)
+        or not isinstance(mtime, int | float)
+        or not math.isfinite(mtime)
+        or not abs(mtime) < MAX_MTIME
+    ):
+        raise UsageError(
+            "each offer needs path, size (bytes), mtime (seconds) and a BLAKE3 digest (64 hex)"
+        )
     path = str(o.get("path", ""))
     if not path.startswith("/") or "\0" in path or len(path) > 4096:
         raise UsageError(f"offer path {path[:80]!r} must be absolute")
-    return {"path": path, "size": int(o["size"]), "mtime": float(o["mtime"]), "digest": o["digest"]}
+    return {"path": path, "size": size, "mtime": float(mtime), "digest": o["digest"]}
 
 
 async def offers(request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ from . import (
     keys,
     messaging,
     observeapi,
+    openapi,
     rest,
     status,
     tls,
@@ -253,7 +254,8 @@ async def build_hub(cfg: HubConfig) -> Hub:
 
 def build_app(hub: Hub) -> web.Application:
     app = web.Application(
-        middlewares=[deadlines_middleware(lambda r: r.app[STATE].port_guard), errors_middleware],
+        # Errors outermost: what the deadlines answer (408, 413) is JSON too.
+        middlewares=[errors_middleware, deadlines_middleware(lambda r: r.app[STATE].port_guard)],
         client_max_size=1024 * 1024,
     )
     install(app, hub)
@@ -273,6 +275,7 @@ def build_app(hub: Hub) -> web.Application:
     httpattach.add_routes(app, channels.serve_http_attachment)
     status.add_routes(app)
     console.add_routes(app)  # the web console, over the routes above
+    openapi.add_routes(app)  # describes every route above: add a new one there too
     return app
 
 

@@ -371,7 +371,7 @@ async def up(request: web.Request) -> web.Response:
         raise NotFound("the HTTP attachment ended") from None
     except (ConnectionError, HttpProcessingError):
         # The body broke off: the client retries what we did not take.
-        return web.Response(status=400, text="the request body broke off")
+        raise UsageError("the request body broke off; send it again") from None
     return web.Response(status=204)
 
 

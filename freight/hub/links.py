@@ -112,7 +112,7 @@ async def create_link(request: web.Request) -> web.Response:
     if not 0 < expires <= MAX_EXPIRES:
         raise UsageError(f"'expires' must be more than 0 and at most {int(MAX_EXPIRES)} s (30 d)")
     uses = _number(body, "uses", 1)
-    if uses != int(uses) or not 1 <= uses <= MAX_USES:
+    if not 1 <= uses <= MAX_USES or uses != int(uses):
         raise UsageError(f"'uses' must be a whole number from 1 to {MAX_USES}")
     to = body.get("to")
     to_id: int | None = None

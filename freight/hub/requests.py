@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -130,19 +131,55 @@ def error_response(exc: FreightError) -> web.Response:
     )
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except FreightError as exc:
         return error_response(exc)
-    except web.HTTPException:
-        raise  # aiohttp's own answers (404 for an unknown route, 405 …)
-    except Exception:
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return http_error(exc)  # aiohttp's own answers (404 for an unknown route, 405 …)
+    except Exception as exc:
+        if isinstance(exc, UnicodeEncodeError) and _LONE_SURROGATE.search(str(exc.object)):
+            # JSON may escape half of a surrogate pair ("\ud800"): text that no
+            # file name, password or database column can hold.
+            return error_response(
+                UsageError("the request holds text that is not Unicode (half of a surrogate pair)")
+            )
         # A bug, not an answer: logged with its traceback here, and still a
         # typed error for the client (never aiohttp's plain-text 500).
         log.exception("request failed: %s %s", request.method, request.path)
         return error_response(RemoteError("the hub failed on this request; its log says why"))
+
+
+# Codes of aiohttp's own error answers (an unknown route, a wrong method,
+# a body too large or too slow, a range outside the file).
+_HTTP_CODES = {
+    400: UsageError.code,
+    404: NotFound.code,
+    405: "method_not_allowed",
+    408: "request_timeout",
+    413: "too_large",
+    416: "range_not_satisfiable",
+}
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's error answer as the hub's JSON error, with its status and
+    headers (Allow, Content-Range …)."""
+    headers = {
+        k: v for k, v in exc.headers.items() if k.lower() not in ("content-type", "content-length")
+    }
+    code = _HTTP_CODES.get(exc.status, f"http_{exc.status}")
+    message = exc.reason if exc.text is None or exc.text.startswith(f"{exc.status}:") else exc.text
+    return web.json_response(
+        {"error": {"code": code, "message": message}}, status=exc.status, headers=headers
+    )
 
 
 def bearer_hash(request: web.Request) -> str:

@@ -265,9 +265,14 @@ async def put_exposed(request: web.Request) -> web.Response:
         raise UsageError(str(exc)) from None
     body = await _json(request)
     allow = body.get("allow", [])
-    if not isinstance(allow, list) or not allow or len(allow) > MAX_ALLOWED:
+    if (
+        not isinstance(allow, list)
+        or not allow
+        or len(allow) > MAX_ALLOWED
+        or not all(isinstance(a, str) for a in allow)
+    ):
         raise UsageError(f"allow: a list of 1 to {MAX_ALLOWED} account names (or '*')")
-    names = [a if a == "*" else check_user_name(str(a)) for a in allow]
+    names = [a if a == "*" else check_user_name(a) for a in allow]
     takeover = body.get("takeover") is True
     entry = request.app[TUNNELS].expose(user.name, name, names, takeover)
     return web.json_response(entry.describe())

@@ -153,6 +153,9 @@ async def change_password(request: web.Request) -> web.Response:
     return web.json_response({"user": user.name, "revoked_tokens": revoked})
 
 
+MAX_QUOTA = 1 << 62  # bytes: far beyond any disk, within the database's integers
+
+
 async def set_quota(request: web.Request) -> web.Response:
     """Bytes an account may hold on the hub (its files and unfinished
     pushes); 0 means no quota. Checked when an upload starts."""
@@ -161,10 +164,12 @@ async def set_quota(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     try:
         value = (await request.json())["quota"]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_QUOTA:
             raise TypeError
     except (ValueError, KeyError, TypeError):
-        raise UsageError("body must be JSON with 'quota': bytes (0: none)") from None
+        raise UsageError(
+            f"body must be JSON with 'quota': bytes up to {MAX_QUOTA} (0: none)"
+        ) from None
     row = await st.db.user_by_name(name)
     if row is None:
         raise NotFound(f"no user named {name!r}")

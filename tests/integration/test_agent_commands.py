@@ -20,6 +20,7 @@ import pytest
 from freight.protocol import messages as m
 from freight.protocol.frames import encode_frame
 from tests.agentsupport import Agent, api
+from tests.authsupport import rest, token_of
 from tests.collectsupport import (
     add_policy,
     blake3_of,
@@ -248,3 +249,22 @@ def test_only_the_agent_asked_finishes_a_collection_upload(tmp_path: Path) -> No
         if holder is not None:
             holder.kill()
         hub.stop()
+
+
+def test_a_command_id_beyond_what_the_database_holds_is_not_found(
+    admin: Client, shared_hub: Hub
+) -> None:
+    """A 30-digit id once failed the request (500) instead of answering."""
+    token = token_of(admin)
+    huge = "295902144646348294384638754816"
+    for method, path in (
+        ("GET", f"/v1/agents/commands/{huge}?wait=0"),
+        ("POST", f"/v1/agents/commands/{huge}/cancel"),
+        ("GET", f"/v1/agents/commands/{1 << 63}"),
+    ):
+        status, body = rest(shared_hub, method, path, token=token)
+        assert status == 404, (path, body)
+        assert body["error"]["code"] == "not_found"
+        assert body["error"]["message"].startswith("no command '")
+    status, body = rest(shared_hub, "GET", "/v1/agents/commands/seven", token=token)
+    assert status == 400 and "must be a number" in body["error"]["message"]

@@ -32,6 +32,7 @@ from tests.agentsupport import (
     make_token,
     wait_online,
 )
+from tests.authsupport import rest, token_of
 from tests.relaysupport import Proc, fast
 from tests.support import (
     Client,
@@ -687,3 +688,16 @@ def test_cap_0_removes_it(admin: Client, lab: Agent, root: Path, tmp_path: Path)
     assert same_bytes(src, tmp_path / "uncapped.bin")
     # At 1 MiB/s this would take about 8 s.
     assert free["seconds"] < 2.5, free
+
+
+def test_an_enrolment_token_ttl_that_is_not_a_number_is_refused(hub: Hub, client: Client) -> None:
+    """A null or list ttl once failed the request (500); nothing is created."""
+    token = token_of(client)
+    for ttl in (None, [60], "60", True, float("inf"), 0, 31 * 86400):
+        status, body = rest(
+            hub, "POST", "/v1/agents/tokens", {"name": "ttl-agent", "ttl": ttl}, token=token
+        )
+        assert status == 400, (ttl, body)
+        assert body["error"]["message"] == "an enrolment token lives between a second and 30 days"
+    status, rows = rest(hub, "GET", "/v1/agents/tokens", token=token)
+    assert status == 200 and rows == []

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.authsupport import rest, token_of
 from tests.collectsetup import (
     RECEIVED,
     KiB,
@@ -54,6 +55,7 @@ from tests.collectsupport import (
     stats,
     wait_collected,
 )
+from tests.integration.test_logins import agent_login, enrol
 from tests.support import Client, Hub, random_file
 
 
@@ -413,3 +415,49 @@ def test_command_sent_while_the_agent_uploads_is_answered(setup_factory: Any) ->
         # The same root, every time: the upload's channel counts as the agent.
         (agent,) = api(s.admin, "GET", "/v1/agents")
         assert agent["version"].startswith("freight-agent/"), agent
+
+
+def test_a_policy_with_an_impossible_schedule_or_size_is_refused(
+    shared_hub: Hub, admin: Client
+) -> None:
+    """'every': NaN and a max_size of hundreds of digits once failed the
+    request (500); a negative 'every' was stored."""
+    token = token_of(admin)
+    for body, message in (
+        ({"every": "nan"}, "'every' is seconds between scans"),
+        ({"every": -5}, "'every' is seconds between scans"),
+        ({"every": 0}, "'every' is seconds between scans"),
+        ({"every": "inf"}, "'every' is seconds between scans"),
+        ({"max_size": "9" * 400}, "is too large: at most"),
+        ({"max_size": "99999999999999999999T"}, "is too large: at most"),
+    ):
+        status, answer = rest(shared_hub, "PUT", "/v1/collect/policies/odd", body, token=token)
+        assert status == 400, (body, answer)
+        assert message in answer["error"]["message"], answer
+    status, rows = rest(shared_hub, "GET", "/v1/collect/policies", token=token)
+    assert status == 200 and "odd" not in {r["name"] for r in rows}
+
+
+def test_offers_with_sizes_or_times_no_file_has_are_refused(shared_hub: Hub, admin: Client) -> None:
+    """A size of 2**70 or 1e400 and a NaN mtime once failed the request
+    (500), as did an mtime of -3.5e168 (no clock has it); a negative size
+    was taken."""
+    status, body = agent_login(shared_hub, "offerer", enrol(shared_hub, token_of(admin), "offerer"))
+    assert status == 200, body
+    digest = "ab" * 32
+    for size, mtime in ((1 << 70, 1), (float("inf"), 1), (-5, 1), (True, 1), (1, float("nan"))) + (
+        (1, -3.5e168),
+        (1, 1e300),
+    ):
+        offer = {"path": "/data/x", "size": size, "mtime": mtime, "digest": digest}
+        status, answer = rest(
+            shared_hub,
+            "POST",
+            "/v1/collect/offers",
+            {"batch": "b1", "policy": "p", "offers": [offer]},
+            token=body["token"],
+        )
+        assert status == 400, (offer, answer)
+        assert answer["error"]["message"] == (
+            "each offer needs path, size (bytes), mtime (seconds) and a BLAKE3 digest (64 hex)"
+        )

@@ -448,3 +448,18 @@ def test_fetch_into_a_folder_replaces_nothing(tmp_path: Path, admin: Client, bob
     assert "request failed" not in bob.hub.log()  # a client that went away is no failure
     fetch(bob, link, out / "keep.bin")  # named: replaced, and the link was not spent before
     assert same_bytes(tmp_path / "keep.bin", out / "keep.bin")
+
+
+def test_uses_of_infinity_are_refused(shared_hub: Hub, admin: Client, tmp_path: Path) -> None:
+    """'uses': 1e400 (infinity once parsed) once failed the request (500)."""
+    admin.run("push", str(random_file(tmp_path / "inf.bin", 100)), "--as", "inf.bin")
+    for uses in (float("inf"), float("-inf"), 1.5, 0, 1001):
+        status, body = rest(
+            shared_hub,
+            "POST",
+            "/v1/links",
+            {"name": "inf.bin", "uses": uses},
+            token=token_of(admin),
+        )
+        assert status == 400, (uses, body)
+        assert body["error"]["message"] == "'uses' must be a whole number from 1 to 1000"

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from tests.agentsupport import api
+from tests.authsupport import rest, token_of
 from tests.integration.test_users import add_user, events, listed, user_client, users
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
@@ -88,3 +89,14 @@ def test_only_admins_set_quotas(tmp_path: Path, hub: Hub, client: Client) -> Non
     assert res.returncode == 7 and "nobody" in res.stderr
     res = client.run("users", "quota", "bob", "lots", check=False)
     assert res.returncode == 2 and "not a size" in res.stderr
+
+
+def test_a_quota_beyond_the_database_integers_is_refused(hub: Hub, client: Client) -> None:
+    """2**63 bytes once failed the request (500) on its way to the database."""
+    token = token_of(client)
+    for value in (1 << 63, (1 << 62) + 1, -1, 1.5, "10", None):
+        status, body = rest(hub, "PUT", "/v1/users/admin/quota", {"quota": value}, token=token)
+        assert status == 400, (value, body)
+        assert "'quota': bytes up to 4611686018427387904" in body["error"]["message"]
+    status, body = rest(hub, "PUT", "/v1/users/admin/quota", {"quota": 1 << 62}, token=token)
+    assert status == 200 and body["quota"] == 1 << 62

@@ -21,6 +21,7 @@ import pytest
 
 import freight
 from tests.agentsupport import api
+from tests.authsupport import rest, token_of
 from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import Client, Hub, wait_until
 from tests.tunnelsupport import (
@@ -345,3 +346,16 @@ async def test_sdk_forward_and_expose(
         assert await asyncio.wait_for(reader.read(), DEADLINE) == b"from the SDK"
         writer.close()
         assert fwd.opened == 1
+
+
+def test_an_allow_list_holds_names_not_other_json(admin: Client, shared_hub: Hub) -> None:
+    """[null] was once read as the account 'None'."""
+    token = token_of(admin)
+    for allow in ([None], [7], [["bob"]], ["bob", {"x": 1}]):
+        status, body = rest(
+            shared_hub, "PUT", "/v1/tunnels/exposed/typed", {"allow": allow}, token=token
+        )
+        assert status == 400, (allow, body)
+        assert body["error"]["message"].startswith("allow: a list of 1 to 64 account names")
+    status, rows = rest(shared_hub, "GET", "/v1/tunnels/exposed", token=token)
+    assert status == 200 and "typed" not in {r["name"] for r in rows}

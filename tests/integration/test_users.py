@@ -11,6 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from tests.authsupport import rest, token_of
 from tests.support import ADMIN_PASSWORD, Client, Hub, random_file
 
 
@@ -208,3 +209,28 @@ def test_passwd_failures_count_against_the_login_limiter(
     assert locked.returncode == 3 and "too many failed logins" in locked.stderr
     bad_input = fay.run("passwd", "--password-stdin", input="only-one-line\n", check=False)
     assert bad_input.returncode == 2 and "two lines" in bad_input.stderr
+
+
+def test_half_a_surrogate_pair_is_a_usage_error(hub: Hub, client: Client) -> None:
+    """JSON can escape a lone surrogate ("\\ud800"), which no password,
+    name or database column holds: it once failed the request (500)."""
+    token = token_of(client)
+    lone = "\ud800"
+    for path, body in (
+        ("/v1/login", {"user": "admin", "password": lone * 9}),
+        ("/v1/users", {"name": "surrogate", "password": lone * 9}),
+        ("/v1/passwd", {"current": lone, "new": "a new password"}),
+        ("/v1/agents/enroll", {"token": lone, "key": "ab" * 32}),
+    ):
+        status, answer = rest(hub, "POST", path, body, token=token)
+        assert status == 400, (path, answer)
+        assert answer["error"] == {
+            "code": "usage",
+            "message": "the request holds text that is not Unicode (half of a surrogate pair)",
+        }
+    status, answer = rest(
+        hub, "PUT", "/v1/admin/compression", {"level": "fast", "user": lone}, token=token
+    )
+    assert status == 400, answer
+    status, _ = rest(hub, "GET", "/v1/users", token=token)  # the login still works
+    assert status == 200
