@@ -31,7 +31,8 @@ parent's exit code; the module where it is not this one).
     │   ├── SourceChanged
     │   ├── SelfConnect
     │   ├── UnsafePath                            client.safefs
-    │   └── FileExists                            client.safefs
+    │   ├── FileExists                            client.safefs
+    │   └── ScenarioError                         loadtest.scenario
     ├── ConfigError                      exit 2
     ├── AuthError                        exit 3
     │   ├── BadCredentials

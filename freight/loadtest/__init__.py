@@ -1,0 +1,1 @@
+"""``freight loadtest``: simulated clients from a scenario sheet."""
