@@ -1,0 +1,160 @@
+"""What a row's clients measured: counts, bytes, errors by kind, and two
+HDR histograms of latency in microseconds (constant memory however long the
+run): ``latency`` from when each operation was *due* (the open model's
+schedule, so a stalled hub cannot hide its queue: no coordinated omission)
+and ``raw`` from when it was actually started. A ring of one-second
+histograms gives the live view's p50/p99 over the last 10 s.
+
+A worker process sends :meth:`RowStats.snapshot` (JSON-able, histograms
+encoded) to the parent, which :meth:`RowStats.merge`\\ s them into one
+report. Time is passed in; nothing here reads a clock.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from hdrh.histogram import HdrHistogram
+
+LOWEST: Final = 1  # µs
+HIGHEST: Final = 3_600_000_000  # µs: one hour
+DIGITS: Final = 3  # significant figures
+WINDOW: Final = 10  # seconds in the live view
+MAX_ERROR_KINDS: Final = 64  # distinct error kinds kept per row; more count as "other"
+PERCENTILES: Final = (50.0, 90.0, 99.0, 99.9)
+
+
+def new_histogram() -> HdrHistogram:
+    return HdrHistogram(LOWEST, HIGHEST, DIGITS)
+
+
+def _micros(seconds: float) -> int:
+    return min(HIGHEST, max(LOWEST, round(seconds * 1e6)))
+
+
+@dataclass
+class Window:
+    """One histogram per second for the last :data:`WINDOW` seconds."""
+
+    second: int = -1
+    ring: deque[HdrHistogram] = field(default_factory=lambda: deque(maxlen=WINDOW))
+
+    def record(self, now: float, micros: int) -> None:
+        second = int(now)
+        if self.second < 0 or second > self.second:
+            gap = 1 if self.second < 0 else min(WINDOW, second - self.second)
+            self.ring.extend(new_histogram() for _ in range(gap))
+            self.second = second
+        self.ring[-1].record_value(micros)
+
+    def percentiles(self, now: float) -> dict[str, float]:
+        """p50 and p99 in seconds over the seconds still inside the window."""
+        merged = new_histogram()
+        age = int(now) - self.second
+        for i, hist in enumerate(reversed(self.ring)):
+            if age + i < WINDOW:
+                merged.add(hist)
+        if merged.get_total_count() == 0:
+            return {}
+        return {
+            "p50": merged.get_value_at_percentile(50.0) / 1e6,
+            "p99": merged.get_value_at_percentile(99.0) / 1e6,
+        }
+
+
+@dataclass
+class RowStats:
+    """One row's results (or one worker's share of a row)."""
+
+    row: str
+    clients: int = 0  # started
+    attached: int = 0  # attached now
+    attached_peak: int = 0
+    attached_ever: int = 0  # clients that attached at least once
+    ops: int = 0
+    bytes: int = 0
+    lost: int = 0  # messages sent and never answered
+    verified: int = 0  # transfers whose digest matched
+    mismatched: int = 0  # transfers whose digest differed
+    faults: int = 0  # injected
+    recovered: int = 0  # injected and followed by a working operation
+    errors: Counter[str] = field(default_factory=Counter)
+    latency: HdrHistogram = field(default_factory=new_histogram)
+    raw: HdrHistogram = field(default_factory=new_histogram)
+    window: Window = field(default_factory=Window)
+
+    # --- recording ------------------------------------------------------------
+
+    def record(self, due: float, start: float, end: float, nbytes: int = 0) -> None:
+        """One operation: due at ``due`` (== ``start`` in a closed model),
+        started at ``start``, done at ``end`` (seconds of one clock)."""
+        micros = _micros(end - due)
+        self.latency.record_value(micros)
+        self.raw.record_value(_micros(end - start))
+        self.window.record(end, micros)
+        self.ops += 1
+        self.bytes += nbytes
+
+    def error(self, kind: str) -> None:
+        key = kind if kind in self.errors or len(self.errors) < MAX_ERROR_KINDS else "other"
+        self.errors[key] += 1
+
+    def attach(self) -> None:
+        self.attached += 1
+        self.attached_peak = max(self.attached_peak, self.attached)
+
+    def detach(self) -> None:
+        self.attached = max(0, self.attached - 1)
+
+    # --- reporting ------------------------------------------------------------
+
+    def latencies(self, hist: HdrHistogram | None = None) -> dict[str, float]:
+        """min, mean, percentiles and max in seconds (empty with no samples)."""
+        h = self.latency if hist is None else hist
+        if h.get_total_count() == 0:
+            return {}
+        out = {"min": h.get_min_value() / 1e6, "mean": h.get_mean_value() / 1e6}
+        for p in PERCENTILES:
+            out[f"p{p:g}"] = h.get_value_at_percentile(p) / 1e6
+        out["max"] = h.get_max_value() / 1e6
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able, for the parent process to merge."""
+        return {
+            "row": self.row,
+            "counts": {
+                k: getattr(self, k)
+                for k in (
+                    "clients",
+                    "attached",
+                    "attached_peak",
+                    "attached_ever",
+                    "ops",
+                    "bytes",
+                    "lost",
+                    "verified",
+                    "mismatched",
+                    "faults",
+                    "recovered",
+                )
+            },
+            "errors": dict(self.errors),
+            "latency": self.latency.encode().decode("ascii"),
+            "raw": self.raw.encode().decode("ascii"),
+        }
+
+    @classmethod
+    def merge(cls, row: str, snapshots: list[dict[str, Any]]) -> RowStats:
+        """One row's stats from its workers' snapshots."""
+        out = cls(row)
+        for snap in snapshots:
+            for key, value in snap["counts"].items():
+                setattr(out, key, getattr(out, key) + int(value))
+            for kind, n in snap["errors"].items():
+                out.errors[str(kind)] += int(n)
+            out.latency.add(HdrHistogram.decode(snap["latency"].encode("ascii")))
+            out.raw.add(HdrHistogram.decode(snap["raw"].encode("ascii")))
+        return out
