@@ -31,6 +31,7 @@ MODULES = (
     "probe",
     "tunnel",
     "observe",
+    "loadtest",
 )
 
 
@@ -137,6 +138,10 @@ def build(modules: Collection[str] = MODULES) -> Any:
         from . import observe
 
         observe.register(app, admin_app)
+    if "loadtest" in modules:
+        from . import loadtest
+
+        loadtest.register(app)
     cli = typer.main.get_command(app)
     plain_help(cli)
     return cli

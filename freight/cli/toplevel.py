@@ -94,6 +94,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         ("observe",),
         "Show the hub at a glance (admins): uptime, who is attached, throughput.",
     ),
+    "loadtest": (
+        ("loadtest",),
+        "Run simulated clients from a scenario sheet against a hub, with faults; live figures, "
+        "then a summary with each expect clause's verdict (exit 1 if any failed).",
+    ),
     "admin": (("files", "relay", "tunnel", "observe"), "Hub administration (admin accounts only)."),
     "users": (("users",), "Accounts on the hub (admin accounts only)."),
     "keys": (

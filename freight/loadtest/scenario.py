@@ -500,6 +500,10 @@ def _checked(rows: list[Row]) -> Scenario:
             )
         by_id[row.id] = row
     for row in rows:
+        if row.role == "listen" and row.peer not in ("", "*"):
+            raise _Cell(row.line, row.id, "peer").error(
+                "a listen row accepts from anyone: leave peer empty or write *"
+            )
         if not row.peer or row.peer == "*":
             if row.peer == "*" and row.role in PEER_ROLE:
                 raise _Cell(row.line, row.id, "peer").error(

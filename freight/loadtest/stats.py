@@ -72,6 +72,7 @@ class RowStats:
     clients: int = 0  # started
     attached: int = 0  # attached now
     attached_peak: int = 0
+    attached_end: int = 0  # attached when the run ended
     attached_ever: int = 0  # clients that attached at least once
     ops: int = 0
     bytes: int = 0
@@ -84,6 +85,7 @@ class RowStats:
     latency: HdrHistogram = field(default_factory=new_histogram)
     raw: HdrHistogram = field(default_factory=new_histogram)
     window: Window = field(default_factory=Window)
+    interval: HdrHistogram = field(default_factory=new_histogram)  # since the last take
 
     # --- recording ------------------------------------------------------------
 
@@ -94,8 +96,14 @@ class RowStats:
         self.latency.record_value(micros)
         self.raw.record_value(_micros(end - start))
         self.window.record(end, micros)
+        self.interval.record_value(micros)
         self.ops += 1
         self.bytes += nbytes
+
+    def take_interval(self) -> HdrHistogram:
+        """The latencies recorded since the last call (for an HDR log)."""
+        taken, self.interval = self.interval, new_histogram()
+        return taken
 
     def error(self, kind: str) -> None:
         key = kind if kind in self.errors or len(self.errors) < MAX_ERROR_KINDS else "other"
@@ -131,6 +139,7 @@ class RowStats:
                     "clients",
                     "attached",
                     "attached_peak",
+                    "attached_end",
                     "attached_ever",
                     "ops",
                     "bytes",

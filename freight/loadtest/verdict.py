@@ -38,7 +38,7 @@ def measure(expect: Expect, stats: RowStats, seconds: float, hub_alive: bool) ->
     if m in LATENCY_METRICS:
         return stats.latencies().get(m)
     if m == "attached":
-        return 100.0 * stats.attached / stats.clients if stats.clients else None
+        return 100.0 * stats.attached_end / stats.clients if stats.clients else None
     if m == "verified":
         checked = stats.verified + stats.mismatched
         return 100.0 * stats.verified / checked if checked else None

@@ -139,7 +139,7 @@ def test_fault_times() -> None:
 
 
 def _stats() -> RowStats:
-    stats = RowStats("pairs", clients=100, attached=99, bytes=10 << 20)
+    stats = RowStats("pairs", clients=100, attached_end=99, bytes=10 << 20)
     for i in range(1000):
         stats.record(0.0, 0.0, 0.001 + i / 100_000)  # 1 ms to 11 ms
     stats.verified, stats.mismatched, stats.lost = 19, 1, 2

@@ -209,6 +209,8 @@ def test_mistakes_between_rows() -> None:
     assert "row 'p' is a push row; a send row's peer is a receive row" in refused(wrong_peer)
     other_app = HEADER + "c,1,connect,l,chat,1K,,,,,,,,\nl,1,listen,*,news,,,,,,,,,\n"
     assert "column app: 'chat' differs from the application its peer row 'l'" in refused(other_app)
+    picky = HEADER + "l,1,listen,c,chat,,,,,,,,,\nc,1,connect,l,chat,1K,,,,,,,,\n"
+    assert "(row 'l'), column peer: a listen row accepts from anyone" in refused(picky)
     many = HEADER + "a,60000,agent-idle,,,,,,,,,,,\nb,60000,agent-idle,,,,,,,,,,,\n"
     assert f"120000 clients in all; at most {MAX_CLIENTS}" in refused(many)
 

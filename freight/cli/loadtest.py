@@ -1,0 +1,117 @@
+"""``freight loadtest SCENARIO.csv``: simulated clients from a scenario sheet
+(docs/loadtest.md), with faults, a live table and a verdict."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .common import JsonOpt, run_async
+from .output import print_json
+
+EXIT_EXPECT_FAILED = 1
+
+
+def loadtest_cmd(
+    scenario: Annotated[
+        Path, typer.Argument(help="The scenario sheet (CSV; see docs/loadtest.md).")
+    ],
+    hub: Annotated[
+        str | None,
+        typer.Option(
+            "--hub",
+            help="Hub URL (default: the one you logged in to last). Rows of listen and "
+            "agent-idle clients need an admin login: they make accounts and agents.",
+            show_default=False,
+        ),
+    ] = None,
+    start_hub: Annotated[
+        bool,
+        typer.Option(
+            "--start-hub",
+            help="Start a hub of the tester's own on a free loopback port and a fresh data "
+            "folder (needed by hub_kill@T); it is stopped and deleted at the end.",
+        ),
+    ] = False,
+    duration: Annotated[
+        str, typer.Option("--duration", help="How long the run lasts: 90s, 5m, 1h.")
+    ] = "60s",
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed",
+            help="Seed of every random choice (sizes, phases, fault times); printed, so a "
+            "run can be repeated. Default: a new one.",
+            show_default=False,
+        ),
+    ] = None,
+    csv_interval: Annotated[
+        Path | None,
+        typer.Option(
+            "--csv-interval", help="Write a CSV line per row and second to FILE.", metavar="FILE"
+        ),
+    ] = None,
+    hdr_log: Annotated[
+        Path | None,
+        typer.Option(
+            "--hdr-log",
+            help="Write each row's latency histograms, one a second, to PREFIX-ROW.hlog "
+            "(HdrHistogram log format).",
+            metavar="PREFIX",
+        ),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run simulated clients from a scenario sheet against a hub, with faults; live figures,
+    then a summary with each expect clause's verdict (exit 1 if any failed).
+
+    Each row of the sheet is a population of clients of one role, each a
+    real client over real TLS through a fault gate of its own. Latency is
+    measured from when each operation was due, so a hub that falls behind
+    cannot hide its queue. The summary ends with each expect clause's
+    verdict; the exit status is 1 if any failed.
+    """
+    from rich.console import Console
+
+    from ..loadtest.report import Outputs, as_json, print_summary
+    from ..loadtest.runner import Result, Run
+    from ..loadtest.scenario import parse_duration, parse_scenario
+
+    try:
+        text = scenario.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {scenario}: {exc}") from None
+    try:
+        seconds = parse_duration(duration)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--duration") from None
+    if seconds <= 0:
+        raise typer.BadParameter("a run lasts more than 0 s", param_hint="--duration")
+    chosen = seed if seed is not None else secrets.randbelow(2**31)
+    console = Console(stderr=True)
+    outputs = Outputs(None if json_out else console, csv_interval, hdr_log)
+
+    async def go() -> Result:
+        sheet = parse_scenario(text)
+        console.print(
+            f"{len(sheet.rows)} rows, {sheet.clients} clients, {seconds:g} s, seed {chosen}"
+        )
+        run = Run(sheet, duration=seconds, seed=chosen, hub=hub, start_hub=start_hub,
+                  on_sample=outputs.sample)  # fmt: skip
+        with outputs.showing():
+            return await run.run()
+
+    result = run_async(go)
+    if json_out:
+        print_json(as_json(result))
+    else:
+        print_summary(Console(), result)
+    if not result.passed:
+        raise typer.Exit(EXIT_EXPECT_FAILED)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("loadtest")(loadtest_cmd)

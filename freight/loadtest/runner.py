@@ -1,0 +1,357 @@
+"""One load test run: set up each row (its fault gate, its logins and, for
+``listen`` rows, an account per client), start every client at its time,
+strike the faults on schedule, sample the live figures every second, stop
+each row at its end, and judge every ``expect`` clause.
+
+Accounts and agents the run makes on the hub are named ``lt<hex>-ROW-N``
+and are disabled (accounts) or removed (agents) when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import secrets
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from ..client.api import Client
+from ..client.config import ClientConfig
+from ..client.session import canonical_url, hostport, parse_hub_url
+from ..errors import FreightError, UsageError
+from .gate import Gate
+from .localhub import LocalHub, proc_usage
+from .roles import ECHO_GRACE, ROLES, RowRun
+from .scenario import Scenario
+from .schedule import client_starts, fault_times
+from .stats import RowStats
+from .verdict import Verdict, judge
+
+SETUP_CONCURRENCY: Final = 8  # accounts made and logged in at once
+STOP_TIMEOUT: Final = 10.0  # seconds the clients get to stop
+ALIVE_TIMEOUT: Final = 5.0
+# Roles whose every client is an account of its own (the hub keeps one
+# listener per account and application, one connection per pair of
+# accounts and application); the others share the tester's login.
+OWN_ACCOUNTS: Final = frozenset({"listen", "connect"})
+
+
+@dataclass
+class Sample:
+    """One second of the live view."""
+
+    t: float
+    rows: dict[str, dict[str, Any]]
+    hub_cpu: float | None = None  # % of one core over the last second
+    hub_rss: int | None = None
+    intervals: dict[str, Any] = field(default_factory=dict)  # row -> HdrHistogram of the second
+
+
+@dataclass
+class Result:
+    seed: int
+    seconds: float
+    stats: dict[str, RowStats]
+    verdicts: list[Verdict]
+    hub_alive: bool
+    hub_restarts: int = 0
+    samples: list[Sample] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(v.passed for v in self.verdicts)
+
+
+class Run:
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        duration: float,
+        seed: int,
+        hub: str | None = None,
+        config_dir: Path | None = None,
+        start_hub: bool = False,
+        on_sample: Callable[[Sample], None] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.duration = duration
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.hub_url = hub
+        self.config_dir = config_dir
+        self.local = LocalHub() if start_hub else None
+        self.on_sample = on_sample or (lambda _: None)
+        self.tag = "lt" + secrets.token_hex(3)
+        self.work = Path(tempfile.mkdtemp(prefix="freight-loadtest-"))
+        self.rows: dict[str, RowRun] = {}
+        self.gates: list[Gate] = []
+        self.made_users: list[str] = []
+        self.t0 = 0.0
+        self.kept: set[asyncio.Task[None]] = set()
+        self.samples: list[Sample] = []
+        for row in scenario.rows:
+            if row.role not in ROLES:
+                raise UsageError(
+                    f"row {row.id!r}: {row.role} clients are not simulated by this version; "
+                    f"it runs {', '.join(ROLES)}"
+                )
+            if any(f.kind == "hub_kill" for f in row.faults) and not start_hub:
+                raise UsageError(
+                    f"row {row.id!r}: hub_kill needs a hub of the tester's own (--start-hub)"
+                )
+
+    def clock(self) -> float:
+        return time.monotonic() - self.t0
+
+    # --- set-up -----------------------------------------------------------------
+
+    async def _admin(self) -> tuple[Client, str, str]:
+        """The tester's login, its user name and the hub's fingerprint."""
+        if self.local is not None:
+            await self.local.start()
+            admin = await Client.login(
+                self.local.url,
+                "admin",
+                self.local.password,
+                fingerprint=self.local.fingerprint,
+                config_dir=self.work / "admin",
+            )
+            return admin, "admin", self.local.fingerprint
+        admin = Client(self.hub_url, config_dir=self.config_dir)
+        url, login = admin.config.current(admin.hub)
+        admin.hub = url
+        fingerprint = admin.config.pinned(hostport(parse_hub_url(url))) or ""
+        if not fingerprint:
+            raise UsageError(f"no pinned certificate for {url}: log in with freight login first")
+        needs_admin = (OWN_ACCOUNTS | {"agent-idle"}) & {r.role for r in self.scenario.rows}
+        if needs_admin and login.get("role") != "admin":
+            raise UsageError(
+                f"rows of {', '.join(sorted(needs_admin))} make accounts or agents on the hub: "
+                "log in as an admin"
+            )
+        return admin, str(login["user"]), fingerprint
+
+    async def _setup(self) -> None:
+        self.admin, me, self.fingerprint = await self._admin()
+        url = parse_hub_url(str(self.admin.hub))
+        token = ClientConfig(self.admin.config.root).current(str(self.admin.hub))[1]["token"]
+        gate_for: dict[str, Gate] = {}
+        for row in self.scenario.rows:
+            slow = next((f.rate for f in row.faults if f.kind == "slow_reader"), None)
+            gate = Gate(
+                (url.host or "127.0.0.1", url.port or 8443),
+                bad_tls=any(f.kind == "bad_tls" for f in row.faults),
+                slow_rate=slow,
+                rng=random.Random(self.rng.random()),
+            )
+            await gate.start()
+            self.gates.append(gate)
+            gate_for[row.id] = gate
+            login = self.work / row.id
+            cfg = ClientConfig(login)
+            cfg.pin(f"127.0.0.1:{gate.port}", self.fingerprint)
+            cfg.save_login(canonical_url(parse_hub_url(gate.url)), me, token, "user")
+            self.rows[row.id] = RowRun(
+                row=row,
+                stats=RowStats(row.id),
+                gate=gate,
+                fingerprint=self.fingerprint,
+                tag=self.tag,
+                config=login,
+                admin=self.admin,
+                clock=self.clock,
+                rng=random.Random(self.rng.random()),
+            )
+        gate_limit = asyncio.Semaphore(SETUP_CONCURRENCY)
+        for row in self.scenario.rows:
+            if row.role in OWN_ACCOUNTS:
+                run = self.rows[row.id]
+                made = await asyncio.gather(
+                    *(self._account(run, i, gate_limit) for i in range(row.count))
+                )
+                run.logins = list(made)
+        for run in self.rows.values():
+            if run.row.peer and run.row.peer != "*":
+                run.peers = self.rows[run.row.peer].logins
+
+    async def _account(self, run: RowRun, i: int, limit: asyncio.Semaphore) -> tuple[str, Path]:
+        name = f"{self.tag}-{run.row.id}-{i}"
+        password = secrets.token_urlsafe(18)
+        async with limit:
+            await self.admin.request("POST", "/v1/users", {"name": name, "password": password})
+            self.made_users.append(name)
+            login = self.work / run.row.id / f"client-{i}"
+            client = await Client.login(
+                run.gate.url, name, password, fingerprint=self.fingerprint, config_dir=login
+            )
+            await client.aclose()
+        return name, login
+
+    # --- the run ----------------------------------------------------------------
+
+    async def run(self) -> Result:
+        try:
+            await self._setup()
+            return await self._go()
+        finally:
+            await self._teardown()
+
+    async def _go(self) -> Result:
+        self.t0 = time.monotonic()
+        tasks: dict[str, list[asyncio.Task[None]]] = {rid: [] for rid in self.rows}
+        timers: list[asyncio.TimerHandle] = []
+        loop = asyncio.get_running_loop()
+        for rid, run in self.rows.items():
+            role = ROLES[run.row.role]
+            for i, start in enumerate(client_starts(run.row)):
+                if start < self.duration:
+                    tasks[rid].append(asyncio.create_task(_later(start, self.clock, role(run, i))))
+                    run.stats.clients += 1
+            end = min(run.row.end or self.duration, self.duration)
+            timers.append(loop.call_at(self.t0 + end, _cancel_all, tasks[rid]))
+            for fault in run.row.faults:
+                for at in fault_times(fault, self.duration, run.rng):
+                    timers.append(loop.call_at(self.t0 + at, self._strike, run, fault.kind))
+        sampler = asyncio.create_task(self._sample())
+        try:
+            await asyncio.sleep(max(0.0, self.duration - self.clock()))
+            for run in self.rows.values():
+                run.stats.attached_end = run.stats.attached
+                run.draining = True
+            await self._drain()
+        finally:
+            for timer in timers:
+                timer.cancel()
+            sampler.cancel()
+            every = [t for ts in tasks.values() for t in ts]
+            _cancel_all(every)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(STOP_TIMEOUT):
+                    await asyncio.gather(*every, return_exceptions=True)
+        seconds = self.clock()
+        alive = await self._hub_alive()
+        verdicts = [
+            judge(expect, run.stats, seconds, alive)
+            for run in self.rows.values()
+            for expect in run.row.expect
+        ]
+        stats = {rid: run.stats for rid, run in self.rows.items()}
+        restarts = self.local.restarts if self.local else 0
+        return Result(self.seed, seconds, stats, verdicts, alive, restarts, self.samples)
+
+    async def _drain(self) -> None:
+        """Let the answers to messages already sent arrive (at most
+        ECHO_GRACE seconds); what is still unanswered then is lost."""
+        deadline = time.monotonic() + ECHO_GRACE
+        while any(r.outstanding > 0 for r in self.rows.values()):
+            if time.monotonic() >= deadline:
+                return
+            await asyncio.sleep(0.05)
+
+    def _strike(self, run: RowRun, kind: str) -> None:
+        gate = run.gate
+        if kind == "hub_kill":
+            assert self.local is not None
+            self._background(self.local.kill_and_restart())
+        elif kind == "drop":
+            gate.drop(spread=1.0)
+        elif kind == "reconnect_storm":
+            gate.drop()
+        elif kind == "half_open":
+            gate.half_open()
+        elif kind == "stall":
+            gate.stall()
+        elif kind == "garbage":
+            gate.garbage()
+        elif kind == "drop_every":
+            gate.drop()
+        run.struck()
+
+    def _background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self.kept.add(task)
+        task.add_done_callback(self.kept.discard)
+
+    async def _sample(self) -> None:
+        self.samples = []
+        last: dict[str, tuple[int, int]] = {rid: (0, 0) for rid in self.rows}
+        cpu_before: float | None = None
+        while True:
+            await asyncio.sleep(1.0)
+            now = self.clock()
+            rows: dict[str, dict[str, Any]] = {}
+            intervals: dict[str, Any] = {}
+            for rid, run in self.rows.items():
+                s = run.stats
+                ops, nbytes = last[rid]
+                rows[rid] = {
+                    "clients": s.clients,
+                    "attached": s.attached,
+                    "ops_s": s.ops - ops,
+                    "bytes_s": s.bytes - nbytes,
+                    "errors": sum(s.errors.values()),
+                    "faults": s.faults,
+                    "recovered": s.recovered,
+                    **s.window.percentiles(now),
+                }
+                last[rid] = (s.ops, s.bytes)
+                intervals[rid] = s.take_interval()
+            sample = Sample(round(now, 1), rows, intervals=intervals)
+            pid = self.local.pid if self.local else None
+            usage = proc_usage(pid) if pid else None
+            if usage is not None:
+                cpu, sample.hub_rss = usage
+                if cpu_before is not None and cpu >= cpu_before:
+                    sample.hub_cpu = 100.0 * (cpu - cpu_before)
+                cpu_before = cpu
+            self.samples.append(sample)
+            self.on_sample(sample)
+
+    async def _hub_alive(self) -> bool:
+        try:
+            async with asyncio.timeout(ALIVE_TIMEOUT):
+                await self.admin.request("GET", "/v1/health")
+            return True
+        except (FreightError, TimeoutError):
+            return False
+
+    async def _teardown(self) -> None:
+        if hasattr(self, "admin"):
+            with contextlib.suppress(FreightError, TimeoutError):
+                async with asyncio.timeout(30):
+                    for name in self.made_users:
+                        await self.admin.request("POST", f"/v1/users/{name}/disable")
+                    for run in self.rows.values():
+                        if run.row.role == "agent-idle":
+                            for i in range(run.row.count):
+                                with contextlib.suppress(FreightError):
+                                    name = f"{self.tag}-{run.row.id}-{i}"
+                                    await self.admin.request("DELETE", f"/v1/agents/{name}")
+            await self.admin.aclose()
+        for gate in self.gates:
+            await gate.aclose()
+        for task in list(self.kept):
+            task.cancel()
+        if self.local is not None:
+            await self.local.stop()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+async def _later(at: float, clock: Callable[[], float], work: Coroutine[Any, Any, None]) -> None:
+    try:
+        await asyncio.sleep(max(0.0, at - clock()))
+        await work
+    finally:
+        work.close()  # never started when cancelled while waiting
+
+
+def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()

@@ -1,0 +1,118 @@
+"""``freight loadtest`` for real: the CLI runs simulated clients (agents,
+listeners, connections, pushes, garbage) over real TLS against a real hub,
+strikes faults of every kind through its gates, and judges the sheet's
+expect clauses; a failed clause gives exit 1, a wrong sheet exit 2 with the
+line, row and column."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import Client, Hub
+
+pytestmark = pytest.mark.timeout(240)
+
+EVERY_FAULT = """\
+id,count,role,peer,app,size,rate,transport,attach_at,ramp,faults,expect
+idle,12,agent-idle,,,,,ws,0s,1s,reconnect_storm@5s,attached>=50%
+listeners,4,listen,*,chat,,,auto,0s,1s,slow_reader(256KiB),
+pairs,4,connect,listeners,chat,1KiB,20/s,auto,1s,1s,drop_every(4s±1s);drop@3s;stall@9s,recovered>=25%
+halfopen,2,connect,listeners,chat,512,5/s,ws,1s,0s,half_open@6s,
+uploaders,2,push,,,uniform(64KiB;256KiB),concurrency:1,auto,1s,1s,garbage@4s;hub_kill@7s,verified=100%
+tls,2,garbage,,,,2/s,ws,1s,0s,bad_tls,hub_alive
+"""
+
+
+def sheet(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "scenario.csv"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_role_and_every_fault_against_a_hub_of_its_own(
+    tmp_path: Path, shared_hub: Hub
+) -> None:
+    tester = Client(tmp_path / "cfg", shared_hub)  # no login: --start-hub makes its own
+    res = tester.run(
+        "loadtest",
+        str(sheet(tmp_path, EVERY_FAULT)),
+        "--start-hub",
+        "--duration",
+        "14s",
+        "--seed",
+        "7",
+        "--json",
+        "--csv-interval",
+        str(tmp_path / "seconds.csv"),
+        "--hdr-log",
+        str(tmp_path / "lat"),
+        check=False,
+        timeout=200,
+    )
+    assert res.returncode in (0, 1), res.stderr
+    report = json.loads(res.stdout)
+    rows = report["rows"]
+    assert report["seed"] == 7 and report["hub_restarts"] == 1 and report["hub_alive"]
+    # Every clause of the sheet was judged, each with what it measured.
+    assert [(e["row"], e["clause"]) for e in report["expect"]] == [
+        ("idle", "attached>=50%"),
+        ("pairs", "recovered>=25%"),
+        ("uploaders", "verified=100%"),
+        ("tls", "hub_alive"),
+    ]
+    assert all(e["measured"] != "nothing measured" for e in report["expect"])
+    assert res.returncode == (0 if report["passed"] else 1)
+    # Agents attached, and came back after the storm cut them all at once.
+    assert rows["idle"]["attached_peak"] == 12 and rows["idle"]["faults"] == 12
+    assert rows["idle"]["recovered"] >= 6
+    # Messages went both ways: each one echoed by a listener was measured.
+    assert rows["pairs"]["operations"] > 50
+    assert rows["listeners"]["operations"] >= rows["pairs"]["operations"]
+    assert rows["pairs"]["faults"] >= 4 * 3 and rows["pairs"]["recovered"] > 0
+    assert set(rows["pairs"]["latency"]) >= {"min", "p50", "p90", "p99", "p99.9", "max"}
+    # Pushes were checked by their digest, across the hub's SIGKILL.
+    assert rows["uploaders"]["verified"] > 0 and rows["uploaders"]["mismatched"] == 0
+    # Broken TLS and garbage were turned away while the hub kept serving.
+    assert rows["tls"]["operations"] > 0
+    assert "kept_open" not in rows["tls"]["errors"]
+    # One CSV line per row and second, one HDR log per row.
+    lines = (tmp_path / "seconds.csv").read_text().splitlines()
+    assert lines[0].startswith("t,row,clients,attached")
+    assert len(lines) - 1 >= 6 * 10
+    log = (tmp_path / "lat-pairs.hlog").read_text()
+    assert "HISTFAAA" in log
+
+
+def test_a_failed_expect_exits_1_and_says_which(
+    tmp_path: Path, shared_hub: Hub, admin: Client
+) -> None:
+    text = (
+        "id,count,role,peer,app,size,rate,expect\n"
+        "echo,2,listen,*,lt-echo,,,\n"
+        "talk,2,connect,echo,lt-echo,100,10/s,p99<0.001ms;errors=0\n"
+    )
+    res = admin.run(
+        "loadtest", str(sheet(tmp_path, text)), "--duration", "4s", check=False, timeout=120
+    )
+    assert res.returncode == 1, res.stdout + res.stderr
+    assert "FAIL  talk: p99<0.001ms  (measured" in res.stdout
+    assert "pass  talk: errors=0  (measured 0)" in res.stdout
+    assert "1 of 2 expect clauses failed" in res.stdout
+    # The accounts the run made are disabled once it ended.
+    users = json.loads(admin.run("users", "ls", "--json").stdout)
+    made = [u for u in users if u["name"].startswith("lt") and "-talk-" in u["name"]]
+    assert len(made) == 2 and all(u["disabled"] for u in made)
+
+
+def test_a_wrong_sheet_names_its_line_row_and_column(tmp_path: Path, admin: Client) -> None:
+    text = "id,count,role,peer,app,size,rate\nup,2,push,,,1KiB,50/min\n"
+    res = admin.run("loadtest", str(sheet(tmp_path, text)), check=False)
+    assert res.returncode == 2
+    assert "line 2 (row 'up'), column rate: '50/min' is not a rate" in res.stderr
+    kill = "id,count,role,size,faults\nup,1,push,1KiB,hub_kill@5s\n"
+    res = admin.run("loadtest", str(sheet(tmp_path, kill)), check=False)
+    assert res.returncode == 2
+    assert "row 'up': hub_kill needs a hub of the tester's own (--start-hub)" in res.stderr
