@@ -25,9 +25,10 @@ from ..client.api import Client
 from ..client.config import ClientConfig
 from ..client.session import canonical_url, hostport, parse_hub_url
 from ..errors import FreightError, UsageError
+from .clients import ECHO_GRACE, RowRun
 from .gate import Gate
 from .localhub import LocalHub, proc_usage
-from .roles import ECHO_GRACE, ROLES, RowRun
+from .roles import ROLES, SERVICE
 from .scenario import Scenario
 from .schedule import client_starts, fault_times
 from .stats import RowStats
@@ -38,8 +39,9 @@ STOP_TIMEOUT: Final = 10.0  # seconds the clients get to stop
 ALIVE_TIMEOUT: Final = 5.0
 # Roles whose every client is an account of its own (the hub keeps one
 # listener per account and application, one connection per pair of
-# accounts and application); the others share the tester's login.
-OWN_ACCOUNTS: Final = frozenset({"listen", "connect"})
+# accounts and application, 64 open codes per account); the others share
+# the tester's login.
+OWN_ACCOUNTS: Final = frozenset({"listen", "connect", "message", "request", "forward", "send"})
 
 
 @dataclass
@@ -97,11 +99,6 @@ class Run:
         self.kept: set[asyncio.Task[None]] = set()
         self.samples: list[Sample] = []
         for row in scenario.rows:
-            if row.role not in ROLES:
-                raise UsageError(
-                    f"row {row.id!r}: {row.role} clients are not simulated by this version; "
-                    f"it runs {', '.join(ROLES)}"
-                )
             if any(f.kind == "hub_kill" for f in row.faults) and not start_hub:
                 raise UsageError(
                     f"row {row.id!r}: hub_kill needs a hub of the tester's own (--start-hub)"
@@ -155,6 +152,7 @@ class Run:
             self.gates.append(gate)
             gate_for[row.id] = gate
             login = self.work / row.id
+            (login / "files").mkdir(parents=True)
             cfg = ClientConfig(login)
             cfg.pin(f"127.0.0.1:{gate.port}", self.fingerprint)
             cfg.save_login(canonical_url(parse_hub_url(gate.url)), me, token, "user")
@@ -168,7 +166,13 @@ class Run:
                 admin=self.admin,
                 clock=self.clock,
                 rng=random.Random(self.rng.random()),
+                work=login / "files",
             )
+        for run in self.rows.values():
+            if run.row.peer and run.row.peer != "*":
+                run.peer_run = self.rows[run.row.peer]
+                if run.row.role in SERVICE:
+                    run.peer_run.serves.add(SERVICE[run.row.role])
         gate_limit = asyncio.Semaphore(SETUP_CONCURRENCY)
         for row in self.scenario.rows:
             if row.role in OWN_ACCOUNTS:
@@ -177,9 +181,6 @@ class Run:
                     *(self._account(run, i, gate_limit) for i in range(row.count))
                 )
                 run.logins = list(made)
-        for run in self.rows.values():
-            if run.row.peer and run.row.peer != "*":
-                run.peers = self.rows[run.row.peer].logins
 
     async def _account(self, run: RowRun, i: int, limit: asyncio.Semaphore) -> tuple[str, Path]:
         name = f"{self.tag}-{run.row.id}-{i}"
@@ -353,5 +354,7 @@ async def _later(at: float, clock: Callable[[], float], work: Coroutine[Any, Any
 
 
 def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel each task once (a second cancel would cut its clean-up short)."""
     for task in tasks:
-        task.cancel()
+        if not task.done() and not task.cancelling():
+            task.cancel()

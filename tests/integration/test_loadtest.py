@@ -86,6 +86,43 @@ def test_every_role_and_every_fault_against_a_hub_of_its_own(
     assert "HISTFAAA" in log
 
 
+EVERY_ROLE = """\
+id,count,role,peer,app,size,rate,transport,attach_at,ramp,expect
+echo,3,listen,*,lt-all,,,auto,0s,1s,
+pairs,3,connect,echo,lt-all,1KiB,20/s,auto,1s,1s,loss=0
+msgs,3,message,echo,lt-all,512,20/s,auto,1s,1s,errors=0
+reqs,2,request,echo,lt-all,256,10/s,ws,1s,1s,verified=100%
+fwd,2,forward,echo,lt-all,4KiB,20/s,auto,1s,1s,loss=0
+senders,2,send,inbox,,uniform(64KiB;256KiB),concurrency:1,auto,1s,0s,verified=100%
+inbox,2,receive,,,,,auto,0s,0s,verified=100%
+pullers,2,pull,,,256KiB,2/s,tls,1s,0s,verified=100%
+pushers,2,push,,,lognormal(64KiB;1),total:4/s,http,1s,0s,verified=100%
+"""
+
+
+def test_every_role_through_the_testers_admin_login(tmp_path: Path, admin: Client) -> None:
+    """With --hub the tester's own login makes the accounts: messages,
+    requests, tunnel exchanges, code transfers, pulls and pushes all move
+    and are checked, on a hub the test started."""
+    res = admin.run(
+        "loadtest", str(sheet(tmp_path, EVERY_ROLE)), "--duration", "8s", "--json",
+        check=False, timeout=180,
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    rows = report["rows"]
+    for rid in ("echo", "pairs", "msgs", "reqs", "fwd", "senders", "inbox", "pullers", "pushers"):
+        assert rows[rid]["operations"] > 0, (rid, rows[rid], res.stderr[-2000:])
+    for rid in ("reqs", "senders", "inbox", "pullers", "pushers"):
+        assert rows[rid]["verified"] > 0 and rows[rid]["mismatched"] == 0, (rid, rows[rid])
+    # Each message, request and exchange was answered by a listener.
+    assert rows["echo"]["operations"] >= rows["msgs"]["operations"] + rows["reqs"]["operations"]
+    assert rows["fwd"]["bytes"] > 0 and rows["echo"]["bytes"] > rows["fwd"]["bytes"]
+    assert res.returncode == (0 if report["passed"] else 1)
+    assert [e["row"] for e in report["expect"]] == [
+        "pairs", "msgs", "reqs", "fwd", "senders", "inbox", "pullers", "pushers",
+    ]  # fmt: skip
+
+
 def test_a_failed_expect_exits_1_and_says_which(
     tmp_path: Path, shared_hub: Hub, admin: Client
 ) -> None:
