@@ -63,6 +63,18 @@ def loadtest_cmd(
             metavar="PREFIX",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            help="Processes to share the clients among (each on its own core); their "
+            "figures merge into one report.",
+        ),
+    ] = 1,
+    worker: Annotated[str | None, typer.Option("--worker", hidden=True)] = None,
+    tag: Annotated[str | None, typer.Option("--tag", hidden=True)] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run simulated clients from a scenario sheet against a hub, with faults; live figures,
@@ -91,6 +103,9 @@ def loadtest_cmd(
     if seconds <= 0:
         raise typer.BadParameter("a run lasts more than 0 s", param_hint="--duration")
     chosen = seed if seed is not None else secrets.randbelow(2**31)
+    if worker is not None:  # one of the processes of --workers N
+        run_async(lambda: _worker(text, worker, tag, seconds, chosen, hub))
+        return
     console = Console(stderr=True)
     outputs = Outputs(None if json_out else console, csv_interval, hdr_log)
 
@@ -99,6 +114,13 @@ def loadtest_cmd(
         console.print(
             f"{len(sheet.rows)} rows, {sheet.clients} clients, {seconds:g} s, seed {chosen}"
         )
+        if workers > 1:
+            from ..loadtest.workers import Fleet
+
+            fleet = Fleet(scenario, sheet, workers=workers, duration=seconds, seed=chosen,
+                          hub=hub, start_hub=start_hub, on_sample=outputs.sample)  # fmt: skip
+            with outputs.showing():
+                return await fleet.run()
         run = Run(sheet, duration=seconds, seed=chosen, hub=hub, start_hub=start_hub,
                   on_sample=outputs.sample)  # fmt: skip
         with outputs.showing():
@@ -111,6 +133,22 @@ def loadtest_cmd(
         print_summary(Console(), result)
     if not result.passed:
         raise typer.Exit(EXIT_EXPECT_FAILED)
+
+
+async def _worker(
+    text: str, share: str, tag: str | None, seconds: float, seed: int, hub: str | None
+) -> None:
+    from ..errors import UsageError
+    from ..loadtest.runner import Run
+    from ..loadtest.scenario import parse_scenario
+    from ..loadtest.workers import serve_as_worker
+
+    w, _, n = share.partition("/")
+    if not (w.isdigit() and n.isdigit() and int(w) < int(n)) or not tag:
+        raise UsageError("--worker W/N and --tag are for the processes of --workers N")
+    run = Run(parse_scenario(text), duration=seconds, seed=seed, hub=hub,
+              share=(int(w), int(n)), tag=tag)  # fmt: skip
+    await serve_as_worker(run)
 
 
 def register(app: typer.Typer) -> None:

@@ -48,7 +48,9 @@ class RowRun:
     block: bytes = b""
     work: Path = Path()  # the row's own temporary folder
     peer_run: RowRun | None = None  # the row its peer column names
-    logins: list[tuple[str, Path]] = field(default_factory=list)  # (account, login) per client
+    # The clients of this process (all, or one worker's share) by number.
+    mine: list[int] = field(default_factory=list)
+    logins: dict[int, Path] = field(default_factory=dict)  # client -> its own login
     file_size: int = 0  # for file:PATH sizes
     pending: list[int] = field(default_factory=list)  # faults each client has not recovered from
     draining: bool = False  # the run is ending: send nothing new
@@ -61,6 +63,8 @@ class RowRun:
 
     def __post_init__(self) -> None:
         self.pending = [0] * self.row.count
+        if not self.mine:
+            self.mine = list(range(self.row.count))
         if not self.block:
             self.block = os.urandom(BLOCK)
 
@@ -78,9 +82,9 @@ class RowRun:
 
     def struck(self) -> None:
         """A fault hit the row: every client it reached has one to get over."""
-        for i in range(self.row.count):
+        for i in self.mine:
             self.pending[i] += 1
-        self.stats.faults += self.row.count
+        self.stats.faults += len(self.mine)
 
     def transport(self) -> dict[str, str]:
         t = self.row.transport
@@ -88,14 +92,19 @@ class RowRun:
             return {"transport": "auto", "data_path": t}
         return {"transport": t, "data_path": "auto"}
 
+    def account(self, i: int) -> str:
+        """The name of client ``i``'s own account (or agent) on the hub."""
+        return f"{self.tag}-{self.row.id}-{i}"
+
     def peer_account(self, i: int) -> str:
-        """The account client ``i`` talks to: client ``i mod M`` of its peer row."""
-        assert self.peer_run is not None and self.peer_run.logins
-        return self.peer_run.logins[i % len(self.peer_run.logins)][0]
+        """The account client ``i`` talks to: client ``i mod M`` of its peer
+        row (perhaps in another worker: the name says which)."""
+        assert self.peer_run is not None
+        return self.peer_run.account(i % self.peer_run.row.count)
 
     def login(self, i: int) -> Path:
         """Client ``i``'s login: its own account's, or the row's shared one."""
-        return self.logins[i][1] if self.logins else self.config
+        return self.logins.get(i, self.config)
 
 
 def kind_of(exc: BaseException) -> str:

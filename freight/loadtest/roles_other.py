@@ -85,7 +85,7 @@ async def garbage_client(run: RowRun, i: int) -> None:
 
 
 async def agent_client(run: RowRun, i: int) -> None:
-    name = f"{run.tag}-{run.row.id}-{i}"
+    name = run.account(i)
     key = Ed25519PrivateKey.generate()
     anon = HubSession(run.gate.url, fingerprint=run.fingerprint)
     try:

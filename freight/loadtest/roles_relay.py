@@ -32,7 +32,7 @@ SEND_TTL: Final = 60.0
 async def listen_client(run: RowRun, i: int) -> None:
     """Serve what the rows aimed at this one use, each on its own
     attachment, each started again when it fails."""
-    account, login = run.logins[i]
+    login = run.login(i)
     t = run.transport()["transport"]
     serves = run.serves or {"relay"}
     counted = sorted(serves)[0]  # the one service whose attachment is counted
@@ -97,7 +97,6 @@ async def listen_client(run: RowRun, i: int) -> None:
         "msg": msg,
         "tunnel": tunnel,
     }
-    del account
     await asyncio.gather(*(forever(run, i, services[s]) for s in sorted(serves)))
 
 

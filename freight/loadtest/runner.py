@@ -16,7 +16,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -81,7 +81,15 @@ class Run:
         config_dir: Path | None = None,
         start_hub: bool = False,
         on_sample: Callable[[Sample], None] | None = None,
+        share: tuple[int, int] = (0, 1),
+        tag: str | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``share`` (W, N): this process runs the clients whose number is W
+        mod N (a worker of ``--workers N``), all of them by default; ``tag``
+        names the run's accounts (the same in every worker); ``ready`` is
+        awaited between the set-up and the start (all workers start at the
+        word of their parent)."""
         self.scenario = scenario
         self.duration = duration
         self.seed = seed
@@ -90,7 +98,9 @@ class Run:
         self.config_dir = config_dir
         self.local = LocalHub() if start_hub else None
         self.on_sample = on_sample or (lambda _: None)
-        self.tag = "lt" + secrets.token_hex(3)
+        self.tag = tag or "lt" + secrets.token_hex(3)
+        self.share = share
+        self.ready = ready
         self.work = Path(tempfile.mkdtemp(prefix="freight-loadtest-"))
         self.rows: dict[str, RowRun] = {}
         self.gates: list[Gate] = []
@@ -99,7 +109,7 @@ class Run:
         self.kept: set[asyncio.Task[None]] = set()
         self.samples: list[Sample] = []
         for row in scenario.rows:
-            if any(f.kind == "hub_kill" for f in row.faults) and not start_hub:
+            if any(f.kind == "hub_kill" for f in row.faults) and not start_hub and not tag:
                 raise UsageError(
                     f"row {row.id!r}: hub_kill needs a hub of the tester's own (--start-hub)"
                 )
@@ -139,7 +149,7 @@ class Run:
         self.admin, me, self.fingerprint = await self._admin()
         url = parse_hub_url(str(self.admin.hub))
         token = ClientConfig(self.admin.config.root).current(str(self.admin.hub))[1]["token"]
-        gate_for: dict[str, Gate] = {}
+        share = self.share
         for row in self.scenario.rows:
             slow = next((f.rate for f in row.faults if f.kind == "slow_reader"), None)
             gate = Gate(
@@ -150,7 +160,6 @@ class Run:
             )
             await gate.start()
             self.gates.append(gate)
-            gate_for[row.id] = gate
             login = self.work / row.id
             (login / "files").mkdir(parents=True)
             cfg = ClientConfig(login)
@@ -165,8 +174,9 @@ class Run:
                 config=login,
                 admin=self.admin,
                 clock=self.clock,
-                rng=random.Random(self.rng.random()),
+                rng=random.Random(f"{self.seed}:{row.id}:{share[0]}"),
                 work=login / "files",
+                mine=[i for i in range(row.count) if i % share[1] == share[0]],
             )
         for run in self.rows.values():
             if run.row.peer and run.row.peer != "*":
@@ -177,13 +187,11 @@ class Run:
         for row in self.scenario.rows:
             if row.role in OWN_ACCOUNTS:
                 run = self.rows[row.id]
-                made = await asyncio.gather(
-                    *(self._account(run, i, gate_limit) for i in range(row.count))
-                )
-                run.logins = list(made)
+                made = await asyncio.gather(*(self._account(run, i, gate_limit) for i in run.mine))
+                run.logins = dict(zip(run.mine, made, strict=True))
 
-    async def _account(self, run: RowRun, i: int, limit: asyncio.Semaphore) -> tuple[str, Path]:
-        name = f"{self.tag}-{run.row.id}-{i}"
+    async def _account(self, run: RowRun, i: int, limit: asyncio.Semaphore) -> Path:
+        name = run.account(i)
         password = secrets.token_urlsafe(18)
         async with limit:
             await self.admin.request("POST", "/v1/users", {"name": name, "password": password})
@@ -193,13 +201,15 @@ class Run:
                 run.gate.url, name, password, fingerprint=self.fingerprint, config_dir=login
             )
             await client.aclose()
-        return name, login
+        return login
 
     # --- the run ----------------------------------------------------------------
 
     async def run(self) -> Result:
         try:
             await self._setup()
+            if self.ready is not None:
+                await self.ready()
             return await self._go()
         finally:
             await self._teardown()
@@ -211,14 +221,19 @@ class Run:
         loop = asyncio.get_running_loop()
         for rid, run in self.rows.items():
             role = ROLES[run.row.role]
-            for i, start in enumerate(client_starts(run.row)):
+            starts = client_starts(run.row)
+            for i in run.mine:
+                start = starts[i]
                 if start < self.duration:
                     tasks[rid].append(asyncio.create_task(_later(start, self.clock, role(run, i))))
                     run.stats.clients += 1
             end = min(run.row.end or self.duration, self.duration)
             timers.append(loop.call_at(self.t0 + end, _cancel_all, tasks[rid]))
+            when = random.Random(f"{self.seed}:{rid}:faults")  # the same in every worker
             for fault in run.row.faults:
-                for at in fault_times(fault, self.duration, run.rng):
+                if fault.kind == "hub_kill" and self.local is None:
+                    continue  # the parent of the workers owns the hub
+                for at in fault_times(fault, self.duration, when):
                     timers.append(loop.call_at(self.t0 + at, self._strike, run, fault.kind))
         sampler = asyncio.create_task(self._sample())
         try:
@@ -293,6 +308,8 @@ class Run:
                 s = run.stats
                 ops, nbytes = last[rid]
                 rows[rid] = {
+                    "ops": s.ops,
+                    "bytes": s.bytes,
                     "clients": s.clients,
                     "attached": s.attached,
                     "ops_s": s.ops - ops,
@@ -331,9 +348,9 @@ class Run:
                         await self.admin.request("POST", f"/v1/users/{name}/disable")
                     for run in self.rows.values():
                         if run.row.role == "agent-idle":
-                            for i in range(run.row.count):
+                            for i in run.mine:
                                 with contextlib.suppress(FreightError):
-                                    name = f"{self.tag}-{run.row.id}-{i}"
+                                    name = run.account(i)
                                     await self.admin.request("DELETE", f"/v1/agents/{name}")
             await self.admin.aclose()
         for gate in self.gates:

@@ -41,13 +41,20 @@ class Window:
     second: int = -1
     ring: deque[HdrHistogram] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
-    def record(self, now: float, micros: int) -> None:
+    def _bucket(self, now: float) -> HdrHistogram:
         second = int(now)
         if self.second < 0 or second > self.second:
             gap = 1 if self.second < 0 else min(WINDOW, second - self.second)
             self.ring.extend(new_histogram() for _ in range(gap))
             self.second = second
-        self.ring[-1].record_value(micros)
+        return self.ring[-1]
+
+    def record(self, now: float, micros: int) -> None:
+        self._bucket(now).record_value(micros)
+
+    def add(self, now: float, hist: HdrHistogram) -> None:
+        """A worker's second of latencies, into the second ``now`` falls in."""
+        self._bucket(now).add(hist)
 
     def percentiles(self, now: float) -> dict[str, float]:
         """p50 and p99 in seconds over the seconds still inside the window."""

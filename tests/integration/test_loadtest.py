@@ -123,6 +123,34 @@ def test_every_role_through_the_testers_admin_login(tmp_path: Path, admin: Clien
     ]  # fmt: skip
 
 
+def test_two_workers_merge_into_one_report(tmp_path: Path, shared_hub: Hub) -> None:
+    """--workers 2: each process runs half the clients (odd and even
+    numbers), connecting clients reach listeners of the other process by
+    name, and the report counts every client once and merges latencies."""
+    text = (
+        "id,count,role,peer,app,size,rate,attach_at,ramp,expect\n"
+        "idle,6,agent-idle,,,,,0s,1s,attached>=50%\n"
+        "echo,3,listen,*,lt-two,,,0s,1s,\n"
+        "talk,4,connect,echo,lt-two,200,20/s,1s,1s,p99<5s\n"
+        "up,2,push,,,64KiB,concurrency:1,1s,0s,verified=100%\n"
+    )
+    tester = Client(tmp_path / "cfg", shared_hub)
+    res = tester.run(
+        "loadtest", str(sheet(tmp_path, text)), "--start-hub", "--workers", "2",
+        "--duration", "6s", "--json", check=False, timeout=180,
+    )  # fmt: skip
+    report = json.loads(res.stdout)
+    rows = report["rows"]
+    assert {r: rows[r]["clients"] for r in rows} == {"idle": 6, "echo": 3, "talk": 4, "up": 2}
+    assert rows["idle"]["attached_peak"] == 6
+    assert (
+        rows["talk"]["operations"] > 20 and rows["echo"]["operations"] >= rows["talk"]["operations"]
+    )
+    assert rows["up"]["verified"] > 0 and rows["up"]["mismatched"] == 0
+    assert rows["talk"]["latency"]["max"] >= rows["talk"]["latency"]["p50"] > 0
+    assert len(report["expect"]) == 3 and res.returncode == (0 if report["passed"] else 1)
+
+
 def test_a_failed_expect_exits_1_and_says_which(
     tmp_path: Path, shared_hub: Hub, admin: Client
 ) -> None:
