@@ -122,6 +122,7 @@ def row_summary(stats: RowStats, seconds: float) -> dict[str, Any]:
         "attached": stats.attached_end,
         "attached_peak": stats.attached_peak,
         "operations": stats.ops,
+        "sent": stats.sent,
         "bytes": stats.bytes,
         "operations_per_second": round(stats.ops / seconds, 1) if seconds else 0.0,
         "bytes_per_second": round(stats.bytes / seconds) if seconds else 0,
@@ -141,7 +142,8 @@ def as_json(result: Result) -> dict[str, Any]:
     for s in result.stats.values():
         total.latency.add(s.latency)
         total.raw.add(s.raw)
-        for key in ("clients", "attached_end", "ops", "bytes", "lost", "verified", "mismatched"):
+        keys = ("clients", "attached_end", "ops", "sent", "bytes", "lost", "verified", "mismatched")
+        for key in keys:
             setattr(total, key, getattr(total, key) + getattr(s, key))
         total.errors.update(s.errors)
         total.faults += s.faults

@@ -165,6 +165,7 @@ async def _messaging(run: RowRun, i: int, *, request: bool) -> None:
             async def one(due: float) -> None:
                 body = run.payload(draw_size(size, run.rng, run.file_size), next(numbers))
                 start = run.clock()
+                run.stats.sent += 1
                 if request:
                     answer = await bus.request(
                         account, run.row.app, type=MESSAGE_TYPE, body=body, timeout=REQUEST_TIMEOUT

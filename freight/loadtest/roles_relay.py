@@ -166,6 +166,7 @@ class Exchange:
         data = run.payload(draw_size(run.row.size, run.rng, run.file_size), next(self.seq))
         self.waiting.append((due, run.clock(), len(data)))
         run.outstanding += 1
+        run.stats.sent += 1
         return data, len(data)
 
     def close(self) -> None:

@@ -227,8 +227,10 @@ class Run:
                 if start < self.duration:
                     tasks[rid].append(asyncio.create_task(_later(start, self.clock, role(run, i))))
                     run.stats.clients += 1
-            end = min(run.row.end or self.duration, self.duration)
-            timers.append(loop.call_at(self.t0 + end, _cancel_all, tasks[rid]))
+            if run.row.end is not None and run.row.end < self.duration:
+                # A row that ends early; at the run's end all stop together,
+                # after what was attached then is counted.
+                timers.append(loop.call_at(self.t0 + run.row.end, _end_row, run, tasks[rid]))
             when = random.Random(f"{self.seed}:{rid}:faults")  # the same in every worker
             for fault in run.row.faults:
                 if fault.kind == "hub_kill" and self.local is None:
@@ -239,8 +241,9 @@ class Run:
         try:
             await asyncio.sleep(max(0.0, self.duration - self.clock()))
             for run in self.rows.values():
-                run.stats.attached_end = run.stats.attached
-                run.draining = True
+                if not run.draining:  # (a row that ended early counted then)
+                    run.stats.attached_end = run.stats.attached
+                    run.draining = True
             await self._drain()
         finally:
             for timer in timers:
@@ -309,6 +312,7 @@ class Run:
                 ops, nbytes = last[rid]
                 rows[rid] = {
                     "ops": s.ops,
+                    "sent": s.sent,
                     "bytes": s.bytes,
                     "clients": s.clients,
                     "attached": s.attached,
@@ -368,6 +372,12 @@ async def _later(at: float, clock: Callable[[], float], work: Coroutine[Any, Any
         await work
     finally:
         work.close()  # never started when cancelled while waiting
+
+
+def _end_row(run: RowRun, tasks: list[asyncio.Task[None]]) -> None:
+    run.stats.attached_end = run.stats.attached
+    run.draining = True
+    _cancel_all(tasks)
 
 
 def _cancel_all(tasks: list[asyncio.Task[None]]) -> None:

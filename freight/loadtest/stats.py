@@ -82,6 +82,7 @@ class RowStats:
     attached_end: int = 0  # attached when the run ended
     attached_ever: int = 0  # clients that attached at least once
     ops: int = 0
+    sent: int = 0  # messages offered (connect, forward, message, request)
     bytes: int = 0
     lost: int = 0  # messages sent and never answered
     verified: int = 0  # transfers whose digest matched
@@ -149,6 +150,7 @@ class RowStats:
                     "attached_end",
                     "attached_ever",
                     "ops",
+                    "sent",
                     "bytes",
                     "lost",
                     "verified",

@@ -257,7 +257,7 @@ class Fleet:
                 await client.aclose()
 
 
-_SUMMED: Final = ("ops", "bytes", "clients", "attached", "errors", "faults", "recovered")
+_SUMMED: Final = ("ops", "sent", "bytes", "clients", "attached", "errors", "faults", "recovered")
 
 
 async def serve_as_worker(run: Any) -> None:

@@ -155,9 +155,10 @@ def test_a_failed_expect_exits_1_and_says_which(
     tmp_path: Path, shared_hub: Hub, admin: Client
 ) -> None:
     text = (
-        "id,count,role,peer,app,size,rate,expect\n"
-        "echo,2,listen,*,lt-echo,,,\n"
-        "talk,2,connect,echo,lt-echo,100,10/s,p99<0.001ms;errors=0\n"
+        "id,count,role,peer,app,size,rate,end,expect\n"
+        "echo,2,listen,*,lt-echo,,,,\n"
+        "talk,2,connect,echo,lt-echo,100,10/s,,p99<0.001ms;errors=0\n"
+        "early,2,agent-idle,,,,,2s,attached=100%\n"
     )
     res = admin.run(
         "loadtest", str(sheet(tmp_path, text)), "--duration", "4s", check=False, timeout=120
@@ -165,7 +166,8 @@ def test_a_failed_expect_exits_1_and_says_which(
     assert res.returncode == 1, res.stdout + res.stderr
     assert "FAIL  talk: p99<0.001ms  (measured" in res.stdout
     assert "pass  talk: errors=0  (measured 0)" in res.stdout
-    assert "1 of 2 expect clauses failed" in res.stdout
+    assert "pass  early: attached=100%  (measured 100%)" in res.stdout  # counted at its end
+    assert "1 of 3 expect clauses failed" in res.stdout
     # The accounts the run made are disabled once it ended.
     users = json.loads(admin.run("users", "ls", "--json").stdout)
     made = [u for u in users if u["name"].startswith("lt") and "-talk-" in u["name"]]
