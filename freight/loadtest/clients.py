@@ -18,6 +18,7 @@ import blake3
 
 from ..client.api import Client
 from ..errors import FreightError
+from ..tasks import Supervisor
 from .gate import Gate
 from .scenario import Row
 from .schedule import Pacer, interval, loops
@@ -201,13 +202,21 @@ async def issue(run: RowRun, i: int, op: Callable[[float], Awaitable[None]]) -> 
         return
     pacer = Pacer.for_client(run.clock(), every, run.rng)
     room = asyncio.Semaphore(MAX_INFLIGHT)
-    tasks: set[asyncio.Task[bool]] = set()
+    idle = asyncio.Event()
+    idle.set()
+    in_flight = 0
 
-    def done(task: asyncio.Task[bool]) -> None:
-        tasks.discard(task)
-        room.release()
+    async def one(due: float) -> None:
+        nonlocal in_flight
+        try:
+            await guarded(due)
+        finally:
+            room.release()
+            in_flight -= 1
+            if in_flight == 0:
+                idle.set()
 
-    try:
+    async with Supervisor(f"{run.row.id}-{i}") as ops:
         while not run.draining:
             due = pacer.next_due()
             await asyncio.sleep(max(0.0, due - run.clock()))
@@ -215,14 +224,10 @@ async def issue(run: RowRun, i: int, op: Callable[[float], Awaitable[None]]) -> 
             if run.draining:
                 room.release()
                 break
-            task = asyncio.create_task(guarded(due))
-            tasks.add(task)
-            task.add_done_callback(done)
-        if tasks:
-            await asyncio.wait(tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
+            in_flight += 1
+            idle.clear()
+            ops.spawn(one(due), name="op", detached=True)
+        await idle.wait()  # what was started finishes (the run's stop cuts it short)
 
 
 def digest_of(path: Path) -> str:

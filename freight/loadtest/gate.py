@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Final
 
+from ..tasks import Supervisor
+
 MAX_PIPES: Final = 20_000
 CHUNK: Final = 65536
 HALF_OPEN_HOLD: Final = 120.0  # seconds a half-open connection is kept
@@ -77,7 +79,7 @@ class Gate:
         self.port = 0
         self.accepted = 0
         self.refused = 0
-        self.background: set[asyncio.Task[None]] = set()
+        self.tasks = Supervisor("gate")
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
@@ -90,9 +92,7 @@ class Gate:
         for pipe in list(self.pipes):
             pipe.reset()
         self.pipes.clear()
-        for task in self.background:
-            task.cancel()
-        await asyncio.gather(*self.background, return_exceptions=True)
+        await self.tasks.aclose()
 
     @property
     def url(self) -> str:
@@ -154,8 +154,12 @@ class Gate:
         self.accepted += 1
         pipe = Pipe(writer, hub_writer)
         self.pipes.add(pipe)
-        up = asyncio.create_task(self._carry(pipe, reader, hub_writer, first=self.bad_tls))
-        down = asyncio.create_task(self._carry(pipe, hub_reader, writer, rate=self.slow_rate))
+        up = self.tasks.spawn(
+            self._carry(pipe, reader, hub_writer, first=self.bad_tls), name="up", detached=True
+        )
+        down = self.tasks.spawn(
+            self._carry(pipe, hub_reader, writer, rate=self.slow_rate), name="down", detached=True
+        )
         pipe.tasks = [up, down]
         try:
             await asyncio.gather(up, down, return_exceptions=True)

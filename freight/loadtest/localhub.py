@@ -6,7 +6,6 @@ restarted by its supervisor would be)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import secrets
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import FreightError
+from ..tasks import Supervisor
 
 START_TIMEOUT: Final = 60.0
 _LISTENING = re.compile(r"listening on https://127\.0\.0\.1:(\d+)")
@@ -34,7 +34,7 @@ class LocalHub:
         self.fingerprint = ""
         self.proc: asyncio.subprocess.Process | None = None
         self.restarts = 0
-        self._drain: asyncio.Task[None] | None = None
+        self.tasks = Supervisor("local-hub")
 
     @property
     def url(self) -> str:
@@ -71,7 +71,7 @@ class LocalHub:
         except TimeoutError:
             await self.stop()
             raise FreightError("the hub did not start within 60 s") from None
-        self._drain = asyncio.create_task(self._read_rest(self.proc.stderr))
+        self.tasks.spawn(self._read_rest(self.proc.stderr), name="log", detached=True)
 
     @staticmethod
     async def _read_rest(stream: asyncio.StreamReader) -> None:
@@ -96,10 +96,7 @@ class LocalHub:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
-        if self._drain is not None:
-            self._drain.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._drain
+        await self.tasks.aclose()
         if self.own_data:
             shutil.rmtree(self.data, ignore_errors=True)
 

@@ -19,6 +19,7 @@ from ..client.session import HubSession, open_channel
 from ..errors import FreightError
 from ..protocol import messages as m
 from ..protocol.agents import login_message
+from ..tasks import Supervisor
 from .clients import RowRun, forever, issue, kind_of
 from .schedule import Pacer, draw_size, interval
 
@@ -41,7 +42,6 @@ async def garbage_client(run: RowRun, i: int) -> None:
     tls = ssl.create_default_context()
     tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
     room = asyncio.Semaphore(MAX_GARBAGE)
-    tasks: set[asyncio.Task[None]] = set()
 
     async def one(due: float) -> None:
         start = run.clock()
@@ -68,17 +68,12 @@ async def garbage_client(run: RowRun, i: int) -> None:
         run.stats.record(due, start, run.clock())
         run.ok(i)
 
-    try:
+    async with Supervisor(f"{run.row.id}-{i}") as tries:
         while True:
             due = pacer.next_due()
             await asyncio.sleep(max(0.0, due - run.clock()))
             await room.acquire()
-            task = asyncio.create_task(one(due))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-    finally:
-        for task in tasks:
-            task.cancel()
+            tries.spawn(one(due), name="garbage", detached=True)
 
 
 # --- agent-idle: an enrolled agent that stays attached --------------------

@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 import itertools
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final
 
 from .. import messaging, sdk
 from ..client.api import Client
 from ..errors import FreightError
+from ..tasks import Supervisor
 from .clients import MAX_OUTSTANDING, RowRun, digest_of, forever, issue, write_file
 from .schedule import Pacer, draw_size, interval, loops
 
@@ -42,21 +43,17 @@ async def listen_client(run: RowRun, i: int) -> None:
             run.stats.attach() if up else run.stats.detach()
 
     async def relay() -> None:
-        echoes: set[asyncio.Task[None]] = set()
         async with (
             Client(run.gate.url, config_dir=login, transport=t) as client,
             client.listen(run.row.app) as listener,
+            Supervisor(f"{run.row.id}-{i}-echoes") as echoes,
         ):
             attached("relay", True)
             try:
                 async for conn in listener:
-                    task = asyncio.create_task(_echo_messages(run, i, conn))
-                    echoes.add(task)
-                    task.add_done_callback(echoes.discard)
+                    echoes.spawn(_echo_messages(run, i, conn), name="echo", detached=True)
             finally:
                 attached("relay", False)
-                for task in echoes:
-                    task.cancel()
 
     async def msg() -> None:
         async with messaging.connect(run.gate.url, config_dir=login, transport=t) as bus:
@@ -175,18 +172,14 @@ class Exchange:
         self.waiting.clear()
 
 
-async def _both(*work: Awaitable[None]) -> None:
+async def _both(*work: Coroutine[Any, Any, None]) -> None:
     """Run the sender and the receiver of a stream; the first to end or
     fail ends both (a failure is raised)."""
-    tasks = [asyncio.ensure_future(w) for w in work]
-    try:
+    async with Supervisor("exchange") as pair:
+        tasks = [pair.spawn(w, name="half", detached=True) for w in work]
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in done:
             task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _pacer(run: RowRun) -> Pacer | None:

@@ -25,6 +25,7 @@ from ..client.api import Client
 from ..client.config import ClientConfig
 from ..client.session import canonical_url, hostport, parse_hub_url
 from ..errors import FreightError, UsageError
+from ..tasks import Supervisor
 from .clients import ECHO_GRACE, RowRun
 from .gate import Gate
 from .localhub import LocalHub, proc_usage
@@ -106,7 +107,7 @@ class Run:
         self.gates: list[Gate] = []
         self.made_users: list[str] = []
         self.t0 = 0.0
-        self.kept: set[asyncio.Task[None]] = set()
+        self.tasks = Supervisor("loadtest")  # the clients, the sampler, hub restarts
         self.samples: list[Sample] = []
         for row in scenario.rows:
             if any(f.kind == "hub_kill" for f in row.faults) and not start_hub and not tag:
@@ -225,7 +226,8 @@ class Run:
             for i in run.mine:
                 start = starts[i]
                 if start < self.duration:
-                    tasks[rid].append(asyncio.create_task(_later(start, self.clock, role(run, i))))
+                    work = _later(start, self.clock, role(run, i))
+                    tasks[rid].append(self.tasks.spawn(work, name=f"{rid}-{i}", detached=True))
                     run.stats.clients += 1
             if run.row.end is not None and run.row.end < self.duration:
                 # A row that ends early; at the run's end all stop together,
@@ -237,7 +239,7 @@ class Run:
                     continue  # the parent of the workers owns the hub
                 for at in fault_times(fault, self.duration, when):
                     timers.append(loop.call_at(self.t0 + at, self._strike, run, fault.kind))
-        sampler = asyncio.create_task(self._sample())
+        sampler = self.tasks.spawn(self._sample(), name="sampler")
         try:
             await asyncio.sleep(max(0.0, self.duration - self.clock()))
             for run in self.rows.values():
@@ -294,9 +296,7 @@ class Run:
         run.struck()
 
     def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self.kept.add(task)
-        task.add_done_callback(self.kept.discard)
+        self.tasks.spawn(work, name="fault", detached=True)
 
     async def _sample(self) -> None:
         self.samples = []
@@ -359,8 +359,7 @@ class Run:
             await self.admin.aclose()
         for gate in self.gates:
             await gate.aclose()
-        for task in list(self.kept):
-            task.cancel()
+        await self.tasks.aclose()
         if self.local is not None:
             await self.local.stop()
         shutil.rmtree(self.work, ignore_errors=True)

@@ -33,6 +33,7 @@ from hdrh.histogram import HdrHistogram
 
 from ..client.api import Client
 from ..errors import FreightError
+from ..tasks import Supervisor
 from .localhub import LocalHub, proc_usage
 from .runner import ALIVE_TIMEOUT, Result, Sample
 from .scenario import Scenario
@@ -159,16 +160,14 @@ class Fleet:
             proc.stdin.write(b"go\n")
             await proc.stdin.drain()
         self.latest = [{} for _ in self.procs]
-        readers = [asyncio.create_task(self._read(w, p)) for w, p in enumerate(self.procs)]
-        kills = self._hub_kills(t0)
-        ticker = asyncio.create_task(self._tick(t0))
-        try:
+        async with Supervisor("loadtest-parent") as tasks:
+            readers = [
+                tasks.spawn(self._read(w, p), name=f"worker-{w}") for w, p in enumerate(self.procs)
+            ]
+            self._hub_kills(t0, tasks)
+            tasks.spawn(self._tick(t0), name="ticker")
             async with asyncio.timeout(self.duration + END_GRACE):
                 await asyncio.gather(*readers)
-        finally:
-            ticker.cancel()
-            for task in [*readers, *kills]:
-                task.cancel()
         seconds = max((f.get("seconds", 0.0) for f in self.finals), default=0.0)
         stats = {
             r.id: RowStats.merge(r.id, [f["final"][r.id] for f in self.finals])
@@ -183,23 +182,21 @@ class Fleet:
         restarts = self.local.restarts if self.local else 0
         return Result(self.seed, seconds, stats, verdicts, alive, restarts)
 
-    def _hub_kills(self, t0: float) -> list[asyncio.Task[None]]:
+    def _hub_kills(self, t0: float, tasks: Supervisor) -> None:
         if self.local is None:
-            return []
+            return
         local = self.local
 
         async def kill_at(at: float) -> None:
             await asyncio.sleep(max(0.0, t0 + at - time.monotonic()))
             await local.kill_and_restart()
 
-        tasks = []
         for row in self.scenario.rows:
             when = random.Random(f"{self.seed}:{row.id}:faults")
             for fault in row.faults:
                 if fault.kind == "hub_kill":
                     for at in fault_times(fault, self.duration, when):
-                        tasks.append(asyncio.create_task(kill_at(at)))
-        return tasks
+                        tasks.spawn(kill_at(at), name="hub-kill", detached=True)
 
     async def _read(self, w: int, proc: asyncio.subprocess.Process) -> None:
         while True:
