@@ -173,6 +173,14 @@ bench-tunnels: $(STAMP) test-proxies
 # weight, live-update latency, and what an open console costs the hub with
 # 1,000 relayed connections held open (CPU, a 1 GiB push's throughput):
 # `make bench-console BENCH_CONSOLE_ARGS="--minute 30 --rounds 3"`.
+# The load tester's targets: one process's capacity, a 30-minute soak of its
+# memory, and the scaled acceptance sheet (docs/benchmarks.md "Load tester").
+.PHONY: bench-loadtest
+bench-loadtest: $(STAMP)
+	$(BIN)/python bench/loadtest.py capacity
+	$(BIN)/python bench/loadtest.py acceptance
+	$(BIN)/python bench/loadtest.py soak --minutes 30
+
 .PHONY: bench-console
 bench-console: $(STAMP) test-browser
 	$(BIN)/python bench/console.py --markdown $(BENCH_MD) $(BENCH_CONSOLE_ARGS)
