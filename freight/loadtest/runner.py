@@ -64,7 +64,6 @@ class Result:
     verdicts: list[Verdict]
     hub_alive: bool
     hub_restarts: int = 0
-    samples: list[Sample] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -108,7 +107,6 @@ class Run:
         self.made_users: list[str] = []
         self.t0 = 0.0
         self.tasks = Supervisor("loadtest")  # the clients, the sampler, hub restarts
-        self.samples: list[Sample] = []
         for row in scenario.rows:
             if any(f.kind == "hub_kill" for f in row.faults) and not start_hub and not tag:
                 raise UsageError(
@@ -265,7 +263,7 @@ class Run:
         ]
         stats = {rid: run.stats for rid, run in self.rows.items()}
         restarts = self.local.restarts if self.local else 0
-        return Result(self.seed, seconds, stats, verdicts, alive, restarts, self.samples)
+        return Result(self.seed, seconds, stats, verdicts, alive, restarts)
 
     async def _drain(self) -> None:
         """Let the answers to messages already sent arrive (at most
@@ -299,9 +297,8 @@ class Run:
         self.tasks.spawn(work, name="fault", detached=True)
 
     async def _sample(self) -> None:
-        self.samples = []
         last: dict[str, tuple[int, int]] = {rid: (0, 0) for rid in self.rows}
-        cpu_before: float | None = None
+        meter = HubMeter(self.local)
         while True:
             await asyncio.sleep(1.0)
             now = self.clock()
@@ -326,23 +323,11 @@ class Run:
                 last[rid] = (s.ops, s.bytes)
                 intervals[rid] = s.take_interval()
             sample = Sample(round(now, 1), rows, intervals=intervals)
-            pid = self.local.pid if self.local else None
-            usage = proc_usage(pid) if pid else None
-            if usage is not None:
-                cpu, sample.hub_rss = usage
-                if cpu_before is not None and cpu >= cpu_before:
-                    sample.hub_cpu = 100.0 * (cpu - cpu_before)
-                cpu_before = cpu
-            self.samples.append(sample)
+            meter.read(sample)
             self.on_sample(sample)
 
     async def _hub_alive(self) -> bool:
-        try:
-            async with asyncio.timeout(ALIVE_TIMEOUT):
-                await self.admin.request("GET", "/v1/health")
-            return True
-        except (FreightError, TimeoutError):
-            return False
+        return await hub_alive(self.admin)
 
     async def _teardown(self) -> None:
         if hasattr(self, "admin"):
@@ -363,6 +348,34 @@ class Run:
         if self.local is not None:
             await self.local.stop()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+class HubMeter:
+    """The local hub's CPU (% of one core since the last reading) and memory."""
+
+    def __init__(self, local: LocalHub | None) -> None:
+        self.local = local
+        self.cpu: float | None = None
+
+    def read(self, sample: Sample) -> None:
+        pid = self.local.pid if self.local else None
+        usage = proc_usage(pid) if pid else None
+        if usage is None:
+            return
+        cpu, sample.hub_rss = usage
+        if self.cpu is not None and cpu >= self.cpu:
+            sample.hub_cpu = 100.0 * (cpu - self.cpu)
+        self.cpu = cpu
+
+
+async def hub_alive(client: Client) -> bool:
+    """Whether the hub answers its health check within ALIVE_TIMEOUT."""
+    try:
+        async with asyncio.timeout(ALIVE_TIMEOUT):
+            await client.request("GET", "/v1/health")
+        return True
+    except (FreightError, TimeoutError):
+        return False
 
 
 async def _later(at: float, clock: Callable[[], float], work: Coroutine[Any, Any, None]) -> None:

@@ -34,8 +34,8 @@ from hdrh.histogram import HdrHistogram
 from ..client.api import Client
 from ..errors import FreightError
 from ..tasks import Supervisor
-from .localhub import LocalHub, proc_usage
-from .runner import ALIVE_TIMEOUT, Result, Sample
+from .localhub import LocalHub
+from .runner import HubMeter, Result, Sample, hub_alive
 from .scenario import Scenario
 from .schedule import fault_times
 from .stats import RowStats, Window
@@ -212,7 +212,7 @@ class Fleet:
 
     async def _tick(self, t0: float) -> None:
         last: dict[str, tuple[int, int]] = {r.id: (0, 0) for r in self.scenario.rows}
-        cpu_before: float | None = None
+        meter = HubMeter(self.local)
         while True:
             await asyncio.sleep(1.0)
             now = time.monotonic() - t0
@@ -232,23 +232,13 @@ class Fleet:
                 intervals[row.id] = self.intervals[row.id]
                 self.intervals[row.id] = HdrHistogram(1, 3_600_000_000, 3)
             sample = Sample(round(now, 1), rows, intervals=intervals)
-            pid = self.local.pid if self.local else None
-            usage = proc_usage(pid) if pid else None
-            if usage is not None:
-                cpu, sample.hub_rss = usage
-                if cpu_before is not None and cpu >= cpu_before:
-                    sample.hub_cpu = 100.0 * (cpu - cpu_before)
-                cpu_before = cpu
+            meter.read(sample)
             self.on_sample(sample)
 
     async def _alive(self) -> bool:
         client = Client(self.hub, config_dir=self.config)
         try:
-            async with asyncio.timeout(ALIVE_TIMEOUT):
-                await client.request("GET", "/v1/health")
-            return True
-        except (FreightError, TimeoutError):
-            return False
+            return await hub_alive(client)
         finally:
             with contextlib.suppress(FreightError):
                 await client.aclose()
