@@ -131,6 +131,9 @@ def loadtest_cmd(
         print_json(as_json(result))
     else:
         print_summary(Console(), result)
+    if result.interrupted:
+        console.print(f"interrupted after {result.seconds:.0f} s: the figures cover that much")
+        raise typer.Exit(130)
     if not result.passed:
         raise typer.Exit(EXIT_EXPECT_FAILED)
 

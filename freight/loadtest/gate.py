@@ -179,9 +179,9 @@ class Gate:
         try:
             while True:
                 data = await reader.read(CHUNK if rate is None else min(CHUNK, max(1, rate // 10)))
-                if not data:
-                    with contextlib.suppress(OSError):
-                        if writer.can_write_eof():
+                if not data:  # half-close passed on, unless that side is gone
+                    with contextlib.suppress(OSError, RuntimeError):
+                        if not writer.is_closing() and writer.can_write_eof():
                             writer.write_eof()
                     return
                 while pipe.frozen or pipe.held_until > time.monotonic():

@@ -6,6 +6,8 @@ restarted by its supervisor would be)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import re
 import secrets
@@ -20,6 +22,7 @@ from ..errors import FreightError
 from ..tasks import Supervisor
 
 START_TIMEOUT: Final = 60.0
+PR_SET_PDEATHSIG: Final = 1
 _LISTENING = re.compile(r"listening on https://127\.0\.0\.1:(\d+)")
 _FINGERPRINT = re.compile(r"fingerprint: (SHA256:[0-9a-f]+)")
 
@@ -54,6 +57,7 @@ class LocalHub:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent,
         )
         assert self.proc.stderr is not None
         seen: list[str] = []
@@ -99,6 +103,14 @@ class LocalHub:
         await self.tasks.aclose()
         if self.own_data:
             shutil.rmtree(self.data, ignore_errors=True)
+
+
+def _die_with_parent() -> None:
+    """In the hub's process before it starts: SIGTERM when the tester ends,
+    however it ends (a killed tester leaves no hub behind)."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def proc_usage(pid: int) -> tuple[float, int] | None:

@@ -154,6 +154,7 @@ def as_json(result: Result) -> dict[str, Any]:
         "hub_alive": result.hub_alive,
         "hub_restarts": result.hub_restarts,
         "passed": result.passed,
+        "interrupted": result.interrupted,
         "rows": {rid: row_summary(s, result.seconds) for rid, s in result.stats.items()},
         "total": row_summary(total, result.seconds),
         "expect": [

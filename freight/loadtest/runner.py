@@ -14,9 +14,10 @@ import contextlib
 import random
 import secrets
 import shutil
+import signal
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -64,6 +65,7 @@ class Result:
     verdicts: list[Verdict]
     hub_alive: bool
     hub_restarts: int = 0
+    interrupted: bool = False  # Ctrl-C ended it early
 
     @property
     def passed(self) -> bool:
@@ -107,6 +109,7 @@ class Run:
         self.made_users: list[str] = []
         self.t0 = 0.0
         self.tasks = Supervisor("loadtest")  # the clients, the sampler, hub restarts
+        self.stopped = asyncio.Event()  # set by Ctrl-C (or a worker's parent): end now
         for row in scenario.rows:
             if any(f.kind == "hub_kill" for f in row.faults) and not start_hub and not tag:
                 raise UsageError(
@@ -238,8 +241,9 @@ class Run:
                 for at in fault_times(fault, self.duration, when):
                     timers.append(loop.call_at(self.t0 + at, self._strike, run, fault.kind))
         sampler = self.tasks.spawn(self._sample(), name="sampler")
+        with catch_interrupt(self.stopped):
+            await wait_or_stop(self.stopped, self.duration - self.clock())
         try:
-            await asyncio.sleep(max(0.0, self.duration - self.clock()))
             for run in self.rows.values():
                 if not run.draining:  # (a row that ended early counted then)
                     run.stats.attached_end = run.stats.attached
@@ -263,7 +267,7 @@ class Run:
         ]
         stats = {rid: run.stats for rid, run in self.rows.items()}
         restarts = self.local.restarts if self.local else 0
-        return Result(self.seed, seconds, stats, verdicts, alive, restarts)
+        return Result(self.seed, seconds, stats, verdicts, alive, restarts, self.stopped.is_set())
 
     async def _drain(self) -> None:
         """Let the answers to messages already sent arrive (at most
@@ -348,6 +352,32 @@ class Run:
         if self.local is not None:
             await self.local.stop()
         shutil.rmtree(self.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def catch_interrupt(stopped: asyncio.Event) -> Iterator[None]:
+    """While the run lasts, the first Ctrl-C ends it early (the summary of
+    what was measured is still printed); a second one interrupts at once."""
+    loop = asyncio.get_running_loop()
+
+    def first() -> None:
+        stopped.set()
+        loop.remove_signal_handler(signal.SIGINT)
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, first)
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def wait_or_stop(stopped: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stopped.wait(), max(0.0, seconds))
 
 
 class HubMeter:

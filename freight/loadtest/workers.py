@@ -35,7 +35,7 @@ from ..client.api import Client
 from ..errors import FreightError
 from ..tasks import Supervisor
 from .localhub import LocalHub
-from .runner import HubMeter, Result, Sample, hub_alive
+from .runner import HubMeter, Result, Sample, catch_interrupt, hub_alive
 from .scenario import Scenario
 from .schedule import fault_times
 from .stats import RowStats, Window
@@ -91,6 +91,7 @@ class Fleet:
         self.latest: list[dict[str, Any]] = []
         self.finals: list[dict[str, Any]] = []
         self.config: Path | None = None  # the login to the local hub
+        self.interrupted = False
         self.windows = {r.id: Window() for r in scenario.rows}
         self.intervals = {r.id: HdrHistogram(1, 3_600_000_000, 3) for r in scenario.rows}
 
@@ -166,8 +167,12 @@ class Fleet:
             ]
             self._hub_kills(t0, tasks)
             tasks.spawn(self._tick(t0), name="ticker")
-            async with asyncio.timeout(self.duration + END_GRACE):
-                await asyncio.gather(*readers)
+            stopped = asyncio.Event()
+            with catch_interrupt(stopped):
+                tasks.spawn(self._forward_stop(stopped), name="stop")
+                async with asyncio.timeout(self.duration + END_GRACE):
+                    await asyncio.gather(*readers)
+            self.interrupted = stopped.is_set()
         seconds = max((f.get("seconds", 0.0) for f in self.finals), default=0.0)
         stats = {
             r.id: RowStats.merge(r.id, [f["final"][r.id] for f in self.finals])
@@ -180,7 +185,15 @@ class Fleet:
             for expect in row.expect
         ]
         restarts = self.local.restarts if self.local else 0
-        return Result(self.seed, seconds, stats, verdicts, alive, restarts)
+        return Result(self.seed, seconds, stats, verdicts, alive, restarts, self.interrupted)
+
+    async def _forward_stop(self, stopped: asyncio.Event) -> None:
+        """Ctrl-C here: every worker ends its share now and reports."""
+        await stopped.wait()
+        for proc in self.procs:
+            if proc.stdin is not None and not proc.stdin.is_closing():
+                with contextlib.suppress(OSError):
+                    proc.stdin.write(b"stop\n")
 
     def _hub_kills(self, t0: float, tasks: Supervisor) -> None:
         if self.local is None:
@@ -258,10 +271,15 @@ async def serve_as_worker(run: Any) -> None:
         sys.stdout.write((obj if isinstance(obj, str) else json.dumps(obj)) + "\n")
         sys.stdout.flush()
 
+    async def listen_for_stop() -> None:
+        if (await reader.readline()).strip() == b"stop":
+            run.stopped.set()
+
     async def ready() -> None:
         say({"ready": True})
         if (await reader.readline()).strip() != b"go":
             raise WorkerFailed("the parent did not say go")
+        run.tasks.spawn(listen_for_stop(), name="parent", detached=True)
 
     run.ready = ready
     run.on_sample = lambda sample: say(worker_line(sample))
