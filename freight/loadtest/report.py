@@ -97,6 +97,8 @@ class Outputs:
         if self.csv is not None:
             for rid, r in sample.rows.items():
                 self.csv.writerow([sample.t, rid, *(r.get(c, "") for c in CSV_COLUMNS[2:])])
+        if self.csv_file is not None:
+            self.csv_file.flush()  # a file one can follow while the run goes on
         if self.hdr_prefix is not None:
             for rid, hist in sample.intervals.items():
                 writer = self.hdr.get(rid)
@@ -107,6 +109,7 @@ class Outputs:
                     writer.output_comment(f"freight loadtest row {rid}; values in microseconds")
                     writer.output_legend()
                 writer.output_interval_histogram(hist, self.last_t, sample.t, 1000.0)
+                self.hdr_files[rid].flush()
         self.last_t = sample.t
 
     def close(self) -> None:

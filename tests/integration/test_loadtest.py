@@ -7,6 +7,8 @@ line, row and column."""
 from __future__ import annotations
 
 import json
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,26 @@ def test_a_wrong_sheet_names_its_line_row_and_column(tmp_path: Path, admin: Clie
     res = admin.run("loadtest", str(sheet(tmp_path, kill)), check=False)
     assert res.returncode == 2
     assert "row 'up': hub_kill needs a hub of the tester's own (--start-hub)" in res.stderr
+
+
+def test_ctrl_c_ends_the_run_early_with_its_figures(tmp_path: Path, admin: Client) -> None:
+    text = "id,count,role,size,rate\nup,2,push,64KiB,5/s\n"
+    seconds = tmp_path / "seconds.csv"
+    proc = admin.popen(
+        "loadtest", str(sheet(tmp_path, text)), "--duration", "10m", "--json",
+        "--csv-interval", str(seconds),
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while len(seconds.read_text().splitlines()) < 3 if seconds.exists() else True:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run did not start"
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    report = json.loads(out)
+    assert report["interrupted"] and report["seconds"] < 60
+    assert report["rows"]["up"]["operations"] > 0
+    assert "interrupted after" in err and "the figures cover that much" in err
