@@ -12,7 +12,9 @@ report. Time is passed in; nothing here reads a clock.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+import ctypes
+import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -30,38 +32,67 @@ def new_histogram() -> HdrHistogram:
     return HdrHistogram(LOWEST, HIGHEST, DIGITS)
 
 
+def clear(hist: HdrHistogram) -> None:
+    """Empty a histogram in place. Histograms are reused, never made anew
+    each second: each one's 184 KiB of counts, allocated and freed again
+    and again, kept a long run's memory growing (fragmentation); and
+    ``HdrHistogram.reset`` zeroes the counts one by one in Python."""
+    ctypes.memset(ctypes.addressof(hist.counts), 0, ctypes.sizeof(hist.counts))
+    hist.total_count = 0
+    hist.min_value = sys.maxsize
+    hist.max_value = 0
+    hist.start_time_stamp_msec = sys.maxsize
+    hist.end_time_stamp_msec = 0
+
+
+def sparse(hist: HdrHistogram) -> list[list[int]]:
+    """The counts that are not zero, as ``[index, count]`` pairs: a second's
+    histogram as a worker sends it (its parent adds it with
+    :func:`add_sparse` into a histogram it keeps)."""
+    return [[i, c] for i, c in enumerate(hist.counts) if c]
+
+
+def add_sparse(hist: HdrHistogram, pairs: list[list[int]]) -> None:
+    for index, count in pairs:
+        if 0 <= index < hist.counts_len and count > 0:
+            hist.record_value(hist.get_value_from_index(index), count)
+
+
 def _micros(seconds: float) -> int:
     return min(HIGHEST, max(LOWEST, round(seconds * 1e6)))
 
 
-@dataclass
 class Window:
-    """One histogram per second for the last :data:`WINDOW` seconds."""
+    """One histogram per second for the last :data:`WINDOW` seconds, in a
+    fixed ring (each slot emptied when its second comes round again)."""
 
-    second: int = -1
-    ring: deque[HdrHistogram] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    def __init__(self) -> None:
+        self.ring = [new_histogram() for _ in range(WINDOW)]
+        self.seconds = [-1] * WINDOW  # the second each slot holds
+        self.merged = new_histogram()
 
     def _bucket(self, now: float) -> HdrHistogram:
         second = int(now)
-        if self.second < 0 or second > self.second:
-            gap = 1 if self.second < 0 else min(WINDOW, second - self.second)
-            self.ring.extend(new_histogram() for _ in range(gap))
-            self.second = second
-        return self.ring[-1]
+        slot = second % WINDOW
+        if self.seconds[slot] != second:
+            clear(self.ring[slot])
+            self.seconds[slot] = second
+        return self.ring[slot]
 
     def record(self, now: float, micros: int) -> None:
         self._bucket(now).record_value(micros)
 
-    def add(self, now: float, hist: HdrHistogram) -> None:
+    def add_sparse(self, now: float, pairs: list[list[int]]) -> None:
         """A worker's second of latencies, into the second ``now`` falls in."""
-        self._bucket(now).add(hist)
+        add_sparse(self._bucket(now), pairs)
 
     def percentiles(self, now: float) -> dict[str, float]:
         """p50 and p99 in seconds over the seconds still inside the window."""
-        merged = new_histogram()
-        age = int(now) - self.second
-        for i, hist in enumerate(reversed(self.ring)):
-            if age + i < WINDOW:
+        merged = self.merged
+        clear(merged)
+        second = int(now)
+        for hist, held in zip(self.ring, self.seconds, strict=True):
+            if held >= 0 and 0 <= second - held < WINDOW:
                 merged.add(hist)
         if merged.get_total_count() == 0:
             return {}
@@ -94,6 +125,7 @@ class RowStats:
     raw: HdrHistogram = field(default_factory=new_histogram)
     window: Window = field(default_factory=Window)
     interval: HdrHistogram = field(default_factory=new_histogram)  # since the last take
+    spare: HdrHistogram = field(default_factory=new_histogram)  # the one taken last
 
     # --- recording ------------------------------------------------------------
 
@@ -109,8 +141,11 @@ class RowStats:
         self.bytes += nbytes
 
     def take_interval(self) -> HdrHistogram:
-        """The latencies recorded since the last call (for an HDR log)."""
-        taken, self.interval = self.interval, new_histogram()
+        """The latencies recorded since the last call (for an HDR log); it
+        stays as it is until the next call, which reuses it."""
+        taken, self.interval = self.interval, self.spare
+        self.spare = taken
+        clear(self.interval)
         return taken
 
     def error(self, kind: str) -> None:

@@ -29,8 +29,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from hdrh.histogram import HdrHistogram
-
 from ..client.api import Client
 from ..errors import FreightError
 from ..tasks import Supervisor
@@ -38,7 +36,7 @@ from .localhub import LocalHub
 from .runner import HubMeter, Result, Sample, catch_interrupt, hub_alive
 from .scenario import Scenario
 from .schedule import fault_times
-from .stats import RowStats, Window
+from .stats import RowStats, Window, add_sparse, sparse
 from .verdict import judge
 
 READY_TIMEOUT: Final = 900.0  # seconds every worker gets to set up
@@ -58,7 +56,7 @@ def worker_line(sample: Sample) -> str:
     rows = {
         rid: {
             **{k: v for k, v in r.items() if k not in ("p50", "p99")},
-            "interval": sample.intervals[rid].encode().decode("ascii"),
+            "interval": sparse(sample.intervals[rid]),
         }
         for rid, r in sample.rows.items()
     }
@@ -93,7 +91,8 @@ class Fleet:
         self.config: Path | None = None  # the login to the local hub
         self.interrupted = False
         self.windows = {r.id: Window() for r in scenario.rows}
-        self.intervals = {r.id: HdrHistogram(1, 3_600_000_000, 3) for r in scenario.rows}
+        # Each row's second so far (merged from the workers), and the one before.
+        self.intervals = {r.id: RowStats(r.id) for r in scenario.rows}
 
     async def run(self) -> Result:
         try:
@@ -219,9 +218,8 @@ class Fleet:
                 return
             self.latest[w] = line
             for rid, r in line["rows"].items():
-                hist = HdrHistogram.decode(r["interval"].encode("ascii"))
-                self.intervals[rid].add(hist)
-                self.windows[rid].add(line["t"], hist)
+                add_sparse(self.intervals[rid].interval, r["interval"])
+                self.windows[rid].add_sparse(line["t"], r["interval"])
 
     async def _tick(self, t0: float) -> None:
         last: dict[str, tuple[int, int]] = {r.id: (0, 0) for r in self.scenario.rows}
@@ -242,8 +240,7 @@ class Fleet:
                     **self.windows[row.id].percentiles(now),
                 }
                 last[row.id] = (total["ops"], total["bytes"])
-                intervals[row.id] = self.intervals[row.id]
-                self.intervals[row.id] = HdrHistogram(1, 3_600_000_000, 3)
+                intervals[row.id] = self.intervals[row.id].take_interval()
             sample = Sample(round(now, 1), rows, intervals=intervals)
             meter.read(sample)
             self.on_sample(sample)

@@ -21,7 +21,7 @@ from freight.loadtest.schedule import (
     interval,
     loops,
 )
-from freight.loadtest.stats import RowStats
+from freight.loadtest.stats import RowStats, add_sparse, new_histogram, sparse
 from freight.loadtest.verdict import judge
 
 
@@ -183,3 +183,32 @@ def test_nothing_measured_fails_its_clause() -> None:
         assert (verdict.passed, verdict.shown) == (False, "nothing measured")
     assert judge(Expect("hub_alive"), empty, 1.0, hub_alive=False).shown == "not answering"
     assert judge(Expect("hub_alive"), empty, 1.0, hub_alive=True).passed
+
+
+def test_each_seconds_histograms_are_reused_not_made_anew() -> None:
+    """A long run makes no histogram per second (allocating and freeing
+    their counts again and again kept the tester's memory growing)."""
+    stats = RowStats("r")
+    ring = [id(h) for h in stats.window.ring]
+    pair = {id(stats.interval), id(stats.spare)}
+    for second in range(100):
+        stats.record(second, second, second + 0.002)
+        taken = stats.take_interval()
+        assert taken.get_total_count() == 1 and id(taken) in pair
+        stats.window.percentiles(second)
+    assert [id(h) for h in stats.window.ring] == ring
+    assert {id(stats.interval), id(stats.spare)} == pair
+
+
+def test_a_second_sent_sparse_adds_up_to_the_same_histogram() -> None:
+    rng = random.Random(5)
+    one = RowStats("r")
+    for _ in range(500):
+        one.record(0.0, 0.0, rng.uniform(0.0001, 3.0))
+    taken = one.take_interval()
+    other = new_histogram()
+    add_sparse(other, sparse(taken))
+    add_sparse(other, [[-1, 5], [10**9, 5], [3, 0]])  # out of range or empty: ignored
+    assert other.get_total_count() == 500
+    for p in (50.0, 99.0, 100.0):
+        assert other.get_value_at_percentile(p) == taken.get_value_at_percentile(p)
