@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -109,6 +110,15 @@ def loadtest_cmd(
     console = Console(stderr=True)
     outputs = Outputs(None if json_out else console, csv_interval, hdr_log)
 
+    def show(result: Result) -> None:
+        """The summary, as soon as the run is judged (cleaning up follows)."""
+        outputs.close()
+        if json_out:
+            print_json(as_json(result))
+        else:
+            print_summary(Console(), result)
+        sys.stdout.flush()
+
     async def go() -> Result:
         sheet = parse_scenario(text)
         console.print(
@@ -118,19 +128,16 @@ def loadtest_cmd(
             from ..loadtest.workers import Fleet
 
             fleet = Fleet(scenario, sheet, workers=workers, duration=seconds, seed=chosen,
-                          hub=hub, start_hub=start_hub, on_sample=outputs.sample)  # fmt: skip
+                          hub=hub, start_hub=start_hub, on_sample=outputs.sample,
+                          on_result=show)  # fmt: skip
             with outputs.showing():
                 return await fleet.run()
         run = Run(sheet, duration=seconds, seed=chosen, hub=hub, start_hub=start_hub,
-                  on_sample=outputs.sample)  # fmt: skip
+                  on_sample=outputs.sample, on_result=show)  # fmt: skip
         with outputs.showing():
             return await run.run()
 
     result = run_async(go)
-    if json_out:
-        print_json(as_json(result))
-    else:
-        print_summary(Console(), result)
     if result.interrupted:
         console.print(f"interrupted after {result.seconds:.0f} s: the figures cover that much")
         raise typer.Exit(130)

@@ -113,10 +113,17 @@ class Outputs:
         self.last_t = sample.t
 
     def close(self) -> None:
+        """Stop the live table and close the files (once; again is nothing)."""
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
         if self.csv_file is not None:
             self.csv_file.close()
+            self.csv_file = self.csv = None
         for f in self.hdr_files.values():
             f.close()
+        self.hdr_files.clear()
+        self.hdr_prefix = None
 
 
 def row_summary(stats: RowStats, seconds: float) -> dict[str, Any]:

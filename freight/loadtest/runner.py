@@ -86,12 +86,14 @@ class Run:
         share: tuple[int, int] = (0, 1),
         tag: str | None = None,
         ready: Callable[[], Awaitable[None]] | None = None,
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         """``share`` (W, N): this process runs the clients whose number is W
         mod N (a worker of ``--workers N``), all of them by default; ``tag``
         names the run's accounts (the same in every worker); ``ready`` is
         awaited between the set-up and the start (all workers start at the
-        word of their parent)."""
+        word of their parent); ``on_result`` hears the result before the
+        accounts and agents the run made are cleaned up."""
         self.scenario = scenario
         self.duration = duration
         self.seed = seed
@@ -103,6 +105,7 @@ class Run:
         self.tag = tag or "lt" + secrets.token_hex(3)
         self.share = share
         self.ready = ready
+        self.on_result = on_result or (lambda _: None)
         self.work = Path(tempfile.mkdtemp(prefix="freight-loadtest-"))
         self.rows: dict[str, RowRun] = {}
         self.gates: list[Gate] = []
@@ -212,7 +215,9 @@ class Run:
             await self._setup()
             if self.ready is not None:
                 await self.ready()
-            return await self._go()
+            result = await self._go()
+            self.on_result(result)  # before the clean-up: the summary comes at once
+            return result
         finally:
             await self._teardown()
 
@@ -333,18 +338,27 @@ class Run:
     async def _hub_alive(self) -> bool:
         return await hub_alive(self.admin)
 
+    async def _remove_what_was_made(self) -> None:
+        """Disable the accounts and remove the agents this run made, a few
+        requests at a time."""
+        calls = [("POST", f"/v1/users/{name}/disable") for name in self.made_users]
+        for run in self.rows.values():
+            if run.row.role == "agent-idle":
+                calls += [("DELETE", f"/v1/agents/{run.account(i)}") for i in run.mine]
+        limit = asyncio.Semaphore(SETUP_CONCURRENCY)
+
+        async def call(method: str, path: str) -> None:
+            async with limit:
+                with contextlib.suppress(FreightError):
+                    await self.admin.request(method, path)
+
+        await asyncio.gather(*(call(m, p) for m, p in calls))
+
     async def _teardown(self) -> None:
         if hasattr(self, "admin"):
-            with contextlib.suppress(FreightError, TimeoutError):
-                async with asyncio.timeout(30):
-                    for name in self.made_users:
-                        await self.admin.request("POST", f"/v1/users/{name}/disable")
-                    for run in self.rows.values():
-                        if run.row.role == "agent-idle":
-                            for i in run.mine:
-                                with contextlib.suppress(FreightError):
-                                    name = run.account(i)
-                                    await self.admin.request("DELETE", f"/v1/agents/{name}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):
+                    await self._remove_what_was_made()
             await self.admin.aclose()
         for gate in self.gates:
             await gate.aclose()

@@ -75,6 +75,7 @@ class Fleet:
         hub: str | None,
         start_hub: bool,
         on_sample: Callable[[Sample], None],
+        on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self.sheet = sheet
         self.scenario = scenario
@@ -84,6 +85,7 @@ class Fleet:
         self.hub = hub
         self.local = LocalHub() if start_hub else None
         self.on_sample = on_sample
+        self.on_result = on_result or (lambda _: None)
         self.tag = "lt" + secrets.token_hex(3)
         self.procs: list[asyncio.subprocess.Process] = []
         self.latest: list[dict[str, Any]] = []
@@ -98,7 +100,13 @@ class Fleet:
         try:
             env = await self._hub_env()
             await self._spawn(env)
-            return await self._go(env)
+            result = await self._go(env)
+            self.on_result(result)
+            # The workers clean up what they made on the hub, then end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(END_GRACE):
+                    await asyncio.gather(*(proc.wait() for proc in self.procs))
+            return result
         finally:
             for proc in self.procs:
                 if proc.returncode is None:
@@ -278,9 +286,11 @@ async def serve_as_worker(run: Any) -> None:
             raise WorkerFailed("the parent did not say go")
         run.tasks.spawn(listen_for_stop(), name="parent", detached=True)
 
+    def final(result: Result) -> None:
+        snapshots = {rid: s.snapshot() for rid, s in result.stats.items()}
+        say({"final": snapshots, "seconds": result.seconds})
+
     run.ready = ready
     run.on_sample = lambda sample: say(worker_line(sample))
-    result = await run.run()
-    say(
-        {"final": {rid: s.snapshot() for rid, s in result.stats.items()}, "seconds": result.seconds}
-    )
+    run.on_result = final  # before its clean-up: the parent's summary waits for it
+    await run.run()
