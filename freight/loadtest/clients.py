@@ -150,8 +150,15 @@ async def retried(run: RowRun, work: Callable[[], Awaitable[None]]) -> None:
 
 
 def write_file(path: Path, run: RowRun, size: int, seq: int) -> str:
-    """A file of ``size`` bytes unlike any other of the run; its BLAKE3."""
+    """A file of ``size`` bytes unlike any other of the run (or, for a
+    ``file:PATH`` size, a copy of that file); its BLAKE3."""
     h = blake3.blake3()
+    if run.row.size is not None and run.row.size.kind == "file":
+        with open(run.row.size.file, "rb") as src, path.open("wb") as f:
+            while block := src.read(BLOCK):
+                f.write(block)
+                h.update(block)
+        return h.hexdigest()
     with path.open("wb") as f:
         head = f"{run.tag}/{run.row.id}/{seq}/".encode()
         left = size

@@ -113,7 +113,16 @@ class Run:
         self.t0 = 0.0
         self.tasks = Supervisor("loadtest")  # the clients, the sampler, hub restarts
         self.stopped = asyncio.Event()  # set by Ctrl-C (or a worker's parent): end now
+        self.file_sizes: dict[str, int] = {}  # rows whose size is file:PATH
         for row in scenario.rows:
+            if row.size is not None and row.size.kind == "file":
+                try:
+                    self.file_sizes[row.id] = Path(row.size.file).stat().st_size
+                except OSError as exc:
+                    raise UsageError(
+                        f"row {row.id!r}, column size: cannot read {row.size.file}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
             if any(f.kind == "hub_kill" for f in row.faults) and not start_hub and not tag:
                 raise UsageError(
                     f"row {row.id!r}: hub_kill needs a hub of the tester's own (--start-hub)"
@@ -184,6 +193,7 @@ class Run:
                 mine=[i for i in range(row.count) if i % share[1] == share[0]],
             )
         for run in self.rows.values():
+            run.file_size = self.file_sizes.get(run.row.id, 0)
             if run.row.peer and run.row.peer != "*":
                 run.peer_run = self.rows[run.row.peer]
                 if run.row.role in SERVICE:

@@ -99,6 +99,7 @@ senders,2,send,inbox,,uniform(64KiB;256KiB),concurrency:1,auto,1s,0s,verified=10
 inbox,2,receive,,,,,auto,0s,0s,verified=100%
 pullers,2,pull,,,256KiB,2/s,tls,1s,0s,verified=100%
 pushers,2,push,,,lognormal(64KiB;1),total:4/s,http,1s,0s,verified=100%
+copies,1,push,,,file:SAMPLE,1/s,auto,1s,0s,verified=100%
 """
 
 
@@ -106,22 +107,26 @@ def test_every_role_through_the_testers_admin_login(tmp_path: Path, admin: Clien
     """With --hub the tester's own login makes the accounts: messages,
     requests, tunnel exchanges, code transfers, pulls and pushes all move
     and are checked, on a hub the test started."""
+    sample = tmp_path / "sample.bin"
+    sample.write_bytes(bytes(range(256)) * 1000)
+    text = EVERY_ROLE.replace("SAMPLE", str(sample))
     res = admin.run(
-        "loadtest", str(sheet(tmp_path, EVERY_ROLE)), "--duration", "8s", "--json",
+        "loadtest", str(sheet(tmp_path, text)), "--duration", "8s", "--json",
         check=False, timeout=180,
     )  # fmt: skip
     report = json.loads(res.stdout)
     rows = report["rows"]
     for rid in ("echo", "pairs", "msgs", "reqs", "fwd", "senders", "inbox", "pullers", "pushers"):
         assert rows[rid]["operations"] > 0, (rid, rows[rid], res.stderr[-2000:])
-    for rid in ("reqs", "senders", "inbox", "pullers", "pushers"):
+    for rid in ("reqs", "senders", "inbox", "pullers", "pushers", "copies"):
         assert rows[rid]["verified"] > 0 and rows[rid]["mismatched"] == 0, (rid, rows[rid])
     # Each message, request and exchange was answered by a listener.
     assert rows["echo"]["operations"] >= rows["msgs"]["operations"] + rows["reqs"]["operations"]
     assert rows["fwd"]["bytes"] > 0 and rows["echo"]["bytes"] > rows["fwd"]["bytes"]
     assert res.returncode == (0 if report["passed"] else 1)
+    assert rows["copies"]["bytes"] == rows["copies"]["operations"] * 256_000
     assert [e["row"] for e in report["expect"]] == [
-        "pairs", "msgs", "reqs", "fwd", "senders", "inbox", "pullers", "pushers",
+        "pairs", "msgs", "reqs", "fwd", "senders", "inbox", "pullers", "pushers", "copies",
     ]  # fmt: skip
 
 
@@ -181,6 +186,10 @@ def test_a_wrong_sheet_names_its_line_row_and_column(tmp_path: Path, admin: Clie
     res = admin.run("loadtest", str(sheet(tmp_path, text)), check=False)
     assert res.returncode == 2
     assert "line 2 (row 'up'), column rate: '50/min' is not a rate" in res.stderr
+    missing = "id,count,role,size\nup,1,push,file:/nonexistent/sample.bin\n"
+    res = admin.run("loadtest", str(sheet(tmp_path, missing)), check=False)
+    assert res.returncode == 2
+    assert "row 'up', column size: cannot read /nonexistent/sample.bin" in res.stderr
     kill = "id,count,role,size,faults\nup,1,push,1KiB,hub_kill@5s\n"
     res = admin.run("loadtest", str(sheet(tmp_path, kill)), check=False)
     assert res.returncode == 2
