@@ -74,6 +74,36 @@ class AdminCalls(ABC):
         body = {"cap": value}
         return dict(await self._call("PUT", f"/v1/users/{name}/cap", body, hint=USERS_HINT))
 
+    async def users_in_state(self, state: str) -> list[dict[str, Any]]:
+        """The accounts in ``state``: pending (registrations waiting for an
+        admin), active or refused (admins)."""
+        query = urlencode({"state": state})
+        return list(await self._call("GET", f"/v1/users?{query}", hint=USERS_HINT))
+
+    async def approve_user(self, name: str) -> dict[str, Any]:
+        """Approve a registration that waits: the account may log in (admins)."""
+        check_user_name(name)
+        return dict(await self._call("POST", f"/v1/users/{name}/approve", hint=USERS_HINT))
+
+    async def refuse_user(self, name: str) -> dict[str, Any]:
+        """Refuse a registration that waits: it never logs in (admins)."""
+        check_user_name(name)
+        return dict(await self._call("POST", f"/v1/users/{name}/refuse", hint=USERS_HINT))
+
+    async def reset_password(self, name: str, password: str) -> dict[str, Any]:
+        """Set another account's password; every login of it ends (admins)."""
+        check_user_name(name)
+        check_new_password(password)
+        body = {"password": password}
+        return dict(await self._call("POST", f"/v1/users/{name}/password", body, hint=USERS_HINT))
+
+    async def set_role(self, name: str, role: str) -> dict[str, Any]:
+        """Make an account ``admin`` or ``user`` (admins; the last enabled
+        admin keeps its role)."""
+        check_user_name(name)
+        body = {"role": role}
+        return dict(await self._call("POST", f"/v1/users/{name}/role", body, hint=USERS_HINT))
+
     async def passwd(self, current: str, new: str) -> dict[str, Any]:
         """Change this account's password; its other logins end."""
         check_new_password(new)
