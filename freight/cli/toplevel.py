@@ -106,6 +106,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
         ("users",),
         "Identity keys your devices prove themselves with (connect, listen, agents).",
     ),
+    "apps": (
+        ("users",),
+        "Application names hosts listen on, as the hub approves them (freight hub "
+        "--app-approval; admin accounts only).",
+    ),
     "agents": (("agents", "tunnel"), "Enrolled agents (admin accounts only)."),
     "agent": (("agentcmd",), "Run this machine as an agent."),
     "collect": (("collect",), "Collection policies (admin accounts only)."),

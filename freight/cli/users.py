@@ -23,6 +23,11 @@ from .common import HubOpt, JsonOpt, on_hub
 from .output import err_console, print_json
 
 users_app = typer.Typer(help="Accounts on the hub (admin accounts only).", no_args_is_help=True)
+apps_app = typer.Typer(
+    help="Application names hosts listen on, as the hub approves them (freight hub "
+    "--app-approval; admin accounts only).",
+    no_args_is_help=True,
+)
 keys_app = typer.Typer(
     help="Identity keys your devices prove themselves with (connect, listen, agents).",
     no_args_is_help=True,
@@ -400,9 +405,61 @@ def keys_rm(
         )
 
 
+AppNameArg = Annotated[str, typer.Argument(help="Application name (1-64 of A-Z a-z 0-9 _ . : -).")]
+
+
+@apps_app.command("ls")
+def apps_ls(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only those pending, approved or refused.")
+    ] = None,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List application names with their state, who asked first and who decided."""
+    if state is not None and state not in ("pending", "approved", "refused"):
+        raise UsageError(f"--state is pending, approved or refused, not {state!r}")
+    rows = on_hub(hub_url, lambda hub: hub.apps_list(state))
+    if json_out:
+        print_json(rows)
+        return
+    for a in rows:
+        when = datetime.fromtimestamp(a["requested"]).strftime("%Y-%m-%d %H:%M")
+        decided = f"by {a['decided_by']}" if a["decided_by"] else ""
+        typer.echo(f"{a['name']:<24} {a['state']:<8}  {when}  {a['requested_by']:<16} {decided}")
+    err_console.print(f"{len(rows)} application(s)", markup=False)
+
+
+def decide_app(name: str, approve: bool, hub_url: str | None, json_out: bool) -> None:
+    row = on_hub(hub_url, lambda hub: hub.decide_app(name, approve))
+    if json_out:
+        print_json(row)
+    elif approve:
+        err_console.print(
+            f"Approved application {name}: hosts listening on it take its messages now",
+            markup=False,
+        )
+    else:
+        err_console.print(f"Refused application {name}", markup=False)
+
+
+@apps_app.command("approve")
+def apps_approve(name: AppNameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Approve an application name: the hosts that listen on it take its
+    messages at once (they need not register again)."""
+    decide_app(name, True, hub_url, json_out)
+
+
+@apps_app.command("refuse")
+def apps_refuse(name: AppNameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Refuse an application name: no host takes its messages."""
+    decide_app(name, False, hub_url, json_out)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(apps_app, name="apps")
     app.command("passwd")(passwd)
     app.command("register")(register_account)
     app.command("logout")(logout)

@@ -18,6 +18,7 @@ from ..units import UNLIMITED_WORDS, parse_rate, parse_size
 
 USERS_HINT = "run: freight users ls"
 KEYS_HINT = "run: freight keys ls"
+APPS_HINT = "run: freight apps ls"
 
 
 class AdminCalls(ABC):
@@ -103,6 +104,17 @@ class AdminCalls(ABC):
         check_user_name(name)
         body = {"role": role}
         return dict(await self._call("POST", f"/v1/users/{name}/role", body, hint=USERS_HINT))
+
+    async def apps_list(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Application names and the hub's decisions on them (admins)."""
+        query = f"?{urlencode({'state': state})}" if state else ""
+        return list(await self._call("GET", f"/v1/apps{query}", hint=APPS_HINT))
+
+    async def decide_app(self, name: str, approve: bool) -> dict[str, Any]:
+        """Approve or refuse an application name (admins)."""
+        verb = "approve" if approve else "refuse"
+        path = f"/v1/apps/{quote(name, safe='')}/{verb}"
+        return dict(await self._call("POST", path, hint=APPS_HINT))
 
     async def passwd(self, current: str, new: str) -> dict[str, Any]:
         """Change this account's password; its other logins end."""

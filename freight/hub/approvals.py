@@ -13,6 +13,7 @@ well (:mod:`.messaging` holds it). Every change is an event naming its actor.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -20,7 +21,7 @@ from aiohttp import web
 
 from ..errors import Conflict, LimitReached, NotFound, UsageError
 from ..names import check_new_password, check_user_name
-from ..store.approvals import ACTIVE, REFUSED
+from ..store.approvals import ACTIVE, APP_STATES, APPROVED, REFUSED
 from .approvalrules import registration_state
 from .limiter import address_key
 from .requests import admin_user, json_fields
@@ -116,9 +117,64 @@ async def set_role(request: web.Request) -> web.Response:
     return web.json_response(user_json(row) | {"role": role})
 
 
+# --- applications --------------------------------------------------------------
+
+
+def app_json(row: Any) -> dict[str, Any]:
+    return {
+        "name": row.name,
+        "state": row.state,
+        "requested_by": row.requested_by,
+        "requested": row.requested,
+        "decided_by": row.decided_by or None,
+        "decided": row.decided or None,
+    }
+
+
+async def list_apps(request: web.Request) -> web.Response:
+    await admin_user(request)
+    state = request.query.get("state")
+    if state is not None and state not in APP_STATES:
+        raise UsageError(f"state must be one of {', '.join(APP_STATES)}")
+    rows = await request.app[STATE].db.list_apps(state)
+    return web.json_response([app_json(r) for r in rows])
+
+
+APP_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def check_app_name(name: str) -> str:
+    if not APP_NAME.fullmatch(name):
+        raise UsageError("an application name is 1-64 of A-Z a-z 0-9 _ . : -")
+    return name
+
+
+async def _decide_app(request: web.Request, state: str) -> web.Response:
+    admin = await admin_user(request)
+    st = request.app[STATE]
+    name = check_app_name(request.match_info["name"])
+    row = await st.db.decide_app(name, state, admin.name)
+    await st.events.emit(
+        "app_approved" if state == APPROVED else "app_refused", admin.name, app=name
+    )
+    await st.messaging.decided(name, state)
+    return web.json_response(app_json(row))
+
+
+async def approve_app(request: web.Request) -> web.Response:
+    return await _decide_app(request, APPROVED)
+
+
+async def refuse_app(request: web.Request) -> web.Response:
+    return await _decide_app(request, REFUSED)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/v1/register", register)
     app.router.add_post("/v1/users/{name}/approve", approve_user)
     app.router.add_post("/v1/users/{name}/refuse", refuse_user)
     app.router.add_post("/v1/users/{name}/password", reset_password)
     app.router.add_post("/v1/users/{name}/role", set_role)
+    app.router.add_get("/v1/apps", list_apps)
+    app.router.add_post("/v1/apps/{name}/approve", approve_app)
+    app.router.add_post("/v1/apps/{name}/refuse", refuse_app)

@@ -45,6 +45,7 @@ from . import (
     users,
 )
 from . import links as link_routes
+from .appgate import AppGate
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
@@ -241,7 +242,13 @@ async def build_hub(cfg: HubConfig) -> Hub:
         passwords=auth.PasswordWork(),
         challenges=ChallengeBook(),
         token_lifetime=cfg.token_lifetime,
-        messaging=messaging.Messaging(relay, events, metrics, warmup=cfg.msg_warmup),
+        messaging=messaging.Messaging(
+            relay,
+            events,
+            metrics,
+            warmup=cfg.msg_warmup,
+            gate=AppGate(db, events, cfg.max_pending) if cfg.app_approval else None,
+        ),
         tunnels=tunnels.TunnelService(relay, events, metrics),
         transfers=board,
         registration=cfg.registration,

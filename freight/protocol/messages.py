@@ -508,6 +508,24 @@ class MsgResult(Message, tag="msg_result", frozen=True):
     message: Text = ""
 
 
+class MsgHeldApp(msgspec.Struct, frozen=True, kw_only=True):
+    """An application the hub holds: ``pending`` (an admin has not decided
+    yet) or ``refused``."""
+
+    app: App
+    state: Annotated[str, msgspec.Meta(pattern=r"^(pending|refused)$")]
+
+
+class MsgHeld(Message, tag="msg_held", frozen=True):
+    """The applications of the host's registrations the hub holds back
+    (``freight hub --app-approval``): no message for them reaches the host
+    until an admin approves them, and then without a new MsgHello. Sent
+    before the Done answering a MsgHello that names one, and again whenever
+    an admin's decision changes the list (empty: none held any more)."""
+
+    apps: Annotated[list[MsgHeldApp], msgspec.Meta(max_length=MAX_HOST_REGS)] = []
+
+
 # --- bandwidth probe (docs/protocol.md "20. Bandwidth probe") --------------
 
 
@@ -586,6 +604,7 @@ AnyMessage = (
     | MsgSend
     | MsgDeliver
     | MsgResult
+    | MsgHeld
     | Probe
     | ProbeData
     | ProbeReport

@@ -103,16 +103,16 @@ class Approvals(Repository):
             q = q.where(t.apps.c.state == state)
         return await self._all(AppRow, q)
 
-    async def request_app(self, name: str, by: str, max_pending: int) -> str | None:
-        """The state of application ``name``, recorded pending (first asked
-        by ``by``) if unknown; None if unknown and ``max_pending`` already wait."""
+    async def request_app(self, name: str, by: str, max_pending: int) -> tuple[str, bool] | None:
+        """The state of application ``name`` and whether this request
+        recorded it (pending, first asked by ``by``); None if it is unknown
+        and ``max_pending`` names already wait."""
         async with self.engine.begin() as c:
             for _ in range(2):  # a racing first request: read what it wrote
-                row = (
-                    await c.execute(sa.select(t.apps.c.state).where(t.apps.c.name == name))
-                ).first()
+                q = sa.select(t.apps.c.state).where(t.apps.c.name == name)
+                row = (await c.execute(q)).first()
                 if row is not None:
-                    return str(row[0])
+                    return str(row[0]), False
                 if await _count(c, t.apps, PENDING) >= max_pending:
                     return None
                 try:
@@ -122,7 +122,7 @@ class Approvals(Repository):
                                 name=name, state=PENDING, requested_by=by, requested=self.clock()
                             )
                         )
-                    return PENDING
+                    return PENDING, True
                 except sa.exc.IntegrityError:
                     continue
             return None

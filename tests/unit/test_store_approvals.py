@@ -72,15 +72,15 @@ async def test_a_password_reset_ends_every_login(db: Database, clock: Clock) -> 
 
 
 async def test_application_names_wait_then_are_decided(db: Database, clock: Clock) -> None:  # noqa: F811
-    assert await db.request_app("chat", "ann", max_pending=2) == "pending"
-    assert await db.request_app("chat", "bo", max_pending=2) == "pending"  # still ann's request
-    assert await db.request_app("news", "bo", max_pending=2) == "pending"
+    assert await db.request_app("chat", "ann", max_pending=2) == ("pending", True)
+    assert await db.request_app("chat", "bo", max_pending=2) == ("pending", False)  # ann's
+    assert await db.request_app("news", "bo", max_pending=2) == ("pending", True)
     assert await db.request_app("more", "bo", max_pending=2) is None  # two wait already
     clock.now = 2000.0
     row = await db.decide_app("chat", "approved", "admin")
     assert row == AppRow("chat", "approved", "ann", 1000.0, "admin", 2000.0)
-    assert await db.request_app("chat", "cy", max_pending=2) == "approved"
-    assert await db.request_app("more", "bo", max_pending=2) == "pending"  # room again
+    assert await db.request_app("chat", "cy", max_pending=2) == ("approved", False)
+    assert await db.request_app("more", "bo", max_pending=2) == ("pending", True)  # room again
     # Decided ahead of any request: recorded with the admin as requester.
     ahead = await db.decide_app("blocked", "refused", "admin")
     assert (ahead.state, ahead.requested_by) == ("refused", "admin")

@@ -4,9 +4,29 @@
 from __future__ import annotations
 
 from .accountpaths import PASSWORD
-from .common import COUNT, USER_NAME, Schema, json_ok, obj, op, path, ref
+from .common import (
+    COUNT,
+    TIME,
+    USER_NAME,
+    Schema,
+    array,
+    json_ok,
+    nullable,
+    obj,
+    op,
+    path,
+    query,
+    ref,
+)
 
 _USER_PARAM = path("name", USER_NAME)
+APP_NAME: Schema = {
+    "type": "string",
+    "pattern": "^[A-Za-z0-9_.:-]{1,64}$",
+    "description": "an application name: 1-64 of A-Z a-z 0-9 _ . : -",
+}
+APP_STATE: Schema = {"type": "string", "enum": ["pending", "approved", "refused"]}
+_APP_PARAM = path("name", APP_NAME)
 
 SCHEMAS: dict[str, Schema] = {
     "Registered": obj(
@@ -20,6 +40,21 @@ SCHEMAS: dict[str, Schema] = {
             },
         },
         ["user", "role", "state"],
+    ),
+    "App": obj(
+        {
+            "name": APP_NAME,
+            "state": APP_STATE,
+            "requested_by": {
+                "type": "string",
+                "description": "the account whose host registered it first (or the admin "
+                "who decided ahead)",
+            },
+            "requested": TIME,
+            "decided_by": nullable(USER_NAME),
+            "decided": nullable(TIME),
+        },
+        ["name", "state", "requested_by", "requested", "decided_by", "decided"],
     ),
 }
 
@@ -91,6 +126,43 @@ PATHS: dict[str, dict[str, Schema]] = {
             body=obj({"role": {"type": "string", "enum": ["admin", "user"]}}, ["role"]),
             ok={200: json_ok(ref("User"))},
             errors=[404, 409],
+        )
+    },
+    "/v1/apps": {
+        "get": op(
+            "listApps",
+            "Application names hosts registered, with an admin's decision on each",
+            "accounts",
+            auth="admin",
+            description="With freight hub --app-approval the first registration of an unknown "
+            "name records it pending; no host takes its messages until an admin approves it. "
+            "At most 1,000 names, in name order.",
+            params=[query("state", APP_STATE, "only the names in this state")],
+            ok={200: json_ok(array(ref("App")))},
+            errors=[400],
+        )
+    },
+    "/v1/apps/{name}/approve": {
+        "post": op(
+            "approveApp",
+            "Approve an application name: hosts registered on it take its messages at once",
+            "accounts",
+            auth="admin",
+            description="A name nobody registered yet may be decided ahead.",
+            params=[_APP_PARAM],
+            ok={200: json_ok(ref("App"))},
+            errors=[400],
+        )
+    },
+    "/v1/apps/{name}/refuse": {
+        "post": op(
+            "refuseApp",
+            "Refuse an application name: no host takes its messages",
+            "accounts",
+            auth="admin",
+            params=[_APP_PARAM],
+            ok={200: json_ok(ref("App"))},
+            errors=[400],
         )
     },
 }
