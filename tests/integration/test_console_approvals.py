@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.authsupport import rest
 from tests.consolesupport import ADMIN_ONLY, Browser, inline_code
 from tests.integration.test_console_pages import cells
-from tests.support import Hub
+from tests.relaysupport import Proc, fast
+from tests.support import Client, Hub
 
 PASSWORD = "a console password"
 
@@ -22,7 +24,8 @@ PASSWORD = "a console password"
 @pytest.fixture(scope="module")
 def approving(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
     h = Hub(
-        tmp_path_factory.mktemp("console-approvals") / "hub", extra=["--registration", "approval"]
+        tmp_path_factory.mktemp("console-approvals") / "hub",
+        extra=["--registration", "approval", "--app-approval", "--msg-warmup", "0"],
     )
     h.start()
     yield h
@@ -130,3 +133,31 @@ async def test_the_approvals_page_is_for_admins(approving: Hub) -> None:
         assert status == 403
         nav = re.findall(r"<nav>(.*?)</nav>", await admin.page("/"), re.S)[0]
         assert "Approvals" in nav
+
+
+async def test_an_application_is_approved_on_the_approvals_page(
+    approving: Hub, tmp_path: Path
+) -> None:
+    admin = fast(Client(tmp_path / "admin", approving))
+    admin.login()
+    admin.run("users", "add", "kim", "--password-stdin", input=PASSWORD + "\n")
+    kim = fast(Client(tmp_path / "kim", approving))
+    kim.login(user="kim", password=PASSWORD)
+    with Proc(kim, "msg", "listen", "console:app", "--count", "1") as listener:
+        listener.wait_stderr("Application console:app waits for an administrator's approval")
+        async with Browser(approving) as b:
+            await b.login()
+            table = await b.page("/console/approvals/table")
+            assert cells(table, "app-console:app")[:2] == ["console:app", "kim"]
+            assert 'hx-post="/v1/apps/console%3Aapp/approve"' in table
+            status, body = await b.api("POST", "/v1/apps/console%3Aapp/approve", csrf="")
+            assert status == 403
+            assert "app-console:app" in await b.page("/console/approvals/table")
+            status, body = await b.api("POST", "/v1/apps/console%3Aapp/approve")
+            assert status == 200 and body["state"] == "approved", body
+            table = await b.page("/console/approvals/table")
+            assert "No application waits for approval." in table
+        sent = admin.run("msg", "send", "kim", "console:app", "--type", "1", "hello")
+        assert sent.stdout == "delivered to 1 recipient(s)\n"
+        assert listener.wait(10) == 0, listener.stderr
+        assert listener.stdout_lines()[1] == "admin 0x00000001 hello"
