@@ -459,9 +459,7 @@ class MessageHost:
         elif isinstance(msg, m.MsgDeliver):
             self._on_deliver(msg, payload)
         elif isinstance(msg, m.MsgHeld):  # before the Done of the MsgHello it answers
-            self.held = {h.app: h.state for h in msg.apps}
-            if self.held:
-                log.warning("held for an admin's approval", extra=fields(apps=sorted(self.held)))
+            self.held = dict(msg.apps)
 
     def _on_deliver(self, msg: m.MsgDeliver, payload: bytes) -> None:
         seen = self._dedupe.get(msg.id)

@@ -23,14 +23,11 @@ class AppStates(Protocol):
     ) -> tuple[str, bool] | None: ...
 
 
-def hold(
-    regs: Iterable[m.MsgReg], states: dict[str, str]
-) -> tuple[list[m.MsgReg], list[m.MsgHeldApp]]:
+def hold(regs: Iterable[m.MsgReg], states: dict[str, str]) -> tuple[list[m.MsgReg], dict[str, str]]:
     """Split a host's registrations by their applications' states: those
     that stand, and the applications held (pending or refused), by name."""
     kept = [r for r in regs if states.get(r.app) == APPROVED]
-    held = sorted({(a, s) for a, s in states.items() if s != APPROVED})
-    return kept, [m.MsgHeldApp(app=a, state=s) for a, s in held]
+    return kept, {a: s for a, s in sorted(states.items()) if s != APPROVED}
 
 
 class AppGate:

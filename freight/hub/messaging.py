@@ -82,7 +82,7 @@ class Messaging:
         # last told are held.
         self.gate = gate
         self.hellos: dict[Attachment, tuple[str, m.MsgHello, str]] = {}
-        self.held: dict[Attachment, list[m.MsgHeldApp]] = {}
+        self.held: dict[Attachment, dict[str, str]] = {}
         self.clock = clock
         self.wall = wall
         self.directory = Directory(started=clock(), warmup=warmup)

@@ -415,6 +415,7 @@ Sig64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
 # "host:" and a host id (the host of a ticket, for replies).
 Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70)]
 Reason = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[a-z_]*$")]
+Held = Annotated[str, msgspec.Meta(pattern=r"^(pending|refused)$")]
 MAX_HOST_REGS: Final = 256  # (app, peer) pairs one host may announce
 
 
@@ -508,22 +509,10 @@ class MsgResult(Message, tag="msg_result", frozen=True):
     message: Text = ""
 
 
-class MsgHeldApp(msgspec.Struct, frozen=True, kw_only=True):
-    """An application the hub holds: ``pending`` (an admin has not decided
-    yet) or ``refused``."""
-
-    app: App
-    state: Annotated[str, msgspec.Meta(pattern=r"^(pending|refused)$")]
-
-
 class MsgHeld(Message, tag="msg_held", frozen=True):
-    """The applications of the host's registrations the hub holds back
-    (``freight hub --app-approval``): no message for them reaches the host
-    until an admin approves them, and then without a new MsgHello. Sent
-    before the Done answering a MsgHello that names one, and again whenever
-    an admin's decision changes the list (empty: none held any more)."""
+    """Applications held until an admin approves them (docs/protocol.md 15.2)."""
 
-    apps: Annotated[list[MsgHeldApp], msgspec.Meta(max_length=MAX_HOST_REGS)] = []
+    apps: Annotated[dict[App, Held], msgspec.Meta(max_length=MAX_HOST_REGS)] = {}
 
 
 # --- bandwidth probe (docs/protocol.md "20. Bandwidth probe") --------------

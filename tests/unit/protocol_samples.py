@@ -149,7 +149,7 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     ),
     (m.MsgResult(id="5e" * 16, host="4d" * 16, count=2), b""),
     (m.MsgResult(id="5e" * 16, reason="busy", message="sensors is not keeping up"), b""),
-    (m.MsgHeld(apps=[m.MsgHeldApp(app="chat", state="pending")]), b""),
+    (m.MsgHeld(apps={"chat": "pending", "spam": "refused"}), b""),
     (m.MsgHeld(), b""),
     (m.Probe(pid="p-1", op="up", seconds=2.0, size=65536), b""),
     (m.ProbeData(pid="p-1", seq=3, len=1024), b"\x00" * 1024),

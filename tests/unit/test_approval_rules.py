@@ -66,11 +66,8 @@ def test_held_applications_are_split_from_the_registrations_that_stand() -> None
     states = {"chat": "approved", "news": "pending", "spam": "refused"}
     kept, held = hold(regs, states)
     assert kept == regs[:2]
-    assert held == [
-        m.MsgHeldApp(app="news", state="pending"),
-        m.MsgHeldApp(app="spam", state="refused"),
-    ]
-    assert hold(regs[:1], {"chat": "approved"}) == (regs[:1], [])
+    assert held == {"news": "pending", "spam": "refused"}
+    assert hold(regs[:1], {"chat": "approved"}) == (regs[:1], {})
 
 
 class FakeApps:
