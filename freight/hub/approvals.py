@@ -1,14 +1,15 @@
-"""Self-registration, approvals and roles (docs/protocol.md "Registration,
-approvals and roles").
+"""Self-registration, approvals and roles (docs/protocol.md 1.5).
 
 ``POST /v1/register`` needs no login: with ``freight hub --registration
 open`` the account is active at once, with ``approval`` it waits
 (``pending``) until an admin approves or refuses it, with ``off`` (the
 default) the answer is 403. Every attempt counts against the login guard
-per client address, and a bounded number of accounts wait at once (``freight hub --max-pending``, 1,000 by default). Admins approve and refuse accounts, reset another account's
-password (its logins end) and set roles; the last enabled admin keeps its
-role. With ``--app-approval`` a new application name waits for an admin as
-well (:mod:`.messaging` holds it). Every change is an event naming its actor.
+per client address, and a bounded number of accounts wait at once
+(``freight hub --max-pending``, 1,000 by default). Admins approve and
+refuse accounts, reset another account's password (its logins end) and set
+roles; the last enabled admin keeps its role. With ``--app-approval`` a new
+application name waits for an admin as well (:mod:`.messaging` holds it).
+Every change is an event naming its actor.
 """
 
 from __future__ import annotations

@@ -71,7 +71,10 @@ async def test_a_password_reset_ends_every_login(db: Database, clock: Clock) -> 
     assert row is not None and row.pw_hash == "new"
 
 
-async def test_application_names_wait_then_are_decided(db: Database, clock: Clock) -> None:  # noqa: F811
+async def test_application_names_wait_then_are_decided(
+    db: Database,  # noqa: F811
+    clock: Clock,  # noqa: F811
+) -> None:
     assert await db.request_app("chat", "ann", max_pending=2) == ("pending", True)
     assert await db.request_app("chat", "bo", max_pending=2) == ("pending", False)  # ann's
     assert await db.request_app("news", "bo", max_pending=2) == ("pending", True)
