@@ -39,7 +39,8 @@ parent's exit code; the module where it is not this one).
     │   ├── AgentRefused
     │   ├── RateLimited
     │   ├── Forbidden
-    │   │   └── OutsideRoots                      agent.roots
+    │   │   ├── OutsideRoots                      agent.roots
+    │   │   └── AwaitingApproval
     │   ├── NotLoggedIn
     │   └── CodeBurned
     ├── TLSError                         exit 4
@@ -107,6 +108,7 @@ __all__ = [
     "EXIT_CODES",
     "Aborted",
     "AuthError",
+    "AwaitingApproval",
     "BadCredentials",
     "Busy",
     "ConfigError",
@@ -206,6 +208,14 @@ class Forbidden(AuthError):
 
     code = "forbidden"
     hint = "ask an admin"
+
+
+class AwaitingApproval(Forbidden):
+    """The password is right, but the account (or application) waits for an
+    administrator's approval."""
+
+    code = "awaiting_approval"
+    hint = "ask an admin to approve it (freight users approve NAME)"
 
 
 class NotLoggedIn(AuthError):

@@ -101,6 +101,10 @@ class Registration(Protocol):
     app: str
     interest: int
     peer: str
+    # "pending": the hub (--app-approval) holds the application until an
+    # admin approves it (messages come then, nothing to do here);
+    # "refused": for good; "": not held.
+    held: str
 
     def __aiter__(self) -> AsyncIterator[Message]: ...
 
@@ -154,8 +158,11 @@ def _check(app: str, type_: int, body: bytes) -> None:
 
 
 class SocketRegistration:
-    def __init__(self, bus: SocketBus, ticket: str, app: str, interest: int, peer: str) -> None:
+    def __init__(
+        self, bus: SocketBus, ticket: str, app: str, interest: int, peer: str, held: str = ""
+    ) -> None:
         self.bus = bus
+        self.held = held
         self.ticket = ticket
         self.app = app
         self.interest = interest
@@ -332,7 +339,7 @@ class SocketBus:
         msg = p.LRegister(rid=self._rid(), app=app, interest=interest, peer=peer)
         answer, _ = await self._call(msg)
         assert isinstance(answer, p.LRegistered)
-        reg = SocketRegistration(self, answer.ticket, app, interest, peer)
+        reg = SocketRegistration(self, answer.ticket, app, interest, peer, answer.held)
         self.regs[reg.ticket] = reg
         return reg
 
@@ -393,7 +400,13 @@ class SocketBus:
         return {
             "hid": self.hid,
             "apps": [
-                {"ticket": a.ticket, "app": a.app, "interest": a.interest, "peer": a.peer}
+                {
+                    "ticket": a.ticket,
+                    "app": a.app,
+                    "interest": a.interest,
+                    "peer": a.peer,
+                    "held": a.held,
+                }
                 | dict(a.stats)
                 for a in answer.apps
             ],
@@ -423,6 +436,10 @@ class HostRegistration:
         self.app: str = reg.app
         self.interest: int = reg.interest
         self.peer: str = reg.peer
+
+    @property
+    def held(self) -> str:
+        return str(self.bus.host.held.get(self.app, ""))
 
     def __aiter__(self) -> AsyncIterator[Message]:
         return self._iterate()

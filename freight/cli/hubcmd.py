@@ -114,6 +114,28 @@ def hub(
         float,
         typer.Option(help="Seconds of the first lockout after failed logins.", hidden=True),
     ] = 30.0,
+    registration: Annotated[
+        str,
+        typer.Option(
+            help="Self-registration (freight register): off; open (accounts active at once); "
+            "approval (accounts wait until an admin approves them).",
+        ),
+    ] = "off",
+    app_approval: Annotated[
+        bool,
+        typer.Option(
+            "--app-approval",
+            help="The first listen on a new application name waits for an admin's approval.",
+        ),
+    ] = False,
+    max_pending: Annotated[
+        int,
+        typer.Option(
+            help="Registrations (and application names) that may wait for approval at once.",
+            hidden=True,
+            min=1,
+        ),
+    ] = 1000,
 ) -> None:
     """Run a hub on one HTTPS port."""
     from ..hub.bandwidth import Budget
@@ -135,6 +157,8 @@ def hub(
             check_level(compress)
         except UsageError as exc:
             raise typer.BadParameter(exc.message, param_hint="--compress") from None
+    if registration not in ("off", "open", "approval"):
+        raise typer.BadParameter("use off, open or approval", param_hint="--registration")
     if (cert is None) != (key is None):
         raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
     if cert is not None and key is not None:
@@ -176,6 +200,9 @@ def hub(
         account_streams=account_streams,
         token_lifetime=token_lifetime,
         login_lockout=login_lockout,
+        registration=registration,
+        app_approval=app_approval,
+        max_pending=max_pending,
     )
     try:
         run_async(lambda: serve(cfg))

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from ..client.config import ClientConfig
-from ..errors import Busy, FreightError, PeerAbsent, UsageError
+from ..errors import Busy, Forbidden, FreightError, PeerAbsent, UsageError
 from ..tasks import Supervisor
 from . import toplevel
 from .common import HubOpt, JsonOpt, TransportOpt, run_async
@@ -114,10 +114,21 @@ def listen(
     async def go() -> None:
         async with messaging.connect(hub_url, transport=transport) as bus:
             reg = await bus.register(app_name, interest=mask, peer=peer)
+            if reg.held == "refused":
+                await reg.close()
+                raise Forbidden(f"application {app_name} was refused by the hub's administrator")
             if json_out:
-                print_json({"ticket": reg.ticket, "app": app_name, "interest": mask})
+                print_json(
+                    {"ticket": reg.ticket, "app": app_name, "interest": mask, "held": reg.held}
+                )
             else:
                 typer.echo(f"ticket {reg.ticket}")
+            if reg.held == "pending":
+                err_console.print(
+                    f"Application {app_name} waits for an administrator's approval; its "
+                    "messages come once it is approved",
+                    markup=False,
+                )
             sys.stdout.flush()
             replies = Supervisor("msg-listen-replies")
             pending: set[asyncio.Task[None]] = set()
@@ -283,7 +294,9 @@ def apps(
         typer.echo("no registrations")
     for row in info["apps"]:
         extra = " ".join(
-            f"{k}={v}" for k, v in row.items() if k not in ("ticket", "app", "interest", "peer")
+            f"{k}={v}"
+            for k, v in row.items()
+            if k not in ("ticket", "app", "interest", "peer") and v != ""
         )
         typer.echo(
             f"{row['ticket']}  {row['app']:<16} {row['interest']:#010x} "

@@ -42,6 +42,12 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "ls": (("files",), "List your files on the hub, or a folder on an agent (AGENT:/path)."),
     "rm": (("files",), "Delete files from the hub."),
     "passwd": (("users",), "Change your own password; your other logins are signed out."),
+    "register": (
+        ("users",),
+        "Register an account of your own on a hub that allows it (freight hub --registration "
+        "open|approval), pinning its certificate as freight login does. Says whether the "
+        "account is active or waits for an administrator; then log in with freight login.",
+    ),
     "logout": (
         ("users",),
         "Log out: the hub revokes this login (closing what it holds open) and it is "
@@ -104,6 +110,11 @@ COMMANDS: dict[str, tuple[tuple[str, ...], str]] = {
     "keys": (
         ("users",),
         "Identity keys your devices prove themselves with (connect, listen, agents).",
+    ),
+    "apps": (
+        ("users",),
+        "Application names hosts listen on, as the hub approves them (freight hub "
+        "--app-approval; admin accounts only).",
     ),
     "agents": (("agents", "tunnel"), "Enrolled agents (admin accounts only)."),
     "agent": (("agentcmd",), "Run this machine as an agent."),

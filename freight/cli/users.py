@@ -1,6 +1,7 @@
-"""Accounts: ``freight users ls|add|disable|enable`` (admins), and for
-anyone's own account ``freight passwd``, ``freight logout`` and ``freight
-keys ls|rm`` (admins may name another account with ``--user``)."""
+"""Accounts: ``freight users ls|add|disable|enable|pending|approve|refuse|
+passwd|role`` (admins), ``freight register`` (anyone, where the hub allows
+it), and for anyone's own account ``freight passwd``, ``freight logout`` and
+``freight keys ls|rm`` (admins may name another account with ``--user``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ from .common import HubOpt, JsonOpt, on_hub
 from .output import err_console, print_json
 
 users_app = typer.Typer(help="Accounts on the hub (admin accounts only).", no_args_is_help=True)
+apps_app = typer.Typer(
+    help="Application names hosts listen on, as the hub approves them (freight hub "
+    "--app-approval; admin accounts only).",
+    no_args_is_help=True,
+)
 keys_app = typer.Typer(
     help="Identity keys your devices prove themselves with (connect, listen, agents).",
     no_args_is_help=True,
@@ -61,7 +67,7 @@ def users_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
         return
     for u in rows:
         when = datetime.fromtimestamp(u["created"]).strftime("%Y-%m-%d %H:%M")
-        state = "disabled" if u["disabled"] else "active"
+        state = "disabled" if u["disabled"] else u.get("state", "active")
         limit = format_bytes(u["quota"]) if u.get("quota") else "no quota"
         used = format_bytes(u.get("used", 0))
         typer.echo(f"{u['name']:<24} {u['role']:<6} {state:<8}  {when}  {used:>10} / {limit}")
@@ -152,6 +158,156 @@ def users_cap(
     else:
         shown = f"{format_bytes(value)}/s" if value else "no cap"
         err_console.print(f"{name}: {shown}", markup=False)
+
+
+@users_app.command("pending")
+def users_pending(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """List the registrations that wait for an admin's approval (freight hub
+    --registration approval); approve or refuse each by name."""
+    rows = on_hub(hub_url, lambda hub: hub.users_in_state("pending"))
+    if json_out:
+        print_json(rows)
+        return
+    for u in rows:
+        when = datetime.fromtimestamp(u["created"]).strftime("%Y-%m-%d %H:%M")
+        typer.echo(f"{u['name']:<24} registered {when}")
+    err_console.print(f"{len(rows)} account(s) wait for approval", markup=False)
+
+
+@users_app.command("approve")
+def users_approve(name: NameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Approve a registration that waits: the account may log in."""
+    user = on_hub(hub_url, lambda hub: hub.approve_user(name))
+    if json_out:
+        print_json(user)
+    else:
+        show_user(user, "Approved")
+
+
+@users_app.command("refuse")
+def users_refuse(name: NameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Refuse a registration that waits: the name stays taken and never logs in."""
+    user = on_hub(hub_url, lambda hub: hub.refuse_user(name))
+    if json_out:
+        print_json(user)
+    else:
+        show_user(user, "Refused")
+
+
+@users_app.command("passwd")
+def users_passwd(
+    name: NameArg,
+    password_stdin: PasswordStdinOpt = False,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Set another account's password; every login of it ends at once.
+    Asks twice (or reads one line with --password-stdin). Your own: freight passwd."""
+
+    async def go(hub: Client) -> Any:
+        check_user_name(name)
+        if password_stdin:
+            (password,) = read_stdin_lines(1, "the new password")
+            check_new_password(password)
+        else:
+            password = ask_new_password(f"New password for {name}: ")
+        return await hub.reset_password(name, password)
+
+    res = on_hub(hub_url, go)
+    if json_out:
+        print_json(res)
+    else:
+        err_console.print(
+            f"Password set for {res['user']}; ended {res['revoked_tokens']} login(s)",
+            markup=False,
+        )
+
+
+@users_app.command("role")
+def users_role(
+    name: NameArg,
+    role: Annotated[str, typer.Argument(help="admin or user.")],
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Make an account an admin or an ordinary user. The last enabled admin
+    keeps its role: make another account admin first."""
+    if role not in ("admin", "user"):
+        raise UsageError(f"ROLE is admin or user, not {role!r}")
+    user = on_hub(hub_url, lambda hub: hub.set_role(name, role))
+    if json_out:
+        print_json(user)
+    else:
+        what = "an admin" if user["role"] == "admin" else "an ordinary user"
+        err_console.print(f"{user['name']} is now {what}", markup=False)
+
+
+def register_account(
+    url: Annotated[str, typer.Argument(help="Hub address, e.g. https://hub.example:8443")],
+    user: Annotated[str, typer.Option("--user", "-u", help="The account name you want.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    fingerprint: Annotated[
+        str | None,
+        typer.Option(help="Expected certificate fingerprint (SHA256:...), checked and pinned."),
+    ] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        typer.Option(
+            "--trust-on-first-use",
+            help="Pin whatever certificate the hub presents if none is pinned yet, without "
+            "asking (needed instead of --fingerprint when there is no terminal to ask on).",
+        ),
+    ] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Register an account of your own on a hub that allows it (freight hub
+    --registration open|approval), pinning its certificate as freight login
+    does. Says whether the account is active or waits for an administrator;
+    then log in with freight login."""
+    from ..client.login import register
+    from ..client.session import hostport, parse_hub_url
+    from .common import run_async
+
+    check_user_name(user)
+    ask = sys.stdin.isatty() and not password_stdin
+
+    def confirm(seen: str) -> bool:
+        return typer.confirm("Trust this hub and pin its certificate?", err=True)
+
+    def password() -> str:
+        if password_stdin:
+            (line,) = read_stdin_lines(1, "the password")
+            return check_new_password(line)
+        return ask_new_password(f"Password for {user}@{hostport(parse_hub_url(url))}: ")
+
+    async def go() -> dict[str, Any]:
+        return await register(
+            url,
+            user,
+            password,
+            fingerprint=fingerprint,
+            trust_on_first_use=trust_on_first_use,
+            confirm=confirm if ask else None,
+            notice=lambda text: err_console.print(text, markup=False),
+        )
+
+    res = run_async(go)
+    if json_out:
+        print_json(res)
+    elif res["state"] == "pending":
+        err_console.print(
+            f"Registered {res['user']} at {res['hub']}; the account waits for an "
+            "administrator's approval (then: freight login)",
+            markup=False,
+        )
+    else:
+        err_console.print(
+            f"Registered {res['user']} at {res['hub']}; the account is active: "
+            f"freight login {res['hub']} --user {res['user']}",
+            markup=False,
+        )
 
 
 def passwd(
@@ -249,8 +405,61 @@ def keys_rm(
         )
 
 
+AppNameArg = Annotated[str, typer.Argument(help="Application name (1-64 of A-Z a-z 0-9 _ . : -).")]
+
+
+@apps_app.command("ls")
+def apps_ls(
+    state: Annotated[
+        str | None, typer.Option("--state", help="Only those pending, approved or refused.")
+    ] = None,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List application names with their state, who asked first and who decided."""
+    if state is not None and state not in ("pending", "approved", "refused"):
+        raise UsageError(f"--state is pending, approved or refused, not {state!r}")
+    rows = on_hub(hub_url, lambda hub: hub.apps_list(state))
+    if json_out:
+        print_json(rows)
+        return
+    for a in rows:
+        when = datetime.fromtimestamp(a["requested"]).strftime("%Y-%m-%d %H:%M")
+        decided = f"by {a['decided_by']}" if a["decided_by"] else ""
+        typer.echo(f"{a['name']:<24} {a['state']:<8}  {when}  {a['requested_by']:<16} {decided}")
+    err_console.print(f"{len(rows)} application(s)", markup=False)
+
+
+def decide_app(name: str, approve: bool, hub_url: str | None, json_out: bool) -> None:
+    row = on_hub(hub_url, lambda hub: hub.decide_app(name, approve))
+    if json_out:
+        print_json(row)
+    elif approve:
+        err_console.print(
+            f"Approved application {name}: hosts listening on it take its messages now",
+            markup=False,
+        )
+    else:
+        err_console.print(f"Refused application {name}", markup=False)
+
+
+@apps_app.command("approve")
+def apps_approve(name: AppNameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Approve an application name: the hosts that listen on it take its
+    messages at once (they need not register again)."""
+    decide_app(name, True, hub_url, json_out)
+
+
+@apps_app.command("refuse")
+def apps_refuse(name: AppNameArg, hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """Refuse an application name: no host takes its messages."""
+    decide_app(name, False, hub_url, json_out)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(users_app, name="users")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(apps_app, name="apps")
     app.command("passwd")(passwd)
+    app.command("register")(register_account)
     app.command("logout")(logout)

@@ -18,6 +18,7 @@ from ..units import UNLIMITED_WORDS, parse_rate, parse_size
 
 USERS_HINT = "run: freight users ls"
 KEYS_HINT = "run: freight keys ls"
+APPS_HINT = "run: freight apps ls"
 
 
 class AdminCalls(ABC):
@@ -73,6 +74,47 @@ class AdminCalls(ABC):
         value = parse_rate(cap) if isinstance(cap, str) else cap
         body = {"cap": value}
         return dict(await self._call("PUT", f"/v1/users/{name}/cap", body, hint=USERS_HINT))
+
+    async def users_in_state(self, state: str) -> list[dict[str, Any]]:
+        """The accounts in ``state``: pending (registrations waiting for an
+        admin), active or refused (admins)."""
+        query = urlencode({"state": state})
+        return list(await self._call("GET", f"/v1/users?{query}", hint=USERS_HINT))
+
+    async def approve_user(self, name: str) -> dict[str, Any]:
+        """Approve a registration that waits: the account may log in (admins)."""
+        check_user_name(name)
+        return dict(await self._call("POST", f"/v1/users/{name}/approve", hint=USERS_HINT))
+
+    async def refuse_user(self, name: str) -> dict[str, Any]:
+        """Refuse a registration that waits: it never logs in (admins)."""
+        check_user_name(name)
+        return dict(await self._call("POST", f"/v1/users/{name}/refuse", hint=USERS_HINT))
+
+    async def reset_password(self, name: str, password: str) -> dict[str, Any]:
+        """Set another account's password; every login of it ends (admins)."""
+        check_user_name(name)
+        check_new_password(password)
+        body = {"password": password}
+        return dict(await self._call("POST", f"/v1/users/{name}/password", body, hint=USERS_HINT))
+
+    async def set_role(self, name: str, role: str) -> dict[str, Any]:
+        """Make an account ``admin`` or ``user`` (admins; the last enabled
+        admin keeps its role)."""
+        check_user_name(name)
+        body = {"role": role}
+        return dict(await self._call("POST", f"/v1/users/{name}/role", body, hint=USERS_HINT))
+
+    async def apps_list(self, state: str | None = None) -> list[dict[str, Any]]:
+        """Application names and the hub's decisions on them (admins)."""
+        query = f"?{urlencode({'state': state})}" if state else ""
+        return list(await self._call("GET", f"/v1/apps{query}", hint=APPS_HINT))
+
+    async def decide_app(self, name: str, approve: bool) -> dict[str, Any]:
+        """Approve or refuse an application name (admins)."""
+        verb = "approve" if approve else "refuse"
+        path = f"/v1/apps/{quote(name, safe='')}/{verb}"
+        return dict(await self._call("POST", path, hint=APPS_HINT))
 
     async def passwd(self, current: str, new: str) -> dict[str, Any]:
         """Change this account's password; its other logins end."""

@@ -13,6 +13,9 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from yarl import URL
 
 from ..errors import Conflict, FingerprintMismatch, NotLoggedIn, UsageError
 from ..transport.proxy import choose_proxy, redact
@@ -68,31 +71,27 @@ def _ignore(_: str) -> None:
     return None
 
 
-async def login(
-    url: str,
-    user: str,
-    password: str | Callable[[], str],
-    *,
-    config: ClientConfig | None = None,
-    fingerprint: str | None = None,
-    trust_on_first_use: bool = False,
-    confirm: Confirm | None = None,
-    ca_file: Path | str | None = None,
-    proxy: str | None = None,
-    notice: Notice = _ignore,
-) -> LoginInfo:
-    """Log in to the hub at ``url`` as ``user`` and save the login.
+@dataclass(frozen=True)
+class _Trusted:
+    url: URL
+    route: Any  # the proxy route, or None
+    ca: Path | None
+    seen: str  # the fingerprint the hub presented
+    wanted_proxy: str | None
 
-    Trust: with ``ca_file`` the certificate's chain and host name are
-    checked against that CA; otherwise the certificate is pinned. A pin
-    that differs is refused. A certificate seen for the first time is
-    pinned when it matches ``fingerprint``, or with ``trust_on_first_use``,
-    or when ``confirm(fingerprint)`` says yes; without any of them (a
-    script) nothing is saved. ``password`` may be a callable, asked only
-    once the certificate is trusted. ``proxy`` (or ``$FREIGHT_PROXY``) and
-    ``ca_file`` (or ``$FREIGHT_CA_FILE``) are saved with the login.
-    """
-    config = config or ClientConfig()
+
+async def _trust(
+    url: str,
+    config: ClientConfig,
+    fingerprint: str | None,
+    trust_on_first_use: bool,
+    confirm: Confirm | None,
+    ca_file: Path | str | None,
+    proxy: str | None,
+    notice: Notice,
+) -> _Trusted:
+    """The hub's certificate, trusted as :func:`login` explains (nothing
+    pinned yet), or an error saying why not."""
     u = parse_hub_url(url)
     wanted_proxy = proxy if proxy is not None else os.environ.get(PROXY_ENV)
     route = choose_proxy(u, explicit=wanted_proxy, saved=None)
@@ -126,6 +125,36 @@ async def login(
                 hint="compare it with the fingerprint the hub printed at start-up and give "
                 f"--fingerprint {seen}, or --trust-on-first-use to pin it unchecked",
             )
+    return _Trusted(u, route, ca, seen, wanted_proxy)
+
+
+async def login(
+    url: str,
+    user: str,
+    password: str | Callable[[], str],
+    *,
+    config: ClientConfig | None = None,
+    fingerprint: str | None = None,
+    trust_on_first_use: bool = False,
+    confirm: Confirm | None = None,
+    ca_file: Path | str | None = None,
+    proxy: str | None = None,
+    notice: Notice = _ignore,
+) -> LoginInfo:
+    """Log in to the hub at ``url`` as ``user`` and save the login.
+
+    Trust: with ``ca_file`` the certificate's chain and host name are
+    checked against that CA; otherwise the certificate is pinned. A pin
+    that differs is refused. A certificate seen for the first time is
+    pinned when it matches ``fingerprint``, or with ``trust_on_first_use``,
+    or when ``confirm(fingerprint)`` says yes; without any of them (a
+    script) nothing is saved. ``password`` may be a callable, asked only
+    once the certificate is trusted. ``proxy`` (or ``$FREIGHT_PROXY``) and
+    ``ca_file`` (or ``$FREIGHT_CA_FILE``) are saved with the login.
+    """
+    config = config or ClientConfig()
+    t = await _trust(url, config, fingerprint, trust_on_first_use, confirm, ca_file, proxy, notice)
+    u, route, ca, seen, wanted_proxy = t.url, t.route, t.ca, t.seen, t.wanted_proxy
     secret = password() if callable(password) else password
     pin = seen if ca is None else ""  # a CA replaces pinning
     warnings: list[str] = []
@@ -175,3 +204,34 @@ async def logout(config: ClientConfig | None = None, url: str | None = None) -> 
             revoked = False
     config.forget_login(hub)
     return hub, revoked
+
+
+async def register(
+    url: str,
+    user: str,
+    password: str | Callable[[], str],
+    *,
+    config: ClientConfig | None = None,
+    fingerprint: str | None = None,
+    trust_on_first_use: bool = False,
+    confirm: Confirm | None = None,
+    ca_file: Path | str | None = None,
+    proxy: str | None = None,
+    notice: Notice = _ignore,
+) -> dict[str, Any]:
+    """Register account ``user`` on the hub at ``url`` (``POST
+    /v1/register``; the hub must allow it). The certificate is trusted and
+    pinned as :func:`login` does it; nothing else is saved (log in once the
+    account is active). The hub's answer: ``user``, ``role``, ``state``
+    (``active``, or ``pending`` until an admin approves it) and ``hub``."""
+    config = config or ClientConfig()
+    t = await _trust(url, config, fingerprint, trust_on_first_use, confirm, ca_file, proxy, notice)
+    secret = password() if callable(password) else password
+    pin = t.seen if t.ca is None else ""
+    async with HubSession(
+        canonical_url(t.url), fingerprint=pin, ca_file=t.ca, proxy=t.route
+    ) as session:
+        body = await session.request("POST", "/v1/register", {"user": user, "password": secret})
+    if t.ca is None:
+        config.pin(hostport(t.url), t.seen)
+    return {**body, "hub": canonical_url(t.url), "fingerprint": t.seen}

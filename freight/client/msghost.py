@@ -118,6 +118,7 @@ class MessageHost:
         self.tasks = Supervisor("msg-host")
         self._routes.spawn = lambda coro: self.tasks.spawn(coro, name="route", detached=True)
         self._closed = False
+        self.held: dict[str, str] = {}  # app -> pending|refused (freight hub --app-approval)
         self._sending: set[asyncio.Task[Any]] = set()
         self._version = self._acked = 0  # of the registration table
         self._acked_changed = asyncio.Event()
@@ -213,6 +214,7 @@ class MessageHost:
                     "interest": reg.interest,
                     "peer": reg.peer,
                     "announced": reg.announced,
+                    "held": self.held.get(reg.app, ""),
                     **h.stats(),
                 }
             )
@@ -456,6 +458,8 @@ class MessageHost:
                 out.changed.set()
         elif isinstance(msg, m.MsgDeliver):
             self._on_deliver(msg, payload)
+        elif isinstance(msg, m.MsgHeld):  # before the Done of the MsgHello it answers
+            self.held = dict(msg.apps)
 
     def _on_deliver(self, msg: m.MsgDeliver, payload: bytes) -> None:
         seen = self._dedupe.get(msg.id)

@@ -331,7 +331,8 @@ class AppConnection:
         self.regs[reg.ticket] = reg
         self.pumps[reg.ticket] = self.tasks.spawn(self._pump(reg), name=f"pump-{reg.ticket}")
         await announced(self.host)
-        await self._write(p.LRegistered(rid=msg.rid, ticket=reg.ticket))
+        held = self.host.held.get(msg.app, "")
+        await self._write(p.LRegistered(rid=msg.rid, ticket=reg.ticket, held=held))
 
     async def _unregister(self, msg: p.LUnregister) -> None:
         if msg.ticket not in self.regs:
@@ -431,6 +432,7 @@ class AppConnection:
                     interest=interest if isinstance(interest, int) else 0,
                     peer=str(row.get("peer", "*")),
                     stats={k: v for k, v in stats.items() if v >= 0},
+                    held=str(row.get("held", "")),
                 )
             )
         counters = {k: v for k, v in self.host.counters().items() if v >= 0}

@@ -174,7 +174,7 @@ class RelayClient:
         self.hello = f"freight/{__version__}"  # how we introduce ourselves
         # Frames the relay does not know (an agent's commands) go here.
         self.on_other: Callable[[m.AnyMessage], Awaitable[None]] | None = None
-        # Messaging frames the hub pushes (MsgDeliver, MsgResult) and their
+        # Messaging frames the hub pushes (MsgDeliver, MsgResult, MsgHeld) and their
         # payload go here; answers with a rid go to request() as usual.
         self.on_message: Callable[[m.AnyMessage, bytes], Awaitable[None]] | None = None
         # Started (as a task of its own) after every re-attach, once what
@@ -421,7 +421,9 @@ class RelayClient:
                 conn.on_hangup(msg)
         elif isinstance(msg, m.Command) and self.on_other is not None:
             await self.on_other(msg)
-        elif isinstance(msg, m.MsgDeliver | m.MsgResult) and self.on_message is not None:
+        elif (
+            isinstance(msg, m.MsgDeliver | m.MsgResult | m.MsgHeld) and self.on_message is not None
+        ):
             await self.on_message(msg, payload)
         elif isinstance(msg, m.Error) and not rid:
             exc = code_to_error(msg.code, msg.message)

@@ -27,6 +27,7 @@ from ..store import Database, DataLayout
 from ..tasks import Supervisor
 from . import (
     agents,
+    approvals,
     auth,
     channels,
     collectapi,
@@ -44,6 +45,7 @@ from . import (
     users,
 )
 from . import links as link_routes
+from .appgate import AppGate
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
@@ -90,6 +92,9 @@ class HubConfig:
     max_relay_connections: int = 256  # relayed connections one account may have open
     max_codes: int = 64  # valid one-time codes one account may hold
     msg_warmup: float = DEFAULT_WARMUP  # seconds after start when empty routes answer retry
+    registration: str = "off"  # POST /v1/register: off, open or approval
+    app_approval: bool = False  # a new application name waits for an admin's approval
+    max_pending: int = 1000  # registrations (and application names) waiting at once
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -237,9 +242,18 @@ async def build_hub(cfg: HubConfig) -> Hub:
         passwords=auth.PasswordWork(),
         challenges=ChallengeBook(),
         token_lifetime=cfg.token_lifetime,
-        messaging=messaging.Messaging(relay, events, metrics, warmup=cfg.msg_warmup),
+        messaging=messaging.Messaging(
+            relay,
+            events,
+            metrics,
+            warmup=cfg.msg_warmup,
+            gate=AppGate(db, events, cfg.max_pending) if cfg.app_approval else None,
+        ),
         tunnels=tunnels.TunnelService(relay, events, metrics),
         transfers=board,
+        registration=cfg.registration,
+        app_approval=cfg.app_approval,
+        max_pending=cfg.max_pending,
     )
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
@@ -263,6 +277,7 @@ def build_app(hub: Hub) -> web.Application:
     eventsapi.add_routes(app)
     observeapi.add_routes(app)
     users.add_routes(app)
+    approvals.add_routes(app)
     agents.add_routes(app)
     collectapi.add_routes(app)
     keys.add_routes(app)

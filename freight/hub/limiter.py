@@ -126,6 +126,7 @@ AGENT = Rule(5)
 AGENT_ADDRESS = Rule(50)
 ENROL_ADDRESS = Rule(5)
 LINK_ADDRESS = Rule(20)  # unknown link tokens: guesses
+REGISTER_ADDRESS = Rule(10)  # self-registrations, each counted (POST /v1/register)
 
 
 class Attempt:
@@ -162,6 +163,7 @@ class LoginGuard:
                 ("agent-address", AGENT_ADDRESS),
                 ("enrol-address", ENROL_ADDRESS),
                 ("link-address", LINK_ADDRESS),
+                ("register-address", REGISTER_ADDRESS),
             )
         }
         self._checking: set[Key] = set()
@@ -176,12 +178,13 @@ class LoginGuard:
         """Refuse while any of ``keys`` is locked out."""
         wait = max(self.limiter.retry_after(key, now) for key in keys)
         if wait > 0:
-            what = {"enrol": "enrolments", "link": "link tokens"}.get(
-                keys[0][0].split("-")[0], "logins"
-            )
-            raise RateLimited(
-                f"too many failed {what}; try again in {int(wait) + 1} s", retry_after=wait
-            )
+            space = keys[0][0].split("-")[0]
+            what = {
+                "enrol": "failed enrolments",
+                "link": "failed link tokens",
+                "register": "registrations from this address",
+            }.get(space, "failed logins")
+            raise RateLimited(f"too many {what}; try again in {int(wait) + 1} s", retry_after=wait)
 
     @contextmanager
     def attempt(

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
@@ -43,6 +44,7 @@ from ..protocol.msgdirectory import (
     fit_route,
 )
 from ..protocol.msgkeys import BadHostKey, verify_host_key
+from .appgate import AppGate, hold
 from .dispatch import Dispatcher, Link, Scope
 from .observe import EventLog, Metrics
 from .relay import Attachment, Router
@@ -69,11 +71,18 @@ class Messaging:
         metrics: Metrics,
         *,
         warmup: float,
+        gate: AppGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.relay = relay
         self.events = events
+        # --app-approval: which applications pass; each host's last MsgHello
+        # as it came (a decision re-applies it) and the applications it was
+        # last told are held.
+        self.gate = gate
+        self.hellos: dict[Attachment, tuple[str, m.MsgHello, str]] = {}
+        self.held: dict[Attachment, dict[str, str]] = {}
         self.clock = clock
         self.wall = wall
         self.directory = Directory(started=clock(), warmup=warmup)
@@ -128,6 +137,11 @@ class Messaging:
         except BadHostKey as exc:
             self._answer(att, m.Error(rid=msg.rid, code=exc.code, message=exc.message))
             return
+        if self.gate is not None:
+            if not await self._apply(att, user.name, msg, hid, msg.rid):
+                return
+            self._answer(att, m.Done(rid=msg.rid))
+            return
         out = self.directory.hello(att, user.name, msg, hid, self.wall())
         if isinstance(out, Taken):
             self._answer(
@@ -143,17 +157,67 @@ class Messaging:
         self._retry(hid, out.retry)
         self._answer(att, m.Done(rid=msg.rid))
         if out.changed:
-            count = self.announcements.note(hid, self.clock())
-            if count:
-                self.relay.spawn(
-                    self.events.emit(
-                        "msg_registrations",
-                        user.name,
-                        host=hid,
-                        regs=[_reg(r) for r in out.host.regs],
-                        changes=count,
-                    )
+            self._note_regs(user.name, hid, out.host.regs)
+
+    def _note_regs(self, account: str, hid: str, regs: Any) -> None:
+        count = self.announcements.note(hid, self.clock())
+        if count:
+            self.relay.spawn(
+                self.events.emit(
+                    "msg_registrations",
+                    account,
+                    host=hid,
+                    regs=[_reg(r) for r in regs],
+                    changes=count,
                 )
+            )
+
+    # --- application approval (--app-approval) ------------------------------------
+
+    async def _apply(
+        self, att: Attachment, account: str, msg: m.MsgHello, hid: str, rid: str
+    ) -> bool:
+        """Record a host's registrations but those of held applications, and
+        tell it which are held (before the Done, so its registration call
+        knows). False if it is answered already (an error) or went."""
+        assert self.gate is not None
+        states = await self.gate.states((r.app for r in msg.regs), account)
+        if att.closed or (not rid and att in self.hellos and self.hellos[att][1] is not msg):
+            return False  # it went, or announced anew while a decision was read
+        kept, held = hold(msg.regs, states)
+        out = self.directory.hello(
+            att, account, msgspec.structs.replace(msg, regs=kept), hid, self.wall()
+        )
+        if isinstance(out, Taken):
+            if rid:
+                self._answer(
+                    att,
+                    m.Error(
+                        rid=rid,
+                        code=HOST_TAKEN,
+                        message=f"host {hid} is attached for another account: a host key "
+                        "belongs to one account; give this host a key of its own",
+                    ),
+                )
+            return False
+        self.hellos[att] = (account, msg, hid)
+        if held or self.held.get(att):
+            self._answer(att, m.MsgHeld(apps=held))
+        self.held[att] = held
+        self._retry(hid, out.retry)
+        if out.changed:
+            self._note_regs(account, hid, out.host.regs)
+        return True
+
+    async def decided(self, app: str, state: str) -> None:
+        """An admin approved or refused ``app``: the hosts that announced it
+        take messages for it from now on, or no longer (no new MsgHello)."""
+        if self.gate is None:
+            return
+        self.gate.decided(app, state)
+        for att, (account, msg, hid) in list(self.hellos.items()):
+            if not att.closed and any(r.app == app for r in msg.regs):
+                await self._apply(att, account, msg, hid, "")
 
     async def resolve(self, link: Link, msg: m.MsgResolve, payload: bytes) -> None:
         route = self.directory.resolve(link.user.name, msg.dest, msg.app, msg.type, self.clock())
@@ -217,6 +281,8 @@ class Messaging:
     def detached(self, att: Attachment) -> None:
         """The relay's detach hook: forget the host, answer ``retry`` for
         what was in flight to it."""
+        self.hellos.pop(att, None)
+        self.held.pop(att, None)
         host, retry = self.directory.detach(att)
         if host is None:
             return

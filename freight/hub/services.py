@@ -73,6 +73,9 @@ class Hub:
     messaging: Messaging
     tunnels: TunnelService
     transfers: TransferBoard  # what is in flight, sampled once a second
+    registration: str = "off"  # self-registration: off, open or approval
+    app_approval: bool = False  # new application names wait for an admin
+    max_pending: int = 1000  # registrations (and application names) waiting at once
 
     @property
     def db(self) -> Database:

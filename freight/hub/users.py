@@ -17,7 +17,9 @@ from aiohttp import web
 from ..errors import BadCredentials, Conflict, NotFound, RateLimited, UsageError
 from ..names import check_new_password, check_user_name
 from ..store import quota
+from ..store.approvals import ACCOUNT_STATES
 from . import auth
+from .approvalrules import login_refusal
 from .limiter import address_key
 from .requests import admin_user, current_user, json_fields
 from .services import STATE
@@ -45,6 +47,11 @@ async def password_login(request: web.Request, name: str, password: str) -> tupl
         await st.events.emit("login_failure", name, address=peer)
         raise BadCredentials("wrong user name or password")
     assert row is not None
+    refusal = login_refusal(row.state)  # said only to whoever knows the password
+    if refusal is not None:
+        st.metrics.logins.labels("failure").inc()
+        await st.events.emit("login_refused", name, address=peer, state=row.state)
+        raise refusal
     token, token_hash = auth.new_token()
     await st.db.add_token(token_hash, int(row.id), now + st.token_lifetime)
     st.metrics.logins.labels("success").inc()
@@ -76,14 +83,19 @@ def user_json(row: Any) -> dict[str, Any]:
         "disabled": bool(row.disabled),
         "created": row.created,
         "quota": int(row.quota),
+        "state": row.state,
     }
 
 
 async def list_users(request: web.Request) -> web.Response:
+    """Every account, or those in ``?state=`` (active, pending, refused)."""
     await admin_user(request)
     db = request.app[STATE].db
+    state = request.query.get("state")
+    if state is not None and state not in ACCOUNT_STATES:
+        raise UsageError(f"state must be one of {', '.join(ACCOUNT_STATES)}")
     used = await quota.usage_by_user(db)
-    rows = await db.list_users()
+    rows = await db.list_users() if state is None else await db.users_in_state(state)
     return web.json_response([{**user_json(r), "used": used.get(int(r.id), 0)} for r in rows])
 
 
@@ -113,7 +125,10 @@ async def set_disabled(request: web.Request, disabled: bool) -> web.Response:
         raise NotFound(f"no user named {name!r}")
     if disabled and int(row.id) == admin.id:
         raise Conflict("you cannot disable your own account")
-    await st.db.set_disabled(int(row.id), disabled)
+    if not disabled:
+        await st.db.set_disabled(int(row.id), False)
+    elif not await st.db.disable_unless_last_admin(int(row.id)):
+        raise Conflict(f"{name} is the last enabled admin: make another account admin first")
     if disabled:  # what it has running stops now, not at its next request
         await st.sessions.end_user(int(row.id), "disabled")
     await st.events.emit("user_disabled" if disabled else "user_enabled", admin.name, name=name)

@@ -415,6 +415,7 @@ Sig64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
 # "host:" and a host id (the host of a ticket, for replies).
 Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70)]
 Reason = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[a-z_]*$")]
+Held = Annotated[str, msgspec.Meta(pattern=r"^(pending|refused)$")]
 MAX_HOST_REGS: Final = 256  # (app, peer) pairs one host may announce
 
 
@@ -508,6 +509,12 @@ class MsgResult(Message, tag="msg_result", frozen=True):
     message: Text = ""
 
 
+class MsgHeld(Message, tag="msg_held", frozen=True):
+    """Applications held until an admin approves them (docs/protocol.md 15.2)."""
+
+    apps: Annotated[dict[App, Held], msgspec.Meta(max_length=MAX_HOST_REGS)] = {}
+
+
 # --- bandwidth probe (docs/protocol.md "20. Bandwidth probe") --------------
 
 
@@ -586,6 +593,7 @@ AnyMessage = (
     | MsgSend
     | MsgDeliver
     | MsgResult
+    | MsgHeld
     | Probe
     | ProbeData
     | ProbeReport

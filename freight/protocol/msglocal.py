@@ -83,10 +83,13 @@ class LRegister(LocalMessage, tag="register", frozen=True):
 
 
 class LRegistered(LocalMessage, tag="registered", frozen=True):
-    """The registration ``rid`` asked for, named by ``ticket``."""
+    """The registration ``rid`` asked for, named by ``ticket``; ``held``:
+    the hub holds its application until an admin approves it (``pending``)
+    or for good (``refused``); empty: it is not held."""
 
     rid: Rid
     ticket: Ticket
+    held: Annotated[str, msgspec.Meta(pattern=r"^(|pending|refused)$")] = ""
 
 
 class LUnregister(LocalMessage, tag="unregister", frozen=True):
@@ -179,6 +182,7 @@ class LAppInfo(msgspec.Struct, frozen=True, kw_only=True):
     interest: U32
     peer: Peer = "*"
     stats: dict[str, NonNeg] = {}
+    held: Annotated[str, msgspec.Meta(pattern=r"^(|pending|refused)$")] = ""  # see LRegistered
 
 
 class LAppsList(LocalMessage, tag="apps_list", frozen=True):

@@ -12,6 +12,7 @@ All SQL lives in this package, one repository per aggregate:
 ``db.collection``  policies, catalogue, content          :mod:`.collection`
 ``db.events``      the event log and settings            :mod:`.events`
 ``db.links``       links to stored files                 :mod:`.links`
+``db.approvals``   registrations, roles, applications    :mod:`.approvals`
 =================  ====================================  ======================
 
 Each returns frozen typed rows (:mod:`.rows`); command and content states
@@ -37,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from .accounts import Logins
 from .agents import Agents
+from .approvals import Approvals
 from .base import Repository
 from .collection import Collection
 from .commands import OPEN_COMMAND_STATES, Commands
@@ -93,7 +95,9 @@ class _OneWriter(AsyncEngine):
             yield conn
 
 
-class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events, Links):
+class Database(
+    Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events, Links, Approvals
+):
     def __init__(
         self,
         url: str,
@@ -154,6 +158,10 @@ class Database(Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, 
 
     @property
     def links(self) -> Links:
+        return self
+
+    @property
+    def approvals(self) -> Approvals:
         return self
 
     async def migrate(self) -> None:

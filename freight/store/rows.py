@@ -4,7 +4,7 @@ table (or per join), built from the query's columns by name."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 from ..protocol.commands import CommandState, ContentState
@@ -26,6 +26,20 @@ class UserRow:
     disabled: bool
     created: float
     quota: int  # bytes; 0: no quota
+    # active, pending (a registration waiting for an admin) or refused
+    state: str = field(default="active", kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class AppRow:
+    """An application name and an admin's decision on it."""
+
+    name: str
+    state: str  # pending, approved or refused
+    requested_by: str
+    requested: float
+    decided_by: str
+    decided: float
 
 
 @dataclass(frozen=True, slots=True)

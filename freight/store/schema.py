@@ -32,7 +32,23 @@ users = Table(
     Column("disabled", Boolean, nullable=False, default=False),
     Column("created", Float, nullable=False),
     Column("quota", BigInteger, nullable=False, default=0),  # bytes; 0: no quota
+    # active; pending (registered, waits for an admin); refused (migration 0011)
+    Column("state", String(16), nullable=False, server_default="active", index=True),
     sqlite_autoincrement=True,
+)
+
+# Application names hosts announce (``freight hub --app-approval``): the
+# first announcement of an unknown name records it pending; an admin
+# approves or refuses it (migration 0011).
+apps = Table(
+    "apps",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("state", String(16), nullable=False, index=True),  # pending|approved|refused
+    Column("requested_by", String(64), nullable=False),  # the account that announced it first
+    Column("requested", Float, nullable=False),
+    Column("decided_by", String(64), nullable=False, server_default=""),
+    Column("decided", Float, nullable=False, server_default="0"),
 )
 
 # Logins. ``key``: the identity key registered through this login (a

@@ -292,3 +292,59 @@ def test_a_push_shows_its_progress_moving_on_the_transfers_page(
         assert int(later or 0) > int(first or 0)
         visit.shot("moved")
         assert push.wait(30) == 0, push.stderr
+
+
+# --- registration and approvals ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def approving_hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Hub]:
+    """A hub where a registration waits for an admin's approval."""
+    h = Hub(
+        tmp_path_factory.mktemp("browser-approvals") / "hub",
+        extra=["--registration", "approval"],
+    ).start()
+    yield h
+    h.stop()
+
+
+def test_a_registration_waits_is_approved_on_the_approvals_page_and_logs_in(
+    request: pytest.FixtureRequest, browser: Browser, approving_hub: Hub, tmp_path: Path
+) -> None:
+    password = "lena's own password"
+    lena = Client(tmp_path / "lena", approving_hub)
+    res = lena.run(
+        "register", approving_hub.url, "--user", "lena", "--password-stdin",
+        "--fingerprint", approving_hub.fingerprint, input=password + "\n",
+    )  # fmt: skip
+    assert "waits for an administrator's approval" in res.stderr
+    user = Visit(browser, approving_hub.url, request.node.name + "-lena")
+    admin = Visit(browser, approving_hub.url, request.node.name + "-admin")
+    try:
+        # Before the approval: the right password is told it waits.
+        user.goto("/console/login")
+        fill_login(user.page, "lena", password)
+        expect(user.page.get_by_role("alert")).to_have_text(
+            "your account waits for an administrator's approval"
+        )
+        user.shot("waiting")
+        # The admin approves it on the Approvals page, reached from the navigation.
+        page = log_in(admin)
+        page.locator("nav").get_by_role("link", name="Approvals").click()
+        expect(page).to_have_url(f"{admin.base_url}/console/approvals")
+        row = page.locator("#pending-lena")
+        expect(row).to_contain_text("lena")
+        admin.shot("pending")
+        row.get_by_role("button", name="Approve").click()
+        expect(page.locator("#pending-lena")).to_have_count(0)
+        expect(page.locator("#approvals")).to_contain_text("No registration waits for approval.")
+        admin.shot("approved")
+        # Now lena logs in and lands on the dashboard.
+        fill_login(user.page, "lena", password)
+        expect(user.page).to_have_url(f"{user.base_url}/")
+        expect(user.page.locator("header")).to_contain_text("lena")
+        user.shot("dashboard")
+        assert admin.csp_violations() == [] and user.csp_violations() == []
+    finally:
+        user.close()
+        admin.close()

@@ -60,3 +60,36 @@ def test_hub_on_postgresql_pushes_resumes_and_restarts(tmp_path: Path, pg_databa
         assert {"login", "stream_start", "stream_end", "hub_start"} <= kinds
     finally:
         hub.stop()
+
+
+def test_registration_and_approvals_on_postgresql(tmp_path: Path, pg_database: str) -> None:
+    """Migration 0011 on PostgreSQL: a registration waits, is approved and
+    logs in; the last enabled admin keeps its role; an application name is
+    recorded and decided."""
+    hub = Hub(
+        tmp_path / "hub", extra=["--database-url", pg_database, "--registration", "approval"]
+    ).start()
+    try:
+        admin = Client(tmp_path / "admin", hub)
+        admin.login()
+        dora = Client(tmp_path / "dora", hub)
+        password = "doras-password"
+        res = dora.run(
+            "register", hub.url, "--user", "dora", "--password-stdin",
+            "--fingerprint", hub.fingerprint, input=password + "\n",
+        )  # fmt: skip
+        assert "waits for an administrator's approval" in res.stderr
+        waiting = dora.run(
+            "login", hub.url, "--user", "dora", "--password-stdin",
+            "--fingerprint", hub.fingerprint, input=password + "\n", check=False,
+        )  # fmt: skip
+        assert waiting.returncode == 3 and "waits for an administrator" in waiting.stderr
+        assert "dora" in admin.run("users", "pending").stdout
+        admin.run("users", "approve", "dora")
+        assert "as dora (user)" in dora.login(user="dora", password=password).stderr
+        last = admin.run("users", "role", "admin", "user", check=False)
+        assert last.returncode == 7 and "last enabled admin" in last.stderr
+        admin.run("apps", "refuse", "pg-app")
+        assert '"state": "refused"' in admin.run("apps", "ls", "--json").stdout
+    finally:
+        hub.stop()

@@ -149,6 +149,8 @@ SAMPLES: list[tuple[m.Message, bytes]] = [
     ),
     (m.MsgResult(id="5e" * 16, host="4d" * 16, count=2), b""),
     (m.MsgResult(id="5e" * 16, reason="busy", message="sensors is not keeping up"), b""),
+    (m.MsgHeld(apps={"chat": "pending", "spam": "refused"}), b""),
+    (m.MsgHeld(), b""),
     (m.Probe(pid="p-1", op="up", seconds=2.0, size=65536), b""),
     (m.ProbeData(pid="p-1", seq=3, len=1024), b"\x00" * 1024),
     (m.ProbeReport(pid="p-1", op="end", records=2, samples=[(0, 1024), (950, 2048)]), b""),

@@ -10,6 +10,7 @@ from ..requests import CSRF, CsrfKey
 from ..services import STATE
 from . import (
     agents_page,
+    approvals_page,
     bandwidth_page,
     collection,
     connections,
@@ -42,6 +43,7 @@ def add_routes(app: web.Application) -> None:
     dashboard.add_routes(app)  # first: the navigation bar follows this order
     connections.add_routes(app)
     users_page.add_routes(app)
+    approvals_page.add_routes(app)
     agents_page.add_routes(app)
     collection.add_routes(app)
     bandwidth_page.add_routes(app)

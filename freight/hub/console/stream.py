@@ -43,7 +43,17 @@ _PREFIXES = {
     "connections": ("connection_", "code_", "tunnel", "msg_"),
     "transfers": ("push", "pull", "stream", "file_", "job", "transfer", "upload"),
     "agents": ("agent_", "enrol_", "command_", "key_"),
-    "users": ("user_", "login", "logout", "password_", "quota_", "sessions_", "register"),
+    "users": (
+        "user_",
+        "login",
+        "logout",
+        "password_",
+        "quota_",
+        "sessions_",
+        "register",
+        "role_",
+        "app_",
+    ),
 }
 _DASHBOARD = ("security", "login_failure", "bandwidth_changed", "hub_start", "agent_")
 

@@ -24,6 +24,11 @@ from .common import (
 
 PASSWORD = {"type": "string", "minLength": 8, "maxLength": 1024}
 ROLE = {"type": "string", "enum": ["admin", "user", "agent"]}
+ACCOUNT_STATE = {
+    "type": "string",
+    "enum": ["active", "pending", "refused"],
+    "description": "pending: a registration waiting for an admin; refused: it may never log in",
+}
 LINK_TOKEN = {
     "type": "string",
     "description": "the link's token (43 URL-safe base64 characters) or, to revoke, its id "
@@ -46,8 +51,9 @@ SCHEMAS: dict[str, Schema] = {
             "disabled": {"type": "boolean"},
             "created": TIME,
             "quota": {"type": "integer", "minimum": 0, "description": "bytes; 0: none"},
+            "state": ACCOUNT_STATE,
         },
-        ["name", "role", "disabled", "created", "quota"],
+        ["name", "role", "disabled", "created", "quota", "state"],
     ),
     "Keys": obj(
         {
@@ -86,10 +92,13 @@ PATHS: dict[str, dict[str, Schema]] = {
             "accounts",
             auth="none",
             description="Failures are limited per account and address: after too many the "
-            "answer is 429 with Retry-After, and the lockout doubles with each failure.",
+            "answer is 429 with Retry-After, and the lockout doubles with each failure. "
+            "An account that registered and waits for an admin's approval, or was refused, "
+            "is answered 403 (code awaiting_approval, or forbidden), and only once its "
+            "password is verified: a wrong password gets the ordinary 401.",
             body=obj({"user": USER_NAME, "password": {"type": "string"}}, ["user", "password"]),
             ok={200: json_ok(ref("Login"))},
-            errors=[401, 429],
+            errors=[401, 403, 429],
         )
     },
     "/v1/logout": {
@@ -124,6 +133,8 @@ PATHS: dict[str, dict[str, Schema]] = {
             "Every account with the bytes it holds",
             "accounts",
             auth="admin",
+            params=[query("state", ACCOUNT_STATE, "only the accounts in this state")],
+            errors=[400],
             ok={200: json_ok(array({"allOf": [ref("User"), obj({"used": COUNT}, ["used"])]}))},
         ),
         "post": op(
