@@ -22,8 +22,9 @@ parent's exit code; the module where it is not this one).
     │   │   ├── MalformedJobMessage               protocol.jobs
     │   │   ├── MalformedProbe                    protocol.probe
     │   │   ├── MalformedTunnelMessage            protocol.tunnel
-    │   │   └── MalformedDatagram                 protocol.datagrams
-    │   │       └── DatagramTooLarge              protocol.datagrams
+    │   │   ├── MalformedDatagram                 protocol.datagrams
+    │   │   │   └── DatagramTooLarge              protocol.datagrams
+    │   │   └── WorkerFailed                      loadtest.workers
     │   ├── VersionMismatch                       protocol.errors
     │   ├── WrongCode                    exit 3   protocol.e2e
     │   └── PeerKeyRejected              exit 3   protocol.e2e

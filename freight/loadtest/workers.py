@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ..client.api import Client
-from ..errors import FreightError
+from ..errors import FreightError, RemoteProtocolError
 from ..tasks import Supervisor
 from .localhub import LocalHub
 from .runner import HubMeter, Result, Sample, catch_interrupt, hub_alive
@@ -44,8 +44,9 @@ END_GRACE: Final = 60.0  # seconds past the duration a worker gets to report
 MAX_LINE: Final = 16 << 20  # bytes of one worker line
 
 
-class WorkerFailed(FreightError):
-    """A load test worker process ended without its report."""
+class WorkerFailed(RemoteProtocolError):
+    """A load test worker process ended without its report, or said
+    something else than its line protocol."""
 
     code = "worker_failed"
     hint = "run with --workers 1 to see the error"
