@@ -2,13 +2,18 @@
 expiry and see it once with a copy button, revoke), the agents with
 online/offline, last seen, version, address and cap, and a command run on
 one with its answer (``POST /v1/agents/{name}/commands``, then ``GET
-/v1/agents/commands/{id}?wait=…``). Admins only, as the API."""
+/v1/agents/commands/{id}?wait=…``). Admins only, as the API.
+
+The table is a page of ``PAGE`` agents by name, ``GET /v1/agents?limit=&after=``
+(keyset on the name index): ``?after=NAME`` in the page's address is the
+page after that name, however many agents the hub has."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from ...protocol.agents import COMMAND_KINDS, FILE_COMMANDS
 from ...store.commands import TERMINAL_COMMAND_STATES
@@ -18,10 +23,21 @@ from .core import Viewer, add_page, api_or_error, fragment
 # The commands the page offers (file copies have their own CLI: freight cp).
 RUNNABLE = [k for k in COMMAND_KINDS if k not in FILE_COMMANDS]
 WAIT = "5"  # seconds one fetch of a command's answer waits for it
+PAGE = 100  # agents per page of the table
+
+
+def after_of(request: web.Request) -> str:
+    """The name the page starts after ("" for the first page)."""
+    return request.query.get("after", "")[:64]
+
+
+def table_src(path: str, after: str) -> str:
+    """The address of a paged table's fragment starting after ``after``."""
+    return str(URL(path).with_query({"after": after})) if after else path
 
 
 async def _page(request: web.Request, who: Viewer) -> dict[str, Any]:
-    return {"kinds": RUNNABLE}
+    return {"kinds": RUNNABLE, "table_src": table_src("/console/agents/table", after_of(request))}
 
 
 async def _tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
@@ -30,8 +46,16 @@ async def _tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
 
 
 async def _agents(request: web.Request, who: Viewer) -> dict[str, Any]:
-    rows, error = await api_or_error(request, agents.list_agents)
-    return {"rows": rows, "error": error, "kinds": RUNNABLE}
+    after = after_of(request)
+    query = {"limit": str(PAGE)} | ({"after": after} if after else {})
+    page, error = await api_or_error(request, agents.list_agents, query=query)
+    return {
+        "rows": page["agents"] if page else None,
+        "error": error,
+        "kinds": RUNNABLE,
+        "after": after,
+        "next": page["next"] if page else None,
+    }
 
 
 async def _new_token(request: web.Request, who: Viewer) -> dict[str, Any]:
