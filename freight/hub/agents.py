@@ -34,7 +34,7 @@ from .commands import command_json
 from .dispatch import Dispatcher, Link
 from .keys import check_key
 from .limiter import address_key
-from .requests import admin_user, current_user
+from .requests import admin_user, current_user, name_page
 from .requests import json_object as _json
 from .services import STATE, Hub
 
@@ -206,23 +206,14 @@ async def list_agents(request: web.Request) -> web.Response:
     ``{"agents": [...], "next": NAME or null}``, the next page ``after`` it."""
     await admin_user(request)
     st = request.app[STATE]
-    query = request.query
-    paged = "limit" in query or "after" in query
-    limit = query.get("limit", str(AGENT_PAGE))
-    after = query.get("after")
-    if paged and (
-        not (limit.isascii() and limit.isdigit() and len(limit) <= 9)
-        or not 1 <= int(limit) <= MAX_AGENT_PAGE
-    ):
-        raise UsageError(f"limit must be a whole number from 1 to {MAX_AGENT_PAGE}")
-    if after is not None and len(after) > 64:
-        raise UsageError("after must be an agent's name (the 'next' of the previous page)")
+    page = name_page(request.query, AGENT_PAGE, MAX_AGENT_PAGE)
     online = {a.user.id: a for a in st.relay.attachments if a.commands}
     waiting = await st.db.open_command_counts()
-    rows = await st.db.list_agents(after=after, limit=int(limit) + 1 if paged else None)
-    more = paged and len(rows) > int(limit)
+    limit, after = page or (None, None)
+    rows = await st.db.list_agents(after=after, limit=None if limit is None else limit + 1)
+    more = limit is not None and len(rows) > limit
     out = []
-    for r in rows[: int(limit)] if paged else rows:
+    for r in rows[:limit]:
         att = online.get(int(r.id))
         out.append(
             {
@@ -238,7 +229,7 @@ async def list_agents(request: web.Request) -> web.Response:
                 "enrolled": r.enrolled,
             }
         )
-    if not paged:
+    if page is None:
         return web.json_response(out)
     return web.json_response({"agents": out, "next": out[-1]["name"] if more else None})
 

@@ -19,7 +19,7 @@ from ..names import check_new_password, check_user_name
 from ..store import quota
 from . import auth
 from .limiter import address_key
-from .requests import admin_user, current_user, json_fields
+from .requests import admin_user, current_user, json_fields, name_page
 from .services import STATE
 
 
@@ -79,12 +79,26 @@ def user_json(row: Any) -> dict[str, Any]:
     }
 
 
+USER_PAGE = 100  # accounts per page of GET /v1/users?limit=
+MAX_USER_PAGE = 1000
+
+
 async def list_users(request: web.Request) -> web.Response:
+    """Every account (a list), or with ``limit`` (1..1000) or ``after`` a
+    page by name: ``{"users": [...], "next": NAME or null}``, the next page
+    ``after`` it (keyset on the name index, however many accounts)."""
     await admin_user(request)
     db = request.app[STATE].db
-    used = await quota.usage_by_user(db)
-    rows = await db.list_users()
-    return web.json_response([{**user_json(r), "used": used.get(int(r.id), 0)} for r in rows])
+    page = name_page(request.query, USER_PAGE, MAX_USER_PAGE)
+    limit, after = page or (None, None)
+    rows = await db.list_users(after=after, limit=None if limit is None else limit + 1)
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit]
+    used = await quota.usage_by_user(db, None if page is None else [int(r.id) for r in rows])
+    out = [{**user_json(r), "used": used.get(int(r.id), 0)} for r in rows]
+    if page is None:
+        return web.json_response(out)
+    return web.json_response({"users": out, "next": out[-1]["name"] if more else None})
 
 
 async def add_user(request: web.Request) -> web.Response:

@@ -37,8 +37,17 @@ class Users(Repository):
     async def user_by_id(self, user_id: int) -> UserRow | None:
         return await self._first(UserRow, sa.select(t.users).where(t.users.c.id == user_id))
 
-    async def list_users(self) -> list[UserRow]:
-        return await self._all(UserRow, sa.select(t.users).order_by(t.users.c.name))
+    async def list_users(
+        self, *, after: str | None = None, limit: int | None = None
+    ) -> list[UserRow]:
+        """Accounts by name: all, or a page of ``limit`` after the name
+        ``after`` (keyset: the unique name index)."""
+        q = sa.select(t.users).order_by(t.users.c.name)
+        if after is not None:
+            q = q.where(t.users.c.name > after)
+        if limit is not None:
+            q = q.limit(limit)
+        return await self._all(UserRow, q)
 
     async def set_password(self, user_id: int, pw_hash: str) -> None:
         async with self.engine.begin() as c:

@@ -13,27 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from yarl import URL
 
 from ...protocol.agents import COMMAND_KINDS, FILE_COMMANDS
 from ...store.commands import TERMINAL_COMMAND_STATES
 from .. import agents
-from .core import Viewer, add_page, api_or_error, fragment
+from .core import PAGE, Viewer, add_page, after_of, api_or_error, fragment, table_src
 
 # The commands the page offers (file copies have their own CLI: freight cp).
 RUNNABLE = [k for k in COMMAND_KINDS if k not in FILE_COMMANDS]
 WAIT = "5"  # seconds one fetch of a command's answer waits for it
-PAGE = 100  # agents per page of the table
-
-
-def after_of(request: web.Request) -> str:
-    """The name the page starts after ("" for the first page)."""
-    return request.query.get("after", "")[:64]
-
-
-def table_src(path: str, after: str) -> str:
-    """The address of a paged table's fragment starting after ``after``."""
-    return str(URL(path).with_query({"after": after})) if after else path
 
 
 async def _page(request: web.Request, who: Viewer) -> dict[str, Any]:

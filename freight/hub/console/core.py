@@ -230,6 +230,21 @@ def admin_only(exc: ApiError) -> str:
     return ADMIN_ONLY if exc.code == "forbidden" and "admin" in exc.message else exc.message
 
 
+# --- tables paged by name ---------------------------------------------------------
+
+PAGE = 100  # rows per page of the Agents and Users tables
+
+
+def after_of(request: web.Request) -> str:
+    """The name a paged table starts after ("" for the first page)."""
+    return request.query.get("after", "")[:64]
+
+
+def table_src(path: str, after: str) -> str:
+    """The address of a paged table's fragment starting after ``after``."""
+    return str(URL(path).with_query({"after": after})) if after else path
+
+
 # --- routes ------------------------------------------------------------------------
 
 
