@@ -85,6 +85,10 @@ class Agents(Repository):
             q = q.limit(limit)
         return await self._all(AgentRow, q)
 
+    async def agent_count(self) -> int:
+        """How many agents are enrolled (one COUNT, never the list)."""
+        return int(await self._scalar(sa.select(sa.func.count()).select_from(t.agents)))
+
     async def touch_agent(self, user_id: int, version: str, address: str) -> None:
         async with self.engine.begin() as c:
             await c.execute(

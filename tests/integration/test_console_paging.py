@@ -1,19 +1,26 @@
 """The console at more accounts than one page holds, against a real hub
 process over real TLS: the Agents and Users tables show 100 rows a page
-(keyset by name, ``?after=NAME``) with links that lead on."""
+(keyset by name, ``?after=NAME``) with links that lead on, and the
+dashboard counts agents online and in all without listing them."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from freight.protocol import messages as m
+from freight.protocol.frames import encode_frame
 from freight.store import DataLayout
+from tests.agentsupport import enroll
 from tests.consolesupport import Browser
-from tests.support import Hub
+from tests.hostile import RawAgent, control_ws, recv_frame
+from tests.support import Client, Hub
 
 AGENTS = 250  # two full pages and a half
 USERS = 150
@@ -126,3 +133,58 @@ async def test_users_api_pages_by_name(seeded: Hub) -> None:
         for bad in ("limit=0", "limit=1001", "limit=%C2%B9", "after=" + "x" * 65):
             status, body = await b.api("GET", f"/v1/users?{bad}")
             assert status == 400, (bad, body)
+
+
+def overview_figures(html: str) -> tuple[int, int]:
+    found = re.search(r'id="agents-online">(\d+) / (\d+)<', html)
+    assert found, html
+    return int(found.group(1)), int(found.group(2))
+
+
+def test_dashboard_counts_agents_online_and_enrolled(seeded: Hub, tmp_path: Path) -> None:
+    """The counts come from GET /v1/admin/overview (COUNT and the hub's
+    attachments), and an agent attaching is counted online at once."""
+
+    async def token() -> tuple[int, int, str]:
+        async with Browser(seeded) as b:
+            await b.login()
+            status, body = await b.api("GET", "/v1/agents")
+            online = sum(1 for a in body if a["online"])
+            assert (online, len(body)) == overview_figures(
+                await b.page("/console/dashboard/overview")
+            )
+            status, made = await b.api("POST", "/v1/agents/tokens", {"name": "pg-live"})
+            assert status == 200, made
+            return online, len(body), made["token"]
+
+    online, enrolled, secret = asyncio.run(token())
+    assert enrolled >= AGENTS
+    client = Client(tmp_path / "config", seeded)
+    enroll(client, secret, tmp_path)
+    raw = RawAgent(seeded, client.config)
+
+    async def attach() -> None:
+        session, ws = await control_ws(seeded, await raw.token())
+        try:
+            async with Browser(seeded) as b:
+                await b.login()
+                assert overview_figures(await b.page("/console/dashboard/overview")) == (
+                    online,
+                    enrolled + 1,
+                )
+                await ws.send_bytes(encode_frame(m.Hello(version=1, agent="freight-agent/t")))
+                assert isinstance(await recv_frame(ws), m.Welcome)
+                deadline = time.monotonic() + 10
+                while (figures := await b.api("GET", "/v1/admin/overview"))[1]["agents"] != {
+                    "online": online + 1,
+                    "total": enrolled + 1,
+                }:
+                    assert time.monotonic() < deadline, figures
+                    await asyncio.sleep(0.05)
+                html = await b.page("/console/dashboard/overview")
+                assert overview_figures(html) == (online + 1, enrolled + 1)
+        finally:
+            await ws.close()
+            await session.close()
+
+    asyncio.run(attach())
