@@ -352,8 +352,10 @@ def _command_id(request: web.Request) -> int:
 
 
 def register(dispatcher: Dispatcher, st: Hub) -> None:
-    """When an agent's command channel attaches: record the visit and
-    apply its bandwidth cap (before the queue hands over its commands)."""
+    """When an agent's command channel attaches: record the visit, apply
+    its bandwidth cap (before the queue hands over its commands) and say so
+    (``agent_attached``); when it goes, ``agent_detached``. The events tell
+    the console's live feed that the agent is online or offline now."""
 
     async def attached(link: Link, version: str) -> None:
         att = link.att
@@ -361,8 +363,16 @@ def register(dispatcher: Dispatcher, st: Hub) -> None:
         cap = await st.db.agent_cap(att.user.id)
         st.relay.presence.set_cap(att.user.id, cap)
         st.bandwidth.set_cap(att.user.id, cap)
+        await st.events.emit(
+            "agent_attached", att.user.name, address=att.address, version=version[:64]
+        )
+
+    def detached(att: Any) -> None:
+        if att.commands:  # the agent's own channel, not one of its uploads
+            st.relay.spawn(st.events.emit("agent_detached", att.user.name, address=att.address))
 
     dispatcher.on_agent_attached(attached)
+    st.relay.detach_hooks.append(detached)
 
 
 async def report_security(request: web.Request) -> web.Response:

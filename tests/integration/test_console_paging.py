@@ -1,7 +1,8 @@
 """The console at more accounts than one page holds, against a real hub
 process over real TLS: the Agents and Users tables show 100 rows a page
-(keyset by name, ``?after=NAME``) with links that lead on, and the
-dashboard counts agents online and in all without listing them."""
+(keyset by name, ``?after=NAME``) with links that lead on, the dashboard
+counts agents online and in all without listing them, and an agent
+attaching shows online without a reload."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from freight.protocol import messages as m
 from freight.protocol.frames import encode_frame
 from freight.store import DataLayout
 from tests.agentsupport import enroll
-from tests.consolesupport import Browser
+from tests.consolesupport import Browser, EventStream
 from tests.hostile import RawAgent, control_ws, recv_frame
 from tests.support import Client, Hub
 
@@ -141,9 +142,10 @@ def overview_figures(html: str) -> tuple[int, int]:
     return int(found.group(1)), int(found.group(2))
 
 
-def test_dashboard_counts_agents_online_and_enrolled(seeded: Hub, tmp_path: Path) -> None:
-    """The counts come from GET /v1/admin/overview (COUNT and the hub's
-    attachments), and an agent attaching is counted online at once."""
+def test_an_agent_attaching_is_online_at_once_and_counted(seeded: Hub, tmp_path: Path) -> None:
+    """The dashboard's counts come from GET /v1/admin/overview (COUNT and
+    the hub's attachments); an agent attaching or going is a change of the
+    live feed (``agents`` within a second) and an event of the log."""
 
     async def token() -> tuple[int, int, str]:
         async with Browser(seeded) as b:
@@ -172,19 +174,40 @@ def test_dashboard_counts_agents_online_and_enrolled(seeded: Hub, tmp_path: Path
                     online,
                     enrolled + 1,
                 )
-                await ws.send_bytes(encode_frame(m.Hello(version=1, agent="freight-agent/t")))
-                assert isinstance(await recv_frame(ws), m.Welcome)
-                deadline = time.monotonic() + 10
-                while (figures := await b.api("GET", "/v1/admin/overview"))[1]["agents"] != {
-                    "online": online + 1,
-                    "total": enrolled + 1,
-                }:
-                    assert time.monotonic() < deadline, figures
-                    await asyncio.sleep(0.05)
-                html = await b.page("/console/dashboard/overview")
-                assert overview_figures(html) == (online + 1, enrolled + 1)
+                async with b.session.get(b.url("/console/stream")) as r:
+                    events = EventStream(r)
+                    await ws.send_bytes(encode_frame(m.Hello(version=1, agent="freight-agent/t")))
+                    assert isinstance(await recv_frame(ws), m.Welcome)
+                    attached = time.monotonic()
+                    # Its attaching tells the feed: the Agents table and the
+                    # dashboard refetch, and find it online.
+                    await events.wait_for("agents", 1.0)
+                    assert time.monotonic() - attached < 1.0
+                    table = await b.page("/console/agents/table?after=pg-00249")
+                    assert '<span class="online">online</span>' in row_of(table, "pg-live")
+                    figures = (await b.api("GET", "/v1/admin/overview"))[1]
+                    assert figures["agents"] == {"online": online + 1, "total": enrolled + 1}
+                    html = await b.page("/console/dashboard/overview")
+                    assert overview_figures(html) == (online + 1, enrolled + 1)
+                    # And its going: offline, as soon.
+                    await ws.close()
+                    closed = time.monotonic()
+                    await events.wait_for("agents", 1.0)
+                    assert time.monotonic() - closed < 1.0
+                    table = await b.page("/console/agents/table?after=pg-00249")
+                    assert '<span class="offline">offline</span>' in row_of(table, "pg-live")
+                    status, found = await b.api("GET", "/v1/admin/events?agent=pg-live&limit=5")
+                    assert status == 200, found
+                    kinds = [e["kind"] for e in found["events"]]
+                    assert kinds[:2] == ["agent_detached", "agent_attached"], kinds
         finally:
             await ws.close()
             await session.close()
 
     asyncio.run(attach())
+
+
+def row_of(html: str, name: str) -> str:
+    found = re.search(rf'<tr id="agent-{re.escape(name)}">(.*?)</tr>', html, re.S)
+    assert found, html[:2000]
+    return found.group(1)
