@@ -204,8 +204,8 @@ def test_an_agent_enrolled_with_a_token_from_the_agents_page_comes_online(
         visit.shot("attached")
         # The page asks the agent itself, and shows its answer, still
         # without a reload.
-        row.get_by_label("command").select_option("list_dir")
-        row.get_by_label("arguments").fill('{"path": "/"}')
+        page.get_by_label("command").select_option("list_dir")
+        page.get_by_label("arguments").fill('{"path": "/"}')
         row.get_by_role("button", name="Run").click()
         answer = page.locator("#command-result .command")
         expect(answer.locator(".state")).to_have_text("done", timeout=15_000)

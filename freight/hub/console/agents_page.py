@@ -40,7 +40,6 @@ async def _agents(request: web.Request, who: Viewer) -> dict[str, Any]:
     return {
         "rows": page["agents"] if page else None,
         "error": error,
-        "kinds": RUNNABLE,
         "after": after,
         "next": page["next"] if page else None,
     }
