@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ from .services import STATE, Hub
 ENROL_TOKEN_TTL = 24 * 3600.0
 AGENT_PAGE = 100  # agents per page of GET /v1/agents?limit=
 MAX_AGENT_PAGE = 1000
+NAME_PREFIX = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
 
 
 async def _agent_row(st: Hub, name: str) -> Any:
@@ -203,14 +205,22 @@ async def set_key(request: web.Request) -> web.Response:
 
 async def list_agents(request: web.Request) -> web.Response:
     """Every agent (a list), or with ``limit`` (1..1000) a page by name:
-    ``{"agents": [...], "next": NAME or null}``, the next page ``after`` it."""
+    ``{"agents": [...], "next": NAME or null}``, the next page ``after`` it;
+    ``prefix``: only the agents whose name starts with it."""
     await admin_user(request)
     st = request.app[STATE]
     page = name_page(request.query, AGENT_PAGE, MAX_AGENT_PAGE)
+    prefix = request.query.get("prefix", "")
+    if not NAME_PREFIX.fullmatch(prefix):
+        raise UsageError(
+            "prefix must be the start of an agent's name: up to 64 of A-Z a-z 0-9 _ . -"
+        )
     online = {a.user.id: a for a in st.relay.attachments if a.commands}
     waiting = await st.db.open_command_counts()
     limit, after = page or (None, None)
-    rows = await st.db.list_agents(after=after, limit=None if limit is None else limit + 1)
+    rows = await st.db.list_agents(
+        after=after, limit=None if limit is None else limit + 1, prefix=prefix
+    )
     more = limit is not None and len(rows) > limit
     out = []
     for r in rows[:limit]:

@@ -90,6 +90,32 @@ async def test_agents_table_pages_by_name(seeded: Hub) -> None:
         assert seen == names
 
 
+async def test_agents_filtered_by_the_start_of_their_names(seeded: Hub) -> None:
+    async with Browser(seeded) as b:
+        await b.login()
+        status, body = await b.api("GET", "/v1/agents?limit=100&prefix=pg-002")
+        assert status == 200 and body["next"] is None
+        assert [a["name"] for a in body["agents"]] == [f"pg-{i:05d}" for i in range(200, AGENTS)]
+        status, every = await b.api("GET", "/v1/agents?prefix=pg-0012")  # unpaged too
+        assert [a["name"] for a in every] == [f"pg-{i:05d}" for i in range(120, 130)]
+        for bad in ("%3Cx", "pg%25", "x" * 65):
+            status, body = await b.api("GET", f"/v1/agents?limit=5&prefix={bad}")
+            assert status == 400 and "prefix" in body["error"]["message"], (bad, body)
+        # The page's filter: pages of the matching names, the links keep it.
+        page = await b.page("/console/agents?prefix=pg-0")
+        assert 'name="prefix" value="pg-0"' in page
+        table = await b.page(table_src(page, "agents"))
+        rows = row_ids(table, "agent")
+        assert rows == [f"pg-{i:05d}" for i in range(100)]
+        nxt = link(table, "next-page")
+        assert nxt == "/console/agents?prefix=pg-0&after=pg-00099"
+        table = await b.page(table_src(await b.page(nxt), "agents"))
+        assert row_ids(table, "agent") == [f"pg-{i:05d}" for i in range(100, 200)]
+        assert link(table, "first-page") == "/console/agents?prefix=pg-0"
+        empty = await b.page("/console/agents/table?prefix=zz")
+        assert row_ids(empty, "agent") == [] and "No agents named zz" in empty
+
+
 async def test_users_table_pages_by_name(seeded: Hub) -> None:
     async with Browser(seeded) as b:
         await b.login()

@@ -6,7 +6,8 @@ one with its answer (``POST /v1/agents/{name}/commands``, then ``GET
 
 The table is a page of ``PAGE`` agents by name, ``GET /v1/agents?limit=&after=``
 (keyset on the name index): ``?after=NAME`` in the page's address is the
-page after that name, however many agents the hub has."""
+page after that name, however many agents the hub has; ``?prefix=`` shows
+only the names that start with it (the API's ``prefix``)."""
 
 from __future__ import annotations
 
@@ -24,8 +25,15 @@ RUNNABLE = [k for k in COMMAND_KINDS if k not in FILE_COMMANDS]
 WAIT = "5"  # seconds one fetch of a command's answer waits for it
 
 
+def _prefix(request: web.Request) -> str:
+    """The start of the names shown (the name filter), as typed."""
+    return request.query.get("prefix", "")[:64]
+
+
 async def _page(request: web.Request, who: Viewer) -> dict[str, Any]:
-    return {"kinds": RUNNABLE, "table_src": table_src("/console/agents/table", after_of(request))}
+    prefix = _prefix(request)
+    src = table_src("/console/agents/table", after_of(request), prefix=prefix)
+    return {"kinds": RUNNABLE, "table_src": src, "prefix": prefix}
 
 
 async def _tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
@@ -34,13 +42,14 @@ async def _tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
 
 
 async def _agents(request: web.Request, who: Viewer) -> dict[str, Any]:
-    after = after_of(request)
-    query = {"limit": str(PAGE)} | ({"after": after} if after else {})
+    after, prefix = after_of(request), _prefix(request)
+    query = {"limit": str(PAGE)} | {k: v for k, v in (("after", after), ("prefix", prefix)) if v}
     page, error = await api_or_error(request, agents.list_agents, query=query)
     return {
         "rows": page["agents"] if page else None,
         "error": error,
         "after": after,
+        "prefix": prefix,
         "next": page["next"] if page else None,
     }
 

@@ -240,9 +240,11 @@ def after_of(request: web.Request) -> str:
     return request.query.get("after", "")[:64]
 
 
-def table_src(path: str, after: str) -> str:
-    """The address of a paged table's fragment starting after ``after``."""
-    return str(URL(path).with_query({"after": after})) if after else path
+def table_src(path: str, after: str, **filters: str) -> str:
+    """The address of a paged table's fragment starting after ``after``,
+    with the ``filters`` that are set."""
+    query = {k: v for k, v in {**filters, "after": after}.items() if v}
+    return str(URL(path).with_query(query)) if query else path
 
 
 # --- routes ------------------------------------------------------------------------
