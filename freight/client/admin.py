@@ -124,6 +124,8 @@ class AdminCalls(ABC):
         while True:
             query = urlencode({"limit": 1000, **({"after": after} if after else {})})
             page = await self.request("GET", "/v1/agents?" + query)
+            if isinstance(page, list):  # a hub from before pages: the whole list
+                return page
             rows += page["agents"]
             after = page["next"]
             if after is None:
