@@ -25,7 +25,7 @@ from ..client.session import (
 )
 from ..errors import UsageError
 from ..units import format_bytes, parse_duration, parse_rate
-from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, run_async
+from .common import HubOpt, JsonOpt, QuietOpt, TransportOpt, on_hub, run_async
 from .output import RichReporter, err_console, print_json
 from .overwrite import OverwriteOpt, consent
 from .shaping import RelayCompressOpt, RelayLimitOpt, check_shaping
@@ -81,7 +81,7 @@ def agents_revoke(name: NameArg, hub_url: HubOpt = None) -> None:
 @agents_app.command("ls")
 def agents_ls(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
     """Agents: online or not, last seen, version, address, busy, commands queued."""
-    rows = run_async(lambda: _admin(hub_url, "GET", "/v1/agents"))
+    rows = on_hub(hub_url, lambda hub: hub.agents())  # 1,000 at a time
     if json_out:
         print_json(rows)
         return

@@ -36,9 +36,20 @@ class AdminCalls(ABC):
 
     # --- accounts -----------------------------------------------------------
 
-    async def users(self) -> list[dict[str, Any]]:
-        """Every account: name, role, disabled, created, used and quota (admins)."""
-        return list(await self._call("GET", "/v1/users", hint=USERS_HINT))
+    async def users(self, *, page: int = 1000) -> list[dict[str, Any]]:
+        """Every account: name, role, disabled, created, used and quota
+        (admins); fetched ``page`` at a time by name."""
+        out: list[dict[str, Any]] = []
+        after = ""
+        while True:
+            query = {"limit": str(page)} | ({"after": after} if after else {})
+            body = await self._call("GET", f"/v1/users?{urlencode(query)}", hint=USERS_HINT)
+            if isinstance(body, list):  # a hub from before pages: the whole list
+                return body
+            out += body["users"]
+            if not body["next"]:
+                return out
+            after = body["next"]
 
     async def add_user(self, name: str, password: str, *, admin: bool = False) -> dict[str, Any]:
         """Add an account (admins)."""
@@ -155,6 +166,8 @@ class AdminCalls(ABC):
         while True:
             query = urlencode({"limit": 1000, **({"after": after} if after else {})})
             page = await self.request("GET", "/v1/agents?" + query)
+            if isinstance(page, list):  # a hub from before pages: the whole list
+                return page
             rows += page["agents"]
             after = page["next"]
             if after is None:

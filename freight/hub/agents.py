@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from typing import Any
 
@@ -34,13 +35,14 @@ from .commands import command_json
 from .dispatch import Dispatcher, Link
 from .keys import check_key
 from .limiter import address_key
-from .requests import admin_user, current_user
+from .requests import admin_user, current_user, name_page
 from .requests import json_object as _json
 from .services import STATE, Hub
 
 ENROL_TOKEN_TTL = 24 * 3600.0
 AGENT_PAGE = 100  # agents per page of GET /v1/agents?limit=
 MAX_AGENT_PAGE = 1000
+NAME_PREFIX = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
 
 
 async def _agent_row(st: Hub, name: str) -> Any:
@@ -203,26 +205,25 @@ async def set_key(request: web.Request) -> web.Response:
 
 async def list_agents(request: web.Request) -> web.Response:
     """Every agent (a list), or with ``limit`` (1..1000) a page by name:
-    ``{"agents": [...], "next": NAME or null}``, the next page ``after`` it."""
+    ``{"agents": [...], "next": NAME or null}``, the next page ``after`` it;
+    ``prefix``: only the agents whose name starts with it."""
     await admin_user(request)
     st = request.app[STATE]
-    query = request.query
-    paged = "limit" in query or "after" in query
-    limit = query.get("limit", str(AGENT_PAGE))
-    after = query.get("after")
-    if paged and (
-        not (limit.isascii() and limit.isdigit() and len(limit) <= 9)
-        or not 1 <= int(limit) <= MAX_AGENT_PAGE
-    ):
-        raise UsageError(f"limit must be a whole number from 1 to {MAX_AGENT_PAGE}")
-    if after is not None and len(after) > 64:
-        raise UsageError("after must be an agent's name (the 'next' of the previous page)")
+    page = name_page(request.query, AGENT_PAGE, MAX_AGENT_PAGE)
+    prefix = request.query.get("prefix", "")
+    if not NAME_PREFIX.fullmatch(prefix):
+        raise UsageError(
+            "prefix must be the start of an agent's name: up to 64 of A-Z a-z 0-9 _ . -"
+        )
     online = {a.user.id: a for a in st.relay.attachments if a.commands}
     waiting = await st.db.open_command_counts()
-    rows = await st.db.list_agents(after=after, limit=int(limit) + 1 if paged else None)
-    more = paged and len(rows) > int(limit)
+    limit, after = page or (None, None)
+    rows = await st.db.list_agents(
+        after=after, limit=None if limit is None else limit + 1, prefix=prefix
+    )
+    more = limit is not None and len(rows) > limit
     out = []
-    for r in rows[: int(limit)] if paged else rows:
+    for r in rows[:limit]:
         att = online.get(int(r.id))
         out.append(
             {
@@ -238,7 +239,7 @@ async def list_agents(request: web.Request) -> web.Response:
                 "enrolled": r.enrolled,
             }
         )
-    if not paged:
+    if page is None:
         return web.json_response(out)
     return web.json_response({"agents": out, "next": out[-1]["name"] if more else None})
 
@@ -361,8 +362,10 @@ def _command_id(request: web.Request) -> int:
 
 
 def register(dispatcher: Dispatcher, st: Hub) -> None:
-    """When an agent's command channel attaches: record the visit and
-    apply its bandwidth cap (before the queue hands over its commands)."""
+    """When an agent's command channel attaches: record the visit, apply
+    its bandwidth cap (before the queue hands over its commands) and say so
+    (``agent_attached``); when it goes, ``agent_detached``. The events tell
+    the console's live feed that the agent is online or offline now."""
 
     async def attached(link: Link, version: str) -> None:
         att = link.att
@@ -370,8 +373,16 @@ def register(dispatcher: Dispatcher, st: Hub) -> None:
         cap = await st.db.agent_cap(att.user.id)
         st.relay.presence.set_cap(att.user.id, cap)
         st.bandwidth.set_cap(att.user.id, cap)
+        await st.events.emit(
+            "agent_attached", att.user.name, address=att.address, version=version[:64]
+        )
+
+    def detached(att: Any) -> None:
+        if att.commands:  # the agent's own channel, not one of its uploads
+            st.relay.spawn(st.events.emit("agent_detached", att.user.name, address=att.address))
 
     dispatcher.on_agent_attached(attached)
+    st.relay.detach_hooks.append(detached)
 
 
 async def report_security(request: web.Request) -> web.Response:

@@ -257,3 +257,18 @@ async def json_fields(request: web.Request, *names: str) -> dict[str, Any]:
     except (ValueError, KeyError, TypeError):
         raise UsageError(f"this needs a JSON body with {', '.join(names)}") from None
     return body
+
+
+def name_page(query: Mapping[str, str], default: int, most: int) -> tuple[int, str | None] | None:
+    """A page of a list ordered by name (keyset): ``(limit, after)`` when
+    the query has ``limit`` (1..``most``) or ``after`` (a name, the
+    previous page's ``next``); None when it has neither (the whole list)."""
+    if "limit" not in query and "after" not in query:
+        return None
+    limit = query.get("limit", str(default))
+    if not (limit.isascii() and limit.isdigit() and len(limit) <= 9) or not 1 <= int(limit) <= most:
+        raise UsageError(f"limit must be a whole number from 1 to {most}")
+    after = query.get("after")
+    if after is not None and len(after) > 64:
+        raise UsageError("after must be a name (the 'next' of the previous page)")
+    return int(limit), after

@@ -5,6 +5,7 @@ collection have their own modules)."""
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import time
 from typing import Any
@@ -130,10 +131,27 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+MAX_CONNECTION_PAGE = 1000
+
+
 async def list_connections(request: web.Request) -> web.Response:
+    """Every live relayed connection (a list), or with ``limit`` (1..1000)
+    the newest ``limit`` of them and how many there are: ``{"connections":
+    [...], "total": N}`` (only those are described)."""
     await admin_user(request)
     now = time.time()
-    return web.json_response([c.describe(now) for c in request.app[STATE].relay.live()])
+    conns = list(request.app[STATE].relay.live())
+    if "limit" not in request.query:
+        return web.json_response([c.describe(now) for c in conns])
+    text = request.query["limit"]
+    if not (text.isascii() and text.isdigit() and len(text) <= 9) or not (
+        1 <= int(text) <= MAX_CONNECTION_PAGE
+    ):
+        raise UsageError(f"limit must be a whole number from 1 to {MAX_CONNECTION_PAGE}")
+    newest = heapq.nlargest(int(text), conns, key=lambda c: c.started)
+    return web.json_response(
+        {"connections": [c.describe(now) for c in newest], "total": len(conns)}
+    )
 
 
 async def kill_connection(request: web.Request) -> web.Response:

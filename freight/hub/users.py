@@ -21,7 +21,7 @@ from ..store.approvals import ACCOUNT_STATES
 from . import auth
 from .approvalrules import login_refusal
 from .limiter import address_key
-from .requests import admin_user, current_user, json_fields
+from .requests import admin_user, current_user, json_fields, name_page
 from .services import STATE
 
 
@@ -87,16 +87,30 @@ def user_json(row: Any) -> dict[str, Any]:
     }
 
 
+USER_PAGE = 100  # accounts per page of GET /v1/users?limit=
+MAX_USER_PAGE = 1000
+
+
 async def list_users(request: web.Request) -> web.Response:
-    """Every account, or those in ``?state=`` (active, pending, refused)."""
+    """Every account (a list), or those in ``?state=`` (active, pending,
+    refused); with ``limit`` (1..1000) or ``after`` a page by name:
+    ``{"users": [...], "next": NAME or null}``, the next page ``after`` it
+    (keyset on the name index, however many accounts)."""
     await admin_user(request)
     db = request.app[STATE].db
     state = request.query.get("state")
     if state is not None and state not in ACCOUNT_STATES:
         raise UsageError(f"state must be one of {', '.join(ACCOUNT_STATES)}")
-    used = await quota.usage_by_user(db)
-    rows = await db.list_users() if state is None else await db.users_in_state(state)
-    return web.json_response([{**user_json(r), "used": used.get(int(r.id), 0)} for r in rows])
+    page = name_page(request.query, USER_PAGE, MAX_USER_PAGE)
+    limit, after = page or (None, None)
+    rows = await db.list_users(after=after, limit=None if limit is None else limit + 1, state=state)
+    more = limit is not None and len(rows) > limit
+    rows = rows[:limit]
+    used = await quota.usage_by_user(db, None if page is None else [int(r.id) for r in rows])
+    out = [{**user_json(r), "used": used.get(int(r.id), 0)} for r in rows]
+    if page is None:
+        return web.json_response(out)
+    return web.json_response({"users": out, "next": out[-1]["name"] if more else None})
 
 
 async def add_user(request: web.Request) -> web.Response:

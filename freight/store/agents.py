@@ -70,20 +70,32 @@ class Agents(Repository):
             return str(row.name), user_id
 
     async def list_agents(
-        self, *, after: str | None = None, limit: int | None = None
+        self, *, after: str | None = None, limit: int | None = None, prefix: str = ""
     ) -> list[AgentRow]:
         """Agents by name: all, or a page of ``limit`` after the name
-        ``after`` (keyset: the name index, however many agents there are)."""
+        ``after`` (keyset: the name index, however many agents there are);
+        ``prefix``: only names that start with it (a range of the name index
+        on SQLite, whose order is by code point; compared exactly on
+        PostgreSQL, whose collation may order otherwise)."""
+        name = t.users.c.name
         q = (
-            sa.select(t.users.c.id, t.users.c.name, t.users.c.disabled, t.agents)
+            sa.select(t.users.c.id, name, t.users.c.disabled, t.agents)
             .join(t.agents, t.agents.c.user_id == t.users.c.id)
-            .order_by(t.users.c.name)
+            .order_by(name)
         )
+        if prefix:
+            q = q.where(sa.func.substr(name, 1, len(prefix)) == prefix)
+            if self.engine.dialect.name == "sqlite":  # names are ASCII below "~"
+                q = q.where(name >= prefix, name < prefix + "~")
         if after is not None:
             q = q.where(t.users.c.name > after)
         if limit is not None:
             q = q.limit(limit)
         return await self._all(AgentRow, q)
+
+    async def agent_count(self) -> int:
+        """How many agents are enrolled (one COUNT, never the list)."""
+        return int(await self._scalar(sa.select(sa.func.count()).select_from(t.agents)))
 
     async def touch_agent(self, user_id: int, version: str, address: str) -> None:
         async with self.engine.begin() as c:

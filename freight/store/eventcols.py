@@ -19,6 +19,8 @@ _AGENT_ACTS = frozenset(
     {
         "agent_login",
         "agent_login_failure",
+        "agent_attached",
+        "agent_detached",
         "agent_enrolled",
         "agent_file_received",
         "collect_stored",

@@ -3,7 +3,7 @@ unfinished pushes it has started), and what it holds now."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import sqlalchemy as sa
 
@@ -48,12 +48,15 @@ async def usage(
         )
 
 
-async def usage_by_user(db: Repository) -> dict[int, int]:
-    """Per account id, the bytes its files and unfinished pushes take."""
+async def usage_by_user(db: Repository, user_ids: Collection[int] | None = None) -> dict[int, int]:
+    """Per account id (of ``user_ids``, or every account), the bytes its
+    files and unfinished pushes take."""
     out: dict[int, int] = {}
     async with db.engine.connect() as c:
         for table in (t.files, t.streams):
             q = sa.select(table.c.user_id, sa.func.sum(table.c.size)).group_by(table.c.user_id)
+            if user_ids is not None:
+                q = q.where(table.c.user_id.in_(list(user_ids)))
             for user_id, size in (await c.execute(q)).all():
                 out[int(user_id)] = out.get(int(user_id), 0) + int(size or 0)
     return out

@@ -128,6 +128,9 @@ class Streams(Repository):
     async def active_streams(self) -> list[StreamRow]:
         return await self._all(StreamRow, sa.select(t.streams))
 
+    async def active_stream_count(self) -> int:
+        return int(await self._scalar(sa.select(sa.func.count()).select_from(t.streams)))
+
     # --- files ------------------------------------------------------------------
 
     async def list_files(self, user_id: int) -> list[FileRow]:

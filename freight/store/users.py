@@ -37,8 +37,20 @@ class Users(Repository):
     async def user_by_id(self, user_id: int) -> UserRow | None:
         return await self._first(UserRow, sa.select(t.users).where(t.users.c.id == user_id))
 
-    async def list_users(self) -> list[UserRow]:
-        return await self._all(UserRow, sa.select(t.users).order_by(t.users.c.name))
+    async def list_users(
+        self, *, after: str | None = None, limit: int | None = None, state: str | None = None
+    ) -> list[UserRow]:
+        """Accounts by name (those in ``state`` only, if given): all, or a
+        page of ``limit`` after the name ``after`` (keyset: the unique name
+        index)."""
+        q = sa.select(t.users).order_by(t.users.c.name)
+        if state is not None:
+            q = q.where(t.users.c.state == state)
+        if after is not None:
+            q = q.where(t.users.c.name > after)
+        if limit is not None:
+            q = q.limit(limit)
+        return await self._all(UserRow, q)
 
     async def set_password(self, user_id: int, pw_hash: str) -> None:
         async with self.engine.begin() as c:

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from freight.hub.console.stream import COUNTERS
 from tests.agentsupport import Agent
 from tests.authsupport import rest
 from tests.consolesupport import ADMIN_ONLY, CSP, Browser, EventStream, csrf_of, inline_code
@@ -246,13 +247,22 @@ async def test_stream_tells_of_a_new_connection_within_a_second(
                 f"connections event {(seen - dialled) * 1000:.0f} ms after the dial, "
                 f"the connection itself took {(opened - dialled) * 1000:.0f} ms"
             )
-            # While it is live its counters move: a tick each second.
+            # While it is live and nothing changes, nothing is sent but its
+            # counters' refresh every COUNTERS["connections"] seconds (the
+            # dashboard's figures did not change: never).
             await a.send(b"x" * 1000)
             assert await asyncio.wait_for(c.recv(), 10) == b"x" * 1000
-            await events.wait_for("connections", 2.0)
+            await events.drain(0.2)  # the rest of the open's own message
+            quiet = await events.drain(COUNTERS["connections"] - 1.2)
+            assert [m for m in quiet if m["event"] in ("connections", "dashboard")] == [], quiet
+            await events.wait_for("connections", 2.0)  # the counters, once
             overview = await b.page("/console/dashboard/overview")
             assert re.search(r'id="live-connections">[1-9]\d*<', overview)
+            # Its end is a change: sent within the second.
             await a.close()
+            closed = time.monotonic()
+            await events.wait_for("connections", 1.0)
+            assert time.monotonic() - closed < 1.0
 
 
 async def test_stream_coalesces_a_burst(shared_hub: Hub, admin: Client) -> None:

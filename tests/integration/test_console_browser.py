@@ -198,10 +198,14 @@ def test_an_agent_enrolled_with_a_token_from_the_agents_page_comes_online(
     expect(row).to_contain_text("offline")  # enrolled: shown without a reload
     with AgentProc(agent, tmp_path / "agent.log") as proc:
         off_loop(wait_online, admin, "console-lab", True, 15, proc)
-        # The page asks the agent itself, and shows its answer and its row
-        # online, still without a reload.
-        row.get_by_label("command").select_option("list_dir")
-        row.get_by_label("arguments").fill('{"path": "/"}')
+        # Its attaching is a change of the live feed: the row turns online
+        # without a reload, within the live tables' second.
+        expect(row.locator(".online")).to_have_text("online", timeout=1_500)
+        visit.shot("attached")
+        # The page asks the agent itself, and shows its answer, still
+        # without a reload.
+        page.get_by_label("command").select_option("list_dir")
+        page.get_by_label("arguments").fill('{"path": "/"}')
         row.get_by_role("button", name="Run").click()
         answer = page.locator("#command-result .command")
         expect(answer.locator(".state")).to_have_text("done", timeout=15_000)

@@ -65,6 +65,16 @@ async def test_connections_table_and_kill(shared_hub: Hub, admin: Client, bob: C
             assert row[3].startswith("relay (dial: ")
             assert re.fullmatch(r"[\d.]+ (B|KiB)", row[5]) and row[5] != "0 B"
             assert row[10] == "connected"
+            # The table is the newest 100 and the count (GET ...?limit=100).
+            status, every = await b.api("GET", "/v1/admin/connections")
+            status, page = await b.api("GET", "/v1/admin/connections?limit=1")
+            assert status == 200 and page["total"] == len(every) >= 1
+            newest = max(every, key=lambda c: c["started"])
+            assert [c["id"] for c in page["connections"]] == [newest["id"]]
+            shown = f"{len(every)} live connection" if len(every) <= 100 else "The newest 100 of"
+            assert shown in html
+            for bad in ("0", "1001", "x"):
+                assert (await b.api("GET", f"/v1/admin/connections?limit={bad}"))[0] == 400
             # An ordinary user sees the admin-only message and cannot kill.
             status, _, _ = await u.get("/console/connections")
             assert status == 403

@@ -2,7 +2,12 @@
 expiry and see it once with a copy button, revoke), the agents with
 online/offline, last seen, version, address and cap, and a command run on
 one with its answer (``POST /v1/agents/{name}/commands``, then ``GET
-/v1/agents/commands/{id}?wait=…``). Admins only, as the API."""
+/v1/agents/commands/{id}?wait=…``). Admins only, as the API.
+
+The table is a page of ``PAGE`` agents by name, ``GET /v1/agents?limit=&after=``
+(keyset on the name index): ``?after=NAME`` in the page's address is the
+page after that name, however many agents the hub has; ``?prefix=`` shows
+only the names that start with it (the API's ``prefix``)."""
 
 from __future__ import annotations
 
@@ -13,15 +18,22 @@ from aiohttp import web
 from ...protocol.agents import COMMAND_KINDS, FILE_COMMANDS
 from ...store.commands import TERMINAL_COMMAND_STATES
 from .. import agents
-from .core import Viewer, add_page, api_or_error, fragment
+from .core import PAGE, Viewer, add_page, after_of, api_or_error, fragment, table_src
 
 # The commands the page offers (file copies have their own CLI: freight cp).
 RUNNABLE = [k for k in COMMAND_KINDS if k not in FILE_COMMANDS]
 WAIT = "5"  # seconds one fetch of a command's answer waits for it
 
 
+def _prefix(request: web.Request) -> str:
+    """The start of the names shown (the name filter), as typed."""
+    return request.query.get("prefix", "")[:64]
+
+
 async def _page(request: web.Request, who: Viewer) -> dict[str, Any]:
-    return {"kinds": RUNNABLE}
+    prefix = _prefix(request)
+    src = table_src("/console/agents/table", after_of(request), prefix=prefix)
+    return {"kinds": RUNNABLE, "table_src": src, "prefix": prefix}
 
 
 async def _tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
@@ -30,8 +42,16 @@ async def _tokens(request: web.Request, who: Viewer) -> dict[str, Any]:
 
 
 async def _agents(request: web.Request, who: Viewer) -> dict[str, Any]:
-    rows, error = await api_or_error(request, agents.list_agents)
-    return {"rows": rows, "error": error, "kinds": RUNNABLE}
+    after, prefix = after_of(request), _prefix(request)
+    query = {"limit": str(PAGE)} | {k: v for k, v in (("after", after), ("prefix", prefix)) if v}
+    page, error = await api_or_error(request, agents.list_agents, query=query)
+    return {
+        "rows": page["agents"] if page else None,
+        "error": error,
+        "after": after,
+        "prefix": prefix,
+        "next": page["next"] if page else None,
+    }
 
 
 async def _new_token(request: web.Request, who: Viewer) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Live relayed connections (``/console/connections``): both ends, the
 application, how it is carried, bytes and rate each way, start and
 elapsed, each with a Kill button (``DELETE /v1/admin/connections/{cid}``);
-refreshed on the live feed's ``connections`` events."""
+refreshed on the live feed's ``connections`` events. The newest ``SHOWN``
+and how many there are (``GET /v1/admin/connections?limit=``): a busy hub's
+thousand connections are never all rendered on each refresh."""
 
 from __future__ import annotations
 
@@ -17,11 +19,16 @@ async def _page(request: web.Request, who: Viewer) -> dict[str, Any]:
     return {}
 
 
+SHOWN = 100  # the newest connections the table shows
+
+
 async def _table(request: web.Request, who: Viewer) -> dict[str, Any]:
-    rows, error = await api_or_error(request, rest.list_connections)
-    if rows is not None:
-        rows.sort(key=lambda r: r.get("started", 0), reverse=True)
-    return {"rows": rows, "error": error}
+    page, error = await api_or_error(request, rest.list_connections, query={"limit": str(SHOWN)})
+    return {
+        "rows": page["connections"] if page else None,
+        "total": page["total"] if page else 0,
+        "error": error,
+    }
 
 
 def add_routes(app: web.Application) -> None:

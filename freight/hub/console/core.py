@@ -230,6 +230,23 @@ def admin_only(exc: ApiError) -> str:
     return ADMIN_ONLY if exc.code == "forbidden" and "admin" in exc.message else exc.message
 
 
+# --- tables paged by name ---------------------------------------------------------
+
+PAGE = 100  # rows per page of the Agents and Users tables
+
+
+def after_of(request: web.Request) -> str:
+    """The name a paged table starts after ("" for the first page)."""
+    return request.query.get("after", "")[:64]
+
+
+def table_src(path: str, after: str, **filters: str) -> str:
+    """The address of a paged table's fragment starting after ``after``,
+    with the ``filters`` that are set."""
+    query = {k: v for k, v in {**filters, "after": after}.items() if v}
+    return str(URL(path).with_query(query)) if query else path
+
+
 # --- routes ------------------------------------------------------------------------
 
 

@@ -4,11 +4,15 @@ events named after what changed (``connections``, ``transfers``,
 their fragment when their topic's event arrives.
 
 What changed is learnt from the hub's event log (:class:`Feed` listens to
-every event and notes its topics) and, for counters that move without an
-event (bytes of live connections and streams), from a tick each second
-while something is live. Each stream sends at most one event per topic per
-``COALESCE`` seconds, however many events the hub records: a burst of
-thousands of events costs a browser a handful of refetches.
+every event and notes its topics): a connection opened or closed, an agent
+attached or detached, a transfer started or ended. A topic is sent only
+when it changed, never on a tick while nothing did; the counters that move
+without an event (bytes and rates of live connections, a transfer's
+progress) refresh more slowly, every ``COUNTERS[topic]`` seconds while
+something is live (:class:`Pacer`). Each stream sends at most one event
+per ``COALESCE`` seconds, however many events the hub records: a burst of
+thousands of events costs a browser a handful of refetches, and a change
+is sent within ``COALESCE`` of happening.
 
 Event ids are ``EPOCH-SEQ``: the feed's sequence number of the last change
 sent, within one run of the hub (``EPOCH``). A browser reconnecting with
@@ -22,9 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 
 from aiohttp import web
 
@@ -33,8 +38,12 @@ from ..requests import current_login
 from ..services import STATE
 
 TOPICS = ("connections", "transfers", "agents", "events", "users", "dashboard")
-COALESCE = 0.5  # seconds between two events of one topic on one stream
-TICK = 1.0  # while a connection or stream is live, its counters move this often
+COALESCE = 0.5  # seconds between two events of one stream
+# Topics whose counters move without events, and the seconds between two
+# refreshes of them while something is live: a transfer's progress each
+# second, the bytes and rates of live connections every 5 s.
+COUNTERS = {"transfers": 1.0, "connections": 5.0}
+GONE_CHECK = 1.0  # seconds between two looks at whether the browser went (nothing sent)
 KEEPALIVE = 15.0  # a comment line keeps proxies from closing an idle stream
 MAX_PER_LOGIN = 8
 MAX_STREAMS = 256
@@ -146,6 +155,52 @@ class Feed:
 FEED: web.AppKey[Feed] = web.AppKey("console_feed", Feed)
 
 
+class Pacer:
+    """When one stream sends which topics, on the monotonic clock ``now``
+    its caller passes: a topic that changed (the feed's sequence passed the
+    stream's) at once, or when the coalescing window of the stream's
+    previous event ends; a topic of :data:`COUNTERS` every so often while
+    it is ``live``. Nothing otherwise."""
+
+    def __init__(self, feed: Feed, last: int, now: float) -> None:
+        self.feed = feed
+        self.last = last  # the feed's sequence number when the stream last sent
+        self.sent_at = -math.inf
+        self.counted_at = dict.fromkeys(COUNTERS, now)
+
+    def _counters(self, live: Collection[str], now: float) -> None:
+        for topic in COUNTERS:
+            if topic not in live:  # its next refresh is a full interval after it goes live
+                self.counted_at[topic] = now
+
+    def due(self, live: Collection[str], now: float) -> list[str]:
+        """The topics to send now (none within the coalescing window)."""
+        self._counters(live, now)
+        if now < self.sent_at + COALESCE:
+            return []
+        out = set(self.feed.since(self.last))
+        out.update(t for t in live if t in COUNTERS and now >= self.counted_at[t] + COUNTERS[t])
+        return [t for t in TOPICS if t in out]
+
+    def sent(self, topics: Collection[str], now: float) -> None:
+        self.last = self.feed.seq
+        self.sent_at = now
+        for topic in topics:
+            if topic in COUNTERS:
+                self.counted_at[topic] = now
+
+    def wait(self, live: Collection[str], now: float) -> tuple[float, bool]:
+        """How long to wait before :meth:`due` may have something, and
+        whether a change in the feed may end the wait sooner (not while a
+        change already waits for the coalescing window to end)."""
+        self._counters(live, now)
+        window = max(0.0, self.sent_at + COALESCE - now)
+        if self.feed.since(self.last):
+            return window, False
+        counters = [self.counted_at[t] + COUNTERS[t] - now for t in live if t in COUNTERS]
+        return max(window, min(counters, default=KEEPALIVE)), True
+
+
 class _Ender:
     """What the hub's live logins close when the stream's login ends."""
 
@@ -166,7 +221,7 @@ def _live_topics(request: web.Request) -> tuple[str, ...]:
         live.append("connections")
     if st.bandwidth.active:
         live.append("transfers")
-    return (*live, "dashboard") if live else ()
+    return tuple(live)
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
@@ -199,27 +254,30 @@ async def _serve(
     last: int,
 ) -> None:
     await response.write(b"retry: 2000\n\n")
+    pacer = Pacer(feed, last, time.monotonic())
     quiet_since = time.monotonic()
     while not (feed.closing or ender.ended):
         transport = request.transport
         if transport is None or transport.is_closing():
             return  # the browser went
         wake.clear()
-        topics = feed.since(last)
-        if not topics:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), TICK)
-            topics = feed.since(last) or list(_live_topics(request))
-        if feed.closing or ender.ended:
-            return
+        now = time.monotonic()
+        live = _live_topics(request)
+        topics = pacer.due(live, now)
         if topics:
-            last = feed.seq
+            pacer.sent(topics, now)
             ident = feed.event_id()
             await response.write(
                 "".join(f"id: {ident}\nevent: {t}\ndata: {t}\n\n" for t in topics).encode()
             )
-            quiet_since = time.monotonic()
-            await asyncio.sleep(COALESCE)  # what changes meanwhile goes out together
-        elif time.monotonic() - quiet_since >= KEEPALIVE:
+            quiet_since = now
+        elif now - quiet_since >= KEEPALIVE:
             await response.write(b": keep-alive\n\n")
-            quiet_since = time.monotonic()
+            quiet_since = now
+        delay, wakes = pacer.wait(live, now)
+        delay = min(delay, max(0.0, quiet_since + KEEPALIVE - now), GONE_CHECK)
+        if not wakes:
+            await asyncio.sleep(delay)  # what changes meanwhile goes out together
+            continue
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(wake.wait(), delay)

@@ -35,6 +35,8 @@ LINK_TOKEN = {
     "(12 hex digits)",
 }
 
+_USED = {"allOf": [ref("User"), obj({"used": COUNT}, ["used"])]}  # an account and its bytes
+
 SCHEMAS: dict[str, Schema] = {
     "Login": obj(
         {
@@ -130,12 +132,28 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/users": {
         "get": op(
             "listUsers",
-            "Every account with the bytes it holds",
+            "Every account with the bytes it holds; with limit or after, a page by name",
             "accounts",
             auth="admin",
-            params=[query("state", ACCOUNT_STATE, "only the accounts in this state")],
+            params=[
+                query("state", ACCOUNT_STATE, "only the accounts in this state"),
+                query("limit", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "1-1000"),
+                query("after", {"type": "string", "maxLength": 64}, "the previous page's next"),
+            ],
+            ok={
+                200: json_ok(
+                    {
+                        "anyOf": [
+                            array(_USED),
+                            obj(
+                                {"users": array(_USED), "next": nullable(USER_NAME)},
+                                ["users", "next"],
+                            ),
+                        ]
+                    }
+                )
+            },
             errors=[400],
-            ok={200: json_ok(array({"allOf": [ref("User"), obj({"used": COUNT}, ["used"])]}))},
         ),
         "post": op(
             "addUser",

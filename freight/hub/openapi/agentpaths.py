@@ -222,12 +222,17 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/agents": {
         "get": op(
             "listAgents",
-            "Every agent and its status; with limit or after, a page by name",
+            "Every agent and its status; with limit or after, a page by name; prefix filters",
             "agents",
             auth="admin",
             params=[
                 query("limit", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "1-1000"),
                 query("after", {"type": "string", "maxLength": 64}, "the previous page's next"),
+                query(
+                    "prefix",
+                    {"type": "string", "pattern": "^[A-Za-z0-9_.\\-]{0,64}$"},
+                    "only the names that start with it",
+                ),
             ],
             ok={
                 200: json_ok(

@@ -247,10 +247,24 @@ PATHS: dict[str, dict[str, Schema]] = {
     "/v1/admin/connections": {
         "get": op(
             "listConnections",
-            "Live relayed connections",
+            "Live relayed connections; with limit, the newest and how many there are",
             "admin",
             auth="admin",
-            ok={200: json_ok(array(ref("Connection")))},
+            params=[query("limit", {"type": "string", "pattern": "^[0-9]{1,9}$"}, "1-1000")],
+            ok={
+                200: json_ok(
+                    {
+                        "anyOf": [
+                            array(ref("Connection")),
+                            obj(
+                                {"connections": array(ref("Connection")), "total": COUNT},
+                                ["connections", "total"],
+                            ),
+                        ]
+                    }
+                )
+            },
+            errors=[400],
         )
     },
     "/v1/admin/connections/{cid}": {

@@ -135,12 +135,17 @@ PATHS: dict[str, dict[str, Schema]] = {
                         {
                             "version": {"type": "string"},
                             "uptime": {"type": "number"},
+                            "agents": {
+                                **obj({"online": COUNT, "total": COUNT}, ["online", "total"]),
+                                "description": "attached (command channel) and enrolled",
+                            },
+                            "streams": {**COUNT, "description": "unfinished pushes"},
                             "transfers": COUNT,
                             "connections": COUNT,
                             "throughput": COUNT,
                             "security": array(ref("Event")),
                         },
-                        ["version", "uptime", "transfers", "connections"],
+                        ["version", "uptime", "agents", "streams", "transfers", "connections"],
                     )
                 )
             },
