@@ -23,7 +23,9 @@ import json
 import os
 import random
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,12 +117,14 @@ class Fleet:
                     await proc.wait()
             if self.local is not None:
                 await self.local.stop()
+            if self.config is not None:
+                shutil.rmtree(self.config, ignore_errors=True)
 
     async def _hub_env(self) -> dict[str, str]:
         env = dict(os.environ)
         if self.local is not None:
             await self.local.start()
-            config = self.local.data.parent / (self.local.data.name + "-login")
+            config = Path(tempfile.mkdtemp(prefix="freight-loadtest-login-"))
             await (
                 await Client.login(
                     self.local.url,
