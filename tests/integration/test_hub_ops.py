@@ -76,7 +76,7 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(
     assert proc.poll() is None, f"the push ended before it could be interrupted: {proc.returncode}"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    assert proc.returncode == 130, err
     assert "interrupted; run the same command again to resume" in err
     assert "Traceback" not in err
     row = json.loads(client.run("push", str(src), "--json").stdout)["pushed"][0]
