@@ -13,12 +13,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from freight.errors import UsageError
 from freight.store import Database
-from freight.store.eventquery import EventFilter, decode_cursor, encode_cursor
+from freight.store import schema as t
+from freight.store.eventquery import (
+    EventFilter,
+    decode_cursor,
+    encode_cursor,
+    event_query,
+    may_walk,
+)
 
 KINDS = ("login", "login_failure", "agent_login", "stream_end", "command_queued", "security")
 ACTORS = ("admin", "ann", "bob", "lab1", "lab2")
@@ -129,9 +137,14 @@ filters = st.builds(
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
           HealthCheck.function_scoped_fixture])  # fmt: skip
-@given(f=filters, page=st.integers(1, 40), fts=st.sampled_from(("lookup", "scan", "regex")))
+@given(
+    f=filters,
+    page=st.integers(1, 40),
+    fts=st.sampled_from(("lookup", "scan", "regex")),
+    sort_walk=st.booleans(),
+)
 def test_every_filter_sort_and_page_size_walks_the_models_rows(
-    seeded: tuple[Path, list[dict[str, Any]]], f: EventFilter, page: int, fts: str
+    seeded: tuple[Path, list[dict[str, Any]]], f: EventFilter, page: int, fts: str, sort_walk: bool
 ) -> None:
     path, rows = seeded
 
@@ -141,6 +154,7 @@ def test_every_filter_sort_and_page_size_walks_the_models_rows(
             assert await db.has_fts()
             db._fts = fts != "regex"  # regex: the scan PostgreSQL does
             db._dense = 0 if fts == "scan" else N + 1  # every search dense, or none
+            db._walk_at = 0 if sort_walk else N + 1  # walk the sort's index always, or never
             return await walk(db, f, page)
         finally:
             await db.close()
@@ -220,3 +234,24 @@ def test_postgresql_gives_the_same_pages(tmp_path: Path) -> None:
 
     for got, want in asyncio.run(go()):
         assert want and got == want
+
+
+def test_many_rows_of_a_kind_sorted_by_actor_walk_the_actor_index() -> None:
+    """Picking by one column and sorting by another: SQLite would sort every
+    row picked; past WALK_AT picked rows the query walks the sort's index
+    (its plan says so), below it the picking column's index serves."""
+    f = EventFilter(kinds=("login",), sort="-actor")
+    assert may_walk(f) and not may_walk(EventFilter(kinds=("login",), sort="-ts"))
+    assert not may_walk(EventFilter(kinds=("login",), sort="kind"))
+    assert not may_walk(EventFilter(kinds=("login",), sort="actor", words=("x",)))
+    engine = sa.create_engine("sqlite://")
+    t.metadata.create_all(engine)
+
+    def plan(walk: bool) -> str:
+        query = event_query(f, after=None, limit=101, fts="", walk=walk)
+        sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+        with engine.connect() as c:
+            return " ".join(str(r[-1]) for r in c.exec_driver_sql("EXPLAIN QUERY PLAN " + sql))
+
+    assert "ix_events_actor_ts" in plan(True) and "TEMP B-TREE" not in plan(True)
+    assert "ix_events_kind_ts" in plan(False)
