@@ -38,7 +38,7 @@ integration: $(STAMP) test-proxies test-browser
 # module-scoped hub is started once).
 TEST_WORKERS ?= 2
 test: lint typecheck $(STAMP) test-proxies test-browser
-	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not quiet" tests
+	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not quiet" --durations=20 tests
 
 # Timing tests that an otherwise busy machine would fail (a userspace delay
 # line waits for a CPU): run alone, on an idle machine.

@@ -43,7 +43,7 @@ def test_every_role_and_every_fault_against_a_hub_of_its_own(
         str(sheet(tmp_path, EVERY_FAULT)),
         "--start-hub",
         "--duration",
-        "14s",
+        "12s",
         "--seed",
         "7",
         "--json",
