@@ -20,7 +20,6 @@ from .clients import MAX_OUTSTANDING, RowRun, digest_of, forever, issue, write_f
 from .schedule import Pacer, draw_size, interval, loops
 
 ALL_TYPES: Final = 0xFFFFFFFF  # a listening registration takes every message type
-MESSAGE_TYPE: Final = 0x00000001
 ECHO_CHUNK: Final = 65536
 # A code stays open (and counts against the account's 64) until it
 # expires, finished or not: a short life lets a sender go on sending.
