@@ -165,6 +165,7 @@ def as_json(result: Result) -> dict[str, Any]:
         "hub_restarts": result.hub_restarts,
         "passed": result.passed,
         "interrupted": result.interrupted,
+        "ended_at": round(result.ended_at, 3),
         "rows": {rid: row_summary(s, result.seconds) for rid, s in result.stats.items()},
         "total": row_summary(total, result.seconds),
         "expect": [

@@ -68,6 +68,7 @@ class Result:
     hub_alive: bool
     hub_restarts: int = 0
     interrupted: bool = False  # Ctrl-C ended it early
+    ended_at: float = 0.0  # wall-clock time (epoch seconds) the clients were stopped
 
     @property
     def passed(self) -> bool:
@@ -276,6 +277,7 @@ class Run:
                 async with asyncio.timeout(STOP_TIMEOUT):
                     await asyncio.gather(*every, return_exceptions=True)
         seconds = self.clock()
+        ended_at = time.time()
         alive = await self._hub_alive()
         verdicts = [
             judge(expect, run.stats, seconds, alive)
@@ -284,7 +286,8 @@ class Run:
         ]
         stats = {rid: run.stats for rid, run in self.rows.items()}
         restarts = self.local.restarts if self.local else 0
-        return Result(self.seed, seconds, stats, verdicts, alive, restarts, self.stopped.is_set())
+        stopped = self.stopped.is_set()
+        return Result(self.seed, seconds, stats, verdicts, alive, restarts, stopped, ended_at)
 
     async def _drain(self) -> None:
         """Let the answers to messages already sent arrive (at most

@@ -186,6 +186,7 @@ class Fleet:
                     await asyncio.gather(*readers)
             self.interrupted = stopped.is_set()
         seconds = max((f.get("seconds", 0.0) for f in self.finals), default=0.0)
+        ended_at = time.time()
         stats = {
             r.id: RowStats.merge(r.id, [f["final"][r.id] for f in self.finals])
             for r in self.scenario.rows
@@ -197,7 +198,9 @@ class Fleet:
             for expect in row.expect
         ]
         restarts = self.local.restarts if self.local else 0
-        return Result(self.seed, seconds, stats, verdicts, alive, restarts, self.interrupted)
+        return Result(
+            self.seed, seconds, stats, verdicts, alive, restarts, self.interrupted, ended_at
+        )
 
     async def _forward_stop(self, stopped: asyncio.Event) -> None:
         """Ctrl-C here: every worker ends its share now and reports."""
