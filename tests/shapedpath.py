@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from tests.netns import veth_namespace
-from tests.support import ADMIN_PASSWORD, PYTHON, Client, Hub
+from tests.support import ADMIN_PASSWORD, PYTHON, Client, Hub, as_from_a_terminal
 
 # The queue tbf keeps: a loss-based flow (iperf3's cubic) fills it, which is
 # what a background transfer must notice and yield to.
@@ -141,6 +141,7 @@ class ShapedPath:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=as_from_a_terminal,
         )
 
     def freight(

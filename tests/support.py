@@ -26,6 +26,17 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
         time.sleep(0.02)
 
 
+def as_from_a_terminal() -> None:
+    """Run in a child before exec: SIGINT back to its default.
+
+    A command started in the background of a non-interactive shell (as CI
+    starts the suite) inherits SIGINT ignored, and Python then installs no
+    KeyboardInterrupt handler: Ctrl-C tests would see the signal dropped.
+    A user at a terminal has SIGINT at its default; so do these children.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Hub:
     """A `freight hub` subprocess with its own data folder."""
 
@@ -145,6 +156,7 @@ class Client:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=as_from_a_terminal,
         )
 
     def login(

@@ -8,8 +8,6 @@ import ssl
 import urllib.request
 from pathlib import Path
 
-import pytest
-
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
 
@@ -67,11 +65,6 @@ def test_hub_budget_limits_a_push(tmp_path: Path) -> None:
         hub.stop()
 
 
-# In the whole suite (both workers busy) the push went on to its end and
-# exited 0 after the SIGINT, in two runs of two on 2026-12-04; alone it
-# passes (nine of nine, six beside three CPU burners). Until the cause is
-# found it runs with the timing tests: make test-quiet.
-@pytest.mark.quiet
 def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(
     tmp_path: Path, hub: Hub, client: Client
 ) -> None:
