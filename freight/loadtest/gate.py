@@ -194,4 +194,7 @@ class Gate:
                 if rate is not None:
                     await asyncio.sleep(len(data) / rate)
         except (OSError, ConnectionError):
-            return
+            # A reset (the hub drops a connection that spoke garbage with
+            # bytes unread) or a write to a gone peer: there is no half of
+            # the connection left to carry, so end the other side too.
+            asyncio.get_running_loop().call_soon(self._end, pipe)

@@ -4,6 +4,8 @@ bytes both ways, and each fault does to the connections what it says."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -146,3 +148,25 @@ async def test_a_gate_with_no_hub_behind_it_refuses(echo: tuple[int, list[bytes]
     assert await asyncio.wait_for(r.read(1), 15) == b""
     assert gate.refused == 1 and not gate.pipes
     await gate.aclose()
+
+
+async def test_a_reset_from_the_hub_ends_the_clients_connection_too() -> None:
+    # A server that closes with bytes unread sends a reset, not a FIN (the
+    # hub does this to a connection that spoke garbage). The gate must end
+    # the client's side as well, not leave it waiting for bytes forever.
+    async def reset_after_reading(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read(1)
+        sock = w.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        w.transport.abort()
+
+    server = await asyncio.start_server(reset_after_reading, "127.0.0.1", 0)
+    gate = await started(server.sockets[0].getsockname()[1])
+    r, w = await through(gate)
+    w.write(b"garbage" * 100)
+    with pytest.raises(ConnectionResetError):
+        await asyncio.wait_for(r.read(65536), 5)
+    await until(lambda: not gate.pipes)
+    w.close()
+    await gate.aclose()
+    server.close()
