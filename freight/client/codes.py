@@ -90,7 +90,9 @@ async def send_with_code(
             reporter.notice(f"{exc.message}; waiting for the receiver to come back")
         finally:
             if not conn.closed:
-                await conn.abort()
+                # Not finished (an error, Ctrl-C): "aborted", so the hub
+                # keeps it open for a resume ("closed" marks it finished).
+                await conn.abort("aborted", "the transfer stopped before it finished")
 
 
 async def receive_with_code(
@@ -124,4 +126,6 @@ async def receive_with_code(
                 reporter.notice("the sender started again; resuming")
         finally:
             if not conn.closed:
-                await conn.abort()
+                # Not finished (an error, Ctrl-C): "aborted", so the hub
+                # keeps it open for a resume ("closed" marks it finished).
+                await conn.abort("aborted", "the transfer stopped before it finished")

@@ -56,17 +56,23 @@ class CodeDesk:
                     RefusalCode.FORBIDDEN, f"code {msg.nameplate}-… belongs to someone else"
                 )
             nameplate, expires = msg.nameplate, float(row.expires)
+            if row.finished:  # offered again: open once more
+                await self._room(att)
+                await self.db.set_code_finished(nameplate, False)
         else:
-            if await self.db.count_codes(att.user.id) >= self.max_codes:
-                raise RelayRefused(
-                    RefusalCode.LIMIT_REACHED,
-                    f"you already have {self.max_codes} codes open (the hub's limit); "
-                    "wait for one to expire or resume one with --code",
-                )
+            await self._room(att)
             nameplate = await self.db.create_code(att.user.id, msg.ttl)
             expires = time.time() + msg.ttl
         self.router.perform(att, msg.rid, self.pairing.offer(att, msg.rid, nameplate, expires))
         await self.events.emit("code_offered", att.user.name, nameplate=nameplate)
+
+    async def _room(self, att: Attachment) -> None:
+        if await self.db.count_codes(att.user.id) >= self.max_codes:
+            raise RelayRefused(
+                RefusalCode.LIMIT_REACHED,
+                f"you already have {self.max_codes} code{'s' * (self.max_codes != 1)} open "
+                "(the hub's limit); wait for one to finish or expire, or resume one with --code",
+            )
 
     async def claim(self, att: Attachment, msg: m.Claim) -> None:
         row = await self.db.get_code(msg.nameplate)
@@ -126,6 +132,14 @@ class CodeDesk:
             return
         conn.hs_pending = False
         self.router.spawn(self._count(conn.nameplate, conn.users[DIAL].name, reason))
+
+    def finished(self, conn: Conn, code: str) -> None:
+        """A verified claim's connection closed normally: its transfer
+        finished, so the code stops counting against its sender's open
+        codes (its owner may still offer it again until it expires).
+        Clients hang up a transfer that did not finish as ``aborted``."""
+        if conn.verified and code == HangupCode.CLOSED:
+            self.router.spawn(self.db.set_code_finished(conn.nameplate, True))
 
     def failed(self, att: Attachment, cid: str) -> None:
         """The sender says the claimant's confirmation did not verify."""

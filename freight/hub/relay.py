@@ -509,6 +509,7 @@ class Router:
             self.budget.forget(conn.cid)
         if conn.nameplate:
             self.codes.interrupted(conn, code)
+            self.codes.finished(conn, code)
         self.spawn(self._closed(conn, code, by))
 
     async def _closed(self, conn: Conn, code: str, by: str) -> None:

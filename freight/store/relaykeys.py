@@ -14,6 +14,9 @@ from .rows import CodeRow
 # An expired number is not handed out again for a day, so that someone
 # running an old code does not reach a new sender.
 CODE_QUARANTINE = 86400.0
+# Finished codes an account keeps valid (its owner may offer one again);
+# past this the oldest expires early, so no account grows the table.
+MAX_FINISHED_CODES = 1024
 
 
 class RelayKeys(Repository):
@@ -34,6 +37,7 @@ class RelayKeys(Repository):
         now = self.clock()
         async with self.engine.begin() as c:
             await c.execute(t.codes.delete().where(t.codes.c.expires < now - CODE_QUARANTINE))
+            await c.execute(_expire_oldest_finished(user_id, now))
             used = {int(r[0]) for r in (await c.execute(sa.select(t.codes.c.nameplate))).all()}
             number = next(n for n in range(1, len(used) + 2) if n not in used)
             await c.execute(
@@ -56,11 +60,24 @@ class RelayKeys(Repository):
         return await self._first(CodeRow, q)
 
     async def count_codes(self, user_id: int) -> int:
-        """Codes of ``user_id`` still valid."""
+        """Codes of ``user_id`` still valid and open (no transfer under
+        them finished since they were last offered)."""
         q = sa.select(sa.func.count()).where(
-            t.codes.c.user_id == user_id, t.codes.c.expires >= self.clock()
+            t.codes.c.user_id == user_id,
+            t.codes.c.expires >= self.clock(),
+            t.codes.c.finished == 0,
         )
         return int(await self._scalar(q))
+
+    async def set_code_finished(self, nameplate: str, finished: bool) -> None:
+        """A transfer under the code finished (``True``), or its owner
+        offers it again (``False``: open, counted again)."""
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.codes.update()
+                .where(t.codes.c.nameplate == nameplate)
+                .values(finished=int(finished))
+            )
 
     async def set_code_claim(self, nameplate: str, cid: str, claimant_id: int) -> None:
         async with self.engine.begin() as c:
@@ -88,3 +105,25 @@ class RelayKeys(Repository):
     async def delete_code(self, nameplate: str) -> None:
         async with self.engine.begin() as c:
             await c.execute(t.codes.delete().where(t.codes.c.nameplate == nameplate))
+
+
+def _expire_oldest_finished(user_id: int, now: float) -> sa.Update:
+    """Expire the account's finished codes beyond the newest
+    :data:`MAX_FINISHED_CODES` - 1 (room for the one being created)."""
+    c = t.codes.c
+    keep = (
+        sa.select(c.nameplate)
+        .where(c.user_id == user_id, c.finished == 1, c.expires >= now)
+        .order_by(c.created.desc())
+        .limit(MAX_FINISHED_CODES - 1)
+    )
+    return (
+        t.codes.update()
+        .where(
+            c.user_id == user_id,
+            c.finished == 1,
+            c.expires >= now,
+            c.nameplate.not_in(keep.scalar_subquery()),
+        )
+        .values(expires=now - 1)
+    )

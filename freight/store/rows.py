@@ -103,6 +103,7 @@ class CodeRow:
     failures: int
     claim_cid: str | None  # the claim that linked last
     claimant_id: int | None
+    finished: int = 0  # 1: a transfer under it finished (not counted as open)
 
 
 @dataclass(frozen=True, slots=True)

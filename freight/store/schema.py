@@ -139,6 +139,8 @@ codes = Table(
     # The claim that linked last: only its claimant may rejoin it, with this id.
     Column("claim_cid", String(64), nullable=True),
     Column("claimant_id", Integer, nullable=True),
+    # 1 once a transfer under it finished: no longer counted as open.
+    Column("finished", Integer, nullable=False, default=0, server_default="0"),
 )
 
 # One-time enrolment tokens for agents (hashed, like login tokens).

@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import select
+import signal
 import struct
 import subprocess
 import time
@@ -326,6 +327,27 @@ def test_receiver_killed_and_run_again_resumes(
     assert done_s["resumed"] == done_r["resumed"]
     assert done_r["sent"] == size - done_r["resumed"]
     assert same_bytes(src, target)
+
+
+def test_receiver_interrupted_and_run_again_resumes(
+    tmp_path: Path,
+    hubs: Callable[..., Hub],
+    proxies: Callable[..., ShapedProxy],
+    spawn: Callable[..., subprocess.Popen[str]],
+) -> None:
+    """Ctrl-C is no finished transfer: the code still works afterwards."""
+    t = slow_transfer(tmp_path, hubs, proxies, spawn, seed=4)
+    t.r.send_signal(signal.SIGINT)
+    _, err = t.r.communicate(timeout=30)
+    assert t.r.returncode == 130, err
+    t.proxy.set_rate(None)
+    r2 = spawn(t.receiver, "receive", t.code, "-o", str(t.dest), "--json")
+    rc_r, done_r, err_r = finish(r2, 60)
+    rc_s, _, err_s = finish(t.s, 30)
+    assert rc_r == 0, err_r
+    assert rc_s == 0, err_s
+    assert done_r["resumed"] > 0
+    assert same_bytes(t.src, t.target)
 
 
 def test_sender_killed_and_run_again_resumes(

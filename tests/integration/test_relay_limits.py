@@ -215,3 +215,27 @@ async def test_accounts_are_capped_in_connections_codes_and_listens(
     assert refused.returncode == 7, refused
     (line,) = refused.stderr.strip().splitlines()
     assert line.startswith("freight: error: you already have 2 codes open"), line
+
+
+def test_a_finished_code_no_longer_counts_against_the_open_codes(
+    tmp_path: Path, hubs: Callable[..., Hub], spawn: Callable[..., Any]
+) -> None:
+    # One code per account: the second send only fits if the first code,
+    # whose transfer finished, stopped counting.
+    hub = hubs("--max-codes", "1")
+    admin, bob = accounts(tmp_path, hub)
+    codes = []
+    for i in range(2):
+        src = tmp_path / f"f{i}.bin"
+        src.write_bytes(bytes([i]) * 1000)
+        s = spawn(admin, "send", str(src), "--json")
+        assert s.stdout is not None and s.stderr is not None
+        line = s.stdout.readline()
+        assert line, f"send {i} exited {s.wait(10)}: {s.stderr.read()}"
+        code = str(json.loads(line)["code"])
+        got = bob.run("receive", code, "-o", str(tmp_path / f"in{i}"), timeout=60)
+        assert got.returncode == 0, got
+        assert s.wait(30) == 0, s.stderr.read() if s.stderr else ""
+        assert (tmp_path / f"in{i}" / src.name).read_bytes() == src.read_bytes()
+        codes.append(code)
+    assert codes[0] != codes[1]

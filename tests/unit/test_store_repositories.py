@@ -22,7 +22,7 @@ from freight.protocol.commands import (
     ContentState,
     InvalidTransition,
 )
-from freight.store import Database
+from freight.store import Database, relaykeys
 from freight.store.rows import (
     AgentRow,
     CodeRow,
@@ -127,7 +127,7 @@ async def test_codes_and_events(db: Database, clock: Clock) -> None:
     uid = await db.add_user("ann", "h", "user")
     plate = await db.relay_keys.create_code(uid, 60.0)
     code = await db.get_code(plate)
-    assert code == CodeRow(plate, uid, 1000.0, 1060.0, 0, None, None)
+    assert code == CodeRow(plate, uid, 1000.0, 1060.0, 0, None, None, 0)
     clock.now = 1061.0
     assert await db.get_code(plate) is None
     assert await db.get_code(plate, expired=True) is not None
@@ -136,6 +136,33 @@ async def test_codes_and_events(db: Database, clock: Clock) -> None:
     (event,) = await db.list_events()
     assert event == EventRow(event.id, 1061.0, "login", "ann", {"address": "x"}, "", "x")
     assert event.as_json()["detail"] == {"address": "x"}
+
+
+async def test_finished_codes_stop_counting_and_stay_bounded(
+    db: Database, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    uid = await db.add_user("ann", "h", "user")
+    plates = [await db.relay_keys.create_code(uid, 600.0) for _ in range(3)]
+    assert await db.count_codes(uid) == 3
+    await db.relay_keys.set_code_finished(plates[0], True)
+    assert await db.count_codes(uid) == 2
+    row = await db.get_code(plates[0])
+    assert row is not None and row.finished == 1  # still valid: its owner may offer it again
+    await db.relay_keys.set_code_finished(plates[0], False)
+    assert await db.count_codes(uid) == 3
+
+    # Finished codes are kept up to a bound; past it the oldest expires.
+    monkeypatch.setattr(relaykeys, "MAX_FINISHED_CODES", 4)
+    for plate in plates:
+        await db.relay_keys.set_code_finished(plate, True)
+    for _ in range(3):
+        clock.now += 1
+        await db.relay_keys.set_code_finished(await db.relay_keys.create_code(uid, 600.0), True)
+    clock.now += 1
+    await db.relay_keys.create_code(uid, 600.0)
+    valid = [p for p in plates if await db.get_code(p) is not None]
+    assert len(valid) == 0  # the three oldest finished ones expired
+    assert await db.count_codes(uid) == 1
 
 
 async def test_agents(db: Database) -> None:
