@@ -49,6 +49,7 @@ parent's exit code; the module where it is not this one).
     ├── NetworkError                     exit 6
     │   ├── StalledError
     │   ├── ChannelClosed                         transport.channel
+    │   │   └── WireDamaged                       transport.dataconn
     │   ├── ProxyError                            transport.proxy
     │   │   └── ProxyRefused                      transport.proxy
     │   ├── DataPathUnavailable                   transport.dataconn

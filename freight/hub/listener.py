@@ -23,7 +23,12 @@ from ..protocol.errors import ProtocolError
 from ..protocol.limits import PROTOCOL_VERSION
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed
-from ..transport.dataconn import DataConnProtocol, accept_data_connection, close_when_idle
+from ..transport.dataconn import (
+    DataConnProtocol,
+    WireDamaged,
+    accept_data_connection,
+    close_when_idle,
+)
 from .channels import send_error, serve_channel, serve_lane
 from .guard import PortGuard, Slot
 from .services import Hub
@@ -173,6 +178,9 @@ class SharedPortListener:
                     await serve_channel(self.state, user, chan)
         except ProtocolError as exc:
             await send_error(self.state, chan, exc)
+        except WireDamaged as exc:  # dropped; the client resumes elsewhere
+            self.state.metrics.protocol_errors.inc()
+            self.state.events.log.info("data_connection_damaged", user=user.name, error=str(exc))
         except ChannelClosed:
             pass
         finally:

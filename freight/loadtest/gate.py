@@ -10,7 +10,7 @@ do, without touching the hub or the clients' code:
   :data:`HALF_OPEN_HOLD` seconds;
 * :meth:`Gate.stall` holds every byte for a while, then lets them through;
 * :meth:`Gate.garbage` writes random bytes into each connection towards
-  the hub;
+  the hub (or the client);
 * ``bad_tls`` corrupts the first bytes every new connection sends (its TLS
   handshake);
 * ``slow_reader(RATE)`` lets the hub's bytes through to the row's clients
@@ -124,11 +124,14 @@ class Gate:
             pipe.held_until = until
         return len(self.pipes)
 
-    def garbage(self, size: int = 256) -> int:
+    def garbage(self, size: int = 256, *, towards_client: bool = False) -> int:
+        """Write ``size`` random bytes into every connection, towards the
+        hub (what a ``garbage@T`` fault does) or towards the client."""
         pipes = list(self.pipes)
         for pipe in pipes:
-            if not pipe.hub.is_closing():
-                pipe.hub.write(os.urandom(size))
+            side = pipe.client if towards_client else pipe.hub
+            if not side.is_closing():
+                side.write(os.urandom(size))
         return len(pipes)
 
     def _end(self, pipe: Pipe) -> None:

@@ -126,7 +126,12 @@ class DataConnProtocol(asyncio.BufferedProtocol):
                 self._frames.append(frame)
                 self.flow.received(len(frame[1]) + FRAME_OVERHEAD, self.transport)
         except ProtocolError as exc:
-            self._fail(exc)
+            # Every record is sealed: one that does not frame or open was
+            # damaged on the way (a middlebox, or someone writing into the
+            # connection). Nothing damaged is delivered; the connection is
+            # dropped like a cut one, and what runs over it resumes.
+            self.transport.abort()
+            self._fail(WireDamaged(f"data connection dropped: its bytes arrived damaged ({exc})"))
         self._wake()
 
     def _accept_preamble(self) -> None:
@@ -217,6 +222,13 @@ class DataConnProtocol(asyncio.BufferedProtocol):
 
 # The channel type the rest of the code names.
 DataConnChannel = DataConnProtocol
+
+
+class WireDamaged(ChannelClosed):
+    """Sealed records arrived that did not frame or open: bytes changed on
+    the way. The connection is dropped; transfers on it resume."""
+
+    code = "wire_damaged"
 
 
 class DataPathUnavailable(NetworkError):
