@@ -405,13 +405,14 @@ class StorageError(FreightError):
     hint = "check the free space and the permissions of the local path"
 
 
-def code_to_error(code: str, message: str) -> FreightError:
+def code_to_error(code: str, message: str, *, hint: str | None = None) -> FreightError:
     """The exception a wire error ``code`` stands for (a plain RemoteError,
-    naming the code, when no class has it)."""
+    naming the code, when no class has it). ``hint`` replaces the class's
+    own (``""`` when ``message`` already ends with one)."""
     cls = registered().get(code)
     if cls is None or cls is FreightError:
-        return RemoteError(f"{message} [{code}]")
-    return cls(message)
+        return RemoteError(f"{message} [{code}]", hint=hint)
+    return cls(message, hint=hint)
 
 
 # OSErrors about the network rather than the local disk.

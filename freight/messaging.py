@@ -238,7 +238,7 @@ class SocketBus:
                 self.decoder.feed(data)
         msg, _ = frame
         if isinstance(msg, p.LError):
-            raise code_to_error(msg.code, msg.message)
+            raise code_to_error(msg.code, msg.message, hint="")
         if not isinstance(msg, p.LWelcome):
             raise RemoteProtocolError(f"expected welcome, got {msg.__struct_config__.tag}")
         self.hid, self.account = msg.hid, msg.account
@@ -276,7 +276,7 @@ class SocketBus:
         finally:
             self.waiting.pop(msg.rid, None)
         if isinstance(answer, p.LError):
-            raise code_to_error(answer.code, answer.message)
+            raise code_to_error(answer.code, answer.message, hint="")
         return answer, payload
 
     async def _read(self) -> None:
@@ -304,7 +304,7 @@ class SocketBus:
             return
         rid = getattr(msg, "rid", "")
         if not rid and isinstance(msg, p.LError):  # the host ends the connection
-            self._fail(code_to_error(msg.code, msg.message))
+            self._fail(code_to_error(msg.code, msg.message, hint=""))
             return
         fut = self.waiting.get(rid)
         if fut is not None and not fut.done():

@@ -220,6 +220,8 @@ async def _refuse(writer: asyncio.StreamWriter, exc: FreightError, rid: str = ""
 
 
 def _error(exc: FreightError, rid: str = "") -> p.LError:
+    """The error as a person reads it, hint included (the application side
+    shows the message as it came, without adding its class's hint again)."""
     return p.LError(rid=rid, code=exc.code, message=exc.user_message()[:4096])
 
 

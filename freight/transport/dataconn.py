@@ -272,16 +272,16 @@ async def open_data_connection(
         ) from None
     except (OSError, TimeoutError, ChannelClosed) as exc:
         await proto.aclose()
+        if isinstance(exc, WireDamaged):
+            # The hub answers a refused ticket with an unsealed error frame,
+            # which cannot open as a sealed record; a middlebox garbling
+            # bytes looks alike.
+            raise DataPathUnavailable(
+                "the hub refused the data connection (ticket unknown or expired) "
+                "or something on the path altered it"
+            ) from None
         raise DataPathUnavailable(
             f"cannot open a data connection to {host}:{port}: {exc}"
-        ) from None
-    except ProtocolError:
-        # The hub answers a refused ticket with an unsealed error frame, which
-        # cannot open as a sealed record; a middlebox garbling bytes looks alike.
-        await proto.aclose()
-        raise DataPathUnavailable(
-            "the hub refused the data connection (ticket unknown or expired) "
-            "or something on the path altered it"
         ) from None
     if isinstance(msg, Error):  # e.g. the account has as many connections as it may
         await proto.aclose()

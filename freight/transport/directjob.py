@@ -43,7 +43,7 @@ from ..protocol.limits import MAX_PAYLOAD_BYTES, PROTOCOL_VERSION
 from ..protocol.seal import TICKET_ID_BYTES, TICKET_SECRET_BYTES, preamble
 from ..tasks import Supervisor
 from .channel import ChannelClosed
-from .dataconn import DataConnProtocol, DataPathUnavailable
+from .dataconn import DataConnProtocol, DataPathUnavailable, WireDamaged
 from .ifaddrs import host_addresses
 
 SID: Final = "direct"
@@ -388,7 +388,7 @@ async def _attempt(address: Address, ticket_id: bytes, secret: bytes) -> DataCon
 
 
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ProtocolError):
+    if isinstance(exc, ProtocolError | WireDamaged):
         # A refused ticket is answered by an unsealed error frame, which
         # cannot open as a sealed record; a middlebox garbling bytes alike.
         return "refused (ticket unknown or already used) or altered on the way"

@@ -278,3 +278,14 @@ def test_parse_local_raises_only_remote_protocol_errors(header: bytes) -> None:
         return
     # What decodes encodes back to an equal message.
     assert msgspec.json.decode(msgspec.json.encode(msg), type=AnyLocal) == msg
+
+
+def test_an_error_crossing_the_socket_reads_as_it_was_raised() -> None:
+    from freight.client.msglocal import _error
+    from freight.errors import PeerAbsent, code_to_error
+
+    for raised in (PeerAbsent("no answer within the timeout"), PeerAbsent("x", hint="do y")):
+        sent = _error(raised)
+        got = code_to_error(sent.code, sent.message, hint="")
+        assert got.user_message() == raised.user_message()
+        assert type(got) is PeerAbsent
