@@ -5,6 +5,7 @@ judged against what was measured."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import sys
 
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from freight.loadtest.clients import BLOCK, RowRun
 from freight.loadtest.scenario import Expect, Fault, Rate, Size, parse_expect, parse_scenario
 from freight.loadtest.schedule import (
     Pacer,
@@ -213,3 +215,16 @@ def test_a_second_sent_sparse_adds_up_to_the_same_histogram() -> None:
     assert other.get_total_count() == 500
     for p in (50.0, 99.0, 100.0):
         assert other.get_value_at_percentile(p) == taken.get_value_at_percentile(p)
+
+
+@given(size=st.integers(0, 3 * (1 << 20)), seq=st.integers(0, 2**63))
+@settings(max_examples=40, deadline=None)
+def test_a_payload_has_its_size_its_number_and_the_block_in_order(size: int, seq: int) -> None:
+    run = RowRun.__new__(RowRun)
+    run.block = bytes(range(256)) * (BLOCK // 256)  # each byte's successor is known
+    run.rng = random.Random(seq)
+    data = run.payload(size, seq)
+    assert len(data) == max(size, 8)
+    assert int.from_bytes(data[:8], "big") == seq
+    body = data[8:]
+    assert all((b - a) % 256 == 1 for a, b in itertools.pairwise(body))
