@@ -16,6 +16,10 @@ do, without touching the hub or the clients' code:
 * ``slow_reader(RATE)`` lets the hub's bytes through to the row's clients
   at no more than RATE bytes per second.
 
+A row with no fault that needs the gate gets a *direct* one
+(``relay=False``): its clients connect to the hub itself, and the tester
+spends nothing carrying their bytes.
+
 Bounded: at most :data:`MAX_PIPES` connections at once (more are refused),
 64 KiB read at a time, and a side that stops reading holds up its peer
 (``drain``), not the gate's memory.
@@ -69,8 +73,11 @@ class Gate:
         bad_tls: bool = False,
         slow_rate: int | None = None,
         rng: random.Random | None = None,
+        relay: bool = True,
     ) -> None:
         self.hub = hub
+        self.relay = relay
+        self.host = "127.0.0.1"  # where the row's clients connect
         self.bad_tls = bad_tls
         self.slow_rate = slow_rate
         self.rng = rng or random.Random()
@@ -82,6 +89,9 @@ class Gate:
         self.tasks = Supervisor("gate")
 
     async def start(self) -> int:
+        if not self.relay:
+            self.host, self.port = self.hub
+            return self.port
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
         return self.port
@@ -96,7 +106,8 @@ class Gate:
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}/"
 
     # --- faults ---------------------------------------------------------------
 

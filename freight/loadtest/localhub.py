@@ -27,11 +27,17 @@ _LISTENING = re.compile(r"listening on https://127\.0\.0\.1:(\d+)")
 _FINGERPRINT = re.compile(r"fingerprint: (SHA256:[0-9a-f]+)")
 
 
+# Every simulated client comes from 127.0.0.1: the hub's cap on sockets from
+# one address (1,024, for agents behind one NAT) would refuse all but the
+# first thousand. A hub the tester starts takes as many as its total cap.
+LOCAL_HUB_OPTIONS: Final = ("--max-connections-per-address", "10000")
+
+
 class LocalHub:
     def __init__(self, data: Path | None = None, extra: list[str] | None = None) -> None:
         self.own_data = data is None
         self.data = data or Path(tempfile.mkdtemp(prefix="freight-loadtest-hub-"))
-        self.extra = extra or []
+        self.extra = [*LOCAL_HUB_OPTIONS, *(extra or [])]
         self.password = secrets.token_urlsafe(18)
         self.port = 0
         self.fingerprint = ""

@@ -49,7 +49,7 @@ async def garbage_client(run: RowRun, i: int) -> None:
         try:
             async with asyncio.timeout(GARBAGE_HOLD):
                 reader, writer = await asyncio.open_connection(
-                    "127.0.0.1", run.gate.port, ssl=tls if inside else None
+                    run.gate.host, run.gate.port, ssl=tls if inside else None
                 )
                 try:
                     writer.write(os.urandom(run.rng.randrange(1, 4096)))

@@ -174,13 +174,14 @@ class Run:
                 bad_tls=any(f.kind == "bad_tls" for f in row.faults),
                 slow_rate=slow,
                 rng=random.Random(self.rng.random()),
+                relay=bool(row.faults),  # a row without faults goes straight to the hub
             )
             await gate.start()
             self.gates.append(gate)
             login = self.work / row.id
             (login / "files").mkdir(parents=True)
             cfg = ClientConfig(login)
-            cfg.pin(f"127.0.0.1:{gate.port}", self.fingerprint)
+            cfg.pin(f"{gate.host}:{gate.port}", self.fingerprint)  # as the client looks it up
             cfg.save_login(canonical_url(parse_hub_url(gate.url)), me, token, "user")
             self.rows[row.id] = RowRun(
                 row=row,

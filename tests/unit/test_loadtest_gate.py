@@ -170,3 +170,17 @@ async def test_a_reset_from_the_hub_ends_the_clients_connection_too() -> None:
     w.close()
     await gate.aclose()
     server.close()
+
+
+async def test_a_direct_gate_sends_its_clients_to_the_hub_itself(
+    echo: tuple[int, list[bytes]],
+) -> None:
+    gate = Gate(("127.0.0.1", echo[0]), relay=False)
+    assert await gate.start() == echo[0]
+    assert gate.url == f"https://127.0.0.1:{echo[0]}/"
+    r, w = await through(gate)
+    w.write(b"straight")
+    assert await asyncio.wait_for(r.readexactly(8), 5) == b"straight"
+    assert gate.accepted == 0 and not gate.pipes  # nothing passed through the tester
+    w.close()
+    await gate.aclose()
