@@ -49,6 +49,7 @@ class _Entry:
     locked_until: float = 0.0
     strikes: int = 0
     touched: float = 0.0
+    pending: int = 0  # attempts held (counted in ``times``) whose check runs
 
     def idle(self, now: float) -> bool:
         """Nothing left to remember: not locked, and quiet long enough that
@@ -73,26 +74,53 @@ class Limiter:
         return max(0.0, entry.locked_until - now) if entry is not None else 0.0
 
     def fail(self, key: Key, rule: Rule, now: float) -> None:
-        """Count a failure (or an attempt not known to succeed yet)."""
+        """Count a failure."""
+        entry = self._touch(key, rule, now)
+        entry.times.append(now)
+        self._lock_if_due(entry, rule, now)
+
+    def hold(self, key: Key, rule: Rule, now: float) -> bool:
+        """Count an attempt whose check is about to run, unless the failures
+        in the window and the checks under way already fill the rule (then
+        False: the caller waits its turn; nothing is locked)."""
+        entry = self._touch(key, rule, now)
+        if len(entry.times) >= rule.failures:
+            return False
+        entry.times.append(now)
+        entry.pending += 1
+        return True
+
+    def settle(self, key: Key, rule: Rule, stamp: float, *, failed: bool, now: float) -> None:
+        """The check of an attempt held at ``stamp`` ended: a failure stays
+        counted (and may lock the key), anything else is taken back."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return  # cleared meanwhile (a success of the account)
+        entry.pending = max(0, entry.pending - 1)
+        if failed:
+            self._lock_if_due(entry, rule, now)
+        elif stamp in entry.times:
+            entry.times.remove(stamp)
+
+    def _touch(self, key: Key, rule: Rule, now: float) -> _Entry:
         self._expire(now)
         entry = self._entries.pop(key, None) or _Entry(rule)
         self._entries[key] = entry  # most recently failed last
         entry.touched = now
-        entry.times.append(now)
         while entry.times and entry.times[0] < now - rule.window:
             entry.times.popleft()
-        if len(entry.times) >= rule.failures:
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return entry
+
+    @staticmethod
+    def _lock_if_due(entry: _Entry, rule: Rule, now: float) -> None:
+        """Lock once the failures known (not the checks under way) fill the rule."""
+        if len(entry.times) - entry.pending >= rule.failures:
             entry.locked_until = now + min(rule.max_lockout, rule.lockout * 2**entry.strikes)
             entry.strikes += 1
             entry.times.clear()
-        while len(self._entries) > self.capacity:
-            self._entries.popitem(last=False)
-
-    def forgive(self, key: Key, stamp: float) -> None:
-        """Take back one counted attempt (made at ``stamp``) that succeeded."""
-        entry = self._entries.get(key)
-        if entry is not None and stamp in entry.times:
-            entry.times.remove(stamp)
+            entry.pending = 0
 
     def clear(self, key: Key) -> None:
         self._entries.pop(key, None)
@@ -140,13 +168,20 @@ class Attempt:
 
     def succeeded(self) -> None:
         """A passed check: its account key starts afresh, and the attempt
-        no longer counts against the address."""
+        no longer counts against the address (taken back as it ends)."""
         self.ok = True
         for key in self.keys:
-            if key[0].endswith("-address"):
-                self.guard.limiter.forgive(key, self.now)
-            else:
+            if not key[0].endswith("-address"):
                 self.guard.limiter.clear(key)
+
+
+def _attempts(space: str) -> str:
+    return {
+        "enrol": "enrolments",
+        "link": "link tokens",
+        "register": "registrations",
+        "agent": "agent logins",
+    }.get(space, "logins")
 
 
 class LoginGuard:
@@ -205,16 +240,28 @@ class LoginGuard:
             if len(self._checking) >= MAX_CHECKING:
                 raise RateLimited("the hub is busy checking logins; try again", retry_after=1.0)
             self._checking.add(account)
+        held: list[Key] = []
+        attempt = Attempt(self, keys, now)
+        busy = False
         try:
             for key in keys:
-                self.limiter.fail(key, self.rules[key[0]], now)
+                if not self.limiter.hold(key, self.rules[key[0]], now):
+                    busy = True
+                    raise RateLimited(
+                        f"too many {_attempts(space)} under way from this address; "
+                        "try again in a second",
+                        retry_after=1.0,
+                    )
+                held.append(key)
             try:
-                yield Attempt(self, keys, now)
+                yield attempt
             except RateLimited:  # the check itself could not run (the hub is busy)
-                for key in keys:
-                    self.limiter.forgive(key, now)
+                busy = True
                 raise
         finally:
+            failed = not attempt.ok and not busy
+            for key in held:
+                self.limiter.settle(key, self.rules[key[0]], now, failed=failed, now=now)
             if exclusive:
                 self._checking.discard(account)
 

@@ -20,7 +20,7 @@ from ..errors import FreightError
 from ..protocol import messages as m
 from ..protocol.agents import login_message
 from ..tasks import Supervisor
-from .clients import RowRun, forever, issue, kind_of
+from .clients import RowRun, forever, issue, retried
 from .schedule import Pacer, draw_size, interval
 
 MAX_GARBAGE: Final = 64  # garbage connections one client keeps open at once
@@ -83,14 +83,23 @@ async def agent_client(run: RowRun, i: int) -> None:
     name = run.account(i)
     key = Ed25519PrivateKey.generate()
     anon = HubSession(run.gate.url, fingerprint=run.fingerprint)
-    try:
-        token = await run.admin.request("POST", "/v1/agents/tokens", {"name": name, "ttl": 3600})
+    token = ""
+
+    async def enrol() -> None:
+        # A hub lets a few enrolments from one address run at once and
+        # tells the rest to try again: each is counted, then tried again.
+        nonlocal token
+        if not token:
+            made = await run.admin.request("POST", "/v1/agents/tokens", {"name": name, "ttl": 3600})
+            token = str(made["token"])
         pub = key.public_key().public_bytes_raw().hex()
-        await anon.request("POST", "/v1/agents/enroll", {"token": token["token"], "key": pub})
-    except FreightError as exc:
-        run.stats.error(kind_of(exc))
+        await anon.request("POST", "/v1/agents/enroll", {"token": token, "key": pub})
+
+    try:
+        await retried(run, enrol)
+    except BaseException:
         await anon.aclose()
-        return
+        raise
 
     async def attempt() -> None:
         nonce = (await anon.request("POST", "/v1/agents/challenge", {"name": name}))["challenge"]

@@ -6,6 +6,8 @@ in all."""
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from freight.errors import RateLimited
@@ -107,3 +109,29 @@ def test_challenges_are_bounded_per_name_address_and_used_once() -> None:
     # All expire after their minute.
     book.issue("lab", "c", 1061.0)
     assert len(book) == 1
+
+
+def test_checks_under_way_wait_their_turn_and_only_failures_lock() -> None:
+    # A fleet behind one NAT enrolling at once: more attempts in flight than
+    # the address may fail. Those beyond are told to try again in a second,
+    # nobody is locked out, and once the checks passed the address is clear.
+    guard = LoginGuard()
+    now = 1000.0
+    with contextlib.ExitStack() as flight:
+        held = [flight.enter_context(guard.attempt("enrol", "", "nat", now)) for _ in range(5)]
+        with pytest.raises(RateLimited, match="under way") as busy:
+            flight.enter_context(guard.attempt("enrol", "", "nat", now))
+        assert busy.value.retry_after == 1.0
+        for attempt in held:
+            attempt.succeeded()
+    guard.check(guard.keys("enrol", "", "nat"), now)  # not locked
+    for _ in range(20):  # and the address keeps no count of them
+        with guard.attempt("enrol", "", "nat", now) as ok:
+            ok.succeeded()
+    # Five that fail, in flight together: the address is locked once they
+    # are known to have failed.
+    with contextlib.ExitStack() as flight:
+        for _ in range(5):
+            flight.enter_context(guard.attempt("enrol", "", "bad", now))
+    with pytest.raises(RateLimited, match="failed enrolments"):
+        guard.check(guard.keys("enrol", "", "bad"), now)
