@@ -4,14 +4,18 @@ the one-time token with this machine's identity key, and save ``agent.json``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from ..client.config import ClientConfig
 from ..client.login import Confirm, normalise_fingerprint
 from ..client.relay import identity_key
 from ..client.session import HubSession, canonical_url, fetch_fingerprint, parse_hub_url
-from ..errors import FingerprintMismatch, UsageError
+from ..errors import FingerprintMismatch, RateLimited, UsageError
 from ..protocol.e2e import public_of
 from ..protocol.tunnel import AllowList
 from ..transport.proxy import parse_proxy_url
@@ -20,6 +24,24 @@ from .config import AgentConfig
 
 def _ignore(_: str) -> None:
     return None
+
+
+# A fleet enrolling at once from behind one address: the hub checks a few
+# enrolments from an address at a time and tells the rest to try again in a
+# second. Waited for up to this long; a lockout (failed tokens) is not.
+TURN_WAIT = 60.0
+
+
+async def _when_its_turn(call: Callable[[], Awaitable[Any]]) -> Any:
+    deadline = time.monotonic() + TURN_WAIT
+    while True:
+        try:
+            return await call()
+        except RateLimited as exc:
+            short = 0 < exc.retry_after <= 2.0
+            if not short or time.monotonic() + exc.retry_after > deadline:
+                raise
+            await asyncio.sleep(exc.retry_after * random.uniform(1.0, 1.5))
 
 
 async def enrol(
@@ -72,8 +94,10 @@ async def enrol(
     async with HubSession(
         canonical_url(u), fingerprint=seen, proxy=proxy, ca_file=ca_file
     ) as session:
-        body = await session.request(
-            "POST", "/v1/agents/enroll", {"token": token, "key": public_of(key).hex()}
+        body = await _when_its_turn(
+            lambda: session.request(
+                "POST", "/v1/agents/enroll", {"token": token, "key": public_of(key).hex()}
+            )
         )
     if ca_file is not None and wanted:
         # Behind a TLS-inspecting proxy the agent never sees the hub's

@@ -701,3 +701,36 @@ def test_an_enrolment_token_ttl_that_is_not_a_number_is_refused(hub: Hub, client
         assert body["error"]["message"] == "an enrolment token lives between a second and 30 days"
     status, rows = rest(hub, "GET", "/v1/agents/tokens", token=token)
     assert status == 200 and rows == []
+
+
+async def test_a_fleet_enrolling_at_once_from_one_address_all_gets_in(
+    hub: Hub, tmp_path: Path
+) -> None:
+    """Twelve machines behind one address enrol in the same instant: the
+    hub checks a few at a time and tells the others to try again, nobody is
+    locked out, every one is enrolled."""
+    import asyncio
+
+    from freight.agent.enrol import enrol
+    from freight.client.config import ClientConfig
+
+    admin = fast(Client(tmp_path / "admin", hub))
+    await asyncio.to_thread(admin.login)
+    tokens = [await asyncio.to_thread(make_token, admin, f"fleet-{i}") for i in range(12)]
+    root = tmp_path / "root"
+    root.mkdir()
+    saved = await asyncio.gather(
+        *(
+            enrol(
+                hub.url,
+                t["token"],
+                [root],
+                config=ClientConfig(tmp_path / f"m{i}"),
+                fingerprint=hub.fingerprint,
+            )
+            for i, t in enumerate(tokens)
+        )
+    )
+    assert sorted(a.name for a in saved) == sorted(f"fleet-{i}" for i in range(12))
+    listed = json.loads((await asyncio.to_thread(admin.run, "agents", "ls", "--json")).stdout)
+    assert {f"fleet-{i}" for i in range(12)} <= {a["name"] for a in listed}
