@@ -17,7 +17,7 @@ from typing import Final
 import blake3
 
 from ..client.api import Client
-from ..errors import FreightError
+from ..errors import FreightError, RateLimited
 from ..tasks import Supervisor
 from .gate import Gate
 from .scenario import Row
@@ -135,6 +135,11 @@ async def forever(run: RowRun, i: int, attempt: Callable[[], Awaitable[None]]) -
             await attempt()
         except asyncio.CancelledError:
             raise
+        except RateLimited as exc:  # the hub said when: no more, no less
+            run.stats.error(kind_of(exc))
+            if exc.retry_after > 0:
+                await asyncio.sleep(exc.retry_after * run.rng.uniform(1.0, 1.5))
+                continue
         except Exception as exc:
             run.stats.error(kind_of(exc))
         if time.monotonic() - started > 10:
@@ -152,6 +157,11 @@ async def retried(run: RowRun, work: Callable[[], Awaitable[None]]) -> None:
             return
         except asyncio.CancelledError:
             raise
+        except RateLimited as exc:  # the hub said when: no more, no less
+            run.stats.error(kind_of(exc))
+            if exc.retry_after > 0:
+                await asyncio.sleep(exc.retry_after * run.rng.uniform(1.0, 1.5))
+                continue
         except Exception as exc:
             run.stats.error(kind_of(exc))
         await asyncio.sleep(run.rng.uniform(delay / 2, delay))
