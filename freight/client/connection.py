@@ -29,6 +29,7 @@ from ..protocol.e2e import (
     WrongCode,
 )
 from ..protocol.errors import IntegrityError, ProtocolError
+from ..protocol.relaycodes import HangupCode
 from ..protocol.relayend import MAX_MESSAGE, Out, RelayEnd
 
 if TYPE_CHECKING:
@@ -42,7 +43,10 @@ CLOSE_TIMEOUT = 30.0
 
 def _ended(code: str, message: str, by: str) -> FreightError:
     exc = code_to_error(code, message)
-    if type(exc) is RemoteError:  # a code without its own class
+    # "aborted" names a hang-up here (the other end stopped before it
+    # finished), not a stream's Abort: the connection ended like any other,
+    # so a sender waiting for its receiver to come back waits on.
+    if type(exc) is RemoteError or code == HangupCode.ABORTED:
         who = {"peer": "the other end", "admin": "an admin", "hub": "the hub"}.get(by, by)
         return ConnectionEnded(f"{who} ended the connection: {message or code}")
     return exc

@@ -95,11 +95,13 @@ async def agent_client(run: RowRun, i: int) -> None:
         pub = key.public_key().public_bytes_raw().hex()
         await anon.request("POST", "/v1/agents/enroll", {"token": token, "key": pub})
 
+    enrolled = False
     try:
         await retried(run, enrol)
-    except BaseException:
-        await anon.aclose()
-        raise
+        enrolled = True
+    finally:
+        if not enrolled:  # cancelled while trying
+            await anon.aclose()
 
     async def attempt() -> None:
         nonce = (await anon.request("POST", "/v1/agents/challenge", {"name": name}))["challenge"]

@@ -340,6 +340,9 @@ def test_receiver_interrupted_and_run_again_resumes(
     t.r.send_signal(signal.SIGINT)
     _, err = t.r.communicate(timeout=30)
     assert t.r.returncode == 130, err
+    # The hub has ended the receiver's side; the sender waits on for it.
+    wait_until(lambda: "connected" not in relay_states(t.sender), 20, "the receiver's end gone")
+    assert t.s.poll() is None, t.s.communicate(timeout=5)
     t.proxy.set_rate(None)
     r2 = spawn(t.receiver, "receive", t.code, "-o", str(t.dest), "--json")
     rc_r, done_r, err_r = finish(r2, 60)

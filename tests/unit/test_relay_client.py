@@ -426,3 +426,18 @@ async def test_a_tampered_record_is_an_integrity_error_even_while_the_hangup_is_
         await acceptor.recv()
     ((hangup, _),) = b.take(acceptor.cid, m.Hangup)
     assert hangup.code == "integrity_error"  # type: ignore[attr-defined]
+
+
+def test_a_hang_up_as_aborted_is_a_connection_ended_not_a_stream_abort() -> None:
+    # A sender waits for its receiver again after ConnectionEnded; a
+    # receiver stopped with Ctrl-C hangs up "aborted", which must read so.
+    from freight.client.connection import _ended
+    from freight.errors import CodeBurned, ConnectionEnded
+
+    exc = _ended("aborted", "the transfer stopped before it finished", "peer")
+    assert type(exc) is ConnectionEnded
+    assert (
+        exc.message == "the other end ended the connection: the transfer stopped before it finished"
+    )
+    assert type(_ended("closed", "", "hub")) is ConnectionEnded
+    assert type(_ended("code_burned", "burned", "hub")) is CodeBurned
