@@ -89,10 +89,7 @@ async def send_with_code(
         except ConnectionEnded as exc:
             reporter.notice(f"{exc.message}; waiting for the receiver to come back")
         finally:
-            if not conn.closed:
-                # Not finished (an error, Ctrl-C): "aborted", so the hub
-                # keeps it open for a resume ("closed" marks it finished).
-                await conn.abort("aborted", "the transfer stopped before it finished")
+            await _abandon(conn)
 
 
 async def receive_with_code(
@@ -125,7 +122,12 @@ async def receive_with_code(
             else:
                 reporter.notice("the sender started again; resuming")
         finally:
-            if not conn.closed:
-                # Not finished (an error, Ctrl-C): "aborted", so the hub
-                # keeps it open for a resume ("closed" marks it finished).
-                await conn.abort("aborted", "the transfer stopped before it finished")
+            await _abandon(conn)
+
+
+async def _abandon(conn: Connection) -> None:
+    """Hang up a connection whose transfer did not finish (an error,
+    Ctrl-C) as ``aborted``: the hub keeps the code open for a resume
+    (``closed`` would mark it finished)."""
+    if not conn.closed:
+        await conn.abort("aborted", "the transfer stopped before it finished")

@@ -90,15 +90,16 @@ class Limiter:
         entry.pending += 1
         return True
 
-    def settle(self, key: Key, rule: Rule, stamp: float, *, failed: bool, now: float) -> None:
+    def settle(self, key: Key, rule: Rule, stamp: float, *, failed: bool) -> None:
         """The check of an attempt held at ``stamp`` ended: a failure stays
-        counted (and may lock the key), anything else is taken back."""
+        counted (and may lock the key, from ``stamp`` on), anything else is
+        taken back."""
         entry = self._entries.get(key)
         if entry is None:
             return  # cleared meanwhile (a success of the account)
         entry.pending = max(0, entry.pending - 1)
         if failed:
-            self._lock_if_due(entry, rule, now)
+            self._lock_if_due(entry, rule, stamp)
         elif stamp in entry.times:
             entry.times.remove(stamp)
 
@@ -261,7 +262,7 @@ class LoginGuard:
         finally:
             failed = not attempt.ok and not busy
             for key in held:
-                self.limiter.settle(key, self.rules[key[0]], now, failed=failed, now=now)
+                self.limiter.settle(key, self.rules[key[0]], now, failed=failed)
             if exclusive:
                 self._checking.discard(account)
 

@@ -125,6 +125,15 @@ def kind_of(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+async def waited_as_told(run: RowRun, exc: Exception) -> bool:
+    """A hub that said when to try again (``rate_limited`` with
+    ``Retry-After``): wait that long, no more, no less; True if waited."""
+    if not isinstance(exc, RateLimited) or exc.retry_after <= 0:
+        return False
+    await asyncio.sleep(exc.retry_after * run.rng.uniform(1.0, 1.5))
+    return True
+
+
 async def forever(run: RowRun, i: int, attempt: Callable[[], Awaitable[None]]) -> None:
     """Run ``attempt`` again after each failure (or end), with a jittered
     back-off that starts over after 10 s of working."""
@@ -135,13 +144,10 @@ async def forever(run: RowRun, i: int, attempt: Callable[[], Awaitable[None]]) -
             await attempt()
         except asyncio.CancelledError:
             raise
-        except RateLimited as exc:  # the hub said when: no more, no less
-            run.stats.error(kind_of(exc))
-            if exc.retry_after > 0:
-                await asyncio.sleep(exc.retry_after * run.rng.uniform(1.0, 1.5))
-                continue
         except Exception as exc:
             run.stats.error(kind_of(exc))
+            if await waited_as_told(run, exc):
+                continue
         if time.monotonic() - started > 10:
             delay = BACKOFF_FIRST
         await asyncio.sleep(run.rng.uniform(delay / 2, delay))
@@ -157,13 +163,10 @@ async def retried(run: RowRun, work: Callable[[], Awaitable[None]]) -> None:
             return
         except asyncio.CancelledError:
             raise
-        except RateLimited as exc:  # the hub said when: no more, no less
-            run.stats.error(kind_of(exc))
-            if exc.retry_after > 0:
-                await asyncio.sleep(exc.retry_after * run.rng.uniform(1.0, 1.5))
-                continue
         except Exception as exc:
             run.stats.error(kind_of(exc))
+            if await waited_as_told(run, exc):
+                continue
         await asyncio.sleep(run.rng.uniform(delay / 2, delay))
         delay = min(BACKOFF_MAX, delay * 2)
 

@@ -21,8 +21,9 @@ from .schedule import Pacer, draw_size, interval, loops
 
 ALL_TYPES: Final = 0xFFFFFFFF  # a listening registration takes every message type
 ECHO_CHUNK: Final = 65536
-# A code stays open (and counts against the account's 64) until it
-# expires, finished or not: a short life lets a sender go on sending.
+# A code stays open (and counts against the account's 64) until its
+# transfer finishes or it expires: a short life frees the place of a code
+# whose receiver never came.
 SEND_TTL: Final = 60.0
 
 
