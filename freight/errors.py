@@ -121,11 +121,13 @@ __all__ = [
     "FrameTooLarge",
     "FreightError",
     "Gone",
+    "HeldElsewhere",
     "IntegrityError",
     "LimitReached",
     "LocalProtocolError",
     "NetworkError",
     "NoRecipient",
+    "NodeUnavailable",
     "NotFound",
     "NotLoggedIn",
     "ProtocolError",
@@ -253,6 +255,21 @@ class StalledError(NetworkError):
     """No progress was acknowledged within the stall timeout."""
 
     code = "stalled"
+
+
+class NodeUnavailable(NetworkError):
+    """This hub node does not serve now (an admin drains it, or it cannot
+    reach the cluster's database): a client goes to another node."""
+
+    code = "node_unavailable"
+    hint = "log in with several node addresses (freight login https://A,https://B) to move on"
+
+
+class HeldElsewhere(NetworkError):
+    """Another hub node is still receiving this upload (its lease has not
+    lapsed yet): trying again shortly resumes it here."""
+
+    code = "held_elsewhere"
 
 
 class RemoteError(FreightError):

@@ -56,14 +56,18 @@ class Hub:
     def url(self) -> str:
         return f"https://{self.host}:{self.port}"
 
-    def start(self) -> Hub:
-        env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": ADMIN_PASSWORD}
+    def command(self) -> list[str]:
         cmd = [PYTHON, "-m", "freight", "hub", "--data", str(self.data)]
         cmd += ["--listen", f"{self.host}:{self.port}", *self.extra]
         if "--compress-busy" not in self.extra:
             # The level a push asked for is the level it gets, however busy
             # the test machine is (the step-down is tested on its own).
             cmd += ["--compress-busy", "0"]
+        return cmd
+
+    def start(self) -> Hub:
+        env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": ADMIN_PASSWORD}
+        cmd = self.command()
         self.lines = []
         self.proc = subprocess.Popen(
             cmd,

@@ -28,6 +28,8 @@ class AgentConfig:
     # Targets ``freight forward AGENT:HOST:PORT`` may reach (HOST:PORT,
     # HOST:*, udp/HOST:PORT); nothing else is forwarded.
     allow_forward: list[str] = field(default_factory=list)
+    # A cluster's node addresses (``hub`` among them); empty: one hub.
+    nodes: list[str] = field(default_factory=list)
 
     @staticmethod
     def path(config: ClientConfig) -> Path:

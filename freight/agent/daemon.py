@@ -56,6 +56,7 @@ def session_for(cfg: AgentConfig, token: str = "", transport: str = "auto") -> H
     the WebSocket refused they all go straight to plain HTTP."""
     return HubSession(
         cfg.hub,
+        nodes=cfg.nodes,
         fingerprint=cfg.fingerprint,
         token=token,
         proxy=cfg.proxy or None,

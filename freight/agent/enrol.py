@@ -14,7 +14,7 @@ from typing import Any
 from ..client.config import ClientConfig
 from ..client.login import Confirm, normalise_fingerprint
 from ..client.relay import identity_key
-from ..client.session import HubSession, canonical_url, fetch_fingerprint, parse_hub_url
+from ..client.session import HubSession, canonical_url, fetch_fingerprint, parse_node_urls
 from ..errors import FingerprintMismatch, RateLimited, UsageError
 from ..protocol.e2e import public_of
 from ..protocol.tunnel import AllowList
@@ -74,7 +74,8 @@ async def enrol(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     config = config or ClientConfig()
-    u = parse_hub_url(url)
+    given = parse_node_urls(url)  # a cluster's nodes, comma-separated
+    u = given[0]
     wanted = normalise_fingerprint(fingerprint) if fingerprint else None
     seen = ""
     if ca_file is None:
@@ -91,8 +92,9 @@ async def enrol(
             if not confirm(seen):
                 raise UsageError("not enrolled: the certificate was not trusted")
     key = identity_key(config)
+    nodes = [canonical_url(n) for n in given]
     async with HubSession(
-        canonical_url(u), fingerprint=seen, proxy=proxy, ca_file=ca_file
+        canonical_url(u), nodes=nodes, fingerprint=seen, proxy=proxy, ca_file=ca_file
     ) as session:
         body = await _when_its_turn(
             lambda: session.request(
@@ -119,6 +121,7 @@ async def enrol(
         roots=[str(r.resolve()) for r in roots],
         allow_overwrite=allow_overwrite,
         allow_forward=forwards,
+        nodes=nodes if len(nodes) > 1 else [],
     )
     cfg.save(config)
     return cfg

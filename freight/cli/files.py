@@ -30,7 +30,13 @@ if TYPE_CHECKING:
 
 
 def login(
-    url: Annotated[str, typer.Argument(help="Hub address, e.g. https://hub.example:8443")],
+    url: Annotated[
+        str,
+        typer.Argument(
+            help="Hub address, e.g. https://hub.example:8443; a cluster's nodes "
+            "comma-separated (https://a:8443,https://b:8443)"
+        ),
+    ],
     user: Annotated[str, typer.Option("--user", "-u", help="Account name.")],
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input.")
@@ -80,9 +86,13 @@ def login(
     With --ca-file the certificate is verified with that CA instead of pinned.
     --proxy and --ca-file, given here or before the command, are saved with the
     login and used by later commands.
+
+    A cluster's nodes all serve one certificate: give them comma-separated
+    and later commands use the node that answers fastest, moving to another
+    when one fails or is drained (the nodes the hub lists are added).
     """
     from ..client.api import Client
-    from ..client.session import hostport, parse_hub_url
+    from ..client.session import hostport, parse_node_urls
 
     # Asked on a terminal only: a script gives --fingerprint or --trust-on-first-use.
     ask = sys.stdin.isatty() and not password_stdin
@@ -93,7 +103,7 @@ def login(
     def password() -> str:
         if password_stdin:
             return sys.stdin.readline().rstrip("\n")
-        return getpass.getpass(f"Password for {user}@{hostport(parse_hub_url(url))}: ")
+        return getpass.getpass(f"Password for {user}@{hostport(parse_node_urls(url)[0])}: ")
 
     async def go() -> dict[str, Any]:
         hub = await Client.login(

@@ -50,6 +50,24 @@ def hub(
         str | None,
         typer.Option(help="SQLAlchemy URL (default: SQLite in the data folder)."),
     ] = None,
+    node: Annotated[
+        str,
+        typer.Option(
+            help="This node's name in a cluster of hubs sharing --database-url and the data "
+            "folder (default: the machine's name). See docs/cluster.md.",
+        ),
+    ] = "",
+    advertise: Annotated[
+        str,
+        typer.Option(
+            help="The https://HOST:PORT clients reach this node at (default: the listening "
+            "address, or the machine's name when it listens on all)."
+        ),
+    ] = "",
+    node_beat: Annotated[
+        float,
+        typer.Option(help="Seconds between a cluster node's heartbeats.", hidden=True, min=0.1),
+    ] = 3.0,
     cert: Annotated[
         Path | None,
         typer.Option(
@@ -203,12 +221,21 @@ def hub(
         registration=registration,
         app_approval=app_approval,
         max_pending=max_pending,
+        node=check_node_name(node),
+        advertise=advertise,
+        node_beat=node_beat,
     )
     try:
         run_async(lambda: serve(cfg))
     except typer.Exit as exc:
         if exc.exit_code != 130:
             raise
+
+
+def check_node_name(name: str) -> str:
+    if name and (len(name) > 64 or not all(c.isalnum() or c in "-_." for c in name)):
+        raise typer.BadParameter("1 to 64 letters, digits, '-', '_' or '.'", param_hint="--node")
+    return name
 
 
 def register(app: typer.Typer) -> None:

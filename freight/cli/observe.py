@@ -218,7 +218,48 @@ def status(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
             typer.echo(f"  {_when(e['ts'])}  {e['kind']:<16} {e['actor']:<12} {detail}")
 
 
+def nodes(hub_url: HubOpt = None, json_out: JsonOpt = False) -> None:
+    """List the cluster's nodes (admins): state, heartbeat, clients, pushes."""
+    rows = on_hub(hub_url, lambda hub: hub.nodes())
+    if json_out:
+        print_json(rows)
+        return
+    typer.echo(f"{'NODE':<16} {'STATE':<9} {'SEEN':>6} {'CLIENTS':>8} {'PUSHES':>7}  ADDRESS")
+    for n in rows:
+        typer.echo(
+            f"{n['name']:<16} {n['state']:<9} {n['seen']:>5.0f}s {n['clients']:>8} "
+            f"{n['transfers']:>7}  {n['url']}"
+        )
+
+
+def drain(
+    node: Annotated[str, typer.Argument(help="The node's name (freight admin nodes).")],
+    undo: Annotated[bool, typer.Option("--undo", help="Let the node serve again.")] = False,
+    hub_url: HubOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Drain a node: it takes no new work, its clients move to the other
+    nodes (50 a second), and transfers under way finish there."""
+    on_hub(hub_url, lambda hub: hub.drain(node, undo=undo))
+    if json_out:
+        print_json({"node": node, "draining": not undo})
+    else:
+        err_console.print(f"{node}: {'serving again' if undo else 'draining'}", markup=False)
+
+
+def remove_node(
+    node: Annotated[str, typer.Argument(help="The node's name (freight admin nodes).")],
+    hub_url: HubOpt = None,
+) -> None:
+    """Forget a node that is down (one that is up is refused: drain and stop it first)."""
+    on_hub(hub_url, lambda hub: hub.remove_node(node))
+    err_console.print(f"{node}: removed", markup=False)
+
+
 def register(app: typer.Typer, admin_app: typer.Typer) -> None:
+    admin_app.command("nodes")(nodes)
+    admin_app.command("drain")(drain)
+    admin_app.command("remove-node")(remove_node)
     app.command("events")(events)
     admin_app.command("events")(events)
     app.command("transfers")(transfers)

@@ -355,3 +355,27 @@ class AdminCalls(ABC):
     async def kill_connection(self, cid: str) -> None:
         """End a live connection; both ends are told an admin ended it."""
         await self.request("DELETE", f"/v1/admin/connections/{cid}")
+
+    # --- a cluster's nodes ----------------------------------------------------
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """The cluster's nodes (admins): name, address, state (up,
+        draining, down), seconds since its heartbeat, clients, pushes."""
+        return list((await self.request("GET", "/v1/admin/nodes"))["nodes"])
+
+    async def drain(self, node: str, *, undo: bool = False) -> None:
+        """Drain ``node``: it takes no new work and its clients move to the
+        other nodes; ``undo`` lets it serve again."""
+        await self._call(
+            "DELETE" if undo else "POST",
+            f"/v1/admin/nodes/{quote(node, safe='')}/drain",
+            hint="freight admin nodes lists the nodes",
+        )
+
+    async def remove_node(self, node: str) -> None:
+        """Forget a node that is down (a node that is up is refused)."""
+        await self._call(
+            "DELETE",
+            f"/v1/admin/nodes/{quote(node, safe='')}",
+            hint="freight admin nodes lists the nodes",
+        )

@@ -45,7 +45,13 @@ from .options import (
     retry_policy_from_env,
     stall_timeout_from_env,
 )
-from .session import DATA_PATHS, HubSession, canonical_url, check_transport, parse_hub_url
+from .session import (
+    DATA_PATHS,
+    HubSession,
+    canonical_url,
+    check_transport,
+    parse_node_urls,
+)
 
 # The relay, agents, transfers and their ciphers are imported by the method
 # that uses them: ``ls`` or an admin call does not load them.
@@ -136,7 +142,8 @@ class Client(AdminCalls, LinkCalls):
             raise UsageError(f"data_path must be one of {', '.join(DATA_PATHS)}")
         self.config = ClientConfig(Path(config_dir).expanduser() if config_dir else None)
         # As logins are saved: https://host:port/ with the port written.
-        self.hub = canonical_url(parse_hub_url(hub)) if hub else None
+        # A cluster's nodes (comma-separated): its first one names the login.
+        self.hub = canonical_url(parse_node_urls(hub)[0]) if hub else None
         self.transport = transport
         self.data_path = data_path
         self.proxy = proxy

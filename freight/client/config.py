@@ -90,6 +90,7 @@ class ClientConfig:
         *,
         proxy: str | None = None,
         ca_file: str | None = None,
+        nodes: list[str] | None = None,
     ) -> None:
         """Remember a login, and how this hub is reached and trusted.
 
@@ -97,10 +98,13 @@ class ClientConfig:
         0600) and ``ca_file`` (a CA bundle that replaces fingerprint pinning)
         are saved with the login because they belong to the network this hub
         is reached from; logging in again without them forgets them.
+        ``nodes``: a cluster's node addresses (``url`` among them).
         """
         cfg = read_json(self._config_path, {})
         cfg["hub"] = url
-        login = {"user": user, "token": token, "role": role}
+        login: dict[str, Any] = {"user": user, "token": token, "role": role}
+        if nodes:
+            login["nodes"] = nodes
         if proxy is not None:
             login["proxy"] = proxy
         if ca_file is not None:

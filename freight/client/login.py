@@ -17,11 +17,19 @@ from typing import Any
 
 from yarl import URL
 
-from ..errors import Conflict, FingerprintMismatch, NotLoggedIn, UsageError
+from ..errors import (
+    Conflict,
+    FingerprintMismatch,
+    NetworkError,
+    NotLoggedIn,
+    RemoteError,
+    UsageError,
+)
 from ..transport.proxy import choose_proxy, redact
 from .config import ClientConfig
 from .session import (
     CA_FILE_ENV,
+    MAX_NODES,
     PROXY_ENV,
     HubSession,
     canonical_url,
@@ -29,6 +37,7 @@ from .session import (
     hostport,
     mismatch_error,
     parse_hub_url,
+    parse_node_urls,
 )
 
 # Asked with the fingerprint of a certificate seen for the first time: pin it?
@@ -153,12 +162,26 @@ async def login(
     ``ca_file`` (or ``$FREIGHT_CA_FILE``) are saved with the login.
     """
     config = config or ClientConfig()
-    t = await _trust(url, config, fingerprint, trust_on_first_use, confirm, ca_file, proxy, notice)
+    given = parse_node_urls(url)
+    t = await _trust(
+        canonical_url(given[0]),
+        config,
+        fingerprint,
+        trust_on_first_use,
+        confirm,
+        ca_file,
+        proxy,
+        notice,
+    )
     u, route, ca, seen, wanted_proxy = t.url, t.route, t.ca, t.seen, t.wanted_proxy
+    await _same_certificate(given[1:], t, notice)
     secret = password() if callable(password) else password
     pin = seen if ca is None else ""  # a CA replaces pinning
     warnings: list[str] = []
-    async with HubSession(canonical_url(u), fingerprint=pin, ca_file=ca, proxy=route) as session:
+    nodes = [canonical_url(n) for n in given]
+    async with HubSession(
+        canonical_url(u), nodes=nodes, fingerprint=pin, ca_file=ca, proxy=route
+    ) as session:
         body = await session.request("POST", "/v1/login", {"user": user, "password": secret})
         # This device's identity key, which connect/listen prove themselves with.
         session.token = body["token"]
@@ -169,8 +192,10 @@ async def login(
             await register_identity(session, config)
         except Conflict as exc:  # logged in all the same: keys rm works from here
             warnings.append(exc.user_message())
+        nodes = await cluster_nodes(session, nodes)
     if ca is None:
-        config.pin(hostport(u), seen)
+        for node in nodes:  # one certificate for every node of a cluster
+            config.pin(hostport(parse_hub_url(node)), seen)
     config.save_login(
         canonical_url(u),
         user,
@@ -178,6 +203,7 @@ async def login(
         body["role"],
         proxy=wanted_proxy.strip() if wanted_proxy is not None else None,
         ca_file=str(ca) if ca is not None else None,
+        nodes=nodes if len(nodes) > 1 else None,
     )
     return LoginInfo(
         hub=canonical_url(u),
@@ -188,6 +214,45 @@ async def login(
         proxy=redact(route) if route is not None else None,
         warnings=tuple(warnings),
     )
+
+
+async def _same_certificate(others: list[URL], t: _Trusted, notice: Notice) -> None:
+    """The other nodes given present the certificate the first one did (or,
+    with a CA, one it vouches for); one that cannot be reached now is kept."""
+    for u in others:
+        try:
+            seen = await fetch_fingerprint(u, proxy=t.route, ca_file=t.ca)
+        except NetworkError as exc:
+            notice(f"{hostport(u)}: not reachable now ({exc.message}); kept in the list")
+            continue
+        if t.ca is None and seen != t.seen:
+            raise FingerprintMismatch(
+                f"the node at {hostport(u)} presents {seen}, not {t.seen} as the first one does",
+                hint="every node of a cluster serves the same certificate (--cert/--key); "
+                "check the addresses",
+            )
+
+
+async def cluster_nodes(session: HubSession, given: list[str]) -> list[str]:
+    """The node addresses to keep: those given, then the ones the hub lists
+    as up (a hub that does not list them: those given)."""
+    try:
+        listed = (await session.request("GET", "/v1/nodes")).get("nodes", [])
+    except (RemoteError, NetworkError, AttributeError):
+        return given
+    out = list(given)
+    known = {parse_hub_url(n) for n in given}
+    for node in listed[:MAX_NODES] if isinstance(listed, list) else []:
+        if not isinstance(node, dict) or node.get("state") != "up":
+            continue
+        try:
+            u = parse_hub_url(str(node.get("url", "")))
+        except UsageError:
+            continue  # not an address a client can use: left out
+        if u not in known and len(out) < MAX_NODES:
+            known.add(u)
+            out.append(canonical_url(u))
+    return out
 
 
 async def logout(config: ClientConfig | None = None, url: str | None = None) -> tuple[str, bool]:

@@ -94,7 +94,7 @@ async def plan_pull(
     if dest is None:
         root = Path(leaf)
     else:
-        marker = config.transfer_path("pull-into", str(session.url), base, str(dest.resolve()))
+        marker = config.transfer_path("pull-into", str(session.home), base, str(dest.resolve()))
         root = dest / leaf if dest.is_dir() and not marker.exists() else dest
         if root == dest:
             write_json_atomic(marker, {"name": base, "dest": str(dest.resolve())})

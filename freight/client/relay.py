@@ -59,7 +59,7 @@ from ..transport.proxy import ProxyRefused
 from .config import ClientConfig
 from .connection import Connection
 from .listener import MAX_PENDING, Listener, split_code
-from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel
+from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel_at
 
 log = logging.getLogger("freight.relay")
 
@@ -194,7 +194,7 @@ class RelayClient:
 
     async def _attach(self, transport: str) -> None:
         """Open the channel and, where the network lets it, a lane."""
-        chan, used = await open_channel(self.session, transport, hello=self.hello)
+        chan, used, node = await open_channel_at(self.session, transport, hello=self.hello)
         self.chan, self.used_transport = chan, used
         if self.data_path == "tls":
             return
@@ -203,8 +203,8 @@ class RelayClient:
             await chan.send(m.TicketRequest(rid=rid, lane=True))
             grant = await asyncio.wait_for(self._await_ticket(chan, rid), 30)
             lane = await open_data_connection(
-                self.session.url.host or "",
-                self.session.url.port or 8443,
+                node.host or "",
+                node.port or 8443,
                 ticket_id=bytes.fromhex(grant.ticket),
                 secret=bytes.fromhex(grant.secret),
                 proxy=self.session.proxy,

@@ -8,8 +8,10 @@ import hashlib
 import os
 import secrets
 import ssl
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import aiohttp
@@ -20,6 +22,7 @@ from ..errors import (
     FingerprintMismatch,
     FreightError,
     NetworkError,
+    NodeUnavailable,
     RateLimited,
     RemoteError,
     TLSError,
@@ -39,6 +42,12 @@ from .config import PROXY_ENV as PROXY_ENV
 from .config import TRANSPORTS as TRANSPORTS
 from .config import ClientConfig
 
+T = TypeVar("T")
+
+MAX_NODES = 64  # node addresses one login keeps
+RANK_EVERY = 600.0  # seconds between measures of the nodes' distance
+RANK_TIMEOUT = 2.0  # a node slower than this to connect comes last
+
 
 def parse_hub_url(url: str) -> URL:
     u = URL(url if "://" in url else f"https://{url}")
@@ -47,6 +56,17 @@ def parse_hub_url(url: str) -> URL:
     if u.explicit_port is None:  # not 443: a hub listens on 8443 unless told
         u = u.with_port(8443)
     return u.with_path("/")
+
+
+def parse_node_urls(text: str) -> list[URL]:
+    """A hub's address, or a cluster's: several nodes' separated by commas
+    (``https://a:8443,https://b:8444``), each once, in the order given."""
+    urls = [parse_hub_url(part.strip()) for part in text.split(",") if part.strip()]
+    if not urls:
+        raise UsageError("give the hub's address: https://HOST:PORT (several: comma-separated)")
+    if len(urls) > MAX_NODES:
+        raise UsageError(f"at most {MAX_NODES} node addresses")
+    return list(dict.fromkeys(urls))
 
 
 def canonical_url(u: URL) -> str:
@@ -144,24 +164,54 @@ def mismatch_error(u: URL, pinned: str, seen: str) -> FingerprintMismatch:
     )
 
 
+async def connect_time(u: URL, timeout: float = RANK_TIMEOUT) -> float | None:
+    """Seconds a TCP connection to ``u`` takes (None: none within ``timeout``)."""
+    start = time.monotonic()
+    try:
+        async with asyncio.timeout(timeout):
+            _, writer = await asyncio.open_connection(u.host, u.port)
+    except (OSError, TimeoutError):
+        return None
+    took = time.monotonic() - start
+    writer.close()
+    return took
+
+
+def unreached(exc: BaseException) -> bool:
+    """Did ``exc`` happen before the node took the request (so another node
+    may take it instead, without it being done twice)?"""
+    return isinstance(exc, NodeUnavailable) or getattr(exc, "unreached", False)
+
+
 class HubSession:
     """How to reach one hub and trust it: by pinned ``fingerprint`` or, with
     ``ca_file``, by a CA; directly or through an HTTP ``proxy``; attached
     over a WebSocket or plain HTTP as ``transport`` says (``auto``: the
     WebSocket, else HTTP). Every connection the session makes (REST, control
-    channels, data connections) takes the same route and the same trust."""
+    channels, data connections) takes the same route and the same trust.
+
+    A cluster's session knows several ``nodes`` (all presenting the same
+    certificate). It uses the one that answered a TCP connection fastest
+    (measured at its first connection, again every ``RANK_EVERY`` seconds)
+    and moves on to the next when a node cannot be reached or refuses work
+    (drained, cut from its database); ``home``, the address logged in to,
+    names what is saved for later (a push's resume state)."""
 
     def __init__(
         self,
         url: str,
         *,
+        nodes: Sequence[str] = (),
         fingerprint: str = "",
         token: str = "",
         proxy: URL | str | None = None,
         ca_file: Path | str | None = None,
         transport: str = "auto",
     ) -> None:
-        self.url = parse_hub_url(url)
+        self.home = parse_hub_url(url)
+        self.nodes: list[URL] = list(dict.fromkeys([self.home, *map(parse_hub_url, nodes)]))
+        self._at = 0  # the node in use
+        self._ranked = -RANK_EVERY  # when the nodes were last ranked (monotonic)
         self.fingerprint = fingerprint
         self.token = token
         self.proxy = parse_proxy_url(proxy) if isinstance(proxy, str) else proxy
@@ -173,6 +223,46 @@ class HubSession:
         # of this session goes straight to plain HTTP instead of asking again.
         self.websocket_refused = False
         self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def url(self) -> URL:
+        """The node in use."""
+        return self.nodes[self._at]
+
+    def move_on(self, failed: URL) -> bool:
+        """The node at ``failed`` did not serve: use the next one (unless
+        another task of this session moved on already). False with one node."""
+        if len(self.nodes) < 2:
+            return False
+        if self.url == failed:
+            self._at = (self._at + 1) % len(self.nodes)
+        return True
+
+    async def rank(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+        """Order the nodes by how fast each answers a TCP connection, and use
+        the fastest. Through a proxy the order given is kept (the proxy's
+        distance is what a measure would show)."""
+        now = clock()
+        if len(self.nodes) < 2 or self.proxy is not None or now - self._ranked < RANK_EVERY:
+            return
+        self._ranked = now
+        times = await asyncio.gather(*(connect_time(u) for u in self.nodes))
+        order = sorted(range(len(self.nodes)), key=lambda i: (times[i] is None, times[i] or 0, i))
+        self.nodes = [self.nodes[i] for i in order]
+        self._at = 0
+
+    async def on_nodes(self, work: Callable[[URL], Awaitable[T]]) -> T:
+        """``work`` on the node in use, then on the next ones while a node
+        cannot be reached or refuses work; the last error if none would."""
+        await self.rank()
+        for tried in range(1, len(self.nodes) + 1):
+            url = self.url
+            try:
+                return await work(url)
+            except FreightError as exc:
+                if not unreached(exc) or tried == len(self.nodes) or not self.move_on(url):
+                    raise
+        raise AssertionError("unreachable")  # the loop returns or raises
 
     @classmethod
     def from_config(
@@ -199,9 +289,11 @@ class HubSession:
             saved=login.get("proxy"),
         )
         ca = ca_file or os.environ.get(CA_FILE_ENV) or login.get("ca_file")
+        nodes = [str(n) for n in login.get("nodes", [])]
         if ca:
             return cls(
                 hub,
+                nodes=nodes,
                 token=login["token"],
                 proxy=chosen,
                 ca_file=Path(ca).expanduser(),
@@ -210,7 +302,14 @@ class HubSession:
         pinned = config.pinned(hostport(u))
         if not pinned:
             raise TLSError(f"no pinned certificate for {hostport(u)}; run freight login again")
-        return cls(hub, fingerprint=pinned, token=login["token"], proxy=chosen, transport=transport)
+        return cls(
+            hub,
+            nodes=nodes,
+            fingerprint=pinned,
+            token=login["token"],
+            proxy=chosen,
+            transport=transport,
+        )
 
     @property
     def http(self) -> aiohttp.ClientSession:
@@ -248,7 +347,10 @@ class HubSession:
             cert_error = exc.certificate_error
             if isinstance(cert_error, ssl.SSLError):
                 return untrusted_error(self.url, self.ca_file, cert_error)
-        return NetworkError(f"cannot reach the hub at {hostport(self.url)}: {exc}")
+        err = NetworkError(f"cannot reach the hub at {hostport(self.url)}: {exc}")
+        # Not connected at all: another node may take the request instead.
+        err.unreached = isinstance(exc, aiohttp.ClientConnectorError)  # type: ignore[attr-defined]
+        return err
 
     async def aclose(self) -> None:
         if self._http is not None:
@@ -262,11 +364,14 @@ class HubSession:
         await self.aclose()
 
     async def request(self, method: str, path: str, json: Any = None) -> Any:
+        return await self.on_nodes(lambda node: self._request(node, method, path, json))
+
+    async def _request(self, node: URL, method: str, path: str, json: Any) -> Any:
         try:
             path, _, query = path.partition("?")
             # The query as its pairs: an encoded one (urlencode) is sent as
             # it was meant, not escaped a second time ("%2C" as "%252C").
-            url = self.url.with_path(path).with_query(parse_qsl(query, keep_blank_values=True))
+            url = node.with_path(path).with_query(parse_qsl(query, keep_blank_values=True))
             async with self.http.request(method, url, json=json) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status >= 400:
@@ -298,13 +403,13 @@ def check_transport(transport: str) -> str:
     return transport
 
 
-async def _open_http(session: HubSession) -> FrameChannel:
+async def _open_http(session: HubSession, node: URL) -> FrameChannel:
     from ..transport.httpchan import open_http_channel
 
     try:
-        return await open_http_channel(session.http, session.url)
+        return await open_http_channel(session.http, node)
     except aiohttp.ServerFingerprintMismatch as exc:
-        raise mismatch_error(session.url, session.fingerprint, "SHA256:" + exc.got.hex()) from None
+        raise mismatch_error(node, session.fingerprint, "SHA256:" + exc.got.hex()) from None
     except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError) as exc:
         raise session.connection_error(exc) from None
 
@@ -317,6 +422,21 @@ async def open_channel(
     the upgrade is refused or cut (a proxy or firewall that does not pass
     WebSockets), and the session remembers it. Returns the channel after
     Hello/Welcome and the transport used."""
+    chan, used, _ = await open_channel_at(session, transport, hello=hello)
+    return chan, used
+
+
+async def open_channel_at(
+    session: HubSession, transport: str | None = None, *, hello: str = "freight-cli"
+) -> tuple[FrameChannel, str, URL]:
+    """:func:`open_channel` on the first node of the session's that takes
+    it; also returns that node (its data connections go there too)."""
+    return await session.on_nodes(lambda node: _open_channel(session, node, transport, hello))
+
+
+async def _open_channel(
+    session: HubSession, node: URL, transport: str | None, hello: str
+) -> tuple[FrameChannel, str, URL]:
     from ..transport.ws import WS_MAX_MESSAGE, WSChannel
 
     transport = check_transport(transport or session.transport)
@@ -327,17 +447,19 @@ async def open_channel(
     if transport in ("auto", "ws"):
         try:
             ws = await session.http.ws_connect(
-                session.url.with_path("/v1/control"),
+                node.with_path("/v1/control"),
                 max_msg_size=WS_MAX_MESSAGE,
                 heartbeat=25.0,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             )
             chan, used = WSChannel(ws), "ws"
         except aiohttp.ServerFingerprintMismatch as exc:
-            raise mismatch_error(
-                session.url, session.fingerprint, "SHA256:" + exc.got.hex()
-            ) from None
+            raise mismatch_error(node, session.fingerprint, "SHA256:" + exc.got.hex()) from None
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 503:
+                raise NodeUnavailable(
+                    f"the hub node at {hostport(node)} takes no new work now"
+                ) from None
             if exc.status == 401:
                 raise code_to_error(
                     "not_logged_in", "the hub did not accept the saved login"
@@ -349,7 +471,7 @@ async def open_channel(
                     "on the way may not pass WebSockets: use --transport http or auto)"
                 ) from None
             # Something between us and the hub does not pass WebSockets.
-            chan, used = await _open_http(session), "http"
+            chan, used = await _open_http(session, node), "http"
             session.websocket_refused = True
         except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # Only an upgrade cut half-way is worth trying over plain HTTP;
@@ -359,10 +481,10 @@ async def open_channel(
             )
             if transport == "ws" or unreachable:
                 raise session.connection_error(exc) from None
-            chan, used = await _open_http(session), "http"
+            chan, used = await _open_http(session, node), "http"
             session.websocket_refused = True
     else:
-        chan = await _open_http(session)
+        chan = await _open_http(session, node)
     try:
         await chan.send(
             m.Hello(version=PROTOCOL_VERSION, agent=hello, batch=isinstance(chan, WSChannel))
@@ -383,7 +505,7 @@ async def open_channel(
         raise VersionMismatch(f"hub speaks protocol {msg.version}, we speak {PROTOCOL_VERSION}")
     if msg.batch and isinstance(chan, WSChannel):
         chan.batching = True
-    return chan, used
+    return chan, used, node
 
 
 class Link:
@@ -398,6 +520,7 @@ class Link:
         self.data_path = data_path
         self.direct_ok = data_path != "tls"
         self.transport = ""  # what the control channel runs over, once connected
+        self.node = session.url  # the node attached to (its tickets are good there only)
         self.mux: Mux | None = None
         # Every open connection's multiplexer and the task reading it.
         self._readers: dict[Mux, asyncio.Task[None]] = {}
@@ -407,7 +530,7 @@ class Link:
         self._readers[mux] = self._tasks.spawn(mux.run(), name="reader", detached=True)
 
     async def connect(self) -> None:
-        chan, self.transport = await open_channel(self.session)
+        chan, self.transport, self.node = await open_channel_at(self.session)
         self.mux = Mux(chan)
         self._read(self.mux)
 
@@ -434,8 +557,8 @@ class Link:
             try:
                 grant = await self.ticket()
                 chan = await open_data_connection(
-                    self.session.url.host or "",
-                    self.session.url.port or 8443,
+                    self.node.host or "",
+                    self.node.port or 8443,
                     ticket_id=bytes.fromhex(grant.ticket),
                     secret=bytes.fromhex(grant.secret),
                     proxy=self.session.proxy,

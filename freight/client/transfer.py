@@ -179,7 +179,7 @@ async def push_file(
         source = FileSource(path)
     except OSError as exc:
         raise StorageError(f"cannot read {path}: {exc.strerror}") from None
-    state_path = config.transfer_path("push", str(session.url), name, str(path))
+    state_path = config.transfer_path("push", str(session.home), name, str(path))
     saved = read_json(state_path, None)
     restarted = False
     fresh = saved is None
@@ -307,7 +307,7 @@ async def pull_file(
     dest = dest.resolve()
     if dest.is_dir():
         dest = dest / Path(name).name
-    state_path = config.transfer_path("pull", str(session.url), name, str(dest))
+    state_path = config.transfer_path("pull", str(session.home), name, str(dest))
     sid = "p" + state_path.stem.split("-", 1)[1]
     started = time.monotonic()
     sink = FileSink(dest, state_path, opts)

@@ -36,6 +36,7 @@ from . import (
     httpattach,
     keys,
     messaging,
+    nodes,
     observeapi,
     openapi,
     rest,
@@ -56,6 +57,7 @@ from .core import Core
 from .dispatch import Dispatcher
 from .guard import PortGuard, PortLimits, deadlines_middleware
 from .limiter import LoginGuard
+from .nodes import BEAT, NodeService, NodeSettings
 from .observe import EventLog, Metrics
 from .probe import ProbeService
 from .relay import Router
@@ -95,6 +97,9 @@ class HubConfig:
     registration: str = "off"  # POST /v1/register: off, open or approval
     app_approval: bool = False  # a new application name waits for an admin's approval
     max_pending: int = 1000  # registrations (and application names) waiting at once
+    node: str = ""  # this node's name in a cluster; default: the machine's name
+    advertise: str = ""  # the address clients reach this node at; default: from the listener
+    node_beat: float = BEAT  # seconds between a node's heartbeats
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -145,7 +150,7 @@ def identity(cfg: HubConfig, layout: DataLayout) -> Identity:
         say(f"Created a self-signed TLS certificate in {layout.tls_dir}")
     cert, key = cfg.tls_files(layout)
     return Identity(
-        node=socket.gethostname(),
+        node=cfg.node or socket.gethostname(),
         cert=cert,
         key=key,
         fingerprint=tls.fingerprint_pem(cert),
@@ -254,7 +259,11 @@ async def build_hub(cfg: HubConfig) -> Hub:
         registration=cfg.registration,
         app_approval=cfg.app_approval,
         max_pending=cfg.max_pending,
+        nodes=NodeService(
+            db, events, relay, streams, NodeSettings(me.node, cfg.advertise, cfg.node_beat)
+        ),
     )
+    streams.node = hub.nodes
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
     channels.register(dispatcher, hub)
@@ -269,7 +278,11 @@ async def build_hub(cfg: HubConfig) -> Hub:
 def build_app(hub: Hub) -> web.Application:
     app = web.Application(
         # Errors outermost: what the deadlines answer (408, 413) is JSON too.
-        middlewares=[errors_middleware, deadlines_middleware(lambda r: r.app[STATE].port_guard)],
+        middlewares=[
+            errors_middleware,
+            deadlines_middleware(lambda r: r.app[STATE].port_guard),
+            hub.nodes.middleware(),  # a drained node, or one cut from the database, refuses
+        ],
         client_max_size=1024 * 1024,
     )
     install(app, hub)
@@ -289,6 +302,7 @@ def build_app(hub: Hub) -> web.Application:
     app.router.add_get("/v1/control", channels.control)
     httpattach.add_routes(app, channels.serve_http_attachment)
     status.add_routes(app)
+    nodes.add_routes(app, hub.nodes)
     console.add_routes(app)  # the web console, over the routes above
     openapi.add_routes(app)  # describes every route above: add a new one there too
     return app

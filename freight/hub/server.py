@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 
 from aiohttp import web
@@ -43,8 +44,17 @@ def start(hub: Hub, cfg: HubConfig) -> None:
         (hub.sessions.run(), "login-expiry"),
         (hub.collector.run(), "collector"),
         (hub.transfers.run(hub.relay.live), "transfer-sampler"),
+        (hub.nodes.run(), "node-heartbeat"),
     ):
         hub.tasks.spawn(work, name=name, detached=True)
+
+
+def advertised(host: str, port: int) -> str:
+    """Where clients reach this node unless ``--advertise`` says: the
+    listening address, or the machine's name when it listens on all."""
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.getfqdn()
+    return f"https://[{host}]:{port}/" if ":" in host else f"https://{host}:{port}/"
 
 
 async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
@@ -69,6 +79,7 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
         port = await listener.start(cfg.host, cfg.port)
         fingerprint = hub.identity.fingerprint
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+        await hub.nodes.register(cfg.advertise or advertised(cfg.host, port))
         say(f"Freight hub listening on https://{host}:{port}")
         say(f"Certificate fingerprint: {fingerprint}")
         say(f"Data folder: {cfg.data.resolve()}")

@@ -29,6 +29,7 @@ from .dispatch import Dispatcher
 from .guard import PortGuard
 from .limiter import LoginGuard
 from .messaging import Messaging
+from .nodes import NodeService
 from .observe import EventLog, Metrics
 from .relay import Router
 from .requests import LOGINS
@@ -73,6 +74,7 @@ class Hub:
     messaging: Messaging
     tunnels: TunnelService
     transfers: TransferBoard  # what is in flight, sampled once a second
+    nodes: NodeService  # this process as a node of a cluster
     registration: str = "off"  # self-registration: off, open or approval
     app_approval: bool = False  # new application names wait for an admin
     max_pending: int = 1000  # registrations (and application names) waiting at once

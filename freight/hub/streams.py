@@ -8,7 +8,7 @@ import contextlib
 import errno
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -17,6 +17,7 @@ from ..engine.streams import Acceptance, FileSource, run_receiver, run_sender
 from ..errors import (
     DiskFull,
     FreightError,
+    HeldElsewhere,
     LimitReached,
     NotFound,
     QuotaExceeded,
@@ -55,20 +56,43 @@ class User:
     key: str = field(default="", compare=False)
 
 
-class DatabaseCheckpoints:
-    """A push's checkpoint, in the hub's database (its stream row)."""
+class Node(Protocol):
+    """This hub as a node of a cluster (:class:`freight.hub.nodes.NodeService`):
+    pushes are received under its name for ``lease`` seconds at a time."""
 
-    def __init__(self, db: Database, user_id: int, sid: str) -> None:
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def lease(self) -> float: ...
+
+
+class SoleNode:
+    """The node of a hub that runs alone (tests that build a service by hand)."""
+
+    name = "hub"
+    lease = 9.0
+
+
+class DatabaseCheckpoints:
+    """A push's checkpoint, in the hub's database (its stream row), recorded
+    only while this node still receives the push."""
+
+    def __init__(self, db: Database, user_id: int, sid: str, node: Node) -> None:
         self.db = db
         self.user_id = user_id
         self.sid = sid
+        self.node = node
 
     async def load(self) -> int | None:
         row = await self.db.get_stream(self.user_id, self.sid)
         return None if row is None else int(row.checkpoint)
 
     async def save(self, offset: int) -> None:
-        await self.db.set_checkpoint(self.user_id, self.sid, offset)
+        if not await self.db.checkpoint_owned(self.user_id, self.sid, offset, self.node.name):
+            raise HeldElsewhere(
+                f"another hub node took this upload over; node {self.node.name} stopped"
+            )
 
     async def clear(self) -> None:
         await self.db.delete_stream(self.user_id, self.sid)
@@ -92,7 +116,9 @@ class HubSink:
         self.published_digest = ""
         self.path = service.layout.partial_path(user.id, sid)
         self.place = PathPlace(self.path, self.path, shown=sid)
-        self.file = PartialFile(self.place, DatabaseCheckpoints(service.db, user.id, sid), 0)
+        self.file = PartialFile(
+            self.place, DatabaseCheckpoints(service.db, user.id, sid, service.node), 0
+        )
         self.transfer: Transfer | None = None  # shown on the board while it runs
 
     async def open(self, req: StreamRequested) -> Acceptance:
@@ -100,7 +126,7 @@ class HubSink:
         self.size, self.mtime, self.want = req.size, req.mtime, req.want_level
         self.level = self.s.compression.choose(self.want, self.user.name)
         self.file.size = req.size
-        row = await self.s.db.get_stream(self.user.id, self.sid)
+        row = await self._claim()
         if row is None and not req.fresh:
             done = await self.s.db.file_by_sid(self.user.id, self.sid)
             if done is not None and done.size == req.size and done.name == self.name:
@@ -136,6 +162,18 @@ class HubSink:
                 raise DiskFull(f"the hub has no disk space for {self.name}") from None
             raise StorageError(f"the hub cannot store {self.name}: {exc.strerror}") from None
 
+    async def _claim(self) -> Any:
+        """The push's row, now this node's to receive (None: a new push);
+        HeldElsewhere while another node's lease on it runs."""
+        node = self.s.node
+        claimed, row = await self.s.db.claim_stream(self.user.id, self.sid, node.name, node.lease)
+        if row is not None and not claimed:
+            raise HeldElsewhere(
+                f"hub node {row.owner} is still receiving {row.name}; "
+                "it resumes here once that node lets go"
+            )
+        return row
+
     async def _check_quota(self, req: StreamRequested, limit: int) -> None:
         used = await quota.usage(self.s.db, self.user.id, but_sid=self.sid, but_name=self.name)
         if used + req.size <= limit:
@@ -162,10 +200,18 @@ class HubSink:
             )
             self.s.metrics.streams.labels("resume").inc()
         else:
+            node = self.s.node
+            if not await self.s.db.start_stream(
+                self.user.id,
+                self.sid,
+                name=self.name,
+                size=req.size,
+                mtime=req.mtime,
+                owner=node.name,
+                lease_for=node.lease,
+            ):
+                raise HeldElsewhere(f"another hub node is receiving {self.name}")
             await asyncio.to_thread(self.file.open_at, 0)
-            await self.s.db.put_stream(
-                self.user.id, self.sid, name=self.name, size=req.size, mtime=req.mtime
-            )
             await self.s.events.emit(
                 "stream_start", self.user.name, sid=self.sid, name=self.name, size=req.size
             )
@@ -304,6 +350,7 @@ class StreamService:
         self.quota_lock = asyncio.Lock()
         # The levels asked of pushes (replaced by build_hub with the saved one).
         self.compression = CompressionPolicy()
+        self.node: Node = SoleNode()  # replaced by build_hub with this process's node
 
     async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
         """Entry point for a frame that opens a stream on any channel."""
@@ -348,6 +395,10 @@ class StreamService:
             sink.close()
             if self.receiving.get(key) is me:
                 del self.receiving[key]
+                # Another node may resume it at once (its sender moved on).
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await self.db.release_stream(user.id, start.sid, self.node.name)
 
     async def _pull(self, user: User, port: Port, pull: m.Pull) -> None:
         try:

@@ -13,6 +13,7 @@ All SQL lives in this package, one repository per aggregate:
 ``db.events``      the event log and settings            :mod:`.events`
 ``db.links``       links to stored files                 :mod:`.links`
 ``db.approvals``   registrations, roles, applications    :mod:`.approvals`
+``db.nodes_repo``  hub nodes, who receives each push     :mod:`.nodes`
 =================  ====================================  ======================
 
 Each returns frozen typed rows (:mod:`.rows`); command and content states
@@ -44,6 +45,7 @@ from .collection import Collection
 from .commands import OPEN_COMMAND_STATES, Commands
 from .events import Events
 from .links import Links
+from .nodes import Nodes
 from .relaykeys import CODE_QUARANTINE, RelayKeys
 from .streams import Streams
 from .users import Users
@@ -96,7 +98,17 @@ class _OneWriter(AsyncEngine):
 
 
 class Database(
-    Users, Logins, Streams, RelayKeys, Agents, Commands, Collection, Events, Links, Approvals
+    Users,
+    Logins,
+    Streams,
+    RelayKeys,
+    Agents,
+    Commands,
+    Collection,
+    Events,
+    Links,
+    Approvals,
+    Nodes,
 ):
     def __init__(
         self,
@@ -162,6 +174,10 @@ class Database(
 
     @property
     def approvals(self) -> Approvals:
+        return self
+
+    @property
+    def nodes_repo(self) -> Nodes:
         return self
 
     async def migrate(self) -> None:

@@ -67,6 +67,8 @@ class StreamRow:
     state: str
     created: float
     updated: float
+    owner: str = ""  # the node receiving it
+    lease: float = 0.0  # until when that node holds it
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,3 +220,17 @@ class LinkView(LinkRow):
 
     owner: str
     to_name: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRow:
+    name: str
+    url: str
+    host: str
+    pid: int
+    incarnation: str
+    started: float
+    seen: float
+    clients: int
+    transfers: int
+    draining: int

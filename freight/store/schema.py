@@ -75,6 +75,10 @@ streams = Table(
     Column("state", String(16), nullable=False),
     Column("created", Float, nullable=False),
     Column("updated", Float, nullable=False),
+    # The node receiving it, and until when that node holds it (renewed by
+    # the node's heartbeat): another node takes it over only once it lapsed.
+    Column("owner", String(64), nullable=False, default="", server_default=""),
+    Column("lease", Float, nullable=False, default=0.0, server_default="0"),
 )
 
 files = Table(
@@ -247,4 +251,22 @@ links = Table(
     Column("served", BigInteger, nullable=False, default=0),  # bytes sent, ranges included
     Column("created", Float, nullable=False),
     Column("expires", Float, nullable=False, index=True),
+)
+
+# --- nodes ----------------------------------------------------------------------
+
+# The hub nodes sharing this database, each with its last heartbeat.
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("url", Text, nullable=False),  # where clients reach it
+    Column("host", String(255), nullable=False),  # the machine and process
+    Column("pid", Integer, nullable=False),
+    Column("incarnation", String(32), nullable=False),  # one per start
+    Column("started", Float, nullable=False),
+    Column("seen", Float, nullable=False),  # its last heartbeat
+    Column("clients", Integer, nullable=False, default=0, server_default="0"),
+    Column("transfers", Integer, nullable=False, default=0, server_default="0"),
+    Column("draining", Integer, nullable=False, default=0, server_default="0"),
 )

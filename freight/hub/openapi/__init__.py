@@ -17,10 +17,26 @@ from typing import Any
 from aiohttp import web
 
 from ... import __version__
-from . import accountpaths, agentpaths, approvalpaths, channelpaths, hubpaths, observepaths
+from . import (
+    accountpaths,
+    agentpaths,
+    approvalpaths,
+    channelpaths,
+    hubpaths,
+    nodepaths,
+    observepaths,
+)
 from .common import ERROR, responses
 
-AREAS = (hubpaths, accountpaths, approvalpaths, agentpaths, channelpaths, observepaths)
+AREAS = (
+    hubpaths,
+    accountpaths,
+    approvalpaths,
+    agentpaths,
+    channelpaths,
+    observepaths,
+    nodepaths,
+)
 METHODS = ("get", "put", "post", "delete", "patch", "head", "options")
 
 

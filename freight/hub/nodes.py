@@ -1,0 +1,296 @@
+"""This hub process as one node of a cluster sharing a database and a data
+folder (docs/cluster.md).
+
+Every node has a row in the database (:mod:`freight.store.nodes`): its
+name, the address clients reach it at, its heartbeat. The heartbeat
+(every ``beat`` seconds) also renews the leases of the pushes the node
+receives, so a node that dies gives its pushes up within three heartbeats
+and another node resumes them from their checkpoints; one that is alive but
+lost its client gives them up at once (:meth:`StreamService._push`).
+
+A node serves only while it can vouch for what it says:
+
+* it cannot reach the database for two heartbeats, or another process
+  took its name: it answers ``503 node_unavailable`` to every request and
+  stops receiving pushes, rather than serve a split view; it serves again
+  once its heartbeat is written;
+* an admin drains it (``freight admin drain NODE``, a flag in its row): it
+  takes no new requests, closes its control channels ``DRAIN_RATE`` a
+  second (their clients attach to another node without a stampede) and
+  lets the transfers under way finish.
+
+With one node (the embedded default) none of this shows: the node is named
+after the machine and its row is the only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from ..errors import ConfigError, Conflict, NodeUnavailable, NotFound, UsageError
+from ..store.rows import NodeRow
+from .observe import EventLog
+from .relay import Router
+from .requests import admin_user, current_user
+from .streams import StreamService
+
+__all__ = ["BEAT", "DRAIN_RATE", "NodeService", "describe_node"]
+
+BEAT = 3.0  # seconds between heartbeats
+MISSED = 2  # heartbeats missed before a node stops serving
+DRAIN_RATE = 50  # control channels a draining node closes per second
+# Requests a node that does not serve still answers: the cluster's own
+# administration (an admin may undo a drain through the drained node).
+ALWAYS = ("/v1/admin/nodes", "/v1/nodes")
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    name: str
+    url: str  # where clients reach this node
+    beat: float = BEAT
+
+    @property
+    def dead_after(self) -> float:
+        """Unseen this long, a node is taken for dead (its leases lapse too)."""
+        return 3 * self.beat
+
+
+def describe_node(row: NodeRow, now: float, dead_after: float) -> dict[str, Any]:
+    alive = now - row.seen <= dead_after
+    return {
+        "name": row.name,
+        "url": row.url,
+        "state": ("draining" if row.draining else "up") if alive else "down",
+        "started": row.started,
+        "seen": round(now - row.seen, 1),
+        "clients": row.clients,
+        "transfers": row.transfers,
+        "host": row.host,
+        "pid": row.pid,
+    }
+
+
+class NodeService:
+    def __init__(
+        self,
+        db: Any,
+        events: EventLog,
+        relay: Router,
+        streams: StreamService,
+        settings: NodeSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.events = events
+        self.relay = relay
+        self.streams = streams
+        self.settings = settings
+        self.clock = clock
+        self.incarnation = secrets.token_hex(8)
+        self.host = socket.gethostname()
+        self.last_beat = clock()
+        self.why_not = ""  # why this node does not serve ("": it serves)
+        self.draining = False
+        self.lost_name = False
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    @property
+    def lease(self) -> float:
+        """How long a push stays this node's without a heartbeat."""
+        return self.settings.dead_after
+
+    # --- start ----------------------------------------------------------------
+
+    async def register(self, url: str) -> None:
+        """Take this node's row, reached at ``url``; refuse to start as a
+        node that runs."""
+        self.settings = dataclasses.replace(self.settings, url=url)
+        row = await self.db.node(self.name)
+        now = self.clock()
+        if row is not None and now - row.seen <= self.settings.dead_after:
+            same_machine = row.host == self.host
+            if not same_machine or (row.pid != os.getpid() and pid_alive(row.pid)):
+                raise ConfigError(
+                    f"node {self.name!r} already runs ({row.host}, pid {row.pid}, "
+                    f"heartbeat {now - row.seen:.0f} s ago)",
+                    hint="give each node of a cluster its own name: freight hub --node NAME",
+                )
+        await self.db.put_node(
+            self.name,
+            url=self.settings.url,
+            host=self.host,
+            pid=os.getpid(),
+            incarnation=self.incarnation,
+        )
+        self.last_beat = now
+        self.draining = bool(row.draining) if row is not None else False
+
+    # --- heartbeat ----------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.beat)
+            await self.beat_once()
+
+    async def beat_once(self) -> None:
+        try:
+            async with asyncio.timeout(self.settings.beat):
+                row = await self.db.beat(
+                    self.name,
+                    self.incarnation,
+                    clients=len(self.relay.attachments),
+                    transfers=len(self.streams.receiving),
+                    lease_for=self.lease,
+                )
+        except Exception as exc:  # the database is out of reach (any driver's error)
+            if self.clock() - self.last_beat > MISSED * self.settings.beat:
+                self._stop_serving(f"node {self.name} cannot reach the database ({exc!r})")
+            return
+        if row is None:
+            self.lost_name = True
+            self._stop_serving(f"another process now runs as node {self.name}")
+            return
+        self.last_beat = self.clock()
+        if self.why_not and not self.lost_name:
+            self.why_not = ""
+            self.events.log.warning("node_serving_again", node=self.name)
+        if bool(row.draining) != self.draining:
+            self.draining = bool(row.draining)
+            await self.events.emit(
+                "node_drain" if self.draining else "node_undrain", "hub", node=self.name
+            )
+            if self.draining:
+                self.relay.spawn(self._close_channels())
+
+    def _stop_serving(self, why: str) -> None:
+        if self.why_not == why:
+            return
+        self.why_not = why
+        self.events.log.error("node_not_serving", node=self.name, reason=why)
+        # Pushes stop before their leases lapse: another node resumes them.
+        for task in list(self.streams.receiving.values()):
+            task.cancel()
+        self.relay.spawn(self._close_channels())
+
+    async def _close_channels(self) -> None:
+        """Close the control channels (their clients attach elsewhere),
+        ``DRAIN_RATE`` a second; transfers on data connections go on."""
+        for i, att in enumerate(list(self.relay.attachments)):
+            if i and i % DRAIN_RATE == 0:
+                await asyncio.sleep(1.0)
+            if not (self.draining or self.why_not):
+                return  # undrained meanwhile
+            await att.chan.aclose()
+
+    # --- serving ----------------------------------------------------------------------
+
+    def refusal(self) -> NodeUnavailable | None:
+        """Why this node takes no new work now, if it does not."""
+        if self.why_not:
+            return NodeUnavailable(f"{self.why_not}; try another node")
+        if self.draining:
+            return NodeUnavailable(f"node {self.name} is being drained; use another node")
+        return None
+
+    def middleware(self) -> Any:
+        @web.middleware
+        async def node_gate(request: web.Request, handler: Any) -> web.StreamResponse:
+            refusal = self.refusal()
+            if refusal is not None and not request.path.startswith(ALWAYS):
+                raise refusal
+            return await handler(request)
+
+        return node_gate
+
+
+# --- routes ---------------------------------------------------------------------------
+
+NODES: web.AppKey[NodeService] = web.AppKey("nodes", NodeService)
+
+
+def _node_name(request: web.Request) -> str:
+    name = request.match_info["name"]
+    if not name or len(name) > 64:
+        raise UsageError("a node name has 1 to 64 characters")
+    return name
+
+
+async def list_nodes(request: web.Request) -> web.Response:
+    """The nodes a client may attach to, for its list of addresses."""
+    await current_user(request)
+    svc = request.app[NODES]
+    now = svc.clock()
+    rows = await svc.db.nodes()
+    out = [describe_node(r, now, svc.settings.dead_after) for r in rows]
+    return web.json_response(
+        {"nodes": [{"name": n["name"], "url": n["url"], "state": n["state"]} for n in out]}
+    )
+
+
+async def admin_nodes(request: web.Request) -> web.Response:
+    await admin_user(request)
+    svc = request.app[NODES]
+    now = svc.clock()
+    rows = await svc.db.nodes()
+    return web.json_response(
+        {"me": svc.name, "nodes": [describe_node(r, now, svc.settings.dead_after) for r in rows]}
+    )
+
+
+async def drain(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    svc = request.app[NODES]
+    name = _node_name(request)
+    draining = request.method == "POST"
+    if not await svc.db.set_draining(name, draining):
+        raise NotFound(f"there is no node {name!r}; freight admin nodes lists them")
+    await svc.events.emit("node_drain" if draining else "node_undrain", admin.name, node=name)
+    if name == svc.name:  # at once here; the others see it at their next heartbeat
+        await svc.beat_once()
+    return web.json_response({"node": name, "draining": draining})
+
+
+async def forget(request: web.Request) -> web.Response:
+    admin = await admin_user(request)
+    svc = request.app[NODES]
+    name = _node_name(request)
+    if not await svc.db.forget_node(name, unseen_since=svc.clock() - svc.settings.dead_after):
+        if await svc.db.node(name) is None:
+            raise NotFound(f"there is no node {name!r}")
+        raise Conflict(f"node {name!r} is up; drain and stop it before removing it")
+    await svc.events.emit("node_removed", admin.name, node=name)
+    return web.json_response({"removed": name})
+
+
+def add_routes(app: web.Application, svc: NodeService) -> None:
+    app[NODES] = svc
+    app.router.add_get("/v1/nodes", list_nodes)
+    app.router.add_get("/v1/admin/nodes", admin_nodes)
+    app.router.add_post("/v1/admin/nodes/{name}/drain", drain)
+    app.router.add_delete("/v1/admin/nodes/{name}/drain", drain)
+    app.router.add_delete("/v1/admin/nodes/{name}", forget)

@@ -1,0 +1,201 @@
+"""Several hub nodes on one PostgreSQL database and one data folder
+(docs/cluster.md): clients keep the nodes' addresses, move on when a node
+dies or is drained, and a push resumes on another node from its checkpoint.
+Every node is a real `freight hub` process; skipped without PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
+from tests.support import Client, Hub, random_file, same_bytes, wait_until
+
+MiB = 1024 * 1024
+CKPT = 2 * MiB  # the nodes' checkpoint interval here
+OVERHEAD = 1 * MiB  # frame headers, tags, handshakes: far below this here
+BEAT = "0.5"  # seconds between heartbeats: a dead node's pushes lapse in 1.5 s
+
+
+class Cluster:
+    def __init__(self, tmp: Path, database: str) -> None:
+        self.tmp = tmp
+        self.database = database
+        self.data = tmp / "shared"  # the folder every node shares
+        self.nodes: dict[str, Hub] = {}
+
+    def start(self, name: str, *extra: str) -> Hub:
+        hub = Hub(
+            self.data,
+            extra=[
+                "--database-url",
+                self.database,
+                "--node",
+                name,
+                "--node-beat",
+                BEAT,
+                "--checkpoint-interval",
+                str(CKPT),
+                *extra,
+            ],
+        ).start()
+        self.nodes[name] = hub
+        return hub
+
+    @property
+    def urls(self) -> str:
+        return ",".join(h.url for h in self.nodes.values())
+
+    def client(self, name: str = "c") -> Client:
+        first = next(iter(self.nodes.values()))
+        c = Client(self.tmp / name, first)
+        c.login(self.urls)
+        return c
+
+    def stop(self) -> None:
+        for hub in self.nodes.values():
+            hub.stop()
+
+    def receiving(self) -> list[str]:
+        """The nodes whose log shows a push starting or resuming."""
+        return [
+            name
+            for name, hub in self.nodes.items()
+            if any('"stream_start"' in ln or '"stream_resume"' in ln for ln in hub.lines)
+        ]
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pg_database: str) -> Iterator[Cluster]:  # noqa: F811
+    c = Cluster(tmp_path, pg_database)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def admin_nodes(client: Client) -> dict[str, dict[str, Any]]:
+    rows = json.loads(client.run("admin", "nodes", "--json").stdout)
+    return {r["name"]: r for r in rows}
+
+
+def events_of(hub: Hub, kind: str) -> list[dict[str, Any]]:
+    out = []
+    for line in list(hub.lines):
+        if line.startswith("{") and f'"{kind}"' in line:
+            ev = json.loads(line)
+            if ev.get("event") == kind:
+                out.append(ev)
+    return out
+
+
+def test_a_push_survives_sigkill_of_its_node_and_resumes_on_another(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    cluster.start("a")
+    cluster.start("b")
+    client = cluster.client()
+    assert set(admin_nodes(client)) == {"a", "b"}
+    size = 48 * MiB
+    src = random_file(tmp_path / "big.bin", size, seed=15)
+    proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "8M", "--json")
+    try:
+        wait_until(lambda: len(cluster.receiving()) == 1, 30, "a node receiving the push")
+        (victim,) = cluster.receiving()
+        survivor = "b" if victim == "a" else "a"
+        hub = cluster.nodes[victim]
+        wait_until(lambda: hub.partial_size() >= 3 * CKPT, 30, "three checkpoints at the node")
+        hub.kill()
+        at_kill = hub.partial_size()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    row = json.loads(out)["pushed"][0]
+    # Resumed on the other node from a checkpoint, not from zero: at most one
+    # checkpoint interval of what had arrived is sent again.
+    (resumed,) = events_of(cluster.nodes[survivor], "stream_resume")
+    assert 0 < resumed["checkpoint"] <= at_kill
+    assert at_kill - resumed["checkpoint"] <= CKPT
+    assert row["attempts"] >= 2 and row["restarted"] is False
+    assert row["wire_bytes"] <= size + CKPT + OVERHEAD
+    back = tmp_path / "back.bin"
+    client.run("pull", "big.bin", str(back))
+    assert same_bytes(src, back)
+    assert cluster.nodes[survivor].partials() == []
+    # The dead node is shown down once its heartbeats stop.
+    wait_until(lambda: admin_nodes(client)[victim]["state"] == "down", 10, "the node shown down")
+    assert admin_nodes(client)[survivor]["state"] == "up"
+
+
+def test_a_drained_node_refuses_new_work_and_its_clients_use_another(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    a = cluster.start("a")
+    only_a = Client(tmp_path / "only-a", a)  # logged in while a was alone: knows a only
+    only_a.login()
+    cluster.start("b")
+    client = cluster.client()
+    src = random_file(tmp_path / "small.bin", 300_000, seed=16)
+    client.run("push", str(src), "--quiet")
+    client.run("admin", "drain", "a")
+    wait_until(lambda: admin_nodes(client)["a"]["state"] == "draining", 10, "a draining")
+    # A client of the cluster goes on working (on b, whichever it preferred).
+    for _ in range(3):
+        listing = json.loads(client.run("ls", "--json").stdout)
+        assert [f["name"] for f in listing] == ["small.bin"]
+    back = tmp_path / "back.bin"
+    client.run("pull", "small.bin", str(back))
+    assert same_bytes(src, back)
+    # One that knows only node a is told why, and what to do.
+    res = only_a.run("ls", check=False)
+    assert res.returncode == 6, res.stderr
+    assert "node a is being drained; use another node" in res.stderr
+    assert "freight login https://A,https://B" in res.stderr
+    client.run("admin", "drain", "a", "--undo")
+    wait_until(lambda: only_a.run("ls", check=False).returncode == 0, 10, "a serving again")
+
+
+def test_a_second_node_with_a_running_nodes_name_refuses_to_start(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    cluster.start("a")
+    twin = Hub(cluster.data, extra=["--database-url", cluster.database, "--node", "a"])
+    res = subprocess.run(
+        twin.command(),
+        env={**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode != 0
+    assert "node 'a' already runs" in res.stderr
+    assert "freight hub --node NAME" in res.stderr
+
+
+def test_login_refuses_nodes_that_serve_another_certificate(
+    tmp_path: Path, cluster: Cluster, hubs: Callable[..., Hub]
+) -> None:
+    a = cluster.start("a")
+    stranger = hubs()  # its own data folder: its own certificate
+    c = Client(tmp_path / "c", a)
+    res = c.run(
+        "login",
+        f"{a.url},{stranger.url}",
+        "--user",
+        "admin",
+        "--password-stdin",
+        "--fingerprint",
+        a.fingerprint,
+        input="x\n",
+        check=False,
+    )
+    assert res.returncode == 4, res.stderr
+    assert f"presents {stranger.fingerprint}, not {a.fingerprint}" in res.stderr
