@@ -48,6 +48,8 @@ parent's exit code; the module where it is not this one).
     │   └── FingerprintMismatch
     ├── NetworkError                     exit 6
     │   ├── StalledError
+    │   ├── NodeUnavailable
+    │   ├── HeldElsewhere
     │   ├── ChannelClosed                         transport.channel
     │   │   └── WireDamaged                       transport.dataconn
     │   ├── ProxyError                            transport.proxy

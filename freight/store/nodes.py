@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from . import schema as t
 from .base import Repository
 from .rows import NodeRow, StreamRow
+from .streams import RECEIVING
 
 __all__ = ["Nodes"]
 
@@ -133,7 +134,7 @@ class Nodes(Repository):
                         size=size,
                         mtime=mtime,
                         checkpoint=0,
-                        state="receiving",
+                        state=RECEIVING,
                         created=now,
                         updated=now,
                         owner=owner,

@@ -21,36 +21,6 @@ class Streams(Repository):
         q = sa.select(t.streams).where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
         return await self._first(StreamRow, q)
 
-    async def put_stream(
-        self, user_id: int, sid: str, *, name: str, size: int, mtime: float
-    ) -> None:
-        now = self.clock()
-        async with self.engine.begin() as c:
-            await c.execute(
-                t.streams.delete().where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
-            )
-            await c.execute(
-                t.streams.insert().values(
-                    user_id=user_id,
-                    sid=sid,
-                    name=name,
-                    size=size,
-                    mtime=mtime,
-                    checkpoint=0,
-                    state=RECEIVING,
-                    created=now,
-                    updated=now,
-                )
-            )
-
-    async def set_checkpoint(self, user_id: int, sid: str, checkpoint: int) -> None:
-        async with self.engine.begin() as c:
-            await c.execute(
-                t.streams.update()
-                .where(t.streams.c.user_id == user_id, t.streams.c.sid == sid)
-                .values(checkpoint=checkpoint, updated=self.clock())
-            )
-
     async def touch_stream(self, user_id: int, sid: str) -> None:
         async with self.engine.begin() as c:
             await c.execute(

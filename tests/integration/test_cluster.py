@@ -14,7 +14,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
+from tests.faultproxy import FaultProxy
+from tests.integration.test_postgres import (
+    PG_HOST,
+    PG_PORT,
+    pg_database,  # noqa: F401 - a fixture
+)
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
@@ -199,3 +204,30 @@ def test_login_refuses_nodes_that_serve_another_certificate(
     )
     assert res.returncode == 4, res.stderr
     assert f"presents {stranger.fingerprint}, not {a.fingerprint}" in res.stderr
+
+
+def test_a_node_cut_from_its_database_refuses_to_serve_until_it_is_back(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    proxy = FaultProxy(PG_PORT, PG_HOST).start()
+    try:
+        cluster = Cluster(tmp_path, pg_database.replace(f":{PG_PORT}/", f":{proxy.port}/"))
+        try:
+            hub = cluster.start("a")
+            client = cluster.client()
+            client.run("ls")
+            proxy.hold()  # new database connections wait, open ones freeze
+            proxy.stall()
+            wait_until(lambda: events_of(hub, "node_not_serving"), 30, "the node to notice")
+            res = client.run("ls", check=False, timeout=60)
+            assert res.returncode == 6, res.stderr
+            assert "node a cannot reach the database" in res.stderr
+            assert "try another node" in res.stderr
+            proxy.release()
+            wait_until(lambda: events_of(hub, "node_serving_again"), 30, "the node to recover")
+            assert client.run("ls", check=False, timeout=60).returncode == 0
+        finally:
+            cluster.stop()
+    finally:
+        proxy.close()

@@ -109,11 +109,15 @@ async def test_users_and_logins_are_typed_frozen_rows(db: Database, clock: Clock
 
 async def test_streams_and_files(db: Database, clock: Clock) -> None:
     uid = await db.add_user("ann", "h", "user")
-    await db.streams.put_stream(uid, "s1", name="a.bin", size=10, mtime=5.0)
+    assert await db.start_stream(
+        uid, "s1", name="a.bin", size=10, mtime=5.0, owner="n1", lease_for=9.0
+    )
     clock.now = 1002.0
-    await db.set_checkpoint(uid, "s1", 4)
+    assert await db.checkpoint_owned(uid, "s1", 4, "n1")
     row = await db.get_stream(uid, "s1")
-    assert row == StreamRow(uid, "s1", "a.bin", 10, 5.0, 4, "receiving", 1000.0, 1002.0)
+    assert row == StreamRow(
+        uid, "s1", "a.bin", 10, 5.0, 4, "receiving", 1000.0, 1002.0, "n1", 1009.0
+    )
     assert await db.stale_streams(1001.0) == []
     assert [s.sid for s in await db.stale_streams(1003.0)] == ["s1"]
     await db.publish(uid, "s1", name="a.bin", size=10, digest=DIGEST, mtime=5.0)

@@ -50,7 +50,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             auth="admin",
             params=[path("name", NODE_NAME)],
             ok={200: json_ok(obj({"node": {"type": "string"}, "draining": {"type": "boolean"}}))},
-            errors=[404],
+            errors=[400, 404],
             fuzz="it would drain the hub under test",
         ),
         "delete": op(
@@ -60,7 +60,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             auth="admin",
             params=[path("name", NODE_NAME)],
             ok={200: json_ok(obj({"node": {"type": "string"}, "draining": {"type": "boolean"}}))},
-            errors=[404],
+            errors=[400, 404],
         ),
     },
     "/v1/admin/nodes/{name}": {
@@ -71,7 +71,7 @@ PATHS: dict[str, dict[str, Schema]] = {
             auth="admin",
             params=[path("name", NODE_NAME)],
             ok={200: json_ok(obj({"removed": {"type": "string"}}, ["removed"]))},
-            errors=[404, 409],
+            errors=[400, 404, 409],
         )
     },
 }
