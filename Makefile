@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= .freight-data
 LISTEN ?= 127.0.0.1:8443
 
-.PHONY: run test test-quiet lint typecheck unit integration test-proxies test-browser bench bench-ab venv clean
+.PHONY: run cluster test test-quiet lint typecheck unit integration test-proxies test-browser bench bench-ab venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +19,13 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/freight hub --data $(DATA) --listen $(LISTEN)
+
+# Three hub nodes on this machine (ports 8443-8445) sharing the local
+# PostgreSQL (database freight_cluster, created when missing) and one data
+# folder: docs/cluster.md.
+CLUSTER_NODES ?= 3
+cluster: $(STAMP)
+	$(BIN)/python bench/cluster.py --nodes $(CLUSTER_NODES) --data .freight-cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check freight tests bench

@@ -189,6 +189,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
     )
     bandwidth = BandwidthManager(Budget.parse(spec))
     events = EventLog(db)
+    events.node = cfg.node  # named nodes of a cluster say which wrote an event
     metrics = Metrics()
     core = Core(db, layout, events, metrics)
     caps = AccountCaps(cfg.account_connections, cfg.account_streams, metrics)

@@ -182,7 +182,7 @@ class NodeService:
         if bool(row.draining) != self.draining:
             self.draining = bool(row.draining)
             await self.events.emit(
-                "node_drain" if self.draining else "node_undrain", "hub", node=self.name
+                "node_draining" if self.draining else "node_serving", "hub", target=self.name
             )
             if self.draining:
                 self.relay.spawn(self._close_channels())
@@ -269,7 +269,7 @@ async def drain(request: web.Request) -> web.Response:
     draining = request.method == "POST"
     if not await svc.db.set_draining(name, draining):
         raise NotFound(f"there is no node {name!r}; freight admin nodes lists them")
-    await svc.events.emit("node_drain" if draining else "node_undrain", admin.name, node=name)
+    await svc.events.emit("node_drain" if draining else "node_undrain", admin.name, target=name)
     if name == svc.name:  # at once here; the others see it at their next heartbeat
         await svc.beat_once()
     return web.json_response({"node": name, "draining": draining})
@@ -283,7 +283,7 @@ async def forget(request: web.Request) -> web.Response:
         if await svc.db.node(name) is None:
             raise NotFound(f"there is no node {name!r}")
         raise Conflict(f"node {name!r} is up; drain and stop it before removing it")
-    await svc.events.emit("node_removed", admin.name, node=name)
+    await svc.events.emit("node_removed", admin.name, target=name)
     return web.json_response({"removed": name})
 
 

@@ -55,6 +55,7 @@ class EventLog:
         self.db = db
         self.log = structlog.get_logger("freight.hub")
         self._listeners: list[Callable[[str], None]] = []
+        self.node = ""  # a cluster node's name, written into each event it emits
 
     def listen(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Call ``listener(kind)`` after each event (it must not block);
@@ -65,6 +66,8 @@ class EventLog:
         return lambda: self._listeners.remove(listener)
 
     async def emit(self, kind: str, actor: str, **detail: Any) -> None:
+        if self.node:
+            detail["node"] = self.node
         self.log.info(kind, actor=actor, **detail)
         await self.db.add_event(kind, actor, detail)
         for listener in self._listeners:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from tests.integration.test_postgres import (
     PG_PORT,
     pg_database,  # noqa: F401 - a fixture
 )
-from tests.support import Client, Hub, random_file, same_bytes, wait_until
+from tests.support import Client, Hub, as_from_a_terminal, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
 CKPT = 2 * MiB  # the nodes' checkpoint interval here
@@ -127,6 +129,7 @@ def test_a_push_survives_sigkill_of_its_node_and_resumes_on_another(
     # Resumed on the other node from a checkpoint, not from zero: at most one
     # checkpoint interval of what had arrived is sent again.
     (resumed,) = events_of(cluster.nodes[survivor], "stream_resume")
+    assert resumed["node"] == survivor
     assert 0 < resumed["checkpoint"] <= at_kill
     assert at_kill - resumed["checkpoint"] <= CKPT
     assert row["attempts"] >= 2 and row["restarted"] is False
@@ -164,6 +167,13 @@ def test_a_drained_node_refuses_new_work_and_its_clients_use_another(
     assert res.returncode == 6, res.stderr
     assert "node a is being drained; use another node" in res.stderr
     assert "freight login https://A,https://B" in res.stderr
+    kinds = [
+        (e["kind"], e["actor"], e["detail"].get("target"), e["detail"].get("node"))
+        for e in json.loads(client.run("admin", "events", "--json").stdout)
+        if e["kind"].startswith("node_")
+    ]
+    assert any(k[:3] == ("node_drain", "admin", "a") and k[3] in "ab" for k in kinds)
+    assert ("node_draining", "hub", "a", "a") in kinds
     client.run("admin", "drain", "a", "--undo")
     wait_until(lambda: only_a.run("ls", check=False).returncode == 0, 10, "a serving again")
 
@@ -231,3 +241,41 @@ def test_a_node_cut_from_its_database_refuses_to_serve_until_it_is_back(
             cluster.stop()
     finally:
         proxy.close()
+
+
+def test_the_documented_cluster_command_starts_three_nodes_and_stops_them(
+    tmp_path: Path,
+    pg_database: str,  # noqa: F811
+) -> None:
+    """``make cluster`` runs bench/cluster.py: three nodes, one login line."""
+    proc = subprocess.Popen(
+        [sys.executable, "bench/cluster.py", "--first-port", "0", "--data", str(tmp_path / "d")],
+        env={**os.environ, "FREIGHT_CLUSTER_DB": pg_database, "FREIGHT_ADMIN_PASSWORD": "pw-1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        preexec_fn=as_from_a_terminal,
+    )
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        for line in proc.stdout:  # bounded: the script gives up on a node after 60 s
+            lines.append(line)
+            if line.startswith("Ctrl-C"):
+                break
+        login = next(ln.split() for ln in lines if "freight login" in ln)
+        assert login[:2] == ["freight", "login"] and login[2].count(",") == 2
+        c = Client(tmp_path / "c", Hub(tmp_path / "d"))
+        c.run(*login[1:], "--password-stdin", input="pw-1\n")
+        nodes = admin_nodes(c)
+        assert sorted(nodes) == ["a", "b", "c"]
+        assert {n["state"] for n in nodes.values()} == {"up"}
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(60) == 130
+        # Every node stopped with it: none answers any more.
+        assert c.run("ls", check=False).returncode == 6
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
