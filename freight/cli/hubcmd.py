@@ -64,6 +64,13 @@ def hub(
             "address, or the machine's name when it listens on all)."
         ),
     ] = "",
+    bus: Annotated[
+        str,
+        typer.Option(
+            help="NATS server the cluster's nodes tell each other through "
+            "(nats://USER:PASS@HOST:4222); without it they learn by polling the database.",
+        ),
+    ] = "",
     node_beat: Annotated[
         float,
         typer.Option(help="Seconds between a cluster node's heartbeats.", hidden=True, min=0.1),
@@ -224,6 +231,7 @@ def hub(
         node=check_node_name(node),
         advertise=advertise,
         node_beat=node_beat,
+        bus=bus,
     )
     try:
         run_async(lambda: serve(cfg))

@@ -42,6 +42,7 @@ from .services import STATE, Hub
 ENROL_TOKEN_TTL = 24 * 3600.0
 AGENT_PAGE = 100  # agents per page of GET /v1/agents?limit=
 MAX_AGENT_PAGE = 1000
+RECHECK = 3.0  # seconds between reads of a command waited for (see get_command)
 NAME_PREFIX = re.compile(r"[A-Za-z0-9_.\-]{0,64}")
 
 
@@ -216,6 +217,7 @@ async def list_agents(request: web.Request) -> web.Response:
             "prefix must be the start of an agent's name: up to 64 of A-Z a-z 0-9 _ . -"
         )
     online = {a.user.id: a for a in st.relay.attachments if a.commands}
+    elsewhere = await st.nodes.live_nodes()  # other nodes of a cluster, up now
     waiting = await st.db.open_command_counts()
     limit, after = page or (None, None)
     rows = await st.db.list_agents(
@@ -228,7 +230,8 @@ async def list_agents(request: web.Request) -> web.Response:
         out.append(
             {
                 "name": r.name,
-                "online": att is not None,
+                "online": att is not None or r.node in elsewhere,
+                "node": st.node if att is not None else (r.node if r.node in elsewhere else ""),
                 "last_seen": time.time() if att is not None else r.last_seen,
                 "version": r.version,
                 "address": att.address if att is not None else r.address,
@@ -336,8 +339,10 @@ async def get_command(request: web.Request) -> web.Response:
                 raise NotFound(f"no command {command_id}")
             if row.state in TERMINAL_COMMAND_STATES or time.monotonic() >= deadline:
                 return web.json_response(command_json(row))
+            # Read again at least every RECHECK seconds: a command answered
+            # on another node of a cluster without a bus wakes no one here.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), deadline - time.monotonic())
+                await asyncio.wait_for(event.wait(), min(RECHECK, deadline - time.monotonic()))
             event.clear()
 
 
@@ -369,7 +374,7 @@ def register(dispatcher: Dispatcher, st: Hub) -> None:
 
     async def attached(link: Link, version: str) -> None:
         att = link.att
-        await st.db.touch_agent(att.user.id, version, att.address)
+        await st.db.touch_agent(att.user.id, version, att.address, st.node)
         cap = await st.db.agent_cap(att.user.id)
         st.relay.presence.set_cap(att.user.id, cap)
         st.bandwidth.set_cap(att.user.id, cap)
@@ -379,6 +384,7 @@ def register(dispatcher: Dispatcher, st: Hub) -> None:
 
     def detached(att: Any) -> None:
         if att.commands:  # the agent's own channel, not one of its uploads
+            st.relay.spawn(st.db.agent_left(att.user.id, st.node))
             st.relay.spawn(st.events.emit("agent_detached", att.user.name, address=att.address))
 
     dispatcher.on_agent_attached(attached)

@@ -31,6 +31,7 @@ from ..protocol import messages as m
 from ..protocol.limits import MAX_COMMAND_ARGS_BYTES
 from ..store import commands as queue
 from . import commandfiles
+from .clusterbus import ClusterBus, NoBus
 from .core import Core
 from .dispatch import Dispatcher, Link, Scope
 from .streams import User
@@ -64,6 +65,35 @@ class CommandQueue:
         self._settled: list[Settled] = []
         self._waiting: dict[int, asyncio.Event] = {}
         self._answering: set[int] = set()  # command results being recorded
+        # The other nodes of a cluster: told when a command is queued for an
+        # agent attached elsewhere, and when one ends (build_hub sets it).
+        self.bus: ClusterBus = NoBus()
+
+    def join(self, bus: ClusterBus) -> None:
+        """Act on the other nodes' notices (docs/cluster.md)."""
+        self.bus = bus
+        bus.on("commands", self._notice_queued)
+        bus.on("settled", self._notice_settled)
+
+    async def _notice_queued(self, body: dict[str, Any]) -> None:
+        agent_id = body.get("agent")
+        if isinstance(agent_id, int) and self.presence.attachment_of(agent_id) is not None:
+            await self.sweep([agent_id])
+
+    async def _notice_settled(self, body: dict[str, Any]) -> None:
+        event = self._waiting.get(body.get("command"))  # type: ignore[arg-type]
+        if event is not None:
+            event.set()
+
+    async def sweep(self, agent_ids: list[int]) -> int:
+        """Hand the commands queued on another node to these agents, attached
+        here; how many went."""
+        sent = 0
+        for row in await self.db.undelivered_commands(agent_ids):
+            att = self.presence.attachment_of(int(row.agent_id))
+            if att is not None and await self.deliver(att, int(row.id), row.kind, row.args):
+                sent += 1
+        return sent
 
     def on_settled(self, listener: Settled) -> None:
         """Call ``listener`` after each command ends (answered, failed or cancelled)."""
@@ -94,6 +124,8 @@ class CommandQueue:
             await prepare(command_id)
         att = self.presence.attachment_of(agent_id)
         delivered = att is not None and await self.deliver(att, command_id, kind, args)
+        if att is None:  # attached to another node, perhaps
+            await self.bus.tell("commands", {"agent": agent_id})
         return command_id, delivered
 
     async def deliver(self, att: Any, command_id: int, kind: str, args: str) -> bool:
@@ -136,6 +168,7 @@ class CommandQueue:
         event = self._waiting.get(command_id)
         if event is not None:
             event.set()
+        await self.bus.tell("settled", {"command": command_id})
         for listener in self._settled:
             await listener(command_id, agent.id, agent.name, ok, result)
 

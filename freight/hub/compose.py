@@ -50,6 +50,7 @@ from .appgate import AppGate
 from .bandwidth import BandwidthManager, Budget
 from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
 from .challenges import ChallengeBook
+from .clusterbus import ClusterBus, NatsBus, NoBus
 from .collect import Collector
 from .commands import CommandQueue
 from .compression import CompressionPolicy
@@ -100,6 +101,7 @@ class HubConfig:
     node: str = ""  # this node's name in a cluster; default: the machine's name
     advertise: str = ""  # the address clients reach this node at; default: from the listener
     node_beat: float = BEAT  # seconds between a node's heartbeats
+    bus: str = ""  # nats://… : the cluster's nodes tell each other at once
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -227,6 +229,16 @@ async def build_hub(cfg: HubConfig) -> Hub:
         relay.presence.set_cap(user_id, cap)  # relayed connections of the account
         bandwidth.set_cap(user_id, cap)  # its pushes and pulls
     queue = CommandQueue(core, relay.presence)
+    bus: ClusterBus = NoBus()
+    if cfg.bus:
+        nats = NatsBus(cfg.bus, me.node, events.log)
+        try:
+            await nats.start(db)
+        except BaseException:
+            await db.close()
+            raise
+        bus = nats
+    queue.join(bus)
     collector = Collector(core, relay, queue, reserve=cfg.collect_reserve)
     queue.on_settled(collector.finished)  # an answered upload is stored
     dispatcher = Dispatcher()
@@ -261,7 +273,13 @@ async def build_hub(cfg: HubConfig) -> Hub:
         app_approval=cfg.app_approval,
         max_pending=cfg.max_pending,
         nodes=NodeService(
-            db, events, relay, streams, NodeSettings(me.node, cfg.advertise, cfg.node_beat)
+            db,
+            events,
+            relay,
+            streams,
+            queue,
+            NodeSettings(me.node, cfg.advertise, cfg.node_beat),
+            bus=bus,
         ),
     )
     streams.node = hub.nodes
@@ -312,6 +330,7 @@ def build_app(hub: Hub) -> web.Application:
 async def close_hub(hub: Hub) -> None:
     """Stop every background task and release what the hub holds."""
     await hub.tasks.aclose()
+    await hub.nodes.close()
     await hub.relay.aclose()
     hub.passwords.close()
     await hub.db.close()

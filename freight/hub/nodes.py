@@ -39,6 +39,8 @@ from aiohttp import web
 
 from ..errors import ConfigError, Conflict, NodeUnavailable, NotFound, UsageError
 from ..store.rows import NodeRow
+from .clusterbus import ClusterBus, NatsBus, NoBus
+from .commands import CommandQueue
 from .observe import EventLog
 from .relay import Router
 from .requests import admin_user, current_user
@@ -98,14 +100,19 @@ class NodeService:
         events: EventLog,
         relay: Router,
         streams: StreamService,
+        commands: CommandQueue,
         settings: NodeSettings,
         *,
+        bus: ClusterBus | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.db = db
         self.events = events
         self.relay = relay
         self.streams = streams
+        self.commands = commands
+        self.bus: ClusterBus = bus or NoBus()
+        self.bus_lost: float | None = None  # since when the bus is out of reach
         self.settings = settings
         self.clock = clock
         self.incarnation = secrets.token_hex(8)
@@ -176,6 +183,8 @@ class NodeService:
             self._stop_serving(f"another process now runs as node {self.name}")
             return
         self.last_beat = self.clock()
+        if not self._bus_ok():
+            return
         if self.why_not and not self.lost_name:
             self.why_not = ""
             self.events.log.warning("node_serving_again", node=self.name)
@@ -186,6 +195,23 @@ class NodeService:
             )
             if self.draining:
                 self.relay.spawn(self._close_channels())
+        # Commands queued on another node for agents attached here (the bus
+        # tells at once; this catches what it did not).
+        agents = [a.user.id for a in self.relay.attachments if a.commands and not a.closed]
+        if agents:
+            await self.commands.sweep(agents)
+
+    def _bus_ok(self) -> bool:
+        """False (and not serving) once the bus is out of reach for two beats."""
+        if self.bus.healthy():
+            self.bus_lost = None
+            return True
+        now = self.clock()
+        self.bus_lost = self.bus_lost or now
+        if now - self.bus_lost > MISSED * self.settings.beat:
+            self._stop_serving(f"node {self.name} cannot reach the cluster's bus (NATS)")
+            return False
+        return True
 
     def _stop_serving(self, why: str) -> None:
         if self.why_not == why:
@@ -206,6 +232,18 @@ class NodeService:
             if not (self.draining or self.why_not):
                 return  # undrained meanwhile
             await att.chan.aclose()
+
+    async def live_nodes(self) -> set[str]:
+        """The other nodes whose heartbeat is recent (none for a hub alone)."""
+        now = self.clock()
+        rows = await self.db.nodes()
+        return {
+            r.name for r in rows if r.name != self.name and now - r.seen <= self.settings.dead_after
+        }
+
+    async def close(self) -> None:
+        if isinstance(self.bus, NatsBus):
+            await self.bus.close()
 
     # --- serving ----------------------------------------------------------------------
 

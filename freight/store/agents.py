@@ -97,12 +97,26 @@ class Agents(Repository):
         """How many agents are enrolled (one COUNT, never the list)."""
         return int(await self._scalar(sa.select(sa.func.count()).select_from(t.agents)))
 
-    async def touch_agent(self, user_id: int, version: str, address: str) -> None:
+    async def touch_agent(self, user_id: int, version: str, address: str, node: str = "") -> None:
+        """The agent attached (to cluster node ``node``)."""
         async with self.engine.begin() as c:
             await c.execute(
                 t.agents.update()
                 .where(t.agents.c.user_id == user_id)
-                .values(last_seen=self.clock(), version=version[:64], address=address[:128])
+                .values(
+                    last_seen=self.clock(), version=version[:64], address=address[:128], node=node
+                )
+            )
+
+    async def agent_left(self, user_id: int, node: str) -> None:
+        """The agent's command channel on ``node`` went (unless it is attached
+        to another node already)."""
+        a = t.agents.c
+        async with self.engine.begin() as c:
+            await c.execute(
+                t.agents.update()
+                .where(a.user_id == user_id, a.node == node)
+                .values(node="", last_seen=self.clock())
             )
 
     async def set_agent_cap(self, user_id: int, cap: int) -> None:

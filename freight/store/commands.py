@@ -9,6 +9,7 @@ on a :class:`Commands` repository, kept for the hub's callers."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -23,7 +24,7 @@ from ..protocol.commands import (
     command_target,
 )
 from . import schema as t
-from .base import Repository
+from .base import IN_SLICE, Repository
 from .rows import CommandRow
 
 __all__ = [
@@ -81,6 +82,19 @@ class Commands(Repository):
         c = t.commands.c
         q = sa.select(t.commands).where(c.agent_id == agent_id, c.state.in_(_OPEN))
         return await self._all(CommandRow, q.order_by(c.id))
+
+    async def undelivered_commands(self, agent_ids: Sequence[int]) -> list[CommandRow]:
+        """Open commands of these agents never handed over yet, oldest first
+        (a cluster node's sweep: queued on another node)."""
+        c = t.commands.c
+        out: list[CommandRow] = []
+        ids = list(agent_ids)
+        for i in range(0, len(ids), IN_SLICE):
+            q = sa.select(t.commands).where(
+                c.agent_id.in_(ids[i : i + IN_SLICE]), c.state.in_(_OPEN), c.deliveries == 0
+            )
+            out += await self._all(CommandRow, q.order_by(c.id))
+        return out
 
     async def open_command(self, command_id: int, agent_id: int) -> CommandRow | None:
         """Command ``command_id`` if it belongs to ``agent_id`` and is open."""

@@ -129,6 +129,7 @@ class AgentRow:
     version: str
     address: str
     cap: int  # bytes/s, 0 = no cap
+    node: str = ""  # the cluster node it is attached to ("": none)
 
 
 @dataclass(frozen=True, slots=True)

@@ -169,6 +169,8 @@ agents = Table(
     Column("version", String(64), nullable=False, default=""),
     Column("address", String(128), nullable=False, default=""),
     Column("cap", BigInteger, nullable=False, default=0),  # bytes/s, 0 = no cap
+    # The cluster node its command channel is attached to ("": none).
+    Column("node", String(64), nullable=False, default="", server_default=""),
 )
 
 # Durable commands for agents: queued → delivered → acked → done/failed, or

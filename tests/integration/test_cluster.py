@@ -37,7 +37,7 @@ class Cluster:
         self.data = tmp / "shared"  # the folder every node shares
         self.nodes: dict[str, Hub] = {}
 
-    def start(self, name: str, *extra: str) -> Hub:
+    def start(self, name: str, *extra: str, beat: str = BEAT) -> Hub:
         hub = Hub(
             self.data,
             extra=[
@@ -46,7 +46,7 @@ class Cluster:
                 "--node",
                 name,
                 "--node-beat",
-                BEAT,
+                beat,
                 "--checkpoint-interval",
                 str(CKPT),
                 *extra,

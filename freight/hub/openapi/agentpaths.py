@@ -46,6 +46,7 @@ SCHEMAS: dict[str, Schema] = {
             "disabled": {"type": "boolean"},
             "cap": {"type": "integer"},
             "enrolled": nullable(TIME),
+            "node": {"type": "string", "description": "the cluster node it is attached to"},
         },
         ["name", "online", "busy", "queued", "disabled", "cap"],
     ),

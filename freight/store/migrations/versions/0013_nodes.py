@@ -1,7 +1,8 @@
 """Several hub nodes on one database: each node's row (its address, its
 last heartbeat, whether an admin is draining it), and which node receives
 each push (``streams.owner``) until when (``streams.lease``), so two nodes
-never write the same partial file.
+never write the same partial file; the node an agent is attached to
+(``agents.node``).
 
 Revision ID: 0013
 Revises: 0012
@@ -32,9 +33,12 @@ def upgrade() -> None:
     )
     op.add_column("streams", sa.Column("owner", sa.String(64), nullable=False, server_default=""))
     op.add_column("streams", sa.Column("lease", sa.Float, nullable=False, server_default="0"))
+    op.add_column("agents", sa.Column("node", sa.String(64), nullable=False, server_default=""))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("agents") as batch:
+        batch.drop_column("node")
     with op.batch_alter_table("streams") as batch:
         batch.drop_column("lease")
         batch.drop_column("owner")
