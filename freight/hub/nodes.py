@@ -52,8 +52,9 @@ BEAT = 3.0  # seconds between heartbeats
 MISSED = 2  # heartbeats missed before a node stops serving
 DRAIN_RATE = 50  # control channels a draining node closes per second
 # Requests a node that does not serve still answers: the cluster's own
-# administration (an admin may undo a drain through the drained node).
-ALWAYS = ("/v1/admin/nodes", "/v1/nodes")
+# administration (an admin may undo a drain through the drained node), and
+# its metrics (monitoring watches a drained node empty).
+ALWAYS = ("/v1/admin/nodes", "/v1/nodes", "/metrics")
 
 
 def pid_alive(pid: int) -> bool:
@@ -175,8 +176,9 @@ class NodeService:
                     lease_for=self.lease,
                 )
         except Exception as exc:  # the database is out of reach (any driver's error)
+            self.events.log.warning("node_heartbeat_failed", node=self.name, error=repr(exc))
             if self.clock() - self.last_beat > MISSED * self.settings.beat:
-                self._stop_serving(f"node {self.name} cannot reach the database ({exc!r})")
+                self._stop_serving(f"node {self.name} cannot reach the database")
             return
         if row is None:
             self.lost_name = True
