@@ -154,7 +154,7 @@ def one_round(
             "--limit",
             args.limit,
             "--json",
-        ],  # fmt: skip
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
