@@ -16,12 +16,14 @@ from typing import Any
 
 import pytest
 
+from tests.agentsupport import AgentProc, agent_rows, wait_online
 from tests.faultproxy import FaultProxy
 from tests.integration.test_postgres import (
     PG_HOST,
     PG_PORT,
     pg_database,  # noqa: F401 - a fixture
 )
+from tests.relaysupport import fast
 from tests.support import Client, Hub, as_from_a_terminal, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
@@ -279,3 +281,33 @@ def test_the_documented_cluster_command_starts_three_nodes_and_stops_them(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_an_agent_moves_to_another_node_when_its_node_dies(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    cluster.start("a")
+    cluster.start("b")
+    admin = cluster.client("admin")
+    token = json.loads(
+        admin.run("agents", "token", "--name", "lab", "--ttl", "10m", "--json").stdout
+    )["token"]
+    root = tmp_path / "root"
+    root.mkdir()
+    lab = fast(Client(tmp_path / "lab", cluster.nodes["a"]))
+    lab.run(
+        "agent", "enroll", cluster.urls, token,
+        "--fingerprint", cluster.nodes["a"].fingerprint, "--root", str(root),
+    )  # fmt: skip
+    with AgentProc(lab, tmp_path / "lab.log") as proc:
+        wait_online(admin, "lab", proc=proc)
+        first = agent_rows(admin)["lab"]["node"]
+        other = "b" if first == "a" else "a"
+        cluster.nodes[first].kill()
+        wait_until(
+            lambda: agent_rows(admin)["lab"].get("node") == other, 30, "the agent on the other node"
+        )
+        assert agent_rows(admin)["lab"]["online"] is True
+        # Its commands still reach it.
+        res = admin.run("agents", "cmd", "lab", "ping", "--wait", "30")
+        assert json.loads(res.stdout)["state"] == "done"
