@@ -53,10 +53,11 @@ async def _pg(sql: str) -> None:
 
 
 class Node:
-    def __init__(self, name: str, data: Path, db: str) -> None:
+    def __init__(self, name: str, data: Path, db: str, extra: list[str] | None = None) -> None:
         self.name = name
         self.data = data
         self.db = db
+        self.extra = extra or []
         self.port = 0
         self.url = ""
         self.fingerprint = ""

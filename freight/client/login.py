@@ -9,6 +9,7 @@ answers in code.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from ..errors import (
     NetworkError,
     NotLoggedIn,
     RemoteError,
+    TLSError,
     UsageError,
 )
 from ..transport.proxy import choose_proxy, redact
@@ -192,7 +194,7 @@ async def login(
             await register_identity(session, config)
         except Conflict as exc:  # logged in all the same: keys rm works from here
             warnings.append(exc.user_message())
-        nodes = await cluster_nodes(session, nodes)
+        nodes = await cluster_nodes(session, nodes, t)
     if ca is None:
         for node in nodes:  # one certificate for every node of a cluster
             config.pin(hostport(parse_hub_url(node)), seen)
@@ -233,26 +235,41 @@ async def _same_certificate(others: list[URL], t: _Trusted, notice: Notice) -> N
             )
 
 
-async def cluster_nodes(session: HubSession, given: list[str]) -> list[str]:
-    """The node addresses to keep: those given, then the ones the hub lists
-    as up (a hub that does not list them: those given)."""
+async def cluster_nodes(session: HubSession, given: list[str], t: _Trusted) -> list[str]:
+    """The node addresses to keep: those given, then, when the hub is a
+    cluster (it lists more than one node up), those it lists that present
+    the certificate trusted here. A hub alone adds nothing: its own address
+    may not be the one this client reaches it at (a port forward, a proxy)."""
     try:
         listed = (await session.request("GET", "/v1/nodes")).get("nodes", [])
     except (RemoteError, NetworkError, AttributeError):
         return given
-    out = list(given)
+    if not isinstance(listed, list):
+        return given
+    up = [n for n in listed if isinstance(n, dict) and n.get("state") == "up"]
+    if len(up) < 2:
+        return given
     known = {parse_hub_url(n) for n in given}
-    for node in listed[:MAX_NODES] if isinstance(listed, list) else []:
-        if not isinstance(node, dict) or node.get("state") != "up":
-            continue
+    candidates: list[URL] = []
+    for node in up[:MAX_NODES]:
         try:
             u = parse_hub_url(str(node.get("url", "")))
         except UsageError:
             continue  # not an address a client can use: left out
-        if u not in known and len(out) < MAX_NODES:
+        if u not in known:
             known.add(u)
-            out.append(canonical_url(u))
-    return out
+            candidates.append(u)
+
+    async def same(u: URL) -> bool:
+        try:
+            seen = await fetch_fingerprint(u, timeout=3.0, proxy=t.route, ca_file=t.ca)
+        except (NetworkError, TLSError):
+            return False
+        return t.ca is not None or seen == t.seen
+
+    checks = await asyncio.gather(*(same(u) for u in candidates))
+    out = given + [canonical_url(u) for u, ok in zip(candidates, checks, strict=True) if ok]
+    return out[:MAX_NODES]
 
 
 async def logout(config: ClientConfig | None = None, url: str | None = None) -> tuple[str, bool]:

@@ -234,7 +234,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         nats = NatsBus(cfg.bus, me.node, events.log)
         try:
             await nats.start(db)
-        except BaseException:
+        except Exception:
             await db.close()
             raise
         bus = nats

@@ -134,20 +134,25 @@ class NodeService:
 
     # --- start ----------------------------------------------------------------
 
-    async def register(self, url: str) -> None:
+    async def register(self, url: str, port: int, *, named: bool = True) -> None:
         """Take this node's row, reached at ``url``; refuse to start as a
-        node that runs."""
+        node that runs. A hub not given a name (``named`` False) that finds
+        its machine's name taken by another hub on the same database takes
+        ``MACHINE-PORT`` instead."""
         self.settings = dataclasses.replace(self.settings, url=url)
-        row = await self.db.node(self.name)
-        now = self.clock()
-        if row is not None and now - row.seen <= self.settings.dead_after:
-            same_machine = row.host == self.host
-            if not same_machine or (row.pid != os.getpid() and pid_alive(row.pid)):
-                raise ConfigError(
-                    f"node {self.name!r} already runs ({row.host}, pid {row.pid}, "
-                    f"heartbeat {now - row.seen:.0f} s ago)",
-                    hint="give each node of a cluster its own name: freight hub --node NAME",
-                )
+        row, taken = await self._row()
+        if taken and not named:
+            self.settings = dataclasses.replace(self.settings, name=f"{self.name}-{port}")
+            if isinstance(self.bus, NatsBus):
+                self.bus.node = self.name
+            row, taken = await self._row()
+        if taken:
+            assert row is not None
+            raise ConfigError(
+                f"node {self.name!r} already runs ({row.host}, pid {row.pid}, "
+                f"heartbeat {self.clock() - row.seen:.0f} s ago)",
+                hint="give each node of a cluster its own name: freight hub --node NAME",
+            )
         await self.db.put_node(
             self.name,
             url=self.settings.url,
@@ -155,8 +160,17 @@ class NodeService:
             pid=os.getpid(),
             incarnation=self.incarnation,
         )
-        self.last_beat = now
+        self.last_beat = self.clock()
         self.draining = bool(row.draining) if row is not None else False
+
+    async def _row(self) -> tuple[NodeRow | None, bool]:
+        """This node's row as it was left (None: new), and whether a live
+        process holds the name."""
+        row: NodeRow | None = await self.db.node(self.name)
+        if row is None or self.clock() - row.seen > self.settings.dead_after:
+            return row, False
+        gone = row.host == self.host and (row.pid == os.getpid() or not pid_alive(row.pid))
+        return row, not gone
 
     # --- heartbeat ----------------------------------------------------------------
 

@@ -79,7 +79,9 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
         port = await listener.start(cfg.host, cfg.port)
         fingerprint = hub.identity.fingerprint
         host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
-        await hub.nodes.register(cfg.advertise or advertised(cfg.host, port))
+        await hub.nodes.register(
+            cfg.advertise or advertised(cfg.host, port), port, named=bool(cfg.node)
+        )
         say(f"Freight hub listening on https://{host}:{port}")
         say(f"Certificate fingerprint: {fingerprint}")
         say(f"Data folder: {cfg.data.resolve()}")

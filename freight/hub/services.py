@@ -97,7 +97,7 @@ class Hub:
 
     @property
     def node(self) -> str:
-        return self.identity.node
+        return self.nodes.name
 
     @property
     def cert_fingerprint(self) -> str:
