@@ -36,6 +36,7 @@ from ..errors import (
     FreightError,
     Gone,
     LimitReached,
+    NodeUnavailable,
     NotFound,
     NotLoggedIn,
     RateLimited,
@@ -117,6 +118,7 @@ _STATUS = {
     RateLimited: 429,
     LimitReached: 429,
     AuthError: 401,
+    NodeUnavailable: 503,
 }
 
 
