@@ -38,6 +38,7 @@ from .observe import EventLog, Metrics
 from .transfers import Transfer, TransferBoard
 
 _DISK_FULL = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+CLAIM_POLL = 0.25  # seconds between tries to take over a push another node holds
 
 
 def minute_of_day() -> int:
@@ -163,16 +164,24 @@ class HubSink:
             raise StorageError(f"the hub cannot store {self.name}: {exc.strerror}") from None
 
     async def _claim(self) -> Any:
-        """The push's row, now this node's to receive (None: a new push);
-        HeldElsewhere while another node's lease on it runs."""
+        """The push's row, now this node's to receive (None: a new push).
+        While another node holds it, wait for its lease to lapse (a node that
+        died holds it at most ``lease`` seconds more); HeldElsewhere if it is
+        renewed all that time (that node is alive and still receiving)."""
         node = self.s.node
-        claimed, row = await self.s.db.claim_stream(self.user.id, self.sid, node.name, node.lease)
-        if row is not None and not claimed:
-            raise HeldElsewhere(
-                f"hub node {row.owner} is still receiving {row.name}; "
-                "it resumes here once that node lets go"
+        deadline = time.monotonic() + node.lease + 1.0
+        while True:
+            claimed, row = await self.s.db.claim_stream(
+                self.user.id, self.sid, node.name, node.lease
             )
-        return row
+            if row is None or claimed:
+                return row
+            if time.monotonic() >= deadline:
+                raise HeldElsewhere(
+                    f"hub node {row.owner} is still receiving {row.name}; "
+                    "it resumes here once that node lets go"
+                )
+            await asyncio.sleep(CLAIM_POLL)
 
     async def _check_quota(self, req: StreamRequested, limit: int) -> None:
         used = await quota.usage(self.s.db, self.user.id, but_sid=self.sid, but_name=self.name)
