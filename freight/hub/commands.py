@@ -85,11 +85,15 @@ class CommandQueue:
         if event is not None:
             event.set()
 
-    async def sweep(self, agent_ids: list[int]) -> int:
+    async def sweep(self, agent_ids: list[int], *, created_before: float | None = None) -> int:
         """Hand the commands queued on another node to these agents, attached
-        here; how many went."""
+        here; how many went. A heartbeat's sweep takes only those queued
+        before ``created_before``: a newer one may still be being prepared by
+        the node that queued it (a ``receive_file``'s copy), and that node
+        tells the bus once it is ready."""
         sent = 0
-        for row in await self.db.undelivered_commands(agent_ids):
+        rows = await self.db.undelivered_commands(agent_ids, created_before=created_before)
+        for row in rows:
             att = self.presence.attachment_of(int(row.agent_id))
             if att is not None and await self.deliver(att, int(row.id), row.kind, row.args):
                 sent += 1

@@ -215,7 +215,7 @@ class NodeService:
         # tells at once; this catches what it did not).
         agents = [a.user.id for a in self.relay.attachments if a.commands and not a.closed]
         if agents:
-            await self.commands.sweep(agents)
+            await self.commands.sweep(agents, created_before=self.clock() - self.settings.beat)
 
     def _bus_ok(self) -> bool:
         """False (and not serving) once the bus is out of reach for two beats."""

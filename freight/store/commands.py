@@ -83,9 +83,12 @@ class Commands(Repository):
         q = sa.select(t.commands).where(c.agent_id == agent_id, c.state.in_(_OPEN))
         return await self._all(CommandRow, q.order_by(c.id))
 
-    async def undelivered_commands(self, agent_ids: Sequence[int]) -> list[CommandRow]:
+    async def undelivered_commands(
+        self, agent_ids: Sequence[int], *, created_before: float | None = None
+    ) -> list[CommandRow]:
         """Open commands of these agents never handed over yet, oldest first
-        (a cluster node's sweep: queued on another node)."""
+        (a cluster node's sweep: queued on another node); ``created_before``:
+        only those queued before then."""
         c = t.commands.c
         out: list[CommandRow] = []
         ids = list(agent_ids)
@@ -93,6 +96,8 @@ class Commands(Repository):
             q = sa.select(t.commands).where(
                 c.agent_id.in_(ids[i : i + IN_SLICE]), c.state.in_(_OPEN), c.deliveries == 0
             )
+            if created_before is not None:
+                q = q.where(c.created < created_before)
             out += await self._all(CommandRow, q.order_by(c.id))
         return out
 
