@@ -5,6 +5,7 @@ Every node is a real `freight hub` process; skipped without PostgreSQL."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.agentsupport import AgentProc, agent_rows, wait_online
+from tests.consolesupport import Browser
 from tests.faultproxy import FaultProxy
 from tests.integration.test_postgres import (
     PG_HOST,
@@ -89,6 +91,12 @@ def cluster(tmp_path: Path, pg_database: str) -> Iterator[Cluster]:  # noqa: F81
         c.stop()
 
 
+async def console_overview(hub: Hub) -> str:
+    async with Browser(hub) as b:
+        await b.login()
+        return await b.page("/console/dashboard/overview")
+
+
 def admin_nodes(client: Client) -> dict[str, dict[str, Any]]:
     rows = json.loads(client.run("admin", "nodes", "--json").stdout)
     return {r["name"]: r for r in rows}
@@ -157,6 +165,10 @@ def test_a_drained_node_refuses_new_work_and_its_clients_use_another(
     client.run("push", str(src), "--quiet")
     client.run("admin", "drain", "a")
     wait_until(lambda: admin_nodes(client)["a"]["state"] == "draining", 10, "a draining")
+    # The console of node b shows the cluster as it is.
+    overview = asyncio.run(console_overview(cluster.nodes["b"]))
+    assert 'id="nodes-up">1 / 2 up<' in overview
+    assert "a draining (" in overview and "b up (" in overview and ", this one" in overview
     # A client of the cluster goes on working (on b, whichever it preferred).
     for _ in range(3):
         listing = json.loads(client.run("ls", "--json").stdout)

@@ -1,6 +1,6 @@
 """The dashboard (``/``): the hub's version and uptime, agents online,
-live relayed connections, active streams, the bandwidth budget now, free
-disk of the data folder and recent security events; each block from the
+live relayed connections, active streams, a cluster's nodes, the bandwidth
+budget now, free disk of the data folder and recent security events; each block from the
 JSON API, refreshed when the live feed says ``dashboard``."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .. import eventsapi, observeapi, rest, status
+from .. import eventsapi, nodes, observeapi, rest, status
 from .core import Viewer, add_page, api_json, api_or_error, fragment, page
 
 SECURITY_EVENTS = 10  # shown on the dashboard
@@ -34,11 +34,15 @@ async def _overview(request: web.Request, who: Viewer) -> dict[str, Any]:
     # Counts, never lists: GET /v1/admin/overview counts agents online and in
     # all, live connections and streams (with 10,000 agents as with one).
     figures, figures_error = await api_or_error(request, observeapi.overview)
+    cluster, cluster_error = await api_or_error(request, nodes.admin_nodes)
     return out | {
         "hub": hub,
         "hub_error": hub_error,
         "figures": figures,
         "figures_error": figures_error,
+        # Shown for a cluster only (a hub alone is one node).
+        "cluster": cluster if cluster is None or len(cluster["nodes"]) > 1 else None,
+        "cluster_error": cluster_error,
     }
 
 
