@@ -251,6 +251,9 @@ class NetworkError(FreightError):
     code = "network"
     exit_code = 6
     hint = "check the address and that the hub is running; run the command again to resume"
+    # True when no connection was made at all: another node of a cluster may
+    # take the request instead, and it cannot have been done twice.
+    unreached = False
 
 
 class StalledError(NetworkError):

@@ -47,6 +47,9 @@ T = TypeVar("T")
 MAX_NODES = 64  # node addresses one login keeps
 RANK_EVERY = 600.0  # seconds between measures of the nodes' distance
 RANK_TIMEOUT = 2.0  # a node slower than this to connect comes last
+CLUSTER_CONNECT_TIMEOUT = 10.0  # seconds a node of several has to take a connection
+# No connection was made (refused, unreachable, or TCP and TLS not done in time).
+NOT_CONNECTED = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 def parse_hub_url(url: str) -> URL:
@@ -180,7 +183,7 @@ async def connect_time(u: URL, timeout: float = RANK_TIMEOUT) -> float | None:
 def unreached(exc: BaseException) -> bool:
     """Did ``exc`` happen before the node took the request (so another node
     may take it instead, without it being done twice)?"""
-    return isinstance(exc, NodeUnavailable) or getattr(exc, "unreached", False)
+    return isinstance(exc, NodeUnavailable) or (isinstance(exc, NetworkError) and exc.unreached)
 
 
 class HubSession:
@@ -323,7 +326,12 @@ class HubSession:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             # No total limit (a control link lives long), but never hang on
             # a peer that accepts and then says nothing.
-            timeout = aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30, sock_read=120)
+            # A cluster's session gives a node less time to connect (TCP and
+            # TLS): a stalled node is left for the next one sooner.
+            connect = 30 if len(self.nodes) < 2 else CLUSTER_CONNECT_TIMEOUT
+            timeout = aiohttp.ClientTimeout(
+                total=None, connect=connect, sock_connect=connect, sock_read=120
+            )
             # An explicit proxy (never trust_env): the choice was made once,
             # in from_config, so REST, WebSocket and data connections agree.
             self._http = aiohttp.ClientSession(
@@ -349,7 +357,7 @@ class HubSession:
                 return untrusted_error(self.url, self.ca_file, cert_error)
         err = NetworkError(f"cannot reach the hub at {hostport(self.url)}: {exc}")
         # Not connected at all: another node may take the request instead.
-        err.unreached = isinstance(exc, aiohttp.ClientConnectorError)  # type: ignore[attr-defined]
+        err.unreached = isinstance(exc, NOT_CONNECTED)
         return err
 
     async def aclose(self) -> None:
@@ -476,9 +484,7 @@ async def _open_channel(
         except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # Only an upgrade cut half-way is worth trying over plain HTTP;
             # a hub or proxy that cannot be reached at all stays an error.
-            unreachable = isinstance(
-                exc, aiohttp.ClientConnectorError | aiohttp.ClientHttpProxyError
-            )
+            unreachable = isinstance(exc, (*NOT_CONNECTED, aiohttp.ClientHttpProxyError))
             if transport == "ws" or unreachable:
                 raise session.connection_error(exc) from None
             chan, used = await _open_http(session, node), "http"

@@ -122,6 +122,11 @@ class NodeService:
         self.why_not = ""  # why this node does not serve ("": it serves)
         self.draining = False
         self.lost_name = False
+        # Until when (monotonic) this node may go on writing the pushes it
+        # holds: a heartbeat short of their leases, renewed by each one. A
+        # node alone on its database (no other beat within a lease) has no
+        # one to yield to: for it, for ever.
+        self.held_until = float("inf")
 
     @property
     def name(self) -> str:
@@ -180,9 +185,10 @@ class NodeService:
             await self.beat_once()
 
     async def beat_once(self) -> None:
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.settings.beat):
-                row = await self.db.beat(
+                got = await self.db.beat_and_count(
                     self.name,
                     self.incarnation,
                     clients=len(self.relay.attachments),
@@ -194,10 +200,13 @@ class NodeService:
             if self.clock() - self.last_beat > MISSED * self.settings.beat:
                 self._stop_serving(f"node {self.name} cannot reach the database")
             return
-        if row is None:
+        if got is None:
             self.lost_name = True
+            self.held_until = 0.0
             self._stop_serving(f"another process now runs as node {self.name}")
             return
+        row, others = got
+        self.held_until = started + self.lease - self.settings.beat if others else float("inf")
         self.last_beat = self.clock()
         if not self._bus_ok():
             return

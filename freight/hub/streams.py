@@ -67,12 +67,18 @@ class Node(Protocol):
     @property
     def lease(self) -> float: ...
 
+    @property
+    def held_until(self) -> float:
+        """Until when (monotonic) it may go on writing the pushes it holds."""
+        ...
+
 
 class SoleNode:
-    """The node of a hub that runs alone (tests that build a service by hand)."""
+    """The node of a hub that runs alone (until build_hub sets the real one)."""
 
     name = "hub"
     lease = 9.0
+    held_until = float("inf")
 
 
 class DatabaseCheckpoints:
@@ -246,6 +252,10 @@ class HubSink:
         )
 
     def write(self, offset: int, data: bytes) -> None:
+        if time.monotonic() > self.s.node.held_until:
+            # Its heartbeat has not renewed its leases in time (a stalled
+            # node): another node may be receiving this push by now.
+            raise HeldElsewhere(f"this hub node's hold on {self.name} lapsed; resuming")
         try:
             self.file.write(offset, data)
         except OSError as exc:

@@ -50,6 +50,15 @@ class Nodes(Repository):
         """Node ``name`` is alive: its heartbeat, and the leases of the pushes
         it receives renewed. None if the row is no longer this process's
         (another process started as ``name``, or an admin removed it)."""
+        got = await self.beat_and_count(
+            name, incarnation, clients=clients, transfers=transfers, lease_for=lease_for
+        )
+        return got[0] if got is not None else None
+
+    async def beat_and_count(
+        self, name: str, incarnation: str, *, clients: int, transfers: int, lease_for: float
+    ) -> tuple[NodeRow, int] | None:
+        """:meth:`beat`, and how many other nodes beat within ``lease_for``."""
         now = self.clock()
         async with self.engine.begin() as c:
             done = await c.execute(
@@ -63,7 +72,12 @@ class Nodes(Repository):
                 t.streams.update().where(t.streams.c.owner == name).values(lease=now + lease_for)
             )
             row = (await c.execute(sa.select(t.nodes).where(t.nodes.c.name == name))).first()
-        return NodeRow(**row._mapping) if row is not None else None
+            others = await c.scalar(
+                sa.select(sa.func.count())
+                .select_from(t.nodes)
+                .where(t.nodes.c.name != name, t.nodes.c.seen > now - lease_for)
+            )
+        return (NodeRow(**row._mapping), int(others or 0)) if row is not None else None
 
     async def set_draining(self, name: str, draining: bool) -> bool:
         async with self.engine.begin() as c:

@@ -34,7 +34,13 @@ from typing import Any, Final, TypeVar
 import aiohttp
 from yarl import URL
 
-from ..errors import FreightError, LocalProtocolError, NetworkError, code_to_error
+from ..errors import (
+    FreightError,
+    LocalProtocolError,
+    NetworkError,
+    NodeUnavailable,
+    code_to_error,
+)
 from ..protocol.attach import ClientAttachment
 from ..protocol.errors import ProtocolError
 from ..protocol.frames import encode_header
@@ -86,6 +92,11 @@ async def open_http_channel(http: aiohttp.ClientSession, base: URL) -> HTTPChann
                 raise code_to_error(
                     "not_logged_in", message or "the hub did not accept the saved login"
                 )
+            if resp.status == 503:  # a cluster's node that takes no new work?
+                code, message = await _hub_error(resp)
+                if code == NodeUnavailable.code:
+                    raise NodeUnavailable(message)
+                raise HTTPAttachRefused(f"HTTP attachment refused: 503 {message}")
             if not 200 <= resp.status < 300:
                 message = await _error_message(resp)
                 raise HTTPAttachRefused(f"HTTP attachment refused: {resp.status} {message}")
@@ -98,7 +109,11 @@ async def open_http_channel(http: aiohttp.ClientSession, base: URL) -> HTTPChann
     except aiohttp.ServerFingerprintMismatch:
         raise
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise NetworkError(f"cannot reach the hub at {url.host}:{url.port}: {exc}") from None
+        err = NetworkError(f"cannot reach the hub at {url.host}:{url.port}: {exc}")
+        err.unreached = isinstance(
+            exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+        )
+        raise err from None
     aid, keepalive = _parse_created(body)
     return HTTPChannel(http, url / aid, keepalive)
 

@@ -323,3 +323,46 @@ def test_an_agent_moves_to_another_node_when_its_node_dies(
         # Its commands still reach it.
         res = admin.run("agents", "cmd", "lab", "ping", "--wait", "30")
         assert json.loads(res.stdout)["state"] == "done"
+
+
+def test_a_frozen_node_loses_its_push_to_another_and_writes_nothing_more(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """SIGSTOP, not SIGKILL: the node's sockets stay open and it wakes up
+    later with a push it no longer holds. Another node must take the push
+    over, and the woken node must not write into the file again."""
+    cluster.start("a")
+    cluster.start("b")
+    client = cluster.client()
+    client.env["FREIGHT_STALL_TIMEOUT"] = "3"
+    size = 32 * MiB
+    src = random_file(tmp_path / "big.bin", size, seed=18)
+    proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "4M", "--json")
+    try:
+        wait_until(lambda: len(cluster.receiving()) == 1, 30, "a node receiving the push")
+        (victim,) = cluster.receiving()
+        survivor = "b" if victim == "a" else "a"
+        frozen = cluster.nodes[victim]
+        wait_until(lambda: frozen.partial_size() >= 2 * CKPT, 30, "two checkpoints")
+        assert frozen.proc is not None
+        frozen.proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(
+                lambda: events_of(cluster.nodes[survivor], "stream_resume"), 60, "the takeover"
+            )
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(proc.communicate()[1][-3000:]) from None
+        frozen.proc.send_signal(signal.SIGCONT)  # it wakes up holding nothing
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if frozen.proc is not None and frozen.proc.poll() is None:
+            frozen.proc.send_signal(signal.SIGCONT)
+    assert proc.returncode == 0, err
+    back = tmp_path / "back.bin"
+    client.run("pull", "big.bin", str(back))
+    assert same_bytes(src, back)
+    # The woken node published nothing and recorded no checkpoint of it.
+    assert not events_of(frozen, "stream_end")

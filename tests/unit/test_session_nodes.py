@@ -41,7 +41,7 @@ def test_moving_on_goes_round_the_nodes_once_per_failure() -> None:
 
 def _refused() -> NetworkError:
     err = NetworkError("cannot reach the hub")
-    err.unreached = True  # type: ignore[attr-defined]
+    err.unreached = True
     return err
 
 
