@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 MiB = 1 << 20
@@ -137,6 +139,34 @@ def freight(env: dict[str, str], *args: str, stdin: str | None = None) -> str:
     return res.stdout
 
 
+@contextlib.contextmanager
+def logged_in_cluster(
+    count: int, prefix: str, extra: list[str] | None = None
+) -> Iterator[tuple[dict[str, Node], dict[str, str], Path]]:
+    """``count`` nodes on a database made for the run and a client logged in
+    with every address: (nodes by name, the client's environment, a scratch
+    folder). Nodes stopped and the database dropped at the end."""
+    name = f"freight_{prefix}_" + secrets.token_hex(4)
+    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
+    db = f"postgresql+asyncpg://{PG}/{name}"
+    nodes: dict[str, Node] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"freight-{prefix}-") as tmp:
+            t = Path(tmp)
+            for n in "abcdefgh"[:count]:
+                nodes[n] = Node(n, t / "shared", db, extra)
+                nodes[n].start()
+            env = {**os.environ, "FREIGHT_CONFIG_DIR": str(t / "client")}
+            urls = ",".join(node.url for node in nodes.values())
+            freight(env, "login", urls, "--user", "admin", "--password-stdin",
+                    "--fingerprint", nodes["a"].fingerprint, stdin=PASSWORD + "\n")  # fmt: skip
+            yield nodes, env, t
+    finally:
+        for node in nodes.values():
+            node.stop()
+        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def partials(data: Path) -> dict[str, int]:
     """Each push under way (by stream id) and the bytes of it arrived."""
     return {p.stem: p.stat().st_size for p in (data / "partial").glob("*/*.part")}
@@ -233,58 +263,40 @@ def main() -> int:
     ap.add_argument("--kill-at", type=float, default=0.4, help="fraction arrived at the kill")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
-    name = "freight_failover_" + secrets.token_hex(4)
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    db = f"postgresql+asyncpg://{PG}/{name}"
-    nodes: dict[str, Node] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="freight-failover-") as tmp:
-            t = Path(tmp)
-            for n in "abcdefgh"[: args.nodes]:
-                nodes[n] = Node(n, t / "shared", db)
-                nodes[n].start()
-            env = {**os.environ, "FREIGHT_CONFIG_DIR": str(t / "client")}
-            urls = ",".join(node.url for node in nodes.values())
-            fp = nodes["a"].fingerprint
-            freight(env, "login", urls, "--user", "admin", "--password-stdin",
-                    "--fingerprint", fp, stdin=PASSWORD + "\n")  # fmt: skip
-            src = t / "src.bin"
-            with open(src, "wb") as f:
-                for _ in range(args.size_mib):
-                    f.write(os.urandom(MiB))
-            rows = []
-            for i in range(args.rounds):
-                row = one_round(i, nodes, env, src, args)
-                rows.append(row)
-                print(
-                    f"round {i}: {row['on_victim']:.0f} pushes on the killed node, resumed on "
-                    f"the others {row['resumed_first']:.2f}-{row['resumed_last']:.2f} s after "
-                    f"the SIGKILL; most sent again for one push "
-                    f"{row['resent_max'] / MiB:.2f} MiB; {row['verified']:.0f} of "
-                    f"{args.pushes} verified",
-                    flush=True,
-                )
-            med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-            worst = {k: max(r[k] for r in rows) for k in rows[0]}
-            table = (
-                f"{args.nodes} nodes, {args.pushes} pushes of {args.size_mib} MiB under way "
-                f"at each SIGKILL, {args.rounds} rounds\n\n"
-                "| measure | median | worst |\n| --- | --- | --- |\n"
-                f"| pushes on the killed node | {med['on_victim']:.0f} | {worst['on_victim']:.0f} |\n"
-                f"| last of them resumed on another node, after the SIGKILL | "
-                f"{med['resumed_last']:.2f} s | {worst['resumed_last']:.2f} s |\n"
-                f"| sent again by one push (arrived past its checkpoint at the kill) | "
-                f"{med['resent_max'] / MiB:.2f} MiB | {worst['resent_max'] / MiB:.2f} MiB |\n"
-                f"| pushes verified and stored | "
-                f"{sum(r['verified'] for r in rows):.0f} of {args.pushes * len(rows)} | |\n"
+    with logged_in_cluster(args.nodes, "failover") as (nodes, env, t):
+        src = t / "src.bin"
+        with open(src, "wb") as f:
+            for _ in range(args.size_mib):
+                f.write(os.urandom(MiB))
+        rows = []
+        for i in range(args.rounds):
+            row = one_round(i, nodes, env, src, args)
+            rows.append(row)
+            print(
+                f"round {i}: {row['on_victim']:.0f} pushes on the killed node, resumed on "
+                f"the others {row['resumed_first']:.2f}-{row['resumed_last']:.2f} s after "
+                f"the SIGKILL; most sent again for one push "
+                f"{row['resent_max'] / MiB:.2f} MiB; {row['verified']:.0f} of "
+                f"{args.pushes} verified",
+                flush=True,
             )
-            print(table)
-            if args.markdown:
-                args.markdown.write_text(table)
-    finally:
-        for node in nodes.values():
-            node.stop()
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
+        worst = {k: max(r[k] for r in rows) for k in rows[0]}
+        table = (
+            f"{args.nodes} nodes, {args.pushes} pushes of {args.size_mib} MiB under way "
+            f"at each SIGKILL, {args.rounds} rounds\n\n"
+            "| measure | median | worst |\n| --- | --- | --- |\n"
+            f"| pushes on the killed node | {med['on_victim']:.0f} | {worst['on_victim']:.0f} |\n"
+            f"| last of them resumed on another node, after the SIGKILL | "
+            f"{med['resumed_last']:.2f} s | {worst['resumed_last']:.2f} s |\n"
+            f"| sent again by one push (arrived past its checkpoint at the kill) | "
+            f"{med['resent_max'] / MiB:.2f} MiB | {worst['resent_max'] / MiB:.2f} MiB |\n"
+            f"| pushes verified and stored | "
+            f"{sum(r['verified'] for r in rows):.0f} of {args.pushes * len(rows)} | |\n"
+        )
+        print(table)
+        if args.markdown:
+            args.markdown.write_text(table)
     return 0
 
 

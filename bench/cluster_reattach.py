@@ -27,15 +27,13 @@ import asyncio
 import contextlib
 import os
 import random
-import secrets
 import statistics
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
 
-from cluster_failover import PASSWORD, PG, Node, _pg, freight
+from cluster_failover import Node, logged_in_cluster
 
 from freight.client.config import ClientConfig
 from freight.client.session import HubSession, open_channel_at
@@ -182,29 +180,12 @@ def main() -> int:
     ap.add_argument("--idle-seconds", type=float, default=20.0)
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
-    name = "freight_reattach_" + secrets.token_hex(4)
-    asyncio.run(_pg(f'CREATE DATABASE "{name}"'))
-    db = f"postgresql+asyncpg://{PG}/{name}"
     extra = ["--account-connections", "100000", "--max-connections-per-address", "100000"]
-    nodes: dict[str, Node] = {}
-    try:
-        with tempfile.TemporaryDirectory(prefix="freight-reattach-") as tmp:
-            t = Path(tmp)
-            for n in ("a", "b"):
-                nodes[n] = Node(n, t / "shared", db, extra)
-                nodes[n].start()
-            env = {**os.environ, "FREIGHT_CONFIG_DIR": str(t / "client")}
-            urls = ",".join(node.url for node in nodes.values())
-            freight(env, "login", urls, "--user", "admin", "--password-stdin",
-                    "--fingerprint", nodes["a"].fingerprint, stdin=PASSWORD + "\n")  # fmt: skip
-            table = asyncio.run(bench(args, nodes, t / "client"))
-            print(table)
-            if args.markdown:
-                args.markdown.write_text(table)
-    finally:
-        for node in nodes.values():
-            node.stop()
-        asyncio.run(_pg(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with logged_in_cluster(2, "reattach", extra) as (nodes, _, t):
+        table = asyncio.run(bench(args, nodes, t / "client"))
+    print(table)
+    if args.markdown:
+        args.markdown.write_text(table)
     return 0
 
 

@@ -69,6 +69,8 @@ class ClusterBus(Protocol):
 
     def healthy(self) -> bool: ...
 
+    async def close(self) -> None: ...
+
 
 class NoBus:
     """One node, or nodes without ``--bus``: the heartbeat sweeps instead."""
@@ -81,6 +83,9 @@ class NoBus:
 
     def healthy(self) -> bool:
         return True
+
+    async def close(self) -> None:
+        return None
 
 
 def seal(secret: bytes, notice: dict[str, Any]) -> bytes:

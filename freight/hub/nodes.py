@@ -267,8 +267,7 @@ class NodeService:
         }
 
     async def close(self) -> None:
-        if isinstance(self.bus, NatsBus):
-            await self.bus.close()
+        await self.bus.close()
 
     # --- serving ----------------------------------------------------------------------
 

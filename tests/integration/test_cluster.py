@@ -20,6 +20,7 @@ import pytest
 from tests.agentsupport import AgentProc, agent_rows, wait_online
 from tests.consolesupport import Browser
 from tests.faultproxy import FaultProxy
+from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import (
     PG_HOST,
     PG_PORT,
@@ -100,16 +101,6 @@ async def console_overview(hub: Hub) -> str:
 def admin_nodes(client: Client) -> dict[str, dict[str, Any]]:
     rows = json.loads(client.run("admin", "nodes", "--json").stdout)
     return {r["name"]: r for r in rows}
-
-
-def events_of(hub: Hub, kind: str) -> list[dict[str, Any]]:
-    out = []
-    for line in list(hub.lines):
-        if line.startswith("{") and f'"{kind}"' in line:
-            ev = json.loads(line)
-            if ev.get("event") == kind:
-                out.append(ev)
-    return out
 
 
 def test_a_push_survives_sigkill_of_its_node_and_resumes_on_another(

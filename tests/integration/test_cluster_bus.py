@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.agentsupport import Agent, agent_rows
-from tests.integration.test_cluster import Cluster, events_of
+from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
+from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
 from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
@@ -62,15 +63,6 @@ def nats_url(tmp_path: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-@pytest.fixture
-def cluster(tmp_path: Path, pg_database: str) -> Iterator[Cluster]:  # noqa: F811
-    c = Cluster(tmp_path, pg_database)
-    try:
-        yield c
-    finally:
-        c.stop()
-
-
 def send_file(admin: Client, agent: str, path: Path) -> dict[str, object]:
     res = admin.run(
         "agents", "cmd", agent, "send_file", "--arg", f"path={path}", "--wait", "60",
@@ -82,7 +74,10 @@ def send_file(admin: Client, agent: str, path: Path) -> dict[str, object]:
 
 @pytest.mark.parametrize("with_bus", [True, False], ids=["nats", "database"])
 def test_a_command_queued_on_one_node_reaches_an_agent_on_another(
-    tmp_path: Path, cluster: Cluster, request: pytest.FixtureRequest, with_bus: bool
+    tmp_path: Path,
+    cluster: Cluster,  # noqa: F811
+    request: pytest.FixtureRequest,
+    with_bus: bool,
 ) -> None:
     # With the bus the heartbeat is slow (30 s): only the bus can be quick.
     bus = ["--bus", request.getfixturevalue("nats_url")] if with_bus else []
@@ -112,7 +107,7 @@ def test_a_command_queued_on_one_node_reaches_an_agent_on_another(
 
 def test_a_stranger_on_the_bus_is_ignored_and_logged(
     tmp_path: Path,
-    cluster: Cluster,
+    cluster: Cluster,  # noqa: F811
     nats_url: str,
     pg_database: str,  # noqa: F811
 ) -> None:
@@ -149,7 +144,9 @@ def test_a_stranger_on_the_bus_is_ignored_and_logged(
 
 
 def test_a_node_that_cannot_reach_nats_does_not_start(
-    tmp_path: Path, cluster: Cluster, nats_url: str
+    tmp_path: Path,
+    cluster: Cluster,  # noqa: F811
+    nats_url: str,
 ) -> None:
     wrong = nats_url.replace(PASSWORD, "not-the-password")
     env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"}
