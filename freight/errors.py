@@ -57,6 +57,7 @@ parent's exit code; the module where it is not this one).
     │   ├── DataPathUnavailable                   transport.dataconn
     │   └── HTTPAttachRefused                     transport.httpchan
     ├── RemoteError                      exit 7
+    │   ├── Elsewhere
     │   ├── NotFound
     │   ├── Gone
     │   ├── Conflict
@@ -118,6 +119,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "DiskFull",
+    "Elsewhere",
     "FingerprintMismatch",
     "Forbidden",
     "FrameTooLarge",
@@ -283,6 +285,14 @@ class RemoteError(FreightError):
     code = "remote"
     exit_code = 7
     hint = "the message says why; run the command again once that is resolved"
+
+
+class Elsewhere(RemoteError):
+    """The far end of a connection is attached to another node of the
+    cluster, and this client's other connections keep it where it is."""
+
+    code = "elsewhere"
+    hint = "use another client (a separate freight command) for this peer"
 
 
 class NotFound(RemoteError):

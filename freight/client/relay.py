@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -27,6 +26,7 @@ from .. import __version__
 from ..errors import (
     AuthError,
     ConnectionEnded,
+    Elsewhere,
     FreightError,
     NetworkError,
     PeerAbsent,
@@ -43,21 +43,20 @@ from ..protocol.e2e import (
     Handshake,
     IdentityHandshake,
     identity_context,
-    load_identity,
-    new_identity,
-    public_of,
 )
 from ..protocol.errors import ProtocolError
 from ..protocol.relaycodes import HangupCode, RefusalCode
 from ..protocol.relayend import MAX_MESSAGE, RECORD_EOF, RECORD_MESSAGE, EndState
-from ..protocol.retry import RetryPolicy, RetryState
+from ..protocol.retry import RetryState
 from ..protocol.tunnel import listen_app
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
+from .backoff import backoff_delays, reconnect_policy
 from .config import ClientConfig
 from .connection import Connection
+from .identity import identity_key, register_identity
 from .listener import MAX_PENDING, Listener, split_code
 from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel_at
 
@@ -78,51 +77,8 @@ __all__ = [
 CODE_APP_PREFIX = "code:"
 EARLY_LIMIT = 16 * 1024 * 1024
 EARLY_COST = 256  # what a kept record counts beyond its payload (empty ones count too)
-
-
-def backoff_delays() -> tuple[float, float]:
-    """First and largest reconnect delay (env overrides for tests)."""
-    first = float(os.environ.get("FREIGHT_RELAY_BACKOFF", "1.0"))
-    cap = float(os.environ.get("FREIGHT_RELAY_BACKOFF_MAX", "30.0"))
-    return first, cap
-
-
-def reconnect_policy(first: float, cap: float) -> RetryPolicy:
-    """Re-attaching never gives up, with full jitter: the n-th delay is drawn
-    from [0.1, 1] x ``first`` x 2^(n-1), that bound capped at ``cap``
-    (``RetryPolicy`` centres each delay on its base: 0.55 x the bound, plus
-    or minus 9/11 of it)."""
-    return RetryPolicy(
-        interval=0.275 * first,  # the first back-off step doubles it: 0.55 x first
-        steady_for=0.0,
-        max_delay=0.55 * cap,
-        give_up_after=math.inf,
-        jitter=9 / 11,
-    )
-
-
-def identity_key(config: ClientConfig) -> Any:
-    """This device's Ed25519 identity key, created on first use (0600)."""
-    path = config.root / "identity.key"
-    try:
-        return load_identity(bytes.fromhex(path.read_text().strip()))
-    except FileNotFoundError:
-        pass
-    except ValueError:
-        raise UsageError(f"{path} is damaged; delete it and log in again") from None
-    private, _ = new_identity()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(private.hex() + "\n")
-    return load_identity(private)
-
-
-async def register_identity(session: HubSession, config: ClientConfig) -> Any:
-    """Make sure the hub lists this device's identity key for the account."""
-    key = identity_key(config)
-    await session.request("PUT", "/v1/keys", json={"key": public_of(key).hex()})
-    return key
+MAX_MOVES = 4  # ``elsewhere`` answers followed for one request
+MOVES_AT_ONCE = (3, 10.0)  # this many moves within so many seconds: back off
 
 
 def _rid() -> str:
@@ -180,6 +136,10 @@ class RelayClient:
         # Started (as a task of its own) after every re-attach, once what
         # this client had is registered again.
         self.after_attach: Callable[[], Awaitable[None]] | None = None
+        # A cluster's node sent us to another (the far end is there).
+        self._moving = False
+        self._moves: deque[float] = deque(maxlen=MOVES_AT_ONCE[0])
+        self._linked_here: set[str] = set()  # linked on the present attachment
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -292,11 +252,14 @@ class RelayClient:
                     fut.set_exception(ChannelClosed("detached"))
             retry = RetryState(policy)
             retry.mark_started()
+            self._linked_here.clear()
             while not self._closing:
                 # Full jitter: after a hub restart, clients come back spread
                 # over the whole interval, not all in the same second.
                 delay = retry.failed(self._clock(), self._rand())
                 assert delay is not None  # the policy never gives up
+                if self._moving:  # sent to another node: go at once
+                    self._moving, delay = False, 0.0
                 await asyncio.sleep(delay)
                 try:
                     await self._attach(self.used_transport or self.transport)
@@ -377,7 +340,9 @@ class RelayClient:
                 await chan.send(msg, payload)
 
     async def request(self, msg: m.Message, rid: str) -> m.AnyMessage:
-        """Send a request and wait for the frame answering ``rid``."""
+        """Send a request and wait for the frame answering ``rid`` (on the
+        cluster's node it sends us to, if it answers ``elsewhere``)."""
+        moves = 0
         while True:
             if self.fatal is not None:
                 raise self.fatal
@@ -392,8 +357,39 @@ class RelayClient:
             finally:
                 self._futures.pop(rid, None)
             if isinstance(reply, m.Error):
+                if reply.code == RefusalCode.ELSEWHERE and moves < MAX_MOVES:
+                    moves += 1
+                    await self.move(reply.at, getattr(msg, "cid", ""))
+                    continue
                 raise code_to_error(reply.code, reply.message)
             return reply
+
+    async def move(self, at: str, cid: str = "") -> None:
+        """Attach to the cluster's node at ``at``, where the far end of
+        connection ``cid`` is; what this client has is registered again
+        there. Refused while other connections are linked where we are."""
+        if self._linked_here - {cid}:
+            raise Elsewhere(
+                "the other end is attached to another node of the cluster than this "
+                "client's other connections"
+            )
+        now = self._clock()
+        soon = len(self._moves) == self._moves.maxlen and now - self._moves[0] < MOVES_AT_ONCE[1]
+        self._moves.append(now)
+        if not (at and self.session.prefer(at)):
+            await asyncio.sleep(1.0)  # the far end is moving itself: ask again
+            return
+        log.debug("moving", extra=fields(node=at, cid=cid))
+        self._moving = not soon  # back off when sent around in circles
+        self.attached.clear()
+        if self.chan is not None:
+            await self.chan.aclose()
+
+    async def _moved(self, at: str) -> None:
+        try:
+            await self.move(at)
+        except Elsewhere as exc:  # the rejoin waits here until its peer gives up
+            log.warning("not moving", extra=fields(node=at, reason=exc.message))
 
     async def _dispatch(self, msg: m.AnyMessage, payload: bytes) -> None:
         if isinstance(msg, m.Relay):
@@ -416,6 +412,7 @@ class RelayClient:
                 conn.set_paused(isinstance(msg, m.Pause))
         elif isinstance(msg, m.Hangup):
             self._forget_early(msg.cid)
+            self._linked_here.discard(msg.cid)
             conn = self.conns.pop(msg.cid, None)
             if conn is not None:
                 conn.on_hangup(msg)
@@ -425,6 +422,9 @@ class RelayClient:
             isinstance(msg, m.MsgDeliver | m.MsgResult | m.MsgHeld) and self.on_message is not None
         ):
             await self.on_message(msg, payload)
+        elif isinstance(msg, m.Error) and msg.code == RefusalCode.ELSEWHERE:
+            if rid not in self._futures:  # a rejoin sent when we attached
+                self.tasks.spawn(self._moved(msg.at), name="move", detached=True)
         elif isinstance(msg, m.Error) and not rid:
             exc = code_to_error(msg.code, msg.message)
             if msg.code == RefusalCode.CODE_BURNED:
@@ -462,6 +462,7 @@ class RelayClient:
                 )
                 return
         if conn is not None:
+            self._linked_here.add(msg.cid)
             try:
                 await conn.on_linked(msg)
                 for early, payload in self._forget_early(msg.cid):

@@ -4,7 +4,6 @@ through an HTTP proxy; REST calls, control links."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
 import ssl
@@ -18,8 +17,6 @@ import aiohttp
 from yarl import URL
 
 from ..errors import (
-    ConfigError,
-    FingerprintMismatch,
     FreightError,
     NetworkError,
     NodeUnavailable,
@@ -34,13 +31,17 @@ from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
 from ..tasks import Supervisor
 from ..transport.channel import FrameChannel, Mux, Port
-from ..transport.closing import closing_on_failure
-from ..transport.proxy import ProxyError, choose_proxy, open_tunnel, parse_proxy_url, refusal
+from ..transport.proxy import ProxyError, choose_proxy, parse_proxy_url, refusal
 from .config import CA_FILE_ENV as CA_FILE_ENV  # the choices live in .config;
 from .config import DATA_PATHS as DATA_PATHS  # imported from here too
 from .config import PROXY_ENV as PROXY_ENV
 from .config import TRANSPORTS as TRANSPORTS
 from .config import ClientConfig
+from .trust import ca_context as ca_context  # the trust helpers live in .trust;
+from .trust import fetch_fingerprint as fetch_fingerprint  # imported from here too
+from .trust import hostport as hostport
+from .trust import mismatch_error as mismatch_error
+from .trust import untrusted_error as untrusted_error
 
 T = TypeVar("T")
 
@@ -79,92 +80,12 @@ def canonical_url(u: URL) -> str:
     return f"https://{host}:{u.port}/"
 
 
-def hostport(u: URL) -> str:
-    return f"{u.host}:{u.port}"
-
-
-def ca_context(ca_file: Path) -> ssl.SSLContext:
-    """TLS that trusts only the CAs in ``ca_file`` and checks the host name:
-    for a hub whose certificate a CA signed (or a TLS-inspecting proxy's CA),
-    where a pinned fingerprint would break at every renewal."""
-    try:
-        return ssl.create_default_context(cafile=str(ca_file))
-    except OSError as exc:  # ssl.SSLError included (bad PEM)
-        raise ConfigError(
-            f"cannot load CA certificates from {ca_file}: {getattr(exc, 'strerror', None) or exc}",
-            hint="give a PEM file with --ca-file, or log in without it to pin the fingerprint",
-        ) from None
-
-
-def untrusted_error(u: URL, ca_file: Path, exc: ssl.SSLError) -> TLSError:
-    detail = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-    return TLSError(
-        f"the hub at {hostport(u)} presents a certificate that the CA in {ca_file} "
-        f"does not vouch for ({detail})",
-        hint="check the hub address and --ca-file, or log in without it to pin the fingerprint",
-    )
-
-
-async def fetch_fingerprint(
-    u: URL,
-    timeout: float = 10.0,
-    *,
-    proxy: URL | None = None,
-    ca_file: Path | None = None,
-) -> str:
-    """The SHA-256 fingerprint of the certificate the hub presents.
-
-    Through ``proxy`` if given. With ``ca_file`` the handshake also verifies
-    the chain and host name against that CA, so a wrong certificate fails
-    here, before any password is sent."""
-    if ca_file is not None:
-        ctx = ca_context(ca_file)
-    else:
-        # Nothing is verified, only the certificate read: no CA store to
-        # load (ssl.create_default_context would read the system's).
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    try:
-        async with asyncio.timeout(timeout):
-            if proxy is None:
-                _, writer = await asyncio.open_connection(
-                    u.host, u.port, ssl=ctx, server_hostname=u.host
-                )
-            else:
-                sock = await open_tunnel(proxy, u.host or "", u.port or 8443, timeout=timeout)
-                with closing_on_failure(sock):
-                    _, writer = await asyncio.open_connection(
-                        sock=sock, ssl=ctx, server_hostname=u.host
-                    )
-    except ssl.SSLCertVerificationError as exc:
-        assert ca_file is not None  # nothing is verified without one
-        raise untrusted_error(u, ca_file, exc) from None
-    except ssl.SSLError as exc:  # before OSError, its base class
-        raise TLSError(f"TLS handshake with {u.host}:{u.port} failed: {exc}") from None
-    except (OSError, TimeoutError) as exc:
-        raise NetworkError(f"cannot reach {u.host}:{u.port}: {exc or 'timed out'}") from None
-    der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
-    writer.close()
-    return "SHA256:" + hashlib.sha256(der).hexdigest()
-
-
 def _seconds(text: str) -> float:
     """A Retry-After in seconds (0 when absent or a date)."""
     try:
         return max(0.0, float(text))
     except ValueError:
         return 0.0
-
-
-def mismatch_error(u: URL, pinned: str, seen: str) -> FingerprintMismatch:
-    return FingerprintMismatch(
-        f"the hub at {hostport(u)} presents certificate {seen}, but {pinned} is pinned",
-        hint=(
-            "this may be an attack; if the hub's certificate was replaced on purpose, confirm "
-            f"the new fingerprint with its admin and run: freight login {u} --fingerprint {seen}"
-        ),
-    )
 
 
 async def connect_time(u: URL, timeout: float = RANK_TIMEOUT) -> float | None:
@@ -240,6 +161,18 @@ class HubSession:
         if self.url == failed:
             self._at = (self._at + 1) % len(self.nodes)
         return True
+
+    def prefer(self, url: str) -> bool:
+        """Use the cluster's node at ``url`` (one sent us there); False if
+        ``url`` is no hub address or the list is full."""
+        try:
+            u = parse_hub_url(url)
+        except UsageError:
+            return False
+        if u not in self.nodes and len(self.nodes) < MAX_NODES:
+            self.nodes.append(u)
+        self._at = self.nodes.index(u) if u in self.nodes else self._at
+        return self.url == u
 
     async def rank(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         """Order the nodes by how fast each answers a TCP connection, and use

@@ -28,6 +28,7 @@ from ..protocol import messages as m
 from ..protocol.e2e import ACCEPT, DIAL, MAX_CODE_GUESSES
 from ..protocol.pairacts import Action, Refuse
 from ..protocol.relaycodes import BY_HUB, HangupCode, RefusalCode
+from .places import offer_key
 from .relayconn import Conn, RelayRefused
 
 if TYPE_CHECKING:
@@ -63,7 +64,10 @@ class CodeDesk:
             await self._room(att)
             nameplate = await self.db.create_code(att.user.id, msg.ttl)
             expires = time.time() + msg.ttl
-        self.router.perform(att, msg.rid, self.pairing.offer(att, msg.rid, nameplate, expires))
+        acts = self.pairing.offer(att, msg.rid, nameplate, expires)
+        if self.router.places is not None:  # claims on other nodes come here
+            await self.router.place(offer_key(nameplate))
+        self.router.perform(att, msg.rid, acts)
         await self.events.emit("code_offered", att.user.name, nameplate=nameplate)
 
     async def _room(self, att: Attachment) -> None:
@@ -79,12 +83,18 @@ class CodeDesk:
         if row is None:
             raise RelayRefused(RefusalCode.CODE_UNKNOWN, "this code has expired or is unknown")
         sender = await self.router.user_by_id(int(row.user_id))
+        offer = self.pairing.offers.get(msg.nameplate)
+        if self.router.places is not None and (offer is None or offer.seat is None):
+            await self.router.places.check_elsewhere(
+                offer_key(msg.nameplate), "the sender of this code"
+            )
         # Refused, or the receiver's own earlier connection ended, before the
         # claim is recorded; then recorded and connected.
         self._refused(self.pairing.claim_check(att, msg.nameplate), att)
         await self.db.set_code_claim(msg.nameplate, msg.cid, att.user.id)
         acts = self.pairing.claim(att, msg, sender, float(row.expires))
         self._refused(acts, att)
+        await self.router.placed_conn(msg.cid)
 
     def _refused(self, acts: list[Action], att: Attachment) -> None:
         """Raise the pairing's refusal, or perform what it asked."""

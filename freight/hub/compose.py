@@ -60,6 +60,7 @@ from .guard import PortGuard, PortLimits, deadlines_middleware
 from .limiter import LoginGuard
 from .nodes import BEAT, NodeService, NodeSettings
 from .observe import EventLog, Metrics
+from .places import Places
 from .probe import ProbeService
 from .relay import Router
 from .requests import errors_middleware
@@ -283,6 +284,8 @@ async def build_hub(cfg: HubConfig) -> Hub:
         ),
     )
     streams.node = hub.nodes
+    if cfg.node or cfg.bus:  # a cluster's node: the ends of a connection meet on one
+        relay.places = Places(db, lambda: hub.nodes.name, hub.nodes.lease)
     # The control channel's handlers, each registered by its service; an
     # attaching agent is recorded (agents) before its commands go (queue).
     channels.register(dispatcher, hub)

@@ -167,6 +167,8 @@ class NodeService:
         )
         self.last_beat = self.clock()
         self.draining = bool(row.draining) if row is not None else False
+        if self.relay.places is not None:  # what an earlier life of the node held
+            await self.relay.places.clear()
 
     async def _row(self) -> tuple[NodeRow | None, bool]:
         """This node's row as it was left (None: new), and whether a live
@@ -345,6 +347,7 @@ async def forget(request: web.Request) -> web.Response:
         if await svc.db.node(name) is None:
             raise NotFound(f"there is no node {name!r}")
         raise Conflict(f"node {name!r} is up; drain and stop it before removing it")
+    await svc.db.clear_places(name)
     await svc.events.emit("node_removed", admin.name, target=name)
     return web.json_response({"removed": name})
 

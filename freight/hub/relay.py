@@ -34,9 +34,8 @@ work only.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from typing import Any, cast
 
@@ -56,7 +55,6 @@ from ..protocol.pairacts import (
     Refuse,
     RejoinCode,
     ResolvePeer,
-    Seat,
     Waiting,
 )
 from ..protocol.pairing import DEFAULT_MAX_CONNS, ENDED_REMEMBERED, MAX_LISTENS, Pairing
@@ -71,11 +69,14 @@ from ..protocol.switch import (
     Switch,
     other,
 )
+from ..protocol.tunnel import listen_app
 from ..tasks import Supervisor
+from .attachment import Attachment
 from .bandwidth import BandwidthManager
 from .bus import Bus, InProcessBus
 from .codes import CodeDesk
 from .observe import EventLog, Metrics
+from .places import Places, conn_key, listen_key, offer_key
 from .presence import Presence
 from .relaybudget import RelayBudget
 from .relayconn import Conn, RelayRefused
@@ -84,106 +85,6 @@ from .streams import User
 __all__ = ["DEFAULT_MAX_CONNS", "ENDED_REMEMBERED", "MAX_LISTENS", "Attachment", "Router"]
 
 DEFAULT_MAX_CODES = 64  # valid codes per account
-
-
-class Attachment(Seat):
-    """One attached client. Frames to it go through a queue drained by one
-    writer task, so a slow client never blocks the hub's other work."""
-
-    def __init__(self, router: Router, user: User, chan: Any, transport: str) -> None:
-        super().__init__(user)
-        self.aid = secrets.token_hex(8)
-        self.router = router
-        self.user: User = user
-        self.chan = chan
-        self.transport = transport
-        self.lane: Any = None  # a data connection carrying Relay frames
-        self.commands = False  # an agent's command channel
-        self.address = ""
-        self.out: deque[tuple[m.Message, bytes, Conn | None, str]] = deque()
-        self.wake = asyncio.Event()
-        self.tasks = Supervisor(f"attachment/{self.aid}")
-        self.writer = self.tasks.spawn(self._write(), name="writer")
-        router.bus.subscribe(self.aid, self.post)
-
-    def post(self, msg: m.Message, payload: bytes = b"", conn: Conn | None = None) -> None:
-        """Queue a frame. ``conn`` marks a relayed record counted in that
-        connection's window towards this end."""
-        if self.closed:
-            return
-        role = self.ends.get(conn.cid, "") if conn is not None else ""
-        self.out.append((msg, payload, conn, role))
-        self.router.metrics.relay_queued.inc(Switch.queue(self, len(payload)))
-        self.wake.set()
-
-    async def _write(self) -> None:
-        try:
-            while True:
-                await self.wake.wait()
-                self.wake.clear()
-                while self.out:
-                    if self._batchable():
-                        await self._write_run()
-                        continue
-                    msg, payload, conn, role = self.out.popleft()
-                    if conn is not None:
-                        # An agent's bandwidth cap: records to or from it
-                        # leave the hub no faster; what waits here counts
-                        # in the window, so the sender is paused in time.
-                        bucket = self.router.cap_for(conn)
-                        if bucket is not None:
-                            delay = bucket.reserve(len(payload), time.monotonic())
-                            if delay > 0:
-                                await asyncio.sleep(delay)
-                        # The hub's budget, shared with pushes and pulls.
-                        budget = self.router.budget_for(conn, role)
-                        if budget is not None:
-                            delay = budget.reserve(len(payload), time.monotonic())
-                            if delay > 0:
-                                await asyncio.sleep(delay)
-                    lane = self.lane if isinstance(msg, m.Relay) else None
-                    try:
-                        await (lane or self.chan).send(msg, payload)
-                    finally:
-                        self.router.drained(self, conn, role, len(payload))
-        except Exception:  # the channel broke: the reader side notices too
-            self.closed = True
-            self.router.log.debug("relay_writer_stopped", aid=self.aid)
-
-    def _batchable(self) -> bool:
-        """The next frames are control frames of no connection, and the
-        channel writes several per message."""
-        msg, _, conn, _ = self.out[0]
-        return (
-            conn is None
-            and getattr(self.chan, "batching", False)
-            and not (self.lane is not None and isinstance(msg, m.Relay))
-        )
-
-    async def _write_run(self) -> None:
-        """Write the queued frames of no connection, up to 256, in one go."""
-        run: list[tuple[m.Message, bytes]] = []
-        sizes: list[tuple[Conn | None, str, int]] = []
-        out = self.out
-        while out and len(run) < 256:
-            msg, payload, conn, role = out[0]
-            if conn is not None or (self.lane is not None and isinstance(msg, m.Relay)):
-                break
-            out.popleft()
-            run.append((msg, payload))
-            sizes.append((conn, role, len(payload)))
-        try:
-            await self.chan.send_many(run)
-        finally:
-            for conn, role, size in sizes:
-                self.router.drained(self, conn, role, size)
-
-    def discard_queue(self) -> None:
-        self.closed = True
-        while self.out:
-            _, payload, conn, role = self.out.popleft()
-            self.router.drained(self, conn, role, len(payload))
-        self.writer.cancel()
 
 
 class Router:
@@ -231,6 +132,8 @@ class Router:
         # Told when a connection is linked (rejoined or not) and when it ended.
         self.on_linked: list[Callable[[Conn, bool], None]] = []
         self.on_closed: list[Callable[[Conn, str, str], None]] = []
+        # In a cluster: which node holds each listener, offer and connection.
+        self.places: Places | None = None
 
     @property
     def max_conns(self) -> int:
@@ -269,12 +172,16 @@ class Router:
         return att
 
     def detach(self, att: Attachment) -> None:
+        held = [listen_key(att.user.name, a) for a in att.apps]
+        held += [offer_key(n) for n in att.offers] + [conn_key(c) for c in att.ends]
         self.attachments.discard(att)
         self.bus.unsubscribe(att.aid, att.post)
         att.discard_queue()
         if att.lane is not None:
             self.spawn(att.lane.aclose())
         self.perform(att, "", self.pairing.detach(att, time.time()))
+        if self.places is not None:  # what it listened for and offered; dropped dials
+            self.spawn(self.places.released(k for k in held if k[2:] not in self.conns))
         for hook in self.detach_hooks:
             hook(att)
 
@@ -303,10 +210,15 @@ class Router:
             self.relay(att, msg, payload)
             return True
         if isinstance(msg, m.Listen):
-            self.perform(att, msg.rid, self.pairing.listen(att, msg))
+            acts = self.pairing.listen(att, msg)
+            if self.places is not None and not (acts and isinstance(acts[0], Refuse)):
+                await self.place(listen_key(att.user.name, msg.app))
+            self.perform(att, msg.rid, acts)
             return True
         if isinstance(msg, m.Unlisten):
             self.perform(att, msg.rid, self.pairing.unlisten(att, msg))
+            if self.places is not None:
+                self.spawn(self.places.released([listen_key(att.user.name, msg.app)]))
             return True
         if isinstance(msg, m.Dial | m.Offer | m.Claim):
             try:
@@ -317,7 +229,9 @@ class Router:
                 else:
                     await self.codes.claim(att, msg)
             except RelayRefused as exc:
-                self.deliver(att, m.Error(code=exc.code, message=exc.message, rid=msg.rid))
+                self.deliver(
+                    att, m.Error(code=exc.code, message=exc.message, rid=msg.rid, at=exc.at)
+                )
             return True
         if isinstance(msg, m.Hangup):
             self.perform(att, "", self.pairing.hangup(att, msg))
@@ -334,6 +248,18 @@ class Router:
         peer: User | None = None
         for check in self.dial_checks:
             peer = await check(att, msg, peer)
+        placed = self.places is not None and msg.cid not in self.conns
+        if placed:
+            await self._dial_place(att, msg)
+        try:
+            await self._pair_dial(att, msg, peer)
+        finally:
+            if placed and msg.cid in self.conns and not msg.rejoin:
+                await self.place(conn_key(msg.cid))
+            elif placed and msg.cid not in self.conns and self.places is not None:
+                self.spawn(self.places.released([conn_key(msg.cid)]))  # a refused rejoin
+
+    async def _pair_dial(self, att: Attachment, msg: m.Dial, peer: User | None) -> None:
         acts = self.pairing.dial(att, msg, peer)
         if acts and isinstance(acts[0], ResolvePeer):
             acts = self.pairing.dial(att, msg, await self._user(msg.peer))
@@ -349,6 +275,31 @@ class Router:
                 raise
             return
         self.perform(att, msg.rid, acts)
+
+    async def _dial_place(self, att: Attachment, msg: m.Dial) -> None:
+        """In a cluster: send a dial to the node holding its listener, a
+        rejoin to the node holding its connection; record a new one here."""
+        assert self.places is not None
+        if msg.rejoin:
+            await self.places.rejoin(msg.cid)
+            return
+        app = listen_app(msg.app)
+        if (msg.peer, app) not in self.pairing.listeners:
+            await self.places.check_elsewhere(listen_key(msg.peer, app), f"{msg.peer}'s {app!r}")
+
+    async def place(self, key: str) -> None:
+        """Record that this node holds ``key`` (a failed write is logged: the
+        node stops serving if its database stays out of reach)."""
+        assert self.places is not None
+        try:
+            await self.places.held(key)
+        except Exception as exc:  # any driver's error
+            self.log.warning("relay_place_failed", key=key[:2], error=repr(exc))
+
+    async def placed_conn(self, cid: str) -> None:
+        """A connection was opened here: other nodes send its ends here."""
+        if self.places is not None and cid in self.conns:
+            await self.place(conn_key(cid))
 
     async def _user(self, name: str) -> User:
         row = await self.db.user_by_name(name)
@@ -505,6 +456,8 @@ class Router:
         self.perform(None, "", self.pairing.end(conn, code, message, by))
 
     def _ended(self, conn: Conn, code: str, by: str) -> None:
+        if self.places is not None:
+            self.spawn(self.places.released([conn_key(conn.cid)]))
         if self.budget is not None:
             self.budget.forget(conn.cid)
         if conn.nameplate:

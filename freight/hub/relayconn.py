@@ -25,9 +25,10 @@ MIN_SPAN = 0.2  # a younger measure says nothing yet
 class RelayRefused(RemoteError):
     """A request the hub answers with an Error frame carrying ``code``."""
 
-    def __init__(self, code: RefusalCode, message: str) -> None:
+    def __init__(self, code: RefusalCode, message: str, *, at: str = "") -> None:
         super().__init__(message)
         self.code = code
+        self.at = at  # ``elsewhere``: the address of the node to ask instead
 
 
 class Conn(Pair):

@@ -68,8 +68,7 @@ class Welcome(Message, tag="welcome", frozen=True):
 
     version: NonNeg
     node: Text = ""
-    # The hub reads several frames per WebSocket message (answering a
-    # Hello that said so: both ends may then send them).
+    # The hub reads several frames per WebSocket message (both ends may then).
     batch: bool = False
 
 
@@ -102,6 +101,7 @@ class Error(Message, tag="error", frozen=True):
     message: Text
     sid: OptId = ""
     rid: OptId = ""
+    at: Text = ""  # ``elsewhere``: the address of the cluster node to ask instead
 
 
 class Ping(Message, tag="ping", frozen=True):

@@ -24,6 +24,7 @@ class RefusalCode(enum.StrEnum):
     CODE_UNKNOWN = "code_unknown"  # expired or never offered
     FORBIDDEN = "forbidden"  # resuming someone else's code
     CODE_BURNED = "code_burned"  # too many failed claims: the code stopped working
+    ELSEWHERE = "elsewhere"  # another node of the cluster holds it (Error.at: that node)
 
 
 class HangupCode(enum.StrEnum):

@@ -46,6 +46,7 @@ from .commands import OPEN_COMMAND_STATES, Commands
 from .events import Events
 from .links import Links
 from .nodes import Nodes
+from .places import RelayPlaces
 from .relaykeys import CODE_QUARANTINE, RelayKeys
 from .streams import Streams
 from .users import Users
@@ -109,6 +110,7 @@ class Database(
     Links,
     Approvals,
     Nodes,
+    RelayPlaces,
 ):
     def __init__(
         self,

@@ -272,3 +272,14 @@ nodes = Table(
     Column("transfers", Integer, nullable=False, default=0, server_default="0"),
     Column("draining", Integer, nullable=False, default=0, server_default="0"),
 )
+
+# Which node holds each listener (``l:USER/APP``), code offer (``o:NAMEPLATE``)
+# and relayed connection (``c:CID``), so a request for one that reaches
+# another node is sent to the node that holds it.
+relay_places = Table(
+    "relay_places",
+    metadata,
+    Column("key", String(300), primary_key=True),
+    Column("node", String(64), nullable=False, index=True),
+    Column("since", Float, nullable=False),
+)

@@ -103,3 +103,16 @@ async def test_the_node_that_connects_first_is_used_and_a_dead_one_comes_last() 
         live.close()
         dead.close()
         await asyncio.sleep(0)
+
+
+def test_a_node_a_hub_sends_us_to_is_used_only_if_it_is_a_hub_address() -> None:
+    s = HubSession("https://a:1", fingerprint=PIN)
+    assert s.prefer("https://c:3") and s.url == URL("https://c:3/")
+    assert s.nodes == [URL("https://a:1/"), URL("https://c:3/")]  # learnt, kept after a
+    assert s.prefer("https://a:1/") and s.url == URL("https://a:1/")
+    for bad in ("http://evil:80", "ftp://c:3", "", "https://"):
+        assert not s.prefer(bad)
+        assert s.url == URL("https://a:1/")
+    full = HubSession("https://n0:1", nodes=[f"https://n{i}:1" for i in range(MAX_NODES)],
+                      fingerprint=PIN)  # fmt: skip
+    assert not full.prefer("https://new:1") and full.url == URL("https://n0:1/")

@@ -1,0 +1,88 @@
+"""Where the two ends of a relayed connection meet in a cluster.
+
+Each node pairs the ends attached to it (:mod:`freight.hub.relay`); in a
+cluster the node that holds a listener, a code's offer or a connection
+records it (:mod:`freight.store.places`), and a request that reaches
+another node for it (a dial, a claim, a rejoin) is answered ``elsewhere``
+with the holder's address: the client attaches there and asks again, so
+the records of a connection never cross between nodes (no extra hop, no
+second window to keep). A connection whose node died belongs to the first
+node one of its ends comes back to; the other end is sent there.
+
+A hub alone (no ``--node`` and no bus) keeps no places: nothing here runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..protocol.relaycodes import RefusalCode
+from .relayconn import RelayRefused
+
+__all__ = ["Places", "conn_key", "listen_key", "offer_key"]
+
+
+def listen_key(user: str, app: str) -> str:
+    return f"l:{user}/{app}"
+
+
+def offer_key(nameplate: str) -> str:
+    return f"o:{nameplate}"
+
+
+def conn_key(cid: str) -> str:
+    return f"c:{cid}"
+
+
+class Places:
+    def __init__(
+        self,
+        db: Any,
+        node: Callable[[], str],
+        dead_after: float,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.db = db
+        self.node = node  # this node's name (fixed once it registered)
+        self.dead_after = dead_after
+        self.clock = clock
+
+    def _alive_after(self) -> float:
+        return self.clock() - self.dead_after
+
+    def _elsewhere(self, name: str, url: str, what: str) -> RelayRefused:
+        return RelayRefused(
+            RefusalCode.ELSEWHERE, f"{what} is attached to node {name}; attach there", at=url
+        )
+
+    async def held(self, key: str) -> None:
+        """This node holds ``key`` now (a listen, an offer, a new connection)."""
+        await self.db.put_place(key, self.node())
+
+    async def released(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        if keys:
+            await self.db.drop_places(keys, self.node())
+
+    async def check_elsewhere(self, key: str, what: str) -> None:
+        """Raise ``elsewhere`` if another live node holds ``key``."""
+        at = await self.db.place_of(key, alive_after=self._alive_after())
+        if at is not None and at[0] != self.node():
+            raise self._elsewhere(at[0], at[1], what)
+
+    async def rejoin(self, cid: str) -> None:
+        """A connection this node does not hold comes back: take it unless
+        another live node holds it, and then send the end there."""
+        key = conn_key(cid)
+        for _ in range(2):  # again if its holder died between the two reads
+            holder = await self.db.claim_place(key, self.node(), alive_after=self._alive_after())
+            if holder == self.node():
+                return
+            await self.check_elsewhere(key, "the other end of this connection")
+
+    async def clear(self) -> None:
+        """This node starts: what it held in an earlier life is gone."""
+        await self.db.clear_places(self.node())
