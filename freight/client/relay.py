@@ -368,7 +368,7 @@ class RelayClient:
         """Attach to the cluster's node at ``at``, where the far end of
         connection ``cid`` is; what this client has is registered again
         there. Refused while other connections are linked where we are."""
-        if self._linked_here - {cid}:
+        if any(c in self.conns for c in self._linked_here - {cid}):
             raise Elsewhere(
                 "the other end is attached to another node of the cluster than this "
                 "client's other connections"

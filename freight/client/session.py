@@ -172,6 +172,7 @@ class HubSession:
         if u not in self.nodes and len(self.nodes) < MAX_NODES:
             self.nodes.append(u)
         self._at = self.nodes.index(u) if u in self.nodes else self._at
+        self._ranked = time.monotonic()  # sent here: no measure undoes it now
         return self.url == u
 
     async def rank(self, *, clock: Callable[[], float] = time.monotonic) -> None:

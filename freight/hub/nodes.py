@@ -227,6 +227,10 @@ class NodeService:
         agents = [a.user.id for a in self.relay.attachments if a.commands and not a.closed]
         if agents:
             await self.commands.sweep(agents, created_before=self.clock() - self.settings.beat)
+        try:  # relayed connections' ends waiting here for what another node holds
+            await self.relay.recheck_places()
+        except Exception as exc:  # the database went away meanwhile: next beat
+            self.events.log.warning("relay_recheck_failed", error=repr(exc))
 
     def _bus_ok(self) -> bool:
         """False (and not serving) once the bus is out of reach for two beats."""

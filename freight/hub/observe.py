@@ -37,6 +37,12 @@ class Metrics:
             ["limit"],
             registry=r,
         )
+        self.relay_elsewhere = Counter(
+            "freight_relay_elsewhere",
+            "Relay ends sent to the cluster node holding their other end",
+            ["when"],  # request: a dial, claim or rejoin; heartbeat: an end waiting here
+            registry=r,
+        )
         self.relay_queued = Gauge(
             "freight_relay_queued_bytes",
             "Bytes waiting at the hub for attached clients",

@@ -6,8 +6,10 @@ records it (:mod:`freight.store.places`), and a request that reaches
 another node for it (a dial, a claim, a rejoin) is answered ``elsewhere``
 with the holder's address: the client attaches there and asks again, so
 the records of a connection never cross between nodes (no extra hop, no
-second window to keep). A connection whose node died belongs to the first
-node one of its ends comes back to; the other end is sent there.
+second window to keep). When the node of a connection dies, its accepting
+end takes it to the node it comes back to and the dialling end is sent
+there; a node also sends, at each heartbeat, an end that waits for a
+connection or a listener another node now holds to that node.
 
 A hub alone (no ``--node`` and no bus) keeps no places: nothing here runs.
 """
@@ -18,7 +20,11 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..protocol import messages as m
+from ..protocol.e2e import ACCEPT
+from ..protocol.pairing import CODE_APP_PREFIX
 from ..protocol.relaycodes import RefusalCode
+from ..protocol.tunnel import listen_app
 from .relayconn import RelayRefused
 
 __all__ = ["Places", "conn_key", "listen_key", "offer_key"]
@@ -73,15 +79,30 @@ class Places:
         if at is not None and at[0] != self.node():
             raise self._elsewhere(at[0], at[1], what)
 
-    async def rejoin(self, cid: str) -> None:
-        """A connection this node does not hold comes back: take it unless
-        another live node holds it, and then send the end there."""
-        key = conn_key(cid)
+    async def rejoin(self, msg: m.Dial) -> None:
+        """A connection this node does not hold comes back. Its accepting
+        end (a listener, a code's sender) takes it here: the dialling end
+        follows, to the node of the connection's listener or offer if that
+        is alive, else to whichever node took the connection first."""
+        key = conn_key(msg.cid)
+        if msg.role == ACCEPT:
+            await self.held(key)
+            return
+        if msg.app.startswith(CODE_APP_PREFIX):
+            follow = offer_key(msg.app[len(CODE_APP_PREFIX) :])
+        else:
+            follow = listen_key(msg.peer, listen_app(msg.app))
+        await self.check_elsewhere(follow, "the other end of this connection")
         for _ in range(2):  # again if its holder died between the two reads
             holder = await self.db.claim_place(key, self.node(), alive_after=self._alive_after())
             if holder == self.node():
                 return
             await self.check_elsewhere(key, "the other end of this connection")
+
+    async def elsewhere(self, keys: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Which of ``keys`` other live nodes hold: (node, address) by key."""
+        got = await self.db.places_of(keys, alive_after=self._alive_after())
+        return {k: at for k, at in got.items() if at[0] != self.node()}
 
     async def clear(self) -> None:
         """This node starts: what it held in an earlier life is gone."""

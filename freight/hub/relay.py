@@ -229,6 +229,8 @@ class Router:
                 else:
                     await self.codes.claim(att, msg)
             except RelayRefused as exc:
+                if exc.at:
+                    self.metrics.relay_elsewhere.labels("request").inc()
                 self.deliver(
                     att, m.Error(code=exc.code, message=exc.message, rid=msg.rid, at=exc.at)
                 )
@@ -281,11 +283,32 @@ class Router:
         rejoin to the node holding its connection; record a new one here."""
         assert self.places is not None
         if msg.rejoin:
-            await self.places.rejoin(msg.cid)
+            await self.places.rejoin(msg)
             return
         app = listen_app(msg.app)
         if (msg.peer, app) not in self.pairing.listeners:
             await self.places.check_elsewhere(listen_key(msg.peer, app), f"{msg.peer}'s {app!r}")
+
+    async def recheck_places(self) -> None:
+        """In a cluster, at each heartbeat: an end waiting here for a
+        connection or a listener that another node holds now goes there."""
+        if self.places is None:
+            return
+        wants: dict[str, list[Conn]] = {}
+        for conn in self.conns.values():
+            if not conn.complete():
+                wants.setdefault(conn_key(conn.cid), []).append(conn)
+                if conn.waits_for is not None:
+                    wants.setdefault(listen_key(*conn.waits_for), []).append(conn)
+        sent: set[str] = set()
+        for key, (name, url) in (await self.places.elsewhere(wants)).items():
+            for conn in wants[key]:
+                seat = conn.ends[DIAL] or conn.ends[ACCEPT]
+                if seat is not None and conn.cid not in sent:
+                    sent.add(conn.cid)
+                    self.metrics.relay_elsewhere.labels("heartbeat").inc()
+                    text = f"the other end is attached to node {name}; attach there"
+                    self.deliver(seat, m.Error(code=RefusalCode.ELSEWHERE, message=text, at=url))
 
     async def place(self, key: str) -> None:
         """Record that this node holds ``key`` (a failed write is logged: the

@@ -2,8 +2,8 @@
 which node holds a listener (``l:USER/APP``), a code's offer
 (``o:NAMEPLATE``) or a connection (``c:CID``). A listener or an offer is
 wherever it was made last; a connection belongs to the node that opened it
-until that node is dead, and then to the first node one of its ends comes
-back to, so both ends of it always meet on one node."""
+until that node is dead or drained, and then to the first node one of its
+ends comes back to, so both ends of it always meet on one node."""
 
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ class RelayPlaces(Repository):
                         return node
                     if holder == node:
                         return node
-                    seen = await c.scalar(sa.select(n.seen).where(n.name == holder))
-                    if seen is not None and seen > alive_after:
+                    held = (
+                        await c.execute(sa.select(n.seen, n.draining).where(n.name == holder))
+                    ).first()
+                    if held is not None and held.seen > alive_after and not held.draining:
                         return str(holder)
                     done = await c.execute(
                         t.relay_places.update()
@@ -62,17 +64,26 @@ class RelayPlaces(Repository):
         return str(holder or node)
 
     async def place_of(self, key: str, *, alive_after: float) -> tuple[str, str] | None:
-        """The node holding ``key`` and its address, if that node is alive."""
+        """The node holding ``key`` and its address, if that node is alive
+        and not drained (a drained node's connections go to the others)."""
+        return (await self.places_of([key], alive_after=alive_after)).get(key)
+
+    async def places_of(
+        self, keys: Iterable[str], *, alive_after: float
+    ) -> dict[str, tuple[str, str]]:
+        """:meth:`place_of` for each of ``keys`` held by such a node."""
+        keys = list(keys)
         p, n = t.relay_places.c, t.nodes.c
+        out: dict[str, tuple[str, str]] = {}
         async with self.engine.connect() as c:
-            row = (
-                await c.execute(
-                    sa.select(n.name, n.url)
+            for i in range(0, len(keys), IN_SLICE):
+                rows = await c.execute(
+                    sa.select(p.key, n.name, n.url)
                     .select_from(t.relay_places.join(t.nodes, p.node == n.name))
-                    .where(p.key == key, n.seen > alive_after)
+                    .where(p.key.in_(keys[i : i + IN_SLICE]), n.seen > alive_after, n.draining == 0)
                 )
-            ).first()
-        return (str(row.name), str(row.url)) if row is not None else None
+                out.update({str(r.key): (str(r.name), str(r.url)) for r in rows})
+        return out
 
     async def drop_places(self, keys: Iterable[str], node: str) -> None:
         """``node`` no longer holds ``keys`` (those another node took stay)."""

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
+import urllib.request
 from pathlib import Path
+
+import pytest
 
 from freight.client.relay import Connection
 from freight.client.session import canonical_url, parse_hub_url
+from freight.errors import Elsewhere
 from tests.agentsupport import AgentProc, agent_rows, wait_online
 from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
 from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
 from tests.integration.test_relay import receive, sender_result, start_send
 from tests.relaysupport import BOB_PASSWORD, Proc, code_pair, fast, sdk
-from tests.support import Client, random_file, same_bytes, wait_until
+from tests.support import Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
 
@@ -45,6 +50,14 @@ def knowing_one_node(group: Cluster, node: str, name: str, user: str = "admin") 
 def opened_on(group: Cluster) -> list[str]:
     """The nodes whose log shows a relayed connection opening."""
     return [name for name, hub in group.nodes.items() if events_of(hub, "connection_open")]
+
+
+def metrics(hub: Hub) -> str:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(f"{hub.url}/metrics", context=ctx, timeout=10) as resp:
+        return str(resp.read().decode())
 
 
 def add_bob(group: Cluster) -> None:
@@ -73,6 +86,7 @@ def test_send_and_receive_from_different_nodes_meet_on_the_senders(
     # The receiver was sent to the sender's node: the records crossed no
     # other node.
     assert opened_on(cluster) == ["a"]
+    assert 'freight_relay_elsewhere_total{when="request"} 1.0' in metrics(cluster.nodes["b"])
 
 
 def test_connect_reaches_a_listener_attached_to_another_node(
@@ -137,6 +151,38 @@ def test_a_transfer_whose_node_dies_resumes_where_its_ends_meet_again(
         if n != meeting
     }
     assert sorted(closed.values()) == [[], ["closed"]], closed
+
+
+def test_a_transfer_on_a_drained_node_moves_with_its_ends_to_another(
+    tmp_path: Path,
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """Drain the node a transfer's ends met on: both attach to the other
+    node, the connection goes with them, and the transfer ends there."""
+    cluster.start("a")
+    cluster.start("b")
+    add_bob(cluster)
+    alice = fast(cluster.client("alice"))
+    bob = fast(Client(tmp_path / "bob", cluster.nodes["a"]))
+    bob.login(cluster.urls.split(",")[0], user="bob", password=BOB_PASSWORD)
+    src = random_file(tmp_path / "big.bin", 24 * MiB, seed=8)
+    sender, code = start_send(alice, str(src), "--limit", "4M")
+    try:
+        receiver = Proc(bob, "receive", code, "-o", str(tmp_path / "in"), "--json")
+        try:
+            wait_until(lambda: len(opened_on(cluster)) == 1, 30, "the connection opening")
+            (meeting,) = opened_on(cluster)
+            other = "b" if meeting == "a" else "a"
+            alice.run("admin", "drain", meeting)
+            assert receiver.wait(120) == 0, receiver.stderr
+        finally:
+            receiver.kill()
+        sender_result(sender, timeout=60)
+    finally:
+        sender.kill()
+    assert same_bytes(src, tmp_path / "in" / "big.bin")
+    closed = [e["code"] for e in events_of(cluster.nodes[other], "connection_closed")]
+    assert closed == ["closed"]
 
 
 async def test_ends_that_come_back_to_different_nodes_are_sent_to_one(
@@ -208,3 +254,26 @@ def test_an_agents_files_are_reached_through_another_node(
         admin.run("cp", f"lab:{root}/data.bin", str(tmp_path / "copy.bin"), timeout=60)
     assert same_bytes(src, tmp_path / "copy.bin")
     assert opened_on(cluster) == ["b"]
+
+
+async def test_a_client_linked_on_one_node_is_told_it_cannot_follow_a_peer_to_another(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    cluster.start("a")
+    cluster.start("b")
+    add_bob(cluster)
+    alice = knowing_one_node(cluster, "a", "alice")
+    bob_a = knowing_one_node(cluster, "a", "bob-a", user="bob")
+    bob_b = knowing_one_node(cluster, "b", "bob-b", user="bob")
+    async with sdk(bob_a) as on_a, sdk(bob_b) as on_b, sdk(alice) as dialer:
+        near = await on_a.listen("near")
+        await on_b.listen("far")
+        linked = await dialer.connect("bob", "near", timeout=20)
+        accepted = await asyncio.wait_for(near.accept(), 20)
+        with pytest.raises(Elsewhere, match="another node of the cluster") as refused:
+            await dialer.connect("bob", "far", timeout=20)
+        assert "separate freight command" in str(refused.value.hint)
+        # The connection it has goes on, where it was.
+        await linked.send(b"still here")
+        assert await asyncio.wait_for(accepted.recv(), 20) == b"still here"
+        assert dialer.session.url == parse_hub_url(cluster.nodes["a"].url)

@@ -97,3 +97,47 @@ async def test_hostile_dials_and_rejoins_leave_no_places_behind(
             break
         await asyncio.sleep(0.02)
     assert left == 0
+
+
+async def test_a_waiting_end_is_sent_on_to_the_node_that_took_its_connection(
+    nodes: tuple[Database, Router, Router],
+) -> None:
+    """A dial that waits on b for a listener that then listens on a, and a
+    rejoin that waits on b for a connection that a then takes (its accepting
+    end came back there): b's next heartbeat sends both ends to a."""
+    db, a, b = nodes
+    alice, bob = await _users(db)
+    waiting, rejoining = Chan(), Chan()
+    await b.handle(
+        b.attach(alice, waiting, "ws"), m.Dial(rid="d", cid="w1", peer="bob", app="x"), b""
+    )
+    rejoin = m.Dial(rid="r", cid="r1", peer="bob", app="y", role="dial", rejoin=True)
+    await b.handle(b.attach(alice, rejoining, "ws"), rejoin, b"")
+    await settle()
+    assert not waiting.of(m.Error) and not rejoining.of(m.Error)  # both wait on b
+    await b.recheck_places()
+    await settle()
+    assert not waiting.of(m.Error) and not rejoining.of(m.Error)  # nothing elsewhere yet
+    await a.handle(a.attach(bob, Chan(), "ws"), m.Listen(rid="l", app="x"), b"")
+    back = m.Dial(rid="r2", cid="r1", peer="alice", app="y", role="accept", rejoin=True)
+    await a.handle(a.attach(bob, Chan(), "ws"), back, b"")
+    await b.recheck_places()
+    await settle()
+    for chan in (waiting, rejoining):
+        (moved,) = chan.of(m.Error)
+        assert (moved.code, moved.rid, moved.at) == (RefusalCode.ELSEWHERE, "", "https://a:8443/")
+
+
+async def test_a_dialling_end_that_comes_back_follows_its_listener(
+    nodes: tuple[Database, Router, Router],
+) -> None:
+    db, a, b = nodes
+    alice, bob = await _users(db)
+    await a.handle(a.attach(bob, Chan(), "ws"), m.Listen(rid="l", app="files"), b"")
+    chan = Chan()
+    rejoin = m.Dial(rid="r", cid="c9", peer="bob", app="files", role="dial", rejoin=True)
+    await b.handle(b.attach(alice, chan, "ws"), rejoin, b"")
+    await settle()
+    (moved,) = chan.of(m.Error)
+    assert (moved.code, moved.rid, moved.at) == (RefusalCode.ELSEWHERE, "r", "https://a:8443/")
+    assert "c9" not in b.conns

@@ -66,3 +66,15 @@ async def test_a_node_that_starts_again_forgets_what_it_held(
         None
     ] * 3
     assert await db.place_of("c:10", alive_after=alive) == ("b", "https://b:8443/")
+
+
+async def test_a_drained_nodes_connections_go_to_the_first_other_node_that_asks(
+    db: Database,  # noqa: F811
+    clock: Clock,  # noqa: F811
+) -> None:
+    await _nodes(db)
+    alive = clock.now - DEAD
+    assert await db.claim_place("c:1", "a", alive_after=alive) == "a"
+    await db.set_draining("a", True)
+    assert await db.place_of("c:1", alive_after=alive) is None
+    assert await db.claim_place("c:1", "b", alive_after=alive) == "b"
