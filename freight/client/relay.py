@@ -77,7 +77,9 @@ __all__ = [
 CODE_APP_PREFIX = "code:"
 EARLY_LIMIT = 16 * 1024 * 1024
 EARLY_COST = 256  # what a kept record counts beyond its payload (empty ones count too)
-MAX_MOVES = 4  # ``elsewhere`` answers followed for one request
+# Seconds one request follows ``elsewhere`` answers: a node sent to may have
+# just died (its part is taken over once its heartbeat lapsed).
+MOVE_PATIENCE = 60.0
 MOVES_AT_ONCE = (3, 10.0)  # this many moves within so many seconds: back off
 
 
@@ -342,7 +344,7 @@ class RelayClient:
     async def request(self, msg: m.Message, rid: str) -> m.AnyMessage:
         """Send a request and wait for the frame answering ``rid`` (on the
         cluster's node it sends us to, if it answers ``elsewhere``)."""
-        moves = 0
+        since: float | None = None  # the first ``elsewhere``
         while True:
             if self.fatal is not None:
                 raise self.fatal
@@ -357,8 +359,9 @@ class RelayClient:
             finally:
                 self._futures.pop(rid, None)
             if isinstance(reply, m.Error):
-                if reply.code == RefusalCode.ELSEWHERE and moves < MAX_MOVES:
-                    moves += 1
+                now = self._clock()
+                since = now if since is None else since
+                if reply.code == RefusalCode.ELSEWHERE and now - since < MOVE_PATIENCE:
                     await self.move(reply.at, getattr(msg, "cid", ""))
                     continue
                 raise code_to_error(reply.code, reply.message)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from aiohttp import web
@@ -44,6 +44,7 @@ from ..protocol.msgdirectory import (
     fit_route,
 )
 from ..protocol.msgkeys import BadHostKey, verify_host_key
+from ..protocol.relaycodes import RefusalCode
 from .appgate import AppGate, hold
 from .dispatch import Dispatcher, Link, Scope
 from .observe import EventLog, Metrics
@@ -103,6 +104,9 @@ class Messaging:
         self.hosts_gauge.set_function(lambda: len(self.directory.hosts))
         self.inflight_gauge.set_function(lambda: len(self.directory.flights))
         relay.detach_hooks.append(self.detached)
+        # In a cluster, the messaging node when it is another (name, address):
+        # every host attaches there (docs/cluster.md "Messaging").
+        self.home: tuple[str, str] | None = None
 
     def register(self, dispatcher: Dispatcher) -> None:
         """The messaging frames, on any attached control channel."""
@@ -116,6 +120,9 @@ class Messaging:
     async def hello(self, link: Link, msg: m.MsgHello, payload: bytes) -> None:
         att: Attachment = link.att
         user = link.user
+        if self.home is not None and msg.regs:  # it takes messages: to the messaging node
+            self._answer(att, self._elsewhere(msg.rid))
+            return
         keys = await self.relay.keys_of(user.id)
         if att.closed:
             return  # it went while the keys were looked up
@@ -220,6 +227,9 @@ class Messaging:
                 await self._apply(att, account, msg, hid, "")
 
     async def resolve(self, link: Link, msg: m.MsgResolve, payload: bytes) -> None:
+        if self.home is not None:  # it sends: to the messaging node
+            self._answer(link.att, self._elsewhere(msg.rid))
+            return
         route = self.directory.resolve(link.user.name, msg.dest, msg.app, msg.type, self.clock())
         hosts, left = fit_route(h.info() for h in route.hosts)
         text = _explain(route.reason, msg.dest, msg.app)
@@ -234,6 +244,9 @@ class Messaging:
 
     async def send(self, link: Link, msg: m.MsgSend, payload: bytes) -> None:
         att: Attachment = link.att
+        if self.home is not None:  # it resolved there: it sends it again once back there
+            self._answer(att, self._elsewhere())
+            return
         reason, receiver = self.directory.send(att, msg, len(payload))
         if receiver is None:
             self._refused(att, link.user.name, msg.id, msg.to, reason)
@@ -277,6 +290,24 @@ class Messaging:
             self._note_refusal(sender.account, msg.reason or "unknown")
 
     # --- attachments going --------------------------------------------------------
+
+    def _elsewhere(self, rid: str = "") -> m.Error:
+        assert self.home is not None
+        name, url = self.home
+        text = f"messaging of this cluster is on node {name}; attach there"
+        return m.Error(rid=rid, code=RefusalCode.ELSEWHERE, message=text, at=url)
+
+    def homed(self, home: tuple[str, str] | None) -> None:
+        """Which node holds messaging now (None: this one). The hosts here
+        are sent to another; a node that becomes it warms up first (hosts
+        come back over some seconds, an empty route waits for them)."""
+        if home is None and self.home is not None:
+            self.directory.started = self.clock()
+        self.home = home
+        if home is not None:  # the hosts that take messages go there
+            for host in list(self.directory.hosts.values()):
+                if host.regs:
+                    self._answer(cast(Attachment, host.handle), self._elsewhere())
 
     def detached(self, att: Attachment) -> None:
         """The relay's detach hook: forget the host, answer ``retry`` for

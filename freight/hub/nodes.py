@@ -41,6 +41,7 @@ from ..errors import ConfigError, Conflict, NodeUnavailable, NotFound, UsageErro
 from ..store.rows import NodeRow
 from .clusterbus import ClusterBus, NatsBus, NoBus
 from .commands import CommandQueue
+from .messaging import Messaging
 from .observe import EventLog
 from .relay import Router
 from .requests import admin_user, current_user
@@ -127,6 +128,7 @@ class NodeService:
         # node alone on its database (no other beat within a lease) has no
         # one to yield to: for it, for ever.
         self.held_until = float("inf")
+        self.messaging: Messaging | None = None  # set where the hub is composed
 
     @property
     def name(self) -> str:
@@ -169,6 +171,7 @@ class NodeService:
         self.draining = bool(row.draining) if row is not None else False
         if self.relay.places is not None:  # what an earlier life of the node held
             await self.relay.places.clear()
+        await self.messaging_home()
 
     async def _row(self) -> tuple[NodeRow | None, bool]:
         """This node's row as it was left (None: new), and whether a live
@@ -229,8 +232,15 @@ class NodeService:
             await self.commands.sweep(agents, created_before=self.clock() - self.settings.beat)
         try:  # relayed connections' ends waiting here for what another node holds
             await self.relay.recheck_places()
+            await self.messaging_home()
         except Exception as exc:  # the database went away meanwhile: next beat
             self.events.log.warning("relay_recheck_failed", error=repr(exc))
+
+    async def messaging_home(self) -> None:
+        """Messaging happens on one node of a cluster: which one, now (a
+        drained node keeps what it knew: it takes no hosts anyway)."""
+        if self.relay.places is not None and self.messaging is not None and not self.draining:
+            self.messaging.homed(await self.relay.places.home())
 
     def _bus_ok(self) -> bool:
         """False (and not serving) once the bus is out of reach for two beats."""

@@ -42,6 +42,9 @@ def conn_key(cid: str) -> str:
     return f"c:{cid}"
 
 
+HOME = "m:home"  # the node all messaging hosts attach to
+
+
 class Places:
     def __init__(
         self,
@@ -103,6 +106,15 @@ class Places:
         """Which of ``keys`` other live nodes hold: (node, address) by key."""
         got = await self.db.places_of(keys, alive_after=self._alive_after())
         return {k: at for k, at in got.items() if at[0] != self.node()}
+
+    async def home(self) -> tuple[str, str] | None:
+        """The cluster's messaging node, if another: its name and address.
+        It holds the part while it beats; the first node to beat after it
+        died (or is drained) takes it."""
+        holder = await self.db.claim_place(HOME, self.node(), alive_after=self._alive_after())
+        if holder == self.node():
+            return None
+        return (await self.elsewhere([HOME])).get(HOME)
 
     async def clear(self) -> None:
         """This node starts: what it held in an earlier life is gone."""
