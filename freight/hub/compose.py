@@ -285,6 +285,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
     )
     streams.node = hub.nodes
     hub.nodes.messaging = hub.messaging
+    hub.messaging.rehome = hub.nodes.messaging_home
     if cfg.node or cfg.bus:  # a cluster's node: the ends of a connection meet on one
         relay.places = Places(db, lambda: hub.nodes.name, hub.nodes.lease)
     # The control channel's handlers, each registered by its service; an

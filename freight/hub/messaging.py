@@ -22,7 +22,7 @@ per minute, with a count).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import msgspec
@@ -107,6 +107,10 @@ class Messaging:
         # In a cluster, the messaging node when it is another (name, address):
         # every host attaches there (docs/cluster.md "Messaging").
         self.home: tuple[str, str] | None = None
+        # Asks the database which node that is (between heartbeats, when a
+        # host is sent away: the messaging node may have just died).
+        self.rehome: Callable[[], Awaitable[None]] | None = None
+        self._rehomed = float("-inf")
 
     def register(self, dispatcher: Dispatcher) -> None:
         """The messaging frames, on any attached control channel."""
@@ -120,8 +124,8 @@ class Messaging:
     async def hello(self, link: Link, msg: m.MsgHello, payload: bytes) -> None:
         att: Attachment = link.att
         user = link.user
-        if self.home is not None and msg.regs:  # it takes messages: to the messaging node
-            self._answer(att, self._elsewhere(msg.rid))
+        if self.home is not None and msg.regs and await self._still_elsewhere():
+            self._answer(att, self._elsewhere(msg.rid))  # it takes messages: go there
             return
         keys = await self.relay.keys_of(user.id)
         if att.closed:
@@ -227,8 +231,8 @@ class Messaging:
                 await self._apply(att, account, msg, hid, "")
 
     async def resolve(self, link: Link, msg: m.MsgResolve, payload: bytes) -> None:
-        if self.home is not None:  # it sends: to the messaging node
-            self._answer(link.att, self._elsewhere(msg.rid))
+        if self.home is not None and await self._still_elsewhere():
+            self._answer(link.att, self._elsewhere(msg.rid))  # it sends: go there
             return
         route = self.directory.resolve(link.user.name, msg.dest, msg.app, msg.type, self.clock())
         hosts, left = fit_route(h.info() for h in route.hosts)
@@ -290,6 +294,18 @@ class Messaging:
             self._note_refusal(sender.account, msg.reason or "unknown")
 
     # --- attachments going --------------------------------------------------------
+
+    async def _still_elsewhere(self) -> bool:
+        """Whether messaging is on another node, asked again at most once a
+        second (hosts sent to a node that died come back at once)."""
+        now = self.clock()
+        if self.rehome is not None and now - self._rehomed >= 1.0:
+            self._rehomed = now
+            try:
+                await self.rehome()
+            except Exception as exc:  # the database is out of reach: keep what we knew
+                self.events.log.warning("msg_rehome_failed", error=repr(exc))
+        return self.home is not None
 
     def _elsewhere(self, rid: str = "") -> m.Error:
         assert self.home is not None

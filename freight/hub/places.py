@@ -109,12 +109,15 @@ class Places:
 
     async def home(self) -> tuple[str, str] | None:
         """The cluster's messaging node, if another: its name and address.
-        It holds the part while it beats; the first node to beat after it
-        died (or is drained) takes it."""
-        holder = await self.db.claim_place(HOME, self.node(), alive_after=self._alive_after())
+        It holds the part while it beats; the first node to ask after it
+        missed two heartbeats (a live node that misses two stops serving)
+        or is drained takes it."""
+        alive_after = self.clock() - self.dead_after * 2 / 3  # dead_after: three beats
+        holder = await self.db.claim_place(HOME, self.node(), alive_after=alive_after)
         if holder == self.node():
             return None
-        return (await self.elsewhere([HOME])).get(HOME)
+        at = (await self.db.places_of([HOME], alive_after=alive_after)).get(HOME)
+        return at if at is not None and at[0] != self.node() else None
 
     async def clear(self) -> None:
         """This node starts: what it held in an earlier life is gone."""
