@@ -2,8 +2,9 @@
 which node holds a listener (``l:USER/APP``), a code's offer
 (``o:NAMEPLATE``) or a connection (``c:CID``). A listener or an offer is
 wherever it was made last; a connection belongs to the node that opened it
-until that node is dead or drained, and then to the first node one of its
-ends comes back to, so both ends of it always meet on one node."""
+until that node is dead or drained (or its accepting end comes back to
+another), and then to the first node one of its ends comes back to, so both
+ends of it always meet on one node (:mod:`freight.hub.places`)."""
 
 from __future__ import annotations
 
