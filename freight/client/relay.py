@@ -359,11 +359,11 @@ class RelayClient:
             finally:
                 self._futures.pop(rid, None)
             if isinstance(reply, m.Error):
-                now = self._clock()
-                since = now if since is None else since
-                if reply.code == RefusalCode.ELSEWHERE and now - since < MOVE_PATIENCE:
-                    await self.move(reply.at, getattr(msg, "cid", ""))
-                    continue
+                if reply.code == RefusalCode.ELSEWHERE:
+                    since = self._clock() if since is None else since
+                    if self._clock() - since < MOVE_PATIENCE:
+                        await self.move(reply.at, getattr(msg, "cid", ""))
+                        continue
                 raise code_to_error(reply.code, reply.message)
             return reply
 

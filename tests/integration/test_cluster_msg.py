@@ -7,44 +7,21 @@ processes on one PostgreSQL database; skipped without it."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 
-from freight.client.config import ClientConfig
-from freight.client.msghost import MessageHost
-from freight.client.relay import RelayClient
-from freight.client.session import HubSession, parse_hub_url
+from freight.client.session import parse_hub_url
 from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
 from tests.integration.test_cluster_relay import add_bob, knowing_one_node
-from tests.integration.test_msg_hosts import Taker
+from tests.integration.test_msg_hosts import Taker, msg_host
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
 from tests.relaysupport import FAST_RELAY
-from tests.support import Client
 
 
 @pytest.fixture(autouse=True)
 def quick_reconnects(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in FAST_RELAY.items():
         monkeypatch.setenv(name, value)
-
-
-@contextlib.asynccontextmanager
-async def msg_host(client: Client, *also: str) -> AsyncIterator[MessageHost]:
-    """A messaging host on a client's login; ``also``: more node addresses
-    it knows, after its own."""
-    config = ClientConfig(client.config)
-    session = HubSession.from_config(config)
-    session.nodes += [parse_hub_url(u) for u in also]
-    async with RelayClient(session, config) as rc:
-        await asyncio.wait_for(rc.start(), 30)
-        host = MessageHost(rc, config)
-        try:
-            await asyncio.wait_for(host.start(), 30)
-            yield host
-        finally:
-            await host.aclose()
 
 
 async def test_hosts_on_different_nodes_meet_and_survive_a_sigkill_of_their_node(

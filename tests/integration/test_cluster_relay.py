@@ -65,6 +65,15 @@ def add_bob(group: Cluster) -> None:
     admin.run("users", "add", "bob", "--password-stdin", input=BOB_PASSWORD + "\n")
 
 
+def knowing_every_node(group: Cluster, tmp: Path) -> tuple[Client, Client]:
+    """alice (the admin) and bob, each logged in with every node's address."""
+    add_bob(group)
+    alice = fast(group.client("alice"))
+    bob = fast(Client(tmp / "bob", next(iter(group.nodes.values()))))
+    bob.login(group.urls.split(",")[0], user="bob", password=BOB_PASSWORD)
+    return alice, bob
+
+
 def test_send_and_receive_from_different_nodes_meet_on_the_senders(
     tmp_path: Path,
     cluster: Cluster,  # noqa: F811
@@ -119,10 +128,7 @@ def test_a_transfer_whose_node_dies_resumes_where_its_ends_meet_again(
     sent there, and the transfer resumes with identical bytes."""
     for name in ("a", "b", "c"):
         cluster.start(name)
-    add_bob(cluster)
-    alice = fast(cluster.client("alice"))
-    bob = fast(Client(tmp_path / "bob", cluster.nodes["a"]))
-    bob.login(cluster.urls.split(",")[0], user="bob", password=BOB_PASSWORD)
+    alice, bob = knowing_every_node(cluster, tmp_path)
     src = random_file(tmp_path / "big.bin", 48 * MiB, seed=7)
     sender, code = start_send(alice, str(src), "--limit", "6M")
     try:
@@ -161,10 +167,7 @@ def test_a_transfer_on_a_drained_node_moves_with_its_ends_to_another(
     node, the connection goes with them, and the transfer ends there."""
     cluster.start("a")
     cluster.start("b")
-    add_bob(cluster)
-    alice = fast(cluster.client("alice"))
-    bob = fast(Client(tmp_path / "bob", cluster.nodes["a"]))
-    bob.login(cluster.urls.split(",")[0], user="bob", password=BOB_PASSWORD)
+    alice, bob = knowing_every_node(cluster, tmp_path)
     src = random_file(tmp_path / "big.bin", 24 * MiB, seed=8)
     sender, code = start_send(alice, str(src), "--limit", "4M")
     try:

@@ -27,7 +27,7 @@ from freight.client.msghost import (
     result_error,
 )
 from freight.client.relay import RelayClient
-from freight.client.session import HubSession
+from freight.client.session import HubSession, parse_hub_url
 from freight.errors import Busy, ConnectionEnded, IntegrityError, NoRecipient, PeerAbsent
 from freight.protocol import messages as m
 from freight.protocol.msgseal import SEAL_OVERHEAD, aad, new_host_key, open_body, pair_keys
@@ -65,10 +65,13 @@ def msg_hub(
 
 
 @contextlib.asynccontextmanager
-async def msg_host(client: Client) -> AsyncIterator[MessageHost]:
-    """A messaging host on a CLI client's saved login (its own config folder)."""
+async def msg_host(client: Client, *also: str) -> AsyncIterator[MessageHost]:
+    """A messaging host on a CLI client's saved login (its own config folder);
+    ``also``: more node addresses it knows, after its own."""
     config = ClientConfig(client.config)
-    async with RelayClient(HubSession.from_config(config), config) as rc:
+    session = HubSession.from_config(config)
+    session.nodes += [parse_hub_url(u) for u in also]
+    async with RelayClient(session, config) as rc:
         await asyncio.wait_for(rc.start(), 30)
         host = MessageHost(rc, config)
         try:
