@@ -8,7 +8,8 @@ durable, digest-checked and published:
    held until the batch is recorded, so two batches cannot both take the
    last free bytes);
 2. each file is hashed (BLAKE3, against the manifest) and written into
-   ``partial/<user>/<sid>.<n>.batch`` with its mtime;
+   ``partial/<user>/<sid>.<attempt>.<n>.batch`` with its mtime (the
+   attempt's own names: two nodes taking one batch never share a partial);
 3. one syncfs(2) makes all of them durable; each is renamed into place;
    a second syncfs makes the renames durable;
 4. one database transaction records every file; then the ack.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -171,7 +173,10 @@ async def _write_and_publish(
 ) -> list[Stored]:
     layout = service.layout
     folder = layout.partial_path(user.id, sid).parent
-    parts = [folder / f"{sid}.{n}{STALE_SUFFIX}" for n in range(len(files))]
+    # Partials of this attempt alone: another node (or a retry racing a
+    # slow first try) taking the same batch writes files of its own.
+    attempt = secrets.token_hex(4)
+    parts = [folder / f"{sid}.{attempt}.{n}{STALE_SUFFIX}" for n in range(len(files))]
     targets = [layout.file_path(user.id, name) for name in names]
     top = layout.file_path(user.id, "x").parent
     stored: list[Stored] = []

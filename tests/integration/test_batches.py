@@ -216,3 +216,23 @@ def test_a_forged_batch_is_refused_and_stores_nothing(
     assert not list((hub.data / "files").rglob("x"))
     assert not list((hub.data / "partial").rglob("*.batch"))
     shared_client.run("ls")  # the hub is still there
+
+
+def test_a_batch_never_writes_into_another_attempts_partial(shared_client: Client) -> None:
+    """Two nodes of a cluster (or a client's retry racing its first try)
+    may take the same batch at once: each writes partials of its own, so
+    neither truncates nor overwrites the files the other is writing."""
+    hub = shared_client.hub
+    mine = BatchEntry(name="mine.txt", size=5, mtime=1.0, digest=ENTRY.digest)
+    first = answer_to(shared_client, *encode_batch("b8", [mine], [b"hello"]))
+    assert isinstance(first, m.PutFilesAck), first
+    folder = hub.data / "partial" / hub_file(hub, "mine.txt").parent.name
+    # Another node, half-way through the same batch, writes this partial.
+    theirs = folder / "b9.0.batch"
+    theirs.write_bytes(b"hel")
+    answer = answer_to(shared_client, *encode_batch("b9", [ENTRY], [b"hello"]))
+    assert isinstance(answer, m.PutFilesAck), answer
+    assert theirs.read_bytes() == b"hel"
+    assert hub_file(hub, "ok.txt").read_bytes() == b"hello"
+    assert not [p for p in folder.glob("b9.*") if p != theirs]
+    theirs.unlink()
