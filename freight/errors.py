@@ -211,6 +211,14 @@ class RateLimited(AuthError):
         self.retry_after = retry_after
 
 
+def retry_after_seconds(header: str) -> float:
+    """A Retry-After header in seconds (0 when absent or a date)."""
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        return 0.0
+
+
 class Forbidden(AuthError):
     """This account may not do that."""
 

@@ -120,6 +120,14 @@ def hub(
     account_streams: Annotated[
         int, typer.Option(help="Pushes and pulls one account may run at once.")
     ] = 128,
+    attach_rate: Annotated[
+        float,
+        typer.Option(
+            help="Control channels (clients, agents) the hub takes a second; more wait their "
+            "turn (0: no bound).",
+            min=0,
+        ),
+    ] = 200,
     first_byte_timeout: SecondsOpt = 10.0,
     tls_handshake_timeout: SecondsOpt = 15.0,
     header_timeout: SecondsOpt = 15.0,
@@ -223,6 +231,7 @@ def hub(
         ),
         account_connections=account_connections,
         account_streams=account_streams,
+        attach_rate=attach_rate,
         token_lifetime=token_lifetime,
         login_lockout=login_lockout,
         registration=registration,

@@ -30,6 +30,7 @@ from ..errors import (
     FreightError,
     NetworkError,
     PeerAbsent,
+    RateLimited,
     TLSError,
     UsageError,
     code_to_error,
@@ -268,8 +269,10 @@ class RelayClient:
                     break
                 except (FreightError, OSError) as exc:
                     # Refused logins, certificates and proxies stay refused;
-                    # anything else (a hub restarting) is worth another try.
-                    if isinstance(exc, AuthError | TLSError | ProxyRefused | UsageError):
+                    # anything else (a hub restarting, a node busy with a
+                    # crowd coming back) is worth another try.
+                    refused = isinstance(exc, AuthError | TLSError | ProxyRefused | UsageError)
+                    if refused and not isinstance(exc, RateLimited):
                         self._give_up(exc)
                         return
             if self._closing:

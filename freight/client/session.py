@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import ssl
 import time
@@ -25,6 +26,7 @@ from ..errors import (
     TLSError,
     UsageError,
     code_to_error,
+    retry_after_seconds,
 )
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError, VersionMismatch
@@ -73,19 +75,16 @@ def parse_node_urls(text: str) -> list[URL]:
     return list(dict.fromkeys(urls))
 
 
+# Seconds an attach waits out a node that takes no more attachments this
+# second (each answer says how long to wait) before it fails.
+ATTACH_PATIENCE = 120.0
+
+
 def canonical_url(u: URL) -> str:
     """``https://host:port/`` with the port always written, so a saved URL
     parses back to the same port (yarl drops a default 443 when printing)."""
     host = f"[{u.host}]" if u.host and ":" in u.host else u.host
     return f"https://{host}:{u.port}/"
-
-
-def _seconds(text: str) -> float:
-    """A Retry-After in seconds (0 when absent or a date)."""
-    try:
-        return max(0.0, float(text))
-    except ValueError:
-        return 0.0
 
 
 async def connect_time(u: URL, timeout: float = RANK_TIMEOUT) -> float | None:
@@ -322,7 +321,7 @@ class HubSession:
                         err.get("code", "remote"), err.get("message", resp.reason or "")
                     )
                     if isinstance(exc, RateLimited):
-                        exc.retry_after = _seconds(resp.headers.get("Retry-After", ""))
+                        exc.retry_after = retry_after_seconds(resp.headers.get("Retry-After", ""))
                     raise exc
                 return body
         except aiohttp.ServerFingerprintMismatch as exc:
@@ -372,8 +371,21 @@ async def open_channel_at(
     session: HubSession, transport: str | None = None, *, hello: str = "freight-cli"
 ) -> tuple[FrameChannel, str, URL]:
     """:func:`open_channel` on the first node of the session's that takes
-    it; also returns that node (its data connections go there too)."""
-    return await session.on_nodes(lambda node: _open_channel(session, node, transport, hello))
+    it; also returns that node (its data connections go there too).
+
+    A node taking no more attachments this second says how long to wait:
+    wait that, with jitter (a crowd coming back after a node's failure
+    spreads out), and try again, for ``ATTACH_PATIENCE`` at most."""
+    since = time.monotonic()
+    while True:
+        try:
+            return await session.on_nodes(
+                lambda node: _open_channel(session, node, transport, hello)
+            )
+        except RateLimited as exc:
+            if time.monotonic() - since > ATTACH_PATIENCE:
+                raise
+            await asyncio.sleep(max(0.1, exc.retry_after) * random.uniform(1.0, 1.5))
 
 
 async def _open_channel(
@@ -398,6 +410,13 @@ async def _open_channel(
         except aiohttp.ServerFingerprintMismatch as exc:
             raise mismatch_error(node, session.fingerprint, "SHA256:" + exc.got.hex()) from None
         except aiohttp.WSServerHandshakeError as exc:
+            if exc.status == 429:  # the node takes no more attachments this second
+                wait = retry_after_seconds((exc.headers or {}).get("Retry-After", ""))
+                raise RateLimited(
+                    f"the hub node at {hostport(node)} takes no more attachments this second",
+                    hint="try again in a moment",
+                    retry_after=wait,
+                ) from None
             if exc.status == 503:
                 raise NodeUnavailable(
                     f"the hub node at {hostport(node)} takes no new work now"

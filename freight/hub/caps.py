@@ -1,7 +1,10 @@
 """Per-account caps on what one account holds open at the hub at once:
 connections (control channels over WebSocket or HTTP, and data
 connections) and streams. A refusal is a :class:`LimitReached` with a
-one-line reason; the counts live in memory, like the connections."""
+one-line reason; the counts live in memory, like the connections.
+
+And one cap of the node's own: :class:`AttachPace`, the control channels
+it takes a second."""
 
 from __future__ import annotations
 
@@ -9,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LimitReached
+from ..errors import LimitReached, RateLimited
 
 if TYPE_CHECKING:
     from .streams import User
 
 DEFAULT_CONNECTIONS = 128
 DEFAULT_STREAMS = 128
+DEFAULT_ATTACH_RATE = 200  # control channels a node takes a second
 
 
 class AccountCaps:
@@ -60,3 +64,40 @@ class AccountCaps:
     def stream(self, user: User) -> Any:
         """Hold one stream of ``user`` for the ``with`` block."""
         return self._hold("streams", user)
+
+
+class AttachPace:
+    """A bound on the control channels (clients and agents attaching) this
+    node takes a second. When a node of a cluster dies or is drained, its
+    clients come back to the others spread over seconds instead of in one
+    stampede: those over the bound are answered 429 with a Retry-After and
+    try again after it, with jitter of their own. A token bucket: ``rate``
+    a second, as many (at least one) in one burst; 0 takes every one. Time
+    is passed in."""
+
+    RETRY_AFTER = 1.0  # seconds a refused client is told to wait (the header says 2)
+
+    def __init__(self, rate: float = DEFAULT_ATTACH_RATE, metrics: Any = None) -> None:
+        self.rate = rate
+        self.burst = max(1.0, float(rate))
+        self.tokens = self.burst
+        self.stamp: float | None = None
+        self.metrics = metrics
+
+    def take(self, now: float) -> None:
+        """Count one attachment, or raise RateLimited when the bound is full."""
+        if self.rate <= 0:
+            return
+        if self.stamp is not None and now > self.stamp:
+            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now if self.stamp is None else max(self.stamp, now)
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return
+        if self.metrics is not None:
+            self.metrics.refused.labels("attach_rate").inc()
+        raise RateLimited(
+            "this hub node is taking as many new attachments a second as it allows; "
+            "try again in a moment",
+            retry_after=self.RETRY_AFTER,
+        )

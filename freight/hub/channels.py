@@ -30,6 +30,7 @@ async def control(request: web.Request) -> web.WebSocketResponse:
     """The control channel over a WebSocket: Hello/Welcome, tickets, streams
     and the relay."""
     user, expires = await current_login(request)
+    request.app[STATE].attach_pace.take(time.monotonic())
     ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=25.0)
     await ws.prepare(request)
     await attach(request, user, expires, WSChannel(ws), "ws")

@@ -16,6 +16,7 @@ import resource
 import secrets
 import socket
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +49,7 @@ from . import (
 from . import links as link_routes
 from .appgate import AppGate
 from .bandwidth import BandwidthManager, Budget
-from .caps import DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps
+from .caps import DEFAULT_ATTACH_RATE, DEFAULT_CONNECTIONS, DEFAULT_STREAMS, AccountCaps, AttachPace
 from .challenges import ChallengeBook
 from .clusterbus import ClusterBus, NatsBus, NoBus
 from .collect import Collector
@@ -90,6 +91,7 @@ class HubConfig:
     limits: PortLimits = field(default_factory=PortLimits)  # sockets and deadlines
     account_connections: int = DEFAULT_CONNECTIONS  # per account, open at once
     account_streams: int = DEFAULT_STREAMS
+    attach_rate: float = DEFAULT_ATTACH_RATE  # control channels taken a second (0: any)
     token_lifetime: float = auth.TOKEN_LIFETIME  # seconds a login lasts
     login_lockout: float = 30.0  # first lockout after too many failures (doubles)
     relay_queue: int = 32 * 1024 * 1024  # bytes held for one attached client before pausing
@@ -250,6 +252,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         dispatcher=dispatcher,
         bandwidth=bandwidth,
         accounts=caps,
+        attach_pace=AttachPace(cfg.attach_rate, metrics),
         streams=streams,
         relay=relay,
         sessions=LiveSessions(db, events),
@@ -324,7 +327,11 @@ def build_app(hub: Hub) -> web.Application:
     messaging.add_routes(app)
     tunnels.add_routes(app, hub.tunnels)
     app.router.add_get("/v1/control", channels.control)
-    httpattach.add_routes(app, channels.serve_http_attachment)
+    httpattach.add_routes(
+        app,
+        channels.serve_http_attachment,
+        admit=lambda: hub.attach_pace.take(time.monotonic()),
+    )
     status.add_routes(app)
     nodes.add_routes(app, hub.nodes)
     console.add_routes(app)  # the web console, over the routes above

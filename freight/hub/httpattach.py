@@ -257,6 +257,7 @@ class Attachments:
     serve: Serve
     keepalive: float
     grace: float
+    admit: Callable[[], None] = lambda: None  # raises when the node takes no more now
     channels: dict[str, ServerHTTPChannel] = field(default_factory=dict)
     tasks: Supervisor = field(default_factory=lambda: Supervisor("http-attachments"))
 
@@ -316,6 +317,7 @@ async def attachment(request: web.Request) -> ServerHTTPChannel:
 async def create(request: web.Request) -> web.Response:
     user = await current_user(request)
     registry = request.app[ATTACHMENTS]
+    registry.admit()
     chan = ServerHTTPChannel(
         secrets.token_hex(16),
         user.id,
@@ -387,11 +389,12 @@ def add_routes(
     *,
     keepalive: float = KEEPALIVE,
     grace: float = GRACE,
+    admit: Callable[[], None] = lambda: None,
 ) -> None:
     """Serve HTTP attachments on ``app``: ``serve(request, channel)`` runs
     for each one (``request`` is the one that made it) and the attachment
-    ends when it returns."""
-    registry = app[ATTACHMENTS] = Attachments(serve, keepalive, grace)
+    ends when it returns; ``admit()`` runs first and may refuse it (raise)."""
+    registry = app[ATTACHMENTS] = Attachments(serve, keepalive, grace, admit)
     app.on_shutdown.append(registry.close_all)
     app.on_cleanup.append(registry.cancel_all)
     app.router.add_post("/v1/attach/http", create)

@@ -20,7 +20,7 @@ from ..store import Database, DataLayout
 from ..tasks import Supervisor
 from . import auth
 from .bandwidth import BandwidthManager
-from .caps import AccountCaps
+from .caps import AccountCaps, AttachPace
 from .challenges import ChallengeBook
 from .collect import Collector
 from .commands import CommandQueue
@@ -60,6 +60,7 @@ class Hub:
     dispatcher: Dispatcher
     bandwidth: BandwidthManager
     accounts: AccountCaps  # per-account caps
+    attach_pace: AttachPace  # control channels this node takes a second
     streams: StreamService
     relay: Router
     sessions: LiveSessions

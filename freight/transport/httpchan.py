@@ -39,7 +39,9 @@ from ..errors import (
     LocalProtocolError,
     NetworkError,
     NodeUnavailable,
+    RateLimited,
     code_to_error,
+    retry_after_seconds,
 )
 from ..protocol.attach import ClientAttachment
 from ..protocol.errors import ProtocolError
@@ -92,6 +94,12 @@ async def open_http_channel(http: aiohttp.ClientSession, base: URL) -> HTTPChann
                 raise code_to_error(
                     "not_logged_in", message or "the hub did not accept the saved login"
                 )
+            if resp.status == 429:  # the node takes no more attachments this second
+                code, message = await _hub_error(resp)
+                limited = code_to_error(code or "rate_limited", message)
+                if isinstance(limited, RateLimited):
+                    limited.retry_after = retry_after_seconds(resp.headers.get("Retry-After", ""))
+                raise limited
             if resp.status == 503:  # a cluster's node that takes no new work?
                 code, message = await _hub_error(resp)
                 if code == NodeUnavailable.code:

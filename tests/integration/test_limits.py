@@ -16,7 +16,7 @@ from freight.protocol.frames import FrameDecoder, encode_frame
 from freight.transport.channel import ChannelClosed
 from freight.transport.dataconn import open_data_connection
 from tests.collectsupport import hub_metric
-from tests.hostile import attach, control_ws, recv_frame, ticket, token_of
+from tests.hostile import attach, control_ws, insecure_ssl, recv_frame, ticket, token_of
 from tests.support import Client, Hub, random_file, same_bytes
 
 
@@ -161,3 +161,46 @@ def test_an_account_holds_only_so_many_connections_and_streams(
     assert hub_metric(hub, refusals) == before + 1  # the data connection
     client.run("pull", "fits", str(tmp_path / "fits.back"))
     assert same_bytes(src, tmp_path / "fits.back")
+
+
+def test_a_node_takes_only_so_many_attachments_a_second(tmp_path: Path, hubs: object) -> None:
+    """After a node's failure its clients come back to the others: a node
+    takes ``--attach-rate`` control channels a second (one every 10 s here),
+    answers the rest 429 with a Retry-After, and a client waits its turn."""
+    hub = hubs("--attach-rate", "0.1")  # type: ignore[operator]
+    client = Client(tmp_path / "client", hub)
+    client.login()
+    token = token_of(client)
+    refusals = 'freight_refused_total{limit="attach_rate"}'
+
+    async def crowd() -> tuple[m.AnyMessage, aiohttp.WSServerHandshakeError, int, str, dict]:
+        session, _, welcome = await attach(hub, token)
+        try:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as ws_refused:
+                await control_ws(hub, token)
+            headers = {"Authorization": f"Bearer {token}"}
+            url = f"{hub.url}/v1/attach/http"
+            async with (
+                aiohttp.ClientSession(headers=headers) as http,
+                http.post(url, ssl=insecure_ssl()) as resp,
+            ):
+                retry = resp.headers.get("Retry-After", "")
+                return welcome, ws_refused.value, resp.status, retry, await resp.json()
+        finally:
+            await session.close()
+
+    welcome, ws_refused, status, retry, body = asyncio.run(crowd())
+    assert isinstance(welcome, m.Welcome)
+    assert ws_refused.status == 429
+    assert ws_refused.headers is not None and ws_refused.headers["Retry-After"] == "2"
+    assert (status, retry, body["error"]["code"]) == (429, "2", "rate_limited")
+    assert "try again in a moment" in body["error"]["message"]
+    # A push now is refused too, waits as told (with jitter) and goes through.
+    before = hub_metric(hub, refusals)
+    src = random_file(tmp_path / "waited", 100_000)
+    started = time.monotonic()
+    client.run("push", str(src), "--quiet", timeout=60)
+    assert time.monotonic() - started >= 1.5
+    assert hub_metric(hub, refusals) > before
+    (stored,) = (hub.data / "files").glob("*/waited")
+    assert same_bytes(src, stored)

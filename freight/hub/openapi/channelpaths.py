@@ -20,9 +20,11 @@ PATHS: dict[str, dict[str, Schema]] = {
             "channels",
             auth="user",
             description="Upgrade with 'Connection: Upgrade' and 'Upgrade: websocket'; each "
-            "binary message is one frame (Hello first).",
+            "binary message is one frame (Hello first). A node takes --attach-rate control "
+            "channels a second (WebSocket and HTTP together): the rest get 429 rate_limited "
+            "with a Retry-After.",
             ok={101: {"description": "Switching to the WebSocket protocol."}},
-            errors=[400],
+            errors=[400, 429],
             fuzz="a WebSocket upgrade carrying " + FRAMES,
         )
     },
@@ -40,6 +42,7 @@ PATHS: dict[str, dict[str, Schema]] = {
                     )
                 )
             },
+            errors=[429],
             fuzz="each call starts an attachment that waits for its Hello frame",
         )
     },
