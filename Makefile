@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA ?= .freight-data
 LISTEN ?= 127.0.0.1:8443
 
-.PHONY: run cluster test test-quiet lint typecheck unit integration test-proxies test-browser bench bench-ab venv clean
+.PHONY: run bytecode cluster test test-quiet lint typecheck unit integration test-proxies test-browser bench bench-ab venv clean
 
 venv: $(STAMP)
 
@@ -17,14 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	touch $(STAMP)
 
-run: $(STAMP)
+# Bytecode for every module, written here once: where PYTHONDONTWRITEBYTECODE
+# is set, each hub and CLI process would otherwise compile freight's modules
+# again at every start (a pip install compiles them at install time).
+bytecode: $(STAMP)
+	@$(BIN)/python -m compileall -q -j 0 freight tests bench >/dev/null
+
+run: $(STAMP) bytecode
 	$(BIN)/freight hub --data $(DATA) --listen $(LISTEN)
 
 # Three hub nodes on this machine (ports 8443-8445) sharing the local
 # PostgreSQL (database freight_cluster, created when missing) and one data
 # folder: docs/cluster.md.
 CLUSTER_NODES ?= 3
-cluster: $(STAMP)
+cluster: $(STAMP) bytecode
 	$(BIN)/python bench/cluster.py --nodes $(CLUSTER_NODES) --data .freight-cluster
 
 lint: $(STAMP)
@@ -35,21 +41,21 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(STAMP) bytecode
 	$(BIN)/pytest -q tests/unit
 
-integration: $(STAMP) test-proxies test-browser
+integration: $(STAMP) bytecode test-proxies test-browser
 	$(BIN)/pytest -q tests/integration
 
 # Both cores: one worker per core, a test file stays on one worker (its
 # module-scoped hub is started once).
 TEST_WORKERS ?= 2
-test: lint typecheck $(STAMP) test-proxies test-browser
+test: lint typecheck $(STAMP) bytecode test-proxies test-browser
 	$(BIN)/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not quiet" --durations=20 tests
 
 # Timing tests that an otherwise busy machine would fail (a userspace delay
 # line waits for a CPU): run alone, on an idle machine.
-test-quiet: $(STAMP) test-proxies
+test-quiet: $(STAMP) bytecode test-proxies
 	$(BIN)/pytest -q -p no:cacheprovider -m quiet tests
 
 # The TLS-inspecting proxy the firewall tests run for real: squid built with

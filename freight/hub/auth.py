@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -30,16 +31,25 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
-def verify_password(pw_hash: str, password: str) -> bool:
+def verify_password(pw_hash: str | None, password: str) -> bool:
+    """``pw_hash`` None: an account that does not exist (checked against a
+    dummy hash all the same, so it takes as long, and fails)."""
+    if pw_hash is None:
+        verify_password(dummy_hash(), password)
+        return False
     try:
         return _hasher.verify(pw_hash, password)
     except (VerificationError, InvalidHashError):
         return False
 
 
-# A valid hash to verify against when the user does not exist, so that the
-# answer takes as long for unknown users as for wrong passwords.
-DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
+@functools.cache
+def dummy_hash() -> str:
+    """A valid hash to verify against when the user does not exist, so that
+    the answer takes as long for unknown users as for wrong passwords. Made
+    at the first need (in the argon2 pool), not at import: every hub start
+    would pay an argon2 hash for it."""
+    return hash_password(secrets.token_urlsafe(16))
 
 
 def new_token() -> tuple[str, str]:
@@ -67,7 +77,7 @@ class PasswordWork:
         self._limit = threads + waiting
         self._busy = 0  # submitted and not finished, whoever still awaits them
 
-    def _submit(self, fn: Callable[..., T], *args: str) -> asyncio.Future[T]:
+    def _submit(self, fn: Callable[..., T], *args: str | None) -> asyncio.Future[T]:
         if self._busy >= self._limit:
             raise RateLimited("the hub is busy checking passwords; try again", retry_after=1.0)
         self._busy += 1
@@ -78,7 +88,7 @@ class PasswordWork:
     def _done(self, _: object) -> None:
         self._busy -= 1
 
-    async def verify(self, pw_hash: str, password: str) -> bool:
+    async def verify(self, pw_hash: str | None, password: str) -> bool:
         return await self._submit(verify_password, pw_hash, password)
 
     async def hash(self, password: str) -> str:

@@ -36,7 +36,7 @@ async def password_login(request: web.Request, name: str, password: str) -> tupl
     try:
         with st.logins.attempt("user", name, address_key(peer), now, exclusive=True) as attempt:
             row = await st.db.user_by_name(name)
-            ok = await st.passwords.verify(row.pw_hash if row else auth.DUMMY_HASH, password)
+            ok = await st.passwords.verify(row.pw_hash if row else None, password)
             if ok and row is not None and not row.disabled and row.role != "agent":
                 attempt.succeeded()
     except RateLimited:
@@ -169,7 +169,7 @@ async def change_password(request: web.Request) -> web.Response:
         "user", user.name, address_key(peer), time.time(), exclusive=True
     ) as attempt:
         row = await st.db.user_by_name(user.name)
-        pw_hash = row.pw_hash if row else auth.DUMMY_HASH
+        pw_hash = row.pw_hash if row else None
         if row is not None and await st.passwords.verify(pw_hash, body["current"]):
             attempt.succeeded()
     if not attempt.ok:
