@@ -10,13 +10,13 @@ import logging
 import re
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from ..errors import CodeBurned, FreightError, UsageError
 from ..logs import fields
 from ..protocol import messages as m
-from ..protocol.e2e import MAX_CODE_GUESSES
+from ..protocol.e2e import MAX_CODE_GUESSES, CodeHandshake, Handshake
 
 if TYPE_CHECKING:
     from .relay import Connection, RelayClient
@@ -105,3 +105,14 @@ def split_code(code: str) -> tuple[str, str]:
     if not re.fullmatch(r"[0-9]{1,12}", nameplate) or not words:
         raise UsageError(f"{code!r} is not a code like 7-crossbow-gazelle-tulip")
     return nameplate, words
+
+
+def code_handshake(code: str) -> Callable[[Connection], Handshake]:
+    """The handshake of each connection made by a one-time code: both ends
+    prove they know ``code`` (a PAKE), bound to the connection's role and
+    application."""
+
+    def make(conn: Connection) -> Handshake:
+        return CodeHandshake(code, conn.role, conn.app.encode())
+
+    return make

@@ -40,7 +40,6 @@ from ..protocol import messages as m
 from ..protocol.e2e import (
     ACCEPT,
     DIAL,
-    CodeHandshake,
     Handshake,
     IdentityHandshake,
     identity_context,
@@ -58,7 +57,7 @@ from .backoff import backoff_delays, reconnect_policy
 from .config import ClientConfig
 from .connection import Connection
 from .identity import identity_key, register_identity
-from .listener import MAX_PENDING, Listener, split_code
+from .listener import MAX_PENDING, Listener, code_handshake, split_code
 from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel_at
 
 log = logging.getLogger("freight.relay")
@@ -81,6 +80,7 @@ EARLY_COST = 256  # what a kept record counts beyond its payload (empty ones cou
 # Seconds one request follows ``elsewhere`` answers: a node sent to may have
 # just died (its part is taken over once its heartbeat lapsed).
 MOVE_PATIENCE = 60.0
+FINAL = (AuthError, TLSError, ProxyRefused, UsageError)  # errors re-attaching ends on
 MOVES_AT_ONCE = (3, 10.0)  # this many moves within so many seconds: back off
 
 
@@ -268,11 +268,9 @@ class RelayClient:
                     await self._attach(self.used_transport or self.transport)
                     break
                 except (FreightError, OSError) as exc:
-                    # Refused logins, certificates and proxies stay refused;
-                    # anything else (a hub restarting, a node busy with a
-                    # crowd coming back) is worth another try.
-                    refused = isinstance(exc, AuthError | TLSError | ProxyRefused | UsageError)
-                    if refused and not isinstance(exc, RateLimited):
+                    # Refused logins, certificates and proxies stay refused; anything
+                    # else (a hub restarting, a busy node) is worth another try.
+                    if isinstance(exc, FINAL) and not isinstance(exc, RateLimited):
                         self._give_up(exc)
                         return
             if self._closing:
@@ -483,7 +481,7 @@ class RelayClient:
         offer = None
         if msg.app.startswith(CODE_APP_PREFIX):
             lst = offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
-            handshake = _code_handshake(offer.code) if offer is not None else None
+            handshake = code_handshake(offer.code) if offer is not None else None
         else:
             # A tunnel connection comes to its service's listener (§18).
             lst, handshake = self.listeners.get(listen_app(msg.app)), self._identity_handshake
@@ -576,7 +574,7 @@ class RelayClient:
             DIAL,
             "",
             CODE_APP_PREFIX + nameplate,
-            _code_handshake(code),
+            code_handshake(code),
             claim=nameplate,
         )
         self.conns[cid] = conn
@@ -594,10 +592,3 @@ class RelayClient:
             if not done:  # failed or cancelled: hang up whatever happens
                 await asyncio.shield(conn.abort("closed", "gave up"))
         return conn
-
-
-def _code_handshake(code: str) -> Callable[[Connection], Handshake]:
-    def make(conn: Connection) -> Handshake:
-        return CodeHandshake(code, conn.role, conn.app.encode())
-
-    return make

@@ -16,7 +16,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from freight.client.config import ClientConfig
-from freight.client.relay import RECORD_MESSAGE, Connection, Listener, RelayClient, _code_handshake
+from freight.client.listener import code_handshake
+from freight.client.relay import RECORD_MESSAGE, Connection, Listener, RelayClient
 from freight.client.session import HubSession
 from freight.errors import CodeBurned, ConnectionEnded, SenderRestarted
 from freight.protocol import messages as m
@@ -378,7 +379,7 @@ async def test_a_handshake_record_that_overtakes_linked_waits_for_it(tmp_path: P
         )
     )
     cid = secrets.token_hex(12)
-    conn = Connection(claimant.client, cid, DIAL, "alice", APP, _code_handshake(CODE))
+    conn = Connection(claimant.client, cid, DIAL, "alice", APP, code_handshake(CODE))
     claimant.client.conns[cid] = conn
     await sender.deliver(linked(cid, ACCEPT, peer="bob"))
     early = sender.take(cid)
