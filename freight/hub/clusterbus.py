@@ -159,14 +159,25 @@ class NatsBus:
             self.log.warning("bus_reconnected", server=self._where())
 
         last: list[str] = []
+        refused = asyncio.Event()  # wrong credentials: no use trying again
 
         async def error(exc: Exception) -> None:
             last[:] = [str(exc) or type(exc).__name__]
             self.log.warning("bus_error", server=self._where(), error=repr(exc))
+            said = str(exc).lower()
+            if "authorization violation" in said or "authentication" in said:
+                refused.set()
 
         try:
-            async with asyncio.timeout(START_TIMEOUT):
-                self.nc = await self._connect(nats, disconnected, reconnected, error)
+            async with asyncio.timeout(START_TIMEOUT), Supervisor("bus-start") as trying:
+                connecting = trying.spawn(
+                    self._connect(nats, disconnected, reconnected, error), name="connect"
+                )
+                said_no = trying.spawn(refused.wait(), name="refused")
+                await asyncio.wait({connecting, said_no}, return_when=asyncio.FIRST_COMPLETED)
+                if not connecting.done():
+                    raise ConnectionRefusedError(last[-1])
+                self.nc = connecting.result()
         except Exception as exc:  # nats-py raises its own, OSError, TimeoutError
             why = last[-1] if last else (str(exc) or type(exc).__name__)
             raise ConfigError(

@@ -151,7 +151,11 @@ def test_a_node_that_cannot_reach_nats_does_not_start(
     wrong = nats_url.replace(PASSWORD, "not-the-password")
     env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"}
     hub = Hub(cluster.data, extra=["--database-url", cluster.database, "--bus", wrong])
+    started = time.monotonic()
     res = subprocess.run(hub.command(), env=env, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0
     assert "cannot reach NATS at 127.0.0.1:" in res.stderr
+    assert "Authorization Violation" in res.stderr
+    # Refused credentials are final: said at once, not after START_TIMEOUT (15 s) of retries.
+    assert time.monotonic() - started < 10
     assert "not-the-password" not in res.stderr  # credentials never shown
