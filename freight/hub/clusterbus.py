@@ -165,7 +165,7 @@ class NatsBus:
             last[:] = [str(exc) or type(exc).__name__]
             self.log.warning("bus_error", server=self._where(), error=repr(exc))
             said = str(exc).lower()
-            if "authorization violation" in said or "authentication" in said:
+            if "authorization violation" in said or "authorization failed" in said:
                 refused.set()
 
         try:
