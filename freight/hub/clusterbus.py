@@ -36,7 +36,7 @@ __all__ = ["MAX_NOTICE", "ClusterBus", "NatsBus", "NoBus", "cluster_keys"]
 
 MAX_NOTICE = 4096  # bytes of one notice
 MAX_AGE = 60.0  # seconds a notice's time may differ from ours
-TOPICS = frozenset({"commands", "settled"})
+TOPICS = frozenset({"commands", "settled", "logins"})
 CONNECT_TIMEOUT = 5.0
 START_TIMEOUT = 15.0  # seconds a starting node tries to reach NATS
 MAX_AT_ONCE = 1000  # notices acted on at once; more are left to the sweep

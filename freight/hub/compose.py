@@ -286,6 +286,8 @@ async def build_hub(cfg: HubConfig) -> Hub:
             bus=bus,
         ),
     )
+    if cfg.bus:  # failed logins count against one limit on every node
+        share_login_failures(hub, bus)
     streams.node = hub.nodes
     hub.nodes.messaging = hub.messaging
     hub.messaging.rehome = hub.nodes.messaging_home
@@ -300,6 +302,22 @@ async def build_hub(cfg: HubConfig) -> Hub:
     hub.messaging.register(dispatcher)
     ProbeService().register(dispatcher)  # bandwidth probes: docs/protocol.md 20
     return hub
+
+
+def share_login_failures(hub: Hub, bus: ClusterBus) -> None:
+    """Each failed login (and each success clearing an account's count)
+    told to the other nodes, and what they tell counted here."""
+
+    def told(kind: str, keys: list[tuple[str, ...]]) -> None:
+        with contextlib.suppress(RuntimeError):  # the hub is closing
+            body = {kind: [list(key) for key in keys]}
+            hub.tasks.spawn(bus.tell("logins", body), name="tell-logins", detached=True)
+
+    async def heard(body: dict[str, object]) -> None:
+        hub.logins.heard(body, time.time())
+
+    hub.logins.told = told
+    bus.on("logins", heard)
 
 
 def build_app(hub: Hub) -> web.Application:

@@ -12,14 +12,16 @@ An attempt is counted *before* the check it guards (and taken back if it
 succeeds), and a password check allows one attempt in flight per account:
 requests racing each other cannot all pass the limit before the first
 failure is recorded. Every table here is bounded and forgets idle entries;
-time is passed in.
+time is passed in. The nodes of a cluster with a bus tell each other every
+failure they count (:meth:`LoginGuard.heard`), so guesses spread over the
+nodes meet the same limits as guesses aimed at one.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -29,6 +31,8 @@ Key = tuple[str, ...]
 
 MAX_KEYS = 100_000  # entries kept; the least recently failed go first
 MAX_CHECKING = 10_000  # accounts with a password check in flight
+MAX_TOLD = 4  # keys taken from one notice of another node
+MAX_KEY_CHARS = 256  # characters of one part of a key told by another node
 
 
 @dataclass(frozen=True)
@@ -171,9 +175,11 @@ class Attempt:
         """A passed check: its account key starts afresh, and the attempt
         no longer counts against the address (taken back as it ends)."""
         self.ok = True
-        for key in self.keys:
-            if not key[0].endswith("-address"):
-                self.guard.limiter.clear(key)
+        cleared = [key for key in self.keys if not key[0].endswith("-address")]
+        for key in cleared:
+            self.guard.limiter.clear(key)
+        if cleared:
+            self.guard._tell("cleared", cleared)
 
 
 def _attempts(space: str) -> str:
@@ -203,6 +209,9 @@ class LoginGuard:
             )
         }
         self._checking: set[Key] = set()
+        # Set on a cluster's node: tells the other nodes each failure counted
+        # here ("failed") and each account key a success cleared ("cleared").
+        self.told: Callable[[str, list[Key]], None] | None = None
 
     def keys(self, space: str, name: str, address: str) -> list[Key]:
         """The account-at-address key first, then the address key."""
@@ -263,10 +272,40 @@ class LoginGuard:
             failed = not attempt.ok and not busy
             for key in held:
                 self.limiter.settle(key, self.rules[key[0]], now, failed=failed)
+            if failed and held:
+                self._tell("failed", held)
             if exclusive:
                 self._checking.discard(account)
 
     def failed(self, space: str, name: str, address: str, now: float) -> None:
         """Count a failure that needed no check (an unknown enrolment token)."""
-        for key in self.keys(space, name, address):
+        keys = self.keys(space, name, address)
+        for key in keys:
             self.limiter.fail(key, self.rules[key[0]], now)
+        self._tell("failed", keys)
+
+    def _tell(self, kind: str, keys: list[Key]) -> None:
+        if self.told is not None:
+            self.told(kind, keys)
+
+    def heard(self, body: object, now: float) -> None:
+        """What another node of the cluster told (its notice is signed with
+        the cluster's secret): failures it counted, account keys a success
+        cleared. Only well-formed keys of known spaces are taken, so a guess
+        counts against the same limits whichever node it reached."""
+        if not isinstance(body, dict):
+            return
+        for kind in ("failed", "cleared"):
+            keys = body.get(kind)
+            for key in keys[:MAX_TOLD] if isinstance(keys, list) else ():
+                if not (
+                    isinstance(key, list)
+                    and 2 <= len(key) <= 3
+                    and all(isinstance(k, str) and len(k) <= MAX_KEY_CHARS for k in key)
+                    and key[0] in self.rules
+                ):
+                    continue
+                if kind == "failed":
+                    self.limiter.fail(tuple(key), self.rules[key[0]], now)
+                elif not key[0].endswith("-address"):
+                    self.limiter.clear(tuple(key))

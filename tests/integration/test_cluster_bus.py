@@ -23,7 +23,7 @@ from tests.agentsupport import Agent, agent_rows
 from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
 from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
-from tests.support import Client, Hub, random_file, same_bytes, wait_until
+from tests.support import ADMIN_PASSWORD, Client, Hub, random_file, same_bytes, wait_until
 
 MiB = 1024 * 1024
 USER, PASSWORD = "freight", "bus-secret-7"
@@ -159,3 +159,29 @@ def test_a_node_that_cannot_reach_nats_does_not_start(
     # Refused credentials are final: said at once, not after START_TIMEOUT (15 s) of retries.
     assert time.monotonic() - started < 10
     assert "not-the-password" not in res.stderr  # credentials never shown
+
+
+def test_failed_logins_count_on_every_node(
+    tmp_path: Path,
+    cluster: Cluster,  # noqa: F811
+    nats_url: str,
+) -> None:
+    """A guesser spreading its tries over the nodes gets no more of them:
+    five failed logins for one account, three on a and two on b, lock it
+    on both (each node alone saw fewer than five)."""
+    nodes = [cluster.start(name, "--bus", nats_url) for name in ("a", "b")]
+    guesser = Client(tmp_path / "guesser", nodes[0])
+
+    def login(node: Hub, password: str) -> subprocess.CompletedProcess[str]:
+        return guesser.run(
+            "login", node.url, "--user", "admin", "--password-stdin",
+            "--fingerprint", node.fingerprint, input=password + "\n", check=False,
+        )  # fmt: skip
+
+    for node in (nodes[0], nodes[0], nodes[0], nodes[1], nodes[1]):
+        res = login(node, "wrong guess")
+        assert res.returncode != 0 and "too many failed logins" not in res.stderr, res.stderr
+    for node in nodes:  # the right password too: the account is locked everywhere
+        res = login(node, ADMIN_PASSWORD)
+        assert res.returncode != 0, node.url
+        assert "too many failed logins" in res.stderr, res.stderr

@@ -135,3 +135,57 @@ def test_checks_under_way_wait_their_turn_and_only_failures_lock() -> None:
             flight.enter_context(guard.attempt("enrol", "", "bad", now))
     with pytest.raises(RateLimited, match="failed enrolments"):
         guard.check(guard.keys("enrol", "", "bad"), now)
+
+
+def fail_here(guard: LoginGuard, name: str, now: float) -> None:
+    with contextlib.suppress(RateLimited), guard.attempt("user", name, "10.0.0.1", now):
+        pass  # the check failed: not marked succeeded
+
+
+def test_a_cluster_node_tells_its_failures_and_counts_what_it_hears() -> None:
+    here, there = LoginGuard(), LoginGuard()
+    told: list[tuple[str, list[tuple[str, ...]]]] = []
+    here.told = lambda kind, keys: told.append((kind, keys))
+    for _ in range(3):
+        fail_here(here, "ann", 100.0)
+    assert told == [("failed", [("user", "ann", "10.0.0.1"), ("user-address", "10.0.0.1")])] * 3
+    for _, keys in told:  # as the bus carries them: JSON lists
+        there.heard({"failed": [list(k) for k in keys]}, 100.0)
+    for _ in range(2):
+        fail_here(there, "ann", 100.5)
+    with pytest.raises(RateLimited, match="too many failed logins"):
+        there.check(there.keys("user", "ann", "10.0.0.1"), 101.0)
+    # A success elsewhere clears the account's count here (not the address's).
+    ok = LoginGuard()
+    ok.heard({"failed": [["user", "bob", "10.0.0.2"]] * 4}, 100.0)
+    ok.heard({"cleared": [["user", "bob", "10.0.0.2"], ["user-address", "10.0.0.2"]]}, 100.0)
+    assert len(ok.limiter) == 0
+    fail_here(ok, "bob", 100.0)  # one failure: far from the five of a lockout
+    ok.check(ok.keys("user", "bob", "10.0.0.2"), 100.0)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        None,
+        [],
+        {"failed": "user"},
+        {"failed": [["nosuchspace", "ann", "10.0.0.1"]]},
+        {"failed": [["user"]]},
+        {"failed": [["user", "ann", "10.0.0.1", "extra"]]},
+        {"failed": [["user", 5, "10.0.0.1"]]},
+        {"failed": [["user", "a" * 257, "10.0.0.1"]]},
+        {"cleared": [["user-address", "10.0.0.1"]]},
+    ],
+)
+def test_what_a_node_hears_is_checked(body: object) -> None:
+    guard = LoginGuard()
+    guard.limiter.fail(("user-address", "10.0.0.1"), guard.rules["user-address"], 1.0)
+    guard.heard(body, 1.0)
+    assert list(guard.limiter._entries) == [("user-address", "10.0.0.1")]
+
+
+def test_one_notice_counts_a_few_keys_at_most() -> None:
+    guard = LoginGuard()
+    guard.heard({"failed": [["user", f"n{i}", "10.0.0.1"] for i in range(1000)]}, 1.0)
+    assert len(guard.limiter) == 4
