@@ -72,6 +72,12 @@ class Limiter:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def counted(self, key: Key) -> bool:
+        """Whether ``key`` holds failures (or strikes), beyond the attempts
+        whose check is under way."""
+        entry = self._entries.get(key)
+        return entry is not None and (len(entry.times) > entry.pending or entry.strikes > 0)
+
     def retry_after(self, key: Key, now: float) -> float:
         """Seconds until ``key`` may try again (0: now)."""
         entry = self._entries.get(key)
@@ -175,9 +181,13 @@ class Attempt:
         """A passed check: its account key starts afresh, and the attempt
         no longer counts against the address (taken back as it ends)."""
         self.ok = True
-        cleared = [key for key in self.keys if not key[0].endswith("-address")]
-        for key in cleared:
-            self.guard.limiter.clear(key)
+        limiter = self.guard.limiter
+        accounts = [key for key in self.keys if not key[0].endswith("-address")]
+        # Told only when there was a count to clear: the other nodes hold
+        # the same counts (each failure is told), and logins are many.
+        cleared = [key for key in accounts if limiter.counted(key)]
+        for key in accounts:
+            limiter.clear(key)
         if cleared:
             self.guard._tell("cleared", cleared)
 

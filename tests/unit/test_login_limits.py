@@ -189,3 +189,16 @@ def test_one_notice_counts_a_few_keys_at_most() -> None:
     guard = LoginGuard()
     guard.heard({"failed": [["user", f"n{i}", "10.0.0.1"] for i in range(1000)]}, 1.0)
     assert len(guard.limiter) == 4
+
+
+def test_a_success_is_told_only_when_it_clears_a_count() -> None:
+    guard = LoginGuard()
+    told: list[str] = []
+    guard.told = lambda kind, keys: told.append(kind)
+    with guard.attempt("user", "ann", "10.0.0.1", 1.0) as attempt:
+        attempt.succeeded()
+    assert told == []  # nothing counted: nothing to tell
+    fail_here(guard, "ann", 2.0)
+    with guard.attempt("user", "ann", "10.0.0.1", 3.0) as attempt:
+        attempt.succeeded()
+    assert told == ["failed", "cleared"]
