@@ -205,10 +205,18 @@ class RateLimited(AuthError):
     hint = "wait a little (the lockout doubles with each failure) and try again"
 
     def __init__(
-        self, message: str = "", *, hint: str | None = None, retry_after: float = 0.0
+        self,
+        message: str = "",
+        *,
+        hint: str | None = None,
+        retry_after: float = 0.0,
+        busy_node: bool = False,
     ) -> None:
         super().__init__(message, hint=hint)
         self.retry_after = retry_after
+        # A node of a cluster at its attach bound: it took nothing, and
+        # another node may take the attachment instead.
+        self.busy_node = busy_node
 
 
 def retry_after_seconds(header: str) -> float:

@@ -103,7 +103,11 @@ async def connect_time(u: URL, timeout: float = RANK_TIMEOUT) -> float | None:
 def unreached(exc: BaseException) -> bool:
     """Did ``exc`` happen before the node took the request (so another node
     may take it instead, without it being done twice)?"""
-    return isinstance(exc, NodeUnavailable) or (isinstance(exc, NetworkError) and exc.unreached)
+    return (
+        isinstance(exc, NodeUnavailable)
+        or (isinstance(exc, NetworkError) and exc.unreached)
+        or (isinstance(exc, RateLimited) and exc.busy_node)
+    )
 
 
 class HubSession:
@@ -416,6 +420,7 @@ async def _open_channel(
                     f"the hub node at {hostport(node)} takes no more attachments this second",
                     hint="try again in a moment",
                     retry_after=wait,
+                    busy_node=True,
                 ) from None
             if exc.status == 503:
                 raise NodeUnavailable(

@@ -99,6 +99,7 @@ async def open_http_channel(http: aiohttp.ClientSession, base: URL) -> HTTPChann
                 limited = code_to_error(code or "rate_limited", message)
                 if isinstance(limited, RateLimited):
                     limited.retry_after = retry_after_seconds(resp.headers.get("Retry-After", ""))
+                    limited.busy_node = True
                 raise limited
             if resp.status == 503:  # a cluster's node that takes no new work?
                 code, message = await _hub_error(resp)

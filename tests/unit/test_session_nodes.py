@@ -10,7 +10,7 @@ import pytest
 from yarl import URL
 
 from freight.client.session import MAX_NODES, HubSession, parse_node_urls, unreached
-from freight.errors import NetworkError, NodeUnavailable, NotFound, UsageError
+from freight.errors import NetworkError, NodeUnavailable, NotFound, RateLimited, UsageError
 
 PIN = "SHA256:" + "ab" * 32
 
@@ -116,3 +116,27 @@ def test_a_node_a_hub_sends_us_to_is_used_only_if_it_is_a_hub_address() -> None:
     full = HubSession("https://n0:1", nodes=[f"https://n{i}:1" for i in range(MAX_NODES)],
                       fingerprint=PIN)  # fmt: skip
     assert not full.prefer("https://new:1") and full.url == URL("https://n0:1/")
+
+
+async def test_a_node_too_busy_to_attach_sends_the_client_to_the_next() -> None:
+    """After a node's failure its crowd comes back to the survivors: one
+    at its attach bound answers 429, and the client tries the next node
+    (the attach was not taken) before waiting its turn anywhere."""
+    s = HubSession("https://a:1", nodes=["https://b:2"], fingerprint=PIN)
+    s._ranked = float("inf")
+    seen: list[str] = []
+
+    def busy() -> RateLimited:
+        return RateLimited("too many attachments this second", retry_after=1.0, busy_node=True)
+
+    async def attach(node: URL) -> str:
+        seen.append(node.host or "")
+        if node.host == "a":
+            raise busy()
+        return "attached to b"
+
+    assert await s.on_nodes(attach) == "attached to b"
+    assert seen == ["a", "b"]
+    # A lockout of the account is no node's business: it is not tried elsewhere.
+    assert not unreached(RateLimited("too many failed logins", retry_after=30.0))
+    assert unreached(busy())
