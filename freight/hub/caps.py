@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from ..errors import LimitReached, RateLimited
+from ..protocol.bucket import TokenBucket
 
 if TYPE_CHECKING:
     from .streams import User
@@ -76,23 +77,18 @@ class AttachPace:
     is passed in."""
 
     RETRY_AFTER = 1.0  # seconds a refused client is told to wait (the header says 2)
+    UNIT = 1000  # tokens per attachment: the integer bucket then takes rates below one
 
-    def __init__(self, rate: float = DEFAULT_ATTACH_RATE, metrics: Any = None) -> None:
-        self.rate = rate
-        self.burst = max(1.0, float(rate))
-        self.tokens = self.burst
-        self.stamp: float | None = None
+    def __init__(
+        self, rate: float = DEFAULT_ATTACH_RATE, metrics: Any = None, now: float = 0.0
+    ) -> None:
+        burst = round(max(1.0, rate) * self.UNIT)
+        self.bucket = TokenBucket(round(rate * self.UNIT), now, burst=burst, full=True)
         self.metrics = metrics
 
     def take(self, now: float) -> None:
         """Count one attachment, or raise RateLimited when the bound is full."""
-        if self.rate <= 0:
-            return
-        if self.stamp is not None and now > self.stamp:
-            self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now if self.stamp is None else max(self.stamp, now)
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.bucket.take(self.UNIT, now):
             return
         if self.metrics is not None:
             self.metrics.refused.labels("attach_rate").inc()

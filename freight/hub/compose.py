@@ -252,7 +252,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         dispatcher=dispatcher,
         bandwidth=bandwidth,
         accounts=caps,
-        attach_pace=AttachPace(cfg.attach_rate, metrics),
+        attach_pace=AttachPace(cfg.attach_rate, metrics, time.monotonic()),
         streams=streams,
         relay=relay,
         sessions=LiveSessions(db, events),

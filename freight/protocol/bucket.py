@@ -9,12 +9,16 @@ class TokenBucket:
     how much idle time can be saved up, so a pause is not followed by a spike.
     """
 
-    def __init__(self, rate: int, now: float, *, burst: int | None = None) -> None:
+    def __init__(
+        self, rate: int, now: float, *, burst: int | None = None, full: bool = False
+    ) -> None:
         self._tokens = 0.0
         self._stamp = now
         self.burst = 0
         self.rate = 0
         self.set_rate(rate, now, burst=burst)
+        if full:  # a whole burst at once from the start
+            self._tokens = float(self.burst)
 
     def set_rate(self, rate: int, now: float, *, burst: int | None = None) -> None:
         if rate < 0:
@@ -42,3 +46,14 @@ class TokenBucket:
         if self._tokens >= 0:
             return 0.0
         return -self._tokens / self.rate
+
+    def take(self, amount: int, now: float) -> bool:
+        """Take ``amount`` if the bucket holds that much (never into debt);
+        False, taking nothing, if it does not."""
+        if self.rate == 0:
+            return True
+        self._refill(now)
+        if self._tokens < amount:
+            return False
+        self._tokens -= amount
+        return True

@@ -126,3 +126,13 @@ def test_negative_rate_is_refused() -> None:
 def test_clock_going_backwards_gives_no_credit() -> None:
     bucket = TokenBucket(1 * MB, now=100.0, burst=0)
     assert bucket.reserve(1 * MB, now=50.0) == pytest.approx(1.0)
+
+
+def test_take_never_goes_into_debt() -> None:
+    bucket = TokenBucket(100, 0.0, burst=300, full=True)
+    assert bucket.take(300, 0.0)  # a full burst from the start
+    assert not bucket.take(1, 0.0)  # refused, and nothing taken
+    assert not bucket.take(60, 0.5)  # 50 by now
+    assert bucket.take(50, 0.5)
+    assert TokenBucket(0, 0.0).take(10**9, 0.0)  # rate 0: unlimited
+    assert not TokenBucket(100, 0.0).take(1, 0.0)  # not full: starts empty
