@@ -227,6 +227,17 @@ def retry_after_seconds(header: str) -> float:
         return 0.0
 
 
+def busy_node(message: str, retry_after_header: str) -> RateLimited:
+    """A node's 429 to an attachment: at its attach bound, it took nothing
+    (another node may take it instead); wait as its Retry-After says."""
+    return RateLimited(
+        message,
+        hint="try again in a moment",
+        retry_after=retry_after_seconds(retry_after_header),
+        busy_node=True,
+    )
+
+
 class Forbidden(AuthError):
     """This account may not do that."""
 

@@ -30,6 +30,7 @@ from ..errors import (
     TLSError,
     UsageError,
     code_to_error,
+    retry_after_seconds,
 )
 from ..names import check_name, check_user_name, has_control
 from ..units import parse_duration
@@ -136,8 +137,7 @@ async def _refusal(resp: aiohttp.ClientResponse) -> FreightError:
         err = {}
     exc = code_to_error(err.get("code", "remote"), err.get("message", resp.reason or ""))
     if isinstance(exc, RateLimited):
-        with contextlib.suppress(ValueError):
-            exc.retry_after = float(resp.headers.get("Retry-After", "0"))
+        exc.retry_after = retry_after_seconds(resp.headers.get("Retry-After", ""))
     if resp.status == 416:
         return RemoteError("the hub holds less than was asked for; fetch it again")
     return exc

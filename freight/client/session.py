@@ -4,6 +4,7 @@ through an HTTP proxy; REST calls, control links."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
 import secrets
@@ -25,9 +26,11 @@ from ..errors import (
     RemoteError,
     TLSError,
     UsageError,
+    busy_node,
     code_to_error,
     retry_after_seconds,
 )
+from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
@@ -74,6 +77,8 @@ def parse_node_urls(text: str) -> list[URL]:
         raise UsageError(f"at most {MAX_NODES} node addresses")
     return list(dict.fromkeys(urls))
 
+
+log = logging.getLogger("freight.session")
 
 # Seconds an attach waits out a node that takes no more attachments this
 # second (each answer says how long to wait) before it fails.
@@ -389,7 +394,9 @@ async def open_channel_at(
         except RateLimited as exc:
             if time.monotonic() - since > ATTACH_PATIENCE:
                 raise
-            await asyncio.sleep(max(0.1, exc.retry_after) * random.uniform(1.0, 1.5))
+            wait = max(0.1, exc.retry_after) * random.uniform(1.0, 1.5)
+            log.info("every node busy", extra=fields(error=exc.message, retry_in=round(wait, 1)))
+            await asyncio.sleep(wait)
 
 
 async def _open_channel(
@@ -415,12 +422,9 @@ async def _open_channel(
             raise mismatch_error(node, session.fingerprint, "SHA256:" + exc.got.hex()) from None
         except aiohttp.WSServerHandshakeError as exc:
             if exc.status == 429:  # the node takes no more attachments this second
-                wait = retry_after_seconds((exc.headers or {}).get("Retry-After", ""))
-                raise RateLimited(
+                raise busy_node(
                     f"the hub node at {hostport(node)} takes no more attachments this second",
-                    hint="try again in a moment",
-                    retry_after=wait,
-                    busy_node=True,
+                    (exc.headers or {}).get("Retry-After", ""),
                 ) from None
             if exc.status == 503:
                 raise NodeUnavailable(

@@ -40,8 +40,8 @@ from ..errors import (
     NetworkError,
     NodeUnavailable,
     RateLimited,
+    busy_node,
     code_to_error,
-    retry_after_seconds,
 )
 from ..protocol.attach import ClientAttachment
 from ..protocol.errors import ProtocolError
@@ -96,11 +96,9 @@ async def open_http_channel(http: aiohttp.ClientSession, base: URL) -> HTTPChann
                 )
             if resp.status == 429:  # the node takes no more attachments this second
                 code, message = await _hub_error(resp)
-                limited = code_to_error(code or "rate_limited", message)
-                if isinstance(limited, RateLimited):
-                    limited.retry_after = retry_after_seconds(resp.headers.get("Retry-After", ""))
-                    limited.busy_node = True
-                raise limited
+                if code not in ("", RateLimited.code):
+                    raise code_to_error(code, message)
+                raise busy_node(message, resp.headers.get("Retry-After", ""))
             if resp.status == 503:  # a cluster's node that takes no new work?
                 code, message = await _hub_error(resp)
                 if code == NodeUnavailable.code:
