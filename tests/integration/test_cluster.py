@@ -74,6 +74,28 @@ class Cluster:
         for hub in self.nodes.values():
             hub.stop()
 
+    def receiver(self, checkpoints: int, timeout: float = 30) -> tuple[str, str]:
+        """The name of the one node receiving an upload, once its partial
+        file holds ``checkpoints`` checkpoints, and the other node's name."""
+        wait_until(lambda: len(self.receiving()) == 1, timeout, "a node receiving the upload")
+        (victim,) = self.receiving()
+        hub = self.nodes[victim]
+        what = f"{checkpoints} checkpoints at the node"
+        wait_until(lambda: hub.partial_size() >= checkpoints * CKPT, timeout, what)
+        return victim, next(name for name in self.nodes if name != victim)
+
+    def enroll(self, admin: Client, client: Client, name: str, root: Path) -> None:
+        """Enrol ``client``'s agent ``name`` (files under ``root``) with
+        every node's address."""
+        token = json.loads(
+            admin.run("agents", "token", "--name", name, "--ttl", "10m", "--json").stdout
+        )["token"]
+        first = next(iter(self.nodes.values()))
+        client.run(
+            "agent", "enroll", self.urls, token,
+            "--fingerprint", first.fingerprint, "--root", str(root),
+        )  # fmt: skip
+
     def receiving(self) -> list[str]:
         """The nodes whose log shows a push starting or resuming."""
         return [
@@ -114,11 +136,8 @@ def test_a_push_survives_sigkill_of_its_node_and_resumes_on_another(
     src = random_file(tmp_path / "big.bin", size, seed=15)
     proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "8M", "--json")
     try:
-        wait_until(lambda: len(cluster.receiving()) == 1, 30, "a node receiving the push")
-        (victim,) = cluster.receiving()
-        survivor = "b" if victim == "a" else "a"
+        victim, survivor = cluster.receiver(3)
         hub = cluster.nodes[victim]
-        wait_until(lambda: hub.partial_size() >= 3 * CKPT, 30, "three checkpoints at the node")
         hub.kill()
         at_kill = hub.partial_size()
         out, err = proc.communicate(timeout=120)
@@ -292,16 +311,10 @@ def test_an_agent_moves_to_another_node_when_its_node_dies(
     cluster.start("a")
     cluster.start("b")
     admin = cluster.client("admin")
-    token = json.loads(
-        admin.run("agents", "token", "--name", "lab", "--ttl", "10m", "--json").stdout
-    )["token"]
     root = tmp_path / "root"
     root.mkdir()
     lab = fast(Client(tmp_path / "lab", cluster.nodes["a"]))
-    lab.run(
-        "agent", "enroll", cluster.urls, token,
-        "--fingerprint", cluster.nodes["a"].fingerprint, "--root", str(root),
-    )  # fmt: skip
+    cluster.enroll(admin, lab, "lab", root)
     with AgentProc(lab, tmp_path / "lab.log") as proc:
         wait_online(admin, "lab", proc=proc)
         first = agent_rows(admin)["lab"]["node"]
@@ -330,11 +343,8 @@ def test_a_frozen_node_loses_its_push_to_another_and_writes_nothing_more(
     src = random_file(tmp_path / "big.bin", size, seed=18)
     proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "4M", "--json")
     try:
-        wait_until(lambda: len(cluster.receiving()) == 1, 30, "a node receiving the push")
-        (victim,) = cluster.receiving()
-        survivor = "b" if victim == "a" else "a"
+        victim, survivor = cluster.receiver(2)
         frozen = cluster.nodes[victim]
-        wait_until(lambda: frozen.partial_size() >= 2 * CKPT, 30, "two checkpoints")
         assert frozen.proc is not None
         frozen.proc.send_signal(signal.SIGSTOP)
         try:

@@ -5,7 +5,6 @@ one data folder, a real `freight agent run`; skipped without PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tests.agentsupport import AgentProc, wait_online
@@ -19,7 +18,7 @@ from tests.collectsupport import (
 )
 from tests.integration.test_cluster import CKPT, Cluster, cluster  # noqa: F401 - a fixture
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
-from tests.support import Client, random_file, wait_until
+from tests.support import Client, random_file
 
 MiB = 1024 * 1024
 
@@ -31,27 +30,18 @@ def test_an_upload_whose_node_dies_resumes_on_another_and_is_stored_whole(
     for name in ("a", "b"):  # throttled, so the SIGKILL lands mid-upload
         cluster.start(name, "--bandwidth", "6M")
     admin = cluster.client("admin")
-    token = json.loads(
-        admin.run("agents", "token", "--name", "lab", "--ttl", "10m", "--json").stdout
-    )["token"]
     root = tmp_path / "root"
     root.mkdir()
     size = 20 * MiB
     src = random_file(root / "big.bin", size, seed=21)
     lab = Client(tmp_path / "lab", cluster.nodes["a"])
     lab.env.update(FAST_AGENT)
-    lab.run(
-        "agent", "enroll", cluster.urls, token,
-        "--fingerprint", cluster.nodes["a"].fingerprint, "--root", str(root),
-    )  # fmt: skip
+    cluster.enroll(admin, lab, "lab", root)
     with AgentProc(lab, tmp_path / "lab.log") as proc:
         wait_online(admin, "lab", proc=proc)
         add_policy(admin, "all", every="1h")
-        wait_until(lambda: len(cluster.receiving()) == 1, 60, "a node receiving the upload")
-        (victim,) = cluster.receiving()
-        survivor = "b" if victim == "a" else "a"
+        victim, survivor = cluster.receiver(2, timeout=60)
         dying = cluster.nodes[victim]
-        wait_until(lambda: dying.partial_size() >= 2 * CKPT, 60, "two checkpoints")
         dying.kill()
         at_kill = dying.partial_size()
         assert at_kill < size, "the upload ended before the SIGKILL"
