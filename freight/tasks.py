@@ -91,11 +91,14 @@ class Supervisor:
         assert self.failure is not None
         return self.failure
 
-    async def aclose(self, timeout: float = 5.0) -> None:
+    async def aclose(self, timeout: float = 5.0, *, grace: float = 0.0) -> None:
         """Cancel every task still running and wait up to ``timeout``
         seconds for them to end (a task that ignores cancellation longer
-        is logged and left)."""
+        is logged and left). With ``grace``, tasks first get that many
+        seconds to end by themselves (to finish what they already hold)."""
         self._closing = True
+        if grace > 0 and self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()

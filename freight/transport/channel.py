@@ -26,6 +26,9 @@ Frame = tuple[AnyMessage, bytes]
 # keep a stream on its own data connection streaming; whatever sizes a
 # peer picks, one connection pins at most this plus one frame.
 MUX_QUEUE_BYTES = 16 * 1024 * 1024
+# How long the streams of a closed connection may take to read what was
+# queued before the close, before they are cancelled.
+CLOSE_GRACE = 2.0
 
 
 class ChannelClosed(NetworkError):
@@ -89,9 +92,16 @@ class Mux:
     Error with no sid) go to the control queue.
     """
 
-    def __init__(self, channel: FrameChannel, on_new: NewStreamHandler | None = None) -> None:
+    def __init__(
+        self,
+        channel: FrameChannel,
+        on_new: NewStreamHandler | None = None,
+        *,
+        grace: float = CLOSE_GRACE,
+    ) -> None:
         self.channel = channel
         self.on_new = on_new
+        self.grace = grace
         self.ports: dict[str, Port] = {}
         self.budget = Budget(MUX_QUEUE_BYTES)
         self.control: ByteQueue[Frame] = ByteQueue(self.budget)
@@ -116,12 +126,13 @@ class Mux:
     async def run(self) -> None:
         """Read until the channel closes; then fail every waiting port."""
         failure: BaseException = ChannelClosed("connection closed")
+        grace = 0.0  # none when this reader is cancelled (shutdown)
         try:
             while True:
                 msg, payload = await self.channel.recv()
                 await self._dispatch(msg, payload)
         except (ChannelClosed, NetworkError) as exc:
-            failure = exc
+            failure, grace = exc, self.grace
         except Exception as exc:  # a protocol error: every waiter sees it
             failure = exc
         finally:
@@ -129,7 +140,9 @@ class Mux:
             for p in list(self.ports.values()):
                 p.fail(failure)
             self.control.put_nowait(failure)
-            await self._tasks.aclose()
+            # The peer may have sent its last word (an Abort) just before it
+            # hung up: each stream reads what is queued, then sees the close.
+            await self._tasks.aclose(grace=grace)
 
     async def _dispatch(self, msg: AnyMessage, payload: bytes) -> None:
         # Wait for room before taking the next frame: the peer's frames then

@@ -166,3 +166,43 @@ async def test_a_closed_port_gives_its_bytes_back() -> None:
     reader.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reader
+
+
+async def test_a_stream_reads_what_its_peer_sent_before_closing() -> None:
+    """A sender that aborts and hangs up at once: the hub side must still see
+    the Abort (it discards the partial), not be cancelled by the close."""
+    seen: list[object] = []
+    gate = asyncio.Event()
+
+    async def on_new(port: Port, msg: m.AnyMessage, payload: bytes) -> None:
+        await gate.wait()  # busy elsewhere (a disk write) while the peer closes
+        try:
+            seen.append(type((await port.recv())[0]))
+            await port.recv()
+        except ChannelClosed:
+            seen.append(ChannelClosed)
+
+    start = m.StartStream(sid="s", name="f", size=1)
+    abort = m.Abort(sid="s", code="source_changed", message="changed")
+    mux = Mux(ScriptedChannel([(start, b""), (abort, b"")]), on_new=on_new)  # type: ignore[arg-type]
+    reader = asyncio.create_task(mux.run())
+    await asyncio.wait_for(mux.closed.wait(), 5)
+    gate.set()
+    await asyncio.wait_for(reader, 5)
+    assert seen == [m.Abort, ChannelClosed]
+
+
+async def test_a_stream_that_ignores_the_close_is_cancelled_after_a_grace() -> None:
+    cancelled = asyncio.Event()
+
+    async def on_new(port: Port, msg: m.AnyMessage, payload: bytes) -> None:
+        try:
+            await asyncio.Event().wait()  # never reads its port
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    start = m.StartStream(sid="s", name="f", size=1)
+    mux = Mux(ScriptedChannel([(start, b"")]), on_new=on_new, grace=0.05)  # type: ignore[arg-type]
+    await asyncio.wait_for(mux.run(), 5)
+    assert cancelled.is_set()
