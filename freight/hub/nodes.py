@@ -39,6 +39,7 @@ from aiohttp import web
 
 from ..errors import ConfigError, Conflict, NodeUnavailable, NotFound, UsageError
 from ..store.rows import NodeRow
+from ..store.watch import SessionWatch, watchable
 from .clusterbus import ClusterBus, NatsBus, NoBus
 from .commands import CommandQueue
 from .messaging import Messaging
@@ -51,6 +52,15 @@ __all__ = ["BEAT", "DRAIN_RATE", "NodeService", "describe_node"]
 
 BEAT = 3.0  # seconds between heartbeats
 MISSED = 2  # heartbeats missed before a node stops serving
+# A node's own database session (freight.store.watch): pinged this often,
+# each ping given this long; a node writes pushes only while its last good
+# ping started less than WATCH_HOLD ago. Another node takes a push over
+# from a node whose session has been gone for TAKEOVER_AFTER, by then
+# surely longer than that node could write.
+WATCH_EVERY = 0.5
+WATCH_TIMEOUT = 1.0
+WATCH_HOLD = 2.5
+TAKEOVER_AFTER = WATCH_HOLD + WATCH_EVERY
 DRAIN_RATE = 50  # control channels a draining node closes per second
 # Requests a node that does not serve still answers: the cluster's own
 # administration (an admin may undo a drain through the drained node), and
@@ -127,7 +137,17 @@ class NodeService:
         # holds: a heartbeat short of their leases, renewed by each one. A
         # node alone on its database (no other beat within a lease) has no
         # one to yield to: for it, for ever.
-        self.held_until = float("inf")
+        self.leased_until = float("inf")
+        # And WATCH_HOLD past its last good ping, where there is a session to
+        # watch (none on SQLite): no writing until the first.
+        engine = getattr(db, "engine", None)
+        self.watch = (
+            SessionWatch(engine, self.incarnation)
+            if engine is not None and watchable(engine)
+            else None
+        )
+        self.watched_until = float("inf") if self.watch is None else 0.0
+        self.session_lost = False
         self.messaging: Messaging | None = None  # set where the hub is composed
 
     @property
@@ -139,6 +159,17 @@ class NodeService:
         """How long a push stays this node's without a heartbeat."""
         return self.settings.dead_after
 
+    @property
+    def held_until(self) -> float:
+        """Until when (monotonic) this node may go on writing its pushes."""
+        return min(self.leased_until, self.watched_until)
+
+    @property
+    def takeover_after(self) -> float:
+        """How long another node's session must be gone before its pushes
+        are taken over (``inf``: never, wait for their leases)."""
+        return float("inf") if self.watch is None else TAKEOVER_AFTER
+
     # --- start ----------------------------------------------------------------
 
     async def register(self, url: str, port: int, *, named: bool = True) -> None:
@@ -147,6 +178,12 @@ class NodeService:
         its machine's name taken by another hub on the same database takes
         ``MACHINE-PORT`` instead."""
         self.settings = dataclasses.replace(self.settings, url=url)
+        if self.watch is not None:
+            await self.watch_once()
+            if not self.watched_until:
+                raise ConfigError(
+                    f"node {self.name} cannot open a session of its own on the database"
+                )
         row, taken = await self._row()
         if taken and not named:
             self.settings = dataclasses.replace(self.settings, name=f"{self.name}-{port}")
@@ -207,11 +244,11 @@ class NodeService:
             return
         if got is None:
             self.lost_name = True
-            self.held_until = 0.0
+            self.leased_until = 0.0
             self._stop_serving(f"another process now runs as node {self.name}")
             return
         row, others = got
-        self.held_until = started + self.lease - self.settings.beat if others else float("inf")
+        self.leased_until = started + self.lease - self.settings.beat if others else float("inf")
         self.last_beat = self.clock()
         if not self._bus_ok():
             return
@@ -259,10 +296,52 @@ class NodeService:
             return
         self.why_not = why
         self.events.log.error("node_not_serving", node=self.name, reason=why)
-        # Pushes stop before their leases lapse: another node resumes them.
+        self._give_up_pushes()
+        self.relay.spawn(self._close_channels())
+
+    def _give_up_pushes(self) -> None:
+        """Pushes stop before their leases lapse: another node resumes them."""
         for task in list(self.streams.receiving.values()):
             task.cancel()
-        self.relay.spawn(self._close_channels())
+
+    # --- this node's own session ------------------------------------------------
+
+    async def watch_run(self) -> None:
+        while self.watch is not None:
+            await asyncio.sleep(WATCH_EVERY)
+            await self.watch_once()
+
+    async def watch_once(self) -> None:
+        """Ping this node's session; on failure stop writing pushes at once
+        (other nodes may take them over once the session is gone)."""
+        assert self.watch is not None
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(WATCH_TIMEOUT):
+                await self.watch.ping()
+        except Exception as exc:  # any driver's error, or the timeout
+            await self.watch.drop()
+            if self.watched_until:
+                self.watched_until = 0.0
+                self.session_lost = True
+                self.events.log.warning("node_session_lost", node=self.name, error=repr(exc))
+                self._give_up_pushes()
+            return
+        if self.session_lost:
+            self.session_lost = False
+            self.events.log.warning("node_session_back", node=self.name)
+        self.watched_until = started + WATCH_HOLD
+
+    async def gone(self, node: str) -> bool:
+        """Whether node ``node``'s process surely no longer runs: its
+        session left the database (False where that cannot be seen)."""
+        if self.watch is None or node == self.name:
+            return False
+        row = await self.db.node(node)
+        if row is None:
+            return False
+        sessions: int | None = await self.db.sessions_of(row.incarnation)
+        return sessions == 0
 
     async def _close_channels(self) -> None:
         """Close the control channels (their clients attach elsewhere),
@@ -284,6 +363,8 @@ class NodeService:
 
     async def close(self) -> None:
         await self.bus.close()
+        if self.watch is not None:
+            await self.watch.aclose()
 
     # --- serving ----------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ def start(hub: Hub, cfg: HubConfig) -> None:
         (hub.collector.run(), "collector"),
         (hub.transfers.run(hub.relay.live), "transfer-sampler"),
         (hub.nodes.run(), "node-heartbeat"),
+        (hub.nodes.watch_run(), "node-watch"),
     ):
         hub.tasks.spawn(work, name=name, detached=True)
 

@@ -72,6 +72,16 @@ class Node(Protocol):
         """Until when (monotonic) it may go on writing the pushes it holds."""
         ...
 
+    @property
+    def takeover_after(self) -> float:
+        """How long another node must be :meth:`gone` before its pushes
+        are taken over without waiting for their leases."""
+        ...
+
+    async def gone(self, node: str) -> bool:
+        """Whether node ``node``'s process surely no longer runs."""
+        ...
+
 
 class SoleNode:
     """The node of a hub that runs alone (until build_hub sets the real one)."""
@@ -79,6 +89,10 @@ class SoleNode:
     name = "hub"
     lease = 9.0
     held_until = float("inf")
+    takeover_after = float("inf")
+
+    async def gone(self, node: str) -> bool:
+        return False
 
 
 class DatabaseCheckpoints:
@@ -176,13 +190,29 @@ class HubSink:
         renewed all that time (that node is alive and still receiving)."""
         node = self.s.node
         deadline = time.monotonic() + node.lease + 1.0
+        gone_since: float | None = None  # its node's process is gone since
+        dead = ""
         while True:
             claimed, row = await self.s.db.claim_stream(
-                self.user.id, self.sid, node.name, node.lease
+                self.user.id, self.sid, node.name, node.lease, dead=dead
             )
+            if claimed and dead:
+                self.s.log.info("stream_taken_over", sid=self.sid, node=dead)
             if row is None or claimed:
                 return row
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            # A node whose process died (its database session ended) lets
+            # go now rather than when its lease lapses: take over once it is
+            # surely no longer writing (freight.store.watch).
+            dead = ""
+            if await node.gone(row.owner):
+                gone_since = now if gone_since is None else gone_since
+                if now - gone_since >= node.takeover_after:
+                    dead = row.owner
+                    continue
+            else:
+                gone_since = None
+            if now >= deadline:
                 raise HeldElsewhere(
                     f"hub node {row.owner} is still receiving {row.name}; "
                     "it resumes here once that node lets go"

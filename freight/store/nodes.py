@@ -13,6 +13,7 @@ from . import schema as t
 from .base import Repository
 from .rows import NodeRow, StreamRow
 from .streams import RECEIVING
+from .watch import session_name, watchable
 
 __all__ = ["Nodes"]
 
@@ -43,6 +44,18 @@ class Nodes(Repository):
             done = await c.execute(t.nodes.update().where(t.nodes.c.name == name).values(**values))
             if not done.rowcount:
                 await c.execute(t.nodes.insert().values(name=name, draining=0, **values))
+            # A new process receives nothing yet: what an earlier one held
+            # under this name may be resumed by any node at once.
+            await c.execute(t.streams.update().where(t.streams.c.owner == name).values(lease=0.0))
+
+    async def sessions_of(self, incarnation: str) -> int | None:
+        """How many sessions node process ``incarnation`` holds on the
+        database (:mod:`.watch`); None where that cannot be seen."""
+        if not watchable(self.engine):
+            return None
+        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+        async with self.engine.connect() as c:
+            return int(await c.scalar(query, {"name": session_name(incarnation)}) or 0)
 
     async def beat(
         self, name: str, incarnation: str, *, clients: int, transfers: int, lease_for: float
@@ -101,16 +114,20 @@ class Nodes(Repository):
         return sa.or_(s.owner == "", s.owner == owner, s.lease < now)
 
     async def claim_stream(
-        self, user_id: int, sid: str, owner: str, lease_for: float
+        self, user_id: int, sid: str, owner: str, lease_for: float, *, dead: str = ""
     ) -> tuple[bool, StreamRow | None]:
         """Make ``owner`` the node receiving push ``sid`` if nobody else holds
-        it: (claimed, the row as it is now; None if there is none)."""
+        it, or if node ``dead`` (known to be gone) still does: (claimed, the
+        row as it is now; None if there is none)."""
         now = self.clock()
         s = t.streams.c
+        free = self._free_for(owner, now)
+        if dead:
+            free = sa.or_(free, s.owner == dead)
         async with self.engine.begin() as c:
             done = await c.execute(
                 t.streams.update()
-                .where(s.user_id == user_id, s.sid == sid, self._free_for(owner, now))
+                .where(s.user_id == user_id, s.sid == sid, free)
                 .values(owner=owner, lease=now + lease_for)
             )
             row = (

@@ -1,0 +1,109 @@
+"""Each node keeps a database session of its own (freight.store.watch): a
+node whose process dies loses its pushes to another node within seconds,
+not after its heartbeat's lease; a node that is alive but lost its session
+stops writing at once. Real `freight hub` nodes on one PostgreSQL database;
+skipped without PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
+from tests.integration.test_faults import hub_events as events_of
+from tests.integration.test_postgres import (
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    pg_database,  # noqa: F401 - a fixture
+)
+from tests.support import random_file, same_bytes, wait_until
+
+MiB = 1024 * 1024
+# Heartbeats 5 s apart: a lease lasts 15 s and is renewed at each beat, so a
+# dead node's pushes lapse 10 s after its death at the earliest.
+SLOW_BEAT = "5"
+
+
+def _push(nodes: Cluster, src: Path, limit: str) -> tuple[subprocess.Popen[str], str, str]:
+    nodes.start("a", beat=SLOW_BEAT)
+    nodes.start("b", beat=SLOW_BEAT)
+    client = nodes.client()
+    proc = client.popen("push", str(src), "--as", src.name, "--limit", limit, "--json")
+    victim, survivor = nodes.receiver(2)
+    return proc, victim, survivor
+
+
+def _pulled_back(nodes: Cluster, src: Path, tmp: Path) -> bool:
+    back = tmp / "back.bin"
+    nodes.client("check").run("pull", src.name, str(back))
+    return same_bytes(src, back)
+
+
+def test_a_killed_nodes_push_is_taken_over_before_its_lease_lapses(
+    tmp_path: Path,
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    src = random_file(tmp_path / "big.bin", 32 * MiB, seed=31)
+    proc, victim, survivor = _push(cluster, src, "4M")
+    try:
+        cluster.nodes[victim].kill()
+        killed = time.monotonic()
+        wait_until(
+            lambda: events_of(cluster.nodes[survivor], "stream_taken_over"), 30, "the takeover"
+        )
+        took = time.monotonic() - killed
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    (ev,) = events_of(cluster.nodes[survivor], "stream_taken_over")
+    assert ev["node"] == victim
+    assert took < 10, f"taken over {took:.1f} s after the kill: the lease's time, not the session's"
+    assert _pulled_back(cluster, src, tmp_path)
+
+
+async def _end_session_of(database_url: str, node: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, database=urlsplit(database_url).path[1:]
+    )
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'freight-node ' || "
+                "(SELECT incarnation FROM nodes WHERE name = $1)",
+                node,
+            )
+        )
+    finally:
+        await conn.close()
+
+
+def test_a_node_that_loses_its_session_gives_up_its_push_which_resumes_whole(
+    tmp_path: Path,
+    cluster: Cluster,  # noqa: F811
+    pg_database: str,  # noqa: F811
+) -> None:
+    """The node lives on, but the database ended its session: other nodes
+    may now take its push over, so it must stop writing it at once."""
+    src = random_file(tmp_path / "big.bin", 32 * MiB, seed=32)
+    proc, victim, _ = _push(cluster, src, "4M")
+    try:
+        assert asyncio.run(_end_session_of(pg_database, victim)) == 1
+        node = cluster.nodes[victim]
+        wait_until(lambda: events_of(node, "node_session_lost"), 30, "the node to notice")
+        wait_until(lambda: events_of(node, "node_session_back"), 30, "a new session")
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert _pulled_back(cluster, src, tmp_path)
+    assert cluster.nodes[victim].partials() == []
