@@ -203,6 +203,7 @@ class NodeService:
             host=self.host,
             pid=os.getpid(),
             incarnation=self.incarnation,
+            watched=self.watch is not None,
         )
         self.last_beat = self.clock()
         self.draining = bool(row.draining) if row is not None else False
@@ -338,7 +339,7 @@ class NodeService:
         if self.watch is None or node == self.name:
             return False
         row = await self.db.node(node)
-        if row is None:
+        if row is None or not row.watched:  # gone, or of a version without a session
             return False
         sessions: int | None = await self.db.sessions_of(row.incarnation)
         return sessions == 0

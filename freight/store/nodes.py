@@ -27,14 +27,18 @@ class Nodes(Repository):
     async def nodes(self) -> list[NodeRow]:
         return await self._all(NodeRow, sa.select(t.nodes).order_by(t.nodes.c.name))
 
-    async def put_node(self, name: str, *, url: str, host: str, pid: int, incarnation: str) -> None:
-        """Record this process as node ``name`` (replacing whoever was)."""
+    async def put_node(
+        self, name: str, *, url: str, host: str, pid: int, incarnation: str, watched: bool = False
+    ) -> None:
+        """Record this process as node ``name`` (replacing whoever was);
+        ``watched``: it keeps a session of its own (:mod:`.watch`)."""
         now = self.clock()
         values = {
             "url": url,
             "host": host,
             "pid": pid,
             "incarnation": incarnation,
+            "watched": int(watched),
             "started": now,
             "seen": now,
             "clients": 0,

@@ -235,3 +235,4 @@ class NodeRow:
     clients: int
     transfers: int
     draining: int
+    watched: int = 0

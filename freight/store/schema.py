@@ -271,6 +271,8 @@ nodes = Table(
     Column("clients", Integer, nullable=False, default=0, server_default="0"),
     Column("transfers", Integer, nullable=False, default=0, server_default="0"),
     Column("draining", Integer, nullable=False, default=0, server_default="0"),
+    # It keeps a database session of its own (freight.store.watch).
+    Column("watched", Integer, nullable=False, default=0, server_default="0"),
 )
 
 # Which node holds each listener (``l:USER/APP``), code offer (``o:NAMEPLATE``)

@@ -107,3 +107,31 @@ def test_a_node_that_loses_its_session_gives_up_its_push_which_resumes_whole(
     assert proc.returncode == 0, err
     assert _pulled_back(cluster, src, tmp_path)
     assert cluster.nodes[victim].partials() == []
+
+
+async def test_only_a_node_that_keeps_a_session_is_taken_for_gone_without_one(
+    pg_database: str,  # noqa: F811
+) -> None:
+    """A node of an earlier version keeps no session of its own: its pushes
+    must wait for their leases, never be taken over while it writes."""
+    from freight.hub.nodes import NodeService, NodeSettings
+    from freight.store.db import Database
+    from freight.store.watch import SessionWatch
+
+    db = Database(pg_database)
+    watch: SessionWatch | None = None
+    try:
+        await db.migrate()
+        me = NodeService(db, None, None, None, None, NodeSettings("me", ""))  # type: ignore[arg-type]
+        for name, watched in (("old", False), ("new", True)):
+            await db.put_node(name, url="", host="h", pid=1, incarnation=name, watched=watched)
+        assert not await me.gone("old")  # no session, but it never kept one
+        assert await me.gone("new")  # kept one, and it is gone
+        watch = SessionWatch(db.engine, "new")
+        await watch.ping()
+        assert not await me.gone("new")  # its session is there: alive
+        assert not await me.gone("nobody")
+    finally:
+        if watch is not None:
+            await watch.aclose()
+        await db.close()
