@@ -37,6 +37,33 @@ def loadtest_cmd(
             "folder (needed by hub_kill@T); it is stopped and deleted at the end.",
         ),
     ] = False,
+    nodes: Annotated[
+        int,
+        typer.Option(
+            "--nodes",
+            min=1,
+            max=9,
+            help="With --start-hub: a cluster of this many nodes on loopback (needs "
+            "--database-url); hub_kill@T then kills the first node.",
+        ),
+    ] = 1,
+    database_url: Annotated[
+        str | None,
+        typer.Option(
+            "--database-url",
+            help="With --start-hub: the database of the hub it starts (PostgreSQL, "
+            "postgresql+asyncpg://…; shared by every node of --nodes N).",
+            show_default=False,
+        ),
+    ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            "--bus",
+            help="With --start-hub: the NATS bus of its nodes (nats://USER:PASS@HOST:4222).",
+            show_default=False,
+        ),
+    ] = None,
     duration: Annotated[
         str, typer.Option("--duration", help="How long the run lasts: 90s, 5m, 1h.")
     ] = "60s",
@@ -104,6 +131,16 @@ def loadtest_cmd(
     if seconds <= 0:
         raise typer.BadParameter("a run lasts more than 0 s", param_hint="--duration")
     chosen = seed if seed is not None else secrets.randbelow(2**31)
+    from ..loadtest.localhub import HubSpec
+
+    spec = HubSpec(nodes, database_url, bus)
+    if (nodes > 1 or database_url or bus) and not start_hub:
+        raise typer.BadParameter("--nodes, --database-url and --bus go with --start-hub")
+    if nodes > 1 and not database_url:
+        raise typer.BadParameter(
+            "several nodes share one database: give --database-url postgresql+asyncpg://…",
+            param_hint="--nodes",
+        )
     if worker is not None:  # one of the processes of --workers N
         run_async(lambda: _worker(text, worker, tag, seconds, chosen, hub))
         return
@@ -128,11 +165,11 @@ def loadtest_cmd(
             from ..loadtest.workers import Fleet
 
             fleet = Fleet(scenario, sheet, workers=workers, duration=seconds, seed=chosen,
-                          hub=hub, start_hub=start_hub, on_sample=outputs.sample,
+                          hub=hub, start_hub=start_hub, spec=spec, on_sample=outputs.sample,
                           on_result=show)  # fmt: skip
             with outputs.showing():
                 return await fleet.run()
-        run = Run(sheet, duration=seconds, seed=chosen, hub=hub, start_hub=start_hub,
+        run = Run(sheet, duration=seconds, seed=chosen, hub=hub, start_hub=start_hub, spec=spec,
                   on_sample=outputs.sample, on_result=show)  # fmt: skip
         with outputs.showing():
             return await run.run()

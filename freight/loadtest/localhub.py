@@ -1,7 +1,12 @@
 """``freight loadtest --start-hub``: a hub process of the tester's own, on a
 fresh data folder and a free loopback port, which ``hub_kill@T`` may
 SIGKILL and start again on the same port and data (as a crashed service
-restarted by its supervisor would be)."""
+restarted by its supervisor would be).
+
+With ``--nodes N`` (and ``--database-url``, ``--bus``) it is a cluster of
+N nodes on loopback sharing that database and one data folder
+(docs/cluster.md); ``hub_kill@T`` then SIGKILLs the first node and starts
+it again, and the clients carry on through the others."""
 
 from __future__ import annotations
 
@@ -15,10 +20,11 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from ..errors import FreightError
+from ..errors import FreightError, UsageError
 from ..tasks import Supervisor
 
 START_TIMEOUT: Final = 60.0
@@ -33,31 +39,89 @@ _FINGERPRINT = re.compile(r"fingerprint: (SHA256:[0-9a-f]+)")
 LOCAL_HUB_OPTIONS: Final = ("--max-connections-per-address", "10000")
 
 
+@dataclass(frozen=True)
+class HubSpec:
+    """What hub the tester starts: one process, or ``nodes`` nodes sharing
+    ``database_url`` (PostgreSQL) and, if given, the NATS ``bus``."""
+
+    nodes: int = 1
+    database_url: str | None = None
+    bus: str | None = None
+
+    def check(self) -> None:
+        if self.nodes < 1:
+            raise UsageError("--nodes is 1 or more")
+        if self.nodes > 1 and not self.database_url:
+            raise UsageError(
+                "several nodes share one database: give --database-url postgresql+asyncpg://…"
+            )
+
+    def options(self, node: int) -> list[str]:
+        """The ``freight hub`` options of node ``node`` (0-based)."""
+        out: list[str] = []
+        if self.nodes > 1:
+            out += ["--node", f"n{node + 1}"]
+        if self.database_url:
+            out += ["--database-url", self.database_url]
+        if self.bus:
+            out += ["--bus", self.bus]
+        return out
+
+
 class LocalHub:
-    def __init__(self, data: Path | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, data: Path | None = None, extra: list[str] | None = None, spec: HubSpec | None = None
+    ) -> None:
+        self.spec = spec or HubSpec()
+        self.spec.check()
         self.own_data = data is None
         self.data = data or Path(tempfile.mkdtemp(prefix="freight-loadtest-hub-"))
         self.extra = [*LOCAL_HUB_OPTIONS, *(extra or [])]
         self.password = secrets.token_urlsafe(18)
-        self.port = 0
+        self.ports = [0] * self.spec.nodes
         self.fingerprint = ""
-        self.proc: asyncio.subprocess.Process | None = None
+        self.procs: list[asyncio.subprocess.Process | None] = [None] * self.spec.nodes
         self.restarts = 0
         self.tasks = Supervisor("local-hub")
 
     @property
+    def port(self) -> int:
+        return self.ports[0]
+
+    @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}/"
+        """The first node's address (the only one of a hub alone)."""
+        return self.urls[0]
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"https://127.0.0.1:{port}/" for port in self.ports]
+
+    @property
+    def proc(self) -> asyncio.subprocess.Process | None:
+        return self.procs[0]
 
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
 
+    @property
+    def pids(self) -> list[int]:
+        """Every node's process that runs."""
+        return [p.pid for p in self.procs if p is not None and p.returncode is None]
+
     async def start(self) -> None:
+        # One after another: the first makes the database's tables and the
+        # certificate in the shared folder that the others then serve.
+        for node in range(self.spec.nodes):
+            await self._start(node)
+
+    async def _start(self, node: int) -> None:
         cmd = [sys.executable, "-m", "freight", "hub", "--data", str(self.data)]
-        cmd += ["--listen", f"127.0.0.1:{self.port}", *self.extra]
+        cmd += ["--listen", f"127.0.0.1:{self.ports[node]}", *self.extra]
+        cmd += self.spec.options(node)
         env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": self.password}
-        self.proc = await asyncio.create_subprocess_exec(
+        proc = self.procs[node] = await asyncio.create_subprocess_exec(
             *cmd,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
@@ -65,23 +129,25 @@ class LocalHub:
             stderr=asyncio.subprocess.PIPE,
             preexec_fn=_die_with_parent,
         )
-        assert self.proc.stderr is not None
+        assert proc.stderr is not None
         seen: list[str] = []
+        port, fingerprint = 0, ""
         try:
             async with asyncio.timeout(START_TIMEOUT):
-                while not self.fingerprint or not self.port:
-                    line = (await self.proc.stderr.readline()).decode("utf-8", "replace")
+                while not fingerprint or not port:
+                    line = (await proc.stderr.readline()).decode("utf-8", "replace")
                     if not line:
                         raise FreightError("the hub ended while starting:\n" + "".join(seen[-20:]))
                     seen.append(line)
                     if m := _LISTENING.search(line):
-                        self.port = int(m.group(1))
+                        port = int(m.group(1))
                     if m := _FINGERPRINT.search(line):
-                        self.fingerprint = m.group(1)
+                        fingerprint = m.group(1)
         except TimeoutError:
             await self.stop()
             raise FreightError("the hub did not start within 60 s") from None
-        self.tasks.spawn(self._read_rest(self.proc.stderr), name="log", detached=True)
+        self.ports[node], self.fingerprint = port, fingerprint
+        self.tasks.spawn(self._read_rest(proc.stderr), name=f"log-{node}", detached=True)
 
     @staticmethod
     async def _read_rest(stream: asyncio.StreamReader) -> None:
@@ -89,23 +155,28 @@ class LocalHub:
             pass  # its log is not kept: the data folder has the events
 
     async def kill_and_restart(self) -> None:
-        """SIGKILL, then the same hub again on the same port and data."""
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
-            await self.proc.wait()
-        self.fingerprint = ""
+        """SIGKILL, then the same hub again on the same port and data (of a
+        cluster: its first node; the others carry on meanwhile)."""
+        proc = self.procs[0]
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
         self.restarts += 1
-        await self.start()
+        await self._start(0)
 
     async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc is not None and proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            if proc is None:
+                continue
             try:
                 async with asyncio.timeout(15):
-                    await self.proc.wait()
+                    await proc.wait()
             except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+                proc.kill()
+                await proc.wait()
         await self.tasks.aclose()
         if self.own_data:
             shutil.rmtree(self.data, ignore_errors=True)

@@ -30,7 +30,7 @@ from ..errors import FreightError, UsageError
 from ..tasks import Supervisor
 from .clients import ECHO_GRACE, RowRun
 from .gate import Gate
-from .localhub import LocalHub, proc_usage
+from .localhub import HubSpec, LocalHub, proc_usage
 from .roles import ROLES, SERVICE
 from .scenario import Scenario
 from .schedule import client_starts, fault_times
@@ -85,6 +85,7 @@ class Run:
         hub: str | None = None,
         config_dir: Path | None = None,
         start_hub: bool = False,
+        spec: HubSpec | None = None,
         on_sample: Callable[[Sample], None] | None = None,
         share: tuple[int, int] = (0, 1),
         tag: str | None = None,
@@ -103,7 +104,7 @@ class Run:
         self.rng = random.Random(seed)
         self.hub_url = hub
         self.config_dir = config_dir
-        self.local = LocalHub() if start_hub else None
+        self.local = LocalHub(spec=spec) if start_hub else None
         self.on_sample = on_sample or (lambda _: None)
         self.tag = tag or "lt" + secrets.token_hex(3)
         self.share = share
@@ -182,7 +183,13 @@ class Run:
             (login / "files").mkdir(parents=True)
             cfg = ClientConfig(login)
             cfg.pin(f"{gate.host}:{gate.port}", self.fingerprint)  # as the client looks it up
-            cfg.save_login(canonical_url(parse_hub_url(gate.url)), me, token, "user")
+            home = canonical_url(parse_hub_url(gate.url))
+            # A cluster's other nodes are reached directly (the gate's faults
+            # are on the first node's path).
+            others = self.local.urls[1:] if self.local is not None else []
+            for node in others:
+                cfg.pin(hostport(parse_hub_url(node)), self.fingerprint)
+            cfg.save_login(home, me, token, "user", nodes=[home, *others] if others else None)
             self.rows[row.id] = RowRun(
                 row=row,
                 stats=RowStats(row.id),
@@ -422,20 +429,31 @@ def give_back_memory() -> None:
 
 
 class HubMeter:
-    """The local hub's CPU (% of one core since the last reading) and memory."""
+    """The local hub's CPU (% of one core since the last reading) and memory;
+    of a cluster, its nodes' together."""
 
     def __init__(self, local: LocalHub | None) -> None:
         self.local = local
-        self.cpu: float | None = None
+        self.cpu: dict[int, float] = {}  # by process: CPU seconds at the last reading
 
     def read(self, sample: Sample) -> None:
-        pid = self.local.pid if self.local else None
-        usage = proc_usage(pid) if pid else None
-        if usage is None:
+        if self.local is None:
             return
-        cpu, sample.hub_rss = usage
-        if self.cpu is not None and cpu >= self.cpu:
-            sample.hub_cpu = 100.0 * (cpu - self.cpu)
+        cpu: dict[int, float] = {}
+        rss = spent = 0.0
+        for pid in self.local.pids:
+            usage = proc_usage(pid)
+            if usage is None:
+                continue
+            cpu[pid] = usage[0]
+            rss += usage[1]
+            if pid in self.cpu and usage[0] >= self.cpu[pid]:
+                spent += usage[0] - self.cpu[pid]
+        if not cpu:
+            return
+        sample.hub_rss = int(rss)
+        if self.cpu:
+            sample.hub_cpu = 100.0 * spent
         self.cpu = cpu
 
 

@@ -34,7 +34,7 @@ from typing import Any, Final
 from ..client.api import Client
 from ..errors import FreightError, RemoteProtocolError
 from ..tasks import Supervisor
-from .localhub import LocalHub
+from .localhub import HubSpec, LocalHub
 from .runner import HubMeter, Result, Sample, catch_interrupt, hub_alive
 from .scenario import Scenario
 from .schedule import fault_times
@@ -78,6 +78,7 @@ class Fleet:
         hub: str | None,
         start_hub: bool,
         on_sample: Callable[[Sample], None],
+        spec: HubSpec | None = None,
         on_result: Callable[[Result], None] | None = None,
     ) -> None:
         self.sheet = sheet
@@ -86,7 +87,7 @@ class Fleet:
         self.duration = duration
         self.seed = seed
         self.hub = hub
-        self.local = LocalHub() if start_hub else None
+        self.local = LocalHub(spec=spec) if start_hub else None
         self.on_sample = on_sample
         self.on_result = on_result or (lambda _: None)
         self.tag = "lt" + secrets.token_hex(3)
