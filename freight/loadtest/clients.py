@@ -53,6 +53,7 @@ class RowRun:
     mine: list[int] = field(default_factory=list)
     logins: dict[int, Path] = field(default_factory=dict)  # client -> its own login
     file_size: int = 0  # for file:PATH sizes
+    nodes: list[str] = field(default_factory=list)  # a cluster's other nodes, reached directly
     pending: list[int] = field(default_factory=list)  # faults each client has not recovered from
     draining: bool = False  # the run is ending: send nothing new
     outstanding: int = 0  # messages sent and not yet answered

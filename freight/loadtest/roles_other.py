@@ -82,7 +82,7 @@ async def garbage_client(run: RowRun, i: int) -> None:
 async def agent_client(run: RowRun, i: int) -> None:
     name = run.account(i)
     key = Ed25519PrivateKey.generate()
-    anon = HubSession(run.gate.url, fingerprint=run.fingerprint)
+    anon = HubSession(run.gate.url, fingerprint=run.fingerprint, nodes=run.nodes)
     token = ""
 
     async def enrol() -> None:
@@ -112,6 +112,7 @@ async def agent_client(run: RowRun, i: int) -> None:
         session = HubSession(
             run.gate.url,
             fingerprint=run.fingerprint,
+            nodes=run.nodes,
             token=str(body["token"]),
             transport=run.transport()["transport"],
         )

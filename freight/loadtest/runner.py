@@ -205,6 +205,7 @@ class Run:
             )
         for run in self.rows.values():
             run.file_size = self.file_sizes.get(run.row.id, 0)
+            run.nodes = self.local.urls[1:] if self.local is not None else []
             if run.row.peer and run.row.peer != "*":
                 run.peer_run = self.rows[run.row.peer]
                 if run.row.role in SERVICE:
