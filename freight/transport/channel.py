@@ -26,8 +26,9 @@ Frame = tuple[AnyMessage, bytes]
 # keep a stream on its own data connection streaming; whatever sizes a
 # peer picks, one connection pins at most this plus one frame.
 MUX_QUEUE_BYTES = 16 * 1024 * 1024
-# How long the streams of a closed connection may take to read what was
-# queued before the close, before they are cancelled.
+# How long the streams a peer opened may take, once it hung up, to act on
+# its last word (an Abort queued just before the close), before they are
+# cancelled; the rest of what it queued is dropped.
 CLOSE_GRACE = 2.0
 
 
@@ -108,6 +109,7 @@ class Mux:
         # One task per stream the peer opens (``on_new``); one failing is
         # logged and does not end the others.
         self._tasks = Supervisor("mux-streams")
+        self._served: set[str] = set()  # streams the peer opened (on_new)
         self.closed = asyncio.Event()
 
     def port(self, sid: str) -> Port:
@@ -138,10 +140,14 @@ class Mux:
         finally:
             self.closed.set()
             for p in list(self.ports.values()):
+                if p.sid in self._served:
+                    # What the peer queued before it hung up was never
+                    # acknowledged: only its last word (an Abort) counts.
+                    p.queue.keep(_last_word)
                 p.fail(failure)
             self.control.put_nowait(failure)
             # The peer may have sent its last word (an Abort) just before it
-            # hung up: each stream reads what is queued, then sees the close.
+            # hung up: each stream reads it, then sees the close.
             await self._tasks.aclose(grace=grace)
 
     async def _dispatch(self, msg: AnyMessage, payload: bytes) -> None:
@@ -166,6 +172,7 @@ class Mux:
             msg, m.StartStream | m.Pull | m.PutFiles | m.GetFiles
         ):
             port = self.port(sid)
+            self._served.add(sid)
             self._tasks.spawn(self._serve(port, msg, payload), name=sid, detached=True)
             return
         if isinstance(msg, m.Error):
@@ -177,4 +184,9 @@ class Mux:
         try:
             await self.on_new(port, msg, payload)
         finally:
+            self._served.discard(port.sid)
             port.close()
+
+
+def _last_word(item: Frame | BaseException) -> bool:
+    return isinstance(item, tuple) and isinstance(item[0], m.Abort | m.Error)

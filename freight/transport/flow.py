@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Callable
 from typing import Final, Generic, TypeVar
 
 # What a queued frame costs besides its payload (the decoded header object
@@ -95,6 +96,12 @@ class ByteQueue(Generic[T]):
         """Drop everything queued (its reader is gone) and give the bytes back."""
         while self._items:
             self.get_nowait()
+
+    def keep(self, wanted: Callable[[T | BaseException], bool]) -> None:
+        """Drop what is queued but the items ``wanted`` says to keep (in order)."""
+        kept = [(item, size) for item, size in self._items if wanted(item)]
+        self.budget.release(sum(size for _, size in self._items) - sum(s for _, s in kept))
+        self._items = collections.deque(kept)
 
 
 class ReadFlow:

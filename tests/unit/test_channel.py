@@ -206,3 +206,33 @@ async def test_a_stream_that_ignores_the_close_is_cancelled_after_a_grace() -> N
     mux = Mux(ScriptedChannel([(start, b"")]), on_new=on_new, grace=0.05)  # type: ignore[arg-type]
     await asyncio.wait_for(mux.run(), 5)
     assert cancelled.is_set()
+
+
+async def test_a_served_stream_gets_only_the_peers_last_word_after_it_hung_up() -> None:
+    """What a sender queued before hanging up was never acknowledged: the
+    hub side must not act on it (in a cluster another node may already be
+    resuming the stream). Its Abort is still honoured."""
+    seen: list[object] = []
+    gate = asyncio.Event()
+
+    async def on_new(port: Port, msg: m.AnyMessage, payload: bytes) -> None:
+        await gate.wait()
+        try:
+            while True:
+                seen.append(type((await port.recv())[0]))
+        except ChannelClosed:
+            seen.append(ChannelClosed)
+
+    frames = [
+        (m.StartStream(sid="s", name="f", size=1), b""),
+        (m.KeepAlive(sid="s", offset=0), b""),
+        (m.Abort(sid="s", code="source_changed", message="changed"), b""),
+        (m.KeepAlive(sid="s", offset=1), b""),
+    ]
+    mux = Mux(ScriptedChannel(frames), on_new=on_new)  # type: ignore[arg-type]
+    reader = asyncio.create_task(mux.run())
+    await asyncio.wait_for(mux.closed.wait(), 5)
+    gate.set()
+    await asyncio.wait_for(reader, 5)
+    assert seen == [m.Abort, ChannelClosed]
+    assert mux.budget.held == 0  # what was dropped gave its bytes back
