@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from ..errors import (
     DiskFull,
     FreightError,
+    HeldElsewhere,
     SourceChanged,
     StalledError,
     StorageError,
@@ -262,6 +263,18 @@ async def run_receiver(
                 await sink.aborted(exc.code, exc.message)
             await _tell_peer(port, receiver, exc)
         raise
+    except HeldElsewhere as exc:
+        # Another hub node may be receiving it by now: the sender resumes
+        # there at once instead of waiting out its stall timeout.
+        await let_go(port, receiver, exc)
+        raise
+
+
+async def let_go(port: Port, receiver: StreamReceiver, exc: FreightError) -> None:
+    """Tell the sender this receiver stopped and keeps the partial, so it
+    tries again (elsewhere, or here later) rather than wait for acks."""
+    if receiver.state is not State.ABORTED and not port.mux.closed.is_set():
+        await _tell_peer(port, receiver, exc)
 
 
 async def _tell_peer(port: Port, machine: StreamSender | StreamReceiver, exc: FreightError) -> None:

@@ -13,7 +13,7 @@ from typing import Any, Protocol
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..engine.partial import PartialFile, PathPlace
-from ..engine.streams import Acceptance, FileSource, run_receiver, run_sender
+from ..engine.streams import Acceptance, FileSource, let_go, run_receiver, run_sender
 from ..errors import (
     DiskFull,
     FreightError,
@@ -440,6 +440,11 @@ class StreamService:
         sink = HubSink(self, user, start.sid)
         try:
             await run_receiver(port, receiver, sink, start)
+        except asyncio.CancelledError:
+            # This node gave the push up (another may resume it), or stops:
+            # the sender resumes at once instead of waiting for acks.
+            await let_go(port, receiver, HeldElsewhere(f"hub node {self.node.name} let go of it"))
+            raise
         finally:
             sink.close()
             if self.receiving.get(key) is me:

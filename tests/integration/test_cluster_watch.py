@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import time
+from datetime import datetime
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
+from tests.integration.test_cluster import BEAT, Cluster, cluster  # noqa: F401 - a fixture
 from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import (
     PG_HOST,
@@ -28,9 +29,11 @@ MiB = 1024 * 1024
 SLOW_BEAT = "5"
 
 
-def _push(nodes: Cluster, src: Path, limit: str) -> tuple[subprocess.Popen[str], str, str]:
-    nodes.start("a", beat=SLOW_BEAT)
-    nodes.start("b", beat=SLOW_BEAT)
+def _push(
+    nodes: Cluster, src: Path, limit: str, beat: str
+) -> tuple[subprocess.Popen[str], str, str]:
+    nodes.start("a", beat=beat)
+    nodes.start("b", beat=beat)
     client = nodes.client()
     proc = client.popen("push", str(src), "--as", src.name, "--limit", limit, "--json")
     victim, survivor = nodes.receiver(2)
@@ -47,8 +50,8 @@ def test_a_killed_nodes_push_is_taken_over_before_its_lease_lapses(
     tmp_path: Path,
     cluster: Cluster,  # noqa: F811
 ) -> None:
-    src = random_file(tmp_path / "big.bin", 32 * MiB, seed=31)
-    proc, victim, survivor = _push(cluster, src, "4M")
+    src = random_file(tmp_path / "big.bin", 16 * MiB, seed=31)
+    proc, victim, survivor = _push(cluster, src, "4M", SLOW_BEAT)
     try:
         cluster.nodes[victim].kill()
         killed = time.monotonic()
@@ -93,8 +96,8 @@ def test_a_node_that_loses_its_session_gives_up_its_push_which_resumes_whole(
 ) -> None:
     """The node lives on, but the database ended its session: other nodes
     may now take its push over, so it must stop writing it at once."""
-    src = random_file(tmp_path / "big.bin", 32 * MiB, seed=32)
-    proc, victim, _ = _push(cluster, src, "4M")
+    src = random_file(tmp_path / "big.bin", 16 * MiB, seed=32)
+    proc, victim, _ = _push(cluster, src, "4M", BEAT)
     try:
         assert asyncio.run(_end_session_of(pg_database, victim)) == 1
         node = cluster.nodes[victim]
@@ -107,6 +110,17 @@ def test_a_node_that_loses_its_session_gives_up_its_push_which_resumes_whole(
     assert proc.returncode == 0, err
     assert _pulled_back(cluster, src, tmp_path)
     assert cluster.nodes[victim].partials() == []
+    # The node told the sender it let go: the push resumed at once, not
+    # after the sender's stall timeout without acknowledgements.
+    (lost,) = events_of(node, "node_session_lost")
+    resumed = [e for n in cluster.nodes.values() for e in events_of(n, "stream_resume")]
+    assert resumed
+    waited = _seconds(resumed[0]["timestamp"]) - _seconds(lost["timestamp"])
+    assert waited < 10, f"resumed {waited:.1f} s after the node let go"
+
+
+def _seconds(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 async def test_only_a_node_that_keeps_a_session_is_taken_for_gone_without_one(
