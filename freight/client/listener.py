@@ -26,6 +26,7 @@ log = logging.getLogger("freight.relay")
 # Connections linked but not yet accepted by the application; a dialer
 # beyond this is turned away (``busy``) rather than held in memory.
 MAX_PENDING = 64
+ACCEPT_TURNS = 3  # turns of the event loop a full listener's application gets to accept
 
 
 class Listener:
@@ -116,3 +117,13 @@ def code_handshake(code: str) -> Callable[[Connection], Handshake]:
         return CodeHandshake(code, conn.role, conn.app.encode())
 
     return make
+
+
+async def turns_to_accept(listener: Listener | None) -> None:
+    """Connections linked in a burst can fill a listener before its
+    application's accept loop has had a turn: give it some before the next
+    one is turned away as busy."""
+    for _ in range(ACCEPT_TURNS):
+        if listener is None or not listener.full:
+            return
+        await asyncio.sleep(0)

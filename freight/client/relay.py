@@ -57,7 +57,7 @@ from .backoff import backoff_delays, reconnect_policy
 from .config import ClientConfig
 from .connection import Connection
 from .identity import identity_key, register_identity
-from .listener import MAX_PENDING, Listener, code_handshake, split_code
+from .listener import MAX_PENDING, Listener, code_handshake, split_code, turns_to_accept
 from .session import DATA_PATHS, TRANSPORTS, HubSession, open_channel_at
 
 log = logging.getLogger("freight.relay")
@@ -452,6 +452,7 @@ class RelayClient:
     async def _on_linked(self, msg: m.Linked) -> None:
         conn = self.conns.get(msg.cid)
         if conn is None and msg.role == ACCEPT:
+            await turns_to_accept(self._listener_of(msg)[0])
             conn = self._incoming(msg)
             if conn is None:
                 await self.send_frame(
@@ -475,16 +476,20 @@ class RelayClient:
                 conn.error = exc  # before the Hangup's write, which may wait
                 await conn.abort(exc.code, exc.message)
 
+    def _listener_of(self, msg: m.Linked) -> tuple[Listener | None, Any]:
+        """The listener (or code offer) a linked connection is for, and how
+        its handshake goes."""
+        if msg.app.startswith(CODE_APP_PREFIX):
+            offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
+            return offer, code_handshake(offer.code) if offer is not None else None
+        # A tunnel connection comes to its service's listener (§18).
+        return self.listeners.get(listen_app(msg.app)), self._identity_handshake
+
     def _incoming(self, msg: m.Linked) -> Connection | None:
         """A new connection for a listener or an offer; None if there is
         none; one with an error (not kept) if too many wait to be accepted."""
-        offer = None
-        if msg.app.startswith(CODE_APP_PREFIX):
-            lst = offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
-            handshake = code_handshake(offer.code) if offer is not None else None
-        else:
-            # A tunnel connection comes to its service's listener (§18).
-            lst, handshake = self.listeners.get(listen_app(msg.app)), self._identity_handshake
+        lst, handshake = self._listener_of(msg)
+        offer = lst if msg.app.startswith(CODE_APP_PREFIX) else None
         if lst is None or handshake is None:
             return None
         conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, handshake)

@@ -291,6 +291,34 @@ async def test_connections_waiting_to_be_accepted_are_bounded(wire: Recorder) ->
     assert first.cid == cids[0]
 
 
+async def test_a_burst_of_connections_reaches_a_listener_whose_application_accepts(
+    wire: Recorder,
+) -> None:
+    """More connections linked in one go than the bound (1,000 opened at once
+    through a forward): the application's accept loop gets its turn before
+    any is turned away as busy."""
+    from freight.client.listener import MAX_PENDING
+
+    wire.client.identity = BOB
+    wire.client.listeners["ssh"] = listener = Listener(wire.client, "ssh")
+    accepted: list[str] = []
+
+    async def application() -> None:
+        while True:
+            accepted.append((await listener.accept()).cid)
+
+    task = asyncio.create_task(application())
+    try:
+        cids = [secrets.token_hex(12) for _ in range(3 * MAX_PENDING)]
+        for cid in cids:
+            await wire.deliver(id_linked(cid, ACCEPT, "alice", "bob", [ALICE]))
+        await asyncio.sleep(0)
+    finally:
+        task.cancel()
+    assert [f for f, _ in wire.frames if isinstance(f, m.Hangup)] == []
+    assert accepted == cids
+
+
 async def test_a_dial_linked_right_after_listen_is_answered_reaches_the_listener(
     wire: Recorder,
 ) -> None:
