@@ -24,7 +24,7 @@ id,count,role,peer,app,size,rate,transport,attach_at,ramp,faults,expect
 idle,20,agent-idle,,,,,ws,0s,2s,,attached>=99.9%
 inbox,2,listen,*,mail,,,auto,0s,1s,,
 streams,4,message,inbox,mail,1KiB,10/s,auto,1s,1s,,loss=0
-uploaders,3,push,,,8MiB,concurrency:1,auto,1s,1s,hub_kill@6s,errors=0;verified=100%
+uploaders,3,push,,,8MiB,concurrency:1,auto,1s,1s,hub_kill@4s,errors=0;verified=100%
 """
 
 
@@ -59,7 +59,7 @@ def test_a_cluster_of_the_testers_own_loses_nothing_when_a_node_is_killed(
     res = tester.run(
         "loadtest", str(sheet), "--start-hub", "--nodes", "2",
         "--database-url", pg_database, *_nats_here(),
-        "--duration", "16s", "--seed", "5", "--json",
+        "--duration", "10s", "--seed", "5", "--json",
         check=False, timeout=200,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]

@@ -51,7 +51,7 @@ def test_a_killed_nodes_push_is_taken_over_before_its_lease_lapses(
     cluster: Cluster,  # noqa: F811
 ) -> None:
     src = random_file(tmp_path / "big.bin", 16 * MiB, seed=31)
-    proc, victim, survivor = _push(cluster, src, "4M", SLOW_BEAT)
+    proc, victim, survivor = _push(cluster, src, "8M", SLOW_BEAT)
     try:
         cluster.nodes[victim].kill()
         killed = time.monotonic()
