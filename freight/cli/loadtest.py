@@ -131,16 +131,16 @@ def loadtest_cmd(
     if seconds <= 0:
         raise typer.BadParameter("a run lasts more than 0 s", param_hint="--duration")
     chosen = seed if seed is not None else secrets.randbelow(2**31)
+    from ..errors import UsageError
     from ..loadtest.localhub import HubSpec
 
     spec = HubSpec(nodes, database_url, bus)
     if (nodes > 1 or database_url or bus) and not start_hub:
         raise typer.BadParameter("--nodes, --database-url and --bus go with --start-hub")
-    if nodes > 1 and not database_url:
-        raise typer.BadParameter(
-            "several nodes share one database: give --database-url postgresql+asyncpg://…",
-            param_hint="--nodes",
-        )
+    try:
+        spec.check()
+    except UsageError as exc:
+        raise typer.BadParameter(exc.message, param_hint="--nodes") from None
     if worker is not None:  # one of the processes of --workers N
         run_async(lambda: _worker(text, worker, tag, seconds, chosen, hub))
         return

@@ -452,7 +452,7 @@ class RelayClient:
     async def _on_linked(self, msg: m.Linked) -> None:
         conn = self.conns.get(msg.cid)
         if conn is None and msg.role == ACCEPT:
-            await turns_to_accept(self._listener_of(msg)[0])
+            await turns_to_accept(self._listener_of(msg))
             conn = self._incoming(msg)
             if conn is None:
                 await self.send_frame(
@@ -476,22 +476,21 @@ class RelayClient:
                 conn.error = exc  # before the Hangup's write, which may wait
                 await conn.abort(exc.code, exc.message)
 
-    def _listener_of(self, msg: m.Linked) -> tuple[Listener | None, Any]:
-        """The listener (or code offer) a linked connection is for, and how
-        its handshake goes."""
+    def _listener_of(self, msg: m.Linked) -> Listener | None:
+        """The listener, or code offer, a linked connection is for."""
         if msg.app.startswith(CODE_APP_PREFIX):
-            offer = self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
-            return offer, code_handshake(offer.code) if offer is not None else None
+            return self.offers.get(msg.app[len(CODE_APP_PREFIX) :])
         # A tunnel connection comes to its service's listener (§18).
-        return self.listeners.get(listen_app(msg.app)), self._identity_handshake
+        return self.listeners.get(listen_app(msg.app))
 
     def _incoming(self, msg: m.Linked) -> Connection | None:
         """A new connection for a listener or an offer; None if there is
         none; one with an error (not kept) if too many wait to be accepted."""
-        lst, handshake = self._listener_of(msg)
-        offer = lst if msg.app.startswith(CODE_APP_PREFIX) else None
-        if lst is None or handshake is None:
+        lst = self._listener_of(msg)
+        if lst is None:
             return None
+        offer = lst if msg.app.startswith(CODE_APP_PREFIX) else None
+        handshake = code_handshake(lst.code) if offer is not None else self._identity_handshake
         conn = Connection(self, msg.cid, ACCEPT, msg.peer, msg.app, handshake)
         if lst.full:
             conn.error = ConnectionEnded(f"{MAX_PENDING} connections already wait to be accepted")

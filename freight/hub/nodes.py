@@ -338,11 +338,8 @@ class NodeService:
         session left the database (False where that cannot be seen)."""
         if self.watch is None or node == self.name:
             return False
-        row = await self.db.node(node)
-        if row is None or not row.watched:  # gone, or of a version without a session
-            return False
-        sessions: int | None = await self.db.sessions_of(row.incarnation)
-        return sessions == 0
+        gone: bool = await self.db.node_gone(node)
+        return gone
 
     async def _close_channels(self) -> None:
         """Close the control channels (their clients attach elsewhere),

@@ -85,10 +85,6 @@ class LocalHub:
         self.tasks = Supervisor("local-hub")
 
     @property
-    def port(self) -> int:
-        return self.ports[0]
-
-    @property
     def url(self) -> str:
         """The first node's address (the only one of a hub alone)."""
         return self.urls[0]
@@ -98,12 +94,9 @@ class LocalHub:
         return [f"https://127.0.0.1:{port}/" for port in self.ports]
 
     @property
-    def proc(self) -> asyncio.subprocess.Process | None:
-        return self.procs[0]
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.returncode is None else None
+    def others(self) -> list[str]:
+        """A cluster's nodes but the first (none for a hub alone)."""
+        return self.urls[1:]
 
     @property
     def pids(self) -> list[int]:

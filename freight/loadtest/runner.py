@@ -166,6 +166,9 @@ class Run:
     async def _setup(self) -> None:
         self.admin, me, self.fingerprint = await self._admin()
         url = parse_hub_url(str(self.admin.hub))
+        # A cluster's other nodes are reached directly (the gate's faults
+        # are on the first node's path).
+        others = self.local.others if self.local is not None else []
         token = ClientConfig(self.admin.config.root).current(str(self.admin.hub))[1]["token"]
         share = self.share
         for row in self.scenario.rows:
@@ -184,9 +187,6 @@ class Run:
             cfg = ClientConfig(login)
             cfg.pin(f"{gate.host}:{gate.port}", self.fingerprint)  # as the client looks it up
             home = canonical_url(parse_hub_url(gate.url))
-            # A cluster's other nodes are reached directly (the gate's faults
-            # are on the first node's path).
-            others = self.local.urls[1:] if self.local is not None else []
             for node in others:
                 cfg.pin(hostport(parse_hub_url(node)), self.fingerprint)
             cfg.save_login(home, me, token, "user", nodes=[home, *others] if others else None)
@@ -201,11 +201,11 @@ class Run:
                 clock=self.clock,
                 rng=random.Random(f"{self.seed}:{row.id}:{share[0]}"),
                 work=login / "files",
+                nodes=others,
                 mine=[i for i in range(row.count) if i % share[1] == share[0]],
             )
         for run in self.rows.values():
             run.file_size = self.file_sizes.get(run.row.id, 0)
-            run.nodes = self.local.urls[1:] if self.local is not None else []
             if run.row.peer and run.row.peer != "*":
                 run.peer_run = self.rows[run.row.peer]
                 if run.row.role in SERVICE:

@@ -13,7 +13,7 @@ from . import schema as t
 from .base import Repository
 from .rows import NodeRow, StreamRow
 from .streams import RECEIVING
-from .watch import session_name, watchable
+from .watch import SESSION_PREFIX, watchable
 
 __all__ = ["Nodes"]
 
@@ -52,14 +52,20 @@ class Nodes(Repository):
             # under this name may be resumed by any node at once.
             await c.execute(t.streams.update().where(t.streams.c.owner == name).values(lease=0.0))
 
-    async def sessions_of(self, incarnation: str) -> int | None:
-        """How many sessions node process ``incarnation`` holds on the
-        database (:mod:`.watch`); None where that cannot be seen."""
+    async def node_gone(self, name: str) -> bool:
+        """Whether node ``name`` kept a session of its own (:mod:`.watch`)
+        and it has ended: its process no longer runs. False where that
+        cannot be seen, and for an unknown node or one that keeps none (of
+        an earlier version)."""
         if not watchable(self.engine):
-            return None
-        query = sa.text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name")
+            return False
+        query = sa.text(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity"
+            " WHERE application_name = :prefix || n.incarnation)"
+            " FROM nodes n WHERE n.name = :name AND n.watched = 1"
+        )
         async with self.engine.connect() as c:
-            return int(await c.scalar(query, {"name": session_name(incarnation)}) or 0)
+            return bool(await c.scalar(query, {"prefix": SESSION_PREFIX, "name": name}))
 
     async def beat(
         self, name: str, incarnation: str, *, clients: int, transfers: int, lease_for: float

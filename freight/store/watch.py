@@ -22,14 +22,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-__all__ = ["SessionWatch", "session_name", "watchable"]
+__all__ = ["SESSION_PREFIX", "SessionWatch", "session_name", "watchable"]
 
-PREFIX = "freight-node "
+SESSION_PREFIX = "freight-node "
 
 
 def session_name(incarnation: str) -> str:
     """The ``application_name`` of node process ``incarnation``'s session."""
-    return PREFIX + incarnation
+    return SESSION_PREFIX + incarnation
 
 
 def watchable(engine: AsyncEngine) -> bool:

@@ -54,6 +54,7 @@ class Port:
         self.mux = mux
         self.queue: ByteQueue[Frame] = ByteQueue(mux.budget)
         self.failure: BaseException | None = None
+        self.opened_by_peer = False  # served by ``on_new``
 
     def fail(self, exc: BaseException) -> None:
         """The connection failed: recv() raises ``exc`` once queued frames
@@ -109,7 +110,6 @@ class Mux:
         # One task per stream the peer opens (``on_new``); one failing is
         # logged and does not end the others.
         self._tasks = Supervisor("mux-streams")
-        self._served: set[str] = set()  # streams the peer opened (on_new)
         self.closed = asyncio.Event()
 
     def port(self, sid: str) -> Port:
@@ -140,7 +140,7 @@ class Mux:
         finally:
             self.closed.set()
             for p in list(self.ports.values()):
-                if p.sid in self._served:
+                if p.opened_by_peer:
                     # What the peer queued before it hung up was never
                     # acknowledged: only its last word (an Abort) counts.
                     p.queue.keep(_last_word)
@@ -172,7 +172,7 @@ class Mux:
             msg, m.StartStream | m.Pull | m.PutFiles | m.GetFiles
         ):
             port = self.port(sid)
-            self._served.add(sid)
+            port.opened_by_peer = True
             self._tasks.spawn(self._serve(port, msg, payload), name=sid, detached=True)
             return
         if isinstance(msg, m.Error):
@@ -184,7 +184,6 @@ class Mux:
         try:
             await self.on_new(port, msg, payload)
         finally:
-            self._served.discard(port.sid)
             port.close()
 
 
