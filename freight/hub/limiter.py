@@ -308,14 +308,19 @@ class LoginGuard:
         for kind in ("failed", "cleared"):
             keys = body.get(kind)
             for key in keys[:MAX_TOLD] if isinstance(keys, list) else ():
-                if not (
-                    isinstance(key, list)
-                    and 2 <= len(key) <= 3
-                    and all(isinstance(k, str) and len(k) <= MAX_KEY_CHARS for k in key)
-                    and key[0] in self.rules
-                ):
+                if not self._well_formed(key):
                     continue
                 if kind == "failed":
                     self.limiter.fail(tuple(key), self.rules[key[0]], now)
                 elif not key[0].endswith("-address"):
                     self.limiter.clear(tuple(key))
+
+    def _well_formed(self, key: object) -> bool:
+        """A key another node told: a known space, then one or two bounded
+        strings."""
+        return (
+            isinstance(key, list)
+            and 2 <= len(key) <= 3
+            and all(isinstance(k, str) and len(k) <= MAX_KEY_CHARS for k in key)
+            and key[0] in self.rules
+        )
