@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 
+from ..errors import ConfigError
 from ..protocol.limits import CHECKPOINT_INTERVAL
 from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
@@ -177,7 +180,20 @@ async def open_database(cfg: HubConfig, layout: DataLayout) -> Database:
     else:
         layout.create_database()
         db = Database.sqlite(layout.db_path)
-    await db.migrate()
+    try:
+        await db.migrate()
+    except (SQLAlchemyError, OSError) as exc:  # the server, the name, the rights
+        await db.close()
+        if not cfg.database_url:
+            raise
+        url = make_url(cfg.database_url)
+        reason = getattr(exc, "orig", None) or exc
+        raise ConfigError(
+            f"cannot open the hub's database at {url.host}:{url.port or 5432}/{url.database}: "
+            f"{str(reason) or type(reason).__name__}",
+            hint="check --database-url (server, port, user, password, database name); "
+            "a PostgreSQL database is made with: createdb NAME",
+        ) from None
     await ensure_admin(db)
     return db
 

@@ -93,3 +93,31 @@ def test_registration_and_approvals_on_postgresql(tmp_path: Path, pg_database: s
         assert '"state": "refused"' in admin.run("apps", "ls", "--json").stdout
     finally:
         hub.stop()
+
+
+def test_a_database_the_hub_cannot_open_is_one_line_that_says_what_to_check(
+    tmp_path: Path,
+) -> None:
+    """Nothing listens at the address (no PostgreSQL needed): the hub says so
+    in one line with the address (password hidden) and what to check, and
+    exits 2, rather than printing the driver's traceback."""
+    import socket
+    import subprocess
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"postgresql+asyncpg://freight:s3cret@127.0.0.1:{port}/freight"
+    hub = Hub(tmp_path / "hub", extra=["--database-url", url])
+    res = subprocess.run(
+        hub.command(),
+        env={**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert f"cannot open the hub's database at 127.0.0.1:{port}/freight" in res.stderr
+    assert "s3cret" not in res.stderr
+    assert "check --database-url" in res.stderr
