@@ -25,6 +25,11 @@ def command(modules: Collection[str] | None = None) -> Any:
     return root.build(root.MODULES if modules is None else modules)
 
 
+# Commands whose process is no client of a hub (a hub's code may rely on
+# aiohttp's defaults): see _prepare_client.
+NOT_CLIENTS = {"hub", "version"}
+
+
 def modules_for(args: list[str]) -> Collection[str] | None:
     """The command modules that running ``args`` needs (None: all, for the
     whole tree's help or an error naming what exists)."""
@@ -58,6 +63,7 @@ def _run(args: list[str]) -> None:
     tune_allocator()
     configure_client_logging()
     cli = command(modules_for(args))
+    _prepare_client(args)
     # Everything imported so far lives until exit: keep the collector from
     # walking it again and again (and once more at exit, ~0.3 s).
     gc.freeze()
@@ -69,6 +75,18 @@ def _run(args: list[str]) -> None:
             raise
         report(mapped)
         sys.exit(mapped.exit_code)
+
+
+def _prepare_client(args: list[str]) -> None:
+    """A command that will talk to a hub gets aiohttp without the CA store
+    it would read at import (client.trust.import_web_client: ~60 ms of a
+    short command); help, which needs no aiohttp, does not import it."""
+    name = toplevel.command_name(args)
+    if name is None or name in NOT_CLIENTS or "--help" in args or "-h" in args:
+        return
+    from ..client.trust import import_web_client
+
+    import_web_client()
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ class Access:
     """How to reach a link: the TLS trust, a bearer token (only for the
     hub this login belongs to) and a proxy."""
 
-    tls: ssl.SSLContext | aiohttp.Fingerprint | bool
+    tls: ssl.SSLContext | aiohttp.Fingerprint
     token: str = ""
     proxy: URL | None = None
 
@@ -117,7 +117,7 @@ def _pin(fingerprint: str) -> aiohttp.Fingerprint:
     return aiohttp.Fingerprint(bytes.fromhex(fingerprint.removeprefix("SHA256:")))
 
 
-def trust_for(fingerprint: str, ca_pem: str) -> ssl.SSLContext | aiohttp.Fingerprint | bool:
+def trust_for(fingerprint: str, ca_pem: str) -> ssl.SSLContext | aiohttp.Fingerprint:
     if fingerprint:
         return _pin(fingerprint)
     if ca_pem:
@@ -125,7 +125,9 @@ def trust_for(fingerprint: str, ca_pem: str) -> ssl.SSLContext | aiohttp.Fingerp
             return ssl.create_default_context(cadata=ca_pem)
         except ssl.SSLError as exc:
             raise UsageError(f"the reference's CA certificate does not load: {exc}") from None
-    return True
+    # The system's CAs, read here: aiohttp's own default context holds none
+    # in the freight command (see freight.client.trust.import_web_client).
+    return ssl.create_default_context()
 
 
 async def _refusal(resp: aiohttp.ClientResponse) -> FreightError:

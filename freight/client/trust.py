@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ssl
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from yarl import URL
@@ -14,7 +17,14 @@ from ..errors import ConfigError, FingerprintMismatch, NetworkError, TLSError
 from ..transport.closing import closing_on_failure
 from ..transport.proxy import open_tunnel
 
-__all__ = ["ca_context", "fetch_fingerprint", "hostport", "mismatch_error", "untrusted_error"]
+__all__ = [
+    "ca_context",
+    "fetch_fingerprint",
+    "hostport",
+    "import_web_client",
+    "mismatch_error",
+    "untrusted_error",
+]
 
 
 def hostport(u: URL) -> str:
@@ -32,6 +42,35 @@ def ca_context(ca_file: Path) -> ssl.SSLContext:
             f"cannot load CA certificates from {ca_file}: {getattr(exc, 'strerror', None) or exc}",
             hint="give a PEM file with --ca-file, or log in without it to pin the fingerprint",
         ) from None
+
+
+def import_web_client() -> None:
+    """Import aiohttp without the system CA store it would read at import.
+
+    aiohttp builds two default TLS contexts when it is imported, each
+    reading the system's CA bundle (~30 ms apiece here: a fifth of a short
+    command). Freight never uses them to trust anyone: a hub is checked by
+    its pinned fingerprint (aiohttp then picks its unverified context, where
+    CAs change nothing) or by an explicit CA file, and a link to a hub with
+    a public certificate gets a context of its own (``links.trust_for``).
+    So the ``freight`` command imports aiohttp with the store left out:
+    its verified default then trusts no one, and anything that relied on it
+    by mistake would fail closed. Not done by the SDK, whose host program
+    may use aiohttp's defaults itself; a no-op once aiohttp is imported."""
+    if "aiohttp.connector" in sys.modules:
+        return
+    with _no_default_store():
+        import aiohttp.connector  # noqa: F401
+
+
+@contextmanager
+def _no_default_store() -> Iterator[None]:
+    cls = ssl.SSLContext
+    cls.set_default_verify_paths = lambda self: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        del cls.set_default_verify_paths  # the C method shows through again
 
 
 def untrusted_error(u: URL, ca_file: Path, exc: ssl.SSLError) -> TLSError:

@@ -181,14 +181,19 @@ def test_refused_data_connection_falls_back_through_proxy(
 # --- trusting a CA instead of pinning -------------------------------------------------
 
 
-def test_ca_file_instead_of_pinning(tmp_path: Path) -> None:
+def ca_signed_hub(tmp_path: Path) -> tuple[Hub, Path]:
+    """A hub whose certificate a CA of the test's signed, and that CA's PEM."""
     ca_key, ca = make_ca("freight test CA")
     cert_path, key_path = make_leaf(ca_key, ca, tmp_path / "tls")
     ca_pem = write_ca(ca, tmp_path / "ca.pem")
+    hub = Hub(tmp_path / "hub", extra=["--cert", str(cert_path), "--key", str(key_path)])
+    return hub.start(), ca_pem
+
+
+def test_ca_file_instead_of_pinning(tmp_path: Path) -> None:
+    hub, ca_pem = ca_signed_hub(tmp_path)
     _, other = make_ca("some other CA")
     other_pem = write_ca(other, tmp_path / "other-ca.pem")
-
-    hub = Hub(tmp_path / "hub", extra=["--cert", str(cert_path), "--key", str(key_path)]).start()
     try:
         assert "self-signed" not in hub.log()
         client = Client(tmp_path / "client", hub)
@@ -215,5 +220,28 @@ def test_ca_file_instead_of_pinning(tmp_path: Path) -> None:
         # The same wrong CA for one command of the logged-in client.
         res = client.run("--ca-file", str(other_pem), "ls", check=False)
         assert res.returncode == 4 and "does not vouch for" in res.stderr
+    finally:
+        hub.stop()
+
+
+def test_a_link_to_a_hub_the_system_trusts_needs_no_fingerprint(tmp_path: Path) -> None:
+    """A link without ``#SHA256:…`` is checked against the machine's own CA
+    store (here: SSL_CERT_FILE naming the CA that signed the hub's
+    certificate), the way a browser would check it."""
+    hub, ca_pem = ca_signed_hub(tmp_path)
+    try:
+        owner = Client(tmp_path / "owner", hub)
+        login(owner, hub.url, "--ca-file", str(ca_pem))
+        src = random_file(tmp_path / "public.bin", 300_000, seed=41)
+        owner.run("push", str(src), "--as", "public.bin", "--quiet")
+        link = json.loads(owner.run("share", "public.bin", "--json").stdout)["url"].split("#")[0]
+
+        stranger = Client(tmp_path / "stranger", hub)  # no login, nothing pinned
+        out = tmp_path / "fetched.bin"
+        res = stranger.run("fetch", link, "-o", str(out), check=False)
+        assert res.returncode == 4 and "is not one this machine trusts" in res.stderr
+        stranger.env["SSL_CERT_FILE"] = str(ca_pem)
+        stranger.run("fetch", link, "-o", str(out))
+        assert same_bytes(src, out)
     finally:
         hub.stop()

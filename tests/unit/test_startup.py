@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
+import ssl
 import subprocess
 import sys
 
@@ -146,3 +148,38 @@ def test_the_sdk_loads_transfers_and_ciphers_only_when_used() -> None:
     }
     assert not roots(modules) & later, sorted(roots(modules) & later)
     assert "aiohttp" in modules  # REST calls need it: the SDK is usable as loaded
+
+
+def test_a_command_does_not_load_pydantic() -> None:
+    """typer 0.29 builds a pydantic TypeAdapter for every parameter: about
+    60 ms of every command (pyproject pins typer below it)."""
+    _, modules = loaded_by("ls", "--hub", "https://127.0.0.1:9", "--json")
+    assert "pydantic" not in roots(modules)
+    assert "freight.client.api" in modules  # the command did run
+
+
+def test_a_command_does_not_read_the_system_ca_store_for_aiohttp() -> None:
+    """aiohttp reads the system CA bundle twice at import (~60 ms); the
+    command imports it without (client.trust.import_web_client)."""
+    code = (
+        "import json, sys\n"
+        "sys.argv = ['freight', 'ls', '--hub', 'https://127.0.0.1:9', '--json']\n"
+        "from freight.cli.main import run\n"
+        "try:\n"
+        "    run()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "import ssl\n"
+        "from aiohttp import connector\n"
+        "stats = [c.cert_store_stats()['x509'] for c in\n"
+        "         (connector._SSL_CONTEXT_VERIFIED, connector._SSL_CONTEXT_UNVERIFIED)]\n"
+        "sys.stderr.write('\\n' + json.dumps([stats, ssl.create_default_context().cert_store_stats()]))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    aiohttp_defaults, fresh = json.loads(res.stderr.splitlines()[-1])
+    assert aiohttp_defaults == [0, 0]
+    # The store itself is untouched: a context made afterwards reads it.
+    cafile = ssl.get_default_verify_paths().cafile
+    if not (cafile and os.path.exists(cafile)):
+        pytest.skip("this machine has no system CA bundle")
+    assert fresh["x509_ca"] > 0
