@@ -304,16 +304,24 @@ class BackgroundResult:
 
 
 def background_run(
-    path: ShapedPath, hub: Hub, client: Client, src: Path, port: int, *, seconds: float = 6.0
+    path: ShapedPath,
+    hub: Hub,
+    client: Client,
+    src: Path,
+    port: int,
+    *,
+    seconds: float = 6.0,
+    takeback: bool = True,
 ) -> BackgroundResult:
-    """A background push with iperf3 beside it; then the push alone: how
-    fast it takes the link back; then iperf3 alone (its rate varies by a
-    few per cent from run to run: both of its runs are as long)."""
+    """A background push with iperf3 beside it; then (``takeback``) the
+    push alone: how fast it takes the link back; then iperf3 alone (its
+    rate varies by a few per cent from run to run: both of its runs are as
+    long)."""
     proc = push(path, client, src, "--priority", "background")
     try:
         sample_partials(hub, proc, 2.0)  # started, and settled for a moment
         beside = path.iperf3(port, seconds)
-        after = sample_partials(hub, proc, 10.0, every=1.0)
+        after = sample_partials(hub, proc, 10.0, every=1.0) if takeback else []
     finally:
         stop(proc)
     alone = path.iperf3(port, seconds)
