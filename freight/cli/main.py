@@ -79,7 +79,7 @@ def _run(args: list[str]) -> None:
 
 def _prepare_client(args: list[str]) -> None:
     """A command that will talk to a hub gets aiohttp without the CA store
-    it would read at import (client.trust.import_web_client: ~60 ms of a
+    it would read at import (client.trust.import_web_client: ~45 ms of a
     short command); help, which needs no aiohttp, does not import it."""
     name = toplevel.command_name(args)
     if name is None or name in NOT_CLIENTS or "--help" in args or "-h" in args:

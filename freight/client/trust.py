@@ -48,8 +48,8 @@ def import_web_client() -> None:
     """Import aiohttp without the system CA store it would read at import.
 
     aiohttp builds two default TLS contexts when it is imported, each
-    reading the system's CA bundle (~30 ms apiece here: a fifth of a short
-    command). Freight never uses them to trust anyone: a hub is checked by
+    reading the system's CA bundle (together ~45 ms here, a fifth of
+    ``freight ls``). Freight never uses them to trust anyone: a hub is checked by
     its pinned fingerprint (aiohttp then picks its unverified context, where
     CAs change nothing) or by an explicit CA file, and a link to a hub with
     a public certificate gets a context of its own (``links.trust_for``).
