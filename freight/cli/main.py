@@ -82,7 +82,7 @@ def _prepare_client(args: list[str]) -> None:
     it would read at import (client.trust.import_web_client: ~45 ms of a
     short command); help, which needs no aiohttp, does not import it."""
     name = toplevel.command_name(args)
-    if name is None or name in NOT_CLIENTS or "--help" in args or "-h" in args:
+    if name is None or name in NOT_CLIENTS or "--help" in args:
         return
     from ..client.trust import import_web_client
 
