@@ -159,7 +159,7 @@ def test_a_command_does_not_load_pydantic() -> None:
 
 
 def test_a_command_does_not_read_the_system_ca_store_for_aiohttp() -> None:
-    """aiohttp reads the system CA bundle twice at import (~60 ms); the
+    """aiohttp reads the system CA bundle twice at import (~45 ms); the
     command imports it without (client.trust.import_web_client)."""
     code = (
         "import json, sys\n"
