@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import free_port
+
 # tinyproxy's outgoing connections come from here (the whole of 127/8 is
 # local on Linux), which is how the firewall recognises them.
 PROXY_SOURCE = "127.0.0.2"
@@ -61,12 +63,6 @@ def tinyproxy_binary() -> str:
             return found
         _install_failure = _install_failure or "apt-get install tinyproxy left no binary"
     pytest.skip(f"tinyproxy is not installed and could not be installed ({_install_failure})")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class TinyProxy:

@@ -29,7 +29,8 @@ from pathlib import Path
 import pytest
 
 from tests.certs import make_ca, write_ca, write_key
-from tests.httpproxy import PROXY_SOURCE, free_port
+from tests.httpproxy import PROXY_SOURCE
+from tests.support import free_port
 
 CERTGEN = "/usr/lib/squid/security_file_certgen"
 SQUID_USER = "proxy"

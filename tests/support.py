@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -24,6 +25,13 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (as the kernel hands them out)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def as_from_a_terminal() -> None:
@@ -109,6 +117,17 @@ class Hub:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+    def run_to_exit(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the hub in the foreground until it exits, as one that must
+        refuse to start does (its stderr to read); 60 s at most."""
+        return subprocess.run(
+            self.command(),
+            env=env or {**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def log(self) -> str:
         return "".join(self.lines)

@@ -207,13 +207,7 @@ def test_a_second_node_with_a_running_nodes_name_refuses_to_start(
 ) -> None:
     cluster.start("a")
     twin = Hub(cluster.data, extra=["--database-url", cluster.database, "--node", "a"])
-    res = subprocess.run(
-        twin.command(),
-        env={**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = twin.run_to_exit()
     assert res.returncode != 0
     assert "node 'a' already runs" in res.stderr
     assert "freight hub --node NAME" in res.stderr

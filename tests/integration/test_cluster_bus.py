@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -23,16 +22,18 @@ from tests.agentsupport import Agent, agent_rows
 from tests.integration.test_cluster import Cluster, cluster  # noqa: F401 - a fixture
 from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
-from tests.support import ADMIN_PASSWORD, Client, Hub, random_file, same_bytes, wait_until
+from tests.support import (
+    ADMIN_PASSWORD,
+    Client,
+    Hub,
+    free_port,
+    random_file,
+    same_bytes,
+    wait_until,
+)
 
 MiB = 1024 * 1024
 USER, PASSWORD = "freight", "bus-secret-7"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -149,10 +150,9 @@ def test_a_node_that_cannot_reach_nats_does_not_start(
     nats_url: str,
 ) -> None:
     wrong = nats_url.replace(PASSWORD, "not-the-password")
-    env = {**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"}
     hub = Hub(cluster.data, extra=["--database-url", cluster.database, "--bus", wrong])
     started = time.monotonic()
-    res = subprocess.run(hub.command(), env=env, capture_output=True, text=True, timeout=60)
+    res = hub.run_to_exit()
     assert res.returncode != 0
     assert "cannot reach NATS at 127.0.0.1:" in res.stderr
     assert "Authorization Violation" in res.stderr

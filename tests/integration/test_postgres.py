@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Client, Hub, random_file, same_bytes
+from tests.support import Client, Hub, free_port, random_file, same_bytes
 
 PG_HOST = os.environ.get("FREIGHT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FREIGHT_TEST_PG_PORT", "5432"))
@@ -101,21 +101,9 @@ def test_a_database_the_hub_cannot_open_is_one_line_that_says_what_to_check(
     """Nothing listens at the address (no PostgreSQL needed): the hub says so
     in one line with the address (password hidden) and what to check, and
     exits 2, rather than printing the driver's traceback."""
-    import socket
-    import subprocess
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"postgresql+asyncpg://freight:s3cret@127.0.0.1:{port}/freight"
-    hub = Hub(tmp_path / "hub", extra=["--database-url", url])
-    res = subprocess.run(
-        hub.command(),
-        env={**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    res = Hub(tmp_path / "hub", extra=["--database-url", url]).run_to_exit()
     assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     assert f"cannot open the hub's database at 127.0.0.1:{port}/freight" in res.stderr

@@ -23,7 +23,7 @@ import freight
 from tests.agentsupport import api
 from tests.authsupport import rest, token_of
 from tests.relaysupport import BOB_PASSWORD, fast
-from tests.support import Client, Hub, wait_until
+from tests.support import Client, Hub, free_port, wait_until
 from tests.tunnelsupport import (
     DEADLINE,
     ECHO_CLOSES,
@@ -32,7 +32,6 @@ from tests.tunnelsupport import (
     closed_within,
     connect,
     echo_server,
-    free_port,
     http_server,
     recv_all,
     recv_exactly,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Client, Hub
-from tests.tunnelsupport import Tunnel, TunnelAgent, free_port, sshd_path
+from tests.support import Client, Hub, free_port
+from tests.tunnelsupport import Tunnel, TunnelAgent, sshd_path
 
 SSHD = sshd_path()
 pytestmark = pytest.mark.skipif(
