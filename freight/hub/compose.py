@@ -187,9 +187,10 @@ async def open_database(cfg: HubConfig, layout: DataLayout) -> Database:
         if not cfg.database_url:
             raise
         url = make_url(cfg.database_url)
+        where = f"{url.host}:{url.port}" if url.port else f"{url.host}"
         reason = getattr(exc, "orig", None) or exc
         raise ConfigError(
-            f"cannot open the hub's database at {url.host}:{url.port or 5432}/{url.database}: "
+            f"cannot open the hub's database at {where}/{url.database}: "
             f"{str(reason) or type(reason).__name__}",
             hint="check --database-url (server, port, user, password, database name); "
             "a PostgreSQL database is made with: createdb NAME",
