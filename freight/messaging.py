@@ -18,7 +18,11 @@ in to last, or ``hub``) and serves that socket meanwhile, so other programs
 of this user share it rather than announce the same host id. ``send`` returns how many recipients took the
 message; when none did it raises :class:`~freight.errors.NoRecipient` (with
 ``reason``: no_host, no_app, no_interest, forbidden, ticket_gone...) or
-:class:`~freight.errors.Busy`.
+:class:`~freight.errors.Busy`. ``send(..., wait=False)`` returns 0 as soon
+as the host has the message in its spool: it is delivered at least once all
+the same, and nobody is told how it went. ``reply`` sends so by default (the
+requester is the one waiting), so a loop answering requests one after the
+other serves far more than one request per round trip.
 """
 
 from __future__ import annotations
@@ -66,8 +70,12 @@ class Message:
     body: bytes
     bus: Bus | None = field(default=None, repr=False, compare=False)
 
-    async def reply(self, body: bytes, *, type: int | None = None, timeout: float = 30.0) -> int:
-        """Answer this message: to the registration it came from, on its host."""
+    async def reply(
+        self, body: bytes, *, type: int | None = None, timeout: float = 30.0, wait: bool = False
+    ) -> int:
+        """Answer this message: to the registration it came from, on its host.
+        Returns once your host has the reply in its spool (0), or with
+        ``wait`` once it was taken (1, or the error of :meth:`Bus.send`)."""
         if self.bus is None:
             raise UsageError("this message has no connection to reply through")
         return await self.bus.send(
@@ -78,6 +86,7 @@ class Message:
             ticket=self.from_ticket,
             reply_to=self.id,
             timeout=timeout,
+            wait=wait,
         )
 
 
@@ -131,6 +140,7 @@ class Bus(Protocol):
         from_ticket: str = "",
         reply_to: str = "",
         timeout: float = 30.0,
+        wait: bool = True,
     ) -> int: ...
 
     async def request(
@@ -354,6 +364,7 @@ class SocketBus:
         from_ticket: str = "",
         reply_to: str = "",
         timeout: float = 30.0,
+        wait: bool = True,
     ) -> int:
         _check(app, type, body)
         msg = p.LSend(
@@ -365,6 +376,7 @@ class SocketBus:
             from_ticket=from_ticket,
             reply_to=reply_to,
             timeout=timeout,
+            wait=wait,
             len=len(body),
         )
         try:
@@ -373,6 +385,8 @@ class SocketBus:
         except TimeoutError:
             return outcome(0, "timeout", f"no answer within {timeout:g} s")
         assert isinstance(answer, p.LResult)
+        if not wait and answer.reason == p.SPOOLED:
+            return 0
         return outcome(answer.count, answer.reason, answer.message)
 
     async def request(
@@ -495,6 +509,7 @@ class HostBus:
         from_ticket: str = "",
         reply_to: str = "",
         timeout: float = 30.0,
+        wait: bool = True,
     ) -> int:
         _check(app, type, body)
         result = await self.host.send(
@@ -506,7 +521,10 @@ class HostBus:
             from_ticket=from_ticket,
             reply_to=reply_to,
             timeout=timeout,
+            wait=wait,
         )
+        if not wait:
+            return 0
         return outcome(result.count, result.reason, result.message)
 
     async def request(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -25,6 +26,15 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+async def until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+    """:func:`wait_until` for a test on the event loop (the loop keeps running)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
 
 
 def free_port() -> int:

@@ -180,7 +180,7 @@ def _print_message(msg: Any, json_out: bool) -> None:
 
 async def _reply(msg: Any, body: bytes) -> None:
     try:
-        await msg.reply(body, timeout=REPLY_TIMEOUT)
+        await msg.reply(body, timeout=REPLY_TIMEOUT, wait=True)  # its failure is shown
     except FreightError as exc:
         err_console.print(f"reply to {msg.account} not delivered: {exc.message}", markup=False)
 

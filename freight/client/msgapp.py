@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,6 +31,9 @@ from .config import ClientConfig
 
 __all__ = ["Delivery", "Registration", "SendResult", "load_host_key", "result_error"]
 
+ALL_TYPES: Final = 0xFFFFFFFF
+_TICKET: Final = re.compile(r"([0-9a-f]{32}\.[0-9a-f]{1,16})?")
+_MSG_ID: Final = re.compile(r"([0-9a-f]{32})?")
 QUEUE_MESSAGES: Final = 1000  # per registration, given out and not taken included
 QUEUE_BYTES: Final = 4 * 1024 * 1024
 
@@ -195,3 +199,21 @@ def check_app(app: str) -> None:
         or not all(c.isascii() and (c.isalnum() or c in "_.:-") for c in app)
     ):
         raise UsageError(f"an application name has 1 to 64 of A-Z a-z 0-9 _ . : -, not {app!r}")
+
+
+def check_message(
+    dest: str, app: str, type: int, body: bytes, ticket: str, from_ticket: str, reply_to: str
+) -> None:
+    """A message a host may spool, or the :class:`UsageError` saying why not."""
+    check_app(app)
+    if not 0 < type <= ALL_TYPES:
+        raise UsageError(f"a message type is a 32-bit number other than 0, not {type:#x}")
+    if len(body) > MAX_MESSAGE_BODY:
+        raise UsageError(f"a message body has at most {MAX_MESSAGE_BODY} bytes")
+    if not dest or len(dest) > 70:
+        raise UsageError("a destination is an account name, '*' or host:ID")
+    for name, value in (("ticket", ticket), ("from_ticket", from_ticket)):
+        if not _TICKET.fullmatch(value):
+            raise UsageError(f"{name} {value!r} is not a ticket (HOSTID.NUMBER)")
+    if not _MSG_ID.fullmatch(reply_to):
+        raise UsageError(f"reply_to {reply_to!r} is not a message id")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import time
 from collections import deque
@@ -32,21 +31,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from ..errors import FreightError, IntegrityError, PeerAbsent, UsageError
+from ..errors import FreightError, IntegrityError, PeerAbsent
 from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.e2e import public_of
 from ..protocol.msgkeys import sign_host_key, verify_host_key
-from ..protocol.msgseal import MAX_MESSAGE_BODY, SEAL_OVERHEAD, aad, open_body, seal_body
+from ..protocol.msglocal import SPOOLED
+from ..protocol.msgseal import SEAL_OVERHEAD, aad, open_body, seal_body
 from ..protocol.msgtables import TRANSIENT, Dedupe, Reg, Registrations, Tally
 from ..tasks import Supervisor
 from .config import ClientConfig
 from .msgapp import (
+    ALL_TYPES,
     REASON_TEXT,
     Delivery,
     Registration,
     SendResult,
     check_app,
+    check_message,
     load_host_key,
     result_error,
 )
@@ -62,9 +64,6 @@ __all__ = ["Delivery", "MessageHost", "Registration", "SendResult", "result_erro
 MAX_UNANSWERED: Final = 10_000  # messages of this host waiting for their answer
 MAX_PARKED: Final = 4096  # deliveries waiting for their sender's key
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 1.0
-ALL_TYPES: Final = 0xFFFFFFFF
-_TICKET: Final = re.compile(r"([0-9a-f]{32}\.[0-9a-f]{1,16})?")
-_MSG_ID: Final = re.compile(r"([0-9a-f]{32})?")
 
 
 @dataclass(slots=True)
@@ -283,20 +282,33 @@ class MessageHost:
         from_ticket: str = "",
         reply_to: str = "",
         timeout: float = 30.0,
+        wait: bool = True,
     ) -> SendResult:
-        """Send one message; returns when every host answered (or at the timeout)."""
-        check_app(app)
-        if not 0 < type <= ALL_TYPES:
-            raise UsageError(f"a message type is a 32-bit number other than 0, not {type:#x}")
-        if len(body) > MAX_MESSAGE_BODY:
-            raise UsageError(f"a message body has at most {MAX_MESSAGE_BODY} bytes")
-        if not dest or len(dest) > 70:
-            raise UsageError("a destination is an account name, '*' or host:ID")
-        for name, value in (("ticket", ticket), ("from_ticket", from_ticket)):
-            if not _TICKET.fullmatch(value):
-                raise UsageError(f"{name} {value!r} is not a ticket (HOSTID.NUMBER)")
-        if not _MSG_ID.fullmatch(reply_to):
-            raise UsageError(f"reply_to {reply_to!r} is not a message id")
+        """Send one message; returns when every host answered (or at the
+        timeout). ``wait=False``: returns once it is in the spool (reason
+        ``spooled``, count 0); it is delivered all the same (again after a
+        reconnect or a restart, until ``timeout``), its outcome only counted.
+        Replies are sent so: a responder that waited for each answer would
+        serve one request per round trip."""
+        row = await self._accept(dest, app, type, body, ticket, from_ticket, reply_to, timeout)
+        if wait:
+            return await self._settle(row, timeout)
+        self.tasks.spawn(self._settle(row, timeout), name="post", detached=True)
+        return SendResult(row.id, 0, SPOOLED, "")
+
+    async def _accept(
+        self,
+        dest: str,
+        app: str,
+        type: int,
+        body: bytes,
+        ticket: str,
+        from_ticket: str,
+        reply_to: str,
+        timeout: float,
+    ) -> Spooled:
+        """Check a message, take one of the host's unanswered slots and spool it."""
+        check_message(dest, app, type, body, ticket, from_ticket, reply_to)
         await self._slots.acquire()
         row = Spooled(
             secrets.token_hex(16),
@@ -311,7 +323,15 @@ class MessageHost:
         )
         try:
             await self._spool.add(row)
-            self._counters["sent"] += 1
+        except BaseException:
+            self._slots.release()
+            raise
+        self._counters["sent"] += 1
+        return row
+
+    async def _settle(self, row: Spooled, timeout: float) -> SendResult:
+        """Deliver a spooled message, then forget it and free its slot."""
+        try:
             return await self._deliver(row, timeout)
         finally:
             if not self._closed:  # closing: it stays spooled for the next start
@@ -324,13 +344,9 @@ class MessageHost:
         if left <= 0:
             self._spool.remove(row.id)
             return
-        async with self._slots:
-            self._counters["resent"] += 1
-            try:
-                res = await self._deliver(row, left)
-            finally:
-                if not self._closed:
-                    self._spool.remove(row.id)
+        await self._slots.acquire()
+        self._counters["resent"] += 1
+        res = await self._settle(row, left)
         log.debug("spooled message answered", extra=fields(id=row.id, count=res.count))
 
     async def _deliver(self, row: Spooled, timeout: float) -> SendResult:

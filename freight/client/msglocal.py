@@ -383,6 +383,7 @@ class AppConnection:
                 from_ticket=msg.from_ticket,
                 reply_to=msg.reply_to,
                 timeout=msg.timeout,
+                wait=msg.wait,
             )
             answer: p.LocalMessage = p.LResult(
                 rid=msg.rid,

@@ -33,6 +33,9 @@ MAX_LOCAL_HEADER: Final = 64 * 1024
 MAX_MESSAGE_BODY: Final = 1024 * 1024
 MAX_TAKEN_IDS: Final = 1024
 MAX_TIMEOUT: Final = 3600.0
+# The reason of a result answering a send with wait=false: the host has
+# the message in its spool and delivers it without reporting its outcome.
+SPOOLED: Final = "spooled"
 
 # Shared with the hub's messaging frames: the same names, the same rules.
 # Declared here are only what the local socket has of its own: request ids,
@@ -109,7 +112,9 @@ class LSend(LocalMessage, tag="send", frozen=True):
     """Send the payload to ``app`` at ``dest`` (an account, ``*`` or
     ``host:<hid>``); ``ticket`` narrows it to one registration, ``reply_to``
     names the message this answers, ``from_ticket`` one of this
-    connection's registrations where replies go. Answered by LResult."""
+    connection's registrations where replies go. Answered by LResult: once
+    every recipient host answered, or with ``wait`` false as soon as the
+    host has it in its spool (reason ``spooled``; delivered all the same)."""
 
     rid: Rid
     dest: Dest
@@ -119,6 +124,7 @@ class LSend(LocalMessage, tag="send", frozen=True):
     from_ticket: OptTicket = ""
     reply_to: OptMsgId = ""
     timeout: Timeout = 30.0
+    wait: bool = True
 
 
 class LResult(LocalMessage, tag="result", frozen=True):

@@ -510,6 +510,10 @@ async def test_sdk_through_the_daemon_and_as_its_own_host(
                     assert reply.account == "admin"
                 finally:
                     answering.cancel()
+                # Not waited for: 0 at once though nobody takes it yet, then it arrives.
+                sent = await bob_bus.send("admin", "sdk-back", type=0x2, body=b"z", wait=False)
+                assert sent == 0
+                assert (await back.get()).body == b"z"
             await reg.close()
             assert (await bob_bus.apps())["apps"] == []
 

@@ -32,7 +32,7 @@ from freight.errors import Busy, ConnectionEnded, IntegrityError, NoRecipient, P
 from freight.protocol import messages as m
 from freight.protocol.msgseal import SEAL_OVERHEAD, aad, new_host_key, open_body, pair_keys
 from tests.relaysupport import BOB_PASSWORD, FAST_RELAY, accounts, fast
-from tests.support import Client, Hub
+from tests.support import Client, Hub, until
 
 MiB = 1024 * 1024
 
@@ -429,6 +429,35 @@ async def test_a_receiving_host_restarting_mid_flight_gets_the_message_in_its_ne
             assert res.count == 1
             assert [d.body for d in taker.got] == [b"survive"]
             assert a.counters()["resent"] >= 1
+            taker.stop()
+
+
+async def test_a_send_not_waited_for_returns_once_spooled_and_is_delivered_once(
+    msg_hub: tuple[Hub, Client, Client, Client],
+) -> None:
+    _, admin, bob, _ = msg_hub
+    async with msg_host(bob) as b:
+        later = b.register("later", 0x1)  # nobody takes its messages yet
+        await asyncio.wait_for(b.announced(), 20)
+        async with msg_host(admin) as a:
+            res = await asyncio.wait_for(
+                a.send("bob", "later", 0x1, b"first", wait=False, timeout=60), 10
+            )
+            assert (res.count, res.reason) == (0, "spooled")
+            assert spooled(admin) == 1  # held until bob's host answers
+            await until(lambda: later.stats()["queued"] == 1, what="queued at bob")
+            # The sending host stops before the answer: the next run sends it.
+            res2 = await a.send("bob", "later", 0x1, b"second", wait=False, timeout=60)
+            await until(lambda: later.stats()["queued"] == 2, what="both queued at bob")
+        assert spooled(admin) == 2
+        async with msg_host(admin) as a2:
+            taker = Taker(later)
+            await taker.wait(2)
+            await until(lambda: spooled(admin) == 0, what="an empty spool")
+            assert a2.counters()["resent"] == 2
+            assert a2.counters()["delivered"] == 2
+            assert [d.body for d in taker.got] == [b"first", b"second"]  # once each
+            assert [d.id for d in taker.got] == [res.id, res2.id]
             taker.stop()
 
 

@@ -6,15 +6,14 @@ Through the load tester's fault gate, against a real hub on loopback."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 import freight
 from freight.loadtest.gate import Gate
-from tests.support import Client, Hub, random_file, same_bytes
+from tests.support import Client, Hub, random_file, same_bytes, until
 
 MiB = 1024 * 1024
 pytestmark = pytest.mark.timeout(120)
@@ -36,13 +35,6 @@ async def through(gate: Gate, tmp_path: Path, hub: Hub) -> freight.Client:
     return freight.Client(gate.url, config_dir=cli.config, data_path="auto")
 
 
-async def until(check: Callable[[], bool], what: str, deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
 def size_of(folder: Path, pattern: str) -> int:
     return sum(p.stat().st_size for p in folder.glob(pattern))
 
@@ -53,7 +45,7 @@ async def test_a_push_damaged_on_the_wire_resumes_and_verifies(
     src = random_file(tmp_path / "damaged-up.bin", 24 * MiB, seed=7)
     async with await through(gate, tmp_path, shared_hub) as sdk:
         push = asyncio.create_task(sdk.push(src, options=sdk.options(limit="8M")))
-        await until(lambda: shared_hub.partial_size() >= 9 * MiB, "9 MiB at the hub")
+        await until(lambda: shared_hub.partial_size() >= 9 * MiB, what="9 MiB at the hub")
         assert gate.garbage(4096) > 0
         (row,) = await asyncio.wait_for(push, 60)
         # Tried again, and resumed: fewer bytes crossed than the file holds.
@@ -73,7 +65,7 @@ async def test_a_pull_damaged_on_the_wire_resumes_and_verifies(
         pull = asyncio.create_task(
             sdk.pull("damaged-down.bin", down / "f.bin", options=sdk.options(limit="8M"))
         )
-        await until(lambda: size_of(down, "*") >= 9 * MiB, "9 MiB at the client")
+        await until(lambda: size_of(down, "*") >= 9 * MiB, what="9 MiB at the client")
         assert gate.garbage(4096, towards_client=True) > 0
         got = await asyncio.wait_for(pull, 60)
         (row,) = got.files

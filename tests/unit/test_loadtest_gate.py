@@ -7,11 +7,12 @@ import asyncio
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import pytest
 
 from freight.loadtest.gate import Gate
+from tests.support import until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -45,13 +46,6 @@ async def started(port: int, *, bad_tls: bool = False, slow_rate: int | None = N
     gate = Gate(("127.0.0.1", port), bad_tls=bad_tls, slow_rate=slow_rate)
     await gate.start()
     return gate
-
-
-async def until(check: Callable[[], bool], deadline: float = 5.0) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        assert time.monotonic() < end, "not within the deadline"
-        await asyncio.sleep(0.01)
 
 
 async def test_bytes_go_through_both_ways(echo: tuple[int, list[bytes]]) -> None:

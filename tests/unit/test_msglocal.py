@@ -23,6 +23,7 @@ from freight.protocol.msglocal import (
     MAX_LOCAL_HEADER,
     MAX_MESSAGE_BODY,
     PAYLOAD_TYPES,
+    SPOOLED,
     AnyLocal,
     LAppInfo,
     LApps,
@@ -70,7 +71,9 @@ SAMPLES: list[tuple[AnyLocal, bytes]] = [
         ),
         b"hello",
     ),
+    (LSend(rid="s2", dest="bob", app="a", type=1, wait=False, len=2), b"hi"),
     (LResult(rid="s1", id=MID, count=2), b""),
+    (LResult(rid="s2", id=MID, reason=SPOOLED), b""),
     (LResult(rid="s2", id=MID, reason="no_app", message="nobody"), b""),
     (LRequest(rid="q1", dest="bob", app="sensors", type=1, timeout=5, len=3), b"ask"),
     (
@@ -165,6 +168,17 @@ def test_a_body_of_exactly_the_limit_passes() -> None:
     dec = LocalDecoder()
     dec.feed(encode_local(msg, body))
     assert dec.next_frame() == (msg, body)
+
+
+def test_a_send_waits_unless_it_says_not_to() -> None:
+    """An application written before ``wait`` existed is answered as before."""
+    for header, wait in ((b'{"t":"send","rid":"s","dest":"bob","app":"a","type":1}', True),
+                         (b'{"t":"send","rid":"s","dest":"bob","app":"a","type":1,"wait":false}', False)):  # fmt: skip
+        dec = LocalDecoder()
+        dec.feed(len(header).to_bytes(4, "big") + header)
+        msg, _ = dec.next_frame()
+        assert isinstance(msg, LSend)
+        assert msg.wait is wait
 
 
 def test_oversized_header_is_refused_from_its_length_alone() -> None:
