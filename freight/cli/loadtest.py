@@ -134,7 +134,8 @@ def loadtest_cmd(
     from ..errors import UsageError
     from ..loadtest.localhub import HubSpec
 
-    spec = HubSpec(nodes, database_url, bus)
+    console = Console(stderr=True)
+    spec = HubSpec(nodes, database_url, bus, note=console.print)
     if (nodes > 1 or database_url or bus) and not start_hub:
         raise typer.BadParameter("--nodes, --database-url and --bus go with --start-hub")
     try:
@@ -144,7 +145,6 @@ def loadtest_cmd(
     if worker is not None:  # one of the processes of --workers N
         run_async(lambda: _worker(text, worker, tag, seconds, chosen, hub))
         return
-    console = Console(stderr=True)
     outputs = Outputs(None if json_out else console, csv_interval, hdr_log)
 
     def show(result: Result) -> None:

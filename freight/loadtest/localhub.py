@@ -20,7 +20,8 @@ import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -47,6 +48,9 @@ class HubSpec:
     nodes: int = 1
     database_url: str | None = None
     bus: str | None = None
+    # Told a line as each node starts and listens (the CLI prints it: a
+    # cluster on PostgreSQL takes seconds per node).
+    note: Callable[[str], None] | None = field(default=None, compare=False)
 
     def check(self) -> None:
         if self.nodes < 1:
@@ -106,8 +110,13 @@ class LocalHub:
     async def start(self) -> None:
         # One after another: the first makes the database's tables and the
         # certificate in the shared folder that the others then serve.
-        for node in range(self.spec.nodes):
+        note = self.spec.note or (lambda _: None)
+        n = self.spec.nodes
+        for node in range(n):
+            what = f"node n{node + 1} of {n}" if n > 1 else "a hub"
+            note(f"starting {what} on loopback…")
             await self._start(node)
+            note(f"{what}: listening on {self.urls[node]}")
 
     async def _start(self, node: int) -> None:
         cmd = [sys.executable, "-m", "freight", "hub", "--data", str(self.data)]

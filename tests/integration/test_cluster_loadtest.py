@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -63,6 +64,9 @@ def test_a_cluster_of_the_testers_own_loses_nothing_when_a_node_is_killed(
         check=False, timeout=200,
     )  # fmt: skip
     assert res.returncode == 0, res.stderr[-3000:]
+    # Each node's start is told as it happens (seconds each on PostgreSQL).
+    assert "starting node n1 of 2 on loopback" in res.stderr
+    assert re.search(r"node n2 of 2: listening on https://127\.0\.0\.1:\d+/", res.stderr)
     report = json.loads(res.stdout)
     assert report["passed"] and report["hub_restarts"] == 1 and report["hub_alive"]
     rows = report["rows"]

@@ -55,6 +55,8 @@ def test_every_role_and_every_fault_against_a_hub_of_its_own(
         timeout=200,
     )
     assert res.returncode in (0, 1), res.stderr
+    assert "starting a hub on loopback" in res.stderr
+    assert "a hub: listening on https://127.0.0.1:" in res.stderr
     report = json.loads(res.stdout)
     rows = report["rows"]
     assert report["seed"] == 7 and report["hub_restarts"] == 1 and report["hub_alive"]
