@@ -20,6 +20,7 @@ hub forgot what the old attachment had in flight).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,9 +28,59 @@ from typing import Final
 
 from ..protocol.msgdirectory import MAX_INFLIGHT, MAX_INFLIGHT_BYTES
 
-__all__ = ["Congestion", "SendBudget"]
+__all__ = ["Congestion", "SendBudget", "Unanswered"]
 
 MAX_JAMS: Final = 4096  # (host, app) pairs remembered as busy
+
+
+class Unanswered:
+    """The messages a host has accepted and not yet had answered: at most
+    ``count`` of them and ``size`` bytes of bodies (a body larger than
+    ``size`` goes when it is the only one). Whoever comes when there is no
+    room waits, first come first served; a message not waited for
+    (``wait=False``) holds its room until its answer as any other does, so
+    an application posting without end is held back here, not in memory."""
+
+    def __init__(self, count: int, size: int) -> None:
+        self.count, self.size = count, size
+        self.n = self.bytes = 0
+        self._waiters: collections.deque[tuple[asyncio.Future[None], int]] = collections.deque()
+
+    def _fits(self, n: int) -> bool:
+        return self.n < self.count and (self.bytes + n <= self.size or self.n == 0)
+
+    def _grant(self, n: int) -> None:
+        self.n += 1
+        self.bytes += n
+
+    async def take(self, n: int) -> None:
+        """Room for a body of ``n`` bytes, once there is."""
+        if not self._waiters and self._fits(n):
+            self._grant(n)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append((fut, n))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self.give(n)  # granted as it was cancelled: handed on
+            raise
+
+    def give(self, n: int) -> None:
+        """A message of ``n`` bytes was answered (or given up)."""
+        self.n -= 1
+        self.bytes -= n
+        while self._waiters:
+            fut, m = self._waiters[0]
+            if fut.cancelled():
+                self._waiters.popleft()
+                continue
+            if not self._fits(m):
+                return
+            self._waiters.popleft()
+            self._grant(m)
+            fut.set_result(None)
 
 
 class SendBudget:

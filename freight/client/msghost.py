@@ -52,7 +52,7 @@ from .msgapp import (
     load_host_key,
     result_error,
 )
-from .msgbudget import Outbox
+from .msgbudget import Outbox, Unanswered
 from .msgroutes import Peer, Routes
 from .msgspool import Spool, Spooled
 from .relay import RelayClient, identity_key
@@ -62,6 +62,7 @@ log = logging.getLogger("freight.msg")
 __all__ = ["Delivery", "MessageHost", "Registration", "SendResult", "result_error"]
 
 MAX_UNANSWERED: Final = 10_000  # messages of this host waiting for their answer
+MAX_UNANSWERED_BYTES: Final = 256 * 1024 * 1024  # and their bodies
 MAX_PARKED: Final = 4096  # deliveries waiting for their sender's key
 FIRST_BACKOFF, MAX_BACKOFF = 0.05, 1.0
 
@@ -105,7 +106,7 @@ class MessageHost:
         self._dedupe = Dedupe(clock)
         self._inbound: dict[str, _In] = {}
         self._out: dict[str, _Out] = {}
-        self._slots = asyncio.Semaphore(MAX_UNANSWERED)
+        self._slots = Unanswered(MAX_UNANSWERED, MAX_UNANSWERED_BYTES)
         self._outbox = Outbox(clock, FIRST_BACKOFF, MAX_BACKOFF)  # (msgbudget)
         self._routes = Routes(relay, self._key, clock)
         self._parked: dict[str, list[tuple[m.MsgDeliver, bytes]]] = {}
@@ -309,7 +310,7 @@ class MessageHost:
     ) -> Spooled:
         """Check a message, take one of the host's unanswered slots and spool it."""
         check_message(dest, app, type, body, ticket, from_ticket, reply_to)
-        await self._slots.acquire()
+        await self._slots.take(len(body))
         row = Spooled(
             secrets.token_hex(16),
             dest,
@@ -324,7 +325,7 @@ class MessageHost:
         try:
             await self._spool.add(row)
         except BaseException:
-            self._slots.release()
+            self._slots.give(len(row.body))
             raise
         self._counters["sent"] += 1
         return row
@@ -336,7 +337,7 @@ class MessageHost:
         finally:
             if not self._closed:  # closing: it stays spooled for the next start
                 self._spool.remove(row.id)
-            self._slots.release()
+            self._slots.give(len(row.body))
 
     async def _send_left(self, row: Spooled) -> None:
         """A message a previous run accepted: sent again with the same id."""
@@ -344,7 +345,7 @@ class MessageHost:
         if left <= 0:
             self._spool.remove(row.id)
             return
-        await self._slots.acquire()
+        await self._slots.take(len(row.body))
         self._counters["resent"] += 1
         res = await self._settle(row, left)
         log.debug("spooled message answered", extra=fields(id=row.id, count=res.count))

@@ -1,6 +1,7 @@
 """The sending side of a messaging host (freight.client.msgbudget): the
-budget mirrors what the hub takes in flight, and a (host, app) that
-answered busy gets one message at a time, paced, until one is taken."""
+budget mirrors what the hub takes in flight, a (host, app) that answered
+busy gets one message at a time, paced, until one is taken, and what the
+host holds unanswered is bounded in messages and bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import asyncio
 
 import pytest
 
-from freight.client.msgbudget import Congestion, Outbox, SendBudget
+from freight.client.msgbudget import Congestion, Outbox, SendBudget, Unanswered
 
 MiB = 1024 * 1024
 WAIT = 5.0
@@ -104,3 +105,61 @@ async def test_only_busy_holds_a_host_back(reason: str) -> None:
     box.answered("m1", "h", "app", reason)
     assert box.ready("m2", "h", "app", 10)
     assert box.budget.held == {("m2", "h"): 10}
+
+
+async def test_unanswered_messages_are_bounded_in_count_and_bytes_first_come_first_served() -> None:
+    held = Unanswered(count=3, size=2 * MiB)
+    await held.take(MiB)
+    await held.take(MiB)
+    big = asyncio.create_task(held.take(MiB))  # over the bytes
+    await asyncio.sleep(0)
+    small = asyncio.create_task(held.take(1))  # over the bytes too, and after it
+    await asyncio.sleep(0)
+    assert not big.done() and not small.done()
+    held.give(MiB)
+    await asyncio.wait_for(big, WAIT)
+    assert not small.done()
+    assert (held.n, held.bytes) == (2, 2 * MiB)
+    held.give(MiB)
+    await asyncio.wait_for(small, WAIT)
+    await held.take(0)
+    assert (held.n, held.bytes) == (3, MiB + 1)
+    counted = asyncio.create_task(held.take(0))  # over the count
+    await asyncio.sleep(0)
+    assert not counted.done()
+    held.give(1)
+    await asyncio.wait_for(counted, WAIT)
+    assert (held.n, held.bytes) == (3, MiB)
+
+
+async def test_a_body_larger_than_the_bound_goes_alone() -> None:
+    held = Unanswered(count=10, size=MiB)
+    await held.take(4 * MiB)  # nothing else held: it goes
+    second = asyncio.create_task(held.take(1))
+    await asyncio.sleep(0)
+    assert not second.done()
+    held.give(4 * MiB)
+    await asyncio.wait_for(second, WAIT)
+    assert (held.n, held.bytes) == (1, 1)
+
+
+async def test_a_waiter_that_gives_up_holds_no_room() -> None:
+    held = Unanswered(count=1, size=MiB)
+    await held.take(10)
+    gone = asyncio.create_task(held.take(10))
+    after = asyncio.create_task(held.take(20))
+    await asyncio.sleep(0)
+    gone.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await gone
+    held.give(10)
+    await asyncio.wait_for(after, WAIT)
+    assert (held.n, held.bytes) == (1, 20)
+    # Granted in the same turn as it is cancelled: the room is handed back.
+    late = asyncio.create_task(held.take(5))
+    await asyncio.sleep(0)
+    held.give(20)  # grants `late`...
+    late.cancel()  # ...which is cancelled before it runs
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    assert (held.n, held.bytes) == (0, 0)
