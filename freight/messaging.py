@@ -18,11 +18,10 @@ in to last, or ``hub``) and serves that socket meanwhile, so other programs
 of this user share it rather than announce the same host id. ``send`` returns how many recipients took the
 message; when none did it raises :class:`~freight.errors.NoRecipient` (with
 ``reason``: no_host, no_app, no_interest, forbidden, ticket_gone...) or
-:class:`~freight.errors.Busy`. ``send(..., wait=False)`` returns 0 as soon
-as the host has the message in its spool: it is delivered at least once all
-the same, and nobody is told how it went. ``reply`` sends so by default (the
-requester is the one waiting), so a loop answering requests one after the
-other serves far more than one request per round trip.
+:class:`~freight.errors.Busy`. ``send(..., wait=False)`` returns 0 once the
+host has spooled the message (delivered all the same, its outcome untold),
+as ``reply`` does by default: a loop answering one request after the other
+then serves more than one request per round trip.
 """
 
 from __future__ import annotations
@@ -411,21 +410,12 @@ class SocketBus:
     async def apps(self) -> dict[str, Any]:
         answer, _ = await self._call(p.LApps(rid=self._rid()))
         assert isinstance(answer, p.LAppsList)
-        return {
-            "hid": self.hid,
-            "apps": [
-                {
-                    "ticket": a.ticket,
-                    "app": a.app,
-                    "interest": a.interest,
-                    "peer": a.peer,
-                    "held": a.held,
-                }
-                | dict(a.stats)
-                for a in answer.apps
-            ],
-            "counters": dict(answer.counters),
-        }
+        apps = [
+            {"ticket": a.ticket, "app": a.app, "interest": a.interest, "peer": a.peer,
+             "held": a.held} | dict(a.stats)
+            for a in answer.apps
+        ]  # fmt: skip
+        return {"hid": self.hid, "apps": apps, "counters": dict(answer.counters)}
 
     async def aclose(self) -> None:
         if self._taken_ids and self._closed is None:  # what was taken still counts

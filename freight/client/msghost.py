@@ -204,21 +204,12 @@ class MessageHost:
             self._dirty.set()
 
     def apps(self) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
-        for reg in self._regs.all():
-            h = self._handles[reg.ticket]
-            out.append(
-                {
-                    "ticket": reg.ticket,
-                    "app": reg.app,
-                    "interest": reg.interest,
-                    "peer": reg.peer,
-                    "announced": reg.announced,
-                    "held": self.held.get(reg.app, ""),
-                    **h.stats(),
-                }
-            )
-        return out
+        return [self._app(r) for r in self._regs.all()]
+
+    def _app(self, r: Reg) -> dict[str, object]:
+        return {"ticket": r.ticket, "app": r.app, "interest": r.interest, "peer": r.peer,
+                "announced": r.announced, "held": self.held.get(r.app, ""),
+                **self._handles[r.ticket].stats()}  # fmt: skip
 
     def counters(self) -> dict[str, int]:
         return dict(self._counters)
@@ -291,44 +282,26 @@ class MessageHost:
         reconnect or a restart, until ``timeout``), its outcome only counted.
         Replies are sent so: a responder that waited for each answer would
         serve one request per round trip."""
-        row = await self._accept(dest, app, type, body, ticket, from_ticket, reply_to, timeout)
+        check_message(dest, app, type, body, ticket, from_ticket, reply_to)
+        await self._slots.take(len(body))
+        row = Spooled(secrets.token_hex(16), dest, app, type, ticket, from_ticket, reply_to,
+                      bytes(body), time.time() + timeout)  # fmt: skip
+        await self._spooled(row)
         if wait:
             return await self._settle(row, timeout)
         self.tasks.spawn(self._settle(row, timeout), name="post", detached=True)
         return SendResult(row.id, 0, SPOOLED, "")
 
-    async def _accept(
-        self,
-        dest: str,
-        app: str,
-        type: int,
-        body: bytes,
-        ticket: str,
-        from_ticket: str,
-        reply_to: str,
-        timeout: float,
-    ) -> Spooled:
-        """Check a message, take one of the host's unanswered slots and spool it."""
-        check_message(dest, app, type, body, ticket, from_ticket, reply_to)
-        await self._slots.take(len(body))
-        row = Spooled(
-            secrets.token_hex(16),
-            dest,
-            app,
-            type,
-            ticket,
-            from_ticket,
-            reply_to,
-            bytes(body),
-            time.time() + timeout,
-        )
+    async def _spooled(self, row: Spooled) -> None:
+        """Write ``row`` to the spool; its room is given back if that fails."""
+        added = False
         try:
             await self._spool.add(row)
-        except BaseException:
-            self._slots.give(len(row.body))
-            raise
+            added = True
+        finally:
+            if not added:
+                self._slots.give(len(row.body))
         self._counters["sent"] += 1
-        return row
 
     async def _settle(self, row: Spooled, timeout: float) -> SendResult:
         """Deliver a spooled message, then forget it and free its slot."""
