@@ -12,6 +12,7 @@ import time
 from aiohttp import web
 
 from .compose import HubConfig, build_app, build_hub, close_hub, say
+from .gcpolicy import FrozenOld
 from .listener import SharedPortListener
 from .observe import configure_logging
 from .services import Hub
@@ -46,6 +47,7 @@ def start(hub: Hub, cfg: HubConfig) -> None:
         (hub.transfers.run(hub.relay.live), "transfer-sampler"),
         (hub.nodes.run(), "node-heartbeat"),
         (hub.nodes.watch_run(), "node-watch"),
+        (FrozenOld().run(), "gc-policy"),
     ):
         hub.tasks.spawn(work, name=name, detached=True)
 
