@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -25,13 +25,20 @@ from .requests import current_login
 from .services import STATE, Hub
 from .streams import User
 
+# Clients ping after 25 s without a frame (client/session.py). The hub's own
+# heartbeat is a little longer, so on a quiet connection the client pings
+# and the hub only answers: with 10,000 agents the hub then pays for no ping
+# task and no pong timer of its own. A client gone without a word is still
+# noticed, after 30 s and 15 more for the pong.
+HUB_HEARTBEAT: Final = 30.0
+
 
 async def control(request: web.Request) -> web.WebSocketResponse:
     """The control channel over a WebSocket: Hello/Welcome, tickets, streams
     and the relay."""
     user, expires = await current_login(request)
     request.app[STATE].attach_pace.take(time.monotonic())
-    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=25.0)
+    ws = web.WebSocketResponse(max_msg_size=WS_MAX_MESSAGE, heartbeat=HUB_HEARTBEAT)
     await ws.prepare(request)
     await attach(request, user, expires, WSChannel(ws), "ws")
     return ws
