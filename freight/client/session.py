@@ -402,7 +402,7 @@ async def open_channel_at(
 async def _open_channel(
     session: HubSession, node: URL, transport: str | None, hello: str
 ) -> tuple[FrameChannel, str, URL]:
-    from ..transport.ws import WS_MAX_MESSAGE, WSChannel
+    from ..transport.ws import CLIENT_HEARTBEAT, WS_MAX_MESSAGE, WSChannel
 
     transport = check_transport(transport or session.transport)
     if transport == "auto" and session.websocket_refused:
@@ -414,7 +414,7 @@ async def _open_channel(
             ws = await session.http.ws_connect(
                 node.with_path("/v1/control"),
                 max_msg_size=WS_MAX_MESSAGE,
-                heartbeat=25.0,
+                heartbeat=CLIENT_HEARTBEAT,
                 timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
             )
             chan, used = WSChannel(ws), "ws"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, Final
+from typing import Any
 
 from aiohttp import web
 
@@ -19,18 +19,11 @@ from ..protocol.errors import ProtocolError, VersionMismatch
 from ..protocol.limits import PROTOCOL_VERSION
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed, Mux
-from ..transport.ws import WS_MAX_MESSAGE, WSChannel
+from ..transport.ws import HUB_HEARTBEAT, WS_MAX_MESSAGE, WSChannel
 from .dispatch import Dispatcher, Link, Scope, error_answer
 from .requests import current_login
 from .services import STATE, Hub
 from .streams import User
-
-# Clients ping after 25 s without a frame (client/session.py). The hub's own
-# heartbeat is a little longer, so on a quiet connection the client pings
-# and the hub only answers: with 10,000 agents the hub then pays for no ping
-# task and no pong timer of its own. A client gone without a word is still
-# noticed, after 30 s and 15 more for the pong.
-HUB_HEARTBEAT: Final = 30.0
 
 
 async def control(request: web.Request) -> web.WebSocketResponse:
