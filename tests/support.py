@@ -28,6 +28,16 @@ def wait_until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "con
         time.sleep(0.02)
 
 
+class Clock:
+    """A clock a test moves by hand: ``clock.now += 5``."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 async def until(cond: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
     """:func:`wait_until` for a test on the event loop (the loop keeps running)."""
     deadline = time.monotonic() + timeout
@@ -128,12 +138,12 @@ class Hub:
                 self.proc.kill()
                 self.proc.wait(5)
 
-    def run_to_exit(self, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def run_to_exit(self) -> subprocess.CompletedProcess[str]:
         """Run the hub in the foreground until it exits, as one that must
         refuse to start does (its stderr to read); 60 s at most."""
         return subprocess.run(
             self.command(),
-            env=env or {**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
+            env={**os.environ, "FREIGHT_ADMIN_PASSWORD": "x"},
             capture_output=True,
             text=True,
             timeout=60,

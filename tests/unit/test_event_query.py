@@ -27,19 +27,12 @@ from freight.store.eventquery import (
     event_query,
     may_walk,
 )
+from tests.support import Clock
 
 KINDS = ("login", "login_failure", "agent_login", "stream_end", "command_queued", "security")
 ACTORS = ("admin", "ann", "bob", "lab1", "lab2")
 WORDS = ("alpha", "beta", "gamma", "report", "10.0.0.7", "x_y")
 N = 300
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _model_rows(seed: int = 7) -> list[dict[str, Any]]:
@@ -65,7 +58,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, lis
     rows = _model_rows()
 
     async def go() -> list[dict[str, Any]]:
-        clock = Clock()
+        clock = Clock(0.0)
         db = Database.sqlite(path, clock)
         await db.migrate()
         try:
@@ -217,7 +210,7 @@ def test_postgresql_gives_the_same_pages(tmp_path: Path) -> None:
             await admin(f'CREATE DATABASE "{name}"')
         except Exception as exc:  # no server, no driver, or no rights
             pytest.skip(f"no PostgreSQL at {host}: {exc!r}")
-        clock = Clock()
+        clock = Clock(0.0)
         db = Database(f"postgresql+asyncpg://{user}@{host}/{name}", clock)
         try:
             await db.migrate()

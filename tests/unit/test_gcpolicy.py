@@ -11,19 +11,12 @@ from collections.abc import Iterator
 import pytest
 
 from freight.hub.gcpolicy import FrozenOld
+from tests.support import Clock
 
 
 class Node:
     def __init__(self) -> None:
         self.me = self  # a cycle: only the cyclic collector frees it
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

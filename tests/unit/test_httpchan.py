@@ -32,6 +32,7 @@ from freight.transport.httpchan import (
     open_http_channel,
 )
 from tests.faultproxy import FaultProxy
+from tests.support import until
 
 MiB = 1024 * 1024
 ALICE, BOB = "token-alice", "token-bob"
@@ -160,14 +161,6 @@ async def send_all(chan: FrameChannel, payloads: list[bytes]) -> None:
         await chan.send(data(i, payload), payload)
 
 
-async def eventually(cond: Callable[[], bool], timeout: float = 5.0, what: str = "") -> None:
-    """Poll ``cond`` until it holds; fail after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not cond():
-            await asyncio.sleep(0.01)
-    assert cond(), what
-
-
 async def ended(hub: EchoHub, aid: str, timeout: float = 5.0) -> BaseException | None:
     """How the echo ``serve`` of attachment ``aid`` ended."""
     while True:
@@ -196,7 +189,7 @@ async def test_idle_channel_gets_pings_that_recv_skips(start_hub: StartHub) -> N
     chan, _ = await hub.open()
     receiving = asyncio.create_task(chan.recv())
     # One Ping opens each down response; more mean the idle channel was kept alive.
-    await eventually(lambda: chan.pings >= 4, what="pings on an idle channel")
+    await until(lambda: chan.pings >= 4, 5.0, what="pings on an idle channel")
     assert not receiving.done(), "recv() must not return a Ping"
     assert hub.requests.count("GET down") == 1
     await chan.send(m.KeepAlive(sid="s", offset=7))
@@ -246,7 +239,7 @@ async def test_acks_flow_while_a_frame_post_waits_on_the_hub(start_hub: StartHub
     chan, server_chan = await hub.open()
     up = [b"u" * MiB] * 24
     sending = asyncio.create_task(send_all(chan, up))
-    await eventually(lambda: hub.requests.count("POST up") >= 1, what="a frame POST")
+    await until(lambda: hub.requests.count("POST up") >= 1, 5.0, what="a frame POST")
     rnd = random.Random(5)
     down = [rnd.randbytes(MiB) for _ in range(3 * DOWN_WINDOW_BYTES // MiB)]
     flood = asyncio.create_task(send_all(server_chan, down))
@@ -269,7 +262,7 @@ async def test_frames_the_hub_has_not_taken_are_bounded_in_bytes(start_hub: Star
     up = [bytes([i]) * (4 * MiB) for i in range(8)]
     sending = asyncio.create_task(send_all(chan, up))
     try:
-        await eventually(lambda: server_chan.inbox_bytes > 0, what="frames at the hub")
+        await until(lambda: server_chan.inbox_bytes > 0, 5.0, what="frames at the hub")
         # Give the client every chance to push more: it must stay held back.
         for _ in range(50):
             await asyncio.sleep(0.01)
@@ -471,7 +464,7 @@ async def test_plain_long_polling_without_ack_or_seq(start_hub: StartHub) -> Non
     for msg in keepalives:
         async with session.post(hub.attach_url(aid) / "up", data=encode_frame(msg)) as resp:
             assert resp.status == 204
-    await eventually(lambda: len(hub.received) == 2)
+    await until(lambda: len(hub.received) == 2, 5.0)
     assert hub.received == keepalives
     flood = [b"d" * MiB] * (3 * DOWN_WINDOW_BYTES // MiB)
     flooding = asyncio.create_task(send_all(server_chan, flood))
@@ -494,7 +487,7 @@ async def test_grace_period_ends_an_attachment_whose_client_vanished(
     chan, _ = await hub.open()
     receiving = asyncio.create_task(chan.recv())
     # An idle client that keeps its down request open is kept well past grace.
-    await eventually(lambda: chan.pings >= 12, what="pings for over a second")
+    await until(lambda: chan.pings >= 12, 5.0, what="pings for over a second")
     assert hub.ended.empty()
     receiving.cancel()
     await hub.sessions[0].close()  # the client vanishes: no DELETE
@@ -513,7 +506,7 @@ async def test_hub_shutdown_ends_open_attachments_at_once(start_hub: StartHub) -
     hub = await start_hub()
     chan, _ = await hub.open()
     receiving = asyncio.create_task(chan.recv())
-    await eventually(lambda: chan.pings >= 1)
+    await until(lambda: chan.pings >= 1, 5.0)
     await asyncio.wait_for(hub.server.close(), 5)
     assert isinstance(await ended(hub, chan.aid), ChannelClosed)
     receiving.cancel()

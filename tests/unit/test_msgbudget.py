@@ -10,17 +10,10 @@ import asyncio
 import pytest
 
 from freight.client.msgbudget import Congestion, Outbox, SendBudget, Unanswered
+from tests.support import Clock
 
 MiB = 1024 * 1024
 WAIT = 5.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_the_budget_waits_at_the_hubs_bound_and_frees_on_answers() -> None:
@@ -44,7 +37,7 @@ async def test_the_budget_waits_at_the_hubs_bound_and_frees_on_answers() -> None
 
 
 async def test_after_busy_one_message_at_a_time_goes_paced() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     jams = Congestion(clock, first=0.05, cap=1.0)
     assert not jams.jammed("h", "slow")
     jams.answered("m0", "h", "slow", busy=True)
@@ -71,7 +64,7 @@ async def test_after_busy_one_message_at_a_time_goes_paced() -> None:
 
 
 async def test_a_probe_held_without_answer_lets_the_next_go_when_its_sender_gives_up() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     jams = Congestion(clock, first=0.05, cap=1.0)
     jams.answered("m0", "h", "stall", busy=True)
     clock.now += 1
@@ -85,7 +78,7 @@ async def test_a_probe_held_without_answer_lets_the_next_go_when_its_sender_give
 
 
 async def test_a_new_attachment_forgets_what_was_busy_and_held() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     box = Outbox(clock, 0.05, 1.0)
     box.answered("m0", "h", "slow", "busy")
     assert not box.ready("m1", "h", "slow", 10)
@@ -100,7 +93,7 @@ async def test_a_new_attachment_forgets_what_was_busy_and_held() -> None:
 
 @pytest.mark.parametrize("reason", ["", "no_app", "retry", "bad_seal"])
 async def test_only_busy_holds_a_host_back(reason: str) -> None:
-    box = Outbox(Clock(), 0.05, 1.0)
+    box = Outbox(Clock(100.0), 0.05, 1.0)
     assert box.ready("m1", "h", "app", 10)
     box.answered("m1", "h", "app", reason)
     assert box.ready("m2", "h", "app", 10)

@@ -20,17 +20,10 @@ from freight.protocol.msgtables import (
     aggregate,
     worst,
 )
+from tests.support import Clock
 
 HID = "ab" * 16
 TICKET = re.compile(r"^[0-9a-f]{32}\.[0-9a-f]{1,16}$")  # messages.Ticket
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

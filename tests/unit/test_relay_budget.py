@@ -6,18 +6,11 @@ from __future__ import annotations
 
 from freight.hub.bandwidth import BandwidthManager, Budget
 from freight.hub.relaybudget import IDLE, REFRESH, RelayBudget
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import Clock
 
 
 def test_relayed_directions_share_the_budget_with_streams() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     bw = BandwidthManager(Budget.parse("12M"))
     budget = RelayBudget(bw, clock=clock, minute=lambda: 600)
     a = budget.bucket("c1", "accept")
@@ -34,7 +27,7 @@ def test_relayed_directions_share_the_budget_with_streams() -> None:
 
 
 def test_idle_directions_stop_counting() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     bw = BandwidthManager(Budget.parse("8M"))
     budget = RelayBudget(bw, clock=clock, minute=lambda: 0)
     budget.bucket("quiet", "dial")
@@ -45,7 +38,7 @@ def test_idle_directions_stop_counting() -> None:
 
 
 def test_an_unlimited_budget_hands_out_no_bucket_and_lifting_frees_all() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     bw = BandwidthManager(Budget.parse("off"))
     budget = RelayBudget(bw, clock=clock, minute=lambda: 0)
     assert budget.bucket("c", "dial") is None

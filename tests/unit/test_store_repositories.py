@@ -34,19 +34,12 @@ from freight.store.rows import (
     StreamRow,
     UserRow,
 )
+from tests.support import Clock
 
 PG_HOST = os.environ.get("FREIGHT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("FREIGHT_TEST_PG_PORT", "5432"))
 PG_USER = os.environ.get("FREIGHT_TEST_PG_USER", "postgres")
 DIGEST = "cd" * 32
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _pg_admin(sql: str) -> None:

@@ -6,14 +6,7 @@ keeps one average a minute, at most sixty."""
 from __future__ import annotations
 
 from freight.hub.transfers import MINUTES, Transfer, TransferBoard
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support import Clock
 
 
 def test_rate_eta_throughput_and_the_hour() -> None:
