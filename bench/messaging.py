@@ -576,7 +576,11 @@ def run(o: argparse.Namespace) -> int:
                     for key, fn in steps if first else steps[::-1]:
                         record(key, fn)
             if "multicast" in o.only:
-                record("freight-multicast", fr.multicast)
+                steps = [("freight-multicast", fr.multicast)]
+                if frb is not None:
+                    steps.append(("freight-multicast-b", frb.multicast))
+                for key, fn in steps if first else steps[::-1]:
+                    record(key, fn)
             loads.append(loadavg())
         if "stall" in o.only:
             record("freight-stall", fr.stall)
@@ -666,6 +670,13 @@ def report(o: argparse.Namespace, res: dict[str, list[Any]], errors: list[str],
         rows.append(["… copies refused busy (a registration's queue full), per round",
                      ", ".join(f"{b:,}" for b in busy), "", str(len(busy))])  # fmt: skip
         target("multicast ≥ 50,000 deliveries/s", f"{med(mc):,.0f}/s", med(mc) >= 50_000)
+    mcb = [x["rate"] for x in res.get("freight-multicast-b", [])]
+    if mc and mcb:
+        rows.append([f"Freight multicast, {o.ab}", f"{med(mcb):,.0f} deliveries/s",
+                     rng(mcb, "{:,.0f}"), str(len(mcb))])  # fmt: skip
+        ratios = [b / a for a, b in zip(mc, mcb, strict=False)]
+        rows.append(["multicast B/A (this tree = A)", f"{med(ratios):.2f} x", ", ".join(
+            f"{x:.2f}" for x in ratios), str(len(ratios))])  # fmt: skip
     for st in res.get("freight-stall", []):
         rows.append([f"Stalled consumer, {st['offered'] / MiB:,.0f} MiB offered in 1 MiB messages",
                      f"hub RSS {st['before'] / MiB:.1f} → peak {st['peak'] / MiB:.1f} MiB",
@@ -717,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tmp", type=Path, default=DEFAULT_TMP)
     p.add_argument("--keep", action="store_true", help="keep the hub's and daemons' folders")
     p.add_argument("--py-spy", type=Path, help="profile hub and daemons in round 1 (unicast)")
-    p.add_argument("--ab", type=Path, help="another freight source tree: unicast A/B")
+    p.add_argument("--ab", type=Path, help="another freight source tree: unicast and multicast A/B")
     p.add_argument("--markdown", type=Path)
     o = p.parse_args(argv)
     o.only = {x.strip() for x in o.only.split(",")}

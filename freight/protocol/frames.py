@@ -19,6 +19,7 @@ from typing import Final, Generic, Protocol, TypeVar
 import msgspec
 
 from .errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
+from .fastcheck import PLANS, PatternMismatch, check
 from .limits import MAX_HEADER_BYTES, MAX_PAYLOAD_BYTES
 from .messages import PAYLOAD_TYPES, AnyMessage, Message
 
@@ -70,7 +71,11 @@ def header_parser(
     def parse(header: bytes | memoryview, max_payload: int = default_max) -> M:
         try:
             msg = decoder.decode(header)
+            if type(msg) in PLANS:  # the frames sent once per message: fastcheck
+                check(msg)
         except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
+            raise RemoteProtocolError(f"malformed frame header: {exc}") from None
+        except PatternMismatch as exc:
             raise RemoteProtocolError(f"malformed frame header: {exc}") from None
         if msg.len > max_payload:
             raise FrameTooLarge(f"payload of {msg.len} bytes exceeds the limit of {max_payload}")

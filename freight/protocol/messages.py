@@ -11,25 +11,33 @@ from typing import Annotated, Final
 
 import msgspec
 
+from .fields import App, Hex, Id, Name, NonNeg, Peer, Seconds, Text
 from .limits import (
     MAX_ID_CHARS,
     MAX_JSON_CHARS,
     MAX_MANIFEST_BYTES,
-    MAX_NAME_CHARS,
     MAX_PROBE_RECORD,
     MAX_PROBE_SAMPLES,
     MAX_PROBE_SECONDS,
-    MAX_TEXT_CHARS,
 )
 
-NonNeg = Annotated[int, msgspec.Meta(ge=0)]
-Id = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=r"^[A-Za-z0-9_.:-]+$")
-]
-Name = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_NAME_CHARS)]
-Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS)]
-Hex = Annotated[str, msgspec.Meta(max_length=128, pattern=r"^[0-9a-f]*$")]
-Seconds = Annotated[float, msgspec.Meta(ge=0)]
+# isort: off
+from .fields import Message as Message  # (re-exported, as are the messaging frames)
+from .msgframes import (
+    MAX_HOST_REGS as MAX_HOST_REGS,
+    U32 as U32,
+    MsgDeliver as MsgDeliver,
+    MsgHeld as MsgHeld,
+    MsgHello as MsgHello,
+    MsgHostInfo as MsgHostInfo,
+    MsgReg as MsgReg,
+    MsgResolve as MsgResolve,
+    MsgResult as MsgResult,
+    MsgRoute as MsgRoute,
+    MsgSend as MsgSend,
+    Ticket as Ticket,
+)
+# isort: on
 
 # Compression codecs as carried in Data.codec (what was applied to this frame).
 CODEC_NONE: Final = 0
@@ -43,12 +51,6 @@ LEVEL_FAST: Final = "fast"
 LEVEL_MAX: Final = "max"
 LEVELS: Final = (LEVEL_NONE, LEVEL_FAST, LEVEL_MAX)
 Level = Annotated[str, msgspec.Meta(pattern=r"^(none|fast|max)$")]
-
-
-class Message(msgspec.Struct, tag_field="t", kw_only=True, frozen=True):
-    """Base of all messages. ``len`` counts payload bytes after the header."""
-
-    len: NonNeg = 0
 
 
 # --- session --------------------------------------------------------------
@@ -227,8 +229,6 @@ class PutFilesAck(Message, tag="put_files_ack", frozen=True):
 # --- relay: end-to-end encrypted connections through the hub ---------------
 
 Role = Annotated[str, msgspec.Meta(pattern=r"^(dial|accept)$")]
-App = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 Nameplate = Annotated[str, msgspec.Meta(max_length=12, pattern=r"^[0-9]*$")]
 RelayKind = Annotated[str, msgspec.Meta(pattern=r"^[hda]$")]
 
@@ -392,127 +392,6 @@ class CommandResult(Message, tag="command_result", frozen=True):
     id: NonNeg
     ok: bool
     result: Json = "null"
-
-
-# --- messaging (docs/protocol.md "Messaging") --------------------------------
-# A host (an agent, `freight daemon`, or a command acting as its own host)
-# announces itself with MsgHello; applications on it register interests
-# locally and the host tells the hub the union per (app, peer). A message is
-# resolved to hosts (MsgResolve -> MsgRoute), then sent once per host
-# (MsgSend, body sealed end to end for that host), handed on by the hub as
-# MsgDeliver, and answered by the receiving host with MsgResult, which the hub
-# forwards to the sender.
-
-U32 = Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)]
-HostId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
-MsgId = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}$")]
-OptMsgId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")]
-# A ticket names one registration: its host's id, a dot, a local number.
-Ticket = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32}\.[0-9a-f]{1,16})?$")]
-Key32 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{64}$")]
-Sig64 = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{128}$")]
-# A destination: an account name, "*" (every host the sender may reach) or
-# "host:" and a host id (the host of a ticket, for replies).
-Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70)]
-Reason = Annotated[str, msgspec.Meta(max_length=32, pattern=r"^[a-z_]*$")]
-Held = Annotated[str, msgspec.Meta(pattern=r"^(pending|refused)$")]
-MAX_HOST_REGS: Final = 256  # (app, peer) pairs one host may announce
-
-
-class MsgReg(msgspec.Struct, frozen=True, kw_only=True):
-    """The union of the interests registered on a host for ``app``, open to
-    messages from ``peer`` (an account name or ``*``)."""
-
-    app: App
-    interest: U32
-    peer: Peer = "*"
-
-
-class MsgHostInfo(msgspec.Struct, frozen=True, kw_only=True):
-    """A host as the hub lists it: its id, account, messaging key (X25519),
-    and that key's signature by one of the account's identity keys."""
-
-    hid: HostId
-    account: Name
-    key: Key32
-    sig: Sig64
-    identity: Key32
-
-
-class MsgHello(Message, tag="msg_hello", frozen=True):
-    """Announce this attachment as a messaging host and replace its
-    registrations (sent again after every change and every re-attach).
-    Answered by Done or Error with the same ``rid``."""
-
-    rid: Id
-    key: Key32
-    sig: Sig64
-    identity: Key32
-    regs: Annotated[list[MsgReg], msgspec.Meta(max_length=MAX_HOST_REGS)] = []
-
-
-class MsgResolve(Message, tag="msg_resolve", frozen=True):
-    """Which hosts would take a message of ``type`` for ``app`` at ``dest``
-    (``app`` empty: just find the host, e.g. to check a sender's key)."""
-
-    rid: Id
-    dest: Dest
-    app: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = ""
-    type: U32 = 0
-
-
-class MsgRoute(Message, tag="msg_route", frozen=True):
-    """The answer to MsgResolve: the matching hosts, or none and why."""
-
-    rid: Id
-    hosts: Annotated[list[MsgHostInfo], msgspec.Meta(max_length=100_000)] = []
-    reason: Reason = ""
-    message: Text = ""
-
-
-class MsgSend(Message, tag="msg_send", frozen=True):
-    """One message for one host (``to``); the payload is the body sealed for
-    that host. ``id`` stays the same when the message is sent again."""
-
-    id: MsgId
-    to: HostId
-    app: App
-    type: U32
-    ticket: Ticket = ""
-    from_ticket: Ticket = ""
-    reply_to: OptMsgId = ""
-
-
-class MsgDeliver(Message, tag="msg_deliver", frozen=True):
-    """A message handed on by the hub to the host ``to`` named; ``frm`` and
-    ``account`` say who sent it (the hub vouches for the account)."""
-
-    id: MsgId
-    frm: HostId
-    account: Name
-    app: App
-    type: U32
-    ticket: Ticket = ""
-    from_ticket: Ticket = ""
-    reply_to: OptMsgId = ""
-
-
-class MsgResult(Message, tag="msg_result", frozen=True):
-    """What became of message ``id`` at host ``host``: ``count`` recipients
-    took it, or none and ``reason`` (no_host, no_app, no_interest,
-    ticket_gone, busy, forbidden, retry, too_large, bad_seal)."""
-
-    id: MsgId
-    host: Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")] = ""
-    count: NonNeg = 0
-    reason: Reason = ""
-    message: Text = ""
-
-
-class MsgHeld(Message, tag="msg_held", frozen=True):
-    """Applications held until an admin approves them (docs/protocol.md 15.2)."""
-
-    apps: Annotated[dict[App, Held], msgspec.Meta(max_length=MAX_HOST_REGS)] = {}
 
 
 # --- bandwidth probe (docs/protocol.md "20. Bandwidth probe") --------------

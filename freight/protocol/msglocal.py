@@ -22,9 +22,21 @@ from typing import Annotated, Final
 import msgspec
 
 from .errors import LocalProtocolError
+from .fastcheck import patterns
+from .fields import App, AppLen, NonNeg
 from .frames import HeaderDecoder, header_parser
-from .messages import U32, App, HostId, MsgId, NonNeg, OptMsgId, Reason
-from .messages import Ticket as OptTicket
+from .msgframes import (
+    ADDRESSED,
+    HEX32,
+    OPT_HEX32,
+    REASON,
+    TICKET,
+    U32,
+    ReasonLen,
+)
+from .msgframes import (
+    Ticket as OptTicket,
+)
 
 LOCAL_VERSION: Final = 1
 # Limits of the local socket: a header, and a message body (the hub's limit
@@ -42,13 +54,18 @@ SPOOLED: Final = "spooled"
 # answer codes, a ticket that must be present, and destinations and peers
 # that may not hold control characters (they are printed to a terminal).
 NonZeroU32 = Annotated[int, msgspec.Meta(ge=1, le=0xFFFFFFFF)]  # T == 0 matches nothing
-Rid = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
-OptRid = Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")]
-Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[^\x00-\x1f]+$")]
+RID: Final = r"[A-Za-z0-9_.:-]*"  # (a request id of 1 to 64 of these)
+PRINTABLE: Final = r"[^\x00-\x1f]+"
+Rid = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=f"^{RID}$")]
+RidLen = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # pattern: RID
+OptRid = Annotated[str, msgspec.Meta(max_length=64, pattern=f"^{RID}$")]
+OptRidLen = Annotated[str, msgspec.Meta(max_length=64)]  # pattern: RID
+Peer = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=f"^{PRINTABLE}$")]
 Account = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70, pattern=r"^[^\x00-\x1f]+$")]
-OptHostId = Annotated[str, msgspec.Meta(pattern=r"^([0-9a-f]{32})?$")]
-Ticket = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{32}\.[0-9a-f]{1,16}$")]
+Dest = Annotated[str, msgspec.Meta(min_length=1, max_length=70, pattern=f"^{PRINTABLE}$")]
+DestLen = Annotated[str, msgspec.Meta(min_length=1, max_length=70)]  # pattern: PRINTABLE
+OptHostId = Annotated[str, msgspec.Meta(pattern=f"^{OPT_HEX32}$")]
+Ticket = Annotated[str, msgspec.Meta(pattern=f"^{TICKET}$")]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z_]+$")]
 Text = Annotated[str, msgspec.Meta(max_length=4096)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=MAX_TIMEOUT)]
@@ -116,13 +133,13 @@ class LSend(LocalMessage, tag="send", frozen=True):
     every recipient host answered, or with ``wait`` false as soon as the
     host has it in its spool (reason ``spooled``; delivered all the same)."""
 
-    rid: Rid
-    dest: Dest
-    app: App
+    rid: RidLen  # the patterns of the text fields: below the class
+    dest: DestLen
+    app: AppLen
     type: NonZeroU32
-    ticket: OptTicket = ""
-    from_ticket: OptTicket = ""
-    reply_to: OptMsgId = ""
+    ticket: str = ""
+    from_ticket: str = ""
+    reply_to: str = ""
     timeout: Timeout = 30.0
     wait: bool = True
 
@@ -132,10 +149,10 @@ class LResult(LocalMessage, tag="result", frozen=True):
     ``count`` recipients, or none and ``reason`` (see the reasons in
     docs/protocol.md "Messaging")."""
 
-    rid: Rid
-    id: OptMsgId = ""
+    rid: RidLen
+    id: str = ""
     count: NonNeg = 0
-    reason: Reason = ""
+    reason: ReasonLen = ""
     message: Text = ""
 
 
@@ -155,23 +172,23 @@ class LDeliver(LocalMessage, tag="deliver", frozen=True):
     ``rid``); the payload is its body. ``frm`` is the sending host,
     ``account`` the sender's account (vouched for by the hub)."""
 
-    id: MsgId
-    frm: HostId
+    id: str
+    frm: str
     account: Account
-    app: App
+    app: AppLen
     type: U32
-    ticket: OptTicket = ""
-    rid: OptRid = ""
-    from_ticket: OptTicket = ""
-    reply_to: OptMsgId = ""
+    ticket: str = ""
+    rid: OptRidLen = ""
+    from_ticket: str = ""
+    reply_to: str = ""
 
 
 class LTaken(LocalMessage, tag="taken", frozen=True):
     """The application has these messages of registration ``ticket``:
     they count toward the sender's acknowledgement, and free credit."""
 
-    ticket: Ticket
-    ids: Annotated[list[MsgId], msgspec.Meta(min_length=1, max_length=MAX_TAKEN_IDS)]
+    ticket: str
+    ids: Annotated[list[str], msgspec.Meta(min_length=1, max_length=MAX_TAKEN_IDS)]
 
 
 class LApps(LocalMessage, tag="apps", frozen=True):
@@ -209,6 +226,13 @@ class LError(LocalMessage, tag="error", frozen=True):
 
 
 PAYLOAD_TYPES: Final = (LSend, LRequest, LDeliver)
+
+# The frames sent once per message check their text fields in one pattern
+# (fastcheck): the same rules as the aliases above.
+patterns(LSend, {"rid": RID, "dest": PRINTABLE, **ADDRESSED})
+patterns(LResult, {"rid": RID, "id": OPT_HEX32, "reason": REASON})
+patterns(LDeliver, {"id": HEX32, "frm": HEX32, "rid": RID, **ADDRESSED})
+patterns(LTaken, {"ticket": TICKET, "ids": HEX32}, lists=("ids",))
 
 AnyLocal = (
     LHello
