@@ -51,6 +51,7 @@ from .streams import StreamService
 __all__ = ["BEAT", "DRAIN_RATE", "NodeService", "describe_node"]
 
 BEAT = 3.0  # seconds between heartbeats
+SOLO_SWEEP = 20  # a node never in company sweeps for commands every this many beats
 MISSED = 2  # heartbeats missed before a node stops serving
 # A node's own database session (freight.store.watch): pinged this often,
 # each ping given this long; a node writes pushes only while its last good
@@ -133,6 +134,8 @@ class NodeService:
         self.why_not = ""  # why this node does not serve ("": it serves)
         self.draining = False
         self.lost_name = False
+        self.had_company = False  # another node seen alive since this one started
+        self.beats = 0
         # Until when (monotonic) this node may go on writing the pushes it
         # holds: a heartbeat short of their leases, renewed by each one. A
         # node alone on its database (no other beat within a lease) has no
@@ -264,10 +267,17 @@ class NodeService:
             if self.draining:
                 self.relay.spawn(self._close_channels())
         # Commands queued on another node for agents attached here (the bus
-        # tells at once; this catches what it did not).
-        agents = [a.user.id for a in self.relay.attachments if a.commands and not a.closed]
-        if agents:
-            await self.commands.sweep(agents, created_before=self.clock() - self.settings.beat)
+        # tells at once; this catches what it did not). A node alone since it
+        # started queued every command itself and handed it over at once or
+        # when its agent attached: it asks only every SOLO_SWEEP-th beat, as
+        # a safety net (with 10,000 agents attached, asking at every beat was
+        # a tenth of an idle hub's CPU).
+        self.had_company = self.had_company or others > 0
+        self.beats += 1
+        if self.had_company or self.beats % SOLO_SWEEP == 0:
+            agents = [a.user.id for a in self.relay.attachments if a.commands and not a.closed]
+            if agents:
+                await self.commands.sweep(agents, created_before=self.clock() - self.settings.beat)
         try:  # relayed connections' ends waiting here for what another node holds
             await self.relay.recheck_places()
             await self.messaging_home()
