@@ -79,7 +79,7 @@ def check(obj: object) -> None:
                 raise PatternMismatch(
                     f"Expected `str` matching regex {pat.pattern!r} - at `$.{name}`"
                 )
-    raise PatternMismatch("a list of ids is empty")
+    raise PatternMismatch("a list that needs one item at least is empty")
 
 
 def _joined(items: list[str]) -> str:

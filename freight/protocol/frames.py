@@ -73,9 +73,12 @@ def header_parser(
             msg = decoder.decode(header)
             if type(msg) in PLANS:  # the frames sent once per message: fastcheck
                 check(msg)
-        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError) as exc:
-            raise RemoteProtocolError(f"malformed frame header: {exc}") from None
-        except PatternMismatch as exc:
+        except (
+            msgspec.DecodeError,
+            msgspec.ValidationError,
+            UnicodeDecodeError,
+            PatternMismatch,
+        ) as exc:
             raise RemoteProtocolError(f"malformed frame header: {exc}") from None
         if msg.len > max_payload:
             raise FrameTooLarge(f"payload of {msg.len} bytes exceeds the limit of {max_payload}")

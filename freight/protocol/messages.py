@@ -2,7 +2,10 @@
 
 A message is the JSON header of a frame; ``t`` names its type and ``len`` is
 the number of payload bytes that follow the header (see :mod:`.frames`).
-Field constraints live in the types so that decoding validates them.
+Field constraints live in the types so that decoding validates them
+(:mod:`.fields`); the messaging frames (:mod:`.msgframes`, re-exported
+here) declare the text patterns of their per-message fields beside them,
+checked in one expression by :mod:`.fastcheck`.
 """
 
 from __future__ import annotations

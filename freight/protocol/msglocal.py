@@ -25,18 +25,8 @@ from .errors import LocalProtocolError
 from .fastcheck import patterns
 from .fields import App, AppLen, NonNeg
 from .frames import HeaderDecoder, header_parser
-from .msgframes import (
-    ADDRESSED,
-    HEX32,
-    OPT_HEX32,
-    REASON,
-    TICKET,
-    U32,
-    ReasonLen,
-)
-from .msgframes import (
-    Ticket as OptTicket,
-)
+from .msgframes import ADDRESSED, HEX32, OPT_HEX32, REASON, TICKET, U32, ReasonLen
+from .msgframes import Ticket as OptTicket
 
 LOCAL_VERSION: Final = 1
 # Limits of the local socket: a header, and a message body (the hub's limit
