@@ -79,7 +79,7 @@ class MsgResolve(Message, tag="msg_resolve", frozen=True):
 
     rid: Id
     dest: Dest
-    app: Annotated[str, msgspec.Meta(max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$")] = ""
+    app: Annotated[str, msgspec.Meta(max_length=64, pattern=f"^(?:{APP_NAME})?$")] = ""
     type: U32 = 0
 
 

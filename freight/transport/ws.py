@@ -30,8 +30,8 @@ WS_MAX_MESSAGE = 4 + MAX_HEADER_BYTES + MAX_PAYLOAD_BYTES
 # 10,000 agents the hub pays for no ping task and no pong timer of its own,
 # and its heartbeat timer (moved on by every frame received, but only when
 # it fires) fires once per two client pings rather than once per ping. A
-# client gone without a word is noticed after 55 s + 27.5 s, as soon as an
-# MQTT broker notices a client with a 60 s keep-alive.
+# client gone without a word is noticed after 55 s + 27.5 s, sooner than an
+# MQTT broker notices one with a 60 s keep-alive (1.5 x 60 s).
 CLIENT_HEARTBEAT = 25.0
 HUB_HEARTBEAT = 2 * CLIENT_HEARTBEAT + 5.0
 # Frames are joined into one message up to this size; a bigger frame goes alone.
