@@ -1,5 +1,6 @@
-"""How a client comes back after losing its attachment: jittered
-exponential back-off that never gives up."""
+"""How a client comes back after losing its attachment: at once when the
+attachment had held, then jittered exponential back-off that never gives
+up."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import os
 
 from ..protocol.retry import RetryPolicy
 
-__all__ = ["backoff_delays", "reconnect_policy"]
+__all__ = ["HELD_FOR", "QUICK_WINDOW", "backoff_delays", "first_delay", "reconnect_policy"]
+
+# An attachment up this long had held: losing it is news (a NAT entry
+# dropped, a proxy restarted), not a pattern, and the first try to come back
+# goes at once, spread over QUICK_WINDOW seconds (NATS's clients likewise go
+# straight back to a server they had been connected to longer than their
+# reconnect wait). A try that fails, or the loss of an attachment that had
+# not held, takes the jittered back-off below: a hub that restarts refuses
+# the quick tries and sees its clients come back spread over seconds.
+HELD_FOR = 10.0
+QUICK_WINDOW = 0.1
 
 
 def backoff_delays() -> tuple[float, float]:
@@ -30,3 +41,12 @@ def reconnect_policy(first: float, cap: float) -> RetryPolicy:
         give_up_after=math.inf,
         jitter=9 / 11,
     )
+
+
+def first_delay(held: float, policy_delay: float, rand: float) -> float:
+    """The wait before the first try to attach again, after an attachment
+    that was up ``held`` seconds: at once (jittered over ``QUICK_WINDOW``)
+    when it had held, else the policy's ``policy_delay``."""
+    if held >= HELD_FOR:
+        return min(policy_delay, QUICK_WINDOW * rand)
+    return policy_delay

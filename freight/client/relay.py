@@ -53,7 +53,7 @@ from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
-from .backoff import backoff_delays, reconnect_policy
+from .backoff import backoff_delays, first_delay, reconnect_policy
 from .config import ClientConfig
 from .connection import Connection
 from .identity import identity_key, register_identity
@@ -231,6 +231,7 @@ class RelayClient:
         while not self._closing:
             chan = self.chan
             assert chan is not None
+            attached_at = self._clock()
             try:
                 while self._backlog:
                     await self._dispatch(*self._backlog.pop(0))
@@ -239,12 +240,10 @@ class RelayClient:
                     await self._dispatch(msg, payload)
             except (ChannelClosed, NetworkError, ProtocolError) as exc:
                 log.debug("detached", extra=fields(reason=str(exc)))
-            if self.fatal is not None:
-                self.attached.clear()
-                self.chan = None
-                return
             self.attached.clear()
             self.chan = None
+            if self.fatal is not None:
+                return
             with contextlib.suppress(Exception):
                 await chan.aclose()
             if self.lane is not None:
@@ -261,6 +260,8 @@ class RelayClient:
                 # over the whole interval, not all in the same second.
                 delay = retry.failed(self._clock(), self._rand())
                 assert delay is not None  # the policy never gives up
+                if retry.attempt == 1:  # an attachment that had held: at once
+                    delay = first_delay(self._clock() - attached_at, delay, self._rand())
                 if self._moving:  # sent to another node: go at once
                     self._moving, delay = False, 0.0
                 await asyncio.sleep(delay)

@@ -6,6 +6,7 @@ import random
 
 import pytest
 
+from freight.client.backoff import HELD_FOR, QUICK_WINDOW, first_delay, reconnect_policy
 from freight.protocol import RetryPolicy, RetryState
 from freight.protocol.retry import Backoff, BackoffState
 
@@ -263,3 +264,18 @@ def test_backoff_refuses_nonsense(kw: dict[str, float]) -> None:
         Backoff(**kw)
     with pytest.raises(ValueError):
         Backoff().delay(0)
+
+
+def test_an_attachment_that_had_held_tries_again_at_once_and_only_once() -> None:
+    """The first wait after losing an attachment up HELD_FOR seconds or more
+    is under QUICK_WINDOW; the policy's wait stands for one that had not
+    held, and for every later try (the relay client asks only for the first)."""
+    policy = reconnect_policy(1.0, 30.0)
+    state = RetryState(policy)
+    state.mark_started()
+    waits = [state.failed(0.0, r) for r in (0.0, 0.5, 0.999)]
+    assert all(w is not None and w >= 0.0999 for w in waits)  # [0.1, 1] x 2^(n-1)
+    for rand in (0.0, 0.5, 0.999):
+        assert first_delay(HELD_FOR, 0.7, rand) == pytest.approx(QUICK_WINDOW * rand)
+        assert first_delay(HELD_FOR - 0.01, 0.7, rand) == 0.7
+    assert first_delay(HELD_FOR, 0.01, 0.9) == 0.01  # never longer than the policy's own
