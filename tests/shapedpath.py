@@ -196,9 +196,17 @@ class ShapedPath:
         return [*args, "-R"] if reverse else args
 
     def iperf3(self, port: int, seconds: float = 5.0, *, reverse: bool = False) -> float:
-        """iperf3's received rate in bytes/s, from inside: up, or down with ``reverse``."""
-        out = self.run(*self.iperf3_args(port, seconds, reverse=reverse), timeout=seconds + 30)
-        return iperf3_rate(out)
+        """iperf3's received rate in bytes/s, from inside: up, or down with
+        ``reverse``. An iperf3 server still closing its previous test resets
+        the next one's control connection ("unable to receive control
+        message"): such a run is tried again, twice at most."""
+        for attempt in range(3):
+            out = self.run(*self.iperf3_args(port, seconds, reverse=reverse), timeout=seconds + 30)
+            error = json.loads(out).get("error")
+            if error is None:
+                return iperf3_rate(out)
+            time.sleep(0.5 * (attempt + 1))
+        raise AssertionError(f"iperf3 failed three times: {error}")
 
 
 def iperf3_rate(out: str) -> float:
