@@ -268,15 +268,13 @@ class SocketBus:
         self._taken_ids.setdefault(ticket, []).append(mid)
 
     def _flush_taken(self) -> None:
-        """Every registration's frame in one write (one each cost most of the CPU of
-        an application with ten registrations)."""
         pending, self._taken_ids = self._taken_ids, {}
         if self._closed is not None:
             return  # the connection ended: the host forgets what it gave out
-        n = p.MAX_TAKEN_IDS
-        frames = (p.LTaken(ticket=t, ids=ids[i : i + n]) for t, ids in pending.items()
-                  for i in range(0, len(ids), n))  # fmt: skip
-        self.writer.write(b"".join(map(p.encode_local, frames)))
+        for ticket, ids in pending.items():
+            for i in range(0, len(ids), p.MAX_TAKEN_IDS):
+                chunk = ids[i : i + p.MAX_TAKEN_IDS]
+                self.writer.write(p.encode_local(p.LTaken(ticket=ticket, ids=chunk)))
 
     async def _call(self, msg: Any, body: bytes = b"") -> tuple[p.AnyLocal, bytes]:
         fut: asyncio.Future[tuple[p.AnyLocal, bytes]] = asyncio.get_running_loop().create_future()
