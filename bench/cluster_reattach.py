@@ -5,9 +5,10 @@
 Starts nodes ``a`` and ``b`` (PostgreSQL database made for the run and
 dropped at its end, one data folder), logs in once, and attaches
 ``--clients`` control channels from this process through the SDK's
-session with both nodes' addresses, each channel re-attaching as an agent
-does (``ATTACH_BACKOFF``: 0.5-1 s, doubling, jittered) through whichever
-node takes it. Each round SIGKILLs the node holding the most channels,
+session with both nodes' addresses, each channel re-attaching as an
+agent's relay client does (``freight.client.backoff``: at once, jittered
+over 0.1 s, after an attachment that had held 10 s; then 0.1-1 s,
+doubling, full jitter) through whichever node takes it. Each round SIGKILLs the node holding the most channels,
 then measures:
 
 * **all back after**: seconds from the SIGKILL until every channel is
@@ -35,11 +36,12 @@ from pathlib import Path
 
 from cluster_failover import Node, logged_in_cluster
 
+from freight.client.backoff import HELD_FOR, backoff_delays, first_delay, reconnect_policy
 from freight.client.config import ClientConfig
 from freight.client.session import HubSession, open_channel_at
-from freight.protocol.retry import Backoff, BackoffState
+from freight.protocol.retry import RetryState
 
-ATTACH = Backoff(first=1.0, max_delay=60.0, low=0.5)  # the agent's (agent/daemon.py)
+POLICY = reconnect_policy(*backoff_delays())  # the relay client's (client/relay.py)
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -57,25 +59,31 @@ class Idle:
         self.node = ""  # the port of the node it is attached to ("": none)
 
     async def run(self) -> None:
-        backoff = BackoffState(ATTACH)
+        held = 0.0  # how long the last attachment was up
         while True:
-            try:
-                chan, _, node = await open_channel_at(self.session)
-            except Exception:  # every node refused or is down: as an agent, wait
-                delay = backoff.failed(time.monotonic(), random.random())
-                await asyncio.sleep(delay if delay is not None else 1.0)
-                continue
-            backoff = BackoffState(ATTACH)
-            self.node = str(node.port)
+            retry = RetryState(POLICY)
+            retry.mark_started()
+            while True:  # as RelayClient._run: the first try at once after a held one
+                delay = retry.failed(time.monotonic(), random.random())
+                assert delay is not None  # the policy never gives up
+                if retry.attempt == 1:
+                    delay = first_delay(held, delay, random.random())
+                await asyncio.sleep(delay)
+                try:
+                    chan, _, node = await open_channel_at(self.session)
+                    break
+                except Exception:  # every node refused or is down: wait
+                    continue
+            self.node, since = str(node.port), time.monotonic()
             try:
                 while True:
                     await chan.recv()
             except Exception:  # the channel ended
                 self.node = ""
             finally:
+                held = time.monotonic() - since
                 with contextlib.suppress(Exception):
                     await chan.aclose()
-            await asyncio.sleep(ATTACH.first * random.uniform(ATTACH.low, 1.0))
 
 
 async def attached(clients: list[Idle], want: int, timeout: float) -> float:
@@ -142,6 +150,9 @@ async def bench(args: argparse.Namespace, nodes: dict[str, Node], config: Path) 
             )
             victim.port = int(busiest)
             await asyncio.to_thread(victim.start)
+            # Every attachment has held before the next SIGKILL, as in a real
+            # outage: their first tries go at once.
+            await asyncio.sleep(HELD_FOR + 1)
         idle_without = 0.0
         for t in tasks:
             t.cancel()
