@@ -8,8 +8,8 @@ dropped at its end, one data folder), logs in once, and attaches
 session with both nodes' addresses, each channel re-attaching as an
 agent's relay client does (``freight.client.backoff``: at once, jittered
 over 0.1 s, after an attachment that had held 10 s; then 0.1-1 s,
-doubling, full jitter) through whichever node takes it. Each round SIGKILLs the node holding the most channels,
-then measures:
+doubling, full jitter) through whichever node takes it. Each round
+SIGKILLs the node holding the most channels, then measures:
 
 * **all back after**: seconds from the SIGKILL until every channel is
   attached again (to the survivor);
