@@ -333,6 +333,7 @@ def test_a_frozen_node_loses_its_push_to_another_and_writes_nothing_more(
     cluster.start("b")
     client = cluster.client()
     client.env["FREIGHT_STALL_TIMEOUT"] = "3"
+    client.env["FREIGHT_LOG"] = "debug"  # on stderr: what the push did, should the takeover fail
     size = 32 * MiB
     src = random_file(tmp_path / "big.bin", size, seed=18)
     proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "4M", "--json")
@@ -347,7 +348,11 @@ def test_a_frozen_node_loses_its_push_to_another_and_writes_nothing_more(
             )
         except AssertionError:
             proc.kill()
-            raise AssertionError(proc.communicate()[1][-3000:]) from None
+            err = proc.communicate()[1]
+            raise AssertionError(
+                f"no takeover by {survivor}; the push's log:\n{err[-6000:]}\n"
+                f"{survivor}'s log:\n{cluster.nodes[survivor].log()[-3000:]}"
+            ) from None
         frozen.proc.send_signal(signal.SIGCONT)  # it wakes up holding nothing
         _, err = proc.communicate(timeout=120)
     finally:
