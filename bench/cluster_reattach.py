@@ -36,10 +36,9 @@ from pathlib import Path
 
 from cluster_failover import Node, logged_in_cluster
 
-from freight.client.backoff import HELD_FOR, backoff_delays, first_delay, reconnect_policy
+from freight.client.backoff import HELD_FOR, Reattach, backoff_delays, reconnect_policy
 from freight.client.config import ClientConfig
 from freight.client.session import HubSession, open_channel_at
-from freight.protocol.retry import RetryState
 
 POLICY = reconnect_policy(*backoff_delays())  # the relay client's (client/relay.py)
 TICK = os.sysconf("SC_CLK_TCK")
@@ -61,14 +60,11 @@ class Idle:
     async def run(self) -> None:
         held = 0.0  # how long the last attachment was up
         while True:
-            retry = RetryState(POLICY)
-            retry.mark_started()
-            while True:  # as RelayClient._run: the first try at once after a held one
-                delay = retry.failed(time.monotonic(), random.random())
-                assert delay is not None  # the policy never gives up
-                if retry.attempt == 1:
-                    delay = first_delay(held, delay, random.random())
-                await asyncio.sleep(delay)
+            waits = Reattach(POLICY, held)  # as RelayClient._run
+            while True:
+                await asyncio.sleep(
+                    waits.next_delay(time.monotonic(), random.random(), random.random())
+                )
                 try:
                     chan, _, node = await open_channel_at(self.session)
                     break

@@ -7,9 +7,16 @@ from __future__ import annotations
 import math
 import os
 
-from ..protocol.retry import RetryPolicy
+from ..protocol.retry import RetryPolicy, RetryState
 
-__all__ = ["HELD_FOR", "QUICK_WINDOW", "backoff_delays", "first_delay", "reconnect_policy"]
+__all__ = [
+    "HELD_FOR",
+    "QUICK_WINDOW",
+    "Reattach",
+    "backoff_delays",
+    "first_delay",
+    "reconnect_policy",
+]
 
 # An attachment up this long had held: losing it is news (a NAT entry
 # dropped, a proxy restarted), not a pattern, and the first try to come back
@@ -50,3 +57,22 @@ def first_delay(held: float, policy_delay: float, rand: float) -> float:
     if held >= HELD_FOR:
         return min(policy_delay, QUICK_WINDOW * rand)
     return policy_delay
+
+
+class Reattach:
+    """The waits before each try to attach again, after an attachment that
+    was up ``held`` seconds: the first by :func:`first_delay`, the rest
+    by ``policy`` (full jitter: after a hub restart, clients come back
+    spread over the whole interval, not all in the same second)."""
+
+    def __init__(self, policy: RetryPolicy, held: float) -> None:
+        self.held = held
+        self._retry = RetryState(policy)
+        self._retry.mark_started()
+
+    def next_delay(self, now: float, rand: float, rand2: float) -> float:
+        delay = self._retry.failed(now, rand)
+        assert delay is not None  # a reconnect policy never gives up
+        if self._retry.attempt == 1:
+            delay = first_delay(self.held, delay, rand2)
+        return delay

@@ -47,13 +47,12 @@ from ..protocol.e2e import (
 from ..protocol.errors import ProtocolError
 from ..protocol.relaycodes import HangupCode, RefusalCode
 from ..protocol.relayend import MAX_MESSAGE, RECORD_EOF, RECORD_MESSAGE, EndState
-from ..protocol.retry import RetryState
 from ..protocol.tunnel import listen_app
 from ..tasks import Supervisor
 from ..transport.channel import ChannelClosed, FrameChannel
 from ..transport.dataconn import DataPathUnavailable, open_data_connection
 from ..transport.proxy import ProxyRefused
-from .backoff import backoff_delays, first_delay, reconnect_policy
+from .backoff import Reattach, backoff_delays, reconnect_policy
 from .config import ClientConfig
 from .connection import Connection
 from .identity import identity_key, register_identity
@@ -252,16 +251,10 @@ class RelayClient:
             for fut in self._futures.values():
                 if not fut.done():
                     fut.set_exception(ChannelClosed("detached"))
-            retry = RetryState(policy)
-            retry.mark_started()
+            waits = Reattach(policy, held=self._clock() - attached_at)
             self._linked_here.clear()
             while not self._closing:
-                # Full jitter: after a hub restart, clients come back spread
-                # over the whole interval, not all in the same second.
-                delay = retry.failed(self._clock(), self._rand())
-                assert delay is not None  # the policy never gives up
-                if retry.attempt == 1:  # an attachment that had held: at once
-                    delay = first_delay(self._clock() - attached_at, delay, self._rand())
+                delay = waits.next_delay(self._clock(), self._rand(), self._rand())
                 if self._moving:  # sent to another node: go at once
                     self._moving, delay = False, 0.0
                 await asyncio.sleep(delay)

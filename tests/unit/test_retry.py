@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from freight.client.backoff import HELD_FOR, QUICK_WINDOW, first_delay
+from freight.client.backoff import HELD_FOR, QUICK_WINDOW, Reattach, first_delay, reconnect_policy
 from freight.protocol import RetryPolicy, RetryState
 from freight.protocol.retry import Backoff, BackoffState
 
@@ -275,3 +275,12 @@ def test_an_attachment_that_had_held_tries_again_at_once() -> None:
         assert first_delay(HELD_FOR + 3600, 0.7, rand) < QUICK_WINDOW
         assert first_delay(HELD_FOR - 0.01, 0.7, rand) == 0.7
     assert first_delay(HELD_FOR, 0.01, 0.9) == 0.01  # never longer than the policy's own
+
+
+def test_only_the_first_try_after_a_held_attachment_goes_at_once() -> None:
+    policy = reconnect_policy(1.0, 30.0)
+    held = Reattach(policy, held=HELD_FOR)
+    assert held.next_delay(0.0, 0.5, 0.5) < QUICK_WINDOW
+    assert held.next_delay(0.1, 0.0, 0.0) >= 0.2 - 1e-9  # then the back-off: [0.2, 2] s
+    fresh = Reattach(policy, held=HELD_FOR - 1)
+    assert fresh.next_delay(0.0, 0.0, 0.0) >= 0.1 - 1e-9  # [0.1, 1] s from the first
