@@ -19,6 +19,7 @@ from freight.client.relay import RelayClient
 from freight.client.session import HubSession
 from freight.errors import UsageError
 from freight.protocol.tunnel import decode_answer, new_tunnel_app, parse_destination
+from tests.authsupport import rest, token_of
 from tests.relaysupport import BOB_PASSWORD, fast
 from tests.support import Client, Hub, wait_until
 from tests.tunnelsupport import (
@@ -70,7 +71,15 @@ def test_hub_restart_keeps_tunnelled_connections(tmp_path: Path, hub: Hub, admin
                 with connect(t.port) as s2:
                     s2.sendall(b"new")
                     assert recv_exactly(s2, 3) == b"new"
-                # bob's exposed name was registered again after re-attaching.
+                # bob's exposed name is registered again once his end has
+                # re-attached (which may come after the forward's).
+                def bob_exposes_echo() -> bool:
+                    status, rows = rest(hub, "GET", "/v1/tunnels/exposed?all=1", token=token)
+                    assert status == 200, rows
+                    return any(r["owner"] == "bob" and r["name"] == "echo" for r in rows)
+
+                token = token_of(admin)
+                wait_until(bob_exposes_echo, DEADLINE, "bob's exposed name to come back")
                 with (
                     Tunnel(admin, "forward", "0", "bob:echo") as via_bob,
                     connect(via_bob.port) as s3,
