@@ -257,6 +257,12 @@ class HubSession:
         )
 
     @property
+    def connect_timeout(self) -> float:
+        """Seconds a node has to take a connection (TCP and TLS) and to
+        answer an attach: a cluster's session leaves a stalled node sooner."""
+        return 30.0 if len(self.nodes) < 2 else CLUSTER_CONNECT_TIMEOUT
+
+    @property
     def http(self) -> aiohttp.ClientSession:
         if self._http is None:
             tls: ssl.SSLContext | aiohttp.Fingerprint
@@ -270,7 +276,7 @@ class HubSession:
             # a peer that accepts and then says nothing.
             # A cluster's session gives a node less time to connect (TCP and
             # TLS): a stalled node is left for the next one sooner.
-            connect = 30 if len(self.nodes) < 2 else CLUSTER_CONNECT_TIMEOUT
+            connect = self.connect_timeout
             timeout = aiohttp.ClientTimeout(
                 total=None, connect=connect, sock_connect=connect, sock_read=120
             )
@@ -410,13 +416,19 @@ async def _open_channel(
     chan: FrameChannel
     used = transport
     if transport in ("auto", "ws"):
+        # The upgrade may go over a kept-alive connection (no TCP or TLS
+        # to time out): a node that has stopped (SIGSTOP, a hung process)
+        # still has a kernel that takes the request. Its answer gets the
+        # time a connection would, then the next node is tried.
+        answer = asyncio.timeout(session.connect_timeout)
         try:
-            ws = await session.http.ws_connect(
-                node.with_path("/v1/control"),
-                max_msg_size=WS_MAX_MESSAGE,
-                heartbeat=CLIENT_HEARTBEAT,
-                timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
-            )
+            async with answer:
+                ws = await session.http.ws_connect(
+                    node.with_path("/v1/control"),
+                    max_msg_size=WS_MAX_MESSAGE,
+                    heartbeat=CLIENT_HEARTBEAT,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
+                )
             chan, used = WSChannel(ws), "ws"
         except aiohttp.ServerFingerprintMismatch as exc:
             raise mismatch_error(node, session.fingerprint, "SHA256:" + exc.got.hex()) from None
@@ -444,6 +456,13 @@ async def _open_channel(
             chan, used = await _open_http(session, node), "http"
             session.websocket_refused = True
         except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            if answer.expired():
+                err = NetworkError(
+                    f"the hub at {hostport(node)} took the connection but did not answer "
+                    f"the attach within {session.connect_timeout:.0f} s"
+                )
+                err.unreached = True  # nothing was done there: another node may take it
+                raise err from None
             # Only an upgrade cut half-way is worth trying over plain HTTP;
             # a hub or proxy that cannot be reached at all stays an error.
             unreachable = isinstance(exc, (*NOT_CONNECTED, aiohttp.ClientHttpProxyError))
