@@ -14,6 +14,7 @@ re-probes, and hands the stream engine the rate to keep (``limit()``).
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections import deque
@@ -21,12 +22,15 @@ from collections.abc import Awaitable, Callable
 from typing import Final, Literal
 
 from ..errors import NetworkError
+from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.ledbat import Ledbat
 from ..tasks import Supervisor
 from ..transport.channel import Mux
 from .probe import available_bandwidth
 from .session import HubSession
+
+log = logging.getLogger("freight.pacing")
 
 REPROBE_SECONDS: Final = 180.0
 # The round trip "grew" when its recent least exceeds the one measured with
@@ -151,7 +155,17 @@ class PathPacer:
         now = self.clock()
         self.path.rtt(rtt, now)
         if self.ledbat is not None:
-            self.ledbat.on_rtt(rtt, now)
+            rate = self.ledbat.on_rtt(rtt, now)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "background rate",
+                    extra=fields(
+                        rtt=round(rtt, 4),
+                        queueing=round(self.ledbat.queueing, 4),
+                        rate=int(rate),
+                        sent=self._sent[-1][1] if self._sent else 0,
+                    ),
+                )
 
     async def run(self, mux: Mux, sent: Callable[[], int]) -> None:
         """Ping on ``mux`` (the push's own connection) until cancelled;

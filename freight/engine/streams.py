@@ -199,9 +199,12 @@ async def _run_sender(
             # loop seals and sends: the two overlap.
             # A chunk never exceeds the window, or a tiny checkpoint interval
             # would leave the sender waiting for acks of nothing.
-            reader.fill_chunks(
-                sender.size, min(chunk_size_for(bucket.rate), sender.window), sender.level
-            )
+            chunk_len = min(chunk_size_for(bucket.rate), sender.window)
+            # A limited stream reads two chunks ahead at most: when its rate
+            # falls, chunks cut for the old rate would each go out as one
+            # burst (a background push at its floor sending 375 KB at once).
+            reader.max_bytes = 2 * chunk_len if bucket.rate else READ_AHEAD_BYTES
+            reader.fill_chunks(sender.size, chunk_len, sender.level)
             n = reader.next_len()
             if sender.send_window() < n:
                 ev = await _next_sender_event(port, sender, stall_timeout, clock)

@@ -32,9 +32,14 @@ TARGET: Final = 0.025
 # that moment must not be taken for an idle link.
 GAIN_UP: Final = 1.0
 RAMP_SECONDS: Final = 3.0
-# Decrease per sample: x(1 - GAIN_DOWN * (q - T) / T), at most halving (a queue
-# of twice the target halves the rate: a new flow beside it must not wait).
-GAIN_DOWN: Final = 1.0
+# Decrease per sample: x(1 - GAIN_DOWN * (q - T) / T), at least halving at
+# 1.25 T (a new flow beside it must not wait, and a Cubic flow at 20 ms
+# held its queue near T, where a gentler slope left this one 8 % of the
+# link), and x T/q beyond 2 T, down to MIN_CUT: a Cubic flow's slow start
+# at 80 ms fills the queue within a few samples, and halving three times
+# still left it a quarter of its own link.
+GAIN_DOWN: Final = 2.0
+MIN_CUT: Final = 0.25
 # Round trips kept for the current delay (the least of them: one ping that
 # waited behind a burst is not congestion).
 CURRENT_SAMPLES: Final = 2
@@ -112,6 +117,7 @@ class Ledbat:
             self.rate *= 1.0 + GAIN_UP * calm * off * dt
         else:
             self._congested = now
-            self.rate *= max(0.5, 1.0 + GAIN_DOWN * off)
+            cut = max(0.5, 1.0 + GAIN_DOWN * off)
+            self.rate *= min(cut, max(MIN_CUT, self.target / self.queueing))
         self.rate = self._clamp(self.rate)
         return self.rate

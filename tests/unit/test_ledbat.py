@@ -35,6 +35,22 @@ def test_backs_off_to_the_floor_when_another_flow_fills_the_queue() -> None:
     assert c.rate > 0.9 * 12_500_000
 
 
+def test_a_queue_far_above_the_target_cuts_deeper_than_half() -> None:
+    """A Cubic flow's slow start fills the queue within a few samples: one
+    sample of four times the target leaves a quarter, not a half."""
+    c = Ledbat(0.0, floor=1000, start=4_000_000)
+    now = feed(c, 0.02, 0.2, 0.0)
+    before = c.on_rtt(0.02 + 4 * TARGET, now + 0.1)  # one slow ping is not congestion
+    c.on_rtt(0.02 + 4 * TARGET, now + 0.2)  # two are
+    assert c.rate == pytest.approx(before / 4, rel=0.05)
+    # Just above the target it eases off in proportion.
+    gentle = Ledbat(0.0, floor=1000, start=4_000_000)
+    now = feed(gentle, 0.02, 0.2, 0.0)
+    before = gentle.on_rtt(0.02 + 1.1 * TARGET, now + 0.1)
+    gentle.on_rtt(0.02 + 1.1 * TARGET, now + 0.2)
+    assert gentle.rate == pytest.approx(0.8 * before, rel=0.01)
+
+
 def test_holds_near_the_target() -> None:
     c = Ledbat(0.0, floor=1000, start=1_000_000)
     now = feed(c, 0.02, 0.5, 0.0)
