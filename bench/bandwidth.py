@@ -3,6 +3,7 @@ shaped paths, iperf3 on the same path in the same run:
 
     .venv/bin/python bench/bandwidth.py [--rates 10,50,100] [--rtts 20,80]
         [--rounds 2] [--limit-seconds 62] [--markdown FILE]
+        [--only probe,limit,background] [--background-rounds 1]
 
 For each rate (Mbit/s, tbf each way on a veth pair into a network
 namespace) and round trip (a userspace TUN delay line: this kernel may have
@@ -41,6 +42,8 @@ sys.path.insert(0, str(REPO))
 
 from bench import markdown_table  # noqa: E402
 from tests.shapedpath import (  # noqa: E402
+    BackgroundResult,
+    ShapedPath,
     background_run,
     make_file,
     push,
@@ -71,85 +74,119 @@ def bench_path(rate: float, rtt: float, args: argparse.Namespace) -> list[list[s
             client = Client(Path(d) / "client", hub)
             path.login(client)
             with path.iperf3_server() as port:
-                found: dict[str, list[float]] = {"up": [], "down": [], "p-up": [], "p-down": []}
-                for _ in range(args.rounds):
-                    found["up"].append(path.iperf3(port, 6.0))
-                    found["down"].append(path.iperf3(port, 6.0, reverse=True))
-                    probe = json.loads(path.freight(client.env, "probe", "--json"))
-                    found["p-up"].append(probe["up"]["available"])
-                    found["p-down"].append(probe["down"]["available"])
-                up = statistics.median(found["up"])
-                for way in ("up", "down"):
-                    peer, ours = statistics.median(found[way]), statistics.median(found["p-" + way])
-                    ratio = ours / peer
-                    met = abs(ratio - 1) <= 0.15
-                    rows.append(
-                        [
-                            name,
-                            f"probe {way}",
-                            mbit(peer),
-                            mbit(ours),
-                            f"{ratio:.2f}",
-                            "0.85-1.15",
-                            "yes" if met else "NO",
-                        ]
-                    )
-                    log(f"{name} probe {way}: {mbit(ours)} vs iperf3 {mbit(peer)}")
-                # --limit 50%
-                size = int(up * 0.5 * (args.limit_seconds + 20))
-                src = make_file(Path(d) / "half.bin", size)
-                proc = push(path, client, src, "--limit", "50%")
-                try:
-                    samples = sample_partials(hub, proc, args.limit_seconds)
-                finally:
-                    stop(proc)
-                src.unlink()
-                windows = window_rates(samples[2:], 30.0)
-                shares = [w / up for w in windows]
-                met = bool(shares) and all(0.45 <= s <= 0.55 for s in shares)
-                rows.append(
-                    [
-                        name,
-                        "--limit 50%, 30 s windows",
-                        mbit(up),
-                        ", ".join(mbit(w) for w in windows) or "-",
-                        ", ".join(f"{s:.2f}" for s in shares) or "-",
-                        "0.45-0.55",
-                        "yes" if met else "NO",
-                    ]
-                )
-                log(f"{name} limit 50%: {shares}")
-                # background
-                src = make_file(Path(d) / "background.bin", int(up * 40))
-                result = background_run(path, hub, client, src, port)
-                src.unlink()
-                took = result.seconds_to(0.9)
-                rows.append(
-                    [
-                        name,
-                        "iperf3 beside background",
-                        mbit(result.alone),
-                        mbit(result.beside),
-                        f"loses {result.competitor_loss:.1%}",
-                        "<= 10 %",
-                        "yes" if result.competitor_loss <= 0.10 else "NO",
-                    ]
-                )
-                rows.append(
-                    [
-                        name,
-                        "background takes back 90 %",
-                        mbit(result.link),
-                        ", ".join(mbit(r) for r in result.after[:4]) + " ...",
-                        f"{took:g} s" if took is not None else "never",
-                        "<= 10 s",
-                        "yes" if took is not None and took <= 10 else "NO",
-                    ]
-                )
-                log(f"{name} background: {result}")
+                if "probe" in args.only:
+                    up = probe_rows(path, client, port, name, args, rows)
+                else:
+                    up = path.iperf3(port, 6.0)
+                if "limit" in args.only:
+                    limit_rows(path, hub, client, Path(d), up, name, args, rows)
+                if "background" in args.only:
+                    src = make_file(Path(d) / "background.bin", int(up * 40))
+                    for k in range(args.background_rounds):
+                        result = background_run(path, hub, client, src, port)
+                        round_name = name if args.background_rounds == 1 else f"{name}, #{k + 1}"
+                        background_rows(result, round_name, rows)
+                    src.unlink()
         finally:
             hub.stop()
     return rows
+
+
+def probe_rows(
+    path: ShapedPath,
+    client: Client,
+    port: int,
+    name: str,
+    args: argparse.Namespace,
+    rows: list[list[str]],
+) -> float:
+    """iperf3 and the probe alternating; returns iperf3's median rate up."""
+    found: dict[str, list[float]] = {"up": [], "down": [], "p-up": [], "p-down": []}
+    for _ in range(args.rounds):
+        found["up"].append(path.iperf3(port, 6.0))
+        found["down"].append(path.iperf3(port, 6.0, reverse=True))
+        probe = json.loads(path.freight(client.env, "probe", "--json"))
+        found["p-up"].append(probe["up"]["available"])
+        found["p-down"].append(probe["down"]["available"])
+    for way in ("up", "down"):
+        peer, ours = statistics.median(found[way]), statistics.median(found["p-" + way])
+        ratio = ours / peer
+        met = abs(ratio - 1) <= 0.15
+        rows.append(
+            [
+                name,
+                f"probe {way}",
+                mbit(peer),
+                mbit(ours),
+                f"{ratio:.2f}",
+                "0.85-1.15",
+                "yes" if met else "NO",
+            ]
+        )
+        log(f"{name} probe {way}: {mbit(ours)} vs iperf3 {mbit(peer)}")
+    return statistics.median(found["up"])
+
+
+def limit_rows(
+    path: ShapedPath,
+    hub: Hub,
+    client: Client,
+    d: Path,
+    up: float,
+    name: str,
+    args: argparse.Namespace,
+    rows: list[list[str]],
+) -> None:
+    size = int(up * 0.5 * (args.limit_seconds + 20))
+    src = make_file(d / "half.bin", size)
+    proc = push(path, client, src, "--limit", "50%")
+    try:
+        samples = sample_partials(hub, proc, args.limit_seconds)
+    finally:
+        stop(proc)
+    src.unlink()
+    windows = window_rates(samples[2:], 30.0)
+    shares = [w / up for w in windows]
+    met = bool(shares) and all(0.45 <= s <= 0.55 for s in shares)
+    rows.append(
+        [
+            name,
+            "--limit 50%, 30 s windows",
+            mbit(up),
+            ", ".join(mbit(w) for w in windows) or "-",
+            ", ".join(f"{s:.2f}" for s in shares) or "-",
+            "0.45-0.55",
+            "yes" if met else "NO",
+        ]
+    )
+    log(f"{name} limit 50%: {shares}")
+
+
+def background_rows(result: BackgroundResult, name: str, rows: list[list[str]]) -> None:
+    took = result.seconds_to(0.9)
+    rows.append(
+        [
+            name,
+            "iperf3 beside background",
+            mbit(result.alone),
+            mbit(result.beside),
+            f"loses {result.competitor_loss:.1%}",
+            "<= 10 %",
+            "yes" if result.competitor_loss <= 0.10 else "NO",
+        ]
+    )
+    rows.append(
+        [
+            name,
+            "background takes back 90 %",
+            mbit(result.link),
+            ", ".join(mbit(r) for r in result.after[:4]) + " ...",
+            f"{took:g} s" if took is not None else "never",
+            "<= 10 s",
+            "yes" if took is not None and took <= 10 else "NO",
+        ]
+    )
+    log(f"{name} background: {result}")
 
 
 def main() -> int:
@@ -158,8 +195,20 @@ def main() -> int:
     p.add_argument("--rtts", default="20,80", help="round trips in ms, comma-separated")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--limit-seconds", type=float, default=62.0)
+    p.add_argument(
+        "--only",
+        default="probe,limit,background",
+        help="steps to run, comma-separated (probe, limit, background)",
+    )
+    p.add_argument(
+        "--background-rounds",
+        type=int,
+        default=1,
+        help="background runs per path, one after the other (the competitor's loss varies)",
+    )
     p.add_argument("--markdown", type=Path)
     args = p.parse_args()
+    args.only = set(args.only.split(","))
     rows: list[list[str]] = []
     for rate in (float(r) for r in args.rates.split(",")):
         for rtt in (float(r) for r in args.rtts.split(",")):

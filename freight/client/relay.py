@@ -19,7 +19,7 @@ import random
 import secrets
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from .. import __version__
@@ -137,7 +137,7 @@ class RelayClient:
         self.on_message: Callable[[m.AnyMessage, bytes], Awaitable[None]] | None = None
         # Started (as a task of its own) after every re-attach, once what
         # this client had is registered again.
-        self.after_attach: Callable[[], Awaitable[None]] | None = None
+        self.after_attach: Callable[[], Coroutine[Any, Any, None]] | None = None
         # A cluster's node sent us to another (the far end is there).
         self._moving = False
         self._moves: deque[float] = deque(maxlen=MOVES_AT_ONCE[0])

@@ -71,6 +71,7 @@ def test_hub_restart_keeps_tunnelled_connections(tmp_path: Path, hub: Hub, admin
                 with connect(t.port) as s2:
                     s2.sendall(b"new")
                     assert recv_exactly(s2, 3) == b"new"
+
                 # bob's exposed name is registered again once his end has
                 # re-attached (which may come after the forward's).
                 def bob_exposes_echo() -> bool:
