@@ -4,13 +4,14 @@ through an HTTP proxy; REST calls, control links."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import secrets
 import ssl
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
@@ -274,8 +275,6 @@ class HubSession:
             headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
             # No total limit (a control link lives long), but never hang on
             # a peer that accepts and then says nothing.
-            # A cluster's session gives a node less time to connect (TCP and
-            # TLS): a stalled node is left for the next one sooner.
             connect = self.connect_timeout
             timeout = aiohttp.ClientTimeout(
                 total=None, connect=connect, sock_connect=connect, sock_read=120
@@ -359,11 +358,36 @@ def check_transport(transport: str) -> str:
     return transport
 
 
+@contextlib.asynccontextmanager
+async def _answered_in_time(session: HubSession, node: URL) -> AsyncIterator[None]:
+    """An attach request (the WebSocket upgrade, or the HTTP attachment's
+    POST) gets the time a connection would to be answered. It may go over
+    a kept-alive connection, with no TCP or TLS step to time out, and a
+    node that has stopped (SIGSTOP, a hung process) still has a kernel that
+    takes it: left unanswered, the node counts as unreached and the next
+    one is tried (nothing was done there)."""
+    deadline = asyncio.timeout(session.connect_timeout)
+    try:
+        async with deadline:
+            yield
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        err = NetworkError(
+            f"the hub at {hostport(node)} took the connection but did not answer "
+            f"the attach within {session.connect_timeout:.0f} s",
+            hint="the hub process may be stopped or overloaded: check it on its machine",
+        )
+        err.unreached = True
+        raise err from None
+
+
 async def _open_http(session: HubSession, node: URL) -> FrameChannel:
     from ..transport.httpchan import open_http_channel
 
     try:
-        return await open_http_channel(session.http, node)
+        async with _answered_in_time(session, node):
+            return await open_http_channel(session.http, node)
     except aiohttp.ServerFingerprintMismatch as exc:
         raise mismatch_error(node, session.fingerprint, "SHA256:" + exc.got.hex()) from None
     except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError) as exc:
@@ -416,13 +440,8 @@ async def _open_channel(
     chan: FrameChannel
     used = transport
     if transport in ("auto", "ws"):
-        # The upgrade may go over a kept-alive connection (no TCP or TLS
-        # to time out): a node that has stopped (SIGSTOP, a hung process)
-        # still has a kernel that takes the request. Its answer gets the
-        # time a connection would, then the next node is tried.
-        answer = asyncio.timeout(session.connect_timeout)
         try:
-            async with answer:
+            async with _answered_in_time(session, node):
                 ws = await session.http.ws_connect(
                     node.with_path("/v1/control"),
                     max_msg_size=WS_MAX_MESSAGE,
@@ -456,13 +475,6 @@ async def _open_channel(
             chan, used = await _open_http(session, node), "http"
             session.websocket_refused = True
         except (aiohttp.ClientHttpProxyError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-            if answer.expired():
-                err = NetworkError(
-                    f"the hub at {hostport(node)} took the connection but did not answer "
-                    f"the attach within {session.connect_timeout:.0f} s"
-                )
-                err.unreached = True  # nothing was done there: another node may take it
-                raise err from None
             # Only an upgrade cut half-way is worth trying over plain HTTP;
             # a hub or proxy that cannot be reached at all stays an error.
             unreachable = isinstance(exc, (*NOT_CONNECTED, aiohttp.ClientHttpProxyError))

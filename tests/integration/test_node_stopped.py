@@ -21,9 +21,15 @@ from tests.authsupport import token_of
 from tests.support import Client, Hub
 
 
-async def _attach(stopped: Hub, live: Hub, token: str) -> tuple[URL, float, str]:
+async def _attach(
+    stopped: Hub, live: Hub, token: str, transport: str = "auto"
+) -> tuple[URL, float, str]:
     session = HubSession(
-        stopped.url, nodes=[stopped.url, live.url], fingerprint=live.fingerprint, token=token
+        stopped.url,
+        nodes=[stopped.url, live.url],
+        fingerprint=live.fingerprint,
+        token=token,
+        transport=transport,
     )
     session._ranked = math.inf  # keep the stopped node first (no measuring)
     async with session:
@@ -43,20 +49,42 @@ async def _attach(stopped: Hub, live: Hub, token: str) -> tuple[URL, float, str]
     return node, took, used
 
 
-def test_an_attach_left_unanswered_on_a_kept_alive_connection_moves_to_the_next_node(
-    tmp_path: Path, hub: Hub, client: Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _second_node(tmp_path: Path, hub: Hub) -> Hub:
+    """Another hub serving ``hub``'s certificate, as a cluster's nodes do."""
     tls = hub.data / "tls"
-    stopped = Hub(
+    node = Hub(
         tmp_path / "stopped",
         extra=["--cert", str(tls / "cert.pem"), "--key", str(tls / "key.pem")],
     ).start()
+    assert node.fingerprint == hub.fingerprint
+    return node
+
+
+def test_an_attach_left_unanswered_on_a_kept_alive_connection_moves_to_the_next_node(
+    tmp_path: Path, hub: Hub, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stopped = _second_node(tmp_path, hub)
     try:
-        assert stopped.fingerprint == hub.fingerprint  # one certificate, as a cluster's nodes
         monkeypatch.setattr(session_module, "CLUSTER_CONNECT_TIMEOUT", 2.0)
         node, took, used = asyncio.run(_attach(stopped, hub, token_of(client)))
     finally:
         stopped.stop()
     assert node == URL(hub.url + "/")
     assert used == "ws"
+    assert took < 2.0 + 5.0, f"the attach took {took:.1f} s to leave the stopped node"
+
+
+def test_the_http_attachment_leaves_a_stopped_node_the_same_way(
+    tmp_path: Path, hub: Hub, client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--transport http`` (a proxy that passes no WebSockets): the
+    attachment's POST over the kept-alive connection gets the same time."""
+    stopped = _second_node(tmp_path, hub)
+    try:
+        monkeypatch.setattr(session_module, "CLUSTER_CONNECT_TIMEOUT", 2.0)
+        node, took, used = asyncio.run(_attach(stopped, hub, token_of(client), "http"))
+    finally:
+        stopped.stop()
+    assert node == URL(hub.url + "/")
+    assert used == "http"
     assert took < 2.0 + 5.0, f"the attach took {took:.1f} s to leave the stopped node"

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import os
 from pathlib import Path
+from typing import Any
 
 from freight.engine.streams import (
     Acceptance,
@@ -22,7 +23,7 @@ from freight.engine.streams import (
 )
 from freight.protocol import messages as m
 from freight.protocol.stream import StreamReceiver, StreamRequested, StreamSender
-from freight.transport.channel import ChannelClosed, Mux
+from freight.transport.channel import ChannelClosed, Mux, Port
 
 MiB = 1024 * 1024
 # bytes/s: chunks of 1 MiB, then of 100 KiB (a stale chunk waits ~0.5 s: real time)
@@ -33,7 +34,7 @@ class Pipe:
     """One end of an in-memory frame connection; counts the data it sends."""
 
     def __init__(self) -> None:
-        self.inbox: asyncio.Queue[tuple[m.AnyMessage, bytes] | None] = asyncio.Queue()
+        self.inbox: asyncio.Queue[tuple[Any, bytes] | None] = asyncio.Queue()
         self.peer: Pipe | None = None
         self.chunks: list[int] = []  # raw length of each Data frame sent
 
@@ -81,9 +82,9 @@ async def _send_with_falling_rate(path: Path, fall_after: int) -> tuple[list[int
     sink = MemorySink(source.size)
     done = asyncio.Event()
 
-    async def serve(port: object, first: m.AnyMessage, payload: bytes) -> None:
+    async def serve(port: Port, first: m.AnyMessage, payload: bytes) -> None:
         assert isinstance(first, m.StartStream)
-        await run_receiver(port, StreamReceiver(first.sid), sink, first)  # type: ignore[arg-type]
+        await run_receiver(port, StreamReceiver(first.sid), sink, first)
         done.set()
 
     near_mux, far_mux = Mux(near), Mux(far, on_new=serve)
