@@ -75,6 +75,26 @@ def hub(
         float,
         typer.Option(help="Seconds between a cluster node's heartbeats.", hidden=True, min=0.1),
     ] = 3.0,
+    blobs: Annotated[
+        str,
+        typer.Option(
+            help="Keep stored files and collected content in an S3-compatible bucket "
+            "(s3://BUCKET or s3://BUCKET/PREFIX; credentials from the AWS_* variables) "
+            "instead of the data folder: a cluster's nodes then need no shared folder.",
+        ),
+    ] = "",
+    s3_endpoint: Annotated[
+        str,
+        typer.Option(help="URL of an S3-compatible server for --blobs (default: AWS)."),
+    ] = "",
+    blobs_grace: Annotated[
+        float,
+        typer.Option(
+            help="Seconds before the bucket's content no file names is removed.",
+            hidden=True,
+            min=0.1,
+        ),
+    ] = 3600.0,
     cert: Annotated[
         Path | None,
         typer.Option(
@@ -201,8 +221,20 @@ def hub(
             server_context(cert, key)
         except ConfigError as exc:
             raise typer.BadParameter(exc.user_message(), param_hint="--cert/--key") from None
+    if blobs:
+        from ..hub.blobfiles import check_blobs
+
+        try:
+            check_blobs(blobs, s3_endpoint)
+        except ConfigError as exc:
+            raise typer.BadParameter(exc.message, param_hint="--blobs") from None
+    elif s3_endpoint:
+        raise typer.BadParameter("--s3-endpoint goes with --blobs", param_hint="--s3-endpoint")
     cfg = HubConfig(
         data=data,
+        blobs=blobs,
+        s3_endpoint=s3_endpoint,
+        blobs_grace=blobs_grace,
         host=host.strip("[]"),
         port=int(port),
         bandwidth=bandwidth,

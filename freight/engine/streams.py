@@ -241,10 +241,11 @@ async def _run_sender(
 
 async def run_sender(port: Port, sender: StreamSender, source: Source, **kw: Any) -> m.EndStreamAck:
     """Send the whole source (see ``_run_sender`` for the options); a
-    protocol error is reported to the receiver before it is raised."""
+    protocol error, or a source that changed or cannot be read, is reported
+    to the receiver before it is raised."""
     try:
         return await _run_sender(port, sender, source, **kw)
-    except (ProtocolError, SourceChanged) as exc:
+    except (ProtocolError, SourceChanged, StorageError) as exc:  # (a source it cannot read)
         if sender.state is not State.ABORTED:
             await _tell_peer(port, sender, exc)
         raise
@@ -466,7 +467,14 @@ async def _run_receiver(
                 return ack
             elif isinstance(ev2, Aborted):
                 await sink.aborted(ev2.code, ev2.message)
-                raise code_to_error(ev2.code, f"the sender aborted: {ev2.message or ev2.code}")
+                raise code_to_error(
+                    ev2.code,
+                    f"the sender aborted: {ev2.message or ev2.code}",
+                    # Not this machine's disk: the sender's.
+                    hint="the sender's storage failed; ask whoever runs it to check it"
+                    if ev2.code == "storage"
+                    else None,
+                )
             else:
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__}")
     finally:

@@ -57,6 +57,7 @@ from ..protocol.batch import (
 )
 from ..protocol.limits import MAX_BATCH_BYTES, SMALL_FILE_BYTES
 from ..store import quota
+from ..store.bucket import content_key
 from ..transport.channel import Port
 from ..units import format_bytes
 
@@ -171,6 +172,8 @@ async def _write_and_publish(
     files: Sequence[tuple[BatchEntry, memoryview]],
     names: list[str],
 ) -> list[Stored]:
+    if service.bucket is not None:
+        return await _put_in_bucket(service, user, files, names)
     layout = service.layout
     folder = layout.partial_path(user.id, sid).parent
     # Partials of this attempt alone: another node (or a retry racing a
@@ -199,6 +202,35 @@ async def _write_and_publish(
     if failure is not None:
         raise _storage_error(failure, stored[min(len(renamed), len(stored) - 1)][0])
     return renamed
+
+
+async def _put_in_bucket(
+    service: StreamService,
+    user: User,
+    files: Sequence[tuple[BatchEntry, memoryview]],
+    names: list[str],
+) -> list[Stored]:
+    """With a bucket: every file hashed and checked, written there as its
+    content, then all recorded in one transaction (all or none)."""
+    bucket = service.bucket
+    assert bucket is not None
+    stored: list[Stored] = []
+    for (entry, data), name in zip(files, names, strict=True):
+        digest = digest_bytes(data)
+        check_digest(entry, digest)
+        stored.append((name, entry.size, digest, entry.mtime))
+    gate = asyncio.Semaphore(16)
+
+    async def put(digest: str, data: memoryview) -> None:
+        async with gate:
+            await bucket.put_bytes(content_key(digest), data)
+
+    await asyncio.gather(*(put(s[2], d) for s, (_, d) in zip(stored, files, strict=True)))
+    try:
+        await service.db.publish_many(user.id, stored)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"the hub could not record a batch: {exc}") from None
+    return stored
 
 
 def _write_all(
@@ -346,8 +378,13 @@ async def _gather(
     ):
         raise UsageError("a batch request for more than a batch holds; ask for fewer files")
     paths = [service.layout.file_path(user.id, n) for n in names]
+    sizes = [rows[n].size for n in names]
     try:
-        blobs = await asyncio.to_thread(_read_all, paths, [rows[n].size for n in names])
+        if service.bucket is not None:
+            keys = [content_key(rows[n].digest) for n in names]
+            blobs = await service.bucket.read_all(keys, sizes)
+        else:
+            blobs = await asyncio.to_thread(_read_all, paths, sizes)
     except OSError as exc:
         raise StorageError(f"the hub could not read {shown(names[0])}: {exc.strerror}") from None
     entries = [

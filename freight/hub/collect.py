@@ -178,16 +178,17 @@ class Collector:
             elif not await db.holders(digest):
                 reason = "no longer wanted"
             else:
-                target = self.st.layout.cas_path(digest)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                await asyncio.to_thread(os.replace, path, target)
+                if self.st.bucket is None:  # a bucket holds it by its digest already
+                    target = self.st.layout.cas_path(digest)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    await asyncio.to_thread(os.replace, path, target)
                 stored = True
                 reason = "stored"
         finally:
             if file_row is not None:
                 await db.delete_file(agent_id, name)
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    path.unlink()  # (nothing there with a bucket)
         elapsed = max(1e-3, time.time() - float(row.issued))
         if received:
             self.throughput[agent_id] = received / elapsed

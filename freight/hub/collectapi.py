@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import NotFound, UsageError
+from ..store.bucket import content_key
 from ..units import parse_size
 from .requests import admin_user, current_user
 from .services import COLLECTOR, STATE, Hub
@@ -172,7 +173,16 @@ async def get_content(request: web.Request) -> web.StreamResponse:
     row = await st.db.get_content(digest) if DIGEST.match(digest) else None
     if row is None or row.state != "stored":
         raise NotFound(f"no collected content {digest[:16]}…")
-    return web.FileResponse(st.layout.cas_path(digest))
+    if st.bucket is None:
+        return web.FileResponse(st.layout.cas_path(digest))
+    resp = web.StreamResponse()
+    resp.content_length = int(row.size)
+    resp.content_type = "application/octet-stream"
+    await resp.prepare(request)
+    async for block in st.bucket.blocks(content_key(digest), 0, int(row.size)):
+        await resp.write(block)
+    await resp.write_eof()
+    return resp
 
 
 def add_routes(app: web.Application) -> None:

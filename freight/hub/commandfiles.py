@@ -74,7 +74,8 @@ async def queued(
     name = INBOX_PREFIX + str(command_id)
     src = st.layout.file_path(admin.id, args["name"])
     dst = st.layout.file_path(agent_id, name)
-    await asyncio.to_thread(_link, src, dst)
+    if st.bucket is None:  # in a bucket, both names are of the same content
+        await asyncio.to_thread(_link, src, dst)
     stored = await st.db.get_file(admin.id, args["name"])
     mtime = float(stored.mtime) if stored is not None else 0.0
     await st.db.publish(
@@ -123,7 +124,8 @@ async def finished(
         return False, json.dumps({"error": f"{row.requested_by} no longer exists"})
     src = st.layout.file_path(agent.id, sent)
     dst = st.layout.file_path(int(owner.id), args["name"])
-    await asyncio.to_thread(_move, src, dst)
+    if st.bucket is None:  # in a bucket, the record alone moves
+        await asyncio.to_thread(_move, src, dst)
     await st.db.publish(
         int(owner.id),
         str(stored.sid),
@@ -153,4 +155,5 @@ def _move(src: os.PathLike[str], dst: os.PathLike[str]) -> None:
 
 async def _drop(st: Core, user_id: int, name: str) -> None:
     await st.db.delete_file(user_id, name)
-    await asyncio.to_thread(st.layout.file_path(user_id, name).unlink, missing_ok=True)
+    if st.bucket is None:  # a bucket's content is swept once nothing names it
+        await asyncio.to_thread(st.layout.file_path(user_id, name).unlink, missing_ok=True)

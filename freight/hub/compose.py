@@ -24,10 +24,11 @@ from aiohttp import web
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StorageError
 from ..protocol.limits import CHECKPOINT_INTERVAL
 from ..protocol.msgdirectory import DEFAULT_WARMUP
 from ..store import Database, DataLayout
+from ..store.bucket import Bucket, BucketSpec
 from ..tasks import Supervisor
 from . import (
     agents,
@@ -108,6 +109,9 @@ class HubConfig:
     advertise: str = ""  # the address clients reach this node at; default: from the listener
     node_beat: float = BEAT  # seconds between a node's heartbeats
     bus: str = ""  # nats://… : the cluster's nodes tell each other at once
+    blobs: str = ""  # s3://BUCKET/PREFIX: stored files' bytes there (default: the data folder)
+    s3_endpoint: str = ""  # an S3-compatible server's URL (default: AWS's)
+    blobs_grace: float = 3600.0  # seconds before unnamed content in the bucket is removed
 
     def tls_files(self, layout: DataLayout) -> tuple[Path, Path]:
         """The certificate and key the listener serves."""
@@ -199,6 +203,18 @@ async def open_database(cfg: HubConfig, layout: DataLayout) -> Database:
     return db
 
 
+async def open_bucket(cfg: HubConfig, db: Database) -> Bucket | None:
+    """The bucket of ``--blobs``, checked to answer; a hub that cannot
+    reach it refuses to start (its database is closed)."""
+    if not cfg.blobs:
+        return None
+    try:
+        return await Bucket.open(BucketSpec.parse(cfg.blobs, cfg.s3_endpoint or None))
+    except (StorageError, ConfigError) as exc:
+        await db.close()
+        raise ConfigError(exc.message, hint=exc.hint) from None
+
+
 async def build_hub(cfg: HubConfig) -> Hub:
     """Every service of one hub, built once; nothing runs yet. The certificate
     is checked before the database is opened, so a bad one leaves nothing open."""
@@ -213,7 +229,8 @@ async def build_hub(cfg: HubConfig) -> Hub:
     events = EventLog(db)
     events.node = cfg.node  # named nodes of a cluster say which wrote an event
     metrics = Metrics()
-    core = Core(db, layout, events, metrics)
+    bucket = await open_bucket(cfg, db)
+    core = Core(db, layout, events, metrics, bucket)
     caps = AccountCaps(cfg.account_connections, cfg.account_streams, metrics)
     board = TransferBoard()
     streams = StreamService(
@@ -226,6 +243,7 @@ async def build_hub(cfg: HubConfig) -> Hub:
         caps=caps,
         board=board,
     )
+    streams.bucket = bucket
     try:
         saved = json.loads(await db.get_setting("compression") or "{}")
     except ValueError:
@@ -380,4 +398,6 @@ async def close_hub(hub: Hub) -> None:
     await hub.nodes.close()
     await hub.relay.aclose()
     hub.passwords.close()
+    if hub.bucket is not None:
+        await hub.bucket.close()
     await hub.db.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..store import Database, DataLayout
+from ..store.bucket import Bucket
 from .observe import EventLog, Metrics
 
 
@@ -16,3 +17,4 @@ class Core:
     layout: DataLayout
     events: EventLog
     metrics: Metrics
+    bucket: Bucket | None = None  # stored files' bytes there, not in the data folder

@@ -34,6 +34,7 @@ from aiohttp import web
 from ..engine.pipeline import read_blocks
 from ..errors import Conflict, Forbidden, Gone, LimitReached, NotFound, NotLoggedIn, UsageError
 from ..names import check_name, check_user_name, shown
+from ..store.bucket import content_key
 from ..store.rows import LinkRow
 from . import auth
 from .limiter import address_key
@@ -236,8 +237,10 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     whole = end == row.size  # this response reaches the end: it spends a use
     if whole and book.busy[row.token_hash] + row.used >= row.uses:
         raise Conflict("this link is being fetched right now; try again when that ends")
+    fd = -1  # with a bucket, its content is read from there
     try:
-        fd = os.open(st.layout.file_path(row.user_id, row.name), os.O_RDONLY | os.O_CLOEXEC)
+        if st.bucket is None:
+            fd = os.open(st.layout.file_path(row.user_id, row.name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Gone(CHANGED) from None
     if whole:
@@ -249,7 +252,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
             fresh = await st.db.get_link(row.token_hash)
             if fresh is None or fresh.used + book.busy[row.token_hash] - 1 >= fresh.uses:
                 raise NotFound(UNKNOWN, hint="ask for a new link")
-        if os.fstat(fd).st_size != row.size:
+        if fd >= 0 and os.fstat(fd).st_size != row.size:
             raise Gone(CHANGED)
         resp = web.StreamResponse(status=206 if start or end < row.size else 200)
         resp.content_length = end - start
@@ -263,8 +266,17 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
         if resp.status == 206:
             resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{row.size}"
         await resp.prepare(request)
-        blocks = read_blocks(
-            lambda off, n: os.pread(fd, n, off), None, start, end, block=BLOCK, max_bytes=READ_AHEAD
+        blocks = (
+            st.bucket.blocks(content_key(row.digest), start, end)
+            if st.bucket is not None
+            else read_blocks(
+                lambda off, n: os.pread(fd, n, off),
+                None,
+                start,
+                end,
+                block=BLOCK,
+                max_bytes=READ_AHEAD,
+            )
         )
         try:
             async with contextlib.aclosing(blocks):
@@ -279,7 +291,8 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:  # the client went away: nothing to answer
             pass
     finally:
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         done = whole and completed
         try:
             await st.db.count_served(row.token_hash, sent, whole=done)
@@ -297,7 +310,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
 
 async def _drop_reference(st: Hub, row: LinkRow) -> None:
     """A job's sealed data, fetched as often as its link allowed: removed."""
-    if await st.db.delete_file(row.user_id, row.name):
+    if await st.db.delete_file(row.user_id, row.name) and st.bucket is None:
         with contextlib.suppress(FileNotFoundError):
             st.layout.file_path(row.user_id, row.name).unlink()
 

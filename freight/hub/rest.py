@@ -60,8 +60,9 @@ async def delete_file(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not await st.db.delete_file(user.id, name):
         raise NotFound(f"no file named {name!r} on the hub")
-    with contextlib.suppress(FileNotFoundError):
-        st.layout.file_path(user.id, name).unlink()
+    if st.bucket is None:  # a bucket's content is swept once nothing names it
+        with contextlib.suppress(FileNotFoundError):
+            st.layout.file_path(user.id, name).unlink()
     await st.events.emit("file_removed", user.name, name=name)
     return web.json_response({"removed": name})
 

@@ -11,6 +11,8 @@ import time
 
 from aiohttp import web
 
+from ..errors import FreightError
+from .blobfiles import sweep
 from .compose import HubConfig, build_app, build_hub, close_hub, say
 from .gcpolicy import FrozenOld
 from .listener import SharedPortListener
@@ -35,6 +37,21 @@ async def purge_loop(hub: Hub, purge_after: float) -> None:
         await asyncio.sleep(min(PURGE_EVERY, purge_after))
 
 
+async def sweep_loop(hub: Hub, grace: float) -> None:
+    """Remove what the bucket holds that nothing needs any more (every
+    node does it: removing twice is harmless)."""
+    assert hub.bucket is not None
+    while True:
+        await asyncio.sleep(min(PURGE_EVERY, max(grace, 5.0)))
+        try:
+            content, segments = await sweep(hub.bucket, hub.db, grace=grace)
+        except FreightError as exc:
+            hub.events.log.warning("bucket_sweep_failed", error=exc.message)
+            continue
+        if content or segments:
+            hub.events.log.info("bucket_swept", content=content, segments=segments)
+
+
 def start(hub: Hub, cfg: HubConfig) -> None:
     """The hub's background work, each a task of its supervisor (detached:
     one that fails is logged with its name and counted, and the hub goes on
@@ -50,6 +67,8 @@ def start(hub: Hub, cfg: HubConfig) -> None:
         (FrozenOld().run(), "gc-policy"),
     ):
         hub.tasks.spawn(work, name=name, detached=True)
+    if hub.bucket is not None:
+        hub.tasks.spawn(sweep_loop(hub, cfg.blobs_grace), name="bucket-sweep", detached=True)
 
 
 def advertised(host: str, port: int) -> str:
@@ -88,6 +107,8 @@ async def serve(cfg: HubConfig, *, ready: asyncio.Event | None = None) -> None:
         say(f"Freight hub listening on https://{host}:{port}")
         say(f"Certificate fingerprint: {fingerprint}")
         say(f"Data folder: {cfg.data.resolve()}")
+        if hub.bucket is not None:
+            say(f"Files kept in the bucket {hub.bucket.spec}")
         await hub.events.emit("hub_start", "hub", port=port, fingerprint=fingerprint)
 
         stop = asyncio.Event()

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..store import Database, DataLayout
+from ..store.bucket import Bucket
 from ..tasks import Supervisor
 from . import auth
 from .bandwidth import BandwidthManager
@@ -87,6 +88,10 @@ class Hub:
     @property
     def layout(self) -> DataLayout:
         return self.core.layout
+
+    @property
+    def bucket(self) -> Bucket | None:
+        return self.core.bucket
 
     @property
     def events(self) -> EventLog:

@@ -28,10 +28,12 @@ from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..store import Database, DataLayout, quota
+from ..store.bucket import Bucket, content_key, segments_prefix
 from ..transport.channel import Port
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
 from .batch import get_files, purge_stale, put_files
+from .blobfiles import BucketCheckpoints, BucketSource, restore_partial
 from .caps import AccountCaps
 from .compression import CompressionPolicy
 from .observe import EventLog, Metrics
@@ -137,9 +139,14 @@ class HubSink:
         self.published_digest = ""
         self.path = service.layout.partial_path(user.id, sid)
         self.place = PathPlace(self.path, self.path, shown=sid)
-        self.file = PartialFile(
-            self.place, DatabaseCheckpoints(service.db, user.id, sid, service.node), 0
+        self.checkpoints: DatabaseCheckpoints | BucketCheckpoints = DatabaseCheckpoints(
+            service.db, user.id, sid, service.node
         )
+        if service.bucket is not None:  # its bytes go to the bucket too
+            self.checkpoints = BucketCheckpoints(
+                self.checkpoints, service.bucket, self.path, user.id, sid
+            )
+        self.file = PartialFile(self.place, self.checkpoints, 0)
         self.transfer: Transfer | None = None  # shown on the board while it runs
 
     async def open(self, req: StreamRequested) -> Acceptance:
@@ -164,9 +171,7 @@ class HubSink:
             and not req.fresh
             and row.size == req.size
             and row.name == self.name
-            and self.path.exists()
-            # A partial shorter than its checkpoint cannot be trusted.
-            and self.path.stat().st_size >= int(row.checkpoint)
+            and await self._partial_holds(int(row.checkpoint))
         )
         try:
             limit = 0 if resume else await quota.quota_of(self.s.db, self.user.id)
@@ -182,6 +187,18 @@ class HubSink:
             if exc.errno in _DISK_FULL:
                 raise DiskFull(f"the hub has no disk space for {self.name}") from None
             raise StorageError(f"the hub cannot store {self.name}: {exc.strerror}") from None
+
+    async def _partial_holds(self, checkpoint: int) -> bool:
+        """Whether the partial file holds ``checkpoint`` bytes (one shorter
+        cannot be trusted); with a bucket, one another node received is
+        rebuilt here from the push's segments."""
+        held = await asyncio.to_thread(self.place.held)
+        if held is not None and held >= checkpoint:
+            return True
+        bucket = self.s.bucket
+        return bucket is not None and await restore_partial(
+            bucket, self.user.id, self.sid, checkpoint, self.path
+        )
 
     async def _claim(self) -> Any:
         """The push's row, now this node's to receive (None: a new push).
@@ -237,6 +254,8 @@ class HubSink:
         if resume:
             assert row is not None
             checkpoint = int(row.checkpoint)
+            if isinstance(self.checkpoints, BucketCheckpoints):
+                self.checkpoints.last = checkpoint
             # Bytes past the checkpoint were never acknowledged: dropped.
             await asyncio.to_thread(self.file.open_at, checkpoint)
             await self.s.db.touch_stream(self.user.id, self.sid)
@@ -325,8 +344,17 @@ class HubSink:
             raise StorageError(f"the hub could not record {self.name}: {exc}") from None
 
     async def _publish(self, total: int, digest: str) -> tuple[bool, str]:
-        self.place.target = self.s.layout.file_path(self.user.id, self.name)
-        verified, actual = await self.file.finish(digest, mtime=self.mtime or None)
+        bucket = self.s.bucket
+        if bucket is None:
+            self.place.target = self.s.layout.file_path(self.user.id, self.name)
+            verified, actual = await self.file.finish(digest, mtime=self.mtime or None)
+        else:  # verified, then written to the bucket before it is recorded
+            await asyncio.to_thread(self.file.sync)
+            verified, actual = self.file.verify(digest)
+            if verified:
+                await bucket.put_file(content_key(actual), self.path)
+            else:
+                await self.file.discard()
         if not verified:  # the partial is discarded
             self.close()
             await self.s.events.emit(
@@ -341,6 +369,9 @@ class HubSink:
         await self.s.db.publish(
             self.user.id, self.sid, name=self.name, size=total, digest=actual, mtime=self.mtime
         )
+        if bucket is not None:  # recorded: the partial and its segments are done with
+            await asyncio.to_thread(self.file.remove)
+            await bucket.delete_prefix(segments_prefix(self.user.id, self.sid))
         await self.s.events.emit(
             "stream_end", self.user.name, sid=self.sid, name=self.name, size=total, digest=actual
         )
@@ -400,6 +431,7 @@ class StreamService:
         # The levels asked of pushes (replaced by build_hub with the saved one).
         self.compression = CompressionPolicy()
         self.node: Node = SoleNode()  # replaced by build_hub with this process's node
+        self.bucket: Bucket | None = None  # the files' bytes there, not in the data folder
 
     async def serve(self, user: User, port: Port, msg: m.AnyMessage, payload: bytes) -> None:
         """Entry point for a frame that opens a stream on any channel."""
@@ -462,11 +494,15 @@ class StreamService:
             return
         row = await self.db.get_file(user.id, name)
         path = self.layout.file_path(user.id, name)
-        if row is None or not path.exists():
+        if row is None or (self.bucket is None and not path.exists()):
             err = NotFound(f"no file named {name!r} on the hub")
             await port.send(m.Abort(sid=pull.sid, code=err.code, message=err.message))
             return
-        source = FileSource(path, direct=True)  # received around the page cache
+        source: FileSource | BucketSource
+        if self.bucket is not None:
+            source = BucketSource(self.bucket, str(row.digest), int(row.size))
+        else:
+            source = FileSource(path, direct=True)  # received around the page cache
         key = f"pull:{user.id}:{pull.sid}"
         self.bandwidth.register(key)
         sender = StreamSender(
@@ -507,6 +543,8 @@ class StreamService:
         stale = await self.db.stale_streams(time.time() - older_than_seconds)
         for row in stale:
             self.layout.partial_path(row.user_id, row.sid).unlink(missing_ok=True)
+            if self.bucket is not None:
+                await self.bucket.delete_prefix(segments_prefix(row.user_id, row.sid))
             await self.db.delete_stream(row.user_id, row.sid)
             await self.events.emit("stream_purged", "hub", sid=row.sid, name=row.name)
         cutoff = time.time() - older_than_seconds

@@ -126,3 +126,19 @@ class Streams(Repository):
                 t.files.delete().where(t.files.c.user_id == user_id, t.files.c.name == name)
             )
             return bool(res.rowcount)
+
+    async def referenced_digests(self, digests: Sequence[str]) -> set[str]:
+        """Which of ``digests`` a stored file or collected content names
+        (a bucket's content nothing names may be removed)."""
+        found: set[str] = set()
+        async with self.engine.connect() as c:
+            for at in range(0, len(digests), 500):  # bound the SQL parameters
+                part = list(digests[at : at + 500])
+                for q in (
+                    sa.select(t.files.c.digest).where(t.files.c.digest.in_(part)),
+                    sa.select(t.content.c.digest).where(
+                        t.content.c.digest.in_(part), t.content.c.state == "stored"
+                    ),
+                ):
+                    found.update(str(d) for d in (await c.execute(q)).scalars())
+        return found

@@ -1,0 +1,146 @@
+"""The bucket store itself (:mod:`freight.store.bucket`,
+:mod:`freight.hub.blobfiles`) against moto's real S3 server: the ``--blobs``
+URL's rules, large files in parts, a partial rebuilt from segments (gaps,
+overlaps and foreign keys included), and the sweep."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from freight.errors import ConfigError, StorageError
+from freight.hub.blobfiles import restore_partial, sweep
+from freight.store import Database
+from freight.store import bucket as bucket_module
+from freight.store.bucket import Bucket, BucketSpec, content_key, segment_key
+from tests.s3support import S3Server, s3  # noqa: F401 - a fixture
+
+MiB = 1024 * 1024
+
+
+def test_blobs_urls_that_are_taken() -> None:
+    assert BucketSpec.parse("s3://freight-blobs") == BucketSpec("freight-blobs", "")
+    spec = BucketSpec.parse("s3://freight.blobs/site/one/", "http://127.0.0.1:9000")
+    assert (spec.bucket, spec.prefix, spec.endpoint) == (
+        "freight.blobs",
+        "site/one/",
+        spec.endpoint,
+    )
+    assert str(spec) == "s3://freight.blobs/site/one/"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["", "s3://", "s3://bucket#x", "s3://user@bucket", "s3://Bucket", "s3://ab", "s3://-bucket", "s3://bucket/a//b",
+     "s3://bucket/../etc", "s3://bucket/./x", "s3://bucket?x=1", "file:///tmp", "s3://a_b"],
+)  # fmt: skip
+def test_blobs_urls_that_are_refused(url: str) -> None:
+    with pytest.raises(ConfigError):
+        BucketSpec.parse(url)
+
+
+def test_an_endpoint_must_be_http() -> None:
+    with pytest.raises(ConfigError, match="--s3-endpoint"):
+        BucketSpec.parse("s3://bucket", "ftp://host")
+
+
+@given(st.text(max_size=80))
+def test_any_blobs_value_parses_or_is_a_config_error(url: str) -> None:
+    try:
+        spec = BucketSpec.parse(url)
+    except ConfigError:
+        return
+    assert ".." not in spec.prefix.split("/") and "" not in spec.prefix.split("/")[:-1]
+
+
+async def _open(s3: S3Server, name: str) -> Bucket:  # noqa: F811
+    return await Bucket.open(BucketSpec.parse(f"s3://{s3.bucket(name)}/p", s3.url))
+
+
+async def test_a_large_file_goes_in_parts_and_reads_back_in_ranges(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bucket_module, "PART_BYTES", 5 * MiB)
+    monkeypatch.setattr(bucket_module, "MULTIPART_FROM", 6 * MiB)
+    data = os.urandom(11 * MiB + 3)
+    src = tmp_path / "f"
+    src.write_bytes(data)
+    b = await _open(s3, "freight-parts")
+    try:
+        await b.put_file("content/x", src)
+        assert await b.size("content/x") == len(data)
+        assert await b.read("content/x", 5 * MiB - 1, 2) == data[5 * MiB - 1 : 5 * MiB + 1]
+        assert b"".join([blk async for blk in b.blocks("content/x", 7, len(data))]) == data[7:]
+        with pytest.raises(StorageError, match="shorter than recorded"):
+            await b.read("content/x", len(data) - 1, 2)
+        assert await b.size("content/missing") is None
+        assert list(s3.keys("freight-parts")) == ["p/content/x"]  # no part left behind
+    finally:
+        await b.close()
+
+
+async def test_a_partial_is_rebuilt_from_segments_that_chain_to_the_checkpoint(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    data = os.urandom(6000)
+    b = await _open(s3, "freight-segments")
+    try:
+        for start, end in ((0, 2000), (2000, 4000), (4000, 6000)):
+            await b.put_bytes(segment_key(1, "sid", start, end), data[start:end])
+        # Written by a node that lost the push, and junk: neither is used.
+        await b.put_bytes(segment_key(1, "sid", 2000, 3000), b"x" * 1000)
+        await b.put_bytes("partial/1/sid/not-a-segment", b"junk")
+        await b.put_bytes(segment_key(1, "other", 0, 6000), os.urandom(6000))
+        out = tmp_path / "part"
+        assert await restore_partial(b, 1, "sid", 4000, out)
+        assert out.read_bytes() == data[:4000]
+        assert await restore_partial(b, 1, "sid", 6000, out)
+        assert out.read_bytes() == data
+        await b.delete([segment_key(1, "sid", 2000, 4000)])
+        # A gap: the best chain reaches 3000 of the bogus segment only.
+        assert not await restore_partial(b, 1, "sid", 6000, tmp_path / "gap")
+        assert not (tmp_path / "gap").exists()
+        assert not await restore_partial(b, 2, "sid", 2000, tmp_path / "none")
+    finally:
+        await b.close()
+
+
+async def test_the_sweep_removes_only_what_nothing_names(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    db = Database.sqlite(tmp_path / "db")
+    b = await _open(s3, "freight-sweep")
+    try:
+        await db.migrate()
+        uid = await db.add_user("u", "h", "user")
+        named, loose = os.urandom(100), os.urandom(100)
+        d_named, d_loose = blake3.blake3(named).hexdigest(), blake3.blake3(loose).hexdigest()
+        await db.publish(uid, "s1", name="kept.bin", size=100, digest=d_named, mtime=0.0)
+        await b.put_bytes(content_key(d_named), named)
+        await b.put_bytes(content_key(d_loose), loose)
+        await b.put_bytes("content/foreign-object", b"not ours")
+        await b.put_bytes(segment_key(uid, "gone", 0, 10), b"0123456789")
+        assert await db.start_stream(
+            uid, "live", name="l", size=10, mtime=0.0, owner="hub", lease_for=9.0
+        )
+        await b.put_bytes(segment_key(uid, "live", 0, 10), b"0123456789")
+        assert await sweep(b, db, grace=3600) == (0, 0)  # everything is too young
+        assert await sweep(b, db, grace=0) == (1, 1)
+        left = set(s3.keys("freight-sweep", "p/"))
+        assert left == {
+            "p/" + content_key(d_named),
+            "p/content/foreign-object",
+            "p/" + segment_key(uid, "live", 0, 10),
+        }
+    finally:
+        await b.close()
+        await db.close()
