@@ -18,8 +18,10 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -28,9 +30,12 @@ from ..engine.partial import CheckpointStore
 from ..errors import StorageError
 from ..store import Database
 from ..store.bucket import (
+    MAX_PARTS,
+    MIN_PART,
     READ_BLOCK,
     Bucket,
     BucketSpec,
+    Listed,
     content_key,
     segment_key,
     segment_range,
@@ -49,8 +54,10 @@ def check_blobs(url: str, endpoint: str = "") -> None:
 
 class BucketCheckpoints:
     """A push's checkpoints with its bytes in the bucket: the segment since
-    the last checkpoint is written there before the checkpoint is recorded
-    (by ``inner``, the database)."""
+    the last recorded checkpoint is written there before a checkpoint is
+    recorded (by ``inner``, the database), and only once it holds MIN_PART
+    bytes (5 MiB): then the finished content is made of the segments inside
+    the store (:func:`store_content`)."""
 
     def __init__(
         self, inner: CheckpointStore, bucket: Bucket, path: Path, user_id: int, sid: str
@@ -66,9 +73,12 @@ class BucketCheckpoints:
         return await self.inner.load()
 
     async def save(self, offset: int) -> None:
-        if offset > self.last:
-            key = segment_key(self.user_id, self.sid, self.last, offset)
-            await self.bucket.put_range(key, self.path, self.last, offset)
+        if offset - self.last < MIN_PART:
+            # Durable on this node's disk, recorded once a segment the store
+            # can copy as a part is in the bucket (a resume goes back to it).
+            return
+        key = segment_key(self.user_id, self.sid, self.last, offset)
+        await self.bucket.put_range(key, self.path, self.last, offset)
         await self.inner.save(offset)
         self.last = offset
 
@@ -77,35 +87,61 @@ class BucketCheckpoints:
         await self.bucket.delete_prefix(segments_prefix(self.user_id, self.sid))
 
 
+async def _chain(bucket: Bucket, user_id: int, sid: str, upto: int) -> list[Listed] | None:
+    """The push's segments that follow each other from 0 to ``upto`` (the
+    longest at each step: a node that lost the push may have left shorter
+    ones), or None when they do not reach it."""
+    segs: dict[int, list[tuple[int, Listed]]] = {}
+    for o in await bucket.list(segments_prefix(user_id, sid)):
+        r = segment_range(o.key)
+        if r is not None and r[1] <= upto and r[1] - r[0] == o.size:
+            segs.setdefault(r[0], []).append((r[1], o))
+    chain: list[Listed] = []
+    at = 0
+    while at < upto:
+        if at not in segs:
+            return None
+        at, best = max(segs[at], key=lambda e: e[0])
+        chain.append(best)
+    return chain
+
+
 async def restore_partial(
     bucket: Bucket, user_id: int, sid: str, checkpoint: int, path: Path
 ) -> bool:
     """Rebuild the partial file ``path`` from the push's segments up to
     ``checkpoint`` (another node received them). False when the segments
     do not reach it (the push then starts afresh)."""
-    chain: list[tuple[str, int, int]] = []
-    at = 0
-    segs = sorted(
-        (r[0], r[1], o.key)
-        for o in await bucket.list(segments_prefix(user_id, sid))
-        if (r := segment_range(o.key)) is not None
-    )
-    while at < checkpoint:
-        best = max(((e, k) for s, e, k in segs if s == at and e <= checkpoint), default=None)
-        if best is None:
-            return False
-        chain.append((best[1], at, best[0]))
-        at = best[0]
+    chain = await _chain(bucket, user_id, sid, checkpoint)
+    if chain is None:
+        return False
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        for key, start, end in chain:
-            data = await bucket.read(key, 0, end - start)
-            await asyncio.to_thread(_pwrite_all, fd, data, start)
+        at = 0
+        for seg in chain:
+            data = await bucket.read(seg.key, 0, seg.size)
+            await asyncio.to_thread(_pwrite_all, fd, data, at)
+            at += seg.size
         await asyncio.to_thread(os.fsync, fd)
     finally:
         os.close(fd)
     return True
+
+
+async def store_content(
+    bucket: Bucket, user_id: int, sid: str, path: Path, digest: str, checkpoint: int
+) -> None:
+    """A verified push's bytes (the partial ``path``) as its content: its
+    segments below ``checkpoint`` copied inside the store and the rest sent,
+    when the store allows those parts (each but the last at least 5 MiB);
+    else the whole file sent."""
+    size = (await asyncio.to_thread(os.stat, path)).st_size
+    chain = await _chain(bucket, user_id, sid, checkpoint) if checkpoint >= MIN_PART else None
+    if not chain or any(s.size < MIN_PART for s in chain) or len(chain) >= MAX_PARTS:
+        await bucket.put_file(content_key(digest), path)
+        return
+    await bucket.compose(content_key(digest), [s.key for s in chain], path, checkpoint, size)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
@@ -116,17 +152,46 @@ def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
 
 class BucketSource:
     """A stored file's content in the bucket, read for a pull (an engine
-    :class:`~freight.engine.streams.Source`): its reads come from worker
-    threads and run on the hub's event loop."""
+    :class:`~freight.engine.streams.Source`). Its reads come from worker
+    threads; they are served from windows of WINDOW bytes, each one ranged
+    request run on the hub's event loop, the next window asked for while
+    the current one is read (a request costs a round trip to the store:
+    one per 1 MiB chunk was 7 MB/s against moto, 20-50 ms each on S3)."""
+
+    WINDOW = 8 * 1024 * 1024
 
     def __init__(self, bucket: Bucket, digest: str, size: int) -> None:
         self.bucket = bucket
         self.key = content_key(digest)
         self.size = size
         self.loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._windows: dict[int, concurrent.futures.Future[bytes]] = {}
 
     def read(self, offset: int, n: int) -> bytes:
-        future = asyncio.run_coroutine_threadsafe(self.bucket.read(self.key, offset, n), self.loop)
+        pieces = []
+        at, end = offset, offset + n
+        while at < end:
+            w = at // self.WINDOW
+            data = self._window(w)
+            lo = at - w * self.WINDOW
+            piece = data[lo : lo + min(end - at, self.WINDOW - lo)]
+            if not piece:
+                raise StorageError(f"{self.key} in the hub's bucket is shorter than recorded")
+            pieces.append(piece)
+            at += len(piece)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    def _window(self, w: int) -> bytes:
+        with self._lock:
+            for old in [k for k in self._windows if k < w - 1]:  # read past: dropped
+                self._windows.pop(old).cancel()
+            for k in (w, w + 1):
+                if k not in self._windows and k * self.WINDOW < self.size:
+                    start = k * self.WINDOW
+                    read = self.bucket.read(self.key, start, min(self.WINDOW, self.size - start))
+                    self._windows[k] = asyncio.run_coroutine_threadsafe(read, self.loop)
+            future = self._windows[w]
         try:
             return future.result(READ_TIMEOUT)
         except TimeoutError:
@@ -140,7 +205,10 @@ class BucketSource:
         return h
 
     def close(self) -> None:
-        return None
+        with self._lock:
+            for future in self._windows.values():
+                future.cancel()
+            self._windows.clear()
 
 
 async def sweep(bucket: Bucket, db: Database, *, grace: float = SWEEP_GRACE) -> tuple[int, int]:

@@ -28,12 +28,12 @@ from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..store import Database, DataLayout, quota
-from ..store.bucket import Bucket, content_key, segments_prefix
+from ..store.bucket import Bucket, segments_prefix
 from ..transport.channel import Port
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
 from .batch import get_files, purge_stale, put_files
-from .blobfiles import BucketCheckpoints, BucketSource, restore_partial
+from .blobfiles import BucketCheckpoints, BucketSource, restore_partial, store_content
 from .caps import AccountCaps
 from .compression import CompressionPolicy
 from .observe import EventLog, Metrics
@@ -352,7 +352,8 @@ class HubSink:
             await asyncio.to_thread(self.file.sync)
             verified, actual = self.file.verify(digest)
             if verified:
-                await bucket.put_file(content_key(actual), self.path)
+                last = getattr(self.checkpoints, "last", 0)  # the segments' end
+                await store_content(bucket, self.user.id, self.sid, self.path, actual, last)
             else:
                 await self.file.discard()
         if not verified:  # the partial is discarded

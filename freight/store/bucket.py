@@ -33,10 +33,12 @@ from urllib.parse import urlsplit
 
 from ..errors import ConfigError, StorageError
 
-PART_BYTES = 16 * 1024 * 1024  # multipart uploads' part size (S3: at least 5 MiB)
+PART_BYTES = 16 * 1024 * 1024  # multipart uploads' part size
+MIN_PART = 5 * 1024 * 1024  # S3's least part (but the last)
+MAX_PARTS = 10_000  # S3's most parts
 MULTIPART_FROM = 2 * PART_BYTES  # smaller files go in one request
 UPLOADS_AT_ONCE = 4  # parts (or small objects) sent at once per call
-READ_BLOCK = 4 * 1024 * 1024  # ranged reads of a download
+READ_BLOCK = 8 * 1024 * 1024  # ranged reads of a download
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _SEGMENT = re.compile(r"^(\d{15})-(\d{15})$")
 _HINT = "check --blobs, --s3-endpoint and the AWS_* credentials, and that the bucket exists"
@@ -174,36 +176,52 @@ class Bucket:
         if size < MULTIPART_FROM:
             await self.put_range(key, path, 0, size)
             return
+        await self._multipart(key, [], path, 0, size)
+
+    async def compose(
+        self, key: str, parts: Sequence[str], path: Path, start: int, end: int
+    ) -> None:
+        """``key`` made of the objects ``parts`` (copied inside the store,
+        each at least MIN_PART) followed by bytes ``start`` to ``end`` of
+        the local file ``path``."""
+        await self._multipart(key, parts, path, start, end)
+
+    async def _multipart(
+        self, key: str, copies: Sequence[str], path: Path, start: int, end: int
+    ) -> None:
         full = self._key(key)
         up = await self._call("create_multipart_upload", what="write to",
                               Bucket=self.spec.bucket, Key=full)  # fmt: skip
         upload_id = up["UploadId"]
         gate = asyncio.Semaphore(UPLOADS_AT_ONCE)
+        common = {"Bucket": self.spec.bucket, "Key": full, "UploadId": upload_id}
 
-        async def part(n: int, start: int) -> dict[str, Any]:
+        async def copy(n: int, source: str) -> dict[str, Any]:
             async with gate:
-                data = await asyncio.to_thread(
-                    _read_range, path, start, min(size, start + PART_BYTES)
-                )
-                res = await self._call("upload_part", what="write to", Bucket=self.spec.bucket,
-                                       Key=full, UploadId=upload_id, PartNumber=n, Body=data)  # fmt: skip
+                src = {"Bucket": self.spec.bucket, "Key": self._key(source)}
+                res = await self._call("upload_part_copy", what="write to", PartNumber=n,
+                                       CopySource=src, **common)  # fmt: skip
+                return {"PartNumber": n, "ETag": res["CopyPartResult"]["ETag"]}
+
+        async def part(n: int, at: int) -> dict[str, Any]:
+            async with gate:
+                data = await asyncio.to_thread(_read_range, path, at, min(end, at + PART_BYTES))
+                res = await self._call("upload_part", what="write to", PartNumber=n, Body=data,
+                                       **common)  # fmt: skip
                 return {"PartNumber": n, "ETag": res["ETag"]}
 
+        jobs = [copy(i + 1, k) for i, k in enumerate(copies)]
+        jobs += [part(len(jobs) + i + 1, at) for i, at in enumerate(range(start, end, PART_BYTES))]
         completed = False
         try:
-            parts = await asyncio.gather(
-                *(part(i + 1, at) for i, at in enumerate(range(0, size, PART_BYTES)))
-            )
+            parts = await asyncio.gather(*jobs)
             await self._call("complete_multipart_upload", what="write to",
-                             Bucket=self.spec.bucket, Key=full, UploadId=upload_id,
-                             MultipartUpload={"Parts": list(parts)})  # fmt: skip
+                             MultipartUpload={"Parts": list(parts)}, **common)  # fmt: skip
             completed = True
         finally:
             if not completed:  # its parts would otherwise be kept (and billed)
                 with contextlib.suppress(Exception):
-                    await self._c.abort_multipart_upload(
-                        Bucket=self.spec.bucket, Key=full, UploadId=upload_id
-                    )
+                    await self._c.abort_multipart_upload(**common)
 
     async def delete(self, keys: Sequence[str]) -> None:
         for at in range(0, len(keys), 1000):  # S3's limit per request

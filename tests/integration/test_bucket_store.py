@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freight.errors import ConfigError, StorageError
-from freight.hub.blobfiles import restore_partial, sweep
+from freight.hub.blobfiles import restore_partial, store_content, sweep
 from freight.store import Database
 from freight.store import bucket as bucket_module
 from freight.store.bucket import Bucket, BucketSpec, content_key, segment_key
@@ -144,3 +144,32 @@ async def test_the_sweep_removes_only_what_nothing_names(
     finally:
         await b.close()
         await db.close()
+
+
+async def test_content_is_made_of_its_segments_and_its_last_bytes(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    """Segments of at least 5 MiB are copied inside the store; smaller ones
+    (a short checkpoint interval) mean the whole file is sent instead."""
+    data = os.urandom(32 * MiB + 11)
+    part = tmp_path / "part"
+    part.write_bytes(data)
+    b = await _open(s3, "freight-compose")
+    try:
+        step = 8 * MiB
+        for start in range(0, 32 * MiB, step):
+            await b.put_bytes(
+                segment_key(1, "big", start, start + step), data[start : start + step]
+            )
+        await store_content(b, 1, "big", part, "a" * 64, 32 * MiB)
+        assert s3.read("freight-compose", "p/" + content_key("a" * 64)) == data
+        etag = s3.client.head_object(Bucket="freight-compose", Key="p/" + content_key("a" * 64))
+        assert etag["ETag"].endswith('-5"')  # four copied segments and the last bytes
+        small = 1 * MiB
+        for start in range(0, 4 * MiB, small):
+            await b.put_bytes(segment_key(1, "small", start, start + small), b"x" * small)
+        await store_content(b, 1, "small", part, "b" * 64, 4 * MiB)
+        assert s3.read("freight-compose", "p/" + content_key("b" * 64)) == data
+    finally:
+        await b.close()
