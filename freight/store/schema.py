@@ -91,6 +91,7 @@ files = Table(
     Column("mtime", Float, nullable=False),
     Column("created", Float, nullable=False),
     Column("sid", String(64), nullable=False, server_default=""),
+    Index("ix_files_digest", "digest"),  # a bucket's sweep: which digests are named
 )
 
 events = Table(
