@@ -16,6 +16,7 @@ from aiohttp import web
 from ..errors import NotFound, UsageError
 from ..store.bucket import content_key
 from ..units import parse_size
+from .links import byte_range
 from .requests import admin_user, current_user
 from .services import COLLECTOR, STATE, Hub
 
@@ -175,11 +176,15 @@ async def get_content(request: web.Request) -> web.StreamResponse:
         raise NotFound(f"no collected content {digest[:16]}…")
     if st.bucket is None:
         return web.FileResponse(st.layout.cas_path(digest))
-    resp = web.StreamResponse()
-    resp.content_length = int(row.size)
+    size = int(row.size)
+    start, end = byte_range(request.headers.get("Range", ""), size)  # a resumed get
+    resp = web.StreamResponse(status=206 if (start, end) != (0, size) else 200)
+    resp.content_length = end - start
     resp.content_type = "application/octet-stream"
+    if resp.status == 206:
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
     await resp.prepare(request)
-    async for block in st.bucket.blocks(content_key(digest), 0, int(row.size)):
+    async for block in st.bucket.blocks(content_key(digest), start, end):
         await resp.write(block)
     await resp.write_eof()
     return resp

@@ -209,7 +209,7 @@ async def _usable(request: web.Request, st: Hub, token: str) -> LinkRow:
     return row
 
 
-def _range(header: str, size: int) -> tuple[int, int]:
+def byte_range(header: str, size: int) -> tuple[int, int]:
     """[start, end) that a ``Range: bytes=A-`` / ``bytes=A-B`` asks for
     (the whole file without one); 416 when it lies outside the file."""
     if not header:
@@ -230,7 +230,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     book = request.app[LINKS]
     row = await _usable(request, st, request.match_info["token"])
-    start, end = _range(request.headers.get("Range", ""), row.size)
+    start, end = byte_range(request.headers.get("Range", ""), row.size)
     stored = await st.db.get_file(row.user_id, row.name)
     if stored is None or stored.digest != row.digest or stored.size != row.size:
         raise Gone(CHANGED)

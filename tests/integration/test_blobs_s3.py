@@ -17,6 +17,8 @@ import blake3
 import pytest
 
 from tests.agentsupport import Agent
+from tests.authsupport import Rest, token_of
+from tests.collectsupport import add_policy, enroll_agents, wait_collected, wait_online
 from tests.integration.test_faults import hub_events as events_of
 from tests.integration.test_postgres import pg_database  # noqa: F401 - a fixture
 from tests.s3support import S3Server, s3  # noqa: F401 - a fixture
@@ -278,3 +280,48 @@ def test_content_lost_from_the_bucket_fails_the_pull_with_a_clear_error(
     assert "the hub cannot read from its bucket" in res.stderr, res.stderr
     assert "ask whoever runs it" in res.stderr
     assert not (tmp_path / "back.bin").exists()
+
+
+def test_collected_content_lives_in_the_bucket_and_a_get_resumes(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    """An agent's files collected by a hub with a bucket: stored once each
+    as ``content/<digest>``, nothing in the data folder's ``cas/``, and
+    ``freight collected get`` (a range for a partial it holds) reads them
+    back."""
+    bucket = s3.bucket("freight-collect")
+    hub = blobs_hub(tmp_path / "hub", s3, bucket).start()
+    try:
+        admin = Client(tmp_path / "admin", hub)
+        admin.login()
+        (agent,) = enroll_agents(admin, hub, tmp_path, ["lab-c"])
+        docs = agent.root / "docs"
+        docs.mkdir()
+        one = random_file(docs / "one.bin", 3 * MiB + 1, seed=48)
+        random_file(docs / "two.bin", 70_000, seed=49)
+        (docs / "copy.bin").write_bytes(one.read_bytes())  # the same content: held once
+        add_policy(admin, "docs", include=["docs/**"])
+        agent.start()
+        try:
+            wait_online(admin, [agent])
+            done = wait_collected(admin, 2, 60, [agent])
+        finally:
+            agent.kill()
+        assert done["unique_files"] == 2
+        held = s3.keys(bucket, "site/content/")
+        assert f"site/content/{digest(one)}" in held
+        assert not [p for p in (hub.data / "cas").rglob("*") if p.is_file()]
+        out = tmp_path / "one.bin"
+        part = tmp_path / f"one.bin.{digest(one)[:16]}.freight-part"
+        part.write_bytes(one.read_bytes()[: MiB + 5])  # an earlier try's first part
+        admin.run("collected", "get", digest(one), str(out))
+        assert same_bytes(one, out) and not part.exists()
+        with Rest(hub) as r:  # the range asked for, and only it
+            auth = {"Authorization": f"Bearer {token_of(admin)}", "Range": "bytes=10-19"}
+            r.conn.request("GET", f"/v1/collected/{digest(one)}", headers=auth)
+            resp = r.conn.getresponse()
+            assert (resp.status, resp.read()) == (206, one.read_bytes()[10:20])
+            assert resp.getheader("Content-Range") == f"bytes 10-19/{one.stat().st_size}"
+    finally:
+        hub.stop()
