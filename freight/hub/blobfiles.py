@@ -21,6 +21,7 @@ import asyncio
 import concurrent.futures
 import os
 import re
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -68,17 +69,36 @@ class BucketCheckpoints:
         self.user_id = user_id
         self.sid = sid
         self.last = 0  # the checkpoint the bucket holds the bytes below
+        # This receiver's own name on its segments: no other node's write
+        # (a node that lost the push, writing late) ever replaces one.
+        self.token = secrets.token_hex(4)
+        # Segments known to hold exactly the partial's bytes, from 0 on: those
+        # it was rebuilt from and those written here (store_content's parts).
+        self.known: list[Listed] = []
 
     async def load(self) -> int | None:
         return await self.inner.load()
+
+    def resumed(self, checkpoint: int, rebuilt: list[Listed] | None) -> None:
+        """The partial holds ``checkpoint`` bytes: rebuilt from ``rebuilt``,
+        or (None) found on this node's disk, whose segments are not known
+        to hold the same bytes (its content is then sent whole)."""
+        self.last = checkpoint
+        self.known = list(rebuilt) if rebuilt is not None else []
+
+    async def fresh(self) -> None:
+        """A push starting from 0: an earlier attempt's segments go."""
+        self.last, self.known = 0, []
+        await self.bucket.delete_prefix(segments_prefix(self.user_id, self.sid))
 
     async def save(self, offset: int) -> None:
         if offset - self.last < MIN_PART:
             # Durable on this node's disk, recorded once a segment the store
             # can copy as a part is in the bucket (a resume goes back to it).
             return
-        key = segment_key(self.user_id, self.sid, self.last, offset)
+        key = segment_key(self.user_id, self.sid, self.last, offset, self.token)
         await self.bucket.put_range(key, self.path, self.last, offset)
+        self.known.append(Listed(key, offset - self.last, time.time()))
         await self.inner.save(offset)
         self.last = offset
 
@@ -89,8 +109,10 @@ class BucketCheckpoints:
 
 async def _chain(bucket: Bucket, user_id: int, sid: str, upto: int) -> list[Listed] | None:
     """The push's segments that follow each other from 0 to ``upto`` (the
-    longest at each step: a node that lost the push may have left shorter
-    ones), or None when they do not reach it."""
+    longest at each step), or None when they do not reach it. A segment a
+    node that lost the push wrote late holds the same bytes of the same
+    source; if the source changed, the client's check of the prefix's
+    digest refuses the resume and the push starts afresh."""
     segs: dict[int, list[tuple[int, Listed]]] = {}
     for o in await bucket.list(segments_prefix(user_id, sid)):
         r = segment_range(o.key)
@@ -108,13 +130,13 @@ async def _chain(bucket: Bucket, user_id: int, sid: str, upto: int) -> list[List
 
 async def restore_partial(
     bucket: Bucket, user_id: int, sid: str, checkpoint: int, path: Path
-) -> bool:
+) -> list[Listed] | None:
     """Rebuild the partial file ``path`` from the push's segments up to
-    ``checkpoint`` (another node received them). False when the segments
-    do not reach it (the push then starts afresh)."""
+    ``checkpoint`` (another node received them): the segments used, or
+    None when they do not reach it (the push then starts afresh)."""
     chain = await _chain(bucket, user_id, sid, checkpoint)
     if chain is None:
-        return False
+        return None
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = await asyncio.to_thread(os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -126,22 +148,29 @@ async def restore_partial(
         await asyncio.to_thread(os.fsync, fd)
     finally:
         os.close(fd)
-    return True
+    return chain
 
 
 async def store_content(
-    bucket: Bucket, user_id: int, sid: str, path: Path, digest: str, checkpoint: int
+    bucket: Bucket, path: Path, digest: str, known: list[Listed], upto: int
 ) -> None:
-    """A verified push's bytes (the partial ``path``) as its content: its
-    segments below ``checkpoint`` copied inside the store and the rest sent,
-    when the store allows those parts (each but the last at least 5 MiB);
-    else the whole file sent."""
+    """A verified push's bytes (the partial ``path``) as its content: the
+    segments ``known`` to hold its first ``upto`` bytes copied inside the
+    store and the rest sent, when the store allows those parts (each but
+    the last at least 5 MiB); else the whole file sent. Only segments known
+    to hold the verified bytes are used: the content is never other bytes
+    than those that hashed to ``digest``."""
     size = (await asyncio.to_thread(os.stat, path)).st_size
-    chain = await _chain(bucket, user_id, sid, checkpoint) if checkpoint >= MIN_PART else None
-    if not chain or any(s.size < MIN_PART for s in chain) or len(chain) >= MAX_PARTS:
+    whole = (
+        upto < MIN_PART
+        or sum(s.size for s in known) != upto
+        or any(s.size < MIN_PART for s in known)
+        or len(known) >= MAX_PARTS
+    )
+    if whole:
         await bucket.put_file(content_key(digest), path)
         return
-    await bucket.compose(content_key(digest), [s.key for s in chain], path, checkpoint, size)
+    await bucket.compose(content_key(digest), [s.key for s in known], path, upto, size)
 
 
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:

@@ -193,12 +193,17 @@ class HubSink:
         cannot be trusted); with a bucket, one another node received is
         rebuilt here from the push's segments."""
         held = await asyncio.to_thread(self.place.held)
-        if held is not None and held >= checkpoint:
-            return True
-        bucket = self.s.bucket
-        return bucket is not None and await restore_partial(
-            bucket, self.user.id, self.sid, checkpoint, self.path
-        )
+        rebuilt = None
+        if held is None or held < checkpoint:
+            bucket = self.s.bucket
+            if bucket is None:
+                return False
+            rebuilt = await restore_partial(bucket, self.user.id, self.sid, checkpoint, self.path)
+            if rebuilt is None:
+                return False
+        if isinstance(self.checkpoints, BucketCheckpoints):
+            self.checkpoints.resumed(checkpoint, rebuilt)
+        return True
 
     async def _claim(self) -> Any:
         """The push's row, now this node's to receive (None: a new push).
@@ -254,8 +259,6 @@ class HubSink:
         if resume:
             assert row is not None
             checkpoint = int(row.checkpoint)
-            if isinstance(self.checkpoints, BucketCheckpoints):
-                self.checkpoints.last = checkpoint
             # Bytes past the checkpoint were never acknowledged: dropped.
             await asyncio.to_thread(self.file.open_at, checkpoint)
             await self.s.db.touch_stream(self.user.id, self.sid)
@@ -276,6 +279,8 @@ class HubSink:
             ):
                 raise HeldElsewhere(f"another hub node is receiving {self.name}")
             await asyncio.to_thread(self.file.open_at, 0)
+            if isinstance(self.checkpoints, BucketCheckpoints):
+                await self.checkpoints.fresh()
             await self.s.events.emit(
                 "stream_start", self.user.name, sid=self.sid, name=self.name, size=req.size
             )
@@ -352,8 +357,9 @@ class HubSink:
             await asyncio.to_thread(self.file.sync)
             verified, actual = self.file.verify(digest)
             if verified:
-                last = getattr(self.checkpoints, "last", 0)  # the segments' end
-                await store_content(bucket, self.user.id, self.sid, self.path, actual, last)
+                c = self.checkpoints
+                assert isinstance(c, BucketCheckpoints)
+                await store_content(bucket, self.path, actual, c.known, c.last)
             else:
                 await self.file.discard()
         if not verified:  # the partial is discarded

@@ -9,8 +9,8 @@ What lives there, under the prefix:
   same bytes hold them once. A file's record in the database names its
   digest; content no record names is removed by the sweep
   (:func:`freight.hub.blobfiles.sweep`) once it is older than a grace period.
-* ``partial/<user>/<sid>/<start>-<end>``: the bytes of a push between two
-  checkpoints, written before the checkpoint is recorded: a push resumes
+* ``partial/<user>/<sid>/<start>-<end>.<receiver>``: the bytes of a push
+  between two checkpoints, written before the checkpoint is recorded: a push resumes
   on any node from them (the node receiving it keeps its partial file on
   its own disk as well and reads it from there).
 
@@ -40,7 +40,7 @@ MULTIPART_FROM = 2 * PART_BYTES  # smaller files go in one request
 UPLOADS_AT_ONCE = 4  # parts (or small objects) sent at once per call
 READ_BLOCK = 8 * 1024 * 1024  # ranged reads of a download
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_SEGMENT = re.compile(r"^(\d{15})-(\d{15})$")
+_SEGMENT = re.compile(r"^(\d{15})-(\d{15})(?:\.[0-9a-f]{8})?$")
 _HINT = "check --blobs, --s3-endpoint and the AWS_* credentials, and that the bucket exists"
 
 
@@ -83,8 +83,11 @@ def segments_prefix(user_id: int, sid: str) -> str:
     return f"partial/{user_id}/{sid}/"
 
 
-def segment_key(user_id: int, sid: str, start: int, end: int) -> str:
-    return f"{segments_prefix(user_id, sid)}{start:015d}-{end:015d}"
+def segment_key(user_id: int, sid: str, start: int, end: int, token: str = "") -> str:
+    """Bytes ``start`` to ``end`` of a push, as written by receiver ``token``."""
+    return f"{segments_prefix(user_id, sid)}{start:015d}-{end:015d}" + (
+        f".{token}" if token else ""
+    )
 
 
 def segment_range(key: str) -> tuple[int, int] | None:

@@ -211,7 +211,7 @@ def test_a_push_resumes_on_another_node_from_the_bucket_after_sigkill(
             segments = lambda: [k for k in s3.keys(bucket, "site/partial/")]  # noqa: E731
             wait_until(lambda: len(segments()) >= 2, 30, "two segments in the bucket")
             nodes[victim].kill()
-            in_bucket = max(int(k.rsplit("-", 1)[-1]) for k in segments())
+            in_bucket = max(int(k.rsplit("-", 1)[-1].split(".")[0]) for k in segments())
             out, err = proc.communicate(timeout=120)
         finally:
             if proc.poll() is None:

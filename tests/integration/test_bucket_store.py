@@ -14,10 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freight.errors import ConfigError, StorageError
-from freight.hub.blobfiles import restore_partial, store_content, sweep
+from freight.hub.blobfiles import BucketCheckpoints, restore_partial, store_content, sweep
+from freight.hub.streams import DatabaseCheckpoints, SoleNode
 from freight.store import Database
 from freight.store import bucket as bucket_module
-from freight.store.bucket import Bucket, BucketSpec, content_key, segment_key
+from freight.store.bucket import Bucket, BucketSpec, Listed, content_key, segment_key
 from tests.s3support import S3Server, s3  # noqa: F401 - a fixture
 
 MiB = 1024 * 1024
@@ -100,15 +101,16 @@ async def test_a_partial_is_rebuilt_from_segments_that_chain_to_the_checkpoint(
         await b.put_bytes("partial/1/sid/not-a-segment", b"junk")
         await b.put_bytes(segment_key(1, "other", 0, 6000), os.urandom(6000))
         out = tmp_path / "part"
-        assert await restore_partial(b, 1, "sid", 4000, out)
+        used = await restore_partial(b, 1, "sid", 4000, out)
         assert out.read_bytes() == data[:4000]
-        assert await restore_partial(b, 1, "sid", 6000, out)
+        assert used is not None and [s.size for s in used] == [2000, 2000]
+        assert await restore_partial(b, 1, "sid", 6000, out) is not None
         assert out.read_bytes() == data
         await b.delete([segment_key(1, "sid", 2000, 4000)])
         # A gap: the best chain reaches 3000 of the bogus segment only.
-        assert not await restore_partial(b, 1, "sid", 6000, tmp_path / "gap")
+        assert await restore_partial(b, 1, "sid", 6000, tmp_path / "gap") is None
         assert not (tmp_path / "gap").exists()
-        assert not await restore_partial(b, 2, "sid", 2000, tmp_path / "none")
+        assert await restore_partial(b, 2, "sid", 2000, tmp_path / "none") is None
     finally:
         await b.close()
 
@@ -158,18 +160,55 @@ async def test_content_is_made_of_its_segments_and_its_last_bytes(
     b = await _open(s3, "freight-compose")
     try:
         step = 8 * MiB
+        known = []
         for start in range(0, 32 * MiB, step):
-            await b.put_bytes(
-                segment_key(1, "big", start, start + step), data[start : start + step]
-            )
-        await store_content(b, 1, "big", part, "a" * 64, 32 * MiB)
+            key = segment_key(1, "big", start, start + step, "0a0b0c0d")
+            await b.put_bytes(key, data[start : start + step])
+            known.append(Listed(key, step, 0.0))
+        await store_content(b, part, "a" * 64, known, 32 * MiB)
         assert s3.read("freight-compose", "p/" + content_key("a" * 64)) == data
         etag = s3.client.head_object(Bucket="freight-compose", Key="p/" + content_key("a" * 64))
         assert etag["ETag"].endswith('-5"')  # four copied segments and the last bytes
-        small = 1 * MiB
-        for start in range(0, 4 * MiB, small):
-            await b.put_bytes(segment_key(1, "small", start, start + small), b"x" * small)
-        await store_content(b, 1, "small", part, "b" * 64, 4 * MiB)
+        # Segments not known to hold the verified bytes (another node's, a
+        # stale attempt's) are never used: the file is sent whole.
+        await b.put_bytes(segment_key(1, "big", 0, step, "ffffffff"), b"x" * step)
+        await store_content(b, part, "b" * 64, [], 32 * MiB)
         assert s3.read("freight-compose", "p/" + content_key("b" * 64)) == data
+        small = [Listed(segment_key(1, "s", i * MiB, (i + 1) * MiB), MiB, 0.0) for i in range(4)]
+        await store_content(b, part, "c" * 64, small, 4 * MiB)  # parts too small to copy
+        assert s3.read("freight-compose", "p/" + content_key("c" * 64)) == data
     finally:
         await b.close()
+
+
+async def test_checkpoints_write_a_segment_of_at_least_5_mib_before_recording_it(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    db = Database.sqlite(tmp_path / "db")
+    b = await _open(s3, "freight-ckpt")
+    try:
+        await db.migrate()
+        uid = await db.add_user("u", "h", "user")
+        assert await db.start_stream(
+            uid, "p1", name="f", size=12 * MiB, mtime=0.0, owner="hub", lease_for=9.0
+        )
+        await b.put_bytes(segment_key(uid, "p1", 0, 6 * MiB, "0badc0de"), b"stale")  # earlier try
+        part = tmp_path / "p1.part"
+        data = os.urandom(12 * MiB)
+        part.write_bytes(data)
+        cp = BucketCheckpoints(DatabaseCheckpoints(db, uid, "p1", SoleNode()), b, part, uid, "p1")
+        await cp.fresh()
+        assert s3.keys("freight-ckpt", "p/partial/") == {}
+        await cp.save(4 * MiB)  # below 5 MiB: neither written nor recorded
+        assert s3.keys("freight-ckpt", "p/partial/") == {} and await cp.load() == 0
+        await cp.save(6 * MiB)
+        (key,) = s3.keys("freight-ckpt", "p/partial/")
+        assert key == "p/" + segment_key(uid, "p1", 0, 6 * MiB, cp.token)
+        assert s3.read("freight-ckpt", key) == data[: 6 * MiB]
+        assert await cp.load() == 6 * MiB and [s.size for s in cp.known] == [6 * MiB]
+        await cp.clear()  # the push is worthless: row and segments go
+        assert s3.keys("freight-ckpt", "p/partial/") == {} and await cp.load() is None
+    finally:
+        await b.close()
+        await db.close()
