@@ -31,6 +31,24 @@ class S3Server:
     def __init__(self) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self._start()
+        from botocore.session import get_session
+
+        self.client: Any = get_session().create_client(
+            "s3",
+            endpoint_url=self.url,
+            region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
+            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def restart(self) -> None:
+        """Started again on the same port: an outage, after which moto (which
+        keeps objects in memory) holds nothing."""
+        self.stop()
+        self._start()
+
+    def _start(self) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
@@ -46,15 +64,6 @@ class S3Server:
                     self.stop()
                     raise AssertionError("moto's S3 server did not start") from None
                 time.sleep(0.05)
-        from botocore.session import get_session
-
-        self.client: Any = get_session().create_client(
-            "s3",
-            endpoint_url=self.url,
-            region_name=CREDENTIALS["AWS_DEFAULT_REGION"],
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        )
 
     def bucket(self, name: str) -> str:
         self.client.create_bucket(Bucket=name)

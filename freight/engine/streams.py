@@ -21,6 +21,7 @@ from ..errors import (
     DiskFull,
     FreightError,
     HeldElsewhere,
+    NodeUnavailable,
     SourceChanged,
     StalledError,
     StorageError,
@@ -172,7 +173,7 @@ async def _run_sender(
     await _send(port, stall_timeout, sender.start(clock()))
     ev = await _next_sender_event(port, sender, stall_timeout, clock)
     if isinstance(ev, Aborted):
-        raise code_to_error(ev.code, ev.message)
+        raise _peer_error(ev.code, ev.message)
     assert isinstance(ev, Accepted)
     hasher = await asyncio.to_thread(source.prefix_hasher, ev.checkpoint)
     if ev.checkpoint and hasher.hexdigest() != ev.prefix_digest:
@@ -267,9 +268,10 @@ async def run_receiver(
                 await sink.aborted(exc.code, exc.message)
             await _tell_peer(port, receiver, exc)
         raise
-    except HeldElsewhere as exc:
-        # Another hub node may be receiving it by now: the sender resumes
-        # there at once instead of waiting out its stall timeout.
+    except (HeldElsewhere, NodeUnavailable) as exc:
+        # Another hub node may be receiving it by now, or this one's storage
+        # is away for a while: the sender resumes (there, or here later) at
+        # once instead of waiting out its stall timeout; the partial stays.
         await let_go(port, receiver, exc)
         raise
 
@@ -293,6 +295,13 @@ def _effective(limit: int, assigned: int) -> int:
     return limit or assigned
 
 
+def _peer_error(code: str, message: str) -> FreightError:
+    """The error the other end aborted with; a storage failure there is
+    not this machine's disk (whose hint StorageError carries)."""
+    hint = "the other side's storage failed; ask whoever runs it to check it"
+    return code_to_error(code, message, hint=hint if code == "storage" else None)
+
+
 def _handle_sender_event(
     ev: object, progress: SendProgress, on_checkpoint: Callable[[int], None] | None
 ) -> None:
@@ -301,7 +310,7 @@ def _handle_sender_event(
         if on_checkpoint:
             on_checkpoint(ev.checkpoint)
     elif isinstance(ev, Aborted):
-        raise code_to_error(ev.code, ev.message)
+        raise _peer_error(ev.code, ev.message)
 
 
 def _drain_ready(
@@ -467,14 +476,7 @@ async def _run_receiver(
                 return ack
             elif isinstance(ev2, Aborted):
                 await sink.aborted(ev2.code, ev2.message)
-                raise code_to_error(
-                    ev2.code,
-                    f"the sender aborted: {ev2.message or ev2.code}",
-                    # Not this machine's disk: the sender's.
-                    hint="the sender's storage failed; ask whoever runs it to check it"
-                    if ev2.code == "storage"
-                    else None,
-                )
+                raise _peer_error(ev2.code, f"the sender aborted: {ev2.message or ev2.code}")
             else:
                 raise RemoteProtocolError(f"unexpected {type(msg).__name__}")
     finally:

@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import re
 import secrets
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..engine.hashing import Hasher, new_hasher
 from ..engine.partial import CheckpointStore
-from ..errors import StorageError
+from ..errors import NodeUnavailable, StorageError
 from ..store import Database
 from ..store.bucket import (
     MAX_PARTS,
@@ -46,6 +48,20 @@ from ..store.bucket import (
 READ_TIMEOUT = 120.0  # seconds a pull's worker waits for one range
 SWEEP_GRACE = 3600.0  # seconds an unnamed object is kept (a publish under way)
 _DIGEST = re.compile(r"^[0-9a-f]{64}$")
+
+
+@contextlib.asynccontextmanager
+async def bucket_away() -> AsyncIterator[None]:
+    """A push whose bucket does not answer is let go, not failed: the
+    partial stays, and the sender tries again (with its back-off) until the
+    store is back (NodeUnavailable, a network error to it)."""
+    try:
+        yield
+    except StorageError as exc:
+        raise NodeUnavailable(
+            f"{exc.message}; the upload resumes once it answers",
+            hint="the hub's storage is away; the transfer goes on by itself when it is back",
+        ) from None
 
 
 def check_blobs(url: str, endpoint: str = "") -> None:
@@ -97,7 +113,8 @@ class BucketCheckpoints:
             # can copy as a part is in the bucket (a resume goes back to it).
             return
         key = segment_key(self.user_id, self.sid, self.last, offset, self.token)
-        await self.bucket.put_range(key, self.path, self.last, offset)
+        async with bucket_away():
+            await self.bucket.put_range(key, self.path, self.last, offset)
         self.known.append(Listed(key, offset - self.last, time.time()))
         await self.inner.save(offset)
         self.last = offset

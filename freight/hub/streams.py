@@ -33,7 +33,13 @@ from ..transport.channel import Port
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
 from .batch import get_files, purge_stale, put_files
-from .blobfiles import BucketCheckpoints, BucketSource, restore_partial, store_content
+from .blobfiles import (
+    BucketCheckpoints,
+    BucketSource,
+    bucket_away,
+    restore_partial,
+    store_content,
+)
 from .caps import AccountCaps
 from .compression import CompressionPolicy
 from .observe import EventLog, Metrics
@@ -198,7 +204,10 @@ class HubSink:
             bucket = self.s.bucket
             if bucket is None:
                 return False
-            rebuilt = await restore_partial(bucket, self.user.id, self.sid, checkpoint, self.path)
+            async with bucket_away():
+                rebuilt = await restore_partial(
+                    bucket, self.user.id, self.sid, checkpoint, self.path
+                )
             if rebuilt is None:
                 return False
         if isinstance(self.checkpoints, BucketCheckpoints):
@@ -280,7 +289,8 @@ class HubSink:
                 raise HeldElsewhere(f"another hub node is receiving {self.name}")
             await asyncio.to_thread(self.file.open_at, 0)
             if isinstance(self.checkpoints, BucketCheckpoints):
-                await self.checkpoints.fresh()
+                async with bucket_away():
+                    await self.checkpoints.fresh()
             await self.s.events.emit(
                 "stream_start", self.user.name, sid=self.sid, name=self.name, size=req.size
             )
@@ -359,7 +369,8 @@ class HubSink:
             if verified:
                 c = self.checkpoints
                 assert isinstance(c, BucketCheckpoints)
-                await store_content(bucket, self.path, actual, c.known, c.last)
+                async with bucket_away():
+                    await store_content(bucket, self.path, actual, c.known, c.last)
             else:
                 await self.file.discard()
         if not verified:  # the partial is discarded

@@ -278,7 +278,7 @@ def test_content_lost_from_the_bucket_fails_the_pull_with_a_clear_error(
     res = admin.run("pull", "lost.bin", str(tmp_path / "back.bin"), check=False, timeout=120)
     assert res.returncode != 0
     assert "the hub cannot read from its bucket" in res.stderr, res.stderr
-    assert "ask whoever runs it" in res.stderr
+    assert "the other side's storage failed" in res.stderr
     assert not (tmp_path / "back.bin").exists()
 
 
@@ -325,3 +325,43 @@ def test_collected_content_lives_in_the_bucket_and_a_get_resumes(
             assert resp.getheader("Content-Range") == f"bytes 10-19/{one.stat().st_size}"
     finally:
         hub.stop()
+
+
+def test_a_push_waits_out_an_outage_of_its_bucket_and_completes(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811 - (its credentials)
+) -> None:
+    """The store goes away mid-push (its own moto, stopped, then started
+    empty): the hub lets the push go instead of failing it, keeps the
+    partial, and the client resumes until the store answers again."""
+    own = S3Server()
+    try:
+        bucket = own.bucket("freight-outage")
+        hub = blobs_hub(tmp_path / "hub", own, bucket).start()
+        try:
+            client = Client(tmp_path / "c", hub)
+            client.login()
+            src = random_file(tmp_path / "big.bin", 16 * MiB + 3, seed=50)
+            proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "4M", "--json")
+            try:
+                wait_until(lambda: bool(own.keys(bucket, "site/partial/")), 30, "a first segment")
+                own.stop()
+                wait_until(lambda: '"stream_stopped"' in hub.log(), 60, "the push stopped")
+                own.restart()
+                own.bucket(bucket)
+                out, err = proc.communicate(timeout=180)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 0, err
+            row = json.loads(out)["pushed"][0]
+            assert row["attempts"] >= 2 and row["restarted"] is False
+            assert "node_unavailable" in hub.log()  # let go, not failed
+            assert f"site/content/{digest(src)}" in own.keys(bucket, "site/content/")
+            back = tmp_path / "back.bin"
+            client.run("pull", "big.bin", str(back))
+            assert same_bytes(src, back)
+        finally:
+            hub.stop()
+    finally:
+        own.stop()
