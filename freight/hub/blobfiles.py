@@ -121,7 +121,14 @@ class BucketCheckpoints:
 
     async def clear(self) -> None:
         await self.inner.clear()
-        await self.bucket.delete_prefix(segments_prefix(self.user_id, self.sid))
+        await drop_segments(self.bucket, self.user_id, self.sid)
+
+
+async def drop_segments(bucket: Bucket, user_id: int, sid: str) -> None:
+    """A push's segments, no longer needed, removed if the bucket answers
+    (else the sweep removes them later: the push's record is gone)."""
+    with contextlib.suppress(StorageError):
+        await bucket.delete_prefix(segments_prefix(user_id, sid))
 
 
 async def _chain(bucket: Bucket, user_id: int, sid: str, upto: int) -> list[Listed] | None:

@@ -28,7 +28,7 @@ from ..names import check_name
 from ..protocol import messages as m
 from ..protocol.stream import StreamReceiver, StreamRequested, StreamSender
 from ..store import Database, DataLayout, quota
-from ..store.bucket import Bucket, segments_prefix
+from ..store.bucket import Bucket
 from ..transport.channel import Port
 from ..units import format_bytes
 from .bandwidth import BandwidthManager
@@ -37,6 +37,7 @@ from .blobfiles import (
     BucketCheckpoints,
     BucketSource,
     bucket_away,
+    drop_segments,
     restore_partial,
     store_content,
 )
@@ -389,7 +390,7 @@ class HubSink:
         )
         if bucket is not None:  # recorded: the partial and its segments are done with
             await asyncio.to_thread(self.file.remove)
-            await bucket.delete_prefix(segments_prefix(self.user.id, self.sid))
+            await drop_segments(bucket, self.user.id, self.sid)
         await self.s.events.emit(
             "stream_end", self.user.name, sid=self.sid, name=self.name, size=total, digest=actual
         )
@@ -562,7 +563,7 @@ class StreamService:
         for row in stale:
             self.layout.partial_path(row.user_id, row.sid).unlink(missing_ok=True)
             if self.bucket is not None:
-                await self.bucket.delete_prefix(segments_prefix(row.user_id, row.sid))
+                await drop_segments(self.bucket, row.user_id, row.sid)
             await self.db.delete_stream(row.user_id, row.sid)
             await self.events.emit("stream_purged", "hub", sid=row.sid, name=row.name)
         cutoff = time.time() - older_than_seconds
