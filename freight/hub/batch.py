@@ -60,6 +60,7 @@ from ..store import quota
 from ..store.bucket import content_key
 from ..transport.channel import Port
 from ..units import format_bytes
+from .blobfiles import bucket_away
 
 if TYPE_CHECKING:
     from .streams import StreamService, User
@@ -225,7 +226,8 @@ async def _put_in_bucket(
         async with gate:
             await bucket.put_bytes(content_key(digest), data)
 
-    await asyncio.gather(*(put(s[2], d) for s, (_, d) in zip(stored, files, strict=True)))
+    async with bucket_away():  # the client sends the batch again once it answers
+        await asyncio.gather(*(put(s[2], d) for s, (_, d) in zip(stored, files, strict=True)))
     try:
         await service.db.publish_many(user.id, stored)
     except SQLAlchemyError as exc:
@@ -382,7 +384,8 @@ async def _gather(
     try:
         if service.bucket is not None:
             keys = [content_key(rows[n].digest) for n in names]
-            blobs = await service.bucket.read_all(keys, sizes)
+            async with bucket_away():
+                blobs = await service.bucket.read_all(keys, sizes)
         else:
             blobs = await asyncio.to_thread(_read_all, paths, sizes)
     except OSError as exc:

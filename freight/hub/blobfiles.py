@@ -52,14 +52,14 @@ _DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 @contextlib.asynccontextmanager
 async def bucket_away() -> AsyncIterator[None]:
-    """A push whose bucket does not answer is let go, not failed: the
-    partial stays, and the sender tries again (with its back-off) until the
-    store is back (NodeUnavailable, a network error to it)."""
+    """A transfer whose bucket does not answer is let go, not failed: a
+    push's partial stays, and the client tries again (with its back-off)
+    until the store is back (NodeUnavailable, a network error to it)."""
     try:
         yield
     except StorageError as exc:
         raise NodeUnavailable(
-            f"{exc.message}; the upload resumes once it answers",
+            f"{exc.message}; the transfer goes on once it answers",
             hint="the hub's storage is away; the transfer goes on by itself when it is back",
         ) from None
 

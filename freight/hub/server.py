@@ -11,7 +11,6 @@ import time
 
 from aiohttp import web
 
-from ..errors import FreightError
 from .blobfiles import sweep
 from .compose import HubConfig, build_app, build_hub, close_hub, say
 from .gcpolicy import FrozenOld
@@ -45,8 +44,8 @@ async def sweep_loop(hub: Hub, grace: float) -> None:
         await asyncio.sleep(min(PURGE_EVERY, max(grace, 5.0)))
         try:
             content, segments = await sweep(hub.bucket, hub.db, grace=grace)
-        except FreightError as exc:
-            hub.events.log.warning("bucket_sweep_failed", error=exc.message)
+        except Exception as exc:  # the bucket's or the database's: try again later
+            hub.events.log.warning("bucket_sweep_failed", error=str(exc)[:200])
             continue
         if content or segments:
             hub.events.log.info("bucket_swept", content=content, segments=segments)

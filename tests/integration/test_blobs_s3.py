@@ -365,3 +365,42 @@ def test_a_push_waits_out_an_outage_of_its_bucket_and_completes(
             hub.stop()
     finally:
         own.stop()
+
+
+def test_a_folder_pushed_while_the_bucket_is_away_goes_in_once_it_is_back(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811 - (its credentials)
+) -> None:
+    """Batches of small files refused while the store does not answer are
+    answered node_unavailable, and the client sends them again."""
+    own = S3Server()
+    try:
+        bucket = own.bucket("freight-outage-dir")
+        hub = blobs_hub(tmp_path / "hub", own, bucket).start()
+        try:
+            client = Client(tmp_path / "c", hub)
+            client.login()
+            tree = tmp_path / "tree"
+            for n in range(40):
+                (tree / f"d{n % 4}").mkdir(parents=True, exist_ok=True)
+                random_file(tree / f"d{n % 4}" / f"f{n}.bin", 3000 + n, seed=60 + n)
+            own.stop()
+            proc = client.popen("push", str(tree), "--json")
+            try:
+                wait_until(lambda: "node_unavailable" in hub.log(), 60, "a batch let go")
+                own.restart()
+                own.bucket(bucket)
+                out, err = proc.communicate(timeout=180)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+            assert proc.returncode == 0, err
+            assert len(json.loads(out)["pushed"]) == 40
+            back = tmp_path / "back"
+            client.run("pull", "tree/", str(back), "--quiet")
+            for f in (p for p in tree.rglob("*") if p.is_file()):
+                assert same_bytes(f, back / f.relative_to(tree)), f
+        finally:
+            hub.stop()
+    finally:
+        own.stop()
