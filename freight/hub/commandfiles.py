@@ -154,6 +154,4 @@ def _move(src: os.PathLike[str], dst: os.PathLike[str]) -> None:
 
 
 async def _drop(st: Core, user_id: int, name: str) -> None:
-    await st.db.delete_file(user_id, name)
-    if st.bucket is None:  # a bucket's content is swept once nothing names it
-        await asyncio.to_thread(st.layout.file_path(user_id, name).unlink, missing_ok=True)
+    await st.forget_file(user_id, name)

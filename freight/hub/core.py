@@ -4,6 +4,8 @@ and the metrics."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from dataclasses import dataclass
 
 from ..store import Database, DataLayout
@@ -18,3 +20,14 @@ class Core:
     events: EventLog
     metrics: Metrics
     bucket: Bucket | None = None  # stored files' bytes there, not in the data folder
+
+    async def forget_file(self, user_id: int, name: str) -> bool:
+        """Remove a stored file: its record, and its bytes in the data folder
+        (a bucket's content is swept once nothing names it). False when
+        there was no such file."""
+        if not await self.db.delete_file(user_id, name):
+            return False
+        if self.bucket is None:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(self.layout.file_path(user_id, name).unlink)
+        return True

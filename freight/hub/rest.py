@@ -4,7 +4,6 @@ collection have their own modules)."""
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import json
 import time
@@ -58,11 +57,8 @@ async def delete_file(request: web.Request) -> web.Response:
     user = await current_user(request)
     st = request.app[STATE]
     name = request.match_info["name"]
-    if not await st.db.delete_file(user.id, name):
+    if not await st.core.forget_file(user.id, name):
         raise NotFound(f"no file named {name!r} on the hub")
-    if st.bucket is None:  # a bucket's content is swept once nothing names it
-        with contextlib.suppress(FileNotFoundError):
-            st.layout.file_path(user.id, name).unlink()
     await st.events.emit("file_removed", user.name, name=name)
     return web.json_response({"removed": name})
 
