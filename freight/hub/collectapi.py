@@ -4,6 +4,7 @@ agents fetch the policies that select them and offer what those select
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
@@ -13,10 +14,11 @@ from typing import Any
 
 from aiohttp import web
 
+from ..engine.pipeline import read_blocks
 from ..errors import NotFound, UsageError
-from ..store.bucket import content_key
 from ..units import parse_size
-from .links import byte_range
+from .blobfiles import BucketSource
+from .links import BLOCK, READ_AHEAD, byte_range, ranged_response
 from .requests import admin_user, current_user
 from .services import COLLECTOR, STATE, Hub
 
@@ -178,14 +180,16 @@ async def get_content(request: web.Request) -> web.StreamResponse:
         return web.FileResponse(st.layout.cas_path(digest))
     size = int(row.size)
     start, end = byte_range(request.headers.get("Range", ""), size)  # a resumed get
-    resp = web.StreamResponse(status=206 if (start, end) != (0, size) else 200)
-    resp.content_length = end - start
-    resp.content_type = "application/octet-stream"
-    if resp.status == 206:
-        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    resp = ranged_response(start, end, size)
     await resp.prepare(request)
-    async for block in st.bucket.blocks(content_key(digest), start, end):
-        await resp.write(block)
+    source = BucketSource(st.bucket, digest, size)
+    try:
+        blocks = read_blocks(source.read, None, start, end, block=BLOCK, max_bytes=READ_AHEAD)
+        async with contextlib.aclosing(blocks):
+            async for block in blocks:
+                await resp.write(block)
+    finally:
+        source.close()
     await resp.write_eof()
     return resp
 

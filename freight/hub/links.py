@@ -34,9 +34,9 @@ from aiohttp import web
 from ..engine.pipeline import read_blocks
 from ..errors import Conflict, Forbidden, Gone, LimitReached, NotFound, NotLoggedIn, UsageError
 from ..names import check_name, check_user_name, shown
-from ..store.bucket import content_key
 from ..store.rows import LinkRow
 from . import auth
+from .blobfiles import BucketSource
 from .limiter import address_key
 from .requests import current_user, json_object
 from .services import STATE, Hub
@@ -226,6 +226,18 @@ def byte_range(header: str, size: int) -> tuple[int, int]:
     return start, end
 
 
+def ranged_response(start: int, end: int, size: int) -> web.StreamResponse:
+    """The answer carrying bytes ``start`` to ``end`` of ``size``: 200 for
+    all of them, else 206 with its Content-Range."""
+    resp = web.StreamResponse(status=206 if start or end < size else 200)
+    resp.content_length = end - start
+    resp.content_type = "application/octet-stream"
+    resp.headers["Accept-Ranges"] = "bytes"
+    if resp.status == 206:
+        resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+    return resp
+
+
 async def fetch_link(request: web.Request) -> web.StreamResponse:
     st = request.app[STATE]
     book = request.app[LINKS]
@@ -238,8 +250,9 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     if whole and book.busy[row.token_hash] + row.used >= row.uses:
         raise Conflict("this link is being fetched right now; try again when that ends")
     fd = -1  # with a bucket, its content is read from there
+    source = BucketSource(st.bucket, row.digest, row.size) if st.bucket is not None else None
     try:
-        if st.bucket is None:
+        if source is None:
             fd = os.open(st.layout.file_path(row.user_id, row.name), os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise Gone(CHANGED) from None
@@ -254,30 +267,15 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
                 raise NotFound(UNKNOWN, hint="ask for a new link")
         if fd >= 0 and os.fstat(fd).st_size != row.size:
             raise Gone(CHANGED)
-        resp = web.StreamResponse(status=206 if start or end < row.size else 200)
-        resp.content_length = end - start
-        resp.content_type = "application/octet-stream"
-        resp.headers["Accept-Ranges"] = "bytes"
+        resp = ranged_response(start, end, row.size)
         resp.headers["X-Freight-Digest"] = row.digest
         resp.headers["X-Freight-Size"] = str(row.size)
         resp.headers["Content-Disposition"] = "attachment; filename*=UTF-8''" + quote(
             row.name.rsplit("/", 1)[-1], safe=""
         )
-        if resp.status == 206:
-            resp.headers["Content-Range"] = f"bytes {start}-{end - 1}/{row.size}"
         await resp.prepare(request)
-        blocks = (
-            st.bucket.blocks(content_key(row.digest), start, end)
-            if st.bucket is not None
-            else read_blocks(
-                lambda off, n: os.pread(fd, n, off),
-                None,
-                start,
-                end,
-                block=BLOCK,
-                max_bytes=READ_AHEAD,
-            )
-        )
+        read = source.read if source is not None else lambda off, n: os.pread(fd, n, off)
+        blocks = read_blocks(read, None, start, end, block=BLOCK, max_bytes=READ_AHEAD)
         try:
             async with contextlib.aclosing(blocks):
                 async for block in blocks:
@@ -293,6 +291,8 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     finally:
         if fd >= 0:
             os.close(fd)
+        if source is not None:
+            source.close()
         done = whole and completed
         try:
             await st.db.count_served(row.token_hash, sent, whole=done)
@@ -310,9 +310,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
 
 async def _drop_reference(st: Hub, row: LinkRow) -> None:
     """A job's sealed data, fetched as often as its link allowed: removed."""
-    if await st.db.delete_file(row.user_id, row.name) and st.bucket is None:
-        with contextlib.suppress(FileNotFoundError):
-            st.layout.file_path(row.user_id, row.name).unlink()
+    await st.core.forget_file(row.user_id, row.name)
 
 
 def add_routes(app: web.Application) -> None:

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import os
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -264,11 +264,6 @@ class Bucket:
                 return await self.read(key, 0, size) if size else b""
 
         return list(await asyncio.gather(*(one(k, s) for k, s in zip(keys, sizes, strict=True))))
-
-    async def blocks(self, key: str, start: int, end: int) -> AsyncIterator[bytes]:
-        """Bytes ``start`` to ``end`` of ``key``, a block at a time."""
-        for at in range(start, end, READ_BLOCK):
-            yield await self.read(key, at, min(READ_BLOCK, end - at))
 
     async def size(self, key: str) -> int | None:
         try:

@@ -5,7 +5,9 @@ overlaps and foreign keys included), and the sweep."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import blake3
@@ -13,8 +15,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from freight.engine.pipeline import read_blocks
 from freight.errors import ConfigError, StorageError
-from freight.hub.blobfiles import BucketCheckpoints, restore_partial, store_content, sweep
+from freight.hub.blobfiles import (
+    BucketCheckpoints,
+    BucketSource,
+    restore_partial,
+    store_content,
+    sweep,
+)
 from freight.hub.streams import DatabaseCheckpoints, SoleNode
 from freight.store import Database
 from freight.store import bucket as bucket_module
@@ -63,6 +72,23 @@ async def _open(s3: S3Server, name: str) -> Bucket:  # noqa: F811
     return await Bucket.open(BucketSpec.parse(f"s3://{s3.bucket(name)}/p", s3.url))
 
 
+@contextlib.asynccontextmanager
+async def _store_and_db(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+    name: str,
+) -> AsyncIterator[tuple[Bucket, Database, int]]:
+    """A bucket, a hub database (SQLite) and an account's id in it."""
+    db = Database.sqlite(tmp_path / "db")
+    b = await _open(s3, name)
+    try:
+        await db.migrate()
+        yield b, db, await db.add_user("u", "h", "user")
+    finally:
+        await b.close()
+        await db.close()
+
+
 async def test_a_large_file_goes_in_parts_and_reads_back_in_ranges(
     tmp_path: Path,
     s3: S3Server,  # noqa: F811
@@ -74,15 +100,19 @@ async def test_a_large_file_goes_in_parts_and_reads_back_in_ranges(
     src = tmp_path / "f"
     src.write_bytes(data)
     b = await _open(s3, "freight-parts")
+    key = content_key("e" * 64)
     try:
-        await b.put_file("content/x", src)
-        assert await b.size("content/x") == len(data)
-        assert await b.read("content/x", 5 * MiB - 1, 2) == data[5 * MiB - 1 : 5 * MiB + 1]
-        assert b"".join([blk async for blk in b.blocks("content/x", 7, len(data))]) == data[7:]
+        await b.put_file(key, src)
+        assert await b.size(key) == len(data)
+        assert await b.read(key, 5 * MiB - 1, 2) == data[5 * MiB - 1 : 5 * MiB + 1]
+        source = BucketSource(b, "e" * 64, len(data))  # a pull's, a link's reads
+        blocks = read_blocks(source.read, None, 7, len(data), block=3 * MiB)
+        assert b"".join([blk async for blk in blocks]) == data[7:]
+        source.close()
         with pytest.raises(StorageError, match="shorter than recorded"):
-            await b.read("content/x", len(data) - 1, 2)
+            await b.read(key, len(data) - 1, 2)
         assert await b.size("content/missing") is None
-        assert list(s3.keys("freight-parts")) == ["p/content/x"]  # no part left behind
+        assert list(s3.keys("freight-parts")) == ["p/" + key]  # no part left behind
     finally:
         await b.close()
 
@@ -119,11 +149,7 @@ async def test_the_sweep_removes_only_what_nothing_names(
     tmp_path: Path,
     s3: S3Server,  # noqa: F811
 ) -> None:
-    db = Database.sqlite(tmp_path / "db")
-    b = await _open(s3, "freight-sweep")
-    try:
-        await db.migrate()
-        uid = await db.add_user("u", "h", "user")
+    async with _store_and_db(tmp_path, s3, "freight-sweep") as (b, db, uid):
         named, loose = os.urandom(100), os.urandom(100)
         d_named, d_loose = blake3.blake3(named).hexdigest(), blake3.blake3(loose).hexdigest()
         await db.publish(uid, "s1", name="kept.bin", size=100, digest=d_named, mtime=0.0)
@@ -143,9 +169,6 @@ async def test_the_sweep_removes_only_what_nothing_names(
             "p/content/foreign-object",
             "p/" + segment_key(uid, "live", 0, 10),
         }
-    finally:
-        await b.close()
-        await db.close()
 
 
 async def test_content_is_made_of_its_segments_and_its_last_bytes(
@@ -185,11 +208,7 @@ async def test_checkpoints_write_a_segment_of_at_least_5_mib_before_recording_it
     tmp_path: Path,
     s3: S3Server,  # noqa: F811
 ) -> None:
-    db = Database.sqlite(tmp_path / "db")
-    b = await _open(s3, "freight-ckpt")
-    try:
-        await db.migrate()
-        uid = await db.add_user("u", "h", "user")
+    async with _store_and_db(tmp_path, s3, "freight-ckpt") as (b, db, uid):
         assert await db.start_stream(
             uid, "p1", name="f", size=12 * MiB, mtime=0.0, owner="hub", lease_for=9.0
         )
@@ -209,6 +228,3 @@ async def test_checkpoints_write_a_segment_of_at_least_5_mib_before_recording_it
         assert await cp.load() == 6 * MiB and [s.size for s in cp.known] == [6 * MiB]
         await cp.clear()  # the push is worthless: row and segments go
         assert s3.keys("freight-ckpt", "p/partial/") == {} and await cp.load() is None
-    finally:
-        await b.close()
-        await db.close()
