@@ -211,12 +211,12 @@ async def _pull_batch(
 ) -> list[TransferResult]:
     """One batch of small files: those already in place are skipped, the
     rest asked for (again, whole, after a failure) and placed."""
-    there = await asyncio.to_thread(lambda: [already_there(i) for i in group])
-    where = await asyncio.to_thread(shown_paths, root, group)
+    there, where = await asyncio.to_thread(
+        lambda: ([already_there(i) for i in group], shown_paths(root, group))
+    )
+    shown = {i.name: path for i, path in zip(group, where, strict=True)}
     out = [
-        _skipped(i, reporter, where[n])
-        for n, (i, skip) in enumerate(zip(group, there, strict=True))
-        if skip
+        _skipped(i, reporter, shown[i.name]) for i, skip in zip(group, there, strict=True) if skip
     ]
     wanted = [i for i, skip in zip(group, there, strict=True) if not skip]
     if not wanted:
@@ -239,7 +239,6 @@ async def _pull_batch(
 
     await with_retries(attempt, opts.retry, reporter, holder, lambda: False)
     seconds = time.monotonic() - started
-    shown = dict(zip((i.name for i in group), where, strict=True))
     for item in wanted:
         out.append(
             TransferResult(
