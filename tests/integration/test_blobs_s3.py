@@ -7,10 +7,11 @@ is swept; a bucket that cannot be reached stops the hub from starting."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import blake3
@@ -327,6 +328,47 @@ def test_collected_content_lives_in_the_bucket_and_a_get_resumes(
         hub.stop()
 
 
+@contextlib.contextmanager
+def own_store(tmp_path: Path, bucket: str) -> Iterator[tuple[S3Server, Hub, Client]]:
+    """A store of the test's own (moto, which it may stop and start), a
+    hub on it and a client logged in."""
+    own = S3Server()
+    try:
+        own.bucket(bucket)
+        hub = blobs_hub(tmp_path / "hub", own, bucket).start()
+        try:
+            client = Client(tmp_path / "c", hub)
+            client.login()
+            yield own, hub, client
+        finally:
+            hub.stop()
+    finally:
+        own.stop()
+
+
+def outage(
+    own: S3Server,
+    bucket: str,
+    proc: subprocess.Popen[str],
+    stopped: Callable[[], bool],
+    ready: Callable[[], bool] | None = None,
+) -> tuple[str, str]:
+    """Once ``ready`` holds, stop the store (without ``ready``: it is down
+    already); once the hub shows ``stopped``, start it again empty with
+    the bucket; then wait for the client's command: its output and errors."""
+    try:
+        if ready is not None:
+            wait_until(ready, 30, "the transfer under way")
+            own.stop()
+        wait_until(stopped, 60, "the hub letting the transfer go")
+        own.restart()
+        own.bucket(bucket)
+        return proc.communicate(timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def test_a_push_waits_out_an_outage_of_its_bucket_and_completes(
     tmp_path: Path,
     s3: S3Server,  # noqa: F811 - (its credentials)
@@ -334,37 +376,25 @@ def test_a_push_waits_out_an_outage_of_its_bucket_and_completes(
     """The store goes away mid-push (its own moto, stopped, then started
     empty): the hub lets the push go instead of failing it, keeps the
     partial, and the client resumes until the store answers again."""
-    own = S3Server()
-    try:
-        bucket = own.bucket("freight-outage")
-        hub = blobs_hub(tmp_path / "hub", own, bucket).start()
-        try:
-            client = Client(tmp_path / "c", hub)
-            client.login()
-            src = random_file(tmp_path / "big.bin", 16 * MiB + 3, seed=50)
-            proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "4M", "--json")
-            try:
-                wait_until(lambda: bool(own.keys(bucket, "site/partial/")), 30, "a first segment")
-                own.stop()
-                wait_until(lambda: '"stream_stopped"' in hub.log(), 60, "the push stopped")
-                own.restart()
-                own.bucket(bucket)
-                out, err = proc.communicate(timeout=180)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-            assert proc.returncode == 0, err
-            row = json.loads(out)["pushed"][0]
-            assert row["attempts"] >= 2 and row["restarted"] is False
-            assert "node_unavailable" in hub.log()  # let go, not failed
-            assert f"site/content/{digest(src)}" in own.keys(bucket, "site/content/")
-            back = tmp_path / "back.bin"
-            client.run("pull", "big.bin", str(back))
-            assert same_bytes(src, back)
-        finally:
-            hub.stop()
-    finally:
-        own.stop()
+    bucket = "freight-outage"
+    with own_store(tmp_path, bucket) as (own, hub, client):
+        src = random_file(tmp_path / "big.bin", 16 * MiB + 3, seed=50)
+        proc = client.popen("push", str(src), "--as", "big.bin", "--limit", "4M", "--json")
+        out, err = outage(
+            own,
+            bucket,
+            proc,
+            stopped=lambda: '"stream_stopped"' in hub.log(),
+            ready=lambda: bool(own.keys(bucket, "site/partial/")),  # a first segment
+        )
+        assert proc.returncode == 0, err
+        row = json.loads(out)["pushed"][0]
+        assert row["attempts"] >= 2 and row["restarted"] is False
+        assert "node_unavailable" in hub.log()  # let go, not failed
+        assert f"site/content/{digest(src)}" in own.keys(bucket, "site/content/")
+        back = tmp_path / "back.bin"
+        client.run("pull", "big.bin", str(back))
+        assert same_bytes(src, back)
 
 
 def test_a_folder_pushed_while_the_bucket_is_away_goes_in_once_it_is_back(
@@ -373,34 +403,18 @@ def test_a_folder_pushed_while_the_bucket_is_away_goes_in_once_it_is_back(
 ) -> None:
     """Batches of small files refused while the store does not answer are
     answered node_unavailable, and the client sends them again."""
-    own = S3Server()
-    try:
-        bucket = own.bucket("freight-outage-dir")
-        hub = blobs_hub(tmp_path / "hub", own, bucket).start()
-        try:
-            client = Client(tmp_path / "c", hub)
-            client.login()
-            tree = tmp_path / "tree"
-            for n in range(40):
-                (tree / f"d{n % 4}").mkdir(parents=True, exist_ok=True)
-                random_file(tree / f"d{n % 4}" / f"f{n}.bin", 3000 + n, seed=60 + n)
-            own.stop()
-            proc = client.popen("push", str(tree), "--json")
-            try:
-                wait_until(lambda: "node_unavailable" in hub.log(), 60, "a batch let go")
-                own.restart()
-                own.bucket(bucket)
-                out, err = proc.communicate(timeout=180)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-            assert proc.returncode == 0, err
-            assert len(json.loads(out)["pushed"]) == 40
-            back = tmp_path / "back"
-            client.run("pull", "tree/", str(back), "--quiet")
-            for f in (p for p in tree.rglob("*") if p.is_file()):
-                assert same_bytes(f, back / f.relative_to(tree)), f
-        finally:
-            hub.stop()
-    finally:
+    bucket = "freight-outage-dir"
+    with own_store(tmp_path, bucket) as (own, hub, client):
+        tree = tmp_path / "tree"
+        for n in range(40):
+            (tree / f"d{n % 4}").mkdir(parents=True, exist_ok=True)
+            random_file(tree / f"d{n % 4}" / f"f{n}.bin", 3000 + n, seed=60 + n)
         own.stop()
+        proc = client.popen("push", str(tree), "--json")
+        out, err = outage(own, bucket, proc, stopped=lambda: "node_unavailable" in hub.log())
+        assert proc.returncode == 0, err
+        assert len(json.loads(out)["pushed"]) == 40
+        back = tmp_path / "back"
+        client.run("pull", "tree/", str(back), "--quiet")
+        for f in (p for p in tree.rglob("*") if p.is_file()):
+            assert same_bytes(f, back / f.relative_to(tree)), f
