@@ -53,10 +53,17 @@ class Unanswered:
         self.n += 1
         self.bytes += n
 
-    async def take(self, n: int) -> None:
-        """Room for a body of ``n`` bytes, once there is."""
+    def try_take(self, n: int) -> bool:
+        """Room for a body of ``n`` bytes if there is some now (and nobody
+        waits before)."""
         if not self._waiters and self._fits(n):
             self._grant(n)
+            return True
+        return False
+
+    async def take(self, n: int) -> None:
+        """Room for a body of ``n`` bytes, once there is."""
+        if self.try_take(n):
             return
         fut = asyncio.get_running_loop().create_future()
         self._waiters.append((fut, n))

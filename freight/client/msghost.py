@@ -9,11 +9,10 @@ frames (docs/protocol.md "Messaging"):
 * it announces its registrations (MsgHello) at start, after every change
   (one in flight, the latest sent after the answer) and after every
   re-attach, then sends again every message whose answer is not known;
-* ``send`` spools the message, resolves the destination (routes cached for
-  a second, host keys checked with :func:`verify_host_key`), seals the body
-  for each host and waits for every host's MsgResult; ``busy`` and ``retry``
-  answers are retried after a back-off (0.05 s doubling to 1 s; one at a
-  time to a host and app that said busy: msgbudget) until the timeout;
+* ``send`` (or ``submit``, which takes no task) hands the message to
+  :class:`~freight.client.msgsend.Outgoing`: spooled, resolved, sealed for
+  each host and settled by every host's MsgResult or its timeout; frames
+  for the hub queue and go in runs;
 * a MsgDeliver is opened, checked against the dedupe window, matched to the
   registrations and queued to each; once every consumer has taken it, the
   host answers with the count.
@@ -27,53 +26,38 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from ..errors import FreightError, IntegrityError, PeerAbsent
 from ..logs import fields
 from ..protocol import messages as m
 from ..protocol.e2e import public_of
 from ..protocol.msgkeys import sign_host_key, verify_host_key
-from ..protocol.msglocal import SPOOLED
-from ..protocol.msgseal import SEAL_OVERHEAD, aad, open_body, seal_body
-from ..protocol.msgtables import TRANSIENT, Dedupe, Reg, Registrations, Tally
+from ..protocol.msgseal import aad, open_body
+from ..protocol.msgtables import Dedupe, Reg, Registrations
 from ..tasks import Supervisor
 from .config import ClientConfig
 from .msgapp import (
     ALL_TYPES,
-    REASON_TEXT,
     Delivery,
     Registration,
     SendResult,
     check_app,
-    check_message,
     load_host_key,
     result_error,
 )
-from .msgbudget import Outbox, Unanswered
 from .msgroutes import Peer, Routes
-from .msgspool import Spool, Spooled
+from .msgsend import Done, Outgoing
+from .msgspool import Spool
 from .relay import RelayClient, identity_key
 
 log = logging.getLogger("freight.msg")
 
 __all__ = ["Delivery", "MessageHost", "Registration", "SendResult", "result_error"]
 
-MAX_UNANSWERED: Final = 10_000  # messages of this host waiting for their answer
-MAX_UNANSWERED_BYTES: Final = 256 * 1024 * 1024  # and their bodies
 MAX_PARKED: Final = 4096  # deliveries waiting for their sender's key
-FIRST_BACKOFF, MAX_BACKOFF = 0.05, 1.0
-
-
-@dataclass(slots=True)
-class _Out:
-    row: Spooled
-    deadline: float
-    tally: Tally = field(default_factory=Tally)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    reattached: bool = False
 
 
 @dataclass(slots=True)
@@ -105,26 +89,28 @@ class MessageHost:
         self._handles: dict[str, Registration] = {}
         self._dedupe = Dedupe(clock)
         self._inbound: dict[str, _In] = {}
-        self._out: dict[str, _Out] = {}
-        self._slots = Unanswered(MAX_UNANSWERED, MAX_UNANSWERED_BYTES)
-        self._outbox = Outbox(clock, FIRST_BACKOFF, MAX_BACKOFF)  # (msgbudget)
         self._routes = Routes(relay, self._key, clock)
         self._parked: dict[str, list[tuple[m.MsgDeliver, bytes]]] = {}
         self._parked_count = 0
-        self._results: deque[m.MsgResult] = deque()
-        self._results_ready = asyncio.Event()
+        # Frames for the hub, written in runs by one task: no send waits.
+        self._frames: deque[tuple[m.Message, bytes]] = deque()
+        self._frames_ready = asyncio.Event()
         self._dirty = asyncio.Event()
         self._announced = asyncio.Event()
         self.tasks = Supervisor("msg-host")
         self._routes.spawn = lambda coro: self.tasks.spawn(coro, name="route", detached=True)
         self._closed = False
         self.held: dict[str, str] = {}  # app -> pending|refused (freight hub --app-approval)
-        self._sending: set[asyncio.Task[Any]] = set()
         self._version = self._acked = 0  # of the registration table
         self._acked_changed = asyncio.Event()
         self._counters = dict.fromkeys(
             ("sent", "delivered", "resent", "deduplicated", "refused"), 0
         )
+        self._outgoing = Outgoing(
+            hid=self.hid, spool=self._spool, routes=self._routes, announced=self._announced,
+            post=self._post, on_not_host=self._dirty.set, counters=self._counters,
+            tasks=self.tasks, clock=clock,
+        )  # fmt: skip
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -138,19 +124,15 @@ class MessageHost:
         self.relay.after_attach = self._after_attach
         await self._hello()
         self.tasks.spawn(self._announcer(), name="announce", detached=True)
-        self.tasks.spawn(self._answerer(), name="answer", detached=True)
+        self.tasks.spawn(self._writer(), name="writer", detached=True)
         for row in self._spool.left():
-            self.tasks.spawn(self._send_left(row), name="resend", detached=True)
+            self.tasks.spawn(self._outgoing.send_left(row), name="resend", detached=True)
 
     async def aclose(self) -> None:
         """Stop: sends still waiting are cancelled (their messages stay in
         the spool and go out at the next start)."""
         self._closed = True
-        sending = [t for t in self._sending if t is not asyncio.current_task()]
-        for t in sending:
-            t.cancel()
-        if sending:
-            await asyncio.wait(sending, timeout=5)
+        await self._outgoing.aclose()
         if self.relay.on_message == self._on_message:
             self.relay.on_message = None
             self.relay.after_attach = None
@@ -253,13 +235,11 @@ class MessageHost:
 
     async def _after_attach(self) -> None:
         self._announced.clear()
-        self._outbox.clear()
+        self._outgoing.outbox.clear()
         self._routes.clear()  # routes from before may name hosts not back yet
         self._dirty.set()
         await self._announced.wait()
-        for out in self._out.values():
-            out.reattached = True
-            out.changed.set()
+        self._outgoing.reattached()
 
     # --- sending -------------------------------------------------------------------------
 
@@ -282,170 +262,42 @@ class MessageHost:
         reconnect or a restart, until ``timeout``), its outcome only counted.
         Replies are sent so: a responder that waited for each answer would
         serve one request per round trip."""
-        check_message(dest, app, type, body, ticket, from_ticket, reply_to)
-        await self._slots.take(len(body))
-        row = Spooled(secrets.token_hex(16), dest, app, type, ticket, from_ticket, reply_to,
-                      bytes(body), time.time() + timeout)  # fmt: skip
-        await self._spooled(row)
-        if wait:
-            return await self._settle(row, timeout)
-        self.tasks.spawn(self._settle(row, timeout), name="post", detached=True)
-        return SendResult(row.id, 0, SPOOLED, "")
+        return await self._outgoing.send(
+            dest, app, type, body, ticket=ticket, from_ticket=from_ticket, reply_to=reply_to,
+            timeout=timeout, wait=wait,
+        )  # fmt: skip
 
-    async def _spooled(self, row: Spooled) -> None:
-        """Write ``row`` to the spool; its room is given back if that fails."""
-        added = False
-        try:
-            await self._spool.add(row)
-            added = True
-        finally:
-            if not added:
-                self._slots.give(len(row.body))
-        self._counters["sent"] += 1
+    def submit(
+        self,
+        dest: str,
+        app: str,
+        type: int,
+        body: bytes,
+        *,
+        done: Done,
+        ticket: str = "",
+        from_ticket: str = "",
+        reply_to: str = "",
+        timeout: float = 30.0,
+        wait: bool = True,
+    ) -> None:
+        """:meth:`send` without waiting: ``done`` is told the result, or the
+        error that kept the message from the spool (msgsend)."""
+        self._outgoing.submit(
+            dest, app, type, body, ticket=ticket, from_ticket=from_ticket, reply_to=reply_to,
+            timeout=timeout, wait=wait, done=done,
+        )  # fmt: skip
 
-    async def _settle(self, row: Spooled, timeout: float) -> SendResult:
-        """Deliver a spooled message, then forget it and free its slot."""
-        try:
-            return await self._deliver(row, timeout)
-        finally:
-            if not self._closed:  # closing: it stays spooled for the next start
-                self._spool.remove(row.id)
-            self._slots.give(len(row.body))
-
-    async def _send_left(self, row: Spooled) -> None:
-        """A message a previous run accepted: sent again with the same id."""
-        left = row.expires - time.time()
-        if left <= 0:
-            self._spool.remove(row.id)
-            return
-        await self._slots.take(len(row.body))
-        self._counters["resent"] += 1
-        res = await self._settle(row, left)
-        log.debug("spooled message answered", extra=fields(id=row.id, count=res.count))
-
-    async def _deliver(self, row: Spooled, timeout: float) -> SendResult:
-        out = _Out(row, self._clock() + timeout)
-        self._out[row.id] = out
-        task = asyncio.current_task()
-        if task is not None:
-            self._sending.add(task)
-        try:
-            await self._attempts(out)
-        except TimeoutError:
-            pass
-        finally:
-            del self._out[row.id]
-            self._outbox.done(row.id, out.tally.sent)
-            if task is not None:
-                self._sending.discard(task)
-        count, reason = out.tally.result()
-        if count:
-            self._counters["delivered"] += count
-        else:
-            self._counters["refused"] += 1
-        return SendResult(row.id, count, reason, "" if count else REASON_TEXT.get(reason, ""))
-
-    def _left(self, out: _Out) -> float:
-        left = out.deadline - self._clock()
-        if left <= 0:
-            raise TimeoutError
-        return left
-
-    async def _attempts(self, out: _Out) -> None:
-        """Send until every host of the route has a final answer: again to
-        hosts that answered busy/retry (after a back-off), and after a
-        re-attach to every host of the fresh route not answered yet."""
-        row, tally = out.row, out.tally
-        delay = FIRST_BACKOFF
-        while True:
-            if not self._announced.is_set():
-                async with asyncio.timeout(self._left(out)):  # no task, as wait_for makes
-                    await self._announced.wait()
-            route = self._routes.cached(row.dest, row.app, row.type)
-            if route is None:
-                async with asyncio.timeout(self._left(out)):
-                    route = await self._routes.resolve(row.dest, row.app, row.type)
-            peers, reason = route
-            tally.route_reason = "" if peers else reason
-            again, out.reattached = out.reattached, False
-            out.changed.clear()
-            in_flight = set(tally.waiting)
-            by_hid = {p.hid: p for p in peers}
-            # Hosts not in this route: a busy one is answered by the route's
-            # reason when that is final; one that went away mid-flight
-            # (retry) is tried until the timeout, as is, after a re-attach
-            # (the hub forgot what was in flight), every one we wait for.
-            final = reason not in TRANSIENT
-            for hid in tally.transient if final else []:
-                if hid not in by_hid and tally.hosts[hid] == (0, "busy"):
-                    tally.record(hid, 0, reason or "no_host")
-            for hid in in_flight if again else ():
-                if hid not in by_hid:
-                    tally.record(hid, 0, "retry")
-            for hid in tally.expect(by_hid):
-                if hid in in_flight and not again:
-                    continue
-                if hid in tally.sent:
-                    self._counters["resent"] += 1
-                tally.sent.add(hid)
-                size = len(row.body) + SEAL_OVERHEAD
-                if not self._outbox.ready(row.id, hid, row.app, size):  # it would be busy
-                    tally.record(hid, 0, "busy")  # what it is, should its time run out
-                    async with asyncio.timeout(self._left(out)):
-                        await self._outbox.admit(row.id, hid, row.app, size)
-                    tally.expect((hid,))
-                left = False
-                try:
-                    await self._send_to(row, by_hid[hid])
-                    left = True
-                finally:
-                    if not left:  # it may never have left: it will not be answered
-                        self._outbox.unsent(row.id, hid)
-            while tally.waiting and not out.reattached:
-                # A timer rather than wait_for: no task per message.
-                timer = asyncio.get_running_loop().call_later(self._left(out), out.changed.set)
-                try:
-                    await out.changed.wait()
-                finally:
-                    timer.cancel()
-                out.changed.clear()  # (the next turn's _left ends it once it is over)
-            if out.reattached:
-                continue
-            if tally.hosts and tally.complete:
-                return
-            if not tally.hosts and reason not in TRANSIENT:
-                return
-            await asyncio.sleep(min(delay, self._left(out)))
-            delay = min(delay * 2, MAX_BACKOFF)
-            self._routes.forget((row.dest, row.app, row.type))
-
-    async def _send_to(self, row: Spooled, peer: Peer) -> None:
-        header = aad(
-            row.id, self.hid, peer.hid, row.type, row.app, row.ticket, row.from_ticket, row.reply_to
-        )
-        sealed = seal_body(peer.send_key, row.body, header)
-        frame = m.MsgSend(
-            len=len(sealed),
-            id=row.id,
-            to=peer.hid,
-            app=row.app,
-            type=row.type,
-            ticket=row.ticket,
-            from_ticket=row.from_ticket,
-            reply_to=row.reply_to,
-        )
-        await self.relay.send_frame(frame, sealed)
+    def _post(self, frame: m.Message, payload: bytes = b"") -> None:
+        """Queue a frame for the hub (written in runs by :meth:`_writer`)."""
+        self._frames.append((frame, payload))
+        self._frames_ready.set()
 
     # --- what the hub pushes ------------------------------------------------------------------
 
     async def _on_message(self, msg: m.AnyMessage, payload: bytes) -> None:
         if isinstance(msg, m.MsgResult):
-            out = self._out.get(msg.id)
-            self._outbox.answered(msg.id, msg.host, out.row.app if out else None, msg.reason)
-            if out is not None and out.tally.record(msg.host, msg.count, msg.reason):
-                if msg.reason == "not_host":
-                    self._dirty.set()
-                out.changed.set()
+            self._outgoing.answered(msg)
         elif isinstance(msg, m.MsgDeliver):
             self._on_deliver(msg, payload)
         elif isinstance(msg, m.MsgHeld):  # before the Done of the MsgHello it answers
@@ -551,17 +403,16 @@ class MessageHost:
             self._spool.answered(mid, count, reason)
         elif (seen := self._dedupe.get(mid)) is not None and not seen.answered:
             self._dedupe.forget(mid)
-        self._results.append(m.MsgResult(id=mid, count=count, reason=reason))
-        self._results_ready.set()
+        self._post(m.MsgResult(id=mid, count=count, reason=reason))
 
-    async def _answerer(self) -> None:
+    async def _writer(self) -> None:
+        """Write the queued frames (sends and answers), up to 256 at a time."""
+        frames = self._frames
         while True:
-            await self._results_ready.wait()
-            self._results_ready.clear()
-            while self._results:
-                run: list[tuple[m.Message, bytes]] = [
-                    (self._results.popleft(), b"") for _ in range(min(256, len(self._results)))
-                ]
+            await self._frames_ready.wait()
+            self._frames_ready.clear()
+            while frames:
+                run = [frames.popleft() for _ in range(min(256, len(frames)))]
                 await self.relay.send_frames(run)
 
     # --- request/reply ---------------------------------------------------------------------------

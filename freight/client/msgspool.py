@@ -15,6 +15,7 @@ import itertools
 import os
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -68,7 +69,7 @@ class Spool:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open the message spool {path}: {exc}") from None
         self._ops: list[tuple[str, tuple[object, ...]]] = []
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[Callable[[StorageError | None], None]] = []
         self._scheduled = False
         self._seq = 0
         self._seen_added = 0
@@ -102,11 +103,25 @@ class Spool:
 
     async def add(self, msg: Spooled) -> None:
         """Store ``msg``; returns once it is committed."""
-        self._seq += 1
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        self._queue("add", (*_row(msg), self._seq))
+
+        def then(error: StorageError | None) -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(error)
+
+        self.add_then(msg, then)
         await fut
+
+    def add_then(self, msg: Spooled, then: Callable[[StorageError | None], None]) -> None:
+        """Store ``msg``; ``then`` is called once it is committed (with
+        None) or could not be (with the error)."""
+        self._seq += 1
+        self._waiters.append(then)
+        self._queue("add", (*_row(msg), self._seq))
 
     def remove(self, mid: str) -> None:
         self._queue("del", (mid,))
@@ -148,13 +163,8 @@ class Spool:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
             error = StorageError(f"cannot write the message spool {self.path}: {exc}")
-        for fut in waiters:
-            if fut.done():
-                continue
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+        for then in waiters:
+            then(error)
 
     def close(self) -> None:
         self.flush()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from freight.client import msghost
+from freight.client import msgsend
 from freight.client.config import ClientConfig
 from freight.client.msgapp import load_host_key
 from freight.client.msghost import (
@@ -307,7 +307,7 @@ async def test_unanswered_messages_are_bounded_and_send_waits(
     msg_hub: tuple[Hub, Client, Client, Client], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, admin, bob, _ = msg_hub
-    monkeypatch.setattr(msghost, "MAX_UNANSWERED", 3)
+    monkeypatch.setattr(msgsend, "MAX_UNANSWERED", 3)
     async with msg_host(admin) as a, msg_host(bob) as b1:
         held = b1.register("bounded", 0x1)
         await asyncio.wait_for(b1.announced(), 20)
@@ -358,20 +358,20 @@ async def test_duplicates_are_never_delivered_twice(
     async with msg_host(admin) as a:
         sent: list[tuple[m.Message, bytes]] = []
         results: list[m.MsgResult] = []
-        send_frame, on_message = a.relay.send_frame, a.relay.on_message
+        send_frame, send_frames = a.relay.send_frame, a.relay.send_frames
+        on_message = a.relay.on_message
         assert on_message is not None
 
-        async def spy_send(msg: m.Message, payload: bytes = b"") -> None:
-            if isinstance(msg, m.MsgSend):
-                sent.append((msg, payload))
-            await send_frame(msg, payload)
+        async def spy_send(frames: list[tuple[m.Message, bytes]]) -> None:
+            sent.extend((msg, payload) for msg, payload in frames if isinstance(msg, m.MsgSend))
+            await send_frames(frames)
 
         async def spy_results(msg: m.AnyMessage, payload: bytes) -> None:
             if isinstance(msg, m.MsgResult):
                 results.append(msg)
             await on_message(msg, payload)
 
-        a.relay.send_frame = spy_send  # type: ignore[method-assign]
+        a.relay.send_frames = spy_send  # type: ignore[method-assign]
         a.relay.on_message = spy_results
 
         async def answered_again(mid: str, before: int) -> m.MsgResult:
