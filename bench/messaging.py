@@ -39,7 +39,7 @@ stall      bob's app registers and never takes a message; alice's app
 
 NATS (`nats-server -js`) and Mosquitto are started here on free ports when
 their binaries are found; a peer whose server is missing is skipped with a
-note. With --py-spy DIR the hub and both daemons are profiled (py-spy raw,
+note. With --py-spy DIR the hub, both daemons and both applications are profiled (py-spy raw,
 200 Hz) during the first unicast round. Exit status 1 if a target is missed
 or a measure failed.
 """
@@ -377,15 +377,16 @@ class Freight:
         send = App(_sender, str(self.alice.cfg), RECEIVER, APP, o.messages, 128, o.window,
                    o.connections, 60.0)  # fmt: skip
         send.expect("ready")
-        t_cpu = {n: peers.tree_cpu(d.pid) for n, d in self.servers().items()}
+        procs = {**self.servers(), "app-alice": send.proc, "app-bob": recv.proc}
+        t_cpu = {n: peers.tree_cpu(d.pid) for n, d in procs.items()}
         with contextlib.ExitStack() as stack:
             if spy_dir is not None:
-                for name, d in self.servers().items():
+                for name, d in procs.items():
                     stack.enter_context(spy(spy_dir, name, d))
             send.tell("go")
             res = send.expect("ok", o.deadline)
+            cpu = {n: peers.tree_cpu(d.pid) - t_cpu[n] for n, d in procs.items()}
         got = recv.expect("ok", 60)
-        cpu = {n: peers.tree_cpu(d.pid) - t_cpu[n] for n, d in self.servers().items()}
         send.stop()
         recv.stop()
         if res["counts"] != o.messages or got["received"] < o.messages:

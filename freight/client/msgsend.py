@@ -24,6 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Final
 
 from ..errors import FreightError
@@ -129,19 +130,21 @@ class Outgoing:
         self._accept(_row(*args), args[7], wait, done)
 
     def _accept(self, row: Spooled, timeout: float, wait: bool, done: Done) -> None:
-        def spooled(error: FreightError | None) -> None:
-            if error is not None:
-                self.slots.give(len(row.body))
-                done(error)
-                return
-            self.counters["sent"] += 1
-            if wait:
-                self._begin(row, timeout, done=done)
-                return
-            self._begin(row, timeout)
-            done(SendResult(row.id, 0, SPOOLED, ""))
+        self.spool.add_then(row, partial(self._spooled, row, timeout, wait, done))
 
-        self.spool.add_then(row, spooled)
+    def _spooled(
+        self, row: Spooled, timeout: float, wait: bool, done: Done, error: FreightError | None
+    ) -> None:
+        if error is not None:
+            self.slots.give(len(row.body))
+            done(error)
+            return
+        self.counters["sent"] += 1
+        if wait:
+            self._begin(row, timeout, done=done)
+            return
+        self._begin(row, timeout)
+        done(SendResult(row.id, 0, SPOOLED, ""))
 
     async def send_left(self, row: Spooled) -> None:
         """A message a previous run accepted: sent again with the same id."""
@@ -365,9 +368,34 @@ class Outgoing:
         self.out.clear()
 
 
+class _Ids:
+    """Random message ids (16 bytes, hex), drawn from the system 256 at a
+    time: one read of urandom per id was a few per cent of a sending
+    host's CPU. Random, not counted: a receiving host drops a second
+    message with an id it has seen, so ids must not be guessable."""
+
+    def __init__(self) -> None:
+        self._pool = ""
+        self._at = 0
+        # A forked child must not hand out the ids its parent will.
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._pool, self._at = "", 0
+
+    def __call__(self) -> str:
+        if self._at >= len(self._pool):
+            self._pool, self._at = os.urandom(16 * 256).hex(), 0
+        self._at += 32
+        return self._pool[self._at - 32 : self._at]
+
+
+_new_id: Final = _Ids()
+
+
 def _row(
     dest: str, app: str, type: int, ticket: str, from_ticket: str, reply_to: str, body: bytes,
     timeout: float,
 ) -> Spooled:  # fmt: skip
-    return Spooled(os.urandom(16).hex(), dest, app, type, ticket, from_ticket, reply_to,
+    return Spooled(_new_id(), dest, app, type, ticket, from_ticket, reply_to,
                    bytes(body), time.time() + timeout)  # fmt: skip

@@ -66,3 +66,26 @@ async def test_answered_ids_are_remembered(tmp_path: Path) -> None:
     # An hour later both are still kept: the newest 100,000 ids stay at any age.
     assert len(again.seen(time.time() + 3600)) == 2
     again.close()
+
+
+def test_message_ids_are_unique_random_hex_and_not_shared_with_a_forked_child() -> None:
+    import os
+    import re
+
+    from freight.client.msgsend import _new_id
+
+    ids = [_new_id() for _ in range(1000)]
+    assert len(set(ids)) == 1000
+    assert all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids, to the parent
+        os.write(w, "".join(_new_id() for _ in range(10)).encode())
+        os._exit(0)
+    os.close(w)
+    os.waitpid(pid, 0)
+    with os.fdopen(r) as f:
+        child = f.read()
+    ours = "".join(_new_id() for _ in range(10))
+    assert len(child) == len(ours) == 320
+    assert child != ours
