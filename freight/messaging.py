@@ -214,6 +214,10 @@ class SocketBus:
         self.account = ""
         self.regs: dict[str, SocketRegistration] = {}
         self.waiting: dict[str, asyncio.Future[tuple[p.AnyLocal, bytes]]] = {}
+        # When each call gives up waiting (loop time): checked by one task
+        # twice a second, not by a timer per call.
+        self.deadlines: dict[str, float] = {}
+        self._out: list[bytes] = []  # frames written within one loop tick, in one write
         self.tasks = Supervisor("msg-bus")
         self._rids = itertools.count(1)
         self._closed: FreightError | None = None
@@ -231,6 +235,7 @@ class SocketBus:
             if not greeted:
                 writer.close()
         bus.tasks.spawn(bus._read(), name="reader", detached=True)
+        bus.tasks.spawn(bus._expire(), name="deadlines", detached=True)
         return bus
 
     def _rid(self) -> str:
@@ -255,8 +260,25 @@ class SocketBus:
     async def _write(self, msg: p.LocalMessage, body: bytes = b"") -> None:
         if self._closed is not None:
             raise self._closed
-        self.writer.write(p.encode_local(msg, body))
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush_out)
+        self._out.append(p.encode_local(msg, body))
         await self.writer.drain()
+
+    def _flush_out(self) -> None:
+        out, self._out = self._out, []
+        if self._closed is None and not self.writer.is_closing():
+            self.writer.write(b"".join(out))
+
+    async def _expire(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(0.5)
+            now = loop.time()
+            for rid in [r for r, at in self.deadlines.items() if at <= now]:
+                fut = self.waiting.get(rid)
+                if fut is not None and not fut.done():
+                    fut.set_exception(TimeoutError())
 
     def _taken(self, ticket: str, mid: str) -> None:
         """Messages taken within one loop tick are reported in one frame per
@@ -276,14 +298,23 @@ class SocketBus:
                 chunk = ids[i : i + p.MAX_TAKEN_IDS]
                 self.writer.write(p.encode_local(p.LTaken(ticket=ticket, ids=chunk)))
 
-    async def _call(self, msg: Any, body: bytes = b"") -> tuple[p.AnyLocal, bytes]:
-        fut: asyncio.Future[tuple[p.AnyLocal, bytes]] = asyncio.get_running_loop().create_future()
-        self.waiting[msg.rid] = fut
+    async def _call(
+        self, msg: Any, body: bytes = b"", timeout: float | None = None
+    ) -> tuple[p.AnyLocal, bytes]:
+        """Send a request and wait for its answer (TimeoutError once
+        ``timeout`` has passed, give or take half a second)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[p.AnyLocal, bytes]] = loop.create_future()
+        rid = msg.rid
+        self.waiting[rid] = fut
+        if timeout is not None:
+            self.deadlines[rid] = loop.time() + timeout
         try:
             await self._write(msg, body)
             answer, payload = await fut
         finally:
-            self.waiting.pop(msg.rid, None)
+            del self.waiting[rid]
+            self.deadlines.pop(rid, None)
         if isinstance(answer, p.LError):
             raise code_to_error(answer.code, answer.message, hint="")
         return answer, payload
@@ -379,8 +410,7 @@ class SocketBus:
             len=len(body),
         )
         try:
-            async with asyncio.timeout(timeout + ANSWER_GRACE):
-                answer, _ = await self._call(msg, body)
+            answer, _ = await self._call(msg, body, timeout + ANSWER_GRACE)
         except TimeoutError:
             return outcome(0, "timeout", f"no answer within {timeout:g} s")
         assert isinstance(answer, p.LResult)
@@ -396,8 +426,7 @@ class SocketBus:
             rid=self._rid(), dest=dest, app=app, type=type, timeout=timeout, len=len(body)
         )
         try:
-            async with asyncio.timeout(timeout + ANSWER_GRACE):
-                answer, payload = await self._call(msg, body)
+            answer, payload = await self._call(msg, body, timeout + ANSWER_GRACE)
         except TimeoutError:
             raise TimeoutError(f"no reply within {timeout:g} s") from None
         if isinstance(answer, p.LResult):
@@ -418,7 +447,8 @@ class SocketBus:
         return {"hid": self.hid, "apps": apps, "counters": dict(answer.counters)}
 
     async def aclose(self) -> None:
-        if self._taken_ids and self._closed is None:  # what was taken still counts
+        if (self._taken_ids or self._out) and self._closed is None:  # taken still counts
+            self._flush_out()
             self._flush_taken()
             with contextlib.suppress(OSError, ConnectionError):
                 await asyncio.wait_for(self.writer.drain(), 5)
