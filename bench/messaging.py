@@ -30,8 +30,8 @@ multicast  --mc-hosts daemons of bob (one config folder each), each with
            messages to account bob; deliveries/s = recipients counted by
            the sends (50 per message at most) / time; the receiving apps
            count too, and must have exactly that many. Copies refused
-           because a registration's queue was full (1,000 messages; the
-           sender's window is larger) are reported beside the rate.
+           because a registration's queue was full (4,096 messages or
+           4 MiB) are reported beside the rate.
 stall      bob's app registers and never takes a message; alice's app
            offers --stall-bytes in 1 MiB messages (each send's timeout
            --stall-timeout s, so refused ones end as Busy). The hub's VmRSS

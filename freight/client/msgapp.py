@@ -34,7 +34,7 @@ __all__ = ["Delivery", "Registration", "SendResult", "load_host_key", "result_er
 ALL_TYPES: Final = 0xFFFFFFFF
 _TICKET: Final = re.compile(r"([0-9a-f]{32}\.[0-9a-f]{1,16})?")
 _MSG_ID: Final = re.compile(r"([0-9a-f]{32})?")
-QUEUE_MESSAGES: Final = 1000  # per registration, given out and not taken included
+QUEUE_MESSAGES: Final = 4096  # per registration, given out and not taken included
 QUEUE_BYTES: Final = 4 * 1024 * 1024
 
 

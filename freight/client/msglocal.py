@@ -42,7 +42,7 @@ SOCKET_NAME: Final = "msg.sock"
 # Per application connection: messages sent and not yet answered, and
 # deliveries written and not yet taken.
 MAX_UNANSWERED: Final = 256
-DELIVERY_CREDIT: Final = 64
+DELIVERY_CREDIT: Final = 256
 # Application connections one host serves at once.
 MAX_CONNECTIONS: Final = 256
 HELLO_TIMEOUT: Final = 10.0
