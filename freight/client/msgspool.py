@@ -26,14 +26,29 @@ BATCH: Final = 256
 SEEN_KEEP_SECONDS: Final = 600.0
 SEEN_KEEP_IDS: Final = 100_000
 
+# Both tables are keyed by their row number alone and written at their end:
+# a row costs one B-tree, not three (a table with a text key and an index on
+# time wrote three, and the spool's commits were a quarter of a receiving
+# host's CPU per message). A spooled row is removed by its number (kept in
+# memory by id); the answered ids are read whole at start and pruned by
+# number and age.
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id TEXT PRIMARY KEY, dest TEXT NOT NULL, app TEXT NOT NULL, type INTEGER NOT NULL,
-    ticket TEXT NOT NULL, from_ticket TEXT NOT NULL, reply_to TEXT NOT NULL,
-    body BLOB NOT NULL, expires REAL NOT NULL, seq INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS seen (
-    id TEXT PRIMARY KEY, at REAL NOT NULL, count INTEGER NOT NULL, reason TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS seen_at ON seen (at);
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL, dest TEXT NOT NULL, app TEXT NOT NULL,
+    type INTEGER NOT NULL, ticket TEXT NOT NULL, from_ticket TEXT NOT NULL,
+    reply_to TEXT NOT NULL, body BLOB NOT NULL, expires REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS answered (
+    n INTEGER PRIMARY KEY, id TEXT NOT NULL, at REAL NOT NULL, count INTEGER NOT NULL,
+    reason TEXT NOT NULL);
+"""
+# A spool written by an earlier release (outbox and seen, keyed by id).
+_UPGRADE = """
+INSERT INTO spool (seq, id, dest, app, type, ticket, from_ticket, reply_to, body, expires)
+    SELECT seq, id, dest, app, type, ticket, from_ticket, reply_to, body, expires
+    FROM outbox ORDER BY seq;
+INSERT INTO answered (id, at, count, reason) SELECT id, at, count, reason FROM seen ORDER BY at;
+DROP TABLE outbox;
+DROP TABLE seen;
 """
 
 
@@ -66,12 +81,19 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            old = self._db.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'outbox'"
+            ).fetchone()[0]
+            if old:
+                self._db.executescript(f"BEGIN; {_UPGRADE} COMMIT;")
+            last = self._db.execute("SELECT max(seq) FROM spool").fetchone()[0]
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open the message spool {path}: {exc}") from None
         self._ops: list[tuple[str, tuple[object, ...]]] = []
         self._waiters: list[Callable[[StorageError | None], None]] = []
         self._scheduled = False
-        self._seq = 0
+        self._seq = last or 0
+        self._seqs: dict[str, int] = {}  # id -> row number, of the rows spooled
         self._seen_added = 0
         self.commits = 0
 
@@ -81,22 +103,24 @@ class Spool:
         """Messages a previous run accepted and never saw answered, oldest first."""
         rows = self._db.execute(
             "SELECT id, dest, app, type, ticket, from_ticket, reply_to, body, expires, seq "
-            "FROM outbox ORDER BY seq"
+            "FROM spool ORDER BY seq"
         ).fetchall()
-        if rows:
-            self._seq = max(r[9] for r in rows)
+        for r in rows:
+            self._seqs[r[0]] = r[9]
         return [Spooled(*r[:9]) for r in rows]
 
     def seen(self, now: float) -> list[tuple[str, float, int, str]]:
-        """(id, wall time, count, reason) of the answered ids worth keeping."""
+        """(id, wall time, count, reason) of the answered ids worth keeping,
+        in the order they were answered."""
         self._prune(now)
-        return self._db.execute("SELECT id, at, count, reason FROM seen ORDER BY at").fetchall()
+        return self._db.execute("SELECT id, at, count, reason FROM answered ORDER BY n").fetchall()
 
     def _prune(self, now: float) -> None:
+        """Forget the answered ids that are neither among the last
+        SEEN_KEEP_IDS nor younger than SEEN_KEEP_SECONDS."""
         self._db.execute(
-            "DELETE FROM seen WHERE at < ? AND id NOT IN "
-            "(SELECT id FROM seen ORDER BY at DESC LIMIT ?)",
-            (now - SEEN_KEEP_SECONDS, SEEN_KEEP_IDS),
+            "DELETE FROM answered WHERE n <= (SELECT max(n) FROM answered) - ? AND at < ?",
+            (SEEN_KEEP_IDS, now - SEEN_KEEP_SECONDS),
         )
 
     # --- batched writes ---------------------------------------------------------------
@@ -120,11 +144,14 @@ class Spool:
         """Store ``msg``; ``then`` is called once it is committed (with
         None) or could not be (with the error)."""
         self._seq += 1
+        self._seqs[msg.id] = self._seq
         self._waiters.append(then)
-        self._queue("add", (*_row(msg), self._seq))
+        self._queue("add", (self._seq, *_row(msg)))
 
     def remove(self, mid: str) -> None:
-        self._queue("del", (mid,))
+        seq = self._seqs.pop(mid, None)
+        if seq is not None:  # (None: not spooled by this run or the last)
+            self._queue("del", (seq,))
 
     def answered(self, mid: str, count: int, reason: str) -> None:
         self._queue("seen", (mid, time.time(), count, reason))
@@ -173,9 +200,9 @@ class Spool:
 
 
 _SQL: Final = {
-    "add": "INSERT OR REPLACE INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)",
-    "del": "DELETE FROM outbox WHERE id = ?",
-    "seen": "INSERT OR REPLACE INTO seen VALUES (?,?,?,?)",
+    "add": "INSERT INTO spool VALUES (?,?,?,?,?,?,?,?,?,?)",
+    "del": "DELETE FROM spool WHERE seq = ?",
+    "seen": "INSERT INTO answered (id, at, count, reason) VALUES (?,?,?,?)",
 }
 
 

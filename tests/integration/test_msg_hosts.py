@@ -463,7 +463,7 @@ async def test_a_send_not_waited_for_returns_once_spooled_and_is_delivered_once(
 
 def spooled(client: Client) -> int:
     with contextlib.closing(sqlite3.connect(client.config / "msgspool.db")) as db:
-        return int(db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+        return int(db.execute("SELECT count(*) FROM spool").fetchone()[0])
 
 
 async def test_spooled_messages_survive_hub_and_host_restarts(tmp_path: Path) -> None:

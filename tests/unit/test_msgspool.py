@@ -5,11 +5,16 @@ back in order, and answered ids are remembered across a restart."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import sqlite3
 import stat
 import time
 from pathlib import Path
 
+import pytest
+
+from freight.client import msgspool
 from freight.client.msgspool import BATCH, Spool, Spooled
 
 
@@ -65,6 +70,59 @@ async def test_answered_ids_are_remembered(tmp_path: Path) -> None:
     assert seen == {"a" * 32: (3, ""), "b" * 32: (0, "no_interest")}
     # An hour later both are still kept: the newest 100,000 ids stay at any age.
     assert len(again.seen(time.time() + 3600)) == 2
+    again.close()
+
+
+async def test_old_answered_ids_are_pruned_beyond_the_newest_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(msgspool, "SEEN_KEEP_IDS", 3)
+    spool = Spool(tmp_path / "msgspool.db")
+    for i in range(5):
+        spool.answered(f"{i:032x}", 1, "")
+    spool.close()
+    again = Spool(tmp_path / "msgspool.db")
+    # Within the window every id is kept; past it, only the newest three.
+    assert [r[0] for r in again.seen(time.time())] == [f"{i:032x}" for i in range(5)]
+    later = [r[0] for r in again.seen(time.time() + msgspool.SEEN_KEEP_SECONDS + 1)]
+    assert later == [f"{i:032x}" for i in range(2, 5)]
+    again.close()
+
+
+async def test_a_spool_of_an_earlier_release_is_carried_over(tmp_path: Path) -> None:
+    """Its messages are left to send in their order, its answered ids kept,
+    and removing one of its messages works as for any other."""
+    path = tmp_path / "msgspool.db"
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.executescript(
+            "CREATE TABLE outbox (id TEXT PRIMARY KEY, dest TEXT NOT NULL, app TEXT NOT NULL,"
+            " type INTEGER NOT NULL, ticket TEXT NOT NULL, from_ticket TEXT NOT NULL,"
+            " reply_to TEXT NOT NULL, body BLOB NOT NULL, expires REAL NOT NULL,"
+            " seq INTEGER NOT NULL);"
+            "CREATE TABLE seen (id TEXT PRIMARY KEY, at REAL NOT NULL, count INTEGER NOT NULL,"
+            " reason TEXT NOT NULL);"
+            "CREATE INDEX seen_at ON seen (at);"
+        )
+        for i, seq in ((1, 9), (0, 4), (2, 12)):
+            r = row(i)
+            db.execute(
+                "INSERT INTO outbox VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (r.id, r.dest, r.app, r.type, r.ticket, r.from_ticket, r.reply_to, r.body,
+                 r.expires, seq),
+            )  # fmt: skip
+        db.execute("INSERT INTO seen VALUES (?,?,?,?)", ("e" * 32, time.time(), 2, ""))
+    spool = Spool(path)
+    left = spool.left()
+    assert [r.id for r in left] == [row(0).id, row(1).id, row(2).id]
+    assert left[1] == row(1, left[1].expires)
+    assert [(r[0], r[2]) for r in spool.seen(time.time())] == [("e" * 32, 2)]
+    spool.remove(row(1).id)
+    await spool.add(row(3))
+    spool.close()
+    again = Spool(path)
+    assert [r.id for r in again.left()] == [row(0).id, row(2).id, row(3).id]
+    tables = {n for (n,) in again._db.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"spool", "answered"}
     again.close()
 
 
