@@ -34,6 +34,7 @@ __all__ = ["Delivery", "Registration", "SendResult", "load_host_key", "result_er
 ALL_TYPES: Final = 0xFFFFFFFF
 _TICKET: Final = re.compile(r"([0-9a-f]{32}\.[0-9a-f]{1,16})?")
 _MSG_ID: Final = re.compile(r"([0-9a-f]{32})?")
+_APP: Final = re.compile(r"[A-Za-z0-9_.:-]{1,64}", re.ASCII)  # fields.APP_NAME, 1 to 64
 QUEUE_MESSAGES: Final = 4096  # per registration, given out and not taken included
 QUEUE_BYTES: Final = 4 * 1024 * 1024
 
@@ -193,11 +194,7 @@ def load_host_key(config: ClientConfig) -> X25519PrivateKey:
 
 
 def check_app(app: str) -> None:
-    if (
-        not app
-        or len(app) > 64
-        or not all(c.isascii() and (c.isalnum() or c in "_.:-") for c in app)
-    ):
+    if _APP.fullmatch(app) is None:
         raise UsageError(f"an application name has 1 to 64 of A-Z a-z 0-9 _ . : -, not {app!r}")
 
 
@@ -213,7 +210,7 @@ def check_message(
     if not dest or len(dest) > 70:
         raise UsageError("a destination is an account name, '*' or host:ID")
     for name, value in (("ticket", ticket), ("from_ticket", from_ticket)):
-        if not _TICKET.fullmatch(value):
+        if value and not _TICKET.fullmatch(value):
             raise UsageError(f"{name} {value!r} is not a ticket (HOSTID.NUMBER)")
-    if not _MSG_ID.fullmatch(reply_to):
+    if reply_to and not _MSG_ID.fullmatch(reply_to):
         raise UsageError(f"reply_to {reply_to!r} is not a message id")
