@@ -186,11 +186,26 @@ async def _receiver(conn: Any, cfg: str, app: str, regs: int, expect: int) -> di
         got = 0
         done = asyncio.Event()
 
+        # Replies are written at once and their spooling awaited beside the
+        # loop (at most 256 at a time): the NATS responder does not wait
+        # for its server either before it takes the next request.
+        replying: set[asyncio.Task[Any]] = set()
+        room = asyncio.Semaphore(256)
+
+        async def reply(msg: Any) -> None:
+            try:
+                await msg.reply(msg.body, timeout=5)
+            finally:
+                room.release()
+
         async def drain(reg: Any) -> None:
             nonlocal got
             async for msg in reg:
                 if app == ECHO:
-                    await msg.reply(msg.body, timeout=5)
+                    await room.acquire()
+                    t = asyncio.create_task(reply(msg))
+                    replying.add(t)
+                    t.add_done_callback(replying.discard)
                 got += 1
                 if got == expect:
                     done.set()

@@ -114,6 +114,7 @@ class Registration:
         self.bytes = 0
         self.closed = False
         self.delivered = self.deduplicated = self.refused_busy = 0
+        self.on_offer: Callable[[], None] | None = None  # told of each message queued
 
     @property
     def ticket(self) -> str:
@@ -140,6 +141,8 @@ class Registration:
         self.outstanding += 1
         self.bytes += len(d.body)
         self._ready.set()
+        if self.on_offer is not None:
+            self.on_offer()
         return True
 
     async def get(self) -> Delivery:

@@ -424,16 +424,33 @@ class MessageHost:
         carries as ``from_ticket``). :class:`NoRecipient` (or the error of
         the reason) when nobody took it, :class:`PeerAbsent` when no reply
         came in time."""
-        deadline = self._clock() + timeout
         reply = self._register(app, ALL_TYPES, peer="*", owner=object(), announced=False)
+        # Settled by the reply (None) or by the request's failure, whichever
+        # comes first: a reply does not wait for the request's own answer.
+        outcome: asyncio.Future[SendResult | FreightError | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+
+        def settle(res: SendResult | FreightError | None) -> None:
+            if not outcome.done() and (
+                res is None or not isinstance(res, SendResult) or not res.ok
+            ):
+                outcome.set_result(res)
+
+        reply.on_offer = lambda: settle(None)
         try:
-            res = await self.send(dest, app, type, body, from_ticket=reply.ticket, timeout=timeout)
-            if not res.ok:
-                raise result_error(res)
+            self.submit(dest, app, type, body, from_ticket=reply.ticket, timeout=timeout,
+                        done=settle)  # fmt: skip
             try:
-                got = await asyncio.wait_for(reply.get(), max(0.0, deadline - self._clock()))
+                async with asyncio.timeout(timeout):
+                    failed = await outcome
             except TimeoutError:
                 raise PeerAbsent(f"no reply to the {app} request within {timeout:g} s") from None
+            if isinstance(failed, FreightError):
+                raise failed
+            if failed is not None:
+                raise result_error(failed)
+            got = await reply.get()  # (it is there)
             reply.taken(got)
             return got
         finally:

@@ -101,14 +101,19 @@ class WSChannel:
             if isinstance(batch.outcome, BaseException):
                 raise ChannelClosed(f"websocket lost: {batch.outcome}")
         if self._frames:
-            await self._lead()
+            await self._lead(gather=False)
 
-    async def _lead(self) -> None:
+    async def _lead(self, *, gather: bool = True) -> None:
+        """Write the frames gathered so far (with ``gather``, after the
+        frames of this loop turn joined in; send_many's caller has gathered
+        them already, and a turn more cost each hop of a message a busy
+        loop's turn of latency)."""
         loop = asyncio.get_running_loop()
         batch = self._batch = _Batch(loop.create_future())
         locked = False
         try:
-            await asyncio.sleep(0)  # the other frames of this loop turn join in
+            if gather:
+                await asyncio.sleep(0)  # the other frames of this loop turn join in
             await self._lock.acquire()
             locked = True
         finally:

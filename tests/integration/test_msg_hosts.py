@@ -240,6 +240,36 @@ async def test_request_and_reply(msg_hub: tuple[Hub, Client, Client, Client]) ->
             server.cancel()
 
 
+async def test_a_reply_ends_a_request_before_the_request_is_answered(
+    msg_hub: tuple[Hub, Client, Client, Client],
+) -> None:
+    """The requester waits for the reply, not for its request's own answer
+    (which comes once the responder has taken it)."""
+    _, admin, bob, _ = msg_hub
+    async with msg_host(admin) as a, msg_host(bob) as b1:
+        slow = b1.register("replies-first", 0xFF)
+        await asyncio.wait_for(b1.announced(), 20)
+        held: list[Delivery] = []
+
+        async def serve() -> None:
+            d = await slow.get()
+            held.append(d)  # not taken: the request stays unanswered
+            await b1.send(f"host:{d.frm}", d.app, 1, b"early", ticket=d.from_ticket,
+                          reply_to=d.id)  # fmt: skip
+
+        server = asyncio.create_task(serve())
+        try:
+            reply = await asyncio.wait_for(
+                a.request("bob", "replies-first", 1, b"q", timeout=60), 20
+            )
+            assert reply.body == b"early"
+            assert reply.reply_to == held[0].id
+            assert slow.stats()["delivered"] == 0  # the request itself is still untaken
+            slow.taken(held[0])
+        finally:
+            server.cancel()
+
+
 async def test_the_hub_sees_only_sealed_bodies(msg_hub: tuple[Hub, Client, Client, Client]) -> None:
     _, admin, bob, _ = msg_hub
     async with msg_host(admin) as a, msg_host(bob) as b1:

@@ -15,7 +15,9 @@ from freight.protocol.fields import APP_NAME
 TICKET = "a" * 32 + ".7"
 
 
-@given(st.text(max_size=70) | st.sampled_from(["a", "x" * 64, "x" * 65, "app\n", "\u0663", "\uff41"]))
+@given(
+    st.text(max_size=70) | st.sampled_from(["a", "x" * 64, "x" * 65, "app\n", "\u0663", "\uff41"])
+)
 def test_an_application_name_is_checked_as_the_frames_check_it(app: str) -> None:
     valid = len(app) <= 64 and re.fullmatch(APP_NAME, app, re.ASCII) is not None
     if valid:
