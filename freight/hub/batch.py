@@ -226,12 +226,13 @@ async def _put_in_bucket(
         async with gate:
             await bucket.put_bytes(content_key(digest), data)
 
-    async with bucket_away():  # the client sends the batch again once it answers
-        await asyncio.gather(*(put(s[2], d) for s, (_, d) in zip(stored, files, strict=True)))
-    try:
-        await service.db.publish_many(user.id, stored)
-    except SQLAlchemyError as exc:
-        raise StorageError(f"the hub could not record a batch: {exc}") from None
+    with bucket.holding(s[2] for s in stored):  # the sweep waits for the records
+        async with bucket_away():  # the client sends the batch again once it answers
+            await asyncio.gather(*(put(s[2], d) for s, (_, d) in zip(stored, files, strict=True)))
+        try:
+            await service.db.publish_many(user.id, stored)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"the hub could not record a batch: {exc}") from None
     return stored
 
 

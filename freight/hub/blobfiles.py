@@ -268,11 +268,16 @@ async def sweep(bucket: Bucket, db: Database, *, grace: float = SWEEP_GRACE) -> 
     """Remove content no record names and segments of pushes no longer
     under way, each older than ``grace`` seconds. Returns (content objects,
     segments) removed."""
+    bucket.touched()  # from here on, content this node holds or lets go is noted
     cutoff = time.time() - grace
     old = {o.key.rsplit("/", 1)[-1]: o for o in await bucket.list("content/")}
     candidates = [d for d, o in old.items() if o.modified < cutoff and _DIGEST.match(d)]
     named = await db.referenced_digests(candidates)
-    drop = [content_key(d) for d in candidates if d not in named]
+    # Content written here and recorded only after the query above (or
+    # still being written) is not removed: this node's own uploads are
+    # safe whatever the grace; another node's are safe by the grace.
+    busy = bucket.touched()
+    drop = [content_key(d) for d in candidates if d not in named and d not in busy]
     if drop:
         await bucket.delete(drop)
     pushes: dict[tuple[int, str], list[tuple[str, float]]] = {}

@@ -367,12 +367,7 @@ class HubSink:
         else:  # verified, then written to the bucket before it is recorded
             await asyncio.to_thread(self.file.sync)
             verified, actual = self.file.verify(digest)
-            if verified:
-                c = self.checkpoints
-                assert isinstance(c, BucketCheckpoints)
-                async with bucket_away():
-                    await store_content(bucket, self.path, actual, c.known, c.last)
-            else:
+            if not verified:
                 await self.file.discard()
         if not verified:  # the partial is discarded
             self.close()
@@ -385,9 +380,16 @@ class HubSink:
             )
             self.s.metrics.streams.labels("failed").inc()
             return False, actual
-        await self.s.db.publish(
-            self.user.id, self.sid, name=self.name, size=total, digest=actual, mtime=self.mtime
-        )
+        # The sweep leaves the content alone until it is recorded.
+        with bucket.holding([actual]) if bucket is not None else contextlib.nullcontext():
+            if bucket is not None:
+                c = self.checkpoints
+                assert isinstance(c, BucketCheckpoints)
+                async with bucket_away():
+                    await store_content(bucket, self.path, actual, c.known, c.last)
+            await self.s.db.publish(
+                self.user.id, self.sid, name=self.name, size=total, digest=actual, mtime=self.mtime
+            )
         if bucket is not None:  # recorded: the partial and its segments are done with
             await asyncio.to_thread(self.file.remove)
             await drop_segments(bucket, self.user.id, self.sid)

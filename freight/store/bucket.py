@@ -22,10 +22,11 @@ that says which bucket and what to check.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,10 @@ class Bucket:
         self._c = client
         self._stack = stack
         self._errors: tuple[type[BaseException], ...] = ()
+        # Content this node is writing and has not recorded yet, and what
+        # was held or let go since the sweep last looked (:meth:`holding`).
+        self.held: collections.Counter[str] = collections.Counter()
+        self._touched: set[str] = set()
 
     @classmethod
     async def open(cls, spec: BucketSpec) -> Bucket:
@@ -158,6 +163,28 @@ class Bucket:
     def _error(self, what: str, exc: BaseException) -> StorageError:
         detail = getattr(exc, "response", {}).get("Error", {}).get("Code") or str(exc)
         return StorageError(f"the hub cannot {what} its bucket {self.spec}: {detail}", hint=_HINT)
+
+    @contextlib.contextmanager
+    def holding(self, digests: Iterable[str]) -> Iterator[None]:
+        """Content this node writes and then records, from before the first
+        byte is written until the record is made: the sweep leaves it alone
+        (one that was under way when a sweep began included)."""
+        held = list(digests)
+        self.held.update(held)
+        self._touched.update(held)
+        try:
+            yield
+        finally:
+            self.held.subtract(held)
+            self._touched.update(held)
+            for d in held:
+                if self.held[d] <= 0:
+                    del self.held[d]
+
+    def touched(self) -> set[str]:
+        """The content held now, or held at any time since the last call."""
+        seen, self._touched = self._touched, set()
+        return seen | set(self.held)
 
     def _key(self, key: str) -> str:
         return self.spec.prefix + key

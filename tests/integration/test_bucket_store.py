@@ -5,6 +5,7 @@ overlaps and foreign keys included), and the sweep."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
@@ -169,6 +170,44 @@ async def test_the_sweep_removes_only_what_nothing_names(
             "p/content/foreign-object",
             "p/" + segment_key(uid, "live", 0, 10),
         }
+
+
+async def test_the_sweep_leaves_content_this_node_is_still_recording(
+    tmp_path: Path,
+    s3: S3Server,  # noqa: F811
+) -> None:
+    """Content written and recorded while a sweep runs (the record made
+    after the sweep asked which digests are named) is not removed, however
+    short the grace; once nothing holds or names it, it goes."""
+    async with _store_and_db(tmp_path, s3, "freight-sweep-race") as (b, db, uid):
+        body = os.urandom(100)
+        digest = blake3.blake3(body).hexdigest()
+        asked = db.referenced_digests
+        recorded = asyncio.Event()
+
+        async def record_meanwhile(digests: list[str]) -> set[str]:
+            named = await asked(digests)  # before the record: not named
+            recorded.set()  # the writer records it and lets go, mid-sweep
+            await writing
+            return named
+
+        async def write_and_record() -> None:
+            with b.holding([digest]):
+                await b.put_bytes(content_key(digest), body)
+                await recorded.wait()
+                await db.publish(uid, "s1", name="new.bin", size=100, digest=digest, mtime=0.0)
+
+        writing = asyncio.ensure_future(write_and_record())
+        await asyncio.sleep(0)
+        while not s3.keys("freight-sweep-race", "p/content/"):
+            await asyncio.sleep(0.01)
+        db.referenced_digests = record_meanwhile  # type: ignore[method-assign]
+        assert await asyncio.wait_for(sweep(b, db, grace=0), 30) == (0, 0)
+        assert list(s3.keys("freight-sweep-race", "p/content/")) == ["p/" + content_key(digest)]
+        db.referenced_digests = asked  # type: ignore[method-assign]
+        assert await sweep(b, db, grace=0) == (0, 0)  # named now
+        await db.delete_file(uid, "new.bin")
+        assert await sweep(b, db, grace=0) == (1, 0)  # named by nothing, held by nobody
 
 
 async def test_content_is_made_of_its_segments_and_its_last_bytes(
