@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .client.config import ClientConfig
+from .client.msgcalls import LocalEnd
 from .client.msglocal import DELIVERY_CREDIT, announced, socket_path
 from .errors import FreightError, NetworkError, NoRecipient, UsageError, code_to_error
 from .protocol import msglocal as p
@@ -190,17 +191,17 @@ class SocketRegistration:
 
     async def get(self) -> Message:
         """The next message (it counts as taken once returned)."""
-        if self.queue.empty() and self.bus._closed is not None:
-            raise self.bus._closed
+        if self.queue.empty() and self.bus.end.closed is not None:
+            raise self.bus.end.closed
         item = await self.queue.get()
         if isinstance(item, FreightError):
             self.queue.put_nowait(item)  # every later get fails the same way
             raise item
-        self.bus._taken(self.ticket, item.id)
+        self.bus.end.taken(self.ticket, item.id)
         return item
 
     async def close(self) -> None:
-        await self.bus._call(p.LUnregister(rid=self.bus._rid(), ticket=self.ticket))
+        await self.bus.end.call(p.LUnregister(rid=self.bus._rid(), ticket=self.ticket))
         self.bus.regs.pop(self.ticket, None)
 
 
@@ -213,15 +214,9 @@ class SocketBus:
         self.hid = ""
         self.account = ""
         self.regs: dict[str, SocketRegistration] = {}
-        self.waiting: dict[str, asyncio.Future[tuple[p.AnyLocal, bytes]]] = {}
-        # When each call gives up waiting (loop time): checked by one task
-        # twice a second, not by a timer per call.
-        self.deadlines: dict[str, float] = {}
-        self._out: list[bytes] = []  # frames written within one loop tick, in one write
+        self.end = LocalEnd(writer)  # writes, calls and their answers (msgcalls)
         self.tasks = Supervisor("msg-bus")
         self._rids = itertools.count(1)
-        self._closed: FreightError | None = None
-        self._taken_ids: dict[str, list[str]] = {}  # ticket -> ids taken this loop tick
 
     @classmethod
     async def open(cls, path: Path, client: str = "") -> SocketBus:
@@ -235,7 +230,7 @@ class SocketBus:
             if not greeted:
                 writer.close()
         bus.tasks.spawn(bus._read(), name="reader", detached=True)
-        bus.tasks.spawn(bus._expire(), name="deadlines", detached=True)
+        bus.tasks.spawn(bus.end.expire(), name="deadlines", detached=True)
         return bus
 
     def _rid(self) -> str:
@@ -243,7 +238,7 @@ class SocketBus:
 
     async def _hello(self, client: str) -> None:
         self.decoder = p.LocalDecoder()
-        await self._write(p.LHello(version=p.LOCAL_VERSION, client=client))
+        await self.end.write(p.LHello(version=p.LOCAL_VERSION, client=client))
         async with asyncio.timeout(30):
             while (frame := self.decoder.next_frame()) is None:
                 data = await self.reader.read(65536)
@@ -256,68 +251,6 @@ class SocketBus:
         if not isinstance(msg, p.LWelcome):
             raise RemoteProtocolError(f"expected welcome, got {msg.__struct_config__.tag}")
         self.hid, self.account = msg.hid, msg.account
-
-    async def _write(self, msg: p.LocalMessage, body: bytes = b"") -> None:
-        if self._closed is not None:
-            raise self._closed
-        if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush_out)
-        self._out.append(p.encode_local(msg, body))
-        await self.writer.drain()
-
-    def _flush_out(self) -> None:
-        out, self._out = self._out, []
-        if self._closed is None and not self.writer.is_closing():
-            self.writer.write(b"".join(out))
-
-    async def _expire(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await asyncio.sleep(0.5)
-            now = loop.time()
-            for rid in [r for r, at in self.deadlines.items() if at <= now]:
-                fut = self.waiting.get(rid)
-                if fut is not None and not fut.done():
-                    fut.set_exception(TimeoutError())
-
-    def _taken(self, ticket: str, mid: str) -> None:
-        """Messages taken within one loop tick are reported in one frame per
-        registration (a frame per message cost both ends more than the rest)."""
-        if self._closed is not None:
-            raise self._closed
-        if not self._taken_ids:
-            asyncio.get_running_loop().call_soon(self._flush_taken)
-        self._taken_ids.setdefault(ticket, []).append(mid)
-
-    def _flush_taken(self) -> None:
-        pending, self._taken_ids = self._taken_ids, {}
-        if self._closed is not None:
-            return  # the connection ended: the host forgets what it gave out
-        for ticket, ids in pending.items():
-            for i in range(0, len(ids), p.MAX_TAKEN_IDS):
-                chunk = ids[i : i + p.MAX_TAKEN_IDS]
-                self.writer.write(p.encode_local(p.LTaken(ticket=ticket, ids=chunk)))
-
-    async def _call(
-        self, msg: Any, body: bytes = b"", timeout: float | None = None
-    ) -> tuple[p.AnyLocal, bytes]:
-        """Send a request and wait for its answer (TimeoutError once
-        ``timeout`` has passed, give or take half a second)."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[p.AnyLocal, bytes]] = loop.create_future()
-        rid = msg.rid
-        self.waiting[rid] = fut
-        if timeout is not None:
-            self.deadlines[rid] = loop.time() + timeout
-        try:
-            await self._write(msg, body)
-            answer, payload = await fut
-        finally:
-            del self.waiting[rid]
-            self.deadlines.pop(rid, None)
-        if isinstance(answer, p.LError):
-            raise code_to_error(answer.code, answer.message, hint="")
-        return answer, payload
 
     async def _read(self) -> None:
         why: FreightError = NetworkError("the host closed its messaging socket")
@@ -346,9 +279,7 @@ class SocketBus:
         if not rid and isinstance(msg, p.LError):  # the host ends the connection
             self._fail(code_to_error(msg.code, msg.message, hint=""))
             return
-        fut = self.waiting.get(rid)
-        if fut is not None and not fut.done():
-            fut.set_result((msg, body))
+        self.end.answer(rid, msg, body)
 
     def _message(self, msg: p.LDeliver, body: bytes) -> Message:
         return Message(
@@ -365,19 +296,15 @@ class SocketBus:
         )
 
     def _fail(self, exc: FreightError) -> None:
-        if self._closed is None:
-            self._closed = exc
-        for fut in self.waiting.values():
-            if not fut.done():
-                fut.set_exception(self._closed)
+        closed = self.end.fail(exc)
         for reg in self.regs.values():
             if not reg.queue.full():  # a full one ends in the error once drained
-                reg.queue.put_nowait(self._closed)
+                reg.queue.put_nowait(closed)
 
     async def register(self, app: str, *, interest: int, peer: str = "*") -> SocketRegistration:
         _check_interest(interest)
         msg = p.LRegister(rid=self._rid(), app=app, interest=interest, peer=peer)
-        answer, _ = await self._call(msg)
+        answer, _ = await self.end.call(msg)
         assert isinstance(answer, p.LRegistered)
         reg = SocketRegistration(self, answer.ticket, app, interest, peer, answer.held)
         self.regs[reg.ticket] = reg
@@ -410,7 +337,7 @@ class SocketBus:
             len=len(body),
         )
         try:
-            answer, _ = await self._call(msg, body, timeout + ANSWER_GRACE)
+            answer, _ = await self.end.call(msg, body, timeout + ANSWER_GRACE)
         except TimeoutError:
             return outcome(0, "timeout", f"no answer within {timeout:g} s")
         assert isinstance(answer, p.LResult)
@@ -426,7 +353,7 @@ class SocketBus:
             rid=self._rid(), dest=dest, app=app, type=type, timeout=timeout, len=len(body)
         )
         try:
-            answer, payload = await self._call(msg, body, timeout + ANSWER_GRACE)
+            answer, payload = await self.end.call(msg, body, timeout + ANSWER_GRACE)
         except TimeoutError:
             raise TimeoutError(f"no reply within {timeout:g} s") from None
         if isinstance(answer, p.LResult):
@@ -437,7 +364,7 @@ class SocketBus:
         return self._message(answer, payload)
 
     async def apps(self) -> dict[str, Any]:
-        answer, _ = await self._call(p.LApps(rid=self._rid()))
+        answer, _ = await self.end.call(p.LApps(rid=self._rid()))
         assert isinstance(answer, p.LAppsList)
         apps = [
             {"ticket": a.ticket, "app": a.app, "interest": a.interest, "peer": a.peer,
@@ -447,11 +374,7 @@ class SocketBus:
         return {"hid": self.hid, "apps": apps, "counters": dict(answer.counters)}
 
     async def aclose(self) -> None:
-        if (self._taken_ids or self._out) and self._closed is None:  # taken still counts
-            self._flush_out()
-            self._flush_taken()
-            with contextlib.suppress(OSError, ConnectionError):
-                await asyncio.wait_for(self.writer.drain(), 5)
+        await self.end.flush()  # what was taken still counts
         self._fail(NetworkError("this messaging connection is closed"))
         self.writer.close()
         with contextlib.suppress(OSError, ConnectionError, TimeoutError):

@@ -51,7 +51,7 @@ async def test_a_send_the_host_never_answers_times_out_at_its_deadline(tmp_path:
             assert "no reply within 0.3 s" in str(results[2])
             # Each at its deadline plus the grace, checked twice a second.
             assert 1.0 + ANSWER_GRACE <= took < 1.0 + ANSWER_GRACE + 1.5
-            assert not bus.waiting and not bus.deadlines
+            assert not bus.end.waiting and not bus.end.deadlines
             # The three requests arrived in the order they were made.
             sends = [m for m in seen if isinstance(m, p.LSend | p.LRequest)]
             assert [m.rid for m in sends] == ["r1", "r2", "r3"]
