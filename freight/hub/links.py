@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..engine.direct import DIRECT_MIN, DirectRead, direct_reader
 from ..engine.pipeline import read_blocks
 from ..errors import Conflict, Forbidden, Gone, LimitReached, NotFound, NotLoggedIn, UsageError
 from ..names import check_name, check_user_name, shown
@@ -250,6 +251,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     if whole and book.busy[row.token_hash] + row.used >= row.uses:
         raise Conflict("this link is being fetched right now; try again when that ends")
     fd = -1  # with a bucket, its content is read from there
+    direct: DirectRead | None = None
     source = BucketSource(st.bucket, row.digest, row.size) if st.bucket is not None else None
     try:
         if source is None:
@@ -274,7 +276,12 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
             row.name.rsplit("/", 1)[-1], safe=""
         )
         await resp.prepare(request)
-        read = source.read if source is not None else lambda off, n: os.pread(fd, n, off)
+        # A stored file was written around the page cache (engine.direct):
+        # it is read so too, not through cache pages it would fault in.
+        direct = direct_reader(fd) if fd >= 0 and row.size >= DIRECT_MIN else None
+        read = (
+            source.read if source is not None else direct or (lambda off, n: os.pread(fd, n, off))
+        )
         blocks = read_blocks(read, None, start, end, block=BLOCK, max_bytes=READ_AHEAD)
         try:
             async with contextlib.aclosing(blocks):
@@ -289,6 +296,8 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
         except ConnectionResetError:  # the client went away: nothing to answer
             pass
     finally:
+        if direct is not None:
+            direct.close()
         if fd >= 0:
             os.close(fd)
         if source is not None:

@@ -265,6 +265,25 @@ def test_ranges_resume_and_only_a_whole_delivery_spends_a_use(
         assert status == 404  # the range that reached the end spent the one use
 
 
+def test_a_large_file_is_served_exactly_in_unaligned_ranges(tmp_path: Path, admin: Client) -> None:
+    """A file large enough to be read around the page cache (engine.direct)
+    is served byte for byte, whatever the alignment of the range."""
+    size = 9 * 1024 * 1024 + 4097
+    src = random_file(tmp_path / "big.bin", size, seed=11)
+    data = src.read_bytes()
+    admin.run("push", str(src), "--as", "share/big.bin", "--quiet")
+    path = path_of(share(admin, "share/big.bin")["url"])
+    with Rest(admin.hub, "127.0.0.6") as conn:
+        for first, last in ((1, 4096), (4095, 8 * 1024 * 1024 + 1), (size - 4099, size - 2)):
+            conn.conn.request("GET", path, headers={"Range": f"bytes={first}-{last}"})
+            resp = conn.conn.getresponse()
+            assert resp.status == 206
+            assert resp.read() == data[first : last + 1], (first, last)
+        conn.conn.request("GET", path)
+        resp = conn.conn.getresponse()
+        assert resp.status == 200 and resp.read() == data
+
+
 def test_revoked_links_stop_at_once(tmp_path: Path, admin: Client) -> None:
     random_file(tmp_path / "rv.bin", 1000, seed=11)
     admin.run("push", str(tmp_path / "rv.bin"), "--as", "share/rv.bin", "--quiet")
