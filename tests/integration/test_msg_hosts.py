@@ -251,11 +251,11 @@ async def test_a_reply_ends_a_request_before_the_request_is_answered(
         await asyncio.wait_for(b1.announced(), 20)
         held: list[Delivery] = []
 
-        async def serve() -> None:
+        async def serve() -> SendResult:
             d = await slow.get()
             held.append(d)  # not taken: the request stays unanswered
-            await b1.send(f"host:{d.frm}", d.app, 1, b"early", ticket=d.from_ticket,
-                          reply_to=d.id)  # fmt: skip
+            return await b1.send(f"host:{d.frm}", d.app, 1, b"early", ticket=d.from_ticket,
+                                 reply_to=d.id, timeout=10)  # fmt: skip
 
         server = asyncio.create_task(serve())
         try:
@@ -266,6 +266,9 @@ async def test_a_reply_ends_a_request_before_the_request_is_answered(
             assert reply.reply_to == held[0].id
             assert slow.stats()["delivered"] == 0  # the request itself is still untaken
             slow.taken(held[0])
+            # The reply's sender is told it was taken (once, by the requester).
+            answered = await asyncio.wait_for(server, 20)
+            assert (answered.count, answered.reason) == (1, "")
         finally:
             server.cancel()
 
