@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import hmac
-import os
 import re
 import secrets
 import time
@@ -31,9 +30,18 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from ..engine.direct import DIRECT_MIN, DirectRead, direct_reader
 from ..engine.pipeline import read_blocks
-from ..errors import Conflict, Forbidden, Gone, LimitReached, NotFound, NotLoggedIn, UsageError
+from ..engine.streams import FileSource
+from ..errors import (
+    Conflict,
+    Forbidden,
+    Gone,
+    LimitReached,
+    NotFound,
+    NotLoggedIn,
+    SourceChanged,
+    UsageError,
+)
 from ..names import check_name, check_user_name, shown
 from ..store.rows import LinkRow
 from . import auth
@@ -250,12 +258,15 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
     whole = end == row.size  # this response reaches the end: it spends a use
     if whole and book.busy[row.token_hash] + row.used >= row.uses:
         raise Conflict("this link is being fetched right now; try again when that ends")
-    fd = -1  # with a bucket, its content is read from there
-    direct: DirectRead | None = None
-    source = BucketSource(st.bucket, row.digest, row.size) if st.bucket is not None else None
+    # With a bucket its content is read from there; a stored file was
+    # written around the page cache and is read so too (FileSource, direct).
+    source: BucketSource | FileSource
     try:
-        if source is None:
-            fd = os.open(st.layout.file_path(row.user_id, row.name), os.O_RDONLY | os.O_CLOEXEC)
+        source = (
+            BucketSource(st.bucket, row.digest, row.size)
+            if st.bucket is not None
+            else FileSource(st.layout.file_path(row.user_id, row.name), direct=True)
+        )
     except FileNotFoundError:
         raise Gone(CHANGED) from None
     if whole:
@@ -267,7 +278,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
             fresh = await st.db.get_link(row.token_hash)
             if fresh is None or fresh.used + book.busy[row.token_hash] - 1 >= fresh.uses:
                 raise NotFound(UNKNOWN, hint="ask for a new link")
-        if fd >= 0 and os.fstat(fd).st_size != row.size:
+        if source.size != row.size:
             raise Gone(CHANGED)
         resp = ranged_response(start, end, row.size)
         resp.headers["X-Freight-Digest"] = row.digest
@@ -276,13 +287,7 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
             row.name.rsplit("/", 1)[-1], safe=""
         )
         await resp.prepare(request)
-        # A stored file was written around the page cache (engine.direct):
-        # it is read so too, not through cache pages it would fault in.
-        direct = direct_reader(fd) if fd >= 0 and row.size >= DIRECT_MIN else None
-        read = (
-            source.read if source is not None else direct or (lambda off, n: os.pread(fd, n, off))
-        )
-        blocks = read_blocks(read, None, start, end, block=BLOCK, max_bytes=READ_AHEAD)
+        blocks = read_blocks(source.read, None, start, end, block=BLOCK, max_bytes=READ_AHEAD)
         try:
             async with contextlib.aclosing(blocks):
                 async for block in blocks:
@@ -293,15 +298,13 @@ async def fetch_link(request: web.Request) -> web.StreamResponse:
                 completed = True
             elif request.transport is not None:  # the file shrank under us: cut short
                 request.transport.close()
+        except SourceChanged:  # (FileSource says so when a read comes short)
+            if request.transport is not None:
+                request.transport.close()
         except ConnectionResetError:  # the client went away: nothing to answer
             pass
     finally:
-        if direct is not None:
-            direct.close()
-        if fd >= 0:
-            os.close(fd)
-        if source is not None:
-            source.close()
+        source.close()
         done = whole and completed
         try:
             await st.db.count_served(row.token_hash, sent, whole=done)
