@@ -59,6 +59,12 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 # How long a connection waits for SQLite's write lock before it fails with
 # "database is locked" (seconds).
 BUSY_TIMEOUT = 10.0
+# PostgreSQL ends a transaction left this long without a statement, and
+# releases its row locks. A node stopped between two statements (SIGSTOP,
+# a paused VM, a swap storm) keeps its connection open: without this, the
+# nodes taking its pushes over would wait on its locks for as long as it
+# stays stopped. The hub's transactions take milliseconds (seconds).
+STUCK_AFTER = 10.0
 
 
 def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
@@ -73,6 +79,13 @@ def _sqlite_pragmas(busy_timeout: float) -> Callable[[Any, Any], None]:
         cur.close()
 
     return on_connect
+
+
+def _connect_args(url: str, stuck_after: float) -> dict[str, Any]:
+    if sa.engine.make_url(url).get_driver_name() != "asyncpg":
+        return {}
+    ms = str(int(stuck_after * 1000))
+    return {"server_settings": {"idle_in_transaction_session_timeout": ms}}
 
 
 class _OneWriter(AsyncEngine):
@@ -118,9 +131,10 @@ class Database(
         clock: Callable[[], float] = time.time,
         *,
         busy_timeout: float = BUSY_TIMEOUT,
+        stuck_after: float = STUCK_AFTER,
     ) -> None:
         self.url = url
-        engine = create_async_engine(url)
+        engine = create_async_engine(url, connect_args=_connect_args(url, stuck_after))
         if engine.dialect.name == "sqlite":
             event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout))
             engine = _OneWriter(engine.sync_engine)

@@ -348,9 +348,10 @@ def test_a_frozen_node_loses_its_push_to_another_and_writes_nothing_more(
             )
         except AssertionError:
             proc.kill()
-            err = proc.communicate()[1]
+            out, err = proc.communicate()  # its notices (JSON) and its log
             raise AssertionError(
-                f"no takeover by {survivor}; the push's log:\n{err[-6000:]}\n"
+                f"no takeover by {survivor}; the push said:\n{out[-3000:]}\n"
+                f"the push's log:\n{err[-6000:]}\n"
                 f"{survivor}'s log:\n{cluster.nodes[survivor].log()[-3000:]}"
             ) from None
         frozen.proc.send_signal(signal.SIGCONT)  # it wakes up holding nothing

@@ -6,8 +6,13 @@ one is reachable, PostgreSQL)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+
+import pytest
+from sqlalchemy.exc import DBAPIError
 
 from freight.store import Database
+from freight.store import schema as t
 from tests.unit.test_store_repositories import Clock, clock, db  # noqa: F401 - fixtures
 
 LEASE = 9.0
@@ -100,3 +105,30 @@ async def test_nodes_heartbeat_and_a_lost_name_is_noticed(
     clock.now += 100
     assert await db.forget_node("a", unseen_since=clock.now - 10)
     assert await db.nodes() == []
+
+
+async def test_a_node_stopped_inside_a_transaction_does_not_hold_its_pushes_forever(
+    db: Database,  # noqa: F811
+    clock: Clock,  # noqa: F811
+) -> None:
+    """A node stopped (SIGSTOP, a paused VM) between two statements of its
+    heartbeat keeps its connection open and the rows it updated locked. The
+    database ends that transaction, so another node can take its push over
+    instead of waiting for as long as the node stays stopped."""
+    if db.engine.dialect.name != "postgresql":
+        pytest.skip("SQLite has no cluster: one process holds the database")
+    uid = await _user(db)
+    assert await db.start_stream(uid, "s", name="f", size=9, mtime=0, owner="a", lease_for=LEASE)
+    stopped = Database(db.url, clock, stuck_after=1.0)  # node a, as it was started
+    try:
+        with contextlib.suppress(DBAPIError):  # its transaction was ended under it
+            async with stopped.engine.begin() as c:
+                # The first statement of a's heartbeat, and then nothing more.
+                await c.execute(
+                    t.streams.update().where(t.streams.c.owner == "a").values(lease=clock.now + 9)
+                )
+                async with asyncio.timeout(15):
+                    claimed, row = await db.claim_stream(uid, "s", "b", LEASE, dead="a")
+        assert claimed and row is not None and row.owner == "b"
+    finally:
+        await stopped.close()
