@@ -118,7 +118,7 @@ def loadtest_cmd(
 
     from ..loadtest.report import Outputs, as_json, print_summary
     from ..loadtest.runner import Result, Run
-    from ..loadtest.scenario import parse_duration, parse_scenario
+    from ..loadtest.scenario import check_workers, parse_duration, parse_scenario
 
     try:
         text = scenario.read_text(encoding="utf-8")
@@ -158,6 +158,7 @@ def loadtest_cmd(
 
     async def go() -> Result:
         sheet = parse_scenario(text)
+        check_workers(sheet, workers)
         console.print(
             f"{len(sheet.rows)} rows, {sheet.clients} clients, {seconds:g} s, seed {chosen}"
         )

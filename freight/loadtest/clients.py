@@ -113,6 +113,12 @@ class RowRun:
         assert self.peer_run is not None
         return self.peer_run.account(i % self.peer_run.row.count)
 
+    def host_of(self, i: int) -> int:
+        """The client whose process is client ``i``'s messaging host: client
+        ``i mod hosts`` (each its own without a ``hosts`` column). The first
+        ``hosts`` clients start first, so the hosts are up before the rest."""
+        return i % (self.row.hosts or self.row.count)
+
     def login(self, i: int) -> Path:
         """Client ``i``'s login: its own account's, or the row's shared one."""
         return self.logins.get(i, self.config)

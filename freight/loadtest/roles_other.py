@@ -143,7 +143,7 @@ async def agent_client(run: RowRun, i: int) -> None:
         await anon.aclose()
 
 
-# --- message and request: through a messaging host of the client's own ------
+# --- message and request: applications on messaging hosts ------------------
 
 
 async def message_client(run: RowRun, i: int) -> None:
@@ -159,14 +159,22 @@ async def request_client(run: RowRun, i: int) -> None:
 
 
 async def _messaging(run: RowRun, i: int, *, request: bool) -> None:
+    """An application on messaging host ``run.host_of(i)``: that client
+    runs the host (one attachment to the hub, one spool) in this process;
+    the others reach it through its local socket, as the programs on one
+    machine reach its daemon."""
     account = run.peer_account(i)
     t = run.transport()["transport"]
     numbers = itertools.count(1)
     assert run.row.size is not None
     size = run.row.size
+    host = run.host_of(i)
+    login = run.login(host)
 
     async def attempt() -> None:
-        async with messaging.connect(run.gate.url, config_dir=run.login(i), transport=t) as bus:
+        async with messaging.connect(
+            run.gate.url, config_dir=login, transport=t, own_host=host == i
+        ) as bus:
             run.stats.attach()
 
             async def one(due: float) -> None:

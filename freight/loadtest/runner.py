@@ -214,8 +214,10 @@ class Run:
         for row in self.scenario.rows:
             if row.role in OWN_ACCOUNTS:
                 run = self.rows[row.id]
-                made = await asyncio.gather(*(self._account(run, i, gate_limit) for i in run.mine))
-                run.logins = dict(zip(run.mine, made, strict=True))
+                # Applications sharing a messaging host use its account.
+                own = [i for i in run.mine if run.host_of(i) == i]
+                made = await asyncio.gather(*(self._account(run, i, gate_limit) for i in own))
+                run.logins = dict(zip(own, made, strict=True))
 
     async def _account(self, run: RowRun, i: int, limit: asyncio.Semaphore) -> Path:
         name = run.account(i)

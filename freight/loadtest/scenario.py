@@ -53,6 +53,8 @@ PEER_ROLE: Final = {
     "send": "receive",
 }
 APP_ROLES: Final = frozenset({"connect", "listen", "message", "request", "forward"})
+# Applications that share messaging hosts (the ``hosts`` column).
+HOSTED_ROLES: Final = frozenset({"message", "request"})
 SIZED_ROLES: Final = frozenset({"push", "pull", "send", "connect", "message", "request", "forward"})
 TRANSPORTS: Final = ("auto", "ws", "http", "tls", "direct")
 MANNERS: Final = ("auto", "relay", "direct", "ref")
@@ -72,6 +74,7 @@ COLUMNS: Final = (
     "end",
     "faults",
     "expect",
+    "hosts",
 )
 REQUIRED: Final = ("id", "count", "role")
 
@@ -167,6 +170,7 @@ class Row:
     end: float | None = None
     faults: tuple[Fault, ...] = ()
     expect: tuple[Expect, ...] = ()
+    hosts: int | None = None  # message and request rows: the messaging hosts they share
 
 
 @dataclass(frozen=True)
@@ -385,7 +389,7 @@ def _row(line: int, cells: dict[str, str]) -> Row:
 
 
 def _cell(column: str, text: str) -> object:
-    if column == "count":
+    if column in ("count", "hosts"):
         if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= MAX_CLIENTS:
             raise ValueError(f"{text[:40]!r} is not a whole number from 1 to {MAX_CLIENTS}")
         return int(text)
@@ -441,6 +445,23 @@ def _check_row(row: Row) -> None:
     for fault in row.faults:
         if fault.kind == "slow_reader" and row.role not in ("listen", "receive", "pull"):
             raise fail("faults", "slow_reader applies to listen, receive and pull rows")
+    if row.hosts is not None:
+        if row.role not in HOSTED_ROLES:
+            raise fail("hosts", "hosts applies to message and request rows (applications)")
+        if row.hosts > row.count:
+            raise fail("hosts", f"{row.hosts} hosts for {row.count} clients: at most one each")
+
+
+def check_workers(scenario: Scenario, workers: int) -> None:
+    """Each messaging host's applications run in one process: a row's
+    ``hosts`` must share evenly among ``--workers N`` (client i runs in
+    worker i mod N, on host i mod hosts; a host per client needs nothing)."""
+    for row in scenario.rows:
+        if row.hosts not in (None, row.count) and row.hosts % workers:
+            raise _Cell(row.line, row.id, "hosts").error(
+                f"{row.hosts} hosts do not share evenly among {workers} workers: "
+                f"make it a multiple of {workers}"
+            )
 
 
 def parse_scenario(text: str) -> Scenario:

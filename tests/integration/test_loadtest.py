@@ -91,10 +91,10 @@ def test_every_role_and_every_fault_against_a_hub_of_its_own(
 
 
 EVERY_ROLE = """\
-id,count,role,peer,app,size,rate,transport,attach_at,ramp,expect
+id,count,role,peer,app,size,rate,transport,attach_at,ramp,expect,hosts
 echo,3,listen,*,lt-all,,,auto,0s,1s,
 pairs,3,connect,echo,lt-all,1KiB,20/s,auto,1s,1s,loss=0
-msgs,3,message,echo,lt-all,512,20/s,auto,1s,1s,errors=0
+msgs,3,message,echo,lt-all,512,20/s,auto,1s,1s,errors=0,1
 reqs,2,request,echo,lt-all,256,10/s,ws,1s,1s,verified=100%
 fwd,2,forward,echo,lt-all,4KiB,20/s,auto,1s,1s,loss=0
 senders,2,send,inbox,,uniform(64KiB;256KiB),concurrency:1,auto,1s,0s,verified=100%
@@ -112,6 +112,7 @@ def test_every_role_through_the_testers_admin_login(tmp_path: Path, admin: Clien
     sample = tmp_path / "sample.bin"
     sample.write_bytes(bytes(range(256)) * 1000)
     text = EVERY_ROLE.replace("SAMPLE", str(sample))
+    before = {u["name"] for u in json.loads(admin.run("users", "ls", "--json").stdout)}
     res = admin.run(
         "loadtest", str(sheet(tmp_path, text)), "--duration", "8s", "--json",
         check=False, timeout=180,
@@ -122,6 +123,14 @@ def test_every_role_through_the_testers_admin_login(tmp_path: Path, admin: Clien
         assert rows[rid]["operations"] > 0, (rid, rows[rid], res.stderr[-2000:])
     for rid in ("reqs", "senders", "inbox", "pullers", "pushers", "copies"):
         assert rows[rid]["verified"] > 0 and rows[rid]["mismatched"] == 0, (rid, rows[rid])
+    # The three message clients are applications of one messaging host
+    # (hosts=1): the two that did not start it went through its socket.
+    assert rows["msgs"]["attached_peak"] == 3, rows["msgs"]
+    made = {u["name"] for u in json.loads(admin.run("users", "ls", "--json").stdout)} - before
+    accounts = [a for a in made if "-msgs-" in a or "-reqs-" in a]
+    assert sorted(a.rsplit("-", 2)[1:] for a in accounts) == [
+        ["msgs", "0"], ["reqs", "0"], ["reqs", "1"],
+    ], accounts  # fmt: skip
     # Each message, request and exchange was answered by a listener.
     assert rows["echo"]["operations"] >= rows["msgs"]["operations"] + rows["reqs"]["operations"]
     assert rows["fwd"]["bytes"] > 0 and rows["echo"]["bytes"] > rows["fwd"]["bytes"]

@@ -17,6 +17,7 @@ from freight.loadtest.scenario import (
     Row,
     ScenarioError,
     Size,
+    check_workers,
     parse_scenario,
     split_clauses,
 )
@@ -200,6 +201,36 @@ def test_times_transport_manner_and_end() -> None:
 )
 def test_each_mistake_names_its_line_row_and_column(row: str, message: str) -> None:
     assert message in refused(HEADER + row + "\n")
+
+
+def test_applications_share_messaging_hosts() -> None:
+    """``hosts``: a message or request row's clients are applications on
+    that many hosts; client i runs on the host client i mod hosts runs."""
+    sheet = parse_scenario(
+        "id,count,role,peer,app,size,rate,hosts\n"
+        "l,2,listen,*,chat,,,\n"
+        "m,10,message,l,chat,128,5/s,4\n"
+        "r,3,request,l,chat,128,5/s,3\n"
+        "c,3,connect,l,chat,128,5/s,\n"
+    )
+    m, r, c = sheet.rows[1:]
+    assert (m.hosts, r.hosts, c.hosts) == (4, 3, None)
+    check_workers(sheet, 2)  # m's 4 hosts share evenly; r has one per client
+    with pytest.raises(ScenarioError) as caught:
+        check_workers(sheet, 3)
+    assert "line 3 (row 'm'), column hosts: 4 hosts do not share evenly among 3" in str(
+        caught.value
+    )
+    check_workers(parse_scenario("id,count,role,peer,app,size,hosts\nl,1,listen,*,a,,\n"), 3)
+    head = "id,count,role,peer,app,size,hosts\nl,1,listen,*,chat,,\n"
+    assert "column hosts: 'two' is not a whole number" in refused(
+        head + "m,2,message,l,chat,1,two\n"
+    )
+    assert "column hosts: '0' is not a whole number" in refused(head + "m,2,message,l,chat,1,0\n")
+    assert "column hosts: 3 hosts for 2 clients" in refused(head + "m,2,message,l,chat,1,3\n")
+    assert "column hosts: hosts applies to message and request rows" in refused(
+        head + "c,2,connect,l,chat,1,1\n"
+    )
 
 
 def test_mistakes_between_rows() -> None:
