@@ -63,7 +63,8 @@ BUSY_TIMEOUT = 10.0
 # releases its row locks. A node stopped between two statements (SIGSTOP,
 # a paused VM, a swap storm) keeps its connection open: without this, the
 # nodes taking its pushes over would wait on its locks for as long as it
-# stays stopped. The hub's transactions take milliseconds (seconds).
+# stays stopped. In seconds; the hub's own transactions take milliseconds
+# between their statements (a migration's batches too).
 STUCK_AFTER = 10.0
 
 
