@@ -227,7 +227,7 @@ class _Incoming:
             os.close(fd)
         return str(hasher.hexdigest()) if upto is None or n == upto else None
 
-    def write(self, offset: int, block: bytes) -> None:
+    def write(self, offset: int, block: bytes | memoryview) -> None:
         f = self.file
         if not f.is_open:
             f.open_at(offset)  # from where the sender resumes: what is held

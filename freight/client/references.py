@@ -157,8 +157,12 @@ class _UnpackConn:
     def __init__(self, chunks: AsyncIterator[bytes], opener: refseal.RefOpener) -> None:
         self.chunks = chunks
         self.opener = opener
-        self.buf = bytearray()
-        self.pos = 0  # where the next record starts in buf
+        # Opened plaintext not taken yet, as the opener gave it: a record is
+        # copied once, out of these, not into a buffer first and out again.
+        self.pieces: deque[bytes] = deque()
+        self.head = 0  # bytes of pieces[0] already taken
+        self.held = 0  # bytes in pieces not taken
+        self.want: int | None = None  # the length of the record being read
         self.plain = blake3.blake3()
         self.bytes = 0
         self.cipher = blake3.blake3()
@@ -166,20 +170,21 @@ class _UnpackConn:
         self.ended = False
         self.verdict: wire.Verdict | None = None
 
-    def _open(self, data: bytes, last: bool) -> None:
+    def _open(self, parts: list[bytes], last: bool) -> list[bytes]:
         """Hash, open and hash again (in a worker thread: AES-GCM and BLAKE3
-        of a block take longer than the event loop should wait)."""
-        self.cipher.update(data)
-        self.sealed += len(data)
-        pieces = self.opener.feed(data)
+        of a block take longer than the event loop should wait). The parts
+        go to the opener as they came, not joined first."""
+        pieces: list[bytes] = []
+        for part in parts:
+            self.cipher.update(part)
+            self.sealed += len(part)
+            pieces += self.opener.feed(part)
         if last:
             pieces.append(self.opener.finish())
-        del self.buf[: self.pos]  # what the records taken so far held
-        self.pos = 0
         for piece in pieces:
             self.plain.update(piece)
             self.bytes += len(piece)
-            self.buf += piece
+        return pieces
 
     async def _more(self) -> bool:
         """Read about a block more (or the end) and open it."""
@@ -195,23 +200,49 @@ class _UnpackConn:
                 break
             parts.append(part)
             held += len(part)
-        await asyncio.to_thread(self._open, b"".join(parts), self.ended)
+        for piece in await asyncio.to_thread(self._open, parts, self.ended):
+            if piece:
+                self.pieces.append(piece)
+                self.held += len(piece)
         return True
+
+    def _take(self, n: int) -> bytes:
+        """The next ``n`` bytes of plaintext (``n <= self.held``)."""
+        first = self.pieces[0]
+        if len(first) - self.head >= n:
+            out = first[self.head : self.head + n]
+            self.head += n
+        else:
+            views: list[memoryview] = []
+            need = n
+            while need:
+                piece = self.pieces[0]
+                take = min(need, len(piece) - self.head)
+                views.append(memoryview(piece)[self.head : self.head + take])
+                self.head += take
+                need -= take
+                if self.head == len(piece):
+                    self.pieces.popleft()
+                    self.head = 0
+            out = b"".join(views)
+        if self.pieces and self.head == len(self.pieces[0]):
+            self.pieces.popleft()
+            self.head = 0
+        self.held -= n
+        return out
 
     async def recv(self) -> bytes:
         while True:
-            held = len(self.buf) - self.pos
-            if held >= _LEN.size:
-                (n,) = _LEN.unpack_from(self.buf, self.pos)
+            if self.want is None and self.held >= _LEN.size:
+                (n,) = _LEN.unpack(self._take(_LEN.size))
                 if n > MAX_RECORD:
                     raise IntegrityError(f"a record of {n} bytes in the reference")
-                if held >= _LEN.size + n:
-                    start = self.pos + _LEN.size
-                    self.pos = start + n
-                    with memoryview(self.buf) as view:
-                        return bytes(view[start : self.pos])
+                self.want = n
+            if self.want is not None and self.held >= self.want:
+                n, self.want = self.want, None
+                return self._take(n) if n else b""
             if not await self._more():
-                if len(self.buf) > self.pos:
+                if self.held or self.want is not None:
                     raise IntegrityError("the reference ends inside a record")
                 return b""
 
@@ -223,8 +254,15 @@ class _UnpackConn:
         """Read to the end: every byte is authenticated and hashed."""
         while await self._more():
             pass
-        if len(self.buf) > self.pos:
+        if self.held or self.want is not None:
             raise IntegrityError("bytes after the last record of the reference")
+
+
+async def _as_received(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body in the pieces the socket gave, each as it is held (``iter_any``
+    would join what arrived meanwhile into a new buffer first)."""
+    async for data, _ in content.iter_chunks():
+        yield data
 
 
 def _proxy_for(url: URL, config: ClientConfig | None) -> URL | None:
@@ -265,7 +303,7 @@ async def fetch_reference(
     from .receiving import Destination, receive_entries
 
     async with access.session() as http, open_link(http, url) as resp:
-        conn = _UnpackConn(resp.content.iter_any().__aiter__(), refseal.RefOpener(key))
+        conn = _UnpackConn(_as_received(resp.content), refseal.RefOpener(key))
         try:
             await receive_entries(
                 cast("Connection", conn), Destination.folder(dest), reporter or QuietReporter()

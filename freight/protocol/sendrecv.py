@@ -145,12 +145,13 @@ def encode_chunk_head(index: int, offset: int) -> bytes:
     return b"F" + _CHUNK_HEAD.pack(index, offset)
 
 
-def decode_chunk(data: bytes) -> tuple[int, int, bytes]:
-    """(index, offset, bytes) of an ``F`` message."""
+def decode_chunk(data: bytes) -> tuple[int, int, memoryview]:
+    """(index, offset, bytes) of an ``F`` message; the bytes are a view into
+    ``data``, not a copy of them."""
     if data[:1] != b"F" or len(data) < CHUNK_OVERHEAD:
         raise MalformedTransfer("malformed 'F' message")
     index, offset = _CHUNK_HEAD.unpack_from(data, 1)
-    return index, offset, data[CHUNK_OVERHEAD:]
+    return index, offset, memoryview(data)[CHUNK_OVERHEAD:]
 
 
 @dataclass(frozen=True, slots=True)
