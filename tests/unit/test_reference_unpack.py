@@ -8,7 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import cast
 
+import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from freight.client.options import QuietReporter
 from freight.client.receiving import Destination, receive_entries
@@ -77,3 +80,38 @@ def test_an_empty_reference_unpacks_to_nothing(tmp_path: Path) -> None:
     conn = unpack(packed(wire.encode(wire.Manifest(entries=[])), b"Z"), tmp_path / "dest")
     assert conn.verdict is not None and conn.verdict.ok
     assert list((tmp_path / "dest").iterdir()) == []
+
+
+async def _split(data: bytes, cuts: list[int]) -> AsyncIterator[bytes]:
+    at = 0
+    for cut in sorted(set(cuts)):
+        yield data[at:cut]
+        at = cut
+    yield data[at:]
+
+
+@given(
+    st.lists(st.binary(max_size=3000), max_size=12),
+    st.lists(st.integers(0, 40_000), max_size=20),
+    st.integers(1024, 4096),
+)
+@settings(max_examples=200, deadline=None)
+def test_records_come_out_whole_however_the_stream_is_cut(
+    records: list[bytes], cuts: list[int], chunk: int
+) -> None:
+    """Records span the opener's chunks and the socket's pieces anywhere;
+    each comes out whole and in order, then the end, with every byte hashed."""
+    plain = b"".join(_LEN.pack(len(r)) + r for r in records)
+    sealed = seal_all(KEY, plain, chunk)
+    conn = _UnpackConn(_split(sealed, [c % (len(sealed) + 1) for c in cuts]), RefOpener(KEY))
+
+    async def read_all() -> list[bytes]:
+        got = []
+        while records[len(got) :]:
+            got.append(await conn.recv())
+        await conn.drain()
+        return got
+
+    assert asyncio.run(read_all()) == records
+    assert (conn.bytes, conn.plain.hexdigest()) == (len(plain), blake3.blake3(plain).hexdigest())
+    assert conn.sealed == len(sealed)
