@@ -49,7 +49,7 @@ from .msgapp import (
     result_error,
 )
 from .msgroutes import Peer, Routes
-from .msgsend import Done, Outgoing
+from .msgsend import Outgoing
 from .msgspool import Spool
 from .relay import RelayClient, identity_key
 
@@ -106,7 +106,8 @@ class MessageHost:
         self._counters = dict.fromkeys(
             ("sent", "delivered", "resent", "deduplicated", "refused"), 0
         )
-        self._outgoing = Outgoing(
+        # The sending half (msgsend): send() below, and the local socket submits to it.
+        self.outgoing = Outgoing(
             hid=self.hid, spool=self._spool, routes=self._routes, announced=self._announced,
             post=self._post, on_not_host=self._dirty.set, counters=self._counters,
             tasks=self.tasks, clock=clock,
@@ -126,13 +127,13 @@ class MessageHost:
         self.tasks.spawn(self._announcer(), name="announce", detached=True)
         self.tasks.spawn(self._writer(), name="writer", detached=True)
         for row in self._spool.left():
-            self.tasks.spawn(self._outgoing.send_left(row), name="resend", detached=True)
+            self.tasks.spawn(self.outgoing.send_left(row), name="resend", detached=True)
 
     async def aclose(self) -> None:
         """Stop: sends still waiting are cancelled (their messages stay in
         the spool and go out at the next start)."""
         self._closed = True
-        await self._outgoing.aclose()
+        await self.outgoing.aclose()
         if self.relay.on_message == self._on_message:
             self.relay.on_message = None
             self.relay.after_attach = None
@@ -235,11 +236,11 @@ class MessageHost:
 
     async def _after_attach(self) -> None:
         self._announced.clear()
-        self._outgoing.outbox.clear()
+        self.outgoing.outbox.clear()
         self._routes.clear()  # routes from before may name hosts not back yet
         self._dirty.set()
         await self._announced.wait()
-        self._outgoing.reattached()
+        self.outgoing.reattached()
 
     # --- sending -------------------------------------------------------------------------
 
@@ -262,30 +263,9 @@ class MessageHost:
         reconnect or a restart, until ``timeout``), its outcome only counted.
         Replies are sent so: a responder that waited for each answer would
         serve one request per round trip."""
-        return await self._outgoing.send(
+        return await self.outgoing.send(
             dest, app, type, body, ticket=ticket, from_ticket=from_ticket, reply_to=reply_to,
             timeout=timeout, wait=wait,
-        )  # fmt: skip
-
-    def submit(
-        self,
-        dest: str,
-        app: str,
-        type: int,
-        body: bytes,
-        *,
-        done: Done,
-        ticket: str = "",
-        from_ticket: str = "",
-        reply_to: str = "",
-        timeout: float = 30.0,
-        wait: bool = True,
-    ) -> None:
-        """:meth:`send` without waiting: ``done`` is told the result, or the
-        error that kept the message from the spool (msgsend)."""
-        self._outgoing.submit(
-            dest, app, type, body, ticket=ticket, from_ticket=from_ticket, reply_to=reply_to,
-            timeout=timeout, wait=wait, done=done,
         )  # fmt: skip
 
     def _post(self, frame: m.Message, payload: bytes = b"") -> None:
@@ -297,7 +277,7 @@ class MessageHost:
 
     async def _on_message(self, msg: m.AnyMessage, payload: bytes) -> None:
         if isinstance(msg, m.MsgResult):
-            self._outgoing.answered(msg)
+            self.outgoing.answered(msg)
         elif isinstance(msg, m.MsgDeliver):
             self._on_deliver(msg, payload)
         elif isinstance(msg, m.MsgHeld):  # before the Done of the MsgHello it answers
@@ -439,8 +419,8 @@ class MessageHost:
 
         reply.on_offer = lambda: settle(None)
         try:
-            self.submit(dest, app, type, body, from_ticket=reply.ticket, timeout=timeout,
-                        done=settle)  # fmt: skip
+            self.outgoing.submit(dest, app, type, body, ticket="", from_ticket=reply.ticket,
+                                 reply_to="", timeout=timeout, wait=True, done=settle)  # fmt: skip
             try:
                 async with asyncio.timeout(timeout):
                     failed = await outcome

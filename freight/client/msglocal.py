@@ -398,7 +398,7 @@ class AppConnection:
         try:
             if msg.from_ticket and msg.from_ticket not in self.regs:
                 raise UsageError(f"{msg.from_ticket} is not a registration of this connection")
-            self.host.submit(
+            self.host.outgoing.submit(
                 msg.dest,
                 msg.app,
                 msg.type,
