@@ -30,7 +30,7 @@ from ..protocol.e2e import (
 )
 from ..protocol.errors import IntegrityError, ProtocolError
 from ..protocol.relaycodes import HangupCode
-from ..protocol.relayend import MAX_MESSAGE, Out, RelayEnd
+from ..protocol.relayend import ACK_DELAY, MAX_MESSAGE, Out, RelayEnd
 
 if TYPE_CHECKING:
     from .listener import Listener
@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("freight.relay")
 
 CLOSE_TIMEOUT = 30.0
+YIELD_BYTES = 64 * 1024  # a sender lets the event loop read at least this often
 
 
 def _ended(code: str, message: str, by: str) -> FreightError:
@@ -85,6 +86,8 @@ class Connection:
         self._event = asyncio.Event()  # anything changed: wake whoever waits
         self.established = asyncio.Event()
         self.requesting = False  # a Dial/Claim for it awaits its answer
+        self._ack_timer: asyncio.TimerHandle | None = None  # a delayed ack's time
+        self._unyielded = 0  # bytes sent since send() last let the loop run
 
     # --- what the machine knows ---------------------------------------------------
 
@@ -144,11 +147,16 @@ class Connection:
             raise UsageError(f"a message may be at most {MAX_MESSAGE} bytes")
         if self.eof_sent:
             raise UsageError("this connection's sending side is already closed")
-        # Let the event loop read first: a Pause (or a hang-up) that arrived
-        # since our last record is seen before the next one goes. Without
-        # this a sender whose writes never block pours its whole credit
-        # window into the hub before it looks at its channel again.
-        await asyncio.sleep(0)
+        # Let the event loop read first, once per YIELD_BYTES: a Pause (or a
+        # hang-up) that arrived since is seen before the next record goes.
+        # Without this a sender whose writes never block pours its whole
+        # credit window into the hub before it looks at its channel again;
+        # a turn of the loop per small message, though, was a tenth of a
+        # chatty sender's time (a paced sender yields between them anyway).
+        self._unyielded += len(data) + 1
+        if self._unyielded >= YIELD_BYTES:
+            self._unyielded = 0
+            await asyncio.sleep(0)
         await self._wait_credit(len(data) + 1)
         await self._send_out(self.end.send(data))
 
@@ -161,7 +169,11 @@ class Connection:
             self._raise_if_failed()
             await self._changed()
         if end.ack_due():
+            self._cancel_ack()
             await self._send_out(end.ack())
+        elif self._ack_timer is None:
+            loop = asyncio.get_running_loop()
+            self._ack_timer = loop.call_later(ACK_DELAY, self._ack_time)
         return data
 
     def __aiter__(self) -> AsyncIterator[bytes]:
@@ -243,6 +255,23 @@ class Connection:
         await self._event.wait()
         self._event.clear()
 
+    def _ack_time(self) -> None:
+        """A delayed ack's time came: it goes, covering what was taken since."""
+        self._ack_timer = None
+        if not self.closed and self.end.ack_owed():
+            with contextlib.suppress(RuntimeError):  # the client is closing
+                self.client.tasks.spawn(self._send_ack(), name="ack", detached=True)
+
+    async def _send_ack(self) -> None:
+        # Sealed here, right before its write: acks reach the peer in order.
+        if not self.closed and self.end.ack_owed():
+            await self._send_out(self.end.ack())
+
+    def _cancel_ack(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+
     def _raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
@@ -250,6 +279,7 @@ class Connection:
     def _end(self) -> None:
         """Closed for whatever reason: the machine stops, the client forgets us."""
         self._handshake_interrupted()
+        self._cancel_ack()
         self.closed = True
         if not self.end.closed:
             self.end.close()

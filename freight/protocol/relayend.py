@@ -57,6 +57,13 @@ MAX_MESSAGE: Final = 8 * 1024 * 1024
 KIND_HANDSHAKE: Final = "h"
 KIND_DATA: Final = "d"
 KIND_ACK: Final = "a"
+# An acknowledgement goes at once when this much (or a quarter of the
+# window) was taken since the last one; for less it may wait ACK_DELAY
+# seconds, so that a chatty stream of small messages sends one ack for
+# many (TCP's delayed ack): otherwise every message costs a second record
+# each way, through the hub too.
+ACK_BYTES: Final = 64 * 1024
+ACK_DELAY: Final = 0.02
 
 # A record to send: (kind, seq, bytes) for Relay(cid, kind, seq, len(bytes)).
 Out = tuple[str, int, bytes]
@@ -342,13 +349,18 @@ class RelayEnd:
         data = self.inbox.popleft()
         if self.session is not None:
             self.session.release()
-        self._consumed += len(data)
+        self._consumed += len(data) + 1  # as the window counts it (its first byte)
         return data
 
     def ack_due(self) -> bool:
-        """Should an acknowledgement go now (the inbox ran dry, or a quarter
-        of the window was taken since the last one)?"""
-        return self.session is not None and (not self.inbox or self._consumed >= self.window // 4)
+        """Should an acknowledgement go now (ACK_BYTES, or a quarter of the
+        window, taken since the last one)?"""
+        return self.session is not None and self._consumed >= min(ACK_BYTES, self.window // 4)
+
+    def ack_owed(self) -> bool:
+        """Was anything taken since our last acknowledgement? (One is owed
+        within ACK_DELAY.)"""
+        return self.session is not None and self._consumed > 0
 
     def close(self) -> None:
         """Hung up, by either side or the hub: nothing more goes out."""

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from freight.protocol.e2e import ACCEPT, DIAL, CodeHandshake, FlowViolation
 from freight.protocol.errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from freight.protocol.relayend import (
+    ACK_BYTES,
     KIND_ACK,
     KIND_DATA,
     KIND_HANDSHAKE,
@@ -65,10 +66,35 @@ def test_messages_flow_and_acks_return_credit() -> None:
     assert rec[0] == KIND_DATA and rec[1] == 0
     assert deliver(b, [rec]) == []
     assert b.take() == b"hello" and b.take() is None
-    assert b.ack_due()
+    assert b.ack_owed() and not b.ack_due()  # a small message's ack may wait
     assert a.unacked == 1
     assert deliver(a, [b.ack()]) == []
     assert a.unacked == 0
+
+
+def test_small_messages_share_one_ack_and_a_large_one_is_acked_at_once() -> None:
+    """Like TCP's delayed ack: an ack for a few small messages waits (one ack
+    then covers all of them); once ACK_BYTES were taken it goes at once, and
+    the end of stream is acknowledged at once."""
+    a, b = pair(window=16 * 1024 * KiB)
+    for n in range(100):
+        deliver(b, [a.send(bytes(100))])
+        assert b.take() == bytes(100)
+        assert not b.ack_due(), n
+    assert b.ack_owed() and a.unacked == 100
+    deliver(a, [b.ack()])
+    assert a.unacked == 0 and not b.ack_owed()
+    deliver(b, [a.send(bytes(ACK_BYTES))])
+    assert b.take() is not None and b.ack_due()
+    deliver(a, [b.ack()])
+    assert [k for k, _, _ in deliver(b, [a.send_eof()])] == [KIND_ACK]
+    assert not b.ack_owed()
+
+
+def test_a_small_window_is_acked_by_its_quarter() -> None:
+    a, b = pair(window=8 * KiB)
+    deliver(b, [a.send(bytes(2 * KiB))])
+    assert b.take() is not None and b.ack_due()
 
 
 def test_half_closes_each_way() -> None:
@@ -208,8 +234,8 @@ def test_random_sequences_raise_only_protocol_errors(
                 data_or_none = b.take()
                 if data_or_none is not None:
                     got.append(data_or_none)
-                if b.ack_due() and not b.closed:
-                    wire_ba.append(b.ack())
+                if (b.ack_due() or (n % 2 and b.ack_owed())) and not b.closed:
+                    wire_ba.append(b.ack())  # an odd n: the delayed ack's time came
             elif op == "deliver":
                 for _ in range(n):
                     if wire_ab:
