@@ -679,6 +679,38 @@ async def test_sdk_messages_arrive_in_order_and_eof_after_close(admin: Client, b
 
 
 @pytest.mark.usefixtures("fast_env")
+async def test_small_messages_share_their_acks_and_everything_is_still_acknowledged(
+    admin: Client, bob: Client
+) -> None:
+    """A chatty stream: 300 small messages answered one by one. The reader's
+    acks are delayed and shared (not one record back per message), yet the
+    sender learns that all of it arrived within a fraction of a second."""
+    async with sdk(admin) as ca, sdk(bob) as cb:
+        a, b = await pair(ca, cb, "sdk-acks")
+        acks = 0
+        send_frame = cb.send_frame
+
+        async def counting(msg: m.Message, payload: bytes = b"") -> None:
+            nonlocal acks
+            if isinstance(msg, m.Relay) and msg.cid == b.cid and msg.kind == "a":
+                acks += 1
+            await send_frame(msg, payload)
+
+        cb.send_frame = counting  # type: ignore[method-assign]
+        for i in range(300):
+            await a.send(b"ping %d" % i)
+            assert await asyncio.wait_for(b.recv(), 10) == b"ping %d" % i
+            await b.send(b"pong %d" % i)
+            assert await asyncio.wait_for(a.recv(), 10) == b"pong %d" % i
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await asyncio.wait_for(a.flush(), 10)
+        assert a.end.unacked == 0
+        assert loop.time() - started < 1.0
+        assert 1 <= acks < 100, acks  # one per message before
+
+
+@pytest.mark.usefixtures("fast_env")
 async def test_an_end_away_when_its_peer_hung_up_learns_it_on_return(
     admin: Client, bob: Client
 ) -> None:
