@@ -10,8 +10,8 @@ lost its client gives them up at once (:meth:`StreamService._push`).
 
 A node serves only while it can vouch for what it says:
 
-* it cannot reach the database for two heartbeats, or another process
-  took its name: it answers ``503 node_unavailable`` to every request and
+* it cannot reach a shared database (PostgreSQL) for two heartbeats, or
+  another process took its name: it answers ``503 node_unavailable`` to every request and
   stops receiving pushes, rather than serve a split view; it serves again
   once its heartbeat is written;
 * an admin drains it (``freight admin drain NODE``, a flag in its row): it
@@ -144,6 +144,12 @@ class NodeService:
         # And WATCH_HOLD past its last good ping, where there is a session to
         # watch (none on SQLite): no writing until the first.
         engine = getattr(db, "engine", None)
+        # A database other machines reach too (PostgreSQL): a node that
+        # cannot write its heartbeat there may be cut off from the others
+        # and stops serving. An embedded one (SQLite) is only ever this
+        # machine's: a slow heartbeat means it is busy, and refusing every
+        # client (who then all come back at once) would only make it busier.
+        self.shared_db = engine is not None and engine.dialect.name != "sqlite"
         self.watch = (
             SessionWatch(engine, self.incarnation)
             if engine is not None and watchable(engine)
@@ -243,7 +249,7 @@ class NodeService:
                 )
         except Exception as exc:  # the database is out of reach (any driver's error)
             self.events.log.warning("node_heartbeat_failed", node=self.name, error=repr(exc))
-            if self.clock() - self.last_beat > MISSED * self.settings.beat:
+            if self.shared_db and self.clock() - self.last_beat > MISSED * self.settings.beat:
                 self._stop_serving(f"node {self.name} cannot reach the database")
             return
         if got is None:

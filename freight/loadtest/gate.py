@@ -203,6 +203,8 @@ class Gate:
                 if corrupt:  # the TLS ClientHello's record header and version
                     data = bytes(b ^ 0x5A for b in data[:16]) + data[16:]
                     corrupt = False
+                if writer.is_closing():  # that side is gone (uvloop raises on a write)
+                    raise ConnectionResetError("the other side of the pipe is closed")
                 writer.write(data)
                 await writer.drain()
                 if rate is not None:

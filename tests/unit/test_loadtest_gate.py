@@ -178,3 +178,32 @@ async def test_a_direct_gate_sends_its_clients_to_the_hub_itself(
     assert gate.accepted == 0 and not gate.pipes  # nothing passed through the tester
     w.close()
     await gate.aclose()
+
+
+def test_a_write_towards_a_side_already_closed_ends_the_pipe_quietly() -> None:
+    """The hub was killed: its side of a pipe is closed (the reset was read)
+    before the pipe's end has run, and the client's next bytes arrive. The
+    carrying ends the pipe and does not fail. Under uvloop, the loop the CLI
+    runs, a write to a closed transport raises RuntimeError, not OSError."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> tuple[bool, int]:
+        server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        gate = await started(server.sockets[0].getsockname()[1])
+        _, w = await through(gate)
+        await until(lambda: len(gate.pipes) == 1, 5, "the pipe")
+        (pipe,) = gate.pipes
+        pipe.hub.transport.abort()  # as connection_lost does on a reset
+        await asyncio.sleep(0.05)  # uvloop closes the handle on a later turn
+        client = asyncio.StreamReader()
+        client.feed_data(b"after the hub went away")
+        client.feed_eof()
+        await gate._carry(pipe, client, pipe.hub)
+        await until(lambda: not gate.pipes, 5, "the pipe's end")
+        w.close()
+        await gate.aclose()
+        server.close()
+        return pipe not in gate.pipes, gate.tasks.detached_failures
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        assert runner.run(scenario()) == (True, 0)
