@@ -11,9 +11,10 @@ lost its client gives them up at once (:meth:`StreamService._push`).
 A node serves only while it can vouch for what it says:
 
 * it cannot reach a shared database (PostgreSQL) for two heartbeats, or
-  another process took its name: it answers ``503 node_unavailable`` to every request and
-  stops receiving pushes, rather than serve a split view; it serves again
-  once its heartbeat is written;
+  another process took its name: it answers ``503 node_unavailable`` to
+  every request and stops receiving pushes, rather than serve a split
+  view; it serves again once its heartbeat is written (on SQLite, which
+  can be busy but not cut off, a slow heartbeat is only logged);
 * an admin drains it (``freight admin drain NODE``, a flag in its row): it
   takes no new requests, closes its control channels ``DRAIN_RATE`` a
   second (their clients attach to another node without a stampede) and
