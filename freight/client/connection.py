@@ -258,12 +258,13 @@ class Connection:
     def _ack_time(self) -> None:
         """A delayed ack's time came: it goes, covering what was taken since."""
         self._ack_timer = None
-        if not self.closed and self.end.ack_owed():
+        if not self.closed:
             with contextlib.suppress(RuntimeError):  # the client is closing
                 self.client.tasks.spawn(self._send_ack(), name="ack", detached=True)
 
     async def _send_ack(self) -> None:
-        # Sealed here, right before its write: acks reach the peer in order.
+        # Decided and sealed here, right before its write: acks reach the
+        # peer in order, and none goes if another ack covered it meanwhile.
         if not self.closed and self.end.ack_owed():
             await self._send_out(self.end.ack())
 
