@@ -235,7 +235,19 @@ class NodeService:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.settings.beat)
-            await self.beat_once()
+            # A heartbeat may outlive its own timeout (a driver that does not
+            # heed the cancellation, e.g. rolling back on a frozen
+            # connection): the rule for missed heartbeats is then applied
+            # on the clock while it hangs, and the next waits for it.
+            beat = asyncio.get_running_loop().create_task(self.beat_once())
+            try:
+                while not beat.done():
+                    await asyncio.wait({beat}, timeout=self.settings.beat)
+                    if not beat.done():
+                        self._missed()
+                beat.result()
+            finally:
+                beat.cancel()
 
     async def beat_once(self) -> None:
         started = time.monotonic()
@@ -250,8 +262,7 @@ class NodeService:
                 )
         except Exception as exc:  # the database is out of reach (any driver's error)
             self.events.log.warning("node_heartbeat_failed", node=self.name, error=repr(exc))
-            if self.shared_db and self.clock() - self.last_beat > MISSED * self.settings.beat:
-                self._stop_serving(f"node {self.name} cannot reach the database")
+            self._missed()
             return
         if got is None:
             self.lost_name = True
@@ -296,6 +307,13 @@ class NodeService:
         drained node keeps what it knew: it takes no hosts anyway)."""
         if self.relay.places is not None and self.messaging is not None and not self.draining:
             self.messaging.homed(await self.relay.places.home())
+
+    def _missed(self) -> None:
+        """No heartbeat written lately: on a shared database, after MISSED
+        of them, this node may be cut off from the others and stops serving
+        (on SQLite the database is busy, not out of reach: see shared_db)."""
+        if self.shared_db and self.clock() - self.last_beat > MISSED * self.settings.beat:
+            self._stop_serving(f"node {self.name} cannot reach the database")
 
     def _bus_ok(self) -> bool:
         """False (and not serving) once the bus is out of reach for two beats."""
