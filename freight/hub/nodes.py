@@ -41,6 +41,7 @@ from aiohttp import web
 from ..errors import ConfigError, Conflict, NodeUnavailable, NotFound, UsageError
 from ..store.rows import NodeRow
 from ..store.watch import SessionWatch, watchable
+from ..tasks import Supervisor
 from .clusterbus import ClusterBus, NatsBus, NoBus
 from .commands import CommandQueue
 from .messaging import Messaging
@@ -233,21 +234,19 @@ class NodeService:
     # --- heartbeat ----------------------------------------------------------------
 
     async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.beat)
-            # A heartbeat may outlive its own timeout (a driver that does not
-            # heed the cancellation, e.g. rolling back on a frozen
-            # connection): the rule for missed heartbeats is then applied
-            # on the clock while it hangs, and the next waits for it.
-            beat = asyncio.get_running_loop().create_task(self.beat_once())
-            try:
+        # A heartbeat may outlive its own timeout (a driver that does not
+        # heed the cancellation, e.g. rolling back on a frozen connection):
+        # the rule for missed heartbeats is then applied on the clock while
+        # it hangs, and the next waits for it. One that fails is logged by
+        # the supervisor and the next goes as usual.
+        async with Supervisor("node-heartbeat") as beats:
+            while True:
+                await asyncio.sleep(self.settings.beat)
+                beat = beats.spawn(self.beat_once(), name="beat", detached=True)
                 while not beat.done():
                     await asyncio.wait({beat}, timeout=self.settings.beat)
                     if not beat.done():
                         self._missed()
-                beat.result()
-            finally:
-                beat.cancel()
 
     async def beat_once(self) -> None:
         started = time.monotonic()
